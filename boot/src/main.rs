@@ -1,0 +1,2 @@
+//! Placeholder image builder.
+fn main() {}

@@ -1,0 +1,1 @@
+//! QEMU harness for daxbox system tests.
