@@ -1,2 +1,932 @@
-//! Placeholder: filled in by its issue.
+//! Parser for the daxbox boot configuration.
+//!
+//! `boot/` packs a small text file into the boot image as the bootloader's
+//! ramdisk; the kernel hands its bytes to [`parse`] before it touches any
+//! storage. The result ([`BootConfig`]) feeds pmem discovery
+//! (`drivers/pmem`, the `pmem=` carve-outs), the network stack
+//! (`net/stack`: `ip=`, `gateway=`), the NBD and HTTP servers (ports,
+//! exports) and the kernel's logger.
+//!
+//! # Format
+//! One `key=value` setting per line. Blank lines and lines whose first
+//! non-blank character is `#` are ignored, as is anything after a ` #` on a
+//! setting line. Whitespace around keys and values is trimmed; CRLF line
+//! ends are accepted; trailing NUL padding (some image builders pad the
+//! ramdisk) is ignored. Keys are lower case.
+//!
+//! The parser never fails and never panics: a line it cannot use produces a
+//! [`Warning`] that names the line, the setting keeps its default (or the
+//! repeatable entry is dropped) and boot continues. Lines that are not
+//! UTF-8, contain NUL bytes or are longer than [`MAX_LINE`] bytes are
+//! ignored with a warning.
+//!
+//! # Keys
+//! | key | value | default | meaning |
+//! |---|---|---|---|
+//! | `pmem` | `SIZE@START` | none | Carve `SIZE` bytes of RAM at physical address `START` out of the volatile allocator and serve them as emulated pmem (like Linux `memmap=nn!ss`). Repeatable (at most [`MAX_PMEM`]). Numbers are decimal or `0x` hex, with an optional `K`, `M`, `G` or `T` suffix (binary units): `64M@0x10000000`, `0x4000000@256M`. |
+//! | `format` | `if-blank` \| `never` | `never` | Whether daxfs may create a filesystem on a device that holds no daxfs superblock. `cargo xtask run` passes `if-blank`. |
+//! | `ip` | `dhcp` \| `A.B.C.D/PREFIX` | `dhcp` | IPv4 configuration of the network interface. |
+//! | `gateway` | `A.B.C.D` | none (DHCP's, if any) | Default IPv4 gateway for a static `ip=`. |
+//! | `nbd_port` | 1-65535 | `10809` | TCP port of the NBD server. |
+//! | `http_port` | 1-65535 | `80` | TCP port of the HTTP status server. |
+//! | `export_raw` | `pmemN` | none | Export that device raw over NBD instead of mounting daxfs on it. Repeatable. |
+//! | `readonly` | export name | none | Export that name read-only. Repeatable. |
+//! | `log` | `error` \| `warn` \| `info` \| `debug` \| `trace` | `info` | Console log level. |
+//! | `debug_commands` | `on` \| `off` | `off` | Enable shell commands meant for tests and diagnostics (raw block writes, crash injection). |
+//!
+//! A scalar key given twice keeps the last value, with a warning.
 #![cfg_attr(not(test), no_std)]
+#![deny(unsafe_code)]
+
+extern crate alloc;
+
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+
+/// Longest line accepted, in bytes (without the line end).
+pub const MAX_LINE: usize = 512;
+/// Most `pmem=` entries accepted; later ones are ignored with a warning.
+pub const MAX_PMEM: usize = 16;
+/// Most `export_raw=` / `readonly=` entries accepted, each.
+pub const MAX_NAMES: usize = 32;
+/// Longest export or device name accepted.
+pub const MAX_NAME_LEN: usize = 32;
+/// Most warnings kept; further ones are only counted
+/// ([`WarningKind::Suppressed`]), so garbage input cannot use up the heap.
+pub const MAX_WARNINGS: usize = 64;
+
+/// Default NBD port (IANA-assigned to NBD).
+pub const DEFAULT_NBD_PORT: u16 = 10809;
+/// Default HTTP port.
+pub const DEFAULT_HTTP_PORT: u16 = 80;
+
+/// One `pmem=SIZE@START` request: RAM to be turned into emulated pmem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PmemRequest {
+    /// Length in bytes (never zero).
+    pub size: u64,
+    /// First physical address.
+    pub start: u64,
+    /// The value as written in the file, for messages (`64M@0x1000000`).
+    pub text: String,
+    /// 1-based line number in the boot config.
+    pub line: usize,
+}
+
+/// What daxfs may do with a device that holds no filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormatPolicy {
+    /// Create a filesystem on a device whose superblock area is blank.
+    IfBlank,
+    /// Never format: blank devices are reported and left alone.
+    Never,
+}
+
+/// IPv4 configuration of the network interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpConfig {
+    /// Ask a DHCP server.
+    Dhcp,
+    /// Static address with prefix length.
+    Static {
+        /// The interface address.
+        address: [u8; 4],
+        /// Prefix length, 0-32.
+        prefix: u8,
+    },
+}
+
+/// Console log level, most severe first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// Normal progress messages.
+    Info,
+    /// Debugging detail.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+/// The parsed boot configuration; [`Default`] gives every key's default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootConfig {
+    /// `pmem=` requests in file order.
+    pub pmem: Vec<PmemRequest>,
+    /// `format=`.
+    pub format: FormatPolicy,
+    /// `ip=`.
+    pub ip: IpConfig,
+    /// `gateway=`.
+    pub gateway: Option<[u8; 4]>,
+    /// `nbd_port=`.
+    pub nbd_port: u16,
+    /// `http_port=`.
+    pub http_port: u16,
+    /// `export_raw=` device names (`pmem0`, ...), in file order.
+    pub export_raw: Vec<String>,
+    /// `readonly=` export names, in file order.
+    pub readonly: Vec<String>,
+    /// `log=`.
+    pub log: LogLevel,
+    /// `debug_commands=`.
+    pub debug_commands: bool,
+}
+
+impl Default for BootConfig {
+    fn default() -> Self {
+        Self {
+            pmem: Vec::new(),
+            format: FormatPolicy::Never,
+            ip: IpConfig::Dhcp,
+            gateway: None,
+            nbd_port: DEFAULT_NBD_PORT,
+            http_port: DEFAULT_HTTP_PORT,
+            export_raw: Vec::new(),
+            readonly: Vec::new(),
+            log: LogLevel::Info,
+            debug_commands: false,
+        }
+    }
+}
+
+/// Why a line was not (fully) used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WarningKind {
+    /// The line is not valid UTF-8.
+    NotUtf8,
+    /// The line contains a NUL byte.
+    Nul,
+    /// The line is longer than [`MAX_LINE`].
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The line has no `=`.
+    NoEquals {
+        /// The line (shortened, printable).
+        text: String,
+    },
+    /// The key is not one of the documented keys.
+    UnknownKey {
+        /// The key (shortened, printable).
+        key: String,
+    },
+    /// The value does not parse; the default is kept or the entry dropped.
+    BadValue {
+        /// The key.
+        key: &'static str,
+        /// What is wrong, including the offending value.
+        reason: String,
+        /// True for repeatable keys: the entry is dropped (no default).
+        repeatable: bool,
+    },
+    /// A scalar key appeared again; this later value replaces the earlier.
+    Repeated {
+        /// The key.
+        key: &'static str,
+        /// Line of the replaced value.
+        previous_line: usize,
+    },
+    /// More than [`MAX_WARNINGS`] warnings: this many were not kept (the
+    /// line is the last of them), so garbage input cannot fill the heap.
+    Suppressed {
+        /// Number of warnings dropped.
+        count: usize,
+    },
+    /// A repeatable key was given more often than its limit.
+    TooMany {
+        /// The key.
+        key: &'static str,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+/// A problem with one line of the boot config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong.
+    pub kind: WarningKind,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "bootconfig line {}: ", self.line)?;
+        match &self.kind {
+            WarningKind::NotUtf8 => write!(f, "not valid UTF-8 (ignored)"),
+            WarningKind::Nul => write!(f, "contains a NUL byte (ignored)"),
+            WarningKind::TooLong { len } => {
+                write!(f, "line of {len} bytes is longer than {MAX_LINE} (ignored)")
+            }
+            WarningKind::NoEquals { text } => {
+                write!(f, "expected key=value, got '{text}' (ignored)")
+            }
+            WarningKind::UnknownKey { key } => write!(f, "unknown key '{key}' (ignored)"),
+            WarningKind::BadValue {
+                key,
+                reason,
+                repeatable,
+            } => {
+                let outcome = if *repeatable {
+                    "ignored"
+                } else {
+                    "using default"
+                };
+                write!(f, "bad value for {key}: {reason} ({outcome})")
+            }
+            WarningKind::Repeated { key, previous_line } => write!(
+                f,
+                "{key} set again (replaces the value from line {previous_line})"
+            ),
+            WarningKind::Suppressed { count } => {
+                write!(f, "{count} more warnings not shown")
+            }
+            WarningKind::TooMany { key, limit } => {
+                write!(f, "more than {limit} {key} entries (ignored)")
+            }
+        }
+    }
+}
+
+/// Collects warnings: at most [`MAX_WARNINGS`] kept, the rest counted.
+#[derive(Default)]
+struct Warnings {
+    list: Vec<Warning>,
+    suppressed: usize,
+    last_line: usize,
+}
+
+impl Warnings {
+    fn push(&mut self, line: usize, kind: WarningKind) {
+        if self.list.len() < MAX_WARNINGS {
+            self.list.push(Warning { line, kind });
+        } else {
+            self.suppressed = self.suppressed.saturating_add(1);
+            self.last_line = line;
+        }
+    }
+
+    fn finish(mut self) -> Vec<Warning> {
+        if self.suppressed > 0 {
+            self.list.push(Warning {
+                line: self.last_line,
+                kind: WarningKind::Suppressed {
+                    count: self.suppressed,
+                },
+            });
+        }
+        self.list
+    }
+}
+
+/// Parses the boot config. Accepts `&str` or raw ramdisk bytes; never
+/// fails: unusable lines become warnings and their keys keep the defaults.
+pub fn parse(input: impl AsRef<[u8]>) -> (BootConfig, Vec<Warning>) {
+    let mut bytes = input.as_ref();
+    // Image builders may pad the ramdisk to a page with NULs; that is not
+    // the user's text, so it is dropped silently.
+    while let [rest @ .., 0] = bytes {
+        bytes = rest;
+    }
+    let mut parser = Parser::default();
+    for (index, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        parser.line(index.saturating_add(1), raw);
+    }
+    (parser.config, parser.warnings.finish())
+}
+
+/// Line numbers of the scalar keys already set, to report repeats.
+#[derive(Default)]
+struct Seen {
+    format: Option<usize>,
+    ip: Option<usize>,
+    gateway: Option<usize>,
+    nbd_port: Option<usize>,
+    http_port: Option<usize>,
+    log: Option<usize>,
+    debug_commands: Option<usize>,
+}
+
+#[derive(Default)]
+struct Parser {
+    config: BootConfig,
+    warnings: Warnings,
+    seen: Seen,
+}
+
+impl Parser {
+    fn line(&mut self, number: usize, raw: &[u8]) {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if raw.len() > MAX_LINE {
+            self.warnings
+                .push(number, WarningKind::TooLong { len: raw.len() });
+            return;
+        }
+        if raw.contains(&0) {
+            self.warnings.push(number, WarningKind::Nul);
+            return;
+        }
+        let Ok(text) = core::str::from_utf8(raw) else {
+            self.warnings.push(number, WarningKind::NotUtf8);
+            return;
+        };
+        let text = text.trim();
+        if text.is_empty() || text.starts_with('#') {
+            return;
+        }
+        // A trailing comment needs whitespace before the '#', so values
+        // can never contain " #" but keys and values never need to.
+        let text = match text.find(" #").or_else(|| text.find("\t#")) {
+            Some(at) => text[..at].trim_end(),
+            None => text,
+        };
+        let Some((key, value)) = text.split_once('=') else {
+            self.warnings.push(
+                number,
+                WarningKind::NoEquals {
+                    text: printable(text),
+                },
+            );
+            return;
+        };
+        self.setting(number, key.trim(), value.trim());
+    }
+
+    fn bad(&mut self, line: usize, key: &'static str, reason: String, repeatable: bool) {
+        self.warnings.push(
+            line,
+            WarningKind::BadValue {
+                key,
+                reason,
+                repeatable,
+            },
+        );
+    }
+
+    /// Records that scalar `key` is set on `line`, warning on a repeat.
+    fn mark(&mut self, line: usize, key: &'static str) {
+        let slot = match key {
+            "format" => &mut self.seen.format,
+            "ip" => &mut self.seen.ip,
+            "gateway" => &mut self.seen.gateway,
+            "nbd_port" => &mut self.seen.nbd_port,
+            "http_port" => &mut self.seen.http_port,
+            "log" => &mut self.seen.log,
+            _ => &mut self.seen.debug_commands,
+        };
+        if let Some(previous_line) = slot.replace(line) {
+            self.warnings
+                .push(line, WarningKind::Repeated { key, previous_line });
+        }
+    }
+
+    fn setting(&mut self, line: usize, key: &str, value: &str) {
+        match key {
+            "pmem" => {
+                if self.config.pmem.len() >= MAX_PMEM {
+                    self.warnings.push(
+                        line,
+                        WarningKind::TooMany {
+                            key: "pmem",
+                            limit: MAX_PMEM,
+                        },
+                    );
+                    return;
+                }
+                match parse_pmem(value) {
+                    Ok((size, start)) => self.config.pmem.push(PmemRequest {
+                        size,
+                        start,
+                        text: value.to_string(),
+                        line,
+                    }),
+                    Err(reason) => self.bad(line, "pmem", reason, true),
+                }
+            }
+            "format" => {
+                let policy = match value {
+                    "if-blank" => FormatPolicy::IfBlank,
+                    "never" => FormatPolicy::Never,
+                    _ => {
+                        let reason = expected(value, "if-blank or never");
+                        return self.bad(line, "format", reason, false);
+                    }
+                };
+                self.mark(line, "format");
+                self.config.format = policy;
+            }
+            "ip" => match parse_ip_config(value) {
+                Ok(ip) => {
+                    self.mark(line, "ip");
+                    self.config.ip = ip;
+                }
+                Err(reason) => self.bad(line, "ip", reason, false),
+            },
+            "gateway" => match parse_ipv4(value) {
+                Some(address) => {
+                    self.mark(line, "gateway");
+                    self.config.gateway = Some(address);
+                }
+                None => {
+                    let reason = expected(value, "an IPv4 address A.B.C.D");
+                    self.bad(line, "gateway", reason, false);
+                }
+            },
+            "nbd_port" | "http_port" => {
+                let key: &'static str = if key == "nbd_port" {
+                    "nbd_port"
+                } else {
+                    "http_port"
+                };
+                match value.parse::<u16>() {
+                    Ok(port) if port != 0 && value.bytes().all(|b| b.is_ascii_digit()) => {
+                        self.mark(line, key);
+                        if key == "nbd_port" {
+                            self.config.nbd_port = port;
+                        } else {
+                            self.config.http_port = port;
+                        }
+                    }
+                    _ => {
+                        let reason = expected(value, "a port number 1-65535");
+                        self.bad(line, key, reason, false);
+                    }
+                }
+            }
+            "export_raw" => {
+                if self.config.export_raw.len() >= MAX_NAMES {
+                    let kind = WarningKind::TooMany {
+                        key: "export_raw",
+                        limit: MAX_NAMES,
+                    };
+                    return self.warnings.push(line, kind);
+                }
+                if is_pmem_device_name(value) {
+                    self.config.export_raw.push(value.to_string());
+                } else {
+                    let reason = expected(value, "a device name pmemN");
+                    self.bad(line, "export_raw", reason, true);
+                }
+            }
+            "readonly" => {
+                if self.config.readonly.len() >= MAX_NAMES {
+                    let kind = WarningKind::TooMany {
+                        key: "readonly",
+                        limit: MAX_NAMES,
+                    };
+                    return self.warnings.push(line, kind);
+                }
+                if is_export_name(value) {
+                    self.config.readonly.push(value.to_string());
+                } else {
+                    let reason = expected(
+                        value,
+                        "an export name of 1-32 letters, digits, '-', '_' or '.'",
+                    );
+                    self.bad(line, "readonly", reason, true);
+                }
+            }
+            "log" => {
+                let level = match value {
+                    "error" => LogLevel::Error,
+                    "warn" => LogLevel::Warn,
+                    "info" => LogLevel::Info,
+                    "debug" => LogLevel::Debug,
+                    "trace" => LogLevel::Trace,
+                    _ => {
+                        let reason = expected(value, "error, warn, info, debug or trace");
+                        return self.bad(line, "log", reason, false);
+                    }
+                };
+                self.mark(line, "log");
+                self.config.log = level;
+            }
+            "debug_commands" => {
+                let on = match value {
+                    "on" => true,
+                    "off" => false,
+                    _ => {
+                        let reason = expected(value, "on or off");
+                        return self.bad(line, "debug_commands", reason, false);
+                    }
+                };
+                self.mark(line, "debug_commands");
+                self.config.debug_commands = on;
+            }
+            _ => self.warnings.push(
+                line,
+                WarningKind::UnknownKey {
+                    key: printable(key),
+                },
+            ),
+        }
+    }
+}
+
+/// `'VALUE' is not WHAT` with the value made printable.
+fn expected(value: &str, what: &str) -> String {
+    alloc::format!("'{}' is not {what}", printable(value))
+}
+
+/// At most 40 characters of `text`, control characters replaced by '?',
+/// so a warning stays one readable console line.
+fn printable(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(40)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if text.chars().nth(40).is_some() {
+        out.push_str("...");
+    }
+    out
+}
+
+/// Parses a number: decimal or `0x` hex, with an optional binary `K`, `M`,
+/// `G` or `T` suffix (either case). `None` on any syntax error or overflow.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let (digits, shift) = match text.as_bytes().last()? {
+        b'k' | b'K' => (&text[..text.len() - 1], 10),
+        b'm' | b'M' => (&text[..text.len() - 1], 20),
+        b'g' | b'G' => (&text[..text.len() - 1], 30),
+        b't' | b'T' => (&text[..text.len() - 1], 40),
+        _ => (text, 0),
+    };
+    let (digits, radix) = match digits
+        .strip_prefix("0x")
+        .or_else(|| digits.strip_prefix("0X"))
+    {
+        Some(hex) => (hex, 16),
+        None => (digits, 10),
+    };
+    // from_str_radix accepts a leading '+'; a size never has a sign.
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let value = u64::from_str_radix(digits, radix).ok()?;
+    value.checked_mul(1u64 << shift)
+}
+
+/// Parses `SIZE@START` (see [`parse_size`]) into `(size, start)`.
+fn parse_pmem(value: &str) -> Result<(u64, u64), String> {
+    let Some((size_text, start_text)) = value.split_once('@') else {
+        return Err(expected(value, "SIZE@START (e.g. 64M@0x10000000)"));
+    };
+    let size = parse_size(size_text.trim())
+        .ok_or_else(|| alloc::format!("size {}", expected(size_text, "a number")))?;
+    let start = parse_size(start_text.trim())
+        .ok_or_else(|| alloc::format!("start {}", expected(start_text, "a number")))?;
+    if size == 0 {
+        return Err(alloc::format!("'{}': size is zero", printable(value)));
+    }
+    if start.checked_add(size).is_none() {
+        return Err(alloc::format!(
+            "'{}': range runs past the end of the address space",
+            printable(value)
+        ));
+    }
+    Ok((size, start))
+}
+
+/// Parses a dotted-quad IPv4 address with decimal octets (no leading
+/// zeros beyond a single `0`, so `010` is not silently octal or decimal).
+pub fn parse_ipv4(text: &str) -> Option<[u8; 4]> {
+    let mut out = [0u8; 4];
+    let mut parts = text.split('.');
+    for slot in out.iter_mut() {
+        let part = parts.next()?;
+        if part.is_empty()
+            || part.len() > 3
+            || !part.bytes().all(|b| b.is_ascii_digit())
+            || (part.len() > 1 && part.starts_with('0'))
+        {
+            return None;
+        }
+        *slot = part.parse().ok()?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(out)
+}
+
+fn parse_ip_config(value: &str) -> Result<IpConfig, String> {
+    if value == "dhcp" {
+        return Ok(IpConfig::Dhcp);
+    }
+    let what = "dhcp or A.B.C.D/PREFIX";
+    let (address, prefix) = value.split_once('/').ok_or_else(|| expected(value, what))?;
+    let address = parse_ipv4(address).ok_or_else(|| expected(value, what))?;
+    let prefix = match prefix.parse::<u8>() {
+        Ok(p) if p <= 32 && prefix.bytes().all(|b| b.is_ascii_digit()) => p,
+        _ => return Err(alloc::format!("prefix {}", expected(prefix, "0-32"))),
+    };
+    Ok(IpConfig::Static { address, prefix })
+}
+
+/// True for `pmem0`, `pmem1`, ... (decimal, no leading zeros).
+pub fn is_pmem_device_name(name: &str) -> bool {
+    match name.strip_prefix("pmem") {
+        Some(digits) => {
+            !digits.is_empty()
+                && digits.len() <= 3
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && !(digits.len() > 1 && digits.starts_with('0'))
+        }
+        None => false,
+    }
+}
+
+/// True for a plausible export name: 1-32 ASCII letters, digits, `-`, `_`
+/// or `.`.
+pub fn is_export_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+impl fmt::Display for IpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IpConfig::Dhcp => write!(f, "dhcp"),
+            IpConfig::Static { address: a, prefix } => {
+                write!(f, "{}.{}.{}.{}/{prefix}", a[0], a[1], a[2], a[3])
+            }
+        }
+    }
+}
+
+impl fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn messages(w: &[Warning]) -> Vec<String> {
+        w.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn empty_input_gives_defaults() {
+        let (config, warnings) = parse("");
+        assert_eq!(config, BootConfig::default());
+        assert!(warnings.is_empty());
+        assert_eq!(config.nbd_port, 10809);
+        assert_eq!(config.http_port, 80);
+        assert_eq!(config.format, FormatPolicy::Never);
+        assert_eq!(config.ip, IpConfig::Dhcp);
+        assert_eq!(config.log, LogLevel::Info);
+        assert!(!config.debug_commands);
+    }
+
+    #[test]
+    fn every_key_parses() {
+        let text = "# daxbox test config\n\
+            pmem=64M@0x10000000\n\
+            pmem = 0x4000000 @ 256M   # second range\n\
+            format=if-blank\n\
+            ip=10.0.2.15/24\n\
+            gateway=10.0.2.2\n\
+            nbd_port=10810\n\
+            http_port=8080\n\
+            export_raw=pmem1\n\
+            readonly=pmem0\n\
+            readonly=data.img\n\
+            log=debug\n\
+            debug_commands=on\n";
+        let (config, warnings) = parse(text);
+        assert!(warnings.is_empty(), "{:?}", messages(&warnings));
+        assert_eq!(config.pmem.len(), 2);
+        assert_eq!(config.pmem[0].size, 64 << 20);
+        assert_eq!(config.pmem[0].start, 0x1000_0000);
+        assert_eq!(config.pmem[0].line, 2);
+        assert_eq!(config.pmem[0].text, "64M@0x10000000");
+        assert_eq!(config.pmem[1].size, 0x400_0000);
+        assert_eq!(config.pmem[1].start, 256 << 20);
+        assert_eq!(config.format, FormatPolicy::IfBlank);
+        assert_eq!(
+            config.ip,
+            IpConfig::Static {
+                address: [10, 0, 2, 15],
+                prefix: 24
+            }
+        );
+        assert_eq!(config.ip.to_string(), "10.0.2.15/24");
+        assert_eq!(config.gateway, Some([10, 0, 2, 2]));
+        assert_eq!(config.nbd_port, 10810);
+        assert_eq!(config.http_port, 8080);
+        assert_eq!(config.export_raw, ["pmem1"]);
+        assert_eq!(config.readonly, ["pmem0", "data.img"]);
+        assert_eq!(config.log, LogLevel::Debug);
+        assert!(config.debug_commands);
+    }
+
+    #[test]
+    fn warnings_name_the_line_and_keep_defaults() {
+        let text = "log=info\n\nfoo=bar\nnbd_port=0\npmem=64X@1G\nlog=loud\njust text\n";
+        let (config, warnings) = parse(text);
+        assert_eq!(config.nbd_port, DEFAULT_NBD_PORT);
+        assert_eq!(config.log, LogLevel::Info);
+        assert!(config.pmem.is_empty());
+        let m = messages(&warnings);
+        assert_eq!(m.len(), 5, "{m:?}");
+        assert_eq!(m[0], "bootconfig line 3: unknown key 'foo' (ignored)");
+        assert_eq!(
+            m[1],
+            "bootconfig line 4: bad value for nbd_port: '0' is not a port number 1-65535 (using default)"
+        );
+        assert!(m[2].starts_with("bootconfig line 5: bad value for pmem: size '64X'"));
+        assert!(m[2].ends_with("(ignored)"));
+        assert!(m[3].starts_with("bootconfig line 6: bad value for log: 'loud'"));
+        assert!(m[3].ends_with("(using default)"));
+        assert_eq!(
+            m[4],
+            "bootconfig line 7: expected key=value, got 'just text' (ignored)"
+        );
+    }
+
+    #[test]
+    fn repeated_scalar_keeps_last_with_warning() {
+        let (config, warnings) = parse("log=warn\nlog=trace\n");
+        assert_eq!(config.log, LogLevel::Trace);
+        assert_eq!(
+            messages(&warnings),
+            ["bootconfig line 2: log set again (replaces the value from line 1)"]
+        );
+    }
+
+    #[test]
+    fn crlf_nul_padding_and_bad_bytes() {
+        let mut bytes = b"log=warn\r\nnbd_port=99\r\n".to_vec();
+        bytes.extend_from_slice(b"\xff\xfe=1\nhttp_port=81\0\nip=dhcp\n");
+        bytes.extend(core::iter::repeat_n(0, 4000));
+        let (config, warnings) = parse(&bytes);
+        assert_eq!(config.log, LogLevel::Warn);
+        assert_eq!(config.nbd_port, 99);
+        assert_eq!(config.http_port, DEFAULT_HTTP_PORT);
+        let m = messages(&warnings);
+        assert_eq!(
+            m,
+            [
+                "bootconfig line 3: not valid UTF-8 (ignored)",
+                "bootconfig line 4: contains a NUL byte (ignored)"
+            ]
+        );
+    }
+
+    #[test]
+    fn long_lines_are_refused() {
+        let long = alloc::format!("readonly={}\nlog=error\n", "a".repeat(MAX_LINE));
+        let (config, warnings) = parse(&long);
+        assert!(config.readonly.is_empty());
+        assert_eq!(config.log, LogLevel::Error);
+        assert_eq!(warnings[0].kind, WarningKind::TooLong { len: MAX_LINE + 9 });
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("64K"), Some(64 << 10));
+        assert_eq!(parse_size("64m"), Some(64 << 20));
+        assert_eq!(parse_size("1G"), Some(1 << 30));
+        assert_eq!(parse_size("2T"), Some(2 << 40));
+        assert_eq!(parse_size("0x4000000"), Some(0x400_0000));
+        assert_eq!(parse_size("0X10M"), Some(16 << 20));
+        assert_eq!(parse_size(""), None);
+        assert_eq!(parse_size("M"), None);
+        assert_eq!(parse_size("0x"), None);
+        assert_eq!(parse_size("+5"), None);
+        assert_eq!(parse_size("-5"), None);
+        assert_eq!(parse_size("12ab"), None, "hex digits without 0x");
+        assert_eq!(parse_size("18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_size("18446744073709551616"), None);
+        assert_eq!(parse_size("0x100000000000T"), None, "suffix overflow");
+    }
+
+    #[test]
+    fn pmem_values() {
+        assert_eq!(parse_pmem("64M@0x1000000"), Ok((64 << 20, 0x100_0000)));
+        assert!(parse_pmem("64M").is_err());
+        assert!(parse_pmem("0@1G").unwrap_err().contains("size is zero"));
+        assert!(parse_pmem("2@0xffffffffffffffff")
+            .unwrap_err()
+            .contains("past the end"));
+        assert!(parse_pmem("1G@").is_err());
+        assert!(parse_pmem("@1G").is_err());
+    }
+
+    #[test]
+    fn pmem_entries_are_limited() {
+        let text: String = (0..MAX_PMEM + 2)
+            .map(|i| alloc::format!("pmem=1M@{}M\n", 256 + i))
+            .collect();
+        let (config, warnings) = parse(&text);
+        assert_eq!(config.pmem.len(), MAX_PMEM);
+        assert_eq!(warnings.len(), 2);
+    }
+
+    #[test]
+    fn addresses_and_names() {
+        assert_eq!(parse_ipv4("192.168.1.254"), Some([192, 168, 1, 254]));
+        assert_eq!(parse_ipv4("0.0.0.0"), Some([0; 4]));
+        for bad in [
+            "1.2.3",
+            "1.2.3.4.5",
+            "256.1.1.1",
+            "01.2.3.4",
+            "1..2.3",
+            "+1.2.3.4",
+            "",
+        ] {
+            assert_eq!(parse_ipv4(bad), None, "{bad}");
+        }
+        assert!(parse_ip_config("10.0.0.1/33").is_err());
+        assert!(parse_ip_config("10.0.0.1").is_err());
+        assert!(parse_ip_config("10.0.0.1/+8").is_err());
+        assert!(is_pmem_device_name("pmem0"));
+        assert!(is_pmem_device_name("pmem12"));
+        assert!(!is_pmem_device_name("pmem"));
+        assert!(!is_pmem_device_name("pmem01"));
+        assert!(!is_pmem_device_name("pmemx"));
+        assert!(!is_pmem_device_name("nvme0"));
+        assert!(is_export_name("a-b_c.d"));
+        assert!(!is_export_name("a b"));
+        assert!(!is_export_name(&"x".repeat(33)));
+    }
+
+    #[test]
+    fn warnings_are_capped() {
+        let text = "junk\n".repeat(MAX_WARNINGS + 10);
+        let (_, warnings) = parse(&text);
+        assert_eq!(warnings.len(), MAX_WARNINGS + 1);
+        assert_eq!(
+            warnings[MAX_WARNINGS].to_string(),
+            alloc::format!(
+                "bootconfig line {}: 10 more warnings not shown",
+                MAX_WARNINGS + 10
+            )
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_printable() {
+        let (_, warnings) = parse("f\u{1b}[2Joo=1\n");
+        assert_eq!(
+            warnings[0].to_string(),
+            "bootconfig line 1: unknown key 'f?[2Joo' (ignored)"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let (config, warnings) = parse(&bytes);
+            prop_assert!(config.pmem.len() <= MAX_PMEM);
+            prop_assert!(warnings.len() <= MAX_WARNINGS + 1);
+            for w in warnings.iter() {
+                let _ = w.to_string();
+            }
+        }
+
+        #[test]
+        fn random_lines_never_panic(lines in proptest::collection::vec(
+            "(pmem|ip|log|nbd_port|readonly|format|gateway)=[0-9a-zA-Z@./x #\\-]{0,24}", 0..20)) {
+            let text = lines.join("\n");
+            let (config, _) = parse(&text);
+            for request in &config.pmem {
+                prop_assert!(request.size > 0);
+                prop_assert!(request.start.checked_add(request.size).is_some());
+            }
+        }
+
+        #[test]
+        fn pmem_round_trips(size in 1u64..(1 << 40), start in 0u64..(1 << 46)) {
+            let text = alloc::format!("pmem={size:#x}@{start}\n");
+            let (config, warnings) = parse(&text);
+            prop_assert!(warnings.is_empty());
+            prop_assert_eq!(config.pmem.len(), 1);
+            prop_assert_eq!(config.pmem[0].size, size);
+            prop_assert_eq!(config.pmem[0].start, start);
+        }
+    }
+}
