@@ -1,0 +1,499 @@
+//! What to boot and how: [`QemuOptions`] and the QEMU command line built
+//! from it.
+//!
+//! This module is pure (no processes, no files written) so that the command
+//! line is unit-tested, and so that `xtask run/netboot` uses the very same
+//! command line as the system tests.
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use crate::HarnessError;
+
+/// Guest TCP port of the NBD server (IANA port for NBD, proto.md "Ports").
+pub const GUEST_NBD_PORT: u16 = 10809;
+/// Guest TCP port of the HTTP status server.
+pub const GUEST_HTTP_PORT: u16 = 80;
+/// Name of the UEFI application in the PXE TFTP folder (fixed by
+/// `bootloader::UefiBoot::create_pxe_tftp_folder`).
+pub const PXE_BOOT_FILE: &str = "bootloader";
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+/// Which firmware path boots the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Firmware {
+    /// SeaBIOS boots `bios.img` (MBR).
+    Bios,
+    /// OVMF boots `uefi.img` (GPT).
+    Uefi,
+    /// OVMF's own PXE client fetches the `pxe/` folder from QEMU's built-in
+    /// TFTP server; no disk is attached.
+    Pxe,
+}
+
+impl Firmware {
+    /// The `daxbox-boot` flag that builds the media for this firmware.
+    pub fn boot_tool_flag(self) -> &'static str {
+        match self {
+            Firmware::Bios => "--bios",
+            Firmware::Uefi => "--uefi",
+            Firmware::Pxe => "--pxe",
+        }
+    }
+
+    /// Whether this firmware path needs the OVMF flash images.
+    pub fn needs_ovmf(self) -> bool {
+        matches!(self, Firmware::Uefi | Firmware::Pxe)
+    }
+
+    /// Short lower-case name (`bios`, `uefi`, `pxe`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+            Firmware::Pxe => "pxe",
+        }
+    }
+}
+
+/// One emulated NVDIMM and its backing file on the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nvdimm {
+    /// Backing file (`memory-backend-file,mem-path=`); created sparse when
+    /// missing.
+    pub path: PathBuf,
+    /// Size in bytes (a multiple of 2 MiB keeps QEMU happy).
+    pub size: u64,
+    /// Empty the file before boot (a brand-new, all-zero NVDIMM). `false`
+    /// keeps its contents, e.g. to boot again after a crash.
+    pub fresh: bool,
+}
+
+impl Nvdimm {
+    /// A new all-zero NVDIMM: the file is recreated before boot.
+    pub fn fresh(path: impl Into<PathBuf>, size: u64) -> Self {
+        Nvdimm {
+            path: path.into(),
+            size,
+            fresh: true,
+        }
+    }
+
+    /// An NVDIMM whose file keeps its contents (created if missing).
+    pub fn existing(path: impl Into<PathBuf>, size: u64) -> Self {
+        Nvdimm {
+            path: path.into(),
+            size,
+            fresh: false,
+        }
+    }
+}
+
+/// The OVMF firmware pair: read-only code and a *writable copy* of the
+/// variable store (one per machine, as OVMF writes to it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ovmf {
+    /// `OVMF_CODE*.fd`, attached read-only.
+    pub code: PathBuf,
+    /// Writable copy of `OVMF_VARS*.fd`.
+    pub vars: PathBuf,
+}
+
+/// Everything that describes one boot of the appliance.
+///
+/// Build with [`QemuOptions::new`] and the `with_*` methods; the fields are
+/// public so tests can also set them directly.
+#[derive(Clone, Debug)]
+pub struct QemuOptions {
+    /// Test name: the run folder is `target/test-runs/<name>/`. Use a unique
+    /// name per test (tests run in parallel).
+    pub name: String,
+    /// BIOS, UEFI disk, or UEFI PXE.
+    pub firmware: Firmware,
+    /// Guest RAM in bytes (`-m`).
+    pub memory: u64,
+    /// Emulated NVDIMMs, in slot order (may be empty).
+    pub nvdimms: Vec<Nvdimm>,
+    /// Boot-config text handed to the kernel as the ramdisk; `None` boots
+    /// without a ramdisk (`bootconfig: none`).
+    pub boot_config: Option<String>,
+    /// Extra QEMU arguments appended at the end.
+    pub extra_args: Vec<String>,
+    /// Host port forwarded to guest port 10809 (NBD); 0 = pick a free port
+    /// at boot.
+    pub nbd_port: u16,
+    /// Host port forwarded to guest port 80 (HTTP); 0 = pick a free port
+    /// at boot.
+    pub http_port: u16,
+    /// QEMU accelerator (`tcg`; `kvm` on real hosts). Default: `tcg`, or
+    /// the `DAXBOX_ACCEL` environment variable.
+    pub accel: String,
+    /// Timeout of [`crate::Machine::boot_to_prompt`]. Default 60 s (TCG).
+    pub boot_timeout: Duration,
+    /// Default timeout of [`crate::Machine::command`].
+    pub command_timeout: Duration,
+    /// Hard limit on the machine's life: a watchdog SIGKILLs QEMU after it,
+    /// whatever the test is doing. Default 10 minutes.
+    pub max_runtime: Duration,
+}
+
+impl QemuOptions {
+    /// Defaults: 512 MiB RAM, no NVDIMM, no boot config, free host ports,
+    /// TCG, 60 s boot timeout, 20 s command timeout.
+    pub fn new(name: impl Into<String>, firmware: Firmware) -> Self {
+        QemuOptions {
+            name: name.into(),
+            firmware,
+            memory: 512 * MIB,
+            nvdimms: Vec::new(),
+            boot_config: None,
+            extra_args: Vec::new(),
+            nbd_port: 0,
+            http_port: 0,
+            accel: std::env::var("DAXBOX_ACCEL").unwrap_or_else(|_| "tcg".into()),
+            boot_timeout: Duration::from_secs(60),
+            command_timeout: Duration::from_secs(20),
+            max_runtime: Duration::from_secs(600),
+        }
+    }
+
+    /// Sets the boot-config text (e.g. `"debug_commands=on\n"`).
+    pub fn with_boot_config(mut self, text: impl Into<String>) -> Self {
+        self.boot_config = Some(text.into());
+        self
+    }
+
+    /// Adds an NVDIMM.
+    pub fn with_nvdimm(mut self, nvdimm: Nvdimm) -> Self {
+        self.nvdimms.push(nvdimm);
+        self
+    }
+
+    /// Sets the guest RAM size in bytes.
+    pub fn with_memory(mut self, bytes: u64) -> Self {
+        self.memory = bytes;
+        self
+    }
+
+    /// Appends extra QEMU arguments.
+    pub fn with_extra_args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.extra_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// The run folder of this test: `target/test-runs/<name>/`.
+    pub fn run_dir(&self) -> PathBuf {
+        crate::paths::test_runs_dir().join(&self.name)
+    }
+}
+
+/// Parses a size such as `512M`, `1G`, `64K`, `2T`, `1GiB` or `4096`
+/// (binary units; a bare number is bytes).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits_end = text
+        .find(|character: char| !character.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(digits_end);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (examples: 512M, 1G, 4096)"))?;
+    let shift = match unit.trim().to_ascii_uppercase().trim_end_matches("IB") {
+        "" | "B" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown unit `{unit}` (use K, M, G or T)"
+            ))
+        }
+    };
+    number
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+/// Formats a byte count for QEMU: whole MiB with an `M` suffix when it is a
+/// multiple of 1 MiB, else bytes.
+fn qemu_size(bytes: u64) -> String {
+    if bytes.is_multiple_of(MIB) {
+        format!("{}M", bytes / MIB)
+    } else {
+        bytes.to_string()
+    }
+}
+
+/// Asks the kernel for a free TCP port on 127.0.0.1 (bind to port 0, read
+/// the port, close). Another process could take it before QEMU binds it;
+/// that window is small and only makes QEMU fail loudly.
+pub fn free_port() -> Result<u16, HarnessError> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .map_err(|error| HarnessError::io("binding 127.0.0.1:0 to find a free port", error))?;
+    let port = listener
+        .local_addr()
+        .map_err(|error| HarnessError::io("reading the free port", error))?
+        .port();
+    Ok(port)
+}
+
+/// Finds the OVMF code and variable-template files.
+///
+/// `DAXBOX_OVMF_CODE` / `DAXBOX_OVMF_VARS` override; otherwise the Debian
+/// (`ovmf` package) and Fedora locations are tried, as matching pairs (the
+/// 4 MiB code only works with the 4 MiB variable store).
+pub fn find_ovmf() -> Result<(PathBuf, PathBuf), HarnessError> {
+    if let (Ok(code), Ok(vars)) = (
+        std::env::var("DAXBOX_OVMF_CODE"),
+        std::env::var("DAXBOX_OVMF_VARS"),
+    ) {
+        return Ok((code.into(), vars.into()));
+    }
+    const PAIRS: &[(&str, &str)] = &[
+        (
+            "/usr/share/OVMF/OVMF_CODE_4M.fd",
+            "/usr/share/OVMF/OVMF_VARS_4M.fd",
+        ),
+        (
+            "/usr/share/OVMF/OVMF_CODE.fd",
+            "/usr/share/OVMF/OVMF_VARS.fd",
+        ),
+        (
+            "/usr/share/edk2/ovmf/OVMF_CODE.fd",
+            "/usr/share/edk2/ovmf/OVMF_VARS.fd",
+        ),
+    ];
+    PAIRS
+        .iter()
+        .find(|(code, vars)| Path::new(code).is_file() && Path::new(vars).is_file())
+        .map(|(code, vars)| (PathBuf::from(code), PathBuf::from(vars)))
+        .ok_or_else(|| {
+            HarnessError::Setup(
+                "OVMF not found (looked for /usr/share/OVMF/OVMF_CODE_4M.fd): \
+                 install the `ovmf` package (`cargo xtask setup`) or set \
+                 DAXBOX_OVMF_CODE and DAXBOX_OVMF_VARS"
+                    .into(),
+            )
+        })
+}
+
+/// The full QEMU argument list (without the program name).
+///
+/// `media` is the folder `daxbox-boot` wrote (`bios.img`, `uefi.img`,
+/// `pxe/`); `ovmf` must be set for UEFI and PXE. Ports of 0 are left out
+/// (no forward), so resolve them first.
+pub fn qemu_arguments(options: &QemuOptions, media: &Path, ovmf: Option<&Ovmf>) -> Vec<String> {
+    let mut args: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| args.extend(items.iter().map(|item| item.to_string()));
+
+    push(&["-accel", &options.accel]);
+    if options.nvdimms.is_empty() {
+        push(&["-machine", "q35", "-m", &qemu_size(options.memory)]);
+    } else {
+        // NVDIMMs are memory devices: they need hot-plug slots and room
+        // between RAM and `maxmem`. At least 4 GiB, as verified on QEMU 7.2.
+        let nvdimm_total: u64 = options.nvdimms.iter().map(|nvdimm| nvdimm.size).sum();
+        let maxmem = (options.memory + nvdimm_total)
+            .div_ceil(GIB)
+            .saturating_mul(GIB)
+            .max(4 * GIB);
+        let memory = format!(
+            "{},slots={},maxmem={}",
+            qemu_size(options.memory),
+            options.nvdimms.len() + 1,
+            qemu_size(maxmem)
+        );
+        push(&["-machine", "q35,nvdimm=on", "-m", &memory]);
+        for (index, nvdimm) in options.nvdimms.iter().enumerate() {
+            let backend = format!(
+                "memory-backend-file,id=pm{index},share=on,mem-path={},size={},pmem=on",
+                nvdimm.path.display(),
+                qemu_size(nvdimm.size)
+            );
+            let device = format!("nvdimm,id=nv{index},memdev=pm{index}");
+            push(&["-object", &backend, "-device", &device]);
+        }
+    }
+    push(&[
+        "-serial",
+        "stdio",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=0x04",
+    ]);
+
+    let mut netdev = String::from("user,id=n0");
+    if options.nbd_port != 0 {
+        netdev += &format!(
+            ",hostfwd=tcp:127.0.0.1:{}-:{GUEST_NBD_PORT}",
+            options.nbd_port
+        );
+    }
+    if options.http_port != 0 {
+        netdev += &format!(
+            ",hostfwd=tcp:127.0.0.1:{}-:{GUEST_HTTP_PORT}",
+            options.http_port
+        );
+    }
+    if options.firmware == Firmware::Pxe {
+        netdev += &format!(
+            ",tftp={},bootfile={PXE_BOOT_FILE}",
+            media.join("pxe").display()
+        );
+    }
+    // `romfile=` (empty): no iPXE option ROM. OVMF then uses its own PXE
+    // client, with which the bootloader can load the kernel over TFTP.
+    push(&[
+        "-netdev",
+        &netdev,
+        "-device",
+        "virtio-net-pci,netdev=n0,romfile=",
+    ]);
+
+    if let Some(ovmf) = ovmf {
+        let code = format!(
+            "if=pflash,format=raw,readonly=on,file={}",
+            ovmf.code.display()
+        );
+        let vars = format!("if=pflash,format=raw,file={}", ovmf.vars.display());
+        push(&["-drive", &code, "-drive", &vars]);
+    }
+    match options.firmware {
+        Firmware::Bios => {
+            let disk = format!("format=raw,file={}", media.join("bios.img").display());
+            push(&["-drive", &disk]);
+        }
+        Firmware::Uefi => {
+            let disk = format!("format=raw,file={}", media.join("uefi.img").display());
+            push(&["-drive", &disk]);
+        }
+        Firmware::Pxe => {}
+    }
+    args.extend(options.extra_args.iter().cloned());
+    args
+}
+
+/// Renders a command line so that it can be pasted into a shell.
+pub fn shell_quote(program: &str, args: &[String]) -> String {
+    let quote = |word: &str| {
+        let plain = !word.is_empty()
+            && word.chars().all(|character| {
+                character.is_ascii_alphanumeric() || "-_./=,:@%+".contains(character)
+            });
+        if plain {
+            word.to_string()
+        } else {
+            format!("'{}'", word.replace('\'', r"'\''"))
+        }
+    };
+    std::iter::once(program)
+        .chain(args.iter().map(String::as_str))
+        .map(quote)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn find_pair(args: &[String], flag: &str, value_part: &str) -> bool {
+        args.windows(2)
+            .any(|pair| pair[0] == flag && pair[1].contains(value_part))
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("G").is_err());
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn bios_without_nvdimm() {
+        let mut options = QemuOptions::new("t", Firmware::Bios);
+        options.nbd_port = 4000;
+        options.http_port = 0;
+        let args = qemu_arguments(&options, Path::new("/m"), None);
+        assert!(find_pair(&args, "-machine", "q35"));
+        assert!(!args.iter().any(|arg| arg.contains("nvdimm")));
+        assert!(find_pair(&args, "-m", "512M"));
+        assert!(find_pair(
+            &args,
+            "-netdev",
+            "hostfwd=tcp:127.0.0.1:4000-:10809"
+        ));
+        assert!(!args.iter().any(|arg| arg.contains("-:80")));
+        assert!(find_pair(&args, "-drive", "file=/m/bios.img"));
+        assert!(!args.iter().any(|arg| arg.contains("pflash")));
+    }
+
+    #[test]
+    fn two_nvdimms_get_slots_and_room() {
+        let options = QemuOptions::new("t", Firmware::Uefi)
+            .with_nvdimm(Nvdimm::fresh("/p/a.img", 1 << 30))
+            .with_nvdimm(Nvdimm::existing("/p/b.img", 4 << 30));
+        let ovmf = Ovmf {
+            code: "/c.fd".into(),
+            vars: "/v.fd".into(),
+        };
+        let args = qemu_arguments(&options, Path::new("/m"), Some(&ovmf));
+        assert!(find_pair(&args, "-machine", "nvdimm=on"));
+        assert!(find_pair(&args, "-m", "512M,slots=3,maxmem=6144M"));
+        assert!(find_pair(
+            &args,
+            "-object",
+            "id=pm1,share=on,mem-path=/p/b.img,size=4096M"
+        ));
+        assert!(find_pair(&args, "-device", "nvdimm,id=nv0,memdev=pm0"));
+        assert!(find_pair(&args, "-drive", "readonly=on,file=/c.fd"));
+        assert!(find_pair(&args, "-drive", "format=raw,file=/v.fd"));
+        assert!(find_pair(&args, "-drive", "file=/m/uefi.img"));
+    }
+
+    #[test]
+    fn pxe_uses_tftp_and_no_disk() {
+        let options = QemuOptions::new("t", Firmware::Pxe).with_extra_args(["-smp", "2"]);
+        let ovmf = Ovmf {
+            code: "/c.fd".into(),
+            vars: "/v.fd".into(),
+        };
+        let args = qemu_arguments(&options, Path::new("/m"), Some(&ovmf));
+        assert!(find_pair(
+            &args,
+            "-netdev",
+            "tftp=/m/pxe,bootfile=bootloader"
+        ));
+        assert!(find_pair(
+            &args,
+            "-device",
+            "virtio-net-pci,netdev=n0,romfile="
+        ));
+        assert!(!args.iter().any(|arg| arg.contains(".img")));
+        assert_eq!(&args[args.len() - 2..], ["-smp", "2"]);
+    }
+
+    #[test]
+    fn quoting() {
+        let args = vec!["a b".to_string(), "it's".to_string(), "x=1,y".to_string()];
+        assert_eq!(shell_quote("qemu", &args), r"qemu 'a b' 'it'\''s' x=1,y");
+    }
+}
