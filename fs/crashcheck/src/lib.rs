@@ -22,8 +22,11 @@ extern crate alloc;
 
 pub mod explore;
 pub mod generate;
+#[cfg(any(test, feature = "std"))]
+pub mod harness;
 pub mod image;
 pub mod memory;
+pub mod oracle;
 pub mod rng;
 
 pub use explore::{ExploreStats, Explorer, Violation};

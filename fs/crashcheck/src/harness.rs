@@ -1,0 +1,588 @@
+//! The workload runner: runs operations on a filesystem over
+//! [`CrashMemory`], checks every crash image at every crash point against
+//! the [`crate::oracle`], and collects counters and findings.
+//!
+//! For each distinct crash image of a workload the runner:
+//! 1. mounts it on a fresh [`CrashMemory`] (a panic is caught and reported;
+//!    a refusal to mount is reported too: a crash image is never corrupt);
+//! 2. runs fsck (any finding is a violation) and reads every file;
+//! 3. re-crashes recovery: takes a few crash images of the writes the mount
+//!    itself made, mounts each again and requires the same visible state;
+//! 4. compares the visible state with the oracle's acceptable states for
+//!    the crash point (this step runs for every occurrence of an image, as
+//!    the acceptable states differ between points; steps 1 to 3 run once
+//!    per distinct image of the workload and are cached by image hash).
+//!
+//! The filesystem is reached through the small [`Target`] trait so that the
+//! runner can be tested with toy filesystems; `crate::daxfs_target` is the
+//! real one.
+
+use std::boxed::Box;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::format;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
+use std::string::{String, ToString};
+use std::sync::{Arc, Once};
+use std::vec::Vec;
+
+use crate::explore::Explorer;
+use crate::generate::{crash_images, Policy, Selection};
+use crate::image::{ImageHash, PagedImage};
+use crate::memory::{CrashMemory, PointKind};
+use crate::oracle::{matches_any, Expect, ModelState, Op, Semantics, Visible};
+use crate::rng::Rng;
+
+/// An error of the filesystem under test, classified for the oracle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetError {
+    /// No such file.
+    NotFound,
+    /// The name exists already.
+    Exists,
+    /// Anything else (message).
+    Other(String),
+}
+
+/// A filesystem the runner can drive.
+pub trait Target: Sized + 'static {
+    /// Mounts (and recovers) the filesystem on `memory`.
+    fn mount(memory: CrashMemory) -> Result<Self, String>;
+    /// Runs one operation.
+    fn apply(&mut self, op: &Op) -> Result<(), TargetError>;
+    /// Consistency check of the mounted filesystem: one line per problem.
+    fn fsck(&mut self) -> Vec<String>;
+    /// Every file and its content.
+    fn visible(&mut self) -> Result<Visible, String>;
+}
+
+/// Settings of a run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Crash images per crash point.
+    pub policy: Policy,
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// What the filesystem promises.
+    pub semantics: Semantics,
+    /// Crash images of recovery itself re-mounted per distinct image.
+    pub recrash: usize,
+    /// Stop collecting finding details after this many.
+    pub max_findings: usize,
+}
+
+/// One violation, with everything needed to reproduce it.
+#[derive(Clone, Debug)]
+pub struct Finding {
+    /// The workload.
+    pub ops: Vec<Op>,
+    /// Index of the operation in flight (== ops.len() for setup problems).
+    pub op_index: usize,
+    /// The crash point.
+    pub point: PointKind,
+    /// How the image was chosen.
+    pub selection: Selection,
+    /// What was wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ops: Vec<String> = self.ops.iter().map(|o| o.to_string()).collect();
+        write!(
+            f,
+            "workload [{}], crash in op {} at {:?} (keep_rest {}, {} line exceptions): {}",
+            ops.join(", "),
+            self.op_index,
+            self.point,
+            self.selection.keep_rest,
+            self.selection.lines.len(),
+            self.message
+        )
+    }
+}
+
+/// Counters and findings of a run.
+#[derive(Clone, Debug, Default)]
+pub struct Totals {
+    /// Workloads run.
+    pub workloads: u64,
+    /// Crash points visited.
+    pub points: u64,
+    /// Crash images checked against the oracle (all occurrences).
+    pub images: u64,
+    /// Distinct crash images over the whole run.
+    pub distinct: u64,
+    /// Mounts of crash images (distinct per workload).
+    pub mounts: u64,
+    /// Mounts of crash images of recovery.
+    pub recrash_mounts: u64,
+    /// Violations found (all of them).
+    pub violations: u64,
+    /// The first violations in detail.
+    pub findings: Vec<Finding>,
+}
+
+/// The starting point shared by all workloads: an image and its model.
+#[derive(Clone)]
+pub struct Base {
+    /// The image (clean, all durable).
+    pub image: PagedImage,
+    /// Its hash.
+    pub hash: ImageHash,
+    /// The model of its content.
+    pub state: ModelState,
+}
+
+type Outcome = Result<Visible, String>;
+
+thread_local! {
+    static QUIET: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Installs (once) a panic hook that stays silent while the runner catches
+/// panics of mounts, so that caught panics do not flood the output.
+fn quiet_panics() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(|q| q.get()) {
+                default(info);
+            }
+        }));
+    });
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic".to_string()
+    }
+}
+
+/// Runs `f`, turning a panic into an error message.
+fn guarded<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    quiet_panics();
+    QUIET.with(|q| q.set(true));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(false));
+    result.map_err(|p| format!("panic: {}", panic_message(&*p)))
+}
+
+/// Interns file contents so that the cache keeps one copy of each.
+#[derive(Default)]
+struct Contents(HashMap<Vec<u8>, Arc<Vec<u8>>>);
+
+impl Contents {
+    fn intern(&mut self, visible: Visible) -> Visible {
+        visible
+            .into_iter()
+            .map(|(name, bytes)| {
+                let shared = self
+                    .0
+                    .entry((*bytes).clone())
+                    .or_insert_with(|| bytes.clone())
+                    .clone();
+                (name, shared)
+            })
+            .collect()
+    }
+}
+
+/// Mounts `image`, checks it, returns what it shows.
+fn mount_and_read<T: Target>(memory: CrashMemory) -> Outcome {
+    let result = guarded(|| -> Outcome {
+        let mut fs = T::mount(memory).map_err(|e| format!("mount refused: {e}"))?;
+        let problems = fs.fsck();
+        if !problems.is_empty() {
+            return Err(format!("fsck: {}", problems.join("; ")));
+        }
+        fs.visible().map_err(|e| format!("reading files: {e}"))
+    });
+    match result {
+        Ok(outcome) => outcome,
+        Err(panic) => Err(format!("mount/fsck {panic}")),
+    }
+}
+
+/// Steps 1 to 3 of the module docs for one distinct image.
+fn recover<T: Target>(
+    image: &PagedImage,
+    hash: ImageHash,
+    config: &Config,
+    rng: &mut Rng,
+    totals: &mut Totals,
+) -> Outcome {
+    let memory = CrashMemory::with_hash(image.clone(), hash);
+    // Collect crash images of recovery's own writes while it runs.
+    let again: Rc<RefCell<Vec<(ImageHash, PagedImage)>>> = Rc::default();
+    let sink = again.clone();
+    let small = Policy {
+        all_subsets_up_to: 2,
+        pairs_up_to: 0,
+        singles_cap: 2,
+        all_based_cap: 1,
+        prefix_cap: 1,
+        random: 1,
+        max_images: 4,
+    };
+    let mut recovery_rng = Rng::new(rng.next_u64());
+    memory.set_observer(Box::new(move |point| {
+        crash_images(point, &small, &mut recovery_rng, |crash| {
+            let mut images = sink.borrow_mut();
+            if crash.hash != hash && images.iter().all(|(h, _)| *h != crash.hash) {
+                images.push((crash.hash, crash.materialise(point.persisted)));
+            }
+        });
+    }));
+    totals.mounts += 1;
+    let first = mount_and_read::<T>(memory.clone());
+    memory.clear_observer();
+    let mut again = again.take();
+    // Keep a spread of recovery crash images: first, last, random others.
+    while again.len() > config.recrash {
+        let drop = 1 + rng.index(again.len().saturating_sub(2).max(1));
+        again.remove(drop.min(again.len() - 1));
+    }
+    for (h, image) in again {
+        totals.recrash_mounts += 1;
+        let second = mount_and_read::<T>(CrashMemory::with_hash(image, h));
+        if second != first {
+            let describe = |o: &Outcome| match o {
+                Ok(v) => format!("files {:?}", v.keys().collect::<Vec<_>>()),
+                Err(e) => e.clone(),
+            };
+            return Err(format!(
+                "recovery is not idempotent: a crash during recovery gives [{}], \
+                 recovery without crash gives [{}]",
+                describe(&second),
+                describe(&first)
+            ));
+        }
+    }
+    first
+}
+
+struct Session {
+    before: ModelState,
+    after: ModelState,
+    op_index: usize,
+    cache: HashMap<ImageHash, Outcome>,
+    contents: Contents,
+    new_findings: Vec<Finding>,
+}
+
+/// Runs one workload from `base`, checking every crash point.
+pub fn run_workload<T: Target>(
+    base: &Base,
+    ops: &[Op],
+    config: &Config,
+    explorer: &Rc<RefCell<Explorer>>,
+    totals: &Rc<RefCell<Totals>>,
+) {
+    let memory = CrashMemory::with_hash(base.image.clone(), base.hash);
+    totals.borrow_mut().workloads += 1;
+    let setup_finding = |message: String, op_index: usize| Finding {
+        ops: ops.to_vec(),
+        op_index,
+        point: PointKind::OperationEnd(0),
+        selection: Selection {
+            keep_rest: false,
+            lines: Vec::new(),
+        },
+        message,
+    };
+    let mut fs = match guarded(|| T::mount(memory.clone())) {
+        Ok(Ok(fs)) => fs,
+        Ok(Err(e)) => {
+            record(
+                totals,
+                config,
+                setup_finding(format!("base image does not mount: {e}"), 0),
+            );
+            return;
+        }
+        Err(p) => {
+            record(
+                totals,
+                config,
+                setup_finding(format!("mounting the base image: {p}"), 0),
+            );
+            return;
+        }
+    };
+    let session = Rc::new(RefCell::new(Session {
+        before: base.state.clone(),
+        after: base.state.clone(),
+        op_index: 0,
+        cache: HashMap::new(),
+        contents: Contents::default(),
+        new_findings: Vec::new(),
+    }));
+    let mut rng = Rng::new(config.seed ^ (ops.len() as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
+    {
+        let (session, explorer, totals, config) = (
+            session.clone(),
+            explorer.clone(),
+            totals.clone(),
+            config.clone(),
+        );
+        let ops = ops.to_vec();
+        memory.set_observer(Box::new(move |point| {
+            let mut guard = session.borrow_mut();
+            let s = &mut *guard;
+            let mut t = totals.borrow_mut();
+            t.points += 1;
+            let mut e = explorer.borrow_mut();
+            e.visit(point, |image, bytes, first| {
+                t.images += 1;
+                if first {
+                    t.distinct += 1;
+                }
+                let outcome = match s.cache.get(&image.hash) {
+                    Some(o) => o.clone(),
+                    None => {
+                        let o = recover::<T>(bytes, image.hash, &config, &mut rng, &mut t)
+                            .map(|v| s.contents.intern(v));
+                        s.cache.insert(image.hash, o.clone());
+                        o
+                    }
+                };
+                // At the end of an operation it has completed: only "after".
+                let states: Vec<&ModelState> = match point.kind {
+                    PointKind::OperationEnd(_) => vec![&s.after],
+                    PointKind::Fence(_) => vec![&s.before, &s.after],
+                };
+                let verdict = outcome
+                    .and_then(|visible| matches_any(&states, &visible, config.semantics.unit));
+                if let Err(message) = verdict {
+                    s.new_findings.push(Finding {
+                        ops: ops.clone(),
+                        op_index: s.op_index,
+                        point: point.kind,
+                        selection: image.selection.clone(),
+                        message,
+                    });
+                }
+            });
+        }));
+    }
+    for (index, op) in ops.iter().enumerate() {
+        let expect = {
+            let mut s = session.borrow_mut();
+            s.op_index = index;
+            let mut after = s.before.clone();
+            let expect = after.apply(op, &config.semantics);
+            s.after = after;
+            expect
+        };
+        let result = guarded(|| fs.apply(op));
+        let mismatch = match (&result, expect) {
+            (Err(p), _) => Some(format!("{op} {p}")),
+            (Ok(Ok(())), Expect::Ok)
+            | (Ok(Err(TargetError::NotFound)), Expect::NotFound)
+            | (Ok(Err(TargetError::Exists)), Expect::Exists) => None,
+            (Ok(r), e) => Some(format!("{op} returned {r:?}, the model expects {e:?}")),
+        };
+        if let Some(message) = mismatch {
+            memory.clear_observer();
+            record(totals, config, setup_finding(message, index));
+            return;
+        }
+        memory.mark_operation_end();
+        let mut s = session.borrow_mut();
+        s.before = s.after.clone();
+    }
+    memory.clear_observer();
+    let findings = std::mem::take(&mut session.borrow_mut().new_findings);
+    for finding in findings {
+        record(totals, config, finding);
+    }
+}
+
+fn record(totals: &Rc<RefCell<Totals>>, config: &Config, finding: Finding) {
+    let mut t = totals.borrow_mut();
+    t.violations += 1;
+    if t.findings.len() < config.max_findings {
+        t.findings.push(finding);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The runner against a toy one-file filesystem that commits each write
+    //! by switching between two slots with one atomic header word. With the
+    //! fence before the header store it is crash-safe; without, the runner
+    //! must say so.
+    use super::*;
+    use crate::image::PAGE;
+    use daxbox_persist::PersistentMemory;
+
+    const SLOTS: [u64; 2] = [512, 1536];
+    const EXISTS: u64 = 1 << 63;
+
+    thread_local! {
+        static BROKEN: Cell<bool> = const { Cell::new(false) };
+    }
+
+    struct Toy {
+        memory: CrashMemory,
+    }
+
+    impl Toy {
+        fn header(&self) -> (bool, usize, usize) {
+            let h = self.memory.load_u64(0).unwrap();
+            (
+                h & EXISTS != 0,
+                (h >> 32 & 1) as usize,
+                (h & 0xffff) as usize,
+            )
+        }
+        fn commit(&mut self, slot: usize, size: usize) {
+            let word = EXISTS | (slot as u64) << 32 | size as u64;
+            self.memory.store_u64(0, word).unwrap();
+            self.memory.flush(0, 8).unwrap();
+            self.memory.fence();
+        }
+    }
+
+    impl Target for Toy {
+        fn mount(memory: CrashMemory) -> Result<Self, String> {
+            let toy = Toy { memory };
+            if toy.header().2 > 1024 {
+                return Err("size out of range".into());
+            }
+            Ok(toy)
+        }
+        fn apply(&mut self, op: &Op) -> Result<(), TargetError> {
+            let (exists, slot, size) = self.header();
+            match op {
+                Op::Create(_) if exists => Err(TargetError::Exists),
+                Op::Create(_) => {
+                    self.commit(0, 0);
+                    Ok(())
+                }
+                Op::Write { .. } | Op::Persist(_) if !exists => Err(TargetError::NotFound),
+                Op::Persist(_) => Ok(()),
+                Op::Write {
+                    offset, len, seed, ..
+                } => {
+                    let mut content = vec![0u8; size];
+                    self.memory.read(SLOTS[slot], &mut content).unwrap();
+                    let end = (offset + len) as usize;
+                    content.resize(content.len().max(end), 0);
+                    for (i, byte) in content.iter_mut().enumerate().skip(*offset as usize) {
+                        *byte = crate::oracle::pattern(*seed, i as u64);
+                    }
+                    let new = 1 - slot;
+                    self.memory.write(SLOTS[new], &content).unwrap();
+                    self.memory.flush(SLOTS[new], content.len() as u64).unwrap();
+                    if !BROKEN.with(|b| b.get()) {
+                        self.memory.fence();
+                    }
+                    self.commit(new, content.len());
+                    Ok(())
+                }
+                _ => Err(TargetError::Other("unsupported".into())),
+            }
+        }
+        fn fsck(&mut self) -> Vec<String> {
+            Vec::new()
+        }
+        fn visible(&mut self) -> Result<Visible, String> {
+            let (exists, slot, size) = self.header();
+            let mut out = Visible::new();
+            if exists {
+                let mut content = vec![0u8; size];
+                self.memory.read(SLOTS[slot], &mut content).unwrap();
+                out.insert("f".into(), Arc::new(content));
+            }
+            Ok(out)
+        }
+    }
+
+    fn run(broken: bool) -> Totals {
+        BROKEN.with(|b| b.set(broken));
+        let config = Config {
+            policy: Policy::default(),
+            seed: 5,
+            semantics: Semantics {
+                unit: 1,
+                writes_durable_on_return: true,
+                clone_replaces: false,
+            },
+            recrash: 2,
+            max_findings: 10,
+        };
+        let base = Base {
+            image: PagedImage::zeroed(PAGE).unwrap(),
+            hash: PagedImage::zeroed(PAGE).unwrap().hash(),
+            state: ModelState::default(),
+        };
+        let explorer = Rc::new(RefCell::new(Explorer::new(config.policy.clone(), 1)));
+        let totals = Rc::new(RefCell::new(Totals::default()));
+        let write = |offset, len, seed| Op::Write {
+            name: "f".into(),
+            offset,
+            len,
+            seed,
+        };
+        for ops in [
+            vec![Op::Create("f".into())],
+            vec![Op::Create("f".into()), write(0, 100, 1)],
+            vec![Op::Create("f".into()), write(0, 100, 1), write(50, 250, 2)],
+            vec![Op::Create("f".into()), Op::Create("f".into())],
+            vec![write(0, 1, 1)],
+        ] {
+            run_workload::<Toy>(&base, &ops, &config, &explorer, &totals);
+        }
+        BROKEN.with(|b| b.set(false));
+        let t = totals.borrow().clone();
+        t
+    }
+
+    #[test]
+    fn crash_safe_toy_passes() {
+        let t = run(false);
+        assert_eq!(t.violations, 0, "{:#?}", t.findings);
+        assert_eq!(t.workloads, 5);
+        assert!(t.distinct >= 6, "{t:?}");
+        assert!(t.images >= t.distinct);
+    }
+
+    #[test]
+    fn toy_without_fence_is_caught() {
+        let t = run(true);
+        assert!(t.violations > 0, "{t:?}");
+        let first = &t.findings[0];
+        assert_eq!(first.ops.len(), 2, "smallest workload first: {first}");
+        assert!(first.message.contains("bytes"), "{first}");
+    }
+
+    #[test]
+    fn panics_in_mount_become_findings() {
+        struct Panics;
+        impl Target for Panics {
+            fn mount(_: CrashMemory) -> Result<Self, String> {
+                panic!("boom")
+            }
+            fn apply(&mut self, _: &Op) -> Result<(), TargetError> {
+                Ok(())
+            }
+            fn fsck(&mut self) -> Vec<String> {
+                Vec::new()
+            }
+            fn visible(&mut self) -> Result<Visible, String> {
+                Ok(Visible::new())
+            }
+        }
+        let memory = CrashMemory::new(PagedImage::zeroed(PAGE).unwrap());
+        let outcome = mount_and_read::<Panics>(memory);
+        assert_eq!(outcome.unwrap_err(), "mount/fsck panic: boom");
+    }
+}
