@@ -1,2 +1,27 @@
-//! Placeholder: filled in by its issue.
+//! Sans-I/O NBD (Network Block Device) server protocol engine.
+//!
+//! This crate speaks the server side of the NBD protocol
+//! (NetworkBlockDevice/nbd `doc/proto.md`): the fixed newstyle handshake
+//! with `NBD_OPT_GO`/`INFO`, structured replies, `base:allocation` block
+//! status and extended headers, and every transmission command daxbox
+//! serves. It does no I/O of its own: the caller feeds received bytes to
+//! [`Connection::receive`] and drains replies with [`Connection::produce`],
+//! which lets the kernel (`kernel/`, over smoltcp sockets from
+//! `net/stack`) pass its socket buffers straight through, and lets host
+//! tests drive it with byte strings. Storage is reached through the
+//! [`Backend`] trait, which the kernel implements over daxfs files
+//! (`fs/daxfs`) and raw pmem devices (`drivers/pmem`), and the example
+//! `nbd-serve` implements over memory and host files.
 #![cfg_attr(not(test), no_std)]
+#![deny(unsafe_code)]
+
+extern crate alloc;
+
+mod backend;
+mod connection;
+mod server;
+pub mod wire;
+
+pub use backend::{Backend, BackendError, ExportHandle, ExportInfo, ExportKind, Extent, ZeroFlags};
+pub use connection::Connection;
+pub use server::{ConnectionStats, Server, ServerConfig};
