@@ -1,20 +1,177 @@
-//! daxbox kernel (placeholder while the skeleton is written).
+//! daxbox: a bare-metal unikernel that turns persistent memory into
+//! network storage.
+//!
+//! Boot order (each step needs the ones before it):
+//! serial console → GDT/IDT → RAM frames, heap and page tables → boot
+//! config → APIC + calibrated clock and timer → storage discovery → network
+//! → admin shell and the event loop.
+//!
+//! The event loop polls every source of work (console, network) until none
+//! has anything to do, then halts until the next interrupt (the 100 Hz
+//! timer or a device), so an idle appliance leaves the host CPU alone.
 #![no_std]
 #![no_main]
+#![feature(abi_x86_interrupt)]
 
+extern crate alloc;
+
+mod config;
+mod gdt;
+mod interrupts;
+mod memory;
+mod power;
+mod serial;
+mod shell;
+mod time;
+
+use alloc::vec::Vec;
+use bootloader_api::config::{BootloaderConfig, Mapping};
+use bootloader_api::info::MemoryRegionKind;
 use bootloader_api::{entry_point, BootInfo};
 
-entry_point!(kernel_main);
+/// How the bootloader should set the kernel up.
+pub static BOOTLOADER_CONFIG: BootloaderConfig = {
+    let mut config = BootloaderConfig::new_default();
+    config.mappings.physical_memory = Some(Mapping::Dynamic);
+    // Keep every mapping the bootloader chooses in the upper half, so the
+    // lower half is free for identity maps of pmem and device registers.
+    config.mappings.dynamic_range_start = Some(0xffff_8000_0000_0000);
+    config.kernel_stack_size = 256 * 1024;
+    config
+};
 
-fn kernel_main(_boot_info: &'static mut BootInfo) -> ! {
+entry_point!(kernel_main, config = &BOOTLOADER_CONFIG);
+
+fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
+    serial::init();
+    gdt::init();
+    interrupts::init_idt();
+
+    let uefi = boot_info
+        .memory_regions
+        .iter()
+        .any(|r| matches!(r.kind, MemoryRegionKind::UnknownUefi(_)));
+    println!(
+        "daxbox {} booting ({})",
+        env!("CARGO_PKG_VERSION"),
+        if uefi { "UEFI" } else { "BIOS" }
+    );
+
+    let physical_offset = boot_info
+        .physical_memory_offset
+        .into_option()
+        .unwrap_or_else(|| panic!("the bootloader did not map physical memory"));
+    let heap_size = memory::init(&boot_info.memory_regions, physical_offset);
+    print_memory_map(&boot_info.memory_regions);
+
+    let ramdisk = boot_info.ramdisk_addr.into_option().map(|address| {
+        // SAFETY: the bootloader maps the ramdisk at `address` for
+        // `ramdisk_len` bytes and never touches it again.
+        unsafe { core::slice::from_raw_parts(address as *const u8, boot_info.ramdisk_len as usize) }
+    });
+    let config = config::init(ramdisk);
+    serial::init_logging(config.log_level);
+    match ramdisk {
+        Some(bytes) => {
+            let first = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
+            println!(
+                "bootconfig: {} bytes, first line: {}",
+                bytes.len(),
+                alloc::string::String::from_utf8_lossy(first)
+            );
+        }
+        None => println!("bootconfig: none"),
+    }
+    for warning in &config.warnings {
+        log::warn!("{}", warning);
+    }
+    let info = memory::info();
+    println!(
+        "memory: {} usable RAM, heap {} at {}",
+        shell::human(info.usable),
+        shell::human(heap_size),
+        info.heap
+    );
+
+    if let Err(error) = interrupts::init_apic() {
+        panic!("cannot map the APICs: {}", error);
+    }
+    let khz = time::init();
+    println!(
+        "clock: TSC {}.{:03} MHz (calibrated against the PIT), timer {} Hz",
+        khz / 1000,
+        khz % 1000,
+        interrupts::TIMER_HZ
+    );
+    x86_64::instructions::interrupts::enable();
+
+    println!("daxbox: ready");
+    let mut shell = shell::Shell::new(shell::Context {
+        debug_commands: config.debug_commands,
+    });
     loop {
-        x86_64::instructions::hlt();
+        interrupts::take_work_pending();
+        let mut busy = shell.poll();
+        busy |= poll_services();
+        if !busy {
+            interrupts::wait_for_interrupt();
+        }
     }
 }
 
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {
-        x86_64::instructions::hlt();
+/// Polls the network services; true when any did work.
+fn poll_services() -> bool {
+    false
+}
+
+/// Storage ranges (pmem) known so far: never volatile memory.
+pub fn storage_ranges() -> Vec<memory::PhysRange> {
+    Vec::new()
+}
+
+/// Brings storage to a consistent state before power-off.
+pub fn shutdown() {}
+
+fn print_memory_map(regions: &[bootloader_api::info::MemoryRegion]) {
+    let mut usable = 0;
+    for region in regions {
+        let kind = match region.kind {
+            MemoryRegionKind::Usable => {
+                usable += region.end - region.start;
+                "usable"
+            }
+            MemoryRegionKind::Bootloader => "bootloader",
+            MemoryRegionKind::UnknownBios(12) => "E820 persistent memory (type 12)",
+            MemoryRegionKind::UnknownUefi(14) => "UEFI persistent memory (type 14)",
+            MemoryRegionKind::UnknownBios(_) => "reserved (BIOS)",
+            MemoryRegionKind::UnknownUefi(_) => "reserved (UEFI)",
+            _ => "other",
+        };
+        log::debug!(
+            "  {:#014x}-{:#014x} {}",
+            region.start,
+            region.end.saturating_sub(1),
+            kind
+        );
     }
+    println!(
+        "memory map: {} regions, {} usable",
+        regions.len(),
+        shell::human(usable)
+    );
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    x86_64::instructions::interrupts::disable();
+    match info.location() {
+        Some(location) => serial::force_print(format_args!(
+            "KERNEL PANIC: {} at {}:{}\n",
+            info.message(),
+            location.file(),
+            location.line()
+        )),
+        None => serial::force_print(format_args!("KERNEL PANIC: {}\n", info.message())),
+    }
+    power::exit(power::EXIT_FAILURE)
 }

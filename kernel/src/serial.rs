@@ -1,0 +1,128 @@
+//! The serial console (COM1, a 16550 UART at port 0x3f8): kernel output,
+//! the `log` backend, and input bytes for the admin shell.
+//!
+//! Output goes through one spin lock. The panic and exception paths use
+//! [`force_print`], which steals the lock so a panic while printing still
+//! reaches the console.
+
+use core::fmt::{self, Write};
+use spin::Mutex;
+use uart_16550::backend::PioBackend;
+use uart_16550::{Config, Uart16550};
+
+/// The COM1 port, `None` until [`init`] ran.
+static CONSOLE: Mutex<Option<Console>> = Mutex::new(None);
+
+struct Console {
+    uart: Uart16550<PioBackend>,
+}
+
+impl Write for Console {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        for byte in text.bytes() {
+            // Terminals want CR LF; the kernel writes plain LF.
+            if byte == b'\n' {
+                self.uart.send_bytes_exact(b"\r");
+            }
+            self.uart.send_bytes_exact(&[byte]);
+        }
+        Ok(())
+    }
+}
+
+/// Sets COM1 up (115200 8N1, FIFOs on). Call once, first thing at boot.
+pub fn init() {
+    // SAFETY: 0x3f8 is COM1 on every PC-compatible machine (and QEMU's
+    // `-serial` device); nothing else in the kernel touches these ports.
+    let uart = unsafe { Uart16550::new_port(0x3f8) };
+    if let Ok(mut uart) = uart {
+        // A missing UART cannot report anything anyway: carry on silently.
+        let _ = uart.init(Config::default());
+        *CONSOLE.lock() = Some(Console { uart });
+    }
+}
+
+/// Writes formatted text to the console.
+pub fn print(args: fmt::Arguments) {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        if let Some(console) = CONSOLE.lock().as_mut() {
+            let _ = console.write_fmt(args);
+        }
+    });
+}
+
+/// Writes raw bytes (shell echo) to the console.
+pub fn write_bytes(bytes: &[u8]) {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        if let Some(console) = CONSOLE.lock().as_mut() {
+            console.uart.send_bytes_exact(bytes);
+        }
+    });
+}
+
+/// Returns the next received byte, if any.
+pub fn try_read_byte() -> Option<u8> {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        CONSOLE
+            .lock()
+            .as_mut()
+            .and_then(|console| console.uart.try_receive_byte().ok())
+    })
+}
+
+/// Prints even when the console lock is held (panic and fault paths).
+pub fn force_print(args: fmt::Arguments) {
+    if CONSOLE.is_locked() {
+        // SAFETY: only reached on the way to halting the machine; whoever
+        // held the lock is interrupted for good, so no one else uses the
+        // console concurrently from here on.
+        unsafe { CONSOLE.force_unlock() };
+    }
+    print(args);
+}
+
+/// `print!` to the serial console.
+#[macro_export]
+macro_rules! print {
+    ($($arg:tt)*) => ($crate::serial::print(format_args!($($arg)*)));
+}
+
+/// `println!` to the serial console.
+#[macro_export]
+macro_rules! println {
+    () => ($crate::print!("\n"));
+    ($($arg:tt)*) => ($crate::serial::print(format_args!("{}\n", format_args!($($arg)*))));
+}
+
+/// The `log` backend: `[LEVEL target] message` lines on the console.
+struct SerialLogger;
+
+impl log::Log for SerialLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            let level = match record.level() {
+                log::Level::Error => "ERROR",
+                log::Level::Warn => "WARN ",
+                log::Level::Info => "INFO ",
+                log::Level::Debug => "DEBUG",
+                log::Level::Trace => "TRACE",
+            };
+            println!("[{} {}] {}", level, record.target(), record.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static LOGGER: SerialLogger = SerialLogger;
+
+/// Installs the console as the `log` backend at `level`.
+pub fn init_logging(level: log::LevelFilter) {
+    // A second call only fails with "already set": the level still changes.
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(level);
+}
