@@ -47,6 +47,10 @@ pub enum TargetError {
 
 /// A filesystem the runner can drive.
 pub trait Target: Sized + 'static {
+    /// Formats a new filesystem on `memory`.
+    fn format(memory: CrashMemory) -> Result<Self, String>;
+    /// Unmounts cleanly.
+    fn unmount(self) -> Result<(), String>;
     /// Mounts (and recovers) the filesystem on `memory`.
     fn mount(memory: CrashMemory) -> Result<Self, String>;
     /// Runs one operation.
@@ -405,6 +409,80 @@ pub fn run_workload<T: Target>(
     }
 }
 
+/// Builds the starting image: formats a `len`-byte region, runs `setup`
+/// (which must end with everything persisted) and unmounts cleanly.
+pub fn build_base<T: Target>(
+    len: usize,
+    setup: &[Op],
+    semantics: &Semantics,
+) -> Result<Base, String> {
+    let image = PagedImage::zeroed(len).map_err(|e| e.to_string())?;
+    let memory = CrashMemory::new(image);
+    let mut fs = T::format(memory.clone()).map_err(|e| format!("format: {e}"))?;
+    let mut state = ModelState::default();
+    for op in setup {
+        if state.apply(op, semantics) != Expect::Ok {
+            return Err(format!("setup operation {op} is not valid"));
+        }
+        fs.apply(op).map_err(|e| format!("setup {op}: {e:?}"))?;
+    }
+    fs.unmount().map_err(|e| format!("unmount: {e}"))?;
+    if memory.dirty_lines() != 0 {
+        return Err(format!(
+            "{} lines are not durable after a clean unmount",
+            memory.dirty_lines()
+        ));
+    }
+    Ok(Base {
+        image: memory.persisted_image(),
+        hash: memory.persisted_hash(),
+        state,
+    })
+}
+
+/// When a suite run stops.
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    /// Stop once this many distinct crash images were checked.
+    pub distinct: u64,
+    /// Stop after this much time (seconds).
+    pub seconds: f64,
+    /// Stop after this many workloads.
+    pub workloads: u64,
+}
+
+/// Runs workload after workload (see [`crate::workloads::Sequences`]) from
+/// `base` until `budget` is spent; `progress` is called after each one.
+pub fn run_suite<T: Target>(
+    base: &Base,
+    templates: &[Op],
+    config: &Config,
+    budget: Budget,
+    mut progress: impl FnMut(&Totals, &[Op], f64),
+) -> Totals {
+    let start = std::time::Instant::now();
+    let explorer = Rc::new(RefCell::new(Explorer::new(
+        config.policy.clone(),
+        config.seed,
+    )));
+    let totals = Rc::new(RefCell::new(Totals::default()));
+    for indices in crate::workloads::Sequences::new(templates.len(), config.seed) {
+        let ops = crate::workloads::instantiate(templates, &indices);
+        run_workload::<T>(base, &ops, config, &explorer, &totals);
+        let elapsed = start.elapsed().as_secs_f64();
+        let t = totals.borrow();
+        progress(&t, &ops, elapsed);
+        if t.distinct >= budget.distinct
+            || elapsed >= budget.seconds
+            || t.workloads >= budget.workloads
+        {
+            break;
+        }
+    }
+    let t = totals.borrow().clone();
+    t
+}
+
 fn record(totals: &Rc<RefCell<Totals>>, config: &Config, finding: Finding) {
     let mut t = totals.borrow_mut();
     t.violations += 1;
@@ -452,6 +530,14 @@ mod tests {
     }
 
     impl Target for Toy {
+        fn format(memory: CrashMemory) -> Result<Self, String> {
+            let mut toy = Toy { memory };
+            toy.memory.store_u64(0, 0).map_err(|e| e.to_string())?;
+            Ok(toy)
+        }
+        fn unmount(self) -> Result<(), String> {
+            Ok(())
+        }
         fn mount(memory: CrashMemory) -> Result<Self, String> {
             let toy = Toy { memory };
             if toy.header().2 > 1024 {
@@ -568,6 +654,12 @@ mod tests {
     fn panics_in_mount_become_findings() {
         struct Panics;
         impl Target for Panics {
+            fn format(_: CrashMemory) -> Result<Self, String> {
+                Ok(Panics)
+            }
+            fn unmount(self) -> Result<(), String> {
+                Ok(())
+            }
             fn mount(_: CrashMemory) -> Result<Self, String> {
                 panic!("boom")
             }

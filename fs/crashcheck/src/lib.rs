@@ -28,6 +28,7 @@ pub mod image;
 pub mod memory;
 pub mod oracle;
 pub mod rng;
+pub mod workloads;
 
 pub use explore::{ExploreStats, Explorer, Violation};
 pub use generate::{CrashImage, Policy};

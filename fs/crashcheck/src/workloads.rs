@@ -1,0 +1,193 @@
+//! The workloads of the crash check: a setup that every workload starts
+//! from, the operation templates the issue asks for, and the order in which
+//! sequences of them are tried.
+//!
+//! Sequences are tried shortest first (every single operation, then every
+//! pair, then triples in a seeded order, then seeded random longer
+//! sequences), so the first violation found comes from a smallest failing
+//! workload.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::oracle::Op;
+use crate::rng::Rng;
+
+/// daxfs's huge-page extent size (2 MiB, FORMAT.md "Geometry").
+pub const CHUNK: u64 = 2 * 1024 * 1024;
+
+/// Size of the small setup file: three blocks, the last one partial.
+pub const SMALL_SIZE: u64 = 10_000;
+/// Size of the big setup file: one whole 2 MiB extent and a bit.
+pub const BIG_SIZE: u64 = CHUNK + 12 * 1024;
+
+fn name(s: &str) -> String {
+    String::from(s)
+}
+
+fn write(file: &str, offset: u64, len: u64) -> Op {
+    Op::Write {
+        name: name(file),
+        offset,
+        len,
+        seed: 0,
+    }
+}
+
+/// Operations that build the starting image: a small file and a file that
+/// spans two 2 MiB extents, both persisted.
+pub fn setup() -> Vec<Op> {
+    let mut ops = alloc::vec![
+        Op::Create(name("small")),
+        Op::Create(name("big")),
+        write("small", 0, SMALL_SIZE),
+        write("big", 0, BIG_SIZE),
+        Op::PersistAll,
+    ];
+    // Distinct data per setup write.
+    for (i, op) in ops.iter_mut().enumerate() {
+        if let Op::Write { seed, .. } = op {
+            *seed = 200 + i as u8;
+        }
+    }
+    ops
+}
+
+/// The operation templates: every kind the issue lists, on the small file
+/// and on the file spanning two extents.
+pub fn templates() -> Vec<Op> {
+    alloc::vec![
+        Op::Create(name("new")),
+        // Writes: aligned, unaligned, appending, past the end (leaving a
+        // hole), into the hole a truncate up leaves, across the 2 MiB
+        // extent boundary, appending to the big file, into the big file.
+        write("small", 4096, 4096),
+        write("small", 1000, 5000),
+        write("small", SMALL_SIZE, 3000),
+        write("small", 40_000, 2000),
+        write("small", 20_000, 1000),
+        write("big", CHUNK - 3000, 6000),
+        write("big", BIG_SIZE, 4096),
+        write("big", 100, 50),
+        Op::Truncate(name("small"), 3000),
+        Op::Truncate(name("small"), 30_000),
+        Op::Truncate(name("big"), CHUNK / 2),
+        Op::Truncate(name("big"), CHUNK + CHUNK / 2),
+        Op::Rename(name("small"), name("new")),
+        Op::Rename(name("small"), name("big")),
+        Op::Unlink(name("small")),
+        Op::Unlink(name("big")),
+        Op::Clone(name("small"), name("copy")),
+        Op::Clone(name("big"), name("copy")),
+        write("copy", 0, 5000),
+        write("new", 0, 3000),
+        Op::Persist(name("small")),
+        Op::PersistAll,
+    ]
+}
+
+/// The sequence of templates `indices`, with a distinct data pattern per
+/// write.
+pub fn instantiate(templates: &[Op], indices: &[usize]) -> Vec<Op> {
+    indices
+        .iter()
+        .enumerate()
+        .map(|(position, &i)| {
+            let mut op = templates[i].clone();
+            if let Op::Write { seed, .. } = &mut op {
+                *seed = 1 + position as u8;
+            }
+            op
+        })
+        .collect()
+}
+
+/// Sequences of template indices in the order the check tries them: all
+/// of length 1 and 2, all of length 3 in a seeded order, then seeded
+/// random sequences of length 4 to 8 without end.
+pub struct Sequences {
+    n: usize,
+    fixed: Vec<Vec<usize>>,
+    next: usize,
+    rng: Rng,
+}
+
+impl Sequences {
+    /// Sequences over `n` templates, shuffled by `seed`.
+    pub fn new(n: usize, seed: u64) -> Self {
+        let mut rng = Rng::new(seed);
+        let mut fixed: Vec<Vec<usize>> = (0..n).map(|a| alloc::vec![a]).collect();
+        for a in 0..n {
+            for b in 0..n {
+                fixed.push(alloc::vec![a, b]);
+            }
+        }
+        let mut triples = Vec::with_capacity(n * n * n);
+        for a in 0..n {
+            for b in 0..n {
+                for c in 0..n {
+                    triples.push(alloc::vec![a, b, c]);
+                }
+            }
+        }
+        // Fisher-Yates, so that a time-bounded run samples all kinds.
+        for i in (1..triples.len()).rev() {
+            let j = rng.index(i + 1);
+            triples.swap(i, j);
+        }
+        fixed.extend(triples);
+        Self {
+            n,
+            fixed,
+            next: 0,
+            rng,
+        }
+    }
+
+    /// Number of sequences of length 1 to 3.
+    pub fn exhaustive_len(&self) -> usize {
+        self.fixed.len()
+    }
+}
+
+impl Iterator for Sequences {
+    type Item = Vec<usize>;
+
+    fn next(&mut self) -> Option<Vec<usize>> {
+        let item = if let Some(seq) = self.fixed.get(self.next) {
+            seq.clone()
+        } else {
+            let len = 4 + self.rng.index(5);
+            (0..len).map(|_| self.rng.index(self.n)).collect()
+        };
+        self.next += 1;
+        Some(item)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequences_go_shortest_first_and_cover_everything() {
+        let seqs: Vec<Vec<usize>> = Sequences::new(3, 1).take(3 + 9 + 27 + 5).collect();
+        assert!(seqs[..3].iter().all(|s| s.len() == 1));
+        assert!(seqs[3..12].iter().all(|s| s.len() == 2));
+        let mut triples: Vec<Vec<usize>> = seqs[12..39].to_vec();
+        triples.sort();
+        triples.dedup();
+        assert_eq!(triples.len(), 27);
+        assert!(seqs[39..].iter().all(|s| (4..=8).contains(&s.len())));
+    }
+
+    #[test]
+    fn writes_get_distinct_patterns() {
+        let t = templates();
+        let ops = instantiate(&t, &[1, 1]);
+        assert_ne!(ops[0], ops[1]);
+        assert!(setup()
+            .iter()
+            .any(|op| matches!(op, Op::Write { len, .. } if *len == BIG_SIZE)));
+    }
+}
