@@ -1,83 +1,98 @@
 //! The boot configuration: the text file the image builder passes as the
-//! bootloader ramdisk. Parsed once at boot; read-only afterwards.
+//! bootloader ramdisk, parsed once at boot by `daxbox-bootconfig` (which
+//! documents every key) and read-only afterwards.
 
 use alloc::string::String;
 use alloc::vec::Vec;
+use daxbox_bootconfig::{BootConfig, FormatPolicy, IpConfig, LogLevel};
 use spin::Once;
 
 use crate::println;
 
-/// The parsed settings the kernel uses.
-pub struct BootConfig {
-    /// Raw size of the file, 0 when there was none.
-    pub size: usize,
-    /// Whether a file was given at all.
-    pub present: bool,
-    /// `debug_commands=on`.
-    pub debug_commands: bool,
-    /// `log=` level.
-    pub log_level: log::LevelFilter,
-    /// Warnings produced while parsing.
+/// The parsed configuration plus what the kernel reports about it.
+pub struct Loaded {
+    /// The settings (defaults where the file said nothing or nonsense).
+    pub config: BootConfig,
+    /// Size of the file in bytes; `None` when there was no file.
+    pub size: Option<usize>,
+    /// One line per problem found while parsing.
     pub warnings: Vec<String>,
 }
 
-static CONFIG: Once<BootConfig> = Once::new();
+static LOADED: Once<Loaded> = Once::new();
 
 /// Parses the ramdisk bytes (or their absence) once.
-pub fn init(bytes: Option<&[u8]>) -> &'static BootConfig {
-    CONFIG.call_once(|| parse(bytes))
+pub fn init(bytes: Option<&[u8]>) -> &'static Loaded {
+    LOADED.call_once(|| {
+        let (config, warnings) = daxbox_bootconfig::parse(bytes.unwrap_or_default());
+        Loaded {
+            config,
+            size: bytes.map(|b| b.len()),
+            warnings: warnings.iter().map(|w| alloc::format!("{}", w)).collect(),
+        }
+    })
 }
 
-/// The parsed configuration (after [`init`]).
+/// The parsed configuration (defaults if [`init`] has not run).
 pub fn get() -> &'static BootConfig {
-    CONFIG.call_once(|| parse(None))
+    &init(None).config
 }
 
-fn parse(bytes: Option<&[u8]>) -> BootConfig {
-    let mut config = BootConfig {
-        size: bytes.map_or(0, |b| b.len()),
-        present: bytes.is_some(),
-        debug_commands: false,
-        log_level: log::LevelFilter::Info,
-        warnings: Vec::new(),
-    };
-    let text = String::from_utf8_lossy(bytes.unwrap_or_default());
-    for (number, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
-        match line.split_once('=') {
-            Some(("debug_commands", "on")) => config.debug_commands = true,
-            Some(("debug_commands", "off")) => config.debug_commands = false,
-            Some(("log", level)) => match level.parse() {
-                Ok(level) => config.log_level = level,
-                Err(_) => config.warnings.push(alloc::format!(
-                    "bootconfig line {}: bad value for log: '{}' (using info)",
-                    number + 1,
-                    level
-                )),
-            },
-            _ => {}
-        }
+/// The `log` crate filter for the configured level.
+pub fn log_filter(level: LogLevel) -> log::LevelFilter {
+    match level {
+        LogLevel::Error => log::LevelFilter::Error,
+        LogLevel::Warn => log::LevelFilter::Warn,
+        LogLevel::Info => log::LevelFilter::Info,
+        LogLevel::Debug => log::LevelFilter::Debug,
+        LogLevel::Trace => log::LevelFilter::Trace,
     }
-    config
 }
 
-/// Prints the configuration summary (shell `bootconfig`).
+/// Prints the effective configuration (shell `bootconfig`).
 pub fn show() {
-    let config = get();
-    if config.present {
-        println!("bootconfig: {} bytes", config.size);
-    } else {
-        println!("bootconfig: none");
+    let loaded = init(None);
+    let config = &loaded.config;
+    match loaded.size {
+        Some(size) => println!("bootconfig: {} bytes", size),
+        None => println!("bootconfig: none (defaults)"),
     }
+    for request in &config.pmem {
+        println!("pmem={}", request.text);
+    }
+    println!(
+        "format={}",
+        match config.format {
+            FormatPolicy::IfBlank => "if-blank",
+            FormatPolicy::Never => "never",
+        }
+    );
+    match config.ip {
+        IpConfig::Dhcp => println!("ip=dhcp"),
+        IpConfig::Static {
+            address: [a, b, c, d],
+            prefix,
+        } => {
+            println!("ip={}.{}.{}.{}/{}", a, b, c, d, prefix)
+        }
+    }
+    if let Some([a, b, c, d]) = config.gateway {
+        println!("gateway={}.{}.{}.{}", a, b, c, d);
+    }
+    println!("nbd_port={}", config.nbd_port);
+    println!("http_port={}", config.http_port);
+    for name in &config.export_raw {
+        println!("export_raw={}", name);
+    }
+    for name in &config.readonly {
+        println!("readonly={}", name);
+    }
+    println!("log={}", log_filter(config.log));
     println!(
         "debug_commands={}",
         if config.debug_commands { "on" } else { "off" }
     );
-    println!("log={}", config.log_level);
-    for warning in &config.warnings {
+    for warning in &loaded.warnings {
         println!("warning: {}", warning);
     }
 }

@@ -69,8 +69,9 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         // `ramdisk_len` bytes and never touches it again.
         unsafe { core::slice::from_raw_parts(address as *const u8, boot_info.ramdisk_len as usize) }
     });
-    let config = config::init(ramdisk);
-    serial::init_logging(config.log_level);
+    let loaded = config::init(ramdisk);
+    let config = &loaded.config;
+    serial::init_logging(config::log_filter(config.log));
     match ramdisk {
         Some(bytes) => {
             let first = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
@@ -82,7 +83,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         }
         None => println!("bootconfig: none"),
     }
-    for warning in &config.warnings {
+    for warning in &loaded.warnings {
         log::warn!("{}", warning);
     }
     let info = memory::info();
