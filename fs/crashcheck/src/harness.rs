@@ -178,20 +178,39 @@ fn guarded<R>(f: impl FnOnce() -> R) -> Result<R, String> {
     result.map_err(|p| format!("panic: {}", panic_message(&*p)))
 }
 
-/// Interns file contents so that the cache keeps one copy of each.
+/// Interns file contents so that the cache keeps one copy of each (the
+/// big file's content is the same in most images of a workload).
 #[derive(Default)]
-struct Contents(HashMap<Vec<u8>, Arc<Vec<u8>>>);
+struct Contents(HashMap<u64, Vec<Arc<Vec<u8>>>>);
+
+/// A fast content hash for interning (equality is checked after it).
+fn content_hash(bytes: &[u8]) -> u64 {
+    let mut h = bytes.len() as u64;
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        // chunks_exact(8) yields 8-byte slices.
+        let w = u64::from_le_bytes(w.try_into().expect("8-byte chunk"));
+        h = (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(23);
+    }
+    for &b in words.remainder() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    h
+}
 
 impl Contents {
     fn intern(&mut self, visible: Visible) -> Visible {
         visible
             .into_iter()
             .map(|(name, bytes)| {
-                let shared = self
-                    .0
-                    .entry((*bytes).clone())
-                    .or_insert_with(|| bytes.clone())
-                    .clone();
+                let bucket = self.0.entry(content_hash(&bytes)).or_default();
+                let shared = match bucket.iter().find(|b| **b == bytes) {
+                    Some(b) => b.clone(),
+                    None => {
+                        bucket.push(bytes.clone());
+                        bytes
+                    }
+                };
                 (name, shared)
             })
             .collect()
