@@ -593,7 +593,11 @@ impl Connection {
             }
             wire::OPT_LIST => self.opt_list(&data, backend),
             wire::OPT_STARTTLS => {
-                self.option_reply(option, wire::REP_ERR_UNSUP, b"TLS is not supported")
+                {
+                    // NOTLS mode: POLICY or UNSUP are both allowed (proto.md "NOTLS
+                    // mode"); nbdkit and qemu-nbd answer POLICY, so do we.
+                    self.option_reply(option, wire::REP_ERR_POLICY, b"TLS is not supported")
+                }
             }
             wire::OPT_INFO | wire::OPT_GO => {
                 if let Err((reply, message)) = self.opt_info(option, &data, backend) {
@@ -968,11 +972,13 @@ impl Connection {
             }
             return Err(einval("flag not valid for this command"));
         }
-        if request.kind == wire::CMD_TRIM && tx.flags & wire::TFLAG_SEND_TRIM == 0 {
-            return Err(einval("trim is not supported on this export"));
-        }
+        // proto.md "Error values": EPERM for a write or trim on a
+        // read-only export, before any other complaint about the command.
         if request.is_write_type() && tx.info.read_only {
             return Err((wire::EPERM, "export is read-only"));
+        }
+        if request.kind == wire::CMD_TRIM && tx.flags & wire::TFLAG_SEND_TRIM == 0 {
+            return Err(einval("trim is not supported on this export"));
         }
         if request.kind == wire::CMD_BLOCK_STATUS && !tx.meta {
             return Err(einval("no metadata context was negotiated"));

@@ -25,3 +25,6 @@ pub mod wire;
 pub use backend::{Backend, BackendError, ExportHandle, ExportInfo, ExportKind, Extent, ZeroFlags};
 pub use connection::Connection;
 pub use server::{ConnectionStats, Server, ServerConfig};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1149 @@
+//! Unit tests: the engine driven with byte strings over a memory backend.
+
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+
+use proptest::prelude::*;
+
+use crate::wire::*;
+use crate::*;
+
+const SIZE: u64 = 1 << 20;
+
+/// Memory backend that keeps a separate "durable" image: `write` changes
+/// only `data`; `persist`/`flush` copy to `durable`. Lets tests check that
+/// a reply is sent only after the data is durable.
+struct Mem {
+    exports: Vec<(ExportInfo, Vec<u8>, Vec<u8>)>,
+    fail_reads: bool,
+    flushes: usize,
+    holes: bool,
+}
+
+impl Mem {
+    fn new() -> Self {
+        let info = |name: &str, read_only| ExportInfo {
+            name: name.to_string(),
+            description: String::from("test export"),
+            size: SIZE,
+            read_only,
+            kind: ExportKind::Raw,
+            can_trim: true,
+            can_fast_zero: false,
+            multi_conn: true,
+        };
+        Mem {
+            exports: vec![
+                (
+                    info("disk", false),
+                    vec![0; SIZE as usize],
+                    vec![0; SIZE as usize],
+                ),
+                (
+                    info("ro", true),
+                    vec![7; SIZE as usize],
+                    vec![7; SIZE as usize],
+                ),
+            ],
+            fail_reads: false,
+            flushes: 0,
+            holes: false,
+        }
+    }
+    fn data(&self) -> &[u8] {
+        &self.exports[0].1
+    }
+    fn durable(&self) -> &[u8] {
+        &self.exports[0].2
+    }
+}
+
+impl Backend for Mem {
+    fn export_count(&self) -> usize {
+        self.exports.len()
+    }
+    fn export_name(&self, index: usize) -> Option<String> {
+        self.exports.get(index).map(|e| e.0.name.clone())
+    }
+    fn open(&mut self, name: &str) -> Result<ExportHandle, BackendError> {
+        let name = if name.is_empty() { "disk" } else { name };
+        self.exports
+            .iter()
+            .position(|e| e.0.name == name)
+            .map(|i| ExportHandle(i as u64))
+            .ok_or(BackendError::NoSuchExport)
+    }
+    fn info(&self, export: ExportHandle) -> Option<ExportInfo> {
+        self.exports.get(export.0 as usize).map(|e| e.0.clone())
+    }
+    fn read(
+        &mut self,
+        export: ExportHandle,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), BackendError> {
+        if self.fail_reads {
+            return Err(BackendError::Io);
+        }
+        let data = &self.exports[export.0 as usize].1;
+        buf.copy_from_slice(&data[offset as usize..offset as usize + buf.len()]);
+        Ok(())
+    }
+    fn write(
+        &mut self,
+        export: ExportHandle,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), BackendError> {
+        let d = &mut self.exports[export.0 as usize].1;
+        d[offset as usize..offset as usize + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+    fn persist(&mut self, export: ExportHandle, offset: u64, len: u64) -> Result<(), BackendError> {
+        let e = &mut self.exports[export.0 as usize];
+        let r = offset as usize..(offset + len) as usize;
+        e.2[r.clone()].copy_from_slice(&e.1[r]);
+        Ok(())
+    }
+    fn flush(&mut self, export: ExportHandle) -> Result<(), BackendError> {
+        self.flushes += 1;
+        let e = &mut self.exports[export.0 as usize];
+        e.2.copy_from_slice(&e.1);
+        Ok(())
+    }
+    fn trim(&mut self, export: ExportHandle, offset: u64, len: u64) -> Result<(), BackendError> {
+        self.write_zeroes(export, offset, len, ZeroFlags::default())
+    }
+    fn write_zeroes(
+        &mut self,
+        export: ExportHandle,
+        offset: u64,
+        len: u64,
+        flags: ZeroFlags,
+    ) -> Result<(), BackendError> {
+        if flags.fast {
+            return Err(BackendError::NotSupported);
+        }
+        let d = &mut self.exports[export.0 as usize].1;
+        d[offset as usize..(offset + len) as usize].fill(0);
+        Ok(())
+    }
+    fn block_status(
+        &mut self,
+        export: ExportHandle,
+        offset: u64,
+        len: u64,
+        max_extents: usize,
+        out: &mut Vec<Extent>,
+    ) -> Result<(), BackendError> {
+        if !self.holes {
+            out.push(Extent::data(len));
+            return Ok(());
+        }
+        // Alternate 4 KiB data / hole, by absolute position; deliberately
+        // reports past the request end to check that the engine clips.
+        let _ = export;
+        let mut pos = offset;
+        while pos < offset + len + 8192 && out.len() < max_extents + 2 {
+            let next = (pos / 4096 + 1) * 4096;
+            let extent_len = next - pos;
+            out.push(if (pos / 4096) % 2 == 0 {
+                Extent::data(extent_len)
+            } else {
+                Extent::hole(extent_len)
+            });
+            pos = next;
+        }
+        Ok(())
+    }
+}
+
+fn option(code: u32, data: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.put_u64(IHAVEOPT);
+    v.put_u32(code);
+    v.put_u32(data.len() as u32);
+    v.extend_from_slice(data);
+    v
+}
+
+fn go_data(name: &str, infos: &[u16]) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.put_u32(name.len() as u32);
+    v.extend_from_slice(name.as_bytes());
+    v.put_u16(infos.len() as u16);
+    for i in infos {
+        v.put_u16(*i);
+    }
+    v
+}
+
+fn meta_data(name: &str, queries: &[&str]) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.put_u32(name.len() as u32);
+    v.extend_from_slice(name.as_bytes());
+    v.put_u32(queries.len() as u32);
+    for q in queries {
+        v.put_u32(q.len() as u32);
+        v.extend_from_slice(q.as_bytes());
+    }
+    v
+}
+
+fn request(flags: u16, kind: u16, cookie: u64, offset: u64, len: u32) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.put_u32(REQUEST_MAGIC);
+    v.put_u16(flags);
+    v.put_u16(kind);
+    v.put_u64(cookie);
+    v.put_u64(offset);
+    v.put_u32(len);
+    v
+}
+
+fn ext_request(flags: u16, kind: u16, cookie: u64, offset: u64, len: u64) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.put_u32(EXTENDED_REQUEST_MAGIC);
+    v.put_u16(flags);
+    v.put_u16(kind);
+    v.put_u64(cookie);
+    v.put_u64(offset);
+    v.put_u64(len);
+    v
+}
+
+/// A test client: feeds bytes, collects output in small pieces.
+struct Client {
+    conn: Connection,
+    mem: Mem,
+    out: Vec<u8>,
+    pos: usize,
+    now: u64,
+    piece: usize,
+}
+
+impl Client {
+    fn new() -> Self {
+        Self::with_config(ServerConfig::default())
+    }
+    fn with_config(config: ServerConfig) -> Self {
+        let mut c = Client {
+            conn: Connection::new(config, 0),
+            mem: Mem::new(),
+            out: Vec::new(),
+            pos: 0,
+            now: 0,
+            piece: 1000,
+        };
+        let greeting = c.take(18);
+        assert_eq!(&greeting[..8], &NBDMAGIC.to_be_bytes());
+        assert_eq!(&greeting[8..16], &IHAVEOPT.to_be_bytes());
+        assert_eq!(
+            u16::from_be_bytes([greeting[16], greeting[17]]),
+            FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES
+        );
+        c
+    }
+    /// Sends everything, producing output as needed (backpressure).
+    fn send(&mut self, bytes: &[u8]) {
+        let mut used = 0;
+        let mut idle = 0;
+        while used < bytes.len() && !self.conn.wants_close() {
+            let n = self.conn.receive(&bytes[used..], &mut self.mem, self.now);
+            used += n;
+            let produced = self.pump();
+            if n == 0 && !produced {
+                idle += 1;
+                assert!(idle < 3, "engine stuck: consumed nothing, produced nothing");
+            } else {
+                idle = 0;
+            }
+        }
+        // Stalled requests resume on an empty receive.
+        self.conn.receive(&[], &mut self.mem, self.now);
+        self.pump();
+    }
+    fn pump(&mut self) -> bool {
+        let mut any = false;
+        loop {
+            let mut buf = vec![0u8; self.piece];
+            let n = self.conn.produce(&mut buf, &mut self.mem);
+            if n == 0 {
+                return any;
+            }
+            any = true;
+            self.out.extend_from_slice(&buf[..n]);
+            self.conn.receive(&[], &mut self.mem, self.now);
+        }
+    }
+    fn take(&mut self, n: usize) -> Vec<u8> {
+        self.pump();
+        assert!(
+            self.out.len() - self.pos >= n,
+            "wanted {n} bytes, have {}",
+            self.out.len() - self.pos
+        );
+        let v = self.out[self.pos..self.pos + n].to_vec();
+        self.pos += n;
+        v
+    }
+    fn pending(&mut self) -> usize {
+        self.pump();
+        self.out.len() - self.pos
+    }
+    fn u16(&mut self) -> u16 {
+        let b = self.take(2);
+        u16::from_be_bytes([b[0], b[1]])
+    }
+    fn u32(&mut self) -> u32 {
+        let b = self.take(4);
+        u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+    }
+    fn u64(&mut self) -> u64 {
+        let b = self.take(8);
+        u64::from_be_bytes(b.try_into().unwrap())
+    }
+    /// Reads one option reply: (option, type, data).
+    fn option_reply(&mut self) -> (u32, u32, Vec<u8>) {
+        assert_eq!(self.u64(), OPTION_REPLY_MAGIC);
+        let option = self.u32();
+        let kind = self.u32();
+        let len = self.u32() as usize;
+        (option, kind, self.take(len))
+    }
+    fn flags(&mut self, flags: u32) {
+        self.send(&flags.to_be_bytes());
+    }
+    /// Handshake with GO; returns transmission flags.
+    fn go(&mut self, structured: bool, extended: bool, meta: bool) -> u16 {
+        self.flags(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES);
+        if extended {
+            self.send(&option(OPT_EXTENDED_HEADERS, &[]));
+            assert_eq!(self.option_reply().1, REP_ACK);
+        } else if structured {
+            self.send(&option(OPT_STRUCTURED_REPLY, &[]));
+            assert_eq!(self.option_reply().1, REP_ACK);
+        }
+        if meta {
+            self.send(&option(
+                OPT_SET_META_CONTEXT,
+                &meta_data("disk", &[BASE_ALLOCATION]),
+            ));
+            let (_, kind, data) = self.option_reply();
+            assert_eq!(kind, REP_META_CONTEXT);
+            assert_eq!(&data[4..], BASE_ALLOCATION.as_bytes());
+            assert_eq!(self.option_reply().1, REP_ACK);
+        }
+        self.send(&option(OPT_GO, &go_data("disk", &[])));
+        let mut flags = None;
+        loop {
+            let (opt, kind, data) = self.option_reply();
+            assert_eq!(opt, OPT_GO);
+            if kind == REP_INFO && data[..2] == [0, 0] {
+                assert_eq!(u64::from_be_bytes(data[2..10].try_into().unwrap()), SIZE);
+                flags = Some(u16::from_be_bytes([data[10], data[11]]));
+            }
+            if kind == REP_ACK {
+                break;
+            }
+            assert_eq!(kind, REP_INFO);
+        }
+        assert!(self.conn.in_transmission());
+        flags.unwrap()
+    }
+    /// Reads a simple reply: (error, cookie).
+    fn simple(&mut self) -> (u32, u64) {
+        assert_eq!(self.u32(), SIMPLE_REPLY_MAGIC);
+        (self.u32(), self.u64())
+    }
+    /// Reads one structured chunk: (flags, type, cookie, payload).
+    fn chunk(&mut self) -> (u16, u16, u64, Vec<u8>) {
+        assert_eq!(self.u32(), STRUCTURED_REPLY_MAGIC);
+        let flags = self.u16();
+        let kind = self.u16();
+        let cookie = self.u64();
+        let len = self.u32() as usize;
+        (flags, kind, cookie, self.take(len))
+    }
+    /// Reads one extended chunk: (flags, type, cookie, offset, payload).
+    fn ext_chunk(&mut self) -> (u16, u16, u64, u64, Vec<u8>) {
+        assert_eq!(self.u32(), EXTENDED_REPLY_MAGIC);
+        let flags = self.u16();
+        let kind = self.u16();
+        let cookie = self.u64();
+        let offset = self.u64();
+        let len = self.u64() as usize;
+        (flags, kind, cookie, offset, self.take(len))
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+// ----- Handshake -----
+
+#[test]
+fn unknown_client_flags_disconnect() {
+    let mut c = Client::new();
+    c.flags(FLAG_C_FIXED_NEWSTYLE | 1 << 7);
+    assert!(c.conn.wants_close());
+}
+
+#[test]
+fn client_without_fixed_newstyle_is_dropped() {
+    let mut c = Client::new();
+    c.flags(0);
+    assert!(c.conn.wants_close());
+}
+
+#[test]
+fn bad_option_magic_disconnects() {
+    let mut c = Client::new();
+    c.flags(FLAG_C_FIXED_NEWSTYLE);
+    let mut bad = option(OPT_LIST, &[]);
+    bad[0] ^= 1;
+    c.send(&bad);
+    assert!(c.conn.wants_close());
+    assert_eq!(c.pending(), 0);
+}
+
+#[test]
+fn unknown_option_is_unsupported_and_negotiation_continues() {
+    let mut c = Client::new();
+    c.flags(FLAG_C_FIXED_NEWSTYLE);
+    c.send(&option(4242, b"whatever"));
+    let (opt, kind, _) = c.option_reply();
+    assert_eq!((opt, kind), (4242, REP_ERR_UNSUP));
+    c.send(&option(OPT_STARTTLS, &[]));
+    assert_eq!(c.option_reply().1, REP_ERR_POLICY);
+    c.send(&option(OPT_GO, &go_data("disk", &[])));
+    while c.option_reply().1 != REP_ACK {}
+    assert!(c.conn.in_transmission());
+}
+
+#[test]
+fn list_exports_and_its_errors() {
+    let mut c = Client::new();
+    c.flags(FLAG_C_FIXED_NEWSTYLE);
+    c.send(&option(OPT_LIST, &[]));
+    let mut names = Vec::new();
+    loop {
+        let (opt, kind, data) = c.option_reply();
+        assert_eq!(opt, OPT_LIST);
+        if kind == REP_ACK {
+            break;
+        }
+        assert_eq!(kind, REP_SERVER);
+        let len = u32::from_be_bytes(data[..4].try_into().unwrap()) as usize;
+        names.push(String::from_utf8(data[4..4 + len].to_vec()).unwrap());
+    }
+    assert_eq!(names, ["disk", "ro"]);
+    c.send(&option(OPT_LIST, b"x"));
+    assert_eq!(c.option_reply().1, REP_ERR_INVALID);
+
+    let mut c = Client::with_config(ServerConfig {
+        allow_list: false,
+        ..ServerConfig::default()
+    });
+    c.flags(FLAG_C_FIXED_NEWSTYLE);
+    c.send(&option(OPT_LIST, &[]));
+    assert_eq!(c.option_reply().1, REP_ERR_POLICY);
+}
+
+#[test]
+fn info_reports_everything_requested() {
+    let mut c = Client::new();
+    c.flags(FLAG_C_FIXED_NEWSTYLE);
+    c.send(&option(
+        OPT_INFO,
+        &go_data("ro", &[INFO_NAME, INFO_DESCRIPTION, INFO_BLOCK_SIZE, 77]),
+    ));
+    let mut seen = Vec::new();
+    loop {
+        let (opt, kind, data) = c.option_reply();
+        assert_eq!(opt, OPT_INFO);
+        if kind == REP_ACK {
+            break;
+        }
+        let info = u16::from_be_bytes([data[0], data[1]]);
+        match info {
+            INFO_NAME => assert_eq!(&data[2..], b"ro"),
+            INFO_DESCRIPTION => assert_eq!(&data[2..], b"test export"),
+            INFO_BLOCK_SIZE => {
+                assert_eq!(u32::from_be_bytes(data[2..6].try_into().unwrap()), 1);
+                assert_eq!(u32::from_be_bytes(data[6..10].try_into().unwrap()), 4096);
+                assert_eq!(
+                    u32::from_be_bytes(data[10..14].try_into().unwrap()),
+                    32 << 20
+                );
+            }
+            INFO_EXPORT => {
+                let flags = u16::from_be_bytes([data[10], data[11]]);
+                assert_ne!(flags & TFLAG_READ_ONLY, 0);
+                assert_eq!(
+                    flags & (TFLAG_SEND_FUA | TFLAG_SEND_TRIM | TFLAG_SEND_WRITE_ZEROES),
+                    0
+                );
+            }
+            other => panic!("unexpected info {other}"),
+        }
+        seen.push(info);
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [INFO_EXPORT, INFO_NAME, INFO_DESCRIPTION, INFO_BLOCK_SIZE]
+    );
+    // INFO does not end the handshake.
+    assert!(!c.conn.in_transmission());
+}
+
+#[test]
+fn info_and_go_errors_keep_negotiating() {
+    let mut c = Client::new();
+    c.flags(FLAG_C_FIXED_NEWSTYLE);
+    c.send(&option(OPT_GO, &go_data("nope", &[])));
+    assert_eq!(c.option_reply().1, REP_ERR_UNKNOWN);
+    // Name length far beyond the option length.
+    let mut data = go_data("disk", &[]);
+    data[..4].copy_from_slice(&0xffff_fff0u32.to_be_bytes());
+    c.send(&option(OPT_GO, &data));
+    assert_eq!(c.option_reply().1, REP_ERR_INVALID);
+    // Request count does not match.
+    let mut data = go_data("disk", &[INFO_NAME]);
+    data.push(0);
+    c.send(&option(OPT_GO, &data));
+    assert_eq!(c.option_reply().1, REP_ERR_INVALID);
+    // Overlong name.
+    let long = "n".repeat(5000);
+    c.send(&option(OPT_GO, &go_data(&long, &[])));
+    assert_eq!(c.option_reply().1, REP_ERR_INVALID);
+    // Too short.
+    c.send(&option(OPT_INFO, &[0, 0]));
+    assert_eq!(c.option_reply().1, REP_ERR_INVALID);
+    // Default export.
+    c.send(&option(OPT_GO, &go_data("", &[])));
+    while c.option_reply().1 != REP_ACK {}
+    assert_eq!(c.conn.export_name(), Some("disk"));
+}
+
+#[test]
+fn export_name_with_and_without_zeroes() {
+    for no_zeroes in [false, true] {
+        let mut c = Client::new();
+        c.flags(FLAG_C_FIXED_NEWSTYLE | if no_zeroes { FLAG_C_NO_ZEROES } else { 0 });
+        c.send(&option(OPT_EXPORT_NAME, b"disk"));
+        assert_eq!(c.u64(), SIZE);
+        let flags = c.u16();
+        assert_eq!(flags & TFLAG_HAS_FLAGS, 1);
+        assert_eq!(c.pending(), if no_zeroes { 0 } else { 124 });
+        assert!(c.conn.in_transmission());
+    }
+}
+
+#[test]
+fn export_name_failures_disconnect() {
+    let mut c = Client::new();
+    c.flags(FLAG_C_FIXED_NEWSTYLE);
+    c.send(&option(OPT_EXPORT_NAME, b"missing"));
+    assert!(c.conn.wants_close());
+
+    let mut c = Client::new();
+    c.flags(FLAG_C_FIXED_NEWSTYLE);
+    let mut header = option(OPT_EXPORT_NAME, &[]);
+    header[12..16].copy_from_slice(&5000u32.to_be_bytes());
+    c.send(&header);
+    assert!(c.conn.wants_close());
+}
+
+#[test]
+fn abort_acks_then_closes() {
+    let mut c = Client::new();
+    c.flags(FLAG_C_FIXED_NEWSTYLE);
+    c.send(&option(OPT_ABORT, &[]));
+    assert_eq!(c.option_reply().1, REP_ACK);
+    assert!(c.conn.wants_close());
+}
+
+#[test]
+fn structured_and_extended_negotiation_rules() {
+    let mut c = Client::new();
+    c.flags(FLAG_C_FIXED_NEWSTYLE);
+    c.send(&option(OPT_STRUCTURED_REPLY, b"x"));
+    assert_eq!(c.option_reply().1, REP_ERR_INVALID);
+    c.send(&option(OPT_STRUCTURED_REPLY, &[]));
+    assert_eq!(c.option_reply().1, REP_ACK);
+    c.send(&option(OPT_STRUCTURED_REPLY, &[]));
+    assert_eq!(c.option_reply().1, REP_ERR_INVALID);
+    c.send(&option(OPT_EXTENDED_HEADERS, &[]));
+    assert_eq!(c.option_reply().1, REP_ACK);
+    c.send(&option(OPT_EXTENDED_HEADERS, &[]));
+    assert_eq!(c.option_reply().1, REP_ERR_INVALID);
+
+    let mut c = Client::new();
+    c.flags(FLAG_C_FIXED_NEWSTYLE);
+    c.send(&option(OPT_EXTENDED_HEADERS, &[]));
+    assert_eq!(c.option_reply().1, REP_ACK);
+    c.send(&option(OPT_STRUCTURED_REPLY, &[]));
+    assert_eq!(c.option_reply().1, REP_ERR_EXT_HEADER_REQD);
+}
+
+#[test]
+fn meta_context_options() {
+    let mut c = Client::new();
+    c.flags(FLAG_C_FIXED_NEWSTYLE);
+    c.send(&option(OPT_LIST_META_CONTEXT, &meta_data("disk", &[])));
+    assert_eq!(
+        c.option_reply().1,
+        REP_ERR_INVALID,
+        "needs structured replies"
+    );
+    c.send(&option(OPT_STRUCTURED_REPLY, &[]));
+    c.option_reply();
+    for queries in [&[][..], &["base:"][..], &["base:allocation"][..]] {
+        c.send(&option(OPT_LIST_META_CONTEXT, &meta_data("disk", queries)));
+        let (_, kind, data) = c.option_reply();
+        assert_eq!(kind, REP_META_CONTEXT);
+        assert_eq!(&data[..4], &[0, 0, 0, 0]);
+        assert_eq!(&data[4..], BASE_ALLOCATION.as_bytes());
+        assert_eq!(c.option_reply().1, REP_ACK);
+    }
+    c.send(&option(
+        OPT_SET_META_CONTEXT,
+        &meta_data("disk", &["base:", "qemu:dirty-bitmap:x"]),
+    ));
+    assert_eq!(c.option_reply().1, REP_ACK, "nothing selected");
+    c.send(&option(
+        OPT_SET_META_CONTEXT,
+        &meta_data("nope", &[BASE_ALLOCATION]),
+    ));
+    assert_eq!(c.option_reply().1, REP_ERR_UNKNOWN);
+    let mut bad = meta_data("disk", &[BASE_ALLOCATION]);
+    bad[8..12].copy_from_slice(&7u32.to_be_bytes()); // query count too large
+    c.send(&option(OPT_SET_META_CONTEXT, &bad));
+    assert_eq!(c.option_reply().1, REP_ERR_INVALID);
+    let mut bad = meta_data("disk", &[BASE_ALLOCATION]);
+    bad.push(1); // trailing garbage
+    c.send(&option(OPT_SET_META_CONTEXT, &bad));
+    assert_eq!(c.option_reply().1, REP_ERR_INVALID);
+}
+
+#[test]
+fn meta_context_for_another_export_does_not_carry_over() {
+    let mut c = Client::new();
+    c.flags(FLAG_C_FIXED_NEWSTYLE);
+    c.send(&option(OPT_STRUCTURED_REPLY, &[]));
+    c.option_reply();
+    c.send(&option(
+        OPT_SET_META_CONTEXT,
+        &meta_data("ro", &[BASE_ALLOCATION]),
+    ));
+    assert_eq!(c.option_reply().1, REP_META_CONTEXT);
+    c.option_reply();
+    c.send(&option(OPT_GO, &go_data("disk", &[])));
+    while c.option_reply().1 != REP_ACK {}
+    c.send(&request(0, CMD_BLOCK_STATUS, 1, 0, 4096));
+    let (_, kind, _, payload) = c.chunk();
+    assert_eq!(kind, REPLY_TYPE_ERROR);
+    assert_eq!(&payload[..4], &EINVAL.to_be_bytes());
+}
+
+#[test]
+fn oversized_option_is_skipped_with_too_big() {
+    let mut c = Client::new();
+    c.flags(FLAG_C_FIXED_NEWSTYLE);
+    c.send(&option(OPT_INFO, &vec![0u8; 100_000]));
+    assert_eq!(c.option_reply().1, REP_ERR_TOO_BIG);
+    c.send(&option(OPT_GO, &go_data("disk", &[])));
+    while c.option_reply().1 != REP_ACK {}
+}
+
+#[test]
+fn handshake_times_out_but_transmission_does_not() {
+    let mut c = Client::new();
+    c.flags(FLAG_C_FIXED_NEWSTYLE);
+    assert_eq!(c.conn.poll_deadline(), Some(10_000));
+    assert!(!c.conn.check_timeout(9_999));
+    assert!(c.conn.check_timeout(10_000));
+
+    let mut c = Client::new();
+    c.go(false, false, false);
+    assert_eq!(c.conn.poll_deadline(), None);
+    assert!(!c.conn.check_timeout(u64::MAX));
+}
+
+// ----- Transmission, simple replies -----
+
+#[test]
+fn advertised_flags_are_truthful() {
+    let mut c = Client::new();
+    let flags = c.go(false, false, false);
+    assert_eq!(
+        flags,
+        TFLAG_HAS_FLAGS
+            | TFLAG_SEND_FLUSH
+            | TFLAG_SEND_FUA
+            | TFLAG_SEND_TRIM
+            | TFLAG_SEND_WRITE_ZEROES
+            | TFLAG_CAN_MULTI_CONN
+            | TFLAG_SEND_CACHE
+    );
+    let mut c = Client::new();
+    let flags = c.go(true, false, false);
+    assert_ne!(flags & TFLAG_SEND_DF, 0);
+    assert_eq!(flags & TFLAG_SEND_FAST_ZERO, 0);
+}
+
+#[test]
+fn write_read_round_trip_simple() {
+    let mut c = Client::new();
+    c.go(false, false, false);
+    let data = pattern(10_000, 3);
+    let mut bytes = request(0, CMD_WRITE, 7, 4000, data.len() as u32);
+    bytes.extend_from_slice(&data);
+    c.send(&bytes);
+    assert_eq!(c.simple(), (0, 7));
+    assert_eq!(&c.mem.data()[4000..14_000], &data[..]);
+    c.send(&request(0, CMD_READ, 8, 4000, 10_000));
+    assert_eq!(c.simple(), (0, 8));
+    assert_eq!(c.take(10_000), data);
+    assert_eq!(c.conn.stats().requests, 2);
+    assert_eq!(c.conn.stats().write_bytes, 10_000);
+    assert_eq!(c.conn.stats().read_bytes, 10_000);
+}
+
+#[test]
+fn write_payload_streams_in_small_pieces() {
+    let mut c = Client::new();
+    c.go(false, false, false);
+    let data = pattern(5000, 9);
+    let mut bytes = request(0, CMD_WRITE, 1, 0, 5000);
+    bytes.extend_from_slice(&data);
+    for piece in bytes.chunks(7) {
+        c.send(piece);
+    }
+    assert_eq!(c.simple(), (0, 1));
+    assert_eq!(&c.mem.data()[..5000], &data[..]);
+}
+
+#[test]
+fn fua_write_is_durable_before_its_reply() {
+    let mut c = Client::new();
+    c.go(false, false, false);
+    let data = pattern(4096, 1);
+    let mut plain = request(0, CMD_WRITE, 1, 0, 4096);
+    plain.extend_from_slice(&data);
+    c.send(&plain);
+    c.simple();
+    assert_ne!(
+        &c.mem.durable()[..4096],
+        &data[..],
+        "plain write is not yet durable"
+    );
+    let mut fua = request(CMD_FLAG_FUA, CMD_WRITE, 2, 8192, 4096);
+    fua.extend_from_slice(&data);
+    c.send(&fua);
+    // The reply exists only after persist ran.
+    assert_eq!(c.simple(), (0, 2));
+    assert_eq!(&c.mem.durable()[8192..12_288], &data[..]);
+    c.send(&request(0, CMD_FLUSH, 3, 0, 0));
+    assert_eq!(c.simple(), (0, 3));
+    assert_eq!(c.mem.flushes, 1);
+    assert_eq!(&c.mem.durable()[..4096], &data[..]);
+}
+
+#[test]
+fn trim_zeroes_and_cache() {
+    let mut c = Client::new();
+    c.go(false, false, false);
+    let mut w = request(0, CMD_WRITE, 1, 0, 8192);
+    w.extend_from_slice(&[0xaa; 8192]);
+    c.send(&w);
+    c.simple();
+    c.send(&request(0, CMD_TRIM, 2, 0, 100));
+    assert_eq!(c.simple(), (0, 2));
+    c.send(&request(
+        CMD_FLAG_NO_HOLE | CMD_FLAG_FUA,
+        CMD_WRITE_ZEROES,
+        3,
+        4096,
+        4096,
+    ));
+    assert_eq!(c.simple(), (0, 3));
+    assert!(c.mem.durable()[4096..8192].iter().all(|b| *b == 0));
+    assert!(c.mem.data()[..100].iter().all(|b| *b == 0));
+    assert!(c.mem.data()[100..4096].iter().all(|b| *b == 0xaa));
+    c.send(&request(0, CMD_CACHE, 4, 0, 4096));
+    assert_eq!(c.simple(), (0, 4));
+    // FAST_ZERO is not advertised for this export.
+    c.send(&request(CMD_FLAG_FAST_ZERO, CMD_WRITE_ZEROES, 5, 0, 4096));
+    assert_eq!(c.simple(), (EINVAL, 5));
+}
+
+#[test]
+fn errors_follow_the_spec_and_the_connection_goes_on() {
+    let mut c = Client::new();
+    c.go(false, false, false);
+    let cases: Vec<(Vec<u8>, u32)> = vec![
+        (request(0, CMD_READ, 1, SIZE - 512, 1024), EINVAL),
+        (request(0, CMD_READ, 2, u64::MAX - 511, 1024), EINVAL),
+        (request(0, CMD_READ, 3, 0, 0), EINVAL),
+        (request(0, CMD_READ, 4, 0, (32 << 20) + 1), EINVAL),
+        (request(0, CMD_WRITE_ZEROES, 5, SIZE, 1), ENOSPC),
+        (request(0, CMD_TRIM, 6, u64::MAX, 2), EINVAL),
+        (request(0, 99, 7, 0, 1), EINVAL),
+        (request(1 << 12, CMD_READ, 8, 0, 1), EINVAL),
+        (request(CMD_FLAG_DF, CMD_READ, 9, 0, 1), EINVAL), // DF needs structured
+        (request(0, CMD_BLOCK_STATUS, 10, 0, 1), EINVAL),
+        (request(0, CMD_FLUSH, 11, 1, 0), EINVAL),
+        (request(CMD_FLAG_REQ_ONE, CMD_READ, 12, 0, 1), EINVAL),
+    ];
+    for (bytes, errno) in &cases {
+        c.send(bytes);
+        let (error, _) = c.simple();
+        assert_eq!(error, *errno);
+    }
+    // Writes past the end: ENOSPC, and the payload is skipped.
+    let mut w = request(0, CMD_WRITE, 20, SIZE - 10, 100);
+    w.extend_from_slice(&[1; 100]);
+    c.send(&w);
+    assert_eq!(c.simple(), (ENOSPC, 20));
+    // A write larger than the maximum block size: payload streamed away.
+    let big = (32u32 << 20) + 4096;
+    c.send(&request(0, CMD_WRITE, 21, 0, big));
+    let junk = vec![0x55u8; 1 << 20];
+    let mut left = big as usize;
+    while left > 0 {
+        let n = left.min(junk.len());
+        c.send(&junk[..n]);
+        left -= n;
+    }
+    assert_eq!(c.simple(), (EINVAL, 21));
+    assert!(
+        c.mem.data().iter().all(|b| *b == 0),
+        "refused write must not land"
+    );
+    c.send(&request(0, CMD_READ, 22, 0, 16));
+    assert_eq!(c.simple(), (0, 22));
+    c.take(16);
+    assert_eq!(c.conn.stats().errors, cases.len() as u64 + 2);
+}
+
+#[test]
+fn read_only_export_refuses_writes_with_eperm() {
+    let mut c = Client::new();
+    c.flags(FLAG_C_FIXED_NEWSTYLE);
+    c.send(&option(OPT_EXPORT_NAME, b"ro"));
+    c.take(8 + 2 + 124);
+    let mut w = request(0, CMD_WRITE, 1, 0, 4);
+    w.extend_from_slice(b"abcd");
+    c.send(&w);
+    assert_eq!(c.simple(), (EPERM, 1));
+    c.send(&request(0, CMD_TRIM, 2, 0, 4));
+    assert_eq!(c.simple(), (EPERM, 2));
+    c.send(&request(0, CMD_WRITE_ZEROES, 3, 0, 4));
+    assert_eq!(c.simple(), (EPERM, 3));
+    c.send(&request(0, CMD_READ, 4, 0, 4));
+    assert_eq!(c.simple(), (0, 4));
+    assert_eq!(c.take(4), [7; 4]);
+}
+
+#[test]
+fn bad_request_magic_disconnects() {
+    let mut c = Client::new();
+    c.go(false, false, false);
+    let mut r = request(0, CMD_READ, 1, 0, 1);
+    r[3] ^= 0xff;
+    c.send(&r);
+    assert!(c.conn.wants_close());
+}
+
+#[test]
+fn disc_answers_outstanding_requests_then_closes() {
+    let mut c = Client::new();
+    c.go(false, false, false);
+    let mut bytes = request(0, CMD_READ, 1, 0, 100);
+    bytes.extend(request(0, CMD_FLUSH, 2, 0, 0));
+    bytes.extend(request(0, CMD_DISC, 3, 0, 0));
+    bytes.extend(request(0, CMD_READ, 4, 0, 100)); // ignored after DISC
+    c.piece = 50;
+    c.send(&bytes);
+    assert!(c.conn.wants_close());
+    assert_eq!(c.simple(), (0, 1));
+    c.take(100);
+    assert_eq!(c.simple(), (0, 2));
+    assert_eq!(c.pending(), 0);
+}
+
+#[test]
+fn simple_read_failure_mid_stream_is_a_hard_disconnect() {
+    let mut c = Client::new();
+    c.go(false, false, false);
+    c.mem.fail_reads = true;
+    c.send(&request(0, CMD_READ, 1, 0, 100));
+    assert!(c.conn.wants_close());
+}
+
+// ----- Structured replies and block status -----
+
+#[test]
+fn structured_read_is_one_data_chunk_then_done() {
+    let mut c = Client::new();
+    c.go(true, false, false);
+    c.mem.exports[0].1[..300].copy_from_slice(&pattern(300, 5));
+    c.send(&request(CMD_FLAG_DF, CMD_READ, 9, 0, 300));
+    let (flags, kind, cookie, payload) = c.chunk();
+    assert_eq!((flags, kind, cookie), (0, REPLY_TYPE_OFFSET_DATA, 9));
+    assert_eq!(&payload[..8], &0u64.to_be_bytes());
+    assert_eq!(&payload[8..], &pattern(300, 5)[..]);
+    let (flags, kind, cookie, payload) = c.chunk();
+    assert_eq!(
+        (flags, kind, cookie, payload.len()),
+        (REPLY_FLAG_DONE, REPLY_TYPE_NONE, 9, 0)
+    );
+    // Errors are structured chunks with a message.
+    c.send(&request(0, CMD_READ, 10, SIZE, 1));
+    let (flags, kind, cookie, payload) = c.chunk();
+    assert_eq!(
+        (flags, kind, cookie),
+        (REPLY_FLAG_DONE, REPLY_TYPE_ERROR, 10)
+    );
+    assert_eq!(&payload[..4], &EINVAL.to_be_bytes());
+    let len = u16::from_be_bytes([payload[4], payload[5]]) as usize;
+    assert_eq!(payload.len(), 6 + len);
+    assert!(len > 0);
+}
+
+#[test]
+fn structured_read_failure_pads_and_reports_error() {
+    let mut c = Client::new();
+    c.go(true, false, false);
+    c.mem.fail_reads = true;
+    c.send(&request(0, CMD_READ, 1, 0, 100));
+    let (_, kind, _, payload) = c.chunk();
+    assert_eq!(kind, REPLY_TYPE_OFFSET_DATA);
+    assert_eq!(payload.len(), 108);
+    let (flags, kind, _, payload) = c.chunk();
+    assert_eq!((flags, kind), (REPLY_FLAG_DONE, REPLY_TYPE_ERROR));
+    assert_eq!(&payload[..4], &EIO.to_be_bytes());
+    assert!(!c.conn.wants_close());
+}
+
+fn extents(payload: &[u8]) -> Vec<(u32, u32)> {
+    assert_eq!(&payload[..4], &1u32.to_be_bytes(), "context id");
+    payload[4..]
+        .chunks(8)
+        .map(|e| {
+            (
+                u32::from_be_bytes(e[..4].try_into().unwrap()),
+                u32::from_be_bytes(e[4..].try_into().unwrap()),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn block_status_clips_merges_and_honours_req_one() {
+    let mut c = Client::new();
+    c.go(true, false, true);
+    c.send(&request(0, CMD_BLOCK_STATUS, 1, 0, 65536));
+    let (flags, kind, _, payload) = c.chunk();
+    assert_eq!((flags, kind), (REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS));
+    assert_eq!(extents(&payload), [(65536, 0)]);
+
+    c.mem.holes = true;
+    c.send(&request(0, CMD_BLOCK_STATUS, 2, 1000, 10_000));
+    let (_, _, _, payload) = c.chunk();
+    let e = extents(&payload);
+    assert_eq!(e, [(3096, 0), (4096, STATE_HOLE | STATE_ZERO), (2808, 0)]);
+    assert_eq!(e.iter().map(|x| x.0 as u64).sum::<u64>(), 10_000);
+
+    c.send(&request(CMD_FLAG_REQ_ONE, CMD_BLOCK_STATUS, 3, 4096, 65536));
+    let (_, _, _, payload) = c.chunk();
+    assert_eq!(extents(&payload), [(4096, STATE_HOLE | STATE_ZERO)]);
+
+    c.send(&request(0, CMD_BLOCK_STATUS, 4, SIZE - 10, 11));
+    let (_, kind, _, _) = c.chunk();
+    assert_eq!(kind, REPLY_TYPE_ERROR);
+}
+
+// ----- Extended headers -----
+
+#[test]
+fn extended_headers_round_trip() {
+    let mut c = Client::new();
+    let flags = c.go(true, true, true);
+    assert_ne!(flags & TFLAG_SEND_DF, 0);
+    let data = pattern(3000, 2);
+    let mut w = ext_request(CMD_FLAG_FUA | CMD_FLAG_PAYLOAD_LEN, CMD_WRITE, 5, 100, 3000);
+    w.extend_from_slice(&data);
+    c.send(&w);
+    let (flags, kind, cookie, offset, payload) = c.ext_chunk();
+    assert_eq!(
+        (flags, kind, cookie, offset, payload.len()),
+        (REPLY_FLAG_DONE, REPLY_TYPE_NONE, 5, 100, 0)
+    );
+    assert_eq!(&c.mem.durable()[100..3100], &data[..]);
+
+    c.send(&ext_request(0, CMD_READ, 6, 100, 3000));
+    let (flags, kind, _, offset, payload) = c.ext_chunk();
+    assert_eq!((flags, kind, offset), (0, REPLY_TYPE_OFFSET_DATA, 100));
+    assert_eq!(&payload[8..], &data[..]);
+    assert_eq!(c.ext_chunk().1, REPLY_TYPE_NONE);
+
+    // 64-bit lengths: a whole-device zero and block status.
+    c.send(&ext_request(0, CMD_WRITE_ZEROES, 7, 0, SIZE));
+    assert_eq!(c.ext_chunk().1, REPLY_TYPE_NONE);
+    c.send(&ext_request(0, CMD_BLOCK_STATUS, 8, 0, SIZE));
+    let (flags, kind, _, _, payload) = c.ext_chunk();
+    assert_eq!(
+        (flags, kind),
+        (REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS_EXT)
+    );
+    assert_eq!(&payload[..8], &[0, 0, 0, 1, 0, 0, 0, 1]);
+    assert_eq!(&payload[8..16], &SIZE.to_be_bytes());
+    assert_eq!(&payload[16..24], &0u64.to_be_bytes());
+
+    // A payload on a command that takes none: skipped, EINVAL.
+    let mut r = ext_request(CMD_FLAG_PAYLOAD_LEN, CMD_BLOCK_STATUS, 9, 0, 12);
+    r.extend_from_slice(&[0; 12]);
+    c.send(&r);
+    let (_, kind, _, _, payload) = c.ext_chunk();
+    assert_eq!(kind, REPLY_TYPE_ERROR);
+    assert_eq!(&payload[..4], &EINVAL.to_be_bytes());
+    c.send(&ext_request(0, CMD_FLUSH, 10, 0, 0));
+    assert_eq!(c.ext_chunk().2, 10);
+    // Compact magic is wrong once extended headers are on.
+    c.send(&request(0, CMD_FLUSH, 11, 0, 0));
+    c.send(&[0; 4]);
+    assert!(c.conn.wants_close());
+}
+
+// ----- Pipelining, backpressure, ordering -----
+
+#[test]
+fn many_pipelined_requests_with_backpressure() {
+    let mut c = Client::with_config(ServerConfig {
+        max_in_flight: 16,
+        ..ServerConfig::default()
+    });
+    c.go(false, false, false);
+    c.mem.exports[0]
+        .1
+        .copy_from_slice(&pattern(SIZE as usize, 11));
+    let mut bytes = Vec::new();
+    for i in 0..200u64 {
+        bytes.extend(request(0, CMD_READ, i, i * 4096, 4096));
+    }
+    // Without producing, only max_in_flight requests are consumed.
+    let used = c.conn.receive(&bytes, &mut c.mem, 0);
+    assert_eq!(used, 16 * COMPACT_REQUEST_LEN);
+    assert_eq!(c.conn.in_flight(), 16);
+    assert!(!c.conn.wants_input());
+    c.send(&bytes[used..]);
+    let expected = pattern(SIZE as usize, 11);
+    for i in 0..200u64 {
+        assert_eq!(c.simple(), (0, i));
+        let at = (i * 4096) as usize;
+        assert_eq!(c.take(4096), &expected[at..at + 4096]);
+    }
+    assert_eq!(c.conn.in_flight(), 0);
+}
+
+#[test]
+fn write_waits_for_an_overlapping_unsent_read() {
+    let mut c = Client::new();
+    c.go(false, false, false);
+    c.mem.exports[0].1[..4096].fill(1);
+    let mut bytes = request(0, CMD_READ, 1, 0, 4096);
+    bytes.extend(request(0, CMD_WRITE, 2, 0, 4096));
+    bytes.extend_from_slice(&[2; 4096]);
+    bytes.extend(request(0, CMD_READ, 3, 0, 4096));
+    // Feed without producing: the write header is consumed but stalls.
+    let used = c.conn.receive(&bytes, &mut c.mem, 0);
+    assert_eq!(used, 2 * COMPACT_REQUEST_LEN);
+    assert!(c.mem.data()[..4096].iter().all(|b| *b == 1));
+    c.send(&bytes[used..]);
+    assert_eq!(c.simple(), (0, 1));
+    assert_eq!(c.take(4096), [1; 4096]);
+    assert_eq!(c.simple(), (0, 2));
+    assert_eq!(c.simple(), (0, 3));
+    assert_eq!(c.take(4096), [2; 4096]);
+}
+
+#[test]
+fn large_read_streams_through_a_small_buffer() {
+    let mut c = Client::new();
+    c.go(true, false, false);
+    c.mem.exports[0]
+        .1
+        .copy_from_slice(&pattern(SIZE as usize, 4));
+    c.piece = 1500;
+    c.send(&request(0, CMD_READ, 1, 0, SIZE as u32));
+    let (_, _, _, payload) = c.chunk();
+    assert_eq!(&payload[8..], &pattern(SIZE as usize, 4)[..]);
+    assert_eq!(c.chunk().1, REPLY_TYPE_NONE);
+}
+
+// ----- Robustness -----
+
+fn handshaken(structured: bool, extended: bool) -> Client {
+    let mut c = Client::new();
+    c.go(structured || extended, extended, structured || extended);
+    c
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_bytes_after_handshake_never_panic(
+        mode in 0u8..3,
+        bytes in proptest::collection::vec(any::<u8>(), 0..2000),
+        piece in 1usize..64,
+    ) {
+        let mut c = handshaken(mode >= 1, mode == 2);
+        c.piece = piece;
+        for chunk in bytes.chunks(piece) {
+            if c.conn.wants_close() { break; }
+            c.send(chunk);
+        }
+    }
+
+    #[test]
+    fn random_requests_after_handshake_never_panic(
+        mode in 0u8..3,
+        requests in proptest::collection::vec((any::<u16>(), 0u16..10, any::<u64>(), any::<u32>()), 1..20),
+    ) {
+        let mut c = handshaken(mode >= 1, mode == 2);
+        for (flags, kind, offset, len) in requests {
+            // Keep payloads small so the test stays fast.
+            let flags = flags & 0x3f;
+            let offset = if offset % 2 == 0 { offset % SIZE } else { offset };
+            let len = if kind == CMD_WRITE { len % 4096 } else { len };
+            let mut bytes = if mode == 2 {
+                ext_request(flags, kind, 1, offset, u64::from(len))
+            } else {
+                request(flags, kind, 1, offset, len)
+            };
+            if kind == CMD_WRITE || (mode == 2 && flags & CMD_FLAG_PAYLOAD_LEN != 0 && len < 8192) {
+                bytes.extend(vec![0u8; len as usize]);
+            }
+            c.send(&bytes);
+            if c.conn.wants_close() { break; }
+        }
+    }
+
+    #[test]
+    fn random_handshake_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        let mut c = Client::new();
+        c.flags(FLAG_C_FIXED_NEWSTYLE);
+        let mut input = option(OPT_STRUCTURED_REPLY, &[]);
+        input.extend(bytes);
+        c.send(&input);
+    }
+}
