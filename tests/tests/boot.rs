@@ -1,0 +1,61 @@
+//! Boot paths: BIOS disk, UEFI disk and UEFI PXE netboot each reach
+//! `daxbox: ready` and answer a shell command; the boot config travels as
+//! the bootloader ramdisk.
+
+use daxbox_tests::{Firmware, HarnessError, Machine, QemuOptions};
+
+/// Boots, checks the banner names the firmware and that `version` answers.
+fn boots_and_answers(name: &str, firmware: Firmware, banner: &str) -> Result<(), HarnessError> {
+    let mut machine = Machine::boot_to_prompt(QemuOptions::new(name, firmware))?;
+    let output = machine.output();
+    assert!(
+        output.contains(&format!("booting ({banner})")),
+        "banner should name {banner}:\n{output}"
+    );
+    let version = machine.command("version")?;
+    assert!(version.contains("daxbox"), "version answered: {version:?}");
+    println!(
+        "{name}: QEMU start to `daxbox: ready` in {:.2} s",
+        machine
+            .ready_after()
+            .map_or(f64::NAN, |time| time.as_secs_f64())
+    );
+    Ok(())
+}
+
+#[test]
+fn bios_boot_reaches_ready() -> Result<(), HarnessError> {
+    boots_and_answers("boot_bios", Firmware::Bios, "BIOS")
+}
+
+#[test]
+fn uefi_boot_reaches_ready() -> Result<(), HarnessError> {
+    boots_and_answers("boot_uefi", Firmware::Uefi, "UEFI")
+}
+
+#[test]
+fn pxe_netboot_reaches_ready() -> Result<(), HarnessError> {
+    boots_and_answers("boot_pxe", Firmware::Pxe, "UEFI")
+}
+
+#[test]
+fn boot_config_reaches_the_kernel() -> Result<(), HarnessError> {
+    let config = "debug_commands=off\n";
+    let options = QemuOptions::new("boot_config_ramdisk", Firmware::Bios).with_boot_config(config);
+    let machine = Machine::boot_to_prompt(options)?;
+    let output = machine.output();
+    let expected = format!("bootconfig: {} bytes", config.len());
+    assert!(
+        output.contains(&expected),
+        "expected `{expected}` in:\n{output}"
+    );
+    Ok(())
+}
+
+#[test]
+fn no_boot_config_is_reported() -> Result<(), HarnessError> {
+    let machine = Machine::boot_to_prompt(QemuOptions::new("boot_config_none", Firmware::Bios))?;
+    let output = machine.output();
+    assert!(output.contains("bootconfig: none"), "{output}");
+    Ok(())
+}

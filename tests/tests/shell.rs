@@ -1,0 +1,140 @@
+//! The serial admin shell as a user sees it: commands, errors, line
+//! editing, power-off, and that kernel crashes end the machine with status
+//! 35 and a message the harness shows.
+
+use std::time::Duration;
+
+use daxbox_tests::{Firmware, HarnessError, Machine, QemuOptions, EXIT_PANIC, EXIT_POWEROFF};
+
+const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn machine(name: &str) -> Result<Machine, HarnessError> {
+    Machine::boot_to_prompt(QemuOptions::new(name, Firmware::Bios))
+}
+
+fn debug_machine(name: &str) -> Result<Machine, HarnessError> {
+    Machine::boot_to_prompt(
+        QemuOptions::new(name, Firmware::Bios).with_boot_config("debug_commands=on\n"),
+    )
+}
+
+#[test]
+fn informational_commands_answer() -> Result<(), HarnessError> {
+    let mut machine = machine("shell_commands")?;
+    let help = machine.command("help")?;
+    for command in ["help", "version", "uptime", "mem", "poweroff"] {
+        assert!(help.contains(command), "help lacks `{command}`:\n{help}");
+    }
+    let version = machine.command("version")?;
+    assert!(version.contains("daxbox"), "{version:?}");
+    for command in ["uptime", "mem"] {
+        let output = machine.command(command)?;
+        assert!(!output.trim().is_empty(), "`{command}` printed nothing");
+        assert!(!output.contains("error"), "`{command}`: {output}");
+    }
+    // An empty line is just a new prompt.
+    assert_eq!(machine.command("")?.trim(), "");
+    Ok(())
+}
+
+#[test]
+fn unknown_command_is_an_error_and_the_shell_goes_on() -> Result<(), HarnessError> {
+    let mut machine = machine("shell_unknown")?;
+    let output = machine.command("frobnicate now")?;
+    assert!(
+        output.starts_with("error: unknown command"),
+        "got: {output:?}"
+    );
+    assert!(machine.command("version")?.contains("daxbox"));
+    Ok(())
+}
+
+#[test]
+fn over_long_line_is_rejected() -> Result<(), HarnessError> {
+    let mut machine = machine("shell_long_line")?;
+    let line = "x".repeat(300);
+    let output = machine.command(&line)?;
+    assert!(output.contains("error: line too long"), "got: {output:?}");
+    assert!(machine.command("version")?.contains("daxbox"));
+    Ok(())
+}
+
+#[test]
+fn backspace_edits_the_line() -> Result<(), HarnessError> {
+    let mut machine = machine("shell_backspace")?;
+    let expected = machine.command("version")?;
+    // "versoin" with the last three characters rubbed out (DEL and BS) and
+    // retyped: the shell must run `version`.
+    let edited = machine.command("versoin\x7f\x08\x7fion")?;
+    assert_eq!(edited, expected);
+    Ok(())
+}
+
+#[test]
+fn poweroff_exits_qemu_with_status_33() -> Result<(), HarnessError> {
+    let mut machine = machine("shell_poweroff")?;
+    machine.send_raw(b"poweroff\r")?;
+    assert_eq!(machine.wait_exit(EXIT_TIMEOUT)?, EXIT_POWEROFF);
+    Ok(())
+}
+
+#[test]
+fn debug_commands_are_off_by_default() -> Result<(), HarnessError> {
+    let mut machine = machine("shell_debug_disabled")?;
+    let output = machine.command("debug panic")?;
+    assert!(output.starts_with("error"), "got: {output:?}");
+    assert!(machine.command("version")?.contains("daxbox"));
+    Ok(())
+}
+
+#[test]
+fn kernel_panic_exits_with_status_35_and_message() -> Result<(), HarnessError> {
+    let mut machine = debug_machine("shell_debug_panic")?;
+    machine.send_raw(b"debug panic\r")?;
+    let seen = machine.wait_for("KERNEL PANIC: ", Duration::from_secs(20))?;
+    assert!(seen.contains("debug panic"), "{seen}");
+    assert_eq!(machine.wait_exit(EXIT_TIMEOUT)?, EXIT_PANIC);
+    let output = machine.output();
+    let panic_line = output
+        .lines()
+        .find(|line| line.starts_with("KERNEL PANIC: "))
+        .unwrap_or_default();
+    // `KERNEL PANIC: <message> at <file>:<line>`
+    assert!(
+        panic_line.contains("debug panic requested") && panic_line.contains(" at "),
+        "{panic_line:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn kernel_panic_fails_a_waiting_test_with_the_message() -> Result<(), HarnessError> {
+    let mut machine = debug_machine("shell_debug_panic_error")?;
+    let error = machine
+        .command("debug panic")
+        .expect_err("a panic must not look like a command answer");
+    assert!(matches!(error, HarnessError::KernelPanic { .. }), "{error}");
+    let message = error.to_string();
+    assert!(message.contains("KERNEL PANIC: "), "{message}");
+    assert!(message.contains("debug panic requested"), "{message}");
+    assert_eq!(machine.wait_exit(EXIT_TIMEOUT)?, EXIT_PANIC);
+    Ok(())
+}
+
+#[test]
+fn cpu_exception_is_reported_and_exits_with_status_35() -> Result<(), HarnessError> {
+    let mut machine = debug_machine("shell_debug_fault")?;
+    let error = machine
+        .command("debug fault")
+        .expect_err("a page fault must not look like a command answer");
+    let message = error.to_string();
+    assert!(
+        matches!(error, HarnessError::KernelPanic { .. }),
+        "{message}"
+    );
+    assert!(message.contains("EXCEPTION: "), "{message}");
+    assert_eq!(machine.wait_exit(EXIT_TIMEOUT)?, EXIT_PANIC);
+    let output = machine.output();
+    assert!(output.contains("KERNEL PANIC: "), "{output}");
+    Ok(())
+}

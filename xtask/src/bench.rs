@@ -1,0 +1,49 @@
+//! `cargo xtask bench`: the place for benchmark subcommands.
+//!
+//! None exist yet. To add one: append an entry to [`BENCHMARKS`] and a
+//! function `fn(&[String]) -> Result<(), XtaskError>` that boots the
+//! appliance with `daxbox_tests::Machine` (or reuses `run::Launch`), drives
+//! it with a real client (fio's `nbd` engine, nbdcopy, curl) and prints its
+//! figures.
+
+use crate::XtaskError;
+
+/// A benchmark: name, one-line description, entry point.
+type Benchmark = (
+    &'static str,
+    &'static str,
+    fn(&[String]) -> Result<(), XtaskError>,
+);
+
+/// Registered benchmarks (`cargo xtask bench <name> [options]`).
+const BENCHMARKS: &[Benchmark] = &[];
+
+fn usage() -> String {
+    let mut text = String::from("usage: cargo xtask bench <name> [options]\n\nbenchmarks:\n");
+    if BENCHMARKS.is_empty() {
+        text += "  (none yet: add them in xtask/src/bench.rs)\n";
+    }
+    for (name, description, _) in BENCHMARKS {
+        text += &format!("  {name:<12} {description}\n");
+    }
+    text
+}
+
+/// Entry point of `cargo xtask bench`.
+pub fn bench_command(args: &[String]) -> Result<(), XtaskError> {
+    let Some((name, rest)) = args.split_first() else {
+        print!("{}", usage());
+        return Ok(());
+    };
+    if name == "--help" || name == "-h" {
+        print!("{}", usage());
+        return Ok(());
+    }
+    match BENCHMARKS.iter().find(|(known, _, _)| known == name) {
+        Some((_, _, run)) => run(rest),
+        None => Err(XtaskError::Usage(format!(
+            "unknown benchmark `{name}`\n\n{}",
+            usage()
+        ))),
+    }
+}

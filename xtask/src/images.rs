@@ -1,0 +1,241 @@
+//! Building the kernel and the boot media, and the boot config they carry.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use daxbox_tests::target_dir;
+
+use crate::{cargo, describe, run_checked, setup, step, wants_help, XtaskError};
+
+/// The boot config used when none is given: format the NVDIMM namespace
+/// only if it is blank, so a fresh backing file just works and an existing
+/// file system is never overwritten.
+pub const DEFAULT_BOOT_CONFIG: &str = "format=if-blank\n";
+
+/// The kernel ELF from `cargo build -p daxbox-kernel --release`.
+pub fn kernel_elf() -> PathBuf {
+    target_dir().join("x86_64-unknown-none/release/daxbox-kernel")
+}
+
+/// The `daxbox-boot` binary from `cargo build -p daxbox-boot --release`.
+pub fn boot_tool() -> PathBuf {
+    target_dir().join("release/daxbox-boot")
+}
+
+/// Where `build`/`run`/`netboot` put media and the boot config.
+pub fn media_dir() -> PathBuf {
+    target_dir().join("daxbox")
+}
+
+/// Builds the kernel; returns the ELF path.
+pub fn build_kernel() -> Result<PathBuf, XtaskError> {
+    step("building kernel (x86_64-unknown-none, release)");
+    let mut command = cargo();
+    command.args(["build", "-p", "daxbox-kernel", "--release"]);
+    println!("    {}", describe(&command));
+    run_checked(&mut command)?;
+    Ok(kernel_elf())
+}
+
+/// Says what is going on before the first (slow) build of the boot tool.
+fn announce_boot_tool_build() {
+    if !boot_tool().is_file() {
+        println!(
+            "    first build of daxbox-boot: the bootloader crate's build script compiles its \
+             BIOS stages and UEFI application with -Zbuild-std; this takes about 2 minutes \
+             and prints little. Later builds are instant."
+        );
+    }
+}
+
+/// Builds `daxbox-boot`; returns the binary path.
+pub fn build_boot_tool() -> Result<PathBuf, XtaskError> {
+    step("building the boot tool (daxbox-boot, release)");
+    announce_boot_tool_build();
+    let mut command = cargo();
+    command.args(["build", "-p", "daxbox-boot", "--release"]);
+    println!("    {}", describe(&command));
+    run_checked(&mut command)?;
+    Ok(boot_tool())
+}
+
+/// Writes boot media with `cargo run -p daxbox-boot --release -- ...`.
+/// `media` are `daxbox-boot` flags (`--bios`, `--uefi`, `--pxe`).
+pub fn make_media(
+    kernel: &Path,
+    config: Option<&Path>,
+    out: &Path,
+    media: &[&str],
+) -> Result<(), XtaskError> {
+    step("building boot images");
+    announce_boot_tool_build();
+    let mut command = cargo();
+    command
+        .args(["run", "--quiet", "-p", "daxbox-boot", "--release", "--"])
+        .arg("--kernel")
+        .arg(kernel)
+        .arg("--out")
+        .arg(out);
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    command.args(media);
+    println!("    {}", describe(&command));
+    run_checked(&mut command)
+}
+
+/// Boot-config options shared by `build`, `run` and `netboot`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct BootConfigOptions {
+    /// `--boot-config FILE`: start from this file instead of the default.
+    pub file: Option<PathBuf>,
+    /// `--boot KEY=VALUE` settings, in order.
+    pub settings: Vec<String>,
+}
+
+impl BootConfigOptions {
+    /// Consumes `--boot`/`--boot-config` at `args[index]`; returns how many
+    /// arguments were used (0 = not a boot-config option).
+    pub fn take(&mut self, args: &[String], index: usize) -> Result<usize, XtaskError> {
+        let value = || {
+            args.get(index + 1)
+                .cloned()
+                .ok_or_else(|| XtaskError::Usage(format!("{} needs a value", args[index])))
+        };
+        match args[index].as_str() {
+            "--boot" => {
+                let setting = value()?;
+                if !setting.contains('=') || setting.starts_with('=') {
+                    return Err(XtaskError::Usage(format!(
+                        "--boot wants KEY=VALUE, got `{setting}`"
+                    )));
+                }
+                self.settings.push(setting);
+                Ok(2)
+            }
+            "--boot-config" => {
+                self.file = Some(value()?.into());
+                Ok(2)
+            }
+            _ => Ok(0),
+        }
+    }
+
+    /// The boot-config text: the file (or [`DEFAULT_BOOT_CONFIG`]) with each
+    /// `--boot KEY=VALUE` replacing earlier lines of the same key.
+    pub fn text(&self) -> Result<String, XtaskError> {
+        let base = match &self.file {
+            Some(path) => fs::read_to_string(path).map_err(|error| {
+                XtaskError::Io(format!(
+                    "cannot read boot config {}: {error}",
+                    path.display()
+                ))
+            })?,
+            None => DEFAULT_BOOT_CONFIG.to_string(),
+        };
+        Ok(compose_boot_config(&base, &self.settings))
+    }
+
+    /// Writes the boot config to `dir/bootconfig.txt` and shows it.
+    pub fn write(&self, dir: &Path) -> Result<PathBuf, XtaskError> {
+        let text = self.text()?;
+        fs::create_dir_all(dir)
+            .map_err(|error| XtaskError::Io(format!("cannot create {}: {error}", dir.display())))?;
+        let path = dir.join("bootconfig.txt");
+        fs::write(&path, &text)
+            .map_err(|error| XtaskError::Io(format!("cannot write {}: {error}", path.display())))?;
+        step(&format!(
+            "boot config {}: {}",
+            path.display(),
+            text.lines().collect::<Vec<_>>().join("; ")
+        ));
+        Ok(path)
+    }
+}
+
+/// Applies `KEY=VALUE` settings to boot-config text: a setting replaces
+/// every earlier line with the same key and is appended at the end.
+pub fn compose_boot_config(base: &str, settings: &[String]) -> String {
+    let key_of = |line: &str| line.split('=').next().unwrap_or("").trim().to_string();
+    let mut lines: Vec<String> = base.lines().map(str::to_string).collect();
+    for setting in settings {
+        let key = key_of(setting);
+        lines.retain(|line| line.trim_start().starts_with('#') || key_of(line) != key);
+        lines.push(setting.clone());
+    }
+    let mut text = lines.join("\n");
+    text.push('\n');
+    text
+}
+
+/// `cargo xtask build [--boot KEY=VALUE]... [--boot-config FILE]`.
+pub fn build_command(args: &[String]) -> Result<(), XtaskError> {
+    if wants_help(args) {
+        println!(
+            "usage: cargo xtask build [--boot KEY=VALUE]... [--boot-config FILE]\n\n\
+             Builds the kernel and writes target/daxbox/bios.img, uefi.img and pxe/ with the\n\
+             boot config (default `{}`) as the bootloader ramdisk.",
+            DEFAULT_BOOT_CONFIG.trim()
+        );
+        return Ok(());
+    }
+    let mut boot_config = BootConfigOptions::default();
+    let mut index = 0;
+    while index < args.len() {
+        match boot_config.take(args, index)? {
+            0 => {
+                return Err(XtaskError::Usage(format!(
+                    "build: unknown option `{}` (see --help)",
+                    args[index]
+                )))
+            }
+            used => index += used,
+        }
+    }
+    setup::setup(setup::Needs::Toolchain)?;
+    let kernel = build_kernel()?;
+    let dir = media_dir();
+    let config = boot_config.write(&dir)?;
+    make_media(&kernel, Some(&config), &dir, &["--bios", "--uefi", "--pxe"])?;
+    step(&format!(
+        "done: {0}/bios.img, {0}/uefi.img, {0}/pxe/",
+        dir.display()
+    ));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|item| item.to_string()).collect()
+    }
+
+    #[test]
+    fn settings_replace_and_append() {
+        let text = compose_boot_config(
+            DEFAULT_BOOT_CONFIG,
+            &strings(&["format=never", "debug_commands=on"]),
+        );
+        assert_eq!(text, "format=never\ndebug_commands=on\n");
+        let text = compose_boot_config("# comment\na=1\nb=2\n", &strings(&["a=3"]));
+        assert_eq!(text, "# comment\nb=2\na=3\n");
+        assert_eq!(compose_boot_config("x=1\n", &[]), "x=1\n");
+    }
+
+    #[test]
+    fn boot_options_parse() {
+        let args = strings(&["--boot", "a=1", "--boot-config", "f.txt", "--boot", "oops"]);
+        let mut options = BootConfigOptions::default();
+        assert_eq!(options.take(&args, 0).unwrap(), 2);
+        assert_eq!(options.take(&args, 2).unwrap(), 2);
+        assert!(options.take(&args, 4).is_err());
+        assert_eq!(options.settings, ["a=1"]);
+        assert_eq!(options.file, Some(PathBuf::from("f.txt")));
+        assert_eq!(options.take(&strings(&["--other"]), 0).unwrap(), 0);
+        assert!(options.take(&strings(&["--boot"]), 0).is_err());
+    }
+}

@@ -1,0 +1,371 @@
+//! `cargo xtask run` and `cargo xtask netboot`: the appliance in QEMU with
+//! its serial console on this terminal.
+//!
+//! The QEMU command line comes from `daxbox_tests::qemu_arguments`, the same
+//! function the system tests use.
+
+use std::{
+    fs::{self, OpenOptions},
+    path::PathBuf,
+    process::Command,
+};
+
+use daxbox_tests::{
+    find_ovmf, parse_size, qemu_arguments, qemu_program, shell_quote, target_dir, Firmware, Nvdimm,
+    Ovmf, QemuOptions, EXIT_PANIC, EXIT_POWEROFF,
+};
+
+use crate::{
+    images::{self, BootConfigOptions},
+    setup, step, wants_help, XtaskError,
+};
+
+/// Default host port for NBD (the guest's 10809, the IANA NBD port).
+pub const DEFAULT_NBD_PORT: u16 = 10809;
+/// Default host port for the guest's HTTP port 80.
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
+/// Default NVDIMM size.
+pub const DEFAULT_PMEM_SIZE: u64 = 1 << 30;
+
+fn usage(firmware: Firmware) -> String {
+    let (name, firmware_options, what) = if firmware == Firmware::Pxe {
+        (
+            "netboot",
+            "",
+            "UEFI PXE netboot from QEMU's built-in TFTP server (OVMF, no disk)",
+        )
+    } else {
+        (
+            "run",
+            " [--uefi|--bios]",
+            "a BIOS (default) or UEFI disk image",
+        )
+    };
+    format!(
+        "usage: cargo xtask {name}{firmware_options} [--memory 512M] [--pmem-file PATH] [--pmem-size 1G]\n\
+         \x20      [--no-pmem] [--boot KEY=VALUE]... [--boot-config FILE] [--nbd-port {DEFAULT_NBD_PORT}]\n\
+         \x20      [--http-port {DEFAULT_HTTP_PORT}] [--accel tcg|kvm] [-- EXTRA QEMU ARGS...]\n\n\
+         Builds the kernel and boots daxbox from {what} in QEMU:\n\
+         \x20 --uefi / --bios      firmware (run only; default BIOS)\n\
+         \x20 --memory SIZE        guest RAM (default 512M)\n\
+         \x20 --pmem-file PATH     NVDIMM backing file (default target/daxbox-pmem0.img, created sparse on first use)\n\
+         \x20 --pmem-size SIZE     NVDIMM size (default 1G)\n\
+         \x20 --no-pmem            boot without an NVDIMM\n\
+         \x20 --boot KEY=VALUE     boot-config setting (repeatable; default config: `{}`)\n\
+         \x20 --boot-config FILE   start from this boot-config file instead of the default\n\
+         \x20 --nbd-port PORT      host port on 127.0.0.1 forwarded to guest NBD port 10809\n\
+         \x20 --http-port PORT     host port on 127.0.0.1 forwarded to guest HTTP port 80 (0 = none)\n\
+         \x20 --accel NAME         QEMU accelerator (default tcg; kvm on hosts where it works)\n\
+         \x20 -- ARGS              appended to the QEMU command line\n\n\
+         The serial console is this terminal: type `help`; `poweroff` ends QEMU (or press Ctrl-C).",
+        images::DEFAULT_BOOT_CONFIG.trim()
+    )
+}
+
+/// Parsed `run`/`netboot` options.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Firmware path.
+    pub firmware: Firmware,
+    /// Guest RAM in bytes.
+    pub memory: u64,
+    /// NVDIMM backing file (`None` = no NVDIMM).
+    pub pmem_file: Option<PathBuf>,
+    /// NVDIMM size in bytes.
+    pub pmem_size: u64,
+    /// Boot-config options.
+    pub boot_config: BootConfigOptions,
+    /// Host NBD port.
+    pub nbd_port: u16,
+    /// Host HTTP port (0 = no forward).
+    pub http_port: u16,
+    /// QEMU accelerator.
+    pub accel: String,
+    /// Arguments after `--`.
+    pub extra: Vec<String>,
+}
+
+/// Parses `run`/`netboot` arguments (`netboot` when `firmware` is PXE).
+pub fn parse(args: &[String], firmware: Firmware) -> Result<RunOptions, XtaskError> {
+    let mut options = RunOptions {
+        firmware,
+        memory: 512 << 20,
+        pmem_file: Some(target_dir().join("daxbox-pmem0.img")),
+        pmem_size: DEFAULT_PMEM_SIZE,
+        boot_config: BootConfigOptions::default(),
+        nbd_port: DEFAULT_NBD_PORT,
+        http_port: DEFAULT_HTTP_PORT,
+        accel: std::env::var("DAXBOX_ACCEL").unwrap_or_else(|_| "tcg".into()),
+        extra: Vec::new(),
+    };
+    let netboot = firmware == Firmware::Pxe;
+    let mut no_pmem = false;
+    let mut index = 0;
+    while index < args.len() {
+        let used = options.boot_config.take(args, index)?;
+        if used > 0 {
+            index += used;
+            continue;
+        }
+        let argument = args[index].as_str();
+        let value = || {
+            args.get(index + 1)
+                .map(String::as_str)
+                .ok_or_else(|| XtaskError::Usage(format!("{argument} needs a value")))
+        };
+        let size = |text: &str| {
+            parse_size(text).map_err(|error| XtaskError::Usage(format!("{argument}: {error}")))
+        };
+        let port = |text: &str| {
+            text.parse::<u16>()
+                .map_err(|_| XtaskError::Usage(format!("{argument}: `{text}` is not a port")))
+        };
+        index += match argument {
+            "--" => {
+                options.extra = args[index + 1..].to_vec();
+                break;
+            }
+            "--uefi" if !netboot => {
+                options.firmware = Firmware::Uefi;
+                1
+            }
+            "--bios" if !netboot => {
+                options.firmware = Firmware::Bios;
+                1
+            }
+            "--memory" => {
+                options.memory = size(value()?)?;
+                2
+            }
+            "--pmem-file" => {
+                options.pmem_file = Some(value()?.into());
+                2
+            }
+            "--pmem-size" => {
+                options.pmem_size = size(value()?)?;
+                2
+            }
+            "--no-pmem" => {
+                no_pmem = true;
+                1
+            }
+            "--nbd-port" => {
+                options.nbd_port = port(value()?)?;
+                2
+            }
+            "--http-port" => {
+                options.http_port = port(value()?)?;
+                2
+            }
+            "--accel" => {
+                options.accel = value()?.to_string();
+                2
+            }
+            other => {
+                return Err(XtaskError::Usage(format!(
+                    "unknown option `{other}`\n\n{}",
+                    usage(firmware)
+                )))
+            }
+        };
+    }
+    if no_pmem {
+        options.pmem_file = None;
+    }
+    if options.nbd_port == 0 {
+        return Err(XtaskError::Usage("--nbd-port must not be 0".into()));
+    }
+    Ok(options)
+}
+
+/// Creates the NVDIMM backing file (sparse) on first use.
+fn prepare_pmem(path: &PathBuf, size: u64) -> Result<(), XtaskError> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(|error| {
+            XtaskError::Io(format!("cannot create {}: {error}", parent.display()))
+        })?;
+    }
+    let existed = path.exists();
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|error| XtaskError::Io(format!("cannot open {}: {error}", path.display())))?;
+    let length = file
+        .metadata()
+        .map_err(|error| XtaskError::Io(format!("{}: {error}", path.display())))?
+        .len();
+    if length < size {
+        file.set_len(size)
+            .map_err(|error| XtaskError::Io(format!("cannot size {}: {error}", path.display())))?;
+        if existed {
+            step(&format!(
+                "grew NVDIMM backing file {} from {length} to {size} bytes",
+                path.display()
+            ));
+        } else {
+            step(&format!(
+                "created NVDIMM backing file {} ({} MiB, sparse)",
+                path.display(),
+                size >> 20
+            ));
+        }
+    } else {
+        step(&format!(
+            "NVDIMM backing file {} (kept; {} MiB)",
+            path.display(),
+            size >> 20
+        ));
+    }
+    Ok(())
+}
+
+/// Entry point of `run` (firmware BIOS by default) and `netboot` (PXE).
+pub fn run_command(args: &[String], firmware: Firmware) -> Result<(), XtaskError> {
+    if wants_help(args) {
+        println!("{}", usage(firmware));
+        return Ok(());
+    }
+    let options = parse(args, firmware)?;
+    setup::setup(setup::Needs::Qemu)?;
+    let kernel = images::build_kernel()?;
+    let dir = images::media_dir();
+    let config = options.boot_config.write(&dir)?;
+    images::make_media(
+        &kernel,
+        Some(&config),
+        &dir,
+        &[options.firmware.boot_tool_flag()],
+    )?;
+
+    let mut qemu = QemuOptions::new("xtask-run", options.firmware);
+    qemu.memory = options.memory;
+    qemu.nbd_port = options.nbd_port;
+    qemu.http_port = options.http_port;
+    qemu.accel = options.accel.clone();
+    qemu.extra_args = options.extra.clone();
+    if let Some(path) = &options.pmem_file {
+        prepare_pmem(path, options.pmem_size)?;
+        qemu.nvdimms.push(Nvdimm::existing(path, options.pmem_size));
+    }
+    let ovmf = if options.firmware.needs_ovmf() {
+        let (code, template) = find_ovmf().map_err(|error| XtaskError::Setup(error.to_string()))?;
+        // OVMF writes its variable store: give it a private copy, kept
+        // between runs like a real machine's NVRAM.
+        let vars = dir.join("ovmf-vars.fd");
+        if !vars.exists() {
+            fs::copy(&template, &vars).map_err(|error| {
+                XtaskError::Io(format!("cannot copy {}: {error}", template.display()))
+            })?;
+        }
+        Some(Ovmf { code, vars })
+    } else {
+        None
+    };
+
+    let program = qemu_program();
+    let args = qemu_arguments(&qemu, &dir, ovmf.as_ref());
+    step(&format!("running: {}", shell_quote(&program, &args)));
+    let mut forwards = format!("NBD: nbd://127.0.0.1:{}/", options.nbd_port);
+    if options.http_port != 0 {
+        forwards += &format!("   HTTP: http://127.0.0.1:{}/", options.http_port);
+    }
+    println!("    {forwards}   (exit: `poweroff` in the shell, or Ctrl-C)");
+    let status = Command::new(&program)
+        .args(&args)
+        .status()
+        .map_err(|error| XtaskError::Command {
+            command: program.clone(),
+            problem: error.to_string(),
+        })?;
+    match status.code() {
+        Some(EXIT_POWEROFF) => {
+            step("the appliance powered off");
+            Ok(())
+        }
+        Some(EXIT_PANIC) => Err(XtaskError::Command {
+            command: program,
+            problem: "the kernel panicked (exit status 35); see the console output above".into(),
+        }),
+        _ => Err(XtaskError::Command {
+            command: program,
+            problem: format!("QEMU ended with {status}"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|item| item.to_string()).collect()
+    }
+
+    #[test]
+    fn defaults() {
+        let options = parse(&[], Firmware::Bios).unwrap();
+        assert_eq!(options.firmware, Firmware::Bios);
+        assert_eq!(options.memory, 512 << 20);
+        assert_eq!(options.pmem_size, 1 << 30);
+        assert!(options
+            .pmem_file
+            .unwrap()
+            .ends_with("target/daxbox-pmem0.img"));
+        assert_eq!(options.nbd_port, 10809);
+        assert!(options.extra.is_empty());
+    }
+
+    #[test]
+    fn all_options() {
+        let args = strings(&[
+            "--uefi",
+            "--memory",
+            "1G",
+            "--pmem-file",
+            "/tmp/p.img",
+            "--pmem-size",
+            "256M",
+            "--boot",
+            "debug_commands=on",
+            "--nbd-port",
+            "20000",
+            "--http-port",
+            "0",
+            "--accel",
+            "kvm",
+            "--",
+            "-smp",
+            "2",
+        ]);
+        let options = parse(&args, Firmware::Bios).unwrap();
+        assert_eq!(options.firmware, Firmware::Uefi);
+        assert_eq!(options.memory, 1 << 30);
+        assert_eq!(options.pmem_file, Some(PathBuf::from("/tmp/p.img")));
+        assert_eq!(options.pmem_size, 256 << 20);
+        assert_eq!(options.boot_config.settings, ["debug_commands=on"]);
+        assert_eq!(options.nbd_port, 20000);
+        assert_eq!(options.http_port, 0);
+        assert_eq!(options.accel, "kvm");
+        assert_eq!(options.extra, ["-smp", "2"]);
+    }
+
+    #[test]
+    fn bad_options() {
+        for args in [
+            &["--memory"][..],
+            &["--memory", "lots"],
+            &["--nbd-port", "70000"],
+            &["--nbd-port", "0"],
+            &["--frobnicate"],
+        ] {
+            assert!(parse(&strings(args), Firmware::Bios).is_err(), "{args:?}");
+        }
+        // netboot has no firmware choice.
+        assert!(parse(&strings(&["--uefi"]), Firmware::Pxe).is_err());
+        let options = parse(&strings(&["--no-pmem"]), Firmware::Pxe).unwrap();
+        assert_eq!(options.pmem_file, None);
+        assert_eq!(options.firmware, Firmware::Pxe);
+    }
+}

@@ -1,0 +1,368 @@
+//! `cargo xtask test`: every test, one summary.
+//!
+//! Steps: set-up; build the boot tool and the kernel; host tests of all
+//! library crates and xtask; the boot tool's tests; the QEMU system tests
+//! (`daxbox-tests`) with `DAXBOX_KERNEL`/`DAXBOX_BOOT_TOOL` pointing at the
+//! fresh builds. Output streams live. Every `test result:` line is added
+//! up; the LAST line printed is exactly `N passed, N failed`. A step that
+//! fails without a failed test (build error, crash) counts as one failure.
+
+use std::{
+    io::{Read, Write},
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use crate::{cargo, describe, images, setup, step, wants_help, XtaskError};
+
+const USAGE: &str = "\
+usage: cargo xtask test [--filter TEXT] [--test-threads N] [--no-system]
+
+Runs set-up, builds the kernel and daxbox-boot, then:
+  1. host tests: cargo test --workspace --exclude daxbox-kernel --exclude daxbox-tests --exclude daxbox-boot
+  2. boot tool:  cargo test -p daxbox-boot --release   (release: reuses the bootloader build)
+  3. system:     cargo test -p daxbox-tests -- --test-threads=N   (QEMU; logs in target/test-runs/<test>/)
+Options:
+  --filter TEXT       only tests whose name contains TEXT (passed to every cargo test)
+  --test-threads N    parallel QEMU system tests (default 2)
+  --no-system         skip the QEMU system tests
+The last line is `N passed, N failed`; the exit status is non-zero if anything failed.";
+
+/// Totals of `test result:` lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Tests passed.
+    pub passed: u64,
+    /// Tests failed.
+    pub failed: u64,
+}
+
+impl std::ops::AddAssign for Counts {
+    fn add_assign(&mut self, other: Counts) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+    }
+}
+
+/// Parses one libtest summary line, e.g.
+/// `test result: FAILED. 5 passed; 1 failed; 0 ignored; 0 measured; ...`.
+pub fn parse_result_line(line: &str) -> Option<Counts> {
+    let rest = &line[line.find("test result: ")?..];
+    let mut counts = Counts::default();
+    let mut found = (false, false);
+    for part in rest.split(';') {
+        let mut words = part.split_whitespace().rev();
+        let (Some(label), Some(number)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let Ok(number) = number.parse::<u64>() else {
+            continue;
+        };
+        match label {
+            "passed" => (counts.passed, found.0) = (number, true),
+            "failed" => (counts.failed, found.1) = (number, true),
+            _ => {}
+        }
+    }
+    (found.0 && found.1).then_some(counts)
+}
+
+/// Sums all summary lines in `output`.
+pub fn sum_results(output: &str) -> Counts {
+    let mut total = Counts::default();
+    for counts in output.lines().filter_map(parse_result_line) {
+        total += counts;
+    }
+    total
+}
+
+/// Runs `command`, copying its stdout live and keeping it for parsing
+/// (stderr, where cargo reports compilation, goes straight through).
+fn run_streaming(command: &mut Command) -> Result<(bool, String), XtaskError> {
+    let description = describe(command);
+    println!("    {description}");
+    let mut child =
+        command
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|error| XtaskError::Command {
+                command: description.clone(),
+                problem: error.to_string(),
+            })?;
+    let mut captured = Vec::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        let mut buffer = [0u8; 4096];
+        let mut out = std::io::stdout();
+        loop {
+            match stdout.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(count) => {
+                    captured.extend_from_slice(&buffer[..count]);
+                    // Live progress matters more than a broken terminal.
+                    let _ = out.write_all(&buffer[..count]);
+                    let _ = out.flush();
+                }
+            }
+        }
+    }
+    let status = child.wait().map_err(|error| XtaskError::Command {
+        command: description,
+        problem: error.to_string(),
+    })?;
+    Ok((
+        status.success(),
+        String::from_utf8_lossy(&captured).into_owned(),
+    ))
+}
+
+/// One step's outcome, for the summary table.
+struct Outcome {
+    name: &'static str,
+    ok: bool,
+    counts: Counts,
+    seconds: f64,
+}
+
+struct Options {
+    filter: Option<String>,
+    threads: u32,
+    system: bool,
+}
+
+fn parse(args: &[String]) -> Result<Options, XtaskError> {
+    let mut options = Options {
+        filter: None,
+        threads: 2,
+        system: true,
+    };
+    let mut index = 0;
+    while index < args.len() {
+        let value = || {
+            args.get(index + 1)
+                .ok_or_else(|| XtaskError::Usage(format!("{} needs a value", args[index])))
+        };
+        match args[index].as_str() {
+            "--filter" => {
+                options.filter = Some(value()?.clone());
+                index += 2;
+            }
+            "--test-threads" => {
+                options.threads = value()?
+                    .parse()
+                    .ok()
+                    .filter(|threads| *threads > 0)
+                    .ok_or_else(|| XtaskError::Usage("--test-threads wants a number > 0".into()))?;
+                index += 2;
+            }
+            "--no-system" => {
+                options.system = false;
+                index += 1;
+            }
+            other => {
+                return Err(XtaskError::Usage(format!(
+                    "test: unknown option `{other}`\n\n{USAGE}"
+                )))
+            }
+        }
+    }
+    Ok(options)
+}
+
+/// Entry point of `cargo xtask test`.
+pub fn test_command(args: &[String]) -> Result<(), XtaskError> {
+    if wants_help(args) {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    let options = parse(args)?;
+    let started = Instant::now();
+    let mut outcomes: Vec<Outcome> = Vec::new();
+    let mut record = |name: &'static str, ok: bool, counts: Counts, since: Instant| {
+        outcomes.push(Outcome {
+            name,
+            ok,
+            counts,
+            seconds: since.elapsed().as_secs_f64(),
+        });
+    };
+
+    let filter_args = |extra: &[String]| {
+        let mut args: Vec<String> = vec!["--".into()];
+        args.extend(extra.iter().cloned());
+        args.extend(options.filter.iter().cloned());
+        args
+    };
+
+    let since = Instant::now();
+    let setup_ok = match setup::setup(setup::Needs::Everything) {
+        Ok(()) => true,
+        Err(error) => {
+            eprintln!("xtask: error: {error}");
+            false
+        }
+    };
+    record("set-up", setup_ok, Counts::default(), since);
+
+    let mut built = None;
+    if setup_ok {
+        let since = Instant::now();
+        let boot_tool = images::build_boot_tool();
+        let kernel = boot_tool.as_ref().ok().map(|_| images::build_kernel());
+        let ok = match (boot_tool, kernel) {
+            (Ok(boot_tool), Some(Ok(kernel))) => {
+                built = Some((kernel, boot_tool));
+                true
+            }
+            (Err(error), _) | (_, Some(Err(error))) => {
+                eprintln!("xtask: error: {error}");
+                false
+            }
+            (Ok(_), None) => false,
+        };
+        record("build kernel + daxbox-boot", ok, Counts::default(), since);
+
+        let since = Instant::now();
+        step("host tests (all library crates and xtask)");
+        let mut command = cargo();
+        command
+            .args([
+                "test",
+                "--workspace",
+                "--exclude",
+                "daxbox-kernel",
+                "--exclude",
+                "daxbox-tests",
+                "--exclude",
+                "daxbox-boot",
+            ])
+            .args(filter_args(&[]));
+        let (ok, output) = run_streaming(&mut command).unwrap_or_else(|error| {
+            eprintln!("xtask: error: {error}");
+            (false, String::new())
+        });
+        record("host tests", ok, sum_results(&output), since);
+
+        let since = Instant::now();
+        step("boot tool tests");
+        let mut command = cargo();
+        command
+            .args(["test", "-p", "daxbox-boot", "--release"])
+            .args(filter_args(&[]));
+        let (ok, output) = run_streaming(&mut command).unwrap_or_else(|error| {
+            eprintln!("xtask: error: {error}");
+            (false, String::new())
+        });
+        record("boot tool tests", ok, sum_results(&output), since);
+    }
+
+    if options.system {
+        let since = Instant::now();
+        match &built {
+            Some((kernel, boot_tool)) => {
+                step(&format!(
+                    "QEMU system tests ({} at a time; logs in target/test-runs/<test>/)",
+                    options.threads
+                ));
+                let mut command = cargo();
+                command
+                    .args(["test", "-p", "daxbox-tests"])
+                    .args(filter_args(&[format!(
+                        "--test-threads={}",
+                        options.threads
+                    )]))
+                    .env("DAXBOX_KERNEL", kernel)
+                    .env("DAXBOX_BOOT_TOOL", boot_tool);
+                println!(
+                    "    with DAXBOX_KERNEL={} DAXBOX_BOOT_TOOL={}",
+                    kernel.display(),
+                    boot_tool.display()
+                );
+                let (ok, output) = run_streaming(&mut command).unwrap_or_else(|error| {
+                    eprintln!("xtask: error: {error}");
+                    (false, String::new())
+                });
+                record("QEMU system tests", ok, sum_results(&output), since);
+            }
+            None => {
+                step("QEMU system tests skipped: set-up or build failed");
+                record(
+                    "QEMU system tests (not run)",
+                    false,
+                    Counts::default(),
+                    since,
+                );
+            }
+        }
+    }
+
+    let mut total = Counts::default();
+    println!();
+    step("summary");
+    for outcome in &outcomes {
+        let mut counts = outcome.counts;
+        // A failed step with no failed test (build error, crashed test
+        // binary, missing tools) must still show up as a failure.
+        if !outcome.ok && counts.failed == 0 {
+            counts.failed = 1;
+        }
+        println!(
+            "    {:<30} {:<6} {:>4} passed {:>4} failed {:>7.1} s",
+            outcome.name,
+            if outcome.ok { "ok" } else { "FAILED" },
+            counts.passed,
+            counts.failed,
+            outcome.seconds
+        );
+        total += counts;
+    }
+    println!("    total time {:.1} s", started.elapsed().as_secs_f64());
+    println!("{} passed, {} failed", total.passed, total.failed);
+    if total.failed == 0 {
+        Ok(())
+    } else {
+        Err(XtaskError::TestsFailed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_lines_parse() {
+        assert_eq!(
+            parse_result_line(
+                "test result: ok. 9 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s"
+            ),
+            Some(Counts { passed: 9, failed: 0 })
+        );
+        assert_eq!(
+            parse_result_line("test result: FAILED. 5 passed; 12 failed; 0 ignored; 0 measured"),
+            Some(Counts {
+                passed: 5,
+                failed: 12
+            })
+        );
+        assert_eq!(parse_result_line("test foo ... ok"), None);
+        assert_eq!(parse_result_line("test result: garbage"), None);
+    }
+
+    #[test]
+    fn results_add_up() {
+        let output = "\
+running 2 tests
+test a ... ok
+test result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out
+running 4 tests
+test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out
+";
+        assert_eq!(
+            sum_results(output),
+            Counts {
+                passed: 5,
+                failed: 1
+            }
+        );
+        assert_eq!(sum_results(""), Counts::default());
+    }
+}
