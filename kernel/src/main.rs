@@ -15,10 +15,14 @@
 
 extern crate alloc;
 
+mod acpi;
 mod config;
 mod gdt;
 mod interrupts;
 mod memory;
+mod net;
+mod pci;
+mod pmem;
 mod power;
 mod serial;
 mod shell;
@@ -104,6 +108,16 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         khz % 1000,
         interrupts::TIMER_HZ
     );
+
+    // Storage discovery: ACPI NFIT, memory map, pmem= carve-outs.
+    let mapped_end = boot_info.memory_regions.iter().map(|r| r.end).max();
+    acpi::init(boot_info.rsdp_addr.into_option(), mapped_end.unwrap_or(0));
+    pmem::init(&pmem::BootFacts {
+        regions: &boot_info.memory_regions,
+        kernel: (boot_info.kernel_addr, boot_info.kernel_len),
+    });
+    pci::init();
+    net::init();
     x86_64::instructions::interrupts::enable();
 
     println!("daxbox: ready");
@@ -122,16 +136,18 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
 
 /// Polls the network services; true when any did work.
 fn poll_services() -> bool {
-    false
+    net::poll()
 }
 
 /// Storage ranges (pmem) known so far: never volatile memory.
 pub fn storage_ranges() -> Vec<memory::PhysRange> {
-    Vec::new()
+    pmem::storage_ranges()
 }
 
 /// Brings storage to a consistent state before power-off.
-pub fn shutdown() {}
+pub fn shutdown() {
+    pmem::shutdown();
+}
 
 fn print_memory_map(regions: &[bootloader_api::info::MemoryRegion]) {
     let mut usable = 0;

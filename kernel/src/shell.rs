@@ -24,7 +24,12 @@ pub type Command = daxbox_shell::Command<Context>;
 pub const PROMPT: &str = "daxbox> ";
 
 /// All command tables, searched in order.
-const TABLES: &[&[Command]] = &[BASIC];
+const TABLES: &[&[Command]] = &[
+    BASIC,
+    crate::pmem::COMMANDS,
+    crate::pci::COMMANDS,
+    crate::net::COMMANDS,
+];
 
 const BASIC: &[Command] = &[
     Command {

@@ -12,12 +12,13 @@
 //! Rules, in the order they are checked:
 //! 1. not empty, no wrap past 2^64, 4 KiB aligned start and length;
 //! 2. below the maximum physical address;
-//! 3. a `pmem=` carve-out must lie wholly inside usable RAM (it is RAM
+//! 3. no overlap with a [`Forbidden`] region (kernel image, bootloader
+//!    data, page tables, RAM in use, ...; checked before RAM so that a
+//!    range over the kernel is reported as exactly that);
+//! 4. a `pmem=` carve-out must lie wholly inside usable RAM (it is RAM
 //!    taken away from the volatile allocator, like Linux `memmap=nn!ss`);
 //!    a firmware-reported range must not overlap usable RAM (firmware that
 //!    reports the same bytes as both is not trusted with either);
-//! 4. no overlap with a [`Forbidden`] region (kernel image, bootloader
-//!    data, page tables, RAM in use, ...);
 //! 5. an exact duplicate of an accepted range from another source is
 //!    merged (the NFIT's persistence domain wins, since only it knows);
 //!    any other overlap with an accepted range is refused;
@@ -459,6 +460,14 @@ pub fn discover(candidates: &[Candidate], machine: &Machine<'_>) -> Discovery {
             refuse(&mut out, Reason::BeyondPhysicalLimit { limit });
             continue;
         }
+        if let Some(f) = machine
+            .forbidden
+            .iter()
+            .find(|f| overlaps(c.start, c.len, f.start, f.len))
+        {
+            refuse(&mut out, Reason::Forbidden(*f));
+            continue;
+        }
         if c.source == Source::BootConfig {
             if let Some(first_gap) = first_non_ram(&ram, c.start, end) {
                 refuse(&mut out, Reason::NotRam { first_gap, ram_end });
@@ -469,14 +478,6 @@ pub fn discover(candidates: &[Candidate], machine: &Machine<'_>) -> Discovery {
             .find(|r| overlaps(c.start, c.len, r.start, r.len))
         {
             refuse(&mut out, Reason::OverlapsRam { ram: *r });
-            continue;
-        }
-        if let Some(f) = machine
-            .forbidden
-            .iter()
-            .find(|f| overlaps(c.start, c.len, f.start, f.len))
-        {
-            refuse(&mut out, Reason::Forbidden(*f));
             continue;
         }
         for (index, accepted) in out.accepted.iter_mut().enumerate() {

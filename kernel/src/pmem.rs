@@ -1,0 +1,836 @@
+//! Persistent memory in the kernel: discovery at boot, the identity
+//! mapping, the hardware side of [`PersistentMemory`] (stores, cache-line
+//! flushes, fences, non-temporal stores) and the `pmem`, `blk` and
+//! `acpi` shell commands.
+//!
+//! Everything that can be decided without hardware lives in
+//! `daxbox-pmem` (NFIT parsing, merging and checking the ranges, the
+//! mapping plan, the page-frame table, the block device); this module
+//! collects the inputs (ACPI NFIT, memory map, `pmem=` requests and the
+//! regions that must not be touched), applies the results (RAM carve-outs,
+//! page tables) and owns the devices, named `pmem0`, `pmem1`, ... in
+//! discovery order.
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use bootloader_api::info::{MemoryRegionKind, MemoryRegions};
+use core::arch::asm;
+use daxbox_persist::{check_range, OutOfRange, PersistentMemory, CACHE_LINE};
+use daxbox_pmem::block::{BlockDevice, PmemBlockDevice};
+use daxbox_pmem::discovery::{self, Candidate, Forbidden, Machine, Region, Source};
+use daxbox_pmem::frames::FrameTable;
+use daxbox_pmem::mapping::{self, MappingPlan};
+use daxbox_pmem::nfit;
+use spin::{Mutex, Once};
+
+use crate::memory::{self, MapKind, PageCounts, PhysRange};
+use crate::shell::{human, Command, Context};
+use crate::{acpi, config, println, time};
+
+/// How cache lines are written back to the persistence domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushInstruction {
+    /// `clwb`: write back, the line may stay cached (CPUID.7.0:EBX[24]).
+    Clwb,
+    /// `clflushopt`: write back and invalidate, weakly ordered
+    /// (CPUID.7.0:EBX[23]).
+    Clflushopt,
+    /// `clflush`: write back and invalidate, ordered (CPUID.1:EDX[19]).
+    Clflush,
+    /// Nothing to do: the CPU caches are inside the persistence domain
+    /// (eADR), so only fences matter.
+    None,
+}
+
+impl FlushInstruction {
+    fn name(self) -> &'static str {
+        match self {
+            FlushInstruction::Clwb => "clwb",
+            FlushInstruction::Clflushopt => "clflushopt",
+            FlushInstruction::Clflush => "clflush",
+            FlushInstruction::None => "none (eADR)",
+        }
+    }
+}
+
+/// The best flush instruction this CPU has.
+fn detect_flush() -> FlushInstruction {
+    use core::arch::x86_64::__cpuid_count;
+    // SAFETY (for each `__cpuid_count`): `cpuid` exists on every x86_64
+    // CPU and only reads identification registers.
+    #[allow(unused_unsafe)]
+    let max_leaf = unsafe { __cpuid_count(0, 0) }.eax;
+    if max_leaf >= 7 {
+        #[allow(unused_unsafe)]
+        let ebx = unsafe { __cpuid_count(7, 0) }.ebx;
+        if ebx & (1 << 24) != 0 {
+            return FlushInstruction::Clwb;
+        }
+        if ebx & (1 << 23) != 0 {
+            return FlushInstruction::Clflushopt;
+        }
+    }
+    // clflush is architectural on x86_64 (CPUID.1:EDX[19] is always set).
+    FlushInstruction::Clflush
+}
+
+/// An identity-mapped persistent-memory range: the kernel's
+/// [`PersistentMemory`].
+///
+/// Invariant (established by [`init`] before any `PmemRegion` exists):
+/// `base..base + len` is mapped virt == phys, writable and write-back,
+/// is never part of the heap or the RAM frame allocator, and this region
+/// is the only Rust value through which the bytes are accessed.
+pub struct PmemRegion {
+    base: u64,
+    len: u64,
+    flush: FlushInstruction,
+    cache_persistent: bool,
+}
+
+impl PmemRegion {
+    fn ptr(&self, offset: u64) -> *mut u8 {
+        // Callers check `offset <= len` first, and base + len does not wrap
+        // (checked by discovery).
+        (self.base + offset) as *mut u8
+    }
+
+    /// Writes back every cache line touching `offset..offset + len`.
+    fn flush_lines(&self, offset: u64, len: u64) {
+        if len == 0 || self.flush == FlushInstruction::None {
+            return;
+        }
+        let first = (self.base + offset) & !(CACHE_LINE - 1);
+        let end = self.base + offset + len;
+        let mut line = first;
+        while line < end {
+            let p = line as *const u8;
+            // SAFETY: `line` is inside (or is the line containing the start
+            // of) the mapped region; the flush instructions only write the
+            // line back and do not change memory contents.
+            unsafe {
+                match self.flush {
+                    FlushInstruction::Clwb => {
+                        asm!("clwb [{0}]", in(reg) p, options(nostack, preserves_flags))
+                    }
+                    FlushInstruction::Clflushopt => {
+                        asm!("clflushopt [{0}]", in(reg) p, options(nostack, preserves_flags))
+                    }
+                    FlushInstruction::Clflush | FlushInstruction::None => {
+                        asm!("clflush [{0}]", in(reg) p, options(nostack, preserves_flags))
+                    }
+                }
+            }
+            line += CACHE_LINE;
+        }
+    }
+}
+
+impl PersistentMemory for PmemRegion {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), OutOfRange> {
+        check_range(offset, buf.len() as u64, self.len)?;
+        // SAFETY: the range was checked against the region, which is mapped
+        // and not aliased by any Rust reference (type invariant); `buf` is
+        // RAM, so the two cannot overlap.
+        unsafe { core::ptr::copy_nonoverlapping(self.ptr(offset), buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), OutOfRange> {
+        check_range(offset, data.len() as u64, self.len)?;
+        // SAFETY: as in `read`, with `&mut self` making this the only
+        // writer.
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr(offset), data.len()) };
+        Ok(())
+    }
+
+    fn write_nt(&mut self, offset: u64, data: &[u8]) -> Result<(), OutOfRange> {
+        let len = data.len() as u64;
+        check_range(offset, len, self.len)?;
+        // Unaligned head and tail go through the cache (and get flushed);
+        // the 8-byte aligned body uses `movnti`, which bypasses the cache
+        // and is durable after the next sfence (Intel SDM Vol. 1 §10.4.6.2).
+        let address = self.base + offset;
+        let head = (address.next_multiple_of(8) - address).min(len);
+        let body = (len - head) & !7;
+        let tail = len - head - body;
+        if head > 0 {
+            self.write(offset, &data[..head as usize])?;
+            self.flush_lines(offset, head);
+        }
+        let mut at = head as usize;
+        let body_end = (head + body) as usize;
+        while at < body_end {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&data[at..at + 8]);
+            let value = u64::from_ne_bytes(word);
+            let p = self.ptr(offset + at as u64);
+            // SAFETY: `p` is 8-byte aligned and `p..p+8` lies inside the
+            // checked range of the mapped region; movnti only stores.
+            unsafe {
+                asm!("movnti [{0}], {1}", in(reg) p, in(reg) value, options(nostack, preserves_flags))
+            };
+            at += 8;
+        }
+        if tail > 0 {
+            let tail_offset = offset + head + body;
+            self.write(tail_offset, &data[body_end..])?;
+            self.flush_lines(tail_offset, tail);
+        }
+        Ok(())
+    }
+
+    fn store_u64(&mut self, offset: u64, value: u64) -> Result<(), OutOfRange> {
+        check_range(offset, 8, self.len)?;
+        if (self.base + offset) % 8 != 0 {
+            return Err(OutOfRange {
+                offset,
+                len: 8,
+                region_len: self.len,
+            });
+        }
+        // SAFETY: aligned, in range; an aligned 8-byte `mov` is a single
+        // store, which x86 makes atomic (Intel SDM Vol. 3 §9.1.1) and so
+        // power-fail atomic within a cache line.
+        unsafe { core::ptr::write_volatile(self.ptr(offset) as *mut u64, value.to_le()) };
+        Ok(())
+    }
+
+    fn flush(&mut self, offset: u64, len: u64) -> Result<(), OutOfRange> {
+        check_range(offset, len, self.len)?;
+        self.flush_lines(offset, len);
+        Ok(())
+    }
+
+    fn fence(&mut self) {
+        // SAFETY: `sfence` only orders stores.
+        unsafe { asm!("sfence", options(nostack, preserves_flags)) };
+    }
+
+    fn cache_is_persistent(&self) -> bool {
+        self.cache_persistent
+    }
+
+    fn physical_address(&self, offset: u64) -> Option<u64> {
+        (offset <= self.len).then(|| self.base + offset)
+    }
+}
+
+/// One pmem device.
+pub struct Device {
+    /// The accepted range.
+    pub range: discovery::PmemRange,
+    /// The mapping plan from `daxbox-pmem`.
+    pub plan: MappingPlan,
+    /// Pages the page-table code actually created.
+    pub pages: PageCounts,
+    /// The block device over the range.
+    pub block: PmemBlockDevice<PmemRegion>,
+    /// The page-frame table of the range.
+    pub frames: FrameTable,
+}
+
+static DEVICES: Mutex<Vec<Device>> = Mutex::new(Vec::new());
+static REFUSALS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+static NFIT_RAW: Once<Option<Vec<u8>>> = Once::new();
+static FLUSH: Once<FlushInstruction> = Once::new();
+
+/// The physical ranges of every pmem device (for `mem stress` and any
+/// check that storage stays out of volatile memory).
+pub fn storage_ranges() -> Vec<PhysRange> {
+    DEVICES
+        .lock()
+        .iter()
+        .map(|d| PhysRange {
+            start: d.range.start,
+            end: d.range.end(),
+        })
+        .collect()
+}
+
+/// Names of the devices, in order (for the NBD exports and daxfs mounts).
+#[allow(dead_code)]
+pub fn device_names() -> Vec<String> {
+    DEVICES
+        .lock()
+        .iter()
+        .map(|d| d.block.name().to_string())
+        .collect()
+}
+
+/// Runs `f` on device `name` (`pmem0`, ...), holding the device lock.
+pub fn with_device<R>(name: &str, f: impl FnOnce(&mut Device) -> R) -> Option<R> {
+    let mut devices = DEVICES.lock();
+    devices.iter_mut().find(|d| d.block.name() == name).map(f)
+}
+
+/// Makes every completed write durable (before power-off).
+pub fn shutdown() {
+    for device in DEVICES.lock().iter_mut() {
+        let _ = device.block.flush();
+    }
+}
+
+/// Inputs from the boot info that discovery needs.
+pub struct BootFacts<'a> {
+    /// The boot memory map.
+    pub regions: &'a MemoryRegions,
+    /// Physical address and length of the kernel ELF.
+    pub kernel: (u64, u64),
+}
+
+/// Discovers, checks, carves out, maps and registers every pmem range.
+pub fn init(facts: &BootFacts<'_>) {
+    let flush = *FLUSH.call_once(detect_flush);
+    let mut candidates = Vec::new();
+
+    // 1. The ACPI NFIT: how QEMU's -device nvdimm (and real NVDIMMs)
+    //    appear; not in the memory map at all.
+    let nfit_bytes = match acpi::find_table(b"NFIT") {
+        Ok(bytes) => Some(bytes),
+        Err(acpi::AcpiError::NotFound) => None,
+        Err(error) => {
+            println!("pmem: cannot read the NFIT: {}", error);
+            None
+        }
+    };
+    if let Some(bytes) = &nfit_bytes {
+        match nfit::parse(bytes) {
+            Ok(table) => {
+                for warning in &table.warnings {
+                    println!("pmem: {}", warning);
+                }
+                println!(
+                    "pmem: NFIT: {} structures, {} persistent-memory range(s), platform {}",
+                    table.structures,
+                    table.persistent_ranges().count(),
+                    table.domain()
+                );
+                candidates.extend(Candidate::from_nfit(&table));
+            }
+            Err(error) => println!("pmem: {} (table ignored)", error),
+        }
+    }
+    NFIT_RAW.call_once(|| nfit_bytes);
+
+    // 2. Memory-map entries typed as persistent memory.
+    for region in facts.regions.iter() {
+        let len = region.end.saturating_sub(region.start);
+        match region.kind {
+            MemoryRegionKind::UnknownBios(discovery::E820_PERSISTENT_TYPE) => {
+                candidates.push(Candidate::e820(region.start, len))
+            }
+            MemoryRegionKind::UnknownUefi(discovery::UEFI_PERSISTENT_TYPE) => {
+                candidates.push(Candidate::uefi(region.start, len))
+            }
+            _ => {}
+        }
+    }
+
+    // 3. pmem=SIZE@START requests from the boot config.
+    for request in &config::get().pmem {
+        candidates.push(Candidate::boot_config(
+            request.start,
+            request.size,
+            &request.text,
+        ));
+    }
+
+    // What pmem must never overlap. Named specifically first, so that a
+    // refusal names the most telling region.
+    let (kernel_start, kernel_len) = facts.kernel;
+    let mut forbidden = alloc::vec![
+        Forbidden {
+            start: kernel_start,
+            len: kernel_len,
+            what: "kernel image",
+        },
+        Forbidden {
+            start: 0,
+            len: 0x10_0000,
+            what: "low memory (BIOS data, real-mode area)",
+        },
+    ];
+    let (level_4, _) = x86_64::registers::control::Cr3::read();
+    forbidden.push(Forbidden {
+        start: level_4.start_address().as_u64(),
+        len: 4096,
+        what: "page tables",
+    });
+    for region in facts.regions.iter() {
+        if region.kind == MemoryRegionKind::Bootloader {
+            forbidden.push(Forbidden {
+                start: region.start,
+                len: region.end.saturating_sub(region.start),
+                what: "bootloader data (kernel, page tables, boot info)",
+            });
+        }
+    }
+    for used in memory::ram_in_use() {
+        forbidden.push(Forbidden {
+            start: used.start,
+            len: used.len(),
+            what: "RAM in use (heap, page tables, frames)",
+        });
+    }
+    let usable: Vec<Region> = facts
+        .regions
+        .iter()
+        .filter(|r| r.kind == MemoryRegionKind::Usable)
+        .map(|r| Region {
+            start: r.start,
+            len: r.end.saturating_sub(r.start),
+        })
+        .collect();
+    let machine = Machine {
+        usable_ram: &usable,
+        forbidden: &forbidden,
+        max_physical_address: max_physical_address(),
+    };
+    println!(
+        "pmem: {} candidate range(s); kernel image {:#x}-{:#x}; flush with {}",
+        candidates.len(),
+        kernel_start,
+        (kernel_start + kernel_len).saturating_sub(1),
+        flush.name()
+    );
+
+    let found = discovery::discover(&candidates, &machine);
+    let mut refusals: Vec<String> = found.refused.iter().map(|r| r.to_string()).collect();
+    for note in &found.notes {
+        println!("{}", note);
+    }
+
+    let mut devices = DEVICES.lock();
+    for range in found.accepted {
+        let name = format!("pmem{}", devices.len());
+        if range.source == Source::BootConfig {
+            // Take the RAM away from the volatile allocator before anything
+            // else can allocate it (discovery already checked it is free
+            // usable RAM; this is the authoritative check).
+            if let Err(error) = memory::carve_out(range.start, range.len) {
+                refusals.push(format!(
+                    "pmem: refusing {} ({:#x}-{:#x}): {}",
+                    range.origin,
+                    range.start,
+                    range.end() - 1,
+                    error
+                ));
+                continue;
+            }
+        }
+        let plan = match mapping::plan(range.start, range.len) {
+            Ok(plan) => plan,
+            Err(error) => {
+                refusals.push(format!("pmem: refusing {}: {}", range.origin, error));
+                continue;
+            }
+        };
+        let pages = match memory::map_identity(range.start, range.len, MapKind::Pmem) {
+            Ok(pages) => pages,
+            Err(error) => {
+                refusals.push(format!(
+                    "pmem: refusing {} ({:#x}-{:#x}): cannot map: {}",
+                    range.origin,
+                    range.start,
+                    range.end() - 1,
+                    error
+                ));
+                continue;
+            }
+        };
+        let frames = match FrameTable::new(range.start, range.len) {
+            Ok(frames) => frames,
+            Err(error) => {
+                refusals.push(format!("pmem: refusing {}: {}", range.origin, error));
+                continue;
+            }
+        };
+        let cache_persistent = range.persistence.cache_is_persistent();
+        let region = PmemRegion {
+            base: range.start,
+            len: range.len,
+            flush: if cache_persistent {
+                FlushInstruction::None
+            } else {
+                flush
+            },
+            cache_persistent,
+        };
+        let readonly = config::get().readonly.iter().any(|n| *n == name);
+        let mut block = PmemBlockDevice::new(name.clone(), region, 4096);
+        block.set_read_only(readonly);
+        println!(
+            "pmem: {} {} {:#x}-{:#x} ({}), persistence {}, mapped {} x 2 MiB + {} x 4 KiB pages{}",
+            name,
+            range.source,
+            range.start,
+            range.end() - 1,
+            human(range.len),
+            range.persistence,
+            pages.huge,
+            pages.small,
+            if readonly { ", read-only" } else { "" }
+        );
+        if (pages.huge, pages.small) != (plan.pages_2m, plan.pages_4k) {
+            println!(
+                "pmem: {} note: planned {} x 2 MiB + {} x 4 KiB (existing page tables changed the split)",
+                name, plan.pages_2m, plan.pages_4k
+            );
+        }
+        devices.push(Device {
+            range,
+            plan,
+            pages,
+            block,
+            frames,
+        });
+    }
+    for refusal in &refusals {
+        println!("{}", refusal);
+    }
+    println!(
+        "pmem: {} device(s), {} range(s) refused",
+        devices.len(),
+        refusals.len()
+    );
+    *REFUSALS.lock() = refusals;
+}
+
+/// One past the highest physical address (CPUID 0x8000_0008 EAX[7:0]).
+fn max_physical_address() -> u64 {
+    use core::arch::x86_64::__cpuid_count;
+    // SAFETY (both): `cpuid` only reads identification registers.
+    #[allow(unused_unsafe)]
+    let max_extended = unsafe { __cpuid_count(0x8000_0000, 0) }.eax;
+    let bits = if max_extended >= 0x8000_0008 {
+        #[allow(unused_unsafe)]
+        let eax = unsafe { __cpuid_count(0x8000_0008, 0) }.eax;
+        (eax & 0xff).clamp(32, 52)
+    } else {
+        36
+    };
+    1u64 << bits
+}
+
+/// Shell commands of this module.
+pub const COMMANDS: &[Command] = &[
+    Command {
+        name: "pmem",
+        usage: "[bench DEVICE]",
+        help: "list pmem ranges and devices; `bench` measures bandwidth",
+        run: pmem_command,
+    },
+    Command {
+        name: "blk",
+        usage: "read DEV OFF LEN | write DEV OFF TEXT|--pattern BYTE LEN | flush DEV",
+        help: "small block reads (hex dump) and writes for tests and diagnostics",
+        run: blk_command,
+    },
+    Command {
+        name: "acpi",
+        usage: "nfit | tables",
+        help: "hex-dump the raw NFIT, or list the ACPI table signatures",
+        run: acpi_command,
+    },
+];
+
+fn pmem_command(_: &mut Context, args: &[&str]) -> Result<(), String> {
+    match args {
+        [] => {
+            list();
+            Ok(())
+        }
+        ["bench", device] => bench(device),
+        _ => Err("usage: pmem [bench DEVICE]".to_string()),
+    }
+}
+
+fn list() {
+    let devices = DEVICES.lock();
+    if devices.is_empty() {
+        println!("no pmem devices");
+    }
+    for d in devices.iter() {
+        let mut sources = d.range.source.to_string();
+        for also in &d.range.also_reported_by {
+            sources.push('+');
+            sources.push_str(&also.to_string());
+        }
+        let stats = d.frames.stats();
+        println!(
+            "{}  {:<10} {:#x}-{:#x} {:>9}  persistence: {}  pages: {} x 2M + {} x 4K (plan {}/{})  frames free: {}/{}{}",
+            d.block.name(),
+            sources,
+            d.range.start,
+            d.range.end() - 1,
+            human(d.range.len),
+            d.range.persistence,
+            d.pages.huge,
+            d.pages.small,
+            d.plan.pages_2m,
+            d.plan.pages_4k,
+            stats.free,
+            stats.total,
+            if d.block.is_read_only() { "  read-only" } else { "" }
+        );
+    }
+    for refusal in REFUSALS.lock().iter() {
+        println!("{}", refusal);
+    }
+    if let Some(flush) = FLUSH.get() {
+        println!("cache flush: {} + sfence", flush.name());
+    }
+}
+
+fn parse_number(text: &str) -> Result<u64, String> {
+    daxbox_bootconfig::parse_size(text).ok_or_else(|| format!("'{}' is not a number", text))
+}
+
+/// Reads `len` bytes at any byte offset (the block layer wants whole
+/// blocks: read the covering blocks, return the slice).
+fn read_bytes(device: &Device, offset: u64, len: u64) -> Result<Vec<u8>, String> {
+    let block = u64::from(device.block.logical_block_size());
+    let first = offset / block * block;
+    let end = offset
+        .checked_add(len)
+        .ok_or("offset + length overflows")?
+        .next_multiple_of(block);
+    let mut buf = alloc::vec![0u8; (end - first) as usize];
+    device
+        .block
+        .read(first, &mut buf)
+        .map_err(|e| e.to_string())?;
+    let skip = (offset - first) as usize;
+    Ok(buf[skip..skip + len as usize].to_vec())
+}
+
+/// Writes `data` at any byte offset (read-modify-write of the covering
+/// blocks).
+fn write_bytes(device: &mut Device, offset: u64, data: &[u8]) -> Result<(), String> {
+    let block = u64::from(device.block.logical_block_size());
+    let first = offset / block * block;
+    let end = offset
+        .checked_add(data.len() as u64)
+        .ok_or("offset + length overflows")?
+        .next_multiple_of(block);
+    let mut buf = read_bytes(device, first, end - first)?;
+    let skip = (offset - first) as usize;
+    buf[skip..skip + data.len()].copy_from_slice(data);
+    device.block.write(first, &buf).map_err(|e| e.to_string())
+}
+
+const MAX_SHELL_IO: u64 = 64 * 1024;
+
+fn blk_command(_: &mut Context, args: &[&str]) -> Result<(), String> {
+    let usage = "usage: blk read DEV OFF LEN | blk write DEV OFF TEXT | \
+                 blk write DEV OFF --pattern BYTE LEN | blk flush DEV";
+    let (verb, name, rest) = match args {
+        [verb, name, rest @ ..] => (*verb, *name, rest),
+        _ => return Err(usage.to_string()),
+    };
+    let result = with_device(name, |device| -> Result<(), String> {
+        match (verb, rest) {
+            ("read", [offset, len]) => {
+                let offset = parse_number(offset)?;
+                let len = parse_number(len)?;
+                if len > 4096 {
+                    return Err("blk read shows at most 4096 bytes".to_string());
+                }
+                let bytes = read_bytes(device, offset, len)?;
+                hex_dump(offset, &bytes);
+                Ok(())
+            }
+            ("write", [offset, "--pattern", byte, len]) => {
+                let offset = parse_number(offset)?;
+                let byte = u8::try_from(parse_number(byte)?)
+                    .map_err(|_| "pattern byte must be 0-255".to_string())?;
+                let len = parse_number(len)?;
+                if len > MAX_SHELL_IO {
+                    return Err(format!("blk write writes at most {} bytes", MAX_SHELL_IO));
+                }
+                write_bytes(device, offset, &alloc::vec![byte; len as usize])?;
+                println!(
+                    "wrote {} bytes of {:#04x} at {:#x} to {} (durable after blk flush)",
+                    len,
+                    byte,
+                    offset,
+                    device.block.name()
+                );
+                Ok(())
+            }
+            ("write", [offset, words @ ..]) if !words.is_empty() => {
+                let offset = parse_number(offset)?;
+                let text = words.join(" ");
+                write_bytes(device, offset, text.as_bytes())?;
+                println!(
+                    "wrote {} bytes at {:#x} to {} (durable after blk flush)",
+                    text.len(),
+                    offset,
+                    device.block.name()
+                );
+                Ok(())
+            }
+            ("flush", []) => {
+                device.block.flush().map_err(|e| e.to_string())?;
+                println!("{}: flushed", device.block.name());
+                Ok(())
+            }
+            _ => Err(usage.to_string()),
+        }
+    });
+    result.unwrap_or_else(|| Err(format!("no device '{}' (see `pmem`)", name)))
+}
+
+fn hex_dump(base: u64, bytes: &[u8]) {
+    for (index, chunk) in bytes.chunks(16).enumerate() {
+        let mut hex = String::new();
+        let mut text = String::new();
+        for b in chunk {
+            hex.push_str(&format!("{:02x} ", b));
+            text.push(if b.is_ascii_graphic() || *b == b' ' {
+                *b as char
+            } else {
+                '.'
+            });
+        }
+        println!("{:08x}  {:<48} |{}|", base + (index * 16) as u64, hex, text);
+    }
+}
+
+fn acpi_command(_: &mut Context, args: &[&str]) -> Result<(), String> {
+    match args {
+        ["nfit"] => match NFIT_RAW.get() {
+            Some(Some(bytes)) => {
+                println!("NFIT: {} bytes", bytes.len());
+                hex_dump(0, bytes);
+                Ok(())
+            }
+            _ => Err("no NFIT table".to_string()),
+        },
+        ["tables"] => {
+            let signatures = acpi::signatures().map_err(|e| e.to_string())?;
+            let names: Vec<String> = signatures
+                .iter()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect();
+            println!("ACPI tables: {}", names.join(" "));
+            Ok(())
+        }
+        _ => Err("usage: acpi nfit | acpi tables".to_string()),
+    }
+}
+
+/// Bandwidth in MiB/s for `bytes` moved in `cycles` TSC cycles.
+fn mib_per_s(bytes: u64, cycles: u64) -> u64 {
+    let ns = time::cycles_to_ns(cycles).max(1);
+    (u128::from(bytes) * 1_000_000_000 / (u128::from(ns) << 20)) as u64
+}
+
+/// Measures `op` repeated over `total` bytes in chunks of `chunk`.
+fn measure(
+    total: u64,
+    chunk: u64,
+    mut op: impl FnMut(u64) -> Result<(), String>,
+) -> Result<u64, String> {
+    let start = time::cycles();
+    let mut done = 0;
+    while done < total {
+        op(done)?;
+        done += chunk;
+    }
+    Ok(mib_per_s(total, time::cycles() - start))
+}
+
+fn bench(name: &str) -> Result<(), String> {
+    const WINDOW: u64 = 16 << 20;
+    const TOTAL: u64 = 64 << 20;
+    const SMALL: u64 = 4096;
+    const LARGE: u64 = 2 << 20;
+
+    // Plain RAM memcpy between two heap buffers, the yardstick.
+    let source = alloc::vec![0x5au8; LARGE as usize];
+    let mut target = alloc::vec![0u8; LARGE as usize];
+    let mut ram = [0u64; 2];
+    for (slot, chunk) in [SMALL, LARGE].into_iter().enumerate() {
+        ram[slot] = measure(TOTAL, chunk, |done| {
+            let at = (done % LARGE) as usize;
+            let n = chunk as usize;
+            target[at..at + n].copy_from_slice(&source[at..at + n]);
+            core::hint::black_box(&mut target);
+            Ok(())
+        })?;
+    }
+
+    let result = with_device(name, |device| -> Result<(), String> {
+        let size = device.block.size();
+        let window = WINDOW.min(size / LARGE * LARGE);
+        if window < LARGE {
+            return Err("device is smaller than 2 MiB".to_string());
+        }
+        let writable = !device.block.is_read_only();
+        // Keep the user's data: save the window, restore it afterwards.
+        let mut saved = alloc::vec![0u8; window as usize];
+        device
+            .block
+            .read(0, &mut saved)
+            .map_err(|e| e.to_string())?;
+        let mut buf = alloc::vec![0xc3u8; LARGE as usize];
+        let mut results = Vec::new();
+        for chunk in [SMALL, LARGE] {
+            let n = chunk as usize;
+            let read = measure(TOTAL, chunk, |done| {
+                device
+                    .block
+                    .read(done % window, &mut buf[..n])
+                    .map_err(|e| e.to_string())
+            })?;
+            let write = if writable {
+                Some(measure(TOTAL, chunk, |done| {
+                    device
+                        .block
+                        .write(done % window, &buf[..n])
+                        .and_then(|()| device.block.flush())
+                        .map_err(|e| e.to_string())
+                })?)
+            } else {
+                None
+            };
+            results.push((chunk, read, write));
+        }
+        if writable {
+            device
+                .block
+                .write(0, &saved)
+                .and_then(|()| device.block.flush())
+                .map_err(|e| e.to_string())?;
+        }
+        println!(
+            "pmem bench {}: {} window (contents restored), {} per test, flush: {}",
+            device.block.name(),
+            human(window),
+            human(TOTAL),
+            FLUSH.get().map_or("?", |f| f.name())
+        );
+        for (slot, (chunk, read, write)) in results.into_iter().enumerate() {
+            let write = match write {
+                Some(w) => format!("{} MiB/s", w),
+                None => "read-only".to_string(),
+            };
+            println!(
+                "  {:>7} I/O: pmem read {} MiB/s, pmem write+flush {}, RAM memcpy {} MiB/s",
+                human(chunk),
+                read,
+                write,
+                ram[slot]
+            );
+        }
+        Ok(())
+    });
+    result.unwrap_or_else(|| Err(format!("no device '{}' (see `pmem`)", name)))
+}
