@@ -148,7 +148,7 @@ impl Backend for Mem {
         while pos < offset + len + 8192 && out.len() < max_extents + 2 {
             let next = (pos / 4096 + 1) * 4096;
             let extent_len = next - pos;
-            out.push(if (pos / 4096) % 2 == 0 {
+            out.push(if (pos / 4096).is_multiple_of(2) {
                 Extent::data(extent_len)
             } else {
                 Extent::hole(extent_len)

@@ -1,0 +1,780 @@
+//! System tests for the NBD engine: real clients (libnbd's nbdinfo and
+//! nbdcopy, qemu-img, qemu-io, fio) and raw-socket negative tests against
+//! the `nbd-serve` example, which cargo builds along with the tests.
+//!
+//! A missing client tool is a test failure with a clear message, never a
+//! skip.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
+const OPTION_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+const REQUEST_MAGIC: u32 = 0x2560_9513;
+const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+
+const OPT_EXPORT_NAME: u32 = 1;
+const OPT_GO: u32 = 7;
+const REP_ACK: u32 = 1;
+const REP_INFO: u32 = 3;
+const REP_ERR_UNSUP: u32 = 0x8000_0001;
+const REP_ERR_INVALID: u32 = 0x8000_0003;
+const REP_ERR_UNKNOWN: u32 = 0x8000_0006;
+const REP_ERR_TOO_BIG: u32 = 0x8000_0009;
+
+const CMD_READ: u16 = 0;
+const CMD_WRITE: u16 = 1;
+const CMD_DISC: u16 = 2;
+const CMD_FLUSH: u16 = 3;
+
+const EPERM: u32 = 1;
+const EINVAL: u32 = 22;
+const ENOSPC: u32 = 28;
+
+/// The example server, killed on drop.
+struct ServerProcess {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ServerProcess {
+    fn start(args: &[&str]) -> ServerProcess {
+        let binary = example_binary();
+        let mut child = Command::new(&binary)
+            .args(["--port", "0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let stdout = child.stdout.take().expect("stdout was piped");
+        let (sender, receiver) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = sender.send(line);
+        });
+        let mut server = ServerProcess { child, port: 0 };
+        let line = receiver
+            .recv_timeout(Duration::from_secs(10))
+            .expect("nbd-serve did not report its port within 10 s");
+        server.port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected nbd-serve banner {line:?}"));
+        server
+    }
+
+    fn uri(&self, export: &str) -> String {
+        format!("nbd://127.0.0.1:{}/{export}", self.port)
+    }
+
+    fn assert_alive(&mut self) {
+        assert!(
+            self.child.try_wait().expect("try_wait").is_none(),
+            "nbd-serve exited"
+        );
+    }
+}
+
+fn example_binary() -> PathBuf {
+    // target/<profile>/deps/real_clients-HASH -> target/<profile>/examples/
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let binary = profile_dir.join("examples").join("nbd-serve");
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo test -p daxbox-nbd` (which builds examples) or `cargo build -p daxbox-nbd --example nbd-serve`",
+        binary.display()
+    );
+    binary
+}
+
+/// Runs a client tool; a missing tool fails the test with a clear message.
+fn run(tool: &str, args: &[&str]) -> Output {
+    let output = Command::new(tool)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("required client tool `{tool}` could not be run ({e}); install it (see /work/shared/PLATFORM.md)"));
+    output
+}
+
+fn run_ok(tool: &str, args: &[&str]) -> String {
+    let output = run(tool, args);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{tool} {args:?} failed with {}\nstdout:\n{stdout}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("daxbox-nbd-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+// ---------------------------------------------------------------------
+// Real clients
+// ---------------------------------------------------------------------
+
+#[test]
+fn nbdinfo_list_json_map_and_can() {
+    let server = ServerProcess::start(&[
+        "--memory",
+        "mem=64M",
+        "--memory",
+        "ro=1M",
+        "--read-only",
+        "ro",
+    ]);
+    let list = run_ok(
+        "nbdinfo",
+        &["--list", &format!("nbd://127.0.0.1:{}", server.port)],
+    );
+    assert!(
+        list.contains("export=\"mem\"") && list.contains("export=\"ro\""),
+        "{list}"
+    );
+    assert!(list.contains("base:allocation"), "{list}");
+
+    let json = run_ok("nbdinfo", &["--json", &server.uri("mem")]);
+    for needle in [
+        "\"export-size\": 67108864",
+        "\"can_fua\": true",
+        "\"can_flush\": true",
+        "\"can_trim\": true",
+        "\"can_zero\": true",
+        "\"can_multi_conn\": true",
+        "\"is_read_only\": false",
+        "\"block_size_maximum\": 33554432",
+        "\"structured\": true",
+    ] {
+        assert!(json.contains(needle), "missing {needle} in\n{json}");
+    }
+
+    // Write 1 MiB at 2 MiB; the map must show exactly that as data.
+    run_ok(
+        "qemu-io",
+        &["-f", "raw", &server.uri("mem"), "-c", "write -P 0x5a 2M 1M"],
+    );
+    let map = run_ok("nbdinfo", &["--map", &server.uri("mem")]);
+    let rows: Vec<Vec<&str>> = map
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let expected = [
+        ("0", "2097152", "3"),
+        ("2097152", "1048576", "0"),
+        ("3145728", "63963136", "3"),
+    ];
+    assert_eq!(rows.len(), expected.len(), "{map}");
+    for (row, (offset, len, kind)) in rows.iter().zip(expected) {
+        assert_eq!((row[0], row[1], row[2]), (offset, len, kind), "{map}");
+    }
+
+    for can in [
+        "flush",
+        "fua",
+        "trim",
+        "zero",
+        "fast-zero",
+        "cache",
+        "multi-conn",
+        "df",
+        "write",
+        "read",
+    ] {
+        let status = run("nbdinfo", &["--can", can, &server.uri("mem")]).status;
+        assert_eq!(status.code(), Some(0), "nbdinfo --can {can}");
+    }
+    for can in ["write", "trim", "zero", "fua"] {
+        let status = run("nbdinfo", &["--can", can, &server.uri("ro")]).status;
+        assert_eq!(
+            status.code(),
+            Some(2),
+            "read-only export must not claim --can {can}"
+        );
+    }
+    assert_eq!(
+        run("nbdinfo", &["--is", "read-only", &server.uri("ro")])
+            .status
+            .code(),
+        Some(0)
+    );
+}
+
+/// Deterministic data with zero runs (so sparse paths are exercised).
+fn test_image(len: usize) -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut data = vec![0u8; len];
+    for (i, block) in data.chunks_mut(1 << 20).enumerate() {
+        if i % 5 == 3 {
+            continue; // leave a 1 MiB run of zeroes
+        }
+        for word in block.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes()[..word.len()]);
+        }
+    }
+    data
+}
+
+#[test]
+fn nbdcopy_256mib_round_trip_and_qemu_img_compare() {
+    const LEN: usize = 256 << 20;
+    let server = ServerProcess::start(&["--memory", "disk=256M"]);
+    let dir = temp_dir("nbdcopy");
+    let source = dir.join("source.img");
+    let copy = dir.join("copy.img");
+    let image = test_image(LEN);
+    std::fs::write(&source, &image).expect("write source image");
+    let started = Instant::now();
+    run_ok("nbdcopy", &[source.to_str().unwrap(), &server.uri("disk")]);
+    run_ok("nbdcopy", &[&server.uri("disk"), copy.to_str().unwrap()]);
+    eprintln!("nbdcopy 256 MiB in and out: {:?}", started.elapsed());
+    let back = std::fs::read(&copy).expect("read copy");
+    assert_eq!(back.len(), LEN);
+    assert!(back == image, "data read back differs from data written");
+    let out = run_ok(
+        "qemu-img",
+        &[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            source.to_str().unwrap(),
+            &server.uri("disk"),
+        ],
+    );
+    assert!(out.contains("Images are identical"), "{out}");
+    // And a difference is detected (the comparison can fail).
+    run_ok(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            &server.uri("disk"),
+            "-c",
+            "write -P 0x11 100M 4k",
+        ],
+    );
+    let status = run(
+        "qemu-img",
+        &[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            source.to_str().unwrap(),
+            &server.uri("disk"),
+        ],
+    )
+    .status;
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "qemu-img compare must see the changed block"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn qemu_io_pattern_write_read_discard_write_zeroes() {
+    let server = ServerProcess::start(&["--memory", "disk=16M"]);
+    let commands = [
+        "write -P 0xab 0 1M",
+        "read -P 0xab 0 1M",
+        "write -f -P 0xcd 1M 64k",
+        "discard 0 64k",
+        "read -P 0xab 64k 960k",
+        "write -z 2M 1M",
+        "read -P 0 2M 1M",
+        "write -z -u 3M 128k",
+        "read -P 0 3M 128k",
+        "read -P 0xcd 1M 64k",
+        "aio_write -P 0x77 8M 256k",
+        "aio_write -P 0x78 9M 256k",
+        "aio_flush",
+        "read -P 0x77 8M 256k",
+        "read -P 0x78 9M 256k",
+        "flush",
+    ];
+    let mut args = vec!["-f", "raw"];
+    let uri = server.uri("disk");
+    args.push(&uri);
+    for c in &commands {
+        args.push("-c");
+        args.push(c);
+    }
+    let out = run_ok("qemu-io", &args);
+    let lower = out.to_lowercase();
+    assert!(!lower.contains("fail") && !lower.contains("error"), "{out}");
+    assert_eq!(out.matches("read ").count(), 7, "{out}");
+    // A wrong pattern is detected (the check can fail).
+    let output = run("qemu-io", &["-f", "raw", &uri, "-c", "read -P 0x99 0 4k"]);
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(out.contains("Pattern verification failed"), "{out}");
+}
+
+fn fio(uri: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "--name=verify".to_string(),
+        "--ioengine=nbd".to_string(),
+        format!("--uri={uri}"),
+        "--rw=randwrite".to_string(),
+        "--verify=crc32c".to_string(),
+        "--verify_fatal=1".to_string(),
+        "--output-format=terse".to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    run_ok("fio", &refs)
+}
+
+#[test]
+fn fio_verify_one_and_four_connections() {
+    let server = ServerProcess::start(&["--memory", "disk=64M"]);
+    let out = fio(
+        &server.uri("disk"),
+        &["--bs=4k", "--size=16M", "--iodepth=32"],
+    );
+    // Terse format: field 5 is the job error code.
+    let fields: Vec<&str> = out.lines().last().unwrap_or("").split(';').collect();
+    assert_eq!(fields.get(4), Some(&"0"), "{out}");
+    let out = fio(
+        &server.uri("disk"),
+        &[
+            "--bs=64k",
+            "--size=16M",
+            "--offset_increment=16M",
+            "--numjobs=4",
+            "--iodepth=16",
+        ],
+    );
+    let jobs: Vec<&str> = out.lines().filter(|l| l.contains(';')).collect();
+    assert_eq!(jobs.len(), 4, "{out}");
+    for job in jobs {
+        assert_eq!(job.split(';').nth(4), Some("0"), "{job}");
+    }
+}
+
+// ---------------------------------------------------------------------
+// Raw-socket client
+// ---------------------------------------------------------------------
+
+struct Raw {
+    stream: TcpStream,
+}
+
+impl Raw {
+    fn connect(port: u16) -> Raw {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        Raw { stream }
+    }
+    fn read_bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = vec![0u8; n];
+        self.stream
+            .read_exact(&mut v)
+            .unwrap_or_else(|e| panic!("reading {n} bytes: {e}"));
+        v
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_be_bytes(self.read_bytes(2).try_into().unwrap())
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_be_bytes(self.read_bytes(4).try_into().unwrap())
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from_be_bytes(self.read_bytes(8).try_into().unwrap())
+    }
+    fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+    /// Reads the greeting and sends client flags (fixed newstyle, no zeroes).
+    fn start(port: u16) -> Raw {
+        let mut raw = Raw::connect(port);
+        let greeting = raw.read_bytes(18);
+        assert_eq!(&greeting[..8], b"NBDMAGIC");
+        assert_eq!(&greeting[8..16], b"IHAVEOPT");
+        raw.send(&3u32.to_be_bytes());
+        raw
+    }
+    fn option(&mut self, option: u32, data: &[u8]) {
+        let mut v = IHAVEOPT.to_be_bytes().to_vec();
+        v.extend_from_slice(&option.to_be_bytes());
+        v.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        v.extend_from_slice(data);
+        self.send(&v);
+    }
+    fn option_reply(&mut self) -> (u32, u32, Vec<u8>) {
+        assert_eq!(self.u64(), OPTION_REPLY_MAGIC);
+        let option = self.u32();
+        let kind = self.u32();
+        let len = self.u32() as usize;
+        (option, kind, self.read_bytes(len))
+    }
+    /// `NBD_OPT_GO`; returns the export size.
+    fn go(&mut self, name: &str) -> u64 {
+        self.option(OPT_GO, &go_data(name));
+        let mut size = None;
+        loop {
+            let (_, kind, data) = self.option_reply();
+            match kind {
+                REP_ACK => break,
+                REP_INFO if data[..2] == [0, 0] => {
+                    size = Some(u64::from_be_bytes(data[2..10].try_into().unwrap()))
+                }
+                REP_INFO => {}
+                other => panic!("GO failed with {other:#x}"),
+            }
+        }
+        size.expect("GO without NBD_INFO_EXPORT")
+    }
+    fn request(&mut self, kind: u16, cookie: u64, offset: u64, len: u32, payload: &[u8]) {
+        let mut v = REQUEST_MAGIC.to_be_bytes().to_vec();
+        v.extend_from_slice(&0u16.to_be_bytes());
+        v.extend_from_slice(&kind.to_be_bytes());
+        v.extend_from_slice(&cookie.to_be_bytes());
+        v.extend_from_slice(&offset.to_be_bytes());
+        v.extend_from_slice(&len.to_be_bytes());
+        v.extend_from_slice(payload);
+        self.send(&v);
+    }
+    fn simple(&mut self) -> (u32, u64) {
+        assert_eq!(self.u32(), SIMPLE_REPLY_MAGIC);
+        (self.u32(), self.u64())
+    }
+    /// Waits for the server to close; fails if it sends anything or stays
+    /// open beyond `limit`.
+    fn expect_closed(&mut self, limit: Duration) {
+        self.stream.set_read_timeout(Some(limit)).expect("timeout");
+        let mut byte = [0u8; 1];
+        match self.stream.read(&mut byte) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Ok(_) => panic!("server sent data instead of closing"),
+            Err(e) => panic!("server did not close the connection: {e}"),
+        }
+    }
+}
+
+fn go_data(name: &str) -> Vec<u8> {
+    let mut v = (name.len() as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(name.as_bytes());
+    v.extend_from_slice(&0u16.to_be_bytes());
+    v
+}
+
+/// A full session must still work: handshake, write, flush, read back.
+fn fresh_client_works(port: u16) {
+    let mut raw = Raw::start(port);
+    raw.go("disk");
+    let data: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
+    raw.request(CMD_WRITE, 1, 8192, 4096, &data);
+    assert_eq!(raw.simple(), (0, 1));
+    raw.request(CMD_FLUSH, 2, 0, 0, &[]);
+    assert_eq!(raw.simple(), (0, 2));
+    raw.request(CMD_READ, 3, 8192, 4096, &[]);
+    assert_eq!(raw.simple(), (0, 3));
+    assert_eq!(raw.read_bytes(4096), data);
+    raw.request(CMD_DISC, 4, 0, 0, &[]);
+    raw.expect_closed(Duration::from_secs(5));
+}
+
+// ---------------------------------------------------------------------
+// Concurrency
+// ---------------------------------------------------------------------
+
+#[test]
+fn sixty_four_connections_deep_pipelines_and_a_stalled_client() {
+    let server = ServerProcess::start(&["--memory", "disk=64M"]);
+    let port = server.port;
+
+    // A client that asks for 32 MiB and never reads the reply.
+    let mut stalled = Raw::start(port);
+    stalled.go("disk");
+    stalled.request(CMD_READ, 1, 0, 32 << 20, &[]);
+
+    // 64 connections at once, each with 160 pipelined requests in flight:
+    // 80 writes then 80 reads of distinct blocks, all sent before any
+    // reply is read (replies are read by a second thread).
+    let mut handles = Vec::new();
+    let mut clients: Vec<Raw> = (0..64).map(|_| Raw::start(port)).collect();
+    for client in &mut clients {
+        client.go("disk");
+    }
+    for (index, mut client) in clients.into_iter().enumerate() {
+        handles.push(std::thread::spawn(move || {
+            let base = index as u64 * (1 << 20);
+            let block = move |i: u64| vec![(index as u8) ^ (i as u8); 4096];
+            let mut reader = Raw {
+                stream: client.stream.try_clone().expect("clone"),
+            };
+            let collector = std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                for _ in 0..80 {
+                    let (error, cookie) = reader.simple();
+                    assert_eq!(error, 0);
+                    seen.push(cookie);
+                }
+                for i in 0..80u64 {
+                    let (error, cookie) = reader.simple();
+                    assert_eq!((error, cookie), (0, 1000 + i));
+                    assert_eq!(reader.read_bytes(4096), block(i));
+                }
+                seen.sort();
+                assert_eq!(seen, (0..80).collect::<Vec<u64>>());
+            });
+            let mut batch = Vec::new();
+            for i in 0..80u64 {
+                batch.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
+                batch.extend_from_slice(&[0, 0, 0, CMD_WRITE as u8]);
+                batch.extend_from_slice(&i.to_be_bytes());
+                batch.extend_from_slice(&(base + i * 4096).to_be_bytes());
+                batch.extend_from_slice(&4096u32.to_be_bytes());
+                batch.extend_from_slice(&block(i));
+            }
+            for i in 0..80u64 {
+                batch.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
+                batch.extend_from_slice(&[0, 0, 0, CMD_READ as u8]);
+                batch.extend_from_slice(&(1000 + i).to_be_bytes());
+                batch.extend_from_slice(&(base + i * 4096).to_be_bytes());
+                batch.extend_from_slice(&4096u32.to_be_bytes());
+            }
+            client.send(&batch);
+            collector.join().expect("reply collector");
+            client.request(CMD_DISC, 0, 0, 0, &[]);
+        }));
+    }
+    for handle in handles {
+        handle.join().expect("client thread");
+    }
+
+    // One connection with 1024 reads in flight, sent in one go.
+    let mut deep = Raw::start(port);
+    deep.go("disk");
+    let mut reader = Raw {
+        stream: deep.stream.try_clone().expect("clone"),
+    };
+    let collector = std::thread::spawn(move || {
+        for i in 0..1024u64 {
+            assert_eq!(reader.simple(), (0, i));
+            reader.read_bytes(512);
+        }
+    });
+    let mut batch = Vec::new();
+    for i in 0..1024u64 {
+        batch.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
+        batch.extend_from_slice(&[0, 0, 0, CMD_READ as u8]);
+        batch.extend_from_slice(&i.to_be_bytes());
+        batch.extend_from_slice(&(i * 512).to_be_bytes());
+        batch.extend_from_slice(&512u32.to_be_bytes());
+    }
+    deep.send(&batch);
+    collector.join().expect("deep pipeline");
+
+    // The stalled client is still there and still stalled; others worked.
+    fresh_client_works(port);
+    stalled.stream.shutdown(Shutdown::Both).ok();
+}
+
+// ---------------------------------------------------------------------
+// Negative tests over a raw socket
+// ---------------------------------------------------------------------
+
+#[test]
+fn negative_handshake_cases() {
+    let mut server =
+        ServerProcess::start(&["--memory", "disk=16M", "--handshake-timeout-ms", "1500"]);
+    let port = server.port;
+
+    // Unknown client flags: dropped.
+    let mut raw = Raw::connect(port);
+    raw.read_bytes(18);
+    raw.send(&0x8000_0001u32.to_be_bytes());
+    raw.expect_closed(Duration::from_secs(5));
+
+    // Bad option magic: dropped.
+    let mut raw = Raw::start(port);
+    raw.send(&[0x42; 16]);
+    raw.expect_closed(Duration::from_secs(5));
+
+    // Unknown options are refused and negotiation goes on.
+    let mut raw = Raw::start(port);
+    raw.option(0x1234, b"abc");
+    assert_eq!(raw.option_reply().1, REP_ERR_UNSUP);
+    // Option data longer than the server buffers (but really sent).
+    raw.option(OPT_GO, &vec![0u8; 100_000]);
+    assert_eq!(raw.option_reply().1, REP_ERR_TOO_BIG);
+    // Name length far over the option length.
+    let mut data = go_data("disk");
+    data[..4].copy_from_slice(&0x7fff_ffffu32.to_be_bytes());
+    raw.option(OPT_GO, &data);
+    assert_eq!(raw.option_reply().1, REP_ERR_INVALID);
+    // Overlong export name.
+    raw.option(OPT_GO, &go_data(&"x".repeat(5000)));
+    assert_eq!(raw.option_reply().1, REP_ERR_INVALID);
+    // Unknown export.
+    raw.option(OPT_GO, &go_data("nonexistent"));
+    assert_eq!(raw.option_reply().1, REP_ERR_UNKNOWN);
+    assert_eq!(raw.go("disk"), 16 << 20);
+
+    // NBD_OPT_EXPORT_NAME cannot return errors: overlong or unknown names
+    // end the session.
+    let mut raw = Raw::start(port);
+    raw.option(OPT_EXPORT_NAME, "y".repeat(5000).as_bytes());
+    raw.expect_closed(Duration::from_secs(5));
+    let mut raw = Raw::start(port);
+    raw.option(OPT_EXPORT_NAME, b"nonexistent");
+    raw.expect_closed(Duration::from_secs(5));
+
+    // Option length far over what was sent: the server waits for the
+    // data, then the handshake timeout closes the connection.
+    let mut raw = Raw::start(port);
+    let mut header = IHAVEOPT.to_be_bytes().to_vec();
+    header.extend_from_slice(&OPT_GO.to_be_bytes());
+    header.extend_from_slice(&0xffff_fff0u32.to_be_bytes());
+    header.extend_from_slice(b"short");
+    raw.send(&header);
+    let started = Instant::now();
+    raw.expect_closed(Duration::from_secs(6));
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "closed before the timeout"
+    );
+
+    // An idle handshake times out too.
+    let mut raw = Raw::connect(port);
+    raw.read_bytes(18);
+    raw.expect_closed(Duration::from_secs(6));
+
+    // Disconnects at every stage of the handshake and mid-request.
+    let mut script = 3u32.to_be_bytes().to_vec();
+    for (option, data) in [(8u32, Vec::new()), (OPT_GO, go_data("disk"))] {
+        script.extend_from_slice(&IHAVEOPT.to_be_bytes());
+        script.extend_from_slice(&option.to_be_bytes());
+        script.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        script.extend_from_slice(&data);
+    }
+    let handshake_len = script.len();
+    script.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
+    script.extend_from_slice(&[0, 0, 0, CMD_WRITE as u8]);
+    script.extend_from_slice(&9u64.to_be_bytes());
+    script.extend_from_slice(&0u64.to_be_bytes());
+    script.extend_from_slice(&65536u32.to_be_bytes());
+    script.extend_from_slice(&[0xee; 1000]);
+    let mut cuts: Vec<usize> = (0..=handshake_len + 28).collect();
+    cuts.extend([handshake_len + 100, script.len()]);
+    for cut in cuts {
+        let mut raw = Raw::connect(port);
+        if cut % 2 == 0 {
+            raw.read_bytes(18);
+        }
+        raw.send(&script[..cut]);
+        drop(raw);
+    }
+    // Mid-read: ask for 16 MiB and hang up after a few bytes.
+    let mut raw = Raw::start(port);
+    raw.go("disk");
+    raw.request(CMD_READ, 1, 0, 16 << 20, &[]);
+    assert_eq!(raw.simple(), (0, 1));
+    raw.read_bytes(100);
+    drop(raw);
+
+    server.assert_alive();
+    fresh_client_works(port);
+}
+
+#[test]
+fn negative_transmission_cases() {
+    let mut server = ServerProcess::start(&[
+        "--memory",
+        "disk=16M",
+        "--memory",
+        "ro=1M",
+        "--read-only",
+        "ro",
+    ]);
+    let port = server.port;
+    let mut raw = Raw::start(port);
+    let size = raw.go("disk");
+
+    // Past the end, overflowing offsets, too large, unknown command.
+    raw.request(CMD_READ, 1, size - 512, 4096, &[]);
+    assert_eq!(raw.simple(), (EINVAL, 1));
+    raw.request(CMD_READ, 2, u64::MAX - 1023, 4096, &[]);
+    assert_eq!(raw.simple(), (EINVAL, 2));
+    raw.request(CMD_READ, 3, 0, 64 << 20, &[]);
+    assert_eq!(raw.simple(), (EINVAL, 3));
+    raw.request(CMD_WRITE, 4, size - 100, 4096, &[0x33; 4096]);
+    assert_eq!(raw.simple(), (ENOSPC, 4));
+    raw.request(CMD_WRITE, 5, u64::MAX - 10, 4096, &[0x33; 4096]);
+    assert_eq!(raw.simple(), (ENOSPC, 5));
+    raw.request(77, 6, 0, 512, &[]);
+    assert_eq!(raw.simple(), (EINVAL, 6));
+    // The payloads of the refused writes were skipped: the stream is in
+    // sync and the export untouched.
+    raw.request(CMD_READ, 7, size - 100, 100, &[]);
+    assert_eq!(raw.simple(), (0, 7));
+    assert_eq!(raw.read_bytes(100), vec![0u8; 100]);
+
+    // Bad request magic: hard disconnect.
+    let mut bad = 0xdead_beefu32.to_be_bytes().to_vec();
+    bad.extend_from_slice(&[0; 24]);
+    raw.send(&bad);
+    raw.expect_closed(Duration::from_secs(5));
+
+    // Read-only export: EPERM.
+    let mut raw = Raw::start(port);
+    raw.go("ro");
+    raw.request(CMD_WRITE, 1, 0, 512, &[1; 512]);
+    assert_eq!(raw.simple(), (EPERM, 1));
+    raw.request(CMD_READ, 2, 0, 512, &[]);
+    assert_eq!(raw.simple(), (0, 2));
+    raw.read_bytes(512);
+
+    server.assert_alive();
+    fresh_client_works(port);
+}
+
+#[test]
+fn handshake_reply_is_only_size_and_flags_with_no_zeroes() {
+    let server = ServerProcess::start(&["--memory", "disk=1M"]);
+    let mut raw = Raw::start(server.port);
+    raw.option(OPT_EXPORT_NAME, b"disk");
+    assert_eq!(raw.u64(), 1 << 20);
+    let flags = raw.u16();
+    assert_eq!(flags & 1, 1);
+    // Next bytes are a reply to our request, not 124 zeroes.
+    raw.request(CMD_READ, 5, 0, 8, &[]);
+    assert_eq!(raw.simple(), (0, 5));
+    assert_eq!(raw.read_bytes(8), vec![0u8; 8]);
+}
