@@ -238,7 +238,7 @@ impl Backend for SharedBackend {
             };
             let end = offset + len;
             let mut pos = offset;
-            while pos < end && out.len() < max_extents {
+            while pos < end {
                 let index = pos / CHUNK;
                 let take = (CHUNK - pos % CHUNK).min(end - pos);
                 let extent = if chunks.contains_key(&index) {
@@ -246,8 +246,10 @@ impl Backend for SharedBackend {
                 } else {
                     Extent::hole(take)
                 };
+                let full = out.len() >= max_extents;
                 match out.last_mut() {
                     Some(last) if last.hole == extent.hole => last.len += take,
+                    _ if full => break,
                     _ => out.push(extent),
                 }
                 pos += take;

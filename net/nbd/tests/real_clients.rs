@@ -778,3 +778,98 @@ fn handshake_reply_is_only_size_and_flags_with_no_zeroes() {
     assert_eq!(raw.simple(), (0, 5));
     assert_eq!(raw.read_bytes(8), vec![0u8; 8]);
 }
+
+/// libnbd (through nbdsh) in strict mode, with and without structured
+/// replies: FUA, DF, fast zero, NO_HOLE, trim, cache, flush, block status
+/// with REQ_ONE, and the error values libnbd reports.
+#[test]
+fn nbdsh_strict_libnbd_checks() {
+    let dir = temp_dir("nbdsh");
+    let raw_file = dir.join("raw.img");
+    std::fs::write(&raw_file, vec![0u8; 4 << 20]).expect("create raw file");
+    let raw_spec = format!("raw={}", raw_file.display());
+    let server = ServerProcess::start(&["--memory", "disk=16M", "--file", &raw_spec]);
+    let script = format!(
+        r#"
+import nbd, errno
+port = {port}
+for structured in (True, False):
+    h = nbd.NBD()
+    h.set_strict_mode(nbd.STRICT_COMMANDS | nbd.STRICT_FLAGS | nbd.STRICT_BOUNDS | nbd.STRICT_ZERO_SIZE)
+    h.set_request_structured_replies(structured)
+    if structured:
+        h.add_meta_context("base:allocation")
+    h.connect_uri(f"nbd://127.0.0.1:{{port}}/disk")
+    assert h.get_structured_replies_negotiated() == structured
+    assert h.can_meta_context("base:allocation") == structured
+    assert h.can_df() == structured
+    size = h.get_size()
+    h.pwrite(b"\xaa" * 65536, 0, nbd.CMD_FLAG_FUA)
+    h.pwrite(b"\xbb" * 65536, 1 << 20)
+    assert h.pread(65536, 0) == b"\xaa" * 65536
+    if structured:
+        chunks = []
+        buf = h.pread_structured(65536, 0, lambda sub, off, status, err: chunks.append((off, len(sub), status)) or 0, nbd.CMD_FLAG_DF)
+        assert buf == b"\xaa" * 65536 and chunks == [(0, 65536, nbd.READ_DATA)], chunks
+    h.zero(65536, 65536, nbd.CMD_FLAG_FAST_ZERO | nbd.CMD_FLAG_FUA)
+    h.zero(4096, 4096, nbd.CMD_FLAG_NO_HOLE)
+    assert h.pread(4096, 4096) == bytes(4096)
+    h.trim(65536, 0)
+    h.cache(65536, 0)
+    h.flush()
+    if structured:
+        seen = []
+        h.block_status(size, 0, lambda ctx, off, ents, err: seen.append((ctx, off, list(ents))))
+        assert seen == [("base:allocation", 0, [1 << 20, 3, 65536, 0, size - (1 << 20) - 65536, 3])], seen
+        one = []
+        h.block_status(size, 0, lambda ctx, off, ents, err: one.append(list(ents)), nbd.CMD_FLAG_REQ_ONE)
+        assert one == [[1 << 20, 3]], one
+    h.set_strict_mode(0)
+    for call, code in ((lambda: h.pread(4096, size - 100), errno.EINVAL),
+                       (lambda: h.pwrite(b"x" * 4096, size - 100), errno.ENOSPC),
+                       (lambda: h.pread(64 << 20, 0), errno.EINVAL)):
+        try:
+            call()
+            raise SystemExit("expected an error")
+        except nbd.Error as e:
+            assert e.errno == errno.errorcode[code], (e.errno, code)
+    assert h.pread(4, 1 << 20) == b"\xbb" * 4
+    h.shutdown()
+h = nbd.NBD()
+h.connect_uri(f"nbd://127.0.0.1:{{port}}/raw")
+assert not h.can_fast_zero() and h.can_multi_conn() and h.can_flush()
+h.set_strict_mode(0)
+try:
+    h.zero(4096, 0, nbd.CMD_FLAG_FAST_ZERO)
+    raise SystemExit("fast zero must be refused")
+except nbd.Error as e:
+    assert e.errno == "EINVAL", e.errno
+h.pwrite(b"raw!", 100, nbd.CMD_FLAG_FUA)
+h.shutdown()
+print("nbdsh checks passed")
+"#,
+        port = server.port
+    );
+    let script_path = dir.join("checks.py");
+    std::fs::write(&script_path, script).expect("write script");
+    // nbdsh needs the system python (PLATFORM.md: /usr/bin first on PATH).
+    let path = format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default());
+    let output = Command::new("nbdsh")
+        .env("PATH", path)
+        .args([
+            "-c",
+            &format!("exec(open('{}').read())", script_path.display()),
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("required client tool `nbdsh` could not be run ({e})"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("nbdsh checks passed"),
+        "nbdsh failed: {}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let on_disk = std::fs::read(&raw_file).expect("read raw file");
+    assert_eq!(&on_disk[100..104], b"raw!", "FUA write reached the file");
+    let _ = std::fs::remove_dir_all(&dir);
+}
