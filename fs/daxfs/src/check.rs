@@ -1,0 +1,247 @@
+//! Reading and validating metadata from media: the file-table scan shared
+//! by mount (which refuses on the first problem) and fsck (which reports
+//! every problem).
+
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use daxbox_persist::{OutOfRange, PersistentMemory};
+
+use crate::format::{
+    Extent, OverflowBlock, Record, Superblock, BLOCK_SIZE, CHUNK_BLOCKS, INLINE_EXTENTS,
+    RECORDS_PER_BLOCK, RECORD_SIZE,
+};
+use crate::space::RunCounts;
+
+/// One live file as found on media.
+#[derive(Debug, Clone)]
+pub(crate) struct ScannedFile {
+    pub slot: u32,
+    pub record: Record,
+    pub extents: Vec<Extent>,
+    pub chain: Vec<u64>,
+}
+
+/// Everything the file table says.
+#[derive(Debug, Default)]
+pub(crate) struct Scan {
+    pub files: Vec<ScannedFile>,
+    /// Last generation per slot (0 for never-used slots).
+    pub generations: Vec<u32>,
+}
+
+/// Highest logical block end the format can express.
+const LOGICAL_LIMIT: u64 = 1 << 32;
+
+/// Checks one file's extents against FORMAT.md "Extents" rules.
+pub(crate) fn check_extents(sb: &Superblock, size: u64, extents: &[Extent]) -> Result<(), String> {
+    let mut prev_end = 0u64;
+    for e in extents {
+        if e.len == 0 {
+            return Err(format!("extent at file block {} has length 0", e.logical));
+        }
+        if e.logical < prev_end {
+            return Err(format!(
+                "extent at file block {} overlaps or is out of order",
+                e.logical
+            ));
+        }
+        let end = e.logical + e.len; // both are < 2^32: no overflow
+        if end > LOGICAL_LIMIT {
+            return Err(format!(
+                "extent at file block {} runs past the format limit",
+                e.logical
+            ));
+        }
+        let phys_end = e.physical.checked_add(e.len);
+        if e.physical < sb.data_start || phys_end.is_none_or(|p| p > sb.total_blocks) {
+            return Err(format!(
+                "extent at file block {} points outside the data area (blocks {}..+{})",
+                e.logical, e.physical, e.len
+            ));
+        }
+        prev_end = end;
+    }
+    // Preallocation never goes past the 2 MiB chunk holding the last byte.
+    let limit = size.div_ceil(BLOCK_SIZE).div_ceil(CHUNK_BLOCKS) * CHUNK_BLOCKS;
+    if prev_end > limit {
+        return Err(format!(
+            "extents reach file block {prev_end}, beyond the size of {size} bytes"
+        ));
+    }
+    Ok(())
+}
+
+/// Follows a record's overflow chain; returns all extents and the chain.
+fn read_chain<M: PersistentMemory>(
+    mem: &M,
+    sb: &Superblock,
+    slot: u32,
+    record: &Record,
+) -> Result<(Vec<Extent>, Vec<u64>), String> {
+    let mut extents = record.inline.clone();
+    let mut chain = Vec::new();
+    if record.overflow_count as u64 > sb.total_blocks {
+        return Err(String::from("overflow chain longer than the filesystem"));
+    }
+    let mut next = record.overflow_first;
+    let mut block = alloc::vec![0u8; BLOCK_SIZE as usize];
+    for index in 0..record.overflow_count {
+        if next < sb.data_start || next >= sb.total_blocks {
+            return Err(format!(
+                "overflow block {index} pointer {next} is outside the data area"
+            ));
+        }
+        mem.read(next * BLOCK_SIZE, &mut block)
+            .map_err(|e| format!("overflow block {next}: {e}"))?;
+        let ob =
+            OverflowBlock::decode(&block).map_err(|e| format!("overflow block {next}: {e}"))?;
+        if ob.owner_slot != slot || ob.owner_generation != record.generation || ob.index != index {
+            return Err(format!(
+                "overflow block {next} belongs to another file or chain position"
+            ));
+        }
+        extents.extend_from_slice(&ob.extents);
+        chain.push(next);
+        next = ob.next;
+    }
+    if next != 0 {
+        return Err(String::from(
+            "overflow chain does not end where the record says",
+        ));
+    }
+    if extents.len() != record.extent_count as usize {
+        return Err(format!(
+            "record says {} extents, chain holds {}",
+            record.extent_count,
+            extents.len()
+        ));
+    }
+    let _ = INLINE_EXTENTS;
+    Ok((extents, chain))
+}
+
+/// Reads and checks the whole file table. Every problem found is pushed to
+/// `problems`; a file with a problem is left out of the result.
+pub(crate) fn scan<M: PersistentMemory>(
+    mem: &M,
+    sb: &Superblock,
+    problems: &mut Vec<String>,
+) -> Result<Scan, OutOfRange> {
+    let mut out = Scan {
+        files: Vec::new(),
+        generations: alloc::vec![0; sb.max_files as usize],
+    };
+    let mut names: BTreeMap<String, u32> = BTreeMap::new();
+    // Read in 64 KiB batches: mount time is dominated by this loop.
+    const BATCH_BLOCKS: u64 = 16;
+    let mut buf = alloc::vec![0u8; (BATCH_BLOCKS * BLOCK_SIZE) as usize];
+    let mut block = 0u64;
+    while block < sb.table_blocks {
+        let n = BATCH_BLOCKS.min(sb.table_blocks - block);
+        let bytes = &mut buf[..(n * BLOCK_SIZE) as usize];
+        mem.read((sb.table_start + block) * BLOCK_SIZE, bytes)?;
+        for (i, raw) in bytes.chunks_exact(RECORD_SIZE).enumerate() {
+            let slot = block * RECORDS_PER_BLOCK + i as u64;
+            if slot >= sb.max_files as u64 {
+                if raw.iter().any(|&b| b != 0) {
+                    problems.push(format!(
+                        "file table padding after slot {} is not zero",
+                        sb.max_files
+                    ));
+                }
+                continue;
+            }
+            let slot = slot as u32; // < max_files, a u32
+            let record = match Record::decode(raw) {
+                Ok(Some(r)) => r,
+                Ok(None) => continue,
+                Err(e) => {
+                    problems.push(format!("file record {slot}: {e}"));
+                    continue;
+                }
+            };
+            out.generations[slot as usize] = record.generation;
+            if !record.in_use {
+                continue;
+            }
+            let (extents, chain) = match read_chain(mem, sb, slot, &record) {
+                Ok(x) => x,
+                Err(e) => {
+                    problems.push(format!("file record {slot} ({:?}): {e}", record.name));
+                    continue;
+                }
+            };
+            if let Err(e) = check_extents(sb, record.size, &extents) {
+                problems.push(format!("file record {slot} ({:?}): {e}", record.name));
+                continue;
+            }
+            if let Some(other) = names.insert(record.name.clone(), slot) {
+                problems.push(format!(
+                    "file records {other} and {slot} both use the name {:?}",
+                    record.name
+                ));
+                continue;
+            }
+            out.files.push(ScannedFile {
+                slot,
+                record,
+                extents,
+                chain,
+            });
+        }
+        block += n;
+    }
+    Ok(out)
+}
+
+/// Reference counts implied by the scanned files, and a problem for every
+/// overflow block that is referenced more than once (they are never shared).
+pub(crate) fn media_refs(scan: &Scan, problems: &mut Vec<String>) -> RunCounts {
+    let mut refs = RunCounts::default();
+    for f in &scan.files {
+        for e in &f.extents {
+            refs.increment(e.physical, e.len);
+        }
+        for &b in &f.chain {
+            refs.increment(b, 1);
+        }
+    }
+    for f in &scan.files {
+        for &b in &f.chain {
+            if refs.get(b) != 1 {
+                problems.push(format!(
+                    "overflow block {b} of file {:?} is also used by other data",
+                    f.record.name
+                ));
+            }
+        }
+    }
+    refs
+}
+
+/// Describes where two count maps disagree.
+pub(crate) fn compare_counts(what: &str, a: &RunCounts, b: &RunCounts, problems: &mut Vec<String>) {
+    for (s, l, c) in a.iter() {
+        for (bs, bl, bc) in b.segments(s, l) {
+            if bc != c {
+                problems.push(format!(
+                    "{what}: blocks {bs}..{} are counted {c} in memory but referenced {bc} times on media",
+                    bs + bl
+                ));
+            }
+        }
+    }
+    for (s, l, c) in b.iter() {
+        for (as_, al, ac) in a.segments(s, l) {
+            if ac == 0 {
+                problems.push(format!(
+                    "{what}: blocks {as_}..{} are referenced {c} times on media but not counted in memory",
+                    as_ + al
+                ));
+            }
+        }
+    }
+}

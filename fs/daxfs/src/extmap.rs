@@ -1,0 +1,211 @@
+//! The in-memory extent map of one file: logical block -> region block.
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use crate::format::Extent;
+
+/// Sorted, non-overlapping extents keyed by first logical block. Adjacent
+/// extents that are contiguous both logically and physically are merged,
+/// so a file written sequentially stays one extent per physical run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExtentMap {
+    /// logical start -> (len, physical start)
+    map: BTreeMap<u64, (u64, u64)>,
+}
+
+/// A piece of a logical range: mapped to `physical`, or a hole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    /// First logical block.
+    pub logical: u64,
+    /// Blocks.
+    pub len: u64,
+    /// First region block, `None` for a hole.
+    pub physical: Option<u64>,
+}
+
+impl ExtentMap {
+    /// Builds from extents already checked to be sorted and disjoint.
+    pub fn from_extents(extents: &[Extent]) -> Self {
+        let mut m = ExtentMap::default();
+        for e in extents {
+            m.insert(e.logical, e.len, e.physical);
+        }
+        m
+    }
+
+    /// Number of extents.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// All extents in logical order.
+    #[cfg(test)]
+    pub fn to_vec(&self) -> Vec<Extent> {
+        self.map
+            .iter()
+            .map(|(&logical, &(len, physical))| Extent {
+                logical,
+                len,
+                physical,
+            })
+            .collect()
+    }
+
+    /// Iterates extents in logical order.
+    pub fn iter(&self) -> impl Iterator<Item = Extent> + '_ {
+        self.map.iter().map(|(&logical, &(len, physical))| Extent {
+            logical,
+            len,
+            physical,
+        })
+    }
+
+    /// Blocks mapped in total.
+    pub fn mapped_blocks(&self) -> u64 {
+        self.map.values().map(|&(l, _)| l).sum()
+    }
+
+    /// One past the last mapped logical block (0 when empty).
+    pub fn end(&self) -> u64 {
+        self.map.iter().next_back().map_or(0, |(&s, &(l, _))| s + l)
+    }
+
+    /// The region block backing logical block `logical`, if any.
+    pub fn lookup(&self, logical: u64) -> Option<u64> {
+        match self.map.range(..=logical).next_back() {
+            Some((&s, &(l, p))) if s + l > logical => Some(p + (logical - s)),
+            _ => None,
+        }
+    }
+
+    /// Pieces covering `start..start + len`, in order, holes included.
+    pub fn pieces(&self, start: u64, len: u64) -> Vec<Piece> {
+        let end = start + len;
+        let mut out = Vec::new();
+        let mut cursor = start;
+        let first = self.map.range(..start).next_back().map(|(&s, &v)| (s, v));
+        let rest = self.map.range(start..end).map(|(&s, &v)| (s, v));
+        for (s, (l, p)) in first.into_iter().chain(rest) {
+            let (a, b) = (s.max(cursor), (s + l).min(end));
+            if b <= a {
+                continue;
+            }
+            if a > cursor {
+                out.push(Piece {
+                    logical: cursor,
+                    len: a - cursor,
+                    physical: None,
+                });
+            }
+            out.push(Piece {
+                logical: a,
+                len: b - a,
+                physical: Some(p + (a - s)),
+            });
+            cursor = b;
+        }
+        if cursor < end {
+            out.push(Piece {
+                logical: cursor,
+                len: end - cursor,
+                physical: None,
+            });
+        }
+        out
+    }
+
+    /// True when no block of the range is mapped.
+    pub fn is_hole(&self, start: u64, len: u64) -> bool {
+        self.pieces(start, len).iter().all(|p| p.physical.is_none())
+    }
+
+    /// Unmaps `start..start + len`; returns the physical runs removed.
+    pub fn remove(&mut self, start: u64, len: u64) -> Vec<(u64, u64)> {
+        let end = start + len;
+        let mut removed = Vec::new();
+        let first = self.map.range(..start).next_back().map(|(&s, &v)| (s, v));
+        let rest: Vec<(u64, (u64, u64))> =
+            self.map.range(start..end).map(|(&s, &v)| (s, v)).collect();
+        for (s, (l, p)) in first.into_iter().chain(rest) {
+            let (a, b) = (s.max(start), (s + l).min(end));
+            if b <= a {
+                continue;
+            }
+            self.map.remove(&s);
+            if s < a {
+                self.map.insert(s, (a - s, p));
+            }
+            if s + l > b {
+                self.map.insert(b, (s + l - b, p + (b - s)));
+            }
+            removed.push((p + (a - s), b - a));
+        }
+        removed
+    }
+
+    /// Maps `logical..logical + len` (which must be unmapped) to
+    /// `physical..`, merging with contiguous neighbours.
+    pub fn insert(&mut self, logical: u64, len: u64, physical: u64) {
+        if len == 0 {
+            return;
+        }
+        let (mut s, mut l, mut p) = (logical, len, physical);
+        if let Some((&ls, &(ll, lp))) = self.map.range(..s).next_back() {
+            if ls + ll == s && lp + ll == p {
+                self.map.remove(&ls);
+                s = ls;
+                l += ll;
+                p = lp;
+            }
+        }
+        if let Some(&(nl, np)) = self.map.get(&(s + l)) {
+            if p + l == np {
+                self.map.remove(&(s + l));
+                l += nl;
+            }
+        }
+        self.map.insert(s, (l, p));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_merges_and_remove_splits() {
+        let mut m = ExtentMap::default();
+        m.insert(0, 2, 100);
+        m.insert(2, 2, 102);
+        m.insert(10, 1, 50);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m.lookup(3), Some(103));
+        assert_eq!(m.lookup(5), None);
+        assert_eq!(m.remove(1, 10), alloc::vec![(101, 3), (50, 1)]);
+        assert_eq!(
+            m.to_vec(),
+            alloc::vec![Extent {
+                logical: 0,
+                len: 1,
+                physical: 100
+            }]
+        );
+        assert_eq!(
+            m.pieces(0, 3),
+            alloc::vec![
+                Piece {
+                    logical: 0,
+                    len: 1,
+                    physical: Some(100)
+                },
+                Piece {
+                    logical: 1,
+                    len: 2,
+                    physical: None
+                }
+            ]
+        );
+    }
+}

@@ -1,0 +1,614 @@
+//! On-media structures of daxfs, exactly as FORMAT.md describes them.
+//!
+//! Every structure is encoded and decoded explicitly, field by field, in
+//! little-endian order (FORMAT.md "Conventions"); the compile-time asserts
+//! below pin each layout so that a field added in the wrong place fails the
+//! build instead of silently moving another field.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+/// Size of a filesystem block (FORMAT.md "Geometry").
+pub const BLOCK_SIZE: u64 = 4096;
+/// Blocks in one 2 MiB huge-page chunk.
+pub const CHUNK_BLOCKS: u64 = 512;
+/// Bytes in one 2 MiB huge-page chunk.
+pub const CHUNK_SIZE: u64 = CHUNK_BLOCKS * BLOCK_SIZE;
+
+/// Superblock magic: the first eight bytes of block 0 (and block 1).
+pub const SUPER_MAGIC: [u8; 8] = *b"DAXBOXFS";
+/// The on-media format version this code reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Bytes of the superblock structure covered by its checksum.
+pub const SUPER_SIZE: usize = 128;
+/// Offset, inside block 0, of the 8-byte clean/dirty state word.
+pub const STATE_WORD_OFFSET: u64 = 256;
+/// State word value of a cleanly unmounted filesystem.
+pub const STATE_CLEAN: u64 = 0x4E41_454C_4358_4144; // "DAXCLEAN"
+/// State word value of a mounted (or crashed) filesystem.
+pub const STATE_DIRTY: u64 = 0x5954_5249_4458_4144; // "DAXDIRTY"
+
+/// Size of one file record in the file table.
+pub const RECORD_SIZE: usize = 512;
+/// Records per block.
+pub const RECORDS_PER_BLOCK: u64 = BLOCK_SIZE / RECORD_SIZE as u64;
+/// Magic of a file record that has ever been used.
+pub const RECORD_MAGIC: u32 = 0x5246_5844; // "DXFR"
+/// Record flag: the record describes a live file.
+pub const RECORD_IN_USE: u32 = 1;
+/// Longest file name in bytes.
+pub const MAX_NAME: usize = 255;
+/// Extents stored inside the record itself.
+pub const INLINE_EXTENTS: usize = 12;
+/// Size of one encoded extent.
+pub const EXTENT_SIZE: usize = 16;
+const RECORD_NAME_OFFSET: usize = 64;
+const RECORD_EXTENTS_OFFSET: usize = RECORD_NAME_OFFSET + 256;
+const _: () = assert!(RECORD_EXTENTS_OFFSET + INLINE_EXTENTS * EXTENT_SIZE == RECORD_SIZE);
+const _: () = assert!(BLOCK_SIZE as usize % RECORD_SIZE == 0);
+
+/// Magic of an overflow extent block.
+pub const OVERFLOW_MAGIC: u32 = 0x4F46_5844; // "DXFO"
+const OVERFLOW_HEADER: usize = 32;
+/// Extents in one overflow block.
+pub const OVERFLOW_EXTENTS: usize = (BLOCK_SIZE as usize - OVERFLOW_HEADER) / EXTENT_SIZE;
+const _: () = assert!(OVERFLOW_HEADER + OVERFLOW_EXTENTS * EXTENT_SIZE == BLOCK_SIZE as usize);
+
+/// Magic of the journal header.
+pub const JOURNAL_MAGIC: u32 = 0x4C4A_5844; // "DXJL"
+/// Offset of the journal header inside the journal block (the commit word
+/// sits alone at offset 0, in its own cache line).
+pub const JOURNAL_HEADER_OFFSET: u64 = 64;
+/// Size of the journal header.
+pub const JOURNAL_HEADER_SIZE: usize = 24;
+/// Offset of the first journal entry inside the journal block.
+pub const JOURNAL_ENTRIES_OFFSET: u64 = 128;
+/// Size of one journal entry: slot number, padding, a whole record.
+pub const JOURNAL_ENTRY_SIZE: usize = 8 + RECORD_SIZE;
+/// Blocks reserved for the journal.
+pub const JOURNAL_BLOCKS: u64 = 1;
+/// Most records one transaction can change.
+pub const JOURNAL_MAX_ENTRIES: usize =
+    (JOURNAL_BLOCKS * BLOCK_SIZE - JOURNAL_ENTRIES_OFFSET) as usize / JOURNAL_ENTRY_SIZE;
+const _: () = assert!(JOURNAL_MAX_ENTRIES >= 2);
+
+/// Largest file size: logical block numbers are 32-bit on media.
+pub const MAX_FILE_SIZE: u64 = u32::MAX as u64 * BLOCK_SIZE;
+
+static CRC32C: crc::Crc<u32, crc::Table<16>> =
+    crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
+
+/// CRC-32C of `bytes` with the four bytes at `skip..skip + 4` read as zero
+/// (the checksum field itself).
+pub fn checksum_skipping(bytes: &[u8], skip: usize) -> u32 {
+    let mut digest = CRC32C.digest();
+    digest.update(&bytes[..skip]);
+    digest.update(&[0; 4]);
+    digest.update(&bytes[skip + 4..]);
+    digest.finalize()
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(b)
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+fn put_u32(bytes: &mut [u8], at: usize, value: u32) {
+    bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());
+}
+
+fn put_u64(bytes: &mut [u8], at: usize, value: u64) {
+    bytes[at..at + 8].copy_from_slice(&value.to_le_bytes());
+}
+
+/// The superblock (FORMAT.md "Superblock").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Superblock {
+    /// Format version that wrote the image.
+    pub version: u32,
+    /// Filesystem identity.
+    pub uuid: [u8; 16],
+    /// Blocks in the filesystem (the region may be longer).
+    pub total_blocks: u64,
+    /// First journal block.
+    pub journal_start: u64,
+    /// Journal length in blocks.
+    pub journal_blocks: u64,
+    /// First file table block.
+    pub table_start: u64,
+    /// File table length in blocks.
+    pub table_blocks: u64,
+    /// File records in the table.
+    pub max_files: u32,
+    /// First block of the data area.
+    pub data_start: u64,
+}
+
+/// Why a superblock copy was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SuperError {
+    /// Every byte is zero: nothing was ever formatted here.
+    Blank,
+    /// The magic is not ours.
+    Foreign,
+    /// Written by a newer format version.
+    Newer(u32),
+    /// Checksum mismatch.
+    Checksum,
+    /// Fields contradict each other; the text says which.
+    Geometry(&'static str),
+}
+
+impl Superblock {
+    /// Encodes into the 128-byte on-media form, checksum included.
+    pub fn encode(&self) -> [u8; SUPER_SIZE] {
+        let mut b = [0u8; SUPER_SIZE];
+        b[0..8].copy_from_slice(&SUPER_MAGIC);
+        put_u32(&mut b, 8, self.version);
+        put_u32(&mut b, 12, BLOCK_SIZE as u32);
+        b[16..32].copy_from_slice(&self.uuid);
+        put_u64(&mut b, 32, self.total_blocks);
+        put_u64(&mut b, 40, self.journal_start);
+        put_u64(&mut b, 48, self.journal_blocks);
+        put_u64(&mut b, 56, self.table_start);
+        put_u64(&mut b, 64, self.table_blocks);
+        put_u32(&mut b, 72, self.max_files);
+        put_u32(&mut b, 76, RECORD_SIZE as u32);
+        put_u64(&mut b, 80, self.data_start);
+        // 88..92 incompatible feature bits (none defined), 96..128 reserved.
+        let crc = checksum_skipping(&b, 92);
+        put_u32(&mut b, 92, crc);
+        b
+    }
+
+    /// Decodes and validates one superblock copy. Geometry checks only look
+    /// at the superblock itself; the caller checks it against the region.
+    pub fn decode(b: &[u8; SUPER_SIZE]) -> Result<Self, SuperError> {
+        if b.iter().all(|&x| x == 0) {
+            return Err(SuperError::Blank);
+        }
+        if b[0..8] != SUPER_MAGIC {
+            return Err(SuperError::Foreign);
+        }
+        let version = u32_at(b, 8);
+        if version > FORMAT_VERSION {
+            return Err(SuperError::Newer(version));
+        }
+        if checksum_skipping(b, 92) != u32_at(b, 92) {
+            return Err(SuperError::Checksum);
+        }
+        if version == 0 {
+            return Err(SuperError::Geometry("format version 0 does not exist"));
+        }
+        if u32_at(b, 12) != BLOCK_SIZE as u32 {
+            return Err(SuperError::Geometry("block size is not 4096"));
+        }
+        if u32_at(b, 76) != RECORD_SIZE as u32 {
+            return Err(SuperError::Geometry("file record size is not 512"));
+        }
+        if u32_at(b, 88) != 0 {
+            return Err(SuperError::Geometry("unknown incompatible feature bits"));
+        }
+        let mut uuid = [0u8; 16];
+        uuid.copy_from_slice(&b[16..32]);
+        let sb = Superblock {
+            version,
+            uuid,
+            total_blocks: u64_at(b, 32),
+            journal_start: u64_at(b, 40),
+            journal_blocks: u64_at(b, 48),
+            table_start: u64_at(b, 56),
+            table_blocks: u64_at(b, 64),
+            max_files: u32_at(b, 72),
+            data_start: u64_at(b, 80),
+        };
+        sb.check_geometry().map_err(SuperError::Geometry)?;
+        Ok(sb)
+    }
+
+    /// The layout rules of FORMAT.md "Geometry".
+    pub fn check_geometry(&self) -> Result<(), &'static str> {
+        if self.journal_start != 2 || self.journal_blocks != JOURNAL_BLOCKS {
+            return Err("journal is not at block 2 or has the wrong length");
+        }
+        if self.table_start != self.journal_start + self.journal_blocks {
+            return Err("file table does not follow the journal");
+        }
+        if self.max_files == 0 {
+            return Err("file table holds no records");
+        }
+        let needed = (self.max_files as u64).div_ceil(RECORDS_PER_BLOCK);
+        if self.table_blocks != needed {
+            return Err("file table length does not match the record count");
+        }
+        let table_end = self
+            .table_start
+            .checked_add(self.table_blocks)
+            .ok_or("file table overflows")?;
+        if self.data_start < table_end {
+            return Err("data area overlaps the file table");
+        }
+        if self.data_start >= self.total_blocks {
+            return Err("no data area");
+        }
+        if self.total_blocks.checked_mul(BLOCK_SIZE).is_none() {
+            return Err("filesystem size overflows");
+        }
+        Ok(())
+    }
+}
+
+/// One extent: `len` file blocks from `logical` map to region blocks from
+/// `physical` (FORMAT.md "Extents").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// First file block.
+    pub logical: u64,
+    /// Length in blocks (non-zero).
+    pub len: u64,
+    /// First region block.
+    pub physical: u64,
+}
+
+fn encode_extent(out: &mut [u8], e: &Extent) {
+    // The caller guarantees logical + len <= u32::MAX (MAX_FILE_SIZE).
+    put_u32(out, 0, e.logical as u32);
+    put_u32(out, 4, e.len as u32);
+    put_u64(out, 8, e.physical);
+}
+
+fn decode_extent(b: &[u8]) -> Extent {
+    Extent {
+        logical: u32_at(b, 0) as u64,
+        len: u32_at(b, 4) as u64,
+        physical: u64_at(b, 8),
+    }
+}
+
+/// A decoded file record (FORMAT.md "File records").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// True for a live file, false for a free slot.
+    pub in_use: bool,
+    /// Incremented each time the slot is reused; part of the FileId.
+    pub generation: u32,
+    /// File name (empty for a free slot).
+    pub name: String,
+    /// File size in bytes.
+    pub size: u64,
+    /// Total extents (inline + overflow).
+    pub extent_count: u32,
+    /// Overflow blocks in the chain.
+    pub overflow_count: u32,
+    /// First overflow block, 0 when none.
+    pub overflow_first: u64,
+    /// Inline extents (at most INLINE_EXTENTS).
+    pub inline: Vec<Extent>,
+}
+
+/// Why a record failed to decode.
+pub type RecordError = &'static str;
+
+impl Record {
+    /// A free slot that remembers its generation.
+    pub fn free(generation: u32) -> Self {
+        Record {
+            in_use: false,
+            generation,
+            name: String::new(),
+            size: 0,
+            extent_count: 0,
+            overflow_count: 0,
+            overflow_first: 0,
+            inline: Vec::new(),
+        }
+    }
+
+    /// Encodes into 512 bytes with the checksum.
+    pub fn encode(&self) -> [u8; RECORD_SIZE] {
+        let mut b = [0u8; RECORD_SIZE];
+        put_u32(&mut b, 0, RECORD_MAGIC);
+        put_u32(&mut b, 4, if self.in_use { RECORD_IN_USE } else { 0 });
+        put_u32(&mut b, 8, self.generation);
+        // Names are validated to at most 255 bytes before they get here.
+        put_u32(&mut b, 12, self.name.len() as u32);
+        put_u64(&mut b, 16, self.size);
+        put_u32(&mut b, 24, self.extent_count);
+        put_u32(&mut b, 28, self.overflow_count);
+        put_u64(&mut b, 32, self.overflow_first);
+        b[RECORD_NAME_OFFSET..RECORD_NAME_OFFSET + self.name.len()]
+            .copy_from_slice(self.name.as_bytes());
+        for (i, e) in self.inline.iter().take(INLINE_EXTENTS).enumerate() {
+            let at = RECORD_EXTENTS_OFFSET + i * EXTENT_SIZE;
+            encode_extent(&mut b[at..at + EXTENT_SIZE], e);
+        }
+        let crc = checksum_skipping(&b, 60);
+        put_u32(&mut b, 60, crc);
+        b
+    }
+
+    /// Decodes a record; `Ok(None)` for an all-zero (never used) slot.
+    pub fn decode(b: &[u8]) -> Result<Option<Self>, RecordError> {
+        if b.len() != RECORD_SIZE {
+            return Err("record has the wrong length");
+        }
+        if b.iter().all(|&x| x == 0) {
+            return Ok(None);
+        }
+        if u32_at(b, 0) != RECORD_MAGIC {
+            return Err("bad record magic");
+        }
+        if checksum_skipping(b, 60) != u32_at(b, 60) {
+            return Err("record checksum mismatch");
+        }
+        let flags = u32_at(b, 4);
+        if flags & !RECORD_IN_USE != 0 {
+            return Err("unknown record flags");
+        }
+        let in_use = flags & RECORD_IN_USE != 0;
+        let name_len = u32_at(b, 12) as usize;
+        if name_len > MAX_NAME {
+            return Err("name longer than 255 bytes");
+        }
+        let name_bytes = &b[RECORD_NAME_OFFSET..RECORD_NAME_OFFSET + name_len];
+        let name = core::str::from_utf8(name_bytes).map_err(|_| "name is not UTF-8")?;
+        if in_use && !valid_name(name) {
+            return Err("invalid file name");
+        }
+        let extent_count = u32_at(b, 24);
+        let inline_count = (extent_count as usize).min(INLINE_EXTENTS);
+        let inline = (0..inline_count)
+            .map(|i| {
+                let at = RECORD_EXTENTS_OFFSET + i * EXTENT_SIZE;
+                decode_extent(&b[at..at + EXTENT_SIZE])
+            })
+            .collect();
+        let record = Record {
+            in_use,
+            generation: u32_at(b, 8),
+            name: String::from(name),
+            size: u64_at(b, 16),
+            extent_count,
+            overflow_count: u32_at(b, 28),
+            overflow_first: u64_at(b, 32),
+            inline,
+        };
+        if !in_use
+            && (name_len != 0
+                || record.size != 0
+                || extent_count != 0
+                || record.overflow_first != 0)
+        {
+            return Err("free record carries file data");
+        }
+        if record.size > MAX_FILE_SIZE {
+            return Err("file size beyond the format limit");
+        }
+        let overflow_needed = (extent_count as usize)
+            .saturating_sub(INLINE_EXTENTS)
+            .div_ceil(OVERFLOW_EXTENTS);
+        if record.overflow_count as usize != overflow_needed {
+            return Err("overflow block count does not match the extent count");
+        }
+        if (overflow_needed == 0) != (record.overflow_first == 0) {
+            return Err("overflow pointer does not match the extent count");
+        }
+        Ok(Some(record))
+    }
+}
+
+/// True when `name` is a legal file name: 1..=255 bytes, no NUL.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_NAME && !name.as_bytes().contains(&0)
+}
+
+/// A decoded overflow extent block (FORMAT.md "Overflow extent blocks").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverflowBlock {
+    /// Slot of the owning record.
+    pub owner_slot: u32,
+    /// Generation of the owning record.
+    pub owner_generation: u32,
+    /// Position in the chain, from 0.
+    pub index: u32,
+    /// Next block of the chain, 0 at the end.
+    pub next: u64,
+    /// The extents.
+    pub extents: Vec<Extent>,
+}
+
+impl OverflowBlock {
+    /// Encodes into a whole block with the checksum.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = alloc::vec![0u8; BLOCK_SIZE as usize];
+        put_u32(&mut b, 0, OVERFLOW_MAGIC);
+        put_u32(&mut b, 8, self.owner_slot);
+        put_u32(&mut b, 12, self.owner_generation);
+        put_u32(&mut b, 16, self.index);
+        // At most OVERFLOW_EXTENTS extents are ever put in one block.
+        put_u32(&mut b, 20, self.extents.len() as u32);
+        put_u64(&mut b, 24, self.next);
+        for (i, e) in self.extents.iter().take(OVERFLOW_EXTENTS).enumerate() {
+            let at = OVERFLOW_HEADER + i * EXTENT_SIZE;
+            encode_extent(&mut b[at..at + EXTENT_SIZE], e);
+        }
+        let crc = checksum_skipping(&b, 4);
+        put_u32(&mut b, 4, crc);
+        b
+    }
+
+    /// Decodes and checks one overflow block.
+    pub fn decode(b: &[u8]) -> Result<Self, &'static str> {
+        if b.len() != BLOCK_SIZE as usize {
+            return Err("overflow block has the wrong length");
+        }
+        if u32_at(b, 0) != OVERFLOW_MAGIC {
+            return Err("bad overflow block magic");
+        }
+        if checksum_skipping(b, 4) != u32_at(b, 4) {
+            return Err("overflow block checksum mismatch");
+        }
+        let count = u32_at(b, 20) as usize;
+        if count == 0 || count > OVERFLOW_EXTENTS {
+            return Err("overflow block extent count out of range");
+        }
+        Ok(OverflowBlock {
+            owner_slot: u32_at(b, 8),
+            owner_generation: u32_at(b, 12),
+            index: u32_at(b, 16),
+            next: u64_at(b, 24),
+            extents: (0..count)
+                .map(|i| {
+                    let at = OVERFLOW_HEADER + i * EXTENT_SIZE;
+                    decode_extent(&b[at..at + EXTENT_SIZE])
+                })
+                .collect(),
+        })
+    }
+}
+
+/// The journal header (FORMAT.md "Journal").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalHeader {
+    /// Transaction sequence number; equals the commit word when committed.
+    pub sequence: u64,
+    /// Entries that follow.
+    pub entries: u32,
+    /// CRC-32C of the header (this field zero) and all entries.
+    pub crc: u32,
+}
+
+impl JournalHeader {
+    /// Encodes the header; `crc` must already be computed.
+    pub fn encode(&self) -> [u8; JOURNAL_HEADER_SIZE] {
+        let mut b = [0u8; JOURNAL_HEADER_SIZE];
+        put_u32(&mut b, 0, JOURNAL_MAGIC);
+        put_u32(&mut b, 4, self.entries);
+        put_u64(&mut b, 8, self.sequence);
+        put_u32(&mut b, 16, self.crc);
+        b
+    }
+
+    /// Decodes the header (the checksum is checked by the caller, which
+    /// has the entries).
+    pub fn decode(b: &[u8; JOURNAL_HEADER_SIZE]) -> Result<Self, &'static str> {
+        if u32_at(b, 0) != JOURNAL_MAGIC {
+            return Err("bad journal magic");
+        }
+        let entries = u32_at(b, 4);
+        if entries as usize > JOURNAL_MAX_ENTRIES {
+            return Err("journal entry count out of range");
+        }
+        Ok(JournalHeader {
+            entries,
+            sequence: u64_at(b, 8),
+            crc: u32_at(b, 16),
+        })
+    }
+}
+
+/// Checksum of a journal transaction: header with crc zero, then entries.
+pub fn journal_checksum(header: &JournalHeader, entries: &[u8]) -> u32 {
+    let mut h = *header;
+    h.crc = 0;
+    let mut digest = CRC32C.digest();
+    digest.update(&h.encode());
+    digest.update(entries);
+    digest.finalize()
+}
+
+/// Encodes a journal entry: target slot + the new record bytes.
+pub fn encode_journal_entry(slot: u32, record: &[u8; RECORD_SIZE]) -> [u8; JOURNAL_ENTRY_SIZE] {
+    let mut b = [0u8; JOURNAL_ENTRY_SIZE];
+    put_u32(&mut b, 0, slot);
+    b[8..].copy_from_slice(record);
+    b
+}
+
+/// Decodes a journal entry into its slot and record bytes.
+pub fn decode_journal_entry(b: &[u8]) -> (u32, &[u8]) {
+    (u32_at(b, 0), &b[8..JOURNAL_ENTRY_SIZE])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn superblock_round_trips_and_rejects_flips() {
+        let sb = Superblock {
+            version: FORMAT_VERSION,
+            uuid: [7; 16],
+            total_blocks: 1000,
+            journal_start: 2,
+            journal_blocks: JOURNAL_BLOCKS,
+            table_start: 3,
+            table_blocks: 2,
+            max_files: 16,
+            data_start: 5,
+        };
+        let bytes = sb.encode();
+        assert_eq!(Superblock::decode(&bytes), Ok(sb));
+        for bit in 0..(SUPER_SIZE * 8) {
+            let mut bad = bytes;
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert!(
+                Superblock::decode(&bad).is_err(),
+                "flip of bit {bit} not detected"
+            );
+        }
+        assert_eq!(Superblock::decode(&[0; SUPER_SIZE]), Err(SuperError::Blank));
+    }
+
+    #[test]
+    fn record_round_trips_and_rejects_flips() {
+        let r = Record {
+            in_use: true,
+            generation: 3,
+            name: String::from("a/b c"),
+            size: 12345,
+            extent_count: 2,
+            overflow_count: 0,
+            overflow_first: 0,
+            inline: alloc::vec![
+                Extent {
+                    logical: 0,
+                    len: 2,
+                    physical: 100
+                },
+                Extent {
+                    logical: 3,
+                    len: 1,
+                    physical: 200
+                },
+            ],
+        };
+        let bytes = r.encode();
+        assert_eq!(Record::decode(&bytes), Ok(Some(r)));
+        for bit in 0..(RECORD_SIZE * 8) {
+            let mut bad = bytes;
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert!(
+                Record::decode(&bad).is_err(),
+                "flip of bit {bit} not detected"
+            );
+        }
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(valid_name("a"));
+        assert!(valid_name("dir/file"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("a\0b"));
+        assert!(valid_name(&"x".repeat(255)));
+        assert!(!valid_name(&"x".repeat(256)));
+    }
+}

@@ -1,0 +1,388 @@
+//! Volatile space accounting: per-block reference counts, transient pins,
+//! and the free-space allocator. None of this is on media; mount rebuilds
+//! it from the extent maps (FORMAT.md "Allocation state").
+
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec::Vec;
+
+use crate::format::CHUNK_BLOCKS;
+
+/// Counts per block, stored as non-overlapping runs of equal count so that
+/// a whole extent is counted in one step (clone is O(extents), not
+/// O(blocks)). Blocks without a run have count 0.
+#[derive(Debug, Default, Clone)]
+pub struct RunCounts {
+    /// start -> (len, count); count is never 0.
+    runs: BTreeMap<u64, (u64, u32)>,
+}
+
+impl RunCounts {
+    /// Splits the run containing `at` (if any) so that a run starts at `at`.
+    fn split(&mut self, at: u64) {
+        let found = self.runs.range(..at).next_back().map(|(&s, &v)| (s, v));
+        if let Some((start, (len, count))) = found {
+            if start + len > at {
+                self.runs.insert(start, (at - start, count));
+                self.runs.insert(at, (start + len - at, count));
+            }
+        }
+    }
+
+    /// Merges the run at `at` with its left neighbour when they touch and
+    /// have the same count, to keep the map small.
+    fn merge_at(&mut self, at: u64) {
+        let Some(&(len, count)) = self.runs.get(&at) else {
+            return;
+        };
+        let left = self.runs.range(..at).next_back().map(|(&s, &v)| (s, v));
+        if let Some((ls, (llen, lcount))) = left {
+            if ls + llen == at && lcount == count {
+                self.runs.remove(&at);
+                self.runs.insert(ls, (llen + len, count));
+            }
+        }
+    }
+
+    /// Adds one to every block of `start..start + len`.
+    pub fn increment(&mut self, start: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let end = start + len;
+        self.split(start);
+        self.split(end);
+        let mut cursor = start;
+        let existing: Vec<(u64, (u64, u32))> =
+            self.runs.range(start..end).map(|(&s, &v)| (s, v)).collect();
+        for (s, (l, c)) in existing {
+            if s > cursor {
+                self.runs.insert(cursor, (s - cursor, 1));
+            }
+            self.runs.insert(s, (l, c.saturating_add(1)));
+            cursor = s + l;
+        }
+        if cursor < end {
+            self.runs.insert(cursor, (end - cursor, 1));
+        }
+        self.merge_at(end);
+        let keys: Vec<u64> = self.runs.range(start..end).map(|(&s, _)| s).collect();
+        for k in keys.into_iter().rev() {
+            self.merge_at(k);
+        }
+    }
+
+    /// Subtracts one from every counted block of `start..start + len` and
+    /// returns the runs whose count dropped to zero.
+    pub fn decrement(&mut self, start: u64, len: u64) -> Vec<(u64, u64)> {
+        let mut freed = Vec::new();
+        if len == 0 {
+            return freed;
+        }
+        let end = start + len;
+        self.split(start);
+        self.split(end);
+        let existing: Vec<(u64, (u64, u32))> =
+            self.runs.range(start..end).map(|(&s, &v)| (s, v)).collect();
+        for (s, (l, c)) in existing {
+            if c <= 1 {
+                self.runs.remove(&s);
+                match freed.last_mut() {
+                    Some((fs, fl)) if *fs + *fl == s => *fl += l,
+                    _ => freed.push((s, l)),
+                }
+            } else {
+                self.runs.insert(s, (l, c - 1));
+            }
+        }
+        self.merge_at(end);
+        let keys: Vec<u64> = self.runs.range(start..end).map(|(&s, _)| s).collect();
+        for k in keys.into_iter().rev() {
+            self.merge_at(k);
+        }
+        self.merge_at(start);
+        freed
+    }
+
+    /// The count of one block.
+    pub fn get(&self, block: u64) -> u32 {
+        match self.runs.range(..=block).next_back() {
+            Some((&s, &(l, c))) if s + l > block => c,
+            _ => 0,
+        }
+    }
+
+    /// Pieces of `start..start + len` with their counts (0 for gaps), in
+    /// order, covering the whole range.
+    pub fn segments(&self, start: u64, len: u64) -> Vec<(u64, u64, u32)> {
+        let end = start + len;
+        let mut out = Vec::new();
+        let mut cursor = start;
+        let first = self.runs.range(..start).next_back().map(|(&s, &v)| (s, v));
+        let tail = self.runs.range(start..end).map(|(&s, &v)| (s, v));
+        for (s, (l, c)) in first.into_iter().chain(tail) {
+            let (s2, e2) = (s.max(cursor), (s + l).min(end));
+            if e2 <= s2 {
+                continue;
+            }
+            if s2 > cursor {
+                out.push((cursor, s2 - cursor, 0));
+            }
+            out.push((s2, e2 - s2, c));
+            cursor = e2;
+        }
+        if cursor < end {
+            out.push((cursor, end - cursor, 0));
+        }
+        out
+    }
+
+    /// Every run, in order: (start, len, count).
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u64, u32)> + '_ {
+        self.runs.iter().map(|(&s, &(l, c))| (s, l, c))
+    }
+
+    /// True when no block is counted.
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+}
+
+/// The free-space allocator (FORMAT.md "Allocation policy").
+///
+/// The data area is cut into 2 MiB-aligned chunks. A chunk that is entirely
+/// free sits in `huge` and is handed out whole to large files, so that their
+/// extents are huge-page mappable. Small allocations come from `small`, the
+/// free runs of chunks already in use; only when `small` cannot serve them
+/// is a chunk taken from the *top* of `huge` (large files take from the
+/// bottom), so small-file churn stays packed in few chunks. A chunk whose
+/// blocks all come back free returns to `huge`: that is what keeps 2 MiB
+/// alignment available as the filesystem ages.
+#[derive(Debug, Clone)]
+pub struct Allocator {
+    data_start: u64,
+    total_blocks: u64,
+    /// Indices of fully free, fully-inside-the-data-area chunks.
+    huge: BTreeSet<u64>,
+    /// Free runs outside `huge`: start -> len, coalesced.
+    small: BTreeMap<u64, u64>,
+    /// Free blocks per chunk (including `huge` ones).
+    chunk_free: Vec<u32>,
+    free_blocks: u64,
+}
+
+impl Allocator {
+    /// An allocator with nothing free; call `free` for every free run.
+    pub fn new(data_start: u64, total_blocks: u64) -> Self {
+        let chunks = total_blocks.div_ceil(CHUNK_BLOCKS) as usize;
+        Allocator {
+            data_start,
+            total_blocks,
+            huge: BTreeSet::new(),
+            small: BTreeMap::new(),
+            chunk_free: alloc::vec![0; chunks],
+            free_blocks: 0,
+        }
+    }
+
+    /// Free blocks in total.
+    pub fn free_blocks(&self) -> u64 {
+        self.free_blocks
+    }
+
+    /// Fully free 2 MiB-aligned chunks.
+    pub fn huge_free(&self) -> u64 {
+        self.huge.len() as u64
+    }
+
+    fn whole_chunk(&self, chunk: u64) -> bool {
+        let start = chunk * CHUNK_BLOCKS;
+        start >= self.data_start && start + CHUNK_BLOCKS <= self.total_blocks
+    }
+
+    fn remove_small(&mut self, start: u64, len: u64) {
+        // `start..start+len` lies inside one free run (callers check).
+        let (&rs, &rl) = self
+            .small
+            .range(..=start)
+            .next_back()
+            .expect("range is inside a free run");
+        self.small.remove(&rs);
+        if start > rs {
+            self.small.insert(rs, start - rs);
+        }
+        if rs + rl > start + len {
+            self.small.insert(start + len, rs + rl - (start + len));
+        }
+    }
+
+    fn count_chunks(&mut self, start: u64, len: u64, add: bool) {
+        let mut b = start;
+        let end = start + len;
+        while b < end {
+            let chunk = b / CHUNK_BLOCKS;
+            let n = ((chunk + 1) * CHUNK_BLOCKS).min(end) - b;
+            // n <= CHUNK_BLOCKS, so it fits a u32.
+            if add {
+                self.chunk_free[chunk as usize] += n as u32;
+            } else {
+                self.chunk_free[chunk as usize] -= n as u32;
+            }
+            b += n;
+        }
+    }
+
+    /// Returns `start..start + len` to the free pool.
+    pub fn free(&mut self, start: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        self.free_blocks += len;
+        self.count_chunks(start, len, true);
+        // Insert with coalescing.
+        let mut s = start;
+        let mut l = len;
+        if let Some((&ps, &pl)) = self.small.range(..s).next_back() {
+            if ps + pl == s {
+                self.small.remove(&ps);
+                s = ps;
+                l += pl;
+            }
+        }
+        if let Some(&nl) = self.small.get(&(s + l)) {
+            self.small.remove(&(s + l));
+            l += nl;
+        }
+        self.small.insert(s, l);
+        // Chunks that became entirely free go back to the huge pool.
+        let first = start / CHUNK_BLOCKS;
+        let last = (start + len - 1) / CHUNK_BLOCKS;
+        for chunk in first..=last {
+            if self.whole_chunk(chunk) && self.chunk_free[chunk as usize] as u64 == CHUNK_BLOCKS {
+                self.remove_small(chunk * CHUNK_BLOCKS, CHUNK_BLOCKS);
+                self.huge.insert(chunk);
+            }
+        }
+    }
+
+    /// Takes one whole free 2 MiB chunk, preferring `prefer` (to continue a
+    /// file contiguously), else the lowest. Returns its first block.
+    pub fn alloc_huge(&mut self, prefer: Option<u64>) -> Option<u64> {
+        let chunk = match prefer.map(|b| b / CHUNK_BLOCKS) {
+            Some(c) if prefer.is_some_and(|b| b % CHUNK_BLOCKS == 0) && self.huge.contains(&c) => c,
+            _ => *self.huge.iter().next()?,
+        };
+        self.huge.remove(&chunk);
+        self.chunk_free[chunk as usize] = 0;
+        self.free_blocks -= CHUNK_BLOCKS;
+        Some(chunk * CHUNK_BLOCKS)
+    }
+
+    /// Takes up to `want` contiguous blocks for a small allocation: at
+    /// `prefer` if free there, else first fit from the top of the small
+    /// pool, else a fresh chunk from the top of the huge pool, else the
+    /// largest small run. Returns (start, len) with 1 <= len <= want.
+    pub fn alloc_small(&mut self, want: u64, prefer: Option<u64>) -> Option<(u64, u64)> {
+        if want == 0 {
+            return None;
+        }
+        if let Some(p) = prefer {
+            if let Some((&rs, &rl)) = self.small.range(..=p).next_back() {
+                if rs + rl > p {
+                    let len = want.min(rs + rl - p);
+                    self.take(p, len);
+                    return Some((p, len));
+                }
+            }
+        }
+        if let Some((&rs, &rl)) = self.small.iter().rev().find(|(_, &l)| l >= want) {
+            // Take from the end of the run: keeps the run's start stable.
+            let start = rs + rl - want;
+            self.take(start, want);
+            return Some((start, want));
+        }
+        if let Some(&chunk) = self.huge.iter().next_back() {
+            self.huge.remove(&chunk);
+            self.small.insert(chunk * CHUNK_BLOCKS, CHUNK_BLOCKS);
+            let len = want.min(CHUNK_BLOCKS);
+            self.take(chunk * CHUNK_BLOCKS, len);
+            return Some((chunk * CHUNK_BLOCKS, len));
+        }
+        let (&rs, &rl) = self.small.iter().max_by_key(|(_, &l)| l)?;
+        let len = want.min(rl);
+        self.take(rs, len);
+        Some((rs, len))
+    }
+
+    fn take(&mut self, start: u64, len: u64) {
+        self.remove_small(start, len);
+        self.free_blocks -= len;
+        self.count_chunks(start, len, false);
+    }
+
+    /// True when every block of the range is free.
+    #[cfg(test)]
+    pub fn is_free(&self, start: u64, len: u64) -> bool {
+        let end = start + len;
+        let mut b = start;
+        while b < end {
+            let chunk = b / CHUNK_BLOCKS;
+            if self.huge.contains(&chunk) {
+                b = (chunk + 1) * CHUNK_BLOCKS;
+                continue;
+            }
+            match self.small.range(..=b).next_back() {
+                Some((&rs, &rl)) if rs + rl > b => b = rs + rl,
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// Every free run in address order (huge chunks included), for fsck.
+    pub fn free_runs(&self) -> Vec<(u64, u64)> {
+        let mut all: Vec<(u64, u64)> = self.small.iter().map(|(&s, &l)| (s, l)).collect();
+        all.extend(self.huge.iter().map(|&c| (c * CHUNK_BLOCKS, CHUNK_BLOCKS)));
+        all.sort_unstable();
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_counts_split_and_merge() {
+        let mut c = RunCounts::default();
+        c.increment(10, 10);
+        c.increment(15, 10);
+        assert_eq!(
+            c.segments(8, 20),
+            alloc::vec![(8, 2, 0), (10, 5, 1), (15, 5, 2), (20, 5, 1), (25, 3, 0)]
+        );
+        assert_eq!(c.decrement(10, 10), alloc::vec![(10, 5)]);
+        assert_eq!(c.get(12), 0);
+        assert_eq!(c.get(17), 1);
+        assert_eq!(c.decrement(15, 10), alloc::vec![(15, 10)]);
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn allocator_keeps_huge_chunks_whole() {
+        let mut a = Allocator::new(10, 4 * CHUNK_BLOCKS);
+        a.free(10, 4 * CHUNK_BLOCKS - 10);
+        assert_eq!(a.huge_free(), 3);
+        // Small allocations use the partial chunk 0 first.
+        let (s, l) = a.alloc_small(4, None).unwrap();
+        assert!(s < CHUNK_BLOCKS && l == 4);
+        assert_eq!(a.huge_free(), 3);
+        let h = a.alloc_huge(None).unwrap();
+        assert_eq!(h % CHUNK_BLOCKS, 0);
+        a.free(h, CHUNK_BLOCKS);
+        a.free(s, l);
+        assert_eq!(a.huge_free(), 3);
+        assert_eq!(a.free_blocks(), 4 * CHUNK_BLOCKS - 10);
+        assert!(a.is_free(10, 4 * CHUNK_BLOCKS - 10));
+    }
+}
