@@ -308,12 +308,11 @@ impl Connection {
                 used = input.len();
                 break;
             }
-            if let Some(request) = self.stalled.take() {
-                if self.overlaps_pending_read(&request) {
-                    self.stalled = Some(request);
+            if self.stalled.is_some() {
+                self.resume_stalled(backend);
+                if self.stalled.is_some() {
                     break;
                 }
-                self.dispatch(request, backend);
                 continue;
             }
             let rest = &input[used..];
@@ -362,7 +361,9 @@ impl Connection {
                         self.hard_close();
                         break;
                     }
-                    if option == wire::OPT_EXPORT_NAME && len as usize > wire::MAX_STRING {
+                    if option == wire::OPT_EXPORT_NAME
+                        && (len as usize > wire::MAX_STRING || len > self.config.max_option_len)
+                    {
                         // EXPORT_NAME cannot be answered with an error
                         // (proto.md "NBD_OPT_EXPORT_NAME"): terminate.
                         self.hard_close();
@@ -480,8 +481,7 @@ impl Connection {
             let mut finished = false;
             let mut ends_request = false;
             let mut fatal = false;
-            #[allow(clippy::never_loop)] // `break` leaves the item early.
-            loop {
+            'item: {
                 match front {
                     OutItem::Bytes {
                         data,
@@ -511,7 +511,7 @@ impl Connection {
                                     // simple reply header with error 0 MUST end
                                     // in a hard disconnect.
                                     fatal = true;
-                                    break;
+                                    break 'item;
                                 }
                                 // Structured: pad the chunk, then an error chunk.
                                 buf.fill(0);
@@ -543,7 +543,6 @@ impl Connection {
                         fatal = true;
                     }
                 }
-                break;
             }
             if fatal {
                 // Either the orderly end (ABORT, DISC) or a failed simple
@@ -564,7 +563,21 @@ impl Connection {
             }
         }
         self.stats.bytes_out = self.stats.bytes_out.saturating_add(n as u64);
+        // A write-type request may have waited for READ data that has now
+        // been sent. Run it here: its header is already consumed, and a
+        // client may be waiting for its reply before sending anything more.
+        self.resume_stalled(backend);
         n
+    }
+
+    fn resume_stalled<B: Backend + ?Sized>(&mut self, backend: &mut B) {
+        if let Some(request) = self.stalled.take() {
+            if self.closed || self.overlaps_pending_read(&request) {
+                self.stalled = Some(request);
+            } else {
+                self.dispatch(request, backend);
+            }
+        }
     }
 
     // ----- Handshake (proto.md "Option types") -----

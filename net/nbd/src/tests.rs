@@ -1076,6 +1076,36 @@ fn write_waits_for_an_overlapping_unsent_read() {
 }
 
 #[test]
+fn stalled_trim_runs_once_the_read_is_sent_without_more_input() {
+    let mut c = Client::new();
+    c.go(false, false, false);
+    c.mem.exports[0].1[..4096].fill(9);
+    let mut bytes = request(0, CMD_READ, 1, 0, 4096);
+    bytes.extend(request(0, CMD_TRIM, 2, 0, 4096));
+    assert_eq!(c.conn.receive(&bytes, &mut c.mem, 0), bytes.len());
+    assert!(!c.conn.wants_input(), "trim waits for the read");
+    // Only produce from now on: no further receive calls.
+    let mut out = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        let n = c.conn.produce(&mut buf, &mut c.mem);
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(out.len(), 16 + 4096 + 16);
+    assert!(
+        out[16..16 + 4096].iter().all(|b| *b == 9),
+        "read saw the data before the trim"
+    );
+    assert_eq!(&out[4112 + 4..4112 + 8], &[0; 4]);
+    assert_eq!(&out[4112 + 8..], &2u64.to_be_bytes());
+    assert!(c.mem.data()[..4096].iter().all(|b| *b == 0));
+    assert!(c.conn.wants_input());
+}
+
+#[test]
 fn large_read_streams_through_a_small_buffer() {
     let mut c = Client::new();
     c.go(true, false, false);
