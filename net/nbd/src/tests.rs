@@ -1119,6 +1119,81 @@ fn large_read_streams_through_a_small_buffer() {
     assert_eq!(c.chunk().1, REPLY_TYPE_NONE);
 }
 
+#[test]
+fn one_event_loop_serves_64_connections_despite_a_stalled_one() {
+    // The kernel's model: one loop, one backend, many connections, small
+    // transmit buffers. Connection 0 never has its output drained.
+    let mut mem = Mem::new();
+    let config = ServerConfig {
+        max_in_flight: 64,
+        ..ServerConfig::default()
+    };
+    let mut connections: Vec<Connection> = (0..64)
+        .map(|_| Connection::new(config.clone(), 0))
+        .collect();
+    let mut inputs: Vec<(Vec<u8>, usize)> = Vec::new();
+    for index in 0..64u64 {
+        let mut input = (FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES)
+            .to_be_bytes()
+            .to_vec();
+        input.extend(option(OPT_EXPORT_NAME, b"disk"));
+        let base = index * 8192;
+        for i in 0..2u64 {
+            input.extend(request(0, CMD_WRITE, i, base + i * 4096, 4096));
+            input.extend(vec![(index as u8) ^ (i as u8 + 1); 4096]);
+        }
+        // 128 pipelined reads of the two blocks.
+        for i in 0..128u64 {
+            input.extend(request(0, CMD_READ, 100 + i, base + (i % 2) * 4096, 4096));
+        }
+        if index == 0 {
+            // The stalled client also asks for the largest read.
+            input.extend(request(0, CMD_READ, 999, 0, SIZE as u32));
+        }
+        inputs.push((input, 0));
+    }
+    let mut outputs: Vec<Vec<u8>> = vec![Vec::new(); 64];
+    let mut buf = [0u8; 1460];
+    for _round in 0..10_000 {
+        let mut progress = false;
+        for (index, connection) in connections.iter_mut().enumerate() {
+            let (input, pos) = &mut inputs[index];
+            let used = connection.receive(&input[*pos..], &mut mem, 1);
+            *pos += used;
+            progress |= used > 0;
+            if index == 0 && connection.in_transmission() {
+                continue; // stalled: its socket never drains
+            }
+            let n = connection.produce(&mut buf, &mut mem);
+            outputs[index].extend_from_slice(&buf[..n]);
+            progress |= n > 0;
+        }
+        if !progress {
+            break;
+        }
+    }
+    for index in 1..64usize {
+        let out = &outputs[index];
+        let handshake = 18 + 8 + 2;
+        assert_eq!(
+            out.len(),
+            handshake + 2 * 16 + 128 * (16 + 4096),
+            "connection {index}"
+        );
+        let mut at = handshake + 32;
+        for i in 0..128u64 {
+            assert_eq!(&out[at + 8..at + 16], &(100 + i).to_be_bytes());
+            let expected = (index as u8) ^ ((i % 2) as u8 + 1);
+            assert!(out[at + 16..at + 16 + 4096].iter().all(|b| *b == expected));
+            at += 16 + 4096;
+        }
+        assert_eq!(inputs[index].1, inputs[index].0.len());
+    }
+    // The stalled connection is held at its in-flight cap, not buffering.
+    assert_eq!(connections[0].in_flight(), 64);
+    assert!(inputs[0].1 < inputs[0].0.len());
+}
+
 // ----- Robustness -----
 
 fn handshaken(structured: bool, extended: bool) -> Client {
