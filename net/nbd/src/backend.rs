@@ -146,7 +146,9 @@ pub trait Backend {
     fn export_name(&self, index: usize) -> Option<String>;
     /// Looks up an export by name (`""` is the default export, whose choice
     /// is the backend's). Called for `NBD_OPT_INFO`, `NBD_OPT_GO`,
-    /// `NBD_OPT_EXPORT_NAME` and meta-context options.
+    /// `NBD_OPT_EXPORT_NAME` and meta-context options, possibly several
+    /// times per connection, so it must be cheap and idempotent: the engine
+    /// never releases a handle.
     fn open(&mut self, name: &str) -> Result<ExportHandle, BackendError>;
     /// Describes an opened export.
     fn info(&self, export: ExportHandle) -> Option<ExportInfo>;
