@@ -598,7 +598,8 @@ pub mod fixture {
     }
 
     /// One 1 GiB NVDIMM at 4 GiB, as `-device nvdimm` with the PLATFORM.md
-    /// command line gives.
+    /// command line gives (byte-identical to the capture in
+    /// `fixtures/qemu-7.2-nfit-one-1g.hex`, checked by a test).
     pub fn one_gib_at_4g() -> Vec<u8> {
         qemu(
             &[Dimm {
@@ -721,8 +722,8 @@ mod tests {
 
     #[test]
     fn capability_bits_above_highest_valid_are_ignored() {
-        let mut caps = capabilities(2);
-        caps[8] = 0x3; // claims eADR, but highest valid bit is 1 ... make it 0
+        // Bits 0 and 1 set, but only bit 0 declared valid.
+        let mut caps = capabilities(3);
         caps[4] = 0;
         let mut table_bytes = Vec::new();
         table_bytes.extend(spa(&Dimm {
@@ -935,6 +936,79 @@ mod tests {
         let nfit = parse(&table(&short_caps)).unwrap();
         assert_eq!(nfit.capabilities, None);
         assert_eq!(nfit.warnings.len(), 1);
+    }
+
+    /// Bytes of a captured table: hex pairs, `#` comment lines.
+    fn captured(text: &str) -> Vec<u8> {
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .flat_map(|line| line.split_whitespace())
+            .map(|pair| u8::from_str_radix(pair, 16).expect("hex byte"))
+            .collect()
+    }
+
+    const CAPTURED_ONE: &str = include_str!("../fixtures/qemu-7.2-nfit-one-1g.hex");
+    const CAPTURED_TWO: &str = include_str!("../fixtures/qemu-7.2-nfit-two-1g-512m.hex");
+    const CAPTURED_EADR: &str = include_str!("../fixtures/qemu-7.2-nfit-eadr-256m.hex");
+
+    #[test]
+    fn captured_tables_parse() {
+        let one = parse(&captured(CAPTURED_ONE)).unwrap();
+        assert!(one.warnings.is_empty());
+        let ranges: Vec<_> = one
+            .persistent_ranges()
+            .map(|r| (r.base, r.length))
+            .collect();
+        assert_eq!(ranges, [(0x1_0000_0000, GIB)]);
+        assert_eq!(one.domain(), Domain::Adr);
+
+        let two = parse(&captured(CAPTURED_TWO)).unwrap();
+        let ranges: Vec<_> = two
+            .persistent_ranges()
+            .map(|r| (r.base, r.length))
+            .collect();
+        assert_eq!(ranges, [(0x1_0000_0000, GIB), (0x1_4000_0000, 512 << 20)]);
+
+        let eadr = parse(&captured(CAPTURED_EADR)).unwrap();
+        assert_eq!(eadr.domain(), Domain::Eadr);
+        assert_eq!(
+            eadr.capabilities,
+            Some(PlatformCapabilities {
+                highest_valid: 1,
+                raw: 3
+            })
+        );
+    }
+
+    #[test]
+    fn fixture_builders_match_the_captures_byte_for_byte() {
+        assert_eq!(one_gib_at_4g(), captured(CAPTURED_ONE));
+        assert_eq!(two(), captured(CAPTURED_TWO));
+        let eadr = qemu(
+            &[Dimm {
+                slot: 0,
+                base: 0x1_0000_0000,
+                size: 256 << 20,
+                node: 0,
+            }],
+            Some(3),
+        );
+        assert_eq!(eadr, captured(CAPTURED_EADR));
+    }
+
+    #[test]
+    fn captured_table_corruptions_are_caught() {
+        let good = captured(CAPTURED_TWO);
+        // Every single-byte change breaks the checksum: refused, no panic.
+        for at in 0..good.len() {
+            let mut bad = good.clone();
+            bad[at] ^= 0x01;
+            assert!(parse(&bad).is_err(), "flip at {at} accepted");
+        }
+        // Every truncation is refused (short or length beyond the bytes).
+        for len in 0..good.len() {
+            assert!(parse(&good[..len]).is_err(), "truncated to {len} accepted");
+        }
     }
 
     proptest! {
