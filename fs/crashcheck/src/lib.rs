@@ -20,6 +20,8 @@
 
 extern crate alloc;
 
+#[cfg(any(test, feature = "std"))]
+pub mod daxfs_target;
 pub mod explore;
 pub mod generate;
 #[cfg(any(test, feature = "std"))]

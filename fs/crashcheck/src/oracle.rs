@@ -220,26 +220,51 @@ pub fn matches(state: &ModelState, visible: &Visible, unit: usize) -> Result<(),
             continue;
         }
         let unit = unit.max(1);
-        let mut start = 0;
-        while start < seen.len() {
-            let end = (start + unit).min(seen.len());
-            let got = &seen[start..end];
-            let ok = got == &file.content[start..end]
-                || file.older.iter().any(|old| {
-                    got.iter()
-                        .enumerate()
-                        .all(|(i, &b)| b == old.get(start + i).copied().unwrap_or(0))
-                });
-            if !ok {
-                return Err(format!(
-                    "{name}: bytes {start}..{end} hold {:02x?}.., neither the new data {:02x?}.. \
-                     nor any unpersisted older version",
-                    &got[..got.len().min(8)],
-                    &file.content[start..start + got.len().min(8)]
-                ));
+        // Compare page-sized runs first (memcmp); look at units only where
+        // a run differs from the current content.
+        let run = 4096usize.div_ceil(unit) * unit;
+        let mut base = 0;
+        while base < seen.len() {
+            let limit = (base + run).min(seen.len());
+            if seen[base..limit] != file.content[base..limit] {
+                check_units(name, file, seen, base, limit, unit)?;
             }
-            start = end;
+            base = limit;
         }
+    }
+    Ok(())
+}
+
+/// Checks the units of `seen[from..to]` one by one: each must be the
+/// current content or an unpersisted older version.
+fn check_units(
+    name: &str,
+    file: &FileModel,
+    seen: &[u8],
+    from: usize,
+    to: usize,
+    unit: usize,
+) -> Result<(), String> {
+    let old_byte = |old: &Vec<u8>, at: usize| old.get(at).copied().unwrap_or(0);
+    let mut start = from;
+    while start < to {
+        let end = (start + unit).min(to);
+        let got = &seen[start..end];
+        let ok = got == &file.content[start..end]
+            || file.older.iter().any(|old| {
+                got.iter()
+                    .enumerate()
+                    .all(|(i, &b)| b == old_byte(old, start + i))
+            });
+        if !ok {
+            return Err(format!(
+                "{name}: bytes {start}..{end} hold {:02x?}.., neither the new data {:02x?}.. \
+                 nor any unpersisted older version",
+                &got[..got.len().min(8)],
+                &file.content[start..start + got.len().min(8)]
+            ));
+        }
+        start = end;
     }
     Ok(())
 }

@@ -1,0 +1,144 @@
+//! The crash-check runner: explores daxfs crash images until a budget is
+//! spent and prints a summary. `cargo xtask test` runs the bounded CI
+//! check, `cargo xtask crash --budget SECONDS` the long mode; both call
+//! this binary with `cargo run --release -p daxfs-crashcheck --bin
+//! crashcheck -- ...`.
+//!
+//! Exit status: 0 when no violation was found and at least
+//! `--min-distinct` distinct images were checked, 1 otherwise, 2 on a
+//! usage error.
+
+use std::process::ExitCode;
+
+use daxfs_crashcheck::daxfs_target::{self, Daxfs};
+use daxfs_crashcheck::harness::{build_base, run_suite, Budget, Totals};
+use daxfs_crashcheck::workloads::{setup, templates};
+
+const USAGE: &str = "usage: crashcheck [--budget SECONDS] [--images N] [--min-distinct N] \
+[--workloads N] [--seed N] [--quiet]
+  --budget SECONDS    stop after this long (default: no limit)
+  --images N          stop after N distinct crash images (default 110000)
+  --min-distinct N    fail if fewer than N distinct images were checked (default 0)
+  --workloads N       stop after N workloads
+  --seed N            seed of every random choice (default 1)
+  --quiet             no progress lines";
+
+struct Args {
+    budget: Budget,
+    min_distinct: u64,
+    seed: u64,
+    quiet: bool,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut args = Args {
+        budget: Budget {
+            distinct: 110_000,
+            seconds: f64::INFINITY,
+            workloads: u64::MAX,
+        },
+        min_distinct: 0,
+        seed: 1,
+        quiet: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "--quiet" {
+            args.quiet = true;
+            continue;
+        }
+        if flag == "--help" || flag == "-h" {
+            return Err(String::new());
+        }
+        let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        let number = || -> Result<u64, String> {
+            value
+                .parse::<u64>()
+                .map_err(|_| format!("{flag}: '{value}' is not a whole number"))
+        };
+        match flag.as_str() {
+            "--budget" => {
+                args.budget.seconds = value
+                    .trim_end_matches('s')
+                    .parse::<f64>()
+                    .map_err(|_| format!("--budget: '{value}' is not a number of seconds"))?;
+                // A time budget alone means "as many images as fit".
+                args.budget.distinct = u64::MAX;
+            }
+            "--images" => args.budget.distinct = number()?,
+            "--min-distinct" => args.min_distinct = number()?,
+            "--workloads" => args.budget.workloads = number()?,
+            "--seed" => args.seed = number()?,
+            _ => return Err(format!("unknown option {flag}")),
+        }
+    }
+    Ok(args)
+}
+
+fn summary(t: &Totals, seconds: f64) {
+    println!(
+        "crashcheck: {} workloads, {} crash points, {} images checked, {} distinct, \
+         {} recovery mounts + {} re-crash mounts in {:.1} s ({:.0} distinct images/s)",
+        t.workloads,
+        t.points,
+        t.images,
+        t.distinct,
+        t.mounts,
+        t.recrash_mounts,
+        seconds,
+        t.distinct as f64 / seconds.max(1e-9)
+    );
+}
+
+fn main() -> ExitCode {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("crashcheck: {e}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = daxfs_target::config(args.seed);
+    let base = match build_base::<Daxfs>(daxfs_target::REGION, &setup(), &config.semantics) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("crashcheck: cannot build the starting image: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let templates = templates();
+    let start = std::time::Instant::now();
+    let mut last = 0.0;
+    let totals = run_suite::<Daxfs>(&base, &templates, &config, args.budget, |t, _, elapsed| {
+        if !args.quiet && elapsed - last >= 5.0 {
+            last = elapsed;
+            summary(t, elapsed);
+        }
+    });
+    let seconds = start.elapsed().as_secs_f64();
+    summary(&totals, seconds);
+    for finding in &totals.findings {
+        println!("VIOLATION: {finding}");
+    }
+    let mut ok = true;
+    if totals.violations > 0 {
+        println!("crashcheck: FAILED: {} violations", totals.violations);
+        ok = false;
+    }
+    if totals.distinct < args.min_distinct {
+        println!(
+            "crashcheck: FAILED: only {} distinct crash images, at least {} required",
+            totals.distinct, args.min_distinct
+        );
+        ok = false;
+    }
+    if ok {
+        println!("crashcheck: ok");
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
