@@ -54,7 +54,8 @@
 //!
 //! Environment: `DAXBOX_KERNEL`, `DAXBOX_BOOT_TOOL` (inputs, default: the
 //! release build outputs), `DAXBOX_QEMU` (QEMU binary), `DAXBOX_ACCEL`
-//! (`tcg` default), `DAXBOX_OVMF_CODE`/`DAXBOX_OVMF_VARS`,
+//! (`tcg` default), `DAXBOX_BOOT_TIMEOUT` (seconds, default 60),
+//! `DAXBOX_OVMF_CODE`/`DAXBOX_OVMF_VARS`,
 //! `DAXBOX_TEST_RUNS` (run folder root).
 
 mod error;

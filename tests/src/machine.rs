@@ -87,6 +87,7 @@ pub struct Machine {
     command_timeout: Duration,
     started: Instant,
     ready_after: Option<Duration>,
+    ready_cpu: Option<Duration>,
     exit: Option<ExitStatus>,
     watchdog: Option<mpsc::Sender<()>>,
     threads: Vec<JoinHandle<()>>,
@@ -386,6 +387,7 @@ impl Machine {
             command_timeout: options.command_timeout,
             started,
             ready_after: None,
+            ready_cpu: None,
             exit: None,
             watchdog: Some(watchdog),
             threads,
@@ -406,6 +408,7 @@ impl Machine {
         let deadline = Instant::now() + self.boot_timeout;
         let mut seen = self.wait_for(READY, self.boot_timeout)?;
         self.ready_after = Some(self.started.elapsed());
+        self.ready_cpu = self.cpu_time();
         let left = deadline.saturating_duration_since(Instant::now());
         seen += &self.wait_for(PROMPT, left.max(Duration::from_secs(5)))?;
         Ok(seen)
@@ -414,6 +417,28 @@ impl Machine {
     /// Time from QEMU start to the `daxbox: ready` line, once seen.
     pub fn ready_after(&self) -> Option<Duration> {
         self.ready_after
+    }
+
+    /// CPU time QEMU had used when `daxbox: ready` was seen: unlike
+    /// [`Machine::ready_after`] it hardly depends on how busy the host is.
+    pub fn ready_cpu_time(&self) -> Option<Duration> {
+        self.ready_cpu
+    }
+
+    /// CPU time (user + system) QEMU has used so far, from
+    /// `/proc/<pid>/stat` (fields 14 and 15, in USER_HZ = 100 ticks/s on
+    /// Linux x86_64).
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
+        // The command name (field 2) is in parentheses and may hold spaces:
+        // count fields after the last ')'. Field 3 is the first one there.
+        let fields: Vec<&str> = stat
+            .get(stat.rfind(')')? + 1..)?
+            .split_whitespace()
+            .collect();
+        let user: u64 = fields.get(11)?.parse().ok()?;
+        let system: u64 = fields.get(12)?.parse().ok()?;
+        Some(Duration::from_millis((user + system) * 10))
     }
 
     /// Waits until `pattern` appears in the output not yet consumed, and

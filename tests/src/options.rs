@@ -133,7 +133,8 @@ pub struct QemuOptions {
     /// QEMU accelerator (`tcg`; `kvm` on real hosts). Default: `tcg`, or
     /// the `DAXBOX_ACCEL` environment variable.
     pub accel: String,
-    /// Timeout of [`crate::Machine::boot_to_prompt`]. Default 60 s (TCG).
+    /// Timeout of [`crate::Machine::boot_to_prompt`]. Default 60 s (TCG), or
+    /// `DAXBOX_BOOT_TIMEOUT` seconds (for slow or heavily loaded hosts).
     pub boot_timeout: Duration,
     /// Default timeout of [`crate::Machine::command`].
     pub command_timeout: Duration,
@@ -156,7 +157,12 @@ impl QemuOptions {
             nbd_port: 0,
             http_port: 0,
             accel: std::env::var("DAXBOX_ACCEL").unwrap_or_else(|_| "tcg".into()),
-            boot_timeout: Duration::from_secs(60),
+            boot_timeout: Duration::from_secs(
+                std::env::var("DAXBOX_BOOT_TIMEOUT")
+                    .ok()
+                    .and_then(|seconds| seconds.parse().ok())
+                    .unwrap_or(60),
+            ),
             command_timeout: Duration::from_secs(20),
             max_runtime: Duration::from_secs(600),
         }

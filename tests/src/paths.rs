@@ -50,8 +50,7 @@ pub fn kernel_path() -> Result<PathBuf, HarnessError> {
 /// [`kernel_path`] with the override given explicitly (testable without
 /// touching the process environment).
 pub fn kernel_path_from(overridden: Option<PathBuf>) -> Result<PathBuf, HarnessError> {
-    let path = overridden
-        .unwrap_or_else(|| target_dir().join("x86_64-unknown-none/release/daxbox-kernel"));
+    let path = overridden.unwrap_or_else(default_kernel);
     if path.is_file() {
         Ok(path)
     } else {
@@ -60,6 +59,22 @@ pub fn kernel_path_from(overridden: Option<PathBuf>) -> Result<PathBuf, HarnessE
             &path,
             "run `cargo xtask test` (or `cargo xtask build`), or set DAXBOX_KERNEL",
         ))
+    }
+}
+
+/// The release kernel; its copy without debug info (`daxbox-kernel.stripped`,
+/// written by xtask) when that is at least as new, as it boots faster.
+fn default_kernel() -> PathBuf {
+    let elf = target_dir().join("x86_64-unknown-none/release/daxbox-kernel");
+    let stripped = elf.with_extension("stripped");
+    let modified = |path: &Path| {
+        std::fs::metadata(path)
+            .and_then(|meta| meta.modified())
+            .ok()
+    };
+    match (modified(&elf), modified(&stripped)) {
+        (Some(elf_time), Some(stripped_time)) if stripped_time >= elf_time => stripped,
+        _ => elf,
     }
 }
 

@@ -2,6 +2,8 @@
 //! `daxbox: ready` and answer a shell command; the boot config travels as
 //! the bootloader ramdisk.
 
+use std::time::Duration;
+
 use daxbox_tests::{Firmware, HarnessError, Machine, QemuOptions};
 
 /// Boots, checks the banner names the firmware and that `version` answers.
@@ -14,11 +16,11 @@ fn boots_and_answers(name: &str, firmware: Firmware, banner: &str) -> Result<(),
     );
     let version = machine.command("version")?;
     assert!(version.contains("daxbox"), "version answered: {version:?}");
+    let seconds = |time: Option<Duration>| time.map_or(f64::NAN, |time| time.as_secs_f64());
     println!(
-        "{name}: QEMU start to `daxbox: ready` in {:.2} s",
-        machine
-            .ready_after()
-            .map_or(f64::NAN, |time| time.as_secs_f64())
+        "{name}: QEMU start to `daxbox: ready` in {:.2} s ({:.2} s of QEMU CPU time)",
+        seconds(machine.ready_after()),
+        seconds(machine.ready_cpu_time())
     );
     Ok(())
 }

@@ -29,14 +29,65 @@ pub fn media_dir() -> PathBuf {
     target_dir().join("daxbox")
 }
 
-/// Builds the kernel; returns the ELF path.
+/// Builds the kernel; returns the path of the ELF to put on boot media
+/// (a copy without debug info, see [`strip_debug_info`]).
 pub fn build_kernel() -> Result<PathBuf, XtaskError> {
     step("building kernel (x86_64-unknown-none, release)");
     let mut command = cargo();
     command.args(["build", "-p", "daxbox-kernel", "--release"]);
     println!("    {}", describe(&command));
     run_checked(&mut command)?;
-    Ok(kernel_elf())
+    Ok(strip_debug_info(&kernel_elf()))
+}
+
+/// `llvm-objcopy` from the `llvm-tools-preview` component of the active
+/// toolchain (`<sysroot>/lib/rustlib/<host>/bin/`).
+fn llvm_objcopy() -> Option<PathBuf> {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let output = |args: &[&str]| {
+        std::process::Command::new(&rustc)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+            .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    let sysroot = output(&["--print", "sysroot"])?;
+    let version = output(&["-vV"])?;
+    let host = version
+        .lines()
+        .find_map(|line| line.strip_prefix("host: "))?;
+    let path = Path::new(sysroot.trim())
+        .join("lib/rustlib")
+        .join(host.trim())
+        .join("bin/llvm-objcopy");
+    path.is_file().then_some(path)
+}
+
+/// Writes `<elf>.stripped` without debug info and returns its path; on any
+/// problem returns `elf` itself (slower boots, same behaviour).
+///
+/// The release profile keeps line tables (`debug = 1`) for host tools; in
+/// the kernel they are 90% of the ELF, which the bootloader then reads from
+/// disk or TFTP at every boot: about 3 s of emulated CPU time per boot
+/// under TCG. Panic locations (`file:line`) do not need debug info. The
+/// unstripped ELF stays in `target/` for `addr2line`.
+pub fn strip_debug_info(elf: &Path) -> PathBuf {
+    let Some(objcopy) = llvm_objcopy() else {
+        println!("    (llvm-objcopy not found: booting the kernel with its debug info)");
+        return elf.to_path_buf();
+    };
+    let stripped = elf.with_extension("stripped");
+    let mut command = std::process::Command::new(objcopy);
+    command.arg("--strip-debug").arg(elf).arg(&stripped);
+    println!("    {}", describe(&command));
+    match run_checked(&mut command) {
+        Ok(()) => stripped,
+        Err(error) => {
+            println!("    ({error}: booting the kernel with its debug info)");
+            elf.to_path_buf()
+        }
+    }
 }
 
 /// Says what is going on before the first (slow) build of the boot tool.

@@ -3,7 +3,8 @@
 //! Steps: set-up; build the boot tool and the kernel; host tests of all
 //! library crates and xtask; the boot tool's tests; the QEMU system tests
 //! (`daxbox-tests`) with `DAXBOX_KERNEL`/`DAXBOX_BOOT_TOOL` pointing at the
-//! fresh builds. Output streams live. Every `test result:` line is added
+//! fresh builds. `--no-fail-fast` everywhere: one failing test binary must
+//! not hide the results of the others. Output streams live. Every `test result:` line is added
 //! up; the LAST line printed is exactly `N passed, N failed`. A step that
 //! fails without a failed test (build error, crash) counts as one failure.
 
@@ -19,7 +20,7 @@ const USAGE: &str = "\
 usage: cargo xtask test [--filter TEXT] [--test-threads N] [--no-system]
 
 Runs set-up, builds the kernel and daxbox-boot, then:
-  1. host tests: cargo test --workspace --exclude daxbox-kernel --exclude daxbox-tests --exclude daxbox-boot
+  1. host tests: cargo test --no-fail-fast --workspace --exclude daxbox-kernel --exclude daxbox-tests --exclude daxbox-boot
   2. boot tool:  cargo test -p daxbox-boot --release   (release: reuses the bootloader build)
   3. system:     cargo test -p daxbox-tests -- --test-threads=N   (QEMU; logs in target/test-runs/<test>/)
 Options:
@@ -227,6 +228,7 @@ pub fn test_command(args: &[String]) -> Result<(), XtaskError> {
         command
             .args([
                 "test",
+                "--no-fail-fast",
                 "--workspace",
                 "--exclude",
                 "daxbox-kernel",
@@ -246,7 +248,7 @@ pub fn test_command(args: &[String]) -> Result<(), XtaskError> {
         step("boot tool tests");
         let mut command = cargo();
         command
-            .args(["test", "-p", "daxbox-boot", "--release"])
+            .args(["test", "--no-fail-fast", "-p", "daxbox-boot", "--release"])
             .args(filter_args(&[]));
         let (ok, output) = run_streaming(&mut command).unwrap_or_else(|error| {
             eprintln!("xtask: error: {error}");
@@ -265,7 +267,7 @@ pub fn test_command(args: &[String]) -> Result<(), XtaskError> {
                 ));
                 let mut command = cargo();
                 command
-                    .args(["test", "-p", "daxbox-tests"])
+                    .args(["test", "--no-fail-fast", "-p", "daxbox-tests"])
                     .args(filter_args(&[format!(
                         "--test-threads={}",
                         options.threads
