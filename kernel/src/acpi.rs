@@ -129,14 +129,19 @@ fn table_addresses() -> Result<Vec<u64>, AcpiError> {
         return Err(AcpiError::BadRsdp);
     }
     let revision = rsdp[15];
+    let rsdt = (u64::from(u32_at(&rsdp, 16)), 4);
     let (root, entry_size) = if revision >= 2 {
         read(rsdp_address, &mut rsdp)?;
         if !sums_to_zero(&rsdp) {
             return Err(AcpiError::BadRsdp);
         }
-        (u64_at(&rsdp, 24), 8)
+        // Some firmware fills in only the 32-bit RSDT even at revision 2.
+        match u64_at(&rsdp, 24) {
+            0 => rsdt,
+            xsdt => (xsdt, 8),
+        }
     } else {
-        (u64::from(u32_at(&rsdp, 16)), 4)
+        rsdt
     };
     let root_table = table_at(root)?;
     let entries = &root_table[HEADER as usize..];

@@ -54,16 +54,18 @@ impl FlushInstruction {
     }
 }
 
+/// CPUID leaf `leaf`, sub-leaf 0.
+fn cpuid(leaf: u32) -> core::arch::x86_64::CpuidResult {
+    // `cpuid` exists on every x86_64 CPU and only reads identification
+    // registers; recent toolchains declare the intrinsic safe.
+    core::arch::x86_64::__cpuid_count(leaf, 0)
+}
+
 /// The best flush instruction this CPU has.
 fn detect_flush() -> FlushInstruction {
-    use core::arch::x86_64::__cpuid_count;
-    // SAFETY (for each `__cpuid_count`): `cpuid` exists on every x86_64
-    // CPU and only reads identification registers.
-    #[allow(unused_unsafe)]
-    let max_leaf = unsafe { __cpuid_count(0, 0) }.eax;
+    let max_leaf = cpuid(0).eax;
     if max_leaf >= 7 {
-        #[allow(unused_unsafe)]
-        let ebx = unsafe { __cpuid_count(7, 0) }.ebx;
+        let ebx = cpuid(7).ebx;
         if ebx & (1 << 24) != 0 {
             return FlushInstruction::Clwb;
         }
@@ -187,7 +189,7 @@ impl PersistentMemory for PmemRegion {
 
     fn store_u64(&mut self, offset: u64, value: u64) -> Result<(), OutOfRange> {
         check_range(offset, 8, self.len)?;
-        if (self.base + offset) % 8 != 0 {
+        if !(self.base + offset).is_multiple_of(8) {
             return Err(OutOfRange {
                 offset,
                 len: 8,
@@ -406,13 +408,13 @@ pub fn init(facts: &BootFacts<'_>) {
         println!("{}", note);
     }
 
-    let mut devices = DEVICES.lock();
+    // Take every pmem= range away from the volatile allocator first, before
+    // the page tables below can allocate a frame inside one of them
+    // (discovery already checked they are free usable RAM; `carve_out` is
+    // the authoritative check).
+    let mut ranges = Vec::new();
     for range in found.accepted {
-        let name = format!("pmem{}", devices.len());
         if range.source == Source::BootConfig {
-            // Take the RAM away from the volatile allocator before anything
-            // else can allocate it (discovery already checked it is free
-            // usable RAM; this is the authoritative check).
             if let Err(error) = memory::carve_out(range.start, range.len) {
                 refusals.push(format!(
                     "pmem: refusing {} ({:#x}-{:#x}): {}",
@@ -424,6 +426,12 @@ pub fn init(facts: &BootFacts<'_>) {
                 continue;
             }
         }
+        ranges.push(range);
+    }
+
+    let mut devices = DEVICES.lock();
+    for range in ranges {
+        let name = format!("pmem{}", devices.len());
         let plan = match mapping::plan(range.start, range.len) {
             Ok(plan) => plan,
             Err(error) => {
@@ -462,7 +470,7 @@ pub fn init(facts: &BootFacts<'_>) {
             },
             cache_persistent,
         };
-        let readonly = config::get().readonly.iter().any(|n| *n == name);
+        let readonly = config::get().readonly.contains(&name);
         let mut block = PmemBlockDevice::new(name.clone(), region, 4096);
         block.set_read_only(readonly);
         println!(
@@ -504,13 +512,9 @@ pub fn init(facts: &BootFacts<'_>) {
 
 /// One past the highest physical address (CPUID 0x8000_0008 EAX[7:0]).
 fn max_physical_address() -> u64 {
-    use core::arch::x86_64::__cpuid_count;
-    // SAFETY (both): `cpuid` only reads identification registers.
-    #[allow(unused_unsafe)]
-    let max_extended = unsafe { __cpuid_count(0x8000_0000, 0) }.eax;
+    let max_extended = cpuid(0x8000_0000).eax;
     let bits = if max_extended >= 0x8000_0008 {
-        #[allow(unused_unsafe)]
-        let eax = unsafe { __cpuid_count(0x8000_0008, 0) }.eax;
+        let eax = cpuid(0x8000_0008).eax;
         (eax & 0xff).clamp(32, 52)
     } else {
         36

@@ -70,6 +70,11 @@ fn one_nvdimm_is_one_device_mapped_with_2m_pages() -> Result<(), HarnessError> {
     let dump = machine.command("acpi nfit")?;
     assert!(dump.contains("NFIT: 224 bytes"), "{dump}");
     assert!(dump.contains("|NFIT"), "{dump}");
+    let tables = machine.command("acpi tables")?;
+    assert!(
+        tables.contains("ACPI tables:") && tables.contains("NFIT"),
+        "{tables}"
+    );
     Ok(())
 }
 
@@ -172,6 +177,8 @@ fn data_survives_a_power_cut() -> Result<(), HarnessError> {
         "{wrote}"
     );
     machine.command("blk write pmem0 0x200000 --pattern 0xa5 8192")?;
+    // 64 KiB, aligned: the non-temporal (movnti) path of the block device.
+    machine.command("blk write pmem0 0x400000 --pattern 0x77 65536")?;
     let flushed = machine.command("blk flush pmem0")?;
     assert!(flushed.contains("pmem0: flushed"), "{flushed}");
     machine.kill(); // SIGKILL: no shutdown path runs.
@@ -181,6 +188,8 @@ fn data_survives_a_power_cut() -> Result<(), HarnessError> {
     assert_eq!(&bytes[0x3000..0x3000 + token.len()], token.as_bytes());
     assert!(bytes[0x200000..0x202000].iter().all(|&b| b == 0xa5));
     assert_eq!(bytes[0x202000], 0, "pattern stops at its length");
+    assert!(bytes[0x400000..0x410000].iter().all(|&b| b == 0x77));
+    assert_eq!(bytes[0x410000], 0);
 
     // ... and the next boot on the same file reads them back.
     let mut machine = Machine::boot_to_prompt(

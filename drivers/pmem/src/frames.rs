@@ -20,7 +20,20 @@ use crate::mapping::SIZE_4K;
 /// One 4 KiB frame of persistent memory, by frame number (address / 4096).
 ///
 /// Deliberately not `From`/`Into` anything, and only made by
-/// [`FrameTable::frame`], so it always names a frame of some table.
+/// [`FrameTable::frame`], so it always names a frame of some table. Code
+/// outside this crate cannot make one from a number:
+///
+/// ```compile_fail
+/// let frame = daxbox_pmem::frames::StorageFrame(0x100000);
+/// ```
+///
+/// nor pass one where a number (or any RAM frame type) is expected:
+///
+/// ```compile_fail
+/// let table = daxbox_pmem::frames::FrameTable::new(0x1_0000_0000, 4096).unwrap();
+/// let frame = table.frame(0x1_0000_0000).unwrap();
+/// let number: u64 = frame;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct StorageFrame(u64);
 

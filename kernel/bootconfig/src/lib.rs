@@ -32,7 +32,7 @@
 //! | `export_raw` | `pmemN` | none | Export that device raw over NBD instead of mounting daxfs on it. Repeatable. |
 //! | `readonly` | export name | none | Export that name read-only. Repeatable. |
 //! | `log` | `error` \| `warn` \| `info` \| `debug` \| `trace` | `info` | Console log level. |
-//! | `debug_commands` | `on` \| `off` | `off` | Enable shell commands meant for tests and diagnostics (raw block writes, crash injection). |
+//! | `debug_commands` | `on` \| `off` | `off` | Enable shell commands meant for tests only (`debug panic`, `debug fault`: deliberate crashes). |
 //!
 //! A scalar key given twice keeps the last value, with a warning.
 #![cfg_attr(not(test), no_std)]
