@@ -1,1 +1,289 @@
-fn main() {}
+//! Host benchmark of daxfs over `VecMemory`, next to a plain memcpy of the
+//! same sizes measured in the same run. Run with
+//! `cargo bench -p daxfs` (uses std::time::Instant; no criterion).
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use daxbox_persist::VecMemory;
+use daxfs::{Filesystem, FormatOptions};
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * KIB;
+const GIB: usize = 1024 * MIB;
+const FILE: usize = GIB;
+
+fn mbps(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64() / MIB as f64
+}
+
+/// A region with every page already faulted in, so that neither side of a
+/// comparison pays first-touch page faults.
+fn region(len: usize) -> VecMemory {
+    let mut mem = VecMemory::new(len);
+    for page in mem.bytes_mut().chunks_mut(4096) {
+        page[0] = 1;
+    }
+    mem
+}
+
+fn memcpy_write(dst: &mut [u8], src: &[u8], chunk: usize) -> Duration {
+    let t = Instant::now();
+    for c in dst.chunks_mut(chunk) {
+        c.copy_from_slice(&src[..c.len()]);
+    }
+    black_box(&dst[0]);
+    t.elapsed()
+}
+
+fn memcpy_read(src: &[u8], buf: &mut [u8], chunk: usize) -> Duration {
+    let t = Instant::now();
+    for c in src.chunks(chunk) {
+        buf[..c.len()].copy_from_slice(c);
+        black_box(&buf[0]);
+    }
+    t.elapsed()
+}
+
+struct Row {
+    what: String,
+    fs: String,
+    base: String,
+    ratio: Option<f64>,
+}
+
+fn row(rows: &mut Vec<Row>, what: &str, bytes: usize, fs: Duration, base: Duration) {
+    rows.push(Row {
+        what: what.to_string(),
+        fs: format!("{:>9.0} MB/s", mbps(bytes, fs)),
+        base: format!("{:>9.0} MB/s", mbps(bytes, base)),
+        ratio: Some(base.as_secs_f64() / fs.as_secs_f64()),
+    });
+}
+
+fn lcg(x: &mut u64) -> u64 {
+    *x = x
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    *x >> 33
+}
+
+fn main() {
+    let mut rows: Vec<Row> = Vec::new();
+    let src: Vec<u8> = (0..2 * MIB).map(|i| (i * 7 + 3) as u8).collect();
+    let mut buf = vec![0u8; 2 * MIB];
+
+    // memcpy baselines into a pre-faulted 1 GiB buffer.
+    let mut plain = region(FILE).into_bytes();
+    let base_w2m = memcpy_write(&mut plain, &src, 2 * MIB);
+    let base_w4k = memcpy_write(&mut plain, &src, 4 * KIB);
+    let base_r2m = memcpy_read(&plain, &mut buf, 2 * MIB);
+    let base_r4k = memcpy_read(&plain, &mut buf, 4 * KIB);
+    let pages = FILE / 4096;
+    let random_ops = 200_000;
+    let mut seed = 12345u64;
+    let offsets: Vec<usize> = (0..random_ops)
+        .map(|_| (lcg(&mut seed) as usize % pages) * 4096)
+        .collect();
+    let t = Instant::now();
+    for &o in &offsets {
+        plain[o..o + 4096].copy_from_slice(&src[..4096]);
+    }
+    black_box(&plain[0]);
+    let base_rand = t.elapsed();
+    drop(plain);
+
+    let opts = FormatOptions {
+        uuid: [1; 16],
+        max_files: Some(4096),
+    };
+    let mut fs = Filesystem::format(region(FILE + 64 * MIB), opts).unwrap();
+
+    // 1 GiB in 2 MiB chunks: allocating write, overwrite, read.
+    let id = fs.create("seq2m").unwrap();
+    let t = Instant::now();
+    for i in 0..FILE / (2 * MIB) {
+        fs.write(id, (i * 2 * MIB) as u64, &src).unwrap();
+    }
+    fs.persist(id).unwrap();
+    row(
+        &mut rows,
+        "seq write 1 GiB, 2 MiB chunks (allocating)",
+        FILE,
+        t.elapsed(),
+        base_w2m,
+    );
+    let st = fs.stat(id).unwrap();
+    let t = Instant::now();
+    for i in 0..FILE / (2 * MIB) {
+        fs.write(id, (i * 2 * MIB) as u64, &src).unwrap();
+    }
+    fs.persist(id).unwrap();
+    row(
+        &mut rows,
+        "seq overwrite 1 GiB, 2 MiB chunks",
+        FILE,
+        t.elapsed(),
+        base_w2m,
+    );
+    let t = Instant::now();
+    for i in 0..FILE / (2 * MIB) {
+        fs.read(id, (i * 2 * MIB) as u64, &mut buf).unwrap();
+        black_box(&buf[0]);
+    }
+    row(
+        &mut rows,
+        "seq read 1 GiB, 2 MiB chunks",
+        FILE,
+        t.elapsed(),
+        base_r2m,
+    );
+    let t = Instant::now();
+    for i in 0..FILE / (4 * KIB) {
+        fs.read(id, (i * 4 * KIB) as u64, &mut buf[..4 * KIB])
+            .unwrap();
+        black_box(&buf[0]);
+    }
+    row(
+        &mut rows,
+        "seq read 1 GiB, 4 KiB chunks",
+        FILE,
+        t.elapsed(),
+        base_r4k,
+    );
+    let t = Instant::now();
+    for &o in &offsets {
+        fs.write(id, o as u64, &src[..4096]).unwrap();
+    }
+    fs.persist(id).unwrap();
+    let d = t.elapsed();
+    rows.push(Row {
+        what: format!("random 4 KiB writes ({random_ops}) in 1 GiB file"),
+        fs: format!("{:>9.0} op/s", random_ops as f64 / d.as_secs_f64()),
+        base: format!("{:>9.0} op/s", random_ops as f64 / base_rand.as_secs_f64()),
+        ratio: Some(base_rand.as_secs_f64() / d.as_secs_f64()),
+    });
+    let t = Instant::now();
+    let clone = fs.clone_file("seq2m", "clone").unwrap();
+    let d = t.elapsed();
+    rows.push(Row {
+        what: format!("clone of a 1 GiB file ({} extents)", st.extent_count),
+        fs: format!("{:>9.1} us", d.as_secs_f64() * 1e6),
+        base: String::from("-"),
+        ratio: None,
+    });
+    let t = Instant::now();
+    for i in 0..1000u64 {
+        fs.write(
+            clone,
+            (lcg(&mut seed) % pages as u64) * 4096 + i % 2,
+            &src[..4096],
+        )
+        .unwrap();
+    }
+    let d = t.elapsed();
+    rows.push(Row {
+        what: String::from("random 4 KiB COW writes into the clone"),
+        fs: format!("{:>9.0} op/s", 1000.0 / d.as_secs_f64()),
+        base: String::from("-"),
+        ratio: None,
+    });
+    fs.unlink("clone").unwrap();
+    fs.unlink("seq2m").unwrap();
+
+    // 1 GiB in 4 KiB chunks: allocating write, overwrite.
+    let id = fs.create("seq4k").unwrap();
+    let t = Instant::now();
+    for i in 0..FILE / (4 * KIB) {
+        fs.write(id, (i * 4 * KIB) as u64, &src[..4 * KIB]).unwrap();
+    }
+    fs.persist(id).unwrap();
+    row(
+        &mut rows,
+        "seq write 1 GiB, 4 KiB chunks (allocating)",
+        FILE,
+        t.elapsed(),
+        base_w4k,
+    );
+    let t = Instant::now();
+    for i in 0..FILE / (4 * KIB) {
+        fs.write(id, (i * 4 * KIB) as u64, &src[..4 * KIB]).unwrap();
+    }
+    fs.persist(id).unwrap();
+    row(
+        &mut rows,
+        "seq overwrite 1 GiB, 4 KiB chunks",
+        FILE,
+        t.elapsed(),
+        base_w4k,
+    );
+    let huge = fs.stat(id).unwrap().huge_bytes;
+    fs.unlink("seq4k").unwrap();
+
+    // create + write 4 KiB + unlink.
+    let n = 50_000;
+    let t = Instant::now();
+    for i in 0..n {
+        let name = format!("f{i}");
+        let f = fs.create(&name).unwrap();
+        fs.write(f, 0, &src[..4096]).unwrap();
+        fs.unlink(&name).unwrap();
+    }
+    let d = t.elapsed();
+    rows.push(Row {
+        what: String::from("create + write 4 KiB + unlink"),
+        fs: format!("{:>9.0} op/s", n as f64 / d.as_secs_f64()),
+        base: String::from("-"),
+        ratio: None,
+    });
+    assert!(fs.fsck().is_clean());
+    drop(fs);
+
+    // Mount time with 100,000 files of 4 KiB each.
+    let files = 100_000;
+    let opts = FormatOptions {
+        uuid: [2; 16],
+        max_files: Some(files),
+    };
+    let mut fs = Filesystem::format(region(512 * MIB), opts).unwrap();
+    for i in 0..files {
+        let f = fs.create(&format!("file-{i:06}")).unwrap();
+        fs.write(f, 0, &src[..4096]).unwrap();
+    }
+    let mem = fs.unmount();
+    let t = Instant::now();
+    let fs = Filesystem::mount(mem).unwrap();
+    let clean = t.elapsed();
+    let mem = fs.into_memory();
+    let t = Instant::now();
+    let fs = Filesystem::mount(mem).unwrap();
+    let dirty = t.elapsed();
+    assert_eq!(fs.statfs().files, files as u64);
+    rows.push(Row {
+        what: String::from("mount, 100,000 files (clean / after crash)"),
+        fs: format!(
+            "{:.0} / {:.0} ms",
+            clean.as_secs_f64() * 1e3,
+            dirty.as_secs_f64() * 1e3
+        ),
+        base: String::from("-"),
+        ratio: None,
+    });
+
+    println!();
+    println!("daxfs host benchmark (VecMemory as pmem; memcpy of the same sizes in the same run)");
+    println!(
+        "{:<48} {:>16} {:>16} {:>8}",
+        "operation", "daxfs", "memcpy", "ratio"
+    );
+    for r in &rows {
+        let ratio = r
+            .ratio
+            .map_or(String::from("-"), |x| format!("{:.0}%", x * 100.0));
+        println!("{:<48} {:>16} {:>16} {:>8}", r.what, r.fs, r.base, ratio);
+    }
+    println!(
+        "huge-page mappable bytes of the 4 KiB-written 1 GiB file: {} MiB",
+        huge / MIB as u64
+    );
+}

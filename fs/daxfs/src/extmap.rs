@@ -80,6 +80,15 @@ impl ExtentMap {
         }
     }
 
+    /// The physical run backing `logical`: (first physical block, blocks
+    /// left in the extent from `logical` on).
+    pub fn run_at(&self, logical: u64) -> Option<(u64, u64)> {
+        match self.map.range(..=logical).next_back() {
+            Some((&s, &(l, p))) if s + l > logical => Some((p + (logical - s), s + l - logical)),
+            _ => None,
+        }
+    }
+
     /// Pieces covering `start..start + len`, in order, holes included.
     pub fn pieces(&self, start: u64, len: u64) -> Vec<Piece> {
         let end = start + len;

@@ -704,7 +704,11 @@ impl<M: PersistentMemory> Filesystem<M> {
     /// [`Self::commit`]; `journal_fence` false leaves out the fence between
     /// the journal entries and the commit word (only ever false with the
     /// `fault-injection` feature, to prove the crash explorer catches it).
-    fn commit_with(&mut self, entries: &[(u32, [u8; RECORD_SIZE])], journal_fence: bool) -> Result<(), Error> {
+    fn commit_with(
+        &mut self,
+        entries: &[(u32, [u8; RECORD_SIZE])],
+        journal_fence: bool,
+    ) -> Result<(), Error> {
         debug_assert!(entries.len() <= JOURNAL_MAX_ENTRIES);
         let jo = self.journal_offset();
         let mut body = Vec::with_capacity(entries.len() * JOURNAL_ENTRY_SIZE);
@@ -1125,6 +1129,23 @@ impl<M: PersistentMemory> Filesystem<M> {
             .checked_add(data.len() as u64)
             .filter(|&e| e <= MAX_FILE_SIZE)
             .ok_or(Error::FileTooLarge)?;
+        // Fast path (FORMAT.md "Data writes"): the whole range lies in one
+        // extent that no other file shares and starts within the file, so
+        // the bytes go straight to pmem and at most the size is committed.
+        if offset <= size {
+            let f = self.file(file)?;
+            let (bs, be) = (offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE));
+            if let Some((p, run)) = f.map.run_at(bs) {
+                if run >= be - bs && self.refs.max_in(p, be - bs) <= 1 {
+                    let at = block_offset(p) + offset % BLOCK_SIZE;
+                    self.put(at, data)?;
+                    if end > size {
+                        return self.commit_file(file.slot, end, None, Vec::new(), &[]);
+                    }
+                    return Ok(());
+                }
+            }
+        }
         let mut edits = Vec::with_capacity(2);
         if offset > size {
             // Bytes past the old end of file are unspecified on media: make

@@ -111,6 +111,20 @@ impl RunCounts {
         }
     }
 
+    /// The highest count in `start..start + len`, without allocating.
+    pub fn max_in(&self, start: u64, len: u64) -> u32 {
+        let end = start + len;
+        let first = self.runs.range(..start).next_back();
+        let rest = self.runs.range(start..end);
+        first
+            .into_iter()
+            .chain(rest)
+            .filter(|(&s, &(l, _))| s + l > start && s < end)
+            .map(|(_, &(_, c))| c)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Pieces of `start..start + len` with their counts (0 for gaps), in
     /// order, covering the whole range.
     pub fn segments(&self, start: u64, len: u64) -> Vec<(u64, u64, u32)> {
