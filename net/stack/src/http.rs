@@ -397,6 +397,16 @@ impl<R: HttpRoutes> HttpService<R> {
         let room = MAX_HEAD - old_len;
         let take = data.len().min(room);
         conn.head.extend_from_slice(&data[..take]);
+        // Control characters other than CR, LF and HTAB are never valid in
+        // a request head (RFC 9112 §2.2, §5.5): fail fast instead of waiting
+        // for a terminator that binary junk may never contain.
+        if conn.head[old_len..]
+            .iter()
+            .any(|&b| (b < 0x20 && !matches!(b, b'\r' | b'\n' | b'\t')) || b == 0x7F)
+        {
+            self.reject(conn, (400, "control character in request head"));
+            return take;
+        }
         // Search only where the terminator could newly appear.
         let from = old_len.saturating_sub(3);
         let Some(end) = conn.head[from..].windows(4).position(|w| w == b"\r\n\r\n") else {
@@ -566,6 +576,19 @@ mod tests {
     }
 
     #[test]
+    fn binary_junk_rejected_at_once() {
+        let mut service = HttpService::new("v", 0);
+        let mut conn = service.accept(0);
+        let output = drive(&mut service, &mut conn, b"GET /\x00\x01 partial");
+        assert!(
+            output.starts_with(b"HTTP/1.1 400 "),
+            "{:?}",
+            String::from_utf8_lossy(&output)
+        );
+        assert!(service.wants_close(&conn));
+    }
+
+    #[test]
     fn byte_at_a_time_request() {
         let mut service = HttpService::new("v", 0);
         let mut conn = service.accept(0);
@@ -597,7 +620,8 @@ mod tests {
             let mut conn = service.accept(0);
             let output = drive(&mut service, &mut conn, &input);
             if input.len() >= MAX_HEAD && !input.windows(4).any(|w| w == b"\r\n\r\n") {
-                prop_assert!(output.starts_with(b"HTTP/1.1 431 "));
+                // 431 for an over-long head, or 400 if junk was seen first.
+                prop_assert!(output.starts_with(b"HTTP/1.1 431 ") || output.starts_with(b"HTTP/1.1 400 "));
             }
         }
 

@@ -154,9 +154,10 @@ impl<S: TcpService> Listener<S> {
     }
 
     /// Boxes the listener for [`crate::NetStack::add_listener`].
-    pub fn boxed(self) -> Box<dyn PortListener>
+    pub fn boxed(self) -> Box<dyn PortListener + Send>
     where
-        S: 'static,
+        S: Send + 'static,
+        S::Connection: Send,
     {
         Box::new(self)
     }

@@ -132,7 +132,7 @@ pub struct NetStack<D: Device> {
     iface: Interface,
     sockets: SocketSet<'static>,
     dhcp: Option<SocketHandle>,
-    listeners: Vec<Box<dyn PortListener>>,
+    listeners: Vec<Box<dyn PortListener + Send>>,
     mac: [u8; 6],
     address: Option<Ipv4Cidr>,
     gateway: Option<Ipv4Address>,
@@ -195,7 +195,10 @@ impl<D: Device> NetStack<D> {
     }
 
     /// Adds a TCP listener and opens its listening sockets.
-    pub fn add_listener(&mut self, mut listener: Box<dyn PortListener>) -> Result<(), NetError> {
+    pub fn add_listener(
+        &mut self,
+        mut listener: Box<dyn PortListener + Send>,
+    ) -> Result<(), NetError> {
         if self.listeners.iter().any(|l| l.port() == listener.port()) {
             return Err(NetError::PortInUse(listener.port()));
         }
@@ -215,11 +218,13 @@ impl<D: Device> NetStack<D> {
         };
         match change {
             Some((address, router)) => {
-                log::info!("net: dhcp address {address} gateway {router:?}");
+                log::debug!("net: dhcp address {address} gateway {router:?}");
                 self.set_ipv4(Some(address), router);
             }
             None => {
-                log::info!("net: dhcp lease lost");
+                if self.address.is_some() {
+                    log::debug!("net: dhcp lease lost");
+                }
                 self.set_ipv4(None, None);
             }
         }
