@@ -1,0 +1,296 @@
+//! The network: virtio-net found on PCI, driven through `virtio-drivers`,
+//! wrapped as a smoltcp device and served by `daxbox-netstack` (DHCP or a
+//! static address from the boot config, the HTTP health/bench service).
+//!
+//! Interrupts: the NIC's INTx line (the PCI interrupt line firmware
+//! programmed) is routed through the I/O APIC, level-triggered. The handler
+//! only reads the virtio ISR status register, which de-asserts the line
+//! (virtio 1.2 §4.1.4.5); the event loop, woken by the interrupt, does the
+//! actual work in [`poll`]. Without a usable line the 100 Hz timer still
+//! wakes the loop, just with more latency.
+
+mod hal;
+mod nic;
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use core::sync::atomic::{AtomicU64, Ordering};
+use daxbox_bootconfig::IpConfig;
+use daxbox_netstack::http::HttpService;
+use daxbox_netstack::smoltcp::wire::{Ipv4Address, Ipv4Cidr};
+use daxbox_netstack::{IpMode, Listener, ListenerConfig, NetConfig, NetStack, PortListener};
+use daxbox_pci::{
+    capabilities, probe_bars, reg, Bar, Bdf, ConfigAccess, Function, VirtioConfigAccess,
+};
+use spin::Mutex;
+use virtio_drivers::device::net::VirtIONetRaw;
+use virtio_drivers::transport::pci::bus::{DeviceFunction, PciRoot};
+use virtio_drivers::transport::pci::PciTransport;
+
+use crate::interrupts::{self, Trigger};
+use crate::shell::{Command, Context};
+use crate::{config, pci, println, time};
+use hal::KernelHal;
+use nic::Nic;
+
+/// How long boot waits for a DHCP lease before going on without one.
+const DHCP_WAIT_MS: u64 = 3000;
+
+/// Device-vector index (see `interrupts::route_irq`) used by the NIC.
+const NIC_VECTOR_INDEX: usize = 0;
+
+struct Net {
+    stack: NetStack<Nic>,
+    bdf: Bdf,
+    irq: Option<u8>,
+    /// Address last announced on the console.
+    announced: Option<Ipv4Cidr>,
+    /// Virtual address of the device-config `status` field (link state).
+    status_register: Option<u64>,
+}
+
+static NET: Mutex<Option<Net>> = Mutex::new(None);
+/// Virtual address of the virtio ISR status byte, read by the interrupt handler.
+static ISR_ADDRESS: AtomicU64 = AtomicU64::new(0);
+static INTERRUPTS: AtomicU64 = AtomicU64::new(0);
+
+fn nic_interrupt() {
+    INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+    let address = ISR_ADDRESS.load(Ordering::Acquire);
+    if address != 0 {
+        // SAFETY: the ISR byte lies in a BAR that `PciTransport::new`
+        // identity-mapped uncached before the address was published; the
+        // read clears the status and de-asserts INTx, and the driver itself
+        // never reads this register, so nothing else races with it.
+        let _ = unsafe { core::ptr::read_volatile(address as *const u8) };
+    }
+}
+
+/// virtio PCI capability (virtio 1.2 §4.1.4): cfg_type at +3, bar at +4,
+/// offset at +8.
+fn virtio_structure(access: &pci::Access, bdf: Bdf, cfg_type: u8) -> Option<(u8, u32)> {
+    capabilities(access, bdf)
+        .filter(|c| c.id == 0x09)
+        .find(|c| access.read_u8(bdf, u16::from(c.offset) + 3) == cfg_type)
+        .map(|c| {
+            let bar = access.read_u8(bdf, u16::from(c.offset) + 4);
+            let offset = access.read_u32(bdf, u16::from(c.offset) + 8);
+            (bar, offset)
+        })
+}
+
+fn find_nic() -> Option<Function> {
+    pci::functions()
+        .iter()
+        .find(|f| f.vendor == 0x1af4 && (f.device == 0x1000 || f.device == 0x1041))
+        .cloned()
+}
+
+fn ip_mode() -> IpMode {
+    let config = config::get();
+    match config.ip {
+        IpConfig::Dhcp => IpMode::Dhcp,
+        IpConfig::Static { address, prefix } => IpMode::Static {
+            address: Ipv4Cidr::new(Ipv4Address::from(address), prefix),
+            gateway: config.gateway.map(Ipv4Address::from),
+        },
+    }
+}
+
+/// Finds the NIC, starts the driver and the stack, routes the interrupt.
+pub fn init() {
+    let Some(function) = find_nic() else {
+        println!("net: no virtio-net device");
+        return;
+    };
+    let bdf = function.bdf;
+    let mut access = pci::access();
+    // Memory decoding and bus mastering (DMA) on, INTx not masked.
+    let command = access.read_u32(bdf, reg::COMMAND_STATUS) & 0xFFFF;
+    let command = (command
+        | u32::from(reg::COMMAND_MEMORY | reg::COMMAND_IO | reg::COMMAND_BUS_MASTER))
+        & !u32::from(reg::COMMAND_INTX_DISABLE);
+    access.write_u32(bdf, reg::COMMAND_STATUS, command);
+    // BAR addresses for the two registers the kernel reads itself.
+    let bars = probe_bars(&mut access, bdf);
+    let register = |cfg_type: u8, extra: u64| -> Option<u64> {
+        let (bar, offset) = virtio_structure(&access, bdf, cfg_type)?;
+        match bars.get(usize::from(bar))? {
+            Some(Bar::Memory { address, .. }) => Some(address + u64::from(offset) + extra),
+            _ => None,
+        }
+    };
+    let isr = register(3, 0);
+    // virtio_net_config.status follows the 6-byte MAC (virtio 1.2 §5.1.4).
+    let status_register = register(4, 6);
+
+    let mut root = PciRoot::new(VirtioConfigAccess(access));
+    let device_function = DeviceFunction {
+        bus: bdf.bus,
+        device: bdf.device,
+        function: bdf.function,
+    };
+    let transport = match PciTransport::new::<KernelHal, _>(&mut root, device_function) {
+        Ok(transport) => transport,
+        Err(error) => {
+            println!("net: virtio-net at {}: {}", bdf, error);
+            return;
+        }
+    };
+    let raw = match VirtIONetRaw::new(transport) {
+        Ok(raw) => raw,
+        Err(error) => {
+            println!("net: virtio-net at {}: {}", bdf, error);
+            return;
+        }
+    };
+    let Some(nic) = Nic::new(raw) else {
+        println!("net: out of RAM frames for packet buffers");
+        return;
+    };
+    let mac = nic.mac();
+    let now = time::now_ms();
+    let ip = ip_mode();
+    let mut stack = NetStack::new(
+        nic,
+        NetConfig {
+            mac,
+            ip,
+            random_seed: time::cycles(),
+        },
+        now,
+    );
+    let http_port = config::get().http_port;
+    let http = HttpService::new(env!("CARGO_PKG_VERSION"), 0);
+    if let Err(error) =
+        stack.add_listener(Listener::new(ListenerConfig::new(http_port), http).boxed())
+    {
+        println!("net: {}", error);
+    }
+    let irq = match function.interrupt_line {
+        line if function.interrupt_pin != 0 && line < 24 => {
+            if let Some(isr) = isr {
+                ISR_ADDRESS.store(isr, Ordering::Release);
+            }
+            match interrupts::route_irq(line, NIC_VECTOR_INDEX, Trigger::LevelLow, nic_interrupt) {
+                Ok(()) => Some(line),
+                Err(error) => {
+                    println!("net: irq {}: {} (polling on the timer)", line, error);
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    println!(
+        "net: virtio-net at {} mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} irq {} {}",
+        bdf,
+        mac[0],
+        mac[1],
+        mac[2],
+        mac[3],
+        mac[4],
+        mac[5],
+        irq.map_or(String::from("none"), |i| format!("{i}")),
+        match ip {
+            IpMode::Dhcp => String::from("dhcp"),
+            IpMode::Static { address, .. } => format!("static {address}"),
+        }
+    );
+    // Give DHCP a moment before the shell starts, so the address is known
+    // (and printed) at boot instead of in the middle of someone's command
+    // output. QEMU's user network answers in milliseconds.
+    let deadline = time::now_ms() + DHCP_WAIT_MS;
+    while stack.ipv4().is_none() && time::now_ms() < deadline {
+        stack.poll(time::now_ms());
+        stack.device_mut().refill();
+        core::hint::spin_loop();
+    }
+    let announced = stack.ipv4();
+    match announced {
+        Some(address) => println!("net: address {}", address),
+        None => println!("net: no address yet (DHCP continues in the background)"),
+    }
+    *NET.lock() = Some(Net {
+        stack,
+        bdf,
+        irq,
+        announced,
+        status_register,
+    });
+}
+
+/// Adds a TCP service (e.g. the NBD server) to the running stack.
+#[allow(dead_code)] // called by the NBD wiring (kernel/src/nbd.rs)
+pub fn add_listener(listener: Box<dyn PortListener + Send>) -> Result<(), String> {
+    match NET.lock().as_mut() {
+        Some(net) => net.stack.add_listener(listener).map_err(|e| format!("{e}")),
+        None => Err(String::from("no network")),
+    }
+}
+
+fn link_up(status_register: Option<u64>) -> bool {
+    match status_register {
+        Some(address) => {
+            // SAFETY: the device-config structure lies in a BAR that
+            // `PciTransport::new` identity-mapped uncached; `status` is a
+            // read-only 16-bit field (bit 0 = VIRTIO_NET_S_LINK_UP).
+            let status = unsafe { core::ptr::read_volatile(address as *const u16) };
+            status & 1 != 0
+        }
+        None => true,
+    }
+}
+
+/// Runs the network once; true when it did work (call again before halting).
+pub fn poll() -> bool {
+    let mut guard = NET.lock();
+    let Some(net) = guard.as_mut() else {
+        return false;
+    };
+    let outcome = net.stack.poll(time::now_ms());
+    net.stack.device_mut().refill();
+    let address = net.stack.ipv4();
+    if address != net.announced {
+        match address {
+            Some(address) => println!("net: address {}", address),
+            None => println!("net: address lost"),
+        }
+        net.announced = address;
+    }
+    outcome.did_work || net.stack.device().has_rx()
+}
+
+/// Shell commands of this module.
+pub const COMMANDS: &[Command] = &[Command {
+    name: "net",
+    usage: "",
+    help: "network status: MAC, address, link, counters",
+    run: net_command,
+}];
+
+fn net_command(_: &mut Context, args: &[&str]) -> Result<(), String> {
+    if !args.is_empty() {
+        return Err(String::from("usage: net"));
+    }
+    let mut guard = NET.lock();
+    let Some(net) = guard.as_mut() else {
+        return Err(String::from("no network device"));
+    };
+    let up = link_up(net.status_register);
+    net.stack.set_link_up(up);
+    let driver = net.stack.device().counters();
+    let counters = net.stack.counters_mut();
+    counters.rx_errors = driver.rx_errors;
+    counters.tx_errors = driver.tx_errors;
+    println!(
+        "virtio-net at {} irq {} ({} interrupts), {} rx buffers posted",
+        net.bdf,
+        net.irq.map_or(String::from("none"), |i| format!("{i}")),
+        INTERRUPTS.load(Ordering::Relaxed),
+        net.stack.device().rx_posted()
+    );
+    crate::print!("{}", net.stack.status());
+    Ok(())
+}

@@ -1,0 +1,284 @@
+//! The virtio-net NIC as a smoltcp `Device`.
+//!
+//! Packet buffers are 2 KiB slots in two DMA pools (receive and transmit)
+//! taken from RAM frames. Every receive slot is posted to the device at all
+//! times except the one smoltcp is reading, which is re-posted on the next
+//! `receive` or [`Nic::refill`], so the receive ring never starves however
+//! fast frames arrive. Transmit slots are reclaimed from the used ring
+//! before each send; when all are in flight smoltcp is told to wait.
+
+use alloc::vec::Vec;
+use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+use virtio_drivers::device::net::VirtIONetRaw;
+use virtio_drivers::transport::pci::PciTransport;
+
+use super::hal::{register_pool, DmaRegion, KernelHal};
+
+/// Virtqueue size (QEMU's default for virtio-net).
+pub const QUEUE_SIZE: usize = 256;
+/// Bytes per packet slot: virtio-net header (12) + 1514-byte frame fits.
+const SLOT: usize = 2048;
+/// Largest Ethernet frame without FCS (1500 MTU + 14 header).
+pub const MAX_FRAME: usize = 1514;
+/// Receive slots: one per descriptor.
+const RX_SLOTS: usize = QUEUE_SIZE;
+/// Transmit slots.
+const TX_SLOTS: usize = QUEUE_SIZE / 2;
+const NONE: u16 = u16::MAX;
+
+type Raw = VirtIONetRaw<KernelHal, PciTransport, QUEUE_SIZE>;
+
+/// Driver-level counters.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NicCounters {
+    /// Frames the device completed with an error or a bad length.
+    pub rx_errors: u64,
+    /// Frames that could not be queued for transmission.
+    pub tx_errors: u64,
+}
+
+/// A pool of fixed-size packet slots in one DMA region.
+struct Slots {
+    region: DmaRegion,
+}
+
+impl Slots {
+    fn new(count: usize) -> Option<Self> {
+        let pages = (count * SLOT).div_ceil(4096) as u64;
+        let region = DmaRegion::allocate(pages)?;
+        register_pool(region).then_some(Self { region })
+    }
+
+    /// The slot's bytes.
+    ///
+    /// # Safety
+    ///
+    /// The caller must not hold another reference to the same slot, and the
+    /// device must not own it (not posted, or already completed).
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slot(&self, index: usize) -> &mut [u8] {
+        debug_assert!((index + 1) * SLOT <= self.region.len as usize);
+        let start = self.region.virt as usize + index * SLOT;
+        // SAFETY: the region is mapped RAM of `len` bytes owned by this
+        // pool for the kernel's lifetime; exclusivity is the caller's promise.
+        unsafe { core::slice::from_raw_parts_mut(start as *mut u8, SLOT) }
+    }
+}
+
+struct Transmit {
+    slots: Slots,
+    free: Vec<u16>,
+    /// Descriptor token -> (slot, length handed to the device).
+    in_flight: [(u16, u16); QUEUE_SIZE],
+    counters: NicCounters,
+}
+
+/// The virtio-net device with its buffers.
+pub struct Nic {
+    raw: Raw,
+    rx: Slots,
+    /// Descriptor token -> receive slot.
+    rx_posted: [u16; QUEUE_SIZE],
+    /// Slots completed by the device and not yet re-posted.
+    rx_done: Vec<u16>,
+    tx: Transmit,
+}
+
+impl Nic {
+    /// Takes over an initialised virtio-net transport and posts every
+    /// receive buffer.
+    pub fn new(raw: Raw) -> Option<Self> {
+        let mut nic = Self {
+            raw,
+            rx: Slots::new(RX_SLOTS)?,
+            rx_posted: [NONE; QUEUE_SIZE],
+            rx_done: (0..RX_SLOTS as u16).collect(),
+            tx: Transmit {
+                slots: Slots::new(TX_SLOTS)?,
+                free: (0..TX_SLOTS as u16).collect(),
+                in_flight: [(NONE, 0); QUEUE_SIZE],
+                counters: NicCounters::default(),
+            },
+        };
+        nic.refill();
+        Some(nic)
+    }
+
+    /// MAC address from the device's configuration.
+    pub fn mac(&self) -> [u8; 6] {
+        self.raw.mac_address()
+    }
+
+    /// Driver counters.
+    pub fn counters(&self) -> NicCounters {
+        self.tx.counters
+    }
+
+    /// Receive slots currently owned by the device.
+    pub fn rx_posted(&self) -> usize {
+        self.rx_posted.iter().filter(|s| **s != NONE).count()
+    }
+
+    /// Re-posts every completed receive slot.
+    pub fn refill(&mut self) {
+        while let Some(slot) = self.rx_done.pop() {
+            // SAFETY: the slot is not posted (it is in `rx_done`) and no
+            // token borrows it any more (tokens live only inside a
+            // `receive` call chain that ended before this `&mut self`).
+            let buffer = unsafe { self.rx.slot(usize::from(slot)) };
+            // SAFETY: the slot stays untouched by the kernel until the
+            // device returns it through `poll_receive`.
+            match unsafe { self.raw.receive_begin(buffer) } {
+                Ok(token) if usize::from(token) < QUEUE_SIZE => {
+                    self.rx_posted[usize::from(token)] = slot;
+                }
+                Ok(_) | Err(_) => {
+                    self.rx_done.push(slot);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Does the device have a completed receive buffer?
+    pub fn has_rx(&self) -> bool {
+        self.raw.poll_receive().is_some()
+    }
+}
+
+impl Transmit {
+    /// Returns completed transmit slots to the free list.
+    fn reclaim(&mut self, raw: &mut Raw) {
+        while let Some(token) = raw.poll_transmit() {
+            let Some(&(slot, len)) = self.in_flight.get(usize::from(token)) else {
+                break;
+            };
+            if slot == NONE {
+                break;
+            }
+            // SAFETY: the device completed this slot (it is in the used ring).
+            let buffer = unsafe { self.slots.slot(usize::from(slot)) };
+            // SAFETY: same slot and length as passed to `transmit_begin`.
+            if unsafe { raw.transmit_complete(token, &buffer[..usize::from(len)]) }.is_err() {
+                self.counters.tx_errors += 1;
+            }
+            self.in_flight[usize::from(token)] = (NONE, 0);
+            self.free.push(slot);
+        }
+    }
+}
+
+/// A received frame, borrowed from its DMA slot.
+pub struct RxToken<'a> {
+    frame: &'a [u8],
+}
+
+/// Permission to send one frame.
+pub struct TxToken<'a> {
+    raw: &'a mut Raw,
+    tx: &'a mut Transmit,
+}
+
+impl phy::RxToken for RxToken<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(self.frame)
+    }
+}
+
+impl phy::TxToken for TxToken<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        self.tx.reclaim(self.raw);
+        let Some(slot) = self.tx.free.pop() else {
+            // Only reachable through the reply token paired with a received
+            // frame: build the frame into scratch space and drop it (TCP
+            // retransmits; ARP/ICMP replies are best-effort anyway).
+            self.tx.counters.tx_errors += 1;
+            let mut scratch = alloc::vec![0u8; len];
+            return f(&mut scratch);
+        };
+        // SAFETY: a free slot is owned by nobody.
+        let buffer = unsafe { self.tx.slots.slot(usize::from(slot)) };
+        // Buffer is SLOT bytes, larger than any virtio-net header.
+        let header = self.raw.fill_buffer_header(buffer).unwrap_or(12);
+        let len = len.min(SLOT - header);
+        let result = f(&mut buffer[header..header + len]);
+        let total = header + len;
+        // SAFETY: the slot is not touched again until `reclaim` sees the
+        // device complete it.
+        match unsafe { self.raw.transmit_begin(&buffer[..total]) } {
+            Ok(token) if usize::from(token) < QUEUE_SIZE => {
+                // `total` <= SLOT (2048) fits in u16.
+                self.tx.in_flight[usize::from(token)] = (slot, total as u16);
+            }
+            _ => {
+                self.tx.counters.tx_errors += 1;
+                self.tx.free.push(slot);
+            }
+        }
+        result
+    }
+}
+
+impl Device for Nic {
+    type RxToken<'a> = RxToken<'a>;
+    type TxToken<'a> = TxToken<'a>;
+
+    fn receive(&mut self, _timestamp: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
+        self.refill();
+        loop {
+            let token = self.raw.poll_receive()?;
+            let slot = self
+                .rx_posted
+                .get(usize::from(token))
+                .copied()
+                .unwrap_or(NONE);
+            if slot == NONE {
+                // The device returned a descriptor we never posted: a device
+                // bug. Nothing safe to do but stop receiving.
+                self.tx.counters.rx_errors += 1;
+                return None;
+            }
+            self.rx_posted[usize::from(token)] = NONE;
+            // SAFETY: the device completed the slot; it is ours again.
+            let buffer = unsafe { self.rx.slot(usize::from(slot)) };
+            // SAFETY: same slot as passed to `receive_begin` for this token.
+            let result = unsafe { self.raw.receive_complete(token, buffer) };
+            self.rx_done.push(slot);
+            match result {
+                Ok((header, len)) if len > 0 && header + len <= SLOT => {
+                    // SAFETY: the slot stays in `rx_done` (not posted) until
+                    // the next `refill`, which needs `&mut self` and so
+                    // cannot run while this token borrows `self.rx`.
+                    let frame = unsafe { &self.rx.slot(usize::from(slot))[header..header + len] };
+                    return Some((
+                        RxToken { frame },
+                        TxToken {
+                            raw: &mut self.raw,
+                            tx: &mut self.tx,
+                        },
+                    ));
+                }
+                _ => self.tx.counters.rx_errors += 1,
+            }
+        }
+    }
+
+    fn transmit(&mut self, _timestamp: Instant) -> Option<TxToken<'_>> {
+        self.tx.reclaim(&mut self.raw);
+        if self.tx.free.is_empty() || !self.raw.can_send() {
+            return None;
+        }
+        Some(TxToken {
+            raw: &mut self.raw,
+            tx: &mut self.tx,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = MAX_FRAME;
+        caps
+    }
+}

@@ -1,0 +1,193 @@
+//! PCI for the kernel: the hardware half of `daxbox-pci`.
+//!
+//! Configuration space is reached through ECAM when the ACPI MCFG describes
+//! a window for segment 0 (q35), otherwise through the legacy 0xCF8/0xCFC
+//! ports (which also work on q35). Enumeration runs once at boot; `lspci`
+//! shows the result. The only `unsafe` here is the port and MMIO access.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use daxbox_pci::{
+    capabilities, enumerate, ConfigAccess, Ecam, Function, LegacyPorts, MmioIo, PortIo,
+};
+use spin::Once;
+use x86_64::instructions::port::Port;
+
+use crate::shell::{Command, Context};
+use crate::{acpi, memory, println};
+
+/// `in`/`out` on the two configuration ports.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Ports;
+
+impl PortIo for Ports {
+    fn read_u32(&self, port: u16) -> u32 {
+        // SAFETY: only called by `LegacyPorts` with CONFIG_DATA, after it
+        // wrote CONFIG_ADDRESS; reading it has no effect beyond the
+        // selected configuration register.
+        unsafe { Port::<u32>::new(port).read() }
+    }
+
+    fn write_u32(&self, port: u16, value: u32) {
+        // SAFETY: only called by `LegacyPorts` with CONFIG_ADDRESS or
+        // CONFIG_DATA, the PCI configuration mechanism #1 ports.
+        unsafe { Port::<u32>::new(port).write(value) }
+    }
+}
+
+/// Volatile 32-bit access to the identity-mapped ECAM window.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EcamMmio;
+
+impl MmioIo for EcamMmio {
+    fn read_u32(&self, address: usize) -> u32 {
+        // SAFETY: `Ecam` only passes addresses inside the MCFG window, which
+        // `init` identity-mapped uncached before creating the accessor;
+        // ECAM registers are naturally aligned dwords.
+        unsafe { core::ptr::read_volatile(address as *const u32) }
+    }
+
+    fn write_u32(&self, address: usize, value: u32) {
+        // SAFETY: as in `read_u32`.
+        unsafe { core::ptr::write_volatile(address as *mut u32, value) }
+    }
+}
+
+/// The kernel's configuration access: ECAM or legacy ports.
+#[derive(Clone, Debug)]
+pub enum Access {
+    /// Port I/O 0xCF8/0xCFC.
+    Legacy(LegacyPorts<Ports>),
+    /// Memory-mapped ECAM.
+    Ecam(Ecam<EcamMmio>),
+}
+
+impl ConfigAccess for Access {
+    fn read_u32(&self, bdf: daxbox_pci::Bdf, offset: u16) -> u32 {
+        match self {
+            Access::Legacy(a) => a.read_u32(bdf, offset),
+            Access::Ecam(a) => a.read_u32(bdf, offset),
+        }
+    }
+
+    fn write_u32(&mut self, bdf: daxbox_pci::Bdf, offset: u16, value: u32) {
+        match self {
+            Access::Legacy(a) => a.write_u32(bdf, offset, value),
+            Access::Ecam(a) => a.write_u32(bdf, offset, value),
+        }
+    }
+}
+
+struct Bus {
+    access: Access,
+    mechanism: String,
+    functions: Vec<Function>,
+}
+
+static BUS: Once<Bus> = Once::new();
+
+/// Picks ECAM from the MCFG when it maps, else port I/O.
+fn choose_access() -> (Access, String) {
+    let legacy = || Access::Legacy(LegacyPorts::new(Ports));
+    let table = match acpi::find_table(b"MCFG") {
+        Ok(table) => table,
+        Err(error) => return (legacy(), format!("port I/O 0xcf8 (no MCFG: {error})")),
+    };
+    let entries = match daxbox_pci::parse_mcfg(&table) {
+        Ok(entries) => entries,
+        Err(error) => return (legacy(), format!("port I/O 0xcf8 ({error})")),
+    };
+    let Some(entry) = entries.iter().find(|e| e.segment == 0) else {
+        return (
+            legacy(),
+            String::from("port I/O 0xcf8 (MCFG has no segment 0)"),
+        );
+    };
+    let Some((start, len)) = entry.mapped_range() else {
+        return (
+            legacy(),
+            String::from("port I/O 0xcf8 (MCFG window overflows)"),
+        );
+    };
+    match memory::map_identity(start, len, memory::MapKind::Mmio) {
+        Ok(_) => match usize::try_from(entry.base) {
+            Ok(base) => (
+                Access::Ecam(Ecam::new(EcamMmio, base, entry.start_bus, entry.end_bus)),
+                format!(
+                    "ECAM at {:#x} buses {:02x}-{:02x}",
+                    entry.base, entry.start_bus, entry.end_bus
+                ),
+            ),
+            Err(_) => (
+                legacy(),
+                String::from("port I/O 0xcf8 (ECAM base too high)"),
+            ),
+        },
+        Err(error) => (
+            legacy(),
+            format!("port I/O 0xcf8 (cannot map ECAM: {error})"),
+        ),
+    }
+}
+
+/// Chooses the access mechanism and enumerates every bus once.
+pub fn init() {
+    BUS.call_once(|| {
+        let (access, mechanism) = choose_access();
+        let functions = enumerate(&access);
+        println!("pci: {} functions via {}", functions.len(), mechanism);
+        Bus {
+            access,
+            mechanism,
+            functions,
+        }
+    });
+}
+
+/// A configuration accessor (after [`init`]).
+pub fn access() -> Access {
+    match BUS.get() {
+        Some(bus) => bus.access.clone(),
+        None => Access::Legacy(LegacyPorts::new(Ports)),
+    }
+}
+
+/// Every function found at boot.
+pub fn functions() -> &'static [Function] {
+    BUS.get().map(|b| b.functions.as_slice()).unwrap_or(&[])
+}
+
+/// Shell commands of this module.
+pub const COMMANDS: &[Command] = &[Command {
+    name: "lspci",
+    usage: "[-v]",
+    help: "list PCI functions (-v: with capabilities)",
+    run: lspci,
+}];
+
+fn lspci(_: &mut Context, args: &[&str]) -> Result<(), String> {
+    let verbose = match args {
+        [] => false,
+        ["-v"] => true,
+        _ => return Err(String::from("usage: lspci [-v]")),
+    };
+    let Some(bus) = BUS.get() else {
+        return Err(String::from("PCI not initialised"));
+    };
+    if verbose {
+        println!("config access: {}", bus.mechanism);
+    }
+    for function in &bus.functions {
+        println!("{}", function);
+        if verbose {
+            let caps: Vec<String> = capabilities(&bus.access, function.bdf)
+                .map(|c| format!("{:#04x}@{:#04x}", c.id, c.offset))
+                .collect();
+            if !caps.is_empty() {
+                println!("    capabilities: {}", caps.join(" "));
+            }
+        }
+    }
+    Ok(())
+}

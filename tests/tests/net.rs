@@ -1,0 +1,163 @@
+//! The network as a user sees it: DHCP from QEMU's user network, HTTP
+//! through the forwarded port, a static address from the boot config, and
+//! that floods of short connections and garbage do not stop it serving.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use daxbox_tests::{Firmware, HarnessError, Machine, QemuOptions};
+
+const ADDRESS_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `curl` with a timeout; returns (HTTP status, body).
+fn curl(url: &str) -> (u16, String) {
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (status.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// Waits until `/healthz` answers 200 (the forwarded port accepts before
+/// the guest listens, so readiness is a completed exchange).
+fn wait_healthz(machine: &Machine) -> String {
+    let url = format!("http://127.0.0.1:{}/healthz", machine.http_port());
+    let deadline = Instant::now() + ADDRESS_TIMEOUT;
+    loop {
+        let (status, body) = curl(&url);
+        if status == 200 {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "healthz never answered (last status {status})"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn dhcp_address_and_healthz() -> Result<(), HarnessError> {
+    let mut machine = Machine::boot_to_prompt(QemuOptions::new("net_dhcp", Firmware::Bios))?;
+    assert!(
+        machine.output().contains("net: address 10.0.2.15/24"),
+        "{}",
+        machine.output()
+    );
+    let net = machine.command("net")?;
+    assert!(
+        net.contains("ipv4 10.0.2.15/24 (dhcp) gateway 10.0.2.2"),
+        "{net}"
+    );
+    assert!(net.contains("link up"), "{net}");
+    let body = wait_healthz(&machine);
+    assert!(body.starts_with("ok daxbox "), "{body:?}");
+    let lspci = machine.command("lspci")?;
+    assert!(
+        lspci.contains("1af4:1000 network controller (virtio-net)"),
+        "{lspci}"
+    );
+    let net = machine.command("net")?;
+    let accepted: Vec<&str> = net.lines().filter(|l| l.starts_with("tcp:")).collect();
+    assert!(
+        !accepted.is_empty() && !accepted[0].starts_with("tcp: 0 accepted"),
+        "{net}"
+    );
+    Ok(())
+}
+
+#[test]
+fn static_address_from_boot_config() -> Result<(), HarnessError> {
+    let options = QemuOptions::new("net_static", Firmware::Bios)
+        .with_boot_config("ip=10.0.2.77/24\ngateway=10.0.2.2\n");
+    let mut machine = Machine::boot_to_prompt(options)?;
+    assert!(
+        machine.output().contains("net: address 10.0.2.77/24"),
+        "{}",
+        machine.output()
+    );
+    let net = machine.command("net")?;
+    assert!(
+        net.contains("ipv4 10.0.2.77/24 (static) gateway 10.0.2.2"),
+        "{net}"
+    );
+    // QEMU's hostfwd without a guest address forwards to 10.0.2.15, so the
+    // static address is proved by the console, not by curl.
+    Ok(())
+}
+
+/// Sends raw bytes on a fresh connection and reads whatever comes back.
+fn raw_exchange(port: u16, bytes: &[u8]) -> Vec<u8> {
+    let mut reply = Vec::new();
+    if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+        let _ = stream.write_all(bytes);
+        let _ = stream.read_to_end(&mut reply);
+    }
+    reply
+}
+
+#[test]
+fn survives_floods_and_garbage() -> Result<(), HarnessError> {
+    let mut machine = Machine::boot_to_prompt(QemuOptions::new("net_flood", Firmware::Bios))?;
+    wait_healthz(&machine);
+    let port = machine.http_port();
+    // Many short-lived connections, some closed without a byte. (QEMU's
+    // user network itself stalls ~1 s on some of the empty ones, so the
+    // count is kept moderate.)
+    for i in 0..100 {
+        if let Ok(stream) = TcpStream::connect(("127.0.0.1", port)) {
+            if i % 2 == 0 {
+                let _ = (&stream).write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+            }
+            drop(stream);
+        }
+    }
+    // Garbage of several kinds, each answered with an error status.
+    let garbage: Vec<Vec<u8>> = vec![
+        b"\x00\x01\x02\x03garbage\r\n\r\n".to_vec(),
+        b"GET / HTTP/9.9\r\n\r\n".to_vec(),
+        vec![b'A'; 20_000],
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n"
+            .to_vec(),
+        (0..4096u32).map(|i| (i * 131 % 251) as u8).collect(),
+    ];
+    for bytes in &garbage {
+        let reply = raw_exchange(port, bytes);
+        let text = String::from_utf8_lossy(&reply);
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 4") || text.starts_with("HTTP/1.1 5"),
+            "{text}"
+        );
+    }
+    // Parallel burst of clients.
+    let handles: Vec<_> = (0..32)
+        .map(|_| {
+            std::thread::spawn(move || {
+                raw_exchange(
+                    port,
+                    b"GET /bench/bytes?n=100000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                )
+            })
+        })
+        .collect();
+    for handle in handles {
+        let reply = handle.join().expect("client thread");
+        assert!(
+            reply.starts_with(b"HTTP/1.1 200 OK"),
+            "{:?}",
+            String::from_utf8_lossy(&reply[..reply.len().min(200)])
+        );
+        assert!(reply.len() > 100_000);
+    }
+    let body = wait_healthz(&machine);
+    assert!(body.starts_with("ok daxbox "), "{body:?}");
+    let net = machine.command("net")?;
+    assert!(net.contains("link up"), "{net}");
+    Ok(())
+}
