@@ -45,7 +45,7 @@ pub const EXTENT_SIZE: usize = 16;
 const RECORD_NAME_OFFSET: usize = 64;
 const RECORD_EXTENTS_OFFSET: usize = RECORD_NAME_OFFSET + 256;
 const _: () = assert!(RECORD_EXTENTS_OFFSET + INLINE_EXTENTS * EXTENT_SIZE == RECORD_SIZE);
-const _: () = assert!(BLOCK_SIZE as usize % RECORD_SIZE == 0);
+const _: () = assert!((BLOCK_SIZE as usize).is_multiple_of(RECORD_SIZE));
 
 /// Magic of an overflow extent block.
 pub const OVERFLOW_MAGIC: u32 = 0x4F46_5844; // "DXFO"
@@ -72,8 +72,10 @@ pub const JOURNAL_MAX_ENTRIES: usize =
     (JOURNAL_BLOCKS * BLOCK_SIZE - JOURNAL_ENTRIES_OFFSET) as usize / JOURNAL_ENTRY_SIZE;
 const _: () = assert!(JOURNAL_MAX_ENTRIES >= 2);
 
-/// Largest file size: logical block numbers are 32-bit on media.
-pub const MAX_FILE_SIZE: u64 = u32::MAX as u64 * BLOCK_SIZE;
+/// Largest file size: logical block numbers and extent lengths are 32-bit
+/// on media, and preallocation may round the last extent up to a 2 MiB
+/// boundary, which must still fit.
+pub const MAX_FILE_SIZE: u64 = ((1u64 << 32) - CHUNK_BLOCKS) * BLOCK_SIZE;
 
 static CRC32C: crc::Crc<u32, crc::Table<16>> =
     crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);

@@ -887,7 +887,12 @@ impl<M: PersistentMemory> Filesystem<M> {
     /// at them is committed (FORMAT.md "Data writes").
     fn modify(&mut self, slot: u32, edits: &[Edit<'_>], new_size: u64) -> Result<(), Error> {
         let file = self.files[slot as usize].as_ref().ok_or(Error::StaleFile)?;
-        let block_range = |e: &Edit<'_>| (e.offset / BLOCK_SIZE, e.end().div_ceil(BLOCK_SIZE));
+        let block_range = |e: &Edit<'_>| {
+            if e.len() == 0 {
+                return (0, 0);
+            }
+            (e.offset / BLOCK_SIZE, e.end().div_ceil(BLOCK_SIZE))
+        };
         let all = union(edits.iter().map(block_range).collect());
         let data = union(
             edits
@@ -904,8 +909,12 @@ impl<M: PersistentMemory> Filesystem<M> {
             for piece in file.map.pieces(s, e - s) {
                 if let Some(p) = piece.physical {
                     for (ps, pl, count) in self.refs.segments(p, piece.len) {
-                        if count > 1 {
-                            needs.push((piece.logical + (ps - p), pl, Some(ps)));
+                        // Held blocks are copied too: a hold is a stable
+                        // snapshot for its holder (see `hold`).
+                        for (qs, ql, pins) in self.pins.segments(ps, pl) {
+                            if count as u64 + pins as u64 > 1 {
+                                needs.push((piece.logical + (qs - p), ql, Some(qs)));
+                            }
                         }
                     }
                 }
@@ -922,6 +931,26 @@ impl<M: PersistentMemory> Filesystem<M> {
         // Allocate. A large file gets a whole 2 MiB chunk for each logical
         // chunk that is entirely a hole (FORMAT.md "Allocation policy").
         let large = new_size > CHUNK_SIZE;
+        let old_size = file.size;
+        // A hole chunk of a large file gets a whole 2 MiB chunk when the
+        // write looks sequential (starts at the chunk or appends at the end
+        // of file) or fills at least an eighth of the chunk; a small random
+        // write into a big sparse file gets single blocks instead, so that
+        // it does not cost 2 MiB of space.
+        let wants_huge = |chunk: u64| {
+            let (cs, ce) = (chunk * CHUNK_SIZE, (chunk + 1) * CHUNK_SIZE);
+            let mut covered = 0;
+            for e in edits.iter().filter(|e| matches!(e.src, Src::Data(_))) {
+                let (a, b) = (e.offset.max(cs), e.end().min(ce));
+                if b > a {
+                    if a == cs || e.offset == old_size {
+                        return true;
+                    }
+                    covered += b - a;
+                }
+            }
+            covered >= CHUNK_SIZE / 8
+        };
         let mut runs: Vec<NewRun> = Vec::new();
         let mut huge_chunks: BTreeSet<u64> = BTreeSet::new();
         let mut failed = false;
@@ -936,7 +965,10 @@ impl<M: PersistentMemory> Filesystem<M> {
                     done += piece_len;
                     continue;
                 }
-                if source.is_none() && large && file.map.is_hole(chunk * CHUNK_BLOCKS, CHUNK_BLOCKS)
+                if source.is_none()
+                    && large
+                    && wants_huge(chunk)
+                    && file.map.is_hole(chunk * CHUNK_BLOCKS, CHUNK_BLOCKS)
                 {
                     let prefer = preferred(&file.map, &runs, chunk * CHUNK_BLOCKS);
                     if let Some(p) = self.alloc.alloc_huge(prefer) {
@@ -990,7 +1022,6 @@ impl<M: PersistentMemory> Filesystem<M> {
             }
             Some(m)
         };
-        let old_size = file.size;
         // Fill the parts of new blocks below the new size that no edit
         // covers: zeros for holes, the old bytes for copy-on-write.
         let covered = union(edits.iter().map(|e| (e.offset, e.end())).collect());
@@ -1136,7 +1167,10 @@ impl<M: PersistentMemory> Filesystem<M> {
             let f = self.file(file)?;
             let (bs, be) = (offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE));
             if let Some((p, run)) = f.map.run_at(bs) {
-                if run >= be - bs && self.refs.max_in(p, be - bs) <= 1 {
+                if run >= be - bs
+                    && self.refs.max_in(p, be - bs) <= 1
+                    && self.pins.max_in(p, be - bs) == 0
+                {
                     let at = block_offset(p) + offset % BLOCK_SIZE;
                     self.put(at, data)?;
                     if end > size {
@@ -1485,9 +1519,12 @@ impl<M: PersistentMemory> Filesystem<M> {
 
     /// Pins the blocks backing `offset..offset + len` (clipped to the end of
     /// file): until `release`, they are not reused, even if the file is
-    /// truncated, punched, overwritten by copy-on-write or unlinked. Writes
-    /// to the file still go to those blocks in place while they belong to
-    /// it (a DAX mapping sees them). Holds do not survive a remount.
+    /// truncated, punched or unlinked, and their bytes do not change: a
+    /// `write` or `write_zeroes` into a held block copies it first (as for
+    /// a block shared with a clone), so an in-flight send of the held range
+    /// sends the bytes as they were when held. Writes made directly through
+    /// a DAX mapping are the holder's own business. Holds do not survive a
+    /// remount.
     pub fn hold(&mut self, file: FileId, offset: u64, len: u64) -> Result<Hold, Error> {
         let f = self.file(file)?;
         let end = offset.saturating_add(len).min(f.size);

@@ -43,7 +43,7 @@ impl PersistentMemory for PowerCut {
         self.write(offset, data)
     }
     fn store_u64(&mut self, offset: u64, value: u64) -> Result<(), OutOfRange> {
-        if offset % 8 != 0 {
+        if !offset.is_multiple_of(8) {
             return self.inner.store_u64(offset, value);
         }
         if self.alive() {

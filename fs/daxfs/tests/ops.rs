@@ -421,3 +421,52 @@ fn damaged_primary_superblock_is_repaired_from_backup() {
     assert_eq!(read_all(&fs, "keep"), b"data");
     assert_clean(&fs);
 }
+
+#[test]
+fn size_limits_are_errors() {
+    let mut fs = fresh(4);
+    let id = fs.create("big").unwrap();
+    let max = daxfs::format::MAX_FILE_SIZE;
+    assert_eq!(fs.write(id, max, b"x"), Err(Error::FileTooLarge));
+    assert_eq!(fs.write(id, u64::MAX - 1, b"xy"), Err(Error::FileTooLarge));
+    assert_eq!(fs.truncate(id, max + 1), Err(Error::FileTooLarge));
+    // A small write far into a sparse file costs one block, not a chunk.
+    fs.write(id, max - 1, b"z").unwrap();
+    assert_eq!(fs.stat(id).unwrap().size, max);
+    assert_eq!(fs.stat(id).unwrap().allocated_bytes, 4096);
+    let mut b = [0u8; 2];
+    assert_eq!(fs.read(id, max - 2, &mut b).unwrap(), 2);
+    assert_eq!(b, [0, b'z']);
+    assert_clean(&fs);
+    let fs = Filesystem::mount(fs.into_memory()).unwrap();
+    assert_clean(&fs);
+}
+
+#[test]
+fn held_bytes_do_not_change_under_writes() {
+    let mut fs = fresh(8);
+    let id = fs.create("f").unwrap();
+    fs.write(id, 0, &[1; 8192]).unwrap();
+    let ranges = fs.dax_ranges(id, 0, 8192).unwrap();
+    let hold = fs.hold(id, 0, 8192).unwrap();
+    fs.write(id, 100, &[2; 5000]).unwrap();
+    fs.write_zeroes(id, 6000, 100, false).unwrap();
+    for r in &ranges {
+        let mut buf = vec![0; r.len as usize];
+        fs.memory().read(r.region_offset, &mut buf).unwrap();
+        assert!(buf.iter().all(|&b| b == 1), "held bytes changed");
+    }
+    let mut expect = vec![1u8; 8192];
+    expect[100..5100].fill(2);
+    expect[6000..6100].fill(0);
+    assert_eq!(read_all(&fs, "f"), expect);
+    assert_clean(&fs);
+    let free = fs.statfs().free_blocks;
+    fs.release(hold);
+    assert_eq!(
+        fs.statfs().free_blocks,
+        free + 2,
+        "the copied-away blocks are freed on release"
+    );
+    assert_clean(&fs);
+}
