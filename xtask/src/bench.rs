@@ -16,7 +16,11 @@ type Benchmark = (
 );
 
 /// Registered benchmarks (`cargo xtask bench <name> [options]`).
-const BENCHMARKS: &[Benchmark] = &[];
+const BENCHMARKS: &[Benchmark] = &[(
+    "net",
+    "HTTP download/upload throughput through hostfwd, idle QEMU CPU",
+    crate::bench_net::net,
+)];
 
 fn usage() -> String {
     let mut text = String::from("usage: cargo xtask bench <name> [options]\n\nbenchmarks:\n");

@@ -8,6 +8,7 @@
 //! the system tests), `.ci/run` (calls `cargo xtask test`).
 
 mod bench;
+mod bench_net;
 mod images;
 mod run;
 mod setup;
