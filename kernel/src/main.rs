@@ -20,12 +20,14 @@ mod config;
 mod gdt;
 mod interrupts;
 mod memory;
+mod nbd;
 mod net;
 mod pci;
 mod pmem;
 mod power;
 mod serial;
 mod shell;
+mod storage;
 mod time;
 
 use alloc::vec::Vec;
@@ -116,8 +118,10 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         regions: &boot_info.memory_regions,
         kernel: (boot_info.kernel_addr, boot_info.kernel_len),
     });
+    storage::init();
     pci::init();
     net::init();
+    nbd::start();
     x86_64::instructions::interrupts::enable();
 
     println!("daxbox: ready");
@@ -146,6 +150,7 @@ pub fn storage_ranges() -> Vec<memory::PhysRange> {
 
 /// Brings storage to a consistent state before power-off.
 pub fn shutdown() {
+    storage::shutdown();
     pmem::shutdown();
 }
 

@@ -19,7 +19,7 @@ use core::arch::asm;
 use daxbox_persist::{check_range, OutOfRange, PersistentMemory, CACHE_LINE};
 use daxbox_pmem::block::{BlockDevice, PmemBlockDevice};
 use daxbox_pmem::discovery::{self, Candidate, Forbidden, Machine, Region, Source};
-use daxbox_pmem::frames::FrameTable;
+use daxbox_pmem::frames::{FrameTable, Owner};
 use daxbox_pmem::mapping::{self, MappingPlan};
 use daxbox_pmem::nfit;
 use spin::{Mutex, Once};
@@ -242,21 +242,40 @@ static REFUSALS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 static NFIT_RAW: Once<Option<Vec<u8>>> = Once::new();
 static FLUSH: Once<FlushInstruction> = Once::new();
 
-/// The physical ranges of every pmem device (for `mem stress` and any
-/// check that storage stays out of volatile memory).
+/// A device whose block device was handed to the storage layer (a daxfs
+/// mount or a raw export): what `pmem` still shows about it.
+struct TakenDevice {
+    name: String,
+    range: discovery::PmemRange,
+    plan: MappingPlan,
+    pages: PageCounts,
+    frames: FrameTable,
+    owner: Owner,
+    flush: &'static str,
+}
+
+static TAKEN: Mutex<Vec<TakenDevice>> = Mutex::new(Vec::new());
+
+/// The physical ranges of every pmem device, in use or not (for `mem
+/// stress` and any check that storage stays out of volatile memory).
 pub fn storage_ranges() -> Vec<PhysRange> {
-    DEVICES
+    let mut ranges: Vec<PhysRange> = DEVICES
         .lock()
         .iter()
         .map(|d| PhysRange {
             start: d.range.start,
             end: d.range.end(),
         })
-        .collect()
+        .collect();
+    ranges.extend(TAKEN.lock().iter().map(|d| PhysRange {
+        start: d.range.start,
+        end: d.range.end(),
+    }));
+    ranges
 }
 
-/// Names of the devices, in order (for the NBD exports and daxfs mounts).
-#[allow(dead_code)]
+/// Names of the devices still available here (not handed to the storage
+/// layer), in discovery order.
 pub fn device_names() -> Vec<String> {
     DEVICES
         .lock()
@@ -265,10 +284,48 @@ pub fn device_names() -> Vec<String> {
         .collect()
 }
 
-/// Runs `f` on device `name` (`pmem0`, ...), holding the device lock.
+/// Runs `f` on available device `name` (`pmem0`, ...), holding the device
+/// lock. Devices handed to the storage layer are not available.
 pub fn with_device<R>(name: &str, f: impl FnOnce(&mut Device) -> R) -> Option<R> {
     let mut devices = DEVICES.lock();
     devices.iter_mut().find(|d| d.block.name() == name).map(f)
+}
+
+/// Who holds device `name`, when the storage layer took it.
+pub fn taken_by(name: &str) -> Option<Owner> {
+    TAKEN
+        .lock()
+        .iter()
+        .find(|d| d.name == name)
+        .map(|d| d.owner)
+}
+
+/// Hands device `name` to the storage layer: every frame of the range
+/// passes to `owner` in the page-frame table (device → filesystem or raw
+/// export), and the block device moves to the caller. `None` when there is
+/// no such available device or its frames are not all free.
+pub fn take_block(name: &str, owner: Owner) -> Option<PmemBlockDevice<PmemRegion>> {
+    let mut devices = DEVICES.lock();
+    let index = devices.iter().position(|d| d.block.name() == name)?;
+    let device = &mut devices[index];
+    if let Err(error) = device.frames.claim_range(0, device.range.len, owner) {
+        println!(
+            "pmem: {}: cannot hand the frames to {}: {}",
+            name, owner, error
+        );
+        return None;
+    }
+    let device = devices.remove(index);
+    TAKEN.lock().push(TakenDevice {
+        name: name.to_string(),
+        range: device.range,
+        plan: device.plan,
+        pages: device.pages,
+        frames: device.frames,
+        owner,
+        flush: device.block.memory().flush.name(),
+    });
+    Some(device.block)
 }
 
 /// Makes every completed write durable (before power-off).
@@ -555,6 +612,17 @@ fn pmem_command(_: &mut Context, args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// Why `name` cannot be used by `blk`/`pmem bench`.
+fn unavailable(name: &str) -> String {
+    match taken_by(name) {
+        Some(owner) => format!(
+            "{} is in use by the {} (not available for raw access)",
+            name, owner
+        ),
+        None => format!("no device '{}' (see `pmem`)", name),
+    }
+}
+
 fn list() {
     let devices = DEVICES.lock();
     if devices.is_empty() {
@@ -583,6 +651,26 @@ fn list() {
             stats.free,
             stats.total,
             if d.block.is_read_only() { "  read-only" } else { "" }
+        );
+    }
+    for d in TAKEN.lock().iter() {
+        let stats = d.frames.stats();
+        println!(
+            "{}  {:<10} {:#x}-{:#x} {:>9}  persistence: {}  flush: {}  pages: {} x 2M + {} x 4K (plan {}/{})  frames in use: {}/{}  used by {}",
+            d.name,
+            d.range.source,
+            d.range.start,
+            d.range.end() - 1,
+            human(d.range.len),
+            d.range.persistence,
+            d.flush,
+            d.pages.huge,
+            d.pages.small,
+            d.plan.pages_2m,
+            d.plan.pages_4k,
+            stats.total - stats.free,
+            stats.total,
+            d.owner
         );
     }
     for refusal in REFUSALS.lock().iter() {
@@ -692,7 +780,7 @@ fn blk_command(_: &mut Context, args: &[&str]) -> Result<(), String> {
             _ => Err(usage.to_string()),
         }
     });
-    result.unwrap_or_else(|| Err(format!("no device '{}' (see `pmem`)", name)))
+    result.unwrap_or_else(|| Err(unavailable(name)))
 }
 
 fn hex_dump(base: u64, bytes: &[u8]) {
@@ -851,5 +939,5 @@ fn bench(name: &str) -> Result<(), String> {
         }
         Ok(())
     });
-    result.unwrap_or_else(|| Err(format!("no device '{}' (see `pmem`)", name)))
+    result.unwrap_or_else(|| Err(unavailable(name)))
 }

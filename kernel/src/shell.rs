@@ -27,6 +27,8 @@ pub const PROMPT: &str = "daxbox> ";
 const TABLES: &[&[Command]] = &[
     BASIC,
     crate::pmem::COMMANDS,
+    crate::storage::COMMANDS,
+    crate::nbd::COMMANDS,
     crate::pci::COMMANDS,
     crate::net::COMMANDS,
 ];
