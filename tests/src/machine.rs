@@ -308,7 +308,7 @@ impl Machine {
         if options.http_port == 0 {
             options.http_port = free_port()?;
         }
-        let program = qemu_program();
+        let program = options.qemu.clone();
         let args = qemu_arguments(&options, &media, ovmf.as_ref());
         let command_line = shell_quote(&program, &args);
         let command_path = run_dir.join(suffixed("qemu-command", boot, "txt"));
@@ -473,6 +473,15 @@ impl Machine {
                     self.settle(Duration::from_secs(3));
                     let state = console.lock();
                     let unread = &state.serial[self.cursor.min(state.serial.len())..];
+                    // The output may have arrived cut in the middle of the
+                    // pattern (`KERNEL PANIC` now, `: ...` later): a pattern
+                    // that starts at or before the crash still counts.
+                    if let Some(at) = find(unread, pattern.as_bytes()).filter(|at| *at <= crash) {
+                        let end = at + pattern.len();
+                        let seen = text(&unread[..end]);
+                        self.cursor += end;
+                        return Ok(seen);
+                    }
                     let message = text(&unread[crash.min(unread.len())..])
                         .lines()
                         .take(6)

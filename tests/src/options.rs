@@ -130,6 +130,9 @@ pub struct QemuOptions {
     /// Host port forwarded to guest port 80 (HTTP); 0 = pick a free port
     /// at boot.
     pub http_port: u16,
+    /// The QEMU program: `qemu-system-x86_64`, or the `DAXBOX_QEMU`
+    /// environment variable. Harness self-tests put a fake here.
+    pub qemu: String,
     /// QEMU accelerator (`tcg`; `kvm` on real hosts). Default: `tcg`, or
     /// the `DAXBOX_ACCEL` environment variable.
     pub accel: String,
@@ -156,6 +159,7 @@ impl QemuOptions {
             extra_args: Vec::new(),
             nbd_port: 0,
             http_port: 0,
+            qemu: crate::qemu_program(),
             accel: std::env::var("DAXBOX_ACCEL").unwrap_or_else(|_| "tcg".into()),
             boot_timeout: Duration::from_secs(
                 std::env::var("DAXBOX_BOOT_TIMEOUT")

@@ -112,3 +112,60 @@ fn watchdog_kills_qemu_after_max_runtime() {
     assert!(message.contains("watchdog"), "{message}");
     assert!(started.elapsed() < Duration::from_secs(20));
 }
+
+/// A stand-in for QEMU: an executable shell script that ignores the QEMU
+/// arguments, prints what `script` prints and exits as it exits.
+fn fake_qemu(name: &str, script: &str) -> QemuOptions {
+    use std::os::unix::fs::PermissionsExt;
+    // Outside the run folder, which the first boot of `name` empties.
+    let dir = daxbox_tests::test_runs_dir().join("fake-qemu");
+    std::fs::create_dir_all(&dir).expect("fake QEMU folder");
+    let path = dir.join(format!("{name}.sh"));
+    std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).expect("fake QEMU script");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut options = QemuOptions::new(name, Firmware::Bios);
+    options.qemu = path.display().to_string();
+    options
+}
+
+#[test]
+fn pattern_split_across_reads_still_matches_a_crash_marker() {
+    // `KERNEL PANIC` arrives first, `: message` half a second later: a wait
+    // for `KERNEL PANIC: ` must succeed, not report a crash.
+    let options = fake_qemu(
+        "harness_split_marker",
+        "printf 'booting\\nKERNEL PANIC'; sleep 0.5; printf ': split at x.rs:1\\n'; exit 35",
+    );
+    let mut machine = Machine::boot(options).expect("fake QEMU starts");
+    let seen = machine
+        .wait_for("KERNEL PANIC: ", Duration::from_secs(10))
+        .expect("pattern found");
+    assert!(seen.starts_with("booting\n"), "{seen:?}");
+    assert_eq!(machine.wait_exit(Duration::from_secs(10)).unwrap(), 35);
+    assert!(machine.output().contains("split at x.rs:1"));
+}
+
+#[test]
+fn crash_marker_fails_a_wait_for_something_else() {
+    let options = fake_qemu(
+        "harness_crash_marker",
+        "printf 'booting\\nEXCEPTION: PAGE FAULT at 0xdead\\nKERNEL PANIC: boom at y.rs:2\\n'; exit 35",
+    );
+    let mut machine = Machine::boot(options).expect("fake QEMU starts");
+    let error = machine
+        .wait_for("daxbox: ready", Duration::from_secs(10))
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(
+        matches!(error, HarnessError::KernelPanic { .. }),
+        "{message}"
+    );
+    assert!(
+        message.starts_with("the kernel crashed: EXCEPTION: PAGE FAULT at 0xdead"),
+        "{message}"
+    );
+    assert!(
+        message.contains("KERNEL PANIC: boom at y.rs:2"),
+        "{message}"
+    );
+}
