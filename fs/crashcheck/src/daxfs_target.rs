@@ -15,10 +15,10 @@ use std::string::{String, ToString};
 use std::sync::Arc;
 use std::vec::Vec;
 
-use daxfs::{Error, Filesystem, FormatOptions};
+use daxfs::{Error, FileId, Filesystem, FormatOptions};
 
 use crate::generate::Policy;
-use crate::harness::{Config, Target, TargetError};
+use crate::harness::{Config, Digester, Digests, Target, TargetError};
 use crate::memory::CrashMemory;
 use crate::oracle::{pattern, Op, Semantics, Visible};
 
@@ -114,35 +114,76 @@ impl Target for Daxfs {
         self.0.fsck().problems
     }
 
-    fn visible(&mut self) -> Result<Visible, String> {
+    fn digests(&mut self) -> Result<Digests, String> {
         let fs = &self.0;
-        let mut out = Visible::new();
-        let mut after: Option<String> = None;
-        loop {
-            let entries = fs.list(after.as_deref(), 64);
-            let Some(last) = entries.last() else { break };
-            after = Some(last.name.clone());
-            for entry in entries {
-                let stat = fs
-                    .stat(entry.id)
-                    .map_err(|e| format!("stat {}: {e}", entry.name))?;
-                if stat.size != entry.size {
-                    return Err(format!(
-                        "{}: list says {} bytes, stat says {}",
-                        entry.name, entry.size, stat.size
-                    ));
-                }
-                let len = usize::try_from(stat.size).map_err(|_| "file too large".to_string())?;
-                let mut content = vec![0u8; len];
+        let mut out = Digests::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        for (name, id, size) in entries(fs)? {
+            let mut digester = Digester::default();
+            let mut offset = 0u64;
+            while offset < size {
                 let n = fs
-                    .read(entry.id, 0, &mut content)
-                    .map_err(|e| format!("read {}: {e}", entry.name))?;
-                if n != len {
-                    return Err(format!("{}: read {n} of {len} bytes", entry.name));
+                    .read(id, offset, &mut buf)
+                    .map_err(|e| format!("read {name}: {e}"))?;
+                if n == 0 {
+                    return Err(format!("{name}: read stops at {offset} of {size} bytes"));
                 }
-                out.insert(entry.name, Arc::new(content));
+                digester.update(&buf[..n]);
+                offset += n as u64;
             }
+            let len = usize::try_from(size).map_err(|_| "file too large".to_string())?;
+            out.insert(name, (len, digester.finish()));
         }
         Ok(out)
     }
+
+    fn visible(&mut self) -> Result<Visible, String> {
+        let fs = &self.0;
+        let mut out = Visible::new();
+        for (name, id, size) in entries(fs)? {
+            let len = usize::try_from(size).map_err(|_| "file too large".to_string())?;
+            let mut content = vec![0u8; len];
+            let n = fs
+                .read(id, 0, &mut content)
+                .map_err(|e| format!("read {name}: {e}"))?;
+            if n != len {
+                return Err(format!("{name}: read {n} of {len} bytes"));
+            }
+            out.insert(name, Arc::new(content));
+        }
+        Ok(out)
+    }
+}
+
+/// Every file: name, handle and size, with `list` and `stat` agreeing.
+fn entries(fs: &Filesystem<CrashMemory>) -> Result<Vec<(String, FileId, u64)>, String> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let entries = fs.list(after.as_deref(), 64);
+        let Some(last) = entries.last() else { break };
+        after = Some(last.name.clone());
+        for entry in entries {
+            let stat = fs
+                .stat(entry.id)
+                .map_err(|e| format!("stat {}: {e}", entry.name))?;
+            if stat.size != entry.size || stat.name != entry.name {
+                return Err(format!(
+                    "{}: list says {} bytes, stat says {} ({} bytes)",
+                    entry.name, entry.size, stat.name, stat.size
+                ));
+            }
+            let looked_up = fs
+                .lookup(&entry.name)
+                .map_err(|e| format!("lookup {}: {e}", entry.name))?;
+            if looked_up != entry.id {
+                return Err(format!(
+                    "{}: lookup and list disagree on the handle",
+                    entry.name
+                ));
+            }
+            out.push((entry.name, entry.id, entry.size));
+        }
+    }
+    Ok(out)
 }

@@ -63,9 +63,11 @@ impl Explorer {
         self.seen.contains(hash)
     }
 
-    /// Generates the images of `point` and calls `check(image, bytes,
+    /// Generates the images of `point` and calls `check(image, persisted,
     /// first)` for each, where `first` says the image is new to the whole
-    /// exploration (a checker may cache its verdicts by hash).
+    /// exploration (a checker may cache its verdicts by hash) and
+    /// `image.materialise(persisted)` gives the bytes (only a checker that
+    /// has no cached verdict needs to pay for that).
     pub fn visit(
         &mut self,
         point: &CrashPoint<'_>,
@@ -84,8 +86,7 @@ impl Explorer {
             if first {
                 stats.distinct += 1;
             }
-            let bytes = image.materialise(point.persisted);
-            check(&image, &bytes, first);
+            check(&image, point.persisted, first);
         });
     }
 }
@@ -129,7 +130,8 @@ mod tests {
         let violations = Rc::new(RefCell::new(Vec::new()));
         let (e, v) = (explorer.clone(), violations.clone());
         memory.set_observer(Box::new(move |point| {
-            e.borrow_mut().visit(point, |image, bytes, _| {
+            e.borrow_mut().visit(point, |image, persisted, _| {
+                let bytes = image.materialise(persisted);
                 let mut word = [0u8; 8];
                 let mut read = |at: u64| {
                     bytes.read(at, &mut word).unwrap();
@@ -180,7 +182,8 @@ mod tests {
         let mut explorer = Explorer::new(Policy::default(), 1);
         let mut bad = 0;
         memory.with_point(|point| {
-            explorer.visit(point, |_, bytes, _| {
+            explorer.visit(point, |image, persisted, _| {
+                let bytes = image.materialise(persisted);
                 let mut w = [0u8; 16];
                 bytes.read(0, &mut w).unwrap();
                 if w[8] == 1 && w[0] != 0x11 {

@@ -59,6 +59,11 @@ pub trait Target: Sized + 'static {
     fn fsck(&mut self) -> Vec<String>;
     /// Every file and its content.
     fn visible(&mut self) -> Result<Visible, String>;
+    /// Every file's size and content [`digest`] (override to avoid
+    /// holding whole files in memory).
+    fn digests(&mut self) -> Result<Digests, String> {
+        self.visible().map(|v| digests(&v))
+    }
 }
 
 /// Settings of a run.
@@ -122,6 +127,8 @@ pub struct Totals {
     pub mounts: u64,
     /// Mounts of crash images of recovery.
     pub recrash_mounts: u64,
+    /// Verdicts that needed a byte-wise look at file contents.
+    pub content_checks: u64,
     /// Violations found (all of them).
     pub violations: u64,
     /// The first violations in detail.
@@ -139,7 +146,8 @@ pub struct Base {
     pub state: ModelState,
 }
 
-type Outcome = Result<Visible, String>;
+/// What a mount showed: digests, and the contents when asked for.
+type Outcome = Result<(Digests, Option<Visible>), String>;
 type Summary = Result<Digests, String>;
 
 thread_local! {
@@ -182,10 +190,10 @@ fn guarded<R>(f: impl FnOnce() -> R) -> Result<R, String> {
 /// What a mounted image showed, kept per distinct image: names, sizes
 /// and content digests (not the contents: a workload has hundreds of
 /// images, each with a 2 MiB file).
-type Digests = BTreeMap<String, (usize, u128)>;
+pub type Digests = BTreeMap<String, (usize, u128)>;
 
 /// The digest form of a visible state.
-fn digests(visible: &Visible) -> Digests {
+pub fn digests(visible: &Visible) -> Digests {
     visible
         .iter()
         .map(|(name, bytes)| (name.clone(), (bytes.len(), digest(bytes))))
@@ -196,34 +204,87 @@ fn digests(visible: &Visible) -> Digests {
 /// (so the CPU runs them in parallel), mixed at the end. Not adversarial-
 /// resistant, which a crash check does not need.
 pub fn digest(bytes: &[u8]) -> u128 {
-    const K: [u64; 4] = [
-        0x9e37_79b9_7f4a_7c15,
-        0xc2b2_ae3d_27d4_eb4f,
-        0x1656_67b1_9e37_79f9,
-        0xff51_afd7_ed55_8ccd,
-    ];
-    let mut lanes = [1u64, 2, 3, 4];
-    let mut blocks = bytes.chunks_exact(32);
-    for block in &mut blocks {
-        for (i, lane) in lanes.iter_mut().enumerate() {
-            // chunks_exact(32) gives 32 bytes: four 8-byte words.
-            let w = u64::from_le_bytes(block[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-            *lane = (*lane ^ w).wrapping_mul(K[i]).rotate_left(29);
+    let mut d = Digester::default();
+    d.update(bytes);
+    d.finish()
+}
+
+/// The incremental form of [`digest`]: feeding the bytes in any pieces
+/// gives the same result.
+#[derive(Clone, Debug)]
+pub struct Digester {
+    lanes: [u64; 4],
+    carry: [u8; 32],
+    carried: usize,
+    len: u64,
+}
+
+impl Default for Digester {
+    fn default() -> Self {
+        Self {
+            lanes: [1, 2, 3, 4],
+            carry: [0; 32],
+            carried: 0,
+            len: 0,
         }
     }
-    for (i, &b) in blocks.remainder().iter().enumerate() {
-        lanes[i % 4] = (lanes[i % 4] ^ u64::from(b))
-            .wrapping_mul(K[i % 4])
-            .rotate_left(29);
+}
+
+const LANE_KEYS: [u64; 4] = [
+    0x9e37_79b9_7f4a_7c15,
+    0xc2b2_ae3d_27d4_eb4f,
+    0x1656_67b1_9e37_79f9,
+    0xff51_afd7_ed55_8ccd,
+];
+
+impl Digester {
+    fn block(lanes: &mut [u64; 4], block: &[u8]) {
+        for (i, lane) in lanes.iter_mut().enumerate() {
+            // Callers pass 32-byte blocks: four 8-byte words.
+            let w = u64::from_le_bytes(block[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+            *lane = (*lane ^ w).wrapping_mul(LANE_KEYS[i]).rotate_left(29);
+        }
     }
-    let mut h = crate::image::ImageHash::default();
-    let mut line = [0u8; crate::image::LINE];
-    for (i, lane) in lanes.iter().enumerate() {
-        line[i * 8..i * 8 + 8].copy_from_slice(&lane.to_le_bytes());
+
+    /// Adds `bytes`.
+    pub fn update(&mut self, mut bytes: &[u8]) {
+        self.len += bytes.len() as u64;
+        if self.carried > 0 {
+            let n = (32 - self.carried).min(bytes.len());
+            self.carry[self.carried..self.carried + n].copy_from_slice(&bytes[..n]);
+            self.carried += n;
+            bytes = &bytes[n..];
+            if self.carried < 32 {
+                return;
+            }
+            let carry = self.carry;
+            Self::block(&mut self.lanes, &carry);
+            self.carried = 0;
+        }
+        let mut blocks = bytes.chunks_exact(32);
+        for block in &mut blocks {
+            Self::block(&mut self.lanes, block);
+        }
+        let rest = blocks.remainder();
+        self.carry[..rest.len()].copy_from_slice(rest);
+        self.carried = rest.len();
     }
-    line[32..40].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
-    h.add_line(0, &line);
-    h.0
+
+    /// The digest of everything added.
+    pub fn finish(mut self) -> u128 {
+        for i in 0..self.carried {
+            let lane = &mut self.lanes[i % 4];
+            *lane = (*lane ^ u64::from(self.carry[i]))
+                .wrapping_mul(LANE_KEYS[i % 4])
+                .rotate_left(29);
+        }
+        let mut line = [0u8; crate::image::LINE];
+        for (i, lane) in self.lanes.iter().enumerate() {
+            line[i * 8..i * 8 + 8].copy_from_slice(&lane.to_le_bytes());
+        }
+        line[32..40].copy_from_slice(&self.len.to_le_bytes());
+        crate::image::line_hash(0, &line)
+    }
 }
 
 /// The oracle on digests alone: `Some(Ok)` when `seen` is exactly one of
@@ -263,14 +324,23 @@ fn quick_verdict(states: &[(&ModelState, &Digests)], seen: &Digests) -> Option<R
 }
 
 /// Mounts `image`, checks it, returns what it shows.
-fn mount_and_read<T: Target>(memory: CrashMemory) -> Outcome {
+fn mount_and_read<T: Target>(
+    memory: CrashMemory,
+    need_content: &dyn Fn(&Digests) -> bool,
+) -> Outcome {
     let result = guarded(|| -> Outcome {
         let mut fs = T::mount(memory).map_err(|e| format!("mount refused: {e}"))?;
         let problems = fs.fsck();
         if !problems.is_empty() {
             return Err(format!("fsck: {}", problems.join("; ")));
         }
-        fs.visible().map_err(|e| format!("reading files: {e}"))
+        let seen = fs.digests().map_err(|e| format!("reading files: {e}"))?;
+        let content = if need_content(&seen) {
+            Some(fs.visible().map_err(|e| format!("reading files: {e}"))?)
+        } else {
+            None
+        };
+        Ok((seen, content))
     });
     match result {
         Ok(outcome) => outcome,
@@ -285,6 +355,7 @@ fn recover<T: Target>(
     config: &Config,
     rng: &mut Rng,
     totals: &mut Totals,
+    need_content: &dyn Fn(&Digests) -> bool,
 ) -> Outcome {
     let memory = CrashMemory::with_hash(image.clone(), hash);
     // Collect crash images of recovery's own writes while it runs.
@@ -309,9 +380,12 @@ fn recover<T: Target>(
         });
     }));
     totals.mounts += 1;
-    let first = mount_and_read::<T>(memory.clone());
+    let first = mount_and_read::<T>(memory.clone(), need_content);
     memory.clear_observer();
-    let first_summary: Summary = first.as_ref().map(digests).map_err(|e| e.clone());
+    let first_summary: Summary = first
+        .as_ref()
+        .map(|(d, _)| d.clone())
+        .map_err(|e| e.clone());
     let mut again = again.take();
     // Keep a spread of recovery crash images: first, last, random others.
     while again.len() > config.recrash {
@@ -320,7 +394,8 @@ fn recover<T: Target>(
     }
     for (h, image) in again {
         totals.recrash_mounts += 1;
-        let second = mount_and_read::<T>(CrashMemory::with_hash(image, h)).map(|v| digests(&v));
+        let second =
+            mount_and_read::<T>(CrashMemory::with_hash(image, h), &|_| false).map(|(d, _)| d);
         if second != first_summary {
             let describe = |o: &Summary| match o {
                 Ok(v) => format!("files {:?}", v.keys().collect::<Vec<_>>()),
@@ -344,11 +419,97 @@ struct Session {
     /// Digests of `before` and `after` (kept in step with them).
     before_digests: Digests,
     after_digests: Digests,
-    /// What each distinct image showed.
-    summaries: HashMap<ImageHash, Summary>,
-    /// Verdicts by (image, operation index, at an operation end).
-    verdicts: HashMap<(ImageHash, usize, bool), Result<(), String>>,
+    /// Keys of `before` and `after` for the verdict cache.
+    before_key: u128,
+    after_key: u128,
+    /// For a write in flight: its data with the old size (see
+    /// [`torn_write_state`]), with digests and key.
+    torn: Option<(ModelState, Digests, u128)>,
     new_findings: Vec<Finding>,
+}
+
+/// The explorer and the caches shared by all workloads of a run. Mounting
+/// an image always shows the same thing, so what an image showed is cached
+/// by image hash; a verdict depends on the image and the acceptable model
+/// states, so it is cached by both (workloads with a common prefix share
+/// their states and so their verdicts).
+pub struct Run {
+    /// Image generation and the global count of distinct images.
+    pub explorer: Explorer,
+    caches: Caches,
+}
+
+#[derive(Default)]
+struct Caches {
+    summaries: HashMap<ImageHash, Summary>,
+    verdicts: HashMap<(ImageHash, u128), Result<(), String>>,
+}
+
+impl Run {
+    /// A run whose random choices follow `config.seed`.
+    pub fn new(config: &Config) -> Rc<RefCell<Self>> {
+        Rc::new(RefCell::new(Run {
+            explorer: Explorer::new(config.policy.clone(), config.seed),
+            caches: Caches::default(),
+        }))
+    }
+}
+
+/// A key for a model state: names, current contents and older versions.
+fn state_key(state: &ModelState) -> u128 {
+    let mut h = crate::image::ImageHash::default();
+    for (i, (name, file)) in state.files.iter().enumerate() {
+        let mut line = [0u8; crate::image::LINE];
+        line[..16].copy_from_slice(&digest(name.as_bytes()).to_le_bytes());
+        line[16..32].copy_from_slice(&digest(&file.content).to_le_bytes());
+        let mut older = crate::image::ImageHash::default();
+        for (j, old) in file.older.iter().enumerate() {
+            let mut l = [0u8; crate::image::LINE];
+            l[..16].copy_from_slice(&digest(old).to_le_bytes());
+            older.add_line(j as u64, &l);
+        }
+        line[32..48].copy_from_slice(&older.0.to_le_bytes());
+        h.add_line(i as u64, &line);
+    }
+    h.0
+}
+
+/// The verdict-cache key of the acceptable states at a crash point.
+fn verdict_key(before: u128, after: u128, torn: Option<u128>, at_end: bool) -> u128 {
+    let mut line = [0u8; crate::image::LINE];
+    line[..16].copy_from_slice(&after.to_le_bytes());
+    if !at_end {
+        line[16..32].copy_from_slice(&before.to_le_bytes());
+        line[32] = 1;
+        if let Some(torn) = torn {
+            line[33..49].copy_from_slice(&torn.to_le_bytes());
+        }
+    }
+    crate::image::line_hash(u64::MAX, &line)
+}
+
+/// A write is not atomic (daxfs crate docs: only metadata operations
+/// are): a crash in the middle of one that extends a file may keep the old
+/// size while some of the new bytes below it already reached media. This
+/// is the state for that case: the old size, each byte old or new. `None`
+/// when `op` is not a write or does not change the size.
+fn torn_write_state(before: &ModelState, after: &ModelState, op: &Op) -> Option<ModelState> {
+    let Op::Write { name, .. } = op else {
+        return None;
+    };
+    let old = before.files.get(name)?;
+    let new = after.files.get(name)?;
+    if old.content.len() == new.content.len() {
+        return None;
+    }
+    let mut torn = before.clone();
+    let file = torn.files.get_mut(name)?;
+    file.older = new.older.clone();
+    for version in &mut file.older {
+        version.truncate(old.content.len());
+    }
+    file.content = new.content[..old.content.len()].to_vec();
+    Some(torn)
 }
 
 /// The digests of a model state's current contents.
@@ -365,7 +526,7 @@ pub fn run_workload<T: Target>(
     base: &Base,
     ops: &[Op],
     config: &Config,
-    explorer: &Rc<RefCell<Explorer>>,
+    run: &Rc<RefCell<Run>>,
     totals: &Rc<RefCell<Totals>>,
 ) {
     let memory = CrashMemory::with_hash(base.image.clone(), base.hash);
@@ -405,78 +566,101 @@ pub fn run_workload<T: Target>(
         op_index: 0,
         before_digests: model_digests(&base.state),
         after_digests: model_digests(&base.state),
-        summaries: HashMap::new(),
-        verdicts: HashMap::new(),
+        before_key: state_key(&base.state),
+        after_key: state_key(&base.state),
+        torn: None,
         new_findings: Vec::new(),
     }));
     let mut rng = Rng::new(config.seed ^ (ops.len() as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
     {
-        let (session, explorer, totals, config) = (
-            session.clone(),
-            explorer.clone(),
-            totals.clone(),
-            config.clone(),
-        );
+        let (session, run, totals, config) =
+            (session.clone(), run.clone(), totals.clone(), config.clone());
         let ops = ops.to_vec();
         memory.set_observer(Box::new(move |point| {
             let mut guard = session.borrow_mut();
             let s = &mut *guard;
             let mut t = totals.borrow_mut();
             t.points += 1;
-            let mut e = explorer.borrow_mut();
-            e.visit(point, |image, bytes, first| {
+            let mut run = run.borrow_mut();
+            let Run {
+                explorer: e,
+                caches,
+            } = &mut *run;
+            e.visit(point, |image, persisted, first| {
                 t.images += 1;
                 if first {
                     t.distinct += 1;
                 }
                 let at_end = matches!(point.kind, PointKind::OperationEnd(_));
-                let key = (image.hash, s.op_index, at_end);
-                let verdict = match s.verdicts.get(&key) {
+                let torn_key = s.torn.as_ref().map(|(_, _, k)| *k);
+                let key = (
+                    image.hash,
+                    verdict_key(s.before_key, s.after_key, torn_key, at_end),
+                );
+                let verdict = match caches.verdicts.get(&key) {
                     Some(v) => v.clone(),
                     None => {
                         // At the end of an operation it has completed: only
                         // "after" is acceptable.
-                        let states: Vec<(&ModelState, &Digests)> = if at_end {
+                        let mut states: Vec<(&ModelState, &Digests)> = if at_end {
                             vec![(&s.after, &s.after_digests)]
                         } else {
                             vec![(&s.before, &s.before_digests), (&s.after, &s.after_digests)]
                         };
+                        if let (Some((torn, digests, _)), false) = (&s.torn, at_end) {
+                            states.push((torn, digests));
+                        }
                         let models: Vec<&ModelState> = states.iter().map(|(m, _)| *m).collect();
-                        let v = match s.summaries.get(&image.hash) {
+                        let v = match caches.summaries.get(&image.hash) {
                             Some(Err(e)) => Err(e.clone()),
                             Some(Ok(seen)) => match quick_verdict(&states, seen) {
                                 Some(v) => v,
                                 // Seen before under other states and the
                                 // digests cannot decide: mount again.
-                                None => mount_and_read::<T>(CrashMemory::with_hash(
-                                    bytes.clone(),
-                                    image.hash,
-                                ))
-                                .and_then(|visible| {
-                                    matches_any(&models, &visible, config.semantics.unit)
-                                }),
+                                None => {
+                                    t.content_checks += 1;
+                                    mount_and_read::<T>(
+                                        CrashMemory::with_hash(
+                                            image.materialise(persisted),
+                                            image.hash,
+                                        ),
+                                        &|_| true,
+                                    )
+                                    .and_then(
+                                        |(_, visible)| {
+                                            let visible = visible.unwrap_or_default();
+                                            matches_any(&models, &visible, config.semantics.unit)
+                                        },
+                                    )
+                                }
                             },
                             None => {
-                                let outcome =
-                                    recover::<T>(bytes, image.hash, &config, &mut rng, &mut t);
-                                let summary: Summary =
-                                    outcome.as_ref().map(digests).map_err(|e| e.clone());
-                                let v = match &summary {
+                                let need = |seen: &Digests| quick_verdict(&states, seen).is_none();
+                                let outcome = recover::<T>(
+                                    &image.materialise(persisted),
+                                    image.hash,
+                                    &config,
+                                    &mut rng,
+                                    &mut t,
+                                    &need,
+                                );
+                                let v = match &outcome {
                                     Err(e) => Err(e.clone()),
-                                    Ok(seen) => match quick_verdict(&states, seen) {
+                                    Ok((seen, content)) => match quick_verdict(&states, seen) {
                                         Some(v) => v,
-                                        None => outcome.as_ref().map_err(|e| e.clone()).and_then(
-                                            |visible| {
-                                                matches_any(&models, visible, config.semantics.unit)
-                                            },
-                                        ),
+                                        None => {
+                                            t.content_checks += 1;
+                                            let empty = Visible::new();
+                                            let visible = content.as_ref().unwrap_or(&empty);
+                                            matches_any(&models, visible, config.semantics.unit)
+                                        }
                                     },
                                 };
-                                s.summaries.insert(image.hash, summary);
+                                caches.summaries.insert(image.hash, outcome.map(|(d, _)| d));
                                 v
                             }
                         };
-                        s.verdicts.insert(key, v.clone());
+                        caches.verdicts.insert(key, v.clone());
                         v
                     }
                 };
@@ -499,6 +683,11 @@ pub fn run_workload<T: Target>(
             let mut after = s.before.clone();
             let expect = after.apply(op, &config.semantics);
             s.after_digests = model_digests(&after);
+            s.after_key = state_key(&after);
+            s.torn = torn_write_state(&s.before, &after, op).map(|torn| {
+                let (digests, key) = (model_digests(&torn), state_key(&torn));
+                (torn, digests, key)
+            });
             s.after = after;
             expect
         };
@@ -520,14 +709,17 @@ pub fn run_workload<T: Target>(
         // operation has fenced (a metadata commit or a persist), no older
         // data version can show any more (daxfs crate docs, "Data writes").
         if memory.stats().fences > fences_before {
-            for file in session.borrow_mut().after.files.values_mut() {
+            let mut s = session.borrow_mut();
+            for file in s.after.files.values_mut() {
                 file.older.clear();
             }
+            s.after_key = state_key(&s.after);
         }
         memory.mark_operation_end();
         let mut s = session.borrow_mut();
         s.before = s.after.clone();
         s.before_digests = s.after_digests.clone();
+        s.before_key = state_key(&s.before);
     }
     memory.clear_observer();
     let findings = std::mem::take(&mut session.borrow_mut().new_findings);
@@ -588,14 +780,11 @@ pub fn run_suite<T: Target>(
     mut progress: impl FnMut(&Totals, &[Op], f64),
 ) -> Totals {
     let start = std::time::Instant::now();
-    let explorer = Rc::new(RefCell::new(Explorer::new(
-        config.policy.clone(),
-        config.seed,
-    )));
+    let run = Run::new(config);
     let totals = Rc::new(RefCell::new(Totals::default()));
     for indices in crate::workloads::Sequences::new(templates.len(), config.seed) {
         let ops = crate::workloads::instantiate(templates, &indices);
-        run_workload::<T>(base, &ops, config, &explorer, &totals);
+        run_workload::<T>(base, &ops, config, &run, &totals);
         let elapsed = start.elapsed().as_secs_f64();
         let t = totals.borrow();
         progress(&t, &ops, elapsed);
@@ -738,7 +927,7 @@ mod tests {
             hash: PagedImage::zeroed(PAGE).unwrap().hash(),
             state: ModelState::default(),
         };
-        let explorer = Rc::new(RefCell::new(Explorer::new(config.policy.clone(), 1)));
+        let run = Run::new(&config);
         let totals = Rc::new(RefCell::new(Totals::default()));
         let write = |offset, len, seed| Op::Write {
             name: "f".into(),
@@ -753,7 +942,7 @@ mod tests {
             vec![Op::Create("f".into()), Op::Create("f".into())],
             vec![write(0, 1, 1)],
         ] {
-            run_workload::<Toy>(&base, &ops, &config, &explorer, &totals);
+            run_workload::<Toy>(&base, &ops, &config, &run, &totals);
         }
         BROKEN.with(|b| b.set(false));
         let t = totals.borrow().clone();
@@ -776,6 +965,23 @@ mod tests {
         let first = &t.findings[0];
         assert_eq!(first.ops.len(), 2, "smallest workload first: {first}");
         assert!(first.message.contains("data"), "{first}");
+    }
+
+    #[test]
+    fn digests_do_not_depend_on_how_bytes_are_fed() {
+        let bytes: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let whole = digest(&bytes);
+        for split in [1, 31, 32, 33, 500, 999] {
+            let mut d = Digester::default();
+            d.update(&bytes[..split]);
+            d.update(&bytes[split..]);
+            assert_eq!(d.finish(), whole, "split at {split}");
+        }
+        let mut other = bytes.clone();
+        other[500] ^= 1;
+        assert_ne!(digest(&other), whole);
+        assert_ne!(digest(&bytes[..999]), whole);
+        assert_ne!(digest(&[0; 32]), digest(&[0; 33]));
     }
 
     #[test]
@@ -802,7 +1008,7 @@ mod tests {
             }
         }
         let memory = CrashMemory::new(PagedImage::zeroed(PAGE).unwrap());
-        let outcome = mount_and_read::<Panics>(memory);
+        let outcome = mount_and_read::<Panics>(memory, &|_| false);
         assert_eq!(outcome.unwrap_err(), "mount/fsck panic: boom");
     }
 }

@@ -8,21 +8,17 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use daxfs_crashcheck::daxfs_target::{config, Daxfs, REGION};
-use daxfs_crashcheck::harness::{build_base, run_workload, Totals};
+use daxfs_crashcheck::harness::{build_base, run_workload, Run, Totals};
 use daxfs_crashcheck::oracle::Op;
 use daxfs_crashcheck::workloads::setup;
-use daxfs_crashcheck::Explorer;
 
 fn explore(workloads: &[Vec<Op>]) -> Totals {
     let config = config(7);
     let base = build_base::<Daxfs>(REGION, &setup(), &config.semantics).expect("base image");
-    let explorer = Rc::new(RefCell::new(Explorer::new(
-        config.policy.clone(),
-        config.seed,
-    )));
+    let run = Run::new(&config);
     let totals = Rc::new(RefCell::new(Totals::default()));
     for ops in workloads {
-        run_workload::<Daxfs>(&base, ops, &config, &explorer, &totals);
+        run_workload::<Daxfs>(&base, ops, &config, &run, &totals);
     }
     let t = totals.borrow().clone();
     t

@@ -78,13 +78,15 @@ fn parse() -> Result<Args, String> {
 fn summary(t: &Totals, seconds: f64) {
     println!(
         "crashcheck: {} workloads, {} crash points, {} images checked, {} distinct, \
-         {} recovery mounts + {} re-crash mounts in {:.1} s ({:.0} distinct images/s)",
+         {} recovery mounts + {} re-crash mounts, {} byte-wise checks in {:.1} s \
+         ({:.0} distinct images/s)",
         t.workloads,
         t.points,
         t.images,
         t.distinct,
         t.mounts,
         t.recrash_mounts,
+        t.content_checks,
         seconds,
         t.distinct as f64 / seconds.max(1e-9)
     );
