@@ -40,6 +40,13 @@ fn wait_healthz(machine: &Machine) -> String {
     }
 }
 
+/// The `(N interrupts)` figure of the `net` command.
+fn interrupts(net: &str) -> u64 {
+    net.split_once(" interrupts)")
+        .and_then(|(before, _)| before.rsplit_once('(')?.1.parse().ok())
+        .unwrap_or_else(|| panic!("no interrupt count in:\n{net}"))
+}
+
 #[test]
 fn dhcp_address_and_healthz() -> Result<(), HarnessError> {
     let mut machine = Machine::boot_to_prompt(QemuOptions::new("net_dhcp", Firmware::Bios))?;
@@ -62,6 +69,7 @@ fn dhcp_address_and_healthz() -> Result<(), HarnessError> {
         "{lspci}"
     );
     let net = machine.command("net")?;
+    assert!(interrupts(&net) > 0, "the NIC's INTx never fired:\n{net}");
     let accepted: Vec<&str> = net.lines().filter(|l| l.starts_with("tcp:")).collect();
     assert!(
         !accepted.is_empty() && !accepted[0].starts_with("tcp: 0 accepted"),
@@ -159,5 +167,22 @@ fn survives_floods_and_garbage() -> Result<(), HarnessError> {
     assert!(body.starts_with("ok daxbox "), "{body:?}");
     let net = machine.command("net")?;
     assert!(net.contains("link up"), "{net}");
+    assert!(interrupts(&net) > 0, "the NIC's INTx never fired:\n{net}");
+    Ok(())
+}
+
+#[test]
+fn uefi_dhcp_and_healthz() -> Result<(), HarnessError> {
+    let mut machine = Machine::boot_to_prompt(QemuOptions::new("net_uefi", Firmware::Uefi))?;
+    assert!(
+        machine.output().contains("net: address 10.0.2.15/24"),
+        "{}",
+        machine.output()
+    );
+    let body = wait_healthz(&machine);
+    assert!(body.starts_with("ok daxbox "), "{body:?}");
+    let net = machine.command("net")?;
+    assert!(net.contains("link up"), "{net}");
+    assert!(interrupts(&net) > 0, "the NIC's INTx never fired:\n{net}");
     Ok(())
 }
