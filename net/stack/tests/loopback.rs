@@ -3,15 +3,65 @@
 
 use daxbox_netstack::http::HttpService;
 use daxbox_netstack::smoltcp::iface::SocketHandle;
-use daxbox_netstack::smoltcp::phy::{Loopback, Medium};
+use daxbox_netstack::smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use daxbox_netstack::smoltcp::socket::tcp;
+use daxbox_netstack::smoltcp::time::Instant;
 use daxbox_netstack::smoltcp::wire::{IpAddress, Ipv4Address, Ipv4Cidr};
 use daxbox_netstack::{IpMode, Listener, ListenerConfig, NetConfig, NetStack, TcpService};
+use std::collections::VecDeque;
 
 const SERVER: Ipv4Address = Ipv4Address::new(10, 0, 2, 15);
 
+/// Like smoltcp's `Loopback` (every transmitted frame comes back), plus
+/// frames injected by the test, with an Ethernet MTU.
+#[derive(Default)]
+struct Wire {
+    queue: VecDeque<Vec<u8>>,
+}
+
+struct WireRx(Vec<u8>);
+struct WireTx<'a>(&'a mut VecDeque<Vec<u8>>);
+
+impl phy::RxToken for WireRx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl phy::TxToken for WireTx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut frame = vec![0; len];
+        let result = f(&mut frame);
+        self.0.push_back(frame);
+        result
+    }
+}
+
+impl Device for Wire {
+    type RxToken<'a> = WireRx;
+    type TxToken<'a> = WireTx<'a>;
+
+    fn receive(&mut self, _: Instant) -> Option<(WireRx, WireTx<'_>)> {
+        let frame = self.queue.pop_front()?;
+        Some((WireRx(frame), WireTx(&mut self.queue)))
+    }
+
+    fn transmit(&mut self, _: Instant) -> Option<WireTx<'_>> {
+        Some(WireTx(&mut self.queue))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = 1514;
+        caps
+    }
+}
+
+const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+
 struct Harness {
-    stack: NetStack<Loopback>,
+    stack: NetStack<Wire>,
     now: u64,
     next_port: u16,
 }
@@ -19,14 +69,14 @@ struct Harness {
 impl Harness {
     fn new(config: ListenerConfig) -> Self {
         let net = NetConfig {
-            mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+            mac: MAC,
             ip: IpMode::Static {
                 address: Ipv4Cidr::new(SERVER, 24),
                 gateway: Some(Ipv4Address::new(10, 0, 2, 2)),
             },
             random_seed: 7,
         };
-        let mut stack = NetStack::new(Loopback::new(Medium::Ethernet), net, 0);
+        let mut stack = NetStack::new(Wire::default(), net, 0);
         let service = HttpService::new("test", 0);
         stack
             .add_listener(Listener::new(config, service).boxed())
@@ -379,4 +429,103 @@ fn second_service_on_another_port() {
     }
     assert_eq!(h.socket(handle).state(), tcp::State::TimeWait);
     assert_eq!(h.stack.status().listeners[1].active, 0);
+}
+
+#[test]
+fn answers_ping() {
+    use daxbox_netstack::smoltcp::socket::icmp;
+    use daxbox_netstack::smoltcp::wire::{Icmpv4Packet, Icmpv4Repr};
+    let mut h = Harness::http();
+    let (_, sockets) = h.stack.interface_and_sockets();
+    let mut socket = icmp::Socket::new(
+        icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 1024]),
+        icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 1024]),
+    );
+    socket.bind(icmp::Endpoint::Ident(0x1234)).unwrap();
+    let handle = sockets.add(socket);
+    let request = Icmpv4Repr::EchoRequest {
+        ident: 0x1234,
+        seq_no: 1,
+        data: b"daxbox",
+    };
+    let socket = sockets.get_mut::<icmp::Socket>(handle);
+    let buffer = socket
+        .send(request.buffer_len(), IpAddress::Ipv4(SERVER))
+        .unwrap();
+    request.emit(
+        &mut Icmpv4Packet::new_unchecked(buffer),
+        &Default::default(),
+    );
+    for _ in 0..20 {
+        h.step();
+    }
+    let (_, sockets) = h.stack.interface_and_sockets();
+    let socket = sockets.get_mut::<icmp::Socket>(handle);
+    // The socket also sees its own request (same ident) on this wire.
+    let mut replies = 0;
+    while let Ok((packet, from)) = socket.recv() {
+        assert_eq!(from, IpAddress::Ipv4(SERVER));
+        let packet = Icmpv4Packet::new_checked(packet).unwrap();
+        let repr = Icmpv4Repr::parse(&packet, &Default::default()).unwrap();
+        if let Icmpv4Repr::EchoReply {
+            ident,
+            seq_no,
+            data,
+        } = repr
+        {
+            assert_eq!((ident, seq_no, data), (0x1234, 1, &b"daxbox"[..]));
+            replies += 1;
+        }
+    }
+    assert_eq!(replies, 1);
+}
+
+/// A frame addressed to the stack: Ethernet header to our MAC, then `payload`.
+fn frame_to_us(ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut frame = MAC.to_vec();
+    frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+    frame.extend_from_slice(&ethertype.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// Garbage frames (random, truncated IPv4/TCP to port 80, oversize)
+    /// neither panic the stack nor stop it serving.
+    #[test]
+    fn malformed_frames_do_not_stop_service(
+        frames in proptest::collection::vec(
+            (0u8..4, proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000)),
+            1..40,
+        )
+    ) {
+        let mut h = Harness::http();
+        for (kind, bytes) in &frames {
+            let frame = match kind {
+                0 => bytes.clone(),
+                1 => frame_to_us(0x0800, bytes),
+                2 => {
+                    // IPv4 header to us with a TCP protocol byte, then junk.
+                    let mut ip = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 0, 2, 2, 10, 0, 2, 15];
+                    ip.extend_from_slice(&[0x9c, 0x40, 0, 80]);
+                    ip.extend_from_slice(bytes);
+                    frame_to_us(0x0800, &ip)
+                }
+                _ => {
+                    // Oversize: beyond the 1514-byte Ethernet maximum.
+                    let mut big = frame_to_us(0x0800, bytes);
+                    big.resize(9000, 0xAA);
+                    big
+                }
+            };
+            h.stack.device_mut().queue.push_back(frame);
+        }
+        for _ in 0..5 {
+            h.step();
+        }
+        let r = h.get("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        proptest::prop_assert_eq!(r.status, 200);
+    }
 }
