@@ -130,8 +130,8 @@ impl ExtentMap {
         self.pieces(start, len).iter().all(|p| p.physical.is_none())
     }
 
-    /// Unmaps `start..start + len`; returns the physical runs removed.
-    pub fn remove(&mut self, start: u64, len: u64) -> Vec<(u64, u64)> {
+    /// Unmaps `start..start + len`; returns the pieces removed.
+    pub fn remove(&mut self, start: u64, len: u64) -> Vec<Extent> {
         let end = start + len;
         let mut removed = Vec::new();
         let first = self.map.range(..start).next_back().map(|(&s, &v)| (s, v));
@@ -149,7 +149,11 @@ impl ExtentMap {
             if s + l > b {
                 self.map.insert(b, (s + l - b, p + (b - s)));
             }
-            removed.push((p + (a - s), b - a));
+            removed.push(Extent {
+                logical: a,
+                len: b - a,
+                physical: p + (a - s),
+            });
         }
         removed
     }
@@ -192,7 +196,12 @@ mod tests {
         assert_eq!(m.len(), 2);
         assert_eq!(m.lookup(3), Some(103));
         assert_eq!(m.lookup(5), None);
-        assert_eq!(m.remove(1, 10), alloc::vec![(101, 3), (50, 1)]);
+        let removed: Vec<(u64, u64)> = m
+            .remove(1, 10)
+            .iter()
+            .map(|e| (e.physical, e.len))
+            .collect();
+        assert_eq!(removed, alloc::vec![(101, 3), (50, 1)]);
         assert_eq!(
             m.to_vec(),
             alloc::vec![Extent {

@@ -803,46 +803,38 @@ impl<M: PersistentMemory> Filesystem<M> {
         Ok(chain)
     }
 
-    /// Commits a new size and/or map for a file; frees what the old state
-    /// used and the new one does not.
-    fn commit_file(
-        &mut self,
-        slot: u32,
-        size: u64,
-        new_map: Option<ExtentMap>,
-        released: Vec<(u64, u64)>,
-        fresh: &[(u64, u64)],
-    ) -> Result<(), Error> {
-        let file = self.files[slot as usize].as_ref().ok_or(Error::StaleFile)?;
-        let generation = file.generation;
-        let (record, new_chain) = match &new_map {
-            Some(map) => {
-                let map = map.clone();
-                let chain = match self.write_chain(slot, generation, &map) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        self.unallocate(fresh);
-                        return Err(e);
-                    }
-                };
-                let file = self.files[slot as usize].as_ref().ok_or(Error::StaleFile)?;
-                (make_record(file, size, &map, &chain), Some(chain))
+    /// Commits the file's in-memory map (through a fresh overflow chain
+    /// when `map_changed`) and `size`. On error nothing is committed and the
+    /// caller undoes its in-memory map changes; on success the old chain is
+    /// freed (the caller frees the blocks the map stopped using).
+    fn commit_file(&mut self, slot: u32, size: u64, map_changed: bool) -> Result<(), Error> {
+        let file = self.files[slot as usize].as_mut().ok_or(Error::StaleFile)?;
+        if !map_changed {
+            let record = make_record(file, size, &file.map, &file.chain);
+            self.commit(&[(slot, record.encode())])?;
+            if let Some(file) = self.files[slot as usize].as_mut() {
+                file.size = size;
             }
-            None => (make_record(file, size, &file.map, &file.chain), None),
-        };
-        self.commit(&[(slot, record.encode())])?;
+            return Ok(());
+        }
+        let generation = file.generation;
+        // Lend the map to write_chain, which needs `&mut self`.
+        let map = core::mem::take(&mut file.map);
+        let chain = self.write_chain(slot, generation, &map);
+        let file = self.files[slot as usize].as_mut().ok_or(Error::StaleFile)?;
+        file.map = map;
+        let chain = chain?;
+        let record = make_record(file, size, &file.map, &chain);
+        if let Err(e) = self.commit(&[(slot, record.encode())]) {
+            let runs: Vec<(u64, u64)> = chain.iter().map(|&b| (b, 1)).collect();
+            self.unallocate(&runs);
+            return Err(e);
+        }
         let file = self.files[slot as usize].as_mut().ok_or(Error::StaleFile)?;
         file.size = size;
-        let mut old_chain = Vec::new();
-        if let (Some(map), Some(chain)) = (new_map, new_chain) {
-            file.map = map;
-            old_chain = core::mem::replace(&mut file.chain, chain);
-        }
+        let old_chain = core::mem::replace(&mut file.chain, chain);
         for b in old_chain {
             self.unref(b, 1);
-        }
-        for (p, l) in released {
-            self.unref(p, l);
         }
         Ok(())
     }
@@ -1009,23 +1001,56 @@ impl<M: PersistentMemory> Filesystem<M> {
             self.unallocate(&fresh);
             return Err(Error::NoSpace);
         }
-        // The new map, and the old blocks it stops using.
-        let file = self.files[slot as usize].as_ref().ok_or(Error::StaleFile)?;
-        let mut released = Vec::new();
-        let new_map = if runs.is_empty() {
-            None
-        } else {
-            let mut m = file.map.clone();
-            for r in &runs {
-                released.extend(m.remove(r.logical, r.len));
-                m.insert(r.logical, r.len, r.physical);
-            }
-            Some(m)
-        };
-        // Fill the parts of new blocks below the new size that no edit
-        // covers: zeros for holes, the old bytes for copy-on-write.
-        let covered = union(edits.iter().map(|e| (e.offset, e.end())).collect());
+        // Switch the in-memory map to the new blocks now; undone below if
+        // anything fails before the commit.
+        let file = self.files[slot as usize].as_mut().ok_or(Error::StaleFile)?;
+        let mut removed = Vec::new();
         for r in &runs {
+            removed.extend(file.map.remove(r.logical, r.len));
+            file.map.insert(r.logical, r.len, r.physical);
+        }
+        let result = self
+            .fill_and_apply(slot, edits, &runs, new_size)
+            .and_then(|()| {
+                if runs.is_empty() && new_size == old_size {
+                    return Ok(());
+                }
+                self.commit_file(slot, new_size, !runs.is_empty())
+            });
+        match result {
+            Ok(()) => {
+                for e in removed {
+                    self.unref(e.physical, e.len);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(file) = self.files[slot as usize].as_mut() {
+                    for r in runs.iter().rev() {
+                        file.map.remove(r.logical, r.len);
+                    }
+                    for x in removed {
+                        file.map.insert(x.logical, x.len, x.physical);
+                    }
+                }
+                self.unallocate(&fresh);
+                Err(e)
+            }
+        }
+    }
+
+    /// Fills the parts of new blocks below the new size that no edit
+    /// covers (zeros for holes, the old bytes for copy-on-write), then
+    /// writes the edits through the file's (already switched) map.
+    fn fill_and_apply(
+        &mut self,
+        slot: u32,
+        edits: &[Edit<'_>],
+        runs: &[NewRun],
+        new_size: u64,
+    ) -> Result<(), Error> {
+        let covered = union(edits.iter().map(|e| (e.offset, e.end())).collect());
+        for r in runs {
             let start = r.logical * BLOCK_SIZE;
             let end = ((r.logical + r.len) * BLOCK_SIZE).min(new_size);
             let mut cursor = start;
@@ -1050,35 +1075,30 @@ impl<M: PersistentMemory> Filesystem<M> {
                 }
             }
         }
-        // Apply the edits through the new map.
-        let mut writes: Vec<(u64, u64, u64)> = Vec::new(); // (edit index, edit offset, region offset)
-        {
-            let file = self.files[slot as usize].as_ref().ok_or(Error::StaleFile)?;
-            let map = new_map.as_ref().unwrap_or(&file.map);
-            for (i, e) in edits.iter().enumerate() {
-                if e.len() == 0 {
-                    continue;
-                }
-                let (bs, be) = block_range(e);
-                for piece in map.pieces(bs, be - bs) {
-                    let Some(p) = piece.physical else { continue };
-                    let a = e.offset.max(piece.logical * BLOCK_SIZE);
-                    let b = e.end().min((piece.logical + piece.len) * BLOCK_SIZE);
-                    if b > a {
-                        writes.push((
-                            i as u64,
-                            a,
-                            block_offset(p) + (a - piece.logical * BLOCK_SIZE),
-                        ));
-                        writes.push((b - a, 0, 0));
-                    }
+        // (edit index, file offset, region offset, length)
+        let mut writes: Vec<(usize, u64, u64, u64)> = Vec::new();
+        let file = self.files[slot as usize].as_ref().ok_or(Error::StaleFile)?;
+        for (i, e) in edits.iter().enumerate() {
+            if e.len() == 0 {
+                continue;
+            }
+            let (bs, be) = (e.offset / BLOCK_SIZE, e.end().div_ceil(BLOCK_SIZE));
+            for piece in file.map.pieces(bs, be - bs) {
+                let Some(p) = piece.physical else { continue };
+                let a = e.offset.max(piece.logical * BLOCK_SIZE);
+                let b = e.end().min((piece.logical + piece.len) * BLOCK_SIZE);
+                if b > a {
+                    writes.push((
+                        i,
+                        a,
+                        block_offset(p) + (a - piece.logical * BLOCK_SIZE),
+                        b - a,
+                    ));
                 }
             }
         }
-        for pair in writes.chunks_exact(2) {
-            let (i, a, at) = pair[0];
-            let len = pair[1].0;
-            let e = &edits[i as usize];
+        for (i, a, at, len) in writes {
+            let e = &edits[i];
             match e.src {
                 Src::Data(d) => {
                     let from = (a - e.offset) as usize;
@@ -1087,10 +1107,7 @@ impl<M: PersistentMemory> Filesystem<M> {
                 Src::Zero(_) => self.put_zeros(at, len)?,
             }
         }
-        if new_map.is_none() && new_size == old_size {
-            return Ok(());
-        }
-        self.commit_file(slot, new_size, new_map, released, &fresh)
+        Ok(())
     }
 
     // ----- namespace operations -------------------------------------------
@@ -1174,7 +1191,7 @@ impl<M: PersistentMemory> Filesystem<M> {
                     let at = block_offset(p) + offset % BLOCK_SIZE;
                     self.put(at, data)?;
                     if end > size {
-                        return self.commit_file(file.slot, end, None, Vec::new(), &[]);
+                        return self.commit_file(file.slot, end, false);
                     }
                     return Ok(());
                 }
@@ -1244,16 +1261,30 @@ impl<M: PersistentMemory> Filesystem<M> {
 
     /// Unmaps file blocks and commits (punch hole / truncate).
     fn unmap(&mut self, slot: u32, start: u64, len: u64, size: u64) -> Result<(), Error> {
-        let f = self.files[slot as usize].as_ref().ok_or(Error::StaleFile)?;
-        if f.map.is_hole(start, len) {
+        let f = self.files[slot as usize].as_mut().ok_or(Error::StaleFile)?;
+        let removed = f.map.remove(start, len);
+        if removed.is_empty() {
             if size != f.size {
-                return self.commit_file(slot, size, None, Vec::new(), &[]);
+                return self.commit_file(slot, size, false);
             }
             return Ok(());
         }
-        let mut map = f.map.clone();
-        let released = map.remove(start, len);
-        self.commit_file(slot, size, Some(map), released, &[])
+        match self.commit_file(slot, size, true) {
+            Ok(()) => {
+                for e in removed {
+                    self.unref(e.physical, e.len);
+                }
+                Ok(())
+            }
+            Err(err) => {
+                if let Some(f) = self.files[slot as usize].as_mut() {
+                    for x in removed {
+                        f.map.insert(x.logical, x.len, x.physical);
+                    }
+                }
+                Err(err)
+            }
+        }
     }
 
     /// Sets the file size; growing reads as zeros, shrinking frees blocks.

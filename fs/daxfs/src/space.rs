@@ -309,11 +309,12 @@ impl Allocator {
                 }
             }
         }
-        if let Some((&rs, &rl)) = self.small.iter().rev().find(|(_, &l)| l >= want) {
-            // Take from the end of the run: keeps the run's start stable.
-            let start = rs + rl - want;
-            self.take(start, want);
-            return Some((start, want));
+        if let Some((&rs, _)) = self.small.iter().rev().find(|(_, &l)| l >= want) {
+            // Take the start of the run, so that the file's next
+            // allocation (preferring the block after this one) continues
+            // the same extent.
+            self.take(rs, want);
+            return Some((rs, want));
         }
         if let Some(&chunk) = self.huge.iter().next_back() {
             self.huge.remove(&chunk);

@@ -470,3 +470,48 @@ fn held_bytes_do_not_change_under_writes() {
     );
     assert_clean(&fs);
 }
+
+#[test]
+fn no_space_for_the_overflow_block_rolls_back() {
+    let mut fs = fresh(4);
+    let frag = fs.create("frag").unwrap();
+    for i in 0..12u64 {
+        fs.write(frag, i * 8192, &[i as u8 + 1; 4096]).unwrap();
+    }
+    assert_eq!(
+        fs.stat(frag).unwrap().extent_count,
+        12,
+        "all extents inline"
+    );
+    let before = read_all(&fs, "frag");
+    let filler = fs.create("filler").unwrap();
+    let mut off = 0;
+    while fs.write(filler, off, &[9; 4096]).is_ok() {
+        off += 4096;
+    }
+    assert!(
+        fs.stat(filler).unwrap().extent_count <= 3,
+        "appends stay contiguous"
+    );
+    assert_eq!(fs.statfs().free_blocks, 0);
+    fs.truncate(filler, off - 4096).unwrap();
+    let pad = fs.create("pad").unwrap();
+    let mut off = 0;
+    while fs.statfs().free_blocks > 1 {
+        fs.write(pad, off, &[7; 4096]).unwrap();
+        off += 4096;
+    }
+    // The 13th extent needs one data block and one overflow block: only
+    // one is free.
+    assert_eq!(
+        fs.write(frag, 30 * 4096, &[0xAA; 4096]),
+        Err(Error::NoSpace)
+    );
+    assert_eq!(fs.statfs().free_blocks, 1, "nothing leaked");
+    assert_eq!(read_all(&fs, "frag"), before);
+    assert_eq!(fs.stat(frag).unwrap().extent_count, 12);
+    assert_clean(&fs);
+    let fs = Filesystem::mount(fs.into_memory()).unwrap();
+    assert_eq!(read_all(&fs, "frag"), before);
+    assert_clean(&fs);
+}
