@@ -52,7 +52,7 @@ fn unknown_command_is_an_error_and_the_shell_goes_on() -> Result<(), HarnessErro
 #[test]
 fn over_long_line_is_rejected() -> Result<(), HarnessError> {
     let mut machine = machine("shell_long_line")?;
-    let line = "x".repeat(300);
+    let line = "x".repeat(600);
     let output = machine.command(&line)?;
     assert!(output.contains("error: line too long"), "got: {output:?}");
     assert!(machine.command("version")?.contains("daxbox"));

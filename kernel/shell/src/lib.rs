@@ -14,8 +14,10 @@ extern crate alloc;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-/// Longest line the shell accepts, in bytes.
-pub const MAX_LINE: usize = 256;
+/// Longest line the shell accepts, in bytes. Room for a command naming a
+/// file with the longest name daxfs allows (255 bytes, FORMAT.md), with a
+/// `pmemN:` prefix and arguments, e.g. `write pmem0:<255 bytes> 0 TEXT`.
+pub const MAX_LINE: usize = 512;
 
 /// What the caller should do after feeding one byte to the editor.
 #[derive(Debug, PartialEq, Eq)]
