@@ -14,6 +14,7 @@
 //! filesystem in the page-frame table, so `blk write` cannot scribble over
 //! a mounted filesystem.
 
+use alloc::boxed::Box;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use daxbox_bootconfig::FormatPolicy;
@@ -28,8 +29,9 @@ use crate::{config, println, time};
 
 /// A mounted filesystem or a raw export.
 pub enum Role {
-    /// daxfs mounted on the device.
-    Filesystem(Filesystem<PmemRegion>),
+    /// daxfs mounted on the device (boxed: the mounted state is much larger
+    /// than a raw block device).
+    Filesystem(Box<Filesystem<PmemRegion>>),
     /// The whole device, exported raw.
     Raw(PmemBlockDevice<PmemRegion>),
 }
@@ -38,8 +40,6 @@ pub enum Role {
 pub struct Volume {
     /// Device name (`pmem0`, ...).
     pub device: String,
-    /// Device index (the N of pmemN).
-    pub index: u8,
     /// What it is used for.
     pub role: Role,
 }
@@ -68,25 +68,45 @@ impl Storage {
     /// The filesystem on volume `index`, if it is one.
     pub fn filesystem(&mut self, index: usize) -> Option<&mut Filesystem<PmemRegion>> {
         match &mut self.volumes.get_mut(index)?.role {
-            Role::Filesystem(fs) => Some(fs),
+            Role::Filesystem(fs) => Some(fs.as_mut()),
             Role::Raw(_) => None,
         }
     }
 
-    /// Splits `pmemN:NAME` into (volume index, NAME); a plain `NAME` gives
-    /// `None` for the volume.
-    fn split_qualified<'a>(&self, name: &'a str) -> (Option<usize>, &'a str) {
-        if let Some((device, rest)) = name.split_once(':') {
-            if let Some(index) = self.volumes.iter().position(|v| v.device == device) {
-                return (Some(index), rest);
-            }
+    /// The volume of device `device` (`pmemN`), or why there is none: a
+    /// device that exists but holds no mounted filesystem or raw export is
+    /// named as such, so that `pmemN:NAME` never silently means a file
+    /// called `pmemN:NAME` on some other device.
+    fn volume_of(&self, device: &str) -> Result<usize, String> {
+        if let Some(index) = self.volumes.iter().position(|v| v.device == device) {
+            return Ok(index);
         }
-        (None, name)
+        if pmem::with_device(device, |_| ()).is_some() || pmem::taken_by(device).is_some() {
+            Err(alloc::format!(
+                "{} has no mounted filesystem (see the boot log, or `mkfs {}`)",
+                device,
+                device
+            ))
+        } else {
+            Err(alloc::format!("no such device: {}", device))
+        }
+    }
+
+    /// Splits `pmemN:NAME` into (volume index, NAME); a plain `NAME` gives
+    /// `None` for the volume. A `pmemN:` prefix naming a device that is
+    /// not in use as a volume is an error (see [`Storage::volume_of`]).
+    fn split_qualified<'a>(&self, name: &'a str) -> Result<(Option<usize>, &'a str), String> {
+        match name.split_once(':') {
+            Some((device, rest)) if is_device_name(device) => {
+                Ok((Some(self.volume_of(device)?), rest))
+            }
+            _ => Ok((None, name)),
+        }
     }
 
     /// Finds an existing file.
     pub fn lookup(&self, name: &str) -> Result<FileRef, String> {
-        let (volume, name) = self.split_qualified(name);
+        let (volume, name) = self.split_qualified(name)?;
         for (index, candidate) in self.volumes.iter().enumerate() {
             if volume.is_some_and(|v| v != index) {
                 continue;
@@ -106,7 +126,7 @@ impl Storage {
     /// The filesystem a new file called `name` goes to: the named device,
     /// else the first mounted filesystem. Returns (volume, bare name).
     fn target<'a>(&self, name: &'a str) -> Result<(usize, &'a str), String> {
-        let (volume, bare) = self.split_qualified(name);
+        let (volume, bare) = self.split_qualified(name)?;
         let index = match volume {
             Some(index) => index,
             None => self
@@ -140,13 +160,19 @@ impl Storage {
     }
 }
 
+/// Whether `text` is a device name: `pmem` and a decimal number.
+fn is_device_name(text: &str) -> bool {
+    text.strip_prefix("pmem")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Looks at every pmem device and mounts, formats or exports it.
 pub fn init() {
     let config = config::get();
     let mut storage = STORAGE.lock();
     for name in pmem::device_names() {
         let index: u8 = name.trim_start_matches("pmem").parse().unwrap_or(u8::MAX);
-        if config.export_raw.iter().any(|raw| *raw == name) {
+        if config.export_raw.contains(&name) {
             match pmem::take_block(&name, daxbox_pmem::frames::Owner::Device(index)) {
                 Some(block) => {
                     println!(
@@ -156,7 +182,6 @@ pub fn init() {
                     );
                     storage.volumes.push(Volume {
                         device: name,
-                        index,
                         role: Role::Raw(block),
                     });
                 }
@@ -169,6 +194,24 @@ pub fn init() {
             None => continue,
         };
         let format = match probe {
+            Probe::Daxfs { version, .. } if version > daxfs::format::FORMAT_VERSION => {
+                // Mounting would fail, and a failed mount loses the device
+                // until the next boot: refuse before taking it.
+                println!(
+                    "storage: {} holds daxfs format version {} (this kernel supports up to {}); left alone",
+                    name,
+                    version,
+                    daxfs::format::FORMAT_VERSION
+                );
+                continue;
+            }
+            Probe::Daxfs { clean: false, .. } => {
+                println!(
+                    "storage: {} was not unmounted cleanly; mounting with recovery",
+                    name
+                );
+                false
+            }
             Probe::Daxfs { .. } => false,
             Probe::Blank if config.format == FormatPolicy::IfBlank => true,
             Probe::Blank => {
@@ -244,8 +287,7 @@ fn attach(storage: &mut Storage, name: &str, index: u8, format: bool) -> Result<
             );
             storage.volumes.push(Volume {
                 device: name.to_string(),
-                index,
-                role: Role::Filesystem(fs),
+                role: Role::Filesystem(Box::new(fs)),
             });
             Ok(())
         }
@@ -350,11 +392,28 @@ fn ls(_: &mut Context, args: &[&str]) -> Result<(), String> {
     let mut storage = STORAGE.lock();
     let (device, after) = match args {
         [] => (None, None),
-        [one] if storage.volumes.iter().any(|v| v.device == *one) => (Some(*one), None),
+        [one] if is_device_name(one) => (Some(*one), None),
         [after] => (None, Some(*after)),
         [device, after] => (Some(*device), Some(*after)),
         _ => return Err("usage: ls [DEVICE] [AFTER]".into()),
     };
+    // A named device must hold a filesystem; a listing of nothing would
+    // hide a typo or an unmounted device.
+    if let Some(device) = device {
+        let index = storage.volume_of(device)?;
+        if storage.filesystem(index).is_none() {
+            return Err(alloc::format!(
+                "{} is exported raw, not a filesystem",
+                device
+            ));
+        }
+    } else if !storage
+        .volumes
+        .iter()
+        .any(|v| matches!(v.role, Role::Filesystem(_)))
+    {
+        return Err("no filesystem is mounted".into());
+    }
     let mut shown = 0;
     for index in 0..storage.volumes.len() {
         let name = storage.volumes[index].device.clone();
@@ -417,9 +476,11 @@ fn rm(_: &mut Context, args: &[&str]) -> Result<(), String> {
     };
     let mut storage = STORAGE.lock();
     let found = storage.lookup(name)?;
-    let (_, bare) = storage.split_qualified(name);
+    let (_, bare) = storage.split_qualified(name)?;
     let fs = storage.filesystem(found.volume).ok_or("not a filesystem")?;
-    fs.unlink(bare).map_err(|e| e.to_string())
+    fs.unlink(bare).map_err(|e| e.to_string())?;
+    println!("removed {}", bare);
+    Ok(())
 }
 
 fn mv(_: &mut Context, args: &[&str]) -> Result<(), String> {
@@ -428,13 +489,21 @@ fn mv(_: &mut Context, args: &[&str]) -> Result<(), String> {
     };
     let mut storage = STORAGE.lock();
     let found = storage.lookup(from)?;
-    let (_, from_bare) = storage.split_qualified(from);
-    let (to_volume, to_bare) = storage.split_qualified(to);
+    let (_, from_bare) = storage.split_qualified(from)?;
+    let (to_volume, to_bare) = storage.split_qualified(to)?;
     if to_volume.is_some_and(|v| v != found.volume) {
         return Err("cannot move a file to another device".into());
     }
     let fs = storage.filesystem(found.volume).ok_or("not a filesystem")?;
-    fs.rename(from_bare, to_bare).map_err(|e| e.to_string())
+    let replaces = fs.lookup(to_bare).is_ok() && from_bare != to_bare;
+    fs.rename(from_bare, to_bare).map_err(|e| e.to_string())?;
+    println!(
+        "renamed {} to {}{}",
+        from_bare,
+        to_bare,
+        if replaces { " (replaced it)" } else { "" }
+    );
+    Ok(())
 }
 
 fn clone(_: &mut Context, args: &[&str]) -> Result<(), String> {
@@ -443,8 +512,8 @@ fn clone(_: &mut Context, args: &[&str]) -> Result<(), String> {
     };
     let mut storage = STORAGE.lock();
     let found = storage.lookup(source)?;
-    let (_, source_bare) = storage.split_qualified(source);
-    let (to_volume, destination_bare) = storage.split_qualified(destination);
+    let (_, source_bare) = storage.split_qualified(source)?;
+    let (to_volume, destination_bare) = storage.split_qualified(destination)?;
     if to_volume.is_some_and(|v| v != found.volume) {
         return Err("a clone must stay on the device of its source".into());
     }
@@ -469,7 +538,9 @@ fn truncate(_: &mut Context, args: &[&str]) -> Result<(), String> {
     let mut storage = STORAGE.lock();
     let found = storage.lookup(name)?;
     let fs = storage.filesystem(found.volume).ok_or("not a filesystem")?;
-    fs.truncate(found.file, size).map_err(|e| e.to_string())
+    fs.truncate(found.file, size).map_err(|e| e.to_string())?;
+    println!("truncated to {} bytes", size);
+    Ok(())
 }
 
 fn parse_offset(text: &str) -> Result<u64, String> {
@@ -607,6 +678,14 @@ fn mkfs(_: &mut Context, args: &[&str]) -> Result<(), String> {
         return Err(alloc::format!(
             "{} is in use (mounted or exported); it cannot be formatted now",
             device
+        ));
+    }
+    if let Some(owner) = pmem::taken_by(device) {
+        // Taken but not a volume: a mount at boot failed with the memory.
+        return Err(alloc::format!(
+            "{} is held by {} since a failed mount; reboot to format it",
+            device,
+            owner
         ));
     }
     let size = pmem::with_device(device, |d| block_size(&d.block))
