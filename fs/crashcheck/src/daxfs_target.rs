@@ -137,10 +137,13 @@ impl Target for Daxfs {
         Ok(out)
     }
 
-    fn visible(&mut self) -> Result<Visible, String> {
+    fn visible(&mut self, names: &[String]) -> Result<Visible, String> {
         let fs = &self.0;
         let mut out = Visible::new();
         for (name, id, size) in entries(fs)? {
+            if !names.contains(&name) {
+                continue;
+            }
             let len = usize::try_from(size).map_err(|_| "file too large".to_string())?;
             let mut content = vec![0u8; len];
             let n = fs

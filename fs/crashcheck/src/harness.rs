@@ -28,10 +28,10 @@ use std::sync::Once;
 use std::vec::Vec;
 
 use crate::explore::Explorer;
-use crate::generate::{crash_images, Policy, Selection};
+use crate::generate::{crash_images, CrashImage, Policy, Selection};
 use crate::image::{ImageHash, PagedImage};
 use crate::memory::{CrashMemory, PointKind};
-use crate::oracle::{matches_any, Expect, ModelState, Op, Semantics, Visible};
+use crate::oracle::{matches_file, Expect, ModelState, Op, Semantics, Visible};
 use crate::rng::Rng;
 
 /// An error of the filesystem under test, classified for the oracle.
@@ -57,13 +57,10 @@ pub trait Target: Sized + 'static {
     fn apply(&mut self, op: &Op) -> Result<(), TargetError>;
     /// Consistency check of the mounted filesystem: one line per problem.
     fn fsck(&mut self) -> Vec<String>;
-    /// Every file and its content.
-    fn visible(&mut self) -> Result<Visible, String>;
-    /// Every file's size and content [`digest`] (override to avoid
-    /// holding whole files in memory).
-    fn digests(&mut self) -> Result<Digests, String> {
-        self.visible().map(|v| digests(&v))
-    }
+    /// The content of each file in `names` that exists.
+    fn visible(&mut self, names: &[String]) -> Result<Visible, String>;
+    /// Every file's size and content [`digest`].
+    fn digests(&mut self) -> Result<Digests, String>;
 }
 
 /// Settings of a run.
@@ -287,46 +284,46 @@ impl Digester {
     }
 }
 
-/// The oracle on digests alone: `Some(Ok)` when `seen` is exactly one of
-/// the states' current contents, `Some(Err)` when names or sizes rule out
-/// every state, `None` when only a byte-wise look at the contents (older
-/// data versions) can decide.
-fn quick_verdict(states: &[(&ModelState, &Digests)], seen: &Digests) -> Option<Result<(), String>> {
-    let mut why = Vec::new();
-    for (state, expected) in states {
-        if *expected == seen {
-            return Some(Ok(()));
-        }
-        let shape_ok = expected.len() == seen.len()
-            && expected
+/// The oracle for one acceptable state on digests alone: `Some(Ok)` when
+/// `seen` is exactly the state's current contents, `Some(Err)` when names,
+/// sizes or data rule it out, `None` when only a byte-wise look at the
+/// contents can decide (data differs where unpersisted older versions
+/// might explain it).
+fn quick_one(state: &ModelState, expected: &Digests, seen: &Digests) -> Option<Result<(), String>> {
+    if expected == seen {
+        return Some(Ok(()));
+    }
+    let shape_ok = expected.len() == seen.len()
+        && expected
+            .iter()
+            .zip(seen)
+            .all(|((n1, (l1, _)), (n2, (l2, _)))| n1 == n2 && l1 == l2);
+    if !shape_ok {
+        return Some(Err(format!(
+            "files {:?}, expected {:?}",
+            seen.iter().map(|(n, (l, _))| (n, l)).collect::<Vec<_>>(),
+            expected
                 .iter()
-                .zip(seen)
-                .all(|((n1, (l1, _)), (n2, (l2, _)))| n1 == n2 && l1 == l2);
-        if shape_ok {
-            // Same names and sizes, other bytes: older versions may explain
-            // them when there are any.
-            if state.files.values().any(|f| !f.older.is_empty()) {
-                return None;
-            }
-            why.push("file data differs and no unpersisted write can explain it".to_string());
-        } else {
-            why.push(format!(
-                "files {:?}, expected {:?}",
-                seen.iter().map(|(n, (l, _))| (n, l)).collect::<Vec<_>>(),
-                expected
-                    .iter()
-                    .map(|(n, (l, _))| (n, l))
-                    .collect::<Vec<_>>()
-            ));
+                .map(|(n, (l, _))| (n, l))
+                .collect::<Vec<_>>()
+        )));
+    }
+    for (name, (_, d)) in seen {
+        let differs = expected.get(name).is_some_and(|(_, e)| e != d);
+        let explainable = state.files.get(name).is_some_and(|f| !f.older.is_empty());
+        if differs && !explainable {
+            return Some(Err(format!(
+                "{name}: data differs and no unpersisted write can explain it"
+            )));
         }
     }
-    Some(Err(why.join("; ")))
+    None
 }
 
 /// Mounts `image`, checks it, returns what it shows.
 fn mount_and_read<T: Target>(
     memory: CrashMemory,
-    need_content: &dyn Fn(&Digests) -> bool,
+    need_content: &dyn Fn(&Digests) -> Vec<String>,
 ) -> Outcome {
     let result = guarded(|| -> Outcome {
         let mut fs = T::mount(memory).map_err(|e| format!("mount refused: {e}"))?;
@@ -335,10 +332,14 @@ fn mount_and_read<T: Target>(
             return Err(format!("fsck: {}", problems.join("; ")));
         }
         let seen = fs.digests().map_err(|e| format!("reading files: {e}"))?;
-        let content = if need_content(&seen) {
-            Some(fs.visible().map_err(|e| format!("reading files: {e}"))?)
-        } else {
+        let wanted = need_content(&seen);
+        let content = if wanted.is_empty() {
             None
+        } else {
+            Some(
+                fs.visible(&wanted)
+                    .map_err(|e| format!("reading files: {e}"))?,
+            )
         };
         Ok((seen, content))
     });
@@ -355,7 +356,7 @@ fn recover<T: Target>(
     config: &Config,
     rng: &mut Rng,
     totals: &mut Totals,
-    need_content: &dyn Fn(&Digests) -> bool,
+    need_content: &dyn Fn(&Digests) -> Vec<String>,
 ) -> Outcome {
     let memory = CrashMemory::with_hash(image.clone(), hash);
     // Collect crash images of recovery's own writes while it runs.
@@ -395,7 +396,7 @@ fn recover<T: Target>(
     for (h, image) in again {
         totals.recrash_mounts += 1;
         let second =
-            mount_and_read::<T>(CrashMemory::with_hash(image, h), &|_| false).map(|(d, _)| d);
+            mount_and_read::<T>(CrashMemory::with_hash(image, h), &|_| Vec::new()).map(|(d, _)| d);
         if second != first_summary {
             let describe = |o: &Summary| match o {
                 Ok(v) => format!("files {:?}", v.keys().collect::<Vec<_>>()),
@@ -442,6 +443,7 @@ pub struct Run {
 #[derive(Default)]
 struct Caches {
     summaries: HashMap<ImageHash, Summary>,
+    /// Verdicts by (image, state key).
     verdicts: HashMap<(ImageHash, u128), Result<(), String>>,
 }
 
@@ -474,20 +476,6 @@ fn state_key(state: &ModelState) -> u128 {
     h.0
 }
 
-/// The verdict-cache key of the acceptable states at a crash point.
-fn verdict_key(before: u128, after: u128, torn: Option<u128>, at_end: bool) -> u128 {
-    let mut line = [0u8; crate::image::LINE];
-    line[..16].copy_from_slice(&after.to_le_bytes());
-    if !at_end {
-        line[16..32].copy_from_slice(&before.to_le_bytes());
-        line[32] = 1;
-        if let Some(torn) = torn {
-            line[33..49].copy_from_slice(&torn.to_le_bytes());
-        }
-    }
-    crate::image::line_hash(u64::MAX, &line)
-}
-
 /// A write is not atomic (daxfs crate docs: only metadata operations
 /// are): a crash in the middle of one that extends a file may keep the old
 /// size while some of the new bytes below it already reached media. This
@@ -510,6 +498,143 @@ fn torn_write_state(before: &ModelState, after: &ModelState, op: &Op) -> Option<
     }
     file.content = new.content[..old.content.len()].to_vec();
     Some(torn)
+}
+
+/// The verdict on one crash image: acceptable when it shows one of
+/// `states` (each with its digests and key). Verdicts are cached per
+/// (image, state), mount results per image; contents are read only when
+/// digests cannot decide.
+fn judge<T: Target>(
+    states: &[(&ModelState, &Digests, u128)],
+    image: &CrashImage,
+    persisted: &PagedImage,
+    caches: &mut Caches,
+    config: &Config,
+    rng: &mut Rng,
+    totals: &mut Totals,
+) -> Result<(), String> {
+    let mut verdicts: Vec<Option<Result<(), String>>> = states
+        .iter()
+        .map(|(_, _, key)| caches.verdicts.get(&(image.hash, *key)).cloned())
+        .collect();
+    let cached: Vec<bool> = verdicts.iter().map(Option::is_some).collect();
+    let ok = |v: &[Option<Result<(), String>>]| v.iter().any(|x| matches!(x, Some(Ok(()))));
+    if ok(&verdicts) {
+        return Ok(());
+    }
+    let mut content: Option<Visible> = None;
+    let summary = match caches.summaries.get(&image.hash) {
+        Some(summary) => summary.clone(),
+        None => {
+            let need = |seen: &Digests| {
+                let undecided: Vec<(&ModelState, &Digests)> = states
+                    .iter()
+                    .zip(&verdicts)
+                    .filter(|((m, d, _), v)| v.is_none() && quick_one(m, d, seen).is_none())
+                    .map(|((m, d, _), _)| (*m, *d))
+                    .collect();
+                differing_files(&undecided, seen)
+            };
+            let bytes = image.materialise(persisted);
+            let outcome = recover::<T>(&bytes, image.hash, config, rng, totals, &need);
+            let summary: Summary = match outcome {
+                Ok((seen, visible)) => {
+                    content = visible;
+                    Ok(seen)
+                }
+                Err(e) => Err(e),
+            };
+            caches.summaries.insert(image.hash, summary.clone());
+            summary
+        }
+    };
+    let seen = match summary {
+        // A crash image that does not mount, or mounts inconsistent, is
+        // wrong whatever the model says.
+        Err(e) => return Err(e),
+        Ok(seen) => seen,
+    };
+    for (v, (m, d, _)) in verdicts.iter_mut().zip(states) {
+        if v.is_none() {
+            *v = quick_one(m, d, &seen);
+        }
+    }
+    if !ok(&verdicts) && verdicts.iter().any(Option::is_none) {
+        totals.content_checks += 1;
+        let undecided: Vec<(&ModelState, &Digests)> = states
+            .iter()
+            .zip(&verdicts)
+            .filter(|(_, v)| v.is_none())
+            .map(|((m, d, _), _)| (*m, *d))
+            .collect();
+        let wanted = differing_files(&undecided, &seen);
+        let visible = match content.take() {
+            Some(v) => Ok(v),
+            None => mount_and_read::<T>(
+                CrashMemory::with_hash(image.materialise(persisted), image.hash),
+                &|_| wanted.clone(),
+            )
+            .map(|(_, v)| v.unwrap_or_default()),
+        };
+        for (v, (m, d, _)) in verdicts.iter_mut().zip(states) {
+            if v.is_none() {
+                *v = Some(match &visible {
+                    Ok(visible) => bytewise(m, d, &seen, visible, config.semantics.unit),
+                    Err(e) => Err(e.clone()),
+                });
+            }
+        }
+    }
+    for ((v, was_cached), (_, _, key)) in verdicts.iter().zip(&cached).zip(states) {
+        if let (Some(v), false) = (v, was_cached) {
+            caches.verdicts.insert((image.hash, *key), v.clone());
+        }
+    }
+    if ok(&verdicts) {
+        Ok(())
+    } else {
+        let why: Vec<String> = verdicts
+            .into_iter()
+            .flatten()
+            .filter_map(Result::err)
+            .collect();
+        Err(why.join("; "))
+    }
+}
+
+/// The files whose digest differs from what some of `states` expect: the
+/// ones a byte-wise check has to read.
+fn differing_files(states: &[(&ModelState, &Digests)], seen: &Digests) -> Vec<String> {
+    seen.iter()
+        .filter(|(name, (_, d))| {
+            states
+                .iter()
+                .any(|(_, expected)| expected.get(*name).is_none_or(|(_, e)| e != d))
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// The byte-wise oracle for one state whose names and sizes match `seen`:
+/// files with the expected digest pass; the others are compared byte by
+/// byte (`visible` holds them).
+fn bytewise(
+    state: &ModelState,
+    expected: &Digests,
+    seen: &Digests,
+    visible: &Visible,
+    unit: usize,
+) -> Result<(), String> {
+    for (name, (_, d)) in seen {
+        if expected.get(name).is_some_and(|(_, e)| e == d) {
+            continue;
+        }
+        let (Some(file), Some(bytes)) = (state.files.get(name), visible.get(name)) else {
+            return Err(format!("{name}: not expected or not readable"));
+        };
+        matches_file(name, file, bytes, unit)?;
+    }
+    Ok(())
 }
 
 /// The digests of a model state's current contents.
@@ -591,79 +716,20 @@ pub fn run_workload<T: Target>(
                 if first {
                     t.distinct += 1;
                 }
+                // At the end of an operation it has completed: only "after"
+                // is acceptable; inside it, "before", "after" and, for an
+                // extending write, the torn write.
                 let at_end = matches!(point.kind, PointKind::OperationEnd(_));
-                let torn_key = s.torn.as_ref().map(|(_, _, k)| *k);
-                let key = (
-                    image.hash,
-                    verdict_key(s.before_key, s.after_key, torn_key, at_end),
-                );
-                let verdict = match caches.verdicts.get(&key) {
-                    Some(v) => v.clone(),
-                    None => {
-                        // At the end of an operation it has completed: only
-                        // "after" is acceptable.
-                        let mut states: Vec<(&ModelState, &Digests)> = if at_end {
-                            vec![(&s.after, &s.after_digests)]
-                        } else {
-                            vec![(&s.before, &s.before_digests), (&s.after, &s.after_digests)]
-                        };
-                        if let (Some((torn, digests, _)), false) = (&s.torn, at_end) {
-                            states.push((torn, digests));
-                        }
-                        let models: Vec<&ModelState> = states.iter().map(|(m, _)| *m).collect();
-                        let v = match caches.summaries.get(&image.hash) {
-                            Some(Err(e)) => Err(e.clone()),
-                            Some(Ok(seen)) => match quick_verdict(&states, seen) {
-                                Some(v) => v,
-                                // Seen before under other states and the
-                                // digests cannot decide: mount again.
-                                None => {
-                                    t.content_checks += 1;
-                                    mount_and_read::<T>(
-                                        CrashMemory::with_hash(
-                                            image.materialise(persisted),
-                                            image.hash,
-                                        ),
-                                        &|_| true,
-                                    )
-                                    .and_then(
-                                        |(_, visible)| {
-                                            let visible = visible.unwrap_or_default();
-                                            matches_any(&models, &visible, config.semantics.unit)
-                                        },
-                                    )
-                                }
-                            },
-                            None => {
-                                let need = |seen: &Digests| quick_verdict(&states, seen).is_none();
-                                let outcome = recover::<T>(
-                                    &image.materialise(persisted),
-                                    image.hash,
-                                    &config,
-                                    &mut rng,
-                                    &mut t,
-                                    &need,
-                                );
-                                let v = match &outcome {
-                                    Err(e) => Err(e.clone()),
-                                    Ok((seen, content)) => match quick_verdict(&states, seen) {
-                                        Some(v) => v,
-                                        None => {
-                                            t.content_checks += 1;
-                                            let empty = Visible::new();
-                                            let visible = content.as_ref().unwrap_or(&empty);
-                                            matches_any(&models, visible, config.semantics.unit)
-                                        }
-                                    },
-                                };
-                                caches.summaries.insert(image.hash, outcome.map(|(d, _)| d));
-                                v
-                            }
-                        };
-                        caches.verdicts.insert(key, v.clone());
-                        v
+                let mut states: Vec<(&ModelState, &Digests, u128)> =
+                    vec![(&s.after, &s.after_digests, s.after_key)];
+                if !at_end {
+                    states.push((&s.before, &s.before_digests, s.before_key));
+                    if let Some((torn, digests, key)) = &s.torn {
+                        states.push((torn, digests, *key));
                     }
-                };
+                }
+                let verdict =
+                    judge::<T>(&states, image, persisted, caches, &config, &mut rng, &mut t);
                 if let Err(message) = verdict {
                     s.new_findings.push(Finding {
                         ops: ops.clone(),
@@ -897,7 +963,10 @@ mod tests {
         fn fsck(&mut self) -> Vec<String> {
             Vec::new()
         }
-        fn visible(&mut self) -> Result<Visible, String> {
+        fn digests(&mut self) -> Result<Digests, String> {
+            self.visible(&["f".to_string()]).map(|v| digests(&v))
+        }
+        fn visible(&mut self, _: &[String]) -> Result<Visible, String> {
             let (exists, slot, size) = self.header();
             let mut out = Visible::new();
             if exists {
@@ -1003,12 +1072,15 @@ mod tests {
             fn fsck(&mut self) -> Vec<String> {
                 Vec::new()
             }
-            fn visible(&mut self) -> Result<Visible, String> {
+            fn visible(&mut self, _: &[String]) -> Result<Visible, String> {
                 Ok(Visible::new())
+            }
+            fn digests(&mut self) -> Result<Digests, String> {
+                Ok(Digests::new())
             }
         }
         let memory = CrashMemory::new(PagedImage::zeroed(PAGE).unwrap());
-        let outcome = mount_and_read::<Panics>(memory, &|_| false);
+        let outcome = mount_and_read::<Panics>(memory, &|_| Vec::new());
         assert_eq!(outcome.unwrap_err(), "mount/fsck panic: boom");
     }
 }

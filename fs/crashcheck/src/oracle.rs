@@ -208,29 +208,31 @@ pub fn matches(state: &ModelState, visible: &Visible, unit: usize) -> Result<(),
         return Err(format!("files {seen_names:?}, expected {model_names:?}"));
     }
     for (name, file) in &state.files {
-        let seen = &visible[name];
-        if seen.len() != file.content.len() {
-            return Err(format!(
-                "{name}: size {}, expected {}",
-                seen.len(),
-                file.content.len()
-            ));
+        matches_file(name, file, &visible[name], unit)?;
+    }
+    Ok(())
+}
+
+/// Checks one file's visible bytes against its model.
+pub fn matches_file(name: &str, file: &FileModel, seen: &[u8], unit: usize) -> Result<(), String> {
+    if seen.len() != file.content.len() {
+        return Err(format!(
+            "{name}: size {}, expected {}",
+            seen.len(),
+            file.content.len()
+        ));
+    }
+    let unit = unit.max(1);
+    // Compare page-sized runs first (memcmp); look at units only where a
+    // run differs from the current content.
+    let run = 4096usize.div_ceil(unit) * unit;
+    let mut base = 0;
+    while base < seen.len() {
+        let limit = (base + run).min(seen.len());
+        if seen[base..limit] != file.content[base..limit] {
+            check_units(name, file, seen, base, limit, unit)?;
         }
-        if **seen == file.content {
-            continue;
-        }
-        let unit = unit.max(1);
-        // Compare page-sized runs first (memcmp); look at units only where
-        // a run differs from the current content.
-        let run = 4096usize.div_ceil(unit) * unit;
-        let mut base = 0;
-        while base < seen.len() {
-            let limit = (base + run).min(seen.len());
-            if seen[base..limit] != file.content[base..limit] {
-                check_units(name, file, seen, base, limit, unit)?;
-            }
-            base = limit;
-        }
+        base = limit;
     }
     Ok(())
 }

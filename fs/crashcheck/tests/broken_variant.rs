@@ -13,7 +13,9 @@ use daxfs_crashcheck::oracle::Op;
 use daxfs_crashcheck::workloads::setup;
 
 fn explore(workloads: &[Vec<Op>]) -> Totals {
-    let config = config(7);
+    let mut config = config(7);
+    // Debug builds are slow; a few images per point find the missing fence.
+    config.policy.max_images = 48;
     let base = build_base::<Daxfs>(REGION, &setup(), &config.semantics).expect("base image");
     let run = Run::new(&config);
     let totals = Rc::new(RefCell::new(Totals::default()));
