@@ -50,10 +50,29 @@ pub struct NbdService {
     next_id: u64,
 }
 
+/// How long a connection the server has finished with (after
+/// `NBD_CMD_DISC`, a protocol error or a refused handshake) may wait for the
+/// client to close its end. The server's FIN leaves smoltcp in FIN-WAIT-2,
+/// which has no timer of its own: a client that never closes would pin the
+/// socket and its buffers forever, and enough of them would lock everyone
+/// out (the listener serves a bounded number of connections).
+const LINGER_MS: u64 = 20_000;
+
 /// Per-connection state.
 pub struct NbdConnection {
     id: u64,
     engine: Connection,
+    /// When the engine first wanted the connection closed.
+    closing_since: Option<u64>,
+}
+
+impl NbdConnection {
+    /// Notes the time the engine finished with the connection.
+    fn note_closing(&mut self, now_ms: u64) {
+        if self.closing_since.is_none() && self.engine.wants_close() {
+            self.closing_since = Some(now_ms);
+        }
+    }
 }
 
 impl NbdService {
@@ -99,6 +118,7 @@ impl TcpService for NbdService {
         NbdConnection {
             id,
             engine: self.server.accept(now_ms),
+            closing_since: None,
         }
     }
 
@@ -110,11 +130,12 @@ impl TcpService for NbdService {
         };
         let used = conn.engine.receive(data, &mut backend, now_ms);
         drop(storage);
+        conn.note_closing(now_ms);
         self.publish(conn);
         used
     }
 
-    fn produce(&mut self, conn: &mut NbdConnection, out: &mut [u8], _now_ms: u64) -> usize {
+    fn produce(&mut self, conn: &mut NbdConnection, out: &mut [u8], now_ms: u64) -> usize {
         let mut storage = STORAGE.lock();
         let mut backend = StorageBackend {
             storage: &mut storage,
@@ -122,6 +143,7 @@ impl TcpService for NbdService {
         };
         let written = conn.engine.produce(out, &mut backend);
         drop(storage);
+        conn.note_closing(now_ms);
         if written > 0 {
             self.publish(conn);
         }
@@ -133,7 +155,15 @@ impl TcpService for NbdService {
     }
 
     fn deadline(&self, conn: &NbdConnection) -> Option<u64> {
-        conn.engine.poll_deadline()
+        // The handshake deadline while negotiating; the linger limit once
+        // the server is done (the listener aborts the socket at either).
+        let linger = conn
+            .closing_since
+            .map(|since| since.saturating_add(LINGER_MS));
+        match (conn.engine.poll_deadline(), linger) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn closed(&mut self, conn: NbdConnection) {
