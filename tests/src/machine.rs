@@ -19,7 +19,7 @@ use std::{
 };
 
 use crate::{
-    options::{find_ovmf, free_port, qemu_arguments, shell_quote, Ovmf, QemuOptions},
+    options::{find_ovmf, free_port_pair, qemu_arguments, shell_quote, Ovmf, QemuOptions},
     paths, HarnessError,
 };
 
@@ -302,11 +302,14 @@ impl Machine {
         };
 
         let mut options = options;
+        // Both ports are picked while the first is still bound, so the two
+        // differ.
+        let (nbd_port, http_port) = free_port_pair()?;
         if options.nbd_port == 0 {
-            options.nbd_port = free_port()?;
+            options.nbd_port = nbd_port;
         }
         if options.http_port == 0 {
-            options.http_port = free_port()?;
+            options.http_port = http_port;
         }
         let program = options.qemu.clone();
         let args = qemu_arguments(&options, &media, ovmf.as_ref());

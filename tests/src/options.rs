@@ -257,6 +257,20 @@ pub fn free_port() -> Result<u16, HarnessError> {
     Ok(port)
 }
 
+/// Two different free ports (see [`free_port`]): the first stays bound
+/// while the second is chosen.
+pub fn free_port_pair() -> Result<(u16, u16), HarnessError> {
+    let first = TcpListener::bind("127.0.0.1:0")
+        .map_err(|error| HarnessError::io("binding 127.0.0.1:0 to find a free port", error))?;
+    let first_port = first
+        .local_addr()
+        .map_err(|error| HarnessError::io("reading the free port", error))?
+        .port();
+    let second_port = free_port()?;
+    drop(first);
+    Ok((first_port, second_port))
+}
+
 /// Finds the OVMF code and variable-template files.
 ///
 /// `DAXBOX_OVMF_CODE` / `DAXBOX_OVMF_VARS` override; otherwise the Debian
@@ -499,6 +513,14 @@ mod tests {
         ));
         assert!(!args.iter().any(|arg| arg.contains(".img")));
         assert_eq!(&args[args.len() - 2..], ["-smp", "2"]);
+    }
+
+    #[test]
+    fn free_ports_differ() {
+        let (first, second) = free_port_pair().unwrap();
+        assert_ne!(first, second);
+        assert_ne!(first, 0);
+        assert!(TcpListener::bind(("127.0.0.1", first)).is_ok());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use daxbox_tests::{Firmware, HarnessError, Machine, QemuOptions};
+use daxbox_tests::{Firmware, HarnessError, Machine, Nvdimm, QemuOptions};
 
 /// Boots, checks the banner names the firmware and that `version` answers.
 fn boots_and_answers(name: &str, firmware: Firmware, banner: &str) -> Result<(), HarnessError> {
@@ -59,5 +59,19 @@ fn no_boot_config_is_reported() -> Result<(), HarnessError> {
     let machine = Machine::boot_to_prompt(QemuOptions::new("boot_config_none", Firmware::Bios))?;
     let output = machine.output();
     assert!(output.contains("bootconfig: none"), "{output}");
+    Ok(())
+}
+
+#[test]
+fn boots_with_two_nvdimms() -> Result<(), HarnessError> {
+    let name = "boot_two_nvdimms";
+    let dir = daxbox_tests::run_dir(name);
+    let options = QemuOptions::new(name, Firmware::Bios)
+        .with_nvdimm(Nvdimm::fresh(dir.join("pmem0.img"), 64 << 20))
+        .with_nvdimm(Nvdimm::fresh(dir.join("pmem1.img"), 128 << 20));
+    let machine = Machine::boot_to_prompt(options)?;
+    let output = machine.output();
+    // The kernel's discovery summary: both NFIT ranges became devices.
+    assert!(output.contains("pmem: 2 device(s)"), "{output}");
     Ok(())
 }
