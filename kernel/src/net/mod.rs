@@ -92,7 +92,9 @@ fn ip_mode() -> IpMode {
     match config.ip {
         IpConfig::Dhcp => IpMode::Dhcp,
         IpConfig::Static { address, prefix } => IpMode::Static {
-            address: Ipv4Cidr::new(Ipv4Address::from(address), prefix),
+            // The boot-config parser limits the prefix to 0-32; `min` keeps
+            // `Ipv4Cidr::new` (which asserts it) safe regardless.
+            address: Ipv4Cidr::new(Ipv4Address::from(address), prefix.min(32)),
             gateway: config.gateway.map(Ipv4Address::from),
         },
     }
