@@ -200,15 +200,12 @@ pub(crate) fn scan<M: PersistentMemory>(
 /// Reference counts implied by the scanned files, and a problem for every
 /// overflow block that is referenced more than once (they are never shared).
 pub(crate) fn media_refs(scan: &Scan, problems: &mut Vec<String>) -> RunCounts {
-    let mut refs = RunCounts::default();
+    let mut ranges = Vec::new();
     for f in &scan.files {
-        for e in &f.extents {
-            refs.increment(e.physical, e.len);
-        }
-        for &b in &f.chain {
-            refs.increment(b, 1);
-        }
+        ranges.extend(f.extents.iter().map(|e| (e.physical, e.len)));
+        ranges.extend(f.chain.iter().map(|&b| (b, 1)));
     }
+    let refs = RunCounts::from_ranges(&ranges);
     for f in &scan.files {
         for &b in &f.chain {
             if refs.get(b) != 1 {
