@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: the place for benchmark subcommands.
 //!
-//! None exist yet. To add one: append an entry to [`BENCHMARKS`] and a
+//! `net` (bench_net.rs) and `nbd` (bench_nbd.rs) exist. To add one: append an entry to [`BENCHMARKS`] and a
 //! function `fn(&[String]) -> Result<(), XtaskError>` that boots the
 //! appliance with `daxbox_tests::Machine` (or reuses `run::Launch`), drives
 //! it with a real client (fio's `nbd` engine, nbdcopy, curl) and prints its
@@ -16,11 +16,18 @@ type Benchmark = (
 );
 
 /// Registered benchmarks (`cargo xtask bench <name> [options]`).
-const BENCHMARKS: &[Benchmark] = &[(
-    "net",
-    "HTTP download/upload throughput through hostfwd, idle QEMU CPU",
-    crate::bench_net::net,
-)];
+const BENCHMARKS: &[Benchmark] = &[
+    (
+        "net",
+        "HTTP download/upload throughput through hostfwd, idle QEMU CPU",
+        crate::bench_net::net,
+    ),
+    (
+        "nbd",
+        "nbdcopy MB/s and fio 4K IOPS, appliance vs qemu-nbd on the host",
+        crate::bench_nbd::nbd,
+    ),
+];
 
 fn usage() -> String {
     let mut text = String::from("usage: cargo xtask bench <name> [options]\n\nbenchmarks:\n");

@@ -8,6 +8,7 @@
 //! the system tests), `.ci/run` (calls `cargo xtask test`).
 
 mod bench;
+mod bench_nbd;
 mod bench_net;
 mod images;
 mod run;
@@ -26,7 +27,7 @@ commands:
   run       boot the appliance in QEMU with an emulated NVDIMM; serial console on this terminal
   netboot   like run, but boot over UEFI PXE from QEMU's built-in TFTP server
   test      run every test (host crates, boot tool, QEMU system tests); last line `N passed, N failed`
-  bench     benchmarks (none yet; see xtask/src/bench.rs)";
+  bench     benchmarks: net (HTTP throughput), nbd (appliance vs qemu-nbd)";
 
 /// Why a task failed. Printed as `xtask: error: ...`.
 #[derive(Debug)]
