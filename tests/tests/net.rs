@@ -80,6 +80,7 @@ fn dhcp_address_and_healthz() -> Result<(), HarnessError> {
 
 #[test]
 fn static_address_from_boot_config() -> Result<(), HarnessError> {
+    // An address QEMU's DHCP would never hand out: proves the config is used.
     let options = QemuOptions::new("net_static", Firmware::Bios)
         .with_boot_config("ip=10.0.2.77/24\ngateway=10.0.2.2\n");
     let mut machine = Machine::boot_to_prompt(options)?;
@@ -93,8 +94,19 @@ fn static_address_from_boot_config() -> Result<(), HarnessError> {
         net.contains("ipv4 10.0.2.77/24 (static) gateway 10.0.2.2"),
         "{net}"
     );
-    // QEMU's hostfwd without a guest address forwards to 10.0.2.15, so the
-    // static address is proved by the console, not by curl.
+    drop(machine);
+    // QEMU's hostfwd forwards to 10.0.2.15 only, so traffic over a static
+    // configuration is checked with that address.
+    let options = QemuOptions::new("net_static_traffic", Firmware::Bios)
+        .with_boot_config("ip=10.0.2.15/24\ngateway=10.0.2.2\n");
+    let mut machine = Machine::boot_to_prompt(options)?;
+    let body = wait_healthz(&machine);
+    assert!(body.starts_with("ok daxbox "), "{body:?}");
+    let net = machine.command("net")?;
+    assert!(
+        net.contains("ipv4 10.0.2.15/24 (static) gateway 10.0.2.2"),
+        "{net}"
+    );
     Ok(())
 }
 
