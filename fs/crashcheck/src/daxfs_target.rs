@@ -41,6 +41,7 @@ pub fn config(seed: u64) -> Config {
         },
         recrash: 2,
         max_findings: 20,
+        probe_every: 4,
     }
 }
 

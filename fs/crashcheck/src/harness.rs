@@ -76,6 +76,9 @@ pub struct Config {
     pub recrash: usize,
     /// Stop collecting finding details after this many.
     pub max_findings: usize,
+    /// Every n-th distinct image (by hash) also gets the usability probe
+    /// (0 = never).
+    pub probe_every: u64,
 }
 
 /// One violation, with everything needed to reproduce it.
@@ -126,6 +129,8 @@ pub struct Totals {
     pub recrash_mounts: u64,
     /// Verdicts that needed a byte-wise look at file contents.
     pub content_checks: u64,
+    /// Recovered images written to by the usability probe.
+    pub probe_mounts: u64,
     /// Violations found (all of them).
     pub violations: u64,
     /// The first violations in detail.
@@ -410,7 +415,59 @@ fn recover<T: Target>(
             ));
         }
     }
+    // Every `probe_every`-th image: the recovered filesystem must also be
+    // usable. Writing a new file must leave the others alone and keep fsck
+    // clean (a block recovery wrongly thinks free would be reused here).
+    if let Ok(before) = &first_summary {
+        if config.probe_every > 0 && hash.0 % u128::from(config.probe_every) == 0 {
+            totals.probe_mounts += 1;
+            probe::<T>(image, hash, before)?;
+        }
+    }
     first
+}
+
+/// Name of the file the post-recovery probe writes.
+const PROBE: &str = "crashcheck-probe";
+
+/// Mounts `image`, writes a new file, and checks the other files and fsck.
+fn probe<T: Target>(image: &PagedImage, hash: ImageHash, before: &Digests) -> Result<(), String> {
+    let outcome = guarded(|| -> Result<Digests, String> {
+        let mut fs = T::mount(CrashMemory::with_hash(image.clone(), hash))?;
+        let ops = [
+            Op::Create(PROBE.to_string()),
+            Op::Write {
+                name: PROBE.to_string(),
+                offset: 0,
+                len: 3 * 4096 + 100,
+                seed: 99,
+            },
+            Op::Truncate(PROBE.to_string(), 4096),
+        ];
+        for op in &ops {
+            fs.apply(op)
+                .map_err(|e| format!("{op} after recovery: {e:?}"))?;
+        }
+        let problems = fs.fsck();
+        if !problems.is_empty() {
+            return Err(format!(
+                "fsck after a write following recovery: {}",
+                problems.join("; ")
+            ));
+        }
+        fs.digests()
+    });
+    let mut after = match outcome {
+        Ok(result) => result?,
+        Err(panic) => return Err(format!("writing after recovery: {panic}")),
+    };
+    if after.remove(PROBE).is_none() {
+        return Err("the file written after recovery is missing".to_string());
+    }
+    if &after != before {
+        return Err("writing a new file after recovery changed other files".to_string());
+    }
+    Ok(())
 }
 
 struct Session {
@@ -825,9 +882,12 @@ pub fn build_base<T: Target>(
     })
 }
 
-/// When a suite run stops.
+/// Where a suite run starts and when it stops.
 #[derive(Clone, Copy, Debug)]
 pub struct Budget {
+    /// Skip this many workloads of the sequence first (to resume, or to
+    /// leave out what the CI run covers).
+    pub skip: usize,
     /// Stop once this many distinct crash images were checked.
     pub distinct: u64,
     /// Stop after this much time (seconds).
@@ -848,7 +908,8 @@ pub fn run_suite<T: Target>(
     let start = std::time::Instant::now();
     let run = Run::new(config);
     let totals = Rc::new(RefCell::new(Totals::default()));
-    for indices in crate::workloads::Sequences::new(templates.len(), config.seed) {
+    let sequences = crate::workloads::Sequences::new(templates.len(), config.seed);
+    for indices in sequences.skip(budget.skip) {
         let ops = crate::workloads::instantiate(templates, &indices);
         run_workload::<T>(base, &ops, config, &run, &totals);
         let elapsed = start.elapsed().as_secs_f64();
@@ -990,6 +1051,7 @@ mod tests {
             },
             recrash: 2,
             max_findings: 10,
+            probe_every: 0,
         };
         let base = Base {
             image: PagedImage::zeroed(PAGE).unwrap(),

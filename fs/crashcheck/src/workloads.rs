@@ -103,11 +103,13 @@ pub fn instantiate(templates: &[Op], indices: &[usize]) -> Vec<Op> {
 }
 
 /// Sequences of template indices in the order the check tries them: all
-/// of length 1 and 2, all of length 3 in a seeded order, then seeded
-/// random sequences of length 4 to 8 without end.
+/// of length 1 and 2, then all of length 3 in a seeded order with a seeded
+/// random sequence of length 4 to 8 after every three, then random ones
+/// without end.
 pub struct Sequences {
     n: usize,
     fixed: Vec<Vec<usize>>,
+    next_fixed: usize,
     next: usize,
     rng: Rng,
 }
@@ -139,6 +141,7 @@ impl Sequences {
         Self {
             n,
             fixed,
+            next_fixed: 0,
             next: 0,
             rng,
         }
@@ -154,11 +157,21 @@ impl Iterator for Sequences {
     type Item = Vec<usize>;
 
     fn next(&mut self) -> Option<Vec<usize>> {
-        let item = if let Some(seq) = self.fixed.get(self.next) {
-            seq.clone()
-        } else {
-            let len = 4 + self.rng.index(5);
-            (0..len).map(|_| self.rng.index(self.n)).collect()
+        let pairs_end = self.n + self.n * self.n;
+        // After every single operation and every pair, one in four
+        // workloads is a random longer sequence, so that a time-bounded
+        // run also reaches states only long sequences build; the triples
+        // still all come, in between.
+        let random_turn = self.next >= pairs_end && (self.next - pairs_end) % 4 == 3;
+        let item = match self.fixed.get(self.next_fixed) {
+            Some(seq) if !random_turn => {
+                self.next_fixed += 1;
+                seq.clone()
+            }
+            _ => {
+                let len = 4 + self.rng.index(5);
+                (0..len).map(|_| self.rng.index(self.n)).collect()
+            }
         };
         self.next += 1;
         Some(item)
@@ -171,14 +184,18 @@ mod tests {
 
     #[test]
     fn sequences_go_shortest_first_and_cover_everything() {
-        let seqs: Vec<Vec<usize>> = Sequences::new(3, 1).take(3 + 9 + 27 + 5).collect();
+        let seqs: Vec<Vec<usize>> = Sequences::new(3, 1).take(3 + 9 + 36 + 5).collect();
         assert!(seqs[..3].iter().all(|s| s.len() == 1));
         assert!(seqs[3..12].iter().all(|s| s.len() == 2));
-        let mut triples: Vec<Vec<usize>> = seqs[12..39].to_vec();
+        let rest = &seqs[12..];
+        let long = rest.iter().filter(|s| s.len() >= 4).count();
+        let mut triples: Vec<Vec<usize>> = rest.iter().filter(|s| s.len() == 3).cloned().collect();
+        assert_eq!(triples.len(), 27, "every triple");
         triples.sort();
         triples.dedup();
-        assert_eq!(triples.len(), 27);
-        assert!(seqs[39..].iter().all(|s| (4..=8).contains(&s.len())));
+        assert_eq!(triples.len(), 27, "no triple twice");
+        assert!(long >= 9, "{long} long sequences");
+        assert!(rest.iter().all(|s| (3..=8).contains(&s.len())));
     }
 
     #[test]
