@@ -1255,8 +1255,12 @@ impl<M: PersistentMemory> Filesystem<M> {
                 src: Src::Zero(end - we * BLOCK_SIZE),
             },
         ];
-        self.modify(file.slot, &edits, new_size)?;
-        self.unmap(file.slot, ws, we - ws, new_size)
+        // Unmap first, at the old size, then zero the edges and grow: were
+        // it the other way round, a crash between the two commits could
+        // leave the file grown over preallocated blocks that hold stale
+        // bytes (FORMAT.md "Sizes and preallocation").
+        self.unmap(file.slot, ws, we - ws, size)?;
+        self.modify(file.slot, &edits, new_size)
     }
 
     /// Unmaps file blocks and commits (punch hole / truncate).

@@ -192,3 +192,31 @@ fn punch_is_atomic() {
         fs.write_zeroes(b, 4096, 3 * 4096, true).unwrap();
     });
 }
+
+/// Old bytes in free blocks, then a large file whose last 2 MiB chunk is
+/// preallocated past its end over those bytes.
+fn preallocated_over_stale(fs: &mut Filesystem<PowerCut>) {
+    let junk = fs.create("junk").unwrap();
+    fs.write(junk, 0, &vec![0xFF; 6 * 1024 * 1024]).unwrap();
+    fs.unlink("junk").unwrap();
+    let big = fs.create("big").unwrap();
+    fs.write(big, 0, &vec![0x11; 2 * 1024 * 1024 + 4096])
+        .unwrap();
+}
+
+#[test]
+fn extending_punch_never_exposes_stale_bytes() {
+    explore("punch-extend", preallocated_over_stale, |fs| {
+        let big = fs.lookup("big").unwrap();
+        let size = 2 * 1024 * 1024 + 4096;
+        fs.write_zeroes(big, size + 8192, 64 * 1024, true).unwrap();
+    });
+    explore("write-extend", preallocated_over_stale, |fs| {
+        let big = fs.lookup("big").unwrap();
+        fs.write(big, 2 * 1024 * 1024 + 100_000, b"end").unwrap();
+    });
+    explore("truncate-extend", preallocated_over_stale, |fs| {
+        let big = fs.lookup("big").unwrap();
+        fs.truncate(big, 3 * 1024 * 1024).unwrap();
+    });
+}
