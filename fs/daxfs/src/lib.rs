@@ -15,6 +15,16 @@
 //! durable by the fence inside the next metadata commit or `persist`;
 //! metadata operations are committed (durable and atomic) before they
 //! return.
+//!
+//! Shape of the API: [`Filesystem::probe`] / [`Filesystem::format`] /
+//! [`Filesystem::mount`] / [`Filesystem::unmount`] (or
+//! [`Filesystem::into_memory`] to simulate a crash); names map to a
+//! [`FileId`] that survives rename and remount and goes stale on unlink;
+//! byte I/O with `read`, `write`, `write_zeroes`, `truncate`; namespace
+//! with `create`, `lookup`, `unlink`, `rename`, `clone_file`, `list`;
+//! `extents` (data/hole map) and `dax_ranges` + `hold`/`release` for
+//! zero-copy users; `fsck` (mounted) and [`Filesystem::fsck_image`]
+//! (unmounted, read-only) report every broken invariant.
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 
