@@ -3,7 +3,7 @@
 //!
 //! The explorer knows nothing about filesystems. A checker gets the image
 //! (materialised, sharing pages with the persisted image) and says whether
-//! it is acceptable; [`crate::daxfs_check`] is the checker for daxfs, and
+//! it is acceptable; `crate::harness` is the checker for filesystems, and
 //! the tests below use a toy record format to show that the explorer finds
 //! a missing fence.
 

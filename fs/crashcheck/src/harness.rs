@@ -419,7 +419,7 @@ fn recover<T: Target>(
     // usable. Writing a new file must leave the others alone and keep fsck
     // clean (a block recovery wrongly thinks free would be reused here).
     if let Ok(before) = &first_summary {
-        if config.probe_every > 0 && hash.0 % u128::from(config.probe_every) == 0 {
+        if config.probe_every > 0 && hash.0.is_multiple_of(u128::from(config.probe_every)) {
             totals.probe_mounts += 1;
             probe::<T>(image, hash, before)?;
         }
@@ -605,12 +605,10 @@ fn judge<T: Target>(
             summary
         }
     };
-    let seen = match summary {
-        // A crash image that does not mount, or mounts inconsistent, is
-        // wrong whatever the model says.
-        Err(e) => return Err(e),
-        Ok(seen) => seen,
-    };
+    // A crash image that does not mount, or mounts inconsistent, is wrong
+    // whatever the model says.
+    let seen = summary?;
+
     for (v, (m, d, _)) in verdicts.iter_mut().zip(states) {
         if v.is_none() {
             *v = quick_one(m, d, &seen);

@@ -207,7 +207,7 @@ fn mix(mut x: u64) -> u64 {
 }
 
 /// A 128-bit hash of (line index, line bytes): two independent 64-bit
-/// multiply-rotate chains, each finished with [`mix`].
+/// multiply-rotate chains, each finished with the murmur3 finaliser.
 pub fn line_hash(index: u64, bytes: &LineBytes) -> u128 {
     let mut a = mix(index ^ 0x243f_6a88_85a3_08d3);
     let mut b = mix(index.wrapping_add(0x1319_8a2e_0370_7344));
