@@ -9,7 +9,8 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use daxbox_pci::{
-    capabilities, enumerate, ConfigAccess, Ecam, Function, LegacyPorts, MmioIo, PortIo,
+    capabilities, enumerate, probe_bars, Bar, ConfigAccess, Ecam, Function, LegacyPorts, MmioIo,
+    PortIo,
 };
 use spin::Once;
 use x86_64::instructions::port::Port;
@@ -83,6 +84,9 @@ struct Bus {
     access: Access,
     mechanism: String,
     functions: Vec<Function>,
+    /// BARs of each function, probed once at boot before any driver runs
+    /// (sizing briefly disables decoding, which a live device must not see).
+    bars: Vec<[Option<Bar>; 6]>,
 }
 
 static BUS: Once<Bus> = Once::new();
@@ -134,13 +138,18 @@ fn choose_access() -> (Access, String) {
 /// Chooses the access mechanism and enumerates every bus once.
 pub fn init() {
     BUS.call_once(|| {
-        let (access, mechanism) = choose_access();
+        let (mut access, mechanism) = choose_access();
         let functions = enumerate(&access);
+        let bars = functions
+            .iter()
+            .map(|f| probe_bars(&mut access, f.bdf))
+            .collect();
         println!("pci: {} functions via {}", functions.len(), mechanism);
         Bus {
             access,
             mechanism,
             functions,
+            bars,
         }
     });
 }
@@ -158,11 +167,18 @@ pub fn functions() -> &'static [Function] {
     BUS.get().map(|b| b.functions.as_slice()).unwrap_or(&[])
 }
 
+/// The BARs of `bdf` as probed at boot.
+pub fn bars(bdf: daxbox_pci::Bdf) -> Option<[Option<Bar>; 6]> {
+    let bus = BUS.get()?;
+    let index = bus.functions.iter().position(|f| f.bdf == bdf)?;
+    bus.bars.get(index).copied()
+}
+
 /// Shell commands of this module.
 pub const COMMANDS: &[Command] = &[Command {
     name: "lspci",
     usage: "[-v]",
-    help: "list PCI functions (-v: with capabilities)",
+    help: "list PCI functions (-v: with BARs and capabilities)",
     run: lspci,
 }];
 
@@ -178,9 +194,30 @@ fn lspci(_: &mut Context, args: &[&str]) -> Result<(), String> {
     if verbose {
         println!("config access: {}", bus.mechanism);
     }
-    for function in &bus.functions {
+    for (function, bars) in bus.functions.iter().zip(&bus.bars) {
         println!("{}", function);
         if verbose {
+            for (index, bar) in bars.iter().enumerate() {
+                match bar {
+                    Some(Bar::Memory {
+                        address,
+                        size,
+                        prefetchable,
+                        wide,
+                    }) => println!(
+                        "    bar{} mem{} {:#x} size {}{}",
+                        index,
+                        if *wide { "64" } else { "32" },
+                        address,
+                        crate::shell::human(*size),
+                        if *prefetchable { " prefetchable" } else { "" }
+                    ),
+                    Some(Bar::Io { port, size }) => {
+                        println!("    bar{} io {:#x} size {}", index, port, size)
+                    }
+                    None => {}
+                }
+            }
             let caps: Vec<String> = capabilities(&bus.access, function.bdf)
                 .map(|c| format!("{:#04x}@{:#04x}", c.id, c.offset))
                 .collect();

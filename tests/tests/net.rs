@@ -68,6 +68,10 @@ fn dhcp_address_and_healthz() -> Result<(), HarnessError> {
         lspci.contains("1af4:1000 network controller (virtio-net)"),
         "{lspci}"
     );
+    // The modern virtio registers sit in a sized 64-bit BAR.
+    let verbose = machine.command("lspci -v")?;
+    assert!(verbose.contains("config access: ECAM"), "{verbose}");
+    assert!(verbose.contains(" mem64 "), "{verbose}");
     let net = machine.command("net")?;
     assert!(interrupts(&net) > 0, "the NIC's INTx never fired:\n{net}");
     let accepted: Vec<&str> = net.lines().filter(|l| l.starts_with("tcp:")).collect();

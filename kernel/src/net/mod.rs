@@ -20,9 +20,7 @@ use daxbox_bootconfig::IpConfig;
 use daxbox_netstack::http::HttpService;
 use daxbox_netstack::smoltcp::wire::{Ipv4Address, Ipv4Cidr};
 use daxbox_netstack::{IpMode, Listener, ListenerConfig, NetConfig, NetStack, PortListener};
-use daxbox_pci::{
-    capabilities, probe_bars, reg, Bar, Bdf, ConfigAccess, Function, VirtioConfigAccess,
-};
+use daxbox_pci::{capabilities, reg, Bar, Bdf, ConfigAccess, Function, VirtioConfigAccess};
 use spin::Mutex;
 use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::transport::pci::bus::{DeviceFunction, PciRoot};
@@ -115,7 +113,7 @@ pub fn init() {
         & !u32::from(reg::COMMAND_INTX_DISABLE);
     access.write_u32(bdf, reg::COMMAND_STATUS, command);
     // BAR addresses for the two registers the kernel reads itself.
-    let bars = probe_bars(&mut access, bdf);
+    let bars = pci::bars(bdf).unwrap_or([None; 6]);
     let register = |cfg_type: u8, extra: u64| -> Option<u64> {
         let (bar, offset) = virtio_structure(&access, bdf, cfg_type)?;
         match bars.get(usize::from(bar))? {
