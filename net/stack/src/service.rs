@@ -264,6 +264,16 @@ impl<S: TcpService> PortListener for Listener<S> {
                 // TIME-WAIT only guards against stray old segments; the
                 // server drops it at once so a flood of short connections
                 // cannot pin sockets (and their buffers) for 10 s each.
+                // An aborted socket (our deadline abort, or smoltcp's own
+                // retransmission timeout) is CLOSED at once but still owes
+                // its peer an RST, which goes out on a later egress and
+                // only then forgets the peer. Removing it before that (e.g.
+                // while the device had no free transmit buffer) loses the
+                // RST and leaves the client waiting forever.
+                tcp::State::Closed if socket.remote_endpoint().is_some() => {
+                    index += 1;
+                    continue;
+                }
                 tcp::State::Closed | tcp::State::TimeWait => {
                     if let Some(connection) = slot.connection.take() {
                         self.service.closed(connection);

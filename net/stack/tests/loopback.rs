@@ -17,6 +17,8 @@ const SERVER: Ipv4Address = Ipv4Address::new(10, 0, 2, 15);
 #[derive(Default)]
 struct Wire {
     queue: VecDeque<Vec<u8>>,
+    /// No transmit buffer free (a full NIC queue): `transmit` says no.
+    tx_full: bool,
 }
 
 struct WireRx(Vec<u8>);
@@ -47,6 +49,9 @@ impl Device for Wire {
     }
 
     fn transmit(&mut self, _: Instant) -> Option<WireTx<'_>> {
+        if self.tx_full {
+            return None;
+        }
         Some(WireTx(&mut self.queue))
     }
 
@@ -379,6 +384,38 @@ fn idle_connection_times_out() {
     }
     assert_eq!(h.socket(handle).state(), tcp::State::Closed);
     assert_eq!(h.stack.status().listeners[0].timed_out, 1);
+    assert_eq!(h.stack.status().listeners[0].active, 0);
+}
+
+#[test]
+fn timed_out_connection_gets_its_reset_even_when_the_nic_was_full() {
+    let mut h = Harness::http();
+    let handle = h.connect(80);
+    h.send(handle, b"GET /heal");
+    // Let the server acknowledge the bytes: the client then has nothing
+    // to retransmit, so only the server's RST can tell it the news.
+    for _ in 0..50 {
+        h.step();
+    }
+    assert_eq!(h.socket(handle).state(), tcp::State::Established);
+    assert_eq!(h.socket(handle).send_queue(), 0, "request acknowledged");
+    // The deadline passes while the device has no transmit buffer: the
+    // abort's RST cannot go out in that poll, nor in the next ones.
+    h.now += daxbox_netstack::http::REQUEST_TIMEOUT_MS + 1;
+    h.stack.device_mut().tx_full = true;
+    for _ in 0..5 {
+        h.step();
+    }
+    assert_eq!(h.stack.status().listeners[0].timed_out, 1);
+    h.stack.device_mut().tx_full = false;
+    for _ in 0..10 {
+        h.step();
+    }
+    assert_eq!(
+        h.socket(handle).state(),
+        tcp::State::Closed,
+        "the client must get the RST once the device has room"
+    );
     assert_eq!(h.stack.status().listeners[0].active, 0);
 }
 
