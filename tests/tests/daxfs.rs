@@ -495,7 +495,83 @@ fn shell_commands_two_devices_and_power_cut() -> Result<(), HarnessError> {
     fsck_clean(&mut machine, &["pmem0", "pmem1"])?;
     machine.send_raw(b"poweroff\r")?;
     assert_eq!(machine.wait_exit(Duration::from_secs(20))?, EXIT_POWEROFF);
+
+    // ---- Third boot after damage from the host (FORMAT.md "Superblock"):
+    // pmem0's primary superblock fails its checksum (the backup in block 1
+    // is good), pmem1 claims a newer format version in both copies.
+    // journal_start flipped: the primary's checksum fails.
+    patch(&pmem0, 40, &[0xff]);
+    // Version 1 XOR 3 = 2: newer than this kernel's version 1.
+    patch(&pmem1, 8, &3u32.to_le_bytes());
+    patch(&pmem1, 4096 + 8, &3u32.to_le_bytes());
+    let mut machine = Machine::boot_to_prompt(options(false))?;
+    let boot = machine.output();
+    boot_line(&boot, "storage: pmem0 mounted daxfs");
+    assert!(
+        !boot.contains("not unmounted cleanly"),
+        "poweroff unmounted both cleanly:\n{boot}"
+    );
+    let newer = boot_line(&boot, "storage: pmem1");
+    assert!(
+        newer.contains("format version 2") && newer.contains("left alone"),
+        "a newer format must be refused with a clear message: {newer}"
+    );
+    assert_eq!(
+        names(&ls(&mut machine, "")?),
+        [
+            "pmem0:after-reboot",
+            "pmem0:alpha",
+            "pmem0:keep",
+            "pmem0:keep2"
+        ],
+        "pmem0 mounts from its backup superblock"
+    );
+    assert_eq!(cat(&mut machine, "keep", 4096, 9)?, "persisted");
+    fsck_clean(&mut machine, &["pmem0"])?;
+    fails(
+        &mut machine,
+        "cat pmem1:beta",
+        "pmem1 has no mounted filesystem",
+    )?;
+    // The refused device stays available: mkfs can still take it.
+    ok(
+        &mut machine,
+        "mkfs pmem1",
+        &["this erases everything on pmem1 (32 MiB)"],
+    )?;
+    ok(
+        &mut machine,
+        "mkfs pmem1 --yes",
+        &["storage: pmem1 formatted and mounted daxfs"],
+    )?;
+    assert!(ls(&mut machine, "pmem1")?.is_empty(), "a new filesystem");
+    fsck_clean(&mut machine, &["pmem0", "pmem1"])?;
+    machine.kill();
+    let image = std::fs::read(&pmem0).expect("pmem0 image");
+    assert_eq!(
+        image[..128],
+        image[4096..4096 + 128],
+        "mount rewrote the damaged primary superblock from the backup"
+    );
     Ok(())
+}
+
+/// XORs `bytes` into the file at `offset` (host-side damage between boots).
+fn patch(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::io::Read;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|error| panic!("opening {}: {error}", path.display()));
+    let mut old = vec![0u8; bytes.len()];
+    file.seek(SeekFrom::Start(offset))
+        .and_then(|_| file.read_exact(&mut old))
+        .unwrap_or_else(|error| panic!("reading {}: {error}", path.display()));
+    let new: Vec<u8> = old.iter().zip(bytes).map(|(a, b)| a ^ b).collect();
+    file.seek(SeekFrom::Start(offset))
+        .and_then(|_| file.write_all(&new))
+        .unwrap_or_else(|error| panic!("writing {}: {error}", path.display()));
 }
 
 #[test]
