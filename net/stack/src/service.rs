@@ -61,8 +61,13 @@ pub struct ListenerConfig {
     pub rx_buffer: usize,
     /// Transmit buffer per connection, bytes.
     pub tx_buffer: usize,
-    /// Abort a connection whose peer stops acknowledging for this long.
-    pub ack_timeout_ms: u64,
+    /// Dead-peer detection: a keep-alive probe is sent after this much
+    /// silence (RFC 9293 §3.8.4)...
+    pub keep_alive_ms: u64,
+    /// ...and the connection is aborted when the peer has sent nothing
+    /// (not even an ACK to a probe) for this long. Must exceed
+    /// `keep_alive_ms`, or quiet but healthy connections would be cut.
+    pub peer_timeout_ms: u64,
 }
 
 impl ListenerConfig {
@@ -75,7 +80,8 @@ impl ListenerConfig {
             listen_backlog: 4,
             rx_buffer: 128 * 1024,
             tx_buffer: 256 * 1024,
-            ack_timeout_ms: 60_000,
+            keep_alive_ms: 60_000,
+            peer_timeout_ms: 180_000,
         }
     }
 }
@@ -169,7 +175,15 @@ impl<S: TcpService> Listener<S> {
         // Responses are written whole by the service; Nagle would only add
         // a delay to the last partial segment of each response.
         socket.set_nagle_enabled(false);
-        socket.set_timeout(Some(Duration::from_millis(self.config.ack_timeout_ms)));
+        // smoltcp's timeout alone also fires on a quiet connection (no
+        // data in flight), so it is paired with keep-alive probes, which a
+        // live peer answers.
+        socket.set_keep_alive(Some(Duration::from_millis(self.config.keep_alive_ms)));
+        socket.set_timeout(Some(Duration::from_millis(
+            self.config
+                .peer_timeout_ms
+                .max(self.config.keep_alive_ms.saturating_mul(2)),
+        )));
         socket.listen(self.config.port).ok()?;
         Some(sockets.add(socket))
     }

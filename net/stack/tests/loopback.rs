@@ -566,3 +566,25 @@ proptest::proptest! {
         proptest::prop_assert_eq!(r.status, 200);
     }
 }
+
+/// A quiet connection (no data in flight) outlives the ACK timeout: NBD
+/// clients sit idle for long stretches and must not be cut off.
+#[test]
+fn idle_connection_without_deadline_survives() {
+    let mut h = Harness::http();
+    h.stack
+        .add_listener(Listener::new(ListenerConfig::new(7), Echo).boxed())
+        .unwrap();
+    let handle = h.connect(7);
+    h.send(handle, b"ping");
+    assert_eq!(h.read_until(handle, |b| b.len() >= 4), b"ping");
+    // Ten minutes of silence, polled once a second.
+    for _ in 0..600 {
+        h.now += 1000;
+        h.step();
+    }
+    assert_eq!(h.socket(handle).state(), tcp::State::Established);
+    h.send(handle, b"pong");
+    assert_eq!(h.read_until(handle, |b| b.len() >= 4), b"pong");
+    assert_eq!(h.stack.status().listeners[1].active, 1);
+}
