@@ -125,11 +125,6 @@ impl ExtentMap {
         out
     }
 
-    /// True when no block of the range is mapped.
-    pub fn is_hole(&self, start: u64, len: u64) -> bool {
-        self.pieces(start, len).iter().all(|p| p.physical.is_none())
-    }
-
     /// Unmaps `start..start + len`; returns the pieces removed.
     pub fn remove(&mut self, start: u64, len: u64) -> Vec<Extent> {
         let end = start + len;

@@ -934,24 +934,36 @@ impl<M: PersistentMemory> Filesystem<M> {
         // chunk that is entirely a hole (FORMAT.md "Allocation policy").
         let large = new_size > CHUNK_SIZE;
         let old_size = file.size;
-        // A hole chunk of a large file gets a whole 2 MiB chunk when the
-        // write looks sequential (starts at the chunk or appends at the end
-        // of file) or fills at least an eighth of the chunk; a small random
-        // write into a big sparse file gets single blocks instead, so that
-        // it does not cost 2 MiB of space.
-        let wants_huge = |chunk: u64| {
-            let (cs, ce) = (chunk * CHUNK_SIZE, (chunk + 1) * CHUNK_SIZE);
-            let mut covered = 0;
-            for e in edits.iter().filter(|e| matches!(e.src, Src::Data(_))) {
-                let (a, b) = (e.offset.max(cs), e.end().min(ce));
-                if b > a {
-                    if a == cs || e.offset == old_size {
-                        return true;
+        // In a large file the unit of allocation is the 2 MiB chunk
+        // (FORMAT.md "Allocation policy"): a logical chunk in which the file
+        // owns no block outright (all hole, or shared with a clone, or held)
+        // moves as a whole to a fresh huge chunk, holes zero-filled and
+        // shared blocks copied. That keeps large files huge-page mappable
+        // and their extent count bounded by the chunk count, at the price
+        // of 2 MiB of space and copying per first touch of a chunk.
+        let refs = &self.refs;
+        let pins = &self.pins;
+        let chunk_movable = |chunk: u64| {
+            for piece in file.map.pieces(chunk * CHUNK_BLOCKS, CHUNK_BLOCKS) {
+                let Some(p) = piece.physical else { continue };
+                for (ps, pl, count) in refs.segments(p, piece.len) {
+                    for (_, _, held) in pins.segments(ps, pl) {
+                        if count <= 1 && held == 0 {
+                            return false;
+                        }
                     }
-                    covered += b - a;
                 }
             }
-            covered >= CHUNK_SIZE / 8
+            true
+        };
+        let movable: BTreeSet<u64> = if large {
+            needs
+                .iter()
+                .flat_map(|&(l, n, _)| (l / CHUNK_BLOCKS)..=((l + n - 1) / CHUNK_BLOCKS))
+                .filter(|&c| chunk_movable(c))
+                .collect()
+        } else {
+            BTreeSet::new()
         };
         let mut runs: Vec<NewRun> = Vec::new();
         let mut huge_chunks: BTreeSet<u64> = BTreeSet::new();
@@ -967,20 +979,19 @@ impl<M: PersistentMemory> Filesystem<M> {
                     done += piece_len;
                     continue;
                 }
-                if source.is_none()
-                    && large
-                    && wants_huge(chunk)
-                    && file.map.is_hole(chunk * CHUNK_BLOCKS, CHUNK_BLOCKS)
-                {
-                    let prefer = preferred(&file.map, &runs, chunk * CHUNK_BLOCKS);
+                if movable.contains(&chunk) {
+                    let base = chunk * CHUNK_BLOCKS;
+                    let prefer = preferred(&file.map, &runs, base);
                     if let Some(p) = self.alloc.alloc_huge(prefer) {
                         huge_chunks.insert(chunk);
-                        runs.push(NewRun {
-                            logical: chunk * CHUNK_BLOCKS,
-                            len: CHUNK_BLOCKS,
-                            physical: p,
-                            source: None,
-                        });
+                        for piece in file.map.pieces(base, CHUNK_BLOCKS) {
+                            runs.push(NewRun {
+                                logical: piece.logical,
+                                len: piece.len,
+                                physical: p + (piece.logical - base),
+                                source: piece.physical,
+                            });
+                        }
                         done += piece_len;
                         continue;
                     }

@@ -211,7 +211,25 @@ fn clone_shares_blocks_and_copies_on_write() {
     let mut expect = data.clone();
     expect[4096 * 3 + 10..4096 * 3 + 17].copy_from_slice(b"changed");
     assert_eq!(read_all(&fs, "dst"), expect);
-    assert_eq!(fs.statfs().free_blocks, free_before - 1, "one block copied");
+    // A large file copies on write by whole 2 MiB chunk, which stays
+    // huge-page mappable.
+    assert_eq!(
+        fs.statfs().free_blocks,
+        free_before - 512,
+        "one chunk copied"
+    );
+    assert_eq!(fs.stat(dst).unwrap().huge_bytes, 6 * MIB as u64);
+    assert_eq!(fs.stat(dst).unwrap().shared_bytes, 4 * MIB as u64);
+    // A small file copies on write by block.
+    fs.create("small").unwrap();
+    let small = fs.lookup("small").unwrap();
+    fs.write(small, 0, &pattern(20_000, 1)).unwrap();
+    let small_clone = fs.clone_file("small", "small2").unwrap();
+    let free = fs.statfs().free_blocks;
+    fs.write(small_clone, 5000, b"x").unwrap();
+    assert_eq!(fs.statfs().free_blocks, free - 1, "one block copied");
+    fs.unlink("small").unwrap();
+    fs.unlink("small2").unwrap();
     assert_clean(&fs);
     fs.unlink("src").unwrap();
     assert_eq!(read_all(&fs, "dst"), expect);
@@ -430,10 +448,10 @@ fn size_limits_are_errors() {
     assert_eq!(fs.write(id, max, b"x"), Err(Error::FileTooLarge));
     assert_eq!(fs.write(id, u64::MAX - 1, b"xy"), Err(Error::FileTooLarge));
     assert_eq!(fs.truncate(id, max + 1), Err(Error::FileTooLarge));
-    // A small write far into a sparse file costs one block, not a chunk.
+    // A write far into a sparse large file costs one 2 MiB chunk.
     fs.write(id, max - 1, b"z").unwrap();
     assert_eq!(fs.stat(id).unwrap().size, max);
-    assert_eq!(fs.stat(id).unwrap().allocated_bytes, 4096);
+    assert_eq!(fs.stat(id).unwrap().allocated_bytes, 2 * MIB as u64);
     let mut b = [0u8; 2];
     assert_eq!(fs.read(id, max - 2, &mut b).unwrap(), 2);
     assert_eq!(b, [0, b'z']);
