@@ -637,6 +637,21 @@ fn df(_: &mut Context, args: &[&str]) -> Result<(), String> {
 
 fn fsck(_: &mut Context, args: &[&str]) -> Result<(), String> {
     let mut storage = STORAGE.lock();
+    match args {
+        [] => {}
+        [device] => {
+            // Name what is wrong with the device instead of "nothing to
+            // check" (typo, unmounted or raw).
+            let index = storage.volume_of(device)?;
+            if storage.filesystem(index).is_none() {
+                return Err(alloc::format!(
+                    "{} is exported raw, not a filesystem",
+                    device
+                ));
+            }
+        }
+        _ => return Err("usage: fsck [DEVICE]".into()),
+    }
     let mut checked = 0;
     let mut problems = 0;
     for index in 0..storage.volumes.len() {

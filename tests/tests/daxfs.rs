@@ -381,6 +381,9 @@ fn shell_commands_two_devices_and_power_cut() -> Result<(), HarnessError> {
     );
     assert_eq!(cat(&mut machine, "alpha", 0, 11)?, "hello daxfs");
     fails(&mut machine, "truncate alpha big", "bad size 'big'")?;
+    fails(&mut machine, "truncate alpha 20T", "file too large")?;
+    fails(&mut machine, "write alpha 20T x", "file too large")?;
+    ok(&mut machine, "stat alpha", &["size:       8192 (8 KiB)"])?;
     fails(&mut machine, "truncate missing 1K", "no such file: missing")?;
 
     // ---- rm.
@@ -436,7 +439,13 @@ fn shell_commands_two_devices_and_power_cut() -> Result<(), HarnessError> {
     fails(&mut machine, "mkfs pmem1", "pmem1 is in use")?;
     fails(&mut machine, "mkfs pmem9", "no such device: pmem9")?;
     fsck_clean(&mut machine, &["pmem0", "pmem1"])?;
-    ok(&mut machine, "fsck pmem1", &["pmem1: fsck: clean"])?;
+    let one = ok(&mut machine, "fsck pmem1", &["pmem1: fsck: clean"])?;
+    assert!(
+        !one.contains("pmem0"),
+        "fsck DEVICE checks only DEVICE:\n{one}"
+    );
+    fails(&mut machine, "fsck pmem9", "no such device: pmem9")?;
+    fails(&mut machine, "fsck pmem0 pmem1", "usage: fsck [DEVICE]")?;
 
     // ---- Files that must survive the power cut.
     ok(
@@ -630,6 +639,11 @@ fn format_never_mkfs_yes_and_foreign_data_left_alone() -> Result<(), HarnessErro
         "pmem1 has no mounted filesystem",
     )?;
     fails(&mut machine, "fsck", "no filesystem to check")?;
+    fails(
+        &mut machine,
+        "fsck pmem1",
+        "pmem1 has no mounted filesystem",
+    )?;
 
     // Without --yes mkfs only explains, and changes nothing.
     ok(
