@@ -41,7 +41,7 @@ pub fn config(seed: u64) -> Config {
         },
         recrash: 2,
         max_findings: 20,
-        probe_every: 4,
+        probe_every: 8,
     }
 }
 

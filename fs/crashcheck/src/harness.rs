@@ -241,11 +241,28 @@ const LANE_KEYS: [u64; 4] = [
 
 impl Digester {
     fn block(lanes: &mut [u64; 4], block: &[u8]) {
-        for (i, lane) in lanes.iter_mut().enumerate() {
-            // Callers pass 32-byte blocks: four 8-byte words.
-            let w = u64::from_le_bytes(block[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-            *lane = (*lane ^ w).wrapping_mul(LANE_KEYS[i]).rotate_left(29);
-        }
+        // Callers pass 32-byte blocks; the fixed-size view lets the
+        // compiler drop the bounds checks and keep the lanes in registers.
+        let Ok(b) = <&[u8; 32]>::try_from(block) else {
+            return;
+        };
+        let word = |i: usize| {
+            u64::from_le_bytes([
+                b[i],
+                b[i + 1],
+                b[i + 2],
+                b[i + 3],
+                b[i + 4],
+                b[i + 5],
+                b[i + 6],
+                b[i + 7],
+            ])
+        };
+        let (w0, w1, w2, w3) = (word(0), word(8), word(16), word(24));
+        lanes[0] = (lanes[0] ^ w0).wrapping_mul(LANE_KEYS[0]).rotate_left(29);
+        lanes[1] = (lanes[1] ^ w1).wrapping_mul(LANE_KEYS[1]).rotate_left(29);
+        lanes[2] = (lanes[2] ^ w2).wrapping_mul(LANE_KEYS[2]).rotate_left(29);
+        lanes[3] = (lanes[3] ^ w3).wrapping_mul(LANE_KEYS[3]).rotate_left(29);
     }
 
     /// Adds `bytes`.
