@@ -60,6 +60,7 @@
 
 mod error;
 mod machine;
+pub mod nbd_client;
 mod options;
 mod paths;
 

@@ -1,0 +1,372 @@
+//! NBD test clients: real client tools run with a deadline, and a raw-socket
+//! client that speaks the fixed-newstyle handshake and simple replies byte
+//! by byte (NBD proto.md), for negative tests real clients cannot send.
+//!
+//! Used by `tests/tests/nbd.rs` against the booted appliance; the helpers
+//! follow `net/nbd/tests/real_clients.rs`, which tests the engine against
+//! its host server.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// `IHAVEOPT`: option request magic (proto.md "Option haggling").
+pub const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
+/// Option reply magic.
+pub const OPTION_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+/// Request magic (proto.md "Request message").
+pub const REQUEST_MAGIC: u32 = 0x2560_9513;
+/// Simple reply magic.
+pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+
+/// `NBD_OPT_EXPORT_NAME`.
+pub const OPT_EXPORT_NAME: u32 = 1;
+/// `NBD_OPT_LIST`.
+pub const OPT_LIST: u32 = 3;
+/// `NBD_OPT_GO`.
+pub const OPT_GO: u32 = 7;
+/// `NBD_OPT_STRUCTURED_REPLY`.
+pub const OPT_STRUCTURED_REPLY: u32 = 8;
+/// `NBD_REP_ACK`.
+pub const REP_ACK: u32 = 1;
+/// `NBD_REP_SERVER` (one LIST entry).
+pub const REP_SERVER: u32 = 2;
+/// `NBD_REP_INFO`.
+pub const REP_INFO: u32 = 3;
+/// `NBD_REP_ERR_UNSUP`.
+pub const REP_ERR_UNSUP: u32 = 0x8000_0001;
+/// `NBD_REP_ERR_INVALID`.
+pub const REP_ERR_INVALID: u32 = 0x8000_0003;
+/// `NBD_REP_ERR_UNKNOWN`.
+pub const REP_ERR_UNKNOWN: u32 = 0x8000_0006;
+/// `NBD_REP_ERR_TOO_BIG`.
+pub const REP_ERR_TOO_BIG: u32 = 0x8000_0009;
+
+/// `NBD_CMD_READ`.
+pub const CMD_READ: u16 = 0;
+/// `NBD_CMD_WRITE`.
+pub const CMD_WRITE: u16 = 1;
+/// `NBD_CMD_DISC`.
+pub const CMD_DISC: u16 = 2;
+/// `NBD_CMD_FLUSH`.
+pub const CMD_FLUSH: u16 = 3;
+/// `NBD_CMD_TRIM`.
+pub const CMD_TRIM: u16 = 4;
+
+/// `NBD_EPERM`.
+pub const EPERM: u32 = 1;
+/// `NBD_EINVAL`.
+pub const EINVAL: u32 = 22;
+/// `NBD_ENOSPC`.
+pub const ENOSPC: u32 = 28;
+
+/// `nbd://127.0.0.1:PORT/EXPORT`.
+pub fn uri(port: u16, export: &str) -> String {
+    format!("nbd://127.0.0.1:{port}/{export}")
+}
+
+/// What a client tool did.
+#[derive(Debug)]
+pub struct ToolOutput {
+    /// Exit code (`None` when killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output, lossy UTF-8.
+    pub stdout: String,
+    /// Standard error, lossy UTF-8.
+    pub stderr: String,
+}
+
+impl ToolOutput {
+    /// True when the tool exited with status 0.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// Runs a client tool with a deadline. A tool that cannot be started (not
+/// installed) or that outlives `timeout` (it is then killed) is a panic
+/// naming the command: a missing client is a failure, never a skip.
+///
+/// `/usr/bin` goes first on `PATH`: `nbdsh` needs the system python, which
+/// has the libnbd module (PLATFORM.md).
+pub fn run_tool(tool: &str, args: &[&str], timeout: Duration) -> ToolOutput {
+    let path = format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default());
+    let mut child = Command::new(tool)
+        .args(args)
+        .env("PATH", path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| {
+            panic!(
+                "required client tool `{tool}` could not be run ({error}); install it \
+                 (libnbd-bin, python3-libnbd, qemu-utils, fio: see /work/shared/PLATFORM.md)"
+            )
+        });
+    let drain = |source: Option<Box<dyn Read + Send>>| {
+        thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut source) = source {
+                let _ = source.read_to_end(&mut bytes);
+            }
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    let Some(status) = status else {
+        panic!(
+            "`{tool} {}` did not finish within {timeout:?} (killed)\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            args.join(" ")
+        );
+    };
+    ToolOutput {
+        code: status.code(),
+        stdout,
+        stderr,
+    }
+}
+
+/// [`run_tool`] that must succeed; returns standard output.
+pub fn run_tool_ok(tool: &str, args: &[&str], timeout: Duration) -> String {
+    let output = run_tool(tool, args, timeout);
+    assert!(
+        output.success(),
+        "`{tool} {}` failed with {:?}\nstdout:\n{}\nstderr:\n{}",
+        args.join(" "),
+        output.code,
+        output.stdout,
+        output.stderr
+    );
+    output.stdout
+}
+
+/// Deterministic pseudo-random data with a 1 MiB run of zeros in every
+/// five, so sparse-aware copies take both paths.
+pub fn test_image(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ seed;
+    let mut data = vec![0u8; len];
+    for (index, block) in data.chunks_mut(1 << 20).enumerate() {
+        if index % 5 == 3 {
+            continue;
+        }
+        for word in block.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes()[..word.len()]);
+        }
+    }
+    data
+}
+
+/// The payload of `NBD_OPT_GO` / `NBD_OPT_INFO` for `name`, no info requests.
+pub fn go_data(name: &str) -> Vec<u8> {
+    let mut data = (name.len() as u32).to_be_bytes().to_vec();
+    data.extend_from_slice(name.as_bytes());
+    data.extend_from_slice(&0u16.to_be_bytes());
+    data
+}
+
+/// One request header (28 bytes) in big-endian wire order.
+pub fn request_bytes(kind: u16, flags: u16, cookie: u64, offset: u64, len: u32) -> Vec<u8> {
+    let mut bytes = REQUEST_MAGIC.to_be_bytes().to_vec();
+    bytes.extend_from_slice(&flags.to_be_bytes());
+    bytes.extend_from_slice(&kind.to_be_bytes());
+    bytes.extend_from_slice(&cookie.to_be_bytes());
+    bytes.extend_from_slice(&offset.to_be_bytes());
+    bytes.extend_from_slice(&len.to_be_bytes());
+    bytes
+}
+
+/// A raw NBD client on a TCP stream. Every read has a timeout; a short read
+/// is a panic saying how many bytes were expected.
+pub struct RawClient {
+    /// The connection (public so tests can clone or shut it down).
+    pub stream: TcpStream,
+}
+
+impl RawClient {
+    /// Connects to 127.0.0.1:`port` with a 30 s read timeout.
+    pub fn connect(port: u16) -> RawClient {
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .unwrap_or_else(|error| panic!("connecting to 127.0.0.1:{port}: {error}"));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("setting a read timeout on a fresh socket");
+        stream
+            .set_write_timeout(Some(Duration::from_secs(30)))
+            .expect("setting a write timeout on a fresh socket");
+        stream
+            .set_nodelay(true)
+            .expect("setting TCP_NODELAY on a fresh socket");
+        RawClient { stream }
+    }
+
+    /// A second handle on the same connection (for a reply-reading thread).
+    pub fn try_clone(&self) -> RawClient {
+        RawClient {
+            stream: self.stream.try_clone().expect("cloning a TCP stream"),
+        }
+    }
+
+    /// Reads exactly `count` bytes.
+    pub fn read_bytes(&mut self, count: usize) -> Vec<u8> {
+        let mut bytes = vec![0u8; count];
+        self.stream
+            .read_exact(&mut bytes)
+            .unwrap_or_else(|error| panic!("reading {count} bytes from the server: {error}"));
+        bytes
+    }
+
+    /// Reads a big-endian u16.
+    pub fn u16(&mut self) -> u16 {
+        let bytes = self.read_bytes(2);
+        u16::from_be_bytes([bytes[0], bytes[1]])
+    }
+
+    /// Reads a big-endian u32.
+    pub fn u32(&mut self) -> u32 {
+        let mut bytes = [0u8; 4];
+        bytes.copy_from_slice(&self.read_bytes(4));
+        u32::from_be_bytes(bytes)
+    }
+
+    /// Reads a big-endian u64.
+    pub fn u64(&mut self) -> u64 {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&self.read_bytes(8));
+        u64::from_be_bytes(bytes)
+    }
+
+    /// Sends bytes.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream
+            .write_all(bytes)
+            .unwrap_or_else(|error| panic!("sending {} bytes: {error}", bytes.len()));
+    }
+
+    /// Sends bytes, ignoring errors (the server may already have closed).
+    pub fn send_lossy(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes);
+    }
+
+    /// Reads the 18-byte greeting and checks it is fixed newstyle.
+    pub fn greeting(&mut self) {
+        let greeting = self.read_bytes(18);
+        assert_eq!(&greeting[..8], b"NBDMAGIC", "greeting magic");
+        assert_eq!(&greeting[8..16], b"IHAVEOPT", "newstyle magic");
+        assert_eq!(
+            greeting[17] & 1,
+            1,
+            "server must set NBD_FLAG_FIXED_NEWSTYLE"
+        );
+    }
+
+    /// Connects, reads the greeting and sends the client flags (fixed
+    /// newstyle + no zeroes).
+    pub fn start(port: u16) -> RawClient {
+        let mut client = RawClient::connect(port);
+        client.greeting();
+        client.send(&3u32.to_be_bytes());
+        client
+    }
+
+    /// Sends one option with its data.
+    pub fn option(&mut self, option: u32, data: &[u8]) {
+        let mut bytes = IHAVEOPT.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&option.to_be_bytes());
+        bytes.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(data);
+        self.send(&bytes);
+    }
+
+    /// Reads one option reply: (option, reply type, data).
+    pub fn option_reply(&mut self) -> (u32, u32, Vec<u8>) {
+        assert_eq!(self.u64(), OPTION_REPLY_MAGIC, "option reply magic");
+        let option = self.u32();
+        let kind = self.u32();
+        let len = self.u32() as usize;
+        (option, kind, self.read_bytes(len))
+    }
+
+    /// `NBD_OPT_GO` that must succeed; returns (size, transmission flags).
+    pub fn go(&mut self, name: &str) -> (u64, u16) {
+        self.option(OPT_GO, &go_data(name));
+        let mut export = None;
+        loop {
+            let (_, kind, data) = self.option_reply();
+            match kind {
+                REP_ACK => break,
+                REP_INFO if data.len() >= 12 && data[..2] == [0, 0] => {
+                    let mut size = [0u8; 8];
+                    size.copy_from_slice(&data[2..10]);
+                    export = Some((
+                        u64::from_be_bytes(size),
+                        u16::from_be_bytes([data[10], data[11]]),
+                    ));
+                }
+                REP_INFO => {}
+                other => panic!("NBD_OPT_GO {name:?} failed with reply type {other:#x}"),
+            }
+        }
+        export.unwrap_or_else(|| panic!("NBD_OPT_GO {name:?} acknowledged without NBD_INFO_EXPORT"))
+    }
+
+    /// Sends one request header plus `payload`.
+    pub fn request(&mut self, kind: u16, cookie: u64, offset: u64, len: u32, payload: &[u8]) {
+        let mut bytes = request_bytes(kind, 0, cookie, offset, len);
+        bytes.extend_from_slice(payload);
+        self.send(&bytes);
+    }
+
+    /// Reads one simple reply header: (error, cookie).
+    pub fn simple(&mut self) -> (u32, u64) {
+        assert_eq!(self.u32(), SIMPLE_REPLY_MAGIC, "simple reply magic");
+        (self.u32(), self.u64())
+    }
+
+    /// Waits for the server to close the connection; fails if it sends
+    /// anything or keeps it open beyond `limit`.
+    pub fn expect_closed(&mut self, limit: Duration, what: &str) {
+        self.stream
+            .set_read_timeout(Some(limit))
+            .expect("setting a read timeout");
+        let mut byte = [0u8; 1];
+        match self.stream.read(&mut byte) {
+            Ok(0) => {}
+            Err(error) if error.kind() == ErrorKind::ConnectionReset => {}
+            Ok(_) => panic!("{what}: the server sent data instead of closing"),
+            Err(error) => {
+                panic!("{what}: the server did not close the connection within {limit:?}: {error}")
+            }
+        }
+    }
+}
