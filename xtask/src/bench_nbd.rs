@@ -11,7 +11,8 @@
 //! 1. sequential write: `nbdcopy -S 0 --flush DATA nbd://.../seq` (256 MiB
 //!    of pseudo-random bytes, so neither zero detection nor sparseness
 //!    shortcuts anything; the final flush makes the data durable);
-//! 2. sequential read: `nbdcopy --no-extents nbd://.../seq null:`;
+//! 2. sequential read: `nbdcopy --no-extents nbd://.../seq null:`, then
+//!    (not measured) a copy back to a host file that must equal the data;
 //! 3. prefill `rand` with 512 MiB of pseudo-random bytes (not measured), so
 //!    random reads hit allocated data on both sides;
 //! 4. fio `--ioengine=nbd`, 4 KiB random read and random write at queue
@@ -230,6 +231,56 @@ fn fio(uri: &str, rw: &str, depth: u32, runtime: u64) -> Result<f64, XtaskError>
     })
 }
 
+/// Copies export `uri` to a host file next to `data` and checks it holds
+/// exactly the bytes of `data` (not measured): figures for a server that
+/// loses or mangles data would be worthless.
+fn verify(uri: &str, data: &Path) -> Result<(), XtaskError> {
+    let copy = data.with_extension("readback");
+    let _ = std::fs::remove_file(&copy);
+    timed(Command::new("nbdcopy").arg(uri).arg(&copy))?;
+    let same = files_equal(data, &copy)?;
+    let _ = std::fs::remove_file(&copy);
+    if same {
+        println!("    read-back matches the data written");
+        Ok(())
+    } else {
+        Err(XtaskError::Command {
+            command: format!("nbdcopy {uri} (read-back)"),
+            problem: format!("the export does not hold the bytes of {}", data.display()),
+        })
+    }
+}
+
+/// Whether two files have the same bytes.
+fn files_equal(a: &Path, b: &Path) -> Result<bool, XtaskError> {
+    use std::io::Read;
+    let open = |path: &Path| File::open(path).map_err(|e| io_error(path, e));
+    let (mut left, mut right) = (open(a)?, open(b)?);
+    let (mut x, mut y) = (vec![0u8; MIB as usize], vec![0u8; MIB as usize]);
+    loop {
+        let n = read_full(&mut left, &mut x).map_err(|e| io_error(a, e))?;
+        let m = read_full(&mut right, &mut y).map_err(|e| io_error(b, e))?;
+        if n != m || x[..n] != y[..m] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+    }
+
+    /// Reads until `buffer` is full or the file ends.
+    fn read_full(file: &mut File, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let mut filled = 0;
+        while filled < buffer.len() {
+            match file.read(&mut buffer[filled..])? {
+                0 => break,
+                n => filled += n,
+            }
+        }
+        Ok(filled)
+    }
+}
+
 /// The figures of one server.
 #[derive(Debug, Default, Clone, Copy)]
 struct Figures {
@@ -263,6 +314,7 @@ fn measure(
             .arg(seq),
     )?;
     let (_, read) = timed(Command::new("nbdcopy").args(["--no-extents", seq, "null:"]))?;
+    verify(seq, data)?;
     crate::step(&format!(
         "{label}: prefill the 512 MiB export (not measured)"
     ));
@@ -474,6 +526,25 @@ mod tests {
             .chunks(4096)
             .all(|block| block.iter().any(|&b| b != 0)));
         assert_ne!(bytes[..4096], bytes[4096..8192], "not a repeating block");
+    }
+
+    #[test]
+    fn files_equal_compares_bytes() {
+        let dir = std::env::temp_dir();
+        let id = std::process::id();
+        let a = dir.join(format!("bench-nbd-a-{id}.bin"));
+        let b = dir.join(format!("bench-nbd-b-{id}.bin"));
+        write_random_file(&a, 3 * MIB, 7).expect("a");
+        write_random_file(&b, 3 * MIB, 7).expect("b");
+        assert!(files_equal(&a, &b).expect("compare"));
+        let mut bytes = std::fs::read(&b).expect("read b");
+        bytes[2 * MIB as usize + 5] ^= 1;
+        std::fs::write(&b, &bytes).expect("write b");
+        assert!(!files_equal(&a, &b).expect("compare"), "one bit differs");
+        std::fs::write(&b, &bytes[..MIB as usize]).expect("write b");
+        assert!(!files_equal(&a, &b).expect("compare"), "shorter");
+        let _ = std::fs::remove_file(&a);
+        let _ = std::fs::remove_file(&b);
     }
 
     #[test]
