@@ -170,7 +170,15 @@ fn is_device_name(text: &str) -> bool {
 pub fn init() {
     let config = config::get();
     let mut storage = STORAGE.lock();
-    for name in pmem::device_names() {
+    let devices = pmem::device_names();
+    // A typo in export_raw= would otherwise pass without a word, and the
+    // export the operator expects would simply not exist.
+    for raw in &config.export_raw {
+        if !devices.contains(raw) {
+            println!("storage: export_raw={}: no such device (ignored)", raw);
+        }
+    }
+    for name in devices {
         let index: u8 = name.trim_start_matches("pmem").parse().unwrap_or(u8::MAX);
         if config.export_raw.contains(&name) {
             match pmem::take_block(&name, daxbox_pmem::frames::Owner::Device(index)) {

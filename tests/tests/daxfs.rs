@@ -699,10 +699,13 @@ fn format_never_mkfs_yes_and_foreign_data_left_alone() -> Result<(), HarnessErro
     assert_still_foreign(&foreign);
 
     // ---- format=if-blank on the next boot: the daxfs is mounted (clean
-    // after poweroff) and the foreign data is still not formatted.
-    let mut machine = Machine::boot_to_prompt(options("format=if-blank\n", false))?;
+    // after poweroff) and the foreign data is still not formatted; an
+    // export_raw= naming no device is reported.
+    let mut machine =
+        Machine::boot_to_prompt(options("format=if-blank\nexport_raw=pmem7\n", false))?;
     let boot = machine.output();
     boot_line(&boot, "storage: pmem0 mounted daxfs");
+    boot_line(&boot, "storage: export_raw=pmem7: no such device (ignored)");
     assert!(
         !boot.contains("not unmounted cleanly"),
         "poweroff unmounts cleanly:\n{boot}"
