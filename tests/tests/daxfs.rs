@@ -1,8 +1,10 @@
 //! The DAX filesystem through the serial shell: every filesystem command's
 //! happy and error paths, two NVDIMMs each with their own daxfs, a device
 //! holding foreign bytes that is never formatted, files surviving a power
-//! cut (SIGKILL of QEMU) with a clean fsck after the reboot, and a blank
-//! device under `format=never` that only `mkfs DEVICE --yes` formats.
+//! cut (SIGKILL of QEMU) with a clean fsck after the reboot, a blank
+//! device under `format=never` that only `mkfs DEVICE --yes` formats, and
+//! host-side damage: a bad primary superblock repaired from its backup, a
+//! newer format version refused but still available to `mkfs`.
 //!
 //! Boots are few and shared by many checks (each TCG boot costs seconds on
 //! a busy 2-core host); every assertion names the command and shows its
@@ -146,7 +148,8 @@ fn assert_still_foreign(path: &Path) {
     );
 }
 
-/// The boot log line about `device` from `storage:`, or a panic.
+/// The first boot log line containing `fragment`, or a panic showing the
+/// whole log.
 fn boot_line<'a>(boot: &'a str, fragment: &str) -> &'a str {
     boot.lines()
         .find(|line| line.contains(fragment))
