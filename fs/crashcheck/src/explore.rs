@@ -58,6 +58,11 @@ impl Explorer {
         }
     }
 
+    /// Every image hash checked so far.
+    pub fn seen_hashes(&self) -> &BTreeSet<ImageHash> {
+        &self.seen
+    }
+
     /// True when `hash` has been checked before.
     pub fn seen(&self, hash: &ImageHash) -> bool {
         self.seen.contains(hash)

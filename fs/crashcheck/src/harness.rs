@@ -19,7 +19,7 @@
 
 use std::boxed::Box;
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::format;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
@@ -903,6 +903,9 @@ pub struct Budget {
     /// Skip this many workloads of the sequence first (to resume, or to
     /// leave out what the CI run covers).
     pub skip: usize,
+    /// Run only the workloads whose position (after `skip`) is `part.0`
+    /// modulo `part.1`: one share of a run split over threads.
+    pub part: (usize, usize),
     /// Stop once this many distinct crash images were checked.
     pub distinct: u64,
     /// Stop after this much time (seconds).
@@ -919,12 +922,16 @@ pub fn run_suite<T: Target>(
     config: &Config,
     budget: Budget,
     mut progress: impl FnMut(&Totals, &[Op], f64),
-) -> Totals {
+) -> (Totals, BTreeSet<ImageHash>) {
     let start = std::time::Instant::now();
     let run = Run::new(config);
     let totals = Rc::new(RefCell::new(Totals::default()));
     let sequences = crate::workloads::Sequences::new(templates.len(), config.seed);
-    for indices in sequences.skip(budget.skip) {
+    let (share, shares) = (budget.part.0, budget.part.1.max(1));
+    for (position, indices) in sequences.skip(budget.skip).enumerate() {
+        if position % shares != share {
+            continue;
+        }
         let ops = crate::workloads::instantiate(templates, &indices);
         run_workload::<T>(base, &ops, config, &run, &totals);
         let elapsed = start.elapsed().as_secs_f64();
@@ -938,7 +945,8 @@ pub fn run_suite<T: Target>(
         }
     }
     let t = totals.borrow().clone();
-    t
+    let seen = run.borrow().explorer.seen_hashes().clone();
+    (t, seen)
 }
 
 fn record(totals: &Rc<RefCell<Totals>>, config: &Config, finding: Finding) {

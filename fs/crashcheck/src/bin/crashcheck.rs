@@ -11,11 +11,14 @@
 use std::process::ExitCode;
 
 use daxfs_crashcheck::daxfs_target::{self, Daxfs};
+use std::collections::BTreeSet;
+
 use daxfs_crashcheck::harness::{build_base, run_suite, Budget, Totals};
 use daxfs_crashcheck::workloads::{setup, templates};
+use daxfs_crashcheck::ImageHash;
 
 const USAGE: &str = "usage: crashcheck [--budget SECONDS] [--images N] [--min-distinct N] \
-[--workloads N] [--skip N] [--seed N] [--quiet]
+[--workloads N] [--skip N] [--seed N] [--jobs N] [--quiet]
   --budget SECONDS    stop after this long (default: no limit)
   --images N          stop after N distinct crash images (default 110000)
   --min-distinct N    fail if fewer than N distinct images were checked (default 0)
@@ -23,10 +26,12 @@ const USAGE: &str = "usage: crashcheck [--budget SECONDS] [--images N] [--min-di
   --skip N            start at workload N of the sequence (all singles and
                       pairs are the first 552; the CI run covers about 640)
   --seed N            seed of every random choice (default 1)
+  --jobs N            worker threads, each taking every N-th workload (default 1)
   --quiet             no progress lines";
 
 struct Args {
     budget: Budget,
+    jobs: usize,
     min_distinct: u64,
     seed: u64,
     quiet: bool,
@@ -36,10 +41,12 @@ fn parse() -> Result<Args, String> {
     let mut args = Args {
         budget: Budget {
             skip: 0,
+            part: (0, 1),
             distinct: 110_000,
             seconds: f64::INFINITY,
             workloads: u64::MAX,
         },
+        jobs: 1,
         min_distinct: 0,
         seed: 1,
         quiet: false,
@@ -75,6 +82,7 @@ fn parse() -> Result<Args, String> {
                 args.budget.skip = usize::try_from(number()?).map_err(|_| "--skip: too large")?
             }
             "--seed" => args.seed = number()?,
+            "--jobs" => args.jobs = usize::try_from(number()?).map_err(|_| "--jobs: too large")?,
             _ => return Err(format!("unknown option {flag}")),
         }
     }
@@ -110,23 +118,66 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let config = daxfs_target::config(args.seed);
-    let base = match build_base::<Daxfs>(daxfs_target::REGION, &setup(), &config.semantics) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("crashcheck: cannot build the starting image: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let templates = templates();
     let start = std::time::Instant::now();
-    let mut last = 0.0;
-    let totals = run_suite::<Daxfs>(&base, &templates, &config, args.budget, |t, _, elapsed| {
-        if !args.quiet && elapsed - last >= 5.0 {
-            last = elapsed;
-            summary(t, elapsed);
+    // Each thread runs every `jobs`-th workload with its own filesystem,
+    // caches and counters (the explorer is single-threaded by design);
+    // the distinct images are the union of the threads' image sets.
+    let jobs = args.jobs.max(1);
+    let threads: Vec<_> = (0..jobs)
+        .map(|share| {
+            let mut budget = args.budget;
+            budget.part = (share, jobs);
+            budget.distinct = budget.distinct.div_ceil(jobs as u64);
+            let (seed, quiet) = (args.seed, args.quiet);
+            std::thread::spawn(move || -> Result<(Totals, BTreeSet<ImageHash>), String> {
+                let config = daxfs_target::config(seed);
+                let base = build_base::<Daxfs>(daxfs_target::REGION, &setup(), &config.semantics)
+                    .map_err(|e| format!("cannot build the starting image: {e}"))?;
+                let templates = templates();
+                let mut last = 0.0;
+                Ok(run_suite::<Daxfs>(
+                    &base,
+                    &templates,
+                    &config,
+                    budget,
+                    |t, _, elapsed| {
+                        if !quiet && elapsed - last >= 5.0 {
+                            last = elapsed;
+                            print!("[{share}] ");
+                            summary(t, elapsed);
+                        }
+                    },
+                ))
+            })
+        })
+        .collect();
+    let mut totals = Totals::default();
+    let mut seen = BTreeSet::new();
+    for thread in threads {
+        match thread.join() {
+            Ok(Ok((t, s))) => {
+                totals.workloads += t.workloads;
+                totals.points += t.points;
+                totals.images += t.images;
+                totals.mounts += t.mounts;
+                totals.recrash_mounts += t.recrash_mounts;
+                totals.content_checks += t.content_checks;
+                totals.probe_mounts += t.probe_mounts;
+                totals.violations += t.violations;
+                totals.findings.extend(t.findings);
+                seen.extend(s);
+            }
+            Ok(Err(e)) => {
+                eprintln!("crashcheck: {e}");
+                return ExitCode::FAILURE;
+            }
+            Err(_) => {
+                eprintln!("crashcheck: a worker thread panicked");
+                return ExitCode::FAILURE;
+            }
         }
-    });
+    }
+    totals.distinct = seen.len() as u64;
     let seconds = start.elapsed().as_secs_f64();
     summary(&totals, seconds);
     for finding in &totals.findings {
