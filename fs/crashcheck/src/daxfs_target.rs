@@ -92,6 +92,15 @@ impl Target for Daxfs {
                 let data: Vec<u8> = (*offset..offset + len).map(|p| pattern(*seed, p)).collect();
                 fs.write(id, *offset, &data)
             }
+            Op::Zero {
+                name,
+                offset,
+                len,
+                punch,
+            } => {
+                let id = fs.lookup(name).map_err(classify)?;
+                fs.write_zeroes(id, *offset, *len, *punch)
+            }
             Op::Truncate(name, size) => {
                 let id = fs.lookup(name).map_err(classify)?;
                 fs.truncate(id, *size)

@@ -550,14 +550,15 @@ fn state_key(state: &ModelState) -> u128 {
     h.0
 }
 
-/// A write is not atomic (daxfs crate docs: only metadata operations
-/// are): a crash in the middle of one that extends a file may keep the old
+/// A write (or write_zeroes) is not atomic (daxfs crate docs: only
+/// metadata operations are): a crash in the middle of one that extends a file may keep the old
 /// size while some of the new bytes below it already reached media. This
 /// is the state for that case: the old size, each byte old or new. `None`
 /// when `op` is not a write or does not change the size.
 fn torn_write_state(before: &ModelState, after: &ModelState, op: &Op) -> Option<ModelState> {
-    let Op::Write { name, .. } = op else {
-        return None;
+    let name = match op {
+        Op::Write { name, .. } | Op::Zero { name, .. } => name,
+        _ => return None,
     };
     let old = before.files.get(name)?;
     let new = after.files.get(name)?;

@@ -35,6 +35,20 @@ pub enum Op {
         /// Pattern selector, so that successive writes differ.
         seed: u8,
     },
+    /// Make `len` bytes at `offset` read as zeros, extending the file if
+    /// needed; with `punch` whole blocks become holes. Not atomic, like a
+    /// write of zeros (FORMAT.md "Data writes": every state in between
+    /// reads as the old bytes or zeros).
+    Zero {
+        /// File name.
+        name: String,
+        /// First byte.
+        offset: u64,
+        /// Bytes.
+        len: u64,
+        /// Unmap whole blocks instead of zeroing them.
+        punch: bool,
+    },
     /// Set the file size (grow with zeros or cut).
     Truncate(String, u64),
     /// Rename `from` to `to`, replacing `to` if it exists.
@@ -59,6 +73,12 @@ impl fmt::Display for Op {
                 len,
                 seed,
             } => write!(f, "write({name}, {offset}, {len}, #{seed})"),
+            Op::Zero {
+                name,
+                offset,
+                len,
+                punch,
+            } => write!(f, "write_zeroes({name}, {offset}, {len}, punch {punch})"),
             Op::Truncate(n, s) => write!(f, "truncate({n}, {s})"),
             Op::Rename(a, b) => write!(f, "rename({a}, {b})"),
             Op::Unlink(n) => write!(f, "unlink({n})"),
@@ -149,6 +169,21 @@ impl ModelState {
                 for (i, byte) in file.content[start..end].iter_mut().enumerate() {
                     *byte = pattern(*seed, (start + i) as u64);
                 }
+            }
+            Op::Zero {
+                name, offset, len, ..
+            } => {
+                let Some(file) = self.files.get_mut(name) else {
+                    return Expect::NotFound;
+                };
+                if !semantics.writes_durable_on_return {
+                    file.older.push(file.content.clone());
+                }
+                let (start, end) = (*offset as usize, (*offset + *len) as usize);
+                if file.content.len() < end {
+                    file.content.resize(end, 0);
+                }
+                file.content[start..end].fill(0);
             }
             Op::Truncate(name, size) => {
                 let Some(file) = self.files.get_mut(name) else {

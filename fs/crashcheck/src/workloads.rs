@@ -34,6 +34,15 @@ fn write(file: &str, offset: u64, len: u64) -> Op {
     }
 }
 
+fn zero(file: &str, offset: u64, len: u64, punch: bool) -> Op {
+    Op::Zero {
+        name: name(file),
+        offset,
+        len,
+        punch,
+    }
+}
+
 /// Operations that build the starting image: a small file and a file that
 /// spans two 2 MiB extents, both persisted.
 pub fn setup() -> Vec<Op> {
@@ -53,8 +62,8 @@ pub fn setup() -> Vec<Op> {
     ops
 }
 
-/// The operation templates: every kind the issue lists, on the small file
-/// and on the file spanning two extents.
+/// The operation templates: every kind the issue lists, plus
+/// `write_zeroes`, on the small file and on the file spanning two extents.
 pub fn templates() -> Vec<Op> {
     alloc::vec![
         Op::Create(name("new")),
@@ -69,6 +78,13 @@ pub fn templates() -> Vec<Op> {
         write("big", CHUNK - 3000, 6000),
         write("big", BIG_SIZE, 4096),
         write("big", 100, 50),
+        // write_zeroes: in place; punching whole blocks inside the file;
+        // punching past the end (two commits, FORMAT.md "Data writes");
+        // punching inside the big file's 2 MiB chunk.
+        zero("small", 2000, 3000, false),
+        zero("small", 1000, 8000, true),
+        zero("small", 6000, 12_000, true),
+        zero("big", 40_960, 3 * 4096 + 10, true),
         Op::Truncate(name("small"), 3000),
         Op::Truncate(name("small"), 30_000),
         Op::Truncate(name("big"), CHUNK / 2),

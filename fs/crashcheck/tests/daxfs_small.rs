@@ -80,3 +80,23 @@ fn clone_then_write_to_clone_and_rename_over_it() {
     assert_eq!(totals.violations, 0);
     assert!(totals.distinct > 20, "{totals:?}");
 }
+
+#[test]
+fn punching_write_zeroes_past_the_end() {
+    // The two-commit operation (FORMAT.md "Data writes"). After a truncate
+    // down inside a block the rest of that block holds stale bytes; an
+    // extending punch must never let them show, whatever the crash point
+    // between its two commits (daxfs fixed this ordering in ed3a779).
+    let zero = |offset, len| Op::Zero {
+        name: "small".into(),
+        offset,
+        len,
+        punch: true,
+    };
+    let totals = check(&[
+        vec![zero(6000, 12_000)],
+        vec![Op::Truncate("small".into(), 3000), zero(1000, 20_000)],
+    ]);
+    assert_eq!(totals.violations, 0);
+    assert!(totals.distinct > 20, "{totals:?}");
+}
