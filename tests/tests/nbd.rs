@@ -979,6 +979,11 @@ fn handshake_timeouts(port: u16) {
         idle >= Duration::from_secs(3),
         "idle handshake closed after {idle:?}, before the timeout"
     );
+    eprintln!(
+        "nbd raw: handshake timeouts closed the idle client after {:.1} s, the short option after {:.1} s",
+        idle.as_secs_f64(),
+        waited.as_secs_f64()
+    );
 }
 
 /// 64 connections at once with 160 requests in flight each, one with 1024
@@ -1123,7 +1128,16 @@ fn wait_connections(
 fn raw_socket_negatives_concurrency_and_counters() -> Result<(), HarnessError> {
     const NAME: &str = "nbd_raw";
     let started = Instant::now();
-    let mut machine = Machine::boot_to_prompt(appliance(NAME, true))?;
+    let mut options = appliance(NAME, true);
+    if std::env::var_os("DAXBOX_NBD_PCAP").is_some() {
+        // Debugging aid: the guest's traffic as QEMU sees it.
+        let dump = format!(
+            "filter-dump,id=dump0,netdev=n0,file={}",
+            run_dir(NAME).join("net.pcap").display()
+        );
+        options = options.with_extra_args(["-object".to_string(), dump]);
+    }
+    let mut machine = Machine::boot_to_prompt(options)?;
     let port = machine.nbd_port();
     shell(&mut machine, "create disk 64M")?;
     shell(&mut machine, "create ro 1M")?;
@@ -1141,7 +1155,15 @@ fn raw_socket_negatives_concurrency_and_counters() -> Result<(), HarnessError> {
     // The timeouts run while the other cases go on.
     let timeouts = thread::spawn(move || handshake_timeouts(port));
     negative_handshake(port);
+    eprintln!(
+        "nbd raw: handshake negatives done after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     negative_transmission(port);
+    eprintln!(
+        "nbd raw: transmission negatives done after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     if timeouts.join().is_err() {
         // Show the server's view of the connections next to the failure.
         let nbd = machine.command("nbd")?;
