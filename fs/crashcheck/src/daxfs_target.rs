@@ -8,7 +8,7 @@
 //!   next fence: the one inside the next metadata commit or `persist`.
 //!   Until then each byte may be old or new (in-place stores can tear), so
 //!   the oracle compares data byte by byte ([`Semantics::unit`] = 1) and
-//!   the runner forgets older versions after any operation that fenced.
+//!   the runner forgets older versions once nothing is pending.
 
 use std::format;
 use std::string::{String, ToString};

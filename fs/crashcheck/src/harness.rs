@@ -830,7 +830,6 @@ pub fn run_workload<T: Target>(
             s.after = after;
             expect
         };
-        let fences_before = memory.stats().fences;
         let result = guarded(|| fs.apply(op));
         let mismatch = match (&result, expect) {
             (Err(p), _) => Some(format!("{op} {p}")),
@@ -844,10 +843,11 @@ pub fn run_workload<T: Target>(
             record(totals, config, setup_finding(message, index));
             return;
         }
-        // Every flush before a fence is durable after it: once the
-        // operation has fenced (a metadata commit or a persist), no older
-        // data version can show any more (daxfs crate docs, "Data writes").
-        if memory.stats().fences > fences_before {
+        // When the operation leaves nothing pending, every store it made is
+        // durable and no older data version can show any more. (A fence
+        // alone is not enough: a write_zeroes commits, then zeroes its edge
+        // blocks in place, durable only at the next fence.)
+        if memory.dirty_lines() == 0 {
             let mut s = session.borrow_mut();
             for file in s.after.files.values_mut() {
                 file.older.clear();

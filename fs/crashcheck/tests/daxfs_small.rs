@@ -100,3 +100,21 @@ fn punching_write_zeroes_past_the_end() {
     assert_eq!(totals.violations, 0);
     assert!(totals.distinct > 20, "{totals:?}");
 }
+
+#[test]
+fn punch_inside_the_file_leaves_its_edges_pending() {
+    // Found by the explorer (oracle side, not a daxfs bug): a punching
+    // write_zeroes commits the unmap first and then zeroes the partial
+    // edge blocks in place, so those zeros are durable only at the next
+    // fence, like any in-place data. The oracle first forgot older data
+    // after any operation that fenced; it now does so only when nothing
+    // is pending.
+    let totals = check(&[vec![Op::Zero {
+        name: "small".into(),
+        offset: 1000,
+        len: 8000,
+        punch: true,
+    }]]);
+    assert_eq!(totals.violations, 0);
+    assert!(totals.distinct > 5, "{totals:?}");
+}
