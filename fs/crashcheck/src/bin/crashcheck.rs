@@ -26,7 +26,9 @@ const USAGE: &str = "usage: crashcheck [--budget SECONDS] [--images N] [--min-di
   --skip N            start at workload N of the sequence (all singles and
                       pairs are the first 552; the CI run covers about 640)
   --seed N            seed of every random choice (default 1)
-  --jobs N            worker threads, each taking every N-th workload (default 1)
+  --jobs N            worker threads, each taking every N-th workload (default 1);
+                      threads check some images twice, so the distinct count
+                      (the union, which --min-distinct checks) ends below --images
   --quiet             no progress lines";
 
 struct Args {
