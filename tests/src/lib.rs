@@ -54,7 +54,8 @@
 //!
 //! Environment: `DAXBOX_KERNEL`, `DAXBOX_BOOT_TOOL` (inputs, default: the
 //! release build outputs), `DAXBOX_QEMU` (QEMU binary), `DAXBOX_ACCEL`
-//! (`tcg` default), `DAXBOX_BOOT_TIMEOUT` (seconds, default 60),
+//! (`tcg` default), `DAXBOX_BOOT_TIMEOUT` (seconds; default 60 times
+//! [`load_factor`], the host's load per CPU, so busy hosts do not flake),
 //! `DAXBOX_OVMF_CODE`/`DAXBOX_OVMF_VARS`,
 //! `DAXBOX_TEST_RUNS` (run folder root).
 
@@ -69,8 +70,8 @@ pub use machine::{
     qemu_program, Machine, CRASH_MARKERS, EXIT_PANIC, EXIT_POWEROFF, PROMPT, QEMU, READY,
 };
 pub use options::{
-    find_ovmf, free_port, parse_size, qemu_arguments, shell_quote, Firmware, Nvdimm, Ovmf,
-    QemuOptions, GUEST_HTTP_PORT, GUEST_NBD_PORT, PXE_BOOT_FILE,
+    find_ovmf, free_port, load_factor, parse_size, qemu_arguments, shell_quote, Firmware, Nvdimm,
+    Ovmf, QemuOptions, GUEST_HTTP_PORT, GUEST_NBD_PORT, PXE_BOOT_FILE,
 };
 pub use paths::{
     boot_tool_path, kernel_path, kernel_path_from, target_dir, test_runs_dir, workspace_root,

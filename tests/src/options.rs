@@ -136,10 +136,11 @@ pub struct QemuOptions {
     /// QEMU accelerator (`tcg`; `kvm` on real hosts). Default: `tcg`, or
     /// the `DAXBOX_ACCEL` environment variable.
     pub accel: String,
-    /// Timeout of [`crate::Machine::boot_to_prompt`]. Default 60 s (TCG), or
-    /// `DAXBOX_BOOT_TIMEOUT` seconds (for slow or heavily loaded hosts).
+    /// Timeout of [`crate::Machine::boot_to_prompt`]: 60 s (TCG) times
+    /// [`load_factor`], or `DAXBOX_BOOT_TIMEOUT` seconds.
     pub boot_timeout: Duration,
-    /// Default timeout of [`crate::Machine::command`].
+    /// Default timeout of [`crate::Machine::command`]: 20 s times
+    /// [`load_factor`].
     pub command_timeout: Duration,
     /// Hard limit on the machine's life: a watchdog SIGKILLs QEMU after it,
     /// whatever the test is doing. Default 10 minutes.
@@ -148,7 +149,8 @@ pub struct QemuOptions {
 
 impl QemuOptions {
     /// Defaults: 512 MiB RAM, no NVDIMM, no boot config, free host ports,
-    /// TCG, 60 s boot timeout, 20 s command timeout.
+    /// TCG, 60 s boot timeout and 20 s command timeout (both scaled by
+    /// [`load_factor`]).
     pub fn new(name: impl Into<String>, firmware: Firmware) -> Self {
         QemuOptions {
             name: name.into(),
@@ -161,13 +163,12 @@ impl QemuOptions {
             http_port: 0,
             qemu: crate::qemu_program(),
             accel: std::env::var("DAXBOX_ACCEL").unwrap_or_else(|_| "tcg".into()),
-            boot_timeout: Duration::from_secs(
-                std::env::var("DAXBOX_BOOT_TIMEOUT")
-                    .ok()
-                    .and_then(|seconds| seconds.parse().ok())
-                    .unwrap_or(60),
-            ),
-            command_timeout: Duration::from_secs(20),
+            boot_timeout: std::env::var("DAXBOX_BOOT_TIMEOUT")
+                .ok()
+                .and_then(|seconds| seconds.parse().ok())
+                .map(Duration::from_secs)
+                .unwrap_or_else(|| Duration::from_secs(60).mul_f64(load_factor())),
+            command_timeout: Duration::from_secs(20).mul_f64(load_factor()),
             max_runtime: Duration::from_secs(600),
         }
     }
@@ -204,6 +205,23 @@ impl QemuOptions {
     pub fn run_dir(&self) -> PathBuf {
         crate::paths::test_runs_dir().join(&self.name)
     }
+}
+
+/// How much slower than an idle machine this host is right now: the
+/// 1-minute load average per CPU, at least 1 and at most 8.
+///
+/// Under TCG a boot is pure CPU work: about 4 s of QEMU CPU time for BIOS
+/// and 7 s for UEFI, but on a 2-CPU host with a load of 10 the same boot
+/// takes 50 s of wall time. Scaling the timeouts keeps them meaningful on a
+/// busy developer machine without making an idle CI machine wait longer
+/// for a hung boot.
+pub fn load_factor() -> f64 {
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let cpus = std::thread::available_parallelism().map_or(1, |count| count.get()) as f64;
+    (load / cpus).clamp(1.0, 8.0)
 }
 
 /// Parses a size such as `512M`, `1G`, `64K`, `2T`, `1GiB` or `4096`
@@ -513,6 +531,14 @@ mod tests {
         ));
         assert!(!args.iter().any(|arg| arg.contains(".img")));
         assert_eq!(&args[args.len() - 2..], ["-smp", "2"]);
+    }
+
+    #[test]
+    fn load_factor_is_bounded() {
+        let factor = load_factor();
+        assert!((1.0..=8.0).contains(&factor), "{factor}");
+        let options = QemuOptions::new("t", Firmware::Bios);
+        assert!(options.command_timeout >= Duration::from_secs(20));
     }
 
     #[test]
