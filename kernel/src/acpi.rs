@@ -181,3 +181,38 @@ pub fn signatures() -> Result<Vec<[u8; 4]>, AcpiError> {
     }
     Ok(out)
 }
+
+/// The first I/O APIC in the MADT ("APIC" table, ACPI 6.4 section 5.2.12):
+/// its physical address and first GSI. `None` without a usable MADT; the
+/// caller then keeps the PC default 0xfec00000.
+pub fn ioapic_from_madt() -> Option<(u64, u32)> {
+    let table = find_table(b"APIC").ok()?;
+    parse_madt_ioapic(&table)
+}
+
+/// Finds the first I/O APIC structure (type 1: id, reserved, u32 address,
+/// u32 GSI base) in raw MADT bytes; every length is checked.
+fn parse_madt_ioapic(table: &[u8]) -> Option<(u64, u32)> {
+    // 36-byte SDT header, then local APIC address (u32) and flags (u32).
+    let mut offset = 44usize;
+    while offset + 2 <= table.len() {
+        let kind = table[offset];
+        let len = usize::from(table[offset + 1]);
+        if len < 2 || offset + len > table.len() {
+            return None;
+        }
+        if kind == 1 && len >= 12 {
+            let field = |at: usize| {
+                u32::from_le_bytes([
+                    table[offset + at],
+                    table[offset + at + 1],
+                    table[offset + at + 2],
+                    table[offset + at + 3],
+                ])
+            };
+            return Some((u64::from(field(4)), field(8)));
+        }
+        offset += len;
+    }
+    None
+}

@@ -31,7 +31,8 @@ static TICKS: AtomicU64 = AtomicU64::new(0);
 static WORK_PENDING: AtomicBool = AtomicBool::new(false);
 
 /// Device interrupt handlers by vector index (vector - FIRST_DEVICE_VECTOR).
-static DEVICE_HANDLERS: Mutex<[Option<fn()>; DEVICE_VECTORS]> = Mutex::new([None; DEVICE_VECTORS]);
+type HandlerTable = [Option<fn()>; DEVICE_VECTORS];
+static DEVICE_HANDLERS: Mutex<HandlerTable> = Mutex::new([None; DEVICE_VECTORS]);
 
 macro_rules! device_stubs {
     ($($index:literal),*) => {
@@ -170,11 +171,6 @@ fn device_interrupt(index: usize) {
         handler();
     }
     lapic_eoi();
-}
-
-/// Timer ticks since the timer started.
-pub fn ticks() -> u64 {
-    TICKS.load(Ordering::Relaxed)
 }
 
 /// Takes the "an interrupt happened" flag.

@@ -100,8 +100,19 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         info.heap
     );
 
+    let mapped_end = boot_info.memory_regions.iter().map(|r| r.end).max();
+    acpi::init(boot_info.rsdp_addr.into_option(), mapped_end.unwrap_or(0));
+    if let Some((address, gsi_base)) = acpi::ioapic_from_madt() {
+        if gsi_base == 0 {
+            interrupts::set_ioapic_base(address);
+        }
+    }
     if let Err(error) = interrupts::init_apic() {
         panic!("cannot map the APICs: {}", error);
+    }
+    serial::enable_receive_interrupt();
+    if let Err(error) = interrupts::route_irq(4, 1, interrupts::Trigger::EdgeHigh, || {}) {
+        println!("serial: no receive interrupt ({}); input is polled", error);
     }
     let khz = time::init();
     println!(
@@ -112,8 +123,6 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     );
 
     // Storage discovery: ACPI NFIT, memory map, pmem= carve-outs.
-    let mapped_end = boot_info.memory_regions.iter().map(|r| r.end).max();
-    acpi::init(boot_info.rsdp_addr.into_option(), mapped_end.unwrap_or(0));
     pmem::init(&pmem::BootFacts {
         regions: &boot_info.memory_regions,
         kernel: (boot_info.kernel_addr, boot_info.kernel_len),

@@ -330,13 +330,6 @@ pub fn phys_to_virt(address: u64) -> u64 {
     address + STATE.lock().physical_offset
 }
 
-/// Allocates one zeroed RAM frame (page tables, DMA buffers).
-pub fn allocate_frame() -> Option<PhysFrame> {
-    let frame = STATE.lock().frames.allocate()?;
-    zero(frame.start_address().as_u64(), PAGE);
-    Some(frame)
-}
-
 /// Allocates `pages` physically contiguous, zeroed RAM frames; returns the
 /// physical address of the first.
 pub fn allocate_contiguous(pages: u64) -> Option<u64> {
@@ -364,7 +357,7 @@ fn zero(start: u64, len: u64) {
 /// pmem from the boot config). Fails without changing anything when any
 /// part of it is not free usable RAM.
 pub fn carve_out(start: u64, len: u64) -> Result<(), CarveError> {
-    if start % PAGE != 0 || len % PAGE != 0 || len == 0 {
+    if !start.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) || len == 0 {
         return Err(CarveError::Unaligned);
     }
     let end = start.checked_add(len).ok_or(CarveError::NotRam)?;
@@ -497,7 +490,7 @@ pub fn map_identity(start: u64, len: u64, kind: MapKind) -> Result<PageCounts, M
     let mut counts = PageCounts::default();
     let mut address = first;
     while address < end {
-        let huge_fits = address % HUGE == 0 && end - address >= HUGE;
+        let huge_fits = address.is_multiple_of(HUGE) && end - address >= HUGE;
         match mapper.translate(VirtAddr::new(address)) {
             TranslateResult::Mapped { frame, offset, .. } => {
                 let target = frame.start_address().as_u64() + offset;

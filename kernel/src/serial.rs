@@ -60,6 +60,18 @@ pub fn write_bytes(bytes: &[u8]) {
     });
 }
 
+/// Asks the UART to interrupt when a byte arrives (IRQ 4), so typing wakes
+/// the halted event loop at once instead of at the next timer tick.
+pub fn enable_receive_interrupt() {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        if let Some(console) = CONSOLE.lock().as_mut() {
+            console
+                .uart
+                .enable_interrupts(uart_16550::spec::registers::IER::DATA_READY);
+        }
+    });
+}
+
 /// Returns the next received byte, if any.
 pub fn try_read_byte() -> Option<u8> {
     x86_64::instructions::interrupts::without_interrupts(|| {

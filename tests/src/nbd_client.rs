@@ -96,6 +96,9 @@ pub fn run_tool(tool: &str, args: &[&str], timeout: Duration) -> ToolOutput {
     let mut child = Command::new(tool)
         .args(args)
         .env("PATH", path)
+        // fio leaves `*-verify.state` files in its working directory: keep
+        // them out of the source tree.
+        .current_dir(std::env::temp_dir())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

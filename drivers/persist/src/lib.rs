@@ -224,7 +224,7 @@ impl PersistentMemory for VecMemory {
     }
 
     fn store_u64(&mut self, offset: u64, value: u64) -> Result<(), OutOfRange> {
-        if offset % 8 != 0 {
+        if !offset.is_multiple_of(8) {
             return Err(OutOfRange {
                 offset,
                 len: 8,
