@@ -27,7 +27,8 @@ commands:
   run       boot the appliance in QEMU with an emulated NVDIMM; serial console on this terminal
   netboot   like run, but boot over UEFI PXE from QEMU's built-in TFTP server
   test      run every test (host crates, boot tool, QEMU system tests); last line `N passed, N failed`
-  bench     benchmarks: net (HTTP throughput), nbd (appliance vs qemu-nbd)";
+  bench     benchmarks: net (HTTP throughput), nbd (appliance vs qemu-nbd)
+  crash     long run of the daxfs crash-state explorer (--budget SECONDS)";
 
 /// Why a task failed. Printed as `xtask: error: ...`.
 #[derive(Debug)]
@@ -138,6 +139,7 @@ fn main() -> ExitCode {
         "netboot" => run::run_command(&rest, daxbox_tests::Firmware::Pxe),
         "test" => test::test_command(&rest),
         "bench" => bench::bench_command(&rest),
+        "crash" => test::crash_mode(&rest),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             Ok(())

@@ -21,13 +21,64 @@ usage: cargo xtask test [--filter TEXT] [--test-threads N] [--no-system]
 
 Runs set-up, builds the kernel and daxbox-boot, then:
   1. host tests: cargo test --no-fail-fast --workspace --exclude daxbox-kernel --exclude daxbox-tests --exclude daxbox-boot
-  2. boot tool:  cargo test -p daxbox-boot --release   (release: reuses the bootloader build)
-  3. system:     cargo test -p daxbox-tests -- --test-threads=N   (QEMU; logs in target/test-runs/<test>/)
+  2. crash-state explorer: 110,000 distinct daxfs crash images (release build; skipped with --filter)
+  3. boot tool:  cargo test -p daxbox-boot --release   (release: reuses the bootloader build)
+  4. system:     cargo test -p daxbox-tests -- --test-threads=N   (QEMU; logs in target/test-runs/<test>/)
 Options:
   --filter TEXT       only tests whose name contains TEXT (passed to every cargo test)
   --test-threads N    parallel QEMU system tests (default 2)
   --no-system         skip the QEMU system tests
 The last line is `N passed, N failed`; the exit status is non-zero if anything failed.";
+
+/// Distinct crash images the CI run explores (issue: at least 100,000).
+const CRASH_IMAGES: u64 = 110_000;
+/// Below this many distinct images the explorer run fails.
+const CRASH_MIN_DISTINCT: u64 = 100_000;
+
+/// `cargo run --release` of the crash-state explorer with `args`.
+pub fn crash_command(args: &[String]) -> Command {
+    let mut command = cargo();
+    command
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "daxfs-crashcheck",
+            "--bin",
+            "crashcheck",
+            "--",
+        ])
+        .args(args);
+    command
+}
+
+/// `cargo xtask crash [--budget SECONDS] [--seed N] [--skip N] [--jobs N]`:
+/// the long mode of the crash-state explorer; prints images per second as
+/// it goes and a summary.
+pub fn crash_mode(args: &[String]) -> Result<(), XtaskError> {
+    if wants_help(args) {
+        println!(
+            "usage: cargo xtask crash [--budget SECONDS] [--seed N] [--skip N] [--jobs N] [--images N]\n\n\
+             Explores daxfs crash images until the budget (default 600 s) runs out, printing\n\
+             progress every 5 s and a summary. Exits non-zero on any violation.\n\
+             --skip 756 starts at the triples (single ops and pairs come first)."
+        );
+        return Ok(());
+    }
+    let mut forwarded: Vec<String> = args.to_vec();
+    if !args.iter().any(|a| a == "--budget" || a == "--images") {
+        forwarded.extend(["--budget".to_string(), "600".to_string()]);
+    }
+    step("crash-state explorer (long mode)");
+    let mut command = crash_command(&forwarded);
+    let (ok, _) = run_streaming(&mut command)?;
+    if ok {
+        Ok(())
+    } else {
+        Err(XtaskError::TestsFailed)
+    }
+}
 
 /// Totals of `test result:` lines.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -243,6 +294,31 @@ pub fn test_command(args: &[String]) -> Result<(), XtaskError> {
             (false, String::new())
         });
         record("host tests", ok, sum_results(&output), since);
+
+        if options.filter.is_none() {
+            let since = Instant::now();
+            step(&format!(
+                "crash-state explorer: {CRASH_IMAGES} distinct crash images of daxfs \
+                 (fails below {CRASH_MIN_DISTINCT} or on any violation)"
+            ));
+            let mut command = crash_command(&[
+                "--images".into(),
+                CRASH_IMAGES.to_string(),
+                "--min-distinct".into(),
+                CRASH_MIN_DISTINCT.to_string(),
+                "--quiet".into(),
+            ]);
+            let (ok, _) = run_streaming(&mut command).unwrap_or_else(|error| {
+                eprintln!("xtask: error: {error}");
+                (false, String::new())
+            });
+            // The explorer is one test: it passes or it fails.
+            let counts = Counts {
+                passed: u64::from(ok),
+                failed: u64::from(!ok),
+            };
+            record("crash-state explorer", ok, counts, since);
+        }
 
         let since = Instant::now();
         step("boot tool tests");
