@@ -22,6 +22,7 @@ use daxbox_persist::PersistentMemory;
 use daxfs::{Error as FsError, FileId};
 use spin::Mutex;
 
+use crate::pmem::PmemRegion;
 use crate::shell::{Command, Context};
 use crate::storage::{Role, Storage, STORAGE};
 use crate::{config, println};
@@ -222,6 +223,24 @@ impl StorageBackend<'_> {
             .ok_or(BackendError::NoSuchExport)
     }
 
+    /// The pmem behind raw-export volume `volume`.
+    fn raw_memory(&mut self, volume: usize) -> Result<&mut PmemRegion, BackendError> {
+        match self.storage.volumes.get_mut(volume).map(|v| &mut v.role) {
+            Some(Role::Raw(block)) => Ok(block.memory_mut()),
+            _ => Err(BackendError::NoSuchExport),
+        }
+    }
+
+    /// The filesystem of volume `volume`.
+    fn file_system(
+        &mut self,
+        volume: usize,
+    ) -> Result<&mut daxfs::Filesystem<PmemRegion>, BackendError> {
+        self.storage
+            .filesystem(volume)
+            .ok_or(BackendError::NoSuchExport)
+    }
+
     fn read_only(name: &str) -> bool {
         config::get().readonly.iter().any(|r| r == name)
     }
@@ -336,10 +355,7 @@ impl Backend for StorageBackend<'_> {
                     .map_err(|_| BackendError::Invalid)
             }
             Target::File { volume, file } => {
-                let fs = self
-                    .storage
-                    .filesystem(volume)
-                    .ok_or(BackendError::NoSuchExport)?;
+                let fs = self.file_system(volume)?;
                 let read = fs.read(file, offset, buf).map_err(fs_error)?;
                 // The file may have shrunk since the client connected: the
                 // part past its end reads as zeros.
@@ -357,23 +373,15 @@ impl Backend for StorageBackend<'_> {
     ) -> Result<(), BackendError> {
         match self.target(export)? {
             Target::Raw { volume } => {
-                let Some(Role::Raw(block)) =
-                    self.storage.volumes.get_mut(volume).map(|v| &mut v.role)
-                else {
-                    return Err(BackendError::NoSuchExport);
-                };
                 // pmem is byte-addressable: store, then write the lines back
                 // now so a later FLUSH is only a fence.
-                let memory = block.memory_mut();
+                let memory = self.raw_memory(volume)?;
                 memory
                     .write_flush(offset, data)
                     .map_err(|_| BackendError::Invalid)
             }
             Target::File { volume, file } => {
-                let fs = self
-                    .storage
-                    .filesystem(volume)
-                    .ok_or(BackendError::NoSuchExport)?;
+                let fs = self.file_system(volume)?;
                 fs.write(file, offset, data).map_err(fs_error)
             }
         }
@@ -382,19 +390,11 @@ impl Backend for StorageBackend<'_> {
     fn flush(&mut self, export: ExportHandle) -> Result<(), BackendError> {
         match self.target(export)? {
             Target::Raw { volume } => {
-                let Some(Role::Raw(block)) =
-                    self.storage.volumes.get_mut(volume).map(|v| &mut v.role)
-                else {
-                    return Err(BackendError::NoSuchExport);
-                };
-                block.memory_mut().fence();
+                self.raw_memory(volume)?.fence();
                 Ok(())
             }
             Target::File { volume, file } => {
-                let fs = self
-                    .storage
-                    .filesystem(volume)
-                    .ok_or(BackendError::NoSuchExport)?;
+                let fs = self.file_system(volume)?;
                 fs.persist(file).map_err(fs_error)
             }
         }
@@ -413,22 +413,14 @@ impl Backend for StorageBackend<'_> {
     ) -> Result<(), BackendError> {
         match self.target(export)? {
             Target::Raw { volume } => {
-                let Some(Role::Raw(block)) =
-                    self.storage.volumes.get_mut(volume).map(|v| &mut v.role)
-                else {
-                    return Err(BackendError::NoSuchExport);
-                };
-                let memory = block.memory_mut();
+                let memory = self.raw_memory(volume)?;
                 memory
                     .zero(offset, len)
                     .map_err(|_| BackendError::Invalid)?;
                 memory.flush(offset, len).map_err(|_| BackendError::Invalid)
             }
             Target::File { volume, file } => {
-                let fs = self
-                    .storage
-                    .filesystem(volume)
-                    .ok_or(BackendError::NoSuchExport)?;
+                let fs = self.file_system(volume)?;
                 fs.write_zeroes(file, offset, len, !flags.no_hole)
                     .map_err(fs_error)
             }
@@ -449,10 +441,7 @@ impl Backend for StorageBackend<'_> {
                 Ok(())
             }
             Target::File { volume, file } => {
-                let fs = self
-                    .storage
-                    .filesystem(volume)
-                    .ok_or(BackendError::NoSuchExport)?;
+                let fs = self.file_system(volume)?;
                 let segments = fs.extents(file, offset, len).map_err(fs_error)?;
                 for segment in segments.iter().take(max_extents.max(1)) {
                     if segment.len == 0 {
