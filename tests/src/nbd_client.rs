@@ -2,9 +2,11 @@
 //! client that speaks the fixed-newstyle handshake and simple replies byte
 //! by byte (NBD proto.md), for negative tests real clients cannot send.
 //!
-//! Used by `tests/tests/nbd.rs` against the booted appliance; the helpers
-//! follow `net/nbd/tests/real_clients.rs`, which tests the engine against
-//! its host server.
+//! Shared by `tests/tests/nbd.rs` (against the booted appliance) and
+//! `net/nbd/tests/real_clients.rs` (against the engine's host server
+//! `nbd-serve`, through a dev-dependency). The constants are written out
+//! from proto.md here on purpose, not taken from `daxbox-nbd`'s `wire`
+//! module: the tests must not trust the implementation's own values.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;

@@ -5,35 +5,22 @@
 //! A missing client tool is a test failure with a clear message, never a
 //! skip.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use daxbox_tests::nbd_client::{
+    go_data, request_bytes, run_tool, run_tool_ok, test_image, uri, RawClient, CMD_DISC, CMD_FLUSH,
+    CMD_READ, CMD_WRITE, EINVAL, ENOSPC, EPERM, IHAVEOPT, OPT_EXPORT_NAME, OPT_GO,
+    OPT_STRUCTURED_REPLY, REP_ERR_INVALID, REP_ERR_TOO_BIG, REP_ERR_UNKNOWN, REP_ERR_UNSUP,
+};
+use std::io::{BufRead, BufReader};
+use std::net::Shutdown;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
-const OPTION_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
-const REQUEST_MAGIC: u32 = 0x2560_9513;
-const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
-
-const OPT_EXPORT_NAME: u32 = 1;
-const OPT_GO: u32 = 7;
-const REP_ACK: u32 = 1;
-const REP_INFO: u32 = 3;
-const REP_ERR_UNSUP: u32 = 0x8000_0001;
-const REP_ERR_INVALID: u32 = 0x8000_0003;
-const REP_ERR_UNKNOWN: u32 = 0x8000_0006;
-const REP_ERR_TOO_BIG: u32 = 0x8000_0009;
-
-const CMD_READ: u16 = 0;
-const CMD_WRITE: u16 = 1;
-const CMD_DISC: u16 = 2;
-const CMD_FLUSH: u16 = 3;
-
-const EPERM: u32 = 1;
-const EINVAL: u32 = 22;
-const ENOSPC: u32 = 28;
+/// Deadline for one client tool run against the host server: far beyond
+/// what any run here needs (the whole file takes seconds), but bounded so
+/// a hung client fails the test instead of hanging it.
+const TOOL_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The example server, killed on drop.
 struct ServerProcess {
@@ -79,7 +66,7 @@ impl ServerProcess {
     }
 
     fn uri(&self, export: &str) -> String {
-        format!("nbd://127.0.0.1:{}/{export}", self.port)
+        uri(self.port, export)
     }
 
     fn assert_alive(&mut self) {
@@ -106,27 +93,6 @@ fn example_binary() -> PathBuf {
     binary
 }
 
-/// Runs a client tool; a missing tool fails the test with a clear message.
-fn run(tool: &str, args: &[&str]) -> Output {
-    let output = Command::new(tool)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("required client tool `{tool}` could not be run ({e}); install it (see /work/shared/PLATFORM.md)"));
-    output
-}
-
-fn run_ok(tool: &str, args: &[&str]) -> String {
-    let output = run(tool, args);
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{tool} {args:?} failed with {}\nstdout:\n{stdout}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
-
 fn temp_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("daxbox-nbd-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("create temp dir");
@@ -147,9 +113,10 @@ fn nbdinfo_list_json_map_and_can() {
         "--read-only",
         "ro",
     ]);
-    let list = run_ok(
+    let list = run_tool_ok(
         "nbdinfo",
         &["--list", &format!("nbd://127.0.0.1:{}", server.port)],
+        TOOL_TIMEOUT,
     );
     assert!(
         list.contains("export=\"mem\"") && list.contains("export=\"ro\""),
@@ -157,7 +124,7 @@ fn nbdinfo_list_json_map_and_can() {
     );
     assert!(list.contains("base:allocation"), "{list}");
 
-    let json = run_ok("nbdinfo", &["--json", &server.uri("mem")]);
+    let json = run_tool_ok("nbdinfo", &["--json", &server.uri("mem")], TOOL_TIMEOUT);
     for needle in [
         "\"export-size\": 67108864",
         "\"can_fua\": true",
@@ -173,11 +140,12 @@ fn nbdinfo_list_json_map_and_can() {
     }
 
     // Write 1 MiB at 2 MiB; the map must show exactly that as data.
-    run_ok(
+    run_tool_ok(
         "qemu-io",
         &["-f", "raw", &server.uri("mem"), "-c", "write -P 0x5a 2M 1M"],
+        TOOL_TIMEOUT,
     );
-    let map = run_ok("nbdinfo", &["--map", &server.uri("mem")]);
+    let map = run_tool_ok("nbdinfo", &["--map", &server.uri("mem")], TOOL_TIMEOUT);
     let rows: Vec<Vec<&str>> = map
         .lines()
         .map(|l| l.split_whitespace().collect())
@@ -204,41 +172,22 @@ fn nbdinfo_list_json_map_and_can() {
         "write",
         "read",
     ] {
-        let status = run("nbdinfo", &["--can", can, &server.uri("mem")]).status;
-        assert_eq!(status.code(), Some(0), "nbdinfo --can {can}");
+        let code = run_tool("nbdinfo", &["--can", can, &server.uri("mem")], TOOL_TIMEOUT).code;
+        assert_eq!(code, Some(0), "nbdinfo --can {can}");
     }
     for can in ["write", "trim", "zero", "fua"] {
-        let status = run("nbdinfo", &["--can", can, &server.uri("ro")]).status;
-        assert_eq!(
-            status.code(),
-            Some(2),
-            "read-only export must not claim --can {can}"
-        );
+        let code = run_tool("nbdinfo", &["--can", can, &server.uri("ro")], TOOL_TIMEOUT).code;
+        assert_eq!(code, Some(2), "read-only export must not claim --can {can}");
     }
     assert_eq!(
-        run("nbdinfo", &["--is", "read-only", &server.uri("ro")])
-            .status
-            .code(),
+        run_tool(
+            "nbdinfo",
+            &["--is", "read-only", &server.uri("ro")],
+            TOOL_TIMEOUT
+        )
+        .code,
         Some(0)
     );
-}
-
-/// Deterministic data with zero runs (so sparse paths are exercised).
-fn test_image(len: usize) -> Vec<u8> {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut data = vec![0u8; len];
-    for (i, block) in data.chunks_mut(1 << 20).enumerate() {
-        if i % 5 == 3 {
-            continue; // leave a 1 MiB run of zeroes
-        }
-        for word in block.chunks_mut(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            word.copy_from_slice(&state.to_le_bytes()[..word.len()]);
-        }
-    }
-    data
 }
 
 #[test]
@@ -248,57 +197,43 @@ fn nbdcopy_256mib_round_trip_and_qemu_img_compare() {
     let dir = temp_dir("nbdcopy");
     let source = dir.join("source.img");
     let copy = dir.join("copy.img");
-    let image = test_image(LEN);
+    let image = test_image(LEN, 0);
     std::fs::write(&source, &image).expect("write source image");
     let started = Instant::now();
-    run_ok("nbdcopy", &[source.to_str().unwrap(), &server.uri("disk")]);
-    run_ok("nbdcopy", &[&server.uri("disk"), copy.to_str().unwrap()]);
+    run_tool_ok(
+        "nbdcopy",
+        &[source.to_str().unwrap(), &server.uri("disk")],
+        TOOL_TIMEOUT,
+    );
+    run_tool_ok(
+        "nbdcopy",
+        &[&server.uri("disk"), copy.to_str().unwrap()],
+        TOOL_TIMEOUT,
+    );
     eprintln!("nbdcopy 256 MiB in and out: {:?}", started.elapsed());
     let back = std::fs::read(&copy).expect("read copy");
     assert_eq!(back.len(), LEN);
     assert!(back == image, "data read back differs from data written");
-    let out = run_ok(
-        "qemu-img",
-        &[
-            "compare",
-            "-f",
-            "raw",
-            "-F",
-            "raw",
-            source.to_str().unwrap(),
-            &server.uri("disk"),
-        ],
-    );
+    let disk = server.uri("disk");
+    let compare = [
+        "compare",
+        "-f",
+        "raw",
+        "-F",
+        "raw",
+        source.to_str().unwrap(),
+        &disk,
+    ];
+    let out = run_tool_ok("qemu-img", &compare, TOOL_TIMEOUT);
     assert!(out.contains("Images are identical"), "{out}");
     // And a difference is detected (the comparison can fail).
-    run_ok(
+    run_tool_ok(
         "qemu-io",
-        &[
-            "-f",
-            "raw",
-            &server.uri("disk"),
-            "-c",
-            "write -P 0x11 100M 4k",
-        ],
+        &["-f", "raw", &disk, "-c", "write -P 0x11 100M 4k"],
+        TOOL_TIMEOUT,
     );
-    let status = run(
-        "qemu-img",
-        &[
-            "compare",
-            "-f",
-            "raw",
-            "-F",
-            "raw",
-            source.to_str().unwrap(),
-            &server.uri("disk"),
-        ],
-    )
-    .status;
-    assert_eq!(
-        status.code(),
-        Some(1),
-        "qemu-img compare must see the changed block"
-    );
+    let code = run_tool("qemu-img", &compare, TOOL_TIMEOUT).code;
+    assert_eq!(code, Some(1), "qemu-img compare must see the changed block");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -330,13 +265,17 @@ fn qemu_io_pattern_write_read_discard_write_zeroes() {
         args.push("-c");
         args.push(c);
     }
-    let out = run_ok("qemu-io", &args);
+    let out = run_tool_ok("qemu-io", &args, TOOL_TIMEOUT);
     let lower = out.to_lowercase();
     assert!(!lower.contains("fail") && !lower.contains("error"), "{out}");
     assert_eq!(out.matches("read ").count(), 7, "{out}");
     // A wrong pattern is detected (the check can fail).
-    let output = run("qemu-io", &["-f", "raw", &uri, "-c", "read -P 0x99 0 4k"]);
-    let out = String::from_utf8_lossy(&output.stdout);
+    let out = run_tool(
+        "qemu-io",
+        &["-f", "raw", &uri, "-c", "read -P 0x99 0 4k"],
+        TOOL_TIMEOUT,
+    )
+    .stdout;
     assert!(out.contains("Pattern verification failed"), "{out}");
 }
 
@@ -352,7 +291,7 @@ fn fio(uri: &str, extra: &[&str]) -> String {
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    run_ok("fio", &refs)
+    run_tool_ok("fio", &refs, TOOL_TIMEOUT)
 }
 
 #[test]
@@ -382,120 +321,9 @@ fn fio_verify_one_and_four_connections() {
     }
 }
 
-// ---------------------------------------------------------------------
-// Raw-socket client
-// ---------------------------------------------------------------------
-
-struct Raw {
-    stream: TcpStream,
-}
-
-impl Raw {
-    fn connect(port: u16) -> Raw {
-        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        stream.set_nodelay(true).expect("nodelay");
-        Raw { stream }
-    }
-    fn read_bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut v = vec![0u8; n];
-        self.stream
-            .read_exact(&mut v)
-            .unwrap_or_else(|e| panic!("reading {n} bytes: {e}"));
-        v
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_be_bytes(self.read_bytes(2).try_into().unwrap())
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_be_bytes(self.read_bytes(4).try_into().unwrap())
-    }
-    fn u64(&mut self) -> u64 {
-        u64::from_be_bytes(self.read_bytes(8).try_into().unwrap())
-    }
-    fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("send");
-    }
-    /// Reads the greeting and sends client flags (fixed newstyle, no zeroes).
-    fn start(port: u16) -> Raw {
-        let mut raw = Raw::connect(port);
-        let greeting = raw.read_bytes(18);
-        assert_eq!(&greeting[..8], b"NBDMAGIC");
-        assert_eq!(&greeting[8..16], b"IHAVEOPT");
-        raw.send(&3u32.to_be_bytes());
-        raw
-    }
-    fn option(&mut self, option: u32, data: &[u8]) {
-        let mut v = IHAVEOPT.to_be_bytes().to_vec();
-        v.extend_from_slice(&option.to_be_bytes());
-        v.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        v.extend_from_slice(data);
-        self.send(&v);
-    }
-    fn option_reply(&mut self) -> (u32, u32, Vec<u8>) {
-        assert_eq!(self.u64(), OPTION_REPLY_MAGIC);
-        let option = self.u32();
-        let kind = self.u32();
-        let len = self.u32() as usize;
-        (option, kind, self.read_bytes(len))
-    }
-    /// `NBD_OPT_GO`; returns the export size.
-    fn go(&mut self, name: &str) -> u64 {
-        self.option(OPT_GO, &go_data(name));
-        let mut size = None;
-        loop {
-            let (_, kind, data) = self.option_reply();
-            match kind {
-                REP_ACK => break,
-                REP_INFO if data[..2] == [0, 0] => {
-                    size = Some(u64::from_be_bytes(data[2..10].try_into().unwrap()))
-                }
-                REP_INFO => {}
-                other => panic!("GO failed with {other:#x}"),
-            }
-        }
-        size.expect("GO without NBD_INFO_EXPORT")
-    }
-    fn request(&mut self, kind: u16, cookie: u64, offset: u64, len: u32, payload: &[u8]) {
-        let mut v = REQUEST_MAGIC.to_be_bytes().to_vec();
-        v.extend_from_slice(&0u16.to_be_bytes());
-        v.extend_from_slice(&kind.to_be_bytes());
-        v.extend_from_slice(&cookie.to_be_bytes());
-        v.extend_from_slice(&offset.to_be_bytes());
-        v.extend_from_slice(&len.to_be_bytes());
-        v.extend_from_slice(payload);
-        self.send(&v);
-    }
-    fn simple(&mut self) -> (u32, u64) {
-        assert_eq!(self.u32(), SIMPLE_REPLY_MAGIC);
-        (self.u32(), self.u64())
-    }
-    /// Waits for the server to close; fails if it sends anything or stays
-    /// open beyond `limit`.
-    fn expect_closed(&mut self, limit: Duration) {
-        self.stream.set_read_timeout(Some(limit)).expect("timeout");
-        let mut byte = [0u8; 1];
-        match self.stream.read(&mut byte) {
-            Ok(0) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-            Ok(_) => panic!("server sent data instead of closing"),
-            Err(e) => panic!("server did not close the connection: {e}"),
-        }
-    }
-}
-
-fn go_data(name: &str) -> Vec<u8> {
-    let mut v = (name.len() as u32).to_be_bytes().to_vec();
-    v.extend_from_slice(name.as_bytes());
-    v.extend_from_slice(&0u16.to_be_bytes());
-    v
-}
-
 /// A full session must still work: handshake, write, flush, read back.
 fn fresh_client_works(port: u16) {
-    let mut raw = Raw::start(port);
+    let mut raw = RawClient::start(port);
     raw.go("disk");
     let data: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
     raw.request(CMD_WRITE, 1, 8192, 4096, &data);
@@ -506,7 +334,7 @@ fn fresh_client_works(port: u16) {
     assert_eq!(raw.simple(), (0, 3));
     assert_eq!(raw.read_bytes(4096), data);
     raw.request(CMD_DISC, 4, 0, 0, &[]);
-    raw.expect_closed(Duration::from_secs(5));
+    raw.expect_closed(Duration::from_secs(5), "a session after NBD_CMD_DISC");
 }
 
 // ---------------------------------------------------------------------
@@ -519,7 +347,7 @@ fn sixty_four_connections_deep_pipelines_and_a_stalled_client() {
     let port = server.port;
 
     // A client that asks for 32 MiB and never reads the reply.
-    let mut stalled = Raw::start(port);
+    let mut stalled = RawClient::start(port);
     stalled.go("disk");
     stalled.request(CMD_READ, 1, 0, 32 << 20, &[]);
 
@@ -527,7 +355,7 @@ fn sixty_four_connections_deep_pipelines_and_a_stalled_client() {
     // 80 writes then 80 reads of distinct blocks, all sent before any
     // reply is read (replies are read by a second thread).
     let mut handles = Vec::new();
-    let mut clients: Vec<Raw> = (0..64).map(|_| Raw::start(port)).collect();
+    let mut clients: Vec<RawClient> = (0..64).map(|_| RawClient::start(port)).collect();
     for client in &mut clients {
         client.go("disk");
     }
@@ -535,9 +363,7 @@ fn sixty_four_connections_deep_pipelines_and_a_stalled_client() {
         handles.push(std::thread::spawn(move || {
             let base = index as u64 * (1 << 20);
             let block = move |i: u64| vec![(index as u8) ^ (i as u8); 4096];
-            let mut reader = Raw {
-                stream: client.stream.try_clone().expect("clone"),
-            };
+            let mut reader = client.try_clone();
             let collector = std::thread::spawn(move || {
                 let mut seen = Vec::new();
                 for _ in 0..80 {
@@ -555,19 +381,17 @@ fn sixty_four_connections_deep_pipelines_and_a_stalled_client() {
             });
             let mut batch = Vec::new();
             for i in 0..80u64 {
-                batch.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
-                batch.extend_from_slice(&[0, 0, 0, CMD_WRITE as u8]);
-                batch.extend_from_slice(&i.to_be_bytes());
-                batch.extend_from_slice(&(base + i * 4096).to_be_bytes());
-                batch.extend_from_slice(&4096u32.to_be_bytes());
+                batch.extend_from_slice(&request_bytes(CMD_WRITE, 0, i, base + i * 4096, 4096));
                 batch.extend_from_slice(&block(i));
             }
             for i in 0..80u64 {
-                batch.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
-                batch.extend_from_slice(&[0, 0, 0, CMD_READ as u8]);
-                batch.extend_from_slice(&(1000 + i).to_be_bytes());
-                batch.extend_from_slice(&(base + i * 4096).to_be_bytes());
-                batch.extend_from_slice(&4096u32.to_be_bytes());
+                batch.extend_from_slice(&request_bytes(
+                    CMD_READ,
+                    0,
+                    1000 + i,
+                    base + i * 4096,
+                    4096,
+                ));
             }
             client.send(&batch);
             collector.join().expect("reply collector");
@@ -579,11 +403,9 @@ fn sixty_four_connections_deep_pipelines_and_a_stalled_client() {
     }
 
     // One connection with 1024 reads in flight, sent in one go.
-    let mut deep = Raw::start(port);
+    let mut deep = RawClient::start(port);
     deep.go("disk");
-    let mut reader = Raw {
-        stream: deep.stream.try_clone().expect("clone"),
-    };
+    let mut reader = deep.try_clone();
     let collector = std::thread::spawn(move || {
         for i in 0..1024u64 {
             assert_eq!(reader.simple(), (0, i));
@@ -592,11 +414,7 @@ fn sixty_four_connections_deep_pipelines_and_a_stalled_client() {
     });
     let mut batch = Vec::new();
     for i in 0..1024u64 {
-        batch.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
-        batch.extend_from_slice(&[0, 0, 0, CMD_READ as u8]);
-        batch.extend_from_slice(&i.to_be_bytes());
-        batch.extend_from_slice(&(i * 512).to_be_bytes());
-        batch.extend_from_slice(&512u32.to_be_bytes());
+        batch.extend_from_slice(&request_bytes(CMD_READ, 0, i, i * 512, 512));
     }
     deep.send(&batch);
     collector.join().expect("deep pipeline");
@@ -617,18 +435,18 @@ fn negative_handshake_cases() {
     let port = server.port;
 
     // Unknown client flags: dropped.
-    let mut raw = Raw::connect(port);
+    let mut raw = RawClient::connect(port);
     raw.read_bytes(18);
     raw.send(&0x8000_0001u32.to_be_bytes());
-    raw.expect_closed(Duration::from_secs(5));
+    raw.expect_closed(Duration::from_secs(5), "unknown client flags");
 
     // Bad option magic: dropped.
-    let mut raw = Raw::start(port);
+    let mut raw = RawClient::start(port);
     raw.send(&[0x42; 16]);
-    raw.expect_closed(Duration::from_secs(5));
+    raw.expect_closed(Duration::from_secs(5), "bad option magic");
 
     // Unknown options are refused and negotiation goes on.
-    let mut raw = Raw::start(port);
+    let mut raw = RawClient::start(port);
     raw.option(0x1234, b"abc");
     assert_eq!(raw.option_reply().1, REP_ERR_UNSUP);
     // Option data longer than the server buffers (but really sent).
@@ -645,56 +463,61 @@ fn negative_handshake_cases() {
     // Unknown export.
     raw.option(OPT_GO, &go_data("nonexistent"));
     assert_eq!(raw.option_reply().1, REP_ERR_UNKNOWN);
-    assert_eq!(raw.go("disk"), 16 << 20);
+    assert_eq!(raw.go("disk").0, 16 << 20);
 
     // NBD_OPT_EXPORT_NAME cannot return errors: overlong or unknown names
     // end the session.
-    let mut raw = Raw::start(port);
+    let mut raw = RawClient::start(port);
     raw.option(OPT_EXPORT_NAME, "y".repeat(5000).as_bytes());
-    raw.expect_closed(Duration::from_secs(5));
-    let mut raw = Raw::start(port);
+    raw.expect_closed(
+        Duration::from_secs(5),
+        "NBD_OPT_EXPORT_NAME with an overlong name",
+    );
+    let mut raw = RawClient::start(port);
     raw.option(OPT_EXPORT_NAME, b"nonexistent");
-    raw.expect_closed(Duration::from_secs(5));
+    raw.expect_closed(
+        Duration::from_secs(5),
+        "NBD_OPT_EXPORT_NAME with an unknown name",
+    );
 
     // Option length far over what was sent: the server waits for the
     // data, then the handshake timeout closes the connection.
-    let mut raw = Raw::start(port);
+    let mut raw = RawClient::start(port);
     let mut header = IHAVEOPT.to_be_bytes().to_vec();
     header.extend_from_slice(&OPT_GO.to_be_bytes());
     header.extend_from_slice(&0xffff_fff0u32.to_be_bytes());
     header.extend_from_slice(b"short");
     raw.send(&header);
     let started = Instant::now();
-    raw.expect_closed(Duration::from_secs(6));
+    raw.expect_closed(Duration::from_secs(6), "option length over what was sent");
     assert!(
         started.elapsed() >= Duration::from_millis(500),
         "closed before the timeout"
     );
 
     // An idle handshake times out too.
-    let mut raw = Raw::connect(port);
+    let mut raw = RawClient::connect(port);
     raw.read_bytes(18);
-    raw.expect_closed(Duration::from_secs(6));
+    raw.expect_closed(Duration::from_secs(6), "an idle handshake");
 
     // Disconnects at every stage of the handshake and mid-request.
     let mut script = 3u32.to_be_bytes().to_vec();
-    for (option, data) in [(8u32, Vec::new()), (OPT_GO, go_data("disk"))] {
+    for (option, data) in [
+        (OPT_STRUCTURED_REPLY, Vec::new()),
+        (OPT_GO, go_data("disk")),
+    ] {
         script.extend_from_slice(&IHAVEOPT.to_be_bytes());
         script.extend_from_slice(&option.to_be_bytes());
         script.extend_from_slice(&(data.len() as u32).to_be_bytes());
         script.extend_from_slice(&data);
     }
     let handshake_len = script.len();
-    script.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
-    script.extend_from_slice(&[0, 0, 0, CMD_WRITE as u8]);
-    script.extend_from_slice(&9u64.to_be_bytes());
-    script.extend_from_slice(&0u64.to_be_bytes());
-    script.extend_from_slice(&65536u32.to_be_bytes());
+    script.extend_from_slice(&request_bytes(CMD_WRITE, 0, 9, 0, 65536));
     script.extend_from_slice(&[0xee; 1000]);
     let mut cuts: Vec<usize> = (0..=handshake_len + 28).collect();
     cuts.extend([handshake_len + 100, script.len()]);
     for cut in cuts {
-        let mut raw = Raw::connect(port);
+        let mut raw = RawClient::connect(port);
         if cut % 2 == 0 {
             raw.read_bytes(18);
         }
@@ -702,7 +525,7 @@ fn negative_handshake_cases() {
         drop(raw);
     }
     // Mid-read: ask for 16 MiB and hang up after a few bytes.
-    let mut raw = Raw::start(port);
+    let mut raw = RawClient::start(port);
     raw.go("disk");
     raw.request(CMD_READ, 1, 0, 16 << 20, &[]);
     assert_eq!(raw.simple(), (0, 1));
@@ -724,8 +547,8 @@ fn negative_transmission_cases() {
         "ro",
     ]);
     let port = server.port;
-    let mut raw = Raw::start(port);
-    let size = raw.go("disk");
+    let mut raw = RawClient::start(port);
+    let (size, _) = raw.go("disk");
 
     // Past the end, overflowing offsets, too large, unknown command.
     raw.request(CMD_READ, 1, size - 512, 4096, &[]);
@@ -750,10 +573,10 @@ fn negative_transmission_cases() {
     let mut bad = 0xdead_beefu32.to_be_bytes().to_vec();
     bad.extend_from_slice(&[0; 24]);
     raw.send(&bad);
-    raw.expect_closed(Duration::from_secs(5));
+    raw.expect_closed(Duration::from_secs(5), "bad request magic");
 
     // Read-only export: EPERM.
-    let mut raw = Raw::start(port);
+    let mut raw = RawClient::start(port);
     raw.go("ro");
     raw.request(CMD_WRITE, 1, 0, 512, &[1; 512]);
     assert_eq!(raw.simple(), (EPERM, 1));
@@ -768,7 +591,7 @@ fn negative_transmission_cases() {
 #[test]
 fn handshake_reply_is_only_size_and_flags_with_no_zeroes() {
     let server = ServerProcess::start(&["--memory", "disk=1M"]);
-    let mut raw = Raw::start(server.port);
+    let mut raw = RawClient::start(server.port);
     raw.option(OPT_EXPORT_NAME, b"disk");
     assert_eq!(raw.u64(), 1 << 20);
     let flags = raw.u16();
@@ -852,22 +675,22 @@ print("nbdsh checks passed")
     );
     let script_path = dir.join("checks.py");
     std::fs::write(&script_path, script).expect("write script");
-    // nbdsh needs the system python (PLATFORM.md: /usr/bin first on PATH).
-    let path = format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default());
-    let output = Command::new("nbdsh")
-        .env("PATH", path)
-        .args([
+    // `run_tool` puts /usr/bin first on PATH: nbdsh needs the system python
+    // (PLATFORM.md).
+    let output = run_tool(
+        "nbdsh",
+        &[
             "-c",
             &format!("exec(open('{}').read())", script_path.display()),
-        ])
-        .output()
-        .unwrap_or_else(|e| panic!("required client tool `nbdsh` could not be run ({e})"));
-    let stdout = String::from_utf8_lossy(&output.stdout);
+        ],
+        TOOL_TIMEOUT,
+    );
     assert!(
-        output.status.success() && stdout.contains("nbdsh checks passed"),
-        "nbdsh failed: {}\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
+        output.success() && output.stdout.contains("nbdsh checks passed"),
+        "nbdsh failed: {:?}\n{}\n{}",
+        output.code,
+        output.stdout,
+        output.stderr
     );
     let on_disk = std::fs::read(&raw_file).expect("read raw file");
     assert_eq!(&on_disk[100..104], b"raw!", "FUA write reached the file");
