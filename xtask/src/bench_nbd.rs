@@ -32,7 +32,8 @@ use std::time::{Duration, Instant};
 
 use daxbox_tests::{free_port, run_dir, Firmware, Machine, Nvdimm, QemuOptions};
 
-use crate::{images, XtaskError};
+use crate::bench::{harness, prepare};
+use crate::XtaskError;
 
 const USAGE: &str = "\
 usage: cargo xtask bench nbd [--runtime SECONDS] [--keep]
@@ -54,26 +55,6 @@ const RAND_SIZE: u64 = 512 * MIB;
 const NVDIMM_SIZE: u64 = 1024 * MIB;
 /// The run folder name (`target/test-runs/bench_nbd/`).
 const NAME: &str = "bench_nbd";
-
-/// Makes sure the kernel and boot tool exist and the harness finds them.
-fn prepare() -> Result<(), XtaskError> {
-    if std::env::var_os("DAXBOX_KERNEL").is_none() {
-        let kernel = images::build_kernel()?;
-        std::env::set_var("DAXBOX_KERNEL", kernel);
-    }
-    if std::env::var_os("DAXBOX_BOOT_TOOL").is_none() {
-        let tool = images::build_boot_tool()?;
-        std::env::set_var("DAXBOX_BOOT_TOOL", tool);
-    }
-    Ok(())
-}
-
-fn harness(error: daxbox_tests::HarnessError) -> XtaskError {
-    XtaskError::Command {
-        command: "qemu (daxbox-tests harness)".into(),
-        problem: error.to_string(),
-    }
-}
 
 fn io_error(path: &Path, error: std::io::Error) -> XtaskError {
     XtaskError::Io(format!("{}: {error}", path.display()))

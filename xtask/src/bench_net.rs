@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use daxbox_tests::{Firmware, Machine, QemuOptions};
 
-use crate::{images, XtaskError};
+use crate::bench::{harness, prepare};
+use crate::XtaskError;
 
 const USAGE: &str = "\
 usage: cargo xtask bench net [--size MIB] [--idle-seconds N]
@@ -31,26 +32,6 @@ fn number(args: &[String], index: usize) -> Result<u64, XtaskError> {
     args.get(index + 1)
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| XtaskError::Usage(USAGE.into()))
-}
-
-/// Makes sure the kernel and boot tool exist and the harness finds them.
-fn prepare() -> Result<(), XtaskError> {
-    if std::env::var_os("DAXBOX_KERNEL").is_none() {
-        let kernel = images::build_kernel()?;
-        std::env::set_var("DAXBOX_KERNEL", kernel);
-    }
-    if std::env::var_os("DAXBOX_BOOT_TOOL").is_none() {
-        let tool = images::build_boot_tool()?;
-        std::env::set_var("DAXBOX_BOOT_TOOL", tool);
-    }
-    Ok(())
-}
-
-fn harness(error: daxbox_tests::HarnessError) -> XtaskError {
-    XtaskError::Command {
-        command: "qemu (daxbox-tests harness)".into(),
-        problem: error.to_string(),
-    }
 }
 
 /// utime + stime of `pid` in clock ticks (proc(5): fields 14 and 15).
