@@ -11,8 +11,10 @@
 //! stores, flushed line by line as they land); FLUSH and FUA are a fence,
 //! after which the reply is sent.
 
+use alloc::collections::BTreeSet;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
+use core::cell::OnceCell;
 use daxbox_nbd::{
     Backend, BackendError, Connection, ExportHandle, ExportInfo, ExportKind, Extent, Server,
     ServerConfig, ZeroFlags,
@@ -125,10 +127,7 @@ impl TcpService for NbdService {
 
     fn receive(&mut self, conn: &mut NbdConnection, data: &[u8], now_ms: u64) -> usize {
         let mut storage = STORAGE.lock();
-        let mut backend = StorageBackend {
-            storage: &mut storage,
-            targets: &mut self.targets,
-        };
+        let mut backend = StorageBackend::new(&mut storage, &mut self.targets);
         let used = conn.engine.receive(data, &mut backend, now_ms);
         drop(storage);
         conn.note_closing(now_ms);
@@ -138,10 +137,7 @@ impl TcpService for NbdService {
 
     fn produce(&mut self, conn: &mut NbdConnection, out: &mut [u8], now_ms: u64) -> usize {
         let mut storage = STORAGE.lock();
-        let mut backend = StorageBackend {
-            storage: &mut storage,
-            targets: &mut self.targets,
-        };
+        let mut backend = StorageBackend::new(&mut storage, &mut self.targets);
         let written = conn.engine.produce(out, &mut backend);
         drop(storage);
         conn.note_closing(now_ms);
@@ -177,6 +173,42 @@ impl TcpService for NbdService {
 struct StorageBackend<'a> {
     storage: &'a mut Storage,
     targets: &'a mut Vec<Target>,
+    /// Export names, listed once per call on first use: `NBD_OPT_LIST`
+    /// asks for the count and then every name by index.
+    names: OnceCell<Vec<String>>,
+}
+
+/// Every export name, in device order: raw devices by device name, files
+/// by file name, or `pmemN:NAME` when an earlier device has the same name.
+fn export_names(storage: &Storage) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    for volume in &storage.volumes {
+        match &volume.role {
+            Role::Raw(_) => {
+                seen.insert(volume.device.clone());
+                names.push(volume.device.clone());
+            }
+            Role::Filesystem(fs) => {
+                let mut after: Option<String> = None;
+                loop {
+                    let page = fs.list(after.as_deref(), 512);
+                    for entry in &page {
+                        if seen.insert(entry.name.clone()) {
+                            names.push(entry.name.clone());
+                        } else {
+                            names.push(alloc::format!("{}:{}", volume.device, entry.name));
+                        }
+                    }
+                    match page.last() {
+                        Some(last) if page.len() == 512 => after = Some(last.name.clone()),
+                        _ => break,
+                    }
+                }
+            }
+        }
+    }
+    names
 }
 
 fn fs_error(error: FsError) -> BackendError {
@@ -187,33 +219,18 @@ fn fs_error(error: FsError) -> BackendError {
     }
 }
 
-impl StorageBackend<'_> {
-    /// Every export name, in device order.
-    fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = Vec::new();
-        for volume in &self.storage.volumes {
-            match &volume.role {
-                Role::Raw(_) => names.push(volume.device.clone()),
-                Role::Filesystem(fs) => {
-                    let mut after: Option<String> = None;
-                    loop {
-                        let page = fs.list(after.as_deref(), 512);
-                        for entry in &page {
-                            if names.contains(&entry.name) {
-                                names.push(alloc::format!("{}:{}", volume.device, entry.name));
-                            } else {
-                                names.push(entry.name.clone());
-                            }
-                        }
-                        match page.last() {
-                            Some(last) if page.len() == 512 => after = Some(last.name.clone()),
-                            _ => break,
-                        }
-                    }
-                }
-            }
+impl<'a> StorageBackend<'a> {
+    fn new(storage: &'a mut Storage, targets: &'a mut Vec<Target>) -> Self {
+        Self {
+            storage,
+            targets,
+            names: OnceCell::new(),
         }
-        names
+    }
+
+    /// Every export name, in device order.
+    fn names(&self) -> &[String] {
+        self.names.get_or_init(|| export_names(self.storage))
     }
 
     fn target(&self, export: ExportHandle) -> Result<Target, BackendError> {
@@ -252,33 +269,30 @@ impl Backend for StorageBackend<'_> {
     }
 
     fn export_name(&self, index: usize) -> Option<String> {
-        self.names().into_iter().nth(index)
+        self.names().get(index).cloned()
     }
 
     fn open(&mut self, name: &str) -> Result<ExportHandle, BackendError> {
-        let target = if let Some(volume) = self
-            .storage
-            .volumes
+        // The default export ("") is the first export, as nbdkit and
+        // qemu-nbd serve their single export for it.
+        let name = if name.is_empty() {
+            self.names()
+                .first()
+                .cloned()
+                .ok_or(BackendError::NoSuchExport)?
+        } else {
+            name.to_string()
+        };
+        let volumes = &self.storage.volumes;
+        let target = if let Some(volume) = volumes
             .iter()
             .position(|v| v.device == name && matches!(v.role, Role::Raw(_)))
         {
             Target::Raw { volume }
+        } else if volumes.iter().any(|v| v.device == name) {
+            // A device name that is not raw-exported is no export.
+            return Err(BackendError::NoSuchExport);
         } else {
-            // The default export ("") is the first file, as nbdkit and
-            // qemu-nbd serve their single export for it.
-            let name = if name.is_empty() {
-                self.names()
-                    .into_iter()
-                    .next()
-                    .ok_or(BackendError::NoSuchExport)?
-            } else {
-                name.to_string()
-            };
-            if let Some(volume) = self.storage.volumes.iter().position(|v| v.device == name) {
-                // A device name that is not raw-exported is no export.
-                let _ = volume;
-                return Err(BackendError::NoSuchExport);
-            }
             let found = self
                 .storage
                 .lookup(&name)
@@ -476,17 +490,14 @@ fn nbd(_: &mut Context, args: &[&str]) -> Result<(), String> {
     }
     let mut storage = STORAGE.lock();
     let mut targets = Vec::new();
-    let backend = StorageBackend {
-        storage: &mut storage,
-        targets: &mut targets,
-    };
+    let backend = StorageBackend::new(&mut storage, &mut targets);
     let names = backend.names();
     println!(
         "NBD on port {}: {} export(s)",
         config::get().nbd_port,
         names.len()
     );
-    for name in &names {
+    for name in names {
         let read_only = StorageBackend::read_only(name);
         println!(
             "  export {}{}",
