@@ -1,0 +1,180 @@
+//! The fsck entry points: `Filesystem::fsck_image` checks an unmounted
+//! image read-only, `Filesystem::fsck` checks a mounted filesystem's
+//! in-memory state against media. Both report every broken invariant as
+//! a sentence; the media scan itself is in `check.rs`.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::check;
+use crate::extmap::ExtentMap;
+use crate::format::{Superblock, STATE_CLEAN, STATE_DIRTY, STATE_WORD_OFFSET};
+use crate::mount::read_superblock;
+use crate::{block_offset, Filesystem, FsckReport, PersistentMemory};
+
+impl<M: PersistentMemory> Filesystem<M> {
+    /// Checks an unmounted image without changing it: superblocks, journal,
+    /// every record, chain and extent, and block ownership.
+    pub fn fsck_image(mem: &M) -> FsckReport {
+        let mut problems = Vec::new();
+        if let Some(sb) = Self::check_media_header(mem, &mut problems) {
+            match check::scan(mem, &sb, &mut problems) {
+                Ok(scan) => {
+                    check::media_refs(&scan, &mut problems);
+                }
+                Err(e) => problems.push(format!("reading the file table: {e}")),
+            }
+        }
+        FsckReport { problems }
+    }
+
+    fn check_media_header(mem: &M, problems: &mut Vec<String>) -> Option<Superblock> {
+        let sb = match read_superblock(mem) {
+            Ok((sb, primary, backup)) => {
+                if !primary {
+                    problems.push(String::from("primary superblock (block 0) is invalid"));
+                }
+                if !backup {
+                    problems.push(String::from("backup superblock (block 1) is invalid"));
+                }
+                sb
+            }
+            Err(e) => {
+                problems.push(format!("superblock: {e}"));
+                return None;
+            }
+        };
+        match mem.load_u64(STATE_WORD_OFFSET) {
+            Ok(STATE_CLEAN) | Ok(STATE_DIRTY) => {}
+            Ok(w) => problems.push(format!("state word {w:#x} is neither clean nor dirty")),
+            Err(e) => problems.push(format!("state word: {e}")),
+        }
+        match mem.load_u64(block_offset(sb.journal_start)) {
+            Ok(0) => {}
+            Ok(seq) => problems.push(format!(
+                "journal transaction {seq} is committed but not applied (mount replays it)"
+            )),
+            Err(e) => problems.push(format!("journal: {e}")),
+        }
+        Some(sb)
+    }
+
+    /// Checks every invariant of the mounted filesystem against media:
+    /// records and chains decode, every block is owned by exactly its
+    /// references, the in-memory counts and free space agree with media,
+    /// sizes cover extents. Each problem is reported.
+    pub fn fsck(&self) -> FsckReport {
+        let mut problems = Vec::new();
+        let Some(sb) = Self::check_media_header(&self.mem, &mut problems) else {
+            return FsckReport { problems };
+        };
+        if sb != self.sb {
+            problems.push(String::from(
+                "superblock on media differs from the mounted one",
+            ));
+        }
+        let scan = match check::scan(&self.mem, &sb, &mut problems) {
+            Ok(s) => s,
+            Err(e) => {
+                problems.push(format!("reading the file table: {e}"));
+                return FsckReport { problems };
+            }
+        };
+        let media_refs = check::media_refs(&scan, &mut problems);
+        // Files in memory versus on media.
+        let mut seen = alloc::vec![false; self.files.len()];
+        for sf in &scan.files {
+            let slot = sf.slot as usize;
+            seen[slot] = true;
+            match &self.files[slot] {
+                None => problems.push(format!(
+                    "record {slot} ({:?}) is live on media only",
+                    sf.record.name
+                )),
+                Some(f) => {
+                    if f.name != sf.record.name || f.generation != sf.record.generation {
+                        problems.push(format!(
+                            "record {slot}: name or generation differs from memory"
+                        ));
+                    }
+                    if f.size != sf.record.size {
+                        problems.push(format!(
+                            "file {:?}: size {} in memory, {} on media",
+                            f.name, f.size, sf.record.size
+                        ));
+                    }
+                    if f.map != ExtentMap::from_extents(&sf.extents) {
+                        problems.push(format!("file {:?}: extent map differs from media", f.name));
+                    }
+                    if f.chain != sf.chain {
+                        problems.push(format!(
+                            "file {:?}: overflow chain differs from media",
+                            f.name
+                        ));
+                    }
+                }
+            }
+        }
+        for (slot, f) in self.files.iter().enumerate() {
+            if let Some(f) = f {
+                if !seen[slot] {
+                    problems.push(format!(
+                        "file {:?} (record {slot}) is missing on media",
+                        f.name
+                    ));
+                }
+            }
+        }
+        check::compare_counts("reference counts", &self.refs, &media_refs, &mut problems);
+        // Free space: free blocks are unreferenced and unpinned; every data
+        // block is free, referenced or pinned.
+        let mut free_total = 0;
+        for (s, l) in self.alloc.free_runs() {
+            free_total += l;
+            if s < sb.data_start || s + l > sb.total_blocks {
+                problems.push(format!(
+                    "free run {s}..{} lies outside the data area",
+                    s + l
+                ));
+            }
+            for (bs, bl, c) in media_refs.segments(s, l) {
+                if c > 0 {
+                    problems.push(format!(
+                        "blocks {bs}..{} are free but referenced by a file",
+                        bs + bl
+                    ));
+                }
+            }
+            for (bs, bl, c) in self.pins.segments(s, l) {
+                if c > 0 {
+                    problems.push(format!("blocks {bs}..{} are free but held", bs + bl));
+                }
+            }
+        }
+        if free_total != self.alloc.free_blocks() {
+            problems.push(String::from(
+                "allocator free-block counter disagrees with its free runs",
+            ));
+        }
+        let mut used = 0;
+        for (_, l, _) in media_refs.iter() {
+            used += l;
+        }
+        for (s, l, _) in self.pins.iter() {
+            for (_, rl, c) in media_refs.segments(s, l) {
+                if c == 0 {
+                    used += rl;
+                }
+            }
+        }
+        let data_blocks = sb.total_blocks - sb.data_start;
+        if used + free_total != data_blocks {
+            problems.push(format!(
+                "{} data blocks, but {used} are in use and {free_total} free: blocks leaked or double-counted",
+                data_blocks
+            ));
+        }
+        FsckReport { problems }
+    }
+}

@@ -1,0 +1,276 @@
+//! Probe, format (mkfs), mount with journal recovery, and unmount
+//! (FORMAT.md "Format" and "Mount and recovery"). Mount reads both
+//! superblock copies, replays a committed journal transaction, repairs a
+//! damaged superblock copy, scans the file table (`check::scan`) and
+//! rebuilds the in-memory state: file maps, name index, block reference
+//! counts and the free-space allocator.
+
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use crate::check;
+use crate::extmap::ExtentMap;
+use crate::format::{
+    self, JournalHeader, Record, SuperError, Superblock, BLOCK_SIZE, FORMAT_VERSION,
+    JOURNAL_BLOCKS, JOURNAL_ENTRIES_OFFSET, JOURNAL_ENTRY_SIZE, JOURNAL_HEADER_OFFSET,
+    JOURNAL_HEADER_SIZE, RECORDS_PER_BLOCK, RECORD_SIZE, STATE_CLEAN, STATE_DIRTY,
+    STATE_WORD_OFFSET, SUPER_SIZE,
+};
+use crate::space::{Allocator, RunCounts};
+use crate::{block_offset, Error, File, Filesystem, FormatOptions, PersistentMemory, Probe, ZEROS};
+
+fn superblock_error(primary: SuperError, backup: SuperError) -> Error {
+    match (primary, backup) {
+        (SuperError::Blank, SuperError::Blank) => Error::Blank,
+        (SuperError::Newer(v), _) | (_, SuperError::Newer(v)) => Error::UnsupportedVersion {
+            found: v,
+            supported: FORMAT_VERSION,
+        },
+        (SuperError::Foreign, SuperError::Foreign | SuperError::Blank) => Error::Foreign,
+        (SuperError::Checksum, _) | (_, SuperError::Checksum) => {
+            Error::Corrupt(String::from("both superblock copies fail their checksum"))
+        }
+        (SuperError::Geometry(g), _) | (_, SuperError::Geometry(g)) => {
+            Error::Corrupt(format!("superblock geometry: {g}"))
+        }
+        _ => Error::Corrupt(String::from("no valid superblock copy")),
+    }
+}
+
+/// Reads both superblock copies; returns the one to use and whether each
+/// copy decoded.
+pub(crate) fn read_superblock<M: PersistentMemory>(
+    mem: &M,
+) -> Result<(Superblock, bool, bool), Error> {
+    let mut copies = [[0u8; SUPER_SIZE]; 2];
+    for (i, copy) in copies.iter_mut().enumerate() {
+        if mem.len() < block_offset(i as u64) + SUPER_SIZE as u64 {
+            return Err(Error::Truncated {
+                needed: block_offset(2),
+                available: mem.len(),
+            });
+        }
+        mem.read(block_offset(i as u64), copy)?;
+    }
+    let primary = Superblock::decode(&copies[0]);
+    let backup = Superblock::decode(&copies[1]);
+    let sb = match (&primary, &backup) {
+        (Ok(sb), _) => *sb,
+        (Err(_), Ok(sb)) => *sb,
+        (Err(p), Err(b)) => return Err(superblock_error(*p, *b)),
+    };
+    let needed = block_offset(sb.total_blocks);
+    if mem.len() < needed {
+        return Err(Error::Truncated {
+            needed,
+            available: mem.len(),
+        });
+    }
+    Ok((sb, primary.is_ok(), backup.is_ok()))
+}
+
+impl<M: PersistentMemory> Filesystem<M> {
+    /// Looks at the superblock area without changing anything.
+    pub fn probe(mem: &M) -> Probe {
+        match read_superblock(mem) {
+            Ok((sb, _, _)) => {
+                let clean = mem
+                    .load_u64(STATE_WORD_OFFSET)
+                    .is_ok_and(|w| w == STATE_CLEAN);
+                Probe::Daxfs {
+                    version: sb.version,
+                    clean,
+                }
+            }
+            Err(Error::Blank) => Probe::Blank,
+            Err(Error::Foreign) => Probe::Foreign,
+            Err(Error::UnsupportedVersion { found, .. }) => Probe::Daxfs {
+                version: found,
+                clean: mem
+                    .load_u64(STATE_WORD_OFFSET)
+                    .is_ok_and(|w| w == STATE_CLEAN),
+            },
+            Err(e) => Probe::Corrupt(e),
+        }
+    }
+
+    /// Writes a new, empty filesystem over the whole region (mkfs) and
+    /// returns it mounted. FORMAT.md "Format".
+    pub fn format(mut mem: M, opts: FormatOptions) -> Result<Self, Error> {
+        let total_blocks = mem.len() / BLOCK_SIZE;
+        let default_files = (mem.len() / (64 * 1024)).clamp(64, 1 << 20) as u32;
+        let max_files = opts.max_files.unwrap_or(default_files).max(1);
+        let table_start = 2 + JOURNAL_BLOCKS;
+        let table_blocks = (max_files as u64).div_ceil(RECORDS_PER_BLOCK);
+        let data_start = table_start + table_blocks;
+        if data_start + 1 > total_blocks {
+            return Err(Error::TooSmall);
+        }
+        let sb = Superblock {
+            version: FORMAT_VERSION,
+            uuid: opts.uuid,
+            total_blocks,
+            journal_start: 2,
+            journal_blocks: JOURNAL_BLOCKS,
+            table_start,
+            table_blocks,
+            max_files,
+            data_start,
+        };
+        sb.check_geometry()
+            .map_err(|e| Error::Corrupt(e.to_string()))?;
+        // Metadata area first, then the backup, then the primary: until the
+        // primary is durable the region is not a valid filesystem, except
+        // through a backup that already describes zeroed metadata.
+        let meta_start = block_offset(2);
+        let meta_len = block_offset(data_start) - meta_start;
+        let mut done = 0;
+        while done < meta_len {
+            let n = (meta_len - done).min(ZEROS.len() as u64);
+            mem.write_nt(meta_start + done, &ZEROS[..n as usize])?;
+            done += n;
+        }
+        mem.fence();
+        let bytes = sb.encode();
+        mem.write(block_offset(1), &ZEROS[..BLOCK_SIZE as usize])?;
+        mem.write_flush(block_offset(1), &bytes)?;
+        mem.flush(block_offset(1), BLOCK_SIZE)?;
+        mem.fence();
+        mem.write(0, &ZEROS[..BLOCK_SIZE as usize])?;
+        mem.store_u64(STATE_WORD_OFFSET, STATE_DIRTY)?;
+        mem.write(0, &bytes)?;
+        mem.flush(0, BLOCK_SIZE)?;
+        mem.fence();
+        Self::mount(mem)
+    }
+
+    /// Validates and mounts an image, replaying a committed journal
+    /// transaction left by a crash. FORMAT.md "Mount and recovery".
+    pub fn mount(mut mem: M) -> Result<Self, Error> {
+        let (sb, primary_ok, backup_ok) = read_superblock(&mem)?;
+        let jo = block_offset(sb.journal_start);
+        let sequence = Self::recover_journal(&mut mem, &sb, jo)?;
+        // Repair a damaged superblock copy from the good one.
+        if !primary_ok || !backup_ok {
+            let target = if primary_ok { 1 } else { 0 };
+            mem.write_flush(block_offset(target), &sb.encode())?;
+            mem.fence();
+        }
+        let mut problems = Vec::new();
+        let scan = check::scan(&mem, &sb, &mut problems)?;
+        let refs = check::media_refs(&scan, &mut problems);
+        if let Some(first) = problems.into_iter().next() {
+            return Err(Error::Corrupt(first));
+        }
+        let mut files: Vec<Option<File>> = (0..sb.max_files).map(|_| None).collect();
+        let mut names = BTreeMap::new();
+        for f in scan.files {
+            names.insert(f.record.name.clone(), f.slot);
+            files[f.slot as usize] = Some(File {
+                generation: f.record.generation,
+                name: f.record.name,
+                size: f.record.size,
+                map: ExtentMap::from_extents(&f.extents),
+                chain: f.chain,
+            });
+        }
+        let free_slots = (0..sb.max_files)
+            .filter(|&s| files[s as usize].is_none())
+            .collect();
+        let mut alloc = Allocator::new(sb.data_start, sb.total_blocks);
+        let mut cursor = sb.data_start;
+        for (s, l, _) in refs.iter() {
+            if s > cursor {
+                alloc.free(cursor, s - cursor);
+            }
+            cursor = s + l;
+        }
+        if cursor < sb.total_blocks {
+            alloc.free(cursor, sb.total_blocks - cursor);
+        }
+        mem.store_u64(STATE_WORD_OFFSET, STATE_DIRTY)?;
+        mem.flush(STATE_WORD_OFFSET, 8)?;
+        mem.fence();
+        Ok(Filesystem {
+            mem,
+            sb,
+            files,
+            generations: scan.generations,
+            names,
+            free_slots,
+            refs,
+            pins: RunCounts::default(),
+            alloc,
+            holds: BTreeMap::new(),
+            sequence,
+        })
+    }
+
+    /// FORMAT.md "Journal": replays the transaction whose sequence number
+    /// is in the commit word, then clears the word. Returns the last
+    /// sequence number seen.
+    fn recover_journal(mem: &mut M, sb: &Superblock, jo: u64) -> Result<u64, Error> {
+        let commit = mem.load_u64(jo)?;
+        let mut hb = [0u8; JOURNAL_HEADER_SIZE];
+        mem.read(jo + JOURNAL_HEADER_OFFSET, &mut hb)?;
+        let header = JournalHeader::decode(&hb);
+        if commit == 0 {
+            return Ok(header.map_or(0, |h| h.sequence));
+        }
+        let header = header
+            .map_err(|e| Error::Corrupt(format!("journal committed but header invalid: {e}")))?;
+        if header.sequence != commit {
+            return Err(Error::Corrupt(String::from(
+                "journal commit word does not match the journal header",
+            )));
+        }
+        let mut body = alloc::vec![0u8; header.entries as usize * JOURNAL_ENTRY_SIZE];
+        mem.read(jo + JOURNAL_ENTRIES_OFFSET, &mut body)?;
+        if format::journal_checksum(&header, &body) != header.crc {
+            return Err(Error::Corrupt(String::from(
+                "journal committed but its checksum does not match",
+            )));
+        }
+        for entry in body.chunks_exact(JOURNAL_ENTRY_SIZE) {
+            let (slot, record) = format::decode_journal_entry(entry);
+            if slot >= sb.max_files {
+                return Err(Error::Corrupt(format!(
+                    "journal entry for slot {slot} is outside the table"
+                )));
+            }
+            Record::decode(record)
+                .map_err(|e| Error::Corrupt(format!("journal entry for slot {slot}: {e}")))?;
+            let at = block_offset(sb.table_start) + slot as u64 * RECORD_SIZE as u64;
+            mem.write_flush(at, record)?;
+        }
+        mem.fence();
+        mem.store_u64(jo, 0)?;
+        mem.flush(jo, 8)?;
+        mem.fence();
+        Ok(header.sequence)
+    }
+
+    /// Marks the filesystem clean and gives the region back.
+    pub fn unmount(mut self) -> M {
+        self.mem.fence();
+        // Failure here is impossible: the state word is inside block 0,
+        // which mount checked exists.
+        let _ = self.mem.store_u64(STATE_WORD_OFFSET, STATE_CLEAN);
+        let _ = self.mem.flush(STATE_WORD_OFFSET, 8);
+        self.mem.fence();
+        self.mem
+    }
+
+    /// Gives the region back without marking it clean (simulates a crash
+    /// after the last completed operation).
+    pub fn into_memory(self) -> M {
+        self.mem
+    }
+
+    /// The region.
+    pub fn memory(&self) -> &M {
+        &self.mem
+    }
+}

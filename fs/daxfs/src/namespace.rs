@@ -1,0 +1,212 @@
+//! The namespace: `create`, `lookup`, `unlink`, `rename` (atomically
+//! replacing the target), `clone_file` (copy-on-write clone sharing the
+//! source's blocks), `list`, and the attribute queries `stat` and
+//! `statfs`. Each change is one journal transaction (`journal.rs`).
+
+use alloc::string::ToString;
+use alloc::vec::Vec;
+use core::ops::Bound;
+
+use crate::extmap::ExtentMap;
+#[cfg(feature = "fault-injection")]
+use crate::fault;
+use crate::format::{self, Record, BLOCK_SIZE, CHUNK_BLOCKS};
+use crate::journal::make_record;
+use crate::{DirEntry, Error, File, FileId, Filesystem, PersistentMemory, Stat, StatFs};
+
+impl<M: PersistentMemory> Filesystem<M> {
+    /// Creates an empty file.
+    pub fn create(&mut self, name: &str) -> Result<FileId, Error> {
+        if !format::valid_name(name) {
+            return Err(Error::InvalidName);
+        }
+        if self.names.contains_key(name) {
+            return Err(Error::Exists);
+        }
+        let slot = *self.free_slots.iter().next().ok_or(Error::NoFileSlots)?;
+        let generation = self.generations[slot as usize].wrapping_add(1).max(1);
+        let file = File {
+            generation,
+            name: name.to_string(),
+            size: 0,
+            map: ExtentMap::default(),
+            chain: Vec::new(),
+        };
+        let record = make_record(&file, 0, &file.map, &[]);
+        self.commit(&[(slot, record.encode())])?;
+        self.free_slots.remove(&slot);
+        self.generations[slot as usize] = generation;
+        self.names.insert(file.name.clone(), slot);
+        self.files[slot as usize] = Some(file);
+        Ok(FileId { slot, generation })
+    }
+
+    /// Finds a file by name.
+    pub fn lookup(&self, name: &str) -> Result<FileId, Error> {
+        let slot = self.slot_of(name)?;
+        Ok(self.id_of(slot))
+    }
+
+    /// Removes a file. Its blocks are freed unless shared or held.
+    pub fn unlink(&mut self, name: &str) -> Result<(), Error> {
+        let slot = self.slot_of(name)?;
+        let f = self.files[slot as usize].as_ref().ok_or(Error::NotFound)?;
+        let record = Record::free(f.generation);
+        self.commit(&[(slot, record.encode())])?;
+        self.drop_slot(slot);
+        Ok(())
+    }
+
+    /// Forgets a slot whose free record is committed, releasing its blocks.
+    fn drop_slot(&mut self, slot: u32) {
+        if let Some(f) = self.files[slot as usize].take() {
+            self.names.remove(&f.name);
+            self.free_slots.insert(slot);
+            for e in f.map.iter() {
+                self.unref(e.physical, e.len);
+            }
+            for b in f.chain {
+                self.unref(b, 1);
+            }
+        }
+    }
+
+    /// Renames `from` to `to`, atomically replacing `to` if it exists.
+    pub fn rename(&mut self, from: &str, to: &str) -> Result<(), Error> {
+        let slot = self.slot_of(from)?;
+        if !format::valid_name(to) {
+            return Err(Error::InvalidName);
+        }
+        if from == to {
+            return Ok(());
+        }
+        let victim = self.names.get(to).copied();
+        let f = self.files[slot as usize].as_ref().ok_or(Error::NotFound)?;
+        let mut renamed = f.clone();
+        renamed.name = to.to_string();
+        let record = make_record(&renamed, renamed.size, &renamed.map, &renamed.chain);
+        let mut entries = Vec::with_capacity(2);
+        entries.push((slot, record.encode()));
+        if let Some(v) = victim {
+            let vf = self.files[v as usize].as_ref().ok_or(Error::NotFound)?;
+            entries.push((v, Record::free(vf.generation).encode()));
+        }
+        #[cfg(feature = "fault-injection")]
+        let journal_fence = !fault::rename_skips_journal_fence();
+        #[cfg(not(feature = "fault-injection"))]
+        let journal_fence = true;
+        self.commit_with(&entries, journal_fence)?;
+        if let Some(v) = victim {
+            self.drop_slot(v);
+        }
+        self.names.remove(from);
+        self.names.insert(to.to_string(), slot);
+        if let Some(f) = self.files[slot as usize].as_mut() {
+            f.name = to.to_string();
+        }
+        Ok(())
+    }
+
+    /// Makes `dst` a copy-on-write clone of `src` in time proportional to
+    /// the extent count: the blocks are shared, not copied.
+    pub fn clone_file(&mut self, src: &str, dst: &str) -> Result<FileId, Error> {
+        let src_slot = self.slot_of(src)?;
+        if !format::valid_name(dst) {
+            return Err(Error::InvalidName);
+        }
+        if self.names.contains_key(dst) {
+            return Err(Error::Exists);
+        }
+        let slot = *self.free_slots.iter().next().ok_or(Error::NoFileSlots)?;
+        let generation = self.generations[slot as usize].wrapping_add(1).max(1);
+        let s = self.files[src_slot as usize]
+            .as_ref()
+            .ok_or(Error::NotFound)?;
+        let mut file = File {
+            generation,
+            name: dst.to_string(),
+            size: s.size,
+            map: s.map.clone(),
+            chain: Vec::new(),
+        };
+        let chain = self.write_chain(slot, generation, &file.map)?;
+        file.chain = chain;
+        let record = make_record(&file, file.size, &file.map, &file.chain);
+        if let Err(e) = self.commit(&[(slot, record.encode())]) {
+            let runs: Vec<(u64, u64)> = file.chain.iter().map(|&b| (b, 1)).collect();
+            self.unallocate(&runs);
+            return Err(e);
+        }
+        for e in file.map.iter() {
+            self.refs.increment(e.physical, e.len);
+        }
+        self.free_slots.remove(&slot);
+        self.generations[slot as usize] = generation;
+        self.names.insert(file.name.clone(), slot);
+        self.files[slot as usize] = Some(file);
+        Ok(FileId { slot, generation })
+    }
+
+    /// Up to `max` entries sorted by name bytes, starting after `start_after`.
+    pub fn list(&self, start_after: Option<&str>, max: usize) -> Vec<DirEntry> {
+        let lower = match start_after {
+            Some(s) => Bound::Excluded(s),
+            None => Bound::Unbounded,
+        };
+        self.names
+            .range::<str, _>((lower, Bound::Unbounded))
+            .take(max)
+            .map(|(name, &slot)| DirEntry {
+                name: name.clone(),
+                id: self.id_of(slot),
+                size: self.files[slot as usize].as_ref().map_or(0, |f| f.size),
+            })
+            .collect()
+    }
+
+    /// File attributes.
+    pub fn stat(&self, file: FileId) -> Result<Stat, Error> {
+        let f = self.file(file)?;
+        let mut shared = 0;
+        let mut huge = 0;
+        for e in f.map.iter() {
+            for (_, l, c) in self.refs.segments(e.physical, e.len) {
+                if c > 1 {
+                    shared += l;
+                }
+            }
+            // Count whole aligned chunks where logical and physical agree
+            // modulo 2 MiB.
+            if e.logical % CHUNK_BLOCKS == e.physical % CHUNK_BLOCKS {
+                let first = e.logical.div_ceil(CHUNK_BLOCKS) * CHUNK_BLOCKS;
+                let last = (e.logical + e.len) / CHUNK_BLOCKS * CHUNK_BLOCKS;
+                if last > first {
+                    huge += last - first;
+                }
+            }
+        }
+        Ok(Stat {
+            id: file,
+            name: f.name.clone(),
+            size: f.size,
+            allocated_bytes: f.map.mapped_blocks() * BLOCK_SIZE,
+            shared_bytes: shared * BLOCK_SIZE,
+            extent_count: f.map.len() as u64,
+            huge_bytes: huge * BLOCK_SIZE,
+        })
+    }
+
+    /// Filesystem-wide figures.
+    pub fn statfs(&self) -> StatFs {
+        StatFs {
+            block_size: BLOCK_SIZE,
+            total_blocks: self.sb.total_blocks,
+            data_blocks: self.sb.total_blocks - self.sb.data_start,
+            free_blocks: self.alloc.free_blocks(),
+            files: self.names.len() as u64,
+            max_files: self.sb.max_files as u64,
+            huge_free: self.alloc.huge_free(),
+            uuid: self.sb.uuid,
+        }
+    }
+}

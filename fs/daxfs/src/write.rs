@@ -1,0 +1,527 @@
+//! The write path (FORMAT.md "Data writes", "Allocation policy", "Sizes and
+//! preallocation"): `write` with its in-place fast path, `write_zeroes`
+//! (zeroing or hole punching), `truncate`, and `persist`. Everything that
+//! changes a file's blocks goes through `modify`, the one place where data
+//! blocks are allocated (whole 2 MiB chunks for large files), shared or
+//! held blocks are copied before being written (copy-on-write), and new
+//! blocks are filled before the record that points at them is committed.
+
+use alloc::collections::BTreeSet;
+use alloc::vec::Vec;
+
+use crate::extmap::ExtentMap;
+use crate::format::{BLOCK_SIZE, CHUNK_BLOCKS, CHUNK_SIZE, MAX_FILE_SIZE};
+use crate::{block_offset, Error, FileId, Filesystem, PersistentMemory, ZEROS};
+
+/// Where the bytes of an edit come from.
+enum Src<'a> {
+    Data(&'a [u8]),
+    Zero(u64),
+}
+
+/// A byte-range change to a file.
+struct Edit<'a> {
+    offset: u64,
+    src: Src<'a>,
+}
+
+impl Edit<'_> {
+    fn len(&self) -> u64 {
+        match self.src {
+            Src::Data(d) => d.len() as u64,
+            Src::Zero(n) => n,
+        }
+    }
+    fn end(&self) -> u64 {
+        self.offset + self.len()
+    }
+}
+
+/// A fresh allocation made for a write.
+#[derive(Debug, Clone, Copy)]
+struct NewRun {
+    logical: u64,
+    len: u64,
+    physical: u64,
+    /// Old physical block to copy from (copy-on-write), or None (zero).
+    source: Option<u64>,
+}
+
+/// Writes of at least this many bytes use non-temporal stores.
+const NT_THRESHOLD: usize = 4096;
+
+/// Picks a preferred physical block for logical block `logical`: right
+/// after the block backing `logical - 1` (contiguity, and inside a huge
+/// chunk it restores 2 MiB alignment), else right before `logical + 1`.
+fn preferred(map: &ExtentMap, runs: &[NewRun], logical: u64) -> Option<u64> {
+    for r in runs {
+        if r.logical + r.len == logical {
+            return Some(r.physical + r.len);
+        }
+    }
+    if logical > 0 {
+        if let Some(p) = map.lookup(logical - 1) {
+            return Some(p + 1);
+        }
+    }
+    map.lookup(logical + 1).and_then(|p| p.checked_sub(1))
+}
+
+/// Union of half-open ranges, sorted.
+fn union(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    ranges.retain(|r| r.1 > r.0);
+    ranges.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in ranges {
+        match out.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
+impl<M: PersistentMemory> Filesystem<M> {
+    /// Stores `bytes` at region offset `at`, flushed (or non-temporal).
+    fn put(&mut self, at: u64, bytes: &[u8]) -> Result<(), Error> {
+        if bytes.len() >= NT_THRESHOLD {
+            self.mem.write_nt(at, bytes)?;
+        } else {
+            self.mem.write_flush(at, bytes)?;
+        }
+        Ok(())
+    }
+
+    fn put_zeros(&mut self, at: u64, len: u64) -> Result<(), Error> {
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(ZEROS.len() as u64) as usize;
+            self.put(at + done, &ZEROS[..n])?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    fn copy_region(&mut self, from: u64, to: u64, len: u64) -> Result<(), Error> {
+        let mut buf = alloc::vec![0u8; (len.min(64 * 1024)) as usize];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(buf.len() as u64) as usize;
+            self.mem.read(from + done, &mut buf[..n])?;
+            self.put(to + done, &buf[..n])?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Applies byte edits to a file and sets its size: the one place where
+    /// blocks are allocated for data, shared blocks are copied before being
+    /// written, and new blocks are filled before the metadata that points
+    /// at them is committed (FORMAT.md "Data writes").
+    fn modify(&mut self, slot: u32, edits: &[Edit<'_>], new_size: u64) -> Result<(), Error> {
+        let file = self.files[slot as usize].as_ref().ok_or(Error::StaleFile)?;
+        let block_range = |e: &Edit<'_>| {
+            if e.len() == 0 {
+                return (0, 0);
+            }
+            (e.offset / BLOCK_SIZE, e.end().div_ceil(BLOCK_SIZE))
+        };
+        let all = union(edits.iter().map(block_range).collect());
+        let data = union(
+            edits
+                .iter()
+                .filter(|e| matches!(e.src, Src::Data(_)))
+                .map(block_range)
+                .collect(),
+        );
+        // Blocks needing a fresh block: shared blocks touched by any edit
+        // (copy first), holes touched by data (zero-filled). Holes touched
+        // only by zero edits already read as zeros.
+        let mut needs: Vec<(u64, u64, Option<u64>)> = Vec::new();
+        for &(s, e) in &all {
+            for piece in file.map.pieces(s, e - s) {
+                if let Some(p) = piece.physical {
+                    for (ps, pl, count) in self.refs.segments(p, piece.len) {
+                        // Held blocks are copied too: a hold is a stable
+                        // snapshot for its holder (see `hold`).
+                        for (qs, ql, pins) in self.pins.segments(ps, pl) {
+                            if count as u64 + pins as u64 > 1 {
+                                needs.push((piece.logical + (qs - p), ql, Some(qs)));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for &(s, e) in &data {
+            for piece in file.map.pieces(s, e - s) {
+                if piece.physical.is_none() {
+                    needs.push((piece.logical, piece.len, None));
+                }
+            }
+        }
+        needs.sort_unstable();
+        // Allocate. A large file gets a whole 2 MiB chunk for each logical
+        // chunk that is entirely a hole (FORMAT.md "Allocation policy").
+        let large = new_size > CHUNK_SIZE;
+        let old_size = file.size;
+        // In a large file the unit of allocation is the 2 MiB chunk
+        // (FORMAT.md "Allocation policy"): a logical chunk in which the file
+        // owns no block outright (all hole, or shared with a clone, or held)
+        // moves as a whole to a fresh huge chunk, holes zero-filled and
+        // shared blocks copied. That keeps large files huge-page mappable
+        // and their extent count bounded by the chunk count, at the price
+        // of 2 MiB of space and copying per first touch of a chunk.
+        let refs = &self.refs;
+        let pins = &self.pins;
+        let chunk_movable = |chunk: u64| {
+            for piece in file.map.pieces(chunk * CHUNK_BLOCKS, CHUNK_BLOCKS) {
+                let Some(p) = piece.physical else { continue };
+                for (ps, pl, count) in refs.segments(p, piece.len) {
+                    for (_, _, held) in pins.segments(ps, pl) {
+                        if count <= 1 && held == 0 {
+                            return false;
+                        }
+                    }
+                }
+            }
+            true
+        };
+        let movable: BTreeSet<u64> = if large {
+            needs
+                .iter()
+                .flat_map(|&(l, n, _)| (l / CHUNK_BLOCKS)..=((l + n - 1) / CHUNK_BLOCKS))
+                .filter(|&c| chunk_movable(c))
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
+        let mut runs: Vec<NewRun> = Vec::new();
+        let mut huge_chunks: BTreeSet<u64> = BTreeSet::new();
+        let mut failed = false;
+        'outer: for &(logical, len, source) in &needs {
+            let mut done = 0;
+            while done < len {
+                let l = logical + done;
+                let chunk = l / CHUNK_BLOCKS;
+                let chunk_end = (chunk + 1) * CHUNK_BLOCKS;
+                let piece_len = (len - done).min(chunk_end - l);
+                if huge_chunks.contains(&chunk) {
+                    done += piece_len;
+                    continue;
+                }
+                if movable.contains(&chunk) {
+                    let base = chunk * CHUNK_BLOCKS;
+                    let prefer = preferred(&file.map, &runs, base);
+                    if let Some(p) = self.alloc.alloc_huge(prefer) {
+                        huge_chunks.insert(chunk);
+                        for piece in file.map.pieces(base, CHUNK_BLOCKS) {
+                            runs.push(NewRun {
+                                logical: piece.logical,
+                                len: piece.len,
+                                physical: p + (piece.logical - base),
+                                source: piece.physical,
+                            });
+                        }
+                        done += piece_len;
+                        continue;
+                    }
+                }
+                let prefer = preferred(&file.map, &runs, l);
+                match self.alloc.alloc_small(piece_len, prefer) {
+                    Some((p, got)) => {
+                        runs.push(NewRun {
+                            logical: l,
+                            len: got,
+                            physical: p,
+                            source: source.map(|s| s + done),
+                        });
+                        done += got;
+                    }
+                    None => {
+                        failed = true;
+                        break 'outer;
+                    }
+                }
+            }
+        }
+        for r in &runs {
+            self.refs.increment(r.physical, r.len);
+        }
+        let fresh: Vec<(u64, u64)> = runs.iter().map(|r| (r.physical, r.len)).collect();
+        if failed {
+            self.unallocate(&fresh);
+            return Err(Error::NoSpace);
+        }
+        // Switch the in-memory map to the new blocks now; undone below if
+        // anything fails before the commit.
+        let file = self.files[slot as usize].as_mut().ok_or(Error::StaleFile)?;
+        let mut removed = Vec::new();
+        for r in &runs {
+            removed.extend(file.map.remove(r.logical, r.len));
+            file.map.insert(r.logical, r.len, r.physical);
+        }
+        let result = self
+            .fill_and_apply(slot, edits, &runs, new_size)
+            .and_then(|()| {
+                if runs.is_empty() && new_size == old_size {
+                    return Ok(());
+                }
+                self.commit_file(slot, new_size, !runs.is_empty())
+            });
+        match result {
+            Ok(()) => {
+                for e in removed {
+                    self.unref(e.physical, e.len);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(file) = self.files[slot as usize].as_mut() {
+                    for r in runs.iter().rev() {
+                        file.map.remove(r.logical, r.len);
+                    }
+                    for x in removed {
+                        file.map.insert(x.logical, x.len, x.physical);
+                    }
+                }
+                self.unallocate(&fresh);
+                Err(e)
+            }
+        }
+    }
+
+    /// Fills the parts of new blocks below the new size that no edit
+    /// covers (zeros for holes, the old bytes for copy-on-write), then
+    /// writes the edits through the file's (already switched) map.
+    fn fill_and_apply(
+        &mut self,
+        slot: u32,
+        edits: &[Edit<'_>],
+        runs: &[NewRun],
+        new_size: u64,
+    ) -> Result<(), Error> {
+        let covered = union(edits.iter().map(|e| (e.offset, e.end())).collect());
+        for r in runs {
+            let start = r.logical * BLOCK_SIZE;
+            let end = ((r.logical + r.len) * BLOCK_SIZE).min(new_size);
+            let mut cursor = start;
+            let mut gaps = Vec::new();
+            for &(cs, ce) in &covered {
+                if ce <= cursor || cs >= end {
+                    continue;
+                }
+                if cs > cursor {
+                    gaps.push((cursor, cs));
+                }
+                cursor = cursor.max(ce);
+            }
+            if cursor < end {
+                gaps.push((cursor, end));
+            }
+            for (gs, ge) in gaps {
+                let to = block_offset(r.physical) + (gs - start);
+                match r.source {
+                    Some(src) => self.copy_region(block_offset(src) + (gs - start), to, ge - gs)?,
+                    None => self.put_zeros(to, ge - gs)?,
+                }
+            }
+        }
+        // (edit index, file offset, region offset, length)
+        let mut writes: Vec<(usize, u64, u64, u64)> = Vec::new();
+        let file = self.files[slot as usize].as_ref().ok_or(Error::StaleFile)?;
+        for (i, e) in edits.iter().enumerate() {
+            if e.len() == 0 {
+                continue;
+            }
+            let (bs, be) = (e.offset / BLOCK_SIZE, e.end().div_ceil(BLOCK_SIZE));
+            for piece in file.map.pieces(bs, be - bs) {
+                let Some(p) = piece.physical else { continue };
+                let a = e.offset.max(piece.logical * BLOCK_SIZE);
+                let b = e.end().min((piece.logical + piece.len) * BLOCK_SIZE);
+                if b > a {
+                    writes.push((
+                        i,
+                        a,
+                        block_offset(p) + (a - piece.logical * BLOCK_SIZE),
+                        b - a,
+                    ));
+                }
+            }
+        }
+        for (i, a, at, len) in writes {
+            let e = &edits[i];
+            match e.src {
+                Src::Data(d) => {
+                    let from = (a - e.offset) as usize;
+                    self.put(at, &d[from..from + len as usize])?;
+                }
+                Src::Zero(_) => self.put_zeros(at, len)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `offset`, extending the file if needed.
+    pub fn write(&mut self, file: FileId, offset: u64, data: &[u8]) -> Result<(), Error> {
+        let size = self.file(file)?.size;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or(Error::FileTooLarge)?;
+        // Fast path (FORMAT.md "Data writes"): the whole range lies in one
+        // extent that no other file shares and starts within the file, so
+        // the bytes go straight to pmem and at most the size is committed.
+        if offset <= size {
+            let f = self.file(file)?;
+            let (bs, be) = (offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE));
+            if let Some((p, run)) = f.map.run_at(bs) {
+                if run >= be - bs
+                    && self.refs.max_in(p, be - bs) <= 1
+                    && self.pins.max_in(p, be - bs) == 0
+                {
+                    let at = block_offset(p) + offset % BLOCK_SIZE;
+                    self.put(at, data)?;
+                    if end > size {
+                        return self.commit_file(file.slot, end, false);
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        let mut edits = Vec::with_capacity(2);
+        if offset > size {
+            // Bytes past the old end of file are unspecified on media: make
+            // the gap read as zeros (FORMAT.md "Sizes and preallocation").
+            edits.push(Edit {
+                offset: size,
+                src: Src::Zero(offset - size),
+            });
+        }
+        edits.push(Edit {
+            offset,
+            src: Src::Data(data),
+        });
+        self.modify(file.slot, &edits, size.max(end))
+    }
+
+    /// Makes `offset..offset + len` read as zeros, extending the file if
+    /// needed. With `punch`, whole blocks in the range are unmapped (holes)
+    /// and freed; without it, mapped blocks are zeroed in place and holes
+    /// stay holes.
+    pub fn write_zeroes(
+        &mut self,
+        file: FileId,
+        offset: u64,
+        len: u64,
+        punch: bool,
+    ) -> Result<(), Error> {
+        let size = self.file(file)?.size;
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or(Error::FileTooLarge)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let new_size = size.max(end);
+        let from = size.min(offset);
+        let (ws, we) = (offset.div_ceil(BLOCK_SIZE), end / BLOCK_SIZE);
+        if !punch || ws >= we {
+            return self.modify(
+                file.slot,
+                &[Edit {
+                    offset: from,
+                    src: Src::Zero(end - from),
+                }],
+                new_size,
+            );
+        }
+        let edits = [
+            Edit {
+                offset: from,
+                src: Src::Zero((ws * BLOCK_SIZE).saturating_sub(from)),
+            },
+            Edit {
+                offset: we * BLOCK_SIZE,
+                src: Src::Zero(end - we * BLOCK_SIZE),
+            },
+        ];
+        // Unmap first, at the old size, then zero the edges and grow: were
+        // it the other way round, a crash between the two commits could
+        // leave the file grown over preallocated blocks that hold stale
+        // bytes (FORMAT.md "Sizes and preallocation").
+        self.unmap(file.slot, ws, we - ws, size)?;
+        self.modify(file.slot, &edits, new_size)
+    }
+
+    /// Unmaps file blocks and commits (punch hole / truncate).
+    fn unmap(&mut self, slot: u32, start: u64, len: u64, size: u64) -> Result<(), Error> {
+        let f = self.files[slot as usize].as_mut().ok_or(Error::StaleFile)?;
+        let removed = f.map.remove(start, len);
+        if removed.is_empty() {
+            if size != f.size {
+                return self.commit_file(slot, size, false);
+            }
+            return Ok(());
+        }
+        match self.commit_file(slot, size, true) {
+            Ok(()) => {
+                for e in removed {
+                    self.unref(e.physical, e.len);
+                }
+                Ok(())
+            }
+            Err(err) => {
+                if let Some(f) = self.files[slot as usize].as_mut() {
+                    for x in removed {
+                        f.map.insert(x.logical, x.len, x.physical);
+                    }
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Sets the file size; growing reads as zeros, shrinking frees blocks.
+    pub fn truncate(&mut self, file: FileId, size: u64) -> Result<(), Error> {
+        let f = self.file(file)?;
+        if size > MAX_FILE_SIZE {
+            return Err(Error::FileTooLarge);
+        }
+        let old = f.size;
+        if size >= old {
+            if size == old {
+                return Ok(());
+            }
+            return self.modify(
+                file.slot,
+                &[Edit {
+                    offset: old,
+                    src: Src::Zero(size - old),
+                }],
+                size,
+            );
+        }
+        let keep = size.div_ceil(BLOCK_SIZE);
+        let end = f.map.end().max(keep);
+        self.unmap(file.slot, keep, end - keep, size)
+    }
+
+    /// Makes every earlier write to the file durable. Data writes are
+    /// already flushed and metadata already committed, so this is a fence
+    /// (FORMAT.md "Data writes").
+    pub fn persist(&mut self, file: FileId) -> Result<(), Error> {
+        self.file(file)?;
+        self.mem.fence();
+        Ok(())
+    }
+
+    /// Makes every earlier write durable.
+    pub fn persist_all(&mut self) {
+        self.mem.fence();
+    }
+}
