@@ -1,4 +1,7 @@
-//! NBD wire constants and big-endian encoding helpers.
+//! NBD wire constants, big-endian encoding helpers, and the
+//! transmission headers as smoltcp-style wire types: a checked view over
+//! the bytes ([`RequestHeader`], [`ReplyHeader`]) and a parsed form with
+//! `parse`/`emit` ([`Request`] with its [`Command`], [`Reply`]).
 //!
 //! Values are from the NBD protocol document (`doc/proto.md` in
 //! NetworkBlockDevice/nbd), sections "Handshake", "Transmission" and
@@ -7,6 +10,34 @@
 //! daxbox's own on-media formats.
 
 #![allow(missing_docs)] // Each constant is named exactly as in proto.md.
+
+mod reply;
+mod request;
+
+pub use reply::{Reply, ReplyHeader, EXTENDED_REPLY_LEN, SIMPLE_REPLY_LEN, STRUCTURED_REPLY_LEN};
+pub use request::{Command, Request, RequestHeader};
+
+/// Why a header could not be parsed or emitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireError {
+    /// The buffer is shorter than the header.
+    Truncated,
+    /// The magic is not one this header type knows.
+    BadMagic,
+    /// A value does not fit its field (a length over 32 bits in a compact
+    /// request header).
+    Overflow,
+}
+
+impl core::fmt::Display for WireError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            WireError::Truncated => "header truncated",
+            WireError::BadMagic => "bad header magic",
+            WireError::Overflow => "value too large for its field",
+        })
+    }
+}
 
 // --- Handshake (proto.md "Newstyle negotiation") ---
 pub const NBDMAGIC: u64 = 0x4e42_444d_4147_4943; // "NBDMAGIC"
