@@ -1,0 +1,452 @@
+//! The per-TCP-connection state machine.
+//!
+//! Input is consumed by [`Connection::receive`] and parsed in place: fixed
+//! headers are gathered in a 32-byte buffer, option payloads (bounded by
+//! [`ServerConfig::max_option_len`]) in a small vector, and WRITE payloads
+//! go straight from the caller's buffer into the [`Backend`] piece by
+//! piece. Output is a queue of small encoded replies plus "read items" that
+//! copy export data straight into the caller's transmit buffer when
+//! [`Connection::produce`] is called, so a 32 MiB READ never needs a
+//! 32 MiB buffer.
+//!
+//! Ordering: every request except READ is executed when it is received;
+//! READ data is fetched when it is sent. A write-type request (WRITE, TRIM,
+//! WRITE_ZEROES) that overlaps a READ whose data has not been sent yet
+//! waits until that data is out, so every READ returns exactly the data
+//! written by requests received before it. FLUSH therefore covers every
+//! write that has been replied to (proto.md "Ordering of messages and
+//! writes"), and a FUA write is persisted before its reply is queued.
+//!
+//! Layout: this module holds the connection state and the input side
+//! (`receive`, which gathers headers and streams WRITE payloads);
+//! `handshake` answers options (proto.md "Option haggling");
+//! `transmission` validates and executes requests and encodes their
+//! replies; `output` is the reply queue that `produce` drains.
+
+mod handshake;
+mod output;
+mod transmission;
+
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+
+use crate::backend::{Backend, BackendError, ExportHandle, ExportInfo};
+use crate::server::{ConnectionStats, ServerConfig};
+use crate::wire::{self, PutBe, Reader};
+
+use output::OutItem;
+
+/// Where the input parser is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InState {
+    /// Waiting for the 32-bit client flags.
+    ClientFlags,
+    /// Waiting for a 16-byte option header.
+    OptionHeader,
+    /// Gathering `len` bytes of option data into `opt_buf`.
+    OptionData { option: u32, len: u32 },
+    /// Skipping an option too long to buffer; answered with TOO_BIG.
+    OptionSkip { option: u32, remaining: u64 },
+    /// Waiting for a request header.
+    RequestHeader,
+    /// Streaming a WRITE payload into the backend.
+    WritePayload(WriteState),
+    /// Skipping the payload of a refused request (its reply is queued).
+    Discard { remaining: u64 },
+    /// No more input is accepted (after ABORT, DISC or a protocol error).
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WriteState {
+    cookie: u64,
+    start: u64,
+    len: u64,
+    written: u64,
+    fua: bool,
+    error: Option<BackendError>,
+}
+
+/// A parsed transmission request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Request {
+    flags: u16,
+    kind: u16,
+    cookie: u64,
+    offset: u64,
+    len: u64,
+}
+
+impl Request {
+    fn end(&self) -> u64 {
+        self.offset.saturating_add(self.len)
+    }
+    fn is_write_type(&self) -> bool {
+        matches!(
+            self.kind,
+            wire::CMD_WRITE | wire::CMD_TRIM | wire::CMD_WRITE_ZEROES
+        )
+    }
+}
+
+/// Reply format negotiated for the transmission phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReplyMode {
+    Simple,
+    Structured,
+    Extended,
+}
+
+/// The export in use after the handshake.
+#[derive(Debug, Clone)]
+struct Transmission {
+    export: ExportHandle,
+    info: ExportInfo,
+    flags: u16,
+    meta: bool,
+}
+
+/// Result of an option or request check: an NBD error value and a message
+/// for the client.
+type Refusal = (u32, &'static str);
+
+/// One client connection, driven by the caller's event loop.
+///
+/// Call [`receive`](Self::receive) with bytes from the socket (it returns
+/// how many it consumed; the rest must be offered again later), call
+/// [`produce`](Self::produce) with free transmit-buffer space, check
+/// [`wants_close`](Self::wants_close), and close idle handshakes at
+/// [`poll_deadline`](Self::poll_deadline) via
+/// [`check_timeout`](Self::check_timeout). After `produce` frees queue space
+/// call `receive` again, even with no new bytes, if input is still pending.
+#[derive(Debug)]
+pub struct Connection {
+    config: ServerConfig,
+    state: InState,
+    header: [u8; wire::EXTENDED_REQUEST_LEN],
+    header_len: usize,
+    opt_buf: Vec<u8>,
+    out: VecDeque<OutItem>,
+    queued_bytes: usize,
+    in_flight: usize,
+    closed: bool,
+    deadline: Option<u64>,
+    no_zeroes: bool,
+    structured: bool,
+    extended: bool,
+    meta_export: Option<ExportHandle>,
+    tx: Option<Transmission>,
+    stalled: Option<Request>,
+    stats: ConnectionStats,
+}
+
+impl Connection {
+    /// A new connection: queues the server greeting (proto.md "Fixed
+    /// newstyle negotiation") and starts the handshake timer.
+    pub fn new(config: ServerConfig, now_ms: u64) -> Self {
+        let deadline = Some(now_ms.saturating_add(config.handshake_timeout_ms));
+        let mut conn = Connection {
+            config,
+            state: InState::ClientFlags,
+            header: [0; wire::EXTENDED_REQUEST_LEN],
+            header_len: 0,
+            opt_buf: Vec::new(),
+            out: VecDeque::new(),
+            queued_bytes: 0,
+            in_flight: 0,
+            closed: false,
+            deadline,
+            no_zeroes: false,
+            structured: false,
+            extended: false,
+            meta_export: None,
+            tx: None,
+            stalled: None,
+            stats: ConnectionStats::default(),
+        };
+        let mut greeting = Vec::with_capacity(18);
+        greeting.put_u64(wire::NBDMAGIC);
+        greeting.put_u64(wire::IHAVEOPT);
+        greeting.put_u16(wire::FLAG_FIXED_NEWSTYLE | wire::FLAG_NO_ZEROES);
+        conn.push_bytes(greeting, false);
+        conn
+    }
+
+    /// Counters for this connection.
+    pub fn stats(&self) -> &ConnectionStats {
+        &self.stats
+    }
+
+    /// Name of the export in use, once the handshake has finished.
+    pub fn export_name(&self) -> Option<&str> {
+        self.tx.as_ref().map(|t| t.info.name.as_str())
+    }
+
+    /// True once the handshake is over and requests are being served.
+    pub fn in_transmission(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// The caller should close the TCP connection now (everything that
+    /// was to be sent has been produced, or a hard disconnect is due).
+    pub fn wants_close(&self) -> bool {
+        self.closed
+    }
+
+    /// There is output waiting for [`produce`](Self::produce).
+    pub fn has_output(&self) -> bool {
+        !self.closed && !self.out.is_empty()
+    }
+
+    /// [`receive`](Self::receive) would consume bytes now (no backpressure).
+    pub fn wants_input(&self) -> bool {
+        !self.closed
+            && self.state != InState::Done
+            && self.stalled.is_none()
+            && !self.backpressured()
+    }
+
+    /// Requests received and not yet fully answered.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// When the handshake times out (milliseconds, same clock as `now_ms`),
+    /// or `None` once in transmission.
+    pub fn poll_deadline(&self) -> Option<u64> {
+        if self.closed {
+            None
+        } else {
+            self.deadline
+        }
+    }
+
+    /// Closes the connection if the handshake deadline has passed; returns
+    /// [`wants_close`](Self::wants_close).
+    pub fn check_timeout(&mut self, now_ms: u64) -> bool {
+        if let Some(deadline) = self.deadline {
+            if now_ms >= deadline {
+                self.hard_close();
+            }
+        }
+        self.closed
+    }
+
+    fn backpressured(&self) -> bool {
+        self.in_flight >= self.config.max_in_flight
+            || self.queued_bytes >= self.config.max_queued_bytes
+    }
+
+    fn hard_close(&mut self) {
+        self.closed = true;
+        self.state = InState::Done;
+        self.out.clear();
+        self.queued_bytes = 0;
+    }
+
+    /// Gathers a fixed-size header from `input`; returns the bytes taken
+    /// and whether the header is complete.
+    fn gather(&mut self, input: &[u8], need: usize) -> (usize, bool) {
+        let want = need.saturating_sub(self.header_len);
+        let take = want.min(input.len());
+        self.header[self.header_len..self.header_len + take].copy_from_slice(&input[..take]);
+        self.header_len += take;
+        let complete = self.header_len == need;
+        if complete {
+            self.header_len = 0;
+        }
+        (take, complete)
+    }
+
+    /// Consumes bytes received from the client; returns how many were
+    /// consumed. Fewer than `input.len()` means backpressure: offer the rest
+    /// again after [`produce`](Self::produce) has made room.
+    pub fn receive<B: Backend + ?Sized>(
+        &mut self,
+        input: &[u8],
+        backend: &mut B,
+        now_ms: u64,
+    ) -> usize {
+        if self.check_timeout(now_ms) {
+            return input.len();
+        }
+        let mut used = 0;
+        loop {
+            if self.closed || self.state == InState::Done {
+                // Nothing more is read from this client (proto.md: a client
+                // MUST NOT send anything after NBD_CMD_DISC); drop it.
+                used = input.len();
+                break;
+            }
+            if self.stalled.is_some() {
+                self.resume_stalled(backend);
+                if self.stalled.is_some() {
+                    break;
+                }
+                continue;
+            }
+            let rest = &input[used..];
+            match self.state {
+                InState::ClientFlags => {
+                    let (take, complete) = self.gather(rest, 4);
+                    used += take;
+                    if !complete {
+                        break;
+                    }
+                    let flags = u32::from_be_bytes([
+                        self.header[0],
+                        self.header[1],
+                        self.header[2],
+                        self.header[3],
+                    ]);
+                    let known = wire::FLAG_C_FIXED_NEWSTYLE | wire::FLAG_C_NO_ZEROES;
+                    // proto.md "Client flags": the server MUST drop the
+                    // connection on unknown flags. daxbox speaks fixed
+                    // newstyle only, so a client without it is dropped too.
+                    if flags & !known != 0 || flags & wire::FLAG_C_FIXED_NEWSTYLE == 0 {
+                        self.hard_close();
+                        break;
+                    }
+                    self.no_zeroes = flags & wire::FLAG_C_NO_ZEROES != 0;
+                    self.state = InState::OptionHeader;
+                }
+                InState::OptionHeader => {
+                    if self.header_len == 0 && self.backpressured() {
+                        break;
+                    }
+                    let (take, complete) = self.gather(rest, 16);
+                    used += take;
+                    if !complete {
+                        break;
+                    }
+                    let mut r = Reader::new(&self.header[..16]);
+                    // Infallible: the reader holds exactly 16 bytes.
+                    let (magic, option, len) = (
+                        r.u64().unwrap_or(0),
+                        r.u32().unwrap_or(0),
+                        r.u32().unwrap_or(0),
+                    );
+                    self.stats.options = self.stats.options.saturating_add(1);
+                    if magic != wire::IHAVEOPT {
+                        self.hard_close();
+                        break;
+                    }
+                    if option == wire::OPT_EXPORT_NAME
+                        && (len as usize > wire::MAX_STRING || len > self.config.max_option_len)
+                    {
+                        // EXPORT_NAME cannot be answered with an error
+                        // (proto.md "NBD_OPT_EXPORT_NAME"): terminate.
+                        self.hard_close();
+                        break;
+                    }
+                    if len > self.config.max_option_len {
+                        self.state = InState::OptionSkip {
+                            option,
+                            remaining: u64::from(len),
+                        };
+                    } else if len == 0 {
+                        self.handle_option(option, backend);
+                    } else {
+                        self.opt_buf.clear();
+                        self.state = InState::OptionData { option, len };
+                    }
+                }
+                InState::OptionData { option, len } => {
+                    let want = (len as usize).saturating_sub(self.opt_buf.len());
+                    let take = want.min(rest.len());
+                    self.opt_buf.extend_from_slice(&rest[..take]);
+                    used += take;
+                    if self.opt_buf.len() < len as usize {
+                        break;
+                    }
+                    self.handle_option(option, backend);
+                }
+                InState::OptionSkip { option, remaining } => {
+                    let take = remaining.min(rest.len() as u64);
+                    used += take as usize;
+                    let remaining = remaining - take;
+                    if remaining > 0 {
+                        self.state = InState::OptionSkip { option, remaining };
+                        break;
+                    }
+                    self.option_reply(option, wire::REP_ERR_TOO_BIG, b"option data too long");
+                    self.state = InState::OptionHeader;
+                }
+                InState::RequestHeader => {
+                    if self.header_len == 0 && self.backpressured() {
+                        break;
+                    }
+                    let need = if self.extended {
+                        wire::EXTENDED_REQUEST_LEN
+                    } else {
+                        wire::COMPACT_REQUEST_LEN
+                    };
+                    let (take, complete) = self.gather(rest, need);
+                    used += take;
+                    if !complete {
+                        break;
+                    }
+                    match self.parse_request() {
+                        Some(request) => {
+                            self.stats.requests = self.stats.requests.saturating_add(1);
+                            self.dispatch(request, backend);
+                        }
+                        None => {
+                            // Bad request magic: the stream cannot be
+                            // resynchronised, so hard disconnect.
+                            self.hard_close();
+                            break;
+                        }
+                    }
+                }
+                InState::WritePayload(mut write) => {
+                    let remaining = write.len - write.written;
+                    let take = remaining.min(rest.len() as u64) as usize;
+                    if take == 0 {
+                        break;
+                    }
+                    if write.error.is_none() {
+                        if let Some(tx) = &self.tx {
+                            let offset = write.start + write.written;
+                            if let Err(e) = backend.write(tx.export, offset, &rest[..take]) {
+                                write.error = Some(e);
+                            }
+                        }
+                    }
+                    used += take;
+                    write.written += take as u64;
+                    self.stats.write_bytes = self.stats.write_bytes.saturating_add(take as u64);
+                    if write.written < write.len {
+                        self.state = InState::WritePayload(write);
+                        break;
+                    }
+                    self.state = InState::RequestHeader;
+                    self.finish_write(write, backend);
+                }
+                InState::Discard { remaining } => {
+                    let take = remaining.min(rest.len() as u64);
+                    used += take as usize;
+                    let remaining = remaining - take;
+                    if remaining > 0 {
+                        self.state = InState::Discard { remaining };
+                        break;
+                    }
+                    self.state = InState::RequestHeader;
+                }
+                InState::Done => unreachable!("handled at the top of the loop"),
+            }
+        }
+        self.stats.bytes_in = self.stats.bytes_in.saturating_add(used as u64);
+        used
+    }
+
+    fn resume_stalled<B: Backend + ?Sized>(&mut self, backend: &mut B) {
+        if let Some(request) = self.stalled.take() {
+            if self.closed || self.overlaps_pending_read(&request) {
+                self.stalled = Some(request);
+            } else {
+                self.dispatch(request, backend);
+            }
+        }
+    }
+}
