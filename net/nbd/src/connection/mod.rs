@@ -32,7 +32,7 @@ use alloc::vec::Vec;
 
 use crate::backend::{Backend, BackendError, ExportHandle, ExportInfo};
 use crate::server::{ConnectionStats, ServerConfig};
-use crate::wire::{self, PutBe, Reader};
+use crate::wire::{self, PutBe, Reader, Request};
 
 use output::OutItem;
 
@@ -65,28 +65,6 @@ struct WriteState {
     written: u64,
     fua: bool,
     error: Option<BackendError>,
-}
-
-/// A parsed transmission request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Request {
-    flags: u16,
-    kind: u16,
-    cookie: u64,
-    offset: u64,
-    len: u64,
-}
-
-impl Request {
-    fn end(&self) -> u64 {
-        self.offset.saturating_add(self.len)
-    }
-    fn is_write_type(&self) -> bool {
-        matches!(
-            self.kind,
-            wire::CMD_WRITE | wire::CMD_TRIM | wire::CMD_WRITE_ZEROES
-        )
-    }
 }
 
 /// Reply format negotiated for the transmission phase.

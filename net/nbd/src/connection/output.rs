@@ -8,7 +8,7 @@ use alloc::vec::Vec;
 
 use super::{Connection, InState, ReplyMode};
 use crate::backend::{Backend, ExportHandle};
-use crate::wire::{self, PutBe};
+use crate::wire::{self, PutBe, Reply};
 
 /// A READ reply whose data is still to be sent: fetched from the backend
 /// as `produce` reaches it, then followed by its trailer.
@@ -157,31 +157,35 @@ impl Connection {
     }
 }
 
-/// Encodes a structured (compact) or extended reply chunk header.
+/// Encodes a structured (compact) or extended reply chunk header
+/// (`wire::Reply`).
 pub(super) fn chunk_header(
     out: &mut Vec<u8>,
     mode: ReplyMode,
     flags: u16,
-    kind: u16,
+    reply_type: u16,
     cookie: u64,
     offset: u64,
     len: u64,
 ) {
-    if mode == ReplyMode::Extended {
-        out.put_u32(wire::EXTENDED_REPLY_MAGIC);
-        out.put_u16(flags);
-        out.put_u16(kind);
-        out.put_u64(cookie);
-        out.put_u64(offset);
-        out.put_u64(len);
+    let header = if mode == ReplyMode::Extended {
+        Reply::Extended {
+            flags,
+            reply_type,
+            cookie,
+            offset,
+            len,
+        }
     } else {
-        out.put_u32(wire::STRUCTURED_REPLY_MAGIC);
-        out.put_u16(flags);
-        out.put_u16(kind);
-        out.put_u64(cookie);
-        // Compact lengths are at most 8 + max_block_size (a u32) here.
-        out.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
-    }
+        Reply::Structured {
+            flags,
+            reply_type,
+            cookie,
+            // Compact lengths are at most 8 + max_block_size (a u32) here.
+            len: u32::try_from(len).unwrap_or(u32::MAX),
+        }
+    };
+    header.emit_to(out);
 }
 
 /// What follows a READ's data: nothing for simple replies, else a final

@@ -7,9 +7,9 @@
 use alloc::vec::Vec;
 
 use super::output::{chunk_header, OutItem, ReadItem};
-use super::{Connection, InState, Refusal, ReplyMode, Request, Transmission, WriteState};
+use super::{Connection, InState, Refusal, ReplyMode, Transmission, WriteState};
 use crate::backend::{Backend, BackendError, ExportHandle, Extent, ZeroFlags};
-use crate::wire::{self, PutBe, Reader};
+use crate::wire::{self, Command, PutBe, Reply, Request, RequestHeader};
 
 impl Connection {
     fn mode(&self) -> ReplyMode {
@@ -22,36 +22,25 @@ impl Connection {
         }
     }
 
+    /// Parses the gathered request header (`wire::RequestHeader`, which
+    /// checks the length before any field is read). `None` when the magic
+    /// is not the one the negotiated header format requires.
     pub(super) fn parse_request(&self) -> Option<Request> {
-        let (expected, len) = if self.extended {
-            (wire::EXTENDED_REQUEST_MAGIC, wire::EXTENDED_REQUEST_LEN)
+        let len = if self.extended {
+            wire::EXTENDED_REQUEST_LEN
         } else {
-            (wire::REQUEST_MAGIC, wire::COMPACT_REQUEST_LEN)
+            wire::COMPACT_REQUEST_LEN
         };
-        let mut r = Reader::new(&self.header[..len]);
-        if r.u32()? != expected {
+        let header = RequestHeader::new_checked(&self.header[..len]).ok()?;
+        let request = Request::parse(&header).ok()?;
+        if request.extended != self.extended {
             return None;
         }
-        let flags = r.u16()?;
-        let kind = r.u16()?;
-        let cookie = r.u64()?;
-        let offset = r.u64()?;
-        let len = if self.extended {
-            r.u64()?
-        } else {
-            u64::from(r.u32()?)
-        };
-        Some(Request {
-            flags,
-            kind,
-            cookie,
-            offset,
-            len,
-        })
+        Some(request)
     }
 
     pub(super) fn overlaps_pending_read(&self, request: &Request) -> bool {
-        if !request.is_write_type() {
+        if !request.command.is_write_type() {
             return false;
         }
         self.out.iter().any(|item| match item {
@@ -83,16 +72,16 @@ impl Connection {
         if request.flags & wire::CMD_FLAG_FUA != 0 && tx.flags & wire::TFLAG_SEND_FUA == 0 {
             return Err(einval("FUA was not negotiated"));
         }
-        let allowed = match request.kind {
-            wire::CMD_READ if self.structured => wire::CMD_FLAG_DF,
-            wire::CMD_READ | wire::CMD_FLUSH | wire::CMD_TRIM | wire::CMD_CACHE => 0,
-            wire::CMD_WRITE => wire::CMD_FLAG_PAYLOAD_LEN,
-            wire::CMD_WRITE_ZEROES if tx.flags & wire::TFLAG_SEND_FAST_ZERO != 0 => {
+        let allowed = match request.command {
+            Command::Read if self.structured => wire::CMD_FLAG_DF,
+            Command::Read | Command::Flush | Command::Trim | Command::Cache => 0,
+            Command::Write => wire::CMD_FLAG_PAYLOAD_LEN,
+            Command::WriteZeroes if tx.flags & wire::TFLAG_SEND_FAST_ZERO != 0 => {
                 wire::CMD_FLAG_NO_HOLE | wire::CMD_FLAG_FAST_ZERO
             }
-            wire::CMD_WRITE_ZEROES => wire::CMD_FLAG_NO_HOLE,
-            wire::CMD_BLOCK_STATUS => wire::CMD_FLAG_REQ_ONE,
-            _ => return Err(einval("unknown command")),
+            Command::WriteZeroes => wire::CMD_FLAG_NO_HOLE,
+            Command::BlockStatus => wire::CMD_FLAG_REQ_ONE,
+            Command::Disc | Command::Unknown(_) => return Err(einval("unknown command")),
         };
         if request.flags & !(allowed | wire::CMD_FLAG_FUA) != 0 {
             if request.flags & wire::CMD_FLAG_PAYLOAD_LEN != 0 {
@@ -102,16 +91,16 @@ impl Connection {
         }
         // proto.md "Error values": EPERM for a write or trim on a
         // read-only export, before any other complaint about the command.
-        if request.is_write_type() && tx.info.read_only {
+        if request.command.is_write_type() && tx.info.read_only {
             return Err((wire::EPERM, "export is read-only"));
         }
-        if request.kind == wire::CMD_TRIM && tx.flags & wire::TFLAG_SEND_TRIM == 0 {
+        if request.command == Command::Trim && tx.flags & wire::TFLAG_SEND_TRIM == 0 {
             return Err(einval("trim is not supported on this export"));
         }
-        if request.kind == wire::CMD_BLOCK_STATUS && !tx.meta {
+        if request.command == Command::BlockStatus && !tx.meta {
             return Err(einval("no metadata context was negotiated"));
         }
-        if request.kind == wire::CMD_FLUSH {
+        if request.command == Command::Flush {
             if request.offset != 0 || request.len != 0 {
                 return Err(einval("flush offset and length must be zero"));
             }
@@ -120,14 +109,14 @@ impl Connection {
         if request.len == 0 {
             return Err(einval("zero-length request"));
         }
-        if matches!(request.kind, wire::CMD_READ | wire::CMD_WRITE)
+        if matches!(request.command, Command::Read | Command::Write)
             && request.len > u64::from(self.config.max_block_size)
         {
             return Err(einval("request larger than the maximum block size"));
         }
         match request.offset.checked_add(request.len) {
             Some(end) if end <= tx.info.size => Ok(()),
-            _ if matches!(request.kind, wire::CMD_WRITE | wire::CMD_WRITE_ZEROES) => {
+            _ if matches!(request.command, Command::Write | Command::WriteZeroes) => {
                 Err((wire::ENOSPC, "request extends past the end of the export"))
             }
             _ => Err(einval("request extends past the end of the export")),
@@ -135,7 +124,7 @@ impl Connection {
     }
 
     pub(super) fn dispatch<B: Backend + ?Sized>(&mut self, request: Request, backend: &mut B) {
-        if request.kind == wire::CMD_DISC {
+        if request.command == Command::Disc {
             // proto.md "NBD_CMD_DISC": handle outstanding requests (all are
             // executed; their replies are queued), then close.
             self.close_after_output();
@@ -147,7 +136,7 @@ impl Connection {
         };
         // Bytes that follow the header: a WRITE's data, or with extended
         // headers any command carrying NBD_CMD_FLAG_PAYLOAD_LEN.
-        let payload = if request.kind == wire::CMD_WRITE
+        let payload = if request.command == Command::Write
             || (self.extended && request.flags & wire::CMD_FLAG_PAYLOAD_LEN != 0)
         {
             request.len
@@ -167,9 +156,9 @@ impl Connection {
         }
         let export = tx.export;
         let fua = request.flags & wire::CMD_FLAG_FUA != 0;
-        match request.kind {
-            wire::CMD_READ => self.queue_read(&request, export),
-            wire::CMD_WRITE => {
+        match request.command {
+            Command::Read => self.queue_read(&request, export),
+            Command::Write => {
                 self.state = InState::WritePayload(WriteState {
                     cookie: request.cookie,
                     start: request.offset,
@@ -179,18 +168,18 @@ impl Connection {
                     error: None,
                 });
             }
-            wire::CMD_FLUSH => {
+            Command::Flush => {
                 let result = backend.flush(export);
                 self.reply_result(&request, result);
             }
-            wire::CMD_TRIM => {
+            Command::Trim => {
                 let mut result = backend.trim(export, request.offset, request.len);
                 if result.is_ok() && fua {
                     result = backend.persist(export, request.offset, request.len);
                 }
                 self.reply_result(&request, result);
             }
-            wire::CMD_WRITE_ZEROES => {
+            Command::WriteZeroes => {
                 let flags = ZeroFlags {
                     no_hole: request.flags & wire::CMD_FLAG_NO_HOLE != 0,
                     fast: request.flags & wire::CMD_FLAG_FAST_ZERO != 0,
@@ -201,19 +190,22 @@ impl Connection {
                 }
                 self.reply_result(&request, result);
             }
-            wire::CMD_CACHE => {
+            Command::Cache => {
                 let result = backend.cache(export, request.offset, request.len);
                 self.reply_result(&request, result);
             }
-            wire::CMD_BLOCK_STATUS => self.block_status(&request, export, backend),
-            _ => self.reply_error(&request, wire::EINVAL, "unknown command"),
+            Command::BlockStatus => self.block_status(&request, export, backend),
+            Command::Disc | Command::Unknown(_) => {
+                self.reply_error(&request, wire::EINVAL, "unknown command")
+            }
         }
     }
 
     pub(super) fn finish_write<B: Backend + ?Sized>(&mut self, write: WriteState, backend: &mut B) {
         let request = Request {
+            extended: self.extended,
             flags: 0,
-            kind: wire::CMD_WRITE,
+            command: Command::Write,
             cookie: write.cookie,
             offset: write.start,
             len: write.len,
@@ -249,9 +241,11 @@ impl Connection {
             // Structured replies MAY still use simple replies when there is
             // no payload (proto.md "Simple reply message").
             ReplyMode::Simple | ReplyMode::Structured => {
-                bytes.put_u32(wire::SIMPLE_REPLY_MAGIC);
-                bytes.put_u32(0);
-                bytes.put_u64(request.cookie);
+                Reply::Simple {
+                    error: 0,
+                    cookie: request.cookie,
+                }
+                .emit_to(&mut bytes);
             }
             ReplyMode::Extended => {
                 chunk_header(
@@ -273,9 +267,11 @@ impl Connection {
         let mut bytes = Vec::with_capacity(40 + message.len());
         match self.mode() {
             ReplyMode::Simple => {
-                bytes.put_u32(wire::SIMPLE_REPLY_MAGIC);
-                bytes.put_u32(errno);
-                bytes.put_u64(request.cookie);
+                Reply::Simple {
+                    error: errno,
+                    cookie: request.cookie,
+                }
+                .emit_to(&mut bytes);
             }
             mode => {
                 // Error chunk with a message for the user (proto.md
@@ -303,9 +299,11 @@ impl Connection {
         let mut header = Vec::with_capacity(40);
         match mode {
             ReplyMode::Simple => {
-                header.put_u32(wire::SIMPLE_REPLY_MAGIC);
-                header.put_u32(0);
-                header.put_u64(request.cookie);
+                Reply::Simple {
+                    error: 0,
+                    cookie: request.cookie,
+                }
+                .emit_to(&mut header);
             }
             mode => {
                 // One data chunk, never marked DONE: an error can still be
