@@ -12,6 +12,17 @@
 //! [`Backend`] trait, which the kernel implements over daxfs files
 //! (`fs/daxfs`) and raw pmem devices (`drivers/pmem`), and the example
 //! `nbd-serve` implements over memory and host files.
+//!
+//! Module layout:
+//! - `connection`: one client's state machine and the input side
+//!   (`receive`), split into `connection::handshake` (option haggling),
+//!   `connection::transmission` (request validation, command dispatch,
+//!   replies) and `connection::output` (the output queue, `produce`);
+//! - [`wire`]: proto.md constants, and the request/reply headers as
+//!   smoltcp-style wire types ([`wire::RequestHeader`] / [`wire::Request`]
+//!   / [`wire::Command`], [`wire::ReplyHeader`] / [`wire::Reply`]);
+//! - `backend`: the [`Backend`] trait the engine serves exports through;
+//! - `server`: [`Server`] (accept, retire, totals) and its configuration.
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 
