@@ -297,108 +297,37 @@ mod tests {
     use alloc::vec;
     use alloc::vec::Vec;
     use daxbox_persist::VecMemory;
+    use daxfs_crashcheck::memory::PieceKind;
+    use daxfs_crashcheck::{CrashMemory, PagedImage};
     use proptest::prelude::*;
 
-    /// What a memory operation did.
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    enum Event {
-        Write(u64, u64),
-        WriteNt(u64, u64),
-        Flush(u64, u64),
-        Fence,
+    /// The recording model shared with the crash-state explorer
+    /// (`fs/crashcheck`): it logs every store, flush and fence per cache
+    /// line, answers `is_durable`, and can claim eADR and a physical base
+    /// address.
+    fn recording(len: usize) -> CrashMemory {
+        // Every length used here is a whole number of 4 KiB pages.
+        CrashMemory::new(PagedImage::zeroed(len).expect("page-multiple length"))
     }
 
-    /// A memory that records every operation, to check the durability
-    /// protocol, and can claim eADR and a physical base address.
-    struct Recording {
-        inner: VecMemory,
-        events: Vec<Event>,
-        eadr: bool,
-        base: Option<u64>,
-    }
-
-    impl Recording {
-        fn new(len: usize) -> Self {
-            Self {
-                inner: VecMemory::new(len),
-                events: Vec::new(),
-                eadr: false,
-                base: None,
-            }
-        }
-
-        /// True when every byte of `offset..offset+len` was made durable:
-        /// covered by a flushed cached store or an NT store, followed by a
-        /// fence, with no later unflushed store to it.
-        fn durable(&self, offset: u64, len: u64) -> bool {
-            (offset..offset + len).all(|byte| self.byte_durable(byte))
-        }
-
-        fn byte_durable(&self, byte: u64) -> bool {
-            let covers = |o: u64, l: u64| o <= byte && byte < o + l;
-            let line = byte / CACHE_LINE;
-            let line_covers = |o: u64, l: u64| {
-                l > 0 && o / CACHE_LINE <= line && line <= (o + l - 1) / CACHE_LINE
-            };
-            // Walk forward: state is Dirty, Pending (flushed or NT, not
-            // fenced) or Durable.
-            #[derive(PartialEq)]
-            enum S {
-                Clean,
-                Dirty,
-                Pending,
-                Durable,
-            }
-            let mut s = S::Clean;
-            for e in &self.events {
-                match *e {
-                    Event::Write(o, l) if covers(o, l) => {
-                        s = if self.eadr { S::Pending } else { S::Dirty }
+    /// True when every byte of `offset..offset + len` was stored with a
+    /// non-temporal store that is still pending (not yet fenced).
+    fn pending_non_temporal(m: &CrashMemory, offset: u64, len: u64) -> bool {
+        m.with_point(|point| {
+            let mut bytes = 0;
+            for (&line, log) in point.pending {
+                for piece in &log.pieces {
+                    let start = line * CACHE_LINE + u64::from(piece.offset);
+                    if start >= offset && start < offset + len {
+                        if piece.kind != PieceKind::NonTemporal {
+                            return false;
+                        }
+                        bytes += u64::from(piece.len);
                     }
-                    Event::WriteNt(o, l) if covers(o, l) => s = S::Pending,
-                    Event::Flush(o, l) if line_covers(o, l) && s == S::Dirty => s = S::Pending,
-                    Event::Fence if s == S::Pending => s = S::Durable,
-                    _ => {}
                 }
             }
-            s == S::Durable || s == S::Clean
-        }
-    }
-
-    impl PersistentMemory for Recording {
-        fn len(&self) -> u64 {
-            self.inner.len()
-        }
-        fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), OutOfRange> {
-            self.inner.read(offset, buf)
-        }
-        fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), OutOfRange> {
-            self.inner.write(offset, data)?;
-            self.events.push(Event::Write(offset, data.len() as u64));
-            Ok(())
-        }
-        fn write_nt(&mut self, offset: u64, data: &[u8]) -> Result<(), OutOfRange> {
-            self.inner.write(offset, data)?;
-            self.events.push(Event::WriteNt(offset, data.len() as u64));
-            Ok(())
-        }
-        fn store_u64(&mut self, offset: u64, value: u64) -> Result<(), OutOfRange> {
-            self.write(offset, &value.to_le_bytes())
-        }
-        fn flush(&mut self, offset: u64, len: u64) -> Result<(), OutOfRange> {
-            self.inner.flush(offset, len)?;
-            self.events.push(Event::Flush(offset, len));
-            Ok(())
-        }
-        fn fence(&mut self) {
-            self.events.push(Event::Fence);
-        }
-        fn cache_is_persistent(&self) -> bool {
-            self.eadr
-        }
-        fn physical_address(&self, offset: u64) -> Option<u64> {
-            self.base.map(|b| b + offset)
-        }
+            bytes == len
+        })
     }
 
     fn device(len: usize) -> PmemBlockDevice<VecMemory> {
@@ -491,58 +420,61 @@ mod tests {
 
     #[test]
     fn write_is_flushed_and_fenced_by_flush() {
-        let mut d = PmemBlockDevice::new("pmem0", Recording::new(1 << 20), 512);
+        let mut d = PmemBlockDevice::new("pmem0", recording(1 << 20), 512);
         d.write(512, &[1; 1024]).unwrap();
         assert!(d.unflushed_bytes() == 1024);
-        assert!(!d.memory().durable(512, 1024), "not durable before flush()");
+        assert!(
+            !d.memory().is_durable(512, 1024),
+            "not durable before flush()"
+        );
         d.flush().unwrap();
-        assert!(d.memory().durable(512, 1024));
+        assert!(d.memory().is_durable(512, 1024));
         assert_eq!(d.unflushed_bytes(), 0);
         // Large aligned writes go non-temporal and need no line flush.
+        let flushes = d.memory().stats().flushes;
         d.write(64 * 1024, &[2; 64 * 1024]).unwrap();
-        assert!(d
-            .memory()
-            .events
-            .contains(&Event::WriteNt(64 * 1024, 64 * 1024)));
-        assert!(!d.memory().durable(64 * 1024, 64 * 1024));
+        assert!(pending_non_temporal(d.memory(), 64 * 1024, 64 * 1024));
+        assert_eq!(d.memory().stats().flushes, flushes);
+        assert!(!d.memory().is_durable(64 * 1024, 64 * 1024));
         d.flush().unwrap();
-        assert!(d.memory().durable(64 * 1024, 64 * 1024));
+        assert!(d.memory().is_durable(64 * 1024, 64 * 1024));
         d.write_zeroes(0, 4096).unwrap();
         d.flush().unwrap();
-        assert!(d.memory().durable(0, 4096));
+        assert!(d.memory().is_durable(0, 4096));
     }
 
     #[test]
     fn recording_checker_catches_missing_flush() {
         // The checker itself must be able to fail: a cached store with a
         // fence but no flush is not durable under ADR.
-        let mut m = Recording::new(4096);
+        let mut m = recording(4096);
         m.write(0, &[1; 128]).unwrap();
         m.fence();
-        assert!(!m.durable(0, 128));
+        assert!(!m.is_durable(0, 128));
         m.flush(0, 64).unwrap();
         m.fence();
-        assert!(m.durable(0, 64));
-        assert!(!m.durable(64, 64), "second line never flushed");
+        assert!(m.is_durable(0, 64));
+        assert!(!m.is_durable(64, 64), "second line never flushed");
     }
 
     #[test]
     fn eadr_skips_line_flushes_but_fences() {
-        let mut m = Recording::new(1 << 16);
-        m.eadr = true;
+        let m = recording(1 << 16);
+        m.set_persistent_cache(true);
         let mut d = PmemBlockDevice::new("pmem0", m, 512);
         d.write(0, &[3; 512]).unwrap();
+        assert_eq!(d.memory().stats().fences, 0);
         d.flush().unwrap();
-        let events = &d.memory().events;
-        assert!(!events.iter().any(|e| matches!(e, Event::Flush(..))));
-        assert_eq!(events.last(), Some(&Event::Fence));
-        assert!(d.memory().durable(0, 512));
+        let stats = d.memory().stats();
+        assert_eq!(stats.flushes, 0, "no line flushes under eADR");
+        assert_eq!(stats.fences, 1, "but flush() still fences");
+        assert!(d.memory().is_durable(0, 512));
     }
 
     #[test]
     fn direct_access_is_bounded() {
-        let mut m = Recording::new(8192);
-        m.base = Some(0x1_0000_0000);
+        let m = recording(8192);
+        m.set_physical_base(Some(0x1_0000_0000));
         let d = PmemBlockDevice::new("pmem0", m, 4096);
         assert_eq!(
             d.direct_access(4096, 100).unwrap(),
@@ -566,7 +498,7 @@ mod tests {
             writes in proptest::collection::vec((0u64..64, 1u64..48, any::<u8>()), 1..12)
         ) {
             let size = 64 * 512;
-            let mut d = PmemBlockDevice::new("pmem0", Recording::new(size), 512);
+            let mut d = PmemBlockDevice::new("pmem0", recording(size), 512);
             let mut model = vec![0u8; size];
             for (block, blocks, byte) in writes {
                 let offset = block * 512;
@@ -582,7 +514,7 @@ mod tests {
                 }
             }
             d.flush().unwrap();
-            prop_assert!(d.memory().durable(0, size as u64));
+            prop_assert!(d.memory().is_durable(0, size as u64));
             let mut back = vec![0u8; size];
             d.read(0, &mut back).unwrap();
             prop_assert_eq!(back, model);

@@ -32,6 +32,14 @@
 //! [`CrashMemory`] is a cheap handle (`Rc<RefCell<..>>`): the filesystem
 //! under test owns one clone, the test harness keeps another to mark
 //! operation ends and to look at the model.
+//!
+//! It is also the one recording model for other tests of code that writes
+//! through the trait (the pmem block device's tests in `drivers/pmem`):
+//! [`CrashMemory::is_durable`] answers whether a range has reached media,
+//! and two knobs, off by default and unused by the explorer, stand in for
+//! hardware: [`CrashMemory::set_persistent_cache`] (eADR: every store is
+//! marked as if flushed, so the next fence makes it durable) and
+//! [`CrashMemory::set_physical_base`] (for `physical_address`).
 
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
@@ -125,6 +133,8 @@ pub struct Model {
     pending: BTreeMap<u64, LineLog>,
     stats: MemoryStats,
     observer: Option<Observer>,
+    persistent_cache: bool,
+    physical_base: Option<u64>,
 }
 
 /// A view of the model at one crash point.
@@ -163,6 +173,8 @@ impl CrashMemory {
                 pending: BTreeMap::new(),
                 stats: MemoryStats::default(),
                 observer: None,
+                persistent_cache: false,
+                physical_base: None,
             })),
         }
     }
@@ -212,6 +224,39 @@ impl CrashMemory {
         self.model.borrow().stats
     }
 
+    /// Claims (or stops claiming) that the CPU caches are persistent
+    /// (eADR): `cache_is_persistent` returns `on`, and every later store is
+    /// marked for the next fence as if it had been flushed.
+    pub fn set_persistent_cache(&self, on: bool) {
+        self.model.borrow_mut().persistent_cache = on;
+    }
+
+    /// Gives the region a physical base address: `physical_address(o)`
+    /// returns `base + o` (`None`, the default, means no address).
+    pub fn set_physical_base(&self, base: Option<u64>) {
+        self.model.borrow_mut().physical_base = base;
+    }
+
+    /// True when every byte of `offset..offset + len` is durable: no store
+    /// to it is still pending (never stored, or stored and then made
+    /// durable by flush and fence, or by a non-temporal store and fence).
+    pub fn is_durable(&self, offset: u64, len: u64) -> bool {
+        if len == 0 {
+            return true;
+        }
+        let end = offset.saturating_add(len);
+        let model = self.model.borrow();
+        let first = offset / CACHE_LINE;
+        let last = (end - 1) / CACHE_LINE;
+        model.pending.range(first..=last).all(|(&line, log)| {
+            log.pieces.iter().all(|piece| {
+                let start = line * CACHE_LINE + u64::from(piece.offset);
+                let stop = start + u64::from(piece.len);
+                stop <= offset || start >= end
+            })
+        })
+    }
+
     /// Runs `f` on the crash point "now" without a fence (for tests).
     pub fn with_point<R>(&self, f: impl FnOnce(&CrashPoint<'_>) -> R) -> R {
         let model = self.model.borrow();
@@ -257,7 +302,7 @@ impl Model {
             };
             let log = self.pending.entry(line).or_default();
             log.pieces.push(piece);
-            if kind == PieceKind::NonTemporal {
+            if kind == PieceKind::NonTemporal || self.persistent_cache {
                 log.marked = log.pieces.len();
             }
             at += n as u64;
@@ -352,6 +397,17 @@ impl PersistentMemory for CrashMemory {
     fn fence(&mut self) {
         self.model.borrow_mut().fence();
     }
+
+    fn cache_is_persistent(&self) -> bool {
+        self.model.borrow().persistent_cache
+    }
+
+    fn physical_address(&self, offset: u64) -> Option<u64> {
+        self.model
+            .borrow()
+            .physical_base
+            .and_then(|base| base.checked_add(offset))
+    }
 }
 
 #[cfg(test)]
@@ -421,6 +477,40 @@ mod tests {
         });
         assert!(m.store_u64(4, 0).is_err());
         assert!(m.write(PAGE as u64 - 1, &[0, 0]).is_err());
+    }
+
+    #[test]
+    fn is_durable_tracks_pending_bytes() {
+        let mut m = memory();
+        assert!(m.is_durable(0, PAGE as u64), "never stored");
+        m.write(60, &[1; 8]).unwrap(); // 60..64 and 64..68
+        assert!(!m.is_durable(60, 1));
+        assert!(!m.is_durable(67, 1));
+        assert!(m.is_durable(0, 60));
+        assert!(m.is_durable(68, 60));
+        m.flush(0, 64).unwrap();
+        m.fence();
+        assert!(m.is_durable(60, 4));
+        assert!(!m.is_durable(64, 4), "second line never flushed");
+        m.write_nt(64, &[2; 4]).unwrap();
+        m.fence();
+        assert!(m.is_durable(0, PAGE as u64));
+    }
+
+    #[test]
+    fn persistent_cache_and_physical_base() {
+        let mut m = memory();
+        assert!(!m.cache_is_persistent());
+        assert_eq!(m.physical_address(8), None);
+        m.set_persistent_cache(true);
+        m.set_physical_base(Some(0x1000));
+        assert!(m.cache_is_persistent());
+        assert_eq!(m.physical_address(8), Some(0x1008));
+        m.write(0, &[5; 16]).unwrap();
+        assert!(!m.is_durable(0, 16), "durable only after a fence");
+        m.fence();
+        assert!(m.is_durable(0, 16), "no flush needed with eADR");
+        assert_eq!(m.stats().flushes, 0);
     }
 
     #[test]
