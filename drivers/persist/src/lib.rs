@@ -36,6 +36,13 @@ use core::fmt;
 /// Size of one CPU cache line: the unit of [`PersistentMemory::flush`].
 pub const CACHE_LINE: u64 = 64;
 
+/// Stores of at least this many bytes should use
+/// [`PersistentMemory::write_nt`] rather than `write` + `flush`: past a
+/// page, a non-temporal store costs less than flushing every line, and it
+/// does not evict the working set from the cache. Callers compare the
+/// length of one store against it (daxfs's data path does).
+pub const NT_THRESHOLD: u64 = 4096;
+
 /// An access that does not fit inside the region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutOfRange {

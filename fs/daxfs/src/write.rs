@@ -9,6 +9,8 @@
 use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 
+use daxbox_persist::NT_THRESHOLD;
+
 use crate::extmap::ExtentMap;
 use crate::format::{BLOCK_SIZE, CHUNK_BLOCKS, CHUNK_SIZE, MAX_FILE_SIZE};
 use crate::{block_offset, Error, FileId, Filesystem, PersistentMemory, ZEROS};
@@ -47,9 +49,6 @@ struct NewRun {
     source: Option<u64>,
 }
 
-/// Writes of at least this many bytes use non-temporal stores.
-const NT_THRESHOLD: usize = 4096;
-
 /// Picks a preferred physical block for logical block `logical`: right
 /// after the block backing `logical - 1` (contiguity, and inside a huge
 /// chunk it restores 2 MiB alignment), else right before `logical + 1`.
@@ -84,7 +83,7 @@ fn union(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
 impl<M: PersistentMemory> Filesystem<M> {
     /// Stores `bytes` at region offset `at`, flushed (or non-temporal).
     fn put(&mut self, at: u64, bytes: &[u8]) -> Result<(), Error> {
-        if bytes.len() >= NT_THRESHOLD {
+        if bytes.len() as u64 >= NT_THRESHOLD {
             self.mem.write_nt(at, bytes)?;
         } else {
             self.mem.write_flush(at, bytes)?;
