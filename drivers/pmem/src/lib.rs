@@ -18,6 +18,7 @@ extern crate alloc;
 
 pub mod block;
 pub mod discovery;
+pub mod domain;
 pub mod frames;
 pub mod mapping;
 pub mod nfit;

@@ -39,7 +39,7 @@
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::discovery::Domain;
+use crate::domain::Domain;
 
 /// The table signature.
 pub const SIGNATURE: [u8; 4] = *b"NFIT";
