@@ -92,7 +92,7 @@ impl ToolOutput {
 /// naming the command: a missing client is a failure, never a skip.
 ///
 /// `/usr/bin` goes first on `PATH`: `nbdsh` needs the system python, which
-/// has the libnbd module (PLATFORM.md).
+/// has the libnbd module (docs/platform.md).
 pub fn run_tool(tool: &str, args: &[&str], timeout: Duration) -> ToolOutput {
     let path = format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default());
     let mut child = Command::new(tool)
@@ -108,7 +108,7 @@ pub fn run_tool(tool: &str, args: &[&str], timeout: Duration) -> ToolOutput {
         .unwrap_or_else(|error| {
             panic!(
                 "required client tool `{tool}` could not be run ({error}); install it \
-                 (libnbd-bin, python3-libnbd, qemu-utils, fio: see /work/shared/PLATFORM.md)"
+                 (libnbd-bin, python3-libnbd, qemu-utils, fio: see docs/platform.md)"
             )
         });
     let drain = |source: Option<Box<dyn Read + Send>>| {

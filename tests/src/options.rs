@@ -224,32 +224,11 @@ pub fn load_factor() -> f64 {
     (load / cpus).clamp(1.0, 8.0)
 }
 
-/// Parses a size such as `512M`, `1G`, `64K`, `2T`, `1GiB` or `4096`
-/// (binary units; a bare number is bytes).
+/// Parses a size such as `512M`, `1G`, `64K`, `2T`, `1GiB`, `0x1000` or
+/// `4096` (binary units; a bare number is bytes): `daxbox-syntax`'s grammar,
+/// the same as the boot config's and the shell's.
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let digits_end = text
-        .find(|character: char| !character.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(digits_end);
-    let number: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size (examples: 512M, 1G, 4096)"))?;
-    let shift = match unit.trim().to_ascii_uppercase().trim_end_matches("IB") {
-        "" | "B" => 0,
-        "K" => 10,
-        "M" => 20,
-        "G" => 30,
-        "T" => 40,
-        _ => {
-            return Err(format!(
-                "`{text}`: unknown unit `{unit}` (use K, M, G or T)"
-            ))
-        }
-    };
-    number
-        .checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("`{text}` is too large"))
+    daxbox_syntax::parse_size(text).map_err(|error| format!("`{}`: {error}", text.trim()))
 }
 
 /// Formats a byte count for QEMU: whole MiB with an `M` suffix when it is a

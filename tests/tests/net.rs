@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use daxbox_tests::{Firmware, HarnessError, Machine, QemuOptions};
+use daxbox_tests::{load_factor, Firmware, HarnessError, Machine, QemuOptions};
 
 const ADDRESS_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -118,7 +118,9 @@ fn static_address_from_boot_config() -> Result<(), HarnessError> {
 fn raw_exchange(port: u16, bytes: &[u8]) -> Vec<u8> {
     let mut reply = Vec::new();
     if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+        // 32 clients at once through QEMU's user network on a loaded
+        // 2-core host can take long: scale like the harness's timeouts.
+        let _ = stream.set_read_timeout(Some(Duration::from_secs_f64(30.0 * load_factor())));
         let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
         let _ = stream.write_all(bytes);
         let _ = stream.read_to_end(&mut reply);

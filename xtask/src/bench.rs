@@ -6,7 +6,7 @@
 //! it with a real client (fio's `nbd` engine, nbdcopy, curl) and prints its
 //! figures.
 
-use crate::{images, XtaskError};
+use crate::XtaskError;
 
 /// A benchmark: name, one-line description, entry point.
 type Benchmark = (
@@ -56,27 +56,5 @@ pub fn bench_command(args: &[String]) -> Result<(), XtaskError> {
             "unknown benchmark `{name}`\n\n{}",
             usage()
         ))),
-    }
-}
-
-/// Makes sure the kernel and boot tool exist and the harness finds them
-/// (`DAXBOX_KERNEL`, `DAXBOX_BOOT_TOOL`), building them when not set.
-pub fn prepare() -> Result<(), XtaskError> {
-    if std::env::var_os("DAXBOX_KERNEL").is_none() {
-        let kernel = images::build_kernel()?;
-        std::env::set_var("DAXBOX_KERNEL", kernel);
-    }
-    if std::env::var_os("DAXBOX_BOOT_TOOL").is_none() {
-        let tool = images::build_boot_tool()?;
-        std::env::set_var("DAXBOX_BOOT_TOOL", tool);
-    }
-    Ok(())
-}
-
-/// A QEMU-harness failure as an xtask error.
-pub fn harness(error: daxbox_tests::HarnessError) -> XtaskError {
-    XtaskError::Command {
-        command: "qemu (daxbox-tests harness)".into(),
-        problem: error.to_string(),
     }
 }

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use daxbox_tests::{free_port, run_dir, Firmware, Machine, Nvdimm, QemuOptions};
 
-use crate::bench::{harness, prepare};
+use crate::images::{harness, prepare_for_harness};
 use crate::XtaskError;
 
 const USAGE: &str = "\
@@ -406,7 +406,7 @@ pub fn nbd(args: &[String]) -> Result<(), XtaskError> {
             _ => return Err(XtaskError::Usage(USAGE.into())),
         }
     }
-    prepare()?;
+    prepare_for_harness()?;
 
     crate::step("booting the appliance (1 GiB NVDIMM, format=if-blank)");
     let mut options = QemuOptions::new(NAME, Firmware::Bios)

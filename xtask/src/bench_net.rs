@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use daxbox_tests::{Firmware, Machine, QemuOptions};
 
-use crate::bench::{harness, prepare};
+use crate::images::{harness, prepare_for_harness};
 use crate::XtaskError;
 
 const USAGE: &str = "\
@@ -131,7 +131,7 @@ pub fn net(args: &[String]) -> Result<(), XtaskError> {
         index += 2;
     }
     let size = size_mib * 1024 * 1024;
-    prepare()?;
+    prepare_for_harness()?;
     let mut options = QemuOptions::new("bench_net", Firmware::Bios);
     options.max_runtime = Duration::from_secs(1800);
     let machine = Machine::boot_to_prompt(options).map_err(harness)?;

@@ -257,6 +257,28 @@ pub fn build_command(args: &[String]) -> Result<(), XtaskError> {
     Ok(())
 }
 
+/// Makes sure the kernel and boot tool exist and the harness finds them
+/// (`DAXBOX_KERNEL`, `DAXBOX_BOOT_TOOL`), building them when not set.
+pub fn prepare_for_harness() -> Result<(), XtaskError> {
+    if std::env::var_os("DAXBOX_KERNEL").is_none() {
+        let kernel = build_kernel()?;
+        std::env::set_var("DAXBOX_KERNEL", kernel);
+    }
+    if std::env::var_os("DAXBOX_BOOT_TOOL").is_none() {
+        let tool = build_boot_tool()?;
+        std::env::set_var("DAXBOX_BOOT_TOOL", tool);
+    }
+    Ok(())
+}
+
+/// A QEMU-harness failure as an xtask error.
+pub fn harness(error: daxbox_tests::HarnessError) -> XtaskError {
+    XtaskError::Command {
+        command: "qemu (daxbox-tests harness)".into(),
+        problem: error.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

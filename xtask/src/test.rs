@@ -1,12 +1,17 @@
 //! `cargo xtask test`: every test, one summary.
 //!
-//! Steps: set-up; build the boot tool and the kernel; host tests of all
-//! library crates and xtask; the boot tool's tests; the QEMU system tests
-//! (`daxbox-tests`) with `DAXBOX_KERNEL`/`DAXBOX_BOOT_TOOL` pointing at the
-//! fresh builds. `--no-fail-fast` everywhere: one failing test binary must
-//! not hide the results of the others. Output streams live. Every `test result:` line is added
-//! up; the LAST line printed is exactly `N passed, N failed`. A step that
-//! fails without a failed test (build error, crash) counts as one failure.
+//! Steps, cheapest first: set-up; the gates (`cargo fmt --check`, then
+//! `cargo clippy -D warnings` over the workspace, kernel target included),
+//! which stop the run at once when they fail; host tests of all library
+//! crates and xtask; the crash-state explorer; the build of the boot tool
+//! and the kernel; clippy of the boot tool (it needs the bootloader build);
+//! the boot tool's tests; the QEMU system tests (`daxbox-tests`) with
+//! `DAXBOX_KERNEL`/`DAXBOX_BOOT_TOOL` pointing at the fresh builds.
+//! `--no-fail-fast` everywhere: one failing test binary must not hide the
+//! results of the others. Output streams live. Every `test result:` line
+//! is added up; the LAST line printed is exactly `N passed, N failed`. A
+//! step that fails without a failed test (build error, lint, crash) counts
+//! as one failure.
 
 use std::{
     io::{Read, Write},
@@ -19,13 +24,19 @@ use crate::{cargo, describe, images, setup, step, wants_help, XtaskError};
 const USAGE: &str = "\
 usage: cargo xtask test [--filter TEXT] [--test-threads N] [--no-system]
 
-Runs set-up, builds the kernel and daxbox-boot, then:
-  1. host tests: cargo test --no-fail-fast --workspace --exclude daxbox-kernel --exclude daxbox-tests --exclude daxbox-boot
-  2. crash-state explorer: 110,000 distinct daxfs crash images (release build; skipped with --filter)
-  3. boot tool:  cargo test -p daxbox-boot --release   (release: reuses the bootloader build)
-  4. system:     cargo test -p daxbox-tests -- --test-threads=N   (QEMU; logs in target/test-runs/<test>/)
+Runs set-up, then the fast gates, then everything that needs a build, in
+order of cost (a formatting or lint failure stops the run within seconds):
+  1. format:     cargo fmt --all -- --check
+  2. lint:       cargo clippy --workspace --all-targets --exclude daxbox-boot -- -D warnings
+                 (the kernel and platform crates are checked for x86_64-unknown-none)
+  3. host tests: cargo test --no-fail-fast --workspace --exclude daxbox-kernel --exclude daxbox-tests --exclude daxbox-boot
+  4. crash-state explorer: 110,000 distinct daxfs crash images (release build; skipped with --filter)
+  5. build the kernel and daxbox-boot (the bootloader stages: minutes on a fresh machine)
+  6. lint daxbox-boot: cargo clippy -p daxbox-boot --release --all-targets -- -D warnings (reuses step 5)
+  7. boot tool:  cargo test -p daxbox-boot --release
+  8. system:     cargo test -p daxbox-tests -- --test-threads=N   (QEMU; logs in target/test-runs/<test>/)
 Options:
-  --filter TEXT       only tests whose name contains TEXT (passed to every cargo test)
+  --filter TEXT       only tests whose name contains TEXT (passed to every cargo test; gates still run)
   --test-threads N    parallel QEMU system tests (default 2)
   --no-system         skip the QEMU system tests
 The last line is `N passed, N failed`; the exit status is non-zero if anything failed.";
@@ -167,6 +178,19 @@ fn run_streaming(command: &mut Command) -> Result<(bool, String), XtaskError> {
     ))
 }
 
+/// Runs a gate (formatter or linter): its output goes straight to the
+/// terminal; true when it passed.
+fn run_gate(command: &mut Command) -> bool {
+    println!("    {}", describe(command));
+    match command.status() {
+        Ok(status) => status.success(),
+        Err(error) => {
+            eprintln!("xtask: error: {}: {error}", describe(command));
+            false
+        }
+    }
+}
+
 /// One step's outcome, for the summary table.
 struct Outcome {
     name: &'static str,
@@ -256,23 +280,41 @@ pub fn test_command(args: &[String]) -> Result<(), XtaskError> {
     record("set-up", setup_ok, Counts::default(), since);
 
     let mut built = None;
-    if setup_ok {
-        let since = Instant::now();
-        let boot_tool = images::build_boot_tool();
-        let kernel = boot_tool.as_ref().ok().map(|_| images::build_kernel());
-        let ok = match (boot_tool, kernel) {
-            (Ok(boot_tool), Some(Ok(kernel))) => {
-                built = Some((kernel, boot_tool));
-                true
-            }
-            (Err(error), _) | (_, Some(Err(error))) => {
-                eprintln!("xtask: error: {error}");
-                false
-            }
-            (Ok(_), None) => false,
+    // The gates: seconds each once the dependencies are compiled. A
+    // failure here ends the run, so a lint costs seconds, not the minutes
+    // of the bootloader build and the QEMU tests.
+    let gates_ok = setup_ok
+        && {
+            let since = Instant::now();
+            step("format gate: cargo fmt --check");
+            let mut command = cargo();
+            command.args(["fmt", "--all", "--", "--check"]);
+            let ok = run_gate(&mut command);
+            record("format (cargo fmt --check)", ok, Counts::default(), since);
+            ok
+        }
+        && {
+            let since = Instant::now();
+            step("lint gate: cargo clippy -D warnings (host crates and the kernel target)");
+            let mut command = cargo();
+            command.args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--exclude",
+                "daxbox-boot",
+                "--",
+                "-D",
+                "warnings",
+            ]);
+            let ok = run_gate(&mut command);
+            record("lint (cargo clippy)", ok, Counts::default(), since);
+            ok
         };
-        record("build kernel + daxbox-boot", ok, Counts::default(), since);
-
+    if setup_ok && !gates_ok {
+        step("stopping: a gate failed (fix it first; nothing else was run)");
+    }
+    if gates_ok {
         let since = Instant::now();
         step("host tests (all library crates and xtask)");
         let mut command = cargo();
@@ -321,6 +363,40 @@ pub fn test_command(args: &[String]) -> Result<(), XtaskError> {
         }
 
         let since = Instant::now();
+        let boot_tool = images::build_boot_tool();
+        let kernel = boot_tool.as_ref().ok().map(|_| images::build_kernel());
+        let ok = match (boot_tool, kernel) {
+            (Ok(boot_tool), Some(Ok(kernel))) => {
+                built = Some((kernel, boot_tool));
+                true
+            }
+            (Err(error), _) | (_, Some(Err(error))) => {
+                eprintln!("xtask: error: {error}");
+                false
+            }
+            (Ok(_), None) => false,
+        };
+        record("build kernel + daxbox-boot", ok, Counts::default(), since);
+
+        if ok {
+            let since = Instant::now();
+            step("lint gate: cargo clippy -p daxbox-boot (reuses the bootloader build)");
+            let mut command = cargo();
+            command.args([
+                "clippy",
+                "-p",
+                "daxbox-boot",
+                "--release",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]);
+            let ok = run_gate(&mut command);
+            record("lint (clippy daxbox-boot)", ok, Counts::default(), since);
+        }
+
+        let since = Instant::now();
         step("boot tool tests");
         let mut command = cargo();
         command
@@ -333,7 +409,7 @@ pub fn test_command(args: &[String]) -> Result<(), XtaskError> {
         record("boot tool tests", ok, sum_results(&output), since);
     }
 
-    if options.system {
+    if options.system && gates_ok {
         let since = Instant::now();
         match &built {
             Some((kernel, boot_tool)) => {

@@ -1,7 +1,8 @@
 //! The block layer: the [`BlockDevice`] trait and the pmem implementation.
 //!
-//! [`BlockDevice`] is what the NBD server (`net/nbd`) and the shell's
-//! `blk` commands talk to. Offsets and lengths are in bytes and must be
+//! [`BlockDevice`] is what the shell's `blk` and `pmem bench` commands
+//! talk to (the NBD raw exports and daxfs use the `PersistentMemory`
+//! underneath, through [`PmemBlockDevice::memory_mut`]). Offsets and lengths are in bytes and must be
 //! multiples of the device's logical block size (512 or 4096), like the
 //! sector-granular Linux block layer; [`BlockDevice::direct_access`] is the
 //! exception: it maps any in-bounds byte range to the pmem bytes behind it

@@ -32,6 +32,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
+pub use crate::domain::Domain;
 use crate::mapping::{SIZE_2M, SIZE_4K};
 use crate::nfit::Nfit;
 
@@ -64,36 +65,6 @@ impl fmt::Display for Source {
             Source::Uefi => "UEFI",
             Source::Nfit => "NFIT",
             Source::BootConfig => "bootconfig",
-        })
-    }
-}
-
-/// What survives a power failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Domain {
-    /// The memory controller's queues are flushed on power loss (ADR):
-    /// stores are durable once flushed from the CPU caches and fenced.
-    Adr,
-    /// The CPU caches are flushed on power loss too (eADR): stores are
-    /// durable once globally visible; flushes can be skipped.
-    Eadr,
-    /// Nothing: emulated pmem carved out of RAM.
-    Unknown,
-}
-
-impl Domain {
-    /// True when CPU caches are inside the persistence domain.
-    pub fn cache_is_persistent(self) -> bool {
-        self == Domain::Eadr
-    }
-}
-
-impl fmt::Display for Domain {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Domain::Adr => "ADR (flush+fence)",
-            Domain::Eadr => "eADR (fence only)",
-            Domain::Unknown => "none: RAM",
         })
     }
 }

@@ -8,9 +8,12 @@
 //! identity-mapping plan per range ([`mapping`]), a page-frame table that
 //! keeps storage frames apart from RAM frames ([`frames`]) and block
 //! devices ([`block`]) over the kernel's `PersistentMemory` implementation
-//! (`drivers/persist`). Its users are the NBD server (`net/nbd`), daxfs
-//! (`fs/daxfs`, which uses [`block::BlockDevice::direct_access`]) and the
-//! shell's `pmem` and `blk` commands.
+//! (`drivers/persist`). Its users are the kernel (discovery, mapping, the
+//! frame table, the `pmem` and `blk` commands) and the storage service
+//! (`storage/`), which owns the block devices once they are in use: raw
+//! NBD exports are served from a [`block::PmemBlockDevice`]'s memory, and
+//! daxfs (`fs/daxfs`) is mounted on that memory directly (it needs byte
+//! stores, flushes and fences, not the sector-granular [`BlockDevice`]).
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 
@@ -18,6 +21,7 @@ extern crate alloc;
 
 pub mod block;
 pub mod discovery;
+pub mod domain;
 pub mod frames;
 pub mod mapping;
 pub mod nfit;

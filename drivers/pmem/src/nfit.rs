@@ -39,7 +39,7 @@
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::discovery::Domain;
+use crate::domain::Domain;
 
 /// The table signature.
 pub const SIGNATURE: [u8; 4] = *b"NFIT";
@@ -597,7 +597,7 @@ pub mod fixture {
         table(&structures)
     }
 
-    /// One 1 GiB NVDIMM at 4 GiB, as `-device nvdimm` with the PLATFORM.md
+    /// One 1 GiB NVDIMM at 4 GiB, as `-device nvdimm` with the docs/platform.md
     /// command line gives (byte-identical to the capture in
     /// `fixtures/qemu-7.2-nfit-one-1g.hex`, checked by a test).
     pub fn one_gib_at_4g() -> Vec<u8> {

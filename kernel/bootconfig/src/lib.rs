@@ -550,28 +550,10 @@ fn printable(text: &str) -> String {
 }
 
 /// Parses a number: decimal or `0x` hex, with an optional binary `K`, `M`,
-/// `G` or `T` suffix (either case). `None` on any syntax error or overflow.
+/// `G` or `T` suffix (also `KiB`..`TiB`, either case): the one size grammar
+/// of `daxbox-syntax`. `None` on any syntax error or overflow.
 pub fn parse_size(text: &str) -> Option<u64> {
-    let (digits, shift) = match text.as_bytes().last()? {
-        b'k' | b'K' => (&text[..text.len() - 1], 10),
-        b'm' | b'M' => (&text[..text.len() - 1], 20),
-        b'g' | b'G' => (&text[..text.len() - 1], 30),
-        b't' | b'T' => (&text[..text.len() - 1], 40),
-        _ => (text, 0),
-    };
-    let (digits, radix) = match digits
-        .strip_prefix("0x")
-        .or_else(|| digits.strip_prefix("0X"))
-    {
-        Some(hex) => (hex, 16),
-        None => (digits, 10),
-    };
-    // from_str_radix accepts a leading '+'; a size never has a sign.
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let value = u64::from_str_radix(digits, radix).ok()?;
-    value.checked_mul(1u64 << shift)
+    daxbox_syntax::parse_size(text).ok()
 }
 
 /// Parses `SIZE@START` (see [`parse_size`]) into `(size, start)`.
@@ -631,17 +613,10 @@ fn parse_ip_config(value: &str) -> Result<IpConfig, String> {
     Ok(IpConfig::Static { address, prefix })
 }
 
-/// True for `pmem0`, `pmem1`, ... (decimal, no leading zeros).
+/// True for `pmem0`, `pmem1`, ... (decimal, no leading zeros): the one
+/// device-name grammar of `daxbox-syntax`.
 pub fn is_pmem_device_name(name: &str) -> bool {
-    match name.strip_prefix("pmem") {
-        Some(digits) => {
-            !digits.is_empty()
-                && digits.len() <= 3
-                && digits.bytes().all(|b| b.is_ascii_digit())
-                && !(digits.len() > 1 && digits.starts_with('0'))
-        }
-        None => false,
-    }
+    daxbox_syntax::is_device_name(name)
 }
 
 /// True for a plausible export name: 1-32 ASCII letters, digits, `-`, `_`

@@ -676,7 +676,7 @@ print("nbdsh checks passed")
     let script_path = dir.join("checks.py");
     std::fs::write(&script_path, script).expect("write script");
     // `run_tool` puts /usr/bin first on PATH: nbdsh needs the system python
-    // (PLATFORM.md).
+    // (docs/platform.md).
     let output = run_tool(
         "nbdsh",
         &[
