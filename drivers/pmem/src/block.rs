@@ -23,9 +23,8 @@ use core::fmt;
 use daxbox_persist::{OutOfRange, PersistentMemory, CACHE_LINE};
 
 /// Writes of at least this many bytes, 64-byte aligned, use non-temporal
-/// stores: they bypass the cache, so they do not evict the working set
-/// and need no per-line flush afterwards.
-pub const NT_THRESHOLD: u64 = 16 * 1024;
+/// stores (the one threshold of `daxbox-persist`, which daxfs uses too).
+pub use daxbox_persist::NT_THRESHOLD;
 
 /// A refused or failed block operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

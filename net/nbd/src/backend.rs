@@ -11,7 +11,9 @@ use crate::wire;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ExportHandle(pub u64);
 
-/// What an export is backed by; decides how block status is answered.
+/// What an export is backed by, for people and logs. The engine itself
+/// treats both alike: block status always comes from
+/// [`Backend::block_status`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExportKind {
     /// A raw pmem block device: every byte is allocated data.

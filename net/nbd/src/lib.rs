@@ -22,20 +22,23 @@
 //!   smoltcp-style wire types ([`wire::RequestHeader`] / [`wire::Request`]
 //!   / [`wire::Command`], [`wire::ReplyHeader`] / [`wire::Reply`]);
 //! - `backend`: the [`Backend`] trait the engine serves exports through;
-//! - `server`: [`Server`] (accept, retire, totals) and its configuration.
+//! - `config`: [`ServerConfig`] (policy and limits) and [`ConnectionStats`];
+//! - `server`: [`Server`] (accept, retire, totals).
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 
 extern crate alloc;
 
 mod backend;
+mod config;
 mod connection;
 mod server;
 pub mod wire;
 
 pub use backend::{Backend, BackendError, ExportHandle, ExportInfo, ExportKind, Extent, ZeroFlags};
 pub use connection::Connection;
-pub use server::{ConnectionStats, Server, ServerConfig};
+pub use config::{ConnectionStats, ServerConfig};
+pub use server::Server;
 
 #[cfg(test)]
 mod tests;

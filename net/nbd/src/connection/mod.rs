@@ -31,7 +31,7 @@ use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
 use crate::backend::{Backend, BackendError, ExportHandle, ExportInfo};
-use crate::server::{ConnectionStats, ServerConfig};
+use crate::config::{ConnectionStats, ServerConfig};
 use crate::wire::{self, PutBe, Reader, Request};
 
 use output::OutItem;

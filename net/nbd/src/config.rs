@@ -1,0 +1,75 @@
+//! Server-wide policy ([`ServerConfig`]) and per-connection counters
+//! ([`ConnectionStats`]): plain data that both a connection and the
+//! server use, kept apart so neither module imports the other back.
+
+/// Policy and limits shared by every connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Answer `NBD_OPT_LIST` with the export names (else `NBD_REP_ERR_POLICY`).
+    pub allow_list: bool,
+    /// Largest READ or WRITE payload accepted, advertised as the maximum
+    /// block size in `NBD_INFO_BLOCK_SIZE`. Also bounds nothing in memory:
+    /// payloads are streamed, never buffered whole.
+    pub max_block_size: u32,
+    /// Preferred block size advertised in `NBD_INFO_BLOCK_SIZE`.
+    pub preferred_block_size: u32,
+    /// A connection still negotiating after this long is closed.
+    pub handshake_timeout_ms: u64,
+    /// Requests parsed but not yet fully answered, per connection. Input is
+    /// not consumed beyond this (backpressure).
+    pub max_in_flight: usize,
+    /// Bytes of queued control replies (headers, extent lists, option
+    /// replies) per connection before input stops being consumed.
+    pub max_queued_bytes: usize,
+    /// Largest option payload buffered during the handshake; longer options
+    /// are skipped and answered with `NBD_REP_ERR_TOO_BIG`.
+    pub max_option_len: u32,
+    /// Most extents in one block-status reply.
+    pub max_extents: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            allow_list: true,
+            max_block_size: 32 * 1024 * 1024,
+            preferred_block_size: 4096,
+            handshake_timeout_ms: 10_000,
+            max_in_flight: 256,
+            max_queued_bytes: 256 * 1024,
+            max_option_len: 16 * 1024,
+            max_extents: 2048,
+        }
+    }
+}
+
+/// Per-connection counters (for the shell's `nbd` command).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionStats {
+    /// Bytes consumed from the client.
+    pub bytes_in: u64,
+    /// Bytes produced for the client.
+    pub bytes_out: u64,
+    /// Options received during the handshake.
+    pub options: u64,
+    /// Transmission-phase requests received.
+    pub requests: u64,
+    /// Requests answered with an error.
+    pub errors: u64,
+    /// Payload bytes read from exports.
+    pub read_bytes: u64,
+    /// Payload bytes written to exports.
+    pub write_bytes: u64,
+}
+
+impl ConnectionStats {
+    pub(crate) fn add(&mut self, other: &ConnectionStats) {
+        self.bytes_in = self.bytes_in.saturating_add(other.bytes_in);
+        self.bytes_out = self.bytes_out.saturating_add(other.bytes_out);
+        self.options = self.options.saturating_add(other.options);
+        self.requests = self.requests.saturating_add(other.requests);
+        self.errors = self.errors.saturating_add(other.errors);
+        self.read_bytes = self.read_bytes.saturating_add(other.read_bytes);
+        self.write_bytes = self.write_bytes.saturating_add(other.write_bytes);
+    }
+}
