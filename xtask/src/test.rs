@@ -27,8 +27,8 @@ usage: cargo xtask test [--filter TEXT] [--test-threads N] [--no-system]
 Runs set-up, then the fast gates, then everything that needs a build, in
 order of cost (a formatting or lint failure stops the run within seconds):
   1. format:     cargo fmt --all -- --check
-  2. lint:       cargo clippy --workspace --all-targets --exclude daxbox-boot -- -D warnings
-                 (the kernel and platform crates are checked for x86_64-unknown-none)
+  2. lint:       cargo clippy --workspace --all-targets --exclude daxbox-kernel --exclude daxbox-boot -- -D warnings
+                 cargo clippy -p daxbox-kernel -- -D warnings   (x86_64-unknown-none)
   3. host tests: cargo test --no-fail-fast --workspace --exclude daxbox-kernel --exclude daxbox-tests --exclude daxbox-boot
   4. crash-state explorer: 110,000 distinct daxfs crash images (release build; skipped with --filter)
   5. build the kernel and daxbox-boot (the bootloader stages: minutes on a fresh machine)
@@ -40,6 +40,9 @@ Options:
   --test-threads N    parallel QEMU system tests (default 2)
   --no-system         skip the QEMU system tests
 The last line is `N passed, N failed`; the exit status is non-zero if anything failed.";
+
+/// The crates built for `x86_64-unknown-none` (`forced-target`).
+const KERNEL_TARGET_CRATES: &[&str] = &["daxbox-kernel"];
 
 /// Distinct crash images the CI run explores (issue: at least 100,000).
 const CRASH_IMAGES: u64 = 110_000;
@@ -178,6 +181,46 @@ fn run_streaming(command: &mut Command) -> Result<(bool, String), XtaskError> {
     ))
 }
 
+/// The gates, in order: formatting, then clippy over the host crates, then
+/// clippy over the kernel-target crates. The two clippy runs are separate:
+/// in one invocation cargo unifies dependency features across both
+/// targets (`bitflags` would get `std` on x86_64-unknown-none and fail).
+fn gate_commands() -> Vec<(&'static str, Command)> {
+    let mut format = cargo();
+    format.args(["fmt", "--all", "--", "--check"]);
+    let mut host = cargo();
+    host.args(["clippy", "--workspace", "--all-targets"]);
+    for excluded in KERNEL_TARGET_CRATES.iter().chain(&["daxbox-boot"]) {
+        host.args(["--exclude", excluded]);
+    }
+    host.args(["--", "-D", "warnings"]);
+    let mut kernel = cargo();
+    kernel.arg("clippy");
+    for package in KERNEL_TARGET_CRATES {
+        kernel.args(["-p", package]);
+    }
+    kernel.args(["--", "-D", "warnings"]);
+    vec![
+        ("format (cargo fmt --check)", format),
+        ("lint (clippy, host crates)", host),
+        ("lint (clippy, kernel target)", kernel),
+    ]
+}
+
+/// Runs the gates until one fails, recording each; true when all passed.
+fn run_gates(record: &mut impl FnMut(&'static str, bool, Counts, Instant)) -> bool {
+    for (name, mut command) in gate_commands() {
+        let since = Instant::now();
+        step(&format!("gate: {name}"));
+        let ok = run_gate(&mut command);
+        record(name, ok, Counts::default(), since);
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
 /// Runs a gate (formatter or linter): its output goes straight to the
 /// terminal; true when it passed.
 fn run_gate(command: &mut Command) -> bool {
@@ -283,34 +326,7 @@ pub fn test_command(args: &[String]) -> Result<(), XtaskError> {
     // The gates: seconds each once the dependencies are compiled. A
     // failure here ends the run, so a lint costs seconds, not the minutes
     // of the bootloader build and the QEMU tests.
-    let gates_ok = setup_ok
-        && {
-            let since = Instant::now();
-            step("format gate: cargo fmt --check");
-            let mut command = cargo();
-            command.args(["fmt", "--all", "--", "--check"]);
-            let ok = run_gate(&mut command);
-            record("format (cargo fmt --check)", ok, Counts::default(), since);
-            ok
-        }
-        && {
-            let since = Instant::now();
-            step("lint gate: cargo clippy -D warnings (host crates and the kernel target)");
-            let mut command = cargo();
-            command.args([
-                "clippy",
-                "--workspace",
-                "--all-targets",
-                "--exclude",
-                "daxbox-boot",
-                "--",
-                "-D",
-                "warnings",
-            ]);
-            let ok = run_gate(&mut command);
-            record("lint (cargo clippy)", ok, Counts::default(), since);
-            ok
-        };
+    let gates_ok = setup_ok && run_gates(&mut record);
     if setup_ok && !gates_ok {
         step("stopping: a gate failed (fix it first; nothing else was run)");
     }
@@ -499,6 +515,23 @@ mod tests {
         );
         assert_eq!(parse_result_line("test foo ... ok"), None);
         assert_eq!(parse_result_line("test result: garbage"), None);
+    }
+
+    #[test]
+    fn gates_check_format_then_host_then_kernel_target() {
+        let gates: Vec<(String, String)> = gate_commands()
+            .iter()
+            .map(|(name, command)| (name.to_string(), describe(command)))
+            .collect();
+        assert_eq!(gates.len(), 3);
+        assert!(gates[0].1.contains("fmt --all -- --check"), "{gates:?}");
+        assert!(gates[1].1.contains("clippy --workspace --all-targets"));
+        assert!(gates[1].1.contains("--exclude daxbox-kernel"));
+        assert!(gates[1].1.ends_with("-- -D warnings"));
+        for package in KERNEL_TARGET_CRATES {
+            assert!(gates[2].1.contains(&format!("-p {package}")), "{gates:?}");
+        }
+        assert!(gates[2].1.ends_with("-- -D warnings"));
     }
 
     #[test]

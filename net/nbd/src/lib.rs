@@ -36,8 +36,8 @@ mod server;
 pub mod wire;
 
 pub use backend::{Backend, BackendError, ExportHandle, ExportInfo, ExportKind, Extent, ZeroFlags};
-pub use connection::Connection;
 pub use config::{ConnectionStats, ServerConfig};
+pub use connection::Connection;
 pub use server::Server;
 
 #[cfg(test)]
