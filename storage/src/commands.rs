@@ -558,3 +558,299 @@ pub fn nbd<M: PersistentMemory>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{Fixture, MIB};
+    use daxbox_pmem::frames::Owner;
+
+    #[test]
+    fn create_ls_stat_rm() {
+        let mut f = Fixture::standard();
+        assert_eq!(f.ok("ls"), "0 file(s)\n");
+        assert_eq!(f.ok("create disk 8K"), "created disk (8192 bytes)\n");
+        assert_eq!(
+            f.ok("create pmem1:other 1M"),
+            "created other (1048576 bytes)\n"
+        );
+        assert_eq!(
+            f.ok("ls"),
+            "          8192  pmem0:disk\n       1048576  pmem1:other\n2 file(s)\n"
+        );
+        assert_eq!(f.ok("ls pmem1"), "       1048576  pmem1:other\n1 file(s)\n");
+        assert_eq!(f.ok("ls disk"), "       1048576  pmem1:other\n1 file(s)\n");
+        assert_eq!(f.ok("ls pmem0 disk"), "0 file(s)\n");
+        assert_eq!(
+            f.ok("stat disk"),
+            "name:       disk\nsize:       8192 (8 KiB)\nallocated:  0 B\nshared:     0 B\n\
+             in 2 MiB:   0 B\nextents:    0\n"
+        );
+        assert_eq!(f.ok("rm disk"), "removed disk\n");
+        assert_eq!(f.ok("rm pmem1:other"), "removed other\n");
+        assert_eq!(f.ok("ls"), "0 file(s)\n");
+    }
+
+    #[test]
+    fn listing_errors_name_the_device_problem() {
+        let mut f = Fixture::standard();
+        let err = |f: &mut Fixture, line: &str| f.run(line).unwrap_err();
+        assert_eq!(
+            err(&mut f, "ls pmem2"),
+            "pmem2 is exported raw, not a filesystem"
+        );
+        assert_eq!(
+            err(&mut f, "ls pmem3"),
+            "pmem3 has no mounted filesystem (see the boot log, or `mkfs pmem3`)"
+        );
+        assert_eq!(err(&mut f, "ls pmem9"), "no such device: pmem9");
+        assert_eq!(err(&mut f, "ls a b c"), "usage: ls [DEVICE] [AFTER]");
+        assert_eq!(err(&mut f, "stat"), "usage: stat NAME");
+        assert_eq!(err(&mut f, "stat nothing"), "no such file: nothing");
+        assert_eq!(err(&mut f, "stat pmem0:nothing"), "no such file: nothing");
+        assert_eq!(err(&mut f, "rm nothing"), "no such file: nothing");
+        assert_eq!(err(&mut f, "rm"), "usage: rm NAME");
+        let mut none = Fixture::empty();
+        assert_eq!(err(&mut none, "ls"), "no filesystem is mounted");
+        assert_eq!(err(&mut none, "fsck"), "no filesystem to check");
+    }
+
+    #[test]
+    fn create_errors() {
+        let mut f = Fixture::standard();
+        let err = |f: &mut Fixture, line: &str| f.run(line).unwrap_err();
+        assert_eq!(err(&mut f, "create x"), "usage: create NAME SIZE");
+        assert_eq!(err(&mut f, "create x lots"), "bad size 'lots'");
+        f.ok("create x 4K");
+        assert_eq!(err(&mut f, "create x 4K"), daxfs::Error::Exists.to_string());
+        assert_eq!(
+            err(&mut f, "create pmem2:x 4K"),
+            "pmem2 is exported raw, not a filesystem"
+        );
+        assert_eq!(
+            err(&mut f, "create pmem3:x 4K"),
+            "pmem3 has no mounted filesystem (see the boot log, or `mkfs pmem3`)"
+        );
+        // Too large: the file is not left behind.
+        assert_eq!(
+            err(&mut f, "create huge 0xffffffffffffffff"),
+            daxfs::Error::FileTooLarge.to_string()
+        );
+        assert_eq!(err(&mut f, "stat huge"), "no such file: huge");
+    }
+
+    #[test]
+    fn mv_and_clone() {
+        let mut f = Fixture::standard();
+        f.ok("create a 4K");
+        f.ok("create b 4K");
+        f.ok("create pmem1:c 4K");
+        assert_eq!(f.ok("mv a d"), "renamed a to d\n");
+        assert_eq!(f.ok("mv d b"), "renamed d to b (replaced it)\n");
+        assert_eq!(f.ok("mv pmem0:b pmem0:e"), "renamed b to e\n");
+        assert_eq!(
+            f.run("mv e pmem1:e").unwrap_err(),
+            "cannot move a file to another device"
+        );
+        assert_eq!(f.run("mv e").unwrap_err(), "usage: mv FROM TO");
+        assert_eq!(f.run("mv nothing x").unwrap_err(), "no such file: nothing");
+        f.ok("write e 0 cloned-bytes");
+        assert_eq!(f.ok("clone e e2"), "cloned e to e2 in 1000 us\n");
+        assert_eq!(f.ok("cat e2 0 12"), "cloned-bytes\n");
+        assert_eq!(
+            f.run("clone e pmem1:e3").unwrap_err(),
+            "a clone must stay on the device of its source"
+        );
+        assert_eq!(f.run("clone e").unwrap_err(), "usage: clone SRC DST");
+        assert_eq!(
+            f.ok("clone pmem1:c pmem1:c2"),
+            "cloned c to c2 in 1000 us\n"
+        );
+        assert!(f.storage.lookup("pmem1:c2").is_ok());
+    }
+
+    #[test]
+    fn write_cat_truncate() {
+        let mut f = Fixture::standard();
+        f.ok("create notes 16");
+        assert_eq!(f.ok("write notes 2 hello  world"), "wrote 11 bytes at 2\n");
+        assert_eq!(f.ok("cat notes"), "..hello world...\n");
+        assert_eq!(f.ok("cat notes 2"), "hello world...\n");
+        assert_eq!(f.ok("cat notes 2 5"), "hello\n");
+        // Durable on return: the bytes are on the device's image.
+        let image = f.env.image("pmem0");
+        assert!(image.windows(11).any(|w| w == b"hello world"));
+        assert_eq!(f.ok("truncate notes 4"), "truncated to 4 bytes\n");
+        assert_eq!(f.ok("cat notes"), "..he\n");
+        assert_eq!(f.ok("truncate notes 1M"), "truncated to 1048576 bytes\n");
+        assert_eq!(f.ok("cat notes 0 6"), "..he..\n");
+        let err = |f: &mut Fixture, line: &str| f.run(line).unwrap_err();
+        assert_eq!(
+            err(&mut f, "write notes 0"),
+            "usage: write NAME OFFSET TEXT"
+        );
+        assert_eq!(err(&mut f, "write notes"), "usage: write NAME OFFSET TEXT");
+        assert_eq!(err(&mut f, "write notes x text"), "bad offset 'x'");
+        assert_eq!(err(&mut f, "cat notes x"), "bad offset 'x'");
+        assert_eq!(err(&mut f, "cat notes 0 x"), "bad size 'x'");
+        assert_eq!(err(&mut f, "cat"), "usage: cat NAME [OFFSET [LENGTH]]");
+        assert_eq!(err(&mut f, "truncate notes"), "usage: truncate NAME SIZE");
+        assert_eq!(err(&mut f, "truncate notes x"), "bad size 'x'");
+        assert_eq!(err(&mut f, "write nothing 0 x"), "no such file: nothing");
+    }
+
+    #[test]
+    fn df_lists_filesystems_and_raw_devices() {
+        let mut f = Fixture::standard();
+        let out = f.ok("df");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0],
+            "device           size         used         free      files    2MiB free"
+        );
+        assert!(lines[1].starts_with("pmem0   "), "{out}");
+        assert!(lines[1].contains("   0/"), "{out}");
+        assert!(lines[2].starts_with("pmem1   "), "{out}");
+        assert_eq!(lines[3], "pmem2           8 MiB (exported raw)");
+        assert_eq!(lines.len(), 4);
+        assert_eq!(f.run("df x").unwrap_err(), "usage: df");
+    }
+
+    #[test]
+    fn fsck_checks_each_filesystem() {
+        let mut f = Fixture::standard();
+        f.ok("create a 4K");
+        assert_eq!(
+            f.ok("fsck"),
+            "pmem0: fsck: clean (1 ms)\npmem1: fsck: clean (1 ms)\n"
+        );
+        assert_eq!(f.ok("fsck pmem1"), "pmem1: fsck: clean (1 ms)\n");
+        let err = |f: &mut Fixture, line: &str| f.run(line).unwrap_err();
+        assert_eq!(
+            err(&mut f, "fsck pmem2"),
+            "pmem2 is exported raw, not a filesystem"
+        );
+        assert_eq!(
+            err(&mut f, "fsck pmem3"),
+            "pmem3 has no mounted filesystem (see the boot log, or `mkfs pmem3`)"
+        );
+        assert_eq!(err(&mut f, "fsck pmem0 pmem1"), "usage: fsck [DEVICE]");
+    }
+
+    #[test]
+    fn mkfs_asks_then_formats_an_unused_device() {
+        let mut f = Fixture::standard();
+        let err = |f: &mut Fixture, line: &str| f.run(line).unwrap_err();
+        assert_eq!(
+            err(&mut f, "mkfs pmem0"),
+            "pmem0 is in use (mounted or exported); it cannot be formatted now"
+        );
+        assert_eq!(
+            err(&mut f, "mkfs pmem2 --yes"),
+            "pmem2 is in use (mounted or exported); it cannot be formatted now"
+        );
+        assert_eq!(err(&mut f, "mkfs pmem9"), "no such device: pmem9");
+        assert_eq!(err(&mut f, "mkfs"), "usage: mkfs DEVICE [--yes]");
+        assert_eq!(err(&mut f, "mkfs pmem3 --no"), "usage: mkfs DEVICE [--yes]");
+        assert_eq!(
+            f.ok("mkfs pmem3"),
+            "mkfs: this erases everything on pmem3 (8 MiB). Run `mkfs pmem3 --yes` to confirm.\n"
+        );
+        assert_eq!(
+            &f.env.image("pmem3")[..4],
+            b"junk",
+            "not erased before --yes"
+        );
+        let out = f.ok("mkfs pmem3 --yes");
+        assert!(
+            out.starts_with("storage: pmem3 formatted and mounted daxfs in 1 ms: 0 files, "),
+            "{out}"
+        );
+        f.ok("create pmem3:new 4K");
+        assert_eq!(f.ok("ls pmem3"), "          4096  pmem3:new\n1 file(s)\n");
+    }
+
+    #[test]
+    fn mkfs_refuses_a_device_held_since_a_failed_mount() {
+        let mut f = Fixture::with_devices(&[16 * MIB, 8 * MIB], &["pmem1"]);
+        f.storage.volumes.retain(|v| v.device != "pmem1");
+        assert_eq!(
+            f.run("mkfs pmem1 --yes").unwrap_err(),
+            "pmem1 is held by device pmem1 since a failed mount; reboot to format it"
+        );
+        assert_eq!(f.env.taken_by("pmem1"), Some(Owner::Device(1)));
+    }
+
+    #[test]
+    fn nbd_lists_exports_read_only_ones_and_no_connections() {
+        let mut f = Fixture::standard();
+        f.ok("create disk 4K");
+        f.ok("create pmem1:disk 4K");
+        f.ok("create ro 4K");
+        f.storage
+            .set_read_only(alloc::vec!["ro".into(), "pmem2".into()]);
+        assert_eq!(
+            f.ok("nbd"),
+            "NBD on port 10809: 4 export(s)\n  export disk\n  export ro (read-only)\n  \
+             export pmem1:disk\n  export pmem2 (read-only)\n0 connection(s)\n"
+        );
+        assert_eq!(f.run("nbd x").unwrap_err(), "usage: nbd");
+    }
+
+    /// A shell context over a fixture, as the kernel's shell context is
+    /// over its statics.
+    struct TestShell {
+        fixture: Fixture,
+        out: String,
+    }
+
+    impl ShellHost for TestShell {
+        type Memory = crate::testing::TestMemory;
+        type Env = crate::testing::FakeEnvironment;
+        fn with_storage<R>(
+            &mut self,
+            f: impl FnOnce(&mut Storage<Self::Memory>, &mut Self::Env, &mut dyn Write) -> R,
+        ) -> R {
+            f(
+                &mut self.fixture.storage,
+                &mut self.fixture.env,
+                &mut self.out,
+            )
+        }
+        fn nbd_port(&self) -> u16 {
+            10809
+        }
+    }
+
+    #[test]
+    fn tables_carry_the_kernel_help_and_dispatch() {
+        let commands = table::<TestShell>();
+        let names: Vec<&str> = commands.iter().map(|c| c.name).collect();
+        assert_eq!(
+            names,
+            [
+                "ls", "stat", "create", "rm", "mv", "clone", "truncate", "write", "cat", "df",
+                "fsck", "mkfs"
+            ]
+        );
+        assert_eq!(commands[2].usage, "NAME SIZE");
+        assert_eq!(
+            commands[2].help,
+            "create a sparse file of SIZE bytes (K/M/G suffixes)"
+        );
+        let mut shell = TestShell {
+            fixture: Fixture::standard(),
+            out: String::new(),
+        };
+        (commands[2].run)(&mut shell, &["x", "4K"]).unwrap();
+        (commands[0].run)(&mut shell, &[]).unwrap();
+        let nbd = nbd_table::<TestShell>();
+        assert_eq!(nbd[0].name, "nbd");
+        (nbd[0].run)(&mut shell, &[]).unwrap();
+        assert_eq!(
+            shell.out,
+            "created x (4096 bytes)\n          4096  pmem0:x\n1 file(s)\n\
+             NBD on port 10809: 2 export(s)\n  export x\n  export pmem2\n0 connection(s)\n"
+        );
+    }
+}
