@@ -464,3 +464,298 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands;
+    use crate::testing::{Fixture, TestMemory, MIB};
+    use alloc::vec;
+    use core::cell::RefCell;
+
+    fn backend<'a>(
+        storage: &'a mut Storage<TestMemory>,
+        targets: &'a mut Vec<Target>,
+    ) -> StorageBackend<'a, TestMemory> {
+        StorageBackend::new(storage, targets)
+    }
+
+    /// pmem0 and pmem1 with a file `same` each, `disk` (4 MiB) and
+    /// `small` (64 KiB) on pmem0, `ro` read-only, pmem2 raw (8 MiB).
+    fn exports() -> Fixture {
+        let mut f = Fixture::standard();
+        f.ok("create disk 4M");
+        f.ok("create same 4K");
+        f.ok("create pmem1:same 8K");
+        f.ok("create pmem1:only1 4K");
+        f.ok("create ro 4K");
+        f.ok("write ro 0 readonly-content");
+        f.storage.set_read_only(vec!["ro".into()]);
+        f
+    }
+
+    #[test]
+    fn names_duplicates_and_open() {
+        let mut f = exports();
+        assert_eq!(
+            export_names(&f.storage),
+            ["disk", "ro", "same", "only1", "pmem1:same", "pmem2"]
+        );
+        let mut targets = Vec::new();
+        let mut b = backend(&mut f.storage, &mut targets);
+        assert_eq!(b.export_count(), 6);
+        assert_eq!(b.export_name(4).as_deref(), Some("pmem1:same"));
+        assert_eq!(b.export_name(6), None);
+        // The default export is the first one; handles are reused.
+        let default = b.open("").unwrap();
+        assert_eq!(b.open("disk").unwrap(), default);
+        let same0 = b.open("same").unwrap();
+        let same1 = b.open("pmem1:same").unwrap();
+        assert_ne!(same0, same1);
+        assert_eq!(b.info(same0).unwrap().size, 4096);
+        assert_eq!(b.info(same1).unwrap().size, 8192);
+        assert_eq!(b.info(same1).unwrap().description, "daxfs file on pmem1");
+        assert_eq!(b.open("pmem0:same").unwrap(), same0);
+        for missing in [
+            "nothing",
+            "pmem0",
+            "pmem1",
+            "pmem3",
+            "pmem3:x",
+            "pmem9:x",
+            "pmem0:only1",
+        ] {
+            assert_eq!(
+                b.open(missing),
+                Err(BackendError::NoSuchExport),
+                "{missing}"
+            );
+        }
+        assert_eq!(b.info(ExportHandle(99)), None);
+        let raw = b.open("pmem2").unwrap();
+        assert_eq!(
+            b.info(raw).unwrap(),
+            ExportInfo {
+                name: "pmem2".into(),
+                description: "raw pmem device pmem2".into(),
+                size: 8 * MIB,
+                read_only: false,
+                kind: ExportKind::Raw,
+                can_trim: true,
+                can_fast_zero: true,
+                multi_conn: true,
+            }
+        );
+        let ro = b.open("ro").unwrap();
+        let info = b.info(ro).unwrap();
+        assert!(info.read_only && info.kind == ExportKind::File, "{info:?}");
+        assert!(!b.info(default).unwrap().read_only);
+    }
+
+    #[test]
+    fn no_exports_means_no_default_export() {
+        let mut f = Fixture::empty();
+        let mut targets = Vec::new();
+        let mut b = backend(&mut f.storage, &mut targets);
+        assert_eq!(b.export_count(), 0);
+        assert_eq!(b.open(""), Err(BackendError::NoSuchExport));
+    }
+
+    #[test]
+    fn file_export_io_holes_and_errors() {
+        let mut f = exports();
+        let mut targets = Vec::new();
+        let mut b = backend(&mut f.storage, &mut targets);
+        let disk = b.open("disk").unwrap();
+        let mut status = Vec::new();
+        b.block_status(disk, 0, 4 * MIB, 16, &mut status).unwrap();
+        assert_eq!(status, [Extent::hole(4 * MIB)]);
+        b.write(disk, MIB, &[0xab; 8192]).unwrap();
+        b.persist(disk, MIB, 8192).unwrap();
+        b.flush(disk).unwrap();
+        let mut buf = vec![0u8; 8192];
+        b.read(disk, MIB, &mut buf).unwrap();
+        assert_eq!(buf, [0xab; 8192]);
+        status.clear();
+        b.block_status(disk, 0, 4 * MIB, 16, &mut status).unwrap();
+        assert!(status.iter().any(|e| !e.hole), "{status:?}");
+        assert_eq!(status.iter().map(|e| e.len).sum::<u64>(), 4 * MIB);
+        // Write-zeroes keeps the data allocated with NO_HOLE, trim punches.
+        b.write_zeroes(
+            disk,
+            MIB,
+            4096,
+            ZeroFlags {
+                no_hole: true,
+                fast: false,
+            },
+        )
+        .unwrap();
+        b.read(disk, MIB, &mut buf).unwrap();
+        assert_eq!(&buf[..4096], &[0u8; 4096][..]);
+        assert_eq!(&buf[4096..], &[0xab; 4096][..]);
+        b.trim(disk, 0, 4 * MIB).unwrap();
+        status.clear();
+        b.block_status(disk, 0, 4 * MIB, 16, &mut status).unwrap();
+        assert_eq!(status, [Extent::hole(4 * MIB)]);
+        b.read(disk, MIB, &mut buf).unwrap();
+        assert_eq!(buf, [0u8; 8192]);
+        // Past the end of the filesystem's space: ENOSPC.
+        let huge = b.open("same").unwrap();
+        let big = vec![1u8; (17 * MIB) as usize];
+        assert_eq!(b.write(huge, 0, &big), Err(BackendError::NoSpace));
+        assert_eq!(
+            b.read(ExportHandle(42), 0, &mut buf),
+            Err(BackendError::NoSuchExport)
+        );
+    }
+
+    #[test]
+    fn a_file_that_shrank_reads_zeros_past_its_end() {
+        let mut f = exports();
+        let mut targets = Vec::new();
+        let ro = backend(&mut f.storage, &mut targets).open("ro").unwrap();
+        f.ok("truncate ro 8");
+        let mut b = backend(&mut f.storage, &mut targets);
+        let mut buf = [0xffu8; 16];
+        b.read(ro, 0, &mut buf).unwrap();
+        assert_eq!(&buf, b"readonly\0\0\0\0\0\0\0\0");
+        // A removed file's handle is stale: EINVAL.
+        f.ok("rm ro");
+        let mut b = backend(&mut f.storage, &mut targets);
+        assert_eq!(b.read(ro, 0, &mut buf), Err(BackendError::Invalid));
+    }
+
+    #[test]
+    fn raw_export_io() {
+        let mut f = exports();
+        let mut targets = Vec::new();
+        let mut b = backend(&mut f.storage, &mut targets);
+        let raw = b.open("pmem2").unwrap();
+        b.write(raw, 4096, b"raw bytes").unwrap();
+        b.flush(raw).unwrap();
+        let mut buf = [0u8; 9];
+        b.read(raw, 4096, &mut buf).unwrap();
+        assert_eq!(&buf, b"raw bytes");
+        b.write_zeroes(raw, 4096, 4, ZeroFlags::default()).unwrap();
+        b.read(raw, 4096, &mut buf).unwrap();
+        assert_eq!(&buf, b"\0\0\0\0bytes");
+        let mut status = Vec::new();
+        b.block_status(raw, 0, 8 * MIB, 16, &mut status).unwrap();
+        assert_eq!(status, [Extent::data(8 * MIB)]);
+        assert_eq!(b.read(raw, 8 * MIB, &mut buf), Err(BackendError::Invalid));
+        assert_eq!(b.write(raw, 8 * MIB - 1, b"xx"), Err(BackendError::Invalid));
+        drop(b);
+        assert_eq!(&f.env.image("pmem2")[4100..4105], b"bytes");
+    }
+
+    /// The storage set behind a `RefCell`, as a host loop holds it.
+    struct Cell(RefCell<Fixture>);
+
+    impl SharedStorage<TestMemory> for &Cell {
+        fn with<R>(&self, f: impl FnOnce(&mut Storage<TestMemory>) -> R) -> R {
+            f(&mut self.0.borrow_mut().storage)
+        }
+    }
+
+    /// Feeds `input` and drains every reply byte.
+    fn exchange<S: TcpService>(
+        service: &mut S,
+        conn: &mut S::Connection,
+        input: &[u8],
+        now: u64,
+    ) -> Vec<u8> {
+        let mut used = 0;
+        let mut output = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = service.produce(conn, &mut buf, now);
+            output.extend_from_slice(&buf[..n]);
+            let m = service.receive(conn, &input[used..], now);
+            used += m;
+            if n == 0 && m == 0 {
+                break;
+            }
+        }
+        assert_eq!(used, input.len(), "every byte consumed");
+        output
+    }
+
+    fn request(kind: u16, cookie: u64, offset: u64, len: u32) -> Vec<u8> {
+        let mut bytes = 0x2560_9513u32.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&0u16.to_be_bytes());
+        bytes.extend_from_slice(&kind.to_be_bytes());
+        bytes.extend_from_slice(&cookie.to_be_bytes());
+        bytes.extend_from_slice(&offset.to_be_bytes());
+        bytes.extend_from_slice(&len.to_be_bytes());
+        bytes
+    }
+
+    #[test]
+    fn service_session_counters_and_linger() {
+        let cell = Cell(RefCell::new(exports()));
+        let mut service = NbdService::new(&cell);
+        let mut conn = service.accept(0);
+        let greeting = exchange(&mut service, &mut conn, &[], 0);
+        assert_eq!(&greeting[..16], b"NBDMAGICIHAVEOPT");
+        // Client flags (fixed newstyle, no zeroes), then NBD_OPT_GO "disk".
+        let mut hello = 3u32.to_be_bytes().to_vec();
+        hello.extend_from_slice(b"IHAVEOPT");
+        hello.extend_from_slice(&7u32.to_be_bytes());
+        hello.extend_from_slice(&10u32.to_be_bytes());
+        hello.extend_from_slice(&4u32.to_be_bytes());
+        hello.extend_from_slice(b"disk");
+        hello.extend_from_slice(&0u16.to_be_bytes());
+        let replies = exchange(&mut service, &mut conn, &hello, 1);
+        // The last reply is NBD_REP_ACK (type 1) to option 7.
+        let ack = &replies[replies.len() - 20..];
+        assert_eq!(&ack[8..16], &[0, 0, 0, 7, 0, 0, 0, 1]);
+        // WRITE 4 KiB at 0, then READ it back.
+        let mut input = request(1, 11, 0, 4096);
+        input.extend_from_slice(&[0x5a; 4096]);
+        input.extend_from_slice(&request(0, 12, 0, 4096));
+        let replies = exchange(&mut service, &mut conn, &input, 2);
+        assert_eq!(replies.len(), 16 + 16 + 4096);
+        assert_eq!(&replies[4..16], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 11]);
+        assert_eq!(&replies[32..], &[0x5a; 4096][..]);
+        // Bytes in: flags 4 + GO 26 + WRITE 28 + 4096 + READ 28; out: the
+        // greeting, the GO replies, two reply headers and 4096 bytes.
+        let mut out = String::new();
+        commands::nbd(&mut cell.0.borrow_mut().storage, &[], 10809, &mut out).unwrap();
+        assert!(
+            out.ends_with(
+                "1 connection(s)\n  #1 disk: 2 requests (0 errors), 4182 bytes in, 4232 bytes out, \
+                 read 4096 written 4096\n"
+            ),
+            "{out}"
+        );
+        assert_eq!(service.deadline(&conn), None);
+        // NBD_CMD_DISC: the engine is done; the linger limit starts.
+        let replies = exchange(&mut service, &mut conn, &request(2, 13, 0, 0), 5_000);
+        assert!(replies.is_empty());
+        assert!(service.wants_close(&conn));
+        assert_eq!(service.deadline(&conn), Some(5_000 + LINGER_MS));
+        service.closed(conn);
+        assert!(cell.0.borrow().storage.connections().is_empty());
+    }
+
+    #[test]
+    fn handshake_deadline_and_connection_numbers() {
+        let cell = Cell(RefCell::new(exports()));
+        let mut service = NbdService::new(&cell);
+        let first = service.accept(1_000);
+        let mut second = service.accept(1_000);
+        // The engine's handshake timeout (10 s by default) bounds both.
+        assert_eq!(service.deadline(&first), Some(11_000));
+        exchange(&mut service, &mut second, &[], 1_000);
+        let status = cell.0.borrow().storage.connections().to_vec();
+        assert_eq!(status.len(), 1);
+        assert_eq!(
+            (status[0].id, status[0].export.as_str()),
+            (2, "(handshake)")
+        );
+        service.closed(second);
+        service.closed(first);
+        assert!(cell.0.borrow().storage.connections().is_empty());
+    }
+}
