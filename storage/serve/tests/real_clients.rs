@@ -13,9 +13,9 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use daxbox_tests::nbd_client::{
-    go_data, run_tool, run_tool_ok, test_image, uri, RawClient, CMD_DISC, CMD_FLUSH, CMD_READ,
-    CMD_TRIM, CMD_WRITE, EINVAL, ENOSPC, EPERM, IHAVEOPT, OPT_EXPORT_NAME, OPT_GO, OPT_LIST,
-    REP_ACK, REP_ERR_UNKNOWN, REP_INFO, REP_SERVER,
+    go_data, request_bytes, run_tool, run_tool_ok, test_image, uri, RawClient, CMD_DISC, CMD_FLUSH,
+    CMD_READ, CMD_TRIM, CMD_WRITE, EINVAL, ENOSPC, EPERM, IHAVEOPT, OPT_EXPORT_NAME, OPT_GO,
+    OPT_LIST, REP_ACK, REP_ERR_UNKNOWN, REP_INFO, REP_SERVER,
 };
 
 const QUICK: Duration = Duration::from_secs(60);
@@ -896,4 +896,75 @@ fn blank_image_with_format_never_is_left_alone_until_mkfs() {
     assert_eq!(list_exports(server.port), ["x"]);
     let json = run_tool_ok("nbdinfo", &["--json", &server.uri("x")], QUICK);
     assert!(json.contains("\"export-size\": 1048576"), "{json}");
+}
+
+#[test]
+fn pipelined_clients_while_one_never_reads() {
+    let dir = TempDir::new("pipelines");
+    let pmem0 = image_arg(&dir, "pmem0.img", "128M");
+    let server = Server::start(&[
+        "--image", &pmem0, "--format", "if-blank", "--create", "disk=64M",
+    ]);
+    let port = server.port;
+    // A client that asks for 32 MiB and never reads the reply: the loop
+    // must keep serving everyone else.
+    let mut stalled = RawClient::start(port);
+    stalled.go("disk");
+    stalled.request(CMD_READ, 1, 0, 32 << 20, &[]);
+
+    let handles: Vec<_> = (0..16u64)
+        .map(|index| {
+            std::thread::spawn(move || {
+                let mut client = RawClient::start(port);
+                client.go("disk");
+                let base = index * (1 << 20);
+                let block = move |i: u64| vec![(index as u8) ^ (i as u8).wrapping_mul(31); 4096];
+                let mut reader = client.try_clone();
+                let collector = std::thread::spawn(move || {
+                    let mut cookies = Vec::new();
+                    for _ in 0..64 {
+                        let (error, cookie) = reader.simple();
+                        assert_eq!(error, 0, "client {index}: write");
+                        cookies.push(cookie);
+                    }
+                    cookies.sort();
+                    assert_eq!(cookies, (0..64).collect::<Vec<u64>>());
+                    for i in 0..64u64 {
+                        assert_eq!(reader.simple(), (0, 1000 + i), "client {index}: read order");
+                        assert_eq!(
+                            reader.read_bytes(4096),
+                            block(i),
+                            "client {index}: read {i}"
+                        );
+                    }
+                });
+                let mut batch = Vec::new();
+                for i in 0..64u64 {
+                    batch.extend_from_slice(&request_bytes(CMD_WRITE, 0, i, base + i * 4096, 4096));
+                    batch.extend_from_slice(&block(i));
+                }
+                for i in 0..64u64 {
+                    batch.extend_from_slice(&request_bytes(
+                        CMD_READ,
+                        0,
+                        1000 + i,
+                        base + i * 4096,
+                        4096,
+                    ));
+                }
+                client.send(&batch);
+                collector.join().expect("reply collector");
+                client.request(CMD_DISC, 0, 0, 0, &[]);
+                client.expect_closed(Duration::from_secs(10), "NBD_CMD_DISC");
+            })
+        })
+        .collect();
+    for (index, handle) in handles.into_iter().enumerate() {
+        if handle.join().is_err() {
+            panic!("pipelined client {index} failed (see its panic above)");
+        }
+    }
+    // The stalled client still gets its whole reply when it reads.
+    assert_eq!(stalled.simple(), (0, 1), "stalled client: 32 MiB read");
+    assert_eq!(stalled.read_bytes(32 << 20).len(), 32 << 20);
 }
