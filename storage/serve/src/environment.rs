@@ -1,0 +1,100 @@
+//! The host's [`Environment`]: image-backed devices, a monotonic clock and
+//! UUIDs from the system time.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use daxbox_pmem::block::PmemBlockDevice;
+use daxbox_pmem::frames::Owner;
+use daxbox_storage::Environment;
+
+use crate::ImageMemory;
+
+struct Device {
+    name: String,
+    block: Option<PmemBlockDevice<ImageMemory>>,
+    owner: Option<Owner>,
+}
+
+/// Devices `pmem0`, `pmem1`, ... in the order given; a device handed to
+/// the storage set is remembered with its owner, as `pmem.rs` does.
+pub struct HostEnvironment {
+    devices: Vec<Device>,
+    started: Instant,
+}
+
+impl HostEnvironment {
+    /// Devices over `images`; those named in `read_only` refuse writes
+    /// through the block layer (as `readonly=pmemN` does in the kernel).
+    pub fn new(images: Vec<ImageMemory>, read_only: &[String]) -> Self {
+        let devices = images
+            .into_iter()
+            .enumerate()
+            .map(|(index, memory)| {
+                let name = format!("pmem{index}");
+                let mut block = PmemBlockDevice::new(name.clone(), memory, 4096);
+                block.set_read_only(read_only.contains(&name));
+                Device {
+                    name,
+                    block: Some(block),
+                    owner: None,
+                }
+            })
+            .collect();
+        Self {
+            devices,
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Environment<ImageMemory> for HostEnvironment {
+    fn available_devices(&self) -> Vec<String> {
+        self.devices
+            .iter()
+            .filter(|d| d.block.is_some())
+            .map(|d| d.name.clone())
+            .collect()
+    }
+
+    fn inspect<R>(
+        &self,
+        device: &str,
+        f: impl FnOnce(&PmemBlockDevice<ImageMemory>) -> R,
+    ) -> Option<R> {
+        self.devices
+            .iter()
+            .find(|d| d.name == device)
+            .and_then(|d| d.block.as_ref())
+            .map(f)
+    }
+
+    fn taken_by(&self, device: &str) -> Option<Owner> {
+        self.devices
+            .iter()
+            .find(|d| d.name == device)
+            .and_then(|d| d.owner)
+    }
+
+    fn take(&mut self, device: &str, owner: Owner) -> Option<PmemBlockDevice<ImageMemory>> {
+        let device = self.devices.iter_mut().find(|d| d.name == device)?;
+        let block = device.block.take()?;
+        device.owner = Some(owner);
+        Some(block)
+    }
+
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn new_uuid(&mut self, index: u8) -> [u8; 16] {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let mut uuid = [0u8; 16];
+        uuid[..8].copy_from_slice(&(nanos as u64).to_le_bytes());
+        uuid[8..12].copy_from_slice(&std::process::id().to_le_bytes());
+        uuid[12] = index;
+        uuid
+    }
+}

@@ -1,0 +1,167 @@
+//! `daxbox-serve`: the daxbox storage service over pmem image files, served
+//! over NBD on 127.0.0.1 (see the library docs).
+//!
+//! ```text
+//! daxbox-serve --image PATH[,size=SIZE]... [--format if-blank|never]
+//!              [--export-raw pmemN]... [--readonly NAME]...
+//!              [--create NAME=SIZE]... [--port PORT] [--handshake-timeout-ms N]
+//! ```
+//!
+//! Prints the boot messages the kernel prints (`storage: ...`), the output
+//! of each `--create`, then `listening on 127.0.0.1:PORT` (`--port 0` picks
+//! a free port). Afterwards every line on stdin is a storage shell command
+//! (`ls`, `create`, `cat`, `nbd`, ..., `help`, `poweroff`), answered on
+//! stdout and ended by `ok` or `error: MESSAGE`.
+
+use std::io::{BufRead, Write};
+use std::net::TcpListener;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use daxbox_bootconfig::FormatPolicy;
+use daxbox_nbd::ServerConfig;
+use daxbox_serve::{Admin, HostEnvironment, ImageMemory, ImageSpec, State, TcpLoop};
+use daxbox_storage::{BootPolicy, NbdService, Storage};
+
+const USAGE: &str = "usage: daxbox-serve --image PATH[,size=SIZE]... [--format if-blank|never] \
+     [--export-raw pmemN]... [--readonly NAME]... [--create NAME=SIZE]... [--port PORT] \
+     [--handshake-timeout-ms N]";
+
+struct Options {
+    images: Vec<ImageSpec>,
+    policy: BootPolicy,
+    read_only: Vec<String>,
+    create: Vec<(String, String)>,
+    port: u16,
+    engine: ServerConfig,
+}
+
+fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
+    let mut options = Options {
+        images: Vec::new(),
+        policy: BootPolicy {
+            format: FormatPolicy::Never,
+            export_raw: Vec::new(),
+        },
+        read_only: Vec::new(),
+        create: Vec::new(),
+        port: 10809,
+        engine: ServerConfig::default(),
+    };
+    while let Some(arg) = args.next() {
+        let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
+        match arg.as_str() {
+            "--image" => options.images.push(ImageSpec::parse(&value)?),
+            "--format" => {
+                options.policy.format = match value.as_str() {
+                    "if-blank" => FormatPolicy::IfBlank,
+                    "never" => FormatPolicy::Never,
+                    other => return Err(format!("--format {other}: if-blank or never")),
+                }
+            }
+            "--export-raw" => options.policy.export_raw.push(value),
+            "--readonly" => options.read_only.push(value),
+            "--create" => {
+                let (name, size) = value
+                    .split_once('=')
+                    .ok_or_else(|| format!("--create {value}: NAME=SIZE"))?;
+                options.create.push((name.to_string(), size.to_string()));
+            }
+            "--port" => {
+                options.port = value
+                    .parse()
+                    .map_err(|_| format!("--port {value}: not a port"))?
+            }
+            "--handshake-timeout-ms" => {
+                options.engine.handshake_timeout_ms = value
+                    .parse()
+                    .map_err(|_| format!("--handshake-timeout-ms {value}: not a number"))?
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    if options.images.is_empty() {
+        return Err("at least one --image is needed".into());
+    }
+    Ok(options)
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("daxbox-serve: {message}");
+    eprintln!("{USAGE}");
+    std::process::exit(2);
+}
+
+fn main() {
+    let options = parse(std::env::args().skip(1)).unwrap_or_else(|e| fail(&e));
+    let images: Vec<ImageMemory> = options
+        .images
+        .iter()
+        .map(ImageMemory::open)
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| fail(&e));
+    let mut state = State {
+        storage: Storage::new(),
+        env: HostEnvironment::new(images, &options.read_only),
+    };
+    state.storage.set_read_only(options.read_only.clone());
+    let mut boot_log = String::new();
+    daxbox_storage::boot(
+        &mut state.storage,
+        &mut state.env,
+        &options.policy,
+        &mut boot_log,
+    );
+    print!("{boot_log}");
+
+    let listener = TcpListener::bind(("127.0.0.1", options.port))
+        .unwrap_or_else(|e| fail(&format!("bind 127.0.0.1:{}: {e}", options.port)));
+    let address = listener
+        .local_addr()
+        .unwrap_or_else(|e| fail(&format!("local address: {e}")));
+    let shared = daxbox_serve::admin_shared(state);
+    let mut admin = Admin::new(shared.clone(), address.port());
+    for (name, size) in &options.create {
+        let (output, _) = admin.run_line(&format!("create {name} {size}"));
+        print!("{output}");
+        if output.contains("error: ") {
+            std::process::exit(1);
+        }
+    }
+    let service = NbdService::with_config(shared, options.engine);
+    let mut server = TcpLoop::new(listener, service).unwrap_or_else(|e| fail(&e.to_string()));
+    println!("listening on {address}");
+    let _ = std::io::stdout().flush();
+
+    // Admin lines come from a reader thread; the loop owns everything else.
+    let (lines, commands) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut idle = 0u32;
+    loop {
+        let mut work = server.poll();
+        while let Ok(line) = commands.try_recv() {
+            work = true;
+            let (output, outcome) = admin.run_line(&line);
+            print!("{output}");
+            let _ = std::io::stdout().flush();
+            if outcome == daxbox_serve::Outcome::PowerOff {
+                return;
+            }
+        }
+        // Nothing to wait on without platform calls: back off from 20 us
+        // to 2 ms while idle, and go again at once after work.
+        if work {
+            idle = 0;
+        } else {
+            idle = (idle + 1).min(100);
+            std::thread::sleep(Duration::from_micros(20 * u64::from(idle)));
+        }
+    }
+}

@@ -1,0 +1,430 @@
+//! What each pmem device becomes at boot.
+//!
+//! [`decide`] is the whole policy as a pure function of the device name,
+//! what [`daxfs::Filesystem::probe`] found and the boot configuration:
+//! - named by `export_raw=`: exported raw over NBD;
+//! - holding daxfs: mounted (recovering after an unclean shutdown), unless
+//!   its format version is newer than this build understands;
+//! - blank and `format=if-blank`: formatted, then mounted;
+//! - anything else (blank with `format=never`, foreign data, a damaged
+//!   filesystem): left alone with a message, still reachable with `blk`
+//!   and `mkfs`.
+//!
+//! [`boot`] applies it to every device of an [`Environment`]: a device that
+//! becomes a volume is taken from the environment (in the kernel its frames
+//! pass from the device to the new owner in the page-frame table, so
+//! `blk write` cannot scribble over a mounted filesystem).
+
+use alloc::boxed::Box;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt::Write;
+
+use daxbox_bootconfig::FormatPolicy;
+use daxbox_persist::PersistentMemory;
+use daxbox_pmem::block::BlockDevice;
+use daxbox_pmem::frames::Owner;
+use daxfs::{Filesystem, FormatOptions, Probe};
+
+use crate::{device_index, human, Environment, Role, Storage, Volume};
+
+/// The boot configuration's say in what devices become.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootPolicy {
+    /// Whether a blank device may be formatted (`format=`).
+    pub format: FormatPolicy,
+    /// Devices exported raw instead of mounted (`export_raw=`).
+    pub export_raw: Vec<String>,
+}
+
+/// Why a device is left alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaveReason {
+    /// daxfs of a format version newer than this build supports. Mounting
+    /// would fail, and a failed mount loses the device until the next
+    /// boot: it is refused before the device is taken.
+    NewerFormat {
+        /// Version on media.
+        version: u32,
+    },
+    /// Blank, and the policy is `format=never`.
+    Blank,
+    /// Something that is not daxfs.
+    Foreign,
+    /// A daxfs image that cannot be mounted.
+    Damaged(daxfs::Error),
+}
+
+/// What a device becomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Exported raw over NBD.
+    ExportRaw,
+    /// daxfs mounted; `recover` after an unclean shutdown.
+    Mount {
+        /// The last mount did not end with an unmount.
+        recover: bool,
+    },
+    /// Blank: formatted, then mounted.
+    Format,
+    /// Not touched.
+    LeaveAlone {
+        /// Why.
+        reason: LeaveReason,
+    },
+}
+
+impl Decision {
+    /// The line printed when the decision is made, if any (the outcome of
+    /// a mount or export is printed once it happened).
+    pub fn message(&self, device: &str) -> Option<String> {
+        let text = match self {
+            Decision::ExportRaw | Decision::Format | Decision::Mount { recover: false } => {
+                return None
+            }
+            Decision::Mount { recover: true } => alloc::format!(
+                "storage: {} was not unmounted cleanly; mounting with recovery",
+                device
+            ),
+            Decision::LeaveAlone { reason } => match reason {
+                LeaveReason::NewerFormat { version } => alloc::format!(
+                    "storage: {} holds daxfs format version {} (this kernel supports up to {}); left alone",
+                    device,
+                    version,
+                    daxfs::format::FORMAT_VERSION
+                ),
+                LeaveReason::Blank => alloc::format!(
+                    "storage: {} is blank; not formatting (boot config format=if-blank, or `mkfs {}`)",
+                    device, device
+                ),
+                LeaveReason::Foreign => alloc::format!(
+                    "storage: {} holds something that is not daxfs; left alone (`mkfs {}` erases it)",
+                    device, device
+                ),
+                LeaveReason::Damaged(error) => alloc::format!(
+                    "storage: {}: damaged filesystem, not mounted: {} (data left as it is)",
+                    device, error
+                ),
+            },
+        };
+        Some(text)
+    }
+}
+
+/// The boot-time decision for device `device` whose probe found `probe`.
+pub fn decide(device: &str, probe: &Probe, policy: &BootPolicy) -> Decision {
+    if policy.export_raw.iter().any(|d| d == device) {
+        return Decision::ExportRaw;
+    }
+    match probe {
+        Probe::Daxfs { version, .. } if *version > daxfs::format::FORMAT_VERSION => {
+            Decision::LeaveAlone {
+                reason: LeaveReason::NewerFormat { version: *version },
+            }
+        }
+        Probe::Daxfs { clean, .. } => Decision::Mount { recover: !clean },
+        Probe::Blank if policy.format == FormatPolicy::IfBlank => Decision::Format,
+        Probe::Blank => Decision::LeaveAlone {
+            reason: LeaveReason::Blank,
+        },
+        Probe::Foreign => Decision::LeaveAlone {
+            reason: LeaveReason::Foreign,
+        },
+        Probe::Corrupt(error) => Decision::LeaveAlone {
+            reason: LeaveReason::Damaged(error.clone()),
+        },
+    }
+}
+
+/// Looks at every available device of `env` and mounts, formats or
+/// exports it, printing what happened to `out`.
+pub fn boot<M: PersistentMemory, E: Environment<M>>(
+    storage: &mut Storage<M>,
+    env: &mut E,
+    policy: &BootPolicy,
+    out: &mut dyn Write,
+) {
+    let devices = env.available_devices();
+    // A typo in export_raw= would otherwise pass without a word, and the
+    // export the operator expects would simply not exist.
+    for raw in &policy.export_raw {
+        if !devices.contains(raw) {
+            let _ = writeln!(out, "storage: export_raw={}: no such device (ignored)", raw);
+        }
+    }
+    for name in devices {
+        let Some(probe) = env.inspect(&name, |block| Filesystem::probe(block.memory())) else {
+            continue;
+        };
+        let decision = decide(&name, &probe, policy);
+        if let Some(message) = decision.message(&name) {
+            let _ = writeln!(out, "{}", message);
+        }
+        let index = device_index(&name);
+        let format = match decision {
+            Decision::ExportRaw => {
+                match env.take(&name, Owner::Device(index)) {
+                    Some(block) => {
+                        let _ = writeln!(
+                            out,
+                            "storage: {} exported raw ({})",
+                            name,
+                            human(block.size())
+                        );
+                        storage.volumes.push(Volume {
+                            device: name,
+                            role: Role::Raw(block),
+                        });
+                    }
+                    None => {
+                        let _ = writeln!(out, "storage: {}: cannot take the device", name);
+                    }
+                }
+                continue;
+            }
+            Decision::LeaveAlone { .. } => continue,
+            Decision::Mount { .. } => false,
+            Decision::Format => true,
+        };
+        if let Err(message) = attach(storage, env, &name, format, out) {
+            let _ = writeln!(out, "storage: {}: {}", name, message);
+        }
+    }
+}
+
+/// Takes device `name` from `env` and mounts it (formatting it first when
+/// `format`), adding a volume and printing the outcome.
+pub fn attach<M: PersistentMemory, E: Environment<M>>(
+    storage: &mut Storage<M>,
+    env: &mut E,
+    name: &str,
+    format: bool,
+    out: &mut dyn Write,
+) -> Result<(), String> {
+    let index = device_index(name);
+    let block = env
+        .take(name, Owner::Filesystem(index))
+        .ok_or("the device is already in use")?;
+    let memory = block.into_memory();
+    let started = env.now_us();
+    let result = if format {
+        Filesystem::format(
+            memory,
+            FormatOptions {
+                uuid: env.new_uuid(index),
+                max_files: None,
+            },
+        )
+    } else {
+        Filesystem::mount(memory)
+    };
+    let elapsed = env.now_us().saturating_sub(started);
+    match result {
+        Ok(fs) => {
+            let statfs = fs.statfs();
+            let _ = writeln!(
+                out,
+                "storage: {} {} daxfs in {} ms: {} files, {} free of {}",
+                name,
+                if format {
+                    "formatted and mounted"
+                } else {
+                    "mounted"
+                },
+                elapsed / 1000,
+                statfs.files,
+                human(statfs.free_blocks * statfs.block_size),
+                human(statfs.data_blocks * statfs.block_size),
+            );
+            storage.volumes.push(Volume {
+                device: name.to_string(),
+                role: Role::Filesystem(Box::new(fs)),
+            });
+            Ok(())
+        }
+        // The memory went into the failed mount and is gone with it; the
+        // device stays out of use until the next boot.
+        Err(error) => Err(alloc::format!("mount failed: {}", error)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{FakeEnvironment, Fixture, MIB};
+    use alloc::vec;
+
+    fn policy(format: FormatPolicy, raw: &[&str]) -> BootPolicy {
+        BootPolicy {
+            format,
+            export_raw: raw.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn decision_table() {
+        let if_blank = policy(FormatPolicy::IfBlank, &["pmem1"]);
+        let never = policy(FormatPolicy::Never, &[]);
+        let current = daxfs::format::FORMAT_VERSION;
+        let daxfs = |version, clean| Probe::Daxfs { version, clean };
+        let cases = [
+            // export_raw wins over whatever the device holds.
+            ("pmem1", daxfs(current, true), &if_blank, Decision::ExportRaw, None),
+            ("pmem1", Probe::Foreign, &if_blank, Decision::ExportRaw, None),
+            ("pmem0", daxfs(current, true), &if_blank, Decision::Mount { recover: false }, None),
+            (
+                "pmem0",
+                daxfs(current, false),
+                &never,
+                Decision::Mount { recover: true },
+                Some("storage: pmem0 was not unmounted cleanly; mounting with recovery".to_string()),
+            ),
+            (
+                "pmem0",
+                daxfs(current + 1, true),
+                &if_blank,
+                Decision::LeaveAlone { reason: LeaveReason::NewerFormat { version: current + 1 } },
+                Some(alloc::format!(
+                    "storage: pmem0 holds daxfs format version {} (this kernel supports up to {}); left alone",
+                    current + 1,
+                    current
+                )),
+            ),
+            ("pmem0", Probe::Blank, &if_blank, Decision::Format, None),
+            (
+                "pmem2",
+                Probe::Blank,
+                &never,
+                Decision::LeaveAlone { reason: LeaveReason::Blank },
+                Some("storage: pmem2 is blank; not formatting (boot config format=if-blank, or `mkfs pmem2`)".to_string()),
+            ),
+            (
+                "pmem0",
+                Probe::Foreign,
+                &if_blank,
+                Decision::LeaveAlone { reason: LeaveReason::Foreign },
+                Some("storage: pmem0 holds something that is not daxfs; left alone (`mkfs pmem0` erases it)".to_string()),
+            ),
+            (
+                "pmem0",
+                Probe::Corrupt(daxfs::Error::Foreign),
+                &if_blank,
+                Decision::LeaveAlone { reason: LeaveReason::Damaged(daxfs::Error::Foreign) },
+                Some(alloc::format!(
+                    "storage: pmem0: damaged filesystem, not mounted: {} (data left as it is)",
+                    daxfs::Error::Foreign
+                )),
+            ),
+        ];
+        for (device, probe, policy, expected, message) in cases {
+            let decision = decide(device, &probe, policy);
+            assert_eq!(decision, expected, "{device} {probe:?}");
+            assert_eq!(decision.message(device), message, "{device} {probe:?}");
+        }
+    }
+
+    #[test]
+    fn boot_formats_mounts_exports_and_leaves_alone() {
+        let mut env = FakeEnvironment::new(&[16 * MIB, 16 * MIB, 8 * MIB, 8 * MIB]);
+        // pmem3 holds foreign bytes.
+        env.device_memory_mut("pmem3").bytes_mut()[..4].copy_from_slice(b"junk");
+        let mut storage = Storage::new();
+        let mut out = String::new();
+        boot(
+            &mut storage,
+            &mut env,
+            &policy(FormatPolicy::IfBlank, &["pmem2", "pmem7"]),
+            &mut out,
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0],
+            "storage: export_raw=pmem7: no such device (ignored)"
+        );
+        assert!(
+            lines[1].starts_with("storage: pmem0 formatted and mounted daxfs in 1 ms: 0 files, "),
+            "{out}"
+        );
+        assert!(
+            lines[2].starts_with("storage: pmem1 formatted and mounted daxfs in 1 ms"),
+            "{out}"
+        );
+        assert_eq!(lines[3], "storage: pmem2 exported raw (8 MiB)");
+        assert_eq!(
+            lines[4],
+            "storage: pmem3 holds something that is not daxfs; left alone (`mkfs pmem3` erases it)"
+        );
+        assert_eq!(lines.len(), 5, "{out}");
+        let devices: Vec<&str> = storage.volumes.iter().map(|v| v.device.as_str()).collect();
+        assert_eq!(devices, ["pmem0", "pmem1", "pmem2"]);
+        assert_eq!(env.taken_by("pmem0"), Some(Owner::Filesystem(0)));
+        assert_eq!(env.taken_by("pmem2"), Some(Owner::Device(2)));
+        assert_eq!(env.taken_by("pmem3"), None);
+        assert_eq!(env.available_devices(), vec!["pmem3".to_string()]);
+    }
+
+    #[test]
+    fn boot_never_formats_with_format_never_and_remounts_after_a_crash() {
+        let mut env = FakeEnvironment::new(&[16 * MIB]);
+        let mut storage = Storage::new();
+        let mut out = String::new();
+        boot(
+            &mut storage,
+            &mut env,
+            &policy(FormatPolicy::Never, &[]),
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            "storage: pmem0 is blank; not formatting (boot config format=if-blank, or `mkfs pmem0`)\n"
+        );
+        assert!(storage.volumes.is_empty());
+
+        // Format, write a file, "crash" (no unmount), boot again.
+        let mut f = Fixture::with_devices(&[16 * MIB], &[]);
+        f.run("create kept 4K").unwrap();
+        f.run("write kept 0 hello").unwrap();
+        let image = f.env.image("pmem0");
+        let mut env = FakeEnvironment::from_images(vec![image]);
+        let mut storage = Storage::new();
+        let mut out = String::new();
+        boot(
+            &mut storage,
+            &mut env,
+            &policy(FormatPolicy::Never, &[]),
+            &mut out,
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0],
+            "storage: pmem0 was not unmounted cleanly; mounting with recovery"
+        );
+        assert!(
+            lines[1].starts_with("storage: pmem0 mounted daxfs in 1 ms: 1 files, "),
+            "{out}"
+        );
+        assert!(storage.lookup("kept").is_ok());
+    }
+
+    #[test]
+    fn boot_of_a_clean_image_prints_only_the_mount() {
+        let mut f = Fixture::with_devices(&[16 * MIB], &[]);
+        f.run("create a 4K").unwrap();
+        f.storage.shutdown();
+        let image = f.env.image("pmem0");
+        let mut env = FakeEnvironment::from_images(vec![image]);
+        let mut storage = Storage::new();
+        let mut out = String::new();
+        boot(
+            &mut storage,
+            &mut env,
+            &policy(FormatPolicy::IfBlank, &[]),
+            &mut out,
+        );
+        assert!(
+            out.starts_with("storage: pmem0 mounted daxfs in 1 ms: 1 files, "),
+            "{out}"
+        );
+        assert_eq!(out.lines().count(), 1);
+    }
+}

@@ -1,0 +1,413 @@
+//! The daxbox storage service, without the machine: which pmem device
+//! becomes what at boot, the volumes (daxfs mounts and raw exports), how
+//! names like `pmemN` and `pmemN:NAME` resolve, the NBD exports and their
+//! read-only policy, the NBD `Backend` and `TcpService`, and the storage
+//! shell commands (`ls stat create rm mv clone truncate write cat df fsck
+//! mkfs nbd`).
+//!
+//! Everything is generic over `M:` [`PersistentMemory`], so the same code
+//! runs in three places: the kernel (`kernel/src/storage.rs` and
+//! `kernel/src/nbd.rs`, over identity-mapped pmem, serving through
+//! smoltcp), the host server `daxbox-serve` (`storage/serve/`, over an
+//! image file, serving through std TCP) and the unit tests here (over
+//! `VecMemory`). What only the machine has comes in through
+//! [`Environment`]: the devices not yet handed over (the kernel keeps them
+//! in `pmem.rs` with their page-frame tables), a clock for the timings the
+//! commands print and a source of filesystem UUIDs.
+//!
+//! Neighbours: `fs/daxfs` (the filesystem), `drivers/pmem` (block devices,
+//! frame owners), `net/nbd` (the sans-I/O protocol engine this crate gives a
+//! [`daxbox_nbd::Backend`]), `net/stack` (its [`daxbox_netstack::TcpService`]
+//! trait, implemented by [`NbdService`]; depending on the crate for the
+//! trait rather than copying it keeps the kernel's listener and the host
+//! loop driving exactly one contract), `kernel/bootconfig` (the format
+//! policy and size syntax) and `kernel/shell` (the command table type).
+//!
+//! Every message is the text the appliance has always printed: QEMU system
+//! tests match on it, and the unit tests here compare whole outputs.
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod boot;
+pub mod commands;
+pub mod nbd;
+
+#[cfg(test)]
+mod testing;
+
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use daxbox_persist::PersistentMemory;
+use daxbox_pmem::block::PmemBlockDevice;
+use daxbox_pmem::frames::Owner;
+use daxfs::{FileId, Filesystem};
+
+pub use boot::{boot, decide, BootPolicy, Decision, LeaveReason};
+pub use nbd::{export_names, NbdConnection, NbdService, SharedStorage, StorageBackend};
+
+/// What the storage layer needs from whoever runs it.
+///
+/// The kernel implements it over `pmem.rs` (devices with their page-frame
+/// tables, the TSC clock); `daxbox-serve` over image files; tests over
+/// `VecMemory`.
+pub trait Environment<M: PersistentMemory> {
+    /// Names of the devices not handed over yet, in discovery order.
+    fn available_devices(&self) -> Vec<String>;
+    /// Runs `f` on available device `device`; `None` when there is no such
+    /// available device.
+    fn inspect<R>(&self, device: &str, f: impl FnOnce(&PmemBlockDevice<M>) -> R) -> Option<R>;
+    /// Who holds device `device`, when it was handed over.
+    fn taken_by(&self, device: &str) -> Option<Owner>;
+    /// Hands device `device` over to `owner` (in the kernel: every frame of
+    /// the range passes to `owner` in the page-frame table). `None` when
+    /// there is no such available device or it cannot be handed over.
+    fn take(&mut self, device: &str, owner: Owner) -> Option<PmemBlockDevice<M>>;
+    /// Microseconds since some fixed point (for the timings printed).
+    fn now_us(&self) -> u64;
+    /// A fresh filesystem identity for a format of device number `index`.
+    fn new_uuid(&mut self, index: u8) -> [u8; 16];
+}
+
+/// A mounted filesystem or a raw export.
+pub enum Role<M: PersistentMemory> {
+    /// daxfs mounted on the device (boxed: the mounted state is much larger
+    /// than a raw block device).
+    Filesystem(Box<Filesystem<M>>),
+    /// The whole device, exported raw.
+    Raw(PmemBlockDevice<M>),
+}
+
+/// One device in use by the storage layer.
+pub struct Volume<M: PersistentMemory> {
+    /// Device name (`pmem0`, ...).
+    pub device: String,
+    /// What it is used for.
+    pub role: Role<M>,
+}
+
+/// One NBD connection as the `nbd` command shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionStatus {
+    /// Connection number, from 1 in accept order.
+    pub id: u64,
+    /// Export name, or `(handshake)`.
+    pub export: String,
+    /// The engine's counters.
+    pub stats: daxbox_nbd::ConnectionStats,
+}
+
+/// All volumes in device order, the read-only export names, and the NBD
+/// connections (kept here so that one lock covers what the `nbd` command
+/// shows).
+pub struct Storage<M: PersistentMemory> {
+    /// The volumes.
+    pub volumes: Vec<Volume<M>>,
+    /// Export names served read-only (`readonly=`).
+    read_only: Vec<String>,
+    /// Open NBD connections.
+    connections: Vec<ConnectionStatus>,
+}
+
+impl<M: PersistentMemory> Default for Storage<M> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A file named on the command line or by an NBD client: `NAME` (the first
+/// filesystem that has it, in device order) or `pmemN:NAME`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileRef {
+    /// Index into `Storage::volumes`.
+    pub volume: usize,
+    /// The file.
+    pub file: FileId,
+}
+
+/// Why a name does not resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameError {
+    /// `pmemN` names no volume; whether the device exists at all decides
+    /// the message ([`NameError::explain`]).
+    NotAVolume(String),
+    /// The device is exported raw.
+    Raw(String),
+    /// No file of that (bare) name.
+    NoSuchFile(String),
+    /// No filesystem is mounted anywhere.
+    NoFilesystem,
+}
+
+impl NameError {
+    /// The message, with [`NameError::NotAVolume`] told apart: a device
+    /// that exists but holds no mounted filesystem or raw export is named
+    /// as such, so that `pmemN:NAME` never silently means a file called
+    /// `pmemN:NAME` on some other device.
+    pub fn explain<M: PersistentMemory, E: Environment<M>>(self, env: &E) -> String {
+        match self {
+            NameError::NotAVolume(device) => {
+                if env.inspect(&device, |_| ()).is_some() || env.taken_by(&device).is_some() {
+                    alloc::format!(
+                        "{} has no mounted filesystem (see the boot log, or `mkfs {}`)",
+                        device,
+                        device
+                    )
+                } else {
+                    alloc::format!("no such device: {}", device)
+                }
+            }
+            other => alloc::format!("{}", other),
+        }
+    }
+}
+
+impl fmt::Display for NameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NameError::NotAVolume(device) => write!(f, "{} is not in use as a volume", device),
+            NameError::Raw(device) => write!(f, "{} is exported raw, not a filesystem", device),
+            NameError::NoSuchFile(name) => write!(f, "no such file: {}", name),
+            NameError::NoFilesystem => f.write_str("no filesystem is mounted"),
+        }
+    }
+}
+
+impl<M: PersistentMemory> Storage<M> {
+    /// No volumes (usable in a `static`).
+    pub const fn new() -> Self {
+        Self {
+            volumes: Vec::new(),
+            read_only: Vec::new(),
+            connections: Vec::new(),
+        }
+    }
+
+    /// Sets the export names served read-only (`readonly=NAME`).
+    pub fn set_read_only(&mut self, names: Vec<String>) {
+        self.read_only = names;
+    }
+
+    /// Whether export `name` is read-only.
+    pub fn is_read_only(&self, name: &str) -> bool {
+        self.read_only.iter().any(|r| r == name)
+    }
+
+    /// The open NBD connections.
+    pub fn connections(&self) -> &[ConnectionStatus] {
+        &self.connections
+    }
+
+    /// The filesystem on volume `index`, if it is one.
+    pub fn filesystem(&mut self, index: usize) -> Option<&mut Filesystem<M>> {
+        match &mut self.volumes.get_mut(index)?.role {
+            Role::Filesystem(fs) => Some(fs.as_mut()),
+            Role::Raw(_) => None,
+        }
+    }
+
+    /// Whether any filesystem is mounted.
+    pub fn has_filesystem(&self) -> bool {
+        self.volumes
+            .iter()
+            .any(|v| matches!(v.role, Role::Filesystem(_)))
+    }
+
+    /// The volume of device `device` (`pmemN`).
+    pub fn volume_of(&self, device: &str) -> Result<usize, NameError> {
+        self.volumes
+            .iter()
+            .position(|v| v.device == device)
+            .ok_or_else(|| NameError::NotAVolume(device.into()))
+    }
+
+    /// The volume of device `device`, which must hold a filesystem.
+    pub fn filesystem_volume(&self, device: &str) -> Result<usize, NameError> {
+        let index = self.volume_of(device)?;
+        match self.volumes[index].role {
+            Role::Filesystem(_) => Ok(index),
+            Role::Raw(_) => Err(NameError::Raw(device.into())),
+        }
+    }
+
+    /// Splits `pmemN:NAME` into (volume index, NAME); a plain `NAME` gives
+    /// `None` for the volume. A `pmemN:` prefix naming a device that is
+    /// not in use as a volume is an error.
+    pub fn split_qualified<'a>(
+        &self,
+        name: &'a str,
+    ) -> Result<(Option<usize>, &'a str), NameError> {
+        match name.split_once(':') {
+            Some((device, rest)) if is_device_name(device) => {
+                Ok((Some(self.volume_of(device)?), rest))
+            }
+            _ => Ok((None, name)),
+        }
+    }
+
+    /// Finds an existing file.
+    pub fn lookup(&self, name: &str) -> Result<FileRef, NameError> {
+        let (volume, name) = self.split_qualified(name)?;
+        for (index, candidate) in self.volumes.iter().enumerate() {
+            if volume.is_some_and(|v| v != index) {
+                continue;
+            }
+            if let Role::Filesystem(fs) = &candidate.role {
+                if let Ok(file) = fs.lookup(name) {
+                    return Ok(FileRef {
+                        volume: index,
+                        file,
+                    });
+                }
+            }
+        }
+        Err(NameError::NoSuchFile(name.into()))
+    }
+
+    /// The filesystem a new file called `name` goes to: the named device,
+    /// else the first mounted filesystem. Returns (volume, bare name).
+    pub fn target<'a>(&self, name: &'a str) -> Result<(usize, &'a str), NameError> {
+        let (volume, bare) = self.split_qualified(name)?;
+        let index = match volume {
+            Some(index) => index,
+            None => self
+                .volumes
+                .iter()
+                .position(|v| matches!(v.role, Role::Filesystem(_)))
+                .ok_or(NameError::NoFilesystem)?,
+        };
+        match self.volumes[index].role {
+            Role::Filesystem(_) => Ok((index, bare)),
+            Role::Raw(_) => Err(NameError::Raw(self.volumes[index].device.clone())),
+        }
+    }
+
+    /// Makes everything durable and marks every filesystem clean (before
+    /// power-off). Afterwards the volumes are gone.
+    pub fn shutdown(&mut self) {
+        for volume in self.volumes.drain(..) {
+            match volume.role {
+                Role::Filesystem(fs) => {
+                    let _ = fs.unmount();
+                }
+                Role::Raw(mut block) => {
+                    block.memory_mut().fence();
+                }
+            }
+        }
+    }
+}
+
+/// Whether `text` is a device name: `pmem` and a decimal number.
+pub fn is_device_name(text: &str) -> bool {
+    text.strip_prefix("pmem")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The number of device `name` (`pmem3` → 3) for page-frame owners;
+/// `u8::MAX` when it has none that fits.
+pub fn device_index(name: &str) -> u8 {
+    name.trim_start_matches("pmem").parse().unwrap_or(u8::MAX)
+}
+
+/// Formats a byte count with a binary unit: exact values as integers
+/// (`64 MiB`), others with one decimal (`504.7 MiB`). The same text as the
+/// kernel shell's `human`.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut unit = 0;
+    while unit + 1 < UNITS.len() && bytes >= 1u64 << (10 * (unit + 1)) {
+        unit += 1;
+    }
+    let scale = 1u64 << (10 * unit);
+    if bytes.is_multiple_of(scale) {
+        alloc::format!("{} {}", bytes / scale, UNITS[unit])
+    } else {
+        alloc::format!("{:.1} {}", bytes as f64 / scale as f64, UNITS[unit])
+    }
+}
+
+/// Parses a size with an optional K/M/G/T suffix (binary).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    daxbox_bootconfig::parse_size(text).ok_or_else(|| alloc::format!("bad size '{}'", text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::Fixture;
+
+    #[test]
+    fn device_names() {
+        assert!(is_device_name("pmem0"));
+        assert!(is_device_name("pmem12"));
+        assert!(!is_device_name("pmem"));
+        assert!(!is_device_name("pmemx"));
+        assert!(!is_device_name("disk"));
+        assert_eq!(device_index("pmem3"), 3);
+        assert_eq!(device_index("pmem999"), u8::MAX);
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human(0), "0 B");
+        assert_eq!(human(64 << 20), "64 MiB");
+        assert_eq!(human(1536), "1.5 KiB");
+        assert_eq!(human(1 << 40), "1 TiB");
+    }
+
+    #[test]
+    fn qualified_names_resolve_per_device() {
+        // pmem0 and pmem1 are filesystems, pmem2 raw, pmem3 blank and left
+        // alone.
+        let mut f = Fixture::standard();
+        f.run("create same 4K").unwrap();
+        f.run("create pmem1:same 8K").unwrap();
+        f.run("create only1 4K").unwrap();
+        let s = &f.storage;
+        assert_eq!(s.lookup("same").unwrap().volume, 0);
+        assert_eq!(s.lookup("pmem1:same").unwrap().volume, 1);
+        assert_eq!(s.lookup("pmem0:same").unwrap().volume, 0);
+        assert_eq!(
+            s.lookup("pmem0:nothing"),
+            Err(NameError::NoSuchFile("nothing".into()))
+        );
+        // A name with a colon that is not a device prefix is a plain name.
+        assert_eq!(s.lookup("a:b"), Err(NameError::NoSuchFile("a:b".into())));
+        assert_eq!(
+            s.lookup("pmem3:x").unwrap_err().explain(&f.env),
+            "pmem3 has no mounted filesystem (see the boot log, or `mkfs pmem3`)"
+        );
+        assert_eq!(
+            s.lookup("pmem9:x").unwrap_err().explain(&f.env),
+            "no such device: pmem9"
+        );
+        assert_eq!(
+            s.target("pmem2:x").unwrap_err().explain(&f.env),
+            "pmem2 is exported raw, not a filesystem"
+        );
+        assert_eq!(s.target("new"), Ok((0, "new")));
+        assert_eq!(s.target("pmem1:new"), Ok((1, "new")));
+    }
+
+    #[test]
+    fn no_filesystem_is_an_error_for_new_files() {
+        let mut f = Fixture::empty();
+        assert_eq!(f.storage.target("x"), Err(NameError::NoFilesystem));
+        assert_eq!(
+            f.run("create x 4K").unwrap_err(),
+            "no filesystem is mounted"
+        );
+    }
+
+    #[test]
+    fn shutdown_marks_filesystems_clean() {
+        let mut f = Fixture::standard();
+        f.storage.shutdown();
+        assert!(f.storage.volumes.is_empty());
+    }
+}
