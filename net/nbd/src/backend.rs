@@ -135,9 +135,9 @@ impl fmt::Display for BackendError {
 
 /// The set of exports, as seen by the protocol engine.
 ///
-/// The kernel implements this once over its storage state (daxfs files and
-/// raw pmem devices); the host test server implements it over memory and
-/// files. The engine has already checked every range against
+/// `daxbox-storage` implements this once over its storage state (daxfs
+/// files and raw pmem devices), for the kernel and the host server alike;
+/// the unit tests here implement it over memory. The engine has already checked every range against
 /// [`ExportInfo::size`], the read-only flag and the maximum block size
 /// before calling, but implementations still return errors rather than
 /// panic on bad input. The trait is object-safe.

@@ -9,9 +9,10 @@
 //! which lets the kernel (`kernel/`, over smoltcp sockets from
 //! `net/stack`) pass its socket buffers straight through, and lets host
 //! tests drive it with byte strings. Storage is reached through the
-//! [`Backend`] trait, which the kernel implements over daxfs files
-//! (`fs/daxfs`) and raw pmem devices (`drivers/pmem`), and the example
-//! `nbd-serve` implements over memory and host files.
+//! [`Backend`] trait, which the storage service (`storage/`,
+//! `daxbox-storage`) implements over daxfs files (`fs/daxfs`) and raw pmem
+//! devices (`drivers/pmem`), in the kernel and in the host server
+//! `daxbox-serve` alike.
 //!
 //! Module layout:
 //! - `connection`: one client's state machine and the input side
