@@ -6,6 +6,11 @@
 //! `receive` or [`Nic::refill`], so the receive ring never starves however
 //! fast frames arrive. Transmit slots are reclaimed from the used ring
 //! before each send; when all are in flight smoltcp is told to wait.
+//!
+//! Invariant: a packet slot is owned either by the device (posted, in
+//! `rx_posted` or `in_flight`) or by the driver (in `rx_done` or `free`,
+//! or borrowed by one token), never both; every `unsafe` call into
+//! `VirtIONetRaw` passes a slot the driver owns and hands it over.
 
 use alloc::vec::Vec;
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
@@ -13,7 +18,7 @@ use smoltcp::time::Instant;
 use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::transport::pci::PciTransport;
 
-use super::hal::{register_pool, DmaRegion, KernelHal};
+use crate::virtio::{register_pool, DmaRegion, KernelHal};
 
 /// Virtqueue size (QEMU's default for virtio-net).
 pub const QUEUE_SIZE: usize = 256;
@@ -27,7 +32,8 @@ const RX_SLOTS: usize = QUEUE_SIZE;
 const TX_SLOTS: usize = QUEUE_SIZE / 2;
 const NONE: u16 = u16::MAX;
 
-type Raw = VirtIONetRaw<KernelHal, PciTransport, QUEUE_SIZE>;
+/// The raw virtio-net driver this NIC drives.
+pub type Raw = VirtIONetRaw<KernelHal, PciTransport, QUEUE_SIZE>;
 
 /// Driver-level counters.
 #[derive(Clone, Copy, Debug, Default)]
@@ -40,14 +46,14 @@ pub struct NicCounters {
 
 /// A pool of fixed-size packet slots in one DMA region.
 struct Slots {
-    region: DmaRegion,
+    region: &'static DmaRegion,
 }
 
 impl Slots {
     fn new(count: usize) -> Option<Self> {
         let pages = (count * SLOT).div_ceil(4096) as u64;
         let region = DmaRegion::allocate(pages)?;
-        register_pool(region).then_some(Self { region })
+        register_pool(region).map(|region| Self { region })
     }
 
     /// The slot's bytes.
