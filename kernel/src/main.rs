@@ -185,13 +185,12 @@ fn print_memory_map(regions: &[bootloader_api::info::MemoryRegion]) {
 fn panic(info: &core::panic::PanicInfo) -> ! {
     interrupts::disable();
     match info.location() {
-        Some(location) => serial::force_print(format_args!(
+        Some(location) => serial::print_and_fail(format_args!(
             "KERNEL PANIC: {} at {}:{}\n",
             info.message(),
             location.file(),
             location.line()
         )),
-        None => serial::force_print(format_args!("KERNEL PANIC: {}\n", info.message())),
+        None => serial::print_and_fail(format_args!("KERNEL PANIC: {}\n", info.message())),
     }
-    power::exit(power::EXIT_FAILURE)
 }
