@@ -12,6 +12,7 @@ use alloc::vec::Vec;
 use daxbox_pci::{
     capabilities, enumerate, probe_bars, Bar, ConfigAccess, Ecam, Function, LegacyPorts,
 };
+use daxbox_platform::memory::PhysRange;
 use daxbox_platform::pci::{ConfigPorts, EcamMmio};
 use spin::Once;
 
@@ -77,7 +78,11 @@ fn choose_access() -> (Access, String) {
             String::from("port I/O 0xcf8 (MCFG window overflows)"),
         );
     };
-    match EcamMmio::map(start, len) {
+    let window = PhysRange {
+        start,
+        end: start.saturating_add(len),
+    };
+    match EcamMmio::map(window) {
         Ok(mmio) => match usize::try_from(entry.base) {
             Ok(base) => (
                 Access::Ecam(Ecam::new(mmio, base, entry.start_bus, entry.end_bus)),

@@ -145,8 +145,8 @@ pub fn shutdown() {
 pub struct BootFacts<'a> {
     /// The boot memory map.
     pub regions: &'a MemoryRegions,
-    /// Physical address and length of the kernel ELF.
-    pub kernel: (u64, u64),
+    /// Where the kernel ELF is.
+    pub kernel: PhysRange,
 }
 
 /// Discovers, checks, carves out, maps and registers every pmem range.
@@ -208,7 +208,7 @@ pub fn init(facts: &BootFacts<'_>) {
 
     // What pmem must never overlap. Named specifically first, so that a
     // refusal names the most telling region.
-    let (kernel_start, kernel_len) = facts.kernel;
+    let (kernel_start, kernel_len) = (facts.kernel.start, facts.kernel.len());
     let mut forbidden = alloc::vec![
         Forbidden {
             start: kernel_start,
@@ -277,7 +277,10 @@ pub fn init(facts: &BootFacts<'_>) {
     let mut ranges = Vec::new();
     for range in found.accepted {
         if range.source == Source::BootConfig {
-            if let Err(error) = memory::carve_out(range.start, range.len) {
+            if let Err(error) = memory::carve_out(PhysRange {
+                start: range.start,
+                end: range.end(),
+            }) {
                 refusals.push(format!(
                     "pmem: refusing {} ({:#x}-{:#x}): {}",
                     range.origin,
@@ -307,7 +310,11 @@ pub fn init(facts: &BootFacts<'_>) {
         } else {
             flush
         };
-        let mapped = platform_pmem::map(range.start, range.len, region_flush, cache_persistent);
+        let physical = PhysRange {
+            start: range.start,
+            end: range.end(),
+        };
+        let mapped = platform_pmem::map(physical, region_flush, cache_persistent);
         let (region, pages) = match mapped {
             Ok(mapped) => mapped,
             Err(error) => {

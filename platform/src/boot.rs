@@ -11,7 +11,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use bootloader_api::info::{MemoryRegionKind, MemoryRegions};
 use bootloader_api::BootInfo;
 
-use crate::memory;
+use crate::memory::{self, PhysRange};
 
 /// The boot info, owned by the platform for the kernel's life.
 pub struct Boot {
@@ -44,9 +44,12 @@ impl Boot {
             .any(|r| matches!(r.kind, MemoryRegionKind::UnknownUefi(_)))
     }
 
-    /// Physical address and length of the kernel ELF.
-    pub fn kernel_image(&self) -> (u64, u64) {
-        (self.info.kernel_addr, self.info.kernel_len)
+    /// Where the kernel ELF is in physical memory.
+    pub fn kernel_image(&self) -> PhysRange {
+        PhysRange {
+            start: self.info.kernel_addr,
+            end: self.info.kernel_addr.saturating_add(self.info.kernel_len),
+        }
     }
 
     /// Builds the frame allocator and the heap from the memory map and sets

@@ -419,14 +419,18 @@ fn zero(start: u64, len: u64) {
     unsafe { core::ptr::write_bytes(virt as *mut u8, 0, len as usize) };
 }
 
-/// Removes `start..start+len` from the RAM allocator for good (emulated
-/// pmem from the boot config). Fails without changing anything when any
-/// part of it is not free usable RAM.
-pub fn carve_out(start: u64, len: u64) -> Result<(), CarveError> {
+/// Removes `range` from the RAM allocator for good (emulated pmem from
+/// the boot config). Fails without changing anything when any part of it
+/// is not free usable RAM.
+pub fn carve_out(range: PhysRange) -> Result<(), CarveError> {
+    let PhysRange { start, end } = range;
+    if end < start {
+        return Err(CarveError::NotRam);
+    }
+    let len = end - start;
     if !start.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) || len == 0 {
         return Err(CarveError::Unaligned);
     }
-    let end = start.checked_add(len).ok_or(CarveError::NotRam)?;
     let mut state = STATE.lock();
     let frames = &mut state.frames;
     let inside_usable = frames.usable[..frames.usable_count]

@@ -50,13 +50,9 @@ pub struct EcamMmio {
 }
 
 impl EcamMmio {
-    /// Maps the ECAM window `start..start + len` (from the ACPI MCFG)
-    /// uncached.
-    pub fn map(start: u64, len: u64) -> Result<Self, MapError> {
-        let end = start
-            .checked_add(len)
-            .ok_or(MapError::Conflict { address: start })?;
-        let window = mmio::map(PhysRange { start, end })?;
+    /// Maps the ECAM window `range` (from the ACPI MCFG) uncached.
+    pub fn map(range: PhysRange) -> Result<Self, MapError> {
+        let window = mmio::map(range)?;
         Ok(Self { window })
     }
 

@@ -15,24 +15,20 @@ use daxbox_persist::{check_range, OutOfRange, PersistentMemory, CACHE_LINE};
 
 use crate::memory::{self, MapError, MapKind, PageCounts, PhysRange};
 
-/// Claims `start..start + len` as storage, identity-maps it (2 MiB pages
-/// where aligned) and returns its only [`PmemRegion`] with the page counts.
+/// Claims `range` as storage, identity-maps it (2 MiB pages where
+/// aligned) and returns its only [`PmemRegion`] with the page counts.
 /// `flush` is how cache lines reach the persistence domain
 /// ([`FlushInstruction::None`] when `cache_persistent`).
 pub fn map(
-    start: u64,
-    len: u64,
+    range: PhysRange,
     flush: FlushInstruction,
     cache_persistent: bool,
 ) -> Result<(PmemRegion, PageCounts), MapError> {
-    let end = start
-        .checked_add(len)
-        .ok_or(MapError::Conflict { address: start })?;
-    memory::claim_storage_range(PhysRange { start, end })?;
-    let pages = memory::map_identity(start, len, MapKind::Pmem)?;
+    memory::claim_storage_range(range)?;
+    let pages = memory::map_identity(range.start, range.len(), MapKind::Pmem)?;
     let region = PmemRegion {
-        base: start,
-        len,
+        base: range.start,
+        len: range.len(),
         flush,
         cache_persistent,
     };
