@@ -666,8 +666,10 @@ pub(crate) fn map_identity(start: u64, len: u64, kind: MapKind) -> Result<PageCo
         if huge_fits {
             let page = Page::<Size2MiB>::containing_address(VirtAddr::new(address));
             let frame = PhysFrame::<Size2MiB>::containing_address(PhysAddr::new(address));
-            // SAFETY: identity mapping of a physical range the caller owns
-            // (pmem or device registers) at an unused virtual address.
+            // SAFETY: identity mapping, at an unused virtual address, of a
+            // physical range that `claim_storage_range` (pmem) or
+            // `check_device_range` (device registers) accepted first, so it
+            // is not RAM the kernel uses; new page tables come from frames.
             match unsafe { mapper.map_to(page, frame, flags, frames) } {
                 Ok(flush) => {
                     flush.flush();
