@@ -30,7 +30,7 @@
 //! | [`virtio`] | DMA memory is zeroed RAM frames owned by a pool for the kernel's life; `share` only translates addresses inside a registered pool |
 //! | [`virtio_net`] | a packet slot is either owned by the device or borrowed by the driver, never both |
 //! | [`debug`] | the deliberate page fault reads a canonical address that is never mapped |
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 #![feature(abi_x86_interrupt)]
 
 extern crate alloc;

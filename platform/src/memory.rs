@@ -38,7 +38,8 @@ use x86_64::{PhysAddr, VirtAddr};
 const PAGE: u64 = 4096;
 const HUGE: u64 = 2 * 1024 * 1024;
 
-#[global_allocator]
+// Host tests use the host's allocator.
+#[cfg_attr(not(test), global_allocator)]
 static HEAP: LockedHeap = LockedHeap::empty();
 
 /// A half-open physical range `start..end`.

@@ -63,8 +63,24 @@ pub(crate) fn register_pool(region: DmaRegion) -> Option<&'static DmaRegion> {
     Some(alloc::boxed::Box::leak(alloc::boxed::Box::new(region)))
 }
 
+/// A [`Hal`] that can also hand out DMA pools: memory shared with devices
+/// for good, which [`Hal::share`] translates from then on.
+pub trait PoolHal: Hal {
+    /// Allocates `pages` zeroed pages as a pool that is never freed;
+    /// returns its virtual address and length in bytes.
+    fn pool(pages: usize) -> Option<(usize, usize)>;
+}
+
 /// The HAL type passed to `virtio-drivers`.
 pub struct KernelHal;
+
+impl PoolHal for KernelHal {
+    fn pool(pages: usize) -> Option<(usize, usize)> {
+        let region = DmaRegion::allocate(pages as u64)?;
+        let region = register_pool(region)?;
+        Some((region.virt as usize, region.len as usize))
+    }
+}
 
 // SAFETY: `dma_alloc` returns zeroed, page-aligned RAM frames that the
 // frame allocator hands out once (so they alias nothing), mapped at the
