@@ -11,7 +11,7 @@
 //! timer or a device), so an idle appliance leaves the host CPU alone.
 //!
 //! Everything that touches the hardware is `daxbox-platform`, reached
-//! through safe handles: this crate has no `unsafe` code at all.
+//! through safe handles; this crate is safe Rust only.
 #![forbid(unsafe_code)]
 #![no_std]
 #![no_main]

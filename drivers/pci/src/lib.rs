@@ -10,7 +10,8 @@
 //! in `daxbox-platform` (`platform/src/pci.rs`) behind the tiny [`PortIo`] and
 //! [`MmioIo`] traits; tests use a fake configuration space. The adapter that
 //! lets `virtio-drivers` reach configuration space through any
-//! [`ConfigAccess`] is in `daxbox-platform` (its trait has an `unsafe fn`).
+//! [`ConfigAccess`] is in `daxbox-platform` (its trait requires an unchecked
+//! clone method, which only the platform crate may implement).
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
