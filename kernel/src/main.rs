@@ -9,26 +9,26 @@
 //! The event loop polls every source of work (console, network) until none
 //! has anything to do, then halts until the next interrupt (the 100 Hz
 //! timer or a device), so an idle appliance leaves the host CPU alone.
+//!
+//! Everything that touches the hardware is `daxbox-platform`, reached
+//! through safe handles; this crate is safe Rust only.
+#![forbid(unsafe_code)]
 #![no_std]
 #![no_main]
-#![feature(abi_x86_interrupt)]
 
 extern crate alloc;
 
-mod acpi;
 mod config;
-mod gdt;
-mod interrupts;
-mod memory;
 mod nbd;
 mod net;
 mod pci;
 mod pmem;
-mod power;
-mod serial;
 mod shell;
 mod storage;
-mod time;
+
+use daxbox_platform::boot::Boot;
+use daxbox_platform::{acpi, gdt, interrupts, memory, power, serial};
+pub use daxbox_platform::{print, println, time};
 
 use alloc::vec::Vec;
 use bootloader_api::config::{BootloaderConfig, Mapping};
@@ -49,32 +49,22 @@ pub static BOOTLOADER_CONFIG: BootloaderConfig = {
 entry_point!(kernel_main, config = &BOOTLOADER_CONFIG);
 
 fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
+    let boot = Boot::new(boot_info);
     serial::init();
     gdt::init();
     interrupts::init_idt();
 
-    let uefi = boot_info
-        .memory_regions
-        .iter()
-        .any(|r| matches!(r.kind, MemoryRegionKind::UnknownUefi(_)));
+    let uefi = boot.is_uefi();
     println!(
         "daxbox {} booting ({})",
         env!("CARGO_PKG_VERSION"),
         if uefi { "UEFI" } else { "BIOS" }
     );
 
-    let physical_offset = boot_info
-        .physical_memory_offset
-        .into_option()
-        .unwrap_or_else(|| panic!("the bootloader did not map physical memory"));
-    let heap_size = memory::init(&boot_info.memory_regions, physical_offset);
-    print_memory_map(&boot_info.memory_regions);
+    let heap_size = boot.init_memory();
+    print_memory_map(boot.memory_regions());
 
-    let ramdisk = boot_info.ramdisk_addr.into_option().map(|address| {
-        // SAFETY: the bootloader maps the ramdisk at `address` for
-        // `ramdisk_len` bytes and never touches it again.
-        unsafe { core::slice::from_raw_parts(address as *const u8, boot_info.ramdisk_len as usize) }
-    });
+    let ramdisk = boot.ramdisk();
     let loaded = config::init(ramdisk);
     let config = &loaded.config;
     serial::init_logging(config::log_filter(config.log));
@@ -100,8 +90,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         info.heap
     );
 
-    let mapped_end = boot_info.memory_regions.iter().map(|r| r.end).max();
-    acpi::init(boot_info.rsdp_addr.into_option(), mapped_end.unwrap_or(0));
+    boot.init_acpi();
     if let Some((address, gsi_base)) = acpi::ioapic_from_madt() {
         if gsi_base == 0 {
             interrupts::set_ioapic_base(address);
@@ -124,14 +113,14 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
 
     // Storage discovery: ACPI NFIT, memory map, pmem= carve-outs.
     pmem::init(&pmem::BootFacts {
-        regions: &boot_info.memory_regions,
-        kernel: (boot_info.kernel_addr, boot_info.kernel_len),
+        regions: boot.memory_regions(),
+        kernel: boot.kernel_image(),
     });
     storage::init();
     pci::init();
     net::init();
     nbd::start();
-    x86_64::instructions::interrupts::enable();
+    interrupts::enable();
 
     println!("daxbox: ready");
     let mut shell = shell::Shell::new(shell::Context {
@@ -194,15 +183,14 @@ fn print_memory_map(regions: &[bootloader_api::info::MemoryRegion]) {
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
-    x86_64::instructions::interrupts::disable();
+    interrupts::disable();
     match info.location() {
-        Some(location) => serial::force_print(format_args!(
+        Some(location) => serial::print_and_fail(format_args!(
             "KERNEL PANIC: {} at {}:{}\n",
             info.message(),
             location.file(),
             location.line()
         )),
-        None => serial::force_print(format_args!("KERNEL PANIC: {}\n", info.message())),
+        None => serial::print_and_fail(format_args!("KERNEL PANIC: {}\n", info.message())),
     }
-    power::exit(power::EXIT_FAILURE)
 }

@@ -3,63 +3,27 @@
 //! Configuration space is reached through ECAM when the ACPI MCFG describes
 //! a window for segment 0 (q35), otherwise through the legacy 0xCF8/0xCFC
 //! ports (which also work on q35). Enumeration runs once at boot; `lspci`
-//! shows the result. The only `unsafe` here is the port and MMIO access.
+//! shows the result. The port and MMIO access itself is
+//! `daxbox_platform::pci`.
 
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use daxbox_pci::{
-    capabilities, enumerate, probe_bars, Bar, ConfigAccess, Ecam, Function, LegacyPorts, MmioIo,
-    PortIo,
+    capabilities, enumerate, probe_bars, Bar, ConfigAccess, Ecam, Function, LegacyPorts,
 };
+use daxbox_platform::memory::PhysRange;
+use daxbox_platform::pci::{ConfigPorts, EcamMmio};
 use spin::Once;
-use x86_64::instructions::port::Port;
 
 use crate::shell::{Command, Context};
-use crate::{acpi, memory, println};
-
-/// `in`/`out` on the two configuration ports.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Ports;
-
-impl PortIo for Ports {
-    fn read_u32(&self, port: u16) -> u32 {
-        // SAFETY: only called by `LegacyPorts` with CONFIG_DATA, after it
-        // wrote CONFIG_ADDRESS; reading it has no effect beyond the
-        // selected configuration register.
-        unsafe { Port::<u32>::new(port).read() }
-    }
-
-    fn write_u32(&self, port: u16, value: u32) {
-        // SAFETY: only called by `LegacyPorts` with CONFIG_ADDRESS or
-        // CONFIG_DATA, the PCI configuration mechanism #1 ports.
-        unsafe { Port::<u32>::new(port).write(value) }
-    }
-}
-
-/// Volatile 32-bit access to the identity-mapped ECAM window.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct EcamMmio;
-
-impl MmioIo for EcamMmio {
-    fn read_u32(&self, address: usize) -> u32 {
-        // SAFETY: `Ecam` only passes addresses inside the MCFG window, which
-        // `init` identity-mapped uncached before creating the accessor;
-        // ECAM registers are naturally aligned dwords.
-        unsafe { core::ptr::read_volatile(address as *const u32) }
-    }
-
-    fn write_u32(&self, address: usize, value: u32) {
-        // SAFETY: as in `read_u32`.
-        unsafe { core::ptr::write_volatile(address as *mut u32, value) }
-    }
-}
+use crate::{acpi, println};
 
 /// The kernel's configuration access: ECAM or legacy ports.
 #[derive(Clone, Debug)]
 pub enum Access {
     /// Port I/O 0xCF8/0xCFC.
-    Legacy(LegacyPorts<Ports>),
+    Legacy(LegacyPorts<ConfigPorts>),
     /// Memory-mapped ECAM.
     Ecam(Ecam<EcamMmio>),
 }
@@ -93,7 +57,7 @@ static BUS: Once<Bus> = Once::new();
 
 /// Picks ECAM from the MCFG when it maps, else port I/O.
 fn choose_access() -> (Access, String) {
-    let legacy = || Access::Legacy(LegacyPorts::new(Ports));
+    let legacy = || Access::Legacy(LegacyPorts::new(ConfigPorts));
     let table = match acpi::find_table(b"MCFG") {
         Ok(table) => table,
         Err(error) => return (legacy(), format!("port I/O 0xcf8 (no MCFG: {error})")),
@@ -114,10 +78,14 @@ fn choose_access() -> (Access, String) {
             String::from("port I/O 0xcf8 (MCFG window overflows)"),
         );
     };
-    match memory::map_identity(start, len, memory::MapKind::Mmio) {
-        Ok(_) => match usize::try_from(entry.base) {
+    let window = PhysRange {
+        start,
+        end: start.saturating_add(len),
+    };
+    match EcamMmio::map(window) {
+        Ok(mmio) => match usize::try_from(entry.base) {
             Ok(base) => (
-                Access::Ecam(Ecam::new(EcamMmio, base, entry.start_bus, entry.end_bus)),
+                Access::Ecam(Ecam::new(mmio, base, entry.start_bus, entry.end_bus)),
                 format!(
                     "ECAM at {:#x} buses {:02x}-{:02x}",
                     entry.base, entry.start_bus, entry.end_bus
@@ -158,7 +126,7 @@ pub fn init() {
 pub fn access() -> Access {
     match BUS.get() {
         Some(bus) => bus.access.clone(),
-        None => Access::Legacy(LegacyPorts::new(Ports)),
+        None => Access::Legacy(LegacyPorts::new(ConfigPorts)),
     }
 }
 

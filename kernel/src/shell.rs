@@ -216,12 +216,7 @@ fn mem(_: &mut Context, args: &[&str]) -> Result<(), String> {
             for size in (0..2000).map(|i| 64 + (i * 977) % 65536) {
                 blocks.push(alloc::vec![0xa5; size]);
             }
-            let heap = memory::info().heap;
-            let heap_ok = blocks.iter().all(|b| {
-                let address = b.as_ptr() as u64;
-                address >= memory::phys_to_virt(heap.start)
-                    && address < memory::phys_to_virt(heap.end)
-            });
+            let heap_ok = blocks.iter().all(|b| memory::in_heap(b.as_ptr() as u64));
             drop(blocks);
             println!(
                 "mem stress: {} frames ({}) taken, {:#x}..{:#x}, {} inside storage ranges; heap blocks inside heap: {}",
@@ -262,11 +257,8 @@ fn debug(context: &mut Context, args: &[&str]) -> Result<(), String> {
     match args {
         ["panic"] => panic!("debug panic requested from the shell"),
         ["fault"] => {
-            // An address in the non-canonical hole... no: use a canonical,
-            // unmapped address so the CPU raises a page fault.
-            let address = 0x0000_7fff_dead_0000u64 as *const u64;
-            // SAFETY: deliberately faulting read, test-only.
-            let value = unsafe { core::ptr::read_volatile(address) };
+            // A canonical, unmapped address, so the CPU raises a page fault.
+            let value = daxbox_platform::debug::fault_unmapped_read();
             println!("unexpectedly read {:#x}", value);
             Ok(())
         }

@@ -7,12 +7,13 @@
 //! Firmware 3.2 §4.1.2), walks buses (multi-function devices, PCI-to-PCI
 //! bridges), decodes and sizes BARs, walks capability lists and names device
 //! classes for the shell's `lspci`. The actual port and MMIO instructions live
-//! in the kernel (`kernel/src/pci.rs`) behind the tiny [`PortIo`] and
-//! [`MmioIo`] traits; tests use a fake configuration space. The
-//! [`VirtioConfigAccess`] adapter lets `virtio-drivers` (used by the kernel's
-//! virtio-net driver) reach configuration space through any [`ConfigAccess`].
+//! in `daxbox-platform` (`platform/src/pci.rs`) behind the tiny [`PortIo`] and
+//! [`MmioIo`] traits; tests use a fake configuration space. The adapter that
+//! lets `virtio-drivers` reach configuration space through any
+//! [`ConfigAccess`] is in `daxbox-platform` (its trait requires an unchecked
+//! clone method, which only the platform crate may implement).
 #![cfg_attr(not(test), no_std)]
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 
@@ -22,7 +23,6 @@ mod capability;
 mod class;
 mod enumerate;
 mod mcfg;
-mod virtio;
 
 #[cfg(test)]
 mod fake;
@@ -35,7 +35,6 @@ pub use capability::{capabilities, Capabilities, Capability};
 pub use class::{class_name, device_name};
 pub use enumerate::{enumerate, read_function, Function, MAX_FUNCTIONS};
 pub use mcfg::{parse_mcfg, McfgEntry, McfgError};
-pub use virtio::VirtioConfigAccess;
 
 use core::fmt;
 

@@ -10,11 +10,20 @@
 //! `daxbox-pmem`; this module only deals in RAM frames ([`PhysFrame`]).
 //!
 //! [`map_identity`] maps physical ranges at virt == phys with 2 MiB pages
-//! wherever aligned (pmem, and uncached for MMIO).
+//! wherever aligned (pmem, and uncached for MMIO). It is private to the
+//! platform crate: the kernel gets mappings only as [`crate::mmio::MmioRegion`]
+//! and [`crate::pmem::PmemRegion`] handles, whose constructors first check
+//! the range against the boot memory map ([`check_device_range`],
+//! [`check_storage_range`]).
+//!
+//! Invariants: a RAM frame is handed out at most once until it is given
+//! back; the heap range never enters the allocator; RAM reaches the kernel
+//! only as the heap or as DMA memory owned by [`crate::virtio`].
 
 use alloc::vec::Vec;
 use bootloader_api::info::{MemoryRegionKind, MemoryRegions};
 use core::fmt;
+use core::sync::atomic::{AtomicBool, Ordering};
 use linked_list_allocator::LockedHeap;
 use spin::Mutex;
 use x86_64::registers::control::Cr3;
@@ -29,7 +38,8 @@ use x86_64::{PhysAddr, VirtAddr};
 const PAGE: u64 = 4096;
 const HUGE: u64 = 2 * 1024 * 1024;
 
-#[global_allocator]
+// Host tests use the host's allocator.
+#[cfg_attr(not(test), global_allocator)]
 static HEAP: LockedHeap = LockedHeap::empty();
 
 /// A half-open physical range `start..end`.
@@ -45,6 +55,11 @@ impl PhysRange {
     /// Length in bytes.
     pub fn len(&self) -> u64 {
         self.end - self.start
+    }
+
+    /// Whether the range holds no byte.
+    pub fn is_empty(&self) -> bool {
+        self.end <= self.start
     }
 
     fn overlaps(&self, start: u64, end: u64) -> bool {
@@ -192,6 +207,13 @@ pub enum MapError {
     },
     /// [`init`] has not run.
     NotReady,
+    /// The range holds memory that must not be mapped for this use.
+    Forbidden {
+        /// The first such address.
+        address: u64,
+        /// What is there.
+        what: &'static str,
+    },
 }
 
 impl fmt::Display for MapError {
@@ -206,6 +228,9 @@ impl fmt::Display for MapError {
                 )
             }
             MapError::NotReady => f.write_str("paging is not initialised"),
+            MapError::Forbidden { address, what } => {
+                write!(f, "address {:#x} is {}", address, what)
+            }
         }
     }
 }
@@ -228,8 +253,27 @@ pub struct PageCounts {
     pub small: u64,
 }
 
+/// What a boot memory-map region holds, for the mapping checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RegionClass {
+    /// Usable RAM or bootloader memory (kernel, page tables, boot info).
+    Ram,
+    /// Persistent memory reported by the firmware (E820 12, UEFI 14).
+    Storage,
+    /// Anything else the firmware reserved (ACPI tables, BIOS areas).
+    Firmware,
+}
+
 struct State {
     frames: RamFrames,
+    /// The boot memory map, classified.
+    map: Vec<(PhysRange, RegionClass)>,
+    /// RAM ranges removed from the allocator for good by [`carve_out`].
+    carved: Vec<PhysRange>,
+    /// Ranges handed out as persistent memory (never twice).
+    storage: Vec<PhysRange>,
+    /// Ranges mapped for device registers.
+    devices: Vec<PhysRange>,
     mapper: Option<OffsetPageTable<'static>>,
     physical_offset: u64,
     heap: PhysRange,
@@ -238,6 +282,10 @@ struct State {
 
 static STATE: Mutex<State> = Mutex::new(State {
     frames: RamFrames::empty(),
+    map: Vec::new(),
+    carved: Vec::new(),
+    storage: Vec::new(),
+    devices: Vec::new(),
     mapper: None,
     physical_offset: 0,
     heap: PhysRange { start: 0, end: 0 },
@@ -271,7 +319,10 @@ pub struct MemoryInfo {
 /// Builds the frame allocator from the boot memory map, takes the heap
 /// from the top of the largest usable region, and sets up page-table
 /// access. Returns the heap size.
-pub fn init(regions: &MemoryRegions, physical_offset: u64) -> u64 {
+pub(crate) fn init(regions: &MemoryRegions, physical_offset: u64) -> u64 {
+    // A second heap initialisation would hand out memory already in use.
+    static DONE: AtomicBool = AtomicBool::new(false);
+    assert!(!DONE.swap(true, Ordering::AcqRel), "memory::init runs once");
     // SAFETY: EFER.NXE must be on for NO_EXECUTE mappings; setting it only
     // enables the bit's meaning in page tables.
     unsafe { Efer::update(|flags| flags.insert(EferFlags::NO_EXECUTE_ENABLE)) };
@@ -315,6 +366,21 @@ pub fn init(regions: &MemoryRegions, physical_offset: u64) -> u64 {
             heap_size as usize,
         );
     }
+    // The heap works from here on: keep the classified memory map.
+    for region in regions.iter() {
+        let class = match region.kind {
+            MemoryRegionKind::Usable | MemoryRegionKind::Bootloader => RegionClass::Ram,
+            MemoryRegionKind::UnknownBios(12) | MemoryRegionKind::UnknownUefi(14) => {
+                RegionClass::Storage
+            }
+            _ => RegionClass::Firmware,
+        };
+        let range = PhysRange {
+            start: region.start,
+            end: region.end,
+        };
+        state.map.push((range, class));
+    }
     let (level_4, _) = Cr3::read();
     let table = (level_4.start_address().as_u64() + physical_offset) as *mut PageTable;
     // SAFETY: CR3 points at the active level-4 table, reachable through the
@@ -326,21 +392,22 @@ pub fn init(regions: &MemoryRegions, physical_offset: u64) -> u64 {
 }
 
 /// The virtual address of RAM at physical `address` (physical-memory map).
-pub fn phys_to_virt(address: u64) -> u64 {
+pub(crate) fn phys_to_virt(address: u64) -> u64 {
     address + STATE.lock().physical_offset
 }
 
 /// Allocates `pages` physically contiguous, zeroed RAM frames; returns the
 /// physical address of the first.
-pub fn allocate_contiguous(pages: u64) -> Option<u64> {
+pub(crate) fn allocate_contiguous(pages: u64) -> Option<u64> {
     let len = pages.checked_mul(PAGE)?;
     let start = STATE.lock().frames.allocate_contiguous(len, PAGE, false)?;
     zero(start, len);
     Some(start)
 }
 
-/// Gives one RAM frame back.
-pub fn free_frame(frame: PhysFrame) {
+/// Gives one RAM frame back. The caller must own it (it came from this
+/// allocator and nothing refers to it any more).
+pub(crate) fn free_frame(frame: PhysFrame) {
     let mut state = STATE.lock();
     state.frames.allocated -= PAGE;
     state.frames.recycled.push(frame);
@@ -353,14 +420,18 @@ fn zero(start: u64, len: u64) {
     unsafe { core::ptr::write_bytes(virt as *mut u8, 0, len as usize) };
 }
 
-/// Removes `start..start+len` from the RAM allocator for good (emulated
-/// pmem from the boot config). Fails without changing anything when any
-/// part of it is not free usable RAM.
-pub fn carve_out(start: u64, len: u64) -> Result<(), CarveError> {
+/// Removes `range` from the RAM allocator for good (emulated pmem from
+/// the boot config). Fails without changing anything when any part of it
+/// is not free usable RAM.
+pub fn carve_out(range: PhysRange) -> Result<(), CarveError> {
+    let PhysRange { start, end } = range;
+    if end < start {
+        return Err(CarveError::NotRam);
+    }
+    let len = end - start;
     if !start.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) || len == 0 {
         return Err(CarveError::Unaligned);
     }
-    let end = start.checked_add(len).ok_or(CarveError::NotRam)?;
     let mut state = STATE.lock();
     let frames = &mut state.frames;
     let inside_usable = frames.usable[..frames.usable_count]
@@ -384,6 +455,92 @@ pub fn carve_out(start: u64, len: u64) -> Result<(), CarveError> {
         return Err(CarveError::InUse);
     }
     frames.cut(index, start, end);
+    state.carved.push(PhysRange { start, end });
+    Ok(())
+}
+
+/// Whether `address` (a virtual address, e.g. of a heap block) lies in
+/// the kernel heap.
+pub fn in_heap(address: u64) -> bool {
+    let state = STATE.lock();
+    let offset = state.physical_offset;
+    address >= state.heap.start + offset && address < state.heap.end + offset
+}
+
+/// Physical address of the active level-4 page table (CR3).
+pub fn page_table_root() -> PhysAddr {
+    Cr3::read().0.start_address()
+}
+
+/// Checks that `range` may become device registers: no byte of it is RAM
+/// or bootloader memory, firmware-reported or mapped persistent memory.
+pub(crate) fn check_device_range(range: PhysRange) -> Result<(), MapError> {
+    let mut state = STATE.lock();
+    if range.start >= range.end {
+        return Err(MapError::Conflict {
+            address: range.start,
+        });
+    }
+    for (region, class) in &state.map {
+        if region.overlaps(range.start, range.end) && *class != RegionClass::Firmware {
+            return Err(MapError::Forbidden {
+                address: range.start.max(region.start),
+                what: "RAM or persistent memory, not device registers",
+            });
+        }
+    }
+    if let Some(storage) = state
+        .storage
+        .iter()
+        .find(|s| s.overlaps(range.start, range.end))
+    {
+        return Err(MapError::Forbidden {
+            address: range.start.max(storage.start),
+            what: "mapped persistent memory, not device registers",
+        });
+    }
+    state.devices.push(range);
+    Ok(())
+}
+
+/// Checks that `range` may become persistent memory and reserves it for
+/// good: it lies inside RAM given up with [`carve_out`], or touches only
+/// memory the boot memory map does not describe or describes as persistent
+/// memory; and no part of it was handed out as storage or device registers
+/// before.
+pub(crate) fn claim_storage_range(range: PhysRange) -> Result<(), MapError> {
+    let mut state = STATE.lock();
+    if range.start >= range.end {
+        return Err(MapError::Conflict {
+            address: range.start,
+        });
+    }
+    if let Some(used) = state
+        .storage
+        .iter()
+        .chain(&state.devices)
+        .find(|s| s.overlaps(range.start, range.end))
+    {
+        return Err(MapError::Forbidden {
+            address: range.start.max(used.start),
+            what: "already mapped for another use",
+        });
+    }
+    let carved = state
+        .carved
+        .iter()
+        .any(|c| c.start <= range.start && range.end <= c.end);
+    if !carved {
+        for (region, class) in &state.map {
+            if region.overlaps(range.start, range.end) && *class != RegionClass::Storage {
+                return Err(MapError::Forbidden {
+                    address: range.start.max(region.start),
+                    what: "RAM or firmware memory, not persistent memory",
+                });
+            }
+        }
+    }
+    state.storage.push(range);
     Ok(())
 }
 
@@ -471,8 +628,9 @@ pub fn stress_frames(forbidden: &[PhysRange]) -> (u64, u64, u64, usize) {
 /// Identity-maps `start..start+len` (rounded out to 4 KiB) as `kind`, with
 /// 2 MiB pages wherever a whole aligned 2 MiB chunk fits and nothing is
 /// mapped there yet, 4 KiB pages elsewhere. Pages already identity-mapped
-/// are left alone and not counted.
-pub fn map_identity(start: u64, len: u64, kind: MapKind) -> Result<PageCounts, MapError> {
+/// are left alone and not counted. Private to the platform: callers check
+/// the range first (see the module documentation).
+pub(crate) fn map_identity(start: u64, len: u64, kind: MapKind) -> Result<PageCounts, MapError> {
     let mut flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
     if kind == MapKind::Mmio {
         flags |= PageTableFlags::NO_CACHE | PageTableFlags::WRITE_THROUGH;
@@ -509,8 +667,10 @@ pub fn map_identity(start: u64, len: u64, kind: MapKind) -> Result<PageCounts, M
         if huge_fits {
             let page = Page::<Size2MiB>::containing_address(VirtAddr::new(address));
             let frame = PhysFrame::<Size2MiB>::containing_address(PhysAddr::new(address));
-            // SAFETY: identity mapping of a physical range the caller owns
-            // (pmem or device registers) at an unused virtual address.
+            // SAFETY: identity mapping, at an unused virtual address, of a
+            // physical range that `claim_storage_range` (pmem) or
+            // `check_device_range` (device registers) accepted first, so it
+            // is not RAM the kernel uses; new page tables come from frames.
             match unsafe { mapper.map_to(page, frame, flags, frames) } {
                 Ok(flush) => {
                     flush.flush();

@@ -4,6 +4,9 @@
 //! channel 2 for 10 ms and count TSC cycles and local APIC timer counts
 //! over the same interval; the TSC then gives time, the APIC count sets the
 //! periodic timer that wakes the event loop.
+//!
+//! Invariant: only calibration touches PIT channel 2 and the speaker gate
+//! (ports 0x42, 0x43, 0x61), leaving the speaker off; `rdtsc` only reads.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 use x86_64::instructions::port::Port;

@@ -2,8 +2,12 @@
 //! the `log` backend, and input bytes for the admin shell.
 //!
 //! Output goes through one spin lock. The panic and exception paths use
-//! [`force_print`], which steals the lock so a panic while printing still
-//! reaches the console.
+//! [`print_and_fail`] (and, inside the platform, `force_print`), which
+//! steal the lock so a panic while printing still reaches the console.
+//!
+//! Invariant: only this module drives COM1 (ports 0x3f8..0x400); the lock
+//! is forced open only with interrupts off on the way to stopping the
+//! machine, when whoever held it can never run again.
 
 use core::fmt::{self, Write};
 use spin::Mutex;
@@ -82,8 +86,9 @@ pub fn try_read_byte() -> Option<u8> {
     })
 }
 
-/// Prints even when the console lock is held (panic and fault paths).
-pub fn force_print(args: fmt::Arguments) {
+/// Prints even when the console lock is held (fault paths that end in a
+/// panic, and so in [`print_and_fail`]).
+pub(crate) fn force_print(args: fmt::Arguments) {
     if CONSOLE.is_locked() {
         // SAFETY: only reached on the way to halting the machine; whoever
         // held the lock is interrupted for good, so no one else uses the
@@ -91,6 +96,14 @@ pub fn force_print(args: fmt::Arguments) {
         unsafe { CONSOLE.force_unlock() };
     }
     print(args);
+}
+
+/// The panic path: with interrupts off, prints even when the console lock
+/// is held, then stops the machine with [`crate::power::EXIT_FAILURE`].
+pub fn print_and_fail(args: fmt::Arguments) -> ! {
+    x86_64::instructions::interrupts::disable();
+    force_print(args);
+    crate::power::exit(crate::power::EXIT_FAILURE)
 }
 
 /// `print!` to the serial console.

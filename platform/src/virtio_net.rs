@@ -6,14 +6,20 @@
 //! `receive` or [`Nic::refill`], so the receive ring never starves however
 //! fast frames arrive. Transmit slots are reclaimed from the used ring
 //! before each send; when all are in flight smoltcp is told to wait.
+//!
+//! Invariant: a packet slot is owned either by the device (posted, in
+//! `rx_posted` or `in_flight`) or by the driver (in `rx_done` or `free`,
+//! or borrowed by one token), never both; every `unsafe` call into
+//! `VirtIONetRaw` passes a slot the driver owns and hands it over.
 
 use alloc::vec::Vec;
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::transport::pci::PciTransport;
+use virtio_drivers::transport::Transport;
 
-use super::hal::{register_pool, DmaRegion, KernelHal};
+use crate::virtio::{KernelHal, PoolHal};
 
 /// Virtqueue size (QEMU's default for virtio-net).
 pub const QUEUE_SIZE: usize = 256;
@@ -27,7 +33,9 @@ const RX_SLOTS: usize = QUEUE_SIZE;
 const TX_SLOTS: usize = QUEUE_SIZE / 2;
 const NONE: u16 = u16::MAX;
 
-type Raw = VirtIONetRaw<KernelHal, PciTransport, QUEUE_SIZE>;
+/// The raw virtio-net driver a NIC drives: the kernel's is over
+/// [`KernelHal`] and the PCI transport; host tests use fakes.
+pub type Raw<H = KernelHal, T = PciTransport> = VirtIONetRaw<H, T, QUEUE_SIZE>;
 
 /// Driver-level counters.
 #[derive(Clone, Copy, Debug, Default)]
@@ -40,14 +48,17 @@ pub struct NicCounters {
 
 /// A pool of fixed-size packet slots in one DMA region.
 struct Slots {
-    region: DmaRegion,
+    /// Virtual address of the pool (owned by this pool for good).
+    start: usize,
+    /// Length of the pool in bytes.
+    len: usize,
 }
 
 impl Slots {
-    fn new(count: usize) -> Option<Self> {
-        let pages = (count * SLOT).div_ceil(4096) as u64;
-        let region = DmaRegion::allocate(pages)?;
-        register_pool(region).then_some(Self { region })
+    fn new<H: PoolHal>(count: usize) -> Option<Self> {
+        let pages = (count * SLOT).div_ceil(4096);
+        let (start, len) = H::pool(pages)?;
+        Some(Self { start, len })
     }
 
     /// The slot's bytes.
@@ -58,10 +69,10 @@ impl Slots {
     /// device must not own it (not posted, or already completed).
     #[allow(clippy::mut_from_ref)]
     unsafe fn slot(&self, index: usize) -> &mut [u8] {
-        debug_assert!((index + 1) * SLOT <= self.region.len as usize);
-        let start = self.region.virt as usize + index * SLOT;
-        // SAFETY: the region is mapped RAM of `len` bytes owned by this
-        // pool for the kernel's lifetime; exclusivity is the caller's promise.
+        debug_assert!((index + 1) * SLOT <= self.len);
+        let start = self.start + index * SLOT;
+        // SAFETY: the pool is mapped memory of `len` bytes owned by this
+        // pool for good (`PoolHal::pool`); exclusivity is the caller's promise.
         unsafe { core::slice::from_raw_parts_mut(start as *mut u8, SLOT) }
     }
 }
@@ -75,8 +86,8 @@ struct Transmit {
 }
 
 /// The virtio-net device with its buffers.
-pub struct Nic {
-    raw: Raw,
+pub struct Nic<H: PoolHal = KernelHal, T: Transport = PciTransport> {
+    raw: Raw<H, T>,
     rx: Slots,
     /// Descriptor token -> receive slot.
     rx_posted: [u16; QUEUE_SIZE],
@@ -85,17 +96,17 @@ pub struct Nic {
     tx: Transmit,
 }
 
-impl Nic {
+impl<H: PoolHal, T: Transport> Nic<H, T> {
     /// Takes over an initialised virtio-net transport and posts every
     /// receive buffer.
-    pub fn new(raw: Raw) -> Option<Self> {
+    pub fn new(raw: Raw<H, T>) -> Option<Self> {
         let mut nic = Self {
             raw,
-            rx: Slots::new(RX_SLOTS)?,
+            rx: Slots::new::<H>(RX_SLOTS)?,
             rx_posted: [NONE; QUEUE_SIZE],
             rx_done: (0..RX_SLOTS as u16).collect(),
             tx: Transmit {
-                slots: Slots::new(TX_SLOTS)?,
+                slots: Slots::new::<H>(TX_SLOTS)?,
                 free: (0..TX_SLOTS as u16).collect(),
                 in_flight: [(NONE, 0); QUEUE_SIZE],
                 counters: NicCounters::default(),
@@ -149,7 +160,7 @@ impl Nic {
 
 impl Transmit {
     /// Returns completed transmit slots to the free list.
-    fn reclaim(&mut self, raw: &mut Raw) {
+    fn reclaim<H: PoolHal, T: Transport>(&mut self, raw: &mut Raw<H, T>) {
         while let Some(token) = raw.poll_transmit() {
             let Some(&(slot, len)) = self.in_flight.get(usize::from(token)) else {
                 break;
@@ -175,8 +186,8 @@ pub struct RxToken<'a> {
 }
 
 /// Permission to send one frame.
-pub struct TxToken<'a> {
-    raw: &'a mut Raw,
+pub struct TxToken<'a, H: PoolHal = KernelHal, T: Transport = PciTransport> {
+    raw: &'a mut Raw<H, T>,
     tx: &'a mut Transmit,
 }
 
@@ -186,7 +197,7 @@ impl phy::RxToken for RxToken<'_> {
     }
 }
 
-impl phy::TxToken for TxToken<'_> {
+impl<H: PoolHal, T: Transport> phy::TxToken for TxToken<'_, H, T> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         self.tx.reclaim(self.raw);
         let Some(slot) = self.tx.free.pop() else {
@@ -220,11 +231,20 @@ impl phy::TxToken for TxToken<'_> {
     }
 }
 
-impl Device for Nic {
-    type RxToken<'a> = RxToken<'a>;
-    type TxToken<'a> = TxToken<'a>;
+#[cfg(test)]
+mod tests;
 
-    fn receive(&mut self, _timestamp: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
+impl<H: PoolHal, T: Transport> Device for Nic<H, T> {
+    type RxToken<'a>
+        = RxToken<'a>
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = TxToken<'a, H, T>
+    where
+        Self: 'a;
+
+    fn receive(&mut self, _timestamp: Instant) -> Option<(RxToken<'_>, TxToken<'_, H, T>)> {
         self.refill();
         loop {
             let token = self.raw.poll_receive()?;
@@ -264,7 +284,7 @@ impl Device for Nic {
         }
     }
 
-    fn transmit(&mut self, _timestamp: Instant) -> Option<TxToken<'_>> {
+    fn transmit(&mut self, _timestamp: Instant) -> Option<TxToken<'_, H, T>> {
         self.tx.reclaim(&mut self.raw);
         if self.tx.free.is_empty() || !self.raw.can_send() {
             return None;

@@ -9,9 +9,6 @@
 //! actual work in [`poll`]. Without a usable line the 100 Hz timer still
 //! wakes the loop, just with more latency.
 
-mod hal;
-mod nic;
-
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
@@ -20,8 +17,12 @@ use daxbox_bootconfig::IpConfig;
 use daxbox_netstack::http::HttpService;
 use daxbox_netstack::smoltcp::wire::{Ipv4Address, Ipv4Cidr};
 use daxbox_netstack::{IpMode, Listener, ListenerConfig, NetConfig, NetStack, PortListener};
-use daxbox_pci::{capabilities, reg, Bar, Bdf, ConfigAccess, Function, VirtioConfigAccess};
-use spin::Mutex;
+use daxbox_pci::{capabilities, reg, Bar, Bdf, ConfigAccess, Function};
+use daxbox_platform::memory::PhysRange;
+use daxbox_platform::mmio::{self, MmioRegion};
+use daxbox_platform::virtio::{KernelHal, VirtioConfigAccess};
+use daxbox_platform::virtio_net::Nic;
+use spin::{Mutex, Once};
 use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::transport::pci::bus::{DeviceFunction, PciRoot};
 use virtio_drivers::transport::pci::PciTransport;
@@ -29,8 +30,6 @@ use virtio_drivers::transport::pci::PciTransport;
 use crate::interrupts::{self, Trigger};
 use crate::shell::{Command, Context};
 use crate::{config, pci, println, time};
-use hal::KernelHal;
-use nic::Nic;
 
 /// How long boot waits for a DHCP lease before going on without one.
 const DHCP_WAIT_MS: u64 = 3000;
@@ -44,24 +43,21 @@ struct Net {
     irq: Option<u8>,
     /// Address last announced on the console.
     announced: Option<Ipv4Cidr>,
-    /// Virtual address of the device-config `status` field (link state).
-    status_register: Option<u64>,
+    /// The device-config `status` field (link state).
+    status_register: Option<MmioRegion>,
 }
 
 static NET: Mutex<Option<Net>> = Mutex::new(None);
-/// Virtual address of the virtio ISR status byte, read by the interrupt handler.
-static ISR_ADDRESS: AtomicU64 = AtomicU64::new(0);
+/// The virtio ISR status byte, read by the interrupt handler.
+static ISR: Once<MmioRegion> = Once::new();
 static INTERRUPTS: AtomicU64 = AtomicU64::new(0);
 
 fn nic_interrupt() {
     INTERRUPTS.fetch_add(1, Ordering::Relaxed);
-    let address = ISR_ADDRESS.load(Ordering::Acquire);
-    if address != 0 {
-        // SAFETY: the ISR byte lies in a BAR that `PciTransport::new`
-        // identity-mapped uncached before the address was published; the
-        // read clears the status and de-asserts INTx, and the driver itself
+    if let Some(isr) = ISR.get() {
+        // The read clears the status and de-asserts INTx; the driver itself
         // never reads this register, so nothing else races with it.
-        let _ = unsafe { core::ptr::read_volatile(address as *const u8) };
+        let _ = isr.read::<u8>(0);
     }
 }
 
@@ -170,8 +166,8 @@ pub fn init() {
     }
     let irq = match function.interrupt_line {
         line if function.interrupt_pin != 0 && line < 24 => {
-            if let Some(isr) = isr {
-                ISR_ADDRESS.store(isr, Ordering::Release);
+            if let Some(isr) = isr.and_then(|address| register_region(address, 1)) {
+                ISR.call_once(|| isr);
             }
             match interrupts::route_irq(line, NIC_VECTOR_INDEX, Trigger::LevelLow, nic_interrupt) {
                 Ok(()) => Some(line),
@@ -217,7 +213,7 @@ pub fn init() {
         bdf,
         irq,
         announced,
-        status_register,
+        status_register: status_register.and_then(|address| register_region(address, 2)),
     });
 }
 
@@ -230,15 +226,21 @@ pub fn add_listener(listener: Box<dyn PortListener + Send>) -> Result<(), String
     }
 }
 
-fn link_up(status_register: Option<u64>) -> bool {
+/// The `len` bytes of device registers at `address` (inside a BAR that
+/// `PciTransport::new` already mapped), as a checked handle.
+fn register_region(address: u64, len: u64) -> Option<MmioRegion> {
+    let end = address.checked_add(len)?;
+    mmio::map(PhysRange {
+        start: address,
+        end,
+    })
+    .ok()
+}
+
+fn link_up(status_register: Option<&MmioRegion>) -> bool {
     match status_register {
-        Some(address) => {
-            // SAFETY: the device-config structure lies in a BAR that
-            // `PciTransport::new` identity-mapped uncached; `status` is a
-            // read-only 16-bit field (bit 0 = VIRTIO_NET_S_LINK_UP).
-            let status = unsafe { core::ptr::read_volatile(address as *const u16) };
-            status & 1 != 0
-        }
+        // `status` is a read-only 16-bit field (bit 0 = VIRTIO_NET_S_LINK_UP).
+        Some(register) => register.read::<u16>(0) & 1 != 0,
         None => true,
     }
 }
@@ -278,7 +280,7 @@ fn net_command(_: &mut Context, args: &[&str]) -> Result<(), String> {
     let Some(net) = guard.as_mut() else {
         return Err(String::from("no network device"));
     };
-    let up = link_up(net.status_register);
+    let up = link_up(net.status_register.as_ref());
     net.stack.set_link_up(up);
     let driver = net.stack.device().counters();
     let counters = net.stack.counters_mut();

@@ -1,6 +1,9 @@
 //! Global descriptor table and task-state segment. The TSS gives the
 //! double-fault handler its own stack (IST 0), so a kernel stack overflow
 //! still produces a readable report instead of a triple fault.
+//!
+//! Invariant: the GDT and TSS live in statics for the kernel's life, are
+//! loaded once, and segment registers get only selectors of that GDT.
 
 use spin::LazyLock;
 use x86_64::instructions::segmentation::{Segment, CS, DS, ES, SS};
@@ -50,6 +53,11 @@ static GDT: LazyLock<Gdt> = LazyLock::new(|| {
 
 /// Loads the GDT and TSS and reloads the segment registers.
 pub fn init() {
+    // A second `ltr` of the (then busy) TSS would fault: load once.
+    static LOADED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+    if LOADED.swap(true, core::sync::atomic::Ordering::AcqRel) {
+        return;
+    }
     GDT.table.load();
     // SAFETY: the selectors come from the GDT just loaded, which lives in a
     // static for the rest of the kernel's life.

@@ -15,6 +15,11 @@
 //! is bounded and every table checksummed here before the crate walks it,
 //! and the handler never hands out memory outside the physical-memory
 //! mapping: a bad firmware table is an error, never a panic or a fault.
+//!
+//! Invariant: memory is read only inside the bootloader's physical-memory
+//! map (below the end of the boot memory map), through the RSDP the
+//! bootloader found ([`crate::boot::Boot::init_acpi`]); tables are copied
+//! out, never handed out as references.
 
 use alloc::vec::Vec;
 use core::cell::Cell;
@@ -30,6 +35,7 @@ use acpi::{AcpiTables, Handle, Handler, PciAddress, PhysicalMapping};
 use spin::Once;
 
 use crate::memory;
+use crate::PhysAddr;
 
 /// Largest table copied (the NFIT of a large machine is a few KiB).
 const MAX_TABLE: usize = 1 << 20;
@@ -83,7 +89,7 @@ static ROOTS: Once<Roots> = Once::new();
 
 /// Records the RSDP address and the extent of the physical-memory mapping
 /// (the highest end of any boot memory-map region).
-pub fn init(rsdp: Option<u64>, mapped_end: u64) {
+pub(crate) fn init(rsdp: Option<u64>, mapped_end: u64) {
     ROOTS.call_once(|| Roots { rsdp, mapped_end });
 }
 
@@ -358,7 +364,7 @@ pub fn signatures() -> Result<Vec<[u8; 4]>, AcpiError> {
 /// The first I/O APIC in the MADT ("APIC" table, ACPI 6.5 §5.2.12): its
 /// physical address and first GSI, from the crate's interrupt model. `None`
 /// without a usable MADT; the caller then keeps the PC default 0xfec00000.
-pub fn ioapic_from_madt() -> Option<(u64, u32)> {
+pub fn ioapic_from_madt() -> Option<(PhysAddr, u32)> {
     let madt = match find_table(b"APIC") {
         Ok(madt) => madt,
         Err(AcpiError::NotFound) => return None,
@@ -376,7 +382,10 @@ pub fn ioapic_from_madt() -> Option<(u64, u32)> {
     match InterruptModel::new(&tables) {
         Ok((InterruptModel::Apic(apic), _)) => {
             let first = apic.io_apics.first()?;
-            Some((u64::from(first.address), first.global_system_interrupt_base))
+            Some((
+                PhysAddr::new_truncate(u64::from(first.address)),
+                first.global_system_interrupt_base,
+            ))
         }
         Ok(_) => None,
         Err(error) => {

@@ -5,14 +5,20 @@
 //! interrupts routed through the I/O APIC (see [`route_irq`]); 0xff the
 //! APIC spurious vector. The legacy 8259 PICs are remapped to 0x20–0x2f
 //! and fully masked so they can never deliver on an exception vector.
+//!
+//! Invariant: the double-fault handler alone uses IST 0 (the stack
+//! [`crate::gdt`] sets aside); the PICs are reached only through their
+//! fixed ports, the APICs only through [`MmioRegion`]s.
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use spin::{LazyLock, Mutex};
+use spin::{LazyLock, Mutex, Once};
 use x86_64::instructions::port::Port;
 use x86_64::registers::control::Cr2;
 use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, PageFaultErrorCode};
 
-use crate::{gdt, memory, println, serial};
+use crate::memory::{MapError, PhysRange};
+use crate::mmio::{self, MmioRegion};
+use crate::{gdt, println, serial, PhysAddr};
 
 /// Vector of the local APIC timer.
 pub const TIMER_VECTOR: u8 = 32;
@@ -193,8 +199,10 @@ pub fn wait_for_interrupt() {
 // ---------------------------------------------------------------------------
 // Legacy PIC, local APIC, I/O APIC.
 
-/// Physical address of the local APIC registers (IA32_APIC_BASE).
-static LAPIC_BASE: AtomicU64 = AtomicU64::new(0);
+/// The local APIC registers (IA32_APIC_BASE), once mapped.
+static LAPIC: Once<MmioRegion> = Once::new();
+/// The I/O APIC registers, once mapped.
+static IOAPIC: Once<MmioRegion> = Once::new();
 /// Physical address of the I/O APIC (the PC default; see [`set_ioapic_base`]).
 static IOAPIC_BASE: AtomicU64 = AtomicU64::new(0xfec0_0000);
 
@@ -207,23 +215,20 @@ const LAPIC_TIMER_INITIAL: u64 = 0x380;
 const LAPIC_TIMER_CURRENT: u64 = 0x390;
 const LAPIC_TIMER_DIVIDE: u64 = 0x3e0;
 
+/// Reads a local APIC register (0 before [`init_apic`]).
 fn lapic_read(register: u64) -> u32 {
-    let base = LAPIC_BASE.load(Ordering::Relaxed);
-    // SAFETY: `base` is the identity-mapped, uncached local APIC page set up
-    // by `init_apic` before any caller runs; registers are 32-bit aligned.
-    unsafe { core::ptr::read_volatile((base + register) as *const u32) }
+    LAPIC.get().map_or(0, |lapic| lapic.read::<u32>(register))
 }
 
+/// Writes a local APIC register (dropped before [`init_apic`]).
 fn lapic_write(register: u64, value: u32) {
-    let base = LAPIC_BASE.load(Ordering::Relaxed);
-    // SAFETY: as in `lapic_read`.
-    unsafe { core::ptr::write_volatile((base + register) as *mut u32, value) }
+    if let Some(lapic) = LAPIC.get() {
+        lapic.write::<u32>(register, value);
+    }
 }
 
 fn lapic_eoi() {
-    if LAPIC_BASE.load(Ordering::Relaxed) != 0 {
-        lapic_write(LAPIC_EOI, 0);
-    }
+    lapic_write(LAPIC_EOI, 0);
 }
 
 fn disable_legacy_pic() {
@@ -248,22 +253,30 @@ fn disable_legacy_pic() {
 }
 
 /// Uses the I/O APIC at `base` (from the ACPI MADT) instead of the default.
-pub fn set_ioapic_base(base: u64) {
-    IOAPIC_BASE.store(base, Ordering::Relaxed);
+pub fn set_ioapic_base(base: PhysAddr) {
+    IOAPIC_BASE.store(base.as_u64(), Ordering::Relaxed);
 }
 
 /// Masks the PIC, enables the local APIC and maps both APICs.
-pub fn init_apic() -> Result<(), memory::MapError> {
+pub fn init_apic() -> Result<(), MapError> {
     disable_legacy_pic();
     // IA32_APIC_BASE (MSR 0x1b): bits 12.. hold the page address.
     let apic_base_msr = x86_64::registers::model_specific::Msr::new(0x1b);
     // SAFETY: reading IA32_APIC_BASE has no side effects; every x86_64 CPU
     // has it.
     let base = unsafe { apic_base_msr.read() } & 0x000f_ffff_ffff_f000;
-    memory::map_identity(base, 4096, memory::MapKind::Mmio)?;
+    let page = |start: u64| PhysRange {
+        start,
+        end: start + 4096,
+    };
+    let lapic = mmio::map(page(base))?;
     let ioapic = IOAPIC_BASE.load(Ordering::Relaxed);
-    memory::map_identity(ioapic, 4096, memory::MapKind::Mmio)?;
-    LAPIC_BASE.store(base, Ordering::Relaxed);
+    // The I/O APIC window is 0x20 bytes (IOREGSEL, IOWIN) in its page.
+    let ioapic = mmio::map(page(ioapic & !0xfff))?;
+    let offset = IOAPIC_BASE.load(Ordering::Relaxed) & 0xfff;
+    IOAPIC_OFFSET.store(offset, Ordering::Relaxed);
+    IOAPIC.call_once(|| ioapic);
+    LAPIC.call_once(|| lapic);
     lapic_write(LAPIC_TPR, 0);
     // Software-enable the APIC (SVR bit 8) with the spurious vector.
     lapic_write(LAPIC_SVR, 0x100 | SPURIOUS_VECTOR as u32);
@@ -291,13 +304,15 @@ pub fn measure_timer(wait: impl FnOnce()) -> u64 {
     u64::from(u32::MAX - remaining)
 }
 
+/// Offset of the I/O APIC registers inside their mapped page.
+static IOAPIC_OFFSET: AtomicU64 = AtomicU64::new(0);
+
 fn ioapic_write(register: u32, value: u32) {
-    let base = IOAPIC_BASE.load(Ordering::Relaxed);
-    // SAFETY: the I/O APIC page was identity-mapped uncached in `init_apic`;
     // IOREGSEL is at +0 and IOWIN at +0x10 (82093AA datasheet, 3.0).
-    unsafe {
-        core::ptr::write_volatile(base as *mut u32, register);
-        core::ptr::write_volatile((base + 0x10) as *mut u32, value);
+    if let Some(ioapic) = IOAPIC.get() {
+        let base = IOAPIC_OFFSET.load(Ordering::Relaxed);
+        ioapic.write::<u32>(base, register);
+        ioapic.write::<u32>(base + 0x10, value);
     }
 }
 
@@ -336,4 +351,14 @@ pub fn route_irq(
     ioapic_write(register + 1, apic_id << 24);
     ioapic_write(register, low);
     Ok(())
+}
+
+/// Lets interrupts in (`sti`).
+pub fn enable() {
+    x86_64::instructions::interrupts::enable();
+}
+
+/// Keeps interrupts out (`cli`), e.g. on the panic path.
+pub fn disable() {
+    x86_64::instructions::interrupts::disable();
 }

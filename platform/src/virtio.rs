@@ -1,0 +1,184 @@
+//! The `virtio-drivers` HAL on the kernel's RAM frames, and the adapter
+//! that gives `virtio-drivers` the kernel's PCI configuration access.
+//!
+//! DMA memory (virtqueues and the NIC's packet buffers) comes from the RAM
+//! frame allocator only, never the heap or pmem, and physical addresses
+//! are computed from the frame allocator's own numbers: a buffer handed to
+//! the device must lie inside a registered DMA pool, and its physical
+//! address is the pool's physical base plus the offset, so nothing is
+//! guessed from a virtual address.
+//!
+//! Invariant: a [`DmaRegion`] is zeroed RAM taken from the frame allocator
+//! by this module, owned by whoever holds the region (or by its pool, for
+//! the kernel's life); only this crate turns one into byte slices.
+
+use core::ptr::NonNull;
+use daxbox_pci::{Bdf, ConfigAccess};
+use spin::Mutex;
+use virtio_drivers::transport::pci::bus::{ConfigurationAccess, DeviceFunction};
+use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
+use x86_64::structures::paging::PhysFrame;
+
+use crate::memory::{self, PhysRange};
+use crate::mmio;
+
+/// A physically contiguous run of RAM frames used for DMA. Not `Clone`:
+/// the holder owns the frames.
+#[derive(Debug)]
+pub(crate) struct DmaRegion {
+    /// Physical address of the first byte.
+    pub(crate) phys: u64,
+    /// Virtual address of the first byte (physical-memory mapping).
+    pub(crate) virt: u64,
+    /// Length in bytes.
+    pub(crate) len: u64,
+}
+
+impl DmaRegion {
+    /// Allocates `pages` zeroed, contiguous RAM frames.
+    pub(crate) fn allocate(pages: u64) -> Option<Self> {
+        let phys = memory::allocate_contiguous(pages)?;
+        Some(Self {
+            phys,
+            virt: memory::phys_to_virt(phys),
+            len: pages * PAGE_SIZE as u64,
+        })
+    }
+}
+
+const MAX_POOLS: usize = 8;
+
+/// Regions whose buffers may be shared with devices: (physical, virtual,
+/// length) of regions that are never freed.
+type Pool = (u64, u64, u64);
+static POOLS: Mutex<[Option<Pool>; MAX_POOLS]> = Mutex::new([None; MAX_POOLS]);
+
+/// Allows buffers inside `region` to be passed to [`Hal::share`]. The
+/// region is never freed afterwards (it is leaked into the pool; the caller
+/// keeps using it through the returned `'static` view).
+pub(crate) fn register_pool(region: DmaRegion) -> Option<&'static DmaRegion> {
+    let mut pools = POOLS.lock();
+    let slot = pools.iter_mut().find(|p| p.is_none())?;
+    *slot = Some((region.phys, region.virt, region.len));
+    Some(alloc::boxed::Box::leak(alloc::boxed::Box::new(region)))
+}
+
+/// A [`Hal`] that can also hand out DMA pools: memory shared with devices
+/// for good, which [`Hal::share`] translates from then on.
+pub trait PoolHal: Hal {
+    /// Allocates `pages` zeroed pages as a pool that is never freed;
+    /// returns its virtual address and length in bytes.
+    fn pool(pages: usize) -> Option<(usize, usize)>;
+}
+
+/// The HAL type passed to `virtio-drivers`.
+pub struct KernelHal;
+
+impl PoolHal for KernelHal {
+    fn pool(pages: usize) -> Option<(usize, usize)> {
+        let region = DmaRegion::allocate(pages as u64)?;
+        let region = register_pool(region)?;
+        Some((region.virt as usize, region.len as usize))
+    }
+}
+
+// SAFETY: `dma_alloc` returns zeroed, page-aligned RAM frames that the
+// frame allocator hands out once (so they alias nothing), mapped at the
+// returned virtual address; `dma_dealloc` gives back only what
+// `dma_alloc` handed out (the trait's contract); `mmio_phys_to_virt`
+// identity-maps the BAR uncached after checking it is not RAM or storage;
+// `share` returns the true physical address of memory that stays mapped
+// (pool regions are never freed).
+unsafe impl Hal for KernelHal {
+    fn dma_alloc(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
+        match DmaRegion::allocate(pages as u64) {
+            Some(region) => match NonNull::new(region.virt as *mut u8) {
+                Some(pointer) => (region.phys, pointer),
+                None => (0, NonNull::dangling()),
+            },
+            // virtio-drivers treats physical address 0 as failure.
+            None => (0, NonNull::dangling()),
+        }
+    }
+
+    unsafe fn dma_dealloc(paddr: PhysAddr, _vaddr: NonNull<u8>, pages: usize) -> i32 {
+        for page in 0..pages as u64 {
+            let frame = PhysFrame::containing_address(x86_64::PhysAddr::new(paddr + page * 4096));
+            memory::free_frame(frame);
+        }
+        0
+    }
+
+    unsafe fn mmio_phys_to_virt(paddr: PhysAddr, size: usize) -> NonNull<u8> {
+        let range = paddr
+            .checked_add(size as u64)
+            .map(|end| PhysRange { start: paddr, end });
+        let mapped = match range {
+            Some(range) => mmio::map(range).map(|_| ()),
+            None => Err(memory::MapError::Conflict { address: paddr }),
+        };
+        if let Err(error) = mapped {
+            panic!("virtio: cannot map BAR {:#x}+{:#x}: {}", paddr, size, error);
+        }
+        // A BAR at physical 0 would be a firmware bug; identity map means virt == phys.
+        NonNull::new(paddr as *mut u8).unwrap_or_else(|| panic!("virtio: BAR at address 0"))
+    }
+
+    unsafe fn share(buffer: NonNull<[u8]>, _direction: BufferDirection) -> PhysAddr {
+        let virt = buffer.as_ptr() as *mut u8 as u64;
+        let len = buffer.len() as u64;
+        let pools = POOLS.lock();
+        for &(phys, start, region_len) in pools.iter().flatten() {
+            let Some(offset) = virt.checked_sub(start) else {
+                continue;
+            };
+            if offset.checked_add(len).is_some_and(|end| end <= region_len) {
+                return phys + offset;
+            }
+        }
+        // Every buffer the NIC driver passes comes from a registered pool;
+        // anything else would make the device write to a guessed address.
+        panic!("virtio: buffer {:#x}+{:#x} is not in a DMA pool", virt, len);
+    }
+
+    unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {
+        // Coherent RAM, no bounce buffers: nothing to copy back.
+    }
+}
+
+/// Wraps a cloneable [`ConfigAccess`] for
+/// `virtio_drivers::transport::pci::bus::PciRoot`, so `PciTransport` can
+/// find the virtio capabilities (virtio 1.2 §4.1.4) through the kernel's
+/// port-I/O or ECAM access.
+#[derive(Clone, Debug)]
+pub struct VirtioConfigAccess<C: ConfigAccess + Clone>(pub C);
+
+fn bdf(df: DeviceFunction) -> Bdf {
+    // virtio-drivers only builds valid DeviceFunctions; masking keeps an
+    // invalid one from aliasing another device in the address encoding.
+    Bdf {
+        bus: df.bus,
+        device: df.device & 0x1F,
+        function: df.function & 0x7,
+    }
+}
+
+impl<C: ConfigAccess + Clone> ConfigurationAccess for VirtioConfigAccess<C> {
+    fn read_word(&self, device_function: DeviceFunction, register_offset: u8) -> u32 {
+        self.0
+            .read_u32(bdf(device_function), register_offset.into())
+    }
+
+    fn write_word(&mut self, device_function: DeviceFunction, register_offset: u8, data: u32) {
+        self.0
+            .write_u32(bdf(device_function), register_offset.into(), data)
+    }
+
+    // The trait declares this `unsafe fn` because a clone of an MMIO CAM
+    // aliases the window; `ConfigAccess` implementations are safe handles
+    // (ports, or a checked `MmioRegion`) whose `Clone` is memory-safe, so
+    // the body is safe code.
+    unsafe fn unsafe_clone(&self) -> Self {
+        self.clone()
+    }
+}

@@ -1,0 +1,348 @@
+//! The NIC's slot bookkeeping over a fake virtio-net device on the host.
+//!
+//! virtio-drivers 0.13 keeps its `FakeHal`/`FakeTransport` behind
+//! `cfg(test)` (not exported), so these are small stand-ins: [`TestHal`]
+//! hands out host memory with physical == virtual addresses, and
+//! [`FakeTransport`] plays the device side of the split virtqueues
+//! (virtio 1.2 §2.7) on that memory.
+
+use super::*;
+use core::ptr::NonNull;
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::vec;
+use std::vec::Vec;
+
+use smoltcp::phy::{Device as _, RxToken as _, TxToken as _};
+use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus};
+use virtio_drivers::{BufferDirection, Error, Hal, PhysAddr};
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+const PAGE: usize = 4096;
+/// virtio-net header with VERSION_1 (virtio 1.2 §5.1.6): 12 bytes.
+const HEADER: usize = 12;
+const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
+fn page_layout(pages: usize) -> Layout {
+    Layout::from_size_align(pages * PAGE, PAGE).expect("page layout")
+}
+
+/// Host memory as DMA memory: physical address == virtual address.
+struct TestHal;
+
+// SAFETY: `dma_alloc` returns zeroed, page-aligned host memory that nothing
+// else references, `dma_dealloc` frees exactly what it allocated, and the
+// "physical" address of every buffer is its host address, which is what
+// the fake device dereferences.
+unsafe impl Hal for TestHal {
+    fn dma_alloc(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
+        // SAFETY: the layout has a non-zero size.
+        let pointer = unsafe { alloc_zeroed(page_layout(pages)) };
+        let pointer = NonNull::new(pointer).expect("host allocation");
+        (pointer.as_ptr() as PhysAddr, pointer)
+    }
+
+    unsafe fn dma_dealloc(_paddr: PhysAddr, vaddr: NonNull<u8>, pages: usize) -> i32 {
+        // SAFETY: `vaddr` came from `dma_alloc` with the same page count.
+        unsafe { dealloc(vaddr.as_ptr(), page_layout(pages)) };
+        0
+    }
+
+    unsafe fn mmio_phys_to_virt(paddr: PhysAddr, _size: usize) -> NonNull<u8> {
+        NonNull::new(paddr as *mut u8).expect("no MMIO in these tests")
+    }
+
+    unsafe fn share(buffer: NonNull<[u8]>, _direction: BufferDirection) -> PhysAddr {
+        buffer.as_ptr() as *mut u8 as PhysAddr
+    }
+
+    unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
+}
+
+impl PoolHal for TestHal {
+    fn pool(pages: usize) -> Option<(usize, usize)> {
+        // Leaked like the kernel's pools, which are never freed.
+        let (address, _) = Self::dma_alloc(pages, BufferDirection::Both);
+        Some((address as usize, pages * PAGE))
+    }
+}
+
+/// One split virtqueue as the device sees it.
+#[derive(Clone, Copy, Debug, Default)]
+struct Queue {
+    size: u16,
+    descriptors: u64,
+    avail: u64,
+    used: u64,
+    /// Next available-ring entry the device has not taken yet.
+    next_avail: u16,
+}
+
+fn read<T: Copy>(address: u64) -> T {
+    // SAFETY: every address comes from the rings the driver set up in
+    // `TestHal` memory, which lives for the test; single-threaded.
+    unsafe { core::ptr::read_volatile(address as *const T) }
+}
+
+fn write<T: Copy>(address: u64, value: T) {
+    // SAFETY: as in `read`, for the device-writable parts of the rings
+    // and buffers the driver posted as device-writable.
+    unsafe { core::ptr::write_volatile(address as *mut T, value) }
+}
+
+impl Queue {
+    /// Takes the next descriptor chain head the driver made available.
+    fn pop_avail(&mut self) -> Option<u16> {
+        let avail_idx: u16 = read(self.avail + 2);
+        if avail_idx == self.next_avail {
+            return None;
+        }
+        let slot = u64::from(self.next_avail % self.size);
+        self.next_avail = self.next_avail.wrapping_add(1);
+        Some(read(self.avail + 4 + 2 * slot))
+    }
+
+    /// (address, length, flags) of descriptor `index`.
+    fn descriptor(&self, index: u16) -> (u64, u32, u16) {
+        let at = self.descriptors + 16 * u64::from(index);
+        (read(at), read(at + 8), read(at + 12))
+    }
+
+    /// Returns chain `head` to the driver with `len` bytes written.
+    fn push_used(&self, head: u16, len: u32) {
+        let used_idx: u16 = read(self.used + 2);
+        let at = self.used + 4 + 8 * u64::from(used_idx % self.size);
+        write(at, u32::from(head));
+        write(at + 4, len);
+        write(self.used + 2, used_idx.wrapping_add(1));
+    }
+}
+
+/// The device's state, shared between the transport and the test.
+#[derive(Default)]
+struct Device {
+    status: u32,
+    queues: [Option<Queue>; 2],
+    notifications: [u32; 2],
+}
+
+const RECEIVE: usize = 0;
+const TRANSMIT: usize = 1;
+const WRITE: u16 = 2;
+
+impl Device {
+    /// Puts `frame` into the next posted receive buffer; false when the
+    /// driver posted none.
+    fn deliver(&mut self, frame: &[u8]) -> bool {
+        let queue = self.queues[RECEIVE].as_mut().expect("receive queue set");
+        let Some(head) = queue.pop_avail() else {
+            return false;
+        };
+        let (address, len, flags) = queue.descriptor(head);
+        assert_eq!(flags & WRITE, WRITE, "receive buffers are device-writable");
+        assert!(HEADER + frame.len() <= len as usize);
+        for (i, byte) in [0u8; HEADER].iter().chain(frame).enumerate() {
+            write(address + i as u64, *byte);
+        }
+        queue.push_used(head, (HEADER + frame.len()) as u32);
+        true
+    }
+
+    /// Takes the next frame the driver queued for sending (header
+    /// stripped), without completing it.
+    fn take_sent(&mut self) -> Option<(u16, Vec<u8>)> {
+        let queue = self.queues[TRANSMIT].as_mut().expect("transmit queue set");
+        let head = queue.pop_avail()?;
+        let (address, len, flags) = queue.descriptor(head);
+        assert_eq!(flags & WRITE, 0, "transmit buffers are device-readable");
+        let bytes = (HEADER as u64..u64::from(len))
+            .map(|i| read::<u8>(address + i))
+            .collect();
+        Some((head, bytes))
+    }
+
+    /// Completes a sent frame.
+    fn complete_sent(&self, head: u16) {
+        self.queues[TRANSMIT]
+            .as_ref()
+            .expect("transmit queue set")
+            .push_used(head, 0);
+    }
+
+    /// Buffers the driver has made available on `queue` so far.
+    fn available(&self, queue: usize) -> u16 {
+        let queue = self.queues[queue].as_ref().expect("queue set");
+        read::<u16>(queue.avail + 2).wrapping_sub(queue.next_avail)
+    }
+}
+
+/// A virtio-net device (MAC, VERSION_1; no event index, no indirect
+/// descriptors) over [`Device`].
+struct FakeTransport(Rc<RefCell<Device>>);
+
+impl Transport for FakeTransport {
+    fn device_type(&self) -> DeviceType {
+        DeviceType::Network
+    }
+
+    fn read_device_features(&mut self) -> u64 {
+        (1 << 5) | (1 << 32)
+    }
+
+    fn write_driver_features(&mut self, _driver_features: u64) {}
+
+    fn max_queue_size(&mut self, _queue: u16) -> u32 {
+        QUEUE_SIZE as u32
+    }
+
+    fn notify(&mut self, queue: u16) {
+        self.0.borrow_mut().notifications[usize::from(queue)] += 1;
+    }
+
+    fn get_status(&self) -> DeviceStatus {
+        DeviceStatus::from_bits_truncate(self.0.borrow().status)
+    }
+
+    fn set_status(&mut self, status: DeviceStatus) {
+        self.0.borrow_mut().status = status.bits();
+    }
+
+    fn set_guest_page_size(&mut self, _guest_page_size: u32) {}
+
+    fn requires_legacy_layout(&self) -> bool {
+        false
+    }
+
+    fn queue_set(
+        &mut self,
+        queue: u16,
+        size: u32,
+        descriptors: PhysAddr,
+        driver_area: PhysAddr,
+        device_area: PhysAddr,
+    ) {
+        self.0.borrow_mut().queues[usize::from(queue)] = Some(Queue {
+            size: size as u16,
+            descriptors,
+            avail: driver_area,
+            used: device_area,
+            next_avail: 0,
+        });
+    }
+
+    fn queue_unset(&mut self, queue: u16) {
+        self.0.borrow_mut().queues[usize::from(queue)] = None;
+    }
+
+    fn queue_used(&mut self, queue: u16) -> bool {
+        self.0.borrow().queues[usize::from(queue)].is_some()
+    }
+
+    fn ack_interrupt(&mut self) -> InterruptStatus {
+        InterruptStatus::empty()
+    }
+
+    fn read_config_generation(&self) -> u32 {
+        0
+    }
+
+    fn read_config_space<T: FromBytes + IntoBytes>(
+        &self,
+        offset: usize,
+    ) -> virtio_drivers::Result<T> {
+        // virtio_net_config: mac[6], status (bit 0: link up).
+        let mut config = [0u8; 16];
+        config[..6].copy_from_slice(&MAC);
+        config[6] = 1;
+        let bytes = config.get(offset..).ok_or(Error::ConfigSpaceTooSmall)?;
+        T::read_from_prefix(bytes)
+            .map(|(value, _)| value)
+            .map_err(|_| Error::ConfigSpaceTooSmall)
+    }
+
+    fn write_config_space<T: IntoBytes + Immutable>(
+        &mut self,
+        _offset: usize,
+        _value: T,
+    ) -> virtio_drivers::Result<()> {
+        Ok(())
+    }
+}
+
+fn nic() -> (Nic<TestHal, FakeTransport>, Rc<RefCell<Device>>) {
+    let device = Rc::new(RefCell::new(Device::default()));
+    let raw = Raw::<TestHal, FakeTransport>::new(FakeTransport(device.clone()))
+        .expect("virtio-net initialises");
+    let nic = Nic::new(raw).expect("packet pools");
+    (nic, device)
+}
+
+fn now() -> Instant {
+    Instant::from_millis(0)
+}
+
+#[test]
+fn every_receive_slot_is_posted_at_start() {
+    let (nic, device) = nic();
+    assert_eq!(nic.mac(), MAC);
+    assert_eq!(nic.rx_posted(), RX_SLOTS);
+    assert_eq!(device.borrow().available(RECEIVE), RX_SLOTS as u16);
+    assert!(!nic.has_rx());
+}
+
+#[test]
+fn received_frames_reach_smoltcp_and_slots_are_posted_again() {
+    let (mut nic, device) = nic();
+    for round in 0..3 * RX_SLOTS {
+        let frame: Vec<u8> = (0..60).map(|i| (i + round) as u8).collect();
+        assert!(device.borrow_mut().deliver(&frame), "round {round}");
+        assert!(nic.has_rx());
+        let (rx, _tx) = nic.receive(now()).expect("a frame");
+        assert_eq!(rx.consume(|bytes| bytes.to_vec()), frame);
+        // The next receive (or refill) re-posts the slot: never starves.
+        nic.refill();
+        assert_eq!(nic.rx_posted(), RX_SLOTS);
+    }
+    assert!(nic.receive(now()).is_none());
+    assert_eq!(nic.counters().rx_errors, 0);
+}
+
+#[test]
+fn sent_frames_reach_the_device_and_slots_come_back() {
+    let (mut nic, device) = nic();
+    for round in 0..3 * TX_SLOTS {
+        let tx = nic.transmit(now()).expect("a free slot");
+        tx.consume(42, |buffer| buffer.fill(round as u8));
+        let (head, bytes) = device.borrow_mut().take_sent().expect("a frame");
+        assert_eq!(bytes, vec![round as u8; 42]);
+        device.borrow().complete_sent(head);
+    }
+    assert!(device.borrow().notifications[TRANSMIT] > 0);
+    assert_eq!(nic.counters().tx_errors, 0);
+}
+
+#[test]
+fn transmit_waits_while_every_slot_is_in_flight() {
+    let (mut nic, device) = nic();
+    for _ in 0..TX_SLOTS {
+        let tx = nic.transmit(now()).expect("a free slot");
+        tx.consume(60, |buffer| buffer.fill(0xab));
+    }
+    assert!(nic.transmit(now()).is_none(), "all slots are in flight");
+    let (head, _) = device.borrow_mut().take_sent().expect("a frame");
+    device.borrow().complete_sent(head);
+    assert!(nic.transmit(now()).is_some(), "a completed slot is reused");
+}
+
+#[test]
+fn oversized_frames_are_cut_to_the_slot() {
+    let (mut nic, device) = nic();
+    let tx = nic.transmit(now()).expect("a free slot");
+    tx.consume(4 * SLOT, |buffer| {
+        assert_eq!(buffer.len(), SLOT - HEADER);
+        buffer.fill(1);
+    });
+    let (_, bytes) = device.borrow_mut().take_sent().expect("a frame");
+    assert_eq!(bytes.len(), SLOT - HEADER);
+}
