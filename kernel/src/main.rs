@@ -18,6 +18,7 @@
 
 extern crate alloc;
 
+mod command;
 mod config;
 mod nbd;
 mod net;
@@ -30,10 +31,10 @@ use daxbox_platform::boot::Boot;
 use daxbox_platform::{acpi, gdt, interrupts, memory, power, serial};
 pub use daxbox_platform::{print, println, time};
 
-use alloc::vec::Vec;
 use bootloader_api::config::{BootloaderConfig, Mapping};
 use bootloader_api::info::MemoryRegionKind;
 use bootloader_api::{entry_point, BootInfo};
+use daxbox_syntax::human;
 
 /// How the bootloader should set the kernel up.
 pub static BOOTLOADER_CONFIG: BootloaderConfig = {
@@ -47,6 +48,17 @@ pub static BOOTLOADER_CONFIG: BootloaderConfig = {
 };
 
 entry_point!(kernel_main, config = &BOOTLOADER_CONFIG);
+
+/// Every module's shell commands, in the order `help` lists them (the
+/// shell gets them from here, so it imports none of these modules).
+const COMMAND_TABLES: daxbox_shell::Tables<command::Context> = &[
+    shell::COMMANDS,
+    pmem::COMMANDS,
+    storage::COMMANDS,
+    nbd::COMMANDS,
+    pci::COMMANDS,
+    net::COMMANDS,
+];
 
 fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     let boot = Boot::new(boot_info);
@@ -85,8 +97,8 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     let info = memory::info();
     println!(
         "memory: {} usable RAM, heap {} at {}",
-        shell::human(info.usable),
-        shell::human(heap_size),
+        human(info.usable),
+        human(heap_size),
         info.heap
     );
 
@@ -123,9 +135,12 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     interrupts::enable();
 
     println!("daxbox: ready");
-    let mut shell = shell::Shell::new(shell::Context {
-        debug_commands: config.debug_commands,
-    });
+    let mut shell = shell::Shell::new(
+        command::Context {
+            debug_commands: config.debug_commands,
+        },
+        COMMAND_TABLES,
+    );
     loop {
         interrupts::take_work_pending();
         let mut busy = shell.poll();
@@ -139,17 +154,6 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
 /// Polls the network services; true when any did work.
 fn poll_services() -> bool {
     net::poll()
-}
-
-/// Storage ranges (pmem) known so far: never volatile memory.
-pub fn storage_ranges() -> Vec<memory::PhysRange> {
-    pmem::storage_ranges()
-}
-
-/// Brings storage to a consistent state before power-off.
-pub fn shutdown() {
-    storage::shutdown();
-    pmem::shutdown();
 }
 
 fn print_memory_map(regions: &[bootloader_api::info::MemoryRegion]) {
@@ -177,7 +181,7 @@ fn print_memory_map(regions: &[bootloader_api::info::MemoryRegion]) {
     println!(
         "memory map: {} regions, {} usable",
         regions.len(),
-        shell::human(usable)
+        human(usable)
     );
 }
 

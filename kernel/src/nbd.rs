@@ -9,8 +9,8 @@
 
 use daxbox_storage::{NbdService, SharedStorage, Storage};
 
+use crate::command::{Command, Context};
 use crate::pmem::PmemRegion;
-use crate::shell::{Command, Context};
 use crate::storage::STORAGE;
 use crate::{config, println};
 

@@ -27,8 +27,8 @@ use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::transport::pci::bus::{DeviceFunction, PciRoot};
 use virtio_drivers::transport::pci::PciTransport;
 
+use crate::command::{Command, Context};
 use crate::interrupts::{self, Trigger};
-use crate::shell::{Command, Context};
 use crate::{config, pci, println, time};
 
 /// How long boot waits for a DHCP lease before going on without one.

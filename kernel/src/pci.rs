@@ -16,7 +16,7 @@ use daxbox_platform::memory::PhysRange;
 use daxbox_platform::pci::{ConfigPorts, EcamMmio};
 use spin::Once;
 
-use crate::shell::{Command, Context};
+use crate::command::{Command, Context};
 use crate::{acpi, println};
 
 /// The kernel's configuration access: ECAM or legacy ports.
@@ -177,7 +177,7 @@ fn lspci(_: &mut Context, args: &[&str]) -> Result<(), String> {
                         index,
                         if *wide { "64" } else { "32" },
                         address,
-                        crate::shell::human(*size),
+                        daxbox_syntax::human(*size),
                         if *prefetchable { " prefetchable" } else { "" }
                     ),
                     Some(Bar::Io { port, size }) => {

@@ -25,9 +25,10 @@ use spin::{Mutex, Once};
 
 use crate::memory::{self, PageCounts, PhysRange};
 
-use crate::shell::{human, Command, Context};
+use crate::command::{Command, Context};
 use crate::{acpi, config, println, time};
 pub use daxbox_platform::pmem::{FlushInstruction, PmemRegion};
+use daxbox_syntax::human;
 
 /// One pmem device.
 pub struct Device {

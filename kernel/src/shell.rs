@@ -1,45 +1,19 @@
-//! The serial admin shell: feeds console bytes to the line editor and runs
-//! commands from the tables that kernel modules export.
+//! The serial admin shell: console bytes go to `daxbox-shell`'s [`Shell`]
+//! (line editing, dispatch, `help`), and the system commands live here.
 //!
 //! To add a command, add a [`Command`] entry to a module's `COMMANDS` table
-//! and list that table in [`TABLES`].
+//! and list that table in `main.rs`'s `COMMAND_TABLES`.
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use daxbox_shell::{find_command, split_words, Event, LineEditor};
+use daxbox_shell::Tables;
+use daxbox_syntax::human;
 
-use crate::{config, memory, power, print, println, serial, time};
+use crate::command::{Command, Console, Context};
+use crate::{config, memory, pmem, power, println, serial, storage, time};
 
-/// What every command gets: the kernel's shared state lives in module
-/// statics, so this only carries per-shell settings.
-pub struct Context {
-    /// Whether the test-only `debug` commands are enabled.
-    pub debug_commands: bool,
-}
-
-/// A shell command of this kernel.
-pub type Command = daxbox_shell::Command<Context>;
-
-/// The prompt, printed without a newline.
-pub const PROMPT: &str = "daxbox> ";
-
-/// All command tables, searched in order.
-const TABLES: &[&[Command]] = &[
-    BASIC,
-    crate::pmem::COMMANDS,
-    crate::storage::COMMANDS,
-    crate::nbd::COMMANDS,
-    crate::pci::COMMANDS,
-    crate::net::COMMANDS,
-];
-
-const BASIC: &[Command] = &[
-    Command {
-        name: "help",
-        usage: "",
-        help: "list commands",
-        run: help,
-    },
+/// The system commands.
+pub const COMMANDS: &[Command] = &[
     Command {
         name: "version",
         usage: "",
@@ -78,20 +52,17 @@ const BASIC: &[Command] = &[
     },
 ];
 
-/// The shell's state: the line being edited.
+/// The shell on the serial console.
 pub struct Shell {
-    editor: LineEditor,
-    context: Context,
+    inner: daxbox_shell::Shell<Context>,
 }
 
 impl Shell {
-    /// A shell with the given settings; prints the first prompt.
-    pub fn new(context: Context) -> Self {
-        print!("{}", PROMPT);
-        Self {
-            editor: LineEditor::new(),
-            context,
-        }
+    /// A shell running the commands of `tables`; prints the first prompt.
+    pub fn new(context: Context, tables: Tables<Context>) -> Self {
+        let inner = daxbox_shell::Shell::new(context, tables);
+        inner.prompt(&mut Console);
+        Self { inner }
     }
 
     /// Handles every byte waiting on the console. Returns true when there
@@ -100,62 +71,9 @@ impl Shell {
         let mut any = false;
         while let Some(byte) = serial::try_read_byte() {
             any = true;
-            match self.editor.feed(byte) {
-                Event::None => {}
-                Event::Echo(bytes) => serial::write_bytes(bytes),
-                Event::EchoByte(byte) => serial::write_bytes(&[byte]),
-                Event::Line(line) => {
-                    println!();
-                    self.run_line(&line);
-                    print!("{}", PROMPT);
-                }
-                Event::TooLong => {
-                    println!();
-                    println!(
-                        "error: line too long (at most {} bytes)",
-                        daxbox_shell::MAX_LINE
-                    );
-                    print!("{}", PROMPT);
-                }
-                Event::NotText => {
-                    println!();
-                    println!("error: input is not UTF-8 text");
-                    print!("{}", PROMPT);
-                }
-            }
+            self.inner.feed(byte, &mut Console);
         }
         any
-    }
-
-    fn run_line(&mut self, line: &str) {
-        let words = split_words(line);
-        let Some((&name, args)) = words.split_first() else {
-            return;
-        };
-        match find_command(TABLES, name) {
-            Some(command) => {
-                if let Err(message) = (command.run)(&mut self.context, args) {
-                    println!("error: {}", message);
-                }
-            }
-            None => println!("error: unknown command '{}' (try 'help')", name),
-        }
-    }
-}
-
-/// Formats a byte count with a binary unit: exact values as integers
-/// (`64 MiB`), others with one decimal (`504.7 MiB`).
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut unit = 0;
-    while unit + 1 < UNITS.len() && bytes >= 1u64 << (10 * (unit + 1)) {
-        unit += 1;
-    }
-    let scale = 1u64 << (10 * unit);
-    if bytes.is_multiple_of(scale) {
-        alloc::format!("{} {}", bytes / scale, UNITS[unit])
-    } else {
-        alloc::format!("{:.1} {}", bytes as f64 / scale as f64, UNITS[unit])
     }
 }
 
@@ -165,18 +83,6 @@ fn no_args(args: &[&str]) -> Result<(), String> {
     } else {
         Err("this command takes no arguments".to_string())
     }
-}
-
-fn help(_: &mut Context, _: &[&str]) -> Result<(), String> {
-    for command in TABLES.iter().flat_map(|t| t.iter()) {
-        let synopsis = if command.usage.is_empty() {
-            command.name.to_string()
-        } else {
-            alloc::format!("{} {}", command.name, command.usage)
-        };
-        println!("  {:<28} {}", synopsis, command.help);
-    }
-    Ok(())
 }
 
 fn version(_: &mut Context, args: &[&str]) -> Result<(), String> {
@@ -209,7 +115,7 @@ fn mem(_: &mut Context, args: &[&str]) -> Result<(), String> {
             Ok(())
         }
         ["stress"] => {
-            let storage = crate::storage_ranges();
+            let storage = pmem::storage_ranges();
             let (count, lowest, highest, bad) = memory::stress_frames(&storage);
             // Also exercise the heap with a burst of allocations.
             let mut blocks: Vec<Vec<u8>> = Vec::new();
@@ -245,7 +151,9 @@ fn bootconfig(_: &mut Context, args: &[&str]) -> Result<(), String> {
 
 fn poweroff(_: &mut Context, args: &[&str]) -> Result<(), String> {
     no_args(args)?;
-    crate::shutdown();
+    // Everything durable and every filesystem marked clean first.
+    storage::shutdown();
+    pmem::shutdown();
     println!("daxbox: powering off");
     power::exit(power::EXIT_SUCCESS)
 }

@@ -18,9 +18,9 @@ use daxbox_storage::commands::ShellHost;
 use daxbox_storage::{BootPolicy, Environment, Storage};
 use spin::Mutex;
 
+use crate::command::{Command, Console, Context};
 use crate::pmem::{self, PmemRegion};
-use crate::shell::{Command, Context};
-use crate::{config, print, time};
+use crate::{config, time};
 
 /// The storage state, shared by the shell and the NBD service.
 pub static STORAGE: Mutex<Storage<PmemRegion>> = Mutex::new(Storage::new());
@@ -58,16 +58,6 @@ impl Environment<PmemRegion> for KernelEnvironment {
         uuid[..8].copy_from_slice(&time::cycles().to_le_bytes());
         uuid[8..].copy_from_slice(&u64::from(index).to_le_bytes());
         uuid
-    }
-}
-
-/// The serial console as a `fmt::Write` for the library's output.
-pub struct Console;
-
-impl fmt::Write for Console {
-    fn write_str(&mut self, text: &str) -> fmt::Result {
-        print!("{}", text);
-        Ok(())
     }
 }
 

@@ -302,38 +302,26 @@ impl<M: PersistentMemory> Storage<M> {
     }
 }
 
-/// Whether `text` is a device name: `pmem` and a decimal number.
-pub fn is_device_name(text: &str) -> bool {
-    text.strip_prefix("pmem")
-        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-}
+/// Whether `text` is a device name (`pmem0`..`pmem999`): the one
+/// device-name grammar of `daxbox-syntax`.
+pub use daxbox_syntax::is_device_name;
+
+/// Formats a byte count with a binary unit (`64 MiB`, `504.7 MiB`), as
+/// everything in daxbox prints sizes.
+pub use daxbox_syntax::human;
 
 /// The number of device `name` (`pmem3` → 3) for page-frame owners;
 /// `u8::MAX` when it has none that fits.
 pub fn device_index(name: &str) -> u8 {
-    name.trim_start_matches("pmem").parse().unwrap_or(u8::MAX)
+    daxbox_syntax::device_index(name)
+        .and_then(|index| u8::try_from(index).ok())
+        .unwrap_or(u8::MAX)
 }
 
-/// Formats a byte count with a binary unit: exact values as integers
-/// (`64 MiB`), others with one decimal (`504.7 MiB`). The same text as the
-/// kernel shell's `human`.
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut unit = 0;
-    while unit + 1 < UNITS.len() && bytes >= 1u64 << (10 * (unit + 1)) {
-        unit += 1;
-    }
-    let scale = 1u64 << (10 * unit);
-    if bytes.is_multiple_of(scale) {
-        alloc::format!("{} {}", bytes / scale, UNITS[unit])
-    } else {
-        alloc::format!("{:.1} {}", bytes as f64 / scale as f64, UNITS[unit])
-    }
-}
-
-/// Parses a size with an optional K/M/G/T suffix (binary).
+/// Parses a size typed at the shell (`daxbox-syntax`'s grammar: decimal or
+/// `0x` hex, optional `K`/`M`/`G`/`T` or `KiB`..`TiB`).
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    daxbox_bootconfig::parse_size(text).ok_or_else(|| alloc::format!("bad size '{}'", text))
+    daxbox_syntax::parse_size(text).map_err(|_| alloc::format!("bad size '{}'", text))
 }
 
 #[cfg(test)]

@@ -1,11 +1,14 @@
 //! Line editing and command dispatch for the daxbox serial admin shell.
 //!
 //! The kernel feeds every byte that arrives on the serial console into a
-//! [`LineEditor`]; the editor says what to echo and hands back whole lines.
-//! [`split_words`] turns a line into words, and [`find_command`] looks a
-//! command up in the tables that kernel modules register (each module
-//! exports a `&[Command<C>]`, so adding a command is one table entry).
-//! Nothing here touches hardware, so it is tested on the host.
+//! [`Shell`], which echoes through a [`Terminal`], edits the line
+//! ([`LineEditor`]), splits finished lines into words ([`split_words`]),
+//! finds the command in the tables it was given ([`find_command`]) and runs
+//! it. Each kernel module exports a `&[Command<C>]` table and the kernel's
+//! entry point hands the list of tables to [`Shell::new`], so adding a
+//! command is one table entry and the shell never imports the modules that
+//! register commands. `help` is built in: it lists every table. Nothing
+//! here touches hardware, so it is tested on the host.
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 
@@ -110,6 +113,116 @@ impl LineEditor {
     }
 }
 
+/// Where the shell writes: the console.
+pub trait Terminal {
+    /// Writes raw bytes (echo of what was typed, which need not be UTF-8
+    /// one byte at a time).
+    fn write_bytes(&mut self, bytes: &[u8]);
+    /// Writes text.
+    fn write_text(&mut self, text: &str) {
+        self.write_bytes(text.as_bytes());
+    }
+}
+
+/// The prompt, printed without a newline.
+pub const PROMPT: &str = "daxbox> ";
+
+/// A list of command tables, searched in order.
+pub type Tables<C> = &'static [&'static [Command<C>]];
+
+/// The shell: the line being edited, the context every command gets, and
+/// the command tables.
+pub struct Shell<C: 'static> {
+    editor: LineEditor,
+    context: C,
+    tables: Tables<C>,
+}
+
+impl<C: 'static> Shell<C> {
+    /// A shell running commands from `tables` with `context`. Print the
+    /// first prompt with [`Shell::prompt`].
+    pub fn new(context: C, tables: Tables<C>) -> Self {
+        Self {
+            editor: LineEditor::new(),
+            context,
+            tables,
+        }
+    }
+
+    /// Writes the prompt.
+    pub fn prompt(&self, terminal: &mut dyn Terminal) {
+        terminal.write_text(PROMPT);
+    }
+
+    /// Handles one input byte: echo, editing, and at the end of a line the
+    /// command and a new prompt.
+    pub fn feed(&mut self, byte: u8, terminal: &mut dyn Terminal) {
+        match self.editor.feed(byte) {
+            Event::None => {}
+            Event::Echo(bytes) => terminal.write_bytes(bytes),
+            Event::EchoByte(byte) => terminal.write_bytes(&[byte]),
+            Event::Line(line) => {
+                terminal.write_text("\n");
+                self.run_line(&line, terminal);
+                self.prompt(terminal);
+            }
+            Event::TooLong => {
+                terminal.write_text(&alloc::format!(
+                    "\nerror: line too long (at most {} bytes)\n",
+                    MAX_LINE
+                ));
+                self.prompt(terminal);
+            }
+            Event::NotText => {
+                terminal.write_text("\nerror: input is not UTF-8 text\n");
+                self.prompt(terminal);
+            }
+        }
+    }
+
+    /// Runs one command line; an error is printed as `error: <text>`.
+    pub fn run_line(&mut self, line: &str, terminal: &mut dyn Terminal) {
+        let words = split_words(line);
+        let Some((&name, args)) = words.split_first() else {
+            return;
+        };
+        if name == "help" {
+            terminal.write_text(&help_text(self.tables));
+            return;
+        }
+        match find_command(self.tables, name) {
+            Some(command) => {
+                if let Err(message) = (command.run)(&mut self.context, args) {
+                    terminal.write_text(&alloc::format!("error: {}\n", message));
+                }
+            }
+            None => terminal.write_text(&alloc::format!(
+                "error: unknown command '{}' (try 'help')\n",
+                name
+            )),
+        }
+    }
+}
+
+/// What `help` prints: itself, then every command of every table, one line
+/// each (`  NAME USAGE` padded to 28 columns, then the description).
+pub fn help_text<C>(tables: &[&[Command<C>]]) -> String {
+    let mut text = String::new();
+    let mut line = |name: &str, usage: &str, help: &str| {
+        let synopsis = if usage.is_empty() {
+            String::from(name)
+        } else {
+            alloc::format!("{} {}", name, usage)
+        };
+        text.push_str(&alloc::format!("  {:<28} {}\n", synopsis, help));
+    };
+    line("help", "", "list commands");
+    for command in tables.iter().flat_map(|table| table.iter()) {
+        line(command.name, command.usage, command.help);
+    }
+    text
+}
+
 /// Splits a command line into whitespace-separated words.
 pub fn split_words(line: &str) -> Vec<&str> {
     line.split_ascii_whitespace().collect()
@@ -188,6 +301,97 @@ mod tests {
         let mut editor = LineEditor::new();
         assert_eq!(editor.feed(0x7f), Event::None);
         assert_eq!(editor.feed(b'\r'), Event::Line(String::new()));
+    }
+
+    /// A terminal that keeps what it was sent.
+    #[derive(Default)]
+    struct Screen(Vec<u8>);
+
+    impl Terminal for Screen {
+        fn write_bytes(&mut self, bytes: &[u8]) {
+            self.0.extend_from_slice(bytes);
+        }
+    }
+
+    impl Screen {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0).into_owned()
+        }
+    }
+
+    fn add(total: &mut u32, args: &[&str]) -> Result<(), String> {
+        for word in args {
+            *total += word
+                .parse::<u32>()
+                .map_err(|_| alloc::format!("'{word}' is no number"))?;
+        }
+        Ok(())
+    }
+
+    static MATH: [Command<u32>; 1] = [Command {
+        name: "add",
+        usage: "N...",
+        help: "add numbers to the total",
+        run: add,
+    }];
+    static TABLES: [&[Command<u32>]; 1] = [&MATH];
+
+    fn type_into(shell: &mut Shell<u32>, input: &[u8]) -> String {
+        let mut screen = Screen::default();
+        for &byte in input {
+            shell.feed(byte, &mut screen);
+        }
+        screen.text()
+    }
+
+    #[test]
+    fn a_line_runs_its_command_with_the_context_then_prompts_again() {
+        let mut shell = Shell::new(0u32, &TABLES);
+        let screen = type_into(&mut shell, b"add 2 3\r");
+        assert_eq!(screen, "add 2 3\ndaxbox> ");
+        assert_eq!(shell.context, 5);
+    }
+
+    #[test]
+    fn errors_unknown_commands_and_bad_lines_are_reported_and_the_shell_goes_on() {
+        let mut shell = Shell::new(0u32, &TABLES);
+        assert_eq!(
+            type_into(&mut shell, b"add x\n"),
+            "add x\nerror: 'x' is no number\ndaxbox> "
+        );
+        assert_eq!(
+            type_into(&mut shell, b"sub 1\n"),
+            "sub 1\nerror: unknown command 'sub' (try 'help')\ndaxbox> "
+        );
+        assert_eq!(
+            type_into(&mut shell, b"\xff\n"),
+            "\u{fffd}\nerror: input is not UTF-8 text\ndaxbox> "
+        );
+        let long = alloc::vec![b'y'; MAX_LINE + 1];
+        let screen = type_into(&mut shell, &[&long[..], b"\n"].concat());
+        assert!(screen.ends_with(&alloc::format!(
+            "\nerror: line too long (at most {MAX_LINE} bytes)\ndaxbox> "
+        )));
+        assert_eq!(type_into(&mut shell, b"\n"), "\ndaxbox> ");
+        assert_eq!(type_into(&mut shell, b"add 1\n"), "add 1\ndaxbox> ");
+        assert_eq!(shell.context, 1);
+    }
+
+    #[test]
+    fn help_lists_itself_then_every_table() {
+        let text = help_text(&TABLES);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0], alloc::format!("  {:<28} list commands", "help"));
+        assert_eq!(
+            lines[1],
+            alloc::format!("  {:<28} add numbers to the total", "add N...")
+        );
+        let mut shell = Shell::new(0u32, &TABLES);
+        assert_eq!(
+            type_into(&mut shell, b"help\n"),
+            alloc::format!("help\n{text}daxbox> ")
+        );
     }
 
     #[test]
