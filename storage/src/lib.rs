@@ -32,6 +32,7 @@ extern crate alloc;
 
 pub mod boot;
 pub mod commands;
+pub mod devices;
 pub mod nbd;
 
 #[cfg(test)]
@@ -48,6 +49,7 @@ use daxbox_pmem::frames::Owner;
 use daxfs::{FileId, Filesystem};
 
 pub use boot::{boot, decide, BootPolicy, Decision, LeaveReason};
+pub use devices::DeviceList;
 pub use nbd::{export_names, NbdConnection, NbdService, SharedStorage, StorageBackend};
 
 /// What the storage layer needs from whoever runs it.

@@ -13,7 +13,7 @@ use daxbox_persist::{OutOfRange, PersistentMemory, VecMemory};
 use daxbox_pmem::block::PmemBlockDevice;
 use daxbox_pmem::frames::Owner;
 
-use crate::{boot, commands, BootPolicy, Environment, Storage};
+use crate::{boot, commands, BootPolicy, DeviceList, Environment, Storage};
 
 pub const MIB: u64 = 1 << 20;
 
@@ -45,16 +45,11 @@ impl PersistentMemory for TestMemory {
     }
 }
 
-struct FakeDevice {
-    name: String,
-    memory: TestMemory,
-    block: Option<PmemBlockDevice<TestMemory>>,
-    owner: Option<Owner>,
-}
-
 /// Devices `pmem0`, `pmem1`, ... over `VecMemory`.
 pub struct FakeEnvironment {
-    devices: Vec<FakeDevice>,
+    devices: DeviceList<TestMemory>,
+    /// Each device's memory, shared with the device, by index.
+    memories: Vec<TestMemory>,
     clock: Cell<u64>,
     uuids: u64,
 }
@@ -72,53 +67,46 @@ impl FakeEnvironment {
 
     /// Devices holding the given images.
     pub fn from_images(images: Vec<Vec<u8>>) -> Self {
-        let devices = images
-            .into_iter()
-            .enumerate()
-            .map(|(index, bytes)| {
-                let name = alloc::format!("pmem{}", index);
-                let memory = TestMemory(Rc::new(RefCell::new(VecMemory::from_bytes(bytes))));
-                FakeDevice {
-                    block: Some(PmemBlockDevice::new(name.clone(), memory.clone(), 4096)),
-                    name,
-                    memory,
-                    owner: None,
-                }
-            })
-            .collect();
+        let mut devices = DeviceList::new();
+        let mut memories = Vec::new();
+        for (index, bytes) in images.into_iter().enumerate() {
+            let memory = TestMemory(Rc::new(RefCell::new(VecMemory::from_bytes(bytes))));
+            devices.push(PmemBlockDevice::new(
+                daxbox_syntax::device_name(index as u16),
+                memory.clone(),
+                4096,
+            ));
+            memories.push(memory);
+        }
         Self {
             devices,
+            memories,
             clock: Cell::new(0),
             uuids: 0,
         }
     }
 
-    fn device(&self, name: &str) -> &FakeDevice {
-        self.devices
-            .iter()
-            .find(|d| d.name == name)
+    fn memory(&self, name: &str) -> &TestMemory {
+        daxbox_syntax::device_index(name)
+            .and_then(|index| self.memories.get(usize::from(index)))
             .expect("a device of the fixture")
     }
 
     /// The bytes of device `name` now (every store is durable at once in
     /// `VecMemory`, so this is also what a power cut would leave).
     pub fn image(&self, name: &str) -> Vec<u8> {
-        self.device(name).memory.0.borrow().bytes().to_vec()
+        self.memory(name).0.borrow().bytes().to_vec()
     }
 
     /// The memory of device `name`, to plant bytes in it.
     pub fn device_memory_mut(&mut self, name: &str) -> core::cell::RefMut<'_, VecMemory> {
-        self.device(name).memory.0.borrow_mut()
+        self.memory(name).0.borrow_mut()
     }
 }
 
 impl Environment<TestMemory> for FakeEnvironment {
     fn available_devices(&self) -> Vec<String> {
-        self.devices
-            .iter()
-            .filter(|d| d.block.is_some())
-            .map(|d| d.name.clone())
-            .collect()
+        self.devices.available()
     }
 
     fn inspect<R>(
@@ -126,25 +114,15 @@ impl Environment<TestMemory> for FakeEnvironment {
         device: &str,
         f: impl FnOnce(&PmemBlockDevice<TestMemory>) -> R,
     ) -> Option<R> {
-        self.devices
-            .iter()
-            .find(|d| d.name == device)
-            .and_then(|d| d.block.as_ref())
-            .map(f)
+        self.devices.inspect(device, f)
     }
 
     fn taken_by(&self, device: &str) -> Option<Owner> {
-        self.devices
-            .iter()
-            .find(|d| d.name == device)
-            .and_then(|d| d.owner)
+        self.devices.taken_by(device)
     }
 
     fn take(&mut self, device: &str, owner: Owner) -> Option<PmemBlockDevice<TestMemory>> {
-        let device = self.devices.iter_mut().find(|d| d.name == device)?;
-        let block = device.block.take()?;
-        device.owner = Some(owner);
-        Some(block)
+        self.devices.take(device, owner)
     }
 
     fn now_us(&self) -> u64 {

@@ -5,20 +5,14 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use daxbox_pmem::block::PmemBlockDevice;
 use daxbox_pmem::frames::Owner;
-use daxbox_storage::Environment;
+use daxbox_storage::{DeviceList, Environment};
 
 use crate::ImageMemory;
-
-struct Device {
-    name: String,
-    block: Option<PmemBlockDevice<ImageMemory>>,
-    owner: Option<Owner>,
-}
 
 /// Devices `pmem0`, `pmem1`, ... in the order given; a device handed to
 /// the storage set is remembered with its owner, as `pmem.rs` does.
 pub struct HostEnvironment {
-    devices: Vec<Device>,
+    devices: DeviceList<ImageMemory>,
     started: Instant,
 }
 
@@ -26,20 +20,13 @@ impl HostEnvironment {
     /// Devices over `images`; those named in `read_only` refuse writes
     /// through the block layer (as `readonly=pmemN` does in the kernel).
     pub fn new(images: Vec<ImageMemory>, read_only: &[String]) -> Self {
-        let devices = images
-            .into_iter()
-            .enumerate()
-            .map(|(index, memory)| {
-                let name = format!("pmem{index}");
-                let mut block = PmemBlockDevice::new(name.clone(), memory, 4096);
-                block.set_read_only(read_only.contains(&name));
-                Device {
-                    name,
-                    block: Some(block),
-                    owner: None,
-                }
-            })
-            .collect();
+        let mut devices = DeviceList::new();
+        for (index, memory) in images.into_iter().enumerate() {
+            let name = format!("pmem{index}");
+            let mut block = PmemBlockDevice::new(name.clone(), memory, 4096);
+            block.set_read_only(read_only.contains(&name));
+            devices.push(block);
+        }
         Self {
             devices,
             started: Instant::now(),
@@ -49,11 +36,7 @@ impl HostEnvironment {
 
 impl Environment<ImageMemory> for HostEnvironment {
     fn available_devices(&self) -> Vec<String> {
-        self.devices
-            .iter()
-            .filter(|d| d.block.is_some())
-            .map(|d| d.name.clone())
-            .collect()
+        self.devices.available()
     }
 
     fn inspect<R>(
@@ -61,25 +44,15 @@ impl Environment<ImageMemory> for HostEnvironment {
         device: &str,
         f: impl FnOnce(&PmemBlockDevice<ImageMemory>) -> R,
     ) -> Option<R> {
-        self.devices
-            .iter()
-            .find(|d| d.name == device)
-            .and_then(|d| d.block.as_ref())
-            .map(f)
+        self.devices.inspect(device, f)
     }
 
     fn taken_by(&self, device: &str) -> Option<Owner> {
-        self.devices
-            .iter()
-            .find(|d| d.name == device)
-            .and_then(|d| d.owner)
+        self.devices.taken_by(device)
     }
 
     fn take(&mut self, device: &str, owner: Owner) -> Option<PmemBlockDevice<ImageMemory>> {
-        let device = self.devices.iter_mut().find(|d| d.name == device)?;
-        let block = device.block.take()?;
-        device.owner = Some(owner);
-        Some(block)
+        self.devices.take(device, owner)
     }
 
     fn now_us(&self) -> u64 {
