@@ -10,8 +10,9 @@
 //! `net/stack`) pass its socket buffers straight through, and lets host
 //! tests drive it with byte strings. Storage is reached through the
 //! [`Backend`] trait, which the kernel implements over daxfs files
-//! (`fs/daxfs`) and raw pmem devices (`drivers/pmem`), and the example
-//! `nbd-serve` implements over memory and host files.
+//! (`fs/daxfs`) and raw pmem devices (`drivers/pmem`), through the storage
+//! service of `storage/` that `daxbox-serve` (`storage/serve`) also runs on
+//! the host.
 //!
 //! Module layout:
 //! - `connection`: one client's state machine and the input side
