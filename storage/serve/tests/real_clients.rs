@@ -668,6 +668,9 @@ fn transmission_errors_and_counters() {
     bad.extend_from_slice(&[0; 24]);
     client.send(&bad);
     client.expect_closed(Duration::from_secs(10), "bad request magic");
+    // Hang up too: a client that keeps its end open would stay listed by
+    // `nbd` for the whole linger (20 s; the QEMU test checks it).
+    drop(client);
 
     let mut client = RawClient::start(port);
     let (_, flags) = client.go("ro");
