@@ -1,7 +1,10 @@
 //! The whole storage service on the host: `daxbox-serve` over daxfs
 //! formatted pmem images, tested with real NBD clients (nbdinfo, nbdcopy,
 //! nbdsh, qemu-img, qemu-io, fio) and a raw-socket client
-//! (`daxbox_tests::nbd_client`, shared with the QEMU tests). A missing
+//! (`daxbox_tests::nbd_client`, shared with the QEMU tests). This is where
+//! NBD behaviour is tested end to end: every option and command, the
+//! negative cases, daxfs block status, pipelining, restarts. The QEMU test
+//! (`tests/tests/nbd.rs`) keeps what only a real boot shows. A missing
 //! client tool fails the test, never skips it. Every wait is bounded;
 //! servers are killed on drop and images live in a temporary folder that
 //! is removed afterwards.
