@@ -3,10 +3,11 @@
 //! by byte (NBD proto.md), for negative tests real clients cannot send.
 //!
 //! Shared by `tests/tests/nbd.rs` (against the booted appliance) and
-//! `net/nbd/tests/real_clients.rs` (against the engine's host server
-//! `nbd-serve`, through a dev-dependency). The constants are written out
-//! from proto.md here on purpose, not taken from `daxbox-nbd`'s `wire`
-//! module: the tests must not trust the implementation's own values.
+//! `storage/serve/tests/real_clients.rs` (against `daxbox-serve`, the same
+//! storage service on the host, through a dev-dependency). The constants
+//! are written out from proto.md here on purpose, not taken from
+//! `daxbox-nbd`'s `wire` module: the tests must not trust the
+//! implementation's own values.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -374,4 +375,114 @@ impl RawClient {
             }
         }
     }
+}
+
+/// `nbdinfo --map` rows as (offset, length, type).
+pub fn map_rows(map: &str) -> Vec<(u64, u64, u32)> {
+    map.lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let number = |index: usize| -> u64 {
+                fields
+                    .get(index)
+                    .and_then(|field| field.parse().ok())
+                    .unwrap_or_else(|| panic!("unparsable nbdinfo --map line {line:?}"))
+            };
+            (number(0), number(1), number(2) as u32)
+        })
+        .collect()
+}
+
+/// Runs an nbdsh script that must print `nbdsh script ok` at its end;
+/// `what` names the check in the failure.
+pub fn nbdsh(script: &str, what: &str) {
+    let output = run_tool("nbdsh", &["-c", script], Duration::from_secs(60));
+    assert!(
+        output.success() && output.stdout.contains("nbdsh script ok"),
+        "{what}: nbdsh failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+        output.code,
+        output.stdout,
+        output.stderr
+    );
+}
+
+/// The arguments of a fio run with the `nbd` engine: random writes
+/// verified with crc32c, terse output, then `extra`.
+pub fn fio_args(uri: &str, name: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        format!("--name={name}"),
+        "--ioengine=nbd".to_string(),
+        format!("--uri={uri}"),
+        "--rw=randwrite".to_string(),
+        "--verify=crc32c".to_string(),
+        "--verify_fatal=1".to_string(),
+        "--output-format=terse".to_string(),
+    ];
+    args.extend(extra.iter().map(|arg| arg.to_string()));
+    args
+}
+
+/// Runs fio (see [`fio_args`]) and checks it succeeded with `jobs` terse
+/// lines whose error field (the fifth) is 0; returns the terse output.
+pub fn fio(
+    uri: &str,
+    name: &str,
+    extra: &[&str],
+    jobs: usize,
+    timeout: Duration,
+    what: &str,
+) -> String {
+    let args = fio_args(uri, name, extra);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = run_tool("fio", &refs, timeout);
+    assert!(
+        output.success(),
+        "{what}: fio failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+        output.code,
+        output.stdout,
+        output.stderr
+    );
+    let lines: Vec<&str> = output
+        .stdout
+        .lines()
+        .filter(|line| line.contains(';'))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        jobs,
+        "{what}: one terse line per job\n{}",
+        output.stdout
+    );
+    for line in lines {
+        assert_eq!(
+            line.split(';').nth(4),
+            Some("0"),
+            "{what}: job error\n{line}"
+        );
+    }
+    output.stdout
+}
+
+/// A full session on export `disk` must still work: handshake, write,
+/// flush, read back, disconnect. `what` names the check that came before.
+pub fn fresh_client_works(port: u16, what: &str) {
+    let mut client = RawClient::start(port);
+    client.go("disk");
+    let data: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
+    client.request(CMD_WRITE, 1, 8192, 4096, &data);
+    assert_eq!(client.simple(), (0, 1), "fresh client after {what}: write");
+    client.request(CMD_FLUSH, 2, 0, 0, &[]);
+    assert_eq!(client.simple(), (0, 2), "fresh client after {what}: flush");
+    client.request(CMD_READ, 3, 8192, 4096, &[]);
+    assert_eq!(client.simple(), (0, 3), "fresh client after {what}: read");
+    assert_eq!(
+        client.read_bytes(4096),
+        data,
+        "fresh client after {what}: data"
+    );
+    client.request(CMD_DISC, 4, 0, 0, &[]);
+    client.expect_closed(
+        Duration::from_secs(10),
+        &format!("fresh client after {what}: NBD_CMD_DISC"),
+    );
 }

@@ -5,8 +5,9 @@
 //! [`daxbox_storage::Storage`] with the same boot decision
 //! ([`daxbox_storage::boot`]) the kernel uses, then serves the same
 //! [`daxbox_storage::NbdService`] over std TCP on 127.0.0.1. Real NBD
-//! clients test the whole storage service this way in seconds, where the
-//! QEMU system tests (`tests/tests/nbd.rs`) take minutes.
+//! clients test the whole storage service this way in seconds; the QEMU
+//! system test (`tests/tests/nbd.rs`) boots the appliance twice and keeps
+//! only what needs the kernel.
 //!
 //! Pieces: [`ImageMemory`] (the host `PersistentMemory` over a file),
 //! [`HostEnvironment`] (devices, clock, UUIDs), [`TcpLoop`] (drives any
