@@ -182,3 +182,45 @@ impl<C: ConfigAccess + Clone> ConfigurationAccess for VirtioConfigAccess<C> {
         self.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::rc::Rc;
+    use alloc::vec::Vec;
+    use core::cell::RefCell;
+    use daxbox_pci::fake::{FakeFunction, FakeSpace};
+    use virtio_drivers::transport::pci::bus::PciRoot;
+
+    /// A shared handle to the fake space so it can be cloned.
+    #[derive(Clone)]
+    struct Shared(Rc<RefCell<FakeSpace>>);
+    impl ConfigAccess for Shared {
+        fn read_u32(&self, bdf: Bdf, offset: u16) -> u32 {
+            self.0.borrow().read_u32(bdf, offset)
+        }
+        fn write_u32(&mut self, bdf: Bdf, offset: u16, value: u32) {
+            self.0.borrow_mut().write_u32(bdf, offset, value)
+        }
+    }
+
+    #[test]
+    fn virtio_root_sees_fake_devices() {
+        let mut space = FakeSpace::default();
+        let nic = space.add(0, 2, 0, FakeFunction::new(0x1af4, 0x1000, 2, 0, 0));
+        nic.regs[1] = 0x0010_0000;
+        nic.set_u8(0x34, 0x40);
+        nic.regs[0x40 / 4] = 0x0000_0009; // vendor cap, end of list
+        let shared = Shared(Rc::new(RefCell::new(space)));
+        let root = PciRoot::new(VirtioConfigAccess(shared));
+        let devices: Vec<_> = root.enumerate_bus(0).collect();
+        assert_eq!(devices.len(), 1);
+        let (df, info) = &devices[0];
+        assert_eq!(
+            (df.device, info.vendor_id, info.device_id),
+            (2, 0x1af4, 0x1000)
+        );
+        let caps: Vec<_> = root.capabilities(*df).map(|c| (c.offset, c.id)).collect();
+        assert_eq!(caps, [(0x40, 9)]);
+    }
+}

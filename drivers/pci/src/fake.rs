@@ -1,16 +1,21 @@
 //! A fake configuration space for host tests: functions are register arrays;
 //! BARs only keep their writable (size-determined) bits, like hardware.
+//! Public with the `fake` feature, for the tests of other crates (the
+//! platform's virtio-drivers adapter).
 
 use crate::{reg, Bdf, ConfigAccess};
-use std::collections::BTreeMap;
+use alloc::collections::BTreeMap;
 
+/// One function's 4 KiB of configuration space.
 pub struct FakeFunction {
+    /// The registers, as 32-bit words.
     pub regs: [u32; 1024],
     /// Writable-bit mask per BAR; zero means read-only (unimplemented BAR).
     pub bar_masks: [u32; 6],
 }
 
 impl FakeFunction {
+    /// A function with these IDs, class and header type; everything else 0.
     pub fn new(vendor: u16, device: u16, class: u8, subclass: u8, header_type: u8) -> Self {
         let mut regs = [0u32; 1024];
         regs[0] = u32::from(device) << 16 | u32::from(vendor);
@@ -22,6 +27,7 @@ impl FakeFunction {
         }
     }
 
+    /// Sets one byte of configuration space.
     pub fn set_u8(&mut self, offset: usize, value: u8) {
         let shift = (offset % 4) * 8;
         let word = &mut self.regs[offset / 4];
@@ -29,13 +35,18 @@ impl FakeFunction {
     }
 }
 
+/// A configuration space holding the functions added to it; absent
+/// functions read as all ones, like a real bus.
 #[derive(Default)]
 pub struct FakeSpace {
+    /// The functions present.
     pub functions: BTreeMap<Bdf, FakeFunction>,
-    pub reads: std::cell::Cell<usize>,
+    /// Reads so far (to check how much a scan reads).
+    pub reads: core::cell::Cell<usize>,
 }
 
 impl FakeSpace {
+    /// Adds function `bus:device.function`; returns it for further set-up.
     pub fn add(&mut self, bus: u8, device: u8, function: u8, f: FakeFunction) -> &mut FakeFunction {
         let bdf = Bdf::new(bus, device, function).unwrap();
         self.functions.insert(bdf, f);

@@ -24,8 +24,8 @@ mod class;
 mod enumerate;
 mod mcfg;
 
-#[cfg(test)]
-mod fake;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
 
 pub use access::{
     ecam_offset, legacy_address, Ecam, LegacyPorts, MmioIo, PortIo, CONFIG_ADDRESS, CONFIG_DATA,

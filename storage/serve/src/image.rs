@@ -1,7 +1,7 @@
 //! A pmem image file as [`PersistentMemory`].
 //!
-//! Durability: stores go to the file with `pwrite` (no `mmap`, so no
-//! `unsafe`); `flush` and `fence` are no-ops. A store is in the host's page
+//! Durability: stores go to the file with `pwrite` (no `mmap`: this crate
+//! is safe Rust only); `flush` and `fence` are no-ops. A store is in the host's page
 //! cache as soon as it returns, so everything a client saw acknowledged
 //! survives the server process being killed (what the restart tests
 //! check), but not a host power cut: nothing calls `fsync`. That matches
