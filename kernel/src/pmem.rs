@@ -16,7 +16,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use bootloader_api::info::{MemoryRegionKind, MemoryRegions};
 use daxbox_platform::pmem as platform_pmem;
-use daxbox_pmem::block::{BlockDevice, PmemBlockDevice};
+use daxbox_pmem::block::{read_bytes, write_bytes, BlockDevice, PmemBlockDevice};
 use daxbox_pmem::discovery::{self, Candidate, Forbidden, Machine, Region, Source};
 use daxbox_pmem::frames::{FrameTable, Owner};
 use daxbox_pmem::mapping::{self, MappingPlan};
@@ -482,40 +482,7 @@ fn list() {
 }
 
 fn parse_number(text: &str) -> Result<u64, String> {
-    daxbox_bootconfig::parse_size(text).ok_or_else(|| format!("'{}' is not a number", text))
-}
-
-/// Reads `len` bytes at any byte offset (the block layer wants whole
-/// blocks: read the covering blocks, return the slice).
-fn read_bytes(device: &Device, offset: u64, len: u64) -> Result<Vec<u8>, String> {
-    let block = u64::from(device.block.logical_block_size());
-    let first = offset / block * block;
-    let end = offset
-        .checked_add(len)
-        .ok_or("offset + length overflows")?
-        .next_multiple_of(block);
-    let mut buf = alloc::vec![0u8; (end - first) as usize];
-    device
-        .block
-        .read(first, &mut buf)
-        .map_err(|e| e.to_string())?;
-    let skip = (offset - first) as usize;
-    Ok(buf[skip..skip + len as usize].to_vec())
-}
-
-/// Writes `data` at any byte offset (read-modify-write of the covering
-/// blocks).
-fn write_bytes(device: &mut Device, offset: u64, data: &[u8]) -> Result<(), String> {
-    let block = u64::from(device.block.logical_block_size());
-    let first = offset / block * block;
-    let end = offset
-        .checked_add(data.len() as u64)
-        .ok_or("offset + length overflows")?
-        .next_multiple_of(block);
-    let mut buf = read_bytes(device, first, end - first)?;
-    let skip = (offset - first) as usize;
-    buf[skip..skip + data.len()].copy_from_slice(data);
-    device.block.write(first, &buf).map_err(|e| e.to_string())
+    daxbox_syntax::parse_size(text).map_err(|_| format!("'{}' is not a number", text))
 }
 
 const MAX_SHELL_IO: u64 = 64 * 1024;
@@ -535,7 +502,7 @@ fn blk_command(_: &mut Context, args: &[&str]) -> Result<(), String> {
                 if len > 4096 {
                     return Err("blk read shows at most 4096 bytes".to_string());
                 }
-                let bytes = read_bytes(device, offset, len)?;
+                let bytes = read_bytes(&device.block, offset, len).map_err(|e| e.to_string())?;
                 hex_dump(offset, &bytes);
                 Ok(())
             }
@@ -547,7 +514,8 @@ fn blk_command(_: &mut Context, args: &[&str]) -> Result<(), String> {
                 if len > MAX_SHELL_IO {
                     return Err(format!("blk write writes at most {} bytes", MAX_SHELL_IO));
                 }
-                write_bytes(device, offset, &alloc::vec![byte; len as usize])?;
+                write_bytes(&mut device.block, offset, &alloc::vec![byte; len as usize])
+                    .map_err(|e| e.to_string())?;
                 println!(
                     "wrote {} bytes of {:#04x} at {:#x} to {} (durable after blk flush)",
                     len,
@@ -560,7 +528,8 @@ fn blk_command(_: &mut Context, args: &[&str]) -> Result<(), String> {
             ("write", [offset, words @ ..]) if !words.is_empty() => {
                 let offset = parse_number(offset)?;
                 let text = words.join(" ");
-                write_bytes(device, offset, text.as_bytes())?;
+                write_bytes(&mut device.block, offset, text.as_bytes())
+                    .map_err(|e| e.to_string())?;
                 println!(
                     "wrote {} bytes at {:#x} to {} (durable after blk flush)",
                     text.len(),
@@ -581,19 +550,7 @@ fn blk_command(_: &mut Context, args: &[&str]) -> Result<(), String> {
 }
 
 fn hex_dump(base: u64, bytes: &[u8]) {
-    for (index, chunk) in bytes.chunks(16).enumerate() {
-        let mut hex = String::new();
-        let mut text = String::new();
-        for b in chunk {
-            hex.push_str(&format!("{:02x} ", b));
-            text.push(if b.is_ascii_graphic() || *b == b' ' {
-                *b as char
-            } else {
-                '.'
-            });
-        }
-        println!("{:08x}  {:<48} |{}|", base + (index * 16) as u64, hex, text);
-    }
+    crate::print!("{}", daxbox_shell::hex_dump(base, bytes));
 }
 
 fn acpi_command(_: &mut Context, args: &[&str]) -> Result<(), String> {

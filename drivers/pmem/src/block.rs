@@ -18,6 +18,7 @@
 //! are skipped; the fence stays, to order stores.
 
 use alloc::string::String;
+use alloc::vec::Vec;
 use core::fmt;
 
 use daxbox_persist::{OutOfRange, PersistentMemory, CACHE_LINE};
@@ -291,6 +292,56 @@ impl<M: PersistentMemory> BlockDevice for PmemBlockDevice<M> {
     }
 }
 
+/// Reads `len` bytes at any byte offset: reads the covering whole blocks
+/// and returns the slice (the shell's `blk read`).
+pub fn read_bytes<B: BlockDevice + ?Sized>(
+    device: &B,
+    offset: u64,
+    len: u64,
+) -> Result<Vec<u8>, BlockError> {
+    let (first, end) = covering_blocks(device, offset, len)?;
+    let mut buf = alloc::vec![0u8; (end - first) as usize];
+    device.read(first, &mut buf)?;
+    let skip = (offset - first) as usize;
+    Ok(buf[skip..skip + len as usize].to_vec())
+}
+
+/// Writes `data` at any byte offset: read-modify-write of the covering
+/// whole blocks (the shell's `blk write`). Durable after a flush.
+pub fn write_bytes<B: BlockDevice + ?Sized>(
+    device: &mut B,
+    offset: u64,
+    data: &[u8],
+) -> Result<(), BlockError> {
+    let (first, end) = covering_blocks(device, offset, data.len() as u64)?;
+    let mut buf = read_bytes(device, first, end - first)?;
+    let skip = (offset - first) as usize;
+    buf[skip..skip + data.len()].copy_from_slice(data);
+    device.write(first, &buf)
+}
+
+/// The whole-block range `first..end` that covers `offset..offset + len`,
+/// checked against the device (so the buffers above stay bounded by it).
+fn covering_blocks<B: BlockDevice + ?Sized>(
+    device: &B,
+    offset: u64,
+    len: u64,
+) -> Result<(u64, u64), BlockError> {
+    let block = u64::from(device.logical_block_size());
+    let out_of_range = BlockError::OutOfRange {
+        offset,
+        len,
+        size: device.size(),
+    };
+    let end = offset
+        .checked_add(len)
+        .filter(|&end| end <= device.size())
+        .ok_or(out_of_range)?;
+    // The device size is a whole number of blocks, so the rounded end is
+    // inside it too.
+    Ok((offset / block * block, end.next_multiple_of(block)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,6 +383,31 @@ mod tests {
 
     fn device(len: usize) -> PmemBlockDevice<VecMemory> {
         PmemBlockDevice::new("pmem0", VecMemory::new(len), 512)
+    }
+
+    #[test]
+    fn byte_granular_access_keeps_the_rest_of_the_blocks() {
+        let mut d = device(4096);
+        d.write(0, &[0x11; 1024]).unwrap();
+        write_bytes(&mut d, 510, b"abcd").unwrap();
+        assert_eq!(read_bytes(&d, 508, 8).unwrap(), b"\x11\x11abcd\x11\x11");
+        assert_eq!(read_bytes(&d, 0, 0).unwrap(), b"");
+        write_bytes(&mut d, 4092, b"tail").unwrap();
+        assert_eq!(read_bytes(&d, 4092, 4).unwrap(), b"tail");
+        for (offset, len) in [(4093, 4), (u64::MAX, 2), (0, 4097)] {
+            assert_eq!(
+                read_bytes(&d, offset, len),
+                Err(BlockError::OutOfRange {
+                    offset,
+                    len,
+                    size: 4096
+                }),
+                "{offset} {len}"
+            );
+        }
+        assert!(write_bytes(&mut d, 4094, b"xyz").is_err());
+        d.set_read_only(true);
+        assert_eq!(write_bytes(&mut d, 0, b"no"), Err(BlockError::ReadOnly));
     }
 
     #[test]

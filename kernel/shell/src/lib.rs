@@ -223,6 +223,27 @@ pub fn help_text<C>(tables: &[&[Command<C>]]) -> String {
     text
 }
 
+/// A hex dump, 16 bytes a line: the address (from `base`), the bytes in
+/// hex, then the printable ones (others as `.`) between bars.
+pub fn hex_dump(base: u64, bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for (index, chunk) in bytes.chunks(16).enumerate() {
+        let mut hex = String::new();
+        let mut text = String::new();
+        for b in chunk {
+            hex.push_str(&alloc::format!("{:02x} ", b));
+            text.push(if b.is_ascii_graphic() || *b == b' ' {
+                *b as char
+            } else {
+                '.'
+            });
+        }
+        let address = base.wrapping_add((index * 16) as u64);
+        out.push_str(&alloc::format!("{:08x}  {:<48} |{}|\n", address, hex, text));
+    }
+    out
+}
+
 /// Splits a command line into whitespace-separated words.
 pub fn split_words(line: &str) -> Vec<&str> {
     line.split_ascii_whitespace().collect()
@@ -391,6 +412,26 @@ mod tests {
         assert_eq!(
             type_into(&mut shell, b"help\n"),
             alloc::format!("help\n{text}daxbox> ")
+        );
+    }
+
+    #[test]
+    fn hex_dumps_show_addresses_bytes_and_text() {
+        assert_eq!(hex_dump(0, b""), "");
+        let dump = hex_dump(0x1230, b"Hello, pmem!\x00\x01\xff~ and more");
+        let lines: Vec<&str> = dump.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(
+            lines[0],
+            "00001230  48 65 6c 6c 6f 2c 20 70 6d 65 6d 21 00 01 ff 7e  |Hello, pmem!...~|"
+        );
+        assert_eq!(
+            lines[1],
+            alloc::format!(
+                "00001240  {:<48} |{}|",
+                "20 61 6e 64 20 6d 6f 72 65 ",
+                " and more"
+            )
         );
     }
 
