@@ -255,7 +255,7 @@ impl<'a, M: PersistentMemory> StorageBackend<'a, M> {
     }
 
     /// The filesystem of volume `volume`.
-    fn file_system(&mut self, volume: usize) -> Result<&mut Filesystem<M>, BackendError> {
+    fn filesystem(&mut self, volume: usize) -> Result<&mut Filesystem<M>, BackendError> {
         self.storage
             .filesystem(volume)
             .ok_or(BackendError::NoSuchExport)
@@ -362,7 +362,7 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
                 .read(offset, buf)
                 .map_err(|_| BackendError::Invalid),
             Target::File { volume, file } => {
-                let fs = self.file_system(volume)?;
+                let fs = self.filesystem(volume)?;
                 let read = fs.read(file, offset, buf).map_err(fs_error)?;
                 // The file may have shrunk since the client connected: the
                 // part past its end reads as zeros.
@@ -386,7 +386,7 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
                 .write_flush(offset, data)
                 .map_err(|_| BackendError::Invalid),
             Target::File { volume, file } => self
-                .file_system(volume)?
+                .filesystem(volume)?
                 .write(file, offset, data)
                 .map_err(fs_error),
         }
@@ -399,7 +399,7 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
                 Ok(())
             }
             Target::File { volume, file } => {
-                self.file_system(volume)?.persist(file).map_err(fs_error)
+                self.filesystem(volume)?.persist(file).map_err(fs_error)
             }
         }
     }
@@ -424,7 +424,7 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
                 memory.flush(offset, len).map_err(|_| BackendError::Invalid)
             }
             Target::File { volume, file } => self
-                .file_system(volume)?
+                .filesystem(volume)?
                 .write_zeroes(file, offset, len, !flags.no_hole)
                 .map_err(fs_error),
         }
@@ -444,7 +444,7 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
                 Ok(())
             }
             Target::File { volume, file } => {
-                let fs = self.file_system(volume)?;
+                let fs = self.filesystem(volume)?;
                 let segments = fs.extents(file, offset, len).map_err(fs_error)?;
                 for segment in segments.iter().take(max_extents.max(1)) {
                     if segment.len == 0 {

@@ -11,7 +11,7 @@ use crate::{cargo, describe, run_checked, setup, step, wants_help, XtaskError};
 
 /// The boot config used when none is given: format the NVDIMM namespace
 /// only if it is blank, so a fresh backing file just works and an existing
-/// file system is never overwritten.
+/// filesystem is never overwritten.
 pub const DEFAULT_BOOT_CONFIG: &str = "format=if-blank\n";
 
 /// The kernel ELF from `cargo build -p daxbox-kernel --release`.
