@@ -53,7 +53,7 @@ entry_point!(kernel_main, config = &BOOTLOADER_CONFIG);
 /// shell gets them from here, so it imports none of these modules).
 const COMMAND_TABLES: daxbox_shell::Tables<command::Context> = &[
     shell::COMMANDS,
-    pmem::COMMANDS,
+    pmem::commands::COMMANDS,
     storage::COMMANDS,
     nbd::COMMANDS,
     pci::COMMANDS,

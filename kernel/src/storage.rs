@@ -4,7 +4,7 @@
 //! What each pmem device becomes at boot, name resolution, the commands'
 //! logic and every message they print live in `daxbox-storage` (host
 //! tested). This module supplies what only the kernel has: the devices of
-//! `pmem.rs` (probed in place, and handed over with `take_block`, which
+//! `kernel/src/pmem/` (probed in place, and handed over with `take_block`, which
 //! passes every frame of the range to the new owner in the page-frame
 //! table, so `blk write` cannot scribble over a mounted filesystem), the
 //! TSC clock, a UUID source, the boot config and the serial console.

@@ -1,7 +1,7 @@
 //! [`DeviceList`]: the device half of an [`Environment`](crate::Environment)
 //! for a machine without a page-frame table (the host server, the tests):
 //! devices `pmem0`, `pmem1`, ... in order, each either still available or
-//! handed over, with its owner remembered as the kernel's `pmem.rs` does.
+//! handed over, with its owner remembered as the kernel's `kernel/src/pmem/` does.
 
 use alloc::string::String;
 use alloc::vec::Vec;

@@ -12,7 +12,7 @@
 //! image file, serving through std TCP) and the unit tests here (over
 //! `VecMemory`). What only the machine has comes in through
 //! [`Environment`]: the devices not yet handed over (the kernel keeps them
-//! in `pmem.rs` with their page-frame tables), a clock for the timings the
+//! in `kernel/src/pmem/` with their page-frame tables), a clock for the timings the
 //! commands print and a source of filesystem UUIDs.
 //!
 //! Neighbours: `fs/daxfs` (the filesystem), `drivers/pmem` (block devices,
@@ -54,7 +54,7 @@ pub use nbd::{export_names, NbdConnection, NbdService, SharedStorage, StorageBac
 
 /// What the storage layer needs from whoever runs it.
 ///
-/// The kernel implements it over `pmem.rs` (devices with their page-frame
+/// The kernel implements it over `kernel/src/pmem/` (devices with their page-frame
 /// tables, the TSC clock); `daxbox-serve` over image files; tests over
 /// `VecMemory`.
 pub trait Environment<M: PersistentMemory> {

@@ -1,7 +1,7 @@
 //! Persistent-memory discovery, page-frame table and pmem block devices.
 //!
 //! This crate holds everything about pmem that is not hardware access, so
-//! it is tested on the host. The kernel (`kernel/src/pmem.rs`) feeds it the
+//! it is tested on the host. The kernel (`kernel/src/pmem/`) feeds it the
 //! raw inputs — the ACPI NFIT bytes ([`nfit`]), the boot memory map's E820
 //! type 12 / UEFI type 14 regions and the `pmem=` requests parsed by
 //! `kernel/bootconfig` — and gets back checked ranges ([`discovery`]), an

@@ -10,7 +10,7 @@ use daxbox_storage::{DeviceList, Environment};
 use crate::ImageMemory;
 
 /// Devices `pmem0`, `pmem1`, ... in the order given; a device handed to
-/// the storage set is remembered with its owner, as `pmem.rs` does.
+/// the storage set is remembered with its owner, as `kernel/src/pmem/` does.
 pub struct HostEnvironment {
     devices: DeviceList<ImageMemory>,
     started: Instant,
