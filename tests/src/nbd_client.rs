@@ -2,7 +2,7 @@
 //! client that speaks the fixed-newstyle handshake and simple replies byte
 //! by byte (NBD proto.md), for negative tests real clients cannot send.
 //!
-//! Shared by `tests/tests/nbd.rs` (against the booted appliance) and
+//! Shared by `tests/tests/system/nbd.rs` (against the booted appliance) and
 //! `storage/serve/tests/real_clients.rs` (against `daxbox-serve`, the same
 //! storage service on the host, through a dev-dependency). The constants
 //! are written out from proto.md here on purpose, not taken from

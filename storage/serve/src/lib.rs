@@ -6,7 +6,7 @@
 //! ([`daxbox_storage::boot`]) the kernel uses, then serves the same
 //! [`daxbox_storage::NbdService`] over std TCP on 127.0.0.1. Real NBD
 //! clients test the whole storage service this way in seconds; the QEMU
-//! system test (`tests/tests/nbd.rs`) boots the appliance twice and keeps
+//! system test (`tests/tests/system/nbd.rs`) boots the appliance twice and keeps
 //! only what needs the kernel.
 //!
 //! Pieces: [`ImageMemory`] (the host `PersistentMemory` over a file),

@@ -4,7 +4,7 @@
 //! (`daxbox_tests::nbd_client`, shared with the QEMU tests). This is where
 //! NBD behaviour is tested end to end: every option and command, the
 //! negative cases, daxfs block status, pipelining, restarts. The QEMU test
-//! (`tests/tests/nbd.rs`) keeps what only a real boot shows. A missing
+//! (`tests/tests/system/nbd.rs`) keeps what only a real boot shows. A missing
 //! client tool fails the test, never skips it. Every wait is bounded;
 //! servers are killed on drop and images live in a temporary folder that
 //! is removed afterwards.

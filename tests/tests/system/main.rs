@@ -1,0 +1,16 @@
+//! The system tests: each module boots the real daxbox images in QEMU (or,
+//! for `harness`, checks the harness itself) and drives them through the
+//! serial console and real network clients.
+//!
+//! One test binary, so `--test-threads` QEMU machines stay busy from the
+//! first test to the last instead of waiting at the end of each file; run
+//! one module or test with `cargo xtask test --filter NAME` (e.g.
+//! `--filter nbd::`).
+
+mod boot;
+mod daxfs;
+mod harness;
+mod nbd;
+mod net;
+mod pmem;
+mod shell;
