@@ -11,6 +11,9 @@
 //! Invariant: a [`DmaRegion`] is zeroed RAM taken from the frame allocator
 //! by this module, owned by whoever holds the region (or by its pool, for
 //! the kernel's life); only this crate turns one into byte slices.
+//! [`Hal::dma_alloc`] never hands out physical address 0 or a dangling
+//! pointer as memory: without frames it returns [`DMA_ALLOCATION_FAILED`],
+//! which virtio-drivers turns into `Error::DmaError`.
 
 use core::ptr::NonNull;
 use daxbox_pci::{Bdf, ConfigAccess};
@@ -37,14 +40,35 @@ pub(crate) struct DmaRegion {
 impl DmaRegion {
     /// Allocates `pages` zeroed, contiguous RAM frames.
     pub(crate) fn allocate(pages: u64) -> Option<Self> {
+        if pages == 0 {
+            return None;
+        }
         let phys = memory::allocate_contiguous(pages)?;
         Some(Self {
             phys,
             virt: memory::phys_to_virt(phys),
+            // `allocate_contiguous` checked `pages * PAGE_SIZE` for overflow.
             len: pages * PAGE_SIZE as u64,
         })
     }
+
+    /// Gives the frames back; only for a region never shown to a device.
+    fn free(self) {
+        for page in 0..self.len / PAGE_SIZE as u64 {
+            let address = x86_64::PhysAddr::new(self.phys + page * PAGE_SIZE as u64);
+            memory::free_frame(PhysFrame::containing_address(address));
+        }
+    }
 }
+
+/// What [`KernelHal`]'s `dma_alloc` returns when no frames are left (or
+/// zero pages are asked for). virtio-drivers 0.13 defines physical address
+/// 0 as failure: `Dma::new`, through which the crate makes every DMA
+/// allocation (virtqueues included), returns `Error::DmaError` on it
+/// without touching the pointer, so device set-up fails with that error and
+/// nothing is ever placed at address 0. RAM frames below 1 MiB are never
+/// allocated, so no real region starts at 0.
+pub const DMA_ALLOCATION_FAILED: (PhysAddr, NonNull<u8>) = (0, NonNull::dangling());
 
 const MAX_POOLS: usize = 8;
 
@@ -58,7 +82,12 @@ static POOLS: Mutex<[Option<Pool>; MAX_POOLS]> = Mutex::new([None; MAX_POOLS]);
 /// keeps using it through the returned `'static` view).
 pub(crate) fn register_pool(region: DmaRegion) -> Option<&'static DmaRegion> {
     let mut pools = POOLS.lock();
-    let slot = pools.iter_mut().find(|p| p.is_none())?;
+    let Some(slot) = pools.iter_mut().find(|p| p.is_none()) else {
+        // No device has seen the region: its frames go back.
+        drop(pools);
+        region.free();
+        return None;
+    };
     *slot = Some((region.phys, region.virt, region.len));
     Some(alloc::boxed::Box::leak(alloc::boxed::Box::new(region)))
 }
@@ -91,13 +120,15 @@ impl PoolHal for KernelHal {
 // (pool regions are never freed).
 unsafe impl Hal for KernelHal {
     fn dma_alloc(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
-        match DmaRegion::allocate(pages as u64) {
-            Some(region) => match NonNull::new(region.virt as *mut u8) {
-                Some(pointer) => (region.phys, pointer),
-                None => (0, NonNull::dangling()),
-            },
-            // virtio-drivers treats physical address 0 as failure.
-            None => (0, NonNull::dangling()),
+        let Some(region) = DmaRegion::allocate(pages as u64) else {
+            return DMA_ALLOCATION_FAILED;
+        };
+        match NonNull::new(region.virt as *mut u8) {
+            Some(pointer) if region.phys != 0 => (region.phys, pointer),
+            // Cannot happen (see `DMA_ALLOCATION_FAILED`). A region that
+            // virtio-drivers would read as failure is never handed out; its
+            // frames stay out of the allocator, so it is not offered again.
+            _ => DMA_ALLOCATION_FAILED,
         }
     }
 

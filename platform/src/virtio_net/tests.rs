@@ -62,6 +62,10 @@ unsafe impl Hal for TestHal {
 
 impl PoolHal for TestHal {
     fn pool(pages: usize) -> Option<(usize, usize)> {
+        if let Some(left) = POOLS_LEFT.with(|left| left.get()) {
+            let left = left.checked_sub(1)?;
+            POOLS_LEFT.with(|cell| cell.set(Some(left)));
+        }
         // Leaked like the kernel's pools, which are never freed.
         let (address, _) = Self::dma_alloc(pages, BufferDirection::Both);
         Some((address as usize, pages * PAGE))
@@ -345,4 +349,84 @@ fn oversized_frames_are_cut_to_the_slot() {
     });
     let (_, bytes) = device.borrow_mut().take_sent().expect("a frame");
     assert_eq!(bytes.len(), SLOT - HEADER);
+}
+
+/// A HAL whose allocations all fail, the way `KernelHal` fails when the
+/// frame allocator is empty.
+struct NoMemoryHal;
+
+// SAFETY: `dma_alloc` never hands out memory (it returns virtio-drivers'
+// failure value), so nothing is ever deallocated, mapped or shared.
+unsafe impl Hal for NoMemoryHal {
+    fn dma_alloc(_pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
+        crate::virtio::DMA_ALLOCATION_FAILED
+    }
+
+    unsafe fn dma_dealloc(_paddr: PhysAddr, _vaddr: NonNull<u8>, _pages: usize) -> i32 {
+        unreachable!("nothing was allocated")
+    }
+
+    unsafe fn mmio_phys_to_virt(_paddr: PhysAddr, _size: usize) -> NonNull<u8> {
+        unreachable!("no MMIO in these tests")
+    }
+
+    unsafe fn share(_buffer: NonNull<[u8]>, _direction: BufferDirection) -> PhysAddr {
+        unreachable!("no buffer is ever posted")
+    }
+
+    unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
+}
+
+impl PoolHal for NoMemoryHal {
+    fn pool(_pages: usize) -> Option<(usize, usize)> {
+        None
+    }
+}
+
+#[test]
+fn dma_allocation_failure_fails_device_set_up() {
+    let device = Rc::new(RefCell::new(Device::default()));
+    let result = Raw::<NoMemoryHal, FakeTransport>::new(FakeTransport(device.clone()));
+    assert_eq!(result.err(), Some(Error::DmaError));
+    // No queue was ever given to the device, so it can DMA nowhere.
+    assert!(device.borrow().queues.iter().all(Option::is_none));
+}
+
+#[test]
+fn the_kernel_hal_reports_no_frames_as_failure_not_address_0() {
+    // On the host the RAM frame allocator was never given any memory: this
+    // is `KernelHal` out of frames.
+    for pages in [0, 1, 2, usize::MAX] {
+        let (paddr, _) = crate::virtio::KernelHal::dma_alloc(pages, BufferDirection::Both);
+        assert_eq!(
+            paddr,
+            crate::virtio::DMA_ALLOCATION_FAILED.0,
+            "{pages} pages"
+        );
+    }
+    assert_eq!(crate::virtio::KernelHal::pool(1), None);
+    let device = Rc::new(RefCell::new(Device::default()));
+    let result = Raw::<crate::virtio::KernelHal, FakeTransport>::new(FakeTransport(device.clone()));
+    assert_eq!(result.err(), Some(Error::DmaError));
+    assert!(device.borrow().queues.iter().all(Option::is_none));
+}
+
+std::thread_local! {
+    /// Packet pools `TestHal` still hands out in this test; `None`: no limit.
+    static POOLS_LEFT: core::cell::Cell<Option<usize>> = const { core::cell::Cell::new(None) };
+}
+
+#[test]
+fn nic_set_up_fails_when_a_packet_pool_cannot_be_allocated() {
+    for pools in [0, 1] {
+        let device = Rc::new(RefCell::new(Device::default()));
+        let raw = Raw::<TestHal, FakeTransport>::new(FakeTransport(device.clone()))
+            .expect("virtio-net initialises");
+        POOLS_LEFT.with(|left| left.set(Some(pools)));
+        assert!(Nic::new(raw).is_none(), "{pools} pools");
+        POOLS_LEFT.with(|left| left.set(None));
+        // Dropping the half-built NIC took the queues back; nothing was
+        // posted to the device.
+        assert!(device.borrow().queues.iter().all(Option::is_none));
+    }
 }
