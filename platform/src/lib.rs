@@ -28,7 +28,7 @@
 //! | [`pmem`] | a [`pmem::PmemRegion`] is created only by [`pmem::map`], once per range, over storage memory (not RAM in use) that it identity-mapped itself; it is the only way to reach those bytes |
 //! | [`pci`] | configuration port I/O only on 0xCF8..0xD00; ECAM only inside its mapped window |
 //! | [`virtio`] | DMA memory is zeroed RAM frames owned by a pool for the kernel's life; `share` only translates addresses inside a registered pool; `dma_alloc` never hands out address 0 or a dangling pointer as memory (out of frames it returns virtio-drivers' failure value) |
-//! | [`virtio_net`] | a packet slot is either owned by the device or borrowed by the driver, never both |
+//! | [`virtio_net`] | a packet slot is either owned by the device or borrowed by the driver, never both; only tokens the driver handed over reach virtio-drivers, and device lengths are checked against the slot |
 //! | [`debug`] | the deliberate page fault reads a canonical address that is never mapped |
 #![cfg_attr(not(test), no_std)]
 #![feature(abi_x86_interrupt)]

@@ -11,6 +11,21 @@
 //! `rx_posted` or `in_flight`) or by the driver (in `rx_done` or `free`,
 //! or borrowed by one token), never both; every `unsafe` call into
 //! `VirtIONetRaw` passes a slot the driver owns and hands it over.
+//!
+//! What the device reports is checked before use. A completed length
+//! outside the posted slot (or short of the virtio-net header) is counted
+//! in `rx_errors` and the slot, which is ours again, is re-posted. A
+//! used-ring token that is not a chain the driver has posted (receive) or
+//! in flight (transmit) is counted once (`bad_tokens`, and `rx_errors` or
+//! `tx_errors`) and stops that queue: virtio-drivers 0.13 can only consume
+//! a used entry through `pop_used` with that token, which indexes its
+//! descriptor table with it (a panic for a token >= [`QUEUE_SIZE`]) and puts
+//! the chain back on its free list (a second entry for a descriptor that is
+//! already free or posted, so two posts could share it). Like Linux's
+//! `BAD_RING`, the queue is then left alone: never polled again, so
+//! [`Nic::has_rx`] is false and the event loop does not spin on the entry;
+//! transmit goes on with the slots still free. Getting the queue back
+//! needs a device reset.
 
 use alloc::vec::Vec;
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
@@ -42,8 +57,12 @@ pub type Raw<H = KernelHal, T = PciTransport> = VirtIONetRaw<H, T, QUEUE_SIZE>;
 pub struct NicCounters {
     /// Frames the device completed with an error or a bad length.
     pub rx_errors: u64,
-    /// Frames that could not be queued for transmission.
+    /// Frames that could not be queued for transmission, and transmit
+    /// completions the device got wrong.
     pub tx_errors: u64,
+    /// Used-ring tokens that were not a chain the driver had handed over
+    /// (also counted in `rx_errors` / `tx_errors`); each stops its queue.
+    pub bad_tokens: u64,
 }
 
 /// A pool of fixed-size packet slots in one DMA region.
@@ -83,6 +102,9 @@ struct Transmit {
     /// Descriptor token -> (slot, length handed to the device).
     in_flight: [(u16, u16); QUEUE_SIZE],
     counters: NicCounters,
+    /// The device put a token in the transmit used ring that was not in
+    /// flight: nothing is reclaimed any more.
+    stopped: bool,
 }
 
 /// The virtio-net device with its buffers.
@@ -93,6 +115,9 @@ pub struct Nic<H: PoolHal = KernelHal, T: Transport = PciTransport> {
     rx_posted: [u16; QUEUE_SIZE],
     /// Slots completed by the device and not yet re-posted.
     rx_done: Vec<u16>,
+    /// The device put a token in the receive used ring that was not
+    /// posted: the queue is no longer polled or refilled.
+    rx_stopped: bool,
     tx: Transmit,
 }
 
@@ -105,11 +130,13 @@ impl<H: PoolHal, T: Transport> Nic<H, T> {
             rx: Slots::new::<H>(RX_SLOTS)?,
             rx_posted: [NONE; QUEUE_SIZE],
             rx_done: (0..RX_SLOTS as u16).collect(),
+            rx_stopped: false,
             tx: Transmit {
                 slots: Slots::new::<H>(TX_SLOTS)?,
                 free: (0..TX_SLOTS as u16).collect(),
                 in_flight: [(NONE, 0); QUEUE_SIZE],
                 counters: NicCounters::default(),
+                stopped: false,
             },
         };
         nic.refill();
@@ -131,8 +158,17 @@ impl<H: PoolHal, T: Transport> Nic<H, T> {
         self.rx_posted.iter().filter(|s| **s != NONE).count()
     }
 
+    /// Whether the device broke a queue (see the module documentation):
+    /// (receive, transmit).
+    pub fn stopped(&self) -> (bool, bool) {
+        (self.rx_stopped, self.tx.stopped)
+    }
+
     /// Re-posts every completed receive slot.
     pub fn refill(&mut self) {
+        if self.rx_stopped {
+            return;
+        }
         while let Some(slot) = self.rx_done.pop() {
             // SAFETY: the slot is not posted (it is in `rx_done`) and no
             // token borrows it any more (tokens live only inside a
@@ -144,7 +180,10 @@ impl<H: PoolHal, T: Transport> Nic<H, T> {
                 Ok(token) if usize::from(token) < QUEUE_SIZE => {
                     self.rx_posted[usize::from(token)] = slot;
                 }
-                Ok(_) | Err(_) => {
+                // Posted under a token virtio-drivers never makes: the slot
+                // stays the device's for good (never reused).
+                Ok(_) => break,
+                Err(_) => {
                     self.rx_done.push(slot);
                     break;
                 }
@@ -152,31 +191,73 @@ impl<H: PoolHal, T: Transport> Nic<H, T> {
         }
     }
 
-    /// Does the device have a completed receive buffer?
+    /// Does the device have a completed receive buffer? Also true for a
+    /// bad entry not yet seen by [`Device::receive`], which then stops the
+    /// queue, so this is false from then on.
     pub fn has_rx(&self) -> bool {
-        self.raw.poll_receive().is_some()
+        !self.rx_stopped && self.raw.poll_receive().is_some()
+    }
+
+    /// The receive slot posted under `token`, if the driver posted one.
+    fn posted_slot(&self, token: u16) -> Option<u16> {
+        self.rx_posted
+            .get(usize::from(token))
+            .copied()
+            .filter(|&slot| slot != NONE)
+    }
+
+    /// Counts a bad receive completion and stops the queue.
+    fn stop_receiving(&mut self, bad_token: bool) {
+        self.rx_stopped = true;
+        self.tx.counters.rx_errors += 1;
+        if bad_token {
+            self.tx.counters.bad_tokens += 1;
+        }
+        log::error!("virtio-net: bad receive completion; receive stopped");
     }
 }
 
 impl Transmit {
     /// Returns completed transmit slots to the free list.
     fn reclaim<H: PoolHal, T: Transport>(&mut self, raw: &mut Raw<H, T>) {
-        while let Some(token) = raw.poll_transmit() {
-            let Some(&(slot, len)) = self.in_flight.get(usize::from(token)) else {
+        while !self.stopped {
+            let Some(token) = raw.poll_transmit() else {
                 break;
             };
-            if slot == NONE {
+            let in_flight = self
+                .in_flight
+                .get(usize::from(token))
+                .copied()
+                .filter(|&(slot, _)| slot != NONE);
+            let Some((slot, len)) = in_flight else {
+                // Not a chain we handed over: `transmit_complete` could not
+                // consume it safely (see the module documentation).
+                self.stop(true);
                 break;
-            }
+            };
             // SAFETY: the device completed this slot (it is in the used ring).
             let buffer = unsafe { self.slots.slot(usize::from(slot)) };
             // SAFETY: same slot and length as passed to `transmit_begin`.
             if unsafe { raw.transmit_complete(token, &buffer[..usize::from(len)]) }.is_err() {
-                self.counters.tx_errors += 1;
+                // Not popped (only `NotReady`/`WrongToken` fail, which the
+                // token just peeked rules out): the device may still own the
+                // slot, so it is not freed.
+                self.stop(false);
+                break;
             }
             self.in_flight[usize::from(token)] = (NONE, 0);
             self.free.push(slot);
         }
+    }
+
+    /// Counts a bad transmit completion and stops reclaiming.
+    fn stop(&mut self, bad_token: bool) {
+        self.stopped = true;
+        self.counters.tx_errors += 1;
+        if bad_token {
+            self.counters.bad_tokens += 1;
+        }
+        log::error!("virtio-net: bad transmit completion; transmit slots are no longer reclaimed");
     }
 }
 
@@ -222,7 +303,10 @@ impl<H: PoolHal, T: Transport> phy::TxToken for TxToken<'_, H, T> {
                 // `total` <= SLOT (2048) fits in u16.
                 self.tx.in_flight[usize::from(token)] = (slot, total as u16);
             }
-            _ => {
+            // Queued under a token virtio-drivers never makes: the slot
+            // stays the device's for good (never reused).
+            Ok(_) => self.tx.counters.tx_errors += 1,
+            Err(_) => {
                 self.tx.counters.tx_errors += 1;
                 self.tx.free.push(slot);
             }
@@ -247,24 +331,33 @@ impl<H: PoolHal, T: Transport> Device for Nic<H, T> {
     fn receive(&mut self, _timestamp: Instant) -> Option<(RxToken<'_>, TxToken<'_, H, T>)> {
         self.refill();
         loop {
-            let token = self.raw.poll_receive()?;
-            let slot = self
-                .rx_posted
-                .get(usize::from(token))
-                .copied()
-                .unwrap_or(NONE);
-            if slot == NONE {
-                // The device returned a descriptor we never posted: a device
-                // bug. Nothing safe to do but stop receiving.
-                self.tx.counters.rx_errors += 1;
+            if self.rx_stopped {
                 return None;
             }
-            self.rx_posted[usize::from(token)] = NONE;
+            let token = self.raw.poll_receive()?;
+            let Some(slot) = self.posted_slot(token) else {
+                // Not a chain we posted: `receive_complete` could not consume
+                // it safely (see the module documentation).
+                self.stop_receiving(true);
+                return None;
+            };
             // SAFETY: the device completed the slot; it is ours again.
             let buffer = unsafe { self.rx.slot(usize::from(slot)) };
             // SAFETY: same slot as passed to `receive_begin` for this token.
             let result = unsafe { self.raw.receive_complete(token, buffer) };
-            self.rx_done.push(slot);
+            match result {
+                // Popped: the slot is ours again (a too-short length is
+                // `IoError` after the pop).
+                Ok(_) | Err(virtio_drivers::Error::IoError) => {
+                    self.rx_posted[usize::from(token)] = NONE;
+                    self.rx_done.push(slot);
+                }
+                // Not popped: the device may still own the slot.
+                Err(_) => {
+                    self.stop_receiving(false);
+                    return None;
+                }
+            }
             match result {
                 Ok((header, len)) if len > 0 && header + len <= SLOT => {
                     // SAFETY: the slot stays in `rx_done` (not posted) until

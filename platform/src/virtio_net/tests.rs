@@ -139,18 +139,32 @@ impl Device {
     /// Puts `frame` into the next posted receive buffer; false when the
     /// driver posted none.
     fn deliver(&mut self, frame: &[u8]) -> bool {
+        self.deliver_claiming(frame, (HEADER + frame.len()) as u32)
+            .is_some()
+    }
+
+    /// Puts `frame` into the next posted receive buffer but reports
+    /// `claimed` bytes written (a buggy device); returns the chain head.
+    fn deliver_claiming(&mut self, frame: &[u8], claimed: u32) -> Option<u16> {
         let queue = self.queues[RECEIVE].as_mut().expect("receive queue set");
-        let Some(head) = queue.pop_avail() else {
-            return false;
-        };
+        let head = queue.pop_avail()?;
         let (address, len, flags) = queue.descriptor(head);
         assert_eq!(flags & WRITE, WRITE, "receive buffers are device-writable");
         assert!(HEADER + frame.len() <= len as usize);
         for (i, byte) in [0u8; HEADER].iter().chain(frame).enumerate() {
             write(address + i as u64, *byte);
         }
-        queue.push_used(head, (HEADER + frame.len()) as u32);
-        true
+        queue.push_used(head, claimed);
+        Some(head)
+    }
+
+    /// Puts a used-ring entry on `queue` for a chain the driver did not
+    /// make available (a buggy device).
+    fn complete_unposted(&self, queue: usize, head: u16, len: u32) {
+        self.queues[queue]
+            .as_ref()
+            .expect("queue set")
+            .push_used(head, len);
     }
 
     /// Takes the next frame the driver queued for sending (header
@@ -349,6 +363,109 @@ fn oversized_frames_are_cut_to_the_slot() {
     });
     let (_, bytes) = device.borrow_mut().take_sent().expect("a frame");
     assert_eq!(bytes.len(), SLOT - HEADER);
+}
+
+#[test]
+fn a_receive_token_never_posted_is_counted_once_and_not_spun_on() {
+    for bogus in [QUEUE_SIZE as u16, QUEUE_SIZE as u16 + 44, u16::MAX] {
+        let (mut nic, device) = nic();
+        device
+            .borrow()
+            .complete_unposted(RECEIVE, bogus, (HEADER + 60) as u32);
+        for _ in 0..10 {
+            assert!(nic.receive(now()).is_none(), "token {bogus}");
+        }
+        // The kernel's event loop polls again while `has_rx` says so.
+        assert!(!nic.has_rx(), "token {bogus}: the event loop would spin");
+        assert_eq!(nic.counters().rx_errors, 1, "token {bogus}");
+        assert_eq!(nic.counters().bad_tokens, 1, "token {bogus}");
+        // Frames behind it are not taken as ours either.
+        assert!(device.borrow_mut().deliver(&[1; 60]));
+        assert!(nic.receive(now()).is_none());
+        assert!(!nic.has_rx());
+        assert_eq!(nic.counters().rx_errors, 1);
+    }
+}
+
+#[test]
+fn a_duplicate_receive_completion_is_not_taken_for_a_frame() {
+    let (mut nic, device) = nic();
+    // A completion too short for the header: dropped, its slot re-posted.
+    let head = device
+        .borrow_mut()
+        .deliver_claiming(&[0xaa; 60], 1)
+        .expect("a posted buffer");
+    // The same chain completed again, now that it is no longer posted.
+    device
+        .borrow()
+        .complete_unposted(RECEIVE, head, (HEADER + 60) as u32);
+    assert!(nic.receive(now()).is_none());
+    // Re-posting the slot must not make the stale entry look like a frame.
+    assert!(
+        nic.receive(now()).is_none(),
+        "a stale buffer taken as a frame"
+    );
+    assert!(!nic.has_rx());
+    assert_eq!(nic.counters().rx_errors, 2);
+    assert_eq!(nic.counters().bad_tokens, 1);
+}
+
+#[test]
+fn receive_lengths_outside_the_buffer_are_counted_and_dropped() {
+    let (mut nic, device) = nic();
+    let bad = [
+        0,
+        1,
+        HEADER as u32 - 1,
+        HEADER as u32, // an empty frame
+        SLOT as u32 + 1,
+        u32::MAX,
+    ];
+    for (round, claimed) in bad.into_iter().enumerate() {
+        assert!(device
+            .borrow_mut()
+            .deliver_claiming(&[0xee; 60], claimed)
+            .is_some());
+        assert!(nic.receive(now()).is_none(), "length {claimed}");
+        assert_eq!(nic.counters().rx_errors, round as u64 + 1);
+        // The buffer is the driver's again and goes back to the device.
+        nic.refill();
+        assert_eq!(nic.rx_posted(), RX_SLOTS, "length {claimed}");
+        // And the next good frame still arrives.
+        let frame = [round as u8; 60];
+        assert!(device.borrow_mut().deliver(&frame));
+        let (rx, _tx) = nic.receive(now()).expect("a frame after a bad one");
+        assert_eq!(rx.consume(|bytes| bytes.to_vec()), frame);
+    }
+    // A length that fills the slot exactly is a frame.
+    let frame = [7u8; SLOT - HEADER];
+    assert!(device
+        .borrow_mut()
+        .deliver_claiming(&frame, SLOT as u32)
+        .is_some());
+    let (rx, _tx) = nic.receive(now()).expect("a full-slot frame");
+    assert_eq!(rx.consume(|bytes| bytes.len()), SLOT - HEADER);
+    assert_eq!(nic.counters().bad_tokens, 0);
+}
+
+#[test]
+fn a_transmit_token_not_in_flight_is_counted_once() {
+    for bogus in [200u16, QUEUE_SIZE as u16 + 3, u16::MAX] {
+        let (mut nic, device) = nic();
+        device.borrow().complete_unposted(TRANSMIT, bogus, 0);
+        // Slots still free are used; nothing is reclaimed behind the bad
+        // entry, and it is counted once, not on every send.
+        for round in 0..TX_SLOTS {
+            let tx = nic.transmit(now()).expect("a free slot");
+            tx.consume(60, |buffer| buffer.fill(round as u8));
+            let (head, bytes) = device.borrow_mut().take_sent().expect("a frame");
+            assert_eq!(bytes, vec![round as u8; 60]);
+            device.borrow().complete_sent(head);
+        }
+        assert!(nic.transmit(now()).is_none(), "token {bogus}");
+        assert_eq!(nic.counters().tx_errors, 1, "token {bogus}");
+        assert_eq!(nic.counters().bad_tokens, 1, "token {bogus}");
+    }
 }
 
 /// A HAL whose allocations all fail, the way `KernelHal` fails when the
