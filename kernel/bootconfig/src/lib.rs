@@ -29,6 +29,7 @@
 //! | `gateway` | `A.B.C.D` | none (DHCP's, if any) | Default IPv4 gateway for a static `ip=`. |
 //! | `nbd_port` | 1-65535 | `10809` | TCP port of the NBD server. |
 //! | `http_port` | 1-65535 | `80` | TCP port of the HTTP status server. |
+//! | `http_bench` | `on` \| `off` | `off` | Whether the HTTP server serves the throughput routes `GET /bench/bytes?n=N` and `PUT /bench/sink` (each at most 1 GiB per request); `off` answers `404`. A bad value fails closed: off, with a warning. |
 //! | `nbd_list` | `on` \| `off` | `on` | Whether the NBD server answers `NBD_OPT_LIST` with the export names; `off` answers `NBD_REP_ERR_POLICY` (clients must know the name they want). A bad value fails closed: listing off, with a warning. |
 //! | `export_raw` | `pmemN` | none | Export that device raw over NBD instead of mounting daxfs on it. Repeatable. |
 //! | `readonly` | export name | none | Export that name read-only. Repeatable. |
@@ -36,7 +37,8 @@
 //! | `debug_commands` | `on` \| `off` | `off` | Enable shell commands meant for tests only (`debug panic`, `debug fault`: deliberate crashes). |
 //!
 //! A scalar key given twice keeps the last value, with a warning. A bad
-//! value of a key that grants access (`nbd_list`) counts as a value: the
+//! value of a key that grants access (`nbd_list`, `http_bench`) counts as
+//! a value: the
 //! setting fails closed (access off) rather than falling back to a default
 //! that allows more, and the warning says so
 //! ([`WarningKind::FailedClosed`]).
@@ -132,6 +134,8 @@ pub struct BootConfig {
     pub nbd_port: u16,
     /// `http_port=`.
     pub http_port: u16,
+    /// `http_bench=`: serve `/bench/bytes` and `/bench/sink`.
+    pub http_bench: bool,
     /// `nbd_list=`: answer `NBD_OPT_LIST` with the export names.
     pub nbd_list: bool,
     /// `export_raw=` device names (`pmem0`, ...), in file order.
@@ -153,6 +157,7 @@ impl Default for BootConfig {
             gateway: None,
             nbd_port: DEFAULT_NBD_PORT,
             http_port: DEFAULT_HTTP_PORT,
+            http_bench: false,
             nbd_list: true,
             export_raw: Vec::new(),
             readonly: Vec::new(),
@@ -337,6 +342,7 @@ struct Seen {
     gateway: Option<usize>,
     nbd_port: Option<usize>,
     http_port: Option<usize>,
+    http_bench: Option<usize>,
     nbd_list: Option<usize>,
     log: Option<usize>,
     debug_commands: Option<usize>,
@@ -406,6 +412,7 @@ impl Parser {
             "gateway" => &mut self.seen.gateway,
             "nbd_port" => &mut self.seen.nbd_port,
             "http_port" => &mut self.seen.http_port,
+            "http_bench" => &mut self.seen.http_bench,
             "nbd_list" => &mut self.seen.nbd_list,
             "log" => &mut self.seen.log,
             _ => &mut self.seen.debug_commands,
@@ -413,6 +420,32 @@ impl Parser {
         if let Some(previous_line) = slot.replace(line) {
             self.warnings
                 .push(line, WarningKind::Repeated { key, previous_line });
+        }
+    }
+
+    /// An `on`/`off` key that grants access: a value that is neither
+    /// fails closed (off, with a warning saying `applied`) and counts as
+    /// the key's value for repeats.
+    fn switch_failing_closed(
+        &mut self,
+        line: usize,
+        key: &'static str,
+        value: &str,
+        applied: &'static str,
+    ) -> bool {
+        self.mark(line, key);
+        match value {
+            "on" => true,
+            "off" => false,
+            _ => {
+                let kind = WarningKind::FailedClosed {
+                    key,
+                    reason: expected(value, "on or off"),
+                    applied,
+                };
+                self.warnings.push(line, kind);
+                false
+            }
         }
     }
 
@@ -490,22 +523,13 @@ impl Parser {
                 }
             }
             "nbd_list" => {
-                // Fails closed: a value that is not `on` or `off` turns the
-                // listing off (and counts as the key's value for repeats).
-                self.mark(line, "nbd_list");
-                self.config.nbd_list = match value {
-                    "on" => true,
-                    "off" => false,
-                    _ => {
-                        let kind = WarningKind::FailedClosed {
-                            key: "nbd_list",
-                            reason: expected(value, "on or off"),
-                            applied: "nbd_list=off, export listing refused",
-                        };
-                        self.warnings.push(line, kind);
-                        false
-                    }
-                };
+                let applied = "nbd_list=off, export listing refused";
+                self.config.nbd_list = self.switch_failing_closed(line, "nbd_list", value, applied);
+            }
+            "http_bench" => {
+                let applied = "http_bench=off, /bench/* answer 404";
+                self.config.http_bench =
+                    self.switch_failing_closed(line, "http_bench", value, applied);
             }
             "export_raw" => {
                 if self.config.export_raw.len() >= MAX_NAMES {
@@ -720,6 +744,7 @@ mod tests {
         assert_eq!(config.log, LogLevel::Info);
         assert!(!config.debug_commands);
         assert!(config.nbd_list, "export listing is on by default");
+        assert!(!config.http_bench, "the bench routes are off by default");
     }
 
     #[test]
@@ -733,6 +758,7 @@ mod tests {
             nbd_port=10810\n\
             http_port=8080\n\
             nbd_list=off\n\
+            http_bench=on\n\
             export_raw=pmem1\n\
             readonly=pmem0\n\
             readonly=data.img\n\
@@ -760,6 +786,7 @@ mod tests {
         assert_eq!(config.nbd_port, 10810);
         assert_eq!(config.http_port, 8080);
         assert!(!config.nbd_list);
+        assert!(config.http_bench);
         assert_eq!(config.export_raw, ["pmem1"]);
         assert_eq!(config.readonly, ["pmem0", "data.img"]);
         assert_eq!(config.log, LogLevel::Debug);
@@ -818,6 +845,27 @@ mod tests {
         );
         let (config, _) = parse("nbd_list=on\nnbd_list=maybe\n");
         assert!(!config.nbd_list);
+    }
+
+    #[test]
+    fn http_bench_values_and_failing_closed() {
+        assert!(parse("http_bench=on\n").0.http_bench);
+        let (config, warnings) = parse("http_bench=off\n");
+        assert!(!config.http_bench);
+        assert!(warnings.is_empty());
+        for bad in ["yes", "On", "1", ""] {
+            let (config, warnings) = parse(alloc::format!("http_bench={bad}\n"));
+            assert!(!config.http_bench, "http_bench={bad} must stay off");
+            assert_eq!(
+                messages(&warnings),
+                [alloc::format!(
+                    "bootconfig line 1: bad value for http_bench: '{bad}' is not on or off \
+                     (failing closed: http_bench=off, /bench/* answer 404)"
+                )]
+            );
+        }
+        let (config, _) = parse("http_bench=on\nhttp_bench=maybe\n");
+        assert!(!config.http_bench, "a bad later value turns it off");
     }
 
     #[test]
@@ -965,7 +1013,7 @@ mod tests {
 
         #[test]
         fn random_lines_never_panic(lines in proptest::collection::vec(
-            "(pmem|ip|log|nbd_port|nbd_list|readonly|format|gateway)=[0-9a-zA-Z@./x #\\-]{0,24}", 0..20)) {
+            "(pmem|ip|log|nbd_port|nbd_list|http_bench|readonly|format|gateway)=[0-9a-zA-Z@./x #\\-]{0,24}", 0..20)) {
             let text = lines.join("\n");
             let (config, _) = parse(&text);
             for request in &config.pmem {
