@@ -16,9 +16,9 @@
 //!
 //! The parser never fails and never panics: a line it cannot use produces a
 //! [`Warning`] that names the line, the setting keeps its default (or the
-//! repeatable entry is dropped) and boot continues. Lines that are not
-//! UTF-8, contain NUL bytes or are longer than [`MAX_LINE`] bytes are
-//! ignored with a warning.
+//! repeatable entry is dropped; a key that grants access is turned off)
+//! and boot continues. Lines that are not UTF-8, contain NUL bytes or are
+//! longer than [`MAX_LINE`] bytes are ignored with a warning.
 //!
 //! # Keys
 //! | key | value | default | meaning |
@@ -38,9 +38,8 @@
 //!
 //! A scalar key given twice keeps the last value, with a warning. A bad
 //! value of a key that grants access (`nbd_list`, `http_bench`) counts as
-//! a value: the
-//! setting fails closed (access off) rather than falling back to a default
-//! that allows more, and the warning says so
+//! a value: the setting fails closed (access off) rather than falling back
+//! to a default that may allow more, and the warning says so
 //! ([`WarningKind::FailedClosed`]).
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
