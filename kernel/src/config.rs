@@ -81,6 +81,11 @@ pub fn show() {
     }
     println!("nbd_port={}", config.nbd_port);
     println!("http_port={}", config.http_port);
+    println!(
+        "http_bench={}",
+        if config.http_bench { "on" } else { "off" }
+    );
+    println!("nbd_list={}", if config.nbd_list { "on" } else { "off" });
     for name in &config.export_raw {
         println!("export_raw={}", name);
     }

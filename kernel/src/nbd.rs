@@ -5,7 +5,7 @@
 //! Exports, the read-only policy, the data path and the per-connection
 //! counters behind the `nbd` command are described (and host tested) in
 //! `daxbox-storage`; this module only reaches the kernel's storage set and
-//! starts the listener.
+//! starts the listener with the boot config's policy (`nbd_list=`).
 
 use daxbox_storage::{NbdService, SharedStorage, Storage};
 
@@ -33,9 +33,15 @@ pub fn start() {
     // Room for a 256 KiB request or reply in flight each way per client.
     listener.rx_buffer = 256 * 1024;
     listener.tx_buffer = 256 * 1024;
-    let service = daxbox_netstack::Listener::new(listener, NbdService::new(KernelStorage));
+    let boot = config::get();
+    let service = NbdService::for_boot_config(KernelStorage, boot);
+    let service = daxbox_netstack::Listener::new(listener, service);
     match crate::net::add_listener(service.boxed()) {
-        Ok(()) => println!("nbd: listening on port {}", port),
+        Ok(()) if boot.nbd_list => println!("nbd: listening on port {}", port),
+        Ok(()) => println!(
+            "nbd: listening on port {} (export listing off: nbd_list=off)",
+            port
+        ),
         Err(error) => println!("nbd: not started: {}", error),
     }
 }

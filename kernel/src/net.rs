@@ -14,7 +14,7 @@ use alloc::format;
 use alloc::string::String;
 use core::sync::atomic::{AtomicU64, Ordering};
 use daxbox_bootconfig::IpConfig;
-use daxbox_netstack::http::HttpService;
+use daxbox_netstack::http::{Bench, HttpService};
 use daxbox_netstack::smoltcp::wire::{Ipv4Address, Ipv4Cidr};
 use daxbox_netstack::{IpMode, Listener, ListenerConfig, NetConfig, NetStack, PortListener};
 use daxbox_pci::{capabilities, reg, Bar, Bdf, ConfigAccess, Function};
@@ -158,7 +158,13 @@ pub fn init() {
         now,
     );
     let http_port = config::get().http_port;
-    let http = HttpService::new(env!("CARGO_PKG_VERSION"), 0);
+    let bench = if config::get().http_bench {
+        println!("net: http_bench=on: /bench/bytes and /bench/sink are served");
+        Bench::On
+    } else {
+        Bench::Off
+    };
+    let http = HttpService::new(env!("CARGO_PKG_VERSION"), 0, bench);
     if let Err(error) =
         stack.add_listener(Listener::new(ListenerConfig::new(http_port), http).boxed())
     {

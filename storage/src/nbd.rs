@@ -6,6 +6,9 @@
 //! every device exported raw (`export_raw=pmemN`, by device name).
 //! `readonly=NAME` makes an export read-only; the default export (`""`) is
 //! the first one, as nbdkit and qemu-nbd serve their single export for it.
+//! `NBD_OPT_LIST` names every export unless the boot config says
+//! `nbd_list=off` ([`engine_config`]); then it is answered with
+//! `NBD_REP_ERR_POLICY` and clients must know the name they want.
 //!
 //! Data path: READ copies straight from pmem into the transmit buffer the
 //! caller passes (smoltcp's, in the kernel); WRITE copies straight from the
@@ -19,6 +22,7 @@ use alloc::vec::Vec;
 use core::cell::OnceCell;
 use core::marker::PhantomData;
 
+use daxbox_bootconfig::BootConfig;
 use daxbox_nbd::{
     Backend, BackendError, Connection, ExportHandle, ExportInfo, ExportKind, Extent, Server,
     ServerConfig, ZeroFlags,
@@ -97,10 +101,24 @@ impl NbdConnection {
     }
 }
 
+/// The engine policy the boot config asks for: the default limits, with
+/// `NBD_OPT_LIST` answered only when `nbd_list=on` (the default).
+pub fn engine_config(boot: &BootConfig) -> ServerConfig {
+    ServerConfig {
+        allow_list: boot.nbd_list,
+        ..ServerConfig::default()
+    }
+}
+
 impl<M: PersistentMemory, S: SharedStorage<M>> NbdService<M, S> {
     /// A service with the default limits (32 MiB requests, 256 in flight).
     pub fn new(shared: S) -> Self {
         Self::with_config(shared, ServerConfig::default())
+    }
+
+    /// A service with the policy of the boot config ([`engine_config`]).
+    pub fn for_boot_config(shared: S, boot: &BootConfig) -> Self {
+        Self::with_config(shared, engine_config(boot))
     }
 
     /// A service with the engine limits of `config`.
@@ -737,6 +755,56 @@ mod tests {
         assert_eq!(service.deadline(&conn), Some(5_000 + LINGER_MS));
         service.closed(conn);
         assert!(cell.0.borrow().storage.connections().is_empty());
+    }
+
+    /// Client flags (fixed newstyle) and an `NBD_OPT_LIST`; returns the
+    /// reply types the service sends back.
+    fn list_reply_types<S: TcpService>(service: &mut S) -> Vec<u32> {
+        let mut conn = service.accept(0);
+        let greeting = exchange(service, &mut conn, &[], 0);
+        assert_eq!(greeting.len(), 18);
+        let mut hello = 1u32.to_be_bytes().to_vec();
+        hello.extend_from_slice(b"IHAVEOPT");
+        hello.extend_from_slice(&3u32.to_be_bytes());
+        hello.extend_from_slice(&0u32.to_be_bytes());
+        let mut replies = &exchange(service, &mut conn, &hello, 1)[..];
+        let mut types = Vec::new();
+        // Option reply: magic 8, option 4, type 4, length 4, data.
+        while replies.len() >= 20 {
+            assert_eq!(&replies[8..12], &3u32.to_be_bytes());
+            types.push(u32::from_be_bytes(replies[12..16].try_into().unwrap()));
+            let len = u32::from_be_bytes(replies[16..20].try_into().unwrap()) as usize;
+            replies = &replies[20 + len..];
+        }
+        assert!(replies.is_empty());
+        service.closed(conn);
+        types
+    }
+
+    #[test]
+    fn boot_config_nbd_list_turns_the_export_listing_off() {
+        const REP_ACK: u32 = 1;
+        const REP_SERVER: u32 = 2;
+        const REP_ERR_POLICY: u32 = 0x8000_0002;
+        let cell = Cell(RefCell::new(exports()));
+        let (on, _) = daxbox_bootconfig::parse("");
+        assert_eq!(engine_config(&on), ServerConfig::default());
+        let mut service = NbdService::for_boot_config(&cell, &on);
+        let types = list_reply_types(&mut service);
+        assert_eq!(types.last(), Some(&REP_ACK), "{types:x?}");
+        assert!(types.len() > 1, "{types:x?}");
+        assert!(types[..types.len() - 1].iter().all(|t| *t == REP_SERVER));
+
+        let (off, warnings) = daxbox_bootconfig::parse("nbd_list=off\n");
+        assert!(warnings.is_empty());
+        assert!(!engine_config(&off).allow_list);
+        let mut service = NbdService::for_boot_config(&cell, &off);
+        assert_eq!(list_reply_types(&mut service), [REP_ERR_POLICY]);
+
+        // A value that cannot be applied fails closed.
+        let (bad, _) = daxbox_bootconfig::parse("nbd_list=maybe\n");
+        let mut service = NbdService::for_boot_config(&cell, &bad);
+        assert_eq!(list_reply_types(&mut service), [REP_ERR_POLICY]);
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub const REP_SERVER: u32 = 2;
 pub const REP_INFO: u32 = 3;
 /// `NBD_REP_ERR_UNSUP`.
 pub const REP_ERR_UNSUP: u32 = 0x8000_0001;
+/// `NBD_REP_ERR_POLICY`.
+pub const REP_ERR_POLICY: u32 = 0x8000_0002;
 /// `NBD_REP_ERR_INVALID`.
 pub const REP_ERR_INVALID: u32 = 0x8000_0003;
 /// `NBD_REP_ERR_UNKNOWN`.

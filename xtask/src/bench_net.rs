@@ -2,11 +2,15 @@
 //! the idle cost of the appliance.
 //!
 //! Boots the release appliance (BIOS, q35, TCG unless `DAXBOX_ACCEL` says
-//! otherwise), waits for `/healthz`, then measures:
+//! otherwise) with `http_bench=on` (the `/bench/*` routes are off by
+//! default), waits for `/healthz`, then measures:
 //! - QEMU's host CPU use while the guest is idle (utime+stime from
 //!   `/proc/PID/stat` over `--idle-seconds`, default 10);
 //! - download: `curl` of `GET /bench/bytes?n=SIZE` (default 256 MiB);
 //! - upload: `curl -T` of a SIZE-byte file to `PUT /bench/sink`.
+//!
+//! SIZE is at most 1024 MiB, the appliance's per-request limit on both
+//! routes (`MAX_BENCH_BYTES` in `net/stack/src/http.rs`).
 //!
 //! Figures include everything between curl and the guest: hostfwd, slirp,
 //! virtio-net emulation and the guest's smoltcp, on a 2-core machine where
@@ -24,9 +28,17 @@ use crate::XtaskError;
 const USAGE: &str = "\
 usage: cargo xtask bench net [--size MIB] [--idle-seconds N]
 
-Boots the appliance and measures HTTP download/upload throughput of SIZE MiB
-(default 256) with curl through the forwarded port, and QEMU's host CPU use
-while idle (default over 10 s). DAXBOX_KERNEL/DAXBOX_BOOT_TOOL skip the builds.";
+Boots the appliance with http_bench=on and measures HTTP download/upload
+throughput of SIZE MiB (default 256, 1-1024: the appliance's per-request
+limit) with curl through the forwarded port, and QEMU's host CPU use while
+idle (default over 10 s). DAXBOX_KERNEL/DAXBOX_BOOT_TOOL skip the builds.";
+
+/// Largest `--size` in MiB: the appliance's per-request limit on
+/// `/bench/bytes` and `/bench/sink` (`MAX_BENCH_BYTES`, 1 GiB).
+const MAX_SIZE_MIB: u64 = 1024;
+
+/// The boot config of the benchmark: the `/bench/*` routes it measures.
+const BOOT_CONFIG: &str = "http_bench=on\n";
 
 fn number(args: &[String], index: usize) -> Result<u64, XtaskError> {
     args.get(index + 1)
@@ -130,9 +142,12 @@ pub fn net(args: &[String]) -> Result<(), XtaskError> {
         }
         index += 2;
     }
+    if size_mib == 0 || size_mib > MAX_SIZE_MIB {
+        return Err(XtaskError::Usage(USAGE.into()));
+    }
     let size = size_mib * 1024 * 1024;
     prepare_for_harness()?;
-    let mut options = QemuOptions::new("bench_net", Firmware::Bios);
+    let mut options = QemuOptions::new("bench_net", Firmware::Bios).with_boot_config(BOOT_CONFIG);
     options.max_runtime = Duration::from_secs(1800);
     let machine = Machine::boot_to_prompt(options).map_err(harness)?;
     let base = format!("http://127.0.0.1:{}", machine.http_port());
@@ -218,6 +233,15 @@ mod tests {
         assert_eq!(transfer_figures("268435456 0 2.5"), (268435456.0, 0.0, 2.5));
         assert_eq!(transfer_figures("garbage"), (0.0, 0.0, 0.0));
         assert_eq!(mib_per_s(2.0 * 1024.0 * 1024.0, 2.0), 1.0);
+    }
+
+    #[test]
+    fn size_within_the_appliance_limit_and_bench_routes_on() {
+        for size in ["0", "1025"] {
+            let args = [String::from("--size"), String::from(size)];
+            assert!(matches!(net(&args), Err(XtaskError::Usage(_))), "{size}");
+        }
+        assert_eq!(BOOT_CONFIG, "http_bench=on\n");
     }
 
     #[test]

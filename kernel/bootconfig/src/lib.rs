@@ -16,9 +16,9 @@
 //!
 //! The parser never fails and never panics: a line it cannot use produces a
 //! [`Warning`] that names the line, the setting keeps its default (or the
-//! repeatable entry is dropped) and boot continues. Lines that are not
-//! UTF-8, contain NUL bytes or are longer than [`MAX_LINE`] bytes are
-//! ignored with a warning.
+//! repeatable entry is dropped; a key that grants access is turned off)
+//! and boot continues. Lines that are not UTF-8, contain NUL bytes or are
+//! longer than [`MAX_LINE`] bytes are ignored with a warning.
 //!
 //! # Keys
 //! | key | value | default | meaning |
@@ -29,12 +29,18 @@
 //! | `gateway` | `A.B.C.D` | none (DHCP's, if any) | Default IPv4 gateway for a static `ip=`. |
 //! | `nbd_port` | 1-65535 | `10809` | TCP port of the NBD server. |
 //! | `http_port` | 1-65535 | `80` | TCP port of the HTTP status server. |
+//! | `http_bench` | `on` \| `off` | `off` | Whether the HTTP server serves the throughput routes `GET /bench/bytes?n=N` and `PUT /bench/sink` (each at most 1 GiB per request); `off` answers `404`. A bad value fails closed: off, with a warning. |
+//! | `nbd_list` | `on` \| `off` | `on` | Whether the NBD server answers `NBD_OPT_LIST` with the export names; `off` answers `NBD_REP_ERR_POLICY` (clients must know the name they want). A bad value fails closed: listing off, with a warning. |
 //! | `export_raw` | `pmemN` | none | Export that device raw over NBD instead of mounting daxfs on it. Repeatable. |
 //! | `readonly` | export name | none | Export that name read-only. Repeatable. |
 //! | `log` | `error` \| `warn` \| `info` \| `debug` \| `trace` | `info` | Console log level. |
 //! | `debug_commands` | `on` \| `off` | `off` | Enable shell commands meant for tests only (`debug panic`, `debug fault`: deliberate crashes). |
 //!
-//! A scalar key given twice keeps the last value, with a warning.
+//! A scalar key given twice keeps the last value, with a warning. A bad
+//! value of a key that grants access (`nbd_list`, `http_bench`) counts as
+//! a value: the setting fails closed (access off) rather than falling back
+//! to a default that may allow more, and the warning says so
+//! ([`WarningKind::FailedClosed`]).
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 
@@ -127,6 +133,10 @@ pub struct BootConfig {
     pub nbd_port: u16,
     /// `http_port=`.
     pub http_port: u16,
+    /// `http_bench=`: serve `/bench/bytes` and `/bench/sink`.
+    pub http_bench: bool,
+    /// `nbd_list=`: answer `NBD_OPT_LIST` with the export names.
+    pub nbd_list: bool,
     /// `export_raw=` device names (`pmem0`, ...), in file order.
     pub export_raw: Vec<String>,
     /// `readonly=` export names, in file order.
@@ -146,6 +156,8 @@ impl Default for BootConfig {
             gateway: None,
             nbd_port: DEFAULT_NBD_PORT,
             http_port: DEFAULT_HTTP_PORT,
+            http_bench: false,
+            nbd_list: true,
             export_raw: Vec::new(),
             readonly: Vec::new(),
             log: LogLevel::Info,
@@ -184,6 +196,17 @@ pub enum WarningKind {
         reason: String,
         /// True for repeatable keys: the entry is dropped (no default).
         repeatable: bool,
+    },
+    /// The value does not parse and the key grants access: the setting
+    /// fails closed (access off) instead of keeping a default that allows
+    /// more.
+    FailedClosed {
+        /// The key.
+        key: &'static str,
+        /// What is wrong, including the offending value.
+        reason: String,
+        /// What was applied instead (e.g. `nbd_list=off`).
+        applied: &'static str,
     },
     /// A scalar key appeared again; this later value replaces the earlier.
     Repeated {
@@ -241,6 +264,14 @@ impl fmt::Display for Warning {
                 };
                 write!(f, "bad value for {key}: {reason} ({outcome})")
             }
+            WarningKind::FailedClosed {
+                key,
+                reason,
+                applied,
+            } => write!(
+                f,
+                "bad value for {key}: {reason} (failing closed: {applied})"
+            ),
             WarningKind::Repeated { key, previous_line } => write!(
                 f,
                 "{key} set again (replaces the value from line {previous_line})"
@@ -310,6 +341,8 @@ struct Seen {
     gateway: Option<usize>,
     nbd_port: Option<usize>,
     http_port: Option<usize>,
+    http_bench: Option<usize>,
+    nbd_list: Option<usize>,
     log: Option<usize>,
     debug_commands: Option<usize>,
 }
@@ -378,12 +411,40 @@ impl Parser {
             "gateway" => &mut self.seen.gateway,
             "nbd_port" => &mut self.seen.nbd_port,
             "http_port" => &mut self.seen.http_port,
+            "http_bench" => &mut self.seen.http_bench,
+            "nbd_list" => &mut self.seen.nbd_list,
             "log" => &mut self.seen.log,
             _ => &mut self.seen.debug_commands,
         };
         if let Some(previous_line) = slot.replace(line) {
             self.warnings
                 .push(line, WarningKind::Repeated { key, previous_line });
+        }
+    }
+
+    /// An `on`/`off` key that grants access: a value that is neither
+    /// fails closed (off, with a warning saying `applied`) and counts as
+    /// the key's value for repeats.
+    fn switch_failing_closed(
+        &mut self,
+        line: usize,
+        key: &'static str,
+        value: &str,
+        applied: &'static str,
+    ) -> bool {
+        self.mark(line, key);
+        match value {
+            "on" => true,
+            "off" => false,
+            _ => {
+                let kind = WarningKind::FailedClosed {
+                    key,
+                    reason: expected(value, "on or off"),
+                    applied,
+                };
+                self.warnings.push(line, kind);
+                false
+            }
         }
     }
 
@@ -459,6 +520,15 @@ impl Parser {
                         self.bad(line, key, reason, false);
                     }
                 }
+            }
+            "nbd_list" => {
+                let applied = "nbd_list=off, export listing refused";
+                self.config.nbd_list = self.switch_failing_closed(line, "nbd_list", value, applied);
+            }
+            "http_bench" => {
+                let applied = "http_bench=off, /bench/* answer 404";
+                self.config.http_bench =
+                    self.switch_failing_closed(line, "http_bench", value, applied);
             }
             "export_raw" => {
                 if self.config.export_raw.len() >= MAX_NAMES {
@@ -672,6 +742,8 @@ mod tests {
         assert_eq!(config.ip, IpConfig::Dhcp);
         assert_eq!(config.log, LogLevel::Info);
         assert!(!config.debug_commands);
+        assert!(config.nbd_list, "export listing is on by default");
+        assert!(!config.http_bench, "the bench routes are off by default");
     }
 
     #[test]
@@ -684,6 +756,8 @@ mod tests {
             gateway=10.0.2.2\n\
             nbd_port=10810\n\
             http_port=8080\n\
+            nbd_list=off\n\
+            http_bench=on\n\
             export_raw=pmem1\n\
             readonly=pmem0\n\
             readonly=data.img\n\
@@ -710,6 +784,8 @@ mod tests {
         assert_eq!(config.gateway, Some([10, 0, 2, 2]));
         assert_eq!(config.nbd_port, 10810);
         assert_eq!(config.http_port, 8080);
+        assert!(!config.nbd_list);
+        assert!(config.http_bench);
         assert_eq!(config.export_raw, ["pmem1"]);
         assert_eq!(config.readonly, ["pmem0", "data.img"]);
         assert_eq!(config.log, LogLevel::Debug);
@@ -738,6 +814,57 @@ mod tests {
             m[4],
             "bootconfig line 7: expected key=value, got 'just text' (ignored)"
         );
+    }
+
+    #[test]
+    fn nbd_list_values_and_failing_closed() {
+        assert!(parse("nbd_list=on\n").0.nbd_list);
+        let (config, warnings) = parse("nbd_list=off\n");
+        assert!(!config.nbd_list);
+        assert!(warnings.is_empty());
+        // A value that cannot be applied turns the listing off, not on.
+        for bad in ["yes", "ON", "1", "", "on off"] {
+            let (config, warnings) = parse(alloc::format!("log=info\nnbd_list={bad}\n"));
+            assert!(!config.nbd_list, "nbd_list={bad} must fail closed");
+            assert_eq!(
+                messages(&warnings),
+                [alloc::format!(
+                    "bootconfig line 2: bad value for nbd_list: '{bad}' is not on or off \
+                     (failing closed: nbd_list=off, export listing refused)"
+                )]
+            );
+        }
+        // The bad value is the key's value: the last line still wins.
+        let (config, warnings) = parse("nbd_list=maybe\nnbd_list=on\n");
+        assert!(config.nbd_list);
+        assert_eq!(warnings.len(), 2);
+        assert_eq!(
+            warnings[1].to_string(),
+            "bootconfig line 2: nbd_list set again (replaces the value from line 1)"
+        );
+        let (config, _) = parse("nbd_list=on\nnbd_list=maybe\n");
+        assert!(!config.nbd_list);
+    }
+
+    #[test]
+    fn http_bench_values_and_failing_closed() {
+        assert!(parse("http_bench=on\n").0.http_bench);
+        let (config, warnings) = parse("http_bench=off\n");
+        assert!(!config.http_bench);
+        assert!(warnings.is_empty());
+        for bad in ["yes", "On", "1", ""] {
+            let (config, warnings) = parse(alloc::format!("http_bench={bad}\n"));
+            assert!(!config.http_bench, "http_bench={bad} must stay off");
+            assert_eq!(
+                messages(&warnings),
+                [alloc::format!(
+                    "bootconfig line 1: bad value for http_bench: '{bad}' is not on or off \
+                     (failing closed: http_bench=off, /bench/* answer 404)"
+                )]
+            );
+        }
+        let (config, _) = parse("http_bench=on\nhttp_bench=maybe\n");
+        assert!(!config.http_bench, "a bad later value turns it off");
     }
 
     #[test]
@@ -885,7 +1012,7 @@ mod tests {
 
         #[test]
         fn random_lines_never_panic(lines in proptest::collection::vec(
-            "(pmem|ip|log|nbd_port|readonly|format|gateway)=[0-9a-zA-Z@./x #\\-]{0,24}", 0..20)) {
+            "(pmem|ip|log|nbd_port|nbd_list|http_bench|readonly|format|gateway)=[0-9a-zA-Z@./x #\\-]{0,24}", 0..20)) {
             let text = lines.join("\n");
             let (config, _) = parse(&text);
             for request in &config.pmem {

@@ -852,6 +852,54 @@ fn read_only_export_refuses_writes_with_eperm() {
     assert_eq!(c.take(4), [7; 4]);
 }
 
+/// proto.md "Error values": a write-type request to a read-only export is
+/// EPERM whatever its flags, even flags that the export does not advertise
+/// (a read-only export advertises neither FUA nor FAST_ZERO); the payload
+/// of a refused WRITE is skipped, so the stream stays in sync.
+#[test]
+fn read_only_export_refuses_writes_with_eperm_whatever_the_flags() {
+    let mut c = Client::new();
+    c.flags(FLAG_C_FIXED_NEWSTYLE);
+    c.send(&option(OPT_EXPORT_NAME, b"ro"));
+    let header = c.take(8 + 2 + 124);
+    let tflags = u16::from_be_bytes([header[8], header[9]]);
+    assert_ne!(tflags & TFLAG_READ_ONLY, 0);
+    assert_eq!(tflags & (TFLAG_SEND_FUA | TFLAG_SEND_FAST_ZERO), 0);
+    let mut w = request(CMD_FLAG_FUA, CMD_WRITE, 1, 0, 4);
+    w.extend_from_slice(b"abcd");
+    c.send(&w);
+    assert_eq!(c.simple(), (EPERM, 1), "WRITE with FUA");
+    let cases = [
+        (CMD_FLAG_FUA, CMD_TRIM, "TRIM with FUA"),
+        (CMD_FLAG_FUA, CMD_WRITE_ZEROES, "WRITE_ZEROES with FUA"),
+        (
+            CMD_FLAG_NO_HOLE,
+            CMD_WRITE_ZEROES,
+            "WRITE_ZEROES with NO_HOLE",
+        ),
+        (
+            CMD_FLAG_NO_HOLE | CMD_FLAG_FUA,
+            CMD_WRITE_ZEROES,
+            "WRITE_ZEROES with NO_HOLE and FUA",
+        ),
+        (
+            CMD_FLAG_FAST_ZERO,
+            CMD_WRITE_ZEROES,
+            "WRITE_ZEROES with FAST_ZERO",
+        ),
+    ];
+    for (cookie, (flags, kind, what)) in (2u64..).zip(cases) {
+        c.send(&request(flags, kind, cookie, 0, 4));
+        assert_eq!(c.simple(), (EPERM, cookie), "{what}");
+    }
+    // In sync: the next request is answered, and nothing was written.
+    c.send(&request(0, CMD_READ, 9, 0, 4));
+    assert_eq!(c.simple(), (0, 9));
+    assert_eq!(c.take(4), [7; 4]);
+    assert!(c.mem.exports[1].1.iter().all(|b| *b == 7));
+    assert!(!c.conn.wants_close());
+}
+
 #[test]
 fn bad_request_magic_disconnects() {
     let mut c = Client::new();

@@ -1,7 +1,7 @@
 //! End-to-end tests: smoltcp client sockets on the same interface talk to
 //! the HTTP service through `Loopback`, with a fake millisecond clock.
 
-use daxbox_netstack::http::HttpService;
+use daxbox_netstack::http::{Bench, HttpService};
 use daxbox_netstack::smoltcp::iface::SocketHandle;
 use daxbox_netstack::smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use daxbox_netstack::smoltcp::socket::tcp;
@@ -82,7 +82,7 @@ impl Harness {
             random_seed: 7,
         };
         let mut stack = NetStack::new(Wire::default(), net, 0);
-        let service = HttpService::new("test", 0);
+        let service = HttpService::new("test", 0, Bench::On);
         stack
             .add_listener(Listener::new(config, service).boxed())
             .unwrap();

@@ -5,7 +5,11 @@
 //! daxbox-serve --image PATH[,size=SIZE]... [--format if-blank|never]
 //!              [--export-raw pmemN]... [--readonly NAME]...
 //!              [--create NAME=SIZE]... [--port PORT] [--handshake-timeout-ms N]
+//!              [--nbd-list on|off]
 //! ```
+//!
+//! `--nbd-list off` answers `NBD_OPT_LIST` with `NBD_REP_ERR_POLICY`, as
+//! the boot config's `nbd_list=off` does in the kernel (default `on`).
 //!
 //! Prints the boot messages the kernel prints (`storage: ...`), the output
 //! of each `--create`, then `listening on 127.0.0.1:PORT` (`--port 0` picks
@@ -25,7 +29,7 @@ use daxbox_storage::{BootPolicy, NbdService, Storage};
 
 const USAGE: &str = "usage: daxbox-serve --image PATH[,size=SIZE]... [--format if-blank|never] \
      [--export-raw pmemN]... [--readonly NAME]... [--create NAME=SIZE]... [--port PORT] \
-     [--handshake-timeout-ms N]";
+     [--handshake-timeout-ms N] [--nbd-list on|off]";
 
 struct Options {
     images: Vec<ImageSpec>,
@@ -76,6 +80,13 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
                 options.engine.handshake_timeout_ms = value
                     .parse()
                     .map_err(|_| format!("--handshake-timeout-ms {value}: not a number"))?
+            }
+            "--nbd-list" => {
+                options.engine.allow_list = match value.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    other => return Err(format!("--nbd-list {other}: on or off")),
+                }
             }
             other => return Err(format!("unknown argument {other}")),
         }

@@ -19,7 +19,8 @@ use daxbox_tests::nbd_client::{
     fio, fresh_client_works, go_data, map_rows, nbdsh, request_bytes, run_tool, run_tool_ok,
     test_image, uri, RawClient, CMD_DISC, CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE, EINVAL, ENOSPC,
     EPERM, IHAVEOPT, OPT_EXPORT_NAME, OPT_GO, OPT_LIST, OPT_STRUCTURED_REPLY, REP_ACK,
-    REP_ERR_INVALID, REP_ERR_TOO_BIG, REP_ERR_UNKNOWN, REP_ERR_UNSUP, REP_INFO, REP_SERVER,
+    REP_ERR_INVALID, REP_ERR_POLICY, REP_ERR_TOO_BIG, REP_ERR_UNKNOWN, REP_ERR_UNSUP, REP_INFO,
+    REP_SERVER,
 };
 
 const QUICK: Duration = Duration::from_secs(60);
@@ -1037,6 +1038,44 @@ fn sixty_four_clients_deep_pipelines_slow_and_stalled_clients() {
 /// the spec's answer and a fresh client is served afterwards; handshakes
 /// that stall are closed at the (short) handshake timeout; a disconnect at
 /// any byte of a session harms no one else.
+/// `--nbd-list off` (the boot config's `nbd_list=off`): `NBD_OPT_LIST` is
+/// refused by policy, negotiation goes on and a client that knows the name
+/// is served; a value that is neither `on` nor `off` refuses to start.
+#[test]
+fn nbd_list_off_refuses_the_listing() {
+    let dir = TempDir::new("nbd-list-off");
+    let pmem0 = image_arg(&dir, "pmem0.img", "64M");
+    let server = Server::start(&[
+        "--image",
+        &pmem0,
+        "--format",
+        "if-blank",
+        "--create",
+        "disk=8M",
+        "--nbd-list",
+        "off",
+    ]);
+    let mut client = RawClient::start(server.port);
+    client.option(OPT_LIST, &[]);
+    let (option, kind, _) = client.option_reply();
+    assert_eq!(
+        (option, kind),
+        (OPT_LIST, REP_ERR_POLICY),
+        "listing refused"
+    );
+    client.go("disk");
+    fresh_client_works(server.port, "a refused NBD_OPT_LIST");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_daxbox-serve"))
+        .args(["--image", &pmem0, "--nbd-list", "maybe", "--port", "0"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("starting daxbox-serve");
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--nbd-list maybe: on or off"), "{stderr}");
+}
+
 #[test]
 fn negative_handshake_cases() {
     let dir = TempDir::new("negative-handshake");

@@ -1,6 +1,7 @@
 //! The network as a user sees it: DHCP from QEMU's user network, HTTP
-//! through the forwarded port, a static address from the boot config, and
-//! that floods of short connections and garbage do not stop it serving.
+//! through the forwarded port, a static address from the boot config, the
+//! `/bench/*` routes only with `http_bench=on`, and that floods of short
+//! connections and garbage do not stop it serving.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -130,7 +131,16 @@ fn raw_exchange(port: u16, bytes: &[u8]) -> Vec<u8> {
 
 #[test]
 fn survives_floods_and_garbage() -> Result<(), HarnessError> {
-    let mut machine = Machine::boot_to_prompt(QemuOptions::new("net_flood", Firmware::Bios))?;
+    // The 32 parallel clients below use `/bench/bytes`: off by default.
+    let options = QemuOptions::new("net_flood", Firmware::Bios).with_boot_config("http_bench=on\n");
+    let mut machine = Machine::boot_to_prompt(options)?;
+    assert!(
+        machine
+            .output()
+            .contains("net: http_bench=on: /bench/bytes and /bench/sink are served"),
+        "{}",
+        machine.output()
+    );
     wait_healthz(&machine);
     let port = machine.http_port();
     // Many short-lived connections, some closed without a byte. (QEMU's
@@ -240,5 +250,12 @@ fn uefi_dhcp_and_healthz() -> Result<(), HarnessError> {
     let net = machine.command("net")?;
     assert!(net.contains("link up"), "{net}");
     assert!(interrupts(&net) > 0, "the NIC's INTx never fired:\n{net}");
+    // A default boot does not serve the bench routes, and says so.
+    let url = format!("http://127.0.0.1:{}/bench/bytes?n=10", machine.http_port());
+    let (status, body) = curl(&url);
+    assert_eq!((status, body.as_str()), (404, "not found\n"), "{url}");
+    let config = machine.command("bootconfig")?;
+    assert!(config.contains("http_bench=off"), "{config}");
+    assert!(config.contains("nbd_list=on"), "{config}");
     Ok(())
 }

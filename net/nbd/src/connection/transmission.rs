@@ -57,6 +57,15 @@ impl Connection {
     /// limits (proto.md "Error values", "Command flags").
     fn validate(&self, request: &Request, tx: &Transmission) -> Result<(), Refusal> {
         let einval = |m| (wire::EINVAL, m);
+        // proto.md "Error values": EPERM for a write-type request (WRITE,
+        // TRIM, WRITE_ZEROES) on a read-only export, before any other
+        // complaint about the command, its flags included: a read-only
+        // export advertises neither FUA nor FAST_ZERO, so checking the
+        // flags first would answer EINVAL. A refused WRITE's payload is
+        // still skipped by the caller.
+        if request.command.is_write_type() && tx.info.read_only {
+            return Err((wire::EPERM, "export is read-only"));
+        }
         let known = wire::CMD_FLAG_FUA
             | wire::CMD_FLAG_NO_HOLE
             | wire::CMD_FLAG_DF
@@ -88,11 +97,6 @@ impl Connection {
                 return Err(einval("command payloads are not supported"));
             }
             return Err(einval("flag not valid for this command"));
-        }
-        // proto.md "Error values": EPERM for a write or trim on a
-        // read-only export, before any other complaint about the command.
-        if request.command.is_write_type() && tx.info.read_only {
-            return Err((wire::EPERM, "export is read-only"));
         }
         if request.command == Command::Trim && tx.flags & wire::TFLAG_SEND_TRIM == 0 {
             return Err(einval("trim is not supported on this export"));
