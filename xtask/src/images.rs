@@ -174,9 +174,9 @@ impl BootConfigOptions {
         }
     }
 
-    /// The boot-config text: the file (or [`DEFAULT_BOOT_CONFIG`]) with each
-    /// `--boot KEY=VALUE` replacing earlier lines of the same key.
-    pub fn text(&self) -> Result<String, XtaskError> {
+    /// The boot-config text: the file (or [`DEFAULT_BOOT_CONFIG`]) with the
+    /// `--boot KEY=VALUE` settings applied by [`compose_boot_config`].
+    pub fn text(&self) -> Result<Composed, XtaskError> {
         let base = match &self.file {
             Some(path) => fs::read_to_string(path).map_err(|error| {
                 XtaskError::Io(format!(
@@ -191,7 +191,10 @@ impl BootConfigOptions {
 
     /// Writes the boot config to `dir/bootconfig.txt` and shows it.
     pub fn write(&self, dir: &Path) -> Result<PathBuf, XtaskError> {
-        let text = self.text()?;
+        let Composed { text, notes } = self.text()?;
+        for note in notes {
+            println!("note: {note}");
+        }
         fs::create_dir_all(dir)
             .map_err(|error| XtaskError::Io(format!("cannot create {}: {error}", dir.display())))?;
         let path = dir.join("bootconfig.txt");
@@ -206,19 +209,55 @@ impl BootConfigOptions {
     }
 }
 
-/// Applies `KEY=VALUE` settings to boot-config text: a setting replaces
-/// every earlier line with the same key and is appended at the end.
-pub fn compose_boot_config(base: &str, settings: &[String]) -> String {
+/// The boot-config keys that may appear more than once
+/// (`kernel/bootconfig`: "Repeatable"); a test checks this list against
+/// that crate's key table.
+pub const REPEATABLE_KEYS: &[&str] = &["pmem", "export_raw", "readonly"];
+
+/// Boot-config text with the `--boot` settings applied, and what the
+/// operator should know about how they were applied.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Composed {
+    /// The boot-config text.
+    pub text: String,
+    /// Lines to print as `note: ...` (a single-valued key given more than
+    /// once).
+    pub notes: Vec<String>,
+}
+
+/// Applies `KEY=VALUE` settings to boot-config text.
+///
+/// A setting of a repeatable key ([`REPEATABLE_KEYS`]) is appended: the
+/// base's lines of that key stay and repeated settings accumulate. A
+/// setting of any other key replaces every earlier line with the same key
+/// and is appended at the end; when `--boot` gives such a key more than
+/// once the last wins, and a note says so.
+pub fn compose_boot_config(base: &str, settings: &[String]) -> Composed {
     let key_of = |line: &str| line.split('=').next().unwrap_or("").trim().to_string();
     let mut lines: Vec<String> = base.lines().map(str::to_string).collect();
-    for setting in settings {
+    let mut notes = Vec::new();
+    for (index, setting) in settings.iter().enumerate() {
         let key = key_of(setting);
+        if REPEATABLE_KEYS.contains(&key.as_str()) {
+            lines.push(setting.clone());
+            continue;
+        }
         lines.retain(|line| line.trim_start().starts_with('#') || key_of(line) != key);
         lines.push(setting.clone());
+        let same_key = |other: &String| key_of(other) == key;
+        let first = settings.iter().position(same_key) == Some(index);
+        let count = settings.iter().filter(|other| same_key(other)).count();
+        if first && count > 1 {
+            let last = settings.iter().rfind(|other| same_key(other));
+            notes.push(format!(
+                "--boot {key}=... given {count} times; `{key}` takes one value, the last wins: {}",
+                last.map_or("", String::as_str).trim()
+            ));
+        }
     }
     let mut text = lines.join("\n");
     text.push('\n');
-    text
+    Composed { text, notes }
 }
 
 /// `cargo xtask build [--boot KEY=VALUE]... [--boot-config FILE]`.
@@ -287,16 +326,67 @@ mod tests {
         items.iter().map(|item| item.to_string()).collect()
     }
 
+    fn compose(base: &str, settings: &[&str]) -> Composed {
+        compose_boot_config(base, &strings(settings))
+    }
+
     #[test]
     fn settings_replace_and_append() {
-        let text = compose_boot_config(
-            DEFAULT_BOOT_CONFIG,
-            &strings(&["format=never", "debug_commands=on"]),
+        let composed = compose(DEFAULT_BOOT_CONFIG, &["format=never", "debug_commands=on"]);
+        assert_eq!(composed.text, "format=never\ndebug_commands=on\n");
+        assert!(composed.notes.is_empty());
+        let composed = compose("# comment\na=1\nb=2\n", &["a=3"]);
+        assert_eq!(composed.text, "# comment\nb=2\na=3\n");
+        assert!(composed.notes.is_empty());
+        assert_eq!(compose("x=1\n", &[]).text, "x=1\n");
+    }
+
+    #[test]
+    fn repeatable_keys_accumulate() {
+        let composed = compose(
+            "format=if-blank\nreadonly=pmem0:base\n",
+            &[
+                "readonly=disk1",
+                "readonly=pmem0:disk1",
+                "pmem=64M@0x10000000",
+                "pmem=64M@0x20000000",
+                "export_raw=pmem1",
+                "export_raw=pmem2",
+            ],
         );
-        assert_eq!(text, "format=never\ndebug_commands=on\n");
-        let text = compose_boot_config("# comment\na=1\nb=2\n", &strings(&["a=3"]));
-        assert_eq!(text, "# comment\nb=2\na=3\n");
-        assert_eq!(compose_boot_config("x=1\n", &[]), "x=1\n");
+        assert_eq!(
+            composed.text,
+            "format=if-blank\nreadonly=pmem0:base\nreadonly=disk1\nreadonly=pmem0:disk1\n\
+             pmem=64M@0x10000000\npmem=64M@0x20000000\nexport_raw=pmem1\nexport_raw=pmem2\n"
+        );
+        assert!(composed.notes.is_empty(), "{:?}", composed.notes);
+    }
+
+    #[test]
+    fn a_single_valued_key_given_twice_keeps_the_last_with_a_note() {
+        let composed = compose(
+            DEFAULT_BOOT_CONFIG,
+            &["log=debug", "readonly=a", "log = trace", "format=never"],
+        );
+        assert_eq!(composed.text, "readonly=a\nlog = trace\nformat=never\n");
+        assert_eq!(
+            composed.notes,
+            ["--boot log=... given 2 times; `log` takes one value, the last wins: log = trace"]
+        );
+    }
+
+    /// [`REPEATABLE_KEYS`] are exactly the keys the boot-config parser's
+    /// key table calls repeatable.
+    #[test]
+    fn repeatable_keys_match_the_boot_config_parser() {
+        let source = include_str!("../../kernel/bootconfig/src/lib.rs");
+        let repeatable: Vec<&str> = source
+            .lines()
+            .filter_map(|line| line.strip_prefix("//! | `"))
+            .filter(|row| row.contains("Repeatable"))
+            .filter_map(|row| row.split('`').next())
+            .collect();
+        assert_eq!(repeatable, REPEATABLE_KEYS);
     }
 
     #[test]

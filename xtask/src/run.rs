@@ -51,7 +51,8 @@ fn usage(firmware: Firmware) -> String {
          \x20 --pmem-file PATH     NVDIMM backing file (default target/daxbox-pmem0.img, created sparse on first use)\n\
          \x20 --pmem-size SIZE     NVDIMM size (default 1G)\n\
          \x20 --no-pmem            boot without an NVDIMM\n\
-         \x20 --boot KEY=VALUE     boot-config setting (repeatable; default config: `{}`)\n\
+         \x20 --boot KEY=VALUE     boot-config setting (default config: `{}`); replaces the config's KEY\n\
+         \x20                      line, except pmem, export_raw and readonly, which repeat: each --boot adds one\n\
          \x20 --boot-config FILE   start from this boot-config file instead of the default\n\
          \x20 --nbd-port PORT      host port on 127.0.0.1 forwarded to guest NBD port 10809\n\
          \x20 --http-port PORT     host port on 127.0.0.1 forwarded to guest HTTP port 80 (0 = none)\n\
