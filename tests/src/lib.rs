@@ -70,8 +70,9 @@ pub use machine::{
     qemu_program, Machine, CRASH_MARKERS, EXIT_PANIC, EXIT_POWEROFF, PROMPT, QEMU, READY,
 };
 pub use options::{
-    find_ovmf, free_port, load_factor, parse_size, qemu_arguments, shell_quote, Firmware, Nvdimm,
-    Ovmf, QemuOptions, GUEST_HTTP_PORT, GUEST_NBD_PORT, PXE_BOOT_FILE,
+    find_ovmf, free_port, human_size, load_factor, parse_size, qemu_arguments, shell_quote,
+    size_option, Firmware, Nvdimm, Ovmf, QemuOptions, GUEST_HTTP_PORT, GUEST_NBD_PORT,
+    PXE_BOOT_FILE,
 };
 pub use paths::{
     boot_tool_path, kernel_path, kernel_path_from, target_dir, test_runs_dir, workspace_root,

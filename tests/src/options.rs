@@ -231,6 +231,26 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     daxbox_syntax::parse_size(text).map_err(|error| format!("`{}`: {error}", text.trim()))
 }
 
+/// Formats a byte count for people (`2 GiB`, `1016 MiB`, `1.5 KiB`):
+/// `daxbox-syntax`'s format, the same as the shell's.
+pub fn human_size(bytes: u64) -> String {
+    daxbox_syntax::human(bytes)
+}
+
+/// Formats a byte count as a size option would be written: the largest
+/// binary unit that divides it exactly (`512M`, `2G`, `4096`), which
+/// [`parse_size`] reads back.
+pub fn size_option(bytes: u64) -> String {
+    const UNITS: [(u32, &str); 4] = [(40, "T"), (30, "G"), (20, "M"), (10, "K")];
+    UNITS
+        .iter()
+        .find(|(shift, _)| bytes != 0 && bytes.is_multiple_of(1 << shift))
+        .map_or_else(
+            || bytes.to_string(),
+            |(shift, unit)| format!("{}{unit}", bytes >> shift),
+        )
+}
+
 /// Formats a byte count for QEMU: whole MiB with an `M` suffix when it is a
 /// multiple of 1 MiB, else bytes.
 fn qemu_size(bytes: u64) -> String {
@@ -446,6 +466,23 @@ mod tests {
         assert!(parse_size("G").is_err());
         assert!(parse_size("12Q").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn sizes_format() {
+        assert_eq!(human_size(2 << 30), "2 GiB");
+        assert_eq!(human_size(1016 << 20), "1016 MiB");
+        for (bytes, text) in [
+            (512 << 20, "512M"),
+            (2 << 30, "2G"),
+            (1 << 40, "1T"),
+            (1536 << 10, "1536K"),
+            (4097, "4097"),
+            (0, "0"),
+        ] {
+            assert_eq!(size_option(bytes), text);
+            assert_eq!(parse_size(text), Ok(bytes));
+        }
     }
 
     #[test]

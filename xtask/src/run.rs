@@ -6,13 +6,13 @@
 
 use std::{
     fs::{self, OpenOptions},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Command,
 };
 
 use daxbox_tests::{
-    find_ovmf, parse_size, qemu_arguments, qemu_program, shell_quote, target_dir, Firmware, Nvdimm,
-    Ovmf, QemuOptions, EXIT_PANIC, EXIT_POWEROFF,
+    find_ovmf, human_size, parse_size, qemu_arguments, qemu_program, shell_quote, size_option,
+    target_dir, Firmware, Nvdimm, Ovmf, QemuOptions, EXIT_PANIC, EXIT_POWEROFF,
 };
 
 use crate::{
@@ -49,7 +49,8 @@ fn usage(firmware: Firmware) -> String {
          \x20 --uefi / --bios      firmware (run only; default BIOS)\n\
          \x20 --memory SIZE        guest RAM (default 512M)\n\
          \x20 --pmem-file PATH     NVDIMM backing file (default target/daxbox-pmem0.img, created sparse on first use)\n\
-         \x20 --pmem-size SIZE     NVDIMM size (default 1G)\n\
+         \x20 --pmem-size SIZE     NVDIMM size (default 1G); a smaller file is grown (sparse), a larger one is\n\
+         \x20                      used at its size: the file is never truncated\n\
          \x20 --no-pmem            boot without an NVDIMM\n\
          \x20 --boot KEY=VALUE     boot-config setting (default config: `{}`); replaces the config's KEY\n\
          \x20                      line, except pmem, export_raw and readonly, which repeat: each --boot adds one\n\
@@ -72,8 +73,9 @@ pub struct RunOptions {
     pub memory: u64,
     /// NVDIMM backing file (`None` = no NVDIMM).
     pub pmem_file: Option<PathBuf>,
-    /// NVDIMM size in bytes.
-    pub pmem_size: u64,
+    /// `--pmem-size` in bytes (`None`: [`DEFAULT_PMEM_SIZE`] for a new or
+    /// smaller backing file; a larger one is used at its size).
+    pub pmem_size: Option<u64>,
     /// Boot-config options.
     pub boot_config: BootConfigOptions,
     /// Host NBD port.
@@ -92,7 +94,7 @@ pub fn parse(args: &[String], firmware: Firmware) -> Result<RunOptions, XtaskErr
         firmware,
         memory: 512 << 20,
         pmem_file: Some(target_dir().join("daxbox-pmem0.img")),
-        pmem_size: DEFAULT_PMEM_SIZE,
+        pmem_size: None,
         boot_config: BootConfigOptions::default(),
         nbd_port: DEFAULT_NBD_PORT,
         http_port: DEFAULT_HTTP_PORT,
@@ -143,7 +145,7 @@ pub fn parse(args: &[String], firmware: Firmware) -> Result<RunOptions, XtaskErr
                 2
             }
             "--pmem-size" => {
-                options.pmem_size = size(value()?)?;
+                options.pmem_size = Some(size(value()?)?);
                 2
             }
             "--no-pmem" => {
@@ -179,13 +181,28 @@ pub fn parse(args: &[String], firmware: Firmware) -> Result<RunOptions, XtaskErr
     Ok(options)
 }
 
-/// Creates the NVDIMM backing file (sparse) on first use.
-fn prepare_pmem(path: &PathBuf, size: u64) -> Result<(), XtaskError> {
+/// NVDIMM sizes that QEMU takes: multiples of 2 MiB.
+const PMEM_ALIGN: u64 = 2 << 20;
+
+/// Creates the NVDIMM backing file (sparse) on first use, grows a smaller
+/// one sparsely, and never shrinks one: a file larger than the size asked
+/// for is used at its real size, as a smaller NVDIMM would cut off the end
+/// of the filesystem on it. `requested` is `--pmem-size` (`None`: the
+/// default, [`DEFAULT_PMEM_SIZE`]).
+///
+/// Returns the NVDIMM size and the lines to print (`==> ...` steps and
+/// `note: ...`).
+fn prepare_pmem(path: &Path, requested: Option<u64>) -> Result<(u64, Vec<String>), XtaskError> {
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(|error| {
             XtaskError::Io(format!("cannot create {}: {error}", parent.display()))
         })?;
     }
+    let wanted = requested.unwrap_or(DEFAULT_PMEM_SIZE);
+    let option = match requested {
+        Some(size) => format!("--pmem-size {}", size_option(size)),
+        None => format!("the default --pmem-size {}", size_option(DEFAULT_PMEM_SIZE)),
+    };
     let existed = path.exists();
     let file = OpenOptions::new()
         .create(true)
@@ -197,29 +214,58 @@ fn prepare_pmem(path: &PathBuf, size: u64) -> Result<(), XtaskError> {
         .metadata()
         .map_err(|error| XtaskError::Io(format!("{}: {error}", path.display())))?
         .len();
-    if length < size {
+    let set_len = |size: u64| {
         file.set_len(size)
-            .map_err(|error| XtaskError::Io(format!("cannot size {}: {error}", path.display())))?;
-        if existed {
-            step(&format!(
-                "grew NVDIMM backing file {} from {length} to {size} bytes",
-                path.display()
-            ));
-        } else {
-            step(&format!(
-                "created NVDIMM backing file {} ({} MiB, sparse)",
-                path.display(),
-                size >> 20
+            .map_err(|error| XtaskError::Io(format!("cannot size {}: {error}", path.display())))
+    };
+    let shown = path.display();
+    let mut lines = Vec::new();
+    let size = if !existed {
+        set_len(wanted)?;
+        lines.push(format!(
+            "==> created NVDIMM backing file {shown} ({}, sparse)",
+            human_size(wanted)
+        ));
+        wanted
+    } else if length < wanted {
+        set_len(wanted)?;
+        lines.push(format!(
+            "==> grew NVDIMM backing file {shown} sparsely from {} to {} for {option}",
+            human_size(length),
+            human_size(wanted)
+        ));
+        wanted
+    } else if length == wanted {
+        lines.push(format!(
+            "==> NVDIMM backing file {shown} (kept; {})",
+            human_size(length)
+        ));
+        length
+    } else {
+        // Larger than asked for: use all of it. QEMU wants a multiple of
+        // 2 MiB, so an odd size is rounded up (never down).
+        let size = length.next_multiple_of(PMEM_ALIGN);
+        lines.push(format!(
+            "==> NVDIMM backing file {shown} (kept; {})",
+            human_size(length)
+        ));
+        if requested.is_some() {
+            lines.push(format!(
+                "note: {shown} is {}; using {} ({option} ignored, the file is never truncated)",
+                human_size(length),
+                human_size(size)
             ));
         }
-    } else {
-        step(&format!(
-            "NVDIMM backing file {} (kept; {} MiB)",
-            path.display(),
-            size >> 20
-        ));
-    }
-    Ok(())
+        if size != length {
+            set_len(size)?;
+            lines.push(format!(
+                "note: grew {shown} sparsely from {length} to {size} bytes, a multiple of 2 MiB \
+                 as QEMU needs"
+            ));
+        }
+        size
+    };
+    Ok((size, lines))
 }
 
 /// Entry point of `run` (firmware BIOS by default) and `netboot` (PXE).
@@ -247,8 +293,11 @@ pub fn run_command(args: &[String], firmware: Firmware) -> Result<(), XtaskError
     qemu.accel = options.accel.clone();
     qemu.extra_args = options.extra.clone();
     if let Some(path) = &options.pmem_file {
-        prepare_pmem(path, options.pmem_size)?;
-        qemu.nvdimms.push(Nvdimm::existing(path, options.pmem_size));
+        let (size, lines) = prepare_pmem(path, options.pmem_size)?;
+        for line in lines {
+            println!("{line}");
+        }
+        qemu.nvdimms.push(Nvdimm::existing(path, size));
     }
     let ovmf = if options.firmware.needs_ovmf() {
         let (code, template) = find_ovmf().map_err(|error| XtaskError::Setup(error.to_string()))?;
@@ -309,7 +358,7 @@ mod tests {
         let options = parse(&[], Firmware::Bios).unwrap();
         assert_eq!(options.firmware, Firmware::Bios);
         assert_eq!(options.memory, 512 << 20);
-        assert_eq!(options.pmem_size, 1 << 30);
+        assert_eq!(options.pmem_size, None);
         assert!(options
             .pmem_file
             .unwrap()
@@ -344,12 +393,97 @@ mod tests {
         assert_eq!(options.firmware, Firmware::Uefi);
         assert_eq!(options.memory, 1 << 30);
         assert_eq!(options.pmem_file, Some(PathBuf::from("/tmp/p.img")));
-        assert_eq!(options.pmem_size, 256 << 20);
+        assert_eq!(options.pmem_size, Some(256 << 20));
         assert_eq!(options.boot_config.settings, ["debug_commands=on"]);
         assert_eq!(options.nbd_port, 20000);
         assert_eq!(options.http_port, 0);
         assert_eq!(options.accel, "kvm");
         assert_eq!(options.extra, ["-smp", "2"]);
+    }
+
+    /// A fresh, unique scratch path (the file does not exist).
+    fn scratch(name: &str) -> PathBuf {
+        let dir = target_dir().join("xtask-unit-tests");
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}-{}.img", std::process::id()));
+        let _ = fs::remove_file(&path);
+        path
+    }
+
+    fn file_size(path: &Path) -> u64 {
+        fs::metadata(path).unwrap().len()
+    }
+
+    #[test]
+    fn a_larger_backing_file_is_used_at_its_size() {
+        let path = scratch("larger");
+        fs::File::create(&path).unwrap().set_len(2 << 30).unwrap();
+        let (size, lines) = prepare_pmem(&path, Some(512 << 20)).unwrap();
+        assert_eq!(size, 2 << 30);
+        assert_eq!(file_size(&path), 2 << 30, "never truncated");
+        let shown = path.display();
+        assert_eq!(
+            lines,
+            [
+                format!("==> NVDIMM backing file {shown} (kept; 2 GiB)"),
+                format!(
+                    "note: {shown} is 2 GiB; using 2 GiB (--pmem-size 512M ignored, \
+                     the file is never truncated)"
+                ),
+            ]
+        );
+        // Without --pmem-size the file's size is simply used.
+        let (size, lines) = prepare_pmem(&path, None).unwrap();
+        assert_eq!(size, 2 << 30);
+        assert_eq!(
+            lines,
+            [format!("==> NVDIMM backing file {shown} (kept; 2 GiB)")]
+        );
+        fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_larger_backing_file_of_an_odd_size_is_rounded_up() {
+        let path = scratch("odd");
+        let odd = (1 << 30) + 4096;
+        fs::File::create(&path).unwrap().set_len(odd).unwrap();
+        let (size, lines) = prepare_pmem(&path, None).unwrap();
+        assert_eq!(size, (1 << 30) + (2 << 20));
+        assert_eq!(file_size(&path), size);
+        assert!(lines[1].contains("grew"), "{lines:?}");
+        fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn backing_files_are_created_and_grown_sparsely() {
+        let path = scratch("grow");
+        let shown = path.display().to_string();
+        let (size, lines) = prepare_pmem(&path, Some(256 << 20)).unwrap();
+        assert_eq!(size, 256 << 20);
+        assert_eq!(file_size(&path), 256 << 20);
+        assert_eq!(
+            lines,
+            [format!(
+                "==> created NVDIMM backing file {shown} (256 MiB, sparse)"
+            )]
+        );
+        let (size, lines) = prepare_pmem(&path, Some(256 << 20)).unwrap();
+        assert_eq!(size, 256 << 20);
+        assert_eq!(
+            lines,
+            [format!("==> NVDIMM backing file {shown} (kept; 256 MiB)")]
+        );
+        let (size, lines) = prepare_pmem(&path, None).unwrap();
+        assert_eq!(size, 1 << 30);
+        assert_eq!(file_size(&path), 1 << 30);
+        assert_eq!(
+            lines,
+            [format!(
+                "==> grew NVDIMM backing file {shown} sparsely from 256 MiB to 1 GiB \
+                 for the default --pmem-size 1G"
+            )]
+        );
+        fs::remove_file(&path).unwrap();
     }
 
     #[test]
