@@ -28,25 +28,28 @@ pub const DEFAULT_HTTP_PORT: u16 = 8080;
 pub const DEFAULT_PMEM_SIZE: u64 = 1 << 30;
 
 fn usage(firmware: Firmware) -> String {
-    let (name, firmware_options, what) = if firmware == Firmware::Pxe {
+    // netboot's firmware is fixed (OVMF's PXE client): no firmware options.
+    let (name, firmware_options, what, firmware_help) = if firmware == Firmware::Pxe {
         (
             "netboot",
             "",
-            "UEFI PXE netboot from QEMU's built-in TFTP server (OVMF, no disk)",
+            "over UEFI PXE from QEMU's built-in TFTP server (OVMF, no disk)",
+            "",
         )
     } else {
         (
             "run",
             " [--uefi|--bios]",
-            "a BIOS (default) or UEFI disk image",
+            "from a BIOS (default) or UEFI disk image",
+            "  --uefi / --bios      firmware (default BIOS)\n",
         )
     };
     format!(
         "usage: cargo xtask {name}{firmware_options} [--memory 512M] [--pmem-file PATH] [--pmem-size 1G]\n\
          \x20      [--no-pmem] [--boot KEY=VALUE]... [--boot-config FILE] [--nbd-port {DEFAULT_NBD_PORT}]\n\
          \x20      [--http-port {DEFAULT_HTTP_PORT}] [--accel tcg|kvm] [-- EXTRA QEMU ARGS...]\n\n\
-         Builds the kernel and boots daxbox from {what} in QEMU:\n\
-         \x20 --uefi / --bios      firmware (run only; default BIOS)\n\
+         Builds the kernel and boots daxbox {what} in QEMU:\n\
+         {firmware_help}\
          \x20 --memory SIZE        guest RAM (default 512M)\n\
          \x20 --pmem-file PATH     NVDIMM backing file (default target/daxbox-pmem0.img, created sparse on first use)\n\
          \x20 --pmem-size SIZE     NVDIMM size (default 1G); a smaller file is grown (sparse), a larger one is\n\
@@ -484,6 +487,45 @@ mod tests {
             )]
         );
         fs::remove_file(&path).unwrap();
+    }
+
+    /// The `--options` a help text names.
+    fn options_in(text: &str) -> Vec<&str> {
+        let mut options: Vec<&str> = text
+            .split(|character: char| !(character.is_ascii_alphanumeric() || character == '-'))
+            .filter(|word| word.starts_with("--") && word.len() > 2)
+            .collect();
+        options.sort_unstable();
+        options.dedup();
+        options
+    }
+
+    /// Each help text lists exactly the options its command takes:
+    /// `netboot` has no firmware choice, so no `--uefi`/`--bios`.
+    #[test]
+    fn help_lists_only_options_the_command_takes() {
+        for firmware in [Firmware::Bios, Firmware::Pxe] {
+            let help = usage(firmware);
+            let options = options_in(&help);
+            assert!(options.contains(&"--pmem-size"), "{options:?}");
+            for option in &options {
+                if let Err(XtaskError::Usage(message)) = parse(&strings(&[option, "1"]), firmware) {
+                    assert!(
+                        !message.starts_with(&format!("unknown option `{option}`")),
+                        "{firmware:?}: help lists {option}, which is refused:\n{help}"
+                    );
+                }
+            }
+        }
+        let netboot = usage(Firmware::Pxe);
+        assert!(!netboot.contains("--uefi"), "{netboot}");
+        assert!(!netboot.contains("--bios"), "{netboot}");
+        assert!(!netboot.contains("run only"), "{netboot}");
+        let run = usage(Firmware::Bios);
+        assert!(
+            run.contains("  --uefi / --bios      firmware (default BIOS)\n"),
+            "{run}"
+        );
     }
 
     #[test]
