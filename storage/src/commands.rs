@@ -209,14 +209,47 @@ pub fn create<M: PersistentMemory, E: Environment<M>>(
     };
     let size = parse_size(size)?;
     let (volume, bare) = storage.target(name).map_err(explain(env))?;
+    let device = storage.volumes[volume].device.clone();
     let fs = storage.filesystem(volume).ok_or("not a filesystem")?;
     let file = fs.create(bare).map_err(|e| e.to_string())?;
     if let Err(error) = fs.truncate(file, size) {
         let _ = fs.unlink(bare);
         return Err(error.to_string());
     }
+    let free = free_bytes(fs);
     say!(out, "created {} ({} bytes)", bare, size);
+    overcommit_note(out, &device, size, 0, free);
     Ok(())
+}
+
+/// Free data bytes of a filesystem.
+fn free_bytes<M: PersistentMemory>(fs: &daxfs::Filesystem<M>) -> u64 {
+    let s = fs.statfs();
+    s.free_blocks.saturating_mul(s.block_size)
+}
+
+/// Files are thin: `create` and `truncate` may promise more than the
+/// device has free (allowed), and then writes fail with ENOSPC once it is
+/// full. Says so, with the figures, when the part of a `size`-byte file
+/// not yet `allocated` is more than the `free` bytes of `device`.
+fn overcommit_note(out: &mut dyn Write, device: &str, size: u64, allocated: u64, free: u64) {
+    let unallocated = size.saturating_sub(allocated);
+    if unallocated <= free {
+        return;
+    }
+    let allocated = if allocated == 0 {
+        String::new()
+    } else {
+        alloc::format!("its {} allocated plus ", human(allocated))
+    };
+    say!(
+        out,
+        "note: {} is more than {}the {} free on {}; writes fail with ENOSPC once it is full",
+        human(size),
+        allocated,
+        human(free),
+        device
+    );
 }
 
 /// `rm NAME`.
@@ -309,9 +342,18 @@ pub fn truncate<M: PersistentMemory, E: Environment<M>>(
     };
     let size = parse_size(size)?;
     let found = storage.lookup(name).map_err(explain(env))?;
+    let device = storage.volumes[found.volume].device.clone();
     let fs = storage.filesystem(found.volume).ok_or("not a filesystem")?;
+    let before = fs.stat(found.file).map_err(|e| e.to_string())?.size;
     fs.truncate(found.file, size).map_err(|e| e.to_string())?;
     say!(out, "truncated to {} bytes", size);
+    if size > before {
+        let allocated = fs
+            .stat(found.file)
+            .map_err(|e| e.to_string())?
+            .allocated_bytes;
+        overcommit_note(out, &device, size, allocated, free_bytes(fs));
+    }
     Ok(())
 }
 
@@ -637,6 +679,76 @@ mod tests {
             daxfs::Error::FileTooLarge.to_string()
         );
         assert_eq!(err(&mut f, "stat huge"), "no such file: huge");
+    }
+
+    /// Free bytes of `device` in the fixture, as `df` shows them.
+    fn free_on(f: &mut Fixture, device: &str) -> String {
+        let index = f
+            .storage
+            .volumes
+            .iter()
+            .position(|volume| volume.device == device)
+            .expect("a volume of the fixture");
+        let s = f.storage.filesystem(index).expect("a filesystem").statfs();
+        human(s.free_blocks * s.block_size)
+    }
+
+    #[test]
+    fn create_beyond_free_space_is_allowed_with_a_note() {
+        let mut f = Fixture::standard();
+        let free = free_on(&mut f, "pmem0");
+        assert_eq!(
+            f.ok("create huge 1T"),
+            alloc::format!(
+                "created huge (1099511627776 bytes)\n\
+                 note: 1 TiB is more than the {free} free on pmem0; \
+                 writes fail with ENOSPC once it is full\n"
+            )
+        );
+        let free1 = free_on(&mut f, "pmem1");
+        assert_eq!(
+            f.ok("create pmem1:big 17M"),
+            alloc::format!(
+                "created big (17825792 bytes)\n\
+                 note: 17 MiB is more than the {free1} free on pmem1; \
+                 writes fail with ENOSPC once it is full\n"
+            )
+        );
+        // Within the free space: no note.
+        assert_eq!(f.ok("create small 1M"), "created small (1048576 bytes)\n");
+        assert_eq!(
+            f.ok("stat huge").lines().nth(1),
+            Some("size:       1099511627776 (1 TiB)")
+        );
+    }
+
+    #[test]
+    fn truncate_growing_beyond_free_space_is_allowed_with_a_note() {
+        let mut f = Fixture::standard();
+        f.ok("create notes 16");
+        f.ok("write notes 0 some-bytes");
+        let free = free_on(&mut f, "pmem0");
+        assert_eq!(
+            f.ok("truncate notes 1T"),
+            alloc::format!(
+                "truncated to 1099511627776 bytes\n\
+                 note: 1 TiB is more than its 4 KiB allocated plus the {free} free on pmem0; \
+                 writes fail with ENOSPC once it is full\n"
+            )
+        );
+        // Shrinking, or growing within the free space: no note.
+        assert_eq!(f.ok("truncate notes 4K"), "truncated to 4096 bytes\n");
+        assert_eq!(f.ok("truncate notes 1M"), "truncated to 1048576 bytes\n");
+        f.ok("create empty 0");
+        let free = free_on(&mut f, "pmem0");
+        assert_eq!(
+            f.ok("truncate pmem0:empty 64M"),
+            alloc::format!(
+                "truncated to 67108864 bytes\n\
+                 note: 64 MiB is more than the {free} free on pmem0; \
+                 writes fail with ENOSPC once it is full\n"
+            )
+        );
     }
 
     #[test]
