@@ -175,7 +175,9 @@ fn build_media(
     }
 }
 
-/// Creates or empties the NVDIMM backing files (sparse).
+/// Creates or empties the NVDIMM backing files (sparse). A kept file
+/// larger than its NVDIMM is refused: QEMU would map only its first
+/// `size` bytes, and the kernel would see a cut-off (damaged) filesystem.
 fn prepare_nvdimms(options: &QemuOptions) -> Result<(), HarnessError> {
     for nvdimm in &options.nvdimms {
         if let Some(parent) = nvdimm.path.parent() {
@@ -195,6 +197,14 @@ fn prepare_nvdimms(options: &QemuOptions) -> Result<(), HarnessError> {
             .metadata()
             .map_err(|error| HarnessError::io(format!("{}", nvdimm.path.display()), error))?
             .len();
+        if length > nvdimm.size {
+            return Err(HarnessError::Setup(format!(
+                "NVDIMM backing file {} is {length} bytes, more than the NVDIMM's {} bytes: \
+                 QEMU would map only its start (give the file's size, or Nvdimm::fresh)",
+                nvdimm.path.display(),
+                nvdimm.size
+            )));
+        }
         if length < nvdimm.size {
             // set_len on a fresh file makes a sparse file: no disk space used
             // until the guest writes.
@@ -750,7 +760,7 @@ impl Drop for Machine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Firmware;
+    use crate::{Firmware, Nvdimm};
 
     #[test]
     fn find_and_text() {
@@ -775,6 +785,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("/nonexistent/daxbox-kernel"), "{error}");
+    }
+
+    #[test]
+    fn a_kept_nvdimm_file_larger_than_the_nvdimm_is_refused() {
+        let dir = std::env::temp_dir().join(format!("daxbox-nvdimm-{}", std::process::id()));
+        let path = dir.join("big.img");
+        let options = |nvdimm| QemuOptions::new("t", Firmware::Bios).with_nvdimm(nvdimm);
+        prepare_nvdimms(&options(Nvdimm::fresh(&path, 4 << 20))).unwrap();
+        let error = prepare_nvdimms(&options(Nvdimm::existing(&path, 2 << 20)))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("big.img is 4194304 bytes"), "{error}");
+        assert_eq!(fs::metadata(&path).unwrap().len(), 4 << 20, "not truncated");
+        // Kept at the same size, or grown: fine.
+        prepare_nvdimms(&options(Nvdimm::existing(&path, 4 << 20))).unwrap();
+        prepare_nvdimms(&options(Nvdimm::existing(&path, 8 << 20))).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().len(), 8 << 20);
+        // A fresh NVDIMM starts over at its size.
+        prepare_nvdimms(&options(Nvdimm::fresh(&path, 2 << 20))).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().len(), 2 << 20);
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
