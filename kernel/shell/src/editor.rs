@@ -221,6 +221,8 @@ impl LineEditor {
             }
             // ^C: abandon the line.
             0x03 => {
+                // The newline that follows goes after the whole line.
+                right(out, columns(&self.line[self.cursor..]));
                 self.line.clear();
                 self.cursor = 0;
                 self.overflow = false;
@@ -620,6 +622,8 @@ mod tests {
         let (screen, events) = feed(&mut editor, b"abc\x03");
         assert_eq!((screen.as_str(), events), ("abc", line("")));
         assert_eq!(feed(&mut editor, b"d\r").1, line("d"));
+        let (screen, events) = feed(&mut editor, b"abc\x01\x03");
+        assert_eq!((screen.as_str(), events), ("abc\x1b[3D\x1b[3C", line("")));
     }
 
     #[test]
