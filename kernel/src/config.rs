@@ -92,7 +92,8 @@ pub fn show() {
     for name in &config.readonly {
         println!("readonly={}", name);
     }
-    println!("log={}", log_filter(config.log));
+    // As the boot config spells it (`info`), not as `log` does (`INFO`).
+    println!("log={}", config.log);
     println!(
         "debug_commands={}",
         if config.debug_commands { "on" } else { "off" }

@@ -1,8 +1,10 @@
 //! Line editing and command dispatch for the daxbox serial admin shell.
 //!
 //! The kernel feeds every byte that arrives on the serial console into a
-//! [`Shell`], which echoes through a [`Terminal`], edits the line
-//! ([`LineEditor`]), splits finished lines into words ([`split_words`]),
+//! [`Shell`], which edits the line and echoes through a [`Terminal`]
+//! ([`LineEditor`]: cursor keys, Home/End, Ctrl-A/E/U/W, history on
+//! Up/Down), splits finished lines into words ([`split_words`]: `"..."`
+//! and backslash escapes),
 //! finds the command in the tables it was given ([`find_command`]) and runs
 //! it. Each kernel module exports a `&[Command<C>]` table and the kernel's
 //! entry point hands the list of tables to [`Shell::new`], so adding a
@@ -17,101 +19,11 @@ extern crate alloc;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-/// Longest line the shell accepts, in bytes. Room for a command naming a
-/// file with the longest name daxfs allows (255 bytes, FORMAT.md), with a
-/// `pmemN:` prefix and arguments, e.g. `write pmem0:<255 bytes> 0 TEXT`.
-pub const MAX_LINE: usize = 512;
+mod editor;
+mod words;
 
-/// What the caller should do after feeding one byte to the editor.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Event {
-    /// Nothing visible happens.
-    None,
-    /// Echo these bytes back to the terminal.
-    Echo(&'static [u8]),
-    /// Echo this one byte.
-    EchoByte(u8),
-    /// The user finished a line (already echoed as a newline).
-    Line(String),
-    /// The user finished a line that was too long; it was discarded.
-    TooLong,
-    /// The user finished a line that was not valid UTF-8; it was discarded.
-    NotText,
-}
-
-/// A minimal line editor: printable bytes, backspace/delete, Ctrl-U (kill
-/// line), Ctrl-C (cancel line), CR or LF ends a line (CR LF counts once).
-#[derive(Default)]
-pub struct LineEditor {
-    line: Vec<u8>,
-    overflow: bool,
-    last_was_cr: bool,
-}
-
-impl LineEditor {
-    /// An empty editor.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Feeds one input byte.
-    pub fn feed(&mut self, byte: u8) -> Event {
-        let after_cr = core::mem::replace(&mut self.last_was_cr, byte == b'\r');
-        match byte {
-            b'\n' if after_cr => Event::None,
-            b'\r' | b'\n' => self.finish(),
-            // Backspace (^H) and DEL both erase one character.
-            0x08 | 0x7f => {
-                if self.overflow {
-                    Event::None
-                } else if self.line.pop().is_some() {
-                    Event::Echo(b"\x08 \x08")
-                } else {
-                    Event::None
-                }
-            }
-            // ^U: erase the whole line.
-            0x15 => {
-                let erased = self.line.len();
-                self.line.clear();
-                self.overflow = false;
-                if erased > 0 {
-                    Event::Echo(b"\r\x1b[K")
-                } else {
-                    Event::None
-                }
-            }
-            // ^C: abandon the line.
-            0x03 => {
-                self.line.clear();
-                self.overflow = false;
-                Event::Line(String::new())
-            }
-            0x20..=0x7e | 0x80..=0xff => {
-                if self.line.len() >= MAX_LINE {
-                    self.overflow = true;
-                    Event::None
-                } else {
-                    self.line.push(byte);
-                    Event::EchoByte(byte)
-                }
-            }
-            // Other control bytes (escape sequences, tabs) are ignored.
-            _ => Event::None,
-        }
-    }
-
-    fn finish(&mut self) -> Event {
-        let line = core::mem::take(&mut self.line);
-        if core::mem::replace(&mut self.overflow, false) {
-            return Event::TooLong;
-        }
-        match String::from_utf8(line) {
-            Ok(text) => Event::Line(text),
-            Err(_) => Event::NotText,
-        }
-    }
-}
+pub use editor::{Event, LineEditor, HISTORY, MAX_LINE};
+pub use words::{split_words, SplitError};
 
 /// Where the shell writes: the console.
 pub trait Terminal {
@@ -121,6 +33,14 @@ pub trait Terminal {
     /// Writes text.
     fn write_text(&mut self, text: &str) {
         self.write_bytes(text.as_bytes());
+    }
+}
+
+/// A terminal that keeps what it was sent (for tests and for building
+/// output to write at once).
+impl Terminal for Vec<u8> {
+    fn write_bytes(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
     }
 }
 
@@ -157,10 +77,8 @@ impl<C: 'static> Shell<C> {
     /// Handles one input byte: echo, editing, and at the end of a line the
     /// command and a new prompt.
     pub fn feed(&mut self, byte: u8, terminal: &mut dyn Terminal) {
-        match self.editor.feed(byte) {
-            Event::None => {}
-            Event::Echo(bytes) => terminal.write_bytes(bytes),
-            Event::EchoByte(byte) => terminal.write_bytes(&[byte]),
+        match self.editor.feed(byte, terminal) {
+            Event::Editing => {}
             Event::Line(line) => {
                 terminal.write_text("\n");
                 self.run_line(&line, terminal);
@@ -182,7 +100,15 @@ impl<C: 'static> Shell<C> {
 
     /// Runs one command line; an error is printed as `error: <text>`.
     pub fn run_line(&mut self, line: &str, terminal: &mut dyn Terminal) {
-        let words = split_words(line);
+        let words = match split_words(line) {
+            Ok(words) => words,
+            Err(error) => {
+                terminal.write_text(&alloc::format!("error: {}\n", error));
+                return;
+            }
+        };
+        // Commands take `&[&str]`, like the storage crate's.
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
         let Some((&name, args)) = words.split_first() else {
             return;
         };
@@ -244,11 +170,6 @@ pub fn hex_dump(base: u64, bytes: &[u8]) -> String {
     out
 }
 
-/// Splits a command line into whitespace-separated words.
-pub fn split_words(line: &str) -> Vec<&str> {
-    line.split_ascii_whitespace().collect()
-}
-
 /// One shell command. `C` is whatever context the kernel passes to commands.
 pub struct Command<C: ?Sized> {
     /// The word that invokes it.
@@ -276,53 +197,6 @@ pub fn find_command<'a, C: ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn feed_all(editor: &mut LineEditor, bytes: &[u8]) -> Vec<Event> {
-        bytes.iter().map(|&b| editor.feed(b)).collect()
-    }
-
-    #[test]
-    fn backspace_edits_the_line() {
-        let mut editor = LineEditor::new();
-        let events = feed_all(&mut editor, b"helq\x7fp\r");
-        assert_eq!(events.last(), Some(&Event::Line("help".into())));
-        assert!(events.contains(&Event::Echo(b"\x08 \x08")));
-    }
-
-    #[test]
-    fn crlf_ends_one_line_only() {
-        let mut editor = LineEditor::new();
-        let events = feed_all(&mut editor, b"a\r\nb\n");
-        let lines: Vec<_> = events
-            .into_iter()
-            .filter(|e| matches!(e, Event::Line(_)))
-            .collect();
-        assert_eq!(lines, [Event::Line("a".into()), Event::Line("b".into())]);
-    }
-
-    #[test]
-    fn overlong_lines_are_refused_then_editing_resumes() {
-        let mut editor = LineEditor::new();
-        let long = alloc::vec![b'x'; MAX_LINE + 10];
-        feed_all(&mut editor, &long);
-        assert_eq!(editor.feed(b'\n'), Event::TooLong);
-        let events = feed_all(&mut editor, b"ok\n");
-        assert_eq!(events.last(), Some(&Event::Line("ok".into())));
-    }
-
-    #[test]
-    fn invalid_utf8_is_reported() {
-        let mut editor = LineEditor::new();
-        let events = feed_all(&mut editor, b"\xff\xfe\n");
-        assert_eq!(events.last(), Some(&Event::NotText));
-    }
-
-    #[test]
-    fn backspace_on_empty_line_does_nothing() {
-        let mut editor = LineEditor::new();
-        assert_eq!(editor.feed(0x7f), Event::None);
-        assert_eq!(editor.feed(b'\r'), Event::Line(String::new()));
-    }
 
     /// A terminal that keeps what it was sent.
     #[derive(Default)]
@@ -398,6 +272,69 @@ mod tests {
         assert_eq!(shell.context, 1);
     }
 
+    fn record(words: &mut Vec<String>, args: &[&str]) -> Result<(), String> {
+        words.extend(args.iter().map(|word| String::from(*word)));
+        Ok(())
+    }
+
+    static RECORD: [Command<Vec<String>>; 1] = [Command {
+        name: "words",
+        usage: "WORD...",
+        help: "remember the words",
+        run: record,
+    }];
+    static RECORD_TABLES: [&[Command<Vec<String>>]; 1] = [&RECORD];
+
+    fn type_words(shell: &mut Shell<Vec<String>>, input: &[u8]) -> String {
+        let mut screen = Screen::default();
+        for &byte in input {
+            shell.feed(byte, &mut screen);
+        }
+        screen.text()
+    }
+
+    #[test]
+    fn typing_a_plain_command_echoes_it_byte_for_byte() {
+        let mut shell = Shell::new(Vec::new(), &RECORD_TABLES);
+        let typed = "words pmem0:file-1 0 hello,world 1M";
+        assert_eq!(
+            type_words(&mut shell, alloc::format!("{typed}\r").as_bytes()),
+            alloc::format!("{typed}\ndaxbox> ")
+        );
+        assert_eq!(shell.context, ["pmem0:file-1", "0", "hello,world", "1M"]);
+    }
+
+    #[test]
+    fn quoted_words_reach_the_command_and_an_open_quote_is_an_error() {
+        let mut shell = Shell::new(Vec::new(), &RECORD_TABLES);
+        let screen = type_words(&mut shell, b"words \"with space\" a\\ b \"\\\"q\\\"\"\r");
+        assert_eq!(screen, "words \"with space\" a\\ b \"\\\"q\\\"\"\ndaxbox> ");
+        assert_eq!(shell.context, ["with space", "a b", "\"q\""]);
+        shell.context.clear();
+        assert_eq!(
+            type_words(&mut shell, b"words \"with space 1M\r"),
+            "words \"with space 1M\nerror: unterminated quote\ndaxbox> "
+        );
+        assert!(shell.context.is_empty());
+    }
+
+    #[test]
+    fn up_recalls_the_last_line_and_unknown_keys_are_not_commands() {
+        let mut shell = Shell::new(0u32, &TABLES);
+        // Up with no history and an F5 do nothing: no `[A` command.
+        assert_eq!(type_into(&mut shell, b"\x1b[A\x1b[15~\r"), "\ndaxbox> ");
+        type_into(&mut shell, b"add 2\r");
+        assert_eq!(type_into(&mut shell, b"\x1b[A\r"), "add 2\x1b[K\ndaxbox> ");
+        assert_eq!(shell.context, 4);
+        // Edited in the middle: Home, Right x4, insert '1' -> "add 12".
+        let screen = type_into(&mut shell, b"\x1b[A\x01\x1b[C\x1b[C\x1b[C\x1b[C1\r");
+        assert_eq!(
+            screen,
+            "add 2\x1b[K\x1b[5D\x1b[1C\x1b[1C\x1b[1C\x1b[1C12\x1b[K\x1b[1D\x1b[1C\ndaxbox> "
+        );
+        assert_eq!(shell.context, 16);
+    }
+
     #[test]
     fn help_lists_itself_then_every_table() {
         let text = help_text(&TABLES);
@@ -455,6 +392,5 @@ mod tests {
         let tables: [&[Command<()>]; 2] = [&first, &second];
         assert_eq!(find_command(&tables, "b").map(|c| c.name), Some("b"));
         assert!(find_command(&tables, "c").is_none());
-        assert_eq!(split_words("  blk  read pmem0 "), ["blk", "read", "pmem0"]);
     }
 }

@@ -59,7 +59,9 @@ fn unavailable(name: &str) -> String {
 
 fn list() {
     let devices = DEVICES.lock();
-    if devices.is_empty() {
+    let taken = TAKEN.lock();
+    // Devices the storage layer took are still devices: listed below.
+    if devices.is_empty() && taken.is_empty() {
         println!("no pmem devices");
     }
     for d in devices.iter() {
@@ -87,7 +89,7 @@ fn list() {
             if d.block.is_read_only() { "  read-only" } else { "" }
         );
     }
-    for d in TAKEN.lock().iter() {
+    for d in taken.iter() {
         let stats = d.frames.stats();
         println!(
             "{}  {:<10} {:#x}-{:#x} {:>9}  persistence: {}  flush: {}  pages: {} x 2M + {} x 4K (plan {}/{})  frames in use: {}/{}  used by {}",

@@ -1,10 +1,12 @@
-//! The serial admin shell as a user sees it: commands, errors, line
-//! editing, power-off, and that kernel crashes end the machine with status
+//! The serial admin shell as a user sees it: commands, errors, quoting,
+//! line editing and history, power-off, and that kernel crashes end the machine with status
 //! 35 and a message the harness shows.
 
 use std::time::Duration;
 
-use daxbox_tests::{Firmware, HarnessError, Machine, QemuOptions, EXIT_PANIC, EXIT_POWEROFF};
+use daxbox_tests::{
+    run_dir, Firmware, HarnessError, Machine, Nvdimm, QemuOptions, EXIT_PANIC, EXIT_POWEROFF,
+};
 
 const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -67,6 +69,57 @@ fn backspace_edits_the_line() -> Result<(), HarnessError> {
     // retyped: the shell must run `version`.
     let edited = machine.command("versoin\x7f\x08\x7fion")?;
     assert_eq!(edited, expected);
+    Ok(())
+}
+
+#[test]
+fn quoted_names_history_and_editing_keys() -> Result<(), HarnessError> {
+    // A device the storage layer formats and takes, and a lower-case log
+    // level: what an operator sees in the first minutes.
+    let name = "shell_editing";
+    let options = QemuOptions::new(name, Firmware::Bios)
+        .with_boot_config("format=if-blank\nlog=info\n")
+        .with_nvdimm(Nvdimm::fresh(run_dir(name).join("nvdimm0.img"), 64 << 20));
+    let mut machine = Machine::boot_to_prompt(options)?;
+
+    // A name with a space, quoted or escaped.
+    let created = machine.command(r#"create "with space" 1M"#)?;
+    assert_eq!(created, "created with space (1048576 bytes)");
+    let stat = machine.command(r"stat with\ space")?;
+    assert!(stat.contains("name:       with space"), "{stat}");
+    let ls = machine.command("ls")?;
+    assert!(ls.contains("with space"), "{ls}");
+    assert_eq!(
+        machine.command(r#"rm "with space"#)?,
+        "error: unterminated quote"
+    );
+
+    // Up runs the previous line again; unknown keys (F5) are swallowed.
+    let version = machine.command("version")?;
+    assert!(version.starts_with("daxbox "), "{version:?}");
+    assert_eq!(machine.command("\x1b[15~\x1b[A")?, version);
+    // Left, then insert; Home/End (both spellings), Ctrl-A/E/W/U.
+    assert_eq!(
+        machine.command("vrsion\x1b[D\x1b[D\x1b[D\x1b[D\x1b[De")?,
+        version
+    );
+    assert_eq!(machine.command("ersio\x1b[Hv\x1b[Fn")?, version);
+    assert_eq!(machine.command("ersio\x01v\x05n")?, version);
+    assert_eq!(machine.command("uptime now\x17\x17version")?, version);
+    assert_eq!(machine.command("nonsense\x15version")?, version);
+    // Up twice from a fresh line, Down once: the newest entry again.
+    assert_eq!(machine.command("\x1b[A\x1b[A\x1b[B")?, version);
+
+    // `pmem` lists the device the filesystem took without claiming there
+    // is none; `bootconfig` spells the log level as the file does.
+    let pmem = machine.command("pmem")?;
+    assert!(!pmem.contains("no pmem devices"), "{pmem}");
+    assert!(
+        pmem.contains("pmem0 ") && pmem.contains("used by"),
+        "{pmem}"
+    );
+    let config = machine.command("bootconfig")?;
+    assert!(config.lines().any(|line| line == "log=info"), "{config}");
     Ok(())
 }
 
