@@ -81,7 +81,12 @@ impl Admin {
     /// `error: MESSAGE` (the kernel shell prints only the error line; the
     /// `ok` lets a script reading stdout know the command finished).
     pub fn run_line(&mut self, line: &str) -> (String, Outcome) {
-        let words: Vec<&str> = line.split_ascii_whitespace().collect();
+        // The kernel shell's word grammar: quotes and backslash escapes.
+        let owned = match daxbox_shell::split_words(line) {
+            Ok(words) => words,
+            Err(error) => return (format!("error: {error}\n"), Outcome::Continue),
+        };
+        let words: Vec<&str> = owned.iter().map(String::as_str).collect();
         let Some((&name, args)) = words.split_first() else {
             return (String::new(), Outcome::Continue);
         };

@@ -908,6 +908,15 @@ fn blank_image_with_format_never_is_left_alone_until_mkfs() {
     assert_eq!(list_exports(server.port), ["x"]);
     let json = run_tool_ok("nbdinfo", &["--json", &server.uri("x")], QUICK);
     assert!(json.contains("\"export-size\": 1048576"), "{json}");
+    // The admin console splits words as the kernel shell does: quotes and
+    // backslash escapes make a name with a space an export like any other.
+    server.ok("create \"with space\" 64K");
+    server.ok("write with\\ space 0 hello");
+    assert_eq!(list_exports(server.port), ["with space", "x"]);
+    assert_eq!(
+        server.command("cat \"with space"),
+        "error: unterminated quote\n"
+    );
 }
 
 /// 64 connections at once with 160 requests in flight each, one with 1024
