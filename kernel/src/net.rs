@@ -292,12 +292,21 @@ fn net_command(_: &mut Context, args: &[&str]) -> Result<(), String> {
     let counters = net.stack.counters_mut();
     counters.rx_errors = driver.rx_errors;
     counters.tx_errors = driver.tx_errors;
+    let (rx_stopped, tx_stopped) = net.stack.device().stopped();
+    let stopped = match (rx_stopped, tx_stopped) {
+        (false, false) => "",
+        (true, false) => " (receive queue stopped: the device reported a buffer it was not given)",
+        (false, true) => " (transmit queue stopped: the device reported a buffer it was not given)",
+        (true, true) => " (both queues stopped: the device reported buffers it was not given)",
+    };
     println!(
-        "virtio-net at {} irq {} ({} interrupts), {} rx buffers posted",
+        "virtio-net at {} irq {} ({} interrupts), {} rx buffers posted, {} bad used-ring tokens{}",
         net.bdf,
         net.irq.map_or(String::from("none"), |i| format!("{i}")),
         INTERRUPTS.load(Ordering::Relaxed),
-        net.stack.device().rx_posted()
+        net.stack.device().rx_posted(),
+        driver.bad_tokens,
+        stopped
     );
     crate::print!("{}", net.stack.status());
     Ok(())

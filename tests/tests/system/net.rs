@@ -250,6 +250,12 @@ fn uefi_dhcp_and_healthz() -> Result<(), HarnessError> {
     let net = machine.command("net")?;
     assert!(net.contains("link up"), "{net}");
     assert!(interrupts(&net) > 0, "the NIC's INTx never fired:\n{net}");
+    // The driver's checks of device input are visible, and a well-behaved
+    // device trips none of them.
+    assert!(
+        net.contains(" 0 bad used-ring tokens") && !net.contains("stopped"),
+        "{net}"
+    );
     // A default boot does not serve the bench routes, and says so.
     let url = format!("http://127.0.0.1:{}/bench/bytes?n=10", machine.http_port());
     let (status, body) = curl(&url);
