@@ -488,3 +488,102 @@ pub fn fresh_client_works(port: u16, what: &str) {
         &format!("fresh client after {what}: NBD_CMD_DISC"),
     );
 }
+
+/// One client of a concurrency check: `writes` distinct 4 KiB blocks
+/// written at `base`, then `reads` reads (read `i` reads block
+/// `i % writes`), all sent in one batch before any reply is read; a second
+/// thread reads the replies and checks each one and its data. Ends with
+/// `NBD_CMD_DISC` and hands the client back (to wait for the close).
+pub fn pipelined_writes_then_reads(
+    mut client: RawClient,
+    index: usize,
+    base: u64,
+    writes: u64,
+    reads: u64,
+) -> RawClient {
+    let block = move |i: u64| vec![(index as u8) ^ (i as u8).wrapping_mul(31); 4096];
+    let mut reader = client.try_clone();
+    let collector = thread::spawn(move || {
+        let mut cookies = Vec::new();
+        for _ in 0..writes {
+            let (error, cookie) = reader.simple();
+            assert_eq!(error, 0, "client {index}: pipelined write");
+            cookies.push(cookie);
+        }
+        for i in 0..reads {
+            assert_eq!(
+                reader.simple(),
+                (0, 1000 + i),
+                "client {index}: pipelined read order"
+            );
+            assert_eq!(
+                reader.read_bytes(4096),
+                block(i % writes),
+                "client {index}: read {i}"
+            );
+        }
+        cookies.sort();
+        assert_eq!(
+            cookies,
+            (0..writes).collect::<Vec<u64>>(),
+            "client {index}: write cookies"
+        );
+    });
+    let mut batch = Vec::new();
+    for i in 0..writes {
+        batch.extend_from_slice(&request_bytes(CMD_WRITE, 0, i, base + i * 4096, 4096));
+        batch.extend_from_slice(&block(i));
+    }
+    for i in 0..reads {
+        batch.extend_from_slice(&request_bytes(
+            CMD_READ,
+            0,
+            1000 + i,
+            base + (i % writes) * 4096,
+            4096,
+        ));
+    }
+    client.send(&batch);
+    collector.join().expect("reply collector");
+    client.request(CMD_DISC, 0, 0, 0, &[]);
+    client
+}
+
+/// A client of `export` that reads its 8 MiB reply slowly (64 KiB every
+/// 20 ms) on a thread, then sends `NBD_CMD_DISC` and hands the client back.
+pub fn slow_reader(port: u16, export: &str) -> thread::JoinHandle<RawClient> {
+    let mut slow = RawClient::start(port);
+    slow.go(export);
+    slow.request(CMD_READ, 2, 32 << 20, 8 << 20, &[]);
+    thread::spawn(move || {
+        assert_eq!(slow.simple(), (0, 2), "slow client: 8 MiB read");
+        for _ in 0..128 {
+            slow.read_bytes(64 << 10);
+            thread::sleep(Duration::from_millis(20));
+        }
+        slow.request(CMD_DISC, 3, 0, 0, &[]);
+        slow
+    })
+}
+
+/// One connection to `export` with 1024 reads of 512 bytes in flight, sent
+/// in one go; every reply must come back, in order.
+pub fn deep_pipeline(port: u16, export: &str) {
+    let mut deep = RawClient::start(port);
+    deep.go(export);
+    let mut reader = deep.try_clone();
+    let collector = thread::spawn(move || {
+        for i in 0..1024u64 {
+            assert_eq!(reader.simple(), (0, i), "deep pipeline: reply {i} in order");
+            reader.read_bytes(512);
+        }
+    });
+    let mut batch = Vec::new();
+    for i in 0..1024u64 {
+        batch.extend_from_slice(&request_bytes(CMD_READ, 0, i, i * 512, 512));
+    }
+    deep.send(&batch);
+    collector
+        .join()
+        .expect("1024 requests in flight on one connection");
+}

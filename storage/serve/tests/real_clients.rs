@@ -16,11 +16,11 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use daxbox_tests::nbd_client::{
-    fio, fresh_client_works, go_data, map_rows, nbdsh, request_bytes, run_tool, run_tool_ok,
-    test_image, uri, RawClient, CMD_DISC, CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE, EINVAL, ENOSPC,
-    EPERM, IHAVEOPT, OPT_EXPORT_NAME, OPT_GO, OPT_LIST, OPT_STRUCTURED_REPLY, REP_ACK,
-    REP_ERR_INVALID, REP_ERR_POLICY, REP_ERR_TOO_BIG, REP_ERR_UNKNOWN, REP_ERR_UNSUP, REP_INFO,
-    REP_SERVER,
+    deep_pipeline, fio, fresh_client_works, go_data, map_rows, nbdsh, pipelined_writes_then_reads,
+    request_bytes, run_tool, run_tool_ok, slow_reader, test_image, uri, RawClient, CMD_DISC,
+    CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE, EINVAL, ENOSPC, EPERM, IHAVEOPT, OPT_EXPORT_NAME,
+    OPT_GO, OPT_LIST, OPT_STRUCTURED_REPLY, REP_ACK, REP_ERR_INVALID, REP_ERR_POLICY,
+    REP_ERR_TOO_BIG, REP_ERR_UNKNOWN, REP_ERR_UNSUP, REP_INFO, REP_SERVER,
 };
 
 const QUICK: Duration = Duration::from_secs(60);
@@ -935,18 +935,7 @@ fn sixty_four_clients_deep_pipelines_slow_and_stalled_clients() {
     stalled.go("disk");
     stalled.request(CMD_READ, 1, 0, 32 << 20, &[]);
     // And one that reads its 8 MiB reply slowly (64 KiB every 20 ms).
-    let mut slow = RawClient::start(port);
-    slow.go("disk");
-    slow.request(CMD_READ, 2, 32 << 20, 8 << 20, &[]);
-    let slow = std::thread::spawn(move || {
-        assert_eq!(slow.simple(), (0, 2), "slow client: 8 MiB read");
-        for _ in 0..128 {
-            slow.read_bytes(64 << 10);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        slow.request(CMD_DISC, 3, 0, 0, &[]);
-        slow.expect_closed(Duration::from_secs(10), "slow client: NBD_CMD_DISC");
-    });
+    let slow = slow_reader(port, "disk");
 
     // Each client: 80 writes then 80 reads of distinct 4 KiB blocks in its
     // own MiB, all sent before any reply is read (a second thread reads).
@@ -957,54 +946,10 @@ fn sixty_four_clients_deep_pipelines_slow_and_stalled_clients() {
     let handles: Vec<_> = clients
         .into_iter()
         .enumerate()
-        .map(|(index, mut client)| {
+        .map(|(index, client)| {
             std::thread::spawn(move || {
-                let base = index as u64 * MIB;
-                let block = move |i: u64| vec![(index as u8) ^ (i as u8).wrapping_mul(31); 4096];
-                let mut reader = client.try_clone();
-                let collector = std::thread::spawn(move || {
-                    let mut cookies = Vec::new();
-                    for _ in 0..80 {
-                        let (error, cookie) = reader.simple();
-                        assert_eq!(error, 0, "client {index}: pipelined write");
-                        cookies.push(cookie);
-                    }
-                    for i in 0..80u64 {
-                        assert_eq!(
-                            reader.simple(),
-                            (0, 1000 + i),
-                            "client {index}: pipelined read order"
-                        );
-                        assert_eq!(
-                            reader.read_bytes(4096),
-                            block(i),
-                            "client {index}: read {i}"
-                        );
-                    }
-                    cookies.sort();
-                    assert_eq!(
-                        cookies,
-                        (0..80).collect::<Vec<u64>>(),
-                        "client {index}: write cookies"
-                    );
-                });
-                let mut batch = Vec::new();
-                for i in 0..80u64 {
-                    batch.extend_from_slice(&request_bytes(CMD_WRITE, 0, i, base + i * 4096, 4096));
-                    batch.extend_from_slice(&block(i));
-                }
-                for i in 0..80u64 {
-                    batch.extend_from_slice(&request_bytes(
-                        CMD_READ,
-                        0,
-                        1000 + i,
-                        base + i * 4096,
-                        4096,
-                    ));
-                }
-                client.send(&batch);
-                collector.join().expect("reply collector");
-                client.request(CMD_DISC, 0, 0, 0, &[]);
+                let mut client =
+                    pipelined_writes_then_reads(client, index, index as u64 * MIB, 80, 80);
                 client.expect_closed(Duration::from_secs(10), "NBD_CMD_DISC");
             })
         })
@@ -1016,27 +961,12 @@ fn sixty_four_clients_deep_pipelines_slow_and_stalled_clients() {
     }
 
     // One connection, 1024 reads in flight, sent in one go.
-    let mut deep = RawClient::start(port);
-    deep.go("disk");
-    let mut reader = deep.try_clone();
-    let collector = std::thread::spawn(move || {
-        for i in 0..1024u64 {
-            assert_eq!(reader.simple(), (0, i), "deep pipeline: reply {i} in order");
-            reader.read_bytes(512);
-        }
-    });
-    let mut batch = Vec::new();
-    for i in 0..1024u64 {
-        batch.extend_from_slice(&request_bytes(CMD_READ, 0, i, i * 512, 512));
-    }
-    deep.send(&batch);
-    collector
-        .join()
-        .expect("1024 requests in flight on one connection");
+    deep_pipeline(port, "disk");
 
     fresh_client_works(port, "64 clients, deep pipeline, stalled client");
-    if let Err(panic) = slow.join() {
-        std::panic::resume_unwind(panic);
+    match slow.join() {
+        Ok(mut slow) => slow.expect_closed(Duration::from_secs(10), "slow client: NBD_CMD_DISC"),
+        Err(panic) => std::panic::resume_unwind(panic),
     }
     // The stalled client still gets its whole reply when it reads.
     assert_eq!(stalled.simple(), (0, 1), "stalled client: 32 MiB read");

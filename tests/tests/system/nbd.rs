@@ -28,8 +28,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use daxbox_tests::nbd_client::{
-    fio, fio_args, fresh_client_works, request_bytes, run_tool, run_tool_ok, test_image, uri,
-    RawClient, CMD_DISC, CMD_FLUSH, CMD_READ, CMD_WRITE, EPERM, IHAVEOPT, OPT_GO,
+    deep_pipeline, fio, fio_args, fresh_client_works, pipelined_writes_then_reads, run_tool,
+    run_tool_ok, slow_reader, test_image, uri, RawClient, CMD_DISC, CMD_FLUSH, CMD_READ, CMD_WRITE,
+    EPERM, IHAVEOPT, OPT_GO,
 };
 use daxbox_tests::{load_factor, run_dir, Firmware, HarnessError, Machine, Nvdimm, QemuOptions};
 
@@ -159,17 +160,7 @@ fn many_clients_and_pipelines(port: u16) -> Duration {
     stalled.go("disk");
     stalled.request(CMD_READ, 1, 0, 32 << 20, &[]);
     // And one that reads its 8 MiB reply slowly (64 KiB every 20 ms).
-    let mut slow = RawClient::start(port);
-    slow.go("disk");
-    slow.request(CMD_READ, 2, 32 << 20, 8 << 20, &[]);
-    let slow = thread::spawn(move || {
-        assert_eq!(slow.simple(), (0, 2), "slow client: 8 MiB read");
-        for _ in 0..128 {
-            slow.read_bytes(64 << 10);
-            thread::sleep(Duration::from_millis(20));
-        }
-        slow.request(CMD_DISC, 3, 0, 0, &[]);
-    });
+    let slow = slow_reader(port, "disk");
 
     let mut clients: Vec<RawClient> = (0..64).map(|_| RawClient::start(port)).collect();
     for client in &mut clients {
@@ -178,56 +169,11 @@ fn many_clients_and_pipelines(port: u16) -> Duration {
     let handles: Vec<_> = clients
         .into_iter()
         .enumerate()
-        .map(|(index, mut client)| {
+        .map(|(index, client)| {
             thread::spawn(move || {
-                // 16 MiB / 64 clients = 256 KiB each: 64 distinct 4 KiB blocks.
-                let base = index as u64 * (256 << 10);
-                let block = move |i: u64| vec![(index as u8) ^ (i as u8).wrapping_mul(31); 4096];
-                let mut reader = client.try_clone();
-                let collector = thread::spawn(move || {
-                    let mut seen = Vec::new();
-                    for _ in 0..64 {
-                        let (error, cookie) = reader.simple();
-                        assert_eq!(error, 0, "client {index}: pipelined write");
-                        seen.push(cookie);
-                    }
-                    for i in 0..96u64 {
-                        let (error, cookie) = reader.simple();
-                        assert_eq!(
-                            (error, cookie),
-                            (0, 1000 + i),
-                            "client {index}: pipelined read order"
-                        );
-                        assert_eq!(
-                            reader.read_bytes(4096),
-                            block(i % 64),
-                            "client {index}: read {i}"
-                        );
-                    }
-                    seen.sort();
-                    assert_eq!(
-                        seen,
-                        (0..64).collect::<Vec<u64>>(),
-                        "client {index}: write cookies"
-                    );
-                });
-                let mut batch = Vec::new();
-                for i in 0..64u64 {
-                    batch.extend_from_slice(&request_bytes(CMD_WRITE, 0, i, base + i * 4096, 4096));
-                    batch.extend_from_slice(&block(i));
-                }
-                for i in 0..96u64 {
-                    batch.extend_from_slice(&request_bytes(
-                        CMD_READ,
-                        0,
-                        1000 + i,
-                        base + (i % 64) * 4096,
-                        4096,
-                    ));
-                }
-                client.send(&batch);
-                collector.join().expect("reply collector");
-                client.request(CMD_DISC, 0, 0, 0, &[]);
+                // 16 MiB / 64 clients = 256 KiB each: 64 distinct 4 KiB
+                // blocks, read back 96 times.
+                pipelined_writes_then_reads(client, index, index as u64 * (256 << 10), 64, 96);
             })
         })
         .collect();
@@ -238,23 +184,7 @@ fn many_clients_and_pipelines(port: u16) -> Duration {
     }
 
     // One connection, 1024 reads in flight, sent in one go.
-    let mut deep = RawClient::start(port);
-    deep.go("disk");
-    let mut reader = deep.try_clone();
-    let collector = thread::spawn(move || {
-        for i in 0..1024u64 {
-            assert_eq!(reader.simple(), (0, i), "deep pipeline: reply {i} in order");
-            reader.read_bytes(512);
-        }
-    });
-    let mut batch = Vec::new();
-    for i in 0..1024u64 {
-        batch.extend_from_slice(&request_bytes(CMD_READ, 0, i, i * 512, 512));
-    }
-    deep.send(&batch);
-    collector
-        .join()
-        .expect("1024 requests in flight on one connection");
+    deep_pipeline(port, "disk");
     let elapsed = started.elapsed();
 
     // Everyone else was served while the stalled client never read; it
