@@ -96,14 +96,9 @@ impl Admin {
         let mut outcome = Outcome::Continue;
         let result = match name {
             "help" => {
-                for command in tables.iter().flat_map(|t| t.iter()) {
-                    let synopsis = if command.usage.is_empty() {
-                        command.name.to_string()
-                    } else {
-                        format!("{} {}", command.name, command.usage)
-                    };
-                    let _ = writeln!(self.output, "  {:<28} {}", synopsis, command.help);
-                }
+                // The kernel shell's help, plus the host server's own
+                // `poweroff`.
+                self.output.push_str(&daxbox_shell::help_text(&tables));
                 let _ = writeln!(
                     self.output,
                     "  {:<28} unmount everything and exit",

@@ -908,6 +908,20 @@ fn blank_image_with_format_never_is_left_alone_until_mkfs() {
     assert_eq!(list_exports(server.port), ["x"]);
     let json = run_tool_ok("nbdinfo", &["--json", &server.uri("x")], QUICK);
     assert!(json.contains("\"export-size\": 1048576"), "{json}");
+    // The admin console's help is the kernel shell's plus `poweroff`.
+    let help = server.ok("help");
+    for synopsis in [
+        "help",
+        "create NAME SIZE",
+        "nbd",
+        "mkfs DEVICE [--yes]",
+        "poweroff",
+    ] {
+        assert!(
+            help.contains(&format!("  {synopsis:<28} ")),
+            "help lacks {synopsis}:\n{help}"
+        );
+    }
     // The admin console splits words as the kernel shell does: quotes and
     // backslash escapes make a name with a space an export like any other.
     server.ok("create \"with space\" 64K");
