@@ -188,6 +188,31 @@ pub(super) fn chunk_header(
     header.emit_to(out);
 }
 
+/// Encodes a final error chunk (proto.md "NBD_REPLY_TYPE_ERROR"): the
+/// header, the errno and a message for the user (at most 1 KiB of it).
+pub(super) fn error_chunk(
+    out: &mut Vec<u8>,
+    mode: ReplyMode,
+    cookie: u64,
+    offset: u64,
+    errno: u32,
+    message: &str,
+) {
+    let message = &message.as_bytes()[..message.len().min(1024)];
+    chunk_header(
+        out,
+        mode,
+        wire::REPLY_FLAG_DONE,
+        wire::REPLY_TYPE_ERROR,
+        cookie,
+        offset,
+        6 + message.len() as u64,
+    );
+    out.put_u32(errno);
+    out.put_u16(message.len() as u16);
+    out.extend_from_slice(message);
+}
+
 /// What follows a READ's data: nothing for simple replies, else a final
 /// NONE chunk, or an error chunk if the backend failed mid-way.
 fn read_trailer(item: &ReadItem) -> Vec<u8> {
@@ -205,21 +230,14 @@ fn read_trailer(item: &ReadItem) -> Vec<u8> {
             item.request_offset,
             0,
         ),
-        Some(errno) => {
-            let message = b"read failed";
-            chunk_header(
-                &mut bytes,
-                item.mode,
-                wire::REPLY_FLAG_DONE,
-                wire::REPLY_TYPE_ERROR,
-                item.cookie,
-                item.request_offset,
-                6 + message.len() as u64,
-            );
-            bytes.put_u32(errno);
-            bytes.put_u16(message.len() as u16);
-            bytes.extend_from_slice(message);
-        }
+        Some(errno) => error_chunk(
+            &mut bytes,
+            item.mode,
+            item.cookie,
+            item.request_offset,
+            errno,
+            "read failed",
+        ),
     }
     bytes
 }

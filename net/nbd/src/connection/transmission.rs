@@ -6,7 +6,7 @@
 
 use alloc::vec::Vec;
 
-use super::output::{chunk_header, OutItem, ReadItem};
+use super::output::{chunk_header, error_chunk, OutItem, ReadItem};
 use super::{Connection, InState, Refusal, ReplyMode, Transmission, WriteState};
 use crate::backend::{Backend, BackendError, ExportHandle, Extent, ZeroFlags};
 use crate::wire::{self, Command, PutBe, Reply, Request, RequestHeader};
@@ -277,23 +277,14 @@ impl Connection {
                 }
                 .emit_to(&mut bytes);
             }
-            mode => {
-                // Error chunk with a message for the user (proto.md
-                // "NBD_REPLY_TYPE_ERROR").
-                let message = &message.as_bytes()[..message.len().min(1024)];
-                chunk_header(
-                    &mut bytes,
-                    mode,
-                    wire::REPLY_FLAG_DONE,
-                    wire::REPLY_TYPE_ERROR,
-                    request.cookie,
-                    request.offset,
-                    6 + message.len() as u64,
-                );
-                bytes.put_u32(errno);
-                bytes.put_u16(message.len() as u16);
-                bytes.extend_from_slice(message);
-            }
+            mode => error_chunk(
+                &mut bytes,
+                mode,
+                request.cookie,
+                request.offset,
+                errno,
+                message,
+            ),
         }
         self.push_bytes(bytes, true);
     }
