@@ -16,7 +16,7 @@
 //! by line as they land); FLUSH and FUA make the data durable (a fence, or
 //! daxfs `persist`) before the reply is sent.
 
-use alloc::collections::BTreeSet;
+use alloc::collections::BTreeMap;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::cell::OnceCell;
@@ -24,10 +24,10 @@ use core::marker::PhantomData;
 
 use daxbox_bootconfig::BootConfig;
 use daxbox_nbd::{
-    Backend, BackendError, Connection, ExportHandle, ExportInfo, ExportKind, Extent, Server,
-    ServerConfig, ZeroFlags,
+    Backend, BackendError, Connection, ExportHandle, ExportInfo, ExportKind, Extent, ListCursor,
+    Server, ServerConfig, ZeroFlags,
 };
-use daxbox_netstack::TcpService;
+use daxbox_netstack::{Refusal, TcpService};
 use daxbox_persist::PersistentMemory;
 use daxfs::{Error as FsError, FileId, Filesystem};
 
@@ -41,10 +41,48 @@ pub trait SharedStorage<M: PersistentMemory> {
 }
 
 /// What an export handle points at.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Target {
     File { volume: usize, file: FileId },
     Raw { volume: usize },
+}
+
+/// Export handles handed out so far: handle = index into `list`, found
+/// again by target in O(log n). One entry per distinct export ever opened
+/// (files are made by the administrator, not by clients).
+#[derive(Default, Debug)]
+pub struct Targets {
+    list: Vec<Target>,
+    index: BTreeMap<Target, usize>,
+}
+
+impl Targets {
+    fn handle(&mut self, target: Target) -> ExportHandle {
+        let index = *self.index.entry(target).or_insert_with(|| {
+            self.list.push(target);
+            self.list.len() - 1
+        });
+        ExportHandle(index as u64)
+    }
+
+    fn get(&self, export: ExportHandle) -> Option<Target> {
+        usize::try_from(export.0)
+            .ok()
+            .and_then(|index| self.list.get(index).copied())
+    }
+}
+
+/// Heap one connection's engine may hold beyond its socket buffers, for
+/// the listener's budget charge: the output queue bound plus one more
+/// reply (an option reply or a block-status reply of `max_extents`), the
+/// option buffer, and the bookkeeping of every request in flight.
+pub fn connection_bytes(config: &ServerConfig) -> usize {
+    config
+        .max_queued_bytes
+        .saturating_add(config.max_option_len as usize)
+        .saturating_add(config.max_extents.saturating_mul(16))
+        .saturating_add(config.max_in_flight.saturating_mul(128))
+        .saturating_add(16 * 1024)
 }
 
 /// How long a connection the server has finished with (after
@@ -59,8 +97,8 @@ pub const LINGER_MS: u64 = 20_000;
 pub struct NbdService<M: PersistentMemory, S: SharedStorage<M>> {
     shared: S,
     server: Server,
-    /// Export handles handed out so far (index = handle).
-    targets: Vec<Target>,
+    /// Export handles handed out so far.
+    targets: Targets,
     next_id: u64,
     memory: PhantomData<fn() -> M>,
 }
@@ -71,6 +109,8 @@ pub struct NbdConnection {
     engine: Connection,
     /// When the engine first wanted the connection closed.
     closing_since: Option<u64>,
+    /// Over a connection limit: only told so.
+    refused: bool,
 }
 
 impl NbdConnection {
@@ -83,7 +123,11 @@ impl NbdConnection {
 
     /// Updates this connection's line in the `nbd` listing.
     fn publish<M: PersistentMemory>(&self, storage: &mut Storage<M>) {
-        let name = self.engine.export_name().unwrap_or("(handshake)");
+        let name = match self.engine.export_name() {
+            Some(name) => name,
+            None if self.refused => "(refused)",
+            None => "(handshake)",
+        };
         let stats = *self.engine.stats();
         match storage.connections.iter_mut().find(|c| c.id == self.id) {
             Some(entry) => {
@@ -126,7 +170,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> NbdService<M, S> {
         Self {
             shared,
             server: Server::new(config),
-            targets: Vec::new(),
+            targets: Targets::default(),
             next_id: 1,
             memory: PhantomData,
         }
@@ -143,7 +187,20 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
             id,
             engine: self.server.accept(now_ms),
             closing_since: None,
+            refused: false,
         }
+    }
+
+    fn refuse(&mut self, reason: Refusal, now_ms: u64) -> Option<NbdConnection> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let message = alloc::format!("{reason}; try again later");
+        Some(NbdConnection {
+            id,
+            engine: Connection::refused(self.server.config().clone(), now_ms, &message),
+            closing_since: None,
+            refused: true,
+        })
     }
 
     fn receive(&mut self, conn: &mut NbdConnection, data: &[u8], now_ms: u64) -> usize {
@@ -194,36 +251,70 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
 }
 
 /// Every export name, in device order: raw devices by device name, files
-/// by file name, or `pmemN:NAME` when an earlier device has the same name.
+/// by file name, or `pmemN:NAME` when an earlier device has the same name
+/// ([`export_names_page`] page after page).
 pub fn export_names<M: PersistentMemory>(storage: &Storage<M>) -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
-    let mut seen: BTreeSet<String> = BTreeSet::new();
-    for volume in &storage.volumes {
+    let mut names = Vec::new();
+    let mut cursor = ListCursor::default();
+    while export_names_page(storage, &mut cursor, 512, &mut names) {}
+    names
+}
+
+/// Pushes up to `max` export names after `cursor` onto `names` (the order
+/// and naming of [`export_names`]); returns false once every name is out.
+/// The cursor is (volume index, last file name listed on it), so a page
+/// costs O(max × devices × log files), whatever the number of files.
+pub fn export_names_page<M: PersistentMemory>(
+    storage: &Storage<M>,
+    cursor: &mut ListCursor,
+    max: usize,
+    names: &mut Vec<String>,
+) -> bool {
+    let volumes = &storage.volumes;
+    let mut taken = 0;
+    while let Some(volume) = volumes.get(cursor.part) {
+        if taken >= max {
+            return true;
+        }
         match &volume.role {
             Role::Raw(_) => {
-                seen.insert(volume.device.clone());
                 names.push(volume.device.clone());
+                taken += 1;
+                cursor.part += 1;
+                cursor.after = None;
             }
             Role::Filesystem(fs) => {
-                let mut after: Option<String> = None;
-                loop {
-                    let page = fs.list(after.as_deref(), 512);
-                    for entry in &page {
-                        if seen.insert(entry.name.clone()) {
-                            names.push(entry.name.clone());
-                        } else {
-                            names.push(alloc::format!("{}:{}", volume.device, entry.name));
-                        }
+                let want = max - taken;
+                let page = fs.list(cursor.after.as_deref(), want);
+                for entry in &page {
+                    if shadowed(storage, cursor.part, &entry.name) {
+                        names.push(alloc::format!("{}:{}", volume.device, entry.name));
+                    } else {
+                        names.push(entry.name.clone());
                     }
-                    match page.last() {
-                        Some(last) if page.len() == 512 => after = Some(last.name.clone()),
-                        _ => break,
+                }
+                taken += page.len();
+                match page.last() {
+                    Some(last) if page.len() == want => cursor.after = Some(last.name.clone()),
+                    _ => {
+                        cursor.part += 1;
+                        cursor.after = None;
                     }
                 }
             }
         }
     }
-    names
+    false
+}
+
+/// Whether a device before volume `volume` already exports `name` (a raw
+/// device of that name or a file of that name), so a file of that name on
+/// `volume` is listed as `pmemN:NAME`.
+fn shadowed<M: PersistentMemory>(storage: &Storage<M>, volume: usize, name: &str) -> bool {
+    storage.volumes[..volume].iter().any(|v| match &v.role {
+        Role::Raw(_) => v.device == name,
+        Role::Filesystem(fs) => fs.lookup(name).is_ok(),
+    })
 }
 
 fn fs_error(error: FsError) -> BackendError {
@@ -237,14 +328,14 @@ fn fs_error(error: FsError) -> BackendError {
 /// The engine's view of the storage volumes for one call.
 pub struct StorageBackend<'a, M: PersistentMemory> {
     storage: &'a mut Storage<M>,
-    targets: &'a mut Vec<Target>,
+    targets: &'a mut Targets,
     /// Export names, listed once per call on first use: `NBD_OPT_LIST`
     /// asks for the count and then every name by index.
     names: OnceCell<Vec<String>>,
 }
 
 impl<'a, M: PersistentMemory> StorageBackend<'a, M> {
-    fn new(storage: &'a mut Storage<M>, targets: &'a mut Vec<Target>) -> Self {
+    fn new(storage: &'a mut Storage<M>, targets: &'a mut Targets) -> Self {
         Self {
             storage,
             targets,
@@ -258,10 +349,23 @@ impl<'a, M: PersistentMemory> StorageBackend<'a, M> {
     }
 
     fn target(&self, export: ExportHandle) -> Result<Target, BackendError> {
-        usize::try_from(export.0)
-            .ok()
-            .and_then(|index| self.targets.get(index).copied())
-            .ok_or(BackendError::NoSuchExport)
+        self.targets.get(export).ok_or(BackendError::NoSuchExport)
+    }
+
+    /// The default export: the first name of the listing, found without
+    /// listing everything.
+    fn first_export(&self) -> Option<String> {
+        let mut names = Vec::with_capacity(1);
+        let mut cursor = ListCursor::default();
+        loop {
+            let more = export_names_page(self.storage, &mut cursor, 1, &mut names);
+            if let Some(name) = names.pop() {
+                return Some(name);
+            }
+            if !more {
+                return None;
+            }
+        }
     }
 
     /// The pmem behind raw-export volume `volume`.
@@ -289,14 +393,15 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
         self.names().get(index).cloned()
     }
 
+    fn list_exports(&mut self, cursor: &mut ListCursor, max: usize, out: &mut Vec<String>) -> bool {
+        export_names_page(self.storage, cursor, max, out)
+    }
+
     fn open(&mut self, name: &str) -> Result<ExportHandle, BackendError> {
         // The default export ("") is the first export, as nbdkit and
         // qemu-nbd serve their single export for it.
         let name = if name.is_empty() {
-            self.names()
-                .first()
-                .cloned()
-                .ok_or(BackendError::NoSuchExport)?
+            self.first_export().ok_or(BackendError::NoSuchExport)?
         } else {
             name.to_string()
         };
@@ -319,14 +424,7 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
                 file: found.file,
             }
         };
-        let index = match self.targets.iter().position(|t| *t == target) {
-            Some(index) => index,
-            None => {
-                self.targets.push(target);
-                self.targets.len() - 1
-            }
-        };
-        Ok(ExportHandle(index as u64))
+        Ok(self.targets.handle(target))
     }
 
     fn info(&self, export: ExportHandle) -> Option<ExportInfo> {
@@ -493,7 +591,7 @@ mod tests {
 
     fn backend<'a>(
         storage: &'a mut Storage<TestMemory>,
-        targets: &'a mut Vec<Target>,
+        targets: &'a mut Targets,
     ) -> StorageBackend<'a, TestMemory> {
         StorageBackend::new(storage, targets)
     }
@@ -519,7 +617,7 @@ mod tests {
             export_names(&f.storage),
             ["disk", "ro", "same", "only1", "pmem1:same", "pmem2"]
         );
-        let mut targets = Vec::new();
+        let mut targets = Targets::default();
         let mut b = backend(&mut f.storage, &mut targets);
         assert_eq!(b.export_count(), 6);
         assert_eq!(b.export_name(4).as_deref(), Some("pmem1:same"));
@@ -571,9 +669,70 @@ mod tests {
     }
 
     #[test]
+    fn listing_pages_give_the_full_listing_at_every_page_size() {
+        let mut f = exports();
+        for i in 0..40 {
+            f.ok(&alloc::format!("create pmem1:f{i:02} 4K"));
+        }
+        let all = export_names(&f.storage);
+        assert_eq!(all.len(), 46);
+        assert_eq!(all[..3], ["disk", "ro", "same"]);
+        for max in [1, 2, 3, 7, 64] {
+            let mut cursor = ListCursor::default();
+            let mut names = Vec::new();
+            let mut pages = 0;
+            loop {
+                let before = names.len();
+                let more = export_names_page(&f.storage, &mut cursor, max, &mut names);
+                assert!(names.len() - before <= max);
+                pages += 1;
+                if !more {
+                    break;
+                }
+            }
+            assert_eq!(names, all, "page size {max}");
+            assert!(pages <= all.len() / max + 4, "{pages} pages of {max}");
+        }
+        let mut targets = Targets::default();
+        let mut b = backend(&mut f.storage, &mut targets);
+        let mut cursor = ListCursor::default();
+        let mut names = Vec::new();
+        while b.list_exports(&mut cursor, 5, &mut names) {}
+        assert_eq!(names, all);
+    }
+
+    #[test]
+    fn a_refused_connection_tells_the_client_why() {
+        const REP_ERR_POLICY: u32 = 0x8000_0002;
+        let cell = Cell(RefCell::new(exports()));
+        let mut service = NbdService::new(&cell);
+        let mut conn = service
+            .refuse(Refusal::PerAddress { limit: 16 }, 0)
+            .expect("NBD words its refusals");
+        let greeting = exchange(&mut service, &mut conn, &[], 0);
+        assert_eq!(&greeting[..16], b"NBDMAGICIHAVEOPT");
+        let mut hello = 1u32.to_be_bytes().to_vec();
+        hello.extend_from_slice(b"IHAVEOPT");
+        hello.extend_from_slice(&7u32.to_be_bytes());
+        hello.extend_from_slice(&10u32.to_be_bytes());
+        hello.extend_from_slice(&4u32.to_be_bytes());
+        hello.extend_from_slice(b"disk");
+        hello.extend_from_slice(&0u16.to_be_bytes());
+        let reply = exchange(&mut service, &mut conn, &hello, 1);
+        assert_eq!(&reply[12..16], &REP_ERR_POLICY.to_be_bytes());
+        let message = String::from_utf8_lossy(&reply[20..]);
+        assert_eq!(
+            message,
+            "too many connections from this address (limit 16); try again later"
+        );
+        service.closed(conn);
+        assert!(cell.0.borrow().storage.connections().is_empty());
+    }
+
+    #[test]
     fn no_exports_means_no_default_export() {
         let mut f = Fixture::empty();
-        let mut targets = Vec::new();
+        let mut targets = Targets::default();
         let mut b = backend(&mut f.storage, &mut targets);
         assert_eq!(b.export_count(), 0);
         assert_eq!(b.open(""), Err(BackendError::NoSuchExport));
@@ -582,7 +741,7 @@ mod tests {
     #[test]
     fn file_export_io_holes_and_errors() {
         let mut f = exports();
-        let mut targets = Vec::new();
+        let mut targets = Targets::default();
         let mut b = backend(&mut f.storage, &mut targets);
         let disk = b.open("disk").unwrap();
         let mut status = Vec::new();
@@ -631,7 +790,7 @@ mod tests {
     #[test]
     fn a_file_that_shrank_reads_zeros_past_its_end() {
         let mut f = exports();
-        let mut targets = Vec::new();
+        let mut targets = Targets::default();
         let ro = backend(&mut f.storage, &mut targets).open("ro").unwrap();
         f.ok("truncate ro 8");
         let mut b = backend(&mut f.storage, &mut targets);
@@ -647,7 +806,7 @@ mod tests {
     #[test]
     fn raw_export_io() {
         let mut f = exports();
-        let mut targets = Vec::new();
+        let mut targets = Targets::default();
         let mut b = backend(&mut f.storage, &mut targets);
         let raw = b.open("pmem2").unwrap();
         b.write(raw, 4096, b"raw bytes").unwrap();
