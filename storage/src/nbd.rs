@@ -244,7 +244,10 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
     }
 
     fn closed(&mut self, conn: NbdConnection) {
-        self.server.retire(&conn.engine);
+        // A refusal was never accepted by the server: nothing to retire.
+        if !conn.refused {
+            self.server.retire(&conn.engine);
+        }
         self.shared
             .with(|storage| storage.connections.retain(|c| c.id != conn.id));
     }
