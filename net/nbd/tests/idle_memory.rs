@@ -3,32 +3,21 @@
 //! the greeting, and in the transmission phase after `NBD_OPT_GO`. One
 //! test in this binary, so nothing else allocates meanwhile.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
+use std::alloc::System;
 
 use daxbox_nbd::ServerConfig;
 use daxbox_nbd::{Backend, BackendError, Connection, ExportHandle, ExportInfo, ExportKind};
-
-struct Counting;
-
-static HELD: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: forwards to the system allocator and only counts sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        HELD.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: same layout the caller gave us.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        HELD.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: `ptr` came from `alloc` with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+/// Bytes held now beyond what was held when `region` began.
+fn held(region: &Region<'_, System>) -> isize {
+    let change = region.change();
+    // A realloc counts its growth as allocated, its shrinking as freed.
+    change.bytes_allocated as isize - change.bytes_deallocated as isize
+}
 
 /// One empty 1 MiB export named `disk`.
 struct One;
@@ -91,10 +80,10 @@ fn an_idle_connection_holds_little_beyond_its_sockets() {
     let mut backend = One;
     let mut buf = vec![0u8; 64 * 1024];
     let config = ServerConfig::default();
-    let before = HELD.load(Ordering::Relaxed);
+    let region = Region::new(GLOBAL);
     let mut conn = Box::new(Connection::new(config, 0));
     drain(&mut conn, &mut backend, &mut buf);
-    let greeted = HELD.load(Ordering::Relaxed) - before;
+    let greeted = held(&region);
     // Client flags, then NBD_OPT_GO "disk" with no information requests.
     let mut hello = 3u32.to_be_bytes().to_vec();
     hello.extend_from_slice(b"IHAVEOPT");
@@ -107,9 +96,9 @@ fn an_idle_connection_holds_little_beyond_its_sockets() {
     drop(hello);
     drain(&mut conn, &mut backend, &mut buf);
     assert!(conn.in_transmission());
-    let idle = HELD.load(Ordering::Relaxed) - before;
+    let idle = held(&region);
     drop(conn);
-    let after = HELD.load(Ordering::Relaxed) - before;
+    let after = held(&region);
     eprintln!(
         "nbd engine heap per connection: {greeted} bytes after the greeting, {idle} bytes idle in transmission \
          (plus the listener's socket buffers)"
