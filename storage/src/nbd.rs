@@ -10,6 +10,20 @@
 //! `nbd_list=off` ([`engine_config`]); then it is answered with
 //! `NBD_REP_ERR_POLICY` and clients must know the name they want.
 //!
+//! Connections: the kernel's listener serves at most `nbd_max_connections`
+//! (64) at once and `nbd_max_per_address` (32) from one address; a client
+//! over either is greeted and gets `NBD_REP_ERR_POLICY` with the reason for
+//! every option ([`TcpService::refuse`], [`Connection::refused`]). The
+//! handshake must finish within 10 s of the accept (not restarted by the
+//! client's bytes). A session in the transmission phase has no idle
+//! timeout: clients such as the Linux kernel client and qemu sit idle for
+//! hours, qemu-nbd has none and nbdkit limits only the handshake
+//! (`--timeout`); an idle session counts against both limits, and TCP
+//! keep-alive (60 s, peer gone after 180 s) ends sessions whose peer
+//! vanished. `NBD_OPT_LIST` is answered a page at a time as the client
+//! reads ([`export_names_page`]), and export lookup is O(devices × log
+//! files).
+//!
 //! Data path: READ copies straight from pmem into the transmit buffer the
 //! caller passes (smoltcp's, in the kernel); WRITE copies straight from the
 //! receive buffer into pmem (raw exports: cached stores written back line

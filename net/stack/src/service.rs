@@ -22,7 +22,8 @@
 //!   older than [`HALF_OPEN_MIN_AGE_MS`] is dropped at once, so a SYN
 //!   flood cannot keep the listening sockets busy. All sockets together
 //!   are capped at `max_connections + max_refusing + listen_backlog +
-//!   max_half_open`. A dropped half-open socket sends nothing (a real client's late
+//!   max_half_open`; no listening socket is made while `max_half_open`
+//!   are half-open, so a flood meets resets instead of using up memory. A dropped half-open socket sends nothing (a real client's late
 //!   ACK is answered with a reset by the stack).
 //! - Every socket's buffers are charged to `budget` when it is made; a
 //!   socket whose charge does not fit is not made, so new clients are
@@ -168,7 +169,7 @@ pub struct ListenerConfig {
 
 impl ListenerConfig {
     /// Defaults sized for bulk transfer: 64 connections (32 per address),
-    /// 4 refusals at once, 4 listening, 16 half-open (dropped after 5 s),
+    /// 4 refusals at once, 4 listening, 32 half-open (dropped after 5 s),
     /// 128 KiB receive and 256 KiB transmit buffers, no budget.
     pub fn new(port: u16) -> Self {
         Self {
@@ -177,7 +178,7 @@ impl ListenerConfig {
             max_per_address: 32,
             max_refusing: 4,
             listen_backlog: 4,
-            max_half_open: 16,
+            max_half_open: 32,
             half_open_timeout_ms: 5_000,
             budget: None,
             connection_bytes: 0,
@@ -226,11 +227,12 @@ impl fmt::Display for ListenerStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "port {}: {} active (limit {}, {} per address) {} listening {} half-open {} accepted",
+            "port {}: {} active (limit {}, {} per address) {} refusing {} listening {} half-open {} accepted",
             self.port,
             self.active,
             self.max_connections,
             self.max_per_address,
+            self.refusing,
             self.listening,
             self.half_open,
             self.accepted
@@ -453,10 +455,26 @@ impl<S: TcpService> Listener<S> {
             .saturating_add(self.config.max_half_open)
     }
 
-    /// Tops up the LISTEN sockets to the backlog, within the socket cap.
+    /// Half-open sockets now.
+    fn count_half_open(&self, sockets: &SocketSet<'static>) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.connection.is_none() && !s.closing)
+            .filter(|s| sockets.get::<tcp::Socket>(s.handle).state() == tcp::State::SynReceived)
+            .count()
+    }
+
+    /// Tops up the LISTEN sockets to the backlog, within the socket cap,
+    /// and not while `max_half_open` sockets are half-open: a SYN flood
+    /// then meets resets (which cost nothing) instead of taking sockets
+    /// until the budget is gone, and room comes back as the oldest
+    /// half-open sockets are dropped.
     fn replenish(&mut self, sockets: &mut SocketSet<'static>) -> bool {
         let cap = self.socket_cap();
         let mut created = false;
+        if self.count_half_open(sockets) >= self.config.max_half_open {
+            return false;
+        }
         while self.stats.listening < self.config.listen_backlog && self.slots.len() < cap {
             let Some((handle, charge)) = self.new_listening_socket(sockets) else {
                 break;
