@@ -26,9 +26,10 @@
 //! closed, so no path is an unbounded sink.
 //!
 //! Time limits (none restarts on every byte, so a client trickling bytes
-//! cannot hold a connection): a request head must be complete within
-//! [`HEAD_TIMEOUT_MS`] of the connection's accept (first request) or of
-//! its first byte (later requests), else `408` and close; a body must
+//! cannot hold a connection): the first byte of the first request must
+//! arrive within [`FIRST_BYTE_TIMEOUT_MS`] of the accept (clients open
+//! connections ahead of use), and a request head must be complete within
+//! [`HEAD_TIMEOUT_MS`] of its first byte, else `408` and close; a body must
 //! arrive within [`HEAD_TIMEOUT_MS`] plus one second per MiB
 //! ([`BODY_RATE_BYTES_PER_S`]), else the connection is reset; a response
 //! must make progress every [`REQUEST_TIMEOUT_MS`]; an idle keep-alive
@@ -53,9 +54,11 @@ pub const MAX_DISCARD: u64 = 64 * 1024;
 pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
 /// An idle keep-alive connection is closed after this time.
 pub const IDLE_TIMEOUT_MS: u64 = 120_000;
-/// A request head must be complete this long after the connection was
-/// accepted (first request) or its first byte arrived (later requests).
+/// A request head must be complete this long after its first byte.
 pub const HEAD_TIMEOUT_MS: u64 = 10_000;
+/// The first byte of a connection's first request must arrive this long
+/// after the accept.
+pub const FIRST_BYTE_TIMEOUT_MS: u64 = 30_000;
 /// Slowest body rate allowed: a body of N bytes must be complete within
 /// [`HEAD_TIMEOUT_MS`] + N / this seconds of the end of its head.
 pub const BODY_RATE_BYTES_PER_S: u64 = 1 << 20;
@@ -198,8 +201,8 @@ pub struct HttpConnection {
     /// Close once everything queued is sent.
     close_after: bool,
     last_activity: u64,
-    /// When the head being read must be complete (set at accept and at
-    /// the first byte of each later head).
+    /// When the head being read must be complete (its first byte must
+    /// arrive by then, after the accept; then set at its first byte).
     head_deadline: Option<u64>,
     /// When the body being read must be complete.
     body_deadline: Option<u64>,
@@ -487,7 +490,8 @@ impl<R: HttpRoutes> HttpService<R> {
 
     /// Consumes head bytes; returns how many of `data` belong to the head.
     fn receive_head(&mut self, conn: &mut HttpConnection, data: &[u8], now_ms: u64) -> usize {
-        if conn.head_deadline.is_none() {
+        if conn.head.is_empty() {
+            // The first byte of a head: its deadline starts now.
             conn.head_deadline = Some(now_ms.saturating_add(HEAD_TIMEOUT_MS));
         }
         let old_len = conn.head.len();
@@ -564,7 +568,7 @@ impl<R: HttpRoutes> TcpService for HttpService<R> {
             stream_offset: 0,
             close_after: false,
             last_activity: now_ms,
-            head_deadline: Some(now_ms.saturating_add(HEAD_TIMEOUT_MS)),
+            head_deadline: Some(now_ms.saturating_add(FIRST_BYTE_TIMEOUT_MS)),
             body_deadline: None,
             answer_deadline: None,
         }

@@ -871,3 +871,24 @@ fn socket_buffers_are_charged_to_the_budget() {
     drop(h);
     assert_eq!(BUDGET.stats().used, 0, "every charge given back");
 }
+
+/// A connection opened ahead of use (as browsers do) may wait for its first
+/// byte longer than a head may take once it started: 30 s, then `408`.
+#[test]
+fn a_connection_without_a_first_byte_is_kept_30_s() {
+    let mut h = Harness::http();
+    let handle = h.connect(80);
+    for _ in 0..5 {
+        h.step();
+    }
+    h.now += daxbox_netstack::http::HEAD_TIMEOUT_MS + 1000;
+    for _ in 0..5 {
+        h.step();
+    }
+    assert_eq!(h.socket(handle).state(), tcp::State::Established);
+    assert!(!h.socket(handle).can_recv(), "nothing sent yet");
+    h.now += daxbox_netstack::http::FIRST_BYTE_TIMEOUT_MS;
+    let bytes = h.read_until(handle, |b| parse_response(b).is_some());
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+}

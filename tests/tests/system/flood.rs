@@ -7,7 +7,7 @@
 //! the per-address limit keeps the flood from taking every slot, and the
 //! fresh client gets in once the flood's handshakes time out (NBD: 10 s
 //! from the accept, not restarted by anything the client sends; HTTP: the
-//! request head must be complete 10 s after the accept). The bounded waits
+//! request head must be complete 10 s after its first byte). The bounded waits
 //! below are that deadline plus 5 s; a client that is not refused (HTTP
 //! while the slowloris clients stay under the per-address limit) must be
 //! served within 5 s. Half-open SYN floods need tap networking (QEMU's user
