@@ -18,8 +18,8 @@
 //!   connection is reset at once. Existing connections are never touched.
 //! - Half-open connections (a SYN that was never completed by the
 //!   client's ACK) hold a socket each: they are dropped after
-//!   `half_open_timeout_ms`, and beyond `max_half_open` the oldest one
-//!   older than [`HALF_OPEN_MIN_AGE_MS`] is dropped at once, so a SYN
+//!   `half_open_timeout_ms`, and at `max_half_open` the oldest ones
+//!   older than [`HALF_OPEN_MIN_AGE_MS`] are dropped at once, so a SYN
 //!   flood cannot keep the listening sockets busy. All sockets together
 //!   are capped at `max_connections + max_refusing + listen_backlog +
 //!   max_half_open`; no listening socket is made while `max_half_open`
@@ -345,7 +345,9 @@ impl<S: TcpService> Listener<S> {
         }
     }
 
-    /// Drops the oldest half-open sockets beyond `max_half_open`.
+    /// Drops the oldest half-open sockets (past the minimum age) until
+    /// fewer than `max_half_open` remain, so listening sockets can be made
+    /// again (`replenish` makes none at `max_half_open`).
     fn evict_half_open(&mut self, sockets: &mut SocketSet<'static>, now_ms: u64) -> bool {
         let mut work = false;
         loop {
@@ -365,7 +367,7 @@ impl<S: TcpService> Listener<S> {
             self.stats.half_open = count;
             match oldest {
                 Some((index, since))
-                    if count > self.config.max_half_open
+                    if count >= self.config.max_half_open.max(1)
                         && now_ms.saturating_sub(since) >= HALF_OPEN_MIN_AGE_MS
                         && since != u64::MAX =>
                 {
