@@ -338,6 +338,24 @@ fn fs_error(error: FsError) -> BackendError {
     }
 }
 
+/// An NBD write never changes a file's size: the engine checks requests
+/// against the size sent at the handshake, and this checks them against the
+/// size now (smaller only if the file was shrunk under the connection,
+/// which `truncate` refuses unless it cut the connection first). Beyond
+/// the end is `ENOSPC`, as the engine answers past the export size.
+fn within_file<M: PersistentMemory>(
+    fs: &Filesystem<M>,
+    file: FileId,
+    offset: u64,
+    len: u64,
+) -> Result<(), BackendError> {
+    let size = fs.file_size(file).map_err(fs_error)?;
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(BackendError::NoSpace),
+    }
+}
+
 /// The engine's view of the storage volumes for one call.
 pub struct StorageBackend<'a, M: PersistentMemory> {
     storage: &'a mut Storage<M>,
@@ -509,10 +527,11 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
                 .raw_memory(volume)?
                 .write_flush(offset, data)
                 .map_err(|_| BackendError::Invalid),
-            Target::File { volume, file } => self
-                .filesystem(volume)?
-                .write(file, offset, data)
-                .map_err(fs_error),
+            Target::File { volume, file } => {
+                let fs = self.filesystem(volume)?;
+                within_file(fs, file, offset, data.len() as u64)?;
+                fs.write(file, offset, data).map_err(fs_error)
+            }
         }
     }
 
@@ -547,10 +566,12 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
                     .map_err(|_| BackendError::Invalid)?;
                 memory.flush(offset, len).map_err(|_| BackendError::Invalid)
             }
-            Target::File { volume, file } => self
-                .filesystem(volume)?
-                .write_zeroes(file, offset, len, !flags.no_hole)
-                .map_err(fs_error),
+            Target::File { volume, file } => {
+                let fs = self.filesystem(volume)?;
+                within_file(fs, file, offset, len)?;
+                fs.write_zeroes(file, offset, len, !flags.no_hole)
+                    .map_err(fs_error)
+            }
         }
     }
 
@@ -749,6 +770,37 @@ mod tests {
         f.ok("rm ro");
         let mut b = backend(&mut f.storage, &mut targets);
         assert_eq!(b.read(ro, 0, &mut buf), Err(BackendError::Invalid));
+    }
+
+    #[test]
+    fn an_nbd_write_never_changes_a_file_size() {
+        let mut f = exports();
+        let mut targets = Vec::new();
+        let disk = backend(&mut f.storage, &mut targets).open("disk").unwrap();
+        // Shrunk under the handle (as if a client kept the old size).
+        let index = f.storage.lookup("disk").unwrap();
+        let fs = f.storage.filesystem(index.volume).unwrap();
+        fs.truncate(index.file, MIB).unwrap();
+        let mut b = backend(&mut f.storage, &mut targets);
+        assert_eq!(
+            b.write(disk, 2 * MIB, &[1; 4096]),
+            Err(BackendError::NoSpace)
+        );
+        assert_eq!(
+            b.write(disk, MIB - 10, &[1; 20]),
+            Err(BackendError::NoSpace)
+        );
+        let zero = ZeroFlags::default();
+        assert_eq!(
+            b.write_zeroes(disk, MIB, 4096, zero),
+            Err(BackendError::NoSpace)
+        );
+        b.write(disk, MIB - 10, &[1; 10]).unwrap();
+        b.write_zeroes(disk, 0, MIB, zero).unwrap();
+        assert_eq!(
+            f.ok("stat disk").lines().nth(1),
+            Some("size:       1048576 (1 MiB)")
+        );
     }
 
     #[test]

@@ -57,6 +57,7 @@ mod grow;
 mod journal;
 mod mount;
 mod namespace;
+mod size;
 mod space;
 mod types;
 mod write;
