@@ -123,7 +123,7 @@ pub const fn nbd_table<C: ShellHost>() -> [Command<C>; 1] {
     [Command {
         name: "nbd",
         usage: "",
-        help: "NBD exports and connections with byte and request counters",
+        help: "NBD exports and connections (client address:port, age, export, counters)",
         run: entry::nbd::<C>,
     }]
 }
