@@ -3,7 +3,8 @@
 //! names like `pmemN` and `pmemN:NAME` resolve, the NBD exports and their
 //! read-only policy, the NBD `Backend` and `TcpService`, and the storage
 //! shell commands (`ls stat create rm mv clone truncate write cat df fsck
-//! mkfs nbd`).
+//! mkfs nbd`, and the lifecycle commands `umount mount grow` in
+//! [`lifecycle`]).
 //!
 //! Everything is generic over `M:` [`PersistentMemory`], so the same code
 //! runs in three places: the kernel (`kernel/src/storage.rs` and
