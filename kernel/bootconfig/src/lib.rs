@@ -620,9 +620,10 @@ impl Parser {
         let source = alloc::format!("bootconfig line {line}: readonly");
         let rule = match readonly::unquote(rest) {
             Ok(value) => ReadOnlyRule::parse(&value, &source),
-            Err(why) => {
-                ReadOnlyRule::fail_all(alloc::format!("{source} {}: {why}", printable(rest.trim())))
-            }
+            Err(why) => ReadOnlyRule::fail_all(alloc::format!(
+                "{source} '{}': {why}",
+                printable(rest.trim())
+            )),
         };
         if let Some(reason) = &rule.failed {
             let reason = reason
