@@ -18,7 +18,8 @@
 //! [`Warning`] that names the line, the setting keeps its default (or the
 //! repeatable entry is dropped; a key that grants access is turned off)
 //! and boot continues. Lines that are not UTF-8, contain NUL bytes or are
-//! longer than [`MAX_LINE`] bytes are ignored with a warning.
+//! longer than [`MAX_LINE`] bytes are ignored with a warning (a `readonly`
+//! line fails closed instead, below).
 //!
 //! # Keys
 //! | key | value | default | meaning |

@@ -606,6 +606,51 @@ print("nbdsh script ok")
     assert!(status.contains("  export ro (read-only)\n"), "{status}");
     assert!(status.contains("  export rw\n"), "{status}");
     assert!(status.contains("  export pmem1 (read-only)\n"), "{status}");
+
+    // Read-only follows the file: renamed away, `ro` stays read-only for
+    // new sessions under its new name; a writable file renamed onto the
+    // rule's name is read-only at once, also for the session that opened
+    // it writable (and nbdinfo then says so).
+    server.ok("mv ro kept");
+    let output = run_tool(
+        "nbdinfo",
+        &["--is", "read-only", &server.uri("kept")],
+        QUICK,
+    );
+    assert_eq!(output.code, Some(0), "the renamed file stays read-only");
+    let mut kept = RawClient::start(port);
+    kept.go("kept");
+    kept.request(CMD_WRITE, 1, 0, 512, &[2; 512]);
+    assert_eq!(
+        kept.simple(),
+        (EPERM, 1),
+        "write to the renamed read-only file"
+    );
+    let mut writer = RawClient::start(port);
+    writer.go("rw");
+    writer.request(CMD_WRITE, 1, 0, 512, &[3; 512]);
+    assert_eq!(writer.simple(), (0, 1), "rw is writable");
+    server.ok("mv rw ro");
+    writer.request(CMD_WRITE, 2, 0, 512, &[4; 512]);
+    assert_eq!(
+        writer.simple(),
+        (EPERM, 2),
+        "renamed onto ro: read-only at once"
+    );
+    writer.request(CMD_READ, 3, 0, 4, &[]);
+    assert_eq!(writer.simple(), (0, 3));
+    assert_eq!(
+        writer.read_bytes(4),
+        [3; 4],
+        "the refused write changed nothing"
+    );
+    let output = run_tool("nbdinfo", &["--is", "read-only", &server.uri("ro")], QUICK);
+    assert_eq!(output.code, Some(0), "the file now called ro is read-only");
+    let status = server.ok("nbd");
+    assert!(
+        status.contains("  export kept (read-only)\n  export ro (read-only)\n"),
+        "{status}"
+    );
 }
 
 /// `--readonly` values that cannot be applied fail closed: an unusable
