@@ -44,9 +44,17 @@ use crate::{FileRef, Role, Storage};
 /// The rules and the files they have covered this boot.
 pub struct ReadOnlyPolicy {
     rules: Vec<ReadOnlyRule>,
-    /// Files a rule has covered, by device name: they stay read-only
-    /// whatever they are renamed to.
-    covered: BTreeMap<String, BTreeSet<FileId>>,
+    /// Files a rule has covered, by device name, with the identity (UUID)
+    /// of the filesystem they are on: they stay read-only whatever they
+    /// are renamed to. A device formatted anew drops its records.
+    covered: BTreeMap<String, Covered>,
+}
+
+/// The covered files of one device's filesystem.
+#[derive(Default)]
+struct Covered {
+    uuid: [u8; 16],
+    files: BTreeSet<FileId>,
 }
 
 impl Default for ReadOnlyPolicy {
@@ -86,6 +94,24 @@ impl<M: PersistentMemory> Storage<M> {
         if self.read_only.rules.is_empty() {
             return;
         }
+        let volumes = &self.volumes;
+        self.read_only.covered.retain(|device, covered| {
+            // A device not in use now keeps its records, for when it is
+            // mounted again (file identities survive remounts).
+            if let Some(volume) = volumes.iter().find(|v| &v.device == device) {
+                match &volume.role {
+                    Role::Filesystem(fs) if fs.statfs().uuid == covered.uuid => {
+                        // A zero-length read fails only for a removed file.
+                        covered
+                            .files
+                            .retain(|file| fs.read(*file, 0, &mut []).is_ok())
+                    }
+                    // Formatted anew, or exported raw now.
+                    _ => covered.files.clear(),
+                }
+            }
+            !covered.files.is_empty()
+        });
         let mut found = Vec::new();
         for rule in &self.read_only.rules {
             if let Some(file) = self.resolve(&rule.target) {
@@ -93,26 +119,20 @@ impl<M: PersistentMemory> Storage<M> {
             }
         }
         for file in found {
-            let device = self.volumes[file.volume].device.clone();
-            self.read_only
+            let volume = &self.volumes[file.volume];
+            let Some(fs) = filesystem(&volume.role) else {
+                continue;
+            };
+            let covered = self
+                .read_only
                 .covered
-                .entry(device)
-                .or_default()
-                .insert(file.file);
+                .entry(volume.device.clone())
+                .or_insert_with(|| Covered {
+                    uuid: fs.statfs().uuid,
+                    files: BTreeSet::new(),
+                });
+            covered.files.insert(file.file);
         }
-        let volumes = &self.volumes;
-        self.read_only.covered.retain(|device, files| {
-            // A device not in use now keeps its records, for when it is
-            // mounted again (file identities survive remounts).
-            if let Some(volume) = volumes.iter().find(|v| &v.device == device) {
-                match &volume.role {
-                    // A zero-length read fails only for a removed file.
-                    Role::Filesystem(fs) => files.retain(|file| fs.read(*file, 0, &mut []).is_ok()),
-                    Role::Raw(_) => files.clear(),
-                }
-            }
-            !files.is_empty()
-        });
     }
 
     /// The file that rule target `target` names now, if it names one.
@@ -180,7 +200,7 @@ impl<M: PersistentMemory> Storage<M> {
             .read_only
             .covered
             .get(device)
-            .is_some_and(|files| files.contains(&file))
+            .is_some_and(|covered| covered.files.contains(&file))
         {
             return true;
         }
@@ -333,7 +353,13 @@ mod tests {
             text.contains("  export x (read-only)\n  export pmem1:x\n"),
             "{text}"
         );
-        let covered: usize = f.storage.read_only.covered.values().map(|s| s.len()).sum();
+        let covered: usize = f
+            .storage
+            .read_only
+            .covered
+            .values()
+            .map(|c| c.files.len())
+            .sum();
         assert_eq!(covered, 1, "only live files are recorded");
     }
 
@@ -363,5 +389,48 @@ mod tests {
             ),
             "{text}"
         );
+    }
+}
+
+#[cfg(test)]
+mod reformat_tests {
+    use crate::testing::{rules, Fixture};
+    use crate::{Role, Volume};
+    use alloc::boxed::Box;
+
+    /// A device formatted anew (as `umount`, `mkfs`, `mount` would) does
+    /// not inherit the covered files of its old filesystem, even where
+    /// the new files get the same slot and generation.
+    #[test]
+    fn a_reformatted_device_forgets_its_covered_files() {
+        let mut f = Fixture::standard();
+        f.ok("create pmem1:ro 4K");
+        f.storage.set_read_only(rules(&["pmem1:ro"]));
+        f.ok("mv pmem1:ro pmem1:renamed");
+        let old = f.storage.lookup("pmem1:renamed").unwrap();
+        assert!(f.storage.file_read_only(old.volume, old.file));
+        let volume = f.storage.volumes.remove(1);
+        let Role::Filesystem(fs) = volume.role else {
+            panic!("pmem1 holds a filesystem");
+        };
+        let options = daxfs::FormatOptions {
+            uuid: [9; 16],
+            max_files: None,
+        };
+        let fresh = daxfs::Filesystem::format(fs.into_memory(), options).unwrap();
+        f.storage.volumes.insert(
+            1,
+            Volume {
+                device: "pmem1".into(),
+                role: Role::Filesystem(Box::new(fresh)),
+            },
+        );
+        f.ok("create pmem1:new 4K");
+        let new = f.storage.lookup("pmem1:new").unwrap();
+        assert_eq!(
+            new.file, old.file,
+            "the same identity on the new filesystem"
+        );
+        assert!(!f.storage.file_read_only(new.volume, new.file));
     }
 }
