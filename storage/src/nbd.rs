@@ -338,7 +338,7 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
         let target = self.target(export).ok()?;
         match target {
             Target::Raw { volume } => {
-                let target_volume = volume;
+                let index = volume;
                 let volume = self.storage.volumes.get(volume)?;
                 let Role::Raw(block) = &volume.role else {
                     return None;
@@ -347,7 +347,7 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
                     name: volume.device.clone(),
                     description: alloc::format!("raw pmem device {}", volume.device),
                     size: block.memory().len(),
-                    read_only: self.storage.raw_read_only(target_volume),
+                    read_only: self.storage.raw_read_only(index),
                     kind: ExportKind::Raw,
                     can_trim: true,
                     can_fast_zero: true,
