@@ -16,6 +16,7 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use bootloader_api::info::{MemoryRegionKind, MemoryRegions};
+use daxbox_bootconfig::ReadOnlyTarget;
 use daxbox_platform::pmem as platform_pmem;
 use daxbox_pmem::block::{BlockDevice, PmemBlockDevice};
 use daxbox_pmem::discovery::{self, Candidate, Forbidden, Machine, Region, Source};
@@ -336,7 +337,10 @@ pub fn init(facts: &BootFacts<'_>) {
                 continue;
             }
         };
-        let readonly = config::get().readonly.contains(&name);
+        // `readonly=pmemN` also keeps `blk write` off the device.
+        let readonly = config::get().readonly.iter().any(|rule| {
+            matches!(&rule.target, ReadOnlyTarget::Device { device, files: false } if *device == name)
+        });
         let mut block = PmemBlockDevice::new(name.clone(), region, 4096);
         block.set_read_only(readonly);
         println!(

@@ -10,6 +10,7 @@
 mod boot;
 mod daxfs;
 mod harness;
+mod names;
 mod nbd;
 mod net;
 mod pmem;
