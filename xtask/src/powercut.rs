@@ -1,0 +1,614 @@
+//! `cargo xtask powercut`: power cuts of the appliance under flushed
+//! writes; every acknowledged write must survive.
+//!
+//! The appliance boots in QEMU (harness as in the system tests) with a
+//! 256 MiB NVDIMM backing file kept across boots, and the shell creates
+//! the daxfs file `pc` (64 MiB, an NBD export). Each cycle:
+//!
+//! 1. fio writes to `pc` over NBD (`--ioengine=nbd`, 4 KiB random writes at
+//!    queue depth 8, `--fsync=1`: a FLUSH after every write, crc32c verify
+//!    headers, `--do_verify=0`, `--verify_state_save=1`, a new
+//!    `--randseed` each cycle so old blocks cannot pass for new ones);
+//! 2. after a random delay (seeded; the seed is printed) QEMU is SIGKILLed
+//!    by its PID: the power cut. fio then fails on the broken connection
+//!    and saves its verify state: how many writes it saw acknowledged,
+//!    and which were still in flight (those are not checked);
+//! 3. the appliance boots again on the same backing file (daxfs recovers
+//!    from the unclean stop);
+//! 4. `fio --verify_only --verify_state_load=1 --continue_on_error=verify`
+//!    reads back every acknowledged write; each block that fails its
+//!    check is an acknowledged write lost; the KiB it verified must cover
+//!    the KiB the write phase saw acknowledged;
+//! 5. the shell's `fsck` must say the device is clean.
+//!
+//! The rebooted appliance carries the next cycle's writes. Per cycle a
+//! line of figures; at the end a summary. Any lost write, short
+//! verification, fsck problem or crash marker fails the run.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use daxbox_tests::{run_dir, Firmware, Machine, Nvdimm, QemuOptions, EXIT_POWEROFF};
+
+use crate::clients::{
+    clock_seed, crashed, fio_jobs, fio_verify_failures, parse_fsck, positive, run_client,
+    seed_value, Outcome, Rng, FIO_EILSEQ,
+};
+use crate::images::{harness, prepare_for_harness};
+use crate::{step, XtaskError};
+
+const USAGE: &str = "\
+usage: cargo xtask powercut --cycles N [--seed S]
+
+Boots the appliance in QEMU with a 256 MiB NVDIMM backing file kept across
+boots and a 64 MiB daxfs file `pc`, then N times: fio (nbd engine) writes 4 KiB
+random blocks with a FLUSH after each (--fsync=1, crc32c headers, verify state
+saved); QEMU is SIGKILLed after a random delay (seeded; the seed is printed);
+the appliance boots again; fio --verify_only --verify_state_load=1 checks that
+every acknowledged write is there, and the shell's fsck must say clean. Prints
+per cycle: seconds until the cut, MiB acknowledged, MiB verified, lost writes,
+fsck; then a summary. Exits non-zero on any lost write or fsck problem.
+Logs: target/test-runs/powercut/. DAXBOX_KERNEL/DAXBOX_BOOT_TOOL skip the builds.";
+
+const MIB: u64 = 1 << 20;
+const NVDIMM_SIZE: u64 = 256 * MIB;
+/// The export fio writes.
+const EXPORT: &str = "pc";
+/// Its size: far more than a cycle writes before its cut.
+const EXPORT_SIZE: &str = "64M";
+/// fio's job name (its state file is `local-pc-0-verify.state`).
+const JOB: &str = "pc";
+/// When the cut comes, after fio starts.
+const CUT_MIN: Duration = Duration::from_millis(1000);
+const CUT_MAX: Duration = Duration::from_millis(8000);
+/// Deadline of one fio run.
+const FIO_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Parsed `powercut` options.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PowercutOptions {
+    /// Power cuts.
+    pub cycles: u64,
+    /// Seed of the cut moments and fio's seeds.
+    pub seed: u64,
+    /// Run folder name under target/test-runs/.
+    pub name: String,
+}
+
+impl PowercutOptions {
+    /// `cycles` cuts with a clock seed.
+    pub fn new(cycles: u64) -> Self {
+        PowercutOptions {
+            cycles,
+            seed: clock_seed(),
+            name: "powercut".into(),
+        }
+    }
+}
+
+/// Parses `powercut` arguments; `None` means `--help`.
+pub fn parse(args: &[String]) -> Result<Option<PowercutOptions>, String> {
+    let mut cycles = None;
+    let mut options = PowercutOptions::new(1);
+    let mut index = 0;
+    while index < args.len() {
+        let value = args.get(index + 1);
+        match args[index].as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--cycles" => cycles = Some(positive("--cycles", value)?),
+            "--seed" => options.seed = seed_value(value)?,
+            other => return Err(format!("powercut: unknown option `{other}`")),
+        }
+        index += 2;
+    }
+    options.cycles = cycles.ok_or("powercut: --cycles N is required")?;
+    Ok(Some(options))
+}
+
+/// What one cycle measured.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cycle {
+    /// 1-based.
+    pub number: u64,
+    /// From fio's start to the SIGKILL.
+    pub cut_after: Duration,
+    /// KiB fio saw acknowledged before the cut (its terse write KiB).
+    pub acked_kib: u64,
+    /// fio finished all its writes before the cut (then everything is
+    /// verified, without a saved state).
+    pub finished_before_cut: bool,
+    /// KiB the verify run read and checked.
+    pub verified_kib: u64,
+    /// Blocks that failed verification: acknowledged writes lost.
+    pub lost: u64,
+    /// fsck said clean.
+    pub fsck_clean: bool,
+    /// Anything else that went wrong (tool errors, missing state, crash).
+    pub problems: Vec<String>,
+}
+
+impl Cycle {
+    /// Why this cycle failed; empty when it passed.
+    pub fn failures(&self) -> Vec<String> {
+        let mut failures = self.problems.clone();
+        if self.lost > 0 {
+            failures.push(format!("{} acknowledged write(s) lost", self.lost));
+        }
+        if self.verified_kib < self.acked_kib {
+            failures.push(format!(
+                "verified {} KiB, less than the {} KiB acknowledged",
+                self.verified_kib, self.acked_kib
+            ));
+        }
+        if !self.fsck_clean {
+            failures.push("fsck not clean".into());
+        }
+        failures
+    }
+
+    /// The cycle's line of figures.
+    pub fn line(&self, of: u64) -> String {
+        format!(
+            "cycle {}/{of}: cut after {:.2} s{}, {:.1} MiB acknowledged ({} writes), \
+             {:.1} MiB verified, {} lost, fsck {}",
+            self.number,
+            self.cut_after.as_secs_f64(),
+            if self.finished_before_cut {
+                " (fio had finished)"
+            } else {
+                ""
+            },
+            self.acked_kib as f64 / 1024.0,
+            self.acked_kib / 4,
+            self.verified_kib as f64 / 1024.0,
+            self.lost,
+            if self.fsck_clean { "clean" } else { "NOT CLEAN" }
+        )
+    }
+}
+
+/// The summary of all cycles.
+pub fn summary(cycles: &[Cycle], seed: u64) -> String {
+    let acked: u64 = cycles.iter().map(|c| c.acked_kib / 4).sum();
+    let lost: u64 = cycles.iter().map(|c| c.lost).sum();
+    let unclean = cycles.iter().filter(|c| !c.fsck_clean).count();
+    let failed = cycles.iter().filter(|c| !c.failures().is_empty()).count();
+    let mut text = format!(
+        "powercut: {} cycle(s), seed {seed:#x}: {acked} acknowledged writes, {lost} lost, \
+         {unclean} fsck problem(s), {failed} failed cycle(s)",
+        cycles.len()
+    );
+    if let (Some(min), Some(max)) = (
+        cycles.iter().map(|c| c.cut_after).min(),
+        cycles.iter().map(|c| c.cut_after).max(),
+    ) {
+        let _ = write!(
+            text,
+            "; cuts {:.2} to {:.2} s after fio started",
+            min.as_secs_f64(),
+            max.as_secs_f64()
+        );
+    }
+    text
+}
+
+fn fio_base(uri: &str, seed: u64) -> Vec<String> {
+    vec![
+        format!("--name={JOB}"),
+        "--ioengine=nbd".into(),
+        format!("--uri={uri}"),
+        "--rw=randwrite".into(),
+        "--bs=4k".into(),
+        format!("--size={EXPORT_SIZE}"),
+        "--iodepth=8".into(),
+        "--verify=crc32c".into(),
+        format!("--randseed={seed}"),
+        "--output-format=terse".into(),
+        "--terse-version=3".into(),
+    ]
+}
+
+/// The write phase's arguments: a FLUSH after every write, state saved.
+pub fn write_args(uri: &str, seed: u64) -> Vec<String> {
+    let mut args = fio_base(uri, seed);
+    args.extend(
+        ["--do_verify=0", "--verify_state_save=1", "--fsync=1"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    args
+}
+
+/// The verify run's arguments: with the saved state when there is one;
+/// every block checked even after a bad one; the state file left as it is.
+pub fn verify_args(uri: &str, seed: u64, with_state: bool) -> Vec<String> {
+    let mut args = fio_base(uri, seed);
+    args.extend(
+        [
+            "--verify_only",
+            "--continue_on_error=verify",
+            "--verify_state_save=0",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    if with_state {
+        args.push("--verify_state_load=1".into());
+    }
+    args
+}
+
+/// Verify-run outcome: (KiB verified, blocks lost, problems).
+pub fn judge_verify(outcome: &Outcome) -> (u64, u64, Vec<String>) {
+    let stdout = outcome.stdout_text();
+    let everything = format!("{stdout}\n{}", outcome.stderr);
+    let jobs = fio_jobs(&stdout);
+    let mut problems = Vec::new();
+    let verified = jobs.iter().map(|job| job.read_kib).sum();
+    let mut lost = fio_verify_failures(&everything);
+    if lost == 0 && jobs.iter().any(|job| job.error == FIO_EILSEQ) {
+        lost = 1;
+    }
+    if jobs.len() != 1 {
+        problems.push(outcome.describe(&format!(
+            "fio --verify_only: {} terse lines, expected 1",
+            jobs.len()
+        )));
+    } else if !outcome.success() || jobs.iter().any(|j| j.error != 0 && j.error != FIO_EILSEQ) {
+        problems.push(outcome.describe("fio --verify_only"));
+    }
+    (verified, lost, problems)
+}
+
+fn boot(options: &PowercutOptions, fresh: bool) -> Result<Machine, XtaskError> {
+    let path = run_dir(&options.name).join("pmem0.img");
+    let nvdimm = if fresh {
+        Nvdimm::fresh(path, NVDIMM_SIZE)
+    } else {
+        Nvdimm::existing(path, NVDIMM_SIZE)
+    };
+    let mut qemu = QemuOptions::new(&options.name, Firmware::Bios)
+        .with_boot_config("format=if-blank\n")
+        .with_nvdimm(nvdimm);
+    qemu.max_runtime = Duration::from_secs(1800);
+    let machine = Machine::boot_to_prompt(qemu).map_err(harness)?;
+    wait_nbd(machine.nbd_port(), &run_dir(&options.name))?;
+    Ok(machine)
+}
+
+/// Waits until the export answers an NBD handshake.
+fn wait_nbd(port: u16, cwd: &Path) -> Result<(), XtaskError> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let uri = format!("nbd://127.0.0.1:{port}/{EXPORT}");
+    let args = vec!["--size".to_string(), uri.clone()];
+    // On the first boot the export does not exist yet: any listing will do.
+    let list = vec!["--list".to_string(), format!("nbd://127.0.0.1:{port}/")];
+    loop {
+        let mut ready = false;
+        for args in [&args, &list] {
+            let out = run_client("nbdinfo", args, cwd, None, Duration::from_secs(30)).map_err(
+                |problem| XtaskError::Command {
+                    command: "nbdinfo".into(),
+                    problem,
+                },
+            )?;
+            ready |= out.success();
+        }
+        if ready {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(XtaskError::Command {
+                command: format!("nbdinfo {uri}"),
+                problem: "no NBD handshake within 90 s".into(),
+            });
+        }
+        thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// One cycle on a running appliance: writes, cut, reboot, verify, fsck.
+/// Returns the cycle's figures and the rebooted appliance.
+fn cycle(
+    options: &PowercutOptions,
+    number: u64,
+    rng: &mut Rng,
+    mut machine: Machine,
+) -> Result<(Cycle, Machine), XtaskError> {
+    let dir = run_dir(&options.name).join(format!("cycle-{number:03}"));
+    std::fs::create_dir_all(&dir)
+        .map_err(|error| XtaskError::Io(format!("{}: {error}", dir.display())))?;
+    let seed = rng.next_u64() >> 1;
+    let cut_after = rng.duration(CUT_MIN, CUT_MAX);
+    let mut result = Cycle {
+        number,
+        cut_after,
+        ..Cycle::default()
+    };
+    let uri = format!("nbd://127.0.0.1:{}/{EXPORT}", machine.nbd_port());
+    let args = write_args(&uri, seed);
+    let writer = {
+        let dir = dir.clone();
+        thread::spawn(move || run_client("fio", &args, &dir, None, FIO_TIMEOUT))
+    };
+    thread::sleep(cut_after);
+    // The power cut: SIGKILL to QEMU's PID.
+    machine.kill();
+    if let Some(crash) = crashed(&machine.output()) {
+        result.problems.push(format!("crash before the cut: {crash}"));
+    }
+    drop(machine);
+    let written = writer.join().map_err(|_| XtaskError::Command {
+        command: "fio (write phase)".into(),
+        problem: "its thread panicked".into(),
+    })?;
+    let written = written.map_err(|problem| XtaskError::Command {
+        command: "fio".into(),
+        problem,
+    })?;
+    result.finished_before_cut = written.success();
+    let jobs = fio_jobs(&written.stdout_text());
+    result.acked_kib = jobs.iter().map(|job| job.write_kib).sum();
+    if jobs.len() != 1 {
+        result.problems.push(written.describe(&format!(
+            "fio write phase: {} terse lines, expected 1",
+            jobs.len()
+        )));
+    }
+    let state = dir.join(format!("local-{JOB}-0-verify.state"));
+    let with_state = !result.finished_before_cut;
+    if with_state && !state.exists() {
+        result.problems.push(format!(
+            "fio saved no verify state ({}): {}",
+            state.display(),
+            written.describe("write phase")
+        ));
+    }
+
+    let machine = boot(options, false)?;
+    let uri = format!("nbd://127.0.0.1:{}/{EXPORT}", machine.nbd_port());
+    let verified = run_client(
+        "fio",
+        &verify_args(&uri, seed, with_state),
+        &dir,
+        None,
+        FIO_TIMEOUT,
+    )
+    .map_err(|problem| XtaskError::Command {
+        command: "fio --verify_only".into(),
+        problem,
+    })?;
+    let (kib, lost, problems) = judge_verify(&verified);
+    result.verified_kib = kib;
+    result.lost = lost;
+    result.problems.extend(problems);
+    if lost > 0 {
+        for line in format!("{}\n{}", verified.stdout_text(), verified.stderr)
+            .lines()
+            .filter(|line| fio_verify_failures(line) > 0)
+            .take(5)
+        {
+            println!("    {line}");
+        }
+    }
+    let mut machine = machine;
+    match machine.command("fsck") {
+        Ok(output) => {
+            let fsck = parse_fsck(&output);
+            result.fsck_clean = fsck.ok();
+            if !fsck.ok() {
+                result.problems.push(format!("fsck: {output}"));
+            }
+        }
+        Err(error) => result.problems.push(format!("fsck: {error}")),
+    }
+    Ok((result, machine))
+}
+
+/// Runs all cycles; returns their figures (whose failures decide).
+pub fn run(options: &PowercutOptions) -> Result<Vec<Cycle>, XtaskError> {
+    prepare_for_harness()?;
+    step(&format!(
+        "powercut: {} cycle(s), seed {:#x} (cut {:.0} to {:.0} s after fio starts)",
+        options.cycles,
+        options.seed,
+        CUT_MIN.as_secs_f64(),
+        CUT_MAX.as_secs_f64()
+    ));
+    let mut rng = Rng::new(options.seed);
+    let mut machine = boot(options, true)?;
+    println!("    QEMU: {}", machine.command_line());
+    let created = machine
+        .command(&format!("create {EXPORT} {EXPORT_SIZE}"))
+        .map_err(harness)?;
+    if !created.contains("created") {
+        return Err(XtaskError::Command {
+            command: format!("create {EXPORT} {EXPORT_SIZE} (appliance shell)"),
+            problem: created,
+        });
+    }
+    let mut cycles = Vec::new();
+    for number in 1..=options.cycles {
+        let (figures, next) = cycle(options, number, &mut rng, machine)?;
+        println!("    {}", figures.line(options.cycles));
+        for failure in figures.failures() {
+            println!("    cycle {number} FAILED: {failure}");
+        }
+        cycles.push(figures);
+        machine = next;
+    }
+    let mut clean_exit = false;
+    if machine.send_raw(b"poweroff\r").is_ok() {
+        clean_exit = matches!(machine.wait_exit(Duration::from_secs(60)), Ok(EXIT_POWEROFF));
+    }
+    if let Some(crash) = crashed(&machine.output()) {
+        if let Some(last) = cycles.last_mut() {
+            last.problems.push(format!("crash: {crash}"));
+        }
+    }
+    if !clean_exit {
+        if let Some(last) = cycles.last_mut() {
+            last.problems
+                .push("the appliance did not power off cleanly at the end".into());
+        }
+    }
+    machine.kill();
+    println!("{}", summary(&cycles, options.seed));
+    Ok(cycles)
+}
+
+/// Entry point of `cargo xtask powercut`.
+pub fn powercut_command(args: &[String]) -> Result<(), XtaskError> {
+    let Some(options) = parse(args).map_err(|e| XtaskError::Usage(format!("{e}\n\n{USAGE}")))?
+    else {
+        println!("{USAGE}");
+        return Ok(());
+    };
+    let cycles = run(&options)?;
+    if cycles.iter().all(|cycle| cycle.failures().is_empty()) {
+        println!("powercut: passed (0 acknowledged writes lost, fsck clean every time)");
+        Ok(())
+    } else {
+        Err(XtaskError::TestsFailed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(text: &str) -> Vec<String> {
+        text.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn options_parse() {
+        let options = parse(&args("--cycles 50 --seed 7")).unwrap().unwrap();
+        assert_eq!((options.cycles, options.seed), (50, 7));
+        assert_eq!(parse(&args("-h")).unwrap(), None);
+        for bad in ["", "--cycles 0", "--cycles", "--seed 1", "--cycles 3 --x 1"] {
+            assert!(parse(&args(bad)).is_err(), "`{bad}` must be refused");
+        }
+    }
+
+    #[test]
+    fn the_write_phase_flushes_every_write_and_saves_its_state() {
+        let args = write_args("nbd://127.0.0.1:1/pc", 9).join(" ");
+        for wanted in [
+            "--fsync=1",
+            "--verify_state_save=1",
+            "--do_verify=0",
+            "--randseed=9",
+            "--verify=crc32c",
+        ] {
+            assert!(args.contains(wanted), "{wanted}: {args}");
+        }
+        let verify = verify_args("nbd://127.0.0.1:1/pc", 9, true).join(" ");
+        // The verify run must not overwrite the saved state (fio's default
+        // verify_state_save=1 would), and must count every bad block.
+        for wanted in [
+            "--verify_only",
+            "--verify_state_load=1",
+            "--verify_state_save=0",
+            "--continue_on_error=verify",
+            "--randseed=9",
+        ] {
+            assert!(verify.contains(wanted), "{wanted}: {verify}");
+        }
+        assert!(!verify_args("u", 9, false)
+            .join(" ")
+            .contains("verify_state_load"));
+    }
+
+    fn terse(error: i32, read_kib: u64) -> String {
+        let mut fields = vec!["0".to_string(); 130];
+        fields[0] = "3".into();
+        fields[2] = "pc".into();
+        fields[4] = error.to_string();
+        fields[5] = read_kib.to_string();
+        fields[46] = "65536".into();
+        fields.join(";") + "\n"
+    }
+
+    #[test]
+    fn verify_outcomes_are_judged() {
+        let good = Outcome {
+            code: Some(0),
+            stdout: terse(0, 924).into_bytes(),
+            ..Outcome::default()
+        };
+        assert_eq!(judge_verify(&good), (924, 0, vec![]));
+        // With continue_on_error=verify fio exits 0 but says EILSEQ and
+        // names every bad block.
+        let bad = Outcome {
+            code: Some(0),
+            stdout: terse(84, 924).into_bytes(),
+            stderr: "verify: bad magic header 0, wanted acca at file pc.0.0 offset 4046848, length 4096 (requested block: offset=4046848, length=4096)\n".repeat(3),
+            ..Outcome::default()
+        };
+        assert_eq!(judge_verify(&bad), (924, 3, vec![]));
+        let eilseq_only = Outcome {
+            code: Some(1),
+            stdout: terse(84, 8).into_bytes(),
+            ..Outcome::default()
+        };
+        assert_eq!(judge_verify(&eilseq_only).1, 1);
+        let broken = Outcome {
+            code: Some(1),
+            stderr: "fio: open state file: No such file or directory".into(),
+            ..Outcome::default()
+        };
+        let (_, _, problems) = judge_verify(&broken);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+    }
+
+    fn cycle(acked: u64, verified: u64, lost: u64, fsck: bool) -> Cycle {
+        Cycle {
+            number: 1,
+            cut_after: Duration::from_millis(2500),
+            acked_kib: acked,
+            verified_kib: verified,
+            lost,
+            fsck_clean: fsck,
+            ..Cycle::default()
+        }
+    }
+
+    #[test]
+    fn a_cycle_fails_on_loss_short_verify_or_fsck() {
+        assert!(cycle(400, 400, 0, true).failures().is_empty());
+        assert!(cycle(400, 432, 0, true).failures().is_empty());
+        assert_eq!(
+            cycle(400, 400, 2, true).failures(),
+            ["2 acknowledged write(s) lost"]
+        );
+        assert_eq!(cycle(400, 396, 0, true).failures().len(), 1);
+        assert_eq!(
+            cycle(400, 400, 0, false).failures(),
+            ["fsck not clean"]
+        );
+        let mut broken = cycle(0, 0, 0, true);
+        broken.problems.push("fio saved no verify state".into());
+        assert_eq!(broken.failures().len(), 1);
+    }
+
+    #[test]
+    fn lines_and_summary_show_the_figures() {
+        let line = cycle(4096, 4096, 0, true).line(3);
+        assert_eq!(
+            line,
+            "cycle 1/3: cut after 2.50 s, 4.0 MiB acknowledged (1024 writes), \
+             4.0 MiB verified, 0 lost, fsck clean"
+        );
+        let mut second = cycle(400, 400, 1, false);
+        second.cut_after = Duration::from_millis(7000);
+        let text = summary(&[cycle(4096, 4096, 0, true), second], 0x2a);
+        assert_eq!(
+            text,
+            "powercut: 2 cycle(s), seed 0x2a: 1124 acknowledged writes, 1 lost, \
+             1 fsck problem(s), 1 failed cycle(s); cuts 2.50 to 7.00 s after fio started"
+        );
+    }
+}
