@@ -267,6 +267,37 @@ pub fn fio_verify_failures(output: &str) -> u64 {
         .count() as u64
 }
 
+/// The offsets of the blocks fio reported as failing verification (`...
+/// at file NAME offset N, length ...`), in order, one per complaint.
+pub fn fio_verify_failure_offsets(output: &str) -> Vec<u64> {
+    output
+        .lines()
+        .filter(|line| fio_verify_failures(line) > 0)
+        .filter_map(|line| {
+            let rest = &line[line.find(" offset ")? + " offset ".len()..];
+            let number: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            number.parse().ok()
+        })
+        .collect()
+}
+
+/// The offsets of the writes in a fio latency log written with
+/// `--write_lat_log=PREFIX --log_offset=1`: one line per completed I/O,
+/// `time, value, direction, block size, offset, priority` (fio HOWTO, "Log
+/// File Formats"; direction 1 = write). fio logs only I/O that completed
+/// without error, so for a write these are the acknowledged ones.
+pub fn lat_log_write_offsets(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+            if fields.len() < 5 || fields[2] != "1" {
+                return None;
+            }
+            fields[4].parse().ok()
+        })
+        .collect()
+}
+
 /// EILSEQ: the errno fio gives a job whose data failed verification.
 pub const FIO_EILSEQ: i32 = 84;
 
@@ -476,6 +507,21 @@ fio: pid=12, err=84/file:io_u.c:2236, func=io_u_queued_complete, error=Invalid o
     }
 
     #[test]
+    fn fio_failure_offsets_and_latency_logs_parse() {
+        let output = "\
+crc32c: verify failed at file pc.0.0 offset 19247104, length 4096 (requested block: offset=19247104, length=4096, flags=88)
+       Expected CRC: 5e2a1d6b
+verify: bad magic header 0, wanted acca at file pc.0.0 offset 37249024, length 4096 (requested block: offset=37249024, length=4096)
+fio: pid=3, err=84/file:io_u.c:2190, func=io_u_queued_complete, error=Invalid or incomplete multibyte or wide character
+";
+        assert_eq!(fio_verify_failure_offsets(output), [19247104, 37249024]);
+        // As fio 3.33 writes `--write_lat_log=ack --log_offset=1`.
+        let log = "0, 160170, 1, 4096, 4046848, 0\n0, 172362, 1, 4096, 49676288, 0\n\
+                   3, 1000, 0, 4096, 8192, 0\ngarbage\n";
+        assert_eq!(lat_log_write_offsets(log), [4046848, 49676288]);
+    }
+
+    #[test]
     fn qemu_io_lines_parse() {
         let good = "\
 wrote 65536/65536 bytes at offset 131072
@@ -596,16 +642,27 @@ qemu-io: can't open device nbd://127.0.0.1:1/x: Failed to connect
             ],
             &std::env::temp_dir(),
             None,
-            Duration::from_millis(500),
+            // Time for sh to start its child on a busy host; it then waits.
+            Duration::from_secs(5),
         )
         .unwrap();
         assert!(outcome.timed_out, "{outcome:?}");
         let grandchild: u32 = outcome.stdout_text().trim().parse().expect("its pid");
-        let state = std::fs::read_to_string(format!("/proc/{grandchild}/stat")).ok();
-        let alive = state
-            .as_deref()
-            .and_then(|stat| stat.rsplit(')').next())
-            .is_some_and(|rest| !rest.trim_start().starts_with('Z'));
+        let alive = || {
+            std::fs::read_to_string(format!("/proc/{grandchild}/stat"))
+                .ok()
+                .as_deref()
+                .and_then(|stat| stat.rsplit(')').next())
+                .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+        };
+        // SIGKILL is delivered asynchronously: give it a moment to land.
+        for _ in 0..100 {
+            if !alive() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let alive = alive();
         if alive {
             let _ = Command::new("kill")
                 .args(["-KILL", &grandchild.to_string()])

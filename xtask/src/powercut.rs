@@ -1,11 +1,11 @@
 //! `cargo xtask powercut`: power cuts of the appliance under flushed
 //! writes; every acknowledged write must survive.
 //!
-//! The appliance boots in QEMU (harness as in the system tests) with a
-//! 256 MiB NVDIMM backing file kept across boots, and the shell creates
-//! the daxfs file `pc` (64 MiB, an NBD export). Each cycle:
+//! The appliance boots in QEMU (harness as in the system tests) with an
+//! NVDIMM backing file kept across boots, and the shell creates the daxfs
+//! file `pc` (an NBD export). Each cycle:
 //!
-//! 1. fio writes to `pc` over NBD (`--ioengine=nbd`, 4 KiB random writes at
+//! 1. fio writes to `pc` (256 MiB, on a 512 MiB NVDIMM) over NBD (`--ioengine=nbd`, 4 KiB random writes at
 //!    queue depth 8, `--fsync=1`: a FLUSH after every write, crc32c verify
 //!    headers, `--do_verify=0`, `--verify_state_save=1`, a new
 //!    `--randseed` each cycle so old blocks cannot pass for new ones);
@@ -16,15 +16,21 @@
 //! 3. the appliance boots again on the same backing file (daxfs recovers
 //!    from the unclean stop);
 //! 4. `fio --verify_only --verify_state_load=1 --continue_on_error=verify`
-//!    reads back every acknowledged write; each block that fails its
-//!    check is an acknowledged write lost; the KiB it verified must cover
-//!    the KiB the write phase saw acknowledged;
+//!    reads back every write fio issued and names each block that fails.
+//!    fio counts a write that failed at the cut (connection gone) as issued,
+//!    so the write phase also logs the offset of every write that completed
+//!    without error (`--write_lat_log --log_offset=1`: fio logs only those):
+//!    a failed block in that log is an acknowledged write lost; one outside
+//!    it was in flight (torn or never arrived), which is allowed, but never
+//!    more than the queue depth. The log must hold as many writes as fio
+//!    counted, and the KiB verified must cover the KiB acknowledged;
 //! 5. the shell's `fsck` must say the device is clean.
 //!
 //! The rebooted appliance carries the next cycle's writes. Per cycle a
 //! line of figures; at the end a summary. Any lost write, short
 //! verification, fsck problem or crash marker fails the run.
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::thread;
@@ -33,8 +39,8 @@ use std::time::{Duration, Instant};
 use daxbox_tests::{run_dir, Firmware, Machine, Nvdimm, QemuOptions, EXIT_POWEROFF};
 
 use crate::clients::{
-    clock_seed, crashed, fio_jobs, fio_verify_failures, parse_fsck, positive, run_client,
-    seed_value, Outcome, Rng, FIO_EILSEQ,
+    clock_seed, crashed, fio_jobs, fio_verify_failure_offsets, fio_verify_failures,
+    lat_log_write_offsets, parse_fsck, positive, run_client, seed_value, Outcome, Rng, FIO_EILSEQ,
 };
 use crate::images::{harness, prepare_for_harness};
 use crate::{step, XtaskError};
@@ -42,27 +48,33 @@ use crate::{step, XtaskError};
 const USAGE: &str = "\
 usage: cargo xtask powercut --cycles N [--seed S]
 
-Boots the appliance in QEMU with a 256 MiB NVDIMM backing file kept across
-boots and a 64 MiB daxfs file `pc`, then N times: fio (nbd engine) writes 4 KiB
+Boots the appliance in QEMU with a 512 MiB NVDIMM backing file kept across
+boots and a 256 MiB daxfs file `pc`, then N times: fio (nbd engine) writes 4 KiB
 random blocks with a FLUSH after each (--fsync=1, crc32c headers, verify state
 saved); QEMU is SIGKILLed after a random delay (seeded; the seed is printed);
 the appliance boots again; fio --verify_only --verify_state_load=1 checks that
-every acknowledged write is there, and the shell's fsck must say clean. Prints
+every acknowledged write (fio's completion log) is there, and the shell's
+fsck must say clean. Prints
 per cycle: seconds until the cut, MiB acknowledged, MiB verified, lost writes,
 fsck; then a summary. Exits non-zero on any lost write or fsck problem.
 Logs: target/test-runs/powercut/. DAXBOX_KERNEL/DAXBOX_BOOT_TOOL skip the builds.";
 
 const MIB: u64 = 1 << 20;
-const NVDIMM_SIZE: u64 = 256 * MIB;
+const NVDIMM_SIZE: u64 = 512 * MIB;
 /// The export fio writes.
 const EXPORT: &str = "pc";
-/// Its size: far more than a cycle writes before its cut.
-const EXPORT_SIZE: &str = "64M";
+/// Its size: more than a cycle writes before its cut (about 13 MiB/s
+/// under TCG on a busy 2-core host).
+const EXPORT_SIZE: &str = "256M";
+/// fio's queue depth: at most this many writes are in flight at the cut.
+const IODEPTH: u64 = 8;
+/// The latency log prefix (`ack_clat.1.log`: the acknowledged writes).
+const ACK_LOG: &str = "ack";
 /// fio's job name (its state file is `local-pc-0-verify.state`).
 const JOB: &str = "pc";
 /// When the cut comes, after fio starts.
-const CUT_MIN: Duration = Duration::from_millis(1000);
-const CUT_MAX: Duration = Duration::from_millis(8000);
+const CUT_MIN: Duration = Duration::from_millis(500);
+const CUT_MAX: Duration = Duration::from_millis(6000);
 /// Deadline of one fio run.
 const FIO_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -116,13 +128,19 @@ pub struct Cycle {
     pub cut_after: Duration,
     /// KiB fio saw acknowledged before the cut (its terse write KiB).
     pub acked_kib: u64,
+    /// Writes in fio's completion log (`--write_lat_log`): each one
+    /// acknowledged, by offset.
+    pub acked_writes: u64,
     /// fio finished all its writes before the cut (then everything is
     /// verified, without a saved state).
     pub finished_before_cut: bool,
     /// KiB the verify run read and checked.
     pub verified_kib: u64,
-    /// Blocks that failed verification: acknowledged writes lost.
+    /// Blocks that failed verification and were acknowledged: lost.
     pub lost: u64,
+    /// Blocks that failed verification but were never acknowledged (in
+    /// flight at the cut: torn or never arrived; allowed).
+    pub unacked_failures: u64,
     /// fsck said clean.
     pub fsck_clean: bool,
     /// Anything else that went wrong (tool errors, missing state, crash).
@@ -135,6 +153,20 @@ impl Cycle {
         let mut failures = self.problems.clone();
         if self.lost > 0 {
             failures.push(format!("{} acknowledged write(s) lost", self.lost));
+        }
+        if self.acked_writes * 4 != self.acked_kib {
+            failures.push(format!(
+                "fio's completion log has {} writes but fio counted {} KiB written: \
+                 cannot tell acknowledged writes apart",
+                self.acked_writes, self.acked_kib
+            ));
+        }
+        if self.unacked_failures > IODEPTH {
+            failures.push(format!(
+                "{} unacknowledged blocks failed verification, more than the {IODEPTH} \
+                 that can be in flight",
+                self.unacked_failures
+            ));
         }
         if self.verified_kib < self.acked_kib {
             failures.push(format!(
@@ -152,7 +184,7 @@ impl Cycle {
     pub fn line(&self, of: u64) -> String {
         format!(
             "cycle {}/{of}: cut after {:.2} s{}, {:.1} MiB acknowledged ({} writes), \
-             {:.1} MiB verified, {} lost, fsck {}",
+             {:.1} MiB verified, {} lost ({} unacknowledged in flight failed), fsck {}",
             self.number,
             self.cut_after.as_secs_f64(),
             if self.finished_before_cut {
@@ -161,9 +193,10 @@ impl Cycle {
                 ""
             },
             self.acked_kib as f64 / 1024.0,
-            self.acked_kib / 4,
+            self.acked_writes,
             self.verified_kib as f64 / 1024.0,
             self.lost,
+            self.unacked_failures,
             if self.fsck_clean { "clean" } else { "NOT CLEAN" }
         )
     }
@@ -171,7 +204,7 @@ impl Cycle {
 
 /// The summary of all cycles.
 pub fn summary(cycles: &[Cycle], seed: u64) -> String {
-    let acked: u64 = cycles.iter().map(|c| c.acked_kib / 4).sum();
+    let acked: u64 = cycles.iter().map(|c| c.acked_writes).sum();
     let lost: u64 = cycles.iter().map(|c| c.lost).sum();
     let unclean = cycles.iter().filter(|c| !c.fsck_clean).count();
     let failed = cycles.iter().filter(|c| !c.failures().is_empty()).count();
@@ -202,7 +235,7 @@ fn fio_base(uri: &str, seed: u64) -> Vec<String> {
         "--rw=randwrite".into(),
         "--bs=4k".into(),
         format!("--size={EXPORT_SIZE}"),
-        "--iodepth=8".into(),
+        format!("--iodepth={IODEPTH}"),
         "--verify=crc32c".into(),
         format!("--randseed={seed}"),
         "--output-format=terse".into(),
@@ -210,14 +243,21 @@ fn fio_base(uri: &str, seed: u64) -> Vec<String> {
     ]
 }
 
-/// The write phase's arguments: a FLUSH after every write, state saved.
+/// The write phase's arguments: a FLUSH after every write, state saved,
+/// every completed write's offset logged (`ack_clat.1.log`).
 pub fn write_args(uri: &str, seed: u64) -> Vec<String> {
     let mut args = fio_base(uri, seed);
     args.extend(
-        ["--do_verify=0", "--verify_state_save=1", "--fsync=1"]
-            .iter()
-            .map(|s| s.to_string()),
+        [
+            "--do_verify=0",
+            "--verify_state_save=1",
+            "--fsync=1",
+            "--log_offset=1",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
     );
+    args.push(format!("--write_lat_log={ACK_LOG}"));
     args
 }
 
@@ -240,16 +280,29 @@ pub fn verify_args(uri: &str, seed: u64, with_state: bool) -> Vec<String> {
     args
 }
 
-/// Verify-run outcome: (KiB verified, blocks lost, problems).
-pub fn judge_verify(outcome: &Outcome) -> (u64, u64, Vec<String>) {
+/// What a verify run found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Verified {
+    /// KiB read and checked.
+    pub kib: u64,
+    /// Offsets of the blocks that failed.
+    pub failed: Vec<u64>,
+    /// Tool problems.
+    pub problems: Vec<String>,
+}
+
+/// Judges a verify run's output.
+pub fn judge_verify(outcome: &Outcome) -> Verified {
     let stdout = outcome.stdout_text();
     let everything = format!("{stdout}\n{}", outcome.stderr);
     let jobs = fio_jobs(&stdout);
     let mut problems = Vec::new();
-    let verified = jobs.iter().map(|job| job.read_kib).sum();
-    let mut lost = fio_verify_failures(&everything);
-    if lost == 0 && jobs.iter().any(|job| job.error == FIO_EILSEQ) {
-        lost = 1;
+    let kib = jobs.iter().map(|job| job.read_kib).sum();
+    let failed = fio_verify_failure_offsets(&everything);
+    if failed.len() as u64 != fio_verify_failures(&everything)
+        || (failed.is_empty() && jobs.iter().any(|job| job.error == FIO_EILSEQ))
+    {
+        problems.push(outcome.describe("fio --verify_only: a failure without its offset"));
     }
     if jobs.len() != 1 {
         problems.push(outcome.describe(&format!(
@@ -259,7 +312,18 @@ pub fn judge_verify(outcome: &Outcome) -> (u64, u64, Vec<String>) {
     } else if !outcome.success() || jobs.iter().any(|j| j.error != 0 && j.error != FIO_EILSEQ) {
         problems.push(outcome.describe("fio --verify_only"));
     }
-    (verified, lost, problems)
+    Verified {
+        kib,
+        failed,
+        problems,
+    }
+}
+
+/// Splits failed blocks into acknowledged ones (lost) and the rest (in
+/// flight at the cut): `(lost, unacknowledged)`.
+pub fn classify(failed: &[u64], acked: &HashSet<u64>) -> (u64, u64) {
+    let lost = failed.iter().filter(|o| acked.contains(o)).count() as u64;
+    (lost, failed.len() as u64 - lost)
 }
 
 fn boot(options: &PowercutOptions, fresh: bool) -> Result<Machine, XtaskError> {
@@ -357,6 +421,17 @@ fn cycle(
             jobs.len()
         )));
     }
+    let log = dir.join(format!("{ACK_LOG}_clat.1.log"));
+    let acked: HashSet<u64> = match std::fs::read_to_string(&log) {
+        Ok(text) => lat_log_write_offsets(&text).into_iter().collect(),
+        Err(error) => {
+            result
+                .problems
+                .push(format!("fio's completion log {}: {error}", log.display()));
+            HashSet::new()
+        }
+    };
+    result.acked_writes = acked.len() as u64;
     let state = dir.join(format!("local-{JOB}-0-verify.state"));
     let with_state = !result.finished_before_cut;
     if with_state && !state.exists() {
@@ -380,11 +455,11 @@ fn cycle(
         command: "fio --verify_only".into(),
         problem,
     })?;
-    let (kib, lost, problems) = judge_verify(&verified);
-    result.verified_kib = kib;
-    result.lost = lost;
-    result.problems.extend(problems);
-    if lost > 0 {
+    let verdict = judge_verify(&verified);
+    result.verified_kib = verdict.kib;
+    (result.lost, result.unacked_failures) = classify(&verdict.failed, &acked);
+    result.problems.extend(verdict.problems);
+    if result.lost > 0 {
         for line in format!("{}\n{}", verified.stdout_text(), verified.stderr)
             .lines()
             .filter(|line| fio_verify_failures(line) > 0)
@@ -539,29 +614,45 @@ mod tests {
             stdout: terse(0, 924).into_bytes(),
             ..Outcome::default()
         };
-        assert_eq!(judge_verify(&good), (924, 0, vec![]));
+        assert_eq!(
+            judge_verify(&good),
+            Verified {
+                kib: 924,
+                ..Verified::default()
+            }
+        );
         // With continue_on_error=verify fio exits 0 but says EILSEQ and
         // names every bad block.
         let bad = Outcome {
             code: Some(0),
             stdout: terse(84, 924).into_bytes(),
-            stderr: "verify: bad magic header 0, wanted acca at file pc.0.0 offset 4046848, length 4096 (requested block: offset=4046848, length=4096)\n".repeat(3),
+            stderr: "verify: bad magic header 0, wanted acca at file pc.0.0 offset 4046848, length 4096 (requested block: offset=4046848, length=4096)\n\
+                     crc32c: verify failed at file pc.0.0 offset 8192, length 4096 (requested block: offset=8192, length=4096, flags=88)\n".into(),
             ..Outcome::default()
         };
-        assert_eq!(judge_verify(&bad), (924, 3, vec![]));
+        let verdict = judge_verify(&bad);
+        assert_eq!(verdict.failed, [4046848, 8192]);
+        assert!(verdict.problems.is_empty(), "{verdict:?}");
+        // EILSEQ with no block named: cannot be judged.
         let eilseq_only = Outcome {
             code: Some(1),
             stdout: terse(84, 8).into_bytes(),
             ..Outcome::default()
         };
-        assert_eq!(judge_verify(&eilseq_only).1, 1);
+        assert!(!judge_verify(&eilseq_only).problems.is_empty());
         let broken = Outcome {
             code: Some(1),
             stderr: "fio: open state file: No such file or directory".into(),
             ..Outcome::default()
         };
-        let (_, _, problems) = judge_verify(&broken);
-        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(judge_verify(&broken).problems.len(), 1);
+    }
+
+    #[test]
+    fn only_acknowledged_failures_are_losses() {
+        let acked: HashSet<u64> = [0, 4096, 8192].into_iter().collect();
+        assert_eq!(classify(&[], &acked), (0, 0));
+        assert_eq!(classify(&[4096, 12288, 16384], &acked), (1, 2));
     }
 
     fn cycle(acked: u64, verified: u64, lost: u64, fsck: bool) -> Cycle {
@@ -569,6 +660,7 @@ mod tests {
             number: 1,
             cut_after: Duration::from_millis(2500),
             acked_kib: acked,
+            acked_writes: acked / 4,
             verified_kib: verified,
             lost,
             fsck_clean: fsck,
@@ -585,13 +677,20 @@ mod tests {
             ["2 acknowledged write(s) lost"]
         );
         assert_eq!(cycle(400, 396, 0, true).failures().len(), 1);
-        assert_eq!(
-            cycle(400, 400, 0, false).failures(),
-            ["fsck not clean"]
-        );
+        assert_eq!(cycle(400, 400, 0, false).failures(), ["fsck not clean"]);
         let mut broken = cycle(0, 0, 0, true);
         broken.problems.push("fio saved no verify state".into());
         assert_eq!(broken.failures().len(), 1);
+        // In-flight writes may fail, but no more than can be in flight.
+        let mut torn = cycle(400, 400, 0, true);
+        torn.unacked_failures = IODEPTH;
+        assert!(torn.failures().is_empty());
+        torn.unacked_failures = IODEPTH + 1;
+        assert_eq!(torn.failures().len(), 1);
+        // A completion log that disagrees with fio's count is not trusted.
+        let mut short_log = cycle(400, 400, 0, true);
+        short_log.acked_writes = 99;
+        assert_eq!(short_log.failures().len(), 1);
     }
 
     #[test]
@@ -600,7 +699,7 @@ mod tests {
         assert_eq!(
             line,
             "cycle 1/3: cut after 2.50 s, 4.0 MiB acknowledged (1024 writes), \
-             4.0 MiB verified, 0 lost, fsck clean"
+             4.0 MiB verified, 0 lost (0 unacknowledged in flight failed), fsck clean"
         );
         let mut second = cycle(400, 400, 1, false);
         second.cut_after = Duration::from_millis(7000);
