@@ -486,7 +486,7 @@ fn cycle(
 pub fn run(options: &PowercutOptions) -> Result<Vec<Cycle>, XtaskError> {
     prepare_for_harness()?;
     step(&format!(
-        "powercut: {} cycle(s), seed {:#x} (cut {:.0} to {:.0} s after fio starts)",
+        "powercut: {} cycle(s), seed {:#x} (cut {:.1} to {:.1} s after fio starts)",
         options.cycles,
         options.seed,
         CUT_MIN.as_secs_f64(),
