@@ -420,13 +420,9 @@ pub fn parse_fsck(output: &str) -> FsckResult {
 /// Whether serial output shows a kernel crash (the harness's markers).
 pub fn crashed(serial: &str) -> Option<String> {
     daxbox_tests::CRASH_MARKERS.iter().find_map(|marker| {
-        serial.find(marker).map(|at| {
-            serial[at..]
-                .lines()
-                .take(4)
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
+        serial
+            .find(marker)
+            .map(|at| serial[at..].lines().take(4).collect::<Vec<_>>().join("\n"))
     })
 }
 

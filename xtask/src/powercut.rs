@@ -197,7 +197,11 @@ impl Cycle {
             self.verified_kib as f64 / 1024.0,
             self.lost,
             self.unacked_failures,
-            if self.fsck_clean { "clean" } else { "NOT CLEAN" }
+            if self.fsck_clean {
+                "clean"
+            } else {
+                "NOT CLEAN"
+            }
         )
     }
 }
@@ -401,7 +405,9 @@ fn cycle(
     // The power cut: SIGKILL to QEMU's PID.
     machine.kill();
     if let Some(crash) = crashed(&machine.output()) {
-        result.problems.push(format!("crash before the cut: {crash}"));
+        result
+            .problems
+            .push(format!("crash before the cut: {crash}"));
     }
     drop(machine);
     let written = writer.join().map_err(|_| XtaskError::Command {
@@ -516,7 +522,10 @@ pub fn run(options: &PowercutOptions) -> Result<Vec<Cycle>, XtaskError> {
     }
     let mut clean_exit = false;
     if machine.send_raw(b"poweroff\r").is_ok() {
-        clean_exit = matches!(machine.wait_exit(Duration::from_secs(60)), Ok(EXIT_POWEROFF));
+        clean_exit = matches!(
+            machine.wait_exit(Duration::from_secs(60)),
+            Ok(EXIT_POWEROFF)
+        );
     }
     if let Some(crash) = crashed(&machine.output()) {
         if let Some(last) = cycles.last_mut() {
@@ -556,6 +565,29 @@ mod tests {
 
     fn args(text: &str) -> Vec<String> {
         text.split_whitespace().map(String::from).collect()
+    }
+
+    /// Every `--option` the help text names is one `parse` takes.
+    #[test]
+    fn help_names_only_options_that_parse() {
+        let mut named: Vec<&str> = USAGE
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            .filter(|word| word.starts_with("--") && word.len() > 2)
+            // fio's options, quoted in the text.
+            .filter(|word| {
+                !word.contains('_') && !word.starts_with("--verify") && *word != "--fsync"
+            })
+            .collect();
+        named.sort_unstable();
+        named.dedup();
+        assert!(!named.is_empty());
+        for option in named {
+            let line = format!("--cycles 1 {option} 8");
+            assert!(
+                parse(&args(&line)).is_ok(),
+                "help names {option}, which powercut refuses"
+            );
+        }
     }
 
     #[test]

@@ -97,7 +97,13 @@ pub enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 5] = [Kind::Nbdcopy, Kind::Fio, Kind::QemuIo, Kind::Shell, Kind::Http];
+    const ALL: [Kind; 5] = [
+        Kind::Nbdcopy,
+        Kind::Fio,
+        Kind::QemuIo,
+        Kind::Shell,
+        Kind::Http,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -122,7 +128,9 @@ pub fn mix(clients: usize) -> [(Kind, usize); 5] {
     let fio = (clients / 8).clamp(1, 8);
     let qemu_io = (clients * 3 / 16).clamp(1, 16);
     let shell = (clients / 8).clamp(1, 8);
-    let http = clients.saturating_sub(nbdcopy + fio + qemu_io + shell).max(1);
+    let http = clients
+        .saturating_sub(nbdcopy + fio + qemu_io + shell)
+        .max(1);
     [
         (Kind::Nbdcopy, nbdcopy),
         (Kind::Fio, fio),
@@ -238,7 +246,10 @@ impl SoakSummary {
                 failures.push(format!("{name}: {} error(s)", kind.errors));
             }
             if kind.verify_failures > 0 {
-                failures.push(format!("{name}: {} verify failure(s)", kind.verify_failures));
+                failures.push(format!(
+                    "{name}: {} verify failure(s)",
+                    kind.verify_failures
+                ));
             }
             if kind.clients > 0 && kind.ops == 0 {
                 failures.push(format!("{name}: no operation completed"));
@@ -332,7 +343,11 @@ impl Op {
 
 impl Shared {
     fn record(&self, kind: Kind, client: usize, mut op: Op) {
-        if op.errors.iter().any(|e| e.contains("killed at its deadline")) {
+        if op
+            .errors
+            .iter()
+            .any(|e| e.contains("killed at its deadline"))
+        {
             // A client that hung: what the appliance says about its
             // connections right now is the best clue.
             let status = self
@@ -367,9 +382,10 @@ impl Shared {
         {
             problems.0 += 1;
             if problems.1.len() < KEPT_PROBLEMS {
-                problems
-                    .1
-                    .push(format!("[{at:7.1} s] {}#{client} {label}: {text}", kind.name()));
+                problems.1.push(format!(
+                    "[{at:7.1} s] {}#{client} {label}: {text}",
+                    kind.name()
+                ));
             }
         }
     }
@@ -504,7 +520,10 @@ fn fio_op(shared: &Shared, client: usize, rng: &mut Rng) -> Op {
         .iter()
         .find(|job| job.error != 0 && job.error != FIO_EILSEQ)
     {
-        op.error(format!("fio job {} ended with error {}", job.name, job.error));
+        op.error(format!(
+            "fio job {} ended with error {}",
+            job.name, job.error
+        ));
     }
     op
 }
@@ -696,7 +715,10 @@ fn http_op(shared: &Shared, rng: &mut Rng) -> Op {
         return op;
     }
     let Some(answer) = parse_curl(&out.stdout_text()) else {
-        op.error(format!("curl {what}: no write-out in {:?}", out.stdout_text()));
+        op.error(format!(
+            "curl {what}: no write-out in {:?}",
+            out.stdout_text()
+        ));
         return op;
     };
     op.bytes += answer.size;
@@ -937,8 +959,10 @@ pub fn run(options: &SoakOptions) -> Result<SoakSummary, XtaskError> {
     }
     summary.crash = crashed(&machine.output());
     if summary.crash.is_none() && machine.send_raw(b"poweroff\r").is_ok() {
-        summary.powered_off =
-            matches!(machine.wait_exit(Duration::from_secs(60)), Ok(EXIT_POWEROFF));
+        summary.powered_off = matches!(
+            machine.wait_exit(Duration::from_secs(60)),
+            Ok(EXIT_POWEROFF)
+        );
     }
     summary.crash = summary.crash.or_else(|| crashed(&machine.output()));
     println!("    serial log: {}", machine.serial_log().display());
@@ -965,8 +989,8 @@ fn progress(shared: &Shared) -> String {
         let tally = &shared.tallies[kind.index()];
         let ops = tally.ops.load(Ordering::Relaxed);
         total += ops;
-        let bad = tally.errors.load(Ordering::Relaxed)
-            + tally.verify_failures.load(Ordering::Relaxed);
+        let bad =
+            tally.errors.load(Ordering::Relaxed) + tally.verify_failures.load(Ordering::Relaxed);
         let _ = write!(line, " {} {ops}", kind.name());
         if bad > 0 {
             let _ = write!(line, " ({bad} bad)");
@@ -1002,6 +1026,29 @@ mod tests {
 
     fn args(text: &str) -> Vec<String> {
         text.split_whitespace().map(String::from).collect()
+    }
+
+    /// Every `--option` the help text names is one `parse` takes.
+    #[test]
+    fn help_names_only_options_that_parse() {
+        let mut named: Vec<&str> = USAGE
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            .filter(|word| word.starts_with("--") && word.len() > 2)
+            // fio's options, quoted in the text.
+            .filter(|word| {
+                !word.contains('_') && !word.starts_with("--verify") && *word != "--fsync"
+            })
+            .collect();
+        named.sort_unstable();
+        named.dedup();
+        assert!(!named.is_empty());
+        for option in named {
+            let line = format!("--minutes 1 {option} 8");
+            assert!(
+                parse(&args(&line)).is_ok(),
+                "help names {option}, which soak refuses"
+            );
+        }
     }
 
     #[test]
@@ -1072,7 +1119,11 @@ mod tests {
 
     #[test]
     fn the_summary_fails_on_any_problem() {
-        assert!(passing().failures().is_empty(), "{:?}", passing().failures());
+        assert!(
+            passing().failures().is_empty(),
+            "{:?}",
+            passing().failures()
+        );
         let mut summary = passing();
         summary.kinds[2] = kind(Kind::QemuIo, 10, 1, 0);
         assert_eq!(summary.failures(), ["qemu-io: 1 error(s)"]);
