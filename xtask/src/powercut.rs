@@ -323,6 +323,30 @@ pub fn judge_verify(outcome: &Outcome) -> Verified {
     }
 }
 
+/// What the verify run checks after a cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// fio completed no write before the cut: nothing was acknowledged.
+    Nothing,
+    /// The writes up to the saved state (`--verify_state_load=1`).
+    WithState,
+    /// fio finished before the cut: the whole job.
+    Everything,
+}
+
+/// Decides the verify run from what the write phase left: whether fio
+/// finished, saved its state, and how many writes it logged as completed.
+pub fn plan(finished: bool, state_saved: bool, acked_writes: u64) -> Result<Plan, String> {
+    match (finished, state_saved, acked_writes) {
+        (true, _, _) => Ok(Plan::Everything),
+        (false, true, _) => Ok(Plan::WithState),
+        (false, false, 0) => Ok(Plan::Nothing),
+        (false, false, acked) => Err(format!(
+            "fio saved no verify state although {acked} writes completed"
+        )),
+    }
+}
+
 /// Splits failed blocks into acknowledged ones (lost) and the rest (in
 /// flight at the cut): `(lost, unacknowledged)`.
 pub fn classify(failed: &[u64], acked: &HashSet<u64>) -> (u64, u64) {
@@ -421,60 +445,53 @@ fn cycle(
     result.finished_before_cut = written.success();
     let jobs = fio_jobs(&written.stdout_text());
     result.acked_kib = jobs.iter().map(|job| job.write_kib).sum();
-    if jobs.len() != 1 {
+    let log = dir.join(format!("{ACK_LOG}_clat.1.log"));
+    // No log at all is fine only if fio never completed a write.
+    let acked: HashSet<u64> = std::fs::read_to_string(&log)
+        .map(|text| lat_log_write_offsets(&text).into_iter().collect())
+        .unwrap_or_default();
+    result.acked_writes = acked.len() as u64;
+    let state = dir.join(format!("local-{JOB}-0-verify.state"));
+    let plan = match plan(
+        result.finished_before_cut,
+        state.exists(),
+        result.acked_writes,
+    ) {
+        Ok(plan) => plan,
+        Err(problem) => {
+            result
+                .problems
+                .push(format!("{problem}: {}", written.describe("write phase")));
+            Plan::WithState
+        }
+    };
+    if plan != Plan::Nothing && jobs.len() != 1 {
         result.problems.push(written.describe(&format!(
             "fio write phase: {} terse lines, expected 1",
             jobs.len()
         )));
     }
-    let log = dir.join(format!("{ACK_LOG}_clat.1.log"));
-    let acked: HashSet<u64> = match std::fs::read_to_string(&log) {
-        Ok(text) => lat_log_write_offsets(&text).into_iter().collect(),
-        Err(error) => {
-            result
-                .problems
-                .push(format!("fio's completion log {}: {error}", log.display()));
-            HashSet::new()
-        }
-    };
-    result.acked_writes = acked.len() as u64;
-    let state = dir.join(format!("local-{JOB}-0-verify.state"));
-    let with_state = !result.finished_before_cut;
-    if with_state && !state.exists() {
-        result.problems.push(format!(
-            "fio saved no verify state ({}): {}",
-            state.display(),
-            written.describe("write phase")
-        ));
-    }
 
-    let machine = boot(options, false)?;
-    let uri = format!("nbd://127.0.0.1:{}/{EXPORT}", machine.nbd_port());
-    let verified = run_client(
-        "fio",
-        &verify_args(&uri, seed, with_state),
-        &dir,
-        None,
-        FIO_TIMEOUT,
-    )
-    .map_err(|problem| XtaskError::Command {
-        command: "fio --verify_only".into(),
-        problem,
-    })?;
-    let verdict = judge_verify(&verified);
-    result.verified_kib = verdict.kib;
-    (result.lost, result.unacked_failures) = classify(&verdict.failed, &acked);
-    result.problems.extend(verdict.problems);
-    if result.lost > 0 {
-        for line in format!("{}\n{}", verified.stdout_text(), verified.stderr)
-            .lines()
-            .filter(|line| fio_verify_failures(line) > 0)
-            .take(5)
-        {
-            println!("    {line}");
-        }
+    let mut machine = boot(options, false)?;
+    if plan == Plan::Nothing {
+        println!(
+            "    cycle {number}: the cut came before fio's first write completed: nothing to verify"
+        );
+    } else {
+        let uri = format!("nbd://127.0.0.1:{}/{EXPORT}", machine.nbd_port());
+        let verified = run_client(
+            "fio",
+            &verify_args(&uri, seed, plan == Plan::WithState),
+            &dir,
+            None,
+            FIO_TIMEOUT,
+        )
+        .map_err(|problem| XtaskError::Command {
+            command: "fio --verify_only".into(),
+            problem,
+        })?;
+        check_verify(&mut result, &verified, &acked);
     }
-    let mut machine = machine;
     match machine.command("fsck") {
         Ok(output) => {
             let fsck = parse_fsck(&output);
@@ -486,6 +503,23 @@ fn cycle(
         Err(error) => result.problems.push(format!("fsck: {error}")),
     }
     Ok((result, machine))
+}
+
+/// Records what a verify run found in `result`.
+fn check_verify(result: &mut Cycle, verified: &Outcome, acked: &HashSet<u64>) {
+    let verdict = judge_verify(verified);
+    result.verified_kib = verdict.kib;
+    (result.lost, result.unacked_failures) = classify(&verdict.failed, acked);
+    result.problems.extend(verdict.problems);
+    if result.lost > 0 {
+        for line in format!("{}\n{}", verified.stdout_text(), verified.stderr)
+            .lines()
+            .filter(|line| fio_verify_failures(line) > 0)
+            .take(5)
+        {
+            println!("    {line}");
+        }
+    }
 }
 
 /// Runs all cycles; returns their figures (whose failures decide).
@@ -678,6 +712,16 @@ mod tests {
             ..Outcome::default()
         };
         assert_eq!(judge_verify(&broken).problems.len(), 1);
+    }
+
+    #[test]
+    fn the_verify_plan_follows_what_the_write_phase_left() {
+        assert_eq!(plan(true, false, 65536), Ok(Plan::Everything));
+        assert_eq!(plan(false, true, 100), Ok(Plan::WithState));
+        assert_eq!(plan(false, true, 0), Ok(Plan::WithState));
+        // Cut before fio completed a write: nothing was acknowledged.
+        assert_eq!(plan(false, false, 0), Ok(Plan::Nothing));
+        assert!(plan(false, false, 5).is_err());
     }
 
     #[test]
