@@ -101,6 +101,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         human(heap_size),
         info.heap
     );
+    set_budgets(heap_size);
 
     boot.init_acpi();
     if let Some((address, gsi_base)) = acpi::ioapic_from_madt() {
@@ -197,4 +198,24 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
         )),
         None => serial::print_and_fail(format_args!("KERNEL PANIC: {}\n", info.message())),
     }
+}
+
+/// Shares of the heap the client- and media-sized subsystems may hold
+/// (numerator, denominator). They add up to 80%: the rest is for the
+/// shell, the network stack, the frame table and the allocator's own
+/// fragmentation, so a refused charge never starves them.
+const BUDGET_SHARES: [(&daxbox_budget::Budget, u64, u64); 3] = [
+    (&daxbox_budget::MOUNT, 1, 2),
+    (&daxbox_budget::NBD, 1, 5),
+    (&daxbox_budget::HTTP, 1, 10),
+];
+
+fn set_budgets(heap_size: u64) {
+    let mut line = alloc::string::String::from("memory budgets:");
+    for (budget, num, den) in BUDGET_SHARES {
+        let bytes = heap_size / den * num;
+        budget.set_limit(usize::try_from(bytes).unwrap_or(usize::MAX));
+        line.push_str(&alloc::format!(" {} {}", budget.name(), human(bytes)));
+    }
+    println!("{line}");
 }

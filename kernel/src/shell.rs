@@ -112,6 +112,16 @@ fn mem(_: &mut Context, args: &[&str]) -> Result<(), String> {
             println!("heap free:      {}", human(info.heap_free as u64));
             println!("frames in use:  {}", human(info.frames_allocated));
             println!("frames free:    {}", human(info.frames_free));
+            for b in daxbox_budget::all().map(|b| b.stats()) {
+                println!(
+                    "budget {:<7} {} of {} in use, peak {}, {} refused",
+                    b.name,
+                    human(b.used as u64),
+                    human(b.limit as u64),
+                    human(b.peak as u64),
+                    b.refused
+                );
+            }
             Ok(())
         }
         ["stress"] => {

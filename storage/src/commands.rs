@@ -66,6 +66,9 @@ pub fn run<M: PersistentMemory, E: Environment<M>>(
         "nbd" => nbd(storage, env.now_us() / 1000, args, nbd_port, out),
         _ => return None,
     };
+    // Names may have changed: the read-only rules see every change
+    // before the next command can rename again (crate::readonly).
+    storage.refresh_read_only();
     Some(result)
 }
 
@@ -162,6 +165,7 @@ pub fn ls<M: PersistentMemory, E: Environment<M>>(
         return Err("no filesystem is mounted".into());
     }
     let mut shown = 0;
+    let default = storage.default_filesystem();
     for index in 0..storage.volumes.len() {
         let name = storage.volumes[index].device.clone();
         if device.is_some_and(|d| d != name) {
@@ -172,7 +176,9 @@ pub fn ls<M: PersistentMemory, E: Environment<M>>(
         };
         let entries = fs.list(after, 1000);
         for entry in &entries {
-            say!(out, "{:>14}  {}:{}", entry.size, name, entry.name);
+            // The canonical name: the one NBD lists and read-only rules use.
+            let shown_name = crate::canonical_name(&name, default == Some(index), &entry.name);
+            say!(out, "{:>14}  {}", entry.size, shown_name);
         }
         shown += entries.len();
         if entries.len() == 1000 {
@@ -598,12 +604,15 @@ pub fn nbd<M: PersistentMemory>(
             out,
             "  export {}{}",
             name,
-            if storage.is_read_only(name) {
+            if export_read_only(storage, name) {
                 " (read-only)"
             } else {
                 ""
             }
         );
+    }
+    for line in storage.read_only_report() {
+        say!(out, "{}", line);
     }
     let connections = storage.connections();
     say!(out, "{} connection(s)", connections.len());
@@ -631,6 +640,17 @@ pub fn nbd<M: PersistentMemory>(
     Ok(())
 }
 
+/// Whether the export listed as `name` is read-only now.
+fn export_read_only<M: PersistentMemory>(storage: &Storage<M>, name: &str) -> bool {
+    if let Some(volume) = storage.volumes.iter().position(|v| v.device == name) {
+        return storage.raw_read_only(volume);
+    }
+    match storage.lookup(name) {
+        Ok(found) => storage.file_read_only(found.volume, found.file),
+        Err(_) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -648,7 +668,7 @@ mod tests {
         );
         assert_eq!(
             f.ok("ls"),
-            "          8192  pmem0:disk\n       1048576  pmem1:other\n2 file(s)\n"
+            "          8192  disk\n       1048576  pmem1:other\n2 file(s)\n"
         );
         assert_eq!(f.ok("ls pmem1"), "       1048576  pmem1:other\n1 file(s)\n");
         assert_eq!(f.ok("ls disk"), "       1048576  pmem1:other\n1 file(s)\n");
@@ -938,7 +958,7 @@ mod tests {
         f.ok("create pmem1:disk 4K");
         f.ok("create ro 4K");
         f.storage
-            .set_read_only(alloc::vec!["ro".into(), "pmem2".into()]);
+            .set_read_only(crate::testing::rules(&["ro", "pmem2"]));
         assert_eq!(
             f.ok("nbd"),
             "NBD on port 10809: 4 export(s)\n  export disk\n  export ro (read-only)\n  \
@@ -999,7 +1019,7 @@ mod tests {
         (nbd[0].run)(&mut shell, &[]).unwrap();
         assert_eq!(
             shell.out,
-            "created x (4096 bytes)\n          4096  pmem0:x\n1 file(s)\n\
+            "created x (4096 bytes)\n          4096  x\n1 file(s)\n\
              NBD on port 10809: 2 export(s)\n  export x\n  export pmem2\n0 connection(s)\n"
         );
     }

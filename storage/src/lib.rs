@@ -36,6 +36,7 @@ pub mod commands;
 pub mod devices;
 pub mod lifecycle;
 pub mod nbd;
+pub mod readonly;
 
 #[cfg(test)]
 mod testing;
@@ -53,6 +54,7 @@ use daxfs::{FileId, Filesystem};
 pub use boot::{boot, decide, BootPolicy, Decision, LeaveReason};
 pub use devices::DeviceList;
 pub use nbd::{export_names, NbdConnection, NbdService, SharedStorage, StorageBackend};
+pub use readonly::ReadOnlyPolicy;
 
 /// What the storage layer needs from whoever runs it.
 ///
@@ -120,14 +122,14 @@ pub struct ConnectionStatus {
     pub stats: daxbox_nbd::ConnectionStats,
 }
 
-/// All volumes in device order, the read-only export names, and the NBD
+/// All volumes in device order, the read-only rules, and the NBD
 /// connections (kept here so that one lock covers what the `nbd` command
 /// shows).
 pub struct Storage<M: PersistentMemory> {
     /// The volumes.
     pub volumes: Vec<Volume<M>>,
-    /// Export names served read-only (`readonly=`).
-    read_only: Vec<String>,
+    /// The `readonly=` rules and the files they cover ([`readonly`]).
+    read_only: ReadOnlyPolicy,
     /// Open NBD connections.
     connections: Vec<ConnectionStatus>,
     /// Connections `umount --force` or `truncate --force` cut: the NBD
@@ -204,20 +206,27 @@ impl<M: PersistentMemory> Storage<M> {
     pub const fn new() -> Self {
         Self {
             volumes: Vec::new(),
-            read_only: Vec::new(),
+            read_only: ReadOnlyPolicy::new(),
             connections: Vec::new(),
             disconnecting: Vec::new(),
         }
     }
 
-    /// Sets the export names served read-only (`readonly=NAME`).
-    pub fn set_read_only(&mut self, names: Vec<String>) {
-        self.read_only = names;
+    /// The default filesystem: the first volume, in device order, that
+    /// holds one. Bare names (`NAME`, no `pmemN:`) create files there and
+    /// are its files' canonical names.
+    pub fn default_filesystem(&self) -> Option<usize> {
+        self.volumes
+            .iter()
+            .position(|v| matches!(v.role, Role::Filesystem(_)))
     }
 
-    /// Whether export `name` is read-only.
-    pub fn is_read_only(&self, name: &str) -> bool {
-        self.read_only.iter().any(|r| r == name)
+    /// The one canonical name of file `bare` on volume `volume`: the one
+    /// NBD lists and sends back, `ls` and `nbd` show and `readonly=`
+    /// takes. See [`canonical_name`].
+    pub fn canonical_name(&self, volume: usize, bare: &str) -> String {
+        let device = self.volumes.get(volume).map_or("", |v| v.device.as_str());
+        canonical_name(device, self.default_filesystem() == Some(volume), bare)
     }
 
     /// The open NBD connections.
@@ -328,6 +337,26 @@ impl<M: PersistentMemory> Storage<M> {
 /// Whether `text` is a device name (`pmem0`..`pmem999`): the one
 /// device-name grammar of `daxbox-syntax`.
 pub use daxbox_syntax::is_device_name;
+
+/// The canonical name of file `bare` on `device`: `bare` itself on the
+/// default filesystem (`default`), `device:bare` everywhere else, and also
+/// on the default filesystem when `bare` alone would be read as something
+/// else (a device name `pmemN`, a `pmemN:` prefix, or `*`, which
+/// `readonly=` reads as every export). Every name this gives opens its
+/// file ([`Storage::lookup`]), and no two files or devices get the same
+/// name: raw devices are named `pmemN`, which no file's canonical name is.
+pub fn canonical_name(device: &str, default: bool, bare: &str) -> String {
+    let ambiguous = bare == "*"
+        || is_device_name(bare)
+        || bare
+            .split_once(':')
+            .is_some_and(|(prefix, _)| is_device_name(prefix));
+    if default && !ambiguous {
+        bare.into()
+    } else {
+        alloc::format!("{}:{}", device, bare)
+    }
+}
 
 /// Formats a byte count with a binary unit (`64 MiB`, `504.7 MiB`), as
 /// everything in daxbox prints sizes.

@@ -1,11 +1,18 @@
 //! The NBD service over the storage volumes: the engine's [`Backend`] and
 //! the network stack's [`TcpService`].
 //!
-//! Exports: every daxfs file (named by its file name; `pmemN:NAME` names a
-//! file on a particular device when two devices hold the same name) and
-//! every device exported raw (`export_raw=pmemN`, by device name).
-//! `readonly=NAME` makes an export read-only; the default export (`""`) is
-//! the first one, as nbdkit and qemu-nbd serve their single export for it.
+//! Exports: every daxfs file and every device exported raw
+//! (`export_raw=pmemN`), each under one canonical name
+//! ([`crate::canonical_name`]): `NAME` for a file on the default
+//! filesystem (pmem0 normally), `pmemN:NAME` for a file on any other
+//! device, `pmemN` for a raw device. That name is what `NBD_OPT_LIST`
+//! lists and what `NBD_OPT_INFO`/`GO` send back (`NBD_INFO_NAME`),
+//! whichever name opened the export; `GO` also accepts `pmem0:NAME` for a
+//! default-filesystem file and a bare `NAME` that only another device has
+//! (as the shell does). A device name never opens a file. Read-only is
+//! the policy of [`crate::readonly`], checked on every write-type request
+//! ([`Backend::check_write`]). The default export (`""`) is the first one,
+//! as nbdkit and qemu-nbd serve their single export for it.
 //! `NBD_OPT_LIST` names every export unless the boot config says
 //! `nbd_list=off` ([`engine_config`]); then it is answered with
 //! `NBD_REP_ERR_POLICY` and clients must know the name they want.
@@ -16,7 +23,6 @@
 //! by line as they land); FLUSH and FUA make the data durable (a fence, or
 //! daxfs `persist`) before the reply is sent.
 
-use alloc::collections::BTreeSet;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::cell::OnceCell;
@@ -31,7 +37,7 @@ use daxbox_netstack::TcpService;
 use daxbox_persist::PersistentMemory;
 use daxfs::{Error as FsError, FileId, Filesystem};
 
-use crate::{ConnectionStatus, Role, Storage};
+use crate::{is_device_name, ConnectionStatus, Role, Storage};
 
 /// How the service reaches the storage set for one call: the kernel locks
 /// its static, the host server borrows its own.
@@ -297,27 +303,25 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
     }
 }
 
-/// Every export name, in device order: raw devices by device name, files
-/// by file name, or `pmemN:NAME` when an earlier device has the same name.
+/// Every export's canonical name, in device order (files sorted by name
+/// within a device): raw devices by device name, files by
+/// [`crate::canonical_name`]. No name appears twice.
 pub fn export_names<M: PersistentMemory>(storage: &Storage<M>) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
-    let mut seen: BTreeSet<String> = BTreeSet::new();
-    for volume in &storage.volumes {
+    let default = storage.default_filesystem();
+    for (index, volume) in storage.volumes.iter().enumerate() {
         match &volume.role {
-            Role::Raw(_) => {
-                seen.insert(volume.device.clone());
-                names.push(volume.device.clone());
-            }
+            Role::Raw(_) => names.push(volume.device.clone()),
             Role::Filesystem(fs) => {
                 let mut after: Option<String> = None;
                 loop {
                     let page = fs.list(after.as_deref(), 512);
                     for entry in &page {
-                        if seen.insert(entry.name.clone()) {
-                            names.push(entry.name.clone());
-                        } else {
-                            names.push(alloc::format!("{}:{}", volume.device, entry.name));
-                        }
+                        names.push(crate::canonical_name(
+                            &volume.device,
+                            default == Some(index),
+                            &entry.name,
+                        ));
                     }
                     match page.last() {
                         Some(last) if page.len() == 512 => after = Some(last.name.clone()),
@@ -429,8 +433,9 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
             .position(|v| v.device == name && matches!(v.role, Role::Raw(_)))
         {
             Target::Raw { volume }
-        } else if volumes.iter().any(|v| v.device == name) {
-            // A device name that is not raw-exported is no export.
+        } else if is_device_name(&name) {
+            // A device name that is not raw-exported is no export (and
+            // never a file: a file called `pmemN` is `pmem0:pmemN`).
             return Err(BackendError::NoSuchExport);
         } else {
             let found = self
@@ -457,6 +462,7 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
         let target = self.target(export).ok()?;
         match target {
             Target::Raw { volume } => {
+                let index = volume;
                 let volume = self.storage.volumes.get(volume)?;
                 let Role::Raw(block) = &volume.role else {
                     return None;
@@ -465,7 +471,7 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
                     name: volume.device.clone(),
                     description: alloc::format!("raw pmem device {}", volume.device),
                     size: block.memory().len(),
-                    read_only: self.storage.is_read_only(&volume.device),
+                    read_only: self.storage.raw_read_only(index),
                     kind: ExportKind::Raw,
                     can_trim: true,
                     can_fast_zero: true,
@@ -473,6 +479,7 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
                 })
             }
             Target::File { volume, file } => {
+                let index = volume;
                 let volume = self.storage.volumes.get(volume)?;
                 let Role::Filesystem(fs) = &volume.role else {
                     return None;
@@ -480,8 +487,8 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
                 let stat = fs.stat(file).ok()?;
                 Some(ExportInfo {
                     description: alloc::format!("daxfs file on {}", volume.device),
-                    read_only: self.storage.is_read_only(&stat.name),
-                    name: stat.name,
+                    read_only: self.storage.file_read_only(index, file),
+                    name: self.storage.canonical_name(index, &stat.name),
                     size: stat.size,
                     kind: ExportKind::File,
                     can_trim: true,
@@ -490,6 +497,17 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
                 })
             }
         }
+    }
+
+    fn check_write(&mut self, export: ExportHandle) -> Result<(), BackendError> {
+        let read_only = match self.target(export)? {
+            Target::Raw { volume } => self.storage.raw_read_only(volume),
+            Target::File { volume, file } => self.storage.file_read_only(volume, file),
+        };
+        if read_only {
+            return Err(BackendError::ReadOnly);
+        }
+        Ok(())
     }
 
     fn read(
@@ -636,7 +654,7 @@ mod tests {
         f.ok("create pmem1:only1 4K");
         f.ok("create ro 4K");
         f.ok("write ro 0 readonly-content");
-        f.storage.set_read_only(vec!["ro".into()]);
+        f.storage.set_read_only(crate::testing::rules(&["ro"]));
         f
     }
 
@@ -645,7 +663,7 @@ mod tests {
         let mut f = exports();
         assert_eq!(
             export_names(&f.storage),
-            ["disk", "ro", "same", "only1", "pmem1:same", "pmem2"]
+            ["disk", "ro", "same", "pmem1:only1", "pmem1:same", "pmem2"]
         );
         let mut targets = Vec::new();
         let mut b = backend(&mut f.storage, &mut targets);
@@ -662,6 +680,22 @@ mod tests {
         assert_eq!(b.info(same1).unwrap().size, 8192);
         assert_eq!(b.info(same1).unwrap().description, "daxfs file on pmem1");
         assert_eq!(b.open("pmem0:same").unwrap(), same0);
+        // Every export has one canonical name: the listed one, sent back
+        // in NBD_INFO_NAME whatever name opened it.
+        assert_eq!(b.info(same1).unwrap().name, "pmem1:same");
+        assert_eq!(b.info(same0).unwrap().name, "same");
+        let only1 = b.open("only1").unwrap();
+        assert_eq!(b.open("pmem1:only1").unwrap(), only1);
+        assert_eq!(b.info(only1).unwrap().name, "pmem1:only1");
+        for index in 0..b.export_count() {
+            let name = b.export_name(index).unwrap();
+            let handle = b.open(&name).unwrap();
+            assert_eq!(
+                b.info(handle).unwrap().name,
+                name,
+                "listed name opens itself"
+            );
+        }
         for missing in [
             "nothing",
             "pmem0",
@@ -979,7 +1013,7 @@ mod tests {
         assert!(
             status.contains(
                 "\n  #1 127.0.0.1:40000 up 0 s, disk: 1 requests (0 errors), 4154 bytes in, \
-                 120 bytes out, read 0 written 4096\n  #2 127.0.0.1:40001 up 0 s, only1: "
+                 120 bytes out, read 0 written 4096\n  #2 127.0.0.1:40001 up 0 s, pmem1:only1: "
             ),
             "{status}"
         );
@@ -1219,6 +1253,103 @@ mod tests {
         let env = crate::testing::FakeEnvironment::from_images(vec![fixture.env.image("pmem0")]);
         let mut rebooted = Fixture::boot_env(env);
         assert_eq!(rebooted.ok("df"), after);
+    }
+
+    /// A connection in transmission on export `name` (fixed newstyle, no
+    /// zeroes, `NBD_OPT_GO`); returns it with the transmission flags.
+    fn go<S: TcpService>(service: &mut S, name: &str) -> (S::Connection, u16) {
+        let mut conn = service.accept(0);
+        exchange(service, &mut conn, &[], 0);
+        let mut hello = 3u32.to_be_bytes().to_vec();
+        hello.extend_from_slice(b"IHAVEOPT");
+        hello.extend_from_slice(&7u32.to_be_bytes());
+        hello.extend_from_slice(&(6 + name.len() as u32).to_be_bytes());
+        hello.extend_from_slice(&(name.len() as u32).to_be_bytes());
+        hello.extend_from_slice(name.as_bytes());
+        hello.extend_from_slice(&0u16.to_be_bytes());
+        let replies = exchange(service, &mut conn, &hello, 1);
+        let ack = &replies[replies.len() - 20..];
+        assert_eq!(
+            &ack[8..16],
+            &[0, 0, 0, 7, 0, 0, 0, 1],
+            "GO {name} acknowledged"
+        );
+        // Option replies: magic 8, option 4, type 4, length 4, data; the
+        // NBD_REP_INFO (3) of NBD_INFO_EXPORT (0) has the size (8 bytes),
+        // then the transmission flags.
+        let mut rest = &replies[..];
+        let mut flags = None;
+        while rest.len() >= 20 {
+            let kind = u32::from_be_bytes(rest[12..16].try_into().unwrap());
+            let len = u32::from_be_bytes(rest[16..20].try_into().unwrap()) as usize;
+            let data = &rest[20..20 + len];
+            if kind == 3 && data[..2] == [0, 0] {
+                flags = Some(u16::from_be_bytes([data[10], data[11]]));
+            }
+            rest = &rest[20 + len..];
+        }
+        (conn, flags.expect("an NBD_INFO_EXPORT reply"))
+    }
+
+    /// The error value of a WRITE of 512 bytes at 0 (simple reply).
+    fn write_errno<S: TcpService>(service: &mut S, conn: &mut S::Connection, cookie: u64) -> u32 {
+        let mut input = request(1, cookie, 0, 512);
+        input.extend_from_slice(&[0x77; 512]);
+        let reply = exchange(service, conn, &input, 2);
+        assert_eq!(reply.len(), 16, "one simple reply");
+        assert_eq!(&reply[8..16], &cookie.to_be_bytes());
+        u32::from_be_bytes(reply[4..8].try_into().unwrap())
+    }
+
+    /// TRIM's error value (4 KiB at 0).
+    fn trim_errno<S: TcpService>(service: &mut S, conn: &mut S::Connection, cookie: u64) -> u32 {
+        let reply = exchange(service, conn, &request(4, cookie, 0, 4096), 2);
+        u32::from_be_bytes(reply[4..8].try_into().unwrap())
+    }
+
+    const EPERM: u32 = 1;
+
+    #[test]
+    fn read_only_follows_the_file_across_renames() {
+        let cell = Cell(RefCell::new(exports()));
+        let mut service = NbdService::new(&cell);
+        // A session on `ro` before and after the file is renamed; a new
+        // session under the new name: read-only, every one.
+        let (mut on_ro, flags) = go(&mut service, "ro");
+        assert_eq!(flags & 2, 2, "ro advertises NBD_FLAG_READ_ONLY");
+        assert_eq!(write_errno(&mut service, &mut on_ro, 1), EPERM);
+        cell.0.borrow_mut().ok("mv ro moved");
+        assert_eq!(write_errno(&mut service, &mut on_ro, 2), EPERM);
+        let (mut on_moved, flags) = go(&mut service, "moved");
+        assert_eq!(flags & 2, 2, "the renamed file stays read-only");
+        assert_eq!(write_errno(&mut service, &mut on_moved, 3), EPERM);
+        assert_eq!(trim_errno(&mut service, &mut on_moved, 4), EPERM);
+        // A writable file renamed onto the rule's name becomes read-only,
+        // for the session that opened it writable too.
+        let (mut on_disk, flags) = go(&mut service, "disk");
+        assert_eq!(flags & 2, 0, "disk is writable");
+        assert_eq!(write_errno(&mut service, &mut on_disk, 5), 0);
+        cell.0.borrow_mut().ok("mv disk ro");
+        assert_eq!(write_errno(&mut service, &mut on_disk, 6), EPERM);
+        assert_eq!(trim_errno(&mut service, &mut on_disk, 7), EPERM);
+        let (_, flags) = go(&mut service, "ro");
+        assert_eq!(flags & 2, 2, "the file now called ro is read-only");
+        // A file created under the rule's name is read-only; its clone
+        // under another name is a new file, and writable.
+        cell.0.borrow_mut().ok("rm ro");
+        cell.0.borrow_mut().ok("create ro 4K");
+        let (mut fresh, flags) = go(&mut service, "ro");
+        assert_eq!(flags & 2, 2, "a new file named ro is read-only");
+        assert_eq!(write_errno(&mut service, &mut fresh, 8), EPERM);
+        cell.0.borrow_mut().ok("clone ro copy");
+        let (mut copy, flags) = go(&mut service, "copy");
+        assert_eq!(flags & 2, 0, "a clone under another name is writable");
+        assert_eq!(write_errno(&mut service, &mut copy, 9), 0);
+        // The refused writes left the data alone.
+        assert_eq!(
+            cell.0.borrow_mut().ok("cat moved 0 16"),
+            "readonly-content\n"
+        );
     }
 
     /// Client flags (fixed newstyle) and an `NBD_OPT_LIST`; returns the

@@ -17,6 +17,14 @@ use crate::{boot, commands, BootPolicy, DeviceList, Environment, Storage};
 
 pub const MIB: u64 = 1 << 20;
 
+/// `readonly=` rules as the boot config would give them.
+pub fn rules(values: &[&str]) -> Vec<daxbox_bootconfig::ReadOnlyRule> {
+    values
+        .iter()
+        .map(|value| daxbox_bootconfig::ReadOnlyRule::parse(value, "test"))
+        .collect()
+}
+
 /// `VecMemory` shared between the device that uses it and the test.
 #[derive(Clone)]
 pub struct TestMemory(Rc<RefCell<VecMemory>>);

@@ -16,6 +16,7 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use bootloader_api::info::{MemoryRegionKind, MemoryRegions};
+use daxbox_bootconfig::ReadOnlyTarget;
 use daxbox_platform::pmem as platform_pmem;
 use daxbox_pmem::block::{BlockDevice, PmemBlockDevice};
 use daxbox_pmem::discovery::{self, Candidate, Forbidden, Machine, Region, Source};
@@ -59,6 +60,9 @@ struct TakenDevice {
     frames: FrameTable,
     owner: Owner,
     flush: &'static str,
+    /// The block device's read-only flag (`readonly=pmemN`), for
+    /// `give_back_block`.
+    read_only: bool,
 }
 
 static TAKEN: Mutex<Vec<TakenDevice>> = Mutex::new(Vec::new());
@@ -131,6 +135,7 @@ pub fn take_block(name: &str, owner: Owner) -> Option<PmemBlockDevice<PmemRegion
         frames: device.frames,
         owner,
         flush: device.block.memory().flush_instruction().name(),
+        read_only: device.block.is_read_only(),
     });
     Some(device.block)
 }
@@ -160,7 +165,7 @@ pub fn give_back_block(name: &str, memory: PmemRegion, owner: Owner) -> Result<(
     let device = taken.remove(index);
     drop(taken);
     let mut block = PmemBlockDevice::new(device.name.clone(), memory, 4096);
-    block.set_read_only(config::get().readonly.contains(&device.name));
+    block.set_read_only(device.read_only);
     DEVICES.lock().push(Device {
         range: device.range,
         plan: device.plan,
@@ -376,7 +381,10 @@ pub fn init(facts: &BootFacts<'_>) {
                 continue;
             }
         };
-        let readonly = config::get().readonly.contains(&name);
+        // `readonly=pmemN` also keeps `blk write` off the device.
+        let readonly = config::get().readonly.iter().any(|rule| {
+            matches!(&rule.target, ReadOnlyTarget::Device { device, files: false } if *device == name)
+        });
         let mut block = PmemBlockDevice::new(name.clone(), region, 4096);
         block.set_read_only(readonly);
         println!(

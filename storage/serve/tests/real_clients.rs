@@ -606,6 +606,123 @@ print("nbdsh script ok")
     assert!(status.contains("  export ro (read-only)\n"), "{status}");
     assert!(status.contains("  export rw\n"), "{status}");
     assert!(status.contains("  export pmem1 (read-only)\n"), "{status}");
+
+    // Read-only follows the file: renamed away, `ro` stays read-only for
+    // new sessions under its new name; a writable file renamed onto the
+    // rule's name is read-only at once, also for the session that opened
+    // it writable (and nbdinfo then says so).
+    server.ok("mv ro kept");
+    let output = run_tool(
+        "nbdinfo",
+        &["--is", "read-only", &server.uri("kept")],
+        QUICK,
+    );
+    assert_eq!(output.code, Some(0), "the renamed file stays read-only");
+    let mut kept = RawClient::start(port);
+    kept.go("kept");
+    kept.request(CMD_WRITE, 1, 0, 512, &[2; 512]);
+    assert_eq!(
+        kept.simple(),
+        (EPERM, 1),
+        "write to the renamed read-only file"
+    );
+    let mut writer = RawClient::start(port);
+    writer.go("rw");
+    writer.request(CMD_WRITE, 1, 0, 512, &[3; 512]);
+    assert_eq!(writer.simple(), (0, 1), "rw is writable");
+    server.ok("mv rw ro");
+    writer.request(CMD_WRITE, 2, 0, 512, &[4; 512]);
+    assert_eq!(
+        writer.simple(),
+        (EPERM, 2),
+        "renamed onto ro: read-only at once"
+    );
+    writer.request(CMD_READ, 3, 0, 4, &[]);
+    assert_eq!(writer.simple(), (0, 3));
+    assert_eq!(
+        writer.read_bytes(4),
+        [3; 4],
+        "the refused write changed nothing"
+    );
+    let output = run_tool("nbdinfo", &["--is", "read-only", &server.uri("ro")], QUICK);
+    assert_eq!(output.code, Some(0), "the file now called ro is read-only");
+    let status = server.ok("nbd");
+    assert!(
+        status.contains("  export kept (read-only)\n  export ro (read-only)\n"),
+        "{status}"
+    );
+}
+
+/// `--readonly` values that cannot be applied fail closed: an unusable
+/// value makes every export read-only (a bad `pmemN:` rule only that
+/// device's), says why at start-up and in `nbd`, and writes get EPERM from
+/// real clients.
+#[test]
+fn unusable_read_only_rules_fail_closed() {
+    let dir = TempDir::new("readonly-closed");
+    let pmem0 = image_arg(&dir, "pmem0.img", "32M");
+    let pmem1 = image_arg(&dir, "pmem1.img", "16M");
+    let long = "x".repeat(256);
+    let mut server = Server::start(&[
+        "--image",
+        &pmem0,
+        "--image",
+        &pmem1,
+        "--format",
+        "if-blank",
+        "--export-raw",
+        "pmem1",
+        "--readonly",
+        "",
+        "--readonly",
+        &long,
+        "--create",
+        "disk=1M",
+    ]);
+    let boot = server.boot.clone();
+    assert!(
+        boot.contains("read-only (failing closed): every export: --readonly '': an empty name"),
+        "start-up says why:\n{boot}"
+    );
+    for export in ["disk", "pmem1"] {
+        let output = run_tool(
+            "nbdinfo",
+            &["--is", "read-only", &server.uri(export)],
+            QUICK,
+        );
+        assert_eq!(output.code, Some(0), "{export} must be read-only");
+        let port = server.port;
+        nbdsh(
+            &format!(
+                r#"
+import nbd
+h = nbd.NBD()
+h.connect_uri("nbd://127.0.0.1:{port}/{export}")
+assert h.is_read_only()
+h.set_strict_mode(0)
+try:
+    h.pwrite(b"x" * 512, 0)
+    raise SystemExit("write on a fail-closed export succeeded")
+except nbd.Error as e:
+    assert e.errno == "EPERM", (e.errno, e.string)
+h.shutdown()
+print("nbdsh script ok")
+"#
+            ),
+            export,
+        );
+    }
+    let mut client = RawClient::start(server.port);
+    client.go("disk");
+    client.request(CMD_WRITE, 1, 0, 512, &[1; 512]);
+    assert_eq!(client.simple(), (EPERM, 1), "write to a fail-closed export");
+    let nbd = server.ok("nbd");
+    assert!(nbd.contains("  export disk (read-only)\n"), "{nbd}");
+    assert!(nbd.contains("  export pmem1 (read-only)\n"), "{nbd}");
+    assert!(
+        nbd.contains("read-only (failing closed): every export: --readonly '': an empty name"),
+        "{nbd}"
+    );
 }
 
 /// Transmission-phase negative cases (proto.md "Request types" and
@@ -754,12 +871,41 @@ fn two_images_with_the_same_file_name() {
         "--create",
         "pmem1:other=1M",
     ]);
-    assert_eq!(list_exports(server.port), ["same", "other", "pmem1:same"]);
+    // One canonical name per export: pmem0's files bare, pmem1's with
+    // their device, in NBD_OPT_LIST, in NBD_INFO_NAME (what nbdinfo shows
+    // as export=), in `ls` and in `nbd`.
+    assert_eq!(
+        list_exports(server.port),
+        ["same", "pmem1:other", "pmem1:same"]
+    );
+    let list = run_tool_ok("nbdinfo", &["--list", &server.uri("")], QUICK);
+    let listed: Vec<&str> = list
+        .lines()
+        .filter_map(|line| line.strip_prefix("export=\""))
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    assert_eq!(listed, ["same", "pmem1:other", "pmem1:same"], "{list}");
+    for name in &listed {
+        let json = run_tool_ok("nbdinfo", &["--json", &server.uri(name)], QUICK);
+        assert!(
+            json.contains(&format!("\"export-name\": \"{name}\"")),
+            "{name} opens as itself: {json}"
+        );
+    }
     let ls = server.ok("ls");
     assert!(
-        ls.starts_with("       1048576  pmem0:same\n       1048576  pmem1:other\n       2097152  pmem1:same\n3 file(s)\n"),
+        ls.starts_with("       1048576  same\n       1048576  pmem1:other\n       2097152  pmem1:same\n3 file(s)\n"),
         "{ls}"
     );
+    let nbd = server.ok("nbd");
+    assert!(
+        nbd.contains("  export same\n  export pmem1:other\n  export pmem1:same\n"),
+        "{nbd}"
+    );
+    // A bare name found only on pmem1 still opens it (as before), under
+    // its canonical name.
+    let json = run_tool_ok("nbdinfo", &["--json", &server.uri("other")], QUICK);
+    assert!(json.contains("\"export-name\": \"pmem1:other\""), "{json}");
     for (export, size, pattern) in [
         ("same", MIB, "0x11"),
         ("pmem1:same", 2 * MIB, "0x22"),

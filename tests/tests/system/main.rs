@@ -11,6 +11,7 @@ mod boot;
 mod daxfs;
 mod harness;
 mod lifecycle;
+mod names;
 mod nbd;
 mod net;
 mod pmem;
