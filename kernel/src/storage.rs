@@ -49,6 +49,10 @@ impl Environment<PmemRegion> for KernelEnvironment {
         pmem::take_block(device, owner)
     }
 
+    fn give_back(&mut self, device: &str, memory: PmemRegion, owner: Owner) -> Result<(), String> {
+        pmem::give_back_block(device, memory, owner)
+    }
+
     fn now_us(&self) -> u64 {
         time::now_us()
     }

@@ -3,7 +3,8 @@
 //! names like `pmemN` and `pmemN:NAME` resolve, the NBD exports and their
 //! read-only policy, the NBD `Backend` and `TcpService`, and the storage
 //! shell commands (`ls stat create rm mv clone truncate write cat df fsck
-//! mkfs nbd`).
+//! mkfs nbd`, and the lifecycle commands `umount mount grow` in
+//! [`lifecycle`]).
 //!
 //! Everything is generic over `M:` [`PersistentMemory`], so the same code
 //! runs in three places: the kernel (`kernel/src/storage.rs` and
@@ -33,6 +34,7 @@ extern crate alloc;
 pub mod boot;
 pub mod commands;
 pub mod devices;
+pub mod lifecycle;
 pub mod nbd;
 pub mod readonly;
 
@@ -71,6 +73,12 @@ pub trait Environment<M: PersistentMemory> {
     /// the range passes to `owner` in the page-frame table). `None` when
     /// there is no such available device or it cannot be handed over.
     fn take(&mut self, device: &str, owner: Owner) -> Option<PmemBlockDevice<M>>;
+    /// Gives back the memory of device `device`, taken earlier for `owner`
+    /// (`umount`): the device becomes available again as it was before
+    /// `take` (in the kernel: its frames return from `owner` to the
+    /// device). An error says why it cannot (the memory is then dropped
+    /// and the device stays out of use until the next boot).
+    fn give_back(&mut self, device: &str, memory: M, owner: Owner) -> Result<(), String>;
     /// Microseconds since some fixed point (for the timings printed).
     fn now_us(&self) -> u64;
     /// A fresh filesystem identity for a format of device number `index`.
@@ -99,6 +107,15 @@ pub struct Volume<M: PersistentMemory> {
 pub struct ConnectionStatus {
     /// Connection number, from 1 in accept order.
     pub id: u64,
+    /// The client's address and port, when the transport told it.
+    pub peer: Option<core::net::SocketAddr>,
+    /// When it was accepted (ms, the service's clock, which is the
+    /// environment's `now_us` / 1000).
+    pub opened_ms: u64,
+    /// Device of the export in use, once the handshake is over.
+    pub device: Option<String>,
+    /// The file in use, when the export is a file.
+    pub file: Option<FileId>,
     /// Export name, or `(handshake)`.
     pub export: String,
     /// The engine's counters.
@@ -115,6 +132,9 @@ pub struct Storage<M: PersistentMemory> {
     read_only: ReadOnlyPolicy,
     /// Open NBD connections.
     connections: Vec<ConnectionStatus>,
+    /// Connections `umount --force` or `truncate --force` cut: the NBD
+    /// service serves them no more and aborts them at its next poll.
+    disconnecting: Vec<u64>,
 }
 
 impl<M: PersistentMemory> Default for Storage<M> {
@@ -188,6 +208,7 @@ impl<M: PersistentMemory> Storage<M> {
             volumes: Vec::new(),
             read_only: ReadOnlyPolicy::new(),
             connections: Vec::new(),
+            disconnecting: Vec::new(),
         }
     }
 

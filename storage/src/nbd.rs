@@ -46,11 +46,63 @@ pub trait SharedStorage<M: PersistentMemory> {
     fn with<R>(&self, f: impl FnOnce(&mut Storage<M>) -> R) -> R;
 }
 
-/// What an export handle points at.
+/// What an export handle points at, for one call (`volume` indexes
+/// `Storage::volumes` as it is now).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Target {
     File { volume: usize, file: FileId },
     Raw { volume: usize },
+}
+
+/// What an export handle points at, kept across calls: by device number,
+/// not by volume index, because `umount` and `mount` add and remove
+/// volumes under open handles of other devices.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Bound {
+    File { device: u16, file: FileId },
+    Raw { device: u16 },
+}
+
+/// The device number of volume `index` (`pmem3` → 3).
+fn device_number<M: PersistentMemory>(storage: &Storage<M>, index: usize) -> Option<u16> {
+    storage
+        .volumes
+        .get(index)
+        .and_then(|v| daxbox_syntax::device_index(&v.device))
+}
+
+/// The volume index of device number `device`, if it is a volume now.
+fn volume_of_number<M: PersistentMemory>(storage: &Storage<M>, device: u16) -> Option<usize> {
+    storage
+        .volumes
+        .iter()
+        .position(|v| daxbox_syntax::device_index(&v.device) == Some(device))
+}
+
+impl Bound {
+    fn of<M: PersistentMemory>(storage: &Storage<M>, target: Target) -> Option<Bound> {
+        Some(match target {
+            Target::File { volume, file } => Bound::File {
+                device: device_number(storage, volume)?,
+                file,
+            },
+            Target::Raw { volume } => Bound::Raw {
+                device: device_number(storage, volume)?,
+            },
+        })
+    }
+
+    fn resolve<M: PersistentMemory>(self, storage: &Storage<M>) -> Option<Target> {
+        Some(match self {
+            Bound::File { device, file } => Target::File {
+                volume: volume_of_number(storage, device)?,
+                file,
+            },
+            Bound::Raw { device } => Target::Raw {
+                volume: volume_of_number(storage, device)?,
+            },
+        })
+    }
 }
 
 /// How long a connection the server has finished with (after
@@ -66,7 +118,7 @@ pub struct NbdService<M: PersistentMemory, S: SharedStorage<M>> {
     shared: S,
     server: Server,
     /// Export handles handed out so far (index = handle).
-    targets: Vec<Target>,
+    targets: Vec<Bound>,
     next_id: u64,
     memory: PhantomData<fn() -> M>,
 }
@@ -75,6 +127,10 @@ pub struct NbdService<M: PersistentMemory, S: SharedStorage<M>> {
 pub struct NbdConnection {
     id: u64,
     engine: Connection,
+    /// The client's address and port, when the transport told it.
+    peer: Option<core::net::SocketAddr>,
+    /// When it was accepted.
+    opened_ms: u64,
     /// When the engine first wanted the connection closed.
     closing_since: Option<u64>,
 }
@@ -87,19 +143,44 @@ impl NbdConnection {
         }
     }
 
-    /// Updates this connection's line in the `nbd` listing.
-    fn publish<M: PersistentMemory>(&self, storage: &mut Storage<M>) {
+    /// Updates this connection's line in the `nbd` listing, with the
+    /// device and file its export is on (what `umount` and `truncate`
+    /// look for).
+    fn publish<M: PersistentMemory>(&self, storage: &mut Storage<M>, targets: &[Bound]) {
         let name = self.engine.export_name().unwrap_or("(handshake)");
         let stats = *self.engine.stats();
+        let bound = self
+            .engine
+            .export()
+            .and_then(|handle| usize::try_from(handle.0).ok())
+            .and_then(|index| targets.get(index).copied());
+        let (device, file) = match bound {
+            Some(Bound::File { device, file }) => (Some(device), Some(file)),
+            Some(Bound::Raw { device }) => (Some(device), None),
+            None => (None, None),
+        };
         match storage.connections.iter_mut().find(|c| c.id == self.id) {
             Some(entry) => {
                 if entry.export != name {
                     entry.export = name.to_string();
                 }
+                let shown = entry
+                    .device
+                    .as_deref()
+                    .and_then(daxbox_syntax::device_index);
+                if shown != device {
+                    entry.device = device.map(daxbox_syntax::device_name);
+                }
+                entry.file = file;
+                entry.peer = self.peer;
                 entry.stats = stats;
             }
             None => storage.connections.push(ConnectionStatus {
                 id: self.id,
+                peer: self.peer,
+                opened_ms: self.opened_ms,
+                device: device.map(daxbox_syntax::device_name),
+                file,
                 export: name.to_string(),
                 stats,
             }),
@@ -148,17 +229,28 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
         NbdConnection {
             id,
             engine: self.server.accept(now_ms),
+            peer: None,
+            opened_ms: now_ms,
             closing_since: None,
         }
+    }
+
+    fn remote(&mut self, conn: &mut NbdConnection, remote: core::net::SocketAddr) {
+        conn.peer = Some(remote);
     }
 
     fn receive(&mut self, conn: &mut NbdConnection, data: &[u8], now_ms: u64) -> usize {
         let targets = &mut self.targets;
         self.shared.with(|storage| {
+            // Cut by `umount --force` or `truncate --force`: nothing more
+            // is served; `deadline` aborts it.
+            if storage.disconnecting.contains(&conn.id) {
+                return 0;
+            }
             let mut backend = StorageBackend::new(storage, targets);
             let used = conn.engine.receive(data, &mut backend, now_ms);
             conn.note_closing(now_ms);
-            conn.publish(storage);
+            conn.publish(storage, targets);
             used
         })
     }
@@ -166,11 +258,14 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
     fn produce(&mut self, conn: &mut NbdConnection, out: &mut [u8], now_ms: u64) -> usize {
         let targets = &mut self.targets;
         self.shared.with(|storage| {
+            if storage.disconnecting.contains(&conn.id) {
+                return 0;
+            }
             let mut backend = StorageBackend::new(storage, targets);
             let written = conn.engine.produce(out, &mut backend);
             conn.note_closing(now_ms);
             if written > 0 {
-                conn.publish(storage);
+                conn.publish(storage, targets);
             }
             written
         })
@@ -181,6 +276,13 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
     }
 
     fn deadline(&self, conn: &NbdConnection) -> Option<u64> {
+        // Cut by `umount --force` or `truncate --force`: abort now.
+        if self
+            .shared
+            .with(|storage| storage.disconnecting.contains(&conn.id))
+        {
+            return Some(0);
+        }
         // The handshake deadline while negotiating; the linger limit once
         // the server is done (the listener aborts the socket at either).
         let linger = conn
@@ -194,8 +296,10 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
 
     fn closed(&mut self, conn: NbdConnection) {
         self.server.retire(&conn.engine);
-        self.shared
-            .with(|storage| storage.connections.retain(|c| c.id != conn.id));
+        self.shared.with(|storage| {
+            storage.connections.retain(|c| c.id != conn.id);
+            storage.disconnecting.retain(|&id| id != conn.id);
+        });
     }
 }
 
@@ -238,17 +342,35 @@ fn fs_error(error: FsError) -> BackendError {
     }
 }
 
+/// An NBD write never changes a file's size: the engine checks requests
+/// against the size sent at the handshake, and this checks them against the
+/// size now (smaller only if the file was shrunk under the connection,
+/// which `truncate` refuses unless it cut the connection first). Beyond
+/// the end is `ENOSPC`, as the engine answers past the export size.
+fn within_file<M: PersistentMemory>(
+    fs: &Filesystem<M>,
+    file: FileId,
+    offset: u64,
+    len: u64,
+) -> Result<(), BackendError> {
+    let size = fs.file_size(file).map_err(fs_error)?;
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(BackendError::NoSpace),
+    }
+}
+
 /// The engine's view of the storage volumes for one call.
 pub struct StorageBackend<'a, M: PersistentMemory> {
     storage: &'a mut Storage<M>,
-    targets: &'a mut Vec<Target>,
+    targets: &'a mut Vec<Bound>,
     /// Export names, listed once per call on first use: `NBD_OPT_LIST`
     /// asks for the count and then every name by index.
     names: OnceCell<Vec<String>>,
 }
 
 impl<'a, M: PersistentMemory> StorageBackend<'a, M> {
-    fn new(storage: &'a mut Storage<M>, targets: &'a mut Vec<Target>) -> Self {
+    fn new(storage: &'a mut Storage<M>, targets: &'a mut Vec<Bound>) -> Self {
         Self {
             storage,
             targets,
@@ -265,6 +387,7 @@ impl<'a, M: PersistentMemory> StorageBackend<'a, M> {
         usize::try_from(export.0)
             .ok()
             .and_then(|index| self.targets.get(index).copied())
+            .and_then(|bound| bound.resolve(self.storage))
             .ok_or(BackendError::NoSuchExport)
     }
 
@@ -324,6 +447,7 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
                 file: found.file,
             }
         };
+        let target = Bound::of(self.storage, target).ok_or(BackendError::NoSuchExport)?;
         let index = match self.targets.iter().position(|t| *t == target) {
             Some(index) => index,
             None => {
@@ -421,10 +545,11 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
                 .raw_memory(volume)?
                 .write_flush(offset, data)
                 .map_err(|_| BackendError::Invalid),
-            Target::File { volume, file } => self
-                .filesystem(volume)?
-                .write(file, offset, data)
-                .map_err(fs_error),
+            Target::File { volume, file } => {
+                let fs = self.filesystem(volume)?;
+                within_file(fs, file, offset, data.len() as u64)?;
+                fs.write(file, offset, data).map_err(fs_error)
+            }
         }
     }
 
@@ -459,10 +584,12 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
                     .map_err(|_| BackendError::Invalid)?;
                 memory.flush(offset, len).map_err(|_| BackendError::Invalid)
             }
-            Target::File { volume, file } => self
-                .filesystem(volume)?
-                .write_zeroes(file, offset, len, !flags.no_hole)
-                .map_err(fs_error),
+            Target::File { volume, file } => {
+                let fs = self.filesystem(volume)?;
+                within_file(fs, file, offset, len)?;
+                fs.write_zeroes(file, offset, len, !flags.no_hole)
+                    .map_err(fs_error)
+            }
         }
     }
 
@@ -506,12 +633,13 @@ mod tests {
     use super::*;
     use crate::commands;
     use crate::testing::{Fixture, TestMemory, MIB};
+    use crate::Environment;
     use alloc::vec;
     use core::cell::RefCell;
 
     fn backend<'a>(
         storage: &'a mut Storage<TestMemory>,
-        targets: &'a mut Vec<Target>,
+        targets: &'a mut Vec<Bound>,
     ) -> StorageBackend<'a, TestMemory> {
         StorageBackend::new(storage, targets)
     }
@@ -679,6 +807,37 @@ mod tests {
     }
 
     #[test]
+    fn an_nbd_write_never_changes_a_file_size() {
+        let mut f = exports();
+        let mut targets = Vec::new();
+        let disk = backend(&mut f.storage, &mut targets).open("disk").unwrap();
+        // Shrunk under the handle (as if a client kept the old size).
+        let index = f.storage.lookup("disk").unwrap();
+        let fs = f.storage.filesystem(index.volume).unwrap();
+        fs.truncate(index.file, MIB).unwrap();
+        let mut b = backend(&mut f.storage, &mut targets);
+        assert_eq!(
+            b.write(disk, 2 * MIB, &[1; 4096]),
+            Err(BackendError::NoSpace)
+        );
+        assert_eq!(
+            b.write(disk, MIB - 10, &[1; 20]),
+            Err(BackendError::NoSpace)
+        );
+        let zero = ZeroFlags::default();
+        assert_eq!(
+            b.write_zeroes(disk, MIB, 4096, zero),
+            Err(BackendError::NoSpace)
+        );
+        b.write(disk, MIB - 10, &[1; 10]).unwrap();
+        b.write_zeroes(disk, 0, MIB, zero).unwrap();
+        assert_eq!(
+            f.ok("stat disk").lines().nth(1),
+            Some("size:       1048576 (1 MiB)")
+        );
+    }
+
+    #[test]
     fn raw_export_io() {
         let mut f = exports();
         let mut targets = Vec::new();
@@ -773,11 +932,18 @@ mod tests {
         // Bytes in: flags 4 + GO 26 + WRITE 28 + 4096 + READ 28; out: the
         // greeting, the GO replies, two reply headers and 4096 bytes.
         let mut out = String::new();
-        commands::nbd(&mut cell.0.borrow_mut().storage, &[], 10809, &mut out).unwrap();
+        commands::nbd(
+            &mut cell.0.borrow_mut().storage,
+            3_000,
+            &[],
+            10809,
+            &mut out,
+        )
+        .unwrap();
         assert!(
             out.ends_with(
-                "1 connection(s)\n  #1 disk: 2 requests (0 errors), 4182 bytes in, 4232 bytes out, \
-                 read 4096 written 4096\n"
+                "1 connection(s)\n  #1 ? up 3 s, disk: 2 requests (0 errors), 4182 bytes in, \
+                 4232 bytes out, read 4096 written 4096\n"
             ),
             "{out}"
         );
@@ -789,6 +955,304 @@ mod tests {
         assert_eq!(service.deadline(&conn), Some(5_000 + LINGER_MS));
         service.closed(conn);
         assert!(cell.0.borrow().storage.connections().is_empty());
+    }
+
+    /// A connection from `peer` that negotiated export `name` with
+    /// `NBD_OPT_GO`.
+    fn connect_to<S: TcpService>(service: &mut S, name: &str, peer: &str) -> S::Connection {
+        let mut conn = service.accept(0);
+        service.remote(&mut conn, peer.parse().unwrap());
+        exchange(service, &mut conn, &[], 0);
+        let mut hello = 3u32.to_be_bytes().to_vec();
+        hello.extend_from_slice(b"IHAVEOPT");
+        hello.extend_from_slice(&7u32.to_be_bytes());
+        hello.extend_from_slice(&(6 + name.len() as u32).to_be_bytes());
+        hello.extend_from_slice(&(name.len() as u32).to_be_bytes());
+        hello.extend_from_slice(name.as_bytes());
+        hello.extend_from_slice(&0u16.to_be_bytes());
+        let replies = exchange(service, &mut conn, &hello, 1);
+        let ack = &replies[replies.len() - 20..];
+        assert_eq!(
+            &ack[8..16],
+            &[0, 0, 0, 7, 0, 0, 0, 1],
+            "GO {name} acknowledged"
+        );
+        conn
+    }
+
+    /// One simple-reply request; returns (error, the payload of a read).
+    fn simple_request<S: TcpService>(
+        service: &mut S,
+        conn: &mut S::Connection,
+        kind: u16,
+        offset: u64,
+        len: u32,
+    ) -> (u32, Vec<u8>) {
+        let mut input = request(kind, 77, offset, len);
+        if kind == 1 {
+            input.extend_from_slice(&vec![0x6b; len as usize]);
+        }
+        let replies = exchange(service, conn, &input, 2);
+        let error = u32::from_be_bytes(replies[4..8].try_into().unwrap());
+        (error, replies[16..].to_vec())
+    }
+
+    fn run(cell: &Cell, line: &str) -> Result<String, String> {
+        cell.0.borrow_mut().run(line)
+    }
+
+    #[test]
+    fn umount_refuses_while_a_client_uses_the_device_and_force_cuts_it() {
+        let cell = Cell(RefCell::new(exports()));
+        let mut service = NbdService::new(&cell);
+        let mut on0 = connect_to(&mut service, "disk", "127.0.0.1:40000");
+        let mut on1 = connect_to(&mut service, "pmem1:only1", "127.0.0.1:40001");
+        assert_eq!(simple_request(&mut service, &mut on0, 1, 0, 4096).0, 0);
+        assert_eq!(simple_request(&mut service, &mut on1, 1, 0, 4096).0, 0);
+        let status = run(&cell, "nbd").unwrap();
+        assert!(
+            status.contains(
+                "\n  #1 127.0.0.1:40000 up 0 s, disk: 1 requests (0 errors), 4154 bytes in, \
+                 120 bytes out, read 0 written 4096\n  #2 127.0.0.1:40001 up 0 s, pmem1:only1: "
+            ),
+            "{status}"
+        );
+        assert_eq!(
+            run(&cell, "umount pmem0").unwrap_err(),
+            "pmem0 is open on 1 NBD connection(s): #1 127.0.0.1:40000 (disk); it stays mounted \
+             (`umount pmem0 --force` disconnects them first)"
+        );
+        assert_eq!(
+            run(&cell, "umount").unwrap_err(),
+            "usage: umount DEVICE [--force]"
+        );
+        assert_eq!(
+            run(&cell, "umount pmem3").unwrap_err(),
+            "pmem3 has no mounted filesystem (see the boot log, or `mkfs pmem3`)"
+        );
+        assert_eq!(
+            run(&cell, "umount pmem0 --force").unwrap(),
+            "disconnected #1 127.0.0.1:40000 (disk)\npmem0: unmounted (filesystem clean)\n"
+        );
+        // The cut client is served no more and aborted at the next poll.
+        assert_eq!(service.deadline(&on0), Some(0));
+        assert_eq!(service.receive(&mut on0, &request(0, 5, 0, 4096), 3), 0);
+        service.closed(on0);
+        // The client of pmem1 carries on (pmem1 is now volume 0).
+        let (error, data) = simple_request(&mut service, &mut on1, 0, 0, 4096);
+        assert_eq!((error, data), (0, vec![0x6b; 4096]));
+        assert_eq!(service.deadline(&on1), None);
+        // Clean on media, back with the environment: df, mkfs, mount.
+        {
+            let fixture = cell.0.borrow();
+            let probe = fixture
+                .env
+                .inspect("pmem0", |block| Filesystem::probe(block.memory()))
+                .expect("pmem0 is available again");
+            assert_eq!(
+                probe,
+                daxfs::Probe::Daxfs {
+                    version: 1,
+                    clean: true
+                }
+            );
+        }
+        let df = run(&cell, "df").unwrap();
+        assert!(
+            df.contains("\npmem0          16 MiB (not mounted)\n"),
+            "{df}"
+        );
+        assert_eq!(df.matches("pmem0").count(), 1, "{df}");
+        assert_eq!(
+            run(&cell, "stat pmem0:disk").unwrap_err(),
+            "pmem0 has no mounted filesystem (see the boot log, or `mkfs pmem0`)"
+        );
+        assert!(run(&cell, "mkfs pmem0")
+            .unwrap()
+            .starts_with("mkfs: this erases everything on pmem0"));
+        let mounted = run(&cell, "mount pmem0").unwrap();
+        assert!(
+            mounted.starts_with("storage: pmem0 mounted daxfs in 1 ms: 3 files, "),
+            "{mounted}"
+        );
+        assert_eq!(
+            run(&cell, "mount pmem0").unwrap_err(),
+            "pmem0 is already in use (mounted or exported)"
+        );
+        let devices: Vec<String> = cell
+            .0
+            .borrow()
+            .storage
+            .volumes
+            .iter()
+            .map(|v| v.device.clone())
+            .collect();
+        assert_eq!(devices, ["pmem0", "pmem1", "pmem2"]);
+        assert_eq!(run(&cell, "cat disk 0 2").unwrap(), "kk\n");
+        // A new client opens it again; the old one on pmem1 still works.
+        let mut again = connect_to(&mut service, "disk", "127.0.0.1:40002");
+        assert_eq!(
+            simple_request(&mut service, &mut again, 0, 0, 16).1,
+            vec![0x6b; 16]
+        );
+        assert_eq!(
+            simple_request(&mut service, &mut on1, 0, 0, 16).1,
+            vec![0x6b; 16]
+        );
+        // A raw export is stopped the same way; mount then says what it is.
+        assert_eq!(
+            run(&cell, "umount pmem2").unwrap(),
+            "pmem2: no longer exported raw\n"
+        );
+        assert_eq!(
+            run(&cell, "mount pmem2").unwrap_err(),
+            "pmem2 is blank; not formatting (boot config format=if-blank, or `mkfs pmem2`)"
+        );
+        assert_eq!(
+            run(&cell, "mount pmem3").unwrap_err(),
+            "pmem3 holds something that is not daxfs; left alone (`mkfs pmem3` erases it)"
+        );
+        assert_eq!(
+            run(&cell, "mount pmem9").unwrap_err(),
+            "no such device: pmem9"
+        );
+        let df = run(&cell, "df").unwrap();
+        assert!(
+            df.ends_with(
+                "pmem2           8 MiB (not mounted)\npmem3           8 MiB (not mounted)\n"
+            ),
+            "{df}"
+        );
+    }
+
+    #[test]
+    fn shrinking_an_open_file_is_refused_and_force_disconnects_first() {
+        let cell = Cell(RefCell::new(exports()));
+        let mut service = NbdService::new(&cell);
+        let mut client = connect_to(&mut service, "disk", "127.0.0.1:41000");
+        let mut other = connect_to(&mut service, "same", "127.0.0.1:41001");
+        assert_eq!(
+            simple_request(&mut service, &mut client, 1, 3 * MIB, 4096).0,
+            0
+        );
+        assert_eq!(
+            run(&cell, "truncate disk 1M").unwrap_err(),
+            "disk is open on 1 NBD connection(s): #1 127.0.0.1:41000 (disk); shrinking it under \
+             them is refused (`truncate disk 1M --force` disconnects them first)"
+        );
+        assert_eq!(
+            run(&cell, "stat disk").unwrap().lines().nth(1),
+            Some("size:       4194304 (4 MiB)")
+        );
+        // Growing is allowed while open; the client keeps its size.
+        assert_eq!(
+            run(&cell, "truncate disk 8M").unwrap(),
+            "truncated to 8388608 bytes\n"
+        );
+        assert_eq!(
+            run(&cell, "truncate disk 1M --force").unwrap(),
+            "disconnected #1 127.0.0.1:41000 (disk)\ntruncated to 1048576 bytes\n"
+        );
+        // A write inside the old size, past the new one, never reaches the
+        // file: the connection is served no more.
+        assert_eq!(
+            service.receive(&mut client, &request(1, 9, 3 * MIB, 4096), 3),
+            0
+        );
+        assert_eq!(service.deadline(&client), Some(0));
+        service.closed(client);
+        assert_eq!(
+            run(&cell, "stat disk").unwrap().lines().nth(1),
+            Some("size:       1048576 (1 MiB)")
+        );
+        // The client of another file was not touched; a new one sees 1 MiB.
+        assert_eq!(service.deadline(&other), None);
+        assert_eq!(simple_request(&mut service, &mut other, 0, 0, 16).0, 0);
+        {
+            let mut fixture = cell.0.borrow_mut();
+            let mut targets = Vec::new();
+            let mut b = backend(&mut fixture.storage, &mut targets);
+            let disk = b.open("disk").unwrap();
+            assert_eq!(b.info(disk).unwrap().size, MIB);
+        }
+        // Another file's client is named for that file; once it is gone,
+        // shrinking needs no --force.
+        assert!(run(&cell, "truncate same 0")
+            .unwrap_err()
+            .contains("#2 127.0.0.1:41001"));
+        service.closed(other);
+        assert_eq!(
+            run(&cell, "truncate same 0").unwrap(),
+            "truncated to 0 bytes\n"
+        );
+    }
+
+    #[test]
+    fn grow_extends_the_filesystem_to_the_device_under_open_clients() {
+        // An 8 MiB filesystem on a device that is now 16 MiB.
+        let mut small = Fixture::with_devices(&[8 * MIB], &[]);
+        small.ok("create disk 1M");
+        small.ok("write disk 0 kept");
+        small.storage.shutdown();
+        let mut image = small.env.image("pmem0");
+        image.resize((16 * MIB) as usize, 0);
+        let env = crate::testing::FakeEnvironment::from_images(vec![image]);
+        let cell = Cell(RefCell::new(Fixture::boot_env(env)));
+        let before = run(&cell, "df").unwrap();
+        let mut service = NbdService::new(&cell);
+        let mut client = connect_to(&mut service, "disk", "127.0.0.1:42000");
+        let out = run(&cell, "grow pmem0").unwrap();
+        assert!(out.starts_with("pmem0: grown by 8 MiB to "), "{out}");
+        let after = run(&cell, "df").unwrap();
+        assert_ne!(before, after);
+        let free = |df: &str| -> String {
+            df.lines()
+                .nth(1)
+                .unwrap()
+                .split("  ")
+                .map(str::trim)
+                .filter(|w| !w.is_empty())
+                .nth(3)
+                .unwrap()
+                .to_string()
+        };
+        assert!(out.ends_with(" MiB free\n"), "{out}");
+        assert!(
+            after
+                .lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("pmem0        15.9 MiB "),
+            "{after}"
+        );
+        assert_ne!(free(&before), free(&after));
+        // The open client carries on.
+        assert_eq!(
+            simple_request(&mut service, &mut client, 0, 0, 4).1,
+            b"kept"
+        );
+        assert_eq!(
+            run(&cell, "grow pmem0").unwrap(),
+            alloc::format!(
+                "pmem0: the filesystem already spans the device (15.9 MiB data, {} free); nothing to grow\n",
+                free(&after)
+            )
+        );
+        assert_eq!(run(&cell, "grow").unwrap_err(), "usage: grow DEVICE");
+        assert_eq!(
+            run(&cell, "grow pmem7").unwrap_err(),
+            "no such device: pmem7"
+        );
+        assert!(run(&cell, "fsck pmem0")
+            .unwrap()
+            .starts_with("pmem0: fsck: clean"));
+        // And after a reboot.
+        service.closed(client);
+        let mut fixture = cell.0.into_inner();
+        fixture.storage.shutdown();
+        let env = crate::testing::FakeEnvironment::from_images(vec![fixture.env.image("pmem0")]);
+        let mut rebooted = Fixture::boot_env(env);
+        assert_eq!(rebooted.ok("df"), after);
     }
 
     /// A connection in transmission on export `name` (fixed newstyle, no

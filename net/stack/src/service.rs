@@ -25,6 +25,12 @@ pub trait TcpService {
     /// A client connected.
     fn accept(&mut self, now_ms: u64) -> Self::Connection;
 
+    /// The address and port of the client of `conn`, told right after
+    /// `accept` when the transport knows it.
+    fn remote(&mut self, conn: &mut Self::Connection, remote: core::net::SocketAddr) {
+        let _ = (conn, remote);
+    }
+
     /// Offers received bytes; returns how many were consumed. Unconsumed
     /// bytes are offered again later (after `produce` made progress), which
     /// is how a service applies back-pressure.
@@ -306,7 +312,11 @@ impl<S: TcpService> PortListener for Listener<S> {
                     index += 1;
                     continue;
                 }
-                slot.connection = Some(self.service.accept(now_ms));
+                let mut connection = self.service.accept(now_ms);
+                if let Some(remote) = socket.remote_endpoint() {
+                    self.service.remote(&mut connection, remote.into());
+                }
+                slot.connection = Some(connection);
                 self.stats.active += 1;
                 self.stats.accepted += 1;
                 counters.connections_accepted += 1;

@@ -1655,3 +1655,155 @@ fn nbdcopy_256_mib_round_trip_and_qemu_img_compare() {
         output.stdout
     );
 }
+
+/// `umount`, `mount`, `grow` and a shrinking `truncate` against connected
+/// clients (issue 18): refused while a client has the device or file
+/// open, naming it by address and port; `--force` cuts it (its socket
+/// closes) and everyone else carries on; after `umount` the device is
+/// listed as not mounted and `mkfs`/`mount` take it; `grow` after the
+/// image got larger shows the new space in `df`, also after a restart; an
+/// image smaller than its filesystem is left alone with a message that
+/// says so.
+#[test]
+fn lifecycle_commands_with_connected_clients() {
+    let dir = TempDir::new("lifecycle");
+    let pmem0 = image_arg(&dir, "pmem0.img", "64M");
+    let mut server = Server::start(&[
+        "--image", &pmem0, "--format", "if-blank", "--create", "disk=16M", "--create", "other=4M",
+    ]);
+    let port = server.port;
+    let mut client = RawClient::start(port);
+    let (size, _) = client.go("disk");
+    assert_eq!(size, 16 * MIB);
+    client.request(CMD_WRITE, 1, 8 * MIB, 4096, &[0x42; 4096]);
+    assert_eq!(client.simple(), (0, 1));
+    let status = server.ok("nbd");
+    let line = status
+        .lines()
+        .find(|line| line.contains(" disk: "))
+        .unwrap_or_else(|| panic!("`nbd` lists the client:\n{status}"));
+    let id = line.trim_start().split(' ').next().unwrap().to_string();
+    let peer = line.trim_start().split(' ').nth(1).unwrap().to_string();
+    assert!(peer.starts_with("127.0.0.1:"), "{line}");
+    assert!(
+        line.contains(" up ") && line.contains(" s, disk: 1 requests"),
+        "{line}"
+    );
+    let named = format!("{id} {peer} (disk)");
+
+    // Shrinking the open file: refused, then forced.
+    let refused = server.command("truncate disk 1M");
+    assert_eq!(
+        refused,
+        format!(
+            "error: disk is open on 1 NBD connection(s): {named}; shrinking it under them is \
+             refused (`truncate disk 1M --force` disconnects them first)\n"
+        )
+    );
+    assert!(server
+        .ok("stat disk")
+        .contains("size:       16777216 (16 MiB)"));
+    assert!(server
+        .ok("truncate disk 32M")
+        .starts_with("truncated to 33554432 bytes"));
+    let forced = server.ok("truncate disk 1M --force");
+    assert_eq!(
+        forced,
+        format!("disconnected {named}\ntruncated to 1048576 bytes\nok\n")
+    );
+    client.expect_closed(QUICK, "a client cut by truncate --force");
+    drop(client);
+    assert!(server
+        .ok("stat disk")
+        .contains("size:       1048576 (1 MiB)"));
+    server.assert_alive();
+    let info = run_tool_ok("nbdinfo", &["--size", &server.uri("disk")], QUICK);
+    assert_eq!(info.trim(), "1048576", "a new client sees the new size");
+
+    // umount: refused, then forced; the device is free for mkfs and mount.
+    let mut client = RawClient::start(port);
+    client.go("other");
+    let status = server.ok("nbd");
+    let line = status.lines().find(|l| l.contains(" other: ")).unwrap();
+    let id = line.trim_start().split(' ').next().unwrap().to_string();
+    let peer = line.trim_start().split(' ').nth(1).unwrap().to_string();
+    let named = format!("{id} {peer} (other)");
+    assert_eq!(
+        server.command("umount pmem0"),
+        format!(
+            "error: pmem0 is open on 1 NBD connection(s): {named}; it stays mounted \
+             (`umount pmem0 --force` disconnects them first)\n"
+        )
+    );
+    assert_eq!(
+        server.ok("umount pmem0 --force"),
+        format!("disconnected {named}\npmem0: unmounted (filesystem clean)\nok\n")
+    );
+    client.expect_closed(QUICK, "a client cut by umount --force");
+    drop(client);
+    server.assert_alive();
+    assert!(
+        server
+            .ok("df")
+            .contains("\npmem0          64 MiB (not mounted)\n"),
+        "df lists the unmounted device"
+    );
+    assert!(server
+        .ok("mkfs pmem0")
+        .starts_with("mkfs: this erases everything on pmem0 (64 MiB)."));
+    assert!(server
+        .ok("mount pmem0")
+        .starts_with("storage: pmem0 mounted daxfs in "));
+    let info = run_tool_ok("nbdinfo", &["--size", &server.uri("other")], QUICK);
+    assert_eq!(info.trim(), "4194304");
+    assert_eq!(
+        server.ok("umount pmem0"),
+        "pmem0: unmounted (filesystem clean)\nok\n"
+    );
+    assert!(server
+        .ok("mkfs pmem0 --yes")
+        .starts_with("storage: pmem0 formatted and mounted daxfs in "));
+    server.ok("create kept 2M");
+    server.ok("write kept 0 kept-across-grow");
+    let before = server.ok("df");
+    server.poweroff();
+
+    // The image got larger: grow uses it, df shows it, a restart keeps it.
+    let image = dir.path("pmem0.img");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .and_then(|file| file.set_len(128 * MIB))
+        .expect("growing the image");
+    let start = |dir: &TempDir| Server::start(&["--image", text(&dir.path("pmem0.img"))]);
+    let mut server = start(&dir);
+    assert_eq!(server.ok("df"), before, "nothing grows by itself");
+    let grown = server.ok("grow pmem0");
+    assert!(grown.starts_with("pmem0: grown by 64 MiB to "), "{grown}");
+    let after = server.ok("df");
+    assert_ne!(after, before);
+    assert!(after.contains("\npmem0       127.5 MiB "), "{after}");
+    assert!(server.ok("cat kept 0 16").starts_with("kept-across-grow"));
+    assert!(server.ok("fsck pmem0").starts_with("pmem0: fsck: clean"));
+    server.poweroff();
+    let mut server = start(&dir);
+    assert_eq!(server.ok("df"), after, "the grown size survives a restart");
+    server.poweroff();
+
+    // Smaller than its filesystem: not "damaged", and left untouched.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .and_then(|file| file.set_len(32 * MIB))
+        .expect("shrinking the image");
+    let server = start(&dir);
+    assert!(
+        server.boot.contains(
+            "storage: pmem0: filesystem needs 128 MiB but the device is 32 MiB; not mounted \
+             (data untouched; boot with the larger size)\n"
+        ),
+        "{}",
+        server.boot
+    );
+    server.poweroff();
+}

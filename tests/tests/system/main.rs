@@ -10,6 +10,7 @@
 mod boot;
 mod daxfs;
 mod harness;
+mod lifecycle;
 mod names;
 mod nbd;
 mod net;
