@@ -93,8 +93,11 @@ pub fn show() {
     for name in &config.export_raw {
         println!("export_raw={}", name);
     }
-    for name in &config.readonly {
-        println!("readonly={}", name);
+    // As the boot config would spell them (quoted where needed, control
+    // characters escaped); a rule standing in for a line that could not
+    // be used says so and why.
+    for rule in &config.readonly {
+        println!("{}", rule);
     }
     // As the boot config spells it (`info`), not as `log` does (`INFO`).
     println!("log={}", config.log);

@@ -49,6 +49,10 @@ impl Environment<PmemRegion> for KernelEnvironment {
         pmem::take_block(device, owner)
     }
 
+    fn give_back(&mut self, device: &str, memory: PmemRegion, owner: Owner) -> Result<(), String> {
+        pmem::give_back_block(device, memory, owner)
+    }
+
     fn now_us(&self) -> u64 {
         time::now_us()
     }
@@ -65,12 +69,17 @@ impl Environment<PmemRegion> for KernelEnvironment {
 pub fn init() {
     let config = config::get();
     let mut storage = STORAGE.lock();
-    storage.set_read_only(config.readonly.clone());
     let policy = BootPolicy {
         format: config.format,
         export_raw: config.export_raw.clone(),
     };
     daxbox_storage::boot(&mut storage, &mut KernelEnvironment, &policy, &mut Console);
+    // After the mounts, so the rules see the files there are; before the
+    // NBD listener starts.
+    storage.set_read_only(config.readonly.clone());
+    for line in storage.read_only_report() {
+        crate::println!("storage: {}", line);
+    }
 }
 
 /// Makes every filesystem durable and clean before power-off.

@@ -7,8 +7,8 @@
 //!   its format version is newer than this build understands;
 //! - blank and `format=if-blank`: formatted, then mounted;
 //! - anything else (blank with `format=never`, foreign data, a damaged
-//!   filesystem): left alone with a message, still reachable with `blk`
-//!   and `mkfs`.
+//!   filesystem, a filesystem larger than its device): left alone with a
+//!   message, still reachable with `blk` and `mkfs`.
 //!
 //! [`boot`] applies it to every device of an [`Environment`]: a device that
 //! becomes a volume is taken from the environment (in the kernel its frames
@@ -51,6 +51,14 @@ pub enum LeaveReason {
     Blank,
     /// Something that is not daxfs.
     Foreign,
+    /// daxfs that spans more than the device: the device is smaller than
+    /// when it was formatted (or grown). Nothing is wrong with the data.
+    DeviceTooSmall {
+        /// Bytes the filesystem spans.
+        needed: u64,
+        /// Bytes the device has.
+        available: u64,
+    },
     /// A daxfs image that cannot be mounted.
     Damaged(daxfs::Error),
 }
@@ -101,6 +109,10 @@ impl Decision {
                     "storage: {} holds something that is not daxfs; left alone (`mkfs {}` erases it)",
                     device, device
                 ),
+                LeaveReason::DeviceTooSmall { needed, available } => alloc::format!(
+                    "storage: {}: filesystem needs {} but the device is {}; not mounted (data untouched; boot with the larger size)",
+                    device, human(*needed), human(*available)
+                ),
                 LeaveReason::Damaged(error) => alloc::format!(
                     "storage: {}: damaged filesystem, not mounted: {} (data left as it is)",
                     device, error
@@ -129,6 +141,12 @@ pub fn decide(device: &str, probe: &Probe, policy: &BootPolicy) -> Decision {
         },
         Probe::Foreign => Decision::LeaveAlone {
             reason: LeaveReason::Foreign,
+        },
+        Probe::Corrupt(daxfs::Error::Truncated { needed, available }) => Decision::LeaveAlone {
+            reason: LeaveReason::DeviceTooSmall {
+                needed: *needed,
+                available: *available,
+            },
         },
         Probe::Corrupt(error) => Decision::LeaveAlone {
             reason: LeaveReason::Damaged(error.clone()),
@@ -321,6 +339,43 @@ mod tests {
             assert_eq!(decision, expected, "{device} {probe:?}");
             assert_eq!(decision.message(device), message, "{device} {probe:?}");
         }
+    }
+
+    #[test]
+    fn a_device_smaller_than_its_filesystem_says_so_not_damaged() {
+        let probe = Probe::Corrupt(daxfs::Error::Truncated {
+            needed: 2 << 30,
+            available: 512 * MIB,
+        });
+        let decision = decide("pmem0", &probe, &policy(FormatPolicy::IfBlank, &[]));
+        assert_eq!(
+            decision.message("pmem0").as_deref(),
+            Some(
+                "storage: pmem0: filesystem needs 2 GiB but the device is 512 MiB; not mounted \
+                 (data untouched; boot with the larger size)"
+            )
+        );
+        // The same through boot: an 8 MiB filesystem on a 4 MiB device.
+        let mut f = Fixture::with_devices(&[8 * MIB], &[]);
+        f.storage.shutdown();
+        let mut image = f.env.image("pmem0");
+        image.truncate((4 * MIB) as usize);
+        let mut env = FakeEnvironment::from_images(vec![image]);
+        let mut storage = Storage::new();
+        let mut out = String::new();
+        boot(
+            &mut storage,
+            &mut env,
+            &policy(FormatPolicy::IfBlank, &[]),
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            "storage: pmem0: filesystem needs 8 MiB but the device is 4 MiB; not mounted \
+             (data untouched; boot with the larger size)\n"
+        );
+        assert!(storage.volumes.is_empty());
+        assert_eq!(env.available_devices(), vec!["pmem0".to_string()]);
     }
 
     #[test]

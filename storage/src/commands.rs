@@ -1,5 +1,6 @@
 //! The storage shell commands: `ls stat create rm mv clone truncate write
-//! cat df fsck mkfs` and `nbd`.
+//! cat df fsck mkfs`, the lifecycle commands `umount mount grow`
+//! ([`crate::lifecycle`]) and `nbd`.
 //!
 //! Each command is a function of the storage set, the [`Environment`], its
 //! arguments and a writer for its output; an `Err` is the text the shell
@@ -16,6 +17,7 @@ use daxbox_pmem::block::BlockDevice;
 use daxbox_shell::Command;
 
 use crate::boot::attach;
+use crate::lifecycle;
 use crate::nbd::export_names;
 use crate::{human, is_device_name, parse_size, Environment, NameError, Role, Storage};
 
@@ -58,9 +60,15 @@ pub fn run<M: PersistentMemory, E: Environment<M>>(
         "df" => df(storage, env, args, out),
         "fsck" => fsck(storage, env, args, out),
         "mkfs" => mkfs(storage, env, args, out),
-        "nbd" => nbd(storage, args, nbd_port, out),
+        "umount" => lifecycle::umount(storage, env, args, out),
+        "mount" => lifecycle::mount(storage, env, args, out),
+        "grow" => lifecycle::grow(storage, env, args, out),
+        "nbd" => nbd(storage, env.now_us() / 1000, args, nbd_port, out),
         _ => return None,
     };
+    // Names may have changed: the read-only rules see every change
+    // before the next command can rename again (crate::readonly).
+    storage.refresh_read_only();
     Some(result)
 }
 
@@ -80,7 +88,7 @@ macro_rules! entries {
             }
         )*
         /// The filesystem commands, as shell-table entries.
-        pub const fn table<C: ShellHost>() -> [Command<C>; 12] {
+        pub const fn table<C: ShellHost>() -> [Command<C>; 15] {
             [$(Command { name: $name, usage: $usage, help: $help, run: $function::<C> },)*]
         }
     };
@@ -95,12 +103,15 @@ mod entry {
         "rm", rm, "NAME", "remove a file";
         "mv", mv, "FROM TO", "rename a file atomically (replaces TO)";
         "clone", clone, "SRC DST", "copy-on-write clone of a file";
-        "truncate", truncate, "NAME SIZE", "grow or shrink a file";
+        "truncate", truncate, "NAME SIZE [--force]", "grow or shrink a file (shrinking an open export needs --force, which disconnects its clients)";
         "write", write, "NAME OFFSET TEXT", "write TEXT into a file at OFFSET (durable on return)";
         "cat", cat, "NAME [OFFSET [LENGTH]]", "print file bytes as text";
         "df", df, "", "space and files per filesystem";
         "fsck", fsck, "[DEVICE]", "check every filesystem invariant";
         "mkfs", mkfs, "DEVICE [--yes]", "format a device with daxfs (erases it)";
+        "umount", umount, "DEVICE [--force]", "unmount (or stop exporting) a device; --force disconnects its NBD clients";
+        "mount", mount, "DEVICE", "mount the daxfs filesystem of an unused device";
+        "grow", grow, "DEVICE", "grow the filesystem to the size of its device";
     }
 
     pub(super) fn nbd<C: ShellHost>(context: &mut C, args: &[&str]) -> Result<(), String> {
@@ -115,7 +126,7 @@ pub const fn nbd_table<C: ShellHost>() -> [Command<C>; 1] {
     [Command {
         name: "nbd",
         usage: "",
-        help: "NBD exports and connections with byte and request counters",
+        help: "NBD exports and connections (client address:port, age, export, counters)",
         run: entry::nbd::<C>,
     }]
 }
@@ -154,6 +165,7 @@ pub fn ls<M: PersistentMemory, E: Environment<M>>(
         return Err("no filesystem is mounted".into());
     }
     let mut shown = 0;
+    let default = storage.default_filesystem();
     for index in 0..storage.volumes.len() {
         let name = storage.volumes[index].device.clone();
         if device.is_some_and(|d| d != name) {
@@ -164,7 +176,9 @@ pub fn ls<M: PersistentMemory, E: Environment<M>>(
         };
         let entries = fs.list(after, 1000);
         for entry in &entries {
-            say!(out, "{:>14}  {}:{}", entry.size, name, entry.name);
+            // The canonical name: the one NBD lists and read-only rules use.
+            let shown_name = crate::canonical_name(&name, default == Some(index), &entry.name);
+            say!(out, "{:>14}  {}", entry.size, shown_name);
         }
         shown += entries.len();
         if entries.len() == 1000 {
@@ -337,14 +351,21 @@ pub fn truncate<M: PersistentMemory, E: Environment<M>>(
     args: &[&str],
     out: &mut dyn Write,
 ) -> Result<(), String> {
-    let [name, size] = args else {
-        return Err("usage: truncate NAME SIZE".into());
+    let (name, size_text, force) = match args {
+        [name, size] => (*name, *size, false),
+        [name, size, "--force"] => (*name, *size, true),
+        _ => return Err("usage: truncate NAME SIZE [--force]".into()),
     };
-    let size = parse_size(size)?;
+    let size = parse_size(size_text)?;
     let found = storage.lookup(name).map_err(explain(env))?;
     let device = storage.volumes[found.volume].device.clone();
     let fs = storage.filesystem(found.volume).ok_or("not a filesystem")?;
     let before = fs.stat(found.file).map_err(|e| e.to_string())?.size;
+    if size < before {
+        // No silent size change under a client.
+        lifecycle::before_shrink(storage, &device, found.file, name, size_text, force, out)?;
+    }
+    let fs = storage.filesystem(found.volume).ok_or("not a filesystem")?;
     fs.truncate(found.file, size).map_err(|e| e.to_string())?;
     say!(out, "truncated to {} bytes", size);
     if size > before {
@@ -420,10 +441,10 @@ pub fn cat<M: PersistentMemory, E: Environment<M>>(
     Ok(())
 }
 
-/// `df`: space and files per volume.
+/// `df`: space and files per volume, then the devices not in use.
 pub fn df<M: PersistentMemory, E: Environment<M>>(
     storage: &mut Storage<M>,
-    _env: &mut E,
+    env: &mut E,
     args: &[&str],
     out: &mut dyn Write,
 ) -> Result<(), String> {
@@ -464,6 +485,11 @@ pub fn df<M: PersistentMemory, E: Environment<M>>(
                     human(s.huge_free * 2 * 1024 * 1024)
                 );
             }
+        }
+    }
+    for device in env.available_devices() {
+        if let Some(size) = env.inspect(&device, |block| block.size()) {
+            say!(out, "{:<8} {:>12} (not mounted)", device, human(size));
         }
     }
     Ok(())
@@ -558,8 +584,12 @@ pub fn mkfs<M: PersistentMemory, E: Environment<M>>(
 }
 
 /// `nbd`: exports (read-only ones marked) and connections with counters.
+///
+/// Each connection: `#ID ADDRESS:PORT up AGE s, EXPORT: ...counters`, the
+/// age from `now_ms` (the service's clock).
 pub fn nbd<M: PersistentMemory>(
     storage: &mut Storage<M>,
+    now_ms: u64,
     args: &[&str],
     port: u16,
     out: &mut dyn Write,
@@ -574,21 +604,30 @@ pub fn nbd<M: PersistentMemory>(
             out,
             "  export {}{}",
             name,
-            if storage.is_read_only(name) {
+            if export_read_only(storage, name) {
                 " (read-only)"
             } else {
                 ""
             }
         );
     }
+    for line in storage.read_only_report() {
+        say!(out, "{}", line);
+    }
     let connections = storage.connections();
     say!(out, "{} connection(s)", connections.len());
     for connection in connections {
         let stats = &connection.stats;
+        let peer = match connection.peer {
+            Some(peer) => peer.to_string(),
+            None => String::from("?"),
+        };
         say!(
             out,
-            "  #{} {}: {} requests ({} errors), {} bytes in, {} bytes out, read {} written {}",
+            "  #{} {} up {} s, {}: {} requests ({} errors), {} bytes in, {} bytes out, read {} written {}",
             connection.id,
+            peer,
+            now_ms.saturating_sub(connection.opened_ms) / 1000,
             connection.export,
             stats.requests,
             stats.errors,
@@ -599,6 +638,17 @@ pub fn nbd<M: PersistentMemory>(
         );
     }
     Ok(())
+}
+
+/// Whether the export listed as `name` is read-only now.
+fn export_read_only<M: PersistentMemory>(storage: &Storage<M>, name: &str) -> bool {
+    if let Some(volume) = storage.volumes.iter().position(|v| v.device == name) {
+        return storage.raw_read_only(volume);
+    }
+    match storage.lookup(name) {
+        Ok(found) => storage.file_read_only(found.volume, found.file),
+        Err(_) => false,
+    }
 }
 
 #[cfg(test)]
@@ -618,7 +668,7 @@ mod tests {
         );
         assert_eq!(
             f.ok("ls"),
-            "          8192  pmem0:disk\n       1048576  pmem1:other\n2 file(s)\n"
+            "          8192  disk\n       1048576  pmem1:other\n2 file(s)\n"
         );
         assert_eq!(f.ok("ls pmem1"), "       1048576  pmem1:other\n1 file(s)\n");
         assert_eq!(f.ok("ls disk"), "       1048576  pmem1:other\n1 file(s)\n");
@@ -806,7 +856,14 @@ mod tests {
         assert_eq!(err(&mut f, "cat notes x"), "bad offset 'x'");
         assert_eq!(err(&mut f, "cat notes 0 x"), "bad size 'x'");
         assert_eq!(err(&mut f, "cat"), "usage: cat NAME [OFFSET [LENGTH]]");
-        assert_eq!(err(&mut f, "truncate notes"), "usage: truncate NAME SIZE");
+        assert_eq!(
+            err(&mut f, "truncate notes"),
+            "usage: truncate NAME SIZE [--force]"
+        );
+        assert_eq!(
+            err(&mut f, "truncate notes 1 --now"),
+            "usage: truncate NAME SIZE [--force]"
+        );
         assert_eq!(err(&mut f, "truncate notes x"), "bad size 'x'");
         assert_eq!(err(&mut f, "write nothing 0 x"), "no such file: nothing");
     }
@@ -824,7 +881,8 @@ mod tests {
         assert!(lines[1].contains("   0/"), "{out}");
         assert!(lines[2].starts_with("pmem1   "), "{out}");
         assert_eq!(lines[3], "pmem2           8 MiB (exported raw)");
-        assert_eq!(lines.len(), 4);
+        assert_eq!(lines[4], "pmem3           8 MiB (not mounted)");
+        assert_eq!(lines.len(), 5);
         assert_eq!(f.run("df x").unwrap_err(), "usage: df");
     }
 
@@ -900,7 +958,7 @@ mod tests {
         f.ok("create pmem1:disk 4K");
         f.ok("create ro 4K");
         f.storage
-            .set_read_only(alloc::vec!["ro".into(), "pmem2".into()]);
+            .set_read_only(crate::testing::rules(&["ro", "pmem2"]));
         assert_eq!(
             f.ok("nbd"),
             "NBD on port 10809: 4 export(s)\n  export disk\n  export ro (read-only)\n  \
@@ -942,7 +1000,7 @@ mod tests {
             names,
             [
                 "ls", "stat", "create", "rm", "mv", "clone", "truncate", "write", "cat", "df",
-                "fsck", "mkfs"
+                "fsck", "mkfs", "umount", "mount", "grow"
             ]
         );
         assert_eq!(commands[2].usage, "NAME SIZE");
@@ -961,7 +1019,7 @@ mod tests {
         (nbd[0].run)(&mut shell, &[]).unwrap();
         assert_eq!(
             shell.out,
-            "created x (4096 bytes)\n          4096  pmem0:x\n1 file(s)\n\
+            "created x (4096 bytes)\n          4096  x\n1 file(s)\n\
              NBD on port 10809: 2 export(s)\n  export x\n  export pmem2\n0 connection(s)\n"
         );
     }

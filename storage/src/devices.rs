@@ -14,6 +14,8 @@ struct Listed<M: PersistentMemory> {
     name: String,
     block: Option<PmemBlockDevice<M>>,
     owner: Option<Owner>,
+    /// The block device's read-only flag, kept while it is taken.
+    read_only: bool,
 }
 
 /// Block devices, available until they are taken.
@@ -39,6 +41,7 @@ impl<M: PersistentMemory> DeviceList<M> {
     pub fn push(&mut self, block: PmemBlockDevice<M>) {
         self.devices.push(Listed {
             name: String::from(block.name()),
+            read_only: block.is_read_only(),
             block: Some(block),
             owner: None,
         });
@@ -68,6 +71,24 @@ impl<M: PersistentMemory> DeviceList<M> {
             .iter()
             .find(|d| d.name == device)
             .and_then(|d| d.owner)
+    }
+
+    /// Takes back the memory of device `device`, taken for `owner`: it is
+    /// available again, with its block size and read-only flag as before.
+    pub fn give_back(&mut self, device: &str, memory: M, owner: Owner) -> Result<(), String> {
+        let listed = self
+            .devices
+            .iter_mut()
+            .find(|d| d.name == device && d.block.is_none())
+            .ok_or_else(|| alloc::format!("{} was not taken", device))?;
+        if listed.owner != Some(owner) {
+            return Err(alloc::format!("{} is not held by {}", device, owner));
+        }
+        let mut block = PmemBlockDevice::new(listed.name.clone(), memory, 4096);
+        block.set_read_only(listed.read_only);
+        listed.block = Some(block);
+        listed.owner = None;
+        Ok(())
     }
 
     /// Hands available device `device` to `owner`.

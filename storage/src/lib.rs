@@ -3,7 +3,8 @@
 //! names like `pmemN` and `pmemN:NAME` resolve, the NBD exports and their
 //! read-only policy, the NBD `Backend` and `TcpService`, and the storage
 //! shell commands (`ls stat create rm mv clone truncate write cat df fsck
-//! mkfs nbd`).
+//! mkfs nbd`, and the lifecycle commands `umount mount grow` in
+//! [`lifecycle`]).
 //!
 //! Everything is generic over `M:` [`PersistentMemory`], so the same code
 //! runs in three places: the kernel (`kernel/src/storage.rs` and
@@ -33,7 +34,9 @@ extern crate alloc;
 pub mod boot;
 pub mod commands;
 pub mod devices;
+pub mod lifecycle;
 pub mod nbd;
+pub mod readonly;
 
 #[cfg(test)]
 mod testing;
@@ -54,6 +57,7 @@ pub use nbd::{
     connection_bytes as nbd_connection_bytes, engine_config, export_names, export_names_page,
     NbdConnection, NbdService, SharedStorage, StorageBackend, Targets,
 };
+pub use readonly::ReadOnlyPolicy;
 
 /// What the storage layer needs from whoever runs it.
 ///
@@ -72,6 +76,12 @@ pub trait Environment<M: PersistentMemory> {
     /// the range passes to `owner` in the page-frame table). `None` when
     /// there is no such available device or it cannot be handed over.
     fn take(&mut self, device: &str, owner: Owner) -> Option<PmemBlockDevice<M>>;
+    /// Gives back the memory of device `device`, taken earlier for `owner`
+    /// (`umount`): the device becomes available again as it was before
+    /// `take` (in the kernel: its frames return from `owner` to the
+    /// device). An error says why it cannot (the memory is then dropped
+    /// and the device stays out of use until the next boot).
+    fn give_back(&mut self, device: &str, memory: M, owner: Owner) -> Result<(), String>;
     /// Microseconds since some fixed point (for the timings printed).
     fn now_us(&self) -> u64;
     /// A fresh filesystem identity for a format of device number `index`.
@@ -100,22 +110,34 @@ pub struct Volume<M: PersistentMemory> {
 pub struct ConnectionStatus {
     /// Connection number, from 1 in accept order.
     pub id: u64,
+    /// The client's address and port, when the transport told it.
+    pub peer: Option<core::net::SocketAddr>,
+    /// When it was accepted (ms, the service's clock, which is the
+    /// environment's `now_us` / 1000).
+    pub opened_ms: u64,
+    /// Device of the export in use, once the handshake is over.
+    pub device: Option<String>,
+    /// The file in use, when the export is a file.
+    pub file: Option<FileId>,
     /// Export name, or `(handshake)`.
     pub export: String,
     /// The engine's counters.
     pub stats: daxbox_nbd::ConnectionStats,
 }
 
-/// All volumes in device order, the read-only export names, and the NBD
+/// All volumes in device order, the read-only rules, and the NBD
 /// connections (kept here so that one lock covers what the `nbd` command
 /// shows).
 pub struct Storage<M: PersistentMemory> {
     /// The volumes.
     pub volumes: Vec<Volume<M>>,
-    /// Export names served read-only (`readonly=`).
-    read_only: Vec<String>,
+    /// The `readonly=` rules and the files they cover ([`readonly`]).
+    read_only: ReadOnlyPolicy,
     /// Open NBD connections.
     connections: Vec<ConnectionStatus>,
+    /// Connections `umount --force` or `truncate --force` cut: the NBD
+    /// service serves them no more and aborts them at its next poll.
+    disconnecting: Vec<u64>,
 }
 
 impl<M: PersistentMemory> Default for Storage<M> {
@@ -187,19 +209,27 @@ impl<M: PersistentMemory> Storage<M> {
     pub const fn new() -> Self {
         Self {
             volumes: Vec::new(),
-            read_only: Vec::new(),
+            read_only: ReadOnlyPolicy::new(),
             connections: Vec::new(),
+            disconnecting: Vec::new(),
         }
     }
 
-    /// Sets the export names served read-only (`readonly=NAME`).
-    pub fn set_read_only(&mut self, names: Vec<String>) {
-        self.read_only = names;
+    /// The default filesystem: the first volume, in device order, that
+    /// holds one. Bare names (`NAME`, no `pmemN:`) create files there and
+    /// are its files' canonical names.
+    pub fn default_filesystem(&self) -> Option<usize> {
+        self.volumes
+            .iter()
+            .position(|v| matches!(v.role, Role::Filesystem(_)))
     }
 
-    /// Whether export `name` is read-only.
-    pub fn is_read_only(&self, name: &str) -> bool {
-        self.read_only.iter().any(|r| r == name)
+    /// The one canonical name of file `bare` on volume `volume`: the one
+    /// NBD lists and sends back, `ls` and `nbd` show and `readonly=`
+    /// takes. See [`canonical_name`].
+    pub fn canonical_name(&self, volume: usize, bare: &str) -> String {
+        let device = self.volumes.get(volume).map_or("", |v| v.device.as_str());
+        canonical_name(device, self.default_filesystem() == Some(volume), bare)
     }
 
     /// The open NBD connections.
@@ -310,6 +340,26 @@ impl<M: PersistentMemory> Storage<M> {
 /// Whether `text` is a device name (`pmem0`..`pmem999`): the one
 /// device-name grammar of `daxbox-syntax`.
 pub use daxbox_syntax::is_device_name;
+
+/// The canonical name of file `bare` on `device`: `bare` itself on the
+/// default filesystem (`default`), `device:bare` everywhere else, and also
+/// on the default filesystem when `bare` alone would be read as something
+/// else (a device name `pmemN`, a `pmemN:` prefix, or `*`, which
+/// `readonly=` reads as every export). Every name this gives opens its
+/// file ([`Storage::lookup`]), and no two files or devices get the same
+/// name: raw devices are named `pmemN`, which no file's canonical name is.
+pub fn canonical_name(device: &str, default: bool, bare: &str) -> String {
+    let ambiguous = bare == "*"
+        || is_device_name(bare)
+        || bare
+            .split_once(':')
+            .is_some_and(|(prefix, _)| is_device_name(prefix));
+    if default && !ambiguous {
+        bare.into()
+    } else {
+        alloc::format!("{}:{}", device, bare)
+    }
+}
 
 /// Formats a byte count with a binary unit (`64 MiB`, `504.7 MiB`), as
 /// everything in daxbox prints sizes.

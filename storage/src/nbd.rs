@@ -1,11 +1,18 @@
 //! The NBD service over the storage volumes: the engine's [`Backend`] and
 //! the network stack's [`TcpService`].
 //!
-//! Exports: every daxfs file (named by its file name; `pmemN:NAME` names a
-//! file on a particular device when two devices hold the same name) and
-//! every device exported raw (`export_raw=pmemN`, by device name).
-//! `readonly=NAME` makes an export read-only; the default export (`""`) is
-//! the first one, as nbdkit and qemu-nbd serve their single export for it.
+//! Exports: every daxfs file and every device exported raw
+//! (`export_raw=pmemN`), each under one canonical name
+//! ([`crate::canonical_name`]): `NAME` for a file on the default
+//! filesystem (pmem0 normally), `pmemN:NAME` for a file on any other
+//! device, `pmemN` for a raw device. That name is what `NBD_OPT_LIST`
+//! lists and what `NBD_OPT_INFO`/`GO` send back (`NBD_INFO_NAME`),
+//! whichever name opened the export; `GO` also accepts `pmem0:NAME` for a
+//! default-filesystem file and a bare `NAME` that only another device has
+//! (as the shell does). A device name never opens a file. Read-only is
+//! the policy of [`crate::readonly`], checked on every write-type request
+//! ([`Backend::check_write`]). The default export (`""`) is the first one,
+//! as nbdkit and qemu-nbd serve their single export for it.
 //! `NBD_OPT_LIST` names every export unless the boot config says
 //! `nbd_list=off` ([`engine_config`]); then it is answered with
 //! `NBD_REP_ERR_POLICY` and clients must know the name they want.
@@ -45,7 +52,7 @@ use daxbox_netstack::{Refusal, TcpService};
 use daxbox_persist::PersistentMemory;
 use daxfs::{Error as FsError, FileId, Filesystem};
 
-use crate::{ConnectionStatus, Role, Storage};
+use crate::{is_device_name, ConnectionStatus, Role, Storage};
 
 /// How the service reaches the storage set for one call: the kernel locks
 /// its static, the host server borrows its own.
@@ -54,32 +61,84 @@ pub trait SharedStorage<M: PersistentMemory> {
     fn with<R>(&self, f: impl FnOnce(&mut Storage<M>) -> R) -> R;
 }
 
-/// What an export handle points at.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+/// What an export handle points at, for one call (`volume` indexes
+/// `Storage::volumes` as it is now).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Target {
     File { volume: usize, file: FileId },
     Raw { volume: usize },
 }
 
+/// What an export handle points at, kept across calls: by device number,
+/// not by volume index, because `umount` and `mount` add and remove
+/// volumes under open handles of other devices.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Bound {
+    File { device: u16, file: FileId },
+    Raw { device: u16 },
+}
+
+/// The device number of volume `index` (`pmem3` → 3).
+fn device_number<M: PersistentMemory>(storage: &Storage<M>, index: usize) -> Option<u16> {
+    storage
+        .volumes
+        .get(index)
+        .and_then(|v| daxbox_syntax::device_index(&v.device))
+}
+
+/// The volume index of device number `device`, if it is a volume now.
+fn volume_of_number<M: PersistentMemory>(storage: &Storage<M>, device: u16) -> Option<usize> {
+    storage
+        .volumes
+        .iter()
+        .position(|v| daxbox_syntax::device_index(&v.device) == Some(device))
+}
+
+impl Bound {
+    fn of<M: PersistentMemory>(storage: &Storage<M>, target: Target) -> Option<Bound> {
+        Some(match target {
+            Target::File { volume, file } => Bound::File {
+                device: device_number(storage, volume)?,
+                file,
+            },
+            Target::Raw { volume } => Bound::Raw {
+                device: device_number(storage, volume)?,
+            },
+        })
+    }
+
+    fn resolve<M: PersistentMemory>(self, storage: &Storage<M>) -> Option<Target> {
+        Some(match self {
+            Bound::File { device, file } => Target::File {
+                volume: volume_of_number(storage, device)?,
+                file,
+            },
+            Bound::Raw { device } => Target::Raw {
+                volume: volume_of_number(storage, device)?,
+            },
+        })
+    }
+}
+
 /// Export handles handed out so far: handle = index into `list`, found
-/// again by target in O(log n). One entry per distinct export ever opened
-/// (files are made by the administrator, not by clients).
+/// again by what it points at in O(log n). One entry per distinct export
+/// ever opened (files are made by the administrator, not by clients).
 #[derive(Default, Debug)]
 pub struct Targets {
-    list: Vec<Target>,
-    index: BTreeMap<Target, usize>,
+    list: Vec<Bound>,
+    index: BTreeMap<Bound, usize>,
 }
 
 impl Targets {
-    fn handle(&mut self, target: Target) -> ExportHandle {
-        let index = *self.index.entry(target).or_insert_with(|| {
-            self.list.push(target);
+    fn handle(&mut self, bound: Bound) -> ExportHandle {
+        let index = *self.index.entry(bound).or_insert_with(|| {
+            self.list.push(bound);
             self.list.len() - 1
         });
         ExportHandle(index as u64)
     }
 
-    fn get(&self, export: ExportHandle) -> Option<Target> {
+    fn get(&self, export: ExportHandle) -> Option<Bound> {
         usize::try_from(export.0)
             .ok()
             .and_then(|index| self.list.get(index).copied())
@@ -121,6 +180,10 @@ pub struct NbdService<M: PersistentMemory, S: SharedStorage<M>> {
 pub struct NbdConnection {
     id: u64,
     engine: Connection,
+    /// The client's address and port, when the transport told it.
+    peer: Option<core::net::SocketAddr>,
+    /// When it was accepted.
+    opened_ms: u64,
     /// When the engine first wanted the connection closed.
     closing_since: Option<u64>,
     /// Over a connection limit: only told so.
@@ -135,23 +198,48 @@ impl NbdConnection {
         }
     }
 
-    /// Updates this connection's line in the `nbd` listing.
-    fn publish<M: PersistentMemory>(&self, storage: &mut Storage<M>) {
+    /// Updates this connection's line in the `nbd` listing, with the
+    /// device and file its export is on (what `umount` and `truncate`
+    /// look for).
+    fn publish<M: PersistentMemory>(&self, storage: &mut Storage<M>, targets: &[Bound]) {
         let name = match self.engine.export_name() {
             Some(name) => name,
             None if self.refused => "(refused)",
             None => "(handshake)",
         };
         let stats = *self.engine.stats();
+        let bound = self
+            .engine
+            .export()
+            .and_then(|handle| usize::try_from(handle.0).ok())
+            .and_then(|index| targets.get(index).copied());
+        let (device, file) = match bound {
+            Some(Bound::File { device, file }) => (Some(device), Some(file)),
+            Some(Bound::Raw { device }) => (Some(device), None),
+            None => (None, None),
+        };
         match storage.connections.iter_mut().find(|c| c.id == self.id) {
             Some(entry) => {
                 if entry.export != name {
                     entry.export = name.to_string();
                 }
+                let shown = entry
+                    .device
+                    .as_deref()
+                    .and_then(daxbox_syntax::device_index);
+                if shown != device {
+                    entry.device = device.map(daxbox_syntax::device_name);
+                }
+                entry.file = file;
+                entry.peer = self.peer;
                 entry.stats = stats;
             }
             None => storage.connections.push(ConnectionStatus {
                 id: self.id,
+                peer: self.peer,
+                opened_ms: self.opened_ms,
+                device: device.map(daxbox_syntax::device_name),
+                file,
                 export: name.to_string(),
                 stats,
             }),
@@ -200,6 +288,8 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
         NbdConnection {
             id,
             engine: self.server.accept(now_ms),
+            peer: None,
+            opened_ms: now_ms,
             closing_since: None,
             refused: false,
         }
@@ -212,18 +302,29 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
         Some(NbdConnection {
             id,
             engine: Connection::refused(self.server.config().clone(), now_ms, &message),
+            peer: None,
+            opened_ms: now_ms,
             closing_since: None,
             refused: true,
         })
     }
 
+    fn remote(&mut self, conn: &mut NbdConnection, remote: core::net::SocketAddr) {
+        conn.peer = Some(remote);
+    }
+
     fn receive(&mut self, conn: &mut NbdConnection, data: &[u8], now_ms: u64) -> usize {
         let targets = &mut self.targets;
         self.shared.with(|storage| {
+            // Cut by `umount --force` or `truncate --force`: nothing more
+            // is served; `deadline` aborts it.
+            if storage.disconnecting.contains(&conn.id) {
+                return 0;
+            }
             let mut backend = StorageBackend::new(storage, targets);
             let used = conn.engine.receive(data, &mut backend, now_ms);
             conn.note_closing(now_ms);
-            conn.publish(storage);
+            conn.publish(storage, &targets.list);
             used
         })
     }
@@ -231,11 +332,14 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
     fn produce(&mut self, conn: &mut NbdConnection, out: &mut [u8], now_ms: u64) -> usize {
         let targets = &mut self.targets;
         self.shared.with(|storage| {
+            if storage.disconnecting.contains(&conn.id) {
+                return 0;
+            }
             let mut backend = StorageBackend::new(storage, targets);
             let written = conn.engine.produce(out, &mut backend);
             conn.note_closing(now_ms);
             if written > 0 {
-                conn.publish(storage);
+                conn.publish(storage, &targets.list);
             }
             written
         })
@@ -246,6 +350,13 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
     }
 
     fn deadline(&self, conn: &NbdConnection) -> Option<u64> {
+        // Cut by `umount --force` or `truncate --force`: abort now.
+        if self
+            .shared
+            .with(|storage| storage.disconnecting.contains(&conn.id))
+        {
+            return Some(0);
+        }
         // The handshake deadline while negotiating; the linger limit once
         // the server is done (the listener aborts the socket at either).
         let linger = conn
@@ -262,14 +373,17 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
         if !conn.refused {
             self.server.retire(&conn.engine);
         }
-        self.shared
-            .with(|storage| storage.connections.retain(|c| c.id != conn.id));
+        self.shared.with(|storage| {
+            storage.connections.retain(|c| c.id != conn.id);
+            storage.disconnecting.retain(|&id| id != conn.id);
+        });
     }
 }
 
-/// Every export name, in device order: raw devices by device name, files
-/// by file name, or `pmemN:NAME` when an earlier device has the same name
-/// ([`export_names_page`] page after page).
+/// Every export's canonical name, in device order (files sorted by name
+/// within a device): raw devices by device name, files by
+/// [`crate::canonical_name`]. No name appears twice. Made by
+/// [`export_names_page`], page after page.
 pub fn export_names<M: PersistentMemory>(storage: &Storage<M>) -> Vec<String> {
     let mut names = Vec::new();
     let mut cursor = ListCursor::default();
@@ -280,16 +394,16 @@ pub fn export_names<M: PersistentMemory>(storage: &Storage<M>) -> Vec<String> {
 /// Pushes up to `max` export names after `cursor` onto `names` (the order
 /// and naming of [`export_names`]); returns false once every name is out.
 /// The cursor is (volume index, last file name listed on it), so a page
-/// costs O(max × devices × log files), whatever the number of files.
+/// costs O(max + log files), whatever the number of files.
 pub fn export_names_page<M: PersistentMemory>(
     storage: &Storage<M>,
     cursor: &mut ListCursor,
     max: usize,
     names: &mut Vec<String>,
 ) -> bool {
-    let volumes = &storage.volumes;
+    let default = storage.default_filesystem();
     let mut taken = 0;
-    while let Some(volume) = volumes.get(cursor.part) {
+    while let Some(volume) = storage.volumes.get(cursor.part) {
         if taken >= max {
             return true;
         }
@@ -304,11 +418,11 @@ pub fn export_names_page<M: PersistentMemory>(
                 let want = max - taken;
                 let page = fs.list(cursor.after.as_deref(), want);
                 for entry in &page {
-                    if shadowed(storage, cursor.part, &entry.name) {
-                        names.push(alloc::format!("{}:{}", volume.device, entry.name));
-                    } else {
-                        names.push(entry.name.clone());
-                    }
+                    names.push(crate::canonical_name(
+                        &volume.device,
+                        default == Some(cursor.part),
+                        &entry.name,
+                    ));
                 }
                 taken += page.len();
                 match page.last() {
@@ -324,21 +438,29 @@ pub fn export_names_page<M: PersistentMemory>(
     false
 }
 
-/// Whether a device before volume `volume` already exports `name` (a raw
-/// device of that name or a file of that name), so a file of that name on
-/// `volume` is listed as `pmemN:NAME`.
-fn shadowed<M: PersistentMemory>(storage: &Storage<M>, volume: usize, name: &str) -> bool {
-    storage.volumes[..volume].iter().any(|v| match &v.role {
-        Role::Raw(_) => v.device == name,
-        Role::Filesystem(fs) => fs.lookup(name).is_ok(),
-    })
-}
-
 fn fs_error(error: FsError) -> BackendError {
     match error {
         FsError::NoSpace | FsError::NoFileSlots | FsError::FileTooLarge => BackendError::NoSpace,
         FsError::NotFound | FsError::StaleFile => BackendError::Invalid,
         _ => BackendError::Io,
+    }
+}
+
+/// An NBD write never changes a file's size: the engine checks requests
+/// against the size sent at the handshake, and this checks them against the
+/// size now (smaller only if the file was shrunk under the connection,
+/// which `truncate` refuses unless it cut the connection first). Beyond
+/// the end is `ENOSPC`, as the engine answers past the export size.
+fn within_file<M: PersistentMemory>(
+    fs: &Filesystem<M>,
+    file: FileId,
+    offset: u64,
+    len: u64,
+) -> Result<(), BackendError> {
+    let size = fs.file_size(file).map_err(fs_error)?;
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(BackendError::NoSpace),
     }
 }
 
@@ -366,7 +488,10 @@ impl<'a, M: PersistentMemory> StorageBackend<'a, M> {
     }
 
     fn target(&self, export: ExportHandle) -> Result<Target, BackendError> {
-        self.targets.get(export).ok_or(BackendError::NoSuchExport)
+        self.targets
+            .get(export)
+            .and_then(|bound| bound.resolve(self.storage))
+            .ok_or(BackendError::NoSuchExport)
     }
 
     /// The default export: the first name of the listing, found without
@@ -428,8 +553,9 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
             .position(|v| v.device == name && matches!(v.role, Role::Raw(_)))
         {
             Target::Raw { volume }
-        } else if volumes.iter().any(|v| v.device == name) {
-            // A device name that is not raw-exported is no export.
+        } else if is_device_name(&name) {
+            // A device name that is not raw-exported is no export (and
+            // never a file: a file called `pmemN` is `pmem0:pmemN`).
             return Err(BackendError::NoSuchExport);
         } else {
             let found = self
@@ -441,13 +567,15 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
                 file: found.file,
             }
         };
-        Ok(self.targets.handle(target))
+        let bound = Bound::of(self.storage, target).ok_or(BackendError::NoSuchExport)?;
+        Ok(self.targets.handle(bound))
     }
 
     fn info(&self, export: ExportHandle) -> Option<ExportInfo> {
         let target = self.target(export).ok()?;
         match target {
             Target::Raw { volume } => {
+                let index = volume;
                 let volume = self.storage.volumes.get(volume)?;
                 let Role::Raw(block) = &volume.role else {
                     return None;
@@ -456,7 +584,7 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
                     name: volume.device.clone(),
                     description: alloc::format!("raw pmem device {}", volume.device),
                     size: block.memory().len(),
-                    read_only: self.storage.is_read_only(&volume.device),
+                    read_only: self.storage.raw_read_only(index),
                     kind: ExportKind::Raw,
                     can_trim: true,
                     can_fast_zero: true,
@@ -464,6 +592,7 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
                 })
             }
             Target::File { volume, file } => {
+                let index = volume;
                 let volume = self.storage.volumes.get(volume)?;
                 let Role::Filesystem(fs) = &volume.role else {
                     return None;
@@ -471,8 +600,8 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
                 let stat = fs.stat(file).ok()?;
                 Some(ExportInfo {
                     description: alloc::format!("daxfs file on {}", volume.device),
-                    read_only: self.storage.is_read_only(&stat.name),
-                    name: stat.name,
+                    read_only: self.storage.file_read_only(index, file),
+                    name: self.storage.canonical_name(index, &stat.name),
                     size: stat.size,
                     kind: ExportKind::File,
                     can_trim: true,
@@ -481,6 +610,17 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
                 })
             }
         }
+    }
+
+    fn check_write(&mut self, export: ExportHandle) -> Result<(), BackendError> {
+        let read_only = match self.target(export)? {
+            Target::Raw { volume } => self.storage.raw_read_only(volume),
+            Target::File { volume, file } => self.storage.file_read_only(volume, file),
+        };
+        if read_only {
+            return Err(BackendError::ReadOnly);
+        }
+        Ok(())
     }
 
     fn read(
@@ -518,10 +658,11 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
                 .raw_memory(volume)?
                 .write_flush(offset, data)
                 .map_err(|_| BackendError::Invalid),
-            Target::File { volume, file } => self
-                .filesystem(volume)?
-                .write(file, offset, data)
-                .map_err(fs_error),
+            Target::File { volume, file } => {
+                let fs = self.filesystem(volume)?;
+                within_file(fs, file, offset, data.len() as u64)?;
+                fs.write(file, offset, data).map_err(fs_error)
+            }
         }
     }
 
@@ -556,10 +697,12 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
                     .map_err(|_| BackendError::Invalid)?;
                 memory.flush(offset, len).map_err(|_| BackendError::Invalid)
             }
-            Target::File { volume, file } => self
-                .filesystem(volume)?
-                .write_zeroes(file, offset, len, !flags.no_hole)
-                .map_err(fs_error),
+            Target::File { volume, file } => {
+                let fs = self.filesystem(volume)?;
+                within_file(fs, file, offset, len)?;
+                fs.write_zeroes(file, offset, len, !flags.no_hole)
+                    .map_err(fs_error)
+            }
         }
     }
 
@@ -603,6 +746,7 @@ mod tests {
     use super::*;
     use crate::commands;
     use crate::testing::{Fixture, TestMemory, MIB};
+    use crate::Environment;
     use alloc::vec;
     use core::cell::RefCell;
 
@@ -623,7 +767,7 @@ mod tests {
         f.ok("create pmem1:only1 4K");
         f.ok("create ro 4K");
         f.ok("write ro 0 readonly-content");
-        f.storage.set_read_only(vec!["ro".into()]);
+        f.storage.set_read_only(crate::testing::rules(&["ro"]));
         f
     }
 
@@ -632,7 +776,7 @@ mod tests {
         let mut f = exports();
         assert_eq!(
             export_names(&f.storage),
-            ["disk", "ro", "same", "only1", "pmem1:same", "pmem2"]
+            ["disk", "ro", "same", "pmem1:only1", "pmem1:same", "pmem2"]
         );
         let mut targets = Targets::default();
         let mut b = backend(&mut f.storage, &mut targets);
@@ -649,6 +793,22 @@ mod tests {
         assert_eq!(b.info(same1).unwrap().size, 8192);
         assert_eq!(b.info(same1).unwrap().description, "daxfs file on pmem1");
         assert_eq!(b.open("pmem0:same").unwrap(), same0);
+        // Every export has one canonical name: the listed one, sent back
+        // in NBD_INFO_NAME whatever name opened it.
+        assert_eq!(b.info(same1).unwrap().name, "pmem1:same");
+        assert_eq!(b.info(same0).unwrap().name, "same");
+        let only1 = b.open("only1").unwrap();
+        assert_eq!(b.open("pmem1:only1").unwrap(), only1);
+        assert_eq!(b.info(only1).unwrap().name, "pmem1:only1");
+        for index in 0..b.export_count() {
+            let name = b.export_name(index).unwrap();
+            let handle = b.open(&name).unwrap();
+            assert_eq!(
+                b.info(handle).unwrap().name,
+                name,
+                "listed name opens itself"
+            );
+        }
         for missing in [
             "nothing",
             "pmem0",
@@ -821,6 +981,37 @@ mod tests {
     }
 
     #[test]
+    fn an_nbd_write_never_changes_a_file_size() {
+        let mut f = exports();
+        let mut targets = Targets::default();
+        let disk = backend(&mut f.storage, &mut targets).open("disk").unwrap();
+        // Shrunk under the handle (as if a client kept the old size).
+        let index = f.storage.lookup("disk").unwrap();
+        let fs = f.storage.filesystem(index.volume).unwrap();
+        fs.truncate(index.file, MIB).unwrap();
+        let mut b = backend(&mut f.storage, &mut targets);
+        assert_eq!(
+            b.write(disk, 2 * MIB, &[1; 4096]),
+            Err(BackendError::NoSpace)
+        );
+        assert_eq!(
+            b.write(disk, MIB - 10, &[1; 20]),
+            Err(BackendError::NoSpace)
+        );
+        let zero = ZeroFlags::default();
+        assert_eq!(
+            b.write_zeroes(disk, MIB, 4096, zero),
+            Err(BackendError::NoSpace)
+        );
+        b.write(disk, MIB - 10, &[1; 10]).unwrap();
+        b.write_zeroes(disk, 0, MIB, zero).unwrap();
+        assert_eq!(
+            f.ok("stat disk").lines().nth(1),
+            Some("size:       1048576 (1 MiB)")
+        );
+    }
+
+    #[test]
     fn raw_export_io() {
         let mut f = exports();
         let mut targets = Targets::default();
@@ -915,11 +1106,18 @@ mod tests {
         // Bytes in: flags 4 + GO 26 + WRITE 28 + 4096 + READ 28; out: the
         // greeting, the GO replies, two reply headers and 4096 bytes.
         let mut out = String::new();
-        commands::nbd(&mut cell.0.borrow_mut().storage, &[], 10809, &mut out).unwrap();
+        commands::nbd(
+            &mut cell.0.borrow_mut().storage,
+            3_000,
+            &[],
+            10809,
+            &mut out,
+        )
+        .unwrap();
         assert!(
             out.ends_with(
-                "1 connection(s)\n  #1 disk: 2 requests (0 errors), 4182 bytes in, 4232 bytes out, \
-                 read 4096 written 4096\n"
+                "1 connection(s)\n  #1 ? up 3 s, disk: 2 requests (0 errors), 4182 bytes in, \
+                 4232 bytes out, read 4096 written 4096\n"
             ),
             "{out}"
         );
@@ -931,6 +1129,401 @@ mod tests {
         assert_eq!(service.deadline(&conn), Some(5_000 + LINGER_MS));
         service.closed(conn);
         assert!(cell.0.borrow().storage.connections().is_empty());
+    }
+
+    /// A connection from `peer` that negotiated export `name` with
+    /// `NBD_OPT_GO`.
+    fn connect_to<S: TcpService>(service: &mut S, name: &str, peer: &str) -> S::Connection {
+        let mut conn = service.accept(0);
+        service.remote(&mut conn, peer.parse().unwrap());
+        exchange(service, &mut conn, &[], 0);
+        let mut hello = 3u32.to_be_bytes().to_vec();
+        hello.extend_from_slice(b"IHAVEOPT");
+        hello.extend_from_slice(&7u32.to_be_bytes());
+        hello.extend_from_slice(&(6 + name.len() as u32).to_be_bytes());
+        hello.extend_from_slice(&(name.len() as u32).to_be_bytes());
+        hello.extend_from_slice(name.as_bytes());
+        hello.extend_from_slice(&0u16.to_be_bytes());
+        let replies = exchange(service, &mut conn, &hello, 1);
+        let ack = &replies[replies.len() - 20..];
+        assert_eq!(
+            &ack[8..16],
+            &[0, 0, 0, 7, 0, 0, 0, 1],
+            "GO {name} acknowledged"
+        );
+        conn
+    }
+
+    /// One simple-reply request; returns (error, the payload of a read).
+    fn simple_request<S: TcpService>(
+        service: &mut S,
+        conn: &mut S::Connection,
+        kind: u16,
+        offset: u64,
+        len: u32,
+    ) -> (u32, Vec<u8>) {
+        let mut input = request(kind, 77, offset, len);
+        if kind == 1 {
+            input.extend_from_slice(&vec![0x6b; len as usize]);
+        }
+        let replies = exchange(service, conn, &input, 2);
+        let error = u32::from_be_bytes(replies[4..8].try_into().unwrap());
+        (error, replies[16..].to_vec())
+    }
+
+    fn run(cell: &Cell, line: &str) -> Result<String, String> {
+        cell.0.borrow_mut().run(line)
+    }
+
+    #[test]
+    fn umount_refuses_while_a_client_uses_the_device_and_force_cuts_it() {
+        let cell = Cell(RefCell::new(exports()));
+        let mut service = NbdService::new(&cell);
+        let mut on0 = connect_to(&mut service, "disk", "127.0.0.1:40000");
+        let mut on1 = connect_to(&mut service, "pmem1:only1", "127.0.0.1:40001");
+        assert_eq!(simple_request(&mut service, &mut on0, 1, 0, 4096).0, 0);
+        assert_eq!(simple_request(&mut service, &mut on1, 1, 0, 4096).0, 0);
+        let status = run(&cell, "nbd").unwrap();
+        assert!(
+            status.contains(
+                "\n  #1 127.0.0.1:40000 up 0 s, disk: 1 requests (0 errors), 4154 bytes in, \
+                 120 bytes out, read 0 written 4096\n  #2 127.0.0.1:40001 up 0 s, pmem1:only1: "
+            ),
+            "{status}"
+        );
+        assert_eq!(
+            run(&cell, "umount pmem0").unwrap_err(),
+            "pmem0 is open on 1 NBD connection(s): #1 127.0.0.1:40000 (disk); it stays mounted \
+             (`umount pmem0 --force` disconnects them first)"
+        );
+        assert_eq!(
+            run(&cell, "umount").unwrap_err(),
+            "usage: umount DEVICE [--force]"
+        );
+        assert_eq!(
+            run(&cell, "umount pmem3").unwrap_err(),
+            "pmem3 has no mounted filesystem (see the boot log, or `mkfs pmem3`)"
+        );
+        assert_eq!(
+            run(&cell, "umount pmem0 --force").unwrap(),
+            "disconnected #1 127.0.0.1:40000 (disk)\npmem0: unmounted (filesystem clean)\n"
+        );
+        // The cut client is served no more and aborted at the next poll.
+        assert_eq!(service.deadline(&on0), Some(0));
+        assert_eq!(service.receive(&mut on0, &request(0, 5, 0, 4096), 3), 0);
+        service.closed(on0);
+        // The client of pmem1 carries on (pmem1 is now volume 0).
+        let (error, data) = simple_request(&mut service, &mut on1, 0, 0, 4096);
+        assert_eq!((error, data), (0, vec![0x6b; 4096]));
+        assert_eq!(service.deadline(&on1), None);
+        // Clean on media, back with the environment: df, mkfs, mount.
+        {
+            let fixture = cell.0.borrow();
+            let probe = fixture
+                .env
+                .inspect("pmem0", |block| Filesystem::probe(block.memory()))
+                .expect("pmem0 is available again");
+            assert_eq!(
+                probe,
+                daxfs::Probe::Daxfs {
+                    version: 1,
+                    clean: true
+                }
+            );
+        }
+        let df = run(&cell, "df").unwrap();
+        assert!(
+            df.contains("\npmem0          16 MiB (not mounted)\n"),
+            "{df}"
+        );
+        assert_eq!(df.matches("pmem0").count(), 1, "{df}");
+        assert_eq!(
+            run(&cell, "stat pmem0:disk").unwrap_err(),
+            "pmem0 has no mounted filesystem (see the boot log, or `mkfs pmem0`)"
+        );
+        assert!(run(&cell, "mkfs pmem0")
+            .unwrap()
+            .starts_with("mkfs: this erases everything on pmem0"));
+        let mounted = run(&cell, "mount pmem0").unwrap();
+        assert!(
+            mounted.starts_with("storage: pmem0 mounted daxfs in 1 ms: 3 files, "),
+            "{mounted}"
+        );
+        assert_eq!(
+            run(&cell, "mount pmem0").unwrap_err(),
+            "pmem0 is already in use (mounted or exported)"
+        );
+        let devices: Vec<String> = cell
+            .0
+            .borrow()
+            .storage
+            .volumes
+            .iter()
+            .map(|v| v.device.clone())
+            .collect();
+        assert_eq!(devices, ["pmem0", "pmem1", "pmem2"]);
+        assert_eq!(run(&cell, "cat disk 0 2").unwrap(), "kk\n");
+        // A new client opens it again; the old one on pmem1 still works.
+        let mut again = connect_to(&mut service, "disk", "127.0.0.1:40002");
+        assert_eq!(
+            simple_request(&mut service, &mut again, 0, 0, 16).1,
+            vec![0x6b; 16]
+        );
+        assert_eq!(
+            simple_request(&mut service, &mut on1, 0, 0, 16).1,
+            vec![0x6b; 16]
+        );
+        // A raw export is stopped the same way; mount then says what it is.
+        assert_eq!(
+            run(&cell, "umount pmem2").unwrap(),
+            "pmem2: no longer exported raw\n"
+        );
+        assert_eq!(
+            run(&cell, "mount pmem2").unwrap_err(),
+            "pmem2 is blank; not formatting (boot config format=if-blank, or `mkfs pmem2`)"
+        );
+        assert_eq!(
+            run(&cell, "mount pmem3").unwrap_err(),
+            "pmem3 holds something that is not daxfs; left alone (`mkfs pmem3` erases it)"
+        );
+        assert_eq!(
+            run(&cell, "mount pmem9").unwrap_err(),
+            "no such device: pmem9"
+        );
+        let df = run(&cell, "df").unwrap();
+        assert!(
+            df.ends_with(
+                "pmem2           8 MiB (not mounted)\npmem3           8 MiB (not mounted)\n"
+            ),
+            "{df}"
+        );
+    }
+
+    #[test]
+    fn shrinking_an_open_file_is_refused_and_force_disconnects_first() {
+        let cell = Cell(RefCell::new(exports()));
+        let mut service = NbdService::new(&cell);
+        let mut client = connect_to(&mut service, "disk", "127.0.0.1:41000");
+        let mut other = connect_to(&mut service, "same", "127.0.0.1:41001");
+        assert_eq!(
+            simple_request(&mut service, &mut client, 1, 3 * MIB, 4096).0,
+            0
+        );
+        assert_eq!(
+            run(&cell, "truncate disk 1M").unwrap_err(),
+            "disk is open on 1 NBD connection(s): #1 127.0.0.1:41000 (disk); shrinking it under \
+             them is refused (`truncate disk 1M --force` disconnects them first)"
+        );
+        assert_eq!(
+            run(&cell, "stat disk").unwrap().lines().nth(1),
+            Some("size:       4194304 (4 MiB)")
+        );
+        // Growing is allowed while open; the client keeps its size.
+        assert_eq!(
+            run(&cell, "truncate disk 8M").unwrap(),
+            "truncated to 8388608 bytes\n"
+        );
+        assert_eq!(
+            run(&cell, "truncate disk 1M --force").unwrap(),
+            "disconnected #1 127.0.0.1:41000 (disk)\ntruncated to 1048576 bytes\n"
+        );
+        // A write inside the old size, past the new one, never reaches the
+        // file: the connection is served no more.
+        assert_eq!(
+            service.receive(&mut client, &request(1, 9, 3 * MIB, 4096), 3),
+            0
+        );
+        assert_eq!(service.deadline(&client), Some(0));
+        service.closed(client);
+        assert_eq!(
+            run(&cell, "stat disk").unwrap().lines().nth(1),
+            Some("size:       1048576 (1 MiB)")
+        );
+        // The client of another file was not touched; a new one sees 1 MiB.
+        assert_eq!(service.deadline(&other), None);
+        assert_eq!(simple_request(&mut service, &mut other, 0, 0, 16).0, 0);
+        {
+            let mut fixture = cell.0.borrow_mut();
+            let mut targets = Targets::default();
+            let mut b = backend(&mut fixture.storage, &mut targets);
+            let disk = b.open("disk").unwrap();
+            assert_eq!(b.info(disk).unwrap().size, MIB);
+        }
+        // Another file's client is named for that file; once it is gone,
+        // shrinking needs no --force.
+        assert!(run(&cell, "truncate same 0")
+            .unwrap_err()
+            .contains("#2 127.0.0.1:41001"));
+        service.closed(other);
+        assert_eq!(
+            run(&cell, "truncate same 0").unwrap(),
+            "truncated to 0 bytes\n"
+        );
+    }
+
+    #[test]
+    fn grow_extends_the_filesystem_to_the_device_under_open_clients() {
+        // An 8 MiB filesystem on a device that is now 16 MiB.
+        let mut small = Fixture::with_devices(&[8 * MIB], &[]);
+        small.ok("create disk 1M");
+        small.ok("write disk 0 kept");
+        small.storage.shutdown();
+        let mut image = small.env.image("pmem0");
+        image.resize((16 * MIB) as usize, 0);
+        let env = crate::testing::FakeEnvironment::from_images(vec![image]);
+        let cell = Cell(RefCell::new(Fixture::boot_env(env)));
+        let before = run(&cell, "df").unwrap();
+        let mut service = NbdService::new(&cell);
+        let mut client = connect_to(&mut service, "disk", "127.0.0.1:42000");
+        let out = run(&cell, "grow pmem0").unwrap();
+        assert!(out.starts_with("pmem0: grown by 8 MiB to "), "{out}");
+        let after = run(&cell, "df").unwrap();
+        assert_ne!(before, after);
+        let free = |df: &str| -> String {
+            df.lines()
+                .nth(1)
+                .unwrap()
+                .split("  ")
+                .map(str::trim)
+                .filter(|w| !w.is_empty())
+                .nth(3)
+                .unwrap()
+                .to_string()
+        };
+        assert!(out.ends_with(" MiB free\n"), "{out}");
+        assert!(
+            after
+                .lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("pmem0        15.9 MiB "),
+            "{after}"
+        );
+        assert_ne!(free(&before), free(&after));
+        // The open client carries on.
+        assert_eq!(
+            simple_request(&mut service, &mut client, 0, 0, 4).1,
+            b"kept"
+        );
+        assert_eq!(
+            run(&cell, "grow pmem0").unwrap(),
+            alloc::format!(
+                "pmem0: the filesystem already spans the device (15.9 MiB data, {} free); nothing to grow\n",
+                free(&after)
+            )
+        );
+        assert_eq!(run(&cell, "grow").unwrap_err(), "usage: grow DEVICE");
+        assert_eq!(
+            run(&cell, "grow pmem7").unwrap_err(),
+            "no such device: pmem7"
+        );
+        assert!(run(&cell, "fsck pmem0")
+            .unwrap()
+            .starts_with("pmem0: fsck: clean"));
+        // And after a reboot.
+        service.closed(client);
+        let mut fixture = cell.0.into_inner();
+        fixture.storage.shutdown();
+        let env = crate::testing::FakeEnvironment::from_images(vec![fixture.env.image("pmem0")]);
+        let mut rebooted = Fixture::boot_env(env);
+        assert_eq!(rebooted.ok("df"), after);
+    }
+
+    /// A connection in transmission on export `name` (fixed newstyle, no
+    /// zeroes, `NBD_OPT_GO`); returns it with the transmission flags.
+    fn go<S: TcpService>(service: &mut S, name: &str) -> (S::Connection, u16) {
+        let mut conn = service.accept(0);
+        exchange(service, &mut conn, &[], 0);
+        let mut hello = 3u32.to_be_bytes().to_vec();
+        hello.extend_from_slice(b"IHAVEOPT");
+        hello.extend_from_slice(&7u32.to_be_bytes());
+        hello.extend_from_slice(&(6 + name.len() as u32).to_be_bytes());
+        hello.extend_from_slice(&(name.len() as u32).to_be_bytes());
+        hello.extend_from_slice(name.as_bytes());
+        hello.extend_from_slice(&0u16.to_be_bytes());
+        let replies = exchange(service, &mut conn, &hello, 1);
+        let ack = &replies[replies.len() - 20..];
+        assert_eq!(
+            &ack[8..16],
+            &[0, 0, 0, 7, 0, 0, 0, 1],
+            "GO {name} acknowledged"
+        );
+        // Option replies: magic 8, option 4, type 4, length 4, data; the
+        // NBD_REP_INFO (3) of NBD_INFO_EXPORT (0) has the size (8 bytes),
+        // then the transmission flags.
+        let mut rest = &replies[..];
+        let mut flags = None;
+        while rest.len() >= 20 {
+            let kind = u32::from_be_bytes(rest[12..16].try_into().unwrap());
+            let len = u32::from_be_bytes(rest[16..20].try_into().unwrap()) as usize;
+            let data = &rest[20..20 + len];
+            if kind == 3 && data[..2] == [0, 0] {
+                flags = Some(u16::from_be_bytes([data[10], data[11]]));
+            }
+            rest = &rest[20 + len..];
+        }
+        (conn, flags.expect("an NBD_INFO_EXPORT reply"))
+    }
+
+    /// The error value of a WRITE of 512 bytes at 0 (simple reply).
+    fn write_errno<S: TcpService>(service: &mut S, conn: &mut S::Connection, cookie: u64) -> u32 {
+        let mut input = request(1, cookie, 0, 512);
+        input.extend_from_slice(&[0x77; 512]);
+        let reply = exchange(service, conn, &input, 2);
+        assert_eq!(reply.len(), 16, "one simple reply");
+        assert_eq!(&reply[8..16], &cookie.to_be_bytes());
+        u32::from_be_bytes(reply[4..8].try_into().unwrap())
+    }
+
+    /// TRIM's error value (4 KiB at 0).
+    fn trim_errno<S: TcpService>(service: &mut S, conn: &mut S::Connection, cookie: u64) -> u32 {
+        let reply = exchange(service, conn, &request(4, cookie, 0, 4096), 2);
+        u32::from_be_bytes(reply[4..8].try_into().unwrap())
+    }
+
+    const EPERM: u32 = 1;
+
+    #[test]
+    fn read_only_follows_the_file_across_renames() {
+        let cell = Cell(RefCell::new(exports()));
+        let mut service = NbdService::new(&cell);
+        // A session on `ro` before and after the file is renamed; a new
+        // session under the new name: read-only, every one.
+        let (mut on_ro, flags) = go(&mut service, "ro");
+        assert_eq!(flags & 2, 2, "ro advertises NBD_FLAG_READ_ONLY");
+        assert_eq!(write_errno(&mut service, &mut on_ro, 1), EPERM);
+        cell.0.borrow_mut().ok("mv ro moved");
+        assert_eq!(write_errno(&mut service, &mut on_ro, 2), EPERM);
+        let (mut on_moved, flags) = go(&mut service, "moved");
+        assert_eq!(flags & 2, 2, "the renamed file stays read-only");
+        assert_eq!(write_errno(&mut service, &mut on_moved, 3), EPERM);
+        assert_eq!(trim_errno(&mut service, &mut on_moved, 4), EPERM);
+        // A writable file renamed onto the rule's name becomes read-only,
+        // for the session that opened it writable too.
+        let (mut on_disk, flags) = go(&mut service, "disk");
+        assert_eq!(flags & 2, 0, "disk is writable");
+        assert_eq!(write_errno(&mut service, &mut on_disk, 5), 0);
+        cell.0.borrow_mut().ok("mv disk ro");
+        assert_eq!(write_errno(&mut service, &mut on_disk, 6), EPERM);
+        assert_eq!(trim_errno(&mut service, &mut on_disk, 7), EPERM);
+        let (_, flags) = go(&mut service, "ro");
+        assert_eq!(flags & 2, 2, "the file now called ro is read-only");
+        // A file created under the rule's name is read-only; its clone
+        // under another name is a new file, and writable.
+        cell.0.borrow_mut().ok("rm ro");
+        cell.0.borrow_mut().ok("create ro 4K");
+        let (mut fresh, flags) = go(&mut service, "ro");
+        assert_eq!(flags & 2, 2, "a new file named ro is read-only");
+        assert_eq!(write_errno(&mut service, &mut fresh, 8), EPERM);
+        cell.0.borrow_mut().ok("clone ro copy");
+        let (mut copy, flags) = go(&mut service, "copy");
+        assert_eq!(flags & 2, 0, "a clone under another name is writable");
+        assert_eq!(write_errno(&mut service, &mut copy, 9), 0);
+        // The refused writes left the data alone.
+        assert_eq!(
+            cell.0.borrow_mut().ok("cat moved 0 16"),
+            "readonly-content\n"
+        );
     }
 
     /// Client flags (fixed newstyle) and an `NBD_OPT_LIST`; returns the

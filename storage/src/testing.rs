@@ -17,6 +17,14 @@ use crate::{boot, commands, BootPolicy, DeviceList, Environment, Storage};
 
 pub const MIB: u64 = 1 << 20;
 
+/// `readonly=` rules as the boot config would give them.
+pub fn rules(values: &[&str]) -> Vec<daxbox_bootconfig::ReadOnlyRule> {
+    values
+        .iter()
+        .map(|value| daxbox_bootconfig::ReadOnlyRule::parse(value, "test"))
+        .collect()
+}
+
 /// `VecMemory` shared between the device that uses it and the test.
 #[derive(Clone)]
 pub struct TestMemory(Rc<RefCell<VecMemory>>);
@@ -125,6 +133,10 @@ impl Environment<TestMemory> for FakeEnvironment {
         self.devices.take(device, owner)
     }
 
+    fn give_back(&mut self, device: &str, memory: TestMemory, owner: Owner) -> Result<(), String> {
+        self.devices.give_back(device, memory, owner)
+    }
+
     fn now_us(&self) -> u64 {
         let now = self.clock.get() + 1000;
         self.clock.set(now);
@@ -163,6 +175,11 @@ impl Fixture {
     /// No devices at all.
     pub fn empty() -> Self {
         Self::with_devices(&[], &[])
+    }
+
+    /// Boots the devices of `env` (`format=if-blank`, nothing raw).
+    pub fn boot_env(env: FakeEnvironment) -> Self {
+        Self::boot(env, &[])
     }
 
     fn boot(mut env: FakeEnvironment, raw: &[&str]) -> Self {

@@ -1,6 +1,7 @@
 //! `cargo xtask`: daxbox developer tasks (std only, hand-parsed arguments).
 //!
-//! Subcommands: `setup`, `build`, `run`, `netboot`, `test`, `bench`. Each
+//! Subcommands: `setup`, `build`, `run`, `netboot`, `test`, `bench`,
+//! `crash`, `soak`, `powercut`. Each
 //! prints its steps as `==> ...` lines and the exact commands it runs.
 //! Neighbours: `boot/` (`daxbox-boot`, run through `cargo run -p daxbox-boot
 //! --release` so that the slow bootloader build stays out of xtask's own
@@ -10,9 +11,12 @@
 mod bench;
 mod bench_nbd;
 mod bench_net;
+mod clients;
 mod images;
+mod powercut;
 mod run;
 mod setup;
+mod soak;
 mod test;
 
 use std::{fmt, process::Command, process::ExitCode};
@@ -28,7 +32,9 @@ commands:
   netboot   like run, but boot over UEFI PXE from QEMU's built-in TFTP server
   test      run every test (host crates, boot tool, QEMU system tests); last line `N passed, N failed`
   bench     benchmarks: net (HTTP throughput), nbd (appliance vs qemu-nbd)
-  crash     long run of the daxfs crash-state explorer (--budget SECONDS)";
+  crash     long run of the daxfs crash-state explorer (--budget SECONDS)
+  soak      64 real clients (nbdcopy, fio, qemu-io, shell, curl) against the appliance for --minutes N
+  powercut  SIGKILL QEMU under fio write+flush, reboot, fio --verify_only and fsck, --cycles N times";
 
 /// Why a task failed. Printed as `xtask: error: ...`.
 #[derive(Debug)]
@@ -140,6 +146,8 @@ fn main() -> ExitCode {
         "test" => test::test_command(&rest),
         "bench" => bench::bench_command(&rest),
         "crash" => test::crash_mode(&rest),
+        "soak" => soak::soak_command(&rest),
+        "powercut" => powercut::powercut_command(&rest),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             Ok(())

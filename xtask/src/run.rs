@@ -46,7 +46,7 @@ fn usage(firmware: Firmware) -> String {
     };
     format!(
         "usage: cargo xtask {name}{firmware_options} [--memory 512M] [--pmem-file PATH] [--pmem-size 1G]\n\
-         \x20      [--no-pmem] [--boot KEY=VALUE]... [--boot-config FILE] [--nbd-port {DEFAULT_NBD_PORT}]\n\
+         \x20      [--no-pmem] [--nvdimm PATH[,size=SIZE]]... [--boot KEY=VALUE]... [--boot-config FILE] [--nbd-port {DEFAULT_NBD_PORT}]\n\
          \x20      [--http-port {DEFAULT_HTTP_PORT}] [--accel tcg|kvm] [-- EXTRA QEMU ARGS...]\n\n\
          Builds the kernel and boots daxbox {what} in QEMU:\n\
          {firmware_help}\
@@ -54,7 +54,9 @@ fn usage(firmware: Firmware) -> String {
          \x20 --pmem-file PATH     NVDIMM backing file (default target/daxbox-pmem0.img, created sparse on first use)\n\
          \x20 --pmem-size SIZE     NVDIMM size (default 1G); a smaller file is grown (sparse), a larger one is\n\
          \x20                      used at its size: the file is never truncated\n\
-         \x20 --no-pmem            boot without an NVDIMM\n\
+         \x20 --no-pmem            boot without the --pmem-file NVDIMM\n\
+         \x20 --nvdimm PATH[,size=SIZE]  one more NVDIMM on backing file PATH (repeatable; pmem1, pmem2,\n\
+         \x20                      ... after the --pmem-file one); SIZE as --pmem-size, default 1G\n\
          \x20 --boot KEY=VALUE     boot-config setting (default config: `{}`); replaces the config's KEY\n\
          \x20                      line, except pmem, export_raw and readonly, which repeat: each --boot adds one\n\
          \x20 --boot-config FILE   start from this boot-config file instead of the default\n\
@@ -79,6 +81,9 @@ pub struct RunOptions {
     /// `--pmem-size` in bytes (`None`: [`DEFAULT_PMEM_SIZE`] for a new or
     /// smaller backing file; a larger one is used at its size).
     pub pmem_size: Option<u64>,
+    /// `--nvdimm PATH[,size=SIZE]`: more NVDIMMs, in order, each with its
+    /// size as `--pmem-size` is (`None`: the default).
+    pub nvdimms: Vec<(PathBuf, Option<u64>)>,
     /// Boot-config options.
     pub boot_config: BootConfigOptions,
     /// Host NBD port.
@@ -98,6 +103,7 @@ pub fn parse(args: &[String], firmware: Firmware) -> Result<RunOptions, XtaskErr
         memory: 512 << 20,
         pmem_file: Some(target_dir().join("daxbox-pmem0.img")),
         pmem_size: None,
+        nvdimms: Vec::new(),
         boot_config: BootConfigOptions::default(),
         nbd_port: DEFAULT_NBD_PORT,
         http_port: DEFAULT_HTTP_PORT,
@@ -155,6 +161,10 @@ pub fn parse(args: &[String], firmware: Firmware) -> Result<RunOptions, XtaskErr
                 no_pmem = true;
                 1
             }
+            "--nvdimm" => {
+                options.nvdimms.push(nvdimm_option(value()?)?);
+                2
+            }
             "--nbd-port" => {
                 options.nbd_port = port(value()?)?;
                 2
@@ -182,6 +192,29 @@ pub fn parse(args: &[String], firmware: Firmware) -> Result<RunOptions, XtaskErr
         return Err(XtaskError::Usage("--nbd-port must not be 0".into()));
     }
     Ok(options)
+}
+
+/// Parses `PATH[,size=SIZE]` of `--nvdimm`. A comma anywhere else is an
+/// error (QEMU's option syntax would split the path there).
+fn nvdimm_option(text: &str) -> Result<(PathBuf, Option<u64>), XtaskError> {
+    let bad = |why: String| XtaskError::Usage(format!("--nvdimm {text}: {why}"));
+    let (path, size) = match text.split_once(',') {
+        None => (text, None),
+        Some((path, rest)) => {
+            let size = rest
+                .strip_prefix("size=")
+                .ok_or_else(|| bad("expected PATH or PATH,size=SIZE".into()))?;
+            let size = parse_size(size).map_err(|error| bad(error.to_string()))?;
+            (path, Some(size))
+        }
+    };
+    if path.is_empty() {
+        return Err(bad("the path is empty".into()));
+    }
+    if size == Some(0) {
+        return Err(bad("the size must not be 0".into()));
+    }
+    Ok((PathBuf::from(path), size))
 }
 
 /// NVDIMM sizes that QEMU takes: multiples of 2 MiB.
@@ -271,6 +304,32 @@ fn prepare_pmem(path: &Path, requested: Option<u64>) -> Result<(u64, Vec<String>
     Ok((size, lines))
 }
 
+/// The NVDIMMs of `options`, backing files prepared: the `--pmem-file`
+/// one (unless `--no-pmem`), then each `--nvdimm` in order. The harness
+/// sizes QEMU's memory `slots=` and `maxmem=` to fit them all. Returns
+/// them with the lines to print.
+fn prepare_nvdimms(options: &RunOptions) -> Result<(Vec<Nvdimm>, Vec<String>), XtaskError> {
+    let mut nvdimms: Vec<Nvdimm> = Vec::new();
+    let mut all_lines = Vec::new();
+    let files = options
+        .pmem_file
+        .iter()
+        .map(|path| (path, options.pmem_size))
+        .chain(options.nvdimms.iter().map(|(path, size)| (path, *size)));
+    for (path, requested) in files {
+        if nvdimms.iter().any(|nvdimm| nvdimm.path == *path) {
+            return Err(XtaskError::Usage(format!(
+                "--nvdimm {}: that file backs another NVDIMM already",
+                path.display()
+            )));
+        }
+        let (size, lines) = prepare_pmem(path, requested)?;
+        all_lines.extend(lines);
+        nvdimms.push(Nvdimm::existing(path, size));
+    }
+    Ok((nvdimms, all_lines))
+}
+
 /// Entry point of `run` (firmware BIOS by default) and `netboot` (PXE).
 pub fn run_command(args: &[String], firmware: Firmware) -> Result<(), XtaskError> {
     if wants_help(args) {
@@ -295,13 +354,11 @@ pub fn run_command(args: &[String], firmware: Firmware) -> Result<(), XtaskError
     qemu.http_port = options.http_port;
     qemu.accel = options.accel.clone();
     qemu.extra_args = options.extra.clone();
-    if let Some(path) = &options.pmem_file {
-        let (size, lines) = prepare_pmem(path, options.pmem_size)?;
-        for line in lines {
-            println!("{line}");
-        }
-        qemu.nvdimms.push(Nvdimm::existing(path, size));
+    let (nvdimms, lines) = prepare_nvdimms(&options)?;
+    for line in lines {
+        println!("{line}");
     }
+    qemu.nvdimms = nvdimms;
     let ovmf = if options.firmware.needs_ovmf() {
         let (code, template) = find_ovmf().map_err(|error| XtaskError::Setup(error.to_string()))?;
         // OVMF writes its variable store: give it a private copy, kept
@@ -402,6 +459,77 @@ mod tests {
         assert_eq!(options.http_port, 0);
         assert_eq!(options.accel, "kvm");
         assert_eq!(options.extra, ["-smp", "2"]);
+    }
+
+    #[test]
+    fn nvdimm_options_repeat_with_optional_sizes() {
+        let args = strings(&["--nvdimm", "/tmp/b.img", "--nvdimm", "/tmp/c.img,size=2G"]);
+        let options = parse(&args, Firmware::Bios).unwrap();
+        assert_eq!(
+            options.nvdimms,
+            [
+                (PathBuf::from("/tmp/b.img"), None),
+                (PathBuf::from("/tmp/c.img"), Some(2 << 30))
+            ]
+        );
+        for (bad, why) in [
+            ("/tmp/c.img,2G", "expected PATH or PATH,size=SIZE"),
+            ("/tmp/c.img,size=lots", "size"),
+            ("/tmp/c.img,size=0", "must not be 0"),
+            (",size=1G", "the path is empty"),
+        ] {
+            let error = parse(&strings(&["--nvdimm", bad]), Firmware::Bios)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains(&format!("--nvdimm {bad}")) && error.contains(why),
+                "{bad}: {error}"
+            );
+        }
+        assert!(parse(&strings(&["--nvdimm"]), Firmware::Bios).is_err());
+    }
+
+    #[test]
+    fn two_nvdimms_are_prepared_and_get_a_slot_each() {
+        let first = scratch("nvdimm-first");
+        let second = scratch("nvdimm-second");
+        let args = vec![
+            "--pmem-file".to_string(),
+            first.display().to_string(),
+            "--pmem-size".to_string(),
+            "64M".to_string(),
+            "--nvdimm".to_string(),
+            format!("{},size=32M", second.display()),
+        ];
+        let options = parse(&args, Firmware::Bios).unwrap();
+        let (nvdimms, lines) = prepare_nvdimms(&options).unwrap();
+        assert_eq!(nvdimms.len(), 2);
+        assert_eq!((nvdimms[0].size, nvdimms[1].size), (64 << 20, 32 << 20));
+        assert_eq!(
+            (file_size(&first), file_size(&second)),
+            (64 << 20, 32 << 20)
+        );
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        let mut qemu = QemuOptions::new("t", Firmware::Bios);
+        qemu.nvdimms = nvdimms;
+        let qemu_args = qemu_arguments(&qemu, Path::new("/m"), None);
+        let joined = qemu_args.join(" ");
+        assert!(joined.contains("512M,slots=3,maxmem="), "{joined}");
+        assert!(joined.contains("nvdimm,id=nv1,memdev=pm1"), "{joined}");
+        // The same file twice is refused.
+        let twice = vec![
+            "--pmem-file".to_string(),
+            first.display().to_string(),
+            "--nvdimm".to_string(),
+            first.display().to_string(),
+        ];
+        let error = prepare_nvdimms(&parse(&twice, Firmware::Bios).unwrap()).unwrap_err();
+        assert!(
+            error.to_string().contains("backs another NVDIMM"),
+            "{error}"
+        );
+        fs::remove_file(&first).unwrap();
+        fs::remove_file(&second).unwrap();
     }
 
     /// A fresh, unique scratch path (the file does not exist).

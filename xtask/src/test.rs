@@ -6,7 +6,9 @@
 //! crates and xtask; the crash-state explorer; the build of the boot tool
 //! and the kernel; clippy of the boot tool (it needs the bootloader build);
 //! the boot tool's tests; the QEMU system tests (`daxbox-tests`) with
-//! `DAXBOX_KERNEL`/`DAXBOX_BOOT_TOOL` pointing at the fresh builds.
+//! `DAXBOX_KERNEL`/`DAXBOX_BOOT_TOOL` pointing at the fresh builds; then
+//! (not with `--filter` or `--no-system`) a 1-minute soak and a 3-cycle
+//! power cut (`soak.rs`, `powercut.rs`), one pass or fail each.
 //! `--no-fail-fast` everywhere: one failing test binary must not hide the
 //! results of the others. Output streams live. Every `test result:` line
 //! is added up; the LAST line printed is exactly `N passed, N failed`. A
@@ -15,11 +17,12 @@
 
 use std::{
     io::{Read, Write},
+    path::PathBuf,
     process::{Command, Stdio},
     time::Instant,
 };
 
-use crate::{cargo, describe, images, setup, step, wants_help, XtaskError};
+use crate::{cargo, describe, images, powercut, setup, soak, step, wants_help, XtaskError};
 
 const USAGE: &str = "\
 usage: cargo xtask test [--filter TEXT] [--test-threads N] [--no-system]
@@ -35,10 +38,12 @@ order of cost (a formatting or lint failure stops the run within seconds):
   6. lint daxbox-boot: cargo clippy -p daxbox-boot --release --all-targets -- -D warnings (reuses step 5)
   7. boot tool:  cargo test -p daxbox-boot --release
   8. system:     cargo test -p daxbox-tests -- --test-threads=N   (QEMU; logs in target/test-runs/<test>/)
+  9. soak:       cargo xtask soak --minutes 1 (64 clients; skipped with --filter)
+ 10. power cut:  cargo xtask powercut --cycles 3 (skipped with --filter)
 Options:
   --filter TEXT       only tests whose name contains TEXT (passed to every cargo test; gates still run)
   --test-threads N    parallel QEMU system tests (default 2)
-  --no-system         skip the QEMU system tests
+  --no-system         skip the QEMU system tests, the soak and the power cut
 The last line is `N passed, N failed`; the exit status is non-zero if anything failed.";
 
 /// The crates built for `x86_64-unknown-none` (`forced-target`).
@@ -54,6 +59,11 @@ const CRASH_IMAGES: u64 = 128_000;
 const CRASH_JOBS: u64 = 2;
 /// Below this many distinct images the explorer run fails.
 const CRASH_MIN_DISTINCT: u64 = 110_000;
+/// The soak stage's length (`cargo xtask soak --minutes 1`: 78 s with
+/// boot and wind-down on the 2-core development machine under load).
+const SOAK_MINUTES: u64 = 1;
+/// The power-cut stage's cycles (the stage took 46 s for 3, boot included).
+const POWERCUT_CYCLES: u64 = 3;
 
 /// `cargo run --release` of the crash-state explorer with `args`.
 pub fn crash_command(args: &[String]) -> Command {
@@ -293,6 +303,60 @@ fn parse(args: &[String]) -> Result<Options, XtaskError> {
     Ok(options)
 }
 
+/// The soak and power-cut stages: each one pass or one failure. They boot
+/// through the harness in this process, so the fresh builds go into its
+/// environment.
+fn run_attacks(
+    built: Option<&(PathBuf, PathBuf)>,
+    record: &mut impl FnMut(&'static str, bool, Counts, Instant),
+) {
+    let one = |ok: bool| Counts {
+        passed: u64::from(ok),
+        failed: u64::from(!ok),
+    };
+    let Some((kernel, boot_tool)) = built else {
+        let since = Instant::now();
+        step("soak and power cut skipped: set-up or build failed");
+        record("soak (not run)", false, Counts::default(), since);
+        record("power cut (not run)", false, Counts::default(), since);
+        return;
+    };
+    std::env::set_var("DAXBOX_KERNEL", kernel);
+    std::env::set_var("DAXBOX_BOOT_TOOL", boot_tool);
+
+    let since = Instant::now();
+    step(&format!(
+        "soak: {SOAK_MINUTES} minute, 64 clients (cargo xtask soak --minutes {SOAK_MINUTES})"
+    ));
+    let ok = match soak::run(&soak::SoakOptions::new(SOAK_MINUTES)) {
+        Ok(summary) => {
+            let failures = summary.failures();
+            for failure in &failures {
+                println!("    soak FAILED: {failure}");
+            }
+            failures.is_empty()
+        }
+        Err(error) => {
+            eprintln!("xtask: error: soak: {error}");
+            false
+        }
+    };
+    record("soak", ok, one(ok), since);
+
+    let since = Instant::now();
+    step(&format!(
+        "power cut: {POWERCUT_CYCLES} cycles (cargo xtask powercut --cycles {POWERCUT_CYCLES})"
+    ));
+    let ok = match powercut::run(&powercut::PowercutOptions::new(POWERCUT_CYCLES)) {
+        Ok(cycles) => cycles.iter().all(|cycle| cycle.failures().is_empty()),
+        Err(error) => {
+            eprintln!("xtask: error: power cut: {error}");
+            false
+        }
+    };
+    record("power cut", ok, one(ok), since);
+}
+
 /// Entry point of `cargo xtask test`.
 pub fn test_command(args: &[String]) -> Result<(), XtaskError> {
     if wants_help(args) {
@@ -471,6 +535,10 @@ pub fn test_command(args: &[String]) -> Result<(), XtaskError> {
                 );
             }
         }
+    }
+
+    if options.system && gates_ok && options.filter.is_none() {
+        run_attacks(built.as_ref(), &mut record);
     }
 
     let mut total = Counts::default();

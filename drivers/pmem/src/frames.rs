@@ -162,6 +162,14 @@ pub enum FrameError {
     },
     /// No free frame left.
     Exhausted,
+    /// `release_range` of a frame that has references besides its owner's
+    /// claim (a DAX mapping, say).
+    InUse {
+        /// The frame.
+        frame: StorageFrame,
+        /// Its reference count.
+        references: u32,
+    },
 }
 
 impl fmt::Display for FrameError {
@@ -204,6 +212,11 @@ impl fmt::Display for FrameError {
                 frame.address()
             ),
             FrameError::Exhausted => write!(f, "frame table: no free frame"),
+            FrameError::InUse { frame, references } => write!(
+                f,
+                "frame table: frame {:#x} still has {references} references",
+                frame.address()
+            ),
         }
     }
 }
@@ -370,6 +383,27 @@ impl FrameTable {
         }
         for frame in frames {
             self.claim(frame, owner)?;
+        }
+        Ok(())
+    }
+
+    /// Undoes [`FrameTable::claim_range`]: every frame covering
+    /// `offset..offset + len`, held by `owner` with only the claim's
+    /// reference, becomes free, all or nothing (an unmount gives the
+    /// device back).
+    pub fn release_range(&mut self, offset: u64, len: u64, owner: Owner) -> Result<(), FrameError> {
+        let frames: Vec<StorageFrame> = self.frames_at_offset(offset, len)?.collect();
+        for &frame in &frames {
+            let i = self.checked_owner(frame, owner)?;
+            if self.refcounts[i] != 1 {
+                return Err(FrameError::InUse {
+                    frame,
+                    references: self.refcounts[i],
+                });
+            }
+        }
+        for frame in frames {
+            self.put(frame, owner)?;
         }
         Ok(())
     }
@@ -554,6 +588,36 @@ mod tests {
         t.claim_range(0, 5 * 4096, Owner::Device(0)).unwrap();
         let s = t.stats();
         assert_eq!((s.device, s.reserved, s.free, s.references), (5, 1, 2, 6));
+    }
+
+    #[test]
+    fn release_range_undoes_a_claim_all_or_nothing() {
+        let mut t = FrameTable::new(BASE, 8 * 4096).unwrap();
+        let fs = Owner::Filesystem(0);
+        t.claim_range(0, 8 * 4096, fs).unwrap();
+        // Someone else's claim, and a frame with an extra reference.
+        assert_eq!(
+            t.release_range(0, 8 * 4096, Owner::Device(0)),
+            Err(FrameError::WrongOwner {
+                frame: t.frame(BASE).unwrap(),
+                owner: fs,
+                caller: Owner::Device(0)
+            })
+        );
+        let f = t.frame(BASE + 3 * 4096).unwrap();
+        t.get(f, fs).unwrap();
+        assert_eq!(
+            t.release_range(0, 8 * 4096, fs),
+            Err(FrameError::InUse {
+                frame: f,
+                references: 2
+            })
+        );
+        assert_eq!(t.free_frames(), 0, "nothing released on failure");
+        t.put(f, fs).unwrap();
+        t.release_range(0, 8 * 4096, fs).unwrap();
+        assert_eq!(t.free_frames(), 8);
+        t.claim_range(0, 8 * 4096, Owner::Device(0)).unwrap();
     }
 
     #[test]

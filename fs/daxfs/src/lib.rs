@@ -36,6 +36,7 @@
 //!   statfs;
 //! - `dax`: read, extents, dax_ranges, hold/release;
 //! - `fsck`: fsck and fsck_image;
+//! - `grow`: growing to the end of the region (unmounted);
 //! - `check`: the media scan shared by mount and fsck;
 //! - `extmap`, `space`: the in-memory extent map, block reference counts
 //!   and the free-space allocator;
@@ -52,9 +53,11 @@ mod extmap;
 pub mod fault;
 pub mod format;
 mod fsck;
+mod grow;
 mod journal;
 mod mount;
 mod namespace;
+mod size;
 mod space;
 mod types;
 mod write;
@@ -64,6 +67,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 pub use daxbox_persist::{OutOfRange, PersistentMemory};
+pub use grow::Grown;
 pub use types::{
     DaxRange, DirEntry, Error, FileId, FormatOptions, FsckReport, Hold, Probe, Segment, Stat,
     StatFs,

@@ -152,6 +152,10 @@ impl<M: PersistentMemory> Filesystem<M> {
         let (sb, primary_ok, backup_ok) = read_superblock(&mem)?;
         let jo = block_offset(sb.journal_start);
         let sequence = Self::recover_journal(&mut mem, &sb, jo)?;
+        // FORMAT.md "Grow": a grow cut before its commit point.
+        if primary_ok && backup_ok {
+            crate::grow::settle_backup(&mut mem, &sb)?;
+        }
         // Repair a damaged superblock copy from the good one.
         if !primary_ok || !backup_ok {
             let target = if primary_ok { 1 } else { 0 };

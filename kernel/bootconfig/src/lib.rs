@@ -18,7 +18,8 @@
 //! [`Warning`] that names the line, the setting keeps its default (or the
 //! repeatable entry is dropped; a key that grants access is turned off)
 //! and boot continues. Lines that are not UTF-8, contain NUL bytes or are
-//! longer than [`MAX_LINE`] bytes are ignored with a warning.
+//! longer than [`MAX_LINE`] bytes are ignored with a warning (a `readonly`
+//! line fails closed instead, below).
 //!
 //! # Keys
 //! | key | value | default | meaning |
@@ -36,7 +37,7 @@
 //! | `http_max_connections` | 1-1024 | `32` | HTTP connections served at once. Over the limit: `503 Service Unavailable` with `Retry-After: 5`, then close. |
 //! | `http_max_per_address` | 1-1024 | `16` | HTTP connections served at once from one client address. Same refusal. |
 //! | `export_raw` | `pmemN` | none | Export that device raw over NBD instead of mounting daxfs on it. Repeatable. |
-//! | `readonly` | export name | none | Export that name read-only. Repeatable. |
+//! | `readonly` | `NAME` \| `pmemN:NAME` \| `pmemN:` \| `pmemN` \| `*` | none | Exports NBD clients may not write (EPERM): a file, every file of a device, a raw device, everything ([`readonly`] has the grammar, quoting included). Repeatable (at most [`MAX_NAMES`]). A value that cannot be used fails closed: every export (or every export of the device it names) read-only, with a warning that says why. |
 //! | `log` | `error` \| `warn` \| `info` \| `debug` \| `trace` | `info` | Console log level. |
 //! | `debug_commands` | `on` \| `off` | `off` | Enable shell commands meant for tests only (`debug panic`, `debug fault`: deliberate crashes). |
 //!
@@ -44,24 +45,33 @@
 //! value of a key that grants access (`nbd_list`, `http_bench`) counts as
 //! a value: the setting fails closed (access off) rather than falling back
 //! to a default that may allow more, and the warning says so
-//! ([`WarningKind::FailedClosed`]).
+//! ([`WarningKind::FailedClosed`]). A `readonly` line that cannot be used
+//! (a bad value, more than [`MAX_NAMES`] rules, and also a line dropped as
+//! too long, not UTF-8 or with a NUL byte, or a key spelled `ReadOnly` or
+//! `read_only`) becomes a rule that makes every export read-only (or every
+//! export of the device it names), carrying the reason
+//! ([`ReadOnlyRule::failed`]).
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 
 extern crate alloc;
 
+pub mod readonly;
+
+pub use readonly::{ReadOnlyRule, ReadOnlyTarget, MAX_FILE_NAME};
+
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
 
-/// Longest line accepted, in bytes (without the line end).
-pub const MAX_LINE: usize = 512;
+/// Longest line accepted, in bytes (without the line end): room for a
+/// `readonly=` rule naming any file (255 bytes, each escaped as `\xHH`).
+pub const MAX_LINE: usize = 2048;
 /// Most `pmem=` entries accepted; later ones are ignored with a warning.
 pub const MAX_PMEM: usize = 16;
-/// Most `export_raw=` / `readonly=` entries accepted, each.
+/// Most `export_raw=` / `readonly=` entries accepted, each (a `readonly=`
+/// beyond it fails closed: one more rule, for every export).
 pub const MAX_NAMES: usize = 32;
-/// Longest export or device name accepted.
-pub const MAX_NAME_LEN: usize = 32;
 /// Most warnings kept; further ones are only counted
 /// ([`WarningKind::Suppressed`]), so garbage input cannot use up the heap.
 pub const MAX_WARNINGS: usize = 64;
@@ -162,8 +172,9 @@ pub struct BootConfig {
     pub http_max_per_address: u16,
     /// `export_raw=` device names (`pmem0`, ...), in file order.
     pub export_raw: Vec<String>,
-    /// `readonly=` export names, in file order.
-    pub readonly: Vec<String>,
+    /// `readonly=` rules in file order, including the ones standing in
+    /// for lines that could not be used (failing closed).
+    pub readonly: Vec<ReadOnlyRule>,
     /// `log=`.
     pub log: LogLevel,
     /// `debug_commands=`.
@@ -388,22 +399,38 @@ struct Parser {
 impl Parser {
     fn line(&mut self, number: usize, raw: &[u8]) {
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        if raw.len() > MAX_LINE {
-            self.warnings
-                .push(number, WarningKind::TooLong { len: raw.len() });
-            return;
-        }
-        if raw.contains(&0) {
-            self.warnings.push(number, WarningKind::Nul);
-            return;
+        // A line about access is never dropped silently: what cannot be
+        // read of a `readonly` line fails closed.
+        let unreadable = if raw.len() > MAX_LINE {
+            Some((
+                WarningKind::TooLong { len: raw.len() },
+                alloc::format!("line of {} bytes is longer than {MAX_LINE}", raw.len()),
+            ))
+        } else if raw.contains(&0) {
+            Some((WarningKind::Nul, "line contains a NUL byte".into()))
+        } else if core::str::from_utf8(raw).is_err() {
+            Some((WarningKind::NotUtf8, "line is not valid UTF-8".into()))
+        } else {
+            None
+        };
+        if let Some((kind, what)) = unreadable {
+            if readonly::mentions_readonly(raw) {
+                return self.readonly_failed(number, what);
+            }
+            return self.warnings.push(number, kind);
         }
         let Ok(text) = core::str::from_utf8(raw) else {
-            self.warnings.push(number, WarningKind::NotUtf8);
             return;
         };
         let text = text.trim();
         if text.is_empty() || text.starts_with('#') {
             return;
+        }
+        // `readonly` values may be quoted, comment characters and all.
+        if let Some((key, rest)) = text.split_once('=') {
+            if key.trim() == "readonly" {
+                return self.readonly_line(number, rest);
+            }
         }
         // A trailing comment needs whitespace before the '#', so values
         // can never contain " #" but keys and values never need to.
@@ -412,6 +439,10 @@ impl Parser {
             None => text,
         };
         let Some((key, value)) = text.split_once('=') else {
+            if readonly::mentions_readonly(text.as_bytes()) {
+                let what = alloc::format!("'{}' has no '='", printable(text));
+                return self.readonly_failed(number, what);
+            }
             self.warnings.push(
                 number,
                 WarningKind::NoEquals {
@@ -610,24 +641,6 @@ impl Parser {
                     self.bad(line, "export_raw", reason, true);
                 }
             }
-            "readonly" => {
-                if self.config.readonly.len() >= MAX_NAMES {
-                    let kind = WarningKind::TooMany {
-                        key: "readonly",
-                        limit: MAX_NAMES,
-                    };
-                    return self.warnings.push(line, kind);
-                }
-                if is_export_name(value) {
-                    self.config.readonly.push(value.to_string());
-                } else {
-                    let reason = expected(
-                        value,
-                        "an export name of 1-32 letters, digits, '-', '_' or '.'",
-                    );
-                    self.bad(line, "readonly", reason, true);
-                }
-            }
             "log" => {
                 let level = match value {
                     "error" => LogLevel::Error,
@@ -655,12 +668,86 @@ impl Parser {
                 self.mark(line, "debug_commands");
                 self.config.debug_commands = on;
             }
+            _ if readonly::mentions_readonly(key.as_bytes()) => {
+                let what = alloc::format!("unknown key '{}' (the key is readonly)", printable(key));
+                self.readonly_failed(line, what)
+            }
             _ => self.warnings.push(
                 line,
                 WarningKind::UnknownKey {
                     key: printable(key),
                 },
             ),
+        }
+    }
+
+    /// A `readonly=` line; `rest` is everything after the `=`.
+    fn readonly_line(&mut self, line: usize, rest: &str) {
+        let source = alloc::format!("bootconfig line {line}: readonly");
+        let rule = match readonly::unquote(rest) {
+            Ok(value) => ReadOnlyRule::parse(&value, &source),
+            Err(why) => ReadOnlyRule::fail_all(alloc::format!(
+                "{source} '{}': {why}",
+                printable(rest.trim())
+            )),
+        };
+        if let Some(reason) = &rule.failed {
+            let reason = reason
+                .strip_prefix(&source)
+                .unwrap_or(reason)
+                .trim_start()
+                .to_string();
+            let applied = if rule.target == ReadOnlyTarget::All {
+                "every export read-only"
+            } else {
+                "every export of that device read-only"
+            };
+            self.warnings.push(
+                line,
+                WarningKind::FailedClosed {
+                    key: "readonly",
+                    reason,
+                    applied,
+                },
+            );
+        }
+        self.push_readonly(line, rule);
+    }
+
+    /// A `readonly` line that could not be read at all (`what`): every
+    /// export read-only.
+    fn readonly_failed(&mut self, line: usize, what: String) {
+        self.warnings.push(
+            line,
+            WarningKind::FailedClosed {
+                key: "readonly",
+                reason: what.clone(),
+                applied: "every export read-only",
+            },
+        );
+        let reason = alloc::format!("bootconfig line {line}: {what}");
+        self.push_readonly(line, ReadOnlyRule::fail_all(reason));
+    }
+
+    /// Adds a rule; beyond [`MAX_NAMES`] rules, one more that makes every
+    /// export read-only stands for all the rest.
+    fn push_readonly(&mut self, line: usize, rule: ReadOnlyRule) {
+        let rules = &mut self.config.readonly;
+        if rules.len() < MAX_NAMES {
+            return rules.push(rule);
+        }
+        if rules.len() == MAX_NAMES {
+            let reason =
+                alloc::format!("bootconfig line {line}: more than {MAX_NAMES} readonly rules");
+            rules.push(ReadOnlyRule::fail_all(reason));
+            self.warnings.push(
+                line,
+                WarningKind::FailedClosed {
+                    key: "readonly",
+                    reason: alloc::format!("more than {MAX_NAMES} rules"),
+                    applied: "every export read-only",
+                },
+            );
         }
     }
 }
@@ -672,7 +759,7 @@ fn expected(value: &str, what: &str) -> String {
 
 /// At most 40 characters of `text`, control characters replaced by '?',
 /// so a warning stays one readable console line.
-fn printable(text: &str) -> String {
+pub(crate) fn printable(text: &str) -> String {
     let mut out: String = text
         .chars()
         .take(40)
@@ -752,16 +839,6 @@ fn parse_ip_config(value: &str) -> Result<IpConfig, String> {
 /// device-name grammar of `daxbox-syntax`.
 pub fn is_pmem_device_name(name: &str) -> bool {
     daxbox_syntax::is_device_name(name)
-}
-
-/// True for a plausible export name: 1-32 ASCII letters, digits, `-`, `_`
-/// or `.`.
-pub fn is_export_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 impl fmt::Display for IpConfig {
@@ -883,7 +960,8 @@ mod tests {
         assert!(!config.nbd_list);
         assert!(config.http_bench);
         assert_eq!(config.export_raw, ["pmem1"]);
-        assert_eq!(config.readonly, ["pmem0", "data.img"]);
+        let rules: Vec<String> = config.readonly.iter().map(|r| r.to_string()).collect();
+        assert_eq!(rules, ["readonly=pmem0", "readonly=data.img"]);
         assert_eq!(config.log, LogLevel::Debug);
         assert!(config.debug_commands);
     }
@@ -994,11 +1072,11 @@ mod tests {
 
     #[test]
     fn long_lines_are_refused() {
-        let long = alloc::format!("readonly={}\nlog=error\n", "a".repeat(MAX_LINE));
+        let long = alloc::format!("ip={}\nlog=error\n", "a".repeat(MAX_LINE));
         let (config, warnings) = parse(&long);
-        assert!(config.readonly.is_empty());
+        assert_eq!(config.ip, IpConfig::Dhcp);
         assert_eq!(config.log, LogLevel::Error);
-        assert_eq!(warnings[0].kind, WarningKind::TooLong { len: MAX_LINE + 9 });
+        assert_eq!(warnings[0].kind, WarningKind::TooLong { len: MAX_LINE + 3 });
     }
 
     #[test]
@@ -1067,9 +1145,111 @@ mod tests {
         assert!(!is_pmem_device_name("pmem01"));
         assert!(!is_pmem_device_name("pmemx"));
         assert!(!is_pmem_device_name("nvme0"));
-        assert!(is_export_name("a-b_c.d"));
-        assert!(!is_export_name("a b"));
-        assert!(!is_export_name(&"x".repeat(33)));
+    }
+
+    #[test]
+    fn readonly_accepts_every_export_name() {
+        let long = "n".repeat(255);
+        let text = alloc::format!(
+            "readonly=disk1\n\
+             readonly=pmem0:disk1\n\
+             readonly=pmem1:\n\
+             readonly=pmem2\n\
+             readonly=*\n\
+             readonly=with space, comma=and equals\n\
+             readonly=dir/file.img\n\
+             readonly=pmem1:{long}\n\
+             readonly=café 😀\n"
+        );
+        let (config, warnings) = parse(&text);
+        assert!(warnings.is_empty(), "{:?}", messages(&warnings));
+        assert_eq!(config.readonly.len(), 9);
+    }
+
+    #[test]
+    fn readonly_that_cannot_be_used_fails_closed() {
+        let long = "n".repeat(256);
+        for (value, why) in [
+            ("", "empty"),
+            (long.as_str(), "a name of 256 bytes"),
+            ("\"unterminated", "an open quote"),
+        ] {
+            let (config, warnings) = parse(alloc::format!("readonly={value}\n"));
+            let m = messages(&warnings);
+            assert_eq!(m.len(), 1, "{why}: {m:?}");
+            assert!(m[0].contains("failing closed"), "{why}: {m:?}");
+            assert_eq!(
+                config.readonly.len(),
+                1,
+                "{why}: a rule stands in for the line"
+            );
+            assert_eq!(config.readonly[0].target, ReadOnlyTarget::All, "{why}");
+        }
+        let (config, warnings) = parse("log=info\nreadonly=\n");
+        assert_eq!(
+            messages(&warnings),
+            [
+                "bootconfig line 2: bad value for readonly: '': an empty name \
+              (failing closed: every export read-only)"
+            ]
+        );
+        assert_eq!(
+            config.readonly[0].to_string(),
+            "readonly=* (failing closed: bootconfig line 2: readonly '': an empty name)"
+        );
+        // A value that names its device fails closed on that device.
+        let (config, warnings) = parse(alloc::format!("readonly=pmem1:{long}\n"));
+        assert!(
+            messages(&warnings)[0].ends_with(
+                ": a name longer than 255 bytes (failing closed: every export of that device read-only)"
+            ),
+            "{:?}",
+            messages(&warnings)
+        );
+        assert_eq!(config.readonly[0].scope(), "every export of pmem1");
+        // Lines that cannot even be read, and misspelt keys, are about
+        // access too.
+        let mut bytes = alloc::format!("readonly={}\n", "a".repeat(MAX_LINE)).into_bytes();
+        bytes.extend_from_slice(b"readonly=\xff\nReadOnly=disk\nreadonly disk\nread_only=x\0\n");
+        let (config, warnings) = parse(&bytes);
+        assert_eq!(
+            messages(&warnings),
+            [
+                alloc::format!(
+                    "bootconfig line 1: bad value for readonly: line of {} bytes is longer than \
+                     {MAX_LINE} (failing closed: every export read-only)",
+                    MAX_LINE + 9
+                ),
+                "bootconfig line 2: bad value for readonly: line is not valid UTF-8 \
+                 (failing closed: every export read-only)"
+                    .into(),
+                "bootconfig line 3: bad value for readonly: unknown key 'ReadOnly' (the key is \
+                 readonly) (failing closed: every export read-only)"
+                    .into(),
+                "bootconfig line 4: bad value for readonly: 'readonly disk' has no '=' \
+                 (failing closed: every export read-only)"
+                    .into(),
+                "bootconfig line 5: bad value for readonly: line contains a NUL byte \
+                 (failing closed: every export read-only)"
+                    .into(),
+            ]
+        );
+        assert_eq!(config.readonly.len(), 5);
+        assert!(config
+            .readonly
+            .iter()
+            .all(|r| r.target == ReadOnlyTarget::All && r.failed.is_some()));
+        // More rules than the limit: one more rule for every export.
+        let text: String = (0..MAX_NAMES + 3)
+            .map(|i| alloc::format!("readonly=file{i}\n"))
+            .collect();
+        let (config, warnings) = parse(&text);
+        assert_eq!(config.readonly.len(), MAX_NAMES + 1);
+        assert_eq!(
+            config.readonly[MAX_NAMES].to_string(),
+            "readonly=* (failing closed: bootconfig line 33: more than 32 readonly rules)"
+        );
+        assert_eq!(warnings.len(), 1, "{:?}", messages(&warnings));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use bootloader_api::info::{MemoryRegionKind, MemoryRegions};
+use daxbox_bootconfig::ReadOnlyTarget;
 use daxbox_platform::pmem as platform_pmem;
 use daxbox_pmem::block::{BlockDevice, PmemBlockDevice};
 use daxbox_pmem::discovery::{self, Candidate, Forbidden, Machine, Region, Source};
@@ -59,6 +60,9 @@ struct TakenDevice {
     frames: FrameTable,
     owner: Owner,
     flush: &'static str,
+    /// The block device's read-only flag (`readonly=pmemN`), for
+    /// `give_back_block`.
+    read_only: bool,
 }
 
 static TAKEN: Mutex<Vec<TakenDevice>> = Mutex::new(Vec::new());
@@ -131,8 +135,49 @@ pub fn take_block(name: &str, owner: Owner) -> Option<PmemBlockDevice<PmemRegion
         frames: device.frames,
         owner,
         flush: device.block.memory().flush_instruction().name(),
+        read_only: device.block.is_read_only(),
     });
     Some(device.block)
+}
+
+/// Takes device `name` back from the storage layer (`umount`): every frame
+/// returns from `owner` to free in the page-frame table, and the device is
+/// available again (to `blk`, `mkfs`, `mount`) with the block size and
+/// read-only flag it had. On an error the device stays taken (until the
+/// next boot) and the memory is dropped.
+pub fn give_back_block(name: &str, memory: PmemRegion, owner: Owner) -> Result<(), String> {
+    let mut taken = TAKEN.lock();
+    let index = taken
+        .iter()
+        .position(|d| d.name == name)
+        .ok_or_else(|| format!("{} was not handed to the storage layer", name))?;
+    let device = &mut taken[index];
+    if device.owner != owner {
+        return Err(format!(
+            "{} is held by {}, not {}",
+            name, device.owner, owner
+        ));
+    }
+    device
+        .frames
+        .release_range(0, device.range.len, owner)
+        .map_err(|error| format!("cannot take the frames back: {}", error))?;
+    let device = taken.remove(index);
+    drop(taken);
+    let mut block = PmemBlockDevice::new(device.name.clone(), memory, 4096);
+    block.set_read_only(device.read_only);
+    DEVICES.lock().push(Device {
+        range: device.range,
+        plan: device.plan,
+        pages: device.pages,
+        block,
+        frames: device.frames,
+    });
+    // Discovery order (pmem0, pmem1, ...), as the listings show them.
+    DEVICES
+        .lock()
+        .sort_by_key(|d| daxbox_syntax::device_index(d.block.name()).unwrap_or(u16::MAX));
+    Ok(())
 }
 
 /// Makes every completed write durable (before power-off).
@@ -336,7 +381,10 @@ pub fn init(facts: &BootFacts<'_>) {
                 continue;
             }
         };
-        let readonly = config::get().readonly.contains(&name);
+        // `readonly=pmemN` also keeps `blk write` off the device.
+        let readonly = config::get().readonly.iter().any(|rule| {
+            matches!(&rule.target, ReadOnlyTarget::Device { device, files: false } if *device == name)
+        });
         let mut block = PmemBlockDevice::new(name.clone(), region, 4096);
         block.set_read_only(readonly);
         println!(

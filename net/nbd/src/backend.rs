@@ -184,6 +184,18 @@ pub trait Backend {
     fn open(&mut self, name: &str) -> Result<ExportHandle, BackendError>;
     /// Describes an opened export.
     fn info(&self, export: ExportHandle) -> Option<ExportInfo>;
+    /// Whether the export may be written now: called before every
+    /// write-type request (WRITE, TRIM, WRITE_ZEROES) that passed the
+    /// engine's own checks, and an error is that request's reply (a
+    /// WRITE's payload is discarded) without the backend being written.
+    /// [`ExportInfo::read_only`] is what the handshake advertised; an
+    /// export may become read-only later (daxbox's read-only rules follow
+    /// files across renames), and this is where the backend says so with
+    /// [`BackendError::ReadOnly`] (`EPERM`). The default allows.
+    fn check_write(&mut self, export: ExportHandle) -> Result<(), BackendError> {
+        let _ = export;
+        Ok(())
+    }
     /// Reads `buf.len()` bytes at `offset` into `buf` (which is the socket
     /// transmit buffer: data is copied once).
     fn read(

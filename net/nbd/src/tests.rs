@@ -21,6 +21,9 @@ struct Mem {
     holes: bool,
     /// Names listed after the real exports (`file0`, `file1`, ...).
     extra_names: usize,
+    /// Exports that became read-only after the handshake
+    /// ([`Backend::check_write`]).
+    read_only_now: Vec<u64>,
 }
 
 impl Mem {
@@ -52,6 +55,7 @@ impl Mem {
             flushes: 0,
             holes: false,
             extra_names: 0,
+            read_only_now: Vec::new(),
         }
     }
     fn data(&self) -> &[u8] {
@@ -85,6 +89,12 @@ impl Backend for Mem {
     }
     fn info(&self, export: ExportHandle) -> Option<ExportInfo> {
         self.exports.get(export.0 as usize).map(|e| e.0.clone())
+    }
+    fn check_write(&mut self, export: ExportHandle) -> Result<(), BackendError> {
+        if self.read_only_now.contains(&export.0) {
+            return Err(BackendError::ReadOnly);
+        }
+        Ok(())
     }
     fn read(
         &mut self,
@@ -941,6 +951,38 @@ fn read_only_export_refuses_writes_with_eperm() {
     c.send(&request(0, CMD_READ, 4, 0, 4));
     assert_eq!(c.simple(), (0, 4));
     assert_eq!(c.take(4), [7; 4]);
+}
+
+/// An export that becomes read-only after the handshake (the backend's
+/// `check_write`): every write-type request gets EPERM and writes nothing,
+/// whatever its flags; a refused WRITE's payload is skipped; reads go on.
+#[test]
+fn export_made_read_only_after_the_handshake_refuses_writes() {
+    let mut c = Client::new();
+    c.flags(FLAG_C_FIXED_NEWSTYLE);
+    c.send(&option(OPT_EXPORT_NAME, b"disk"));
+    let header = c.take(8 + 2 + 124);
+    let tflags = u16::from_be_bytes([header[8], header[9]]);
+    assert_eq!(tflags & TFLAG_READ_ONLY, 0, "writable at the handshake");
+    let mut w = request(0, CMD_WRITE, 1, 0, 4);
+    w.extend_from_slice(b"abcd");
+    c.send(&w);
+    assert_eq!(c.simple(), (0, 1));
+    c.mem.read_only_now.push(0);
+    let mut w = request(CMD_FLAG_FUA, CMD_WRITE, 2, 0, 4);
+    w.extend_from_slice(b"WXYZ");
+    c.send(&w);
+    assert_eq!(c.simple(), (EPERM, 2), "WRITE with FUA");
+    c.send(&request(0, CMD_TRIM, 3, 0, 4));
+    assert_eq!(c.simple(), (EPERM, 3), "TRIM");
+    c.send(&request(CMD_FLAG_NO_HOLE, CMD_WRITE_ZEROES, 4, 0, 4));
+    assert_eq!(c.simple(), (EPERM, 4), "WRITE_ZEROES");
+    c.send(&request(0, CMD_FLUSH, 5, 0, 0));
+    assert_eq!(c.simple(), (0, 5), "FLUSH is no write");
+    c.send(&request(0, CMD_READ, 6, 0, 4));
+    assert_eq!(c.simple(), (0, 6));
+    assert_eq!(c.take(4), *b"abcd", "nothing written after the change");
+    assert!(!c.conn.wants_close());
 }
 
 /// proto.md "Error values": a write-type request to a read-only export is

@@ -88,6 +88,12 @@ pub trait TcpService {
     /// A client connected.
     fn accept(&mut self, now_ms: u64) -> Self::Connection;
 
+    /// The address and port of the client of `conn`, told right after
+    /// `accept` (or `refuse`) when the transport knows it.
+    fn remote(&mut self, conn: &mut Self::Connection, remote: core::net::SocketAddr) {
+        let _ = (conn, remote);
+    }
+
     /// A client connected but is over a limit: a connection that only
     /// tells the client why (in the service's protocol) and then wants to
     /// close, with a short deadline. `None` (the default): the listener
@@ -626,14 +632,17 @@ impl<S: TcpService> PortListener for Listener<S> {
                     index += 1;
                     continue;
                 }
-                let peer = sockets
+                let endpoint = sockets
                     .get::<tcp::Socket>(self.slots[index].handle)
-                    .remote_endpoint()
-                    .map(|e| e.addr);
+                    .remote_endpoint();
+                let peer = endpoint.map(|e| e.addr);
                 work = true;
                 match self.admit(peer) {
                     Ok(()) => {
-                        let connection = self.service.accept(now_ms);
+                        let mut connection = self.service.accept(now_ms);
+                        if let Some(remote) = endpoint {
+                            self.service.remote(&mut connection, remote.into());
+                        }
                         let slot = &mut self.slots[index];
                         slot.connection = Some(connection);
                         slot.peer = peer;
@@ -647,11 +656,14 @@ impl<S: TcpService> PortListener for Listener<S> {
                             Refusal::Total { .. } => self.stats.refused_total += 1,
                             Refusal::PerAddress { .. } => self.stats.refused_per_address += 1,
                         }
-                        let refusal = if self.stats.refusing < self.config.max_refusing {
+                        let mut refusal = if self.stats.refusing < self.config.max_refusing {
                             self.service.refuse(reason, now_ms)
                         } else {
                             None
                         };
+                        if let (Some(connection), Some(remote)) = (refusal.as_mut(), endpoint) {
+                            self.service.remote(connection, remote.into());
+                        }
                         let slot = &mut self.slots[index];
                         slot.peer = peer;
                         match refusal {

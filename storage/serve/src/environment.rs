@@ -55,6 +55,10 @@ impl Environment<ImageMemory> for HostEnvironment {
         self.devices.take(device, owner)
     }
 
+    fn give_back(&mut self, device: &str, memory: ImageMemory, owner: Owner) -> Result<(), String> {
+        self.devices.give_back(device, memory, owner)
+    }
+
     fn now_us(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
     }

@@ -10,6 +10,11 @@
 //!
 //! `--nbd-list off` answers `NBD_OPT_LIST` with `NBD_REP_ERR_POLICY`, as
 //! the boot config's `nbd_list=off` does in the kernel (default `on`).
+//! `--readonly RULE` is a `readonly=` rule of the boot config (`NAME`,
+//! `pmemN:NAME`, `pmemN:`, `pmemN`, `*`; the value as one argument, no
+//! quoting): one that cannot be used fails closed, as in the kernel (every
+//! export, or every export of the device it names, read-only, and the
+//! reason printed).
 //!
 //! Prints the boot messages the kernel prints (`storage: ...`), the output
 //! of each `--create`, then `listening on 127.0.0.1:PORT` (`--port 0` picks
@@ -22,7 +27,7 @@ use std::net::TcpListener;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use daxbox_bootconfig::FormatPolicy;
+use daxbox_bootconfig::{FormatPolicy, ReadOnlyRule, ReadOnlyTarget};
 use daxbox_nbd::ServerConfig;
 use daxbox_serve::{Admin, HostEnvironment, ImageMemory, ImageSpec, State, TcpLoop};
 use daxbox_storage::{BootPolicy, NbdService, Storage};
@@ -34,7 +39,7 @@ const USAGE: &str = "usage: daxbox-serve --image PATH[,size=SIZE]... [--format i
 struct Options {
     images: Vec<ImageSpec>,
     policy: BootPolicy,
-    read_only: Vec<String>,
+    read_only: Vec<ReadOnlyRule>,
     create: Vec<(String, String)>,
     port: u16,
     engine: ServerConfig,
@@ -64,7 +69,9 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
                 }
             }
             "--export-raw" => options.policy.export_raw.push(value),
-            "--readonly" => options.read_only.push(value),
+            "--readonly" => options
+                .read_only
+                .push(ReadOnlyRule::parse(&value, "--readonly")),
             "--create" => {
                 let (name, size) = value
                     .split_once('=')
@@ -111,11 +118,23 @@ fn main() {
         .map(ImageMemory::open)
         .collect::<Result<_, _>>()
         .unwrap_or_else(|e| fail(&e));
+    // `--readonly pmemN` also refuses writes through the block layer, as
+    // `readonly=pmemN` does in the kernel.
+    let read_only_devices: Vec<String> = options
+        .read_only
+        .iter()
+        .filter_map(|rule| match &rule.target {
+            ReadOnlyTarget::Device {
+                device,
+                files: false,
+            } => Some(device.clone()),
+            _ => None,
+        })
+        .collect();
     let mut state = State {
         storage: Storage::new(),
-        env: HostEnvironment::new(images, &options.read_only),
+        env: HostEnvironment::new(images, &read_only_devices),
     };
-    state.storage.set_read_only(options.read_only.clone());
     let mut boot_log = String::new();
     daxbox_storage::boot(
         &mut state.storage,
@@ -123,6 +142,11 @@ fn main() {
         &options.policy,
         &mut boot_log,
     );
+    // After the mounts, as the kernel does.
+    state.storage.set_read_only(options.read_only.clone());
+    for line in state.storage.read_only_report() {
+        boot_log.push_str(&format!("storage: {line}\n"));
+    }
     print!("{boot_log}");
 
     let listener = TcpListener::bind(("127.0.0.1", options.port))

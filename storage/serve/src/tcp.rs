@@ -75,12 +75,13 @@ impl<S: TcpService> TcpLoop<S> {
         let mut work = false;
         loop {
             match self.listener.accept() {
-                Ok((stream, _)) => {
+                Ok((stream, remote)) => {
                     if stream.set_nonblocking(true).is_err() {
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
-                    let connection = self.service.accept(now);
+                    let mut connection = self.service.accept(now);
+                    self.service.remote(&mut connection, remote);
                     self.slots.push(Slot {
                         stream,
                         connection,

@@ -606,6 +606,123 @@ print("nbdsh script ok")
     assert!(status.contains("  export ro (read-only)\n"), "{status}");
     assert!(status.contains("  export rw\n"), "{status}");
     assert!(status.contains("  export pmem1 (read-only)\n"), "{status}");
+
+    // Read-only follows the file: renamed away, `ro` stays read-only for
+    // new sessions under its new name; a writable file renamed onto the
+    // rule's name is read-only at once, also for the session that opened
+    // it writable (and nbdinfo then says so).
+    server.ok("mv ro kept");
+    let output = run_tool(
+        "nbdinfo",
+        &["--is", "read-only", &server.uri("kept")],
+        QUICK,
+    );
+    assert_eq!(output.code, Some(0), "the renamed file stays read-only");
+    let mut kept = RawClient::start(port);
+    kept.go("kept");
+    kept.request(CMD_WRITE, 1, 0, 512, &[2; 512]);
+    assert_eq!(
+        kept.simple(),
+        (EPERM, 1),
+        "write to the renamed read-only file"
+    );
+    let mut writer = RawClient::start(port);
+    writer.go("rw");
+    writer.request(CMD_WRITE, 1, 0, 512, &[3; 512]);
+    assert_eq!(writer.simple(), (0, 1), "rw is writable");
+    server.ok("mv rw ro");
+    writer.request(CMD_WRITE, 2, 0, 512, &[4; 512]);
+    assert_eq!(
+        writer.simple(),
+        (EPERM, 2),
+        "renamed onto ro: read-only at once"
+    );
+    writer.request(CMD_READ, 3, 0, 4, &[]);
+    assert_eq!(writer.simple(), (0, 3));
+    assert_eq!(
+        writer.read_bytes(4),
+        [3; 4],
+        "the refused write changed nothing"
+    );
+    let output = run_tool("nbdinfo", &["--is", "read-only", &server.uri("ro")], QUICK);
+    assert_eq!(output.code, Some(0), "the file now called ro is read-only");
+    let status = server.ok("nbd");
+    assert!(
+        status.contains("  export kept (read-only)\n  export ro (read-only)\n"),
+        "{status}"
+    );
+}
+
+/// `--readonly` values that cannot be applied fail closed: an unusable
+/// value makes every export read-only (a bad `pmemN:` rule only that
+/// device's), says why at start-up and in `nbd`, and writes get EPERM from
+/// real clients.
+#[test]
+fn unusable_read_only_rules_fail_closed() {
+    let dir = TempDir::new("readonly-closed");
+    let pmem0 = image_arg(&dir, "pmem0.img", "32M");
+    let pmem1 = image_arg(&dir, "pmem1.img", "16M");
+    let long = "x".repeat(256);
+    let mut server = Server::start(&[
+        "--image",
+        &pmem0,
+        "--image",
+        &pmem1,
+        "--format",
+        "if-blank",
+        "--export-raw",
+        "pmem1",
+        "--readonly",
+        "",
+        "--readonly",
+        &long,
+        "--create",
+        "disk=1M",
+    ]);
+    let boot = server.boot.clone();
+    assert!(
+        boot.contains("read-only (failing closed): every export: --readonly '': an empty name"),
+        "start-up says why:\n{boot}"
+    );
+    for export in ["disk", "pmem1"] {
+        let output = run_tool(
+            "nbdinfo",
+            &["--is", "read-only", &server.uri(export)],
+            QUICK,
+        );
+        assert_eq!(output.code, Some(0), "{export} must be read-only");
+        let port = server.port;
+        nbdsh(
+            &format!(
+                r#"
+import nbd
+h = nbd.NBD()
+h.connect_uri("nbd://127.0.0.1:{port}/{export}")
+assert h.is_read_only()
+h.set_strict_mode(0)
+try:
+    h.pwrite(b"x" * 512, 0)
+    raise SystemExit("write on a fail-closed export succeeded")
+except nbd.Error as e:
+    assert e.errno == "EPERM", (e.errno, e.string)
+h.shutdown()
+print("nbdsh script ok")
+"#
+            ),
+            export,
+        );
+    }
+    let mut client = RawClient::start(server.port);
+    client.go("disk");
+    client.request(CMD_WRITE, 1, 0, 512, &[1; 512]);
+    assert_eq!(client.simple(), (EPERM, 1), "write to a fail-closed export");
+    let nbd = server.ok("nbd");
+    assert!(nbd.contains("  export disk (read-only)\n"), "{nbd}");
+    assert!(nbd.contains("  export pmem1 (read-only)\n"), "{nbd}");
+    assert!(
+        nbd.contains("read-only (failing closed): every export: --readonly '': an empty name"),
+        "{nbd}"
+    );
 }
 
 /// Transmission-phase negative cases (proto.md "Request types" and
@@ -754,12 +871,41 @@ fn two_images_with_the_same_file_name() {
         "--create",
         "pmem1:other=1M",
     ]);
-    assert_eq!(list_exports(server.port), ["same", "other", "pmem1:same"]);
+    // One canonical name per export: pmem0's files bare, pmem1's with
+    // their device, in NBD_OPT_LIST, in NBD_INFO_NAME (what nbdinfo shows
+    // as export=), in `ls` and in `nbd`.
+    assert_eq!(
+        list_exports(server.port),
+        ["same", "pmem1:other", "pmem1:same"]
+    );
+    let list = run_tool_ok("nbdinfo", &["--list", &server.uri("")], QUICK);
+    let listed: Vec<&str> = list
+        .lines()
+        .filter_map(|line| line.strip_prefix("export=\""))
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    assert_eq!(listed, ["same", "pmem1:other", "pmem1:same"], "{list}");
+    for name in &listed {
+        let json = run_tool_ok("nbdinfo", &["--json", &server.uri(name)], QUICK);
+        assert!(
+            json.contains(&format!("\"export-name\": \"{name}\"")),
+            "{name} opens as itself: {json}"
+        );
+    }
     let ls = server.ok("ls");
     assert!(
-        ls.starts_with("       1048576  pmem0:same\n       1048576  pmem1:other\n       2097152  pmem1:same\n3 file(s)\n"),
+        ls.starts_with("       1048576  same\n       1048576  pmem1:other\n       2097152  pmem1:same\n3 file(s)\n"),
         "{ls}"
     );
+    let nbd = server.ok("nbd");
+    assert!(
+        nbd.contains("  export same\n  export pmem1:other\n  export pmem1:same\n"),
+        "{nbd}"
+    );
+    // A bare name found only on pmem1 still opens it (as before), under
+    // its canonical name.
+    let json = run_tool_ok("nbdinfo", &["--json", &server.uri("other")], QUICK);
+    assert!(json.contains("\"export-name\": \"pmem1:other\""), "{json}");
     for (export, size, pattern) in [
         ("same", MIB, "0x11"),
         ("pmem1:same", 2 * MIB, "0x22"),
@@ -1508,4 +1654,156 @@ fn nbdcopy_256_mib_round_trip_and_qemu_img_compare() {
         "qemu-img compare must see the changed block: {}",
         output.stdout
     );
+}
+
+/// `umount`, `mount`, `grow` and a shrinking `truncate` against connected
+/// clients (issue 18): refused while a client has the device or file
+/// open, naming it by address and port; `--force` cuts it (its socket
+/// closes) and everyone else carries on; after `umount` the device is
+/// listed as not mounted and `mkfs`/`mount` take it; `grow` after the
+/// image got larger shows the new space in `df`, also after a restart; an
+/// image smaller than its filesystem is left alone with a message that
+/// says so.
+#[test]
+fn lifecycle_commands_with_connected_clients() {
+    let dir = TempDir::new("lifecycle");
+    let pmem0 = image_arg(&dir, "pmem0.img", "64M");
+    let mut server = Server::start(&[
+        "--image", &pmem0, "--format", "if-blank", "--create", "disk=16M", "--create", "other=4M",
+    ]);
+    let port = server.port;
+    let mut client = RawClient::start(port);
+    let (size, _) = client.go("disk");
+    assert_eq!(size, 16 * MIB);
+    client.request(CMD_WRITE, 1, 8 * MIB, 4096, &[0x42; 4096]);
+    assert_eq!(client.simple(), (0, 1));
+    let status = server.ok("nbd");
+    let line = status
+        .lines()
+        .find(|line| line.contains(" disk: "))
+        .unwrap_or_else(|| panic!("`nbd` lists the client:\n{status}"));
+    let id = line.trim_start().split(' ').next().unwrap().to_string();
+    let peer = line.trim_start().split(' ').nth(1).unwrap().to_string();
+    assert!(peer.starts_with("127.0.0.1:"), "{line}");
+    assert!(
+        line.contains(" up ") && line.contains(" s, disk: 1 requests"),
+        "{line}"
+    );
+    let named = format!("{id} {peer} (disk)");
+
+    // Shrinking the open file: refused, then forced.
+    let refused = server.command("truncate disk 1M");
+    assert_eq!(
+        refused,
+        format!(
+            "error: disk is open on 1 NBD connection(s): {named}; shrinking it under them is \
+             refused (`truncate disk 1M --force` disconnects them first)\n"
+        )
+    );
+    assert!(server
+        .ok("stat disk")
+        .contains("size:       16777216 (16 MiB)"));
+    assert!(server
+        .ok("truncate disk 32M")
+        .starts_with("truncated to 33554432 bytes"));
+    let forced = server.ok("truncate disk 1M --force");
+    assert_eq!(
+        forced,
+        format!("disconnected {named}\ntruncated to 1048576 bytes\nok\n")
+    );
+    client.expect_closed(QUICK, "a client cut by truncate --force");
+    drop(client);
+    assert!(server
+        .ok("stat disk")
+        .contains("size:       1048576 (1 MiB)"));
+    server.assert_alive();
+    let info = run_tool_ok("nbdinfo", &["--size", &server.uri("disk")], QUICK);
+    assert_eq!(info.trim(), "1048576", "a new client sees the new size");
+
+    // umount: refused, then forced; the device is free for mkfs and mount.
+    let mut client = RawClient::start(port);
+    client.go("other");
+    let status = server.ok("nbd");
+    let line = status.lines().find(|l| l.contains(" other: ")).unwrap();
+    let id = line.trim_start().split(' ').next().unwrap().to_string();
+    let peer = line.trim_start().split(' ').nth(1).unwrap().to_string();
+    let named = format!("{id} {peer} (other)");
+    assert_eq!(
+        server.command("umount pmem0"),
+        format!(
+            "error: pmem0 is open on 1 NBD connection(s): {named}; it stays mounted \
+             (`umount pmem0 --force` disconnects them first)\n"
+        )
+    );
+    assert_eq!(
+        server.ok("umount pmem0 --force"),
+        format!("disconnected {named}\npmem0: unmounted (filesystem clean)\nok\n")
+    );
+    client.expect_closed(QUICK, "a client cut by umount --force");
+    drop(client);
+    server.assert_alive();
+    assert!(
+        server
+            .ok("df")
+            .contains("\npmem0          64 MiB (not mounted)\n"),
+        "df lists the unmounted device"
+    );
+    assert!(server
+        .ok("mkfs pmem0")
+        .starts_with("mkfs: this erases everything on pmem0 (64 MiB)."));
+    assert!(server
+        .ok("mount pmem0")
+        .starts_with("storage: pmem0 mounted daxfs in "));
+    let info = run_tool_ok("nbdinfo", &["--size", &server.uri("other")], QUICK);
+    assert_eq!(info.trim(), "4194304");
+    assert_eq!(
+        server.ok("umount pmem0"),
+        "pmem0: unmounted (filesystem clean)\nok\n"
+    );
+    assert!(server
+        .ok("mkfs pmem0 --yes")
+        .starts_with("storage: pmem0 formatted and mounted daxfs in "));
+    server.ok("create kept 2M");
+    server.ok("write kept 0 kept-across-grow");
+    let before = server.ok("df");
+    server.poweroff();
+
+    // The image got larger: grow uses it, df shows it, a restart keeps it.
+    let image = dir.path("pmem0.img");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .and_then(|file| file.set_len(128 * MIB))
+        .expect("growing the image");
+    let start = |dir: &TempDir| Server::start(&["--image", text(&dir.path("pmem0.img"))]);
+    let mut server = start(&dir);
+    assert_eq!(server.ok("df"), before, "nothing grows by itself");
+    let grown = server.ok("grow pmem0");
+    assert!(grown.starts_with("pmem0: grown by 64 MiB to "), "{grown}");
+    let after = server.ok("df");
+    assert_ne!(after, before);
+    assert!(after.contains("\npmem0       127.5 MiB "), "{after}");
+    assert!(server.ok("cat kept 0 16").starts_with("kept-across-grow"));
+    assert!(server.ok("fsck pmem0").starts_with("pmem0: fsck: clean"));
+    server.poweroff();
+    let mut server = start(&dir);
+    assert_eq!(server.ok("df"), after, "the grown size survives a restart");
+    server.poweroff();
+
+    // Smaller than its filesystem: not "damaged", and left untouched.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .and_then(|file| file.set_len(32 * MIB))
+        .expect("shrinking the image");
+    let server = start(&dir);
+    assert!(
+        server.boot.contains(
+            "storage: pmem0: filesystem needs 128 MiB but the device is 32 MiB; not mounted \
+             (data untouched; boot with the larger size)\n"
+        ),
+        "{}",
+        server.boot
+    );
+    server.poweroff();
 }

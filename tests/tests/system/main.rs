@@ -11,6 +11,8 @@ mod boot;
 mod daxfs;
 mod flood;
 mod harness;
+mod lifecycle;
+mod names;
 mod nbd;
 mod net;
 mod pmem;

@@ -188,6 +188,12 @@ impl Connection {
         self.tx.as_ref().map(|t| t.info.name.as_str())
     }
 
+    /// Handle of the export in use, once the handshake has finished (the
+    /// one the backend's `open` returned).
+    pub fn export(&self) -> Option<ExportHandle> {
+        self.tx.as_ref().map(|t| t.export)
+    }
+
     /// True once the handshake is over and requests are being served.
     pub fn in_transmission(&self) -> bool {
         self.tx.is_some()

@@ -159,6 +159,17 @@ impl Connection {
             return;
         }
         let export = tx.export;
+        // Read-only may have changed since the handshake: the backend has
+        // the last word before anything is written.
+        if request.command.is_write_type() {
+            if let Err(error) = backend.check_write(export) {
+                self.reply_result(&request, Err(error));
+                if payload > 0 {
+                    self.state = InState::Discard { remaining: payload };
+                }
+                return;
+            }
+        }
         let fua = request.flags & wire::CMD_FLAG_FUA != 0;
         match request.command {
             Command::Read => self.queue_read(&request, export),
