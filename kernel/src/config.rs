@@ -86,6 +86,10 @@ pub fn show() {
         if config.http_bench { "on" } else { "off" }
     );
     println!("nbd_list={}", if config.nbd_list { "on" } else { "off" });
+    println!("nbd_max_connections={}", config.nbd_max_connections);
+    println!("nbd_max_per_address={}", config.nbd_max_per_address);
+    println!("http_max_connections={}", config.http_max_connections);
+    println!("http_max_per_address={}", config.http_max_per_address);
     for name in &config.export_raw {
         println!("export_raw={}", name);
     }

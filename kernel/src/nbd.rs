@@ -29,18 +29,31 @@ pub const COMMANDS: &[Command] = &daxbox_storage::commands::nbd_table::<Context>
 /// Starts the NBD listener on the configured port (after `net::init`).
 pub fn start() {
     let port = config::get().nbd_port;
+    let boot = config::get();
     let mut listener = daxbox_netstack::ListenerConfig::new(port);
     // Room for a 256 KiB request or reply in flight each way per client.
     listener.rx_buffer = 256 * 1024;
     listener.tx_buffer = 256 * 1024;
-    let boot = config::get();
+    listener.max_connections = usize::from(boot.nbd_max_connections);
+    listener.max_per_address = usize::from(boot.nbd_max_per_address);
+    // Every socket and the engine state it may grow to are charged to the
+    // NBD budget before they exist.
+    listener.budget = Some(&daxbox_budget::NBD);
+    listener.connection_bytes =
+        daxbox_storage::nbd_connection_bytes(&daxbox_storage::engine_config(boot));
     let service = NbdService::for_boot_config(KernelStorage, boot);
     let service = daxbox_netstack::Listener::new(listener, service);
     match crate::net::add_listener(service.boxed()) {
-        Ok(()) if boot.nbd_list => println!("nbd: listening on port {}", port),
         Ok(()) => println!(
-            "nbd: listening on port {} (export listing off: nbd_list=off)",
-            port
+            "nbd: listening on port {} (at most {} connections, {} per address{})",
+            port,
+            boot.nbd_max_connections,
+            boot.nbd_max_per_address,
+            if boot.nbd_list {
+                ""
+            } else {
+                "; export listing off: nbd_list=off"
+            }
         ),
         Err(error) => println!("nbd: not started: {}", error),
     }

@@ -165,9 +165,12 @@ pub fn init() {
         Bench::Off
     };
     let http = HttpService::new(env!("CARGO_PKG_VERSION"), 0, bench);
-    if let Err(error) =
-        stack.add_listener(Listener::new(ListenerConfig::new(http_port), http).boxed())
-    {
+    let mut listener = ListenerConfig::new(http_port);
+    listener.max_connections = usize::from(config::get().http_max_connections);
+    listener.max_per_address = usize::from(config::get().http_max_per_address);
+    listener.budget = Some(&daxbox_budget::HTTP);
+    listener.connection_bytes = daxbox_netstack::http::CONNECTION_BYTES;
+    if let Err(error) = stack.add_listener(Listener::new(listener, http).boxed()) {
         println!("net: {}", error);
     }
     let irq = match function.interrupt_line {
@@ -274,7 +277,7 @@ pub fn poll() -> bool {
 pub const COMMANDS: &[Command] = &[Command {
     name: "net",
     usage: "",
-    help: "network status: MAC, address, link, counters",
+    help: "network status: MAC, address, link, counters, per port: connection limits, counts and refusals by reason",
     run: net_command,
 }];
 

@@ -53,7 +53,10 @@ use daxfs::{FileId, Filesystem};
 
 pub use boot::{boot, decide, BootPolicy, Decision, LeaveReason};
 pub use devices::DeviceList;
-pub use nbd::{export_names, NbdConnection, NbdService, SharedStorage, StorageBackend};
+pub use nbd::{
+    connection_bytes as nbd_connection_bytes, engine_config, export_names, export_names_page,
+    NbdConnection, NbdService, SharedStorage, StorageBackend, Targets,
+};
 pub use readonly::ReadOnlyPolicy;
 
 /// What the storage layer needs from whoever runs it.

@@ -17,12 +17,27 @@
 //! `nbd_list=off` ([`engine_config`]); then it is answered with
 //! `NBD_REP_ERR_POLICY` and clients must know the name they want.
 //!
+//! Connections: the kernel's listener serves at most `nbd_max_connections`
+//! (64) at once and `nbd_max_per_address` (32) from one address; a client
+//! over either is greeted and gets `NBD_REP_ERR_POLICY` with the reason for
+//! every option ([`TcpService::refuse`], [`Connection::refused`]). The
+//! handshake must finish within 10 s of the accept (not restarted by the
+//! client's bytes). A session in the transmission phase has no idle
+//! timeout: clients such as the Linux kernel client and qemu sit idle for
+//! hours, qemu-nbd has none and nbdkit limits only the handshake
+//! (`--timeout`); an idle session counts against both limits, and TCP
+//! keep-alive (60 s, peer gone after 180 s) ends sessions whose peer
+//! vanished. `NBD_OPT_LIST` is answered a page at a time as the client
+//! reads ([`export_names_page`]), and export lookup is O(devices × log
+//! files).
+//!
 //! Data path: READ copies straight from pmem into the transmit buffer the
 //! caller passes (smoltcp's, in the kernel); WRITE copies straight from the
 //! receive buffer into pmem (raw exports: cached stores written back line
 //! by line as they land); FLUSH and FUA make the data durable (a fence, or
 //! daxfs `persist`) before the reply is sent.
 
+use alloc::collections::BTreeMap;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::cell::OnceCell;
@@ -30,10 +45,10 @@ use core::marker::PhantomData;
 
 use daxbox_bootconfig::BootConfig;
 use daxbox_nbd::{
-    Backend, BackendError, Connection, ExportHandle, ExportInfo, ExportKind, Extent, Server,
-    ServerConfig, ZeroFlags,
+    Backend, BackendError, Connection, ExportHandle, ExportInfo, ExportKind, Extent, ListCursor,
+    Server, ServerConfig, ZeroFlags,
 };
-use daxbox_netstack::TcpService;
+use daxbox_netstack::{Refusal, TcpService};
 use daxbox_persist::PersistentMemory;
 use daxfs::{Error as FsError, FileId, Filesystem};
 
@@ -57,7 +72,7 @@ enum Target {
 /// What an export handle points at, kept across calls: by device number,
 /// not by volume index, because `umount` and `mount` add and remove
 /// volumes under open handles of other devices.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Bound {
     File { device: u16, file: FileId },
     Raw { device: u16 },
@@ -105,6 +120,44 @@ impl Bound {
     }
 }
 
+/// Export handles handed out so far: handle = index into `list`, found
+/// again by what it points at in O(log n). One entry per distinct export
+/// ever opened (files are made by the administrator, not by clients).
+#[derive(Default, Debug)]
+pub struct Targets {
+    list: Vec<Bound>,
+    index: BTreeMap<Bound, usize>,
+}
+
+impl Targets {
+    fn handle(&mut self, bound: Bound) -> ExportHandle {
+        let index = *self.index.entry(bound).or_insert_with(|| {
+            self.list.push(bound);
+            self.list.len() - 1
+        });
+        ExportHandle(index as u64)
+    }
+
+    fn get(&self, export: ExportHandle) -> Option<Bound> {
+        usize::try_from(export.0)
+            .ok()
+            .and_then(|index| self.list.get(index).copied())
+    }
+}
+
+/// Heap one connection's engine may hold beyond its socket buffers, for
+/// the listener's budget charge: the output queue bound plus one more
+/// reply (an option reply or a block-status reply of `max_extents`), the
+/// option buffer, and the bookkeeping of every request in flight.
+pub fn connection_bytes(config: &ServerConfig) -> usize {
+    config
+        .max_queued_bytes
+        .saturating_add(config.max_option_len as usize)
+        .saturating_add(config.max_extents.saturating_mul(16))
+        .saturating_add(config.max_in_flight.saturating_mul(128))
+        .saturating_add(16 * 1024)
+}
+
 /// How long a connection the server has finished with (after
 /// `NBD_CMD_DISC`, a protocol error or a refused handshake) may wait for the
 /// client to close its end. The server's FIN leaves smoltcp in FIN-WAIT-2,
@@ -117,8 +170,8 @@ pub const LINGER_MS: u64 = 20_000;
 pub struct NbdService<M: PersistentMemory, S: SharedStorage<M>> {
     shared: S,
     server: Server,
-    /// Export handles handed out so far (index = handle).
-    targets: Vec<Bound>,
+    /// Export handles handed out so far.
+    targets: Targets,
     next_id: u64,
     memory: PhantomData<fn() -> M>,
 }
@@ -133,6 +186,8 @@ pub struct NbdConnection {
     opened_ms: u64,
     /// When the engine first wanted the connection closed.
     closing_since: Option<u64>,
+    /// Over a connection limit: only told so.
+    refused: bool,
 }
 
 impl NbdConnection {
@@ -147,7 +202,11 @@ impl NbdConnection {
     /// device and file its export is on (what `umount` and `truncate`
     /// look for).
     fn publish<M: PersistentMemory>(&self, storage: &mut Storage<M>, targets: &[Bound]) {
-        let name = self.engine.export_name().unwrap_or("(handshake)");
+        let name = match self.engine.export_name() {
+            Some(name) => name,
+            None if self.refused => "(refused)",
+            None => "(handshake)",
+        };
         let stats = *self.engine.stats();
         let bound = self
             .engine
@@ -213,7 +272,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> NbdService<M, S> {
         Self {
             shared,
             server: Server::new(config),
-            targets: Vec::new(),
+            targets: Targets::default(),
             next_id: 1,
             memory: PhantomData,
         }
@@ -232,7 +291,22 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
             peer: None,
             opened_ms: now_ms,
             closing_since: None,
+            refused: false,
         }
+    }
+
+    fn refuse(&mut self, reason: Refusal, now_ms: u64) -> Option<NbdConnection> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let message = alloc::format!("{reason}; try again later");
+        Some(NbdConnection {
+            id,
+            engine: Connection::refused(self.server.config().clone(), now_ms, &message),
+            peer: None,
+            opened_ms: now_ms,
+            closing_since: None,
+            refused: true,
+        })
     }
 
     fn remote(&mut self, conn: &mut NbdConnection, remote: core::net::SocketAddr) {
@@ -250,7 +324,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
             let mut backend = StorageBackend::new(storage, targets);
             let used = conn.engine.receive(data, &mut backend, now_ms);
             conn.note_closing(now_ms);
-            conn.publish(storage, targets);
+            conn.publish(storage, &targets.list);
             used
         })
     }
@@ -265,7 +339,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
             let written = conn.engine.produce(out, &mut backend);
             conn.note_closing(now_ms);
             if written > 0 {
-                conn.publish(storage, targets);
+                conn.publish(storage, &targets.list);
             }
             written
         })
@@ -295,7 +369,10 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
     }
 
     fn closed(&mut self, conn: NbdConnection) {
-        self.server.retire(&conn.engine);
+        // A refusal was never accepted by the server: nothing to retire.
+        if !conn.refused {
+            self.server.retire(&conn.engine);
+        }
         self.shared.with(|storage| {
             storage.connections.retain(|c| c.id != conn.id);
             storage.disconnecting.retain(|&id| id != conn.id);
@@ -305,33 +382,60 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
 
 /// Every export's canonical name, in device order (files sorted by name
 /// within a device): raw devices by device name, files by
-/// [`crate::canonical_name`]. No name appears twice.
+/// [`crate::canonical_name`]. No name appears twice. Made by
+/// [`export_names_page`], page after page.
 pub fn export_names<M: PersistentMemory>(storage: &Storage<M>) -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
+    let mut names = Vec::new();
+    let mut cursor = ListCursor::default();
+    while export_names_page(storage, &mut cursor, 512, &mut names) {}
+    names
+}
+
+/// Pushes up to `max` export names after `cursor` onto `names` (the order
+/// and naming of [`export_names`]); returns false once every name is out.
+/// The cursor is (volume index, last file name listed on it), so a page
+/// costs O(max + log files), whatever the number of files.
+pub fn export_names_page<M: PersistentMemory>(
+    storage: &Storage<M>,
+    cursor: &mut ListCursor,
+    max: usize,
+    names: &mut Vec<String>,
+) -> bool {
     let default = storage.default_filesystem();
-    for (index, volume) in storage.volumes.iter().enumerate() {
+    let mut taken = 0;
+    while let Some(volume) = storage.volumes.get(cursor.part) {
+        if taken >= max {
+            return true;
+        }
         match &volume.role {
-            Role::Raw(_) => names.push(volume.device.clone()),
+            Role::Raw(_) => {
+                names.push(volume.device.clone());
+                taken += 1;
+                cursor.part += 1;
+                cursor.after = None;
+            }
             Role::Filesystem(fs) => {
-                let mut after: Option<String> = None;
-                loop {
-                    let page = fs.list(after.as_deref(), 512);
-                    for entry in &page {
-                        names.push(crate::canonical_name(
-                            &volume.device,
-                            default == Some(index),
-                            &entry.name,
-                        ));
-                    }
-                    match page.last() {
-                        Some(last) if page.len() == 512 => after = Some(last.name.clone()),
-                        _ => break,
+                let want = max - taken;
+                let page = fs.list(cursor.after.as_deref(), want);
+                for entry in &page {
+                    names.push(crate::canonical_name(
+                        &volume.device,
+                        default == Some(cursor.part),
+                        &entry.name,
+                    ));
+                }
+                taken += page.len();
+                match page.last() {
+                    Some(last) if page.len() == want => cursor.after = Some(last.name.clone()),
+                    _ => {
+                        cursor.part += 1;
+                        cursor.after = None;
                     }
                 }
             }
         }
     }
-    names
+    false
 }
 
 fn fs_error(error: FsError) -> BackendError {
@@ -363,14 +467,14 @@ fn within_file<M: PersistentMemory>(
 /// The engine's view of the storage volumes for one call.
 pub struct StorageBackend<'a, M: PersistentMemory> {
     storage: &'a mut Storage<M>,
-    targets: &'a mut Vec<Bound>,
+    targets: &'a mut Targets,
     /// Export names, listed once per call on first use: `NBD_OPT_LIST`
     /// asks for the count and then every name by index.
     names: OnceCell<Vec<String>>,
 }
 
 impl<'a, M: PersistentMemory> StorageBackend<'a, M> {
-    fn new(storage: &'a mut Storage<M>, targets: &'a mut Vec<Bound>) -> Self {
+    fn new(storage: &'a mut Storage<M>, targets: &'a mut Targets) -> Self {
         Self {
             storage,
             targets,
@@ -384,11 +488,26 @@ impl<'a, M: PersistentMemory> StorageBackend<'a, M> {
     }
 
     fn target(&self, export: ExportHandle) -> Result<Target, BackendError> {
-        usize::try_from(export.0)
-            .ok()
-            .and_then(|index| self.targets.get(index).copied())
+        self.targets
+            .get(export)
             .and_then(|bound| bound.resolve(self.storage))
             .ok_or(BackendError::NoSuchExport)
+    }
+
+    /// The default export: the first name of the listing, found without
+    /// listing everything.
+    fn first_export(&self) -> Option<String> {
+        let mut names = Vec::with_capacity(1);
+        let mut cursor = ListCursor::default();
+        loop {
+            let more = export_names_page(self.storage, &mut cursor, 1, &mut names);
+            if let Some(name) = names.pop() {
+                return Some(name);
+            }
+            if !more {
+                return None;
+            }
+        }
     }
 
     /// The pmem behind raw-export volume `volume`.
@@ -416,14 +535,15 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
         self.names().get(index).cloned()
     }
 
+    fn list_exports(&mut self, cursor: &mut ListCursor, max: usize, out: &mut Vec<String>) -> bool {
+        export_names_page(self.storage, cursor, max, out)
+    }
+
     fn open(&mut self, name: &str) -> Result<ExportHandle, BackendError> {
         // The default export ("") is the first export, as nbdkit and
         // qemu-nbd serve their single export for it.
         let name = if name.is_empty() {
-            self.names()
-                .first()
-                .cloned()
-                .ok_or(BackendError::NoSuchExport)?
+            self.first_export().ok_or(BackendError::NoSuchExport)?
         } else {
             name.to_string()
         };
@@ -447,15 +567,8 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
                 file: found.file,
             }
         };
-        let target = Bound::of(self.storage, target).ok_or(BackendError::NoSuchExport)?;
-        let index = match self.targets.iter().position(|t| *t == target) {
-            Some(index) => index,
-            None => {
-                self.targets.push(target);
-                self.targets.len() - 1
-            }
-        };
-        Ok(ExportHandle(index as u64))
+        let bound = Bound::of(self.storage, target).ok_or(BackendError::NoSuchExport)?;
+        Ok(self.targets.handle(bound))
     }
 
     fn info(&self, export: ExportHandle) -> Option<ExportInfo> {
@@ -639,7 +752,7 @@ mod tests {
 
     fn backend<'a>(
         storage: &'a mut Storage<TestMemory>,
-        targets: &'a mut Vec<Bound>,
+        targets: &'a mut Targets,
     ) -> StorageBackend<'a, TestMemory> {
         StorageBackend::new(storage, targets)
     }
@@ -665,7 +778,7 @@ mod tests {
             export_names(&f.storage),
             ["disk", "ro", "same", "pmem1:only1", "pmem1:same", "pmem2"]
         );
-        let mut targets = Vec::new();
+        let mut targets = Targets::default();
         let mut b = backend(&mut f.storage, &mut targets);
         assert_eq!(b.export_count(), 6);
         assert_eq!(b.export_name(4).as_deref(), Some("pmem1:same"));
@@ -733,9 +846,70 @@ mod tests {
     }
 
     #[test]
+    fn listing_pages_give_the_full_listing_at_every_page_size() {
+        let mut f = exports();
+        for i in 0..40 {
+            f.ok(&alloc::format!("create pmem1:f{i:02} 4K"));
+        }
+        let all = export_names(&f.storage);
+        assert_eq!(all.len(), 46);
+        assert_eq!(all[..3], ["disk", "ro", "same"]);
+        for max in [1, 2, 3, 7, 64] {
+            let mut cursor = ListCursor::default();
+            let mut names = Vec::new();
+            let mut pages = 0;
+            loop {
+                let before = names.len();
+                let more = export_names_page(&f.storage, &mut cursor, max, &mut names);
+                assert!(names.len() - before <= max);
+                pages += 1;
+                if !more {
+                    break;
+                }
+            }
+            assert_eq!(names, all, "page size {max}");
+            assert!(pages <= all.len() / max + 4, "{pages} pages of {max}");
+        }
+        let mut targets = Targets::default();
+        let mut b = backend(&mut f.storage, &mut targets);
+        let mut cursor = ListCursor::default();
+        let mut names = Vec::new();
+        while b.list_exports(&mut cursor, 5, &mut names) {}
+        assert_eq!(names, all);
+    }
+
+    #[test]
+    fn a_refused_connection_tells_the_client_why() {
+        const REP_ERR_POLICY: u32 = 0x8000_0002;
+        let cell = Cell(RefCell::new(exports()));
+        let mut service = NbdService::new(&cell);
+        let mut conn = service
+            .refuse(Refusal::PerAddress { limit: 16 }, 0)
+            .expect("NBD words its refusals");
+        let greeting = exchange(&mut service, &mut conn, &[], 0);
+        assert_eq!(&greeting[..16], b"NBDMAGICIHAVEOPT");
+        let mut hello = 1u32.to_be_bytes().to_vec();
+        hello.extend_from_slice(b"IHAVEOPT");
+        hello.extend_from_slice(&7u32.to_be_bytes());
+        hello.extend_from_slice(&10u32.to_be_bytes());
+        hello.extend_from_slice(&4u32.to_be_bytes());
+        hello.extend_from_slice(b"disk");
+        hello.extend_from_slice(&0u16.to_be_bytes());
+        let reply = exchange(&mut service, &mut conn, &hello, 1);
+        assert_eq!(&reply[12..16], &REP_ERR_POLICY.to_be_bytes());
+        let message = String::from_utf8_lossy(&reply[20..]);
+        assert_eq!(
+            message,
+            "too many connections from this address (limit 16); try again later"
+        );
+        service.closed(conn);
+        assert!(cell.0.borrow().storage.connections().is_empty());
+    }
+
+    #[test]
     fn no_exports_means_no_default_export() {
         let mut f = Fixture::empty();
-        let mut targets = Vec::new();
+        let mut targets = Targets::default();
         let mut b = backend(&mut f.storage, &mut targets);
         assert_eq!(b.export_count(), 0);
         assert_eq!(b.open(""), Err(BackendError::NoSuchExport));
@@ -744,7 +918,7 @@ mod tests {
     #[test]
     fn file_export_io_holes_and_errors() {
         let mut f = exports();
-        let mut targets = Vec::new();
+        let mut targets = Targets::default();
         let mut b = backend(&mut f.storage, &mut targets);
         let disk = b.open("disk").unwrap();
         let mut status = Vec::new();
@@ -793,7 +967,7 @@ mod tests {
     #[test]
     fn a_file_that_shrank_reads_zeros_past_its_end() {
         let mut f = exports();
-        let mut targets = Vec::new();
+        let mut targets = Targets::default();
         let ro = backend(&mut f.storage, &mut targets).open("ro").unwrap();
         f.ok("truncate ro 8");
         let mut b = backend(&mut f.storage, &mut targets);
@@ -809,7 +983,7 @@ mod tests {
     #[test]
     fn an_nbd_write_never_changes_a_file_size() {
         let mut f = exports();
-        let mut targets = Vec::new();
+        let mut targets = Targets::default();
         let disk = backend(&mut f.storage, &mut targets).open("disk").unwrap();
         // Shrunk under the handle (as if a client kept the old size).
         let index = f.storage.lookup("disk").unwrap();
@@ -840,7 +1014,7 @@ mod tests {
     #[test]
     fn raw_export_io() {
         let mut f = exports();
-        let mut targets = Vec::new();
+        let mut targets = Targets::default();
         let mut b = backend(&mut f.storage, &mut targets);
         let raw = b.open("pmem2").unwrap();
         b.write(raw, 4096, b"raw bytes").unwrap();
@@ -1170,7 +1344,7 @@ mod tests {
         assert_eq!(simple_request(&mut service, &mut other, 0, 0, 16).0, 0);
         {
             let mut fixture = cell.0.borrow_mut();
-            let mut targets = Vec::new();
+            let mut targets = Targets::default();
             let mut b = backend(&mut fixture.storage, &mut targets);
             let disk = b.open("disk").unwrap();
             assert_eq!(b.info(disk).unwrap().size, MIB);

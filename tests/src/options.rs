@@ -145,6 +145,11 @@ pub struct QemuOptions {
     /// Hard limit on the machine's life: a watchdog SIGKILLs QEMU after it,
     /// whatever the test is doing. Default 10 minutes.
     pub max_runtime: Duration,
+    /// The `-netdev` of the NIC (`id=n0`) instead of the user network with
+    /// its port forwards, e.g. a tap device in a test's network namespace
+    /// (`tap,id=n0,ifname=tap0,script=no,downscript=no`). `nbd_port` and
+    /// `http_port` then forward nothing.
+    pub netdev: Option<String>,
 }
 
 impl QemuOptions {
@@ -170,6 +175,7 @@ impl QemuOptions {
                 .unwrap_or_else(|| Duration::from_secs(60).mul_f64(load_factor())),
             command_timeout: Duration::from_secs(20).mul_f64(load_factor()),
             max_runtime: Duration::from_secs(600),
+            netdev: None,
         }
     }
 
@@ -376,13 +382,15 @@ pub fn qemu_arguments(options: &QemuOptions, media: &Path, ovmf: Option<&Ovmf>) 
     ]);
 
     let mut netdev = String::from("user,id=n0");
-    if options.nbd_port != 0 {
+    if let Some(custom) = &options.netdev {
+        netdev = custom.clone();
+    } else if options.nbd_port != 0 {
         netdev += &format!(
             ",hostfwd=tcp:127.0.0.1:{}-:{GUEST_NBD_PORT}",
             options.nbd_port
         );
     }
-    if options.http_port != 0 {
+    if options.http_port != 0 && options.netdev.is_none() {
         netdev += &format!(
             ",hostfwd=tcp:127.0.0.1:{}-:{GUEST_HTTP_PORT}",
             options.http_port

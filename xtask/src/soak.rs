@@ -826,7 +826,12 @@ pub fn run(options: &SoakOptions) -> Result<SoakSummary, XtaskError> {
     ));
     let name = options.name.as_str();
     let mut qemu = QemuOptions::new(name, Firmware::Bios)
-        .with_boot_config("format=if-blank\nhttp_bench=on\n")
+        // Every client comes from 10.0.2.2 (QEMU's user network): the
+        // per-address limits (NBD 32, HTTP 16) would refuse the mix.
+        .with_boot_config(
+            "format=if-blank\nhttp_bench=on\nnbd_max_per_address=64\n\
+             http_max_connections=64\nhttp_max_per_address=64\n",
+        )
         .with_nvdimm(Nvdimm::fresh(run_dir(name).join("pmem0.img"), NVDIMM_SIZE));
     // The run, its set-up and the wind-down (operations in flight finish).
     qemu.max_runtime = options.duration + OP_TIMEOUT + Duration::from_secs(900);

@@ -32,6 +32,10 @@
 //! | `http_port` | 1-65535 | `80` | TCP port of the HTTP status server. |
 //! | `http_bench` | `on` \| `off` | `off` | Whether the HTTP server serves the throughput routes `GET /bench/bytes?n=N` and `PUT /bench/sink` (each at most 1 GiB per request); `off` answers `404`. A bad value fails closed: off, with a warning. |
 //! | `nbd_list` | `on` \| `off` | `on` | Whether the NBD server answers `NBD_OPT_LIST` with the export names; `off` answers `NBD_REP_ERR_POLICY` (clients must know the name they want). A bad value fails closed: listing off, with a warning. |
+//! | `nbd_max_connections` | 1-1024 | `64` | NBD connections served at once (all clients). A client over the limit is answered `NBD_REP_ERR_POLICY` ("too many connections") to every option; connections already served go on. |
+//! | `nbd_max_per_address` | 1-1024 | `32` | NBD connections served at once from one client address (half the total: one host cannot take every slot; behind NAT, e.g. QEMU user networking, every client has one address). Same refusal. |
+//! | `http_max_connections` | 1-1024 | `32` | HTTP connections served at once. Over the limit: `503 Service Unavailable` with `Retry-After: 5`, then close. |
+//! | `http_max_per_address` | 1-1024 | `16` | HTTP connections served at once from one client address. Same refusal. |
 //! | `export_raw` | `pmemN` | none | Export that device raw over NBD instead of mounting daxfs on it. Repeatable. |
 //! | `readonly` | `NAME` \| `pmemN:NAME` \| `pmemN:` \| `pmemN` \| `*` | none | Exports NBD clients may not write (EPERM): a file, every file of a device, a raw device, everything ([`readonly`] has the grammar, quoting included). Repeatable (at most [`MAX_NAMES`]). A value that cannot be used fails closed: every export (or every export of the device it names) read-only, with a warning that says why. |
 //! | `log` | `error` \| `warn` \| `info` \| `debug` \| `trace` | `info` | Console log level. |
@@ -76,6 +80,17 @@ pub const MAX_WARNINGS: usize = 64;
 pub const DEFAULT_NBD_PORT: u16 = 10809;
 /// Default HTTP port.
 pub const DEFAULT_HTTP_PORT: u16 = 80;
+/// Default `nbd_max_connections`: room for a 64-client job (the kernel's
+/// NBD heap budget covers them at the default 512 MiB of RAM).
+pub const DEFAULT_NBD_MAX_CONNECTIONS: u16 = 64;
+/// Default `nbd_max_per_address`: half the total.
+pub const DEFAULT_NBD_MAX_PER_ADDRESS: u16 = 32;
+/// Default `http_max_connections`: a status and benchmark service.
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: u16 = 32;
+/// Default `http_max_per_address`: half the total.
+pub const DEFAULT_HTTP_MAX_PER_ADDRESS: u16 = 16;
+/// Largest value of the connection-limit keys.
+pub const MAX_CONNECTION_LIMIT: u16 = 1024;
 
 /// One `pmem=SIZE@START` request: RAM to be turned into emulated pmem.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +162,14 @@ pub struct BootConfig {
     pub http_bench: bool,
     /// `nbd_list=`: answer `NBD_OPT_LIST` with the export names.
     pub nbd_list: bool,
+    /// `nbd_max_connections=`.
+    pub nbd_max_connections: u16,
+    /// `nbd_max_per_address=`.
+    pub nbd_max_per_address: u16,
+    /// `http_max_connections=`.
+    pub http_max_connections: u16,
+    /// `http_max_per_address=`.
+    pub http_max_per_address: u16,
     /// `export_raw=` device names (`pmem0`, ...), in file order.
     pub export_raw: Vec<String>,
     /// `readonly=` rules in file order, including the ones standing in
@@ -169,6 +192,10 @@ impl Default for BootConfig {
             http_port: DEFAULT_HTTP_PORT,
             http_bench: false,
             nbd_list: true,
+            nbd_max_connections: DEFAULT_NBD_MAX_CONNECTIONS,
+            nbd_max_per_address: DEFAULT_NBD_MAX_PER_ADDRESS,
+            http_max_connections: DEFAULT_HTTP_MAX_CONNECTIONS,
+            http_max_per_address: DEFAULT_HTTP_MAX_PER_ADDRESS,
             export_raw: Vec::new(),
             readonly: Vec::new(),
             log: LogLevel::Info,
@@ -354,6 +381,10 @@ struct Seen {
     http_port: Option<usize>,
     http_bench: Option<usize>,
     nbd_list: Option<usize>,
+    nbd_max_connections: Option<usize>,
+    nbd_max_per_address: Option<usize>,
+    http_max_connections: Option<usize>,
+    http_max_per_address: Option<usize>,
     log: Option<usize>,
     debug_commands: Option<usize>,
 }
@@ -444,6 +475,10 @@ impl Parser {
             "http_port" => &mut self.seen.http_port,
             "http_bench" => &mut self.seen.http_bench,
             "nbd_list" => &mut self.seen.nbd_list,
+            "nbd_max_connections" => &mut self.seen.nbd_max_connections,
+            "nbd_max_per_address" => &mut self.seen.nbd_max_per_address,
+            "http_max_connections" => &mut self.seen.http_max_connections,
+            "http_max_per_address" => &mut self.seen.http_max_per_address,
             "log" => &mut self.seen.log,
             _ => &mut self.seen.debug_commands,
         };
@@ -548,6 +583,36 @@ impl Parser {
                     }
                     _ => {
                         let reason = expected(value, "a port number 1-65535");
+                        self.bad(line, key, reason, false);
+                    }
+                }
+            }
+            "nbd_max_connections"
+            | "nbd_max_per_address"
+            | "http_max_connections"
+            | "http_max_per_address" => {
+                let key: &'static str = match key {
+                    "nbd_max_connections" => "nbd_max_connections",
+                    "nbd_max_per_address" => "nbd_max_per_address",
+                    "http_max_connections" => "http_max_connections",
+                    _ => "http_max_per_address",
+                };
+                match value.parse::<u16>() {
+                    Ok(limit)
+                        if (1..=MAX_CONNECTION_LIMIT).contains(&limit)
+                            && value.bytes().all(|b| b.is_ascii_digit()) =>
+                    {
+                        self.mark(line, key);
+                        let field = match key {
+                            "nbd_max_connections" => &mut self.config.nbd_max_connections,
+                            "nbd_max_per_address" => &mut self.config.nbd_max_per_address,
+                            "http_max_connections" => &mut self.config.http_max_connections,
+                            _ => &mut self.config.http_max_per_address,
+                        };
+                        *field = limit;
+                    }
+                    _ => {
+                        let reason = expected(value, "a connection count 1-1024");
                         self.bad(line, key, reason, false);
                     }
                 }
@@ -821,6 +886,37 @@ mod tests {
         assert!(!config.debug_commands);
         assert!(config.nbd_list, "export listing is on by default");
         assert!(!config.http_bench, "the bench routes are off by default");
+    }
+
+    #[test]
+    fn connection_limits_parse_and_a_bad_value_keeps_the_default() {
+        let (config, warnings) = parse(
+            b"nbd_max_connections=100\nnbd_max_per_address=8\nhttp_max_connections=1\nhttp_max_per_address=1024\n",
+        );
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(
+            (
+                config.nbd_max_connections,
+                config.nbd_max_per_address,
+                config.http_max_connections,
+                config.http_max_per_address
+            ),
+            (100, 8, 1, 1024)
+        );
+        let (config, warnings) = parse(
+            b"nbd_max_connections=0\nnbd_max_per_address=1025\nhttp_max_connections=many\nhttp_max_per_address=+5\n",
+        );
+        assert_eq!(config, BootConfig::default());
+        let text: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(
+            text,
+            [
+                "bootconfig line 1: bad value for nbd_max_connections: '0' is not a connection count 1-1024 (using default)",
+                "bootconfig line 2: bad value for nbd_max_per_address: '1025' is not a connection count 1-1024 (using default)",
+                "bootconfig line 3: bad value for http_max_connections: 'many' is not a connection count 1-1024 (using default)",
+                "bootconfig line 4: bad value for http_max_per_address: '+5' is not a connection count 1-1024 (using default)",
+            ]
+        );
     }
 
     #[test]

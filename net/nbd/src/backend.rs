@@ -133,6 +133,18 @@ impl fmt::Display for BackendError {
     }
 }
 
+/// Where an `NBD_OPT_LIST` answer has got to, kept by the connection
+/// between pages ([`Backend::list_exports`]). Its meaning is the
+/// backend's: e.g. a part (device) and the last name listed in it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListCursor {
+    /// Which part of the listing (the default implementation: the index
+    /// of the next export).
+    pub part: usize,
+    /// The last name listed in that part, if any.
+    pub after: Option<String>,
+}
+
 /// The set of exports, as seen by the protocol engine.
 ///
 /// `daxbox-storage` implements this once over its storage state (daxfs
@@ -146,6 +158,24 @@ pub trait Backend {
     fn export_count(&self) -> usize;
     /// Name of the `index`th export for `NBD_OPT_LIST`, `None` past the end.
     fn export_name(&self, index: usize) -> Option<String>;
+    /// Pushes up to `max` export names that follow `cursor` onto `out`,
+    /// in listing order, and moves `cursor` past them; returns false once
+    /// the listing is complete. `NBD_OPT_LIST` asks for one page at a time
+    /// as the client reads the replies, so a page must cost about its own
+    /// length, not the number of exports. The default pages through
+    /// [`Backend::export_name`] by index.
+    fn list_exports(&mut self, cursor: &mut ListCursor, max: usize, out: &mut Vec<String>) -> bool {
+        let count = self.export_count();
+        let mut taken = 0;
+        while taken < max && cursor.part < count {
+            if let Some(name) = self.export_name(cursor.part) {
+                out.push(name);
+            }
+            cursor.part += 1;
+            taken += 1;
+        }
+        cursor.part < count
+    }
     /// Looks up an export by name (`""` is the default export, whose choice
     /// is the backend's). Called for `NBD_OPT_INFO`, `NBD_OPT_GO`,
     /// `NBD_OPT_EXPORT_NAME` and meta-context options, possibly several

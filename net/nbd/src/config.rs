@@ -36,7 +36,7 @@ impl Default for ServerConfig {
             preferred_block_size: 4096,
             handshake_timeout_ms: 10_000,
             max_in_flight: 256,
-            max_queued_bytes: 256 * 1024,
+            max_queued_bytes: 64 * 1024,
             max_option_len: 16 * 1024,
             max_extents: 2048,
         }

@@ -36,7 +36,9 @@ mod connection;
 mod server;
 pub mod wire;
 
-pub use backend::{Backend, BackendError, ExportHandle, ExportInfo, ExportKind, Extent, ZeroFlags};
+pub use backend::{
+    Backend, BackendError, ExportHandle, ExportInfo, ExportKind, Extent, ListCursor, ZeroFlags,
+};
 pub use config::{ConnectionStats, ServerConfig};
 pub use connection::Connection;
 pub use server::Server;

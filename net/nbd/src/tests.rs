@@ -19,6 +19,8 @@ struct Mem {
     fail_reads: bool,
     flushes: usize,
     holes: bool,
+    /// Names listed after the real exports (`file0`, `file1`, ...).
+    extra_names: usize,
     /// Exports that became read-only after the handshake
     /// ([`Backend::check_write`]).
     read_only_now: Vec<u64>,
@@ -52,6 +54,7 @@ impl Mem {
             fail_reads: false,
             flushes: 0,
             holes: false,
+            extra_names: 0,
             read_only_now: Vec::new(),
         }
     }
@@ -65,10 +68,16 @@ impl Mem {
 
 impl Backend for Mem {
     fn export_count(&self) -> usize {
-        self.exports.len()
+        self.exports.len() + self.extra_names
     }
     fn export_name(&self, index: usize) -> Option<String> {
-        self.exports.get(index).map(|e| e.0.name.clone())
+        match self.exports.get(index) {
+            Some(e) => Some(e.0.name.clone()),
+            None if index < self.export_count() => {
+                Some(alloc::format!("file{}", index - self.exports.len()))
+            }
+            None => None,
+        }
     }
     fn open(&mut self, name: &str) -> Result<ExportHandle, BackendError> {
         let name = if name.is_empty() { "disk" } else { name };
@@ -462,6 +471,88 @@ fn list_exports_and_its_errors() {
     c.flags(FLAG_C_FIXED_NEWSTYLE);
     c.send(&option(OPT_LIST, &[]));
     assert_eq!(c.option_reply().1, REP_ERR_POLICY);
+}
+
+/// 20,000 exports and a client that sends `NBD_OPT_LIST` without reading:
+/// the replies are made as the client reads them, never more than the
+/// output bound at once, and all of them arrive in order.
+#[test]
+fn a_long_export_list_is_made_as_the_client_reads_it() {
+    let mut c = Client::new();
+    c.mem.extra_names = 20_000;
+    c.flags(FLAG_C_FIXED_NEWSTYLE);
+    let input = option(OPT_LIST, &[]);
+    assert_eq!(c.conn.receive(&input, &mut c.mem, 0), input.len());
+    // Everything queued now comes out in one produce into a huge buffer.
+    let mut big = vec![0u8; 16 << 20];
+    let n = c.conn.produce(&mut big, &mut c.mem);
+    let bound = ServerConfig::default().max_queued_bytes + 8192;
+    assert!(
+        n <= bound,
+        "{n} bytes of replies queued at once (bound {bound})"
+    );
+    c.out.extend_from_slice(&big[..n]);
+    let mut names = Vec::new();
+    loop {
+        let (opt, kind, data) = c.option_reply();
+        assert_eq!(opt, OPT_LIST);
+        if kind == REP_ACK {
+            break;
+        }
+        assert_eq!(kind, REP_SERVER);
+        let len = u32::from_be_bytes(data[..4].try_into().unwrap()) as usize;
+        names.push(String::from_utf8(data[4..4 + len].to_vec()).unwrap());
+    }
+    assert_eq!(names.len(), 20_002);
+    assert_eq!(&names[..3], ["disk", "ro", "file0"]);
+    assert_eq!(names[20_001], "file19999");
+    // The handshake goes on.
+    c.send(&option(OPT_GO, &go_data("disk", &[])));
+    loop {
+        let (_, kind, _) = c.option_reply();
+        if kind == REP_ACK {
+            break;
+        }
+    }
+    assert!(c.conn.in_transmission());
+}
+
+/// A connection refused for a limit: the greeting, then every option is
+/// answered with `NBD_REP_ERR_POLICY` and the reason, `NBD_OPT_ABORT` is
+/// acknowledged and closes, `NBD_OPT_EXPORT_NAME` (which has no error
+/// reply) closes at once.
+#[test]
+fn a_refused_connection_answers_every_option_with_policy() {
+    let refused = || {
+        let mut c = Client::new();
+        c.conn = Connection::refused(ServerConfig::default(), 0, "too many connections");
+        let greeting = c.take(18);
+        assert_eq!(&greeting[..8], &NBDMAGIC.to_be_bytes());
+        c.flags(FLAG_C_FIXED_NEWSTYLE);
+        c
+    };
+    let mut c = refused();
+    for opt in [OPT_GO, OPT_INFO, OPT_LIST, OPT_STRUCTURED_REPLY] {
+        c.send(&option(opt, &go_data("disk", &[])));
+        let (o, kind, data) = c.option_reply();
+        assert_eq!((o, kind), (opt, REP_ERR_POLICY));
+        assert_eq!(data, b"too many connections");
+    }
+    assert!(!c.conn.in_transmission());
+    c.send(&option(OPT_ABORT, &[]));
+    assert_eq!(c.option_reply().1, REP_ACK);
+    assert!(c.conn.wants_close());
+
+    let mut c = refused();
+    c.send(&option(OPT_EXPORT_NAME, b"disk"));
+    assert!(c.conn.wants_close());
+    assert_eq!(c.pending(), 0);
+    // The handshake deadline still bounds a refused client that says nothing.
+    let c = Connection::refused(ServerConfig::default(), 5, "x");
+    assert_eq!(
+        c.poll_deadline(),
+        Some(5 + ServerConfig::default().handshake_timeout_ms)
+    );
 }
 
 #[test]

@@ -24,8 +24,20 @@
 //! `/bench/sink`) is read and discarded up to [`MAX_DISCARD`] bytes; a
 //! longer one is not read: the answer is sent at once and the connection
 //! closed, so no path is an unbounded sink.
+//!
+//! Time limits (none restarts on every byte, so a client trickling bytes
+//! cannot hold a connection): the first byte of the first request must
+//! arrive within [`FIRST_BYTE_TIMEOUT_MS`] of the accept (clients open
+//! connections ahead of use), and a request head must be complete within
+//! [`HEAD_TIMEOUT_MS`] of its first byte, else `408` and close; a body must
+//! arrive within [`HEAD_TIMEOUT_MS`] plus one second per MiB
+//! ([`BODY_RATE_BYTES_PER_S`]), else the connection is reset; a response
+//! must make progress every [`REQUEST_TIMEOUT_MS`]; an idle keep-alive
+//! connection is closed after [`IDLE_TIMEOUT_MS`]. A client over the
+//! listener's connection limits gets `503` with `Retry-After` and a close
+//! ([`TcpService::refuse`]).
 
-use crate::TcpService;
+use crate::{Refusal, TcpService};
 use alloc::format;
 use alloc::vec::Vec;
 
@@ -38,10 +50,26 @@ pub const MAX_BENCH_BYTES: u64 = 1 << 30;
 /// (everything but `/bench/sink`); a longer body is not read and the
 /// connection is closed after the answer.
 pub const MAX_DISCARD: u64 = 64 * 1024;
-/// A request head or body must make progress within this time.
+/// A response being sent must make progress within this time.
 pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
 /// An idle keep-alive connection is closed after this time.
 pub const IDLE_TIMEOUT_MS: u64 = 120_000;
+/// A request head must be complete this long after its first byte.
+pub const HEAD_TIMEOUT_MS: u64 = 10_000;
+/// The first byte of a connection's first request must arrive this long
+/// after the accept.
+pub const FIRST_BYTE_TIMEOUT_MS: u64 = 30_000;
+/// Slowest body rate allowed: a body of N bytes must be complete within
+/// [`HEAD_TIMEOUT_MS`] + N / this seconds of the end of its head.
+pub const BODY_RATE_BYTES_PER_S: u64 = 1 << 20;
+/// How long a `408` or `503` answer may take to be sent before the
+/// connection is reset.
+pub const ANSWER_GRACE_MS: u64 = 5_000;
+/// `Retry-After` of a `503` for a client over a connection limit, seconds.
+pub const RETRY_AFTER_S: u32 = 5;
+/// Heap a connection's own state may hold beyond its socket buffers: the
+/// head buffer plus a small queued answer (for the listener's budget).
+pub const CONNECTION_BYTES: usize = MAX_HEAD + 1024;
 
 /// A parsed request head, handed to [`HttpRoutes`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -173,6 +201,13 @@ pub struct HttpConnection {
     /// Close once everything queued is sent.
     close_after: bool,
     last_activity: u64,
+    /// When the head being read must be complete (its first byte must
+    /// arrive by then, after the accept; then set at its first byte).
+    head_deadline: Option<u64>,
+    /// When the body being read must be complete.
+    body_deadline: Option<u64>,
+    /// A final answer (`408`, `503`) must be out by then.
+    answer_deadline: Option<u64>,
 }
 
 impl HttpConnection {
@@ -188,6 +223,8 @@ impl HttpConnection {
 fn reason(status: u16) -> &'static str {
     match status {
         100 => "Continue",
+        408 => "Request Timeout",
+        503 => "Service Unavailable",
         200 => "OK",
         400 => "Bad Request",
         404 => "Not Found",
@@ -341,8 +378,13 @@ static PATTERN: [u8; 4096 + 256] = {
 
 impl<R: HttpRoutes> HttpService<R> {
     fn head_response(&self, status: u16, content_type: &str, length: u64, close: bool) -> Vec<u8> {
+        let retry = if status == 503 {
+            format!("Retry-After: {RETRY_AFTER_S}\r\n")
+        } else {
+            alloc::string::String::new()
+        };
         format!(
-            "HTTP/1.1 {status} {}\r\nServer: daxbox\r\nContent-Type: {content_type}\r\nContent-Length: {length}\r\n{}\r\n",
+            "HTTP/1.1 {status} {}\r\nServer: daxbox\r\nContent-Type: {content_type}\r\nContent-Length: {length}\r\n{retry}{}\r\n",
             reason(status),
             if close { "Connection: close\r\n" } else { "" },
         )
@@ -448,6 +490,10 @@ impl<R: HttpRoutes> HttpService<R> {
 
     /// Consumes head bytes; returns how many of `data` belong to the head.
     fn receive_head(&mut self, conn: &mut HttpConnection, data: &[u8], now_ms: u64) -> usize {
+        if conn.head.is_empty() {
+            // The first byte of a head: its deadline starts now.
+            conn.head_deadline = Some(now_ms.saturating_add(HEAD_TIMEOUT_MS));
+        }
         let old_len = conn.head.len();
         let room = MAX_HEAD - old_len;
         let take = data.len().min(room);
@@ -473,6 +519,7 @@ impl<R: HttpRoutes> HttpService<R> {
         let head_end = from + end; // index of the terminator
         let consumed = head_end + 4 - old_len;
         let raw = core::mem::take(&mut conn.head);
+        conn.head_deadline = None;
         match parse_head(&raw[..head_end]) {
             Err(reject) => self.reject(conn, reject),
             Ok(head) => {
@@ -490,6 +537,10 @@ impl<R: HttpRoutes> HttpService<R> {
                 }
                 conn.body_remaining = length;
                 conn.body_total = length;
+                conn.body_deadline = (length > 0).then(|| {
+                    let ms = length.saturating_mul(1000) / BODY_RATE_BYTES_PER_S;
+                    now_ms.saturating_add(HEAD_TIMEOUT_MS).saturating_add(ms)
+                });
                 conn.pending = Some(action);
                 if length == 0 {
                     self.finish_request(conn);
@@ -517,7 +568,37 @@ impl<R: HttpRoutes> TcpService for HttpService<R> {
             stream_offset: 0,
             close_after: false,
             last_activity: now_ms,
+            head_deadline: Some(now_ms.saturating_add(FIRST_BYTE_TIMEOUT_MS)),
+            body_deadline: None,
+            answer_deadline: None,
         }
+    }
+
+    fn refuse(&mut self, reason: Refusal, now_ms: u64) -> Option<HttpConnection> {
+        let mut conn = self.accept(now_ms);
+        conn.head_deadline = None;
+        conn.answer_deadline = Some(now_ms.saturating_add(ANSWER_GRACE_MS));
+        conn.close_after = true;
+        let body = format!("503 Service Unavailable: {reason}\n");
+        self.queue_response(&mut conn, text(503, &body), false);
+        Some(conn)
+    }
+
+    fn expire(&mut self, conn: &mut HttpConnection, now_ms: u64) -> bool {
+        // Only a head that is late can be answered: its framing is known
+        // (nothing was answered yet for it). Anything else is reset.
+        let head_late = conn.answer_deadline.is_none()
+            && conn.head_deadline.is_some_and(|d| now_ms >= d)
+            && conn.pending.is_none()
+            && conn.body_remaining == 0
+            && !conn.output_pending();
+        if !head_late {
+            return false;
+        }
+        conn.head_deadline = None;
+        conn.answer_deadline = Some(now_ms.saturating_add(ANSWER_GRACE_MS));
+        self.reject(conn, (408, "request head not complete in time"));
+        true
     }
 
     fn receive(&mut self, conn: &mut HttpConnection, data: &[u8], now_ms: u64) -> usize {
@@ -535,6 +616,7 @@ impl<R: HttpRoutes> TcpService for HttpService<R> {
             self.stats.bytes_sunk += take;
             conn.last_activity = now_ms;
             if conn.body_remaining == 0 {
+                conn.body_deadline = None;
                 self.finish_request(conn);
             }
             // `take` <= data.len(), so it fits in usize.
@@ -585,12 +667,25 @@ impl<R: HttpRoutes> TcpService for HttpService<R> {
     }
 
     fn deadline(&self, conn: &HttpConnection) -> Option<u64> {
-        let timeout = if conn.reading_request() || conn.output_pending() {
-            REQUEST_TIMEOUT_MS
+        if let Some(deadline) = conn.answer_deadline {
+            return Some(deadline);
+        }
+        if conn.body_remaining > 0 {
+            if let Some(deadline) = conn.body_deadline {
+                return Some(deadline);
+            }
+        }
+        let progress = if conn.output_pending() {
+            Some(conn.last_activity.saturating_add(REQUEST_TIMEOUT_MS))
+        } else if conn.reading_request() {
+            None
         } else {
-            IDLE_TIMEOUT_MS
+            Some(conn.last_activity.saturating_add(IDLE_TIMEOUT_MS))
         };
-        Some(conn.last_activity.saturating_add(timeout))
+        match (conn.head_deadline, progress) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 

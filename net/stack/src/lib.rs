@@ -21,7 +21,10 @@ mod service;
 mod stack;
 
 pub use device::{Counters, CountingDevice};
-pub use service::{Listener, ListenerConfig, ListenerStats, PortListener, TcpService};
+pub use service::{
+    Listener, ListenerConfig, ListenerStats, PortListener, Refusal, TcpService,
+    HALF_OPEN_MIN_AGE_MS, RESET_GRACE_MS,
+};
 pub use stack::{IpMode, NetConfig, NetError, NetStack, NetStatus, PollOutcome};
 
 /// Re-exported so the kernel and tests name the same smoltcp version.

@@ -7,14 +7,77 @@
 //! stays small. Data is moved with `recv(|buf| ..)` / `send(|buf| ..)`
 //! closures: the service reads from and writes into smoltcp's ring buffers
 //! directly.
+//!
+//! Limits (every one bounds memory a client can make the appliance hold):
+//! - `max_connections` connections are served at once, at most
+//!   `max_per_address` of them from one client address. A client over
+//!   either limit completes the TCP handshake and is handed to
+//!   [`TcpService::refuse`], which tells it why in the service's own
+//!   protocol (NBD: an option error; HTTP: `503`) and closes; at most
+//!   `max_refusing` such refusals are in progress at once, beyond that the
+//!   connection is reset at once. Existing connections are never touched.
+//! - Half-open connections (a SYN that was never completed by the
+//!   client's ACK) hold a socket each: they are dropped after
+//!   `half_open_timeout_ms`, and at `max_half_open` the oldest ones
+//!   older than [`HALF_OPEN_MIN_AGE_MS`] are dropped at once, so a SYN
+//!   flood cannot keep the listening sockets busy. All sockets together
+//!   are capped at `max_connections + max_refusing + listen_backlog +
+//!   max_half_open`; no listening socket is made while `max_half_open`
+//!   are half-open, so a flood meets resets instead of using up memory. A dropped half-open socket sends nothing (a real client's late
+//!   ACK is answered with a reset by the stack).
+//! - Every socket's buffers are charged to `budget` when it is made; a
+//!   socket whose charge does not fit is not made, so new clients are
+//!   reset until memory is given back (counted as a budget refusal).
+//! - An aborted socket waits at most [`RESET_GRACE_MS`] for its reset to
+//!   go out (a peer whose address never resolves cannot pin it).
 
 use crate::Counters;
 use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
+use core::fmt;
+use daxbox_budget::{Budget, Charge};
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::time::Duration;
+use smoltcp::wire::IpAddress;
+
+/// A half-open connection younger than this is never dropped for being
+/// over `max_half_open` (a burst of real clients completes well within it);
+/// the socket cap bounds them meanwhile.
+pub const HALF_OPEN_MIN_AGE_MS: u64 = 250;
+
+/// How long an aborted socket may wait for its reset to be transmitted
+/// before it is removed anyway.
+pub const RESET_GRACE_MS: u64 = 3_000;
+
+/// Why a connection was refused by the listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// `max_connections` connections are served already.
+    Total {
+        /// The limit.
+        limit: usize,
+    },
+    /// The client's address has `max_per_address` connections already.
+    PerAddress {
+        /// The limit.
+        limit: usize,
+    },
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Total { limit } => {
+                write!(f, "too many connections (server limit {limit})")
+            }
+            Refusal::PerAddress { limit } => {
+                write!(f, "too many connections from this address (limit {limit})")
+            }
+        }
+    }
+}
 
 /// A protocol engine serving one TCP connection at a time per `Connection`
 /// value, without doing any I/O itself.
@@ -26,9 +89,18 @@ pub trait TcpService {
     fn accept(&mut self, now_ms: u64) -> Self::Connection;
 
     /// The address and port of the client of `conn`, told right after
-    /// `accept` when the transport knows it.
+    /// `accept` (or `refuse`) when the transport knows it.
     fn remote(&mut self, conn: &mut Self::Connection, remote: core::net::SocketAddr) {
         let _ = (conn, remote);
+    }
+
+    /// A client connected but is over a limit: a connection that only
+    /// tells the client why (in the service's protocol) and then wants to
+    /// close, with a short deadline. `None` (the default): the listener
+    /// resets the connection at once.
+    fn refuse(&mut self, reason: Refusal, now_ms: u64) -> Option<Self::Connection> {
+        let _ = (reason, now_ms);
+        None
     }
 
     /// Offers received bytes; returns how many were consumed. Unconsumed
@@ -47,6 +119,15 @@ pub trait TcpService {
     /// handshake or idle timeout. `None` = no deadline.
     fn deadline(&self, conn: &Self::Connection) -> Option<u64>;
 
+    /// The connection's deadline passed. Return true when the service has
+    /// queued a final answer (e.g. HTTP `408`) and moved its deadline on,
+    /// so the listener sends it and closes instead of resetting at once;
+    /// false (the default) resets the connection.
+    fn expire(&mut self, conn: &mut Self::Connection, now_ms: u64) -> bool {
+        let _ = (conn, now_ms);
+        false
+    }
+
     /// The connection is gone (closed by either side, reset or timed out).
     fn closed(&mut self, conn: Self::Connection) {
         let _ = conn;
@@ -54,14 +135,30 @@ pub trait TcpService {
 }
 
 /// Sizing of a [`Listener`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub struct ListenerConfig {
     /// TCP port.
     pub port: u16,
     /// Connections served at once (sockets beyond the listening ones).
     pub max_connections: usize,
+    /// Connections served at once from one client address.
+    pub max_per_address: usize,
+    /// Connections over a limit kept open at once only to be told so
+    /// ([`TcpService::refuse`]); more are reset at once.
+    pub max_refusing: usize,
     /// Sockets kept in LISTEN.
     pub listen_backlog: usize,
+    /// Half-open connections (SYN received, handshake not completed)
+    /// kept at once; beyond, the oldest is dropped.
+    pub max_half_open: usize,
+    /// A half-open connection is dropped after this long.
+    pub half_open_timeout_ms: u64,
+    /// Budget charged with every socket's buffers plus
+    /// `connection_bytes` (`None`: unbounded).
+    pub budget: Option<&'static Budget>,
+    /// Most heap one connection's service state holds (its own buffers
+    /// and queues, which the service bounds), charged with the socket.
+    pub connection_bytes: usize,
     /// Receive buffer per connection, bytes. Above 64 KiB smoltcp uses
     /// window scaling (RFC 7323).
     pub rx_buffer: usize,
@@ -77,13 +174,20 @@ pub struct ListenerConfig {
 }
 
 impl ListenerConfig {
-    /// Defaults sized for bulk transfer: 64 connections, 4 listening,
-    /// 128 KiB receive and 256 KiB transmit buffers.
+    /// Defaults sized for bulk transfer: 64 connections (32 per address),
+    /// 4 refusals at once, 4 listening, 32 half-open (dropped after 5 s),
+    /// 128 KiB receive and 256 KiB transmit buffers, no budget.
     pub fn new(port: u16) -> Self {
         Self {
             port,
             max_connections: 64,
+            max_per_address: 32,
+            max_refusing: 4,
             listen_backlog: 4,
+            max_half_open: 32,
+            half_open_timeout_ms: 5_000,
+            budget: None,
+            connection_bytes: 0,
             rx_buffer: 128 * 1024,
             tx_buffer: 256 * 1024,
             keep_alive_ms: 60_000,
@@ -99,12 +203,56 @@ pub struct ListenerStats {
     pub port: u16,
     /// Sockets in LISTEN.
     pub listening: usize,
-    /// Connections currently open.
+    /// Connections currently served.
     pub active: usize,
     /// Connections accepted since start.
     pub accepted: u64,
-    /// Connections aborted because their deadline passed.
+    /// Connections aborted because their service deadline passed (NBD:
+    /// handshake timeout, linger; HTTP: request and idle timeouts).
     pub timed_out: u64,
+    /// `max_connections`.
+    pub max_connections: usize,
+    /// `max_per_address`.
+    pub max_per_address: usize,
+    /// Half-open connections now.
+    pub half_open: usize,
+    /// Refusals in progress now.
+    pub refusing: usize,
+    /// Connections refused because `max_connections` were served.
+    pub refused_total: u64,
+    /// Connections refused because their address had `max_per_address`.
+    pub refused_per_address: u64,
+    /// Times a listening socket could not be made because its buffers did
+    /// not fit the budget (new clients are reset meanwhile).
+    pub refused_budget: u64,
+    /// Half-open connections dropped (timeout or over `max_half_open`).
+    pub half_open_reaped: u64,
+}
+
+impl fmt::Display for ListenerStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "port {}: {} active (limit {}, {} per address) {} refusing {} listening {} half-open {} accepted",
+            self.port,
+            self.active,
+            self.max_connections,
+            self.max_per_address,
+            self.refusing,
+            self.listening,
+            self.half_open,
+            self.accepted
+        )?;
+        write!(
+            f,
+            "  refused: {} over total, {} over per-address, {} budget; {} timed out; {} half-open reaped",
+            self.refused_total,
+            self.refused_per_address,
+            self.refused_budget,
+            self.timed_out,
+            self.half_open_reaped
+        )
+    }
 }
 
 /// Object-safe face of a [`Listener`], so one stack serves listeners of
@@ -136,6 +284,18 @@ struct Slot<C> {
     connection: Option<C>,
     /// `close()` was called (FIN queued) or the socket was aborted.
     closing: bool,
+    /// The connection only tells the client it was refused.
+    refusing: bool,
+    /// The service deadline passed once (counted once in `timed_out`).
+    expired: bool,
+    /// The client's address, once connected.
+    peer: Option<IpAddress>,
+    /// When the listener first saw the socket half-open.
+    syn_since: Option<u64>,
+    /// When the listener first saw the socket aborted, its reset unsent.
+    reset_since: Option<u64>,
+    /// The socket buffers' share of the budget.
+    _charge: Option<Charge<'static>>,
 }
 
 /// Serves one TCP port with a [`TcpService`].
@@ -144,6 +304,8 @@ pub struct Listener<S: TcpService> {
     service: S,
     slots: Vec<Slot<S::Connection>>,
     stats: ListenerStats,
+    /// The last attempt to make a listening socket was refused by the budget.
+    budget_short: bool,
 }
 
 impl<S: TcpService> Listener<S> {
@@ -155,9 +317,79 @@ impl<S: TcpService> Listener<S> {
             slots: Vec::new(),
             stats: ListenerStats {
                 port: config.port,
+                max_connections: config.max_connections,
+                max_per_address: config.max_per_address,
                 ..ListenerStats::default()
             },
+            budget_short: false,
         }
+    }
+
+    /// Whether a new connection from `peer` may be served.
+    fn admit(&self, peer: Option<IpAddress>) -> Result<(), Refusal> {
+        let served = self
+            .slots
+            .iter()
+            .filter(|s| s.connection.is_some() && !s.refusing);
+        let (mut total, mut same) = (0, 0);
+        for slot in served {
+            total += 1;
+            if peer.is_some() && slot.peer == peer {
+                same += 1;
+            }
+        }
+        if total >= self.config.max_connections {
+            Err(Refusal::Total {
+                limit: self.config.max_connections,
+            })
+        } else if same >= self.config.max_per_address {
+            Err(Refusal::PerAddress {
+                limit: self.config.max_per_address,
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Drops the oldest half-open sockets (past the minimum age) until
+    /// fewer than `max_half_open` remain, so listening sockets can be made
+    /// again (`replenish` makes none at `max_half_open`).
+    fn evict_half_open(&mut self, sockets: &mut SocketSet<'static>, now_ms: u64) -> bool {
+        let mut work = false;
+        loop {
+            let half_open = self.slots.iter().enumerate().filter(|(_, s)| {
+                s.connection.is_none()
+                    && sockets.get::<tcp::Socket>(s.handle).state() == tcp::State::SynReceived
+            });
+            let mut count = 0;
+            let mut oldest: Option<(usize, u64)> = None;
+            for (index, slot) in half_open {
+                count += 1;
+                let since = slot.syn_since.unwrap_or(u64::MAX);
+                if oldest.is_none_or(|(_, t)| since < t) {
+                    oldest = Some((index, since));
+                }
+            }
+            self.stats.half_open = count;
+            match oldest {
+                Some((index, since))
+                    if count >= self.config.max_half_open.max(1)
+                        && now_ms.saturating_sub(since) >= HALF_OPEN_MIN_AGE_MS
+                        && since != u64::MAX =>
+                {
+                    self.drop_slot(sockets, index);
+                    self.stats.half_open_reaped += 1;
+                    work = true;
+                }
+                _ => return work,
+            }
+        }
+    }
+
+    /// Removes a slot without a connection (and its socket) at once.
+    fn drop_slot(&mut self, sockets: &mut SocketSet<'static>, index: usize) {
+        let slot = self.slots.swap_remove(index);
+        sockets.remove(slot.handle);
     }
 
     /// The service (e.g. to read its statistics).
@@ -174,7 +406,35 @@ impl<S: TcpService> Listener<S> {
         Box::new(self)
     }
 
-    fn new_listening_socket(&self, sockets: &mut SocketSet<'static>) -> Option<SocketHandle> {
+    fn new_listening_socket(
+        &mut self,
+        sockets: &mut SocketSet<'static>,
+    ) -> Option<(SocketHandle, Option<Charge<'static>>)> {
+        let charge = match self.config.budget {
+            Some(budget) => {
+                let bytes = self
+                    .config
+                    .rx_buffer
+                    .saturating_add(self.config.tx_buffer)
+                    .saturating_add(self.config.connection_bytes);
+                match budget.charge(bytes) {
+                    Ok(charge) => Some(charge),
+                    Err(_) => {
+                        if !self.budget_short {
+                            self.stats.refused_budget += 1;
+                            log::warn!(
+                                "net: port {}: memory budget full, new connections are refused",
+                                self.config.port
+                            );
+                        }
+                        self.budget_short = true;
+                        return None;
+                    }
+                }
+            }
+            None => None,
+        };
+        self.budget_short = false;
         let rx = tcp::SocketBuffer::new(vec![0u8; self.config.rx_buffer]);
         let tx = tcp::SocketBuffer::new(vec![0u8; self.config.tx_buffer]);
         let mut socket = tcp::Socket::new(rx, tx);
@@ -191,21 +451,52 @@ impl<S: TcpService> Listener<S> {
                 .max(self.config.keep_alive_ms.saturating_mul(2)),
         )));
         socket.listen(self.config.port).ok()?;
-        Some(sockets.add(socket))
+        Some((sockets.add(socket), charge))
     }
 
-    /// Tops up the LISTEN sockets to the backlog, within the connection cap.
+    /// Most sockets at once: served, refusing, listening and half-open.
+    fn socket_cap(&self) -> usize {
+        self.config
+            .max_connections
+            .saturating_add(self.config.max_refusing)
+            .saturating_add(self.config.listen_backlog)
+            .saturating_add(self.config.max_half_open)
+    }
+
+    /// Half-open sockets now.
+    fn count_half_open(&self, sockets: &SocketSet<'static>) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.connection.is_none() && !s.closing)
+            .filter(|s| sockets.get::<tcp::Socket>(s.handle).state() == tcp::State::SynReceived)
+            .count()
+    }
+
+    /// Tops up the LISTEN sockets to the backlog, within the socket cap,
+    /// and not while `max_half_open` sockets are half-open: a SYN flood
+    /// then meets resets (which cost nothing) instead of taking sockets
+    /// until the budget is gone, and room comes back as the oldest
+    /// half-open sockets are dropped.
     fn replenish(&mut self, sockets: &mut SocketSet<'static>) -> bool {
-        let cap = self.config.max_connections + self.config.listen_backlog;
+        let cap = self.socket_cap();
         let mut created = false;
+        if self.count_half_open(sockets) >= self.config.max_half_open {
+            return false;
+        }
         while self.stats.listening < self.config.listen_backlog && self.slots.len() < cap {
-            let Some(handle) = self.new_listening_socket(sockets) else {
+            let Some((handle, charge)) = self.new_listening_socket(sockets) else {
                 break;
             };
             self.slots.push(Slot {
                 handle,
                 connection: None,
                 closing: false,
+                refusing: false,
+                expired: false,
+                peer: None,
+                syn_since: None,
+                reset_since: None,
+                _charge: charge,
             });
             self.stats.listening += 1;
             created = true;
@@ -274,10 +565,27 @@ impl<S: TcpService> PortListener for Listener<S> {
         let mut work = false;
         let mut index = 0;
         while index < self.slots.len() {
-            let slot = &mut self.slots[index];
-            let socket = sockets.get_mut::<tcp::Socket>(slot.handle);
-            match socket.state() {
-                tcp::State::Listen | tcp::State::SynReceived => {
+            let state = sockets.get::<tcp::Socket>(self.slots[index].handle).state();
+            let has_peer = sockets
+                .get::<tcp::Socket>(self.slots[index].handle)
+                .remote_endpoint()
+                .is_some();
+            match state {
+                tcp::State::Listen => {
+                    index += 1;
+                    continue;
+                }
+                tcp::State::SynReceived if self.slots[index].connection.is_none() => {
+                    let slot = &mut self.slots[index];
+                    let since = *slot.syn_since.get_or_insert(now_ms);
+                    if now_ms.saturating_sub(since) >= self.config.half_open_timeout_ms {
+                        // Nothing to tell a peer that never completed the
+                        // handshake: the socket just goes.
+                        self.drop_slot(sockets, index);
+                        self.stats.half_open_reaped += 1;
+                        work = true;
+                        continue;
+                    }
                     index += 1;
                     continue;
                 }
@@ -289,40 +597,93 @@ impl<S: TcpService> PortListener for Listener<S> {
                 // its peer an RST, which goes out on a later egress and
                 // only then forgets the peer. Removing it before that (e.g.
                 // while the device had no free transmit buffer) loses the
-                // RST and leaves the client waiting forever.
-                tcp::State::Closed if socket.remote_endpoint().is_some() => {
+                // RST and leaves the client waiting forever; but a peer
+                // whose address never resolves must not pin the socket
+                // either, so the wait is bounded.
+                tcp::State::Closed
+                    if has_peer
+                        && now_ms.saturating_sub(
+                            *self.slots[index].reset_since.get_or_insert(now_ms),
+                        ) < RESET_GRACE_MS =>
+                {
                     index += 1;
                     continue;
                 }
                 tcp::State::Closed | tcp::State::TimeWait => {
-                    if let Some(connection) = slot.connection.take() {
+                    let slot = self.slots.swap_remove(index);
+                    if let Some(connection) = slot.connection {
                         self.service.closed(connection);
-                        self.stats.active -= 1;
-                        counters.connections_active = counters.connections_active.saturating_sub(1);
+                        if slot.refusing {
+                            self.stats.refusing -= 1;
+                        } else {
+                            self.stats.active -= 1;
+                            counters.connections_active =
+                                counters.connections_active.saturating_sub(1);
+                        }
                     }
                     sockets.remove(slot.handle);
-                    self.slots.swap_remove(index);
                     work = true;
                     continue;
                 }
                 _ => {}
             }
-            if slot.connection.is_none() {
-                if slot.closing {
+            if self.slots[index].connection.is_none() {
+                if self.slots[index].closing {
                     index += 1;
                     continue;
                 }
-                let mut connection = self.service.accept(now_ms);
-                if let Some(remote) = socket.remote_endpoint() {
-                    self.service.remote(&mut connection, remote.into());
-                }
-                slot.connection = Some(connection);
-                self.stats.active += 1;
-                self.stats.accepted += 1;
-                counters.connections_accepted += 1;
-                counters.connections_active += 1;
+                let endpoint = sockets
+                    .get::<tcp::Socket>(self.slots[index].handle)
+                    .remote_endpoint();
+                let peer = endpoint.map(|e| e.addr);
                 work = true;
+                match self.admit(peer) {
+                    Ok(()) => {
+                        let mut connection = self.service.accept(now_ms);
+                        if let Some(remote) = endpoint {
+                            self.service.remote(&mut connection, remote.into());
+                        }
+                        let slot = &mut self.slots[index];
+                        slot.connection = Some(connection);
+                        slot.peer = peer;
+                        self.stats.active += 1;
+                        self.stats.accepted += 1;
+                        counters.connections_accepted += 1;
+                        counters.connections_active += 1;
+                    }
+                    Err(reason) => {
+                        match reason {
+                            Refusal::Total { .. } => self.stats.refused_total += 1,
+                            Refusal::PerAddress { .. } => self.stats.refused_per_address += 1,
+                        }
+                        let mut refusal = if self.stats.refusing < self.config.max_refusing {
+                            self.service.refuse(reason, now_ms)
+                        } else {
+                            None
+                        };
+                        if let (Some(connection), Some(remote)) = (refusal.as_mut(), endpoint) {
+                            self.service.remote(connection, remote.into());
+                        }
+                        let slot = &mut self.slots[index];
+                        slot.peer = peer;
+                        match refusal {
+                            Some(connection) => {
+                                slot.connection = Some(connection);
+                                slot.refusing = true;
+                                self.stats.refusing += 1;
+                            }
+                            None => {
+                                sockets.get_mut::<tcp::Socket>(slot.handle).abort();
+                                slot.closing = true;
+                                index += 1;
+                                continue;
+                            }
+                        }
+                    }
+                }
             }
+            let slot = &mut self.slots[index];
+            let socket = sockets.get_mut::<tcp::Socket>(slot.handle);
             // Invariant: set just above or on an earlier poll.
             let Some(conn) = slot.connection.as_mut() else {
                 index += 1;
@@ -330,14 +691,23 @@ impl<S: TcpService> PortListener for Listener<S> {
             };
             if let Some(deadline) = self.service.deadline(conn) {
                 if now_ms >= deadline {
-                    // RST goes out on the next egress; the slot is reaped
-                    // once smoltcp reports CLOSED.
-                    socket.abort();
-                    slot.closing = true;
-                    self.stats.timed_out += 1;
+                    if !slot.expired && !slot.refusing {
+                        self.stats.timed_out += 1;
+                    }
+                    slot.expired = true;
+                    let answered = !slot.closing
+                        && self.service.expire(conn, now_ms)
+                        && self.service.deadline(conn).is_none_or(|d| d > now_ms);
+                    if !answered {
+                        // RST goes out on the next egress; the slot is
+                        // reaped once smoltcp reports CLOSED.
+                        socket.abort();
+                        slot.closing = true;
+                        work = true;
+                        index += 1;
+                        continue;
+                    }
                     work = true;
-                    index += 1;
-                    continue;
                 }
             }
             let (moved, idle_output) = pump(&mut self.service, conn, socket, now_ms);
@@ -352,6 +722,7 @@ impl<S: TcpService> PortListener for Listener<S> {
             }
             index += 1;
         }
+        work |= self.evict_half_open(sockets, now_ms);
         work |= self.refill(sockets);
         work
     }

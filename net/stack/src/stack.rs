@@ -110,11 +110,7 @@ impl fmt::Display for NetStatus {
         }
         writeln!(f, "{}", self.counters)?;
         for l in &self.listeners {
-            writeln!(
-                f,
-                "port {}: {} active {} listening {} accepted {} timed out",
-                l.port, l.active, l.listening, l.accepted, l.timed_out
-            )?;
+            writeln!(f, "{l}")?;
         }
         Ok(())
     }

@@ -337,6 +337,10 @@ fn many_connections_at_once() {
     let mut config = ListenerConfig::new(80);
     config.rx_buffer = 16 * 1024;
     config.tx_buffer = 16 * 1024;
+    // Every test client has the same address, and all 64 SYNs arrive at
+    // once (beyond max_half_open they would be reset).
+    config.max_per_address = 64;
+    config.max_half_open = 64;
     let mut h = Harness::new(config);
     let handles: Vec<_> = (0..64).map(|_| h.connect(80)).collect();
     for _ in 0..200 {
@@ -375,10 +379,14 @@ fn many_connections_at_once() {
 fn idle_connection_times_out() {
     let mut h = Harness::http();
     let handle = h.connect(80);
-    h.send(handle, b"GET /heal");
+    h.send(
+        handle,
+        b"PUT /bench/sink HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc",
+    );
     let deadline = h.stack.poll(h.now).next_poll_ms;
     assert!(deadline.is_some());
-    h.now += daxbox_netstack::http::REQUEST_TIMEOUT_MS + 1;
+    // A stalled body cannot be answered (its framing is unknown): reset.
+    h.now += daxbox_netstack::http::HEAD_TIMEOUT_MS + 1;
     for _ in 0..10 {
         h.step();
     }
@@ -391,7 +399,10 @@ fn idle_connection_times_out() {
 fn timed_out_connection_gets_its_reset_even_when_the_nic_was_full() {
     let mut h = Harness::http();
     let handle = h.connect(80);
-    h.send(handle, b"GET /heal");
+    h.send(
+        handle,
+        b"PUT /bench/sink HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc",
+    );
     // Let the server acknowledge the bytes: the client then has nothing
     // to retransmit, so only the server's RST can tell it the news.
     for _ in 0..50 {
@@ -401,7 +412,7 @@ fn timed_out_connection_gets_its_reset_even_when_the_nic_was_full() {
     assert_eq!(h.socket(handle).send_queue(), 0, "request acknowledged");
     // The deadline passes while the device has no transmit buffer: the
     // abort's RST cannot go out in that poll, nor in the next ones.
-    h.now += daxbox_netstack::http::REQUEST_TIMEOUT_MS + 1;
+    h.now += daxbox_netstack::http::HEAD_TIMEOUT_MS + 1;
     h.stack.device_mut().tx_full = true;
     for _ in 0..5 {
         h.step();
@@ -587,4 +598,318 @@ fn idle_connection_without_deadline_survives() {
     h.send(handle, b"pong");
     assert_eq!(h.read_until(handle, |b| b.len() >= 4), b"pong");
     assert_eq!(h.stack.status().listeners[1].active, 1);
+}
+
+/// A TCP SYN to port `port` of the stack from 10.0.2.2:`src_port`, as a
+/// flooder sends it: the handshake is never completed.
+fn syn_frame(src_port: u16, port: u16) -> Vec<u8> {
+    use daxbox_netstack::smoltcp::phy::ChecksumCapabilities;
+    use daxbox_netstack::smoltcp::wire::{
+        IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    };
+    let src = Ipv4Address::new(10, 0, 2, 2);
+    let tcp = TcpRepr {
+        src_port,
+        dst_port: port,
+        control: TcpControl::Syn,
+        seq_number: TcpSeqNumber(1000),
+        ack_number: None,
+        window_len: 64240,
+        window_scale: None,
+        max_seg_size: Some(1460),
+        sack_permitted: false,
+        sack_ranges: [None, None, None],
+        timestamp: None,
+        payload: &[],
+    };
+    let ip = Ipv4Repr {
+        src_addr: src,
+        dst_addr: SERVER,
+        next_header: IpProtocol::Tcp,
+        payload_len: tcp.buffer_len(),
+        hop_limit: 64,
+    };
+    let mut bytes = vec![0u8; ip.buffer_len() + tcp.buffer_len()];
+    ip.emit(
+        &mut Ipv4Packet::new_unchecked(&mut bytes[..]),
+        &ChecksumCapabilities::default(),
+    );
+    tcp.emit(
+        &mut TcpPacket::new_unchecked(&mut bytes[ip.buffer_len()..]),
+        &IpAddress::Ipv4(src),
+        &IpAddress::Ipv4(SERVER),
+        &ChecksumCapabilities::default(),
+    );
+    frame_to_us(0x0800, &bytes)
+}
+
+/// Slowloris: a request head trickled one byte a second. The head
+/// deadline counts from the accept and is not restarted by each byte: the
+/// client gets `408` and the connection closes within it.
+#[test]
+fn a_trickled_request_head_gets_408_at_the_head_deadline() {
+    let mut h = Harness::http();
+    let handle = h.connect(80);
+    for _ in 0..5 {
+        h.step();
+    }
+    let started = h.now;
+    let head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let mut received = Vec::new();
+    for byte in head {
+        if h.socket(handle).can_send() {
+            h.socket(handle).send_slice(&[*byte]).unwrap();
+        }
+        h.now += 1000;
+        for _ in 0..5 {
+            h.step();
+        }
+        let socket = h.socket(handle);
+        while socket.can_recv() {
+            socket
+                .recv(|buf| {
+                    received.extend_from_slice(buf);
+                    (buf.len(), ())
+                })
+                .unwrap();
+        }
+        if !received.is_empty() {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&received);
+    assert!(
+        text.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "no 408 for a trickled head: {text:?}"
+    );
+    assert!(text.contains("Connection: close\r\n"), "{text}");
+    let waited = h.now - started;
+    assert!(
+        waited <= daxbox_netstack::http::HEAD_TIMEOUT_MS + 2000,
+        "408 after {waited} ms"
+    );
+    for _ in 0..20 {
+        h.step();
+    }
+    assert!(!h.socket(handle).may_recv(), "the server closed its side");
+    h.socket(handle).close();
+    for _ in 0..20 {
+        h.step();
+    }
+    let stats = h.stack.status().listeners[0];
+    assert_eq!((stats.timed_out, stats.active), (1, 0), "{stats}");
+    // The service goes on.
+    assert_eq!(
+        h.get("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").status,
+        200
+    );
+}
+
+/// Over `max_connections` (or `max_per_address`), a new client gets `503`
+/// with `Retry-After` and a close; the connections already served go on.
+#[test]
+fn over_the_connection_limits_a_client_gets_503_and_the_others_go_on() {
+    for (total, per_address, expect_total) in [(3, 8, true), (8, 3, false)] {
+        let mut config = ListenerConfig::new(80);
+        config.max_connections = total;
+        config.max_per_address = per_address;
+        let mut h = Harness::new(config);
+        let served: Vec<_> = (0..3).map(|_| h.connect(80)).collect();
+        for &handle in &served {
+            h.send(handle, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+            assert_eq!(h.read_response(handle).status, 200);
+        }
+        let refused = h.connect(80);
+        h.send(refused, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        let bytes = h.read_until(refused, |_| false);
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("Retry-After: 5\r\n"), "{text}");
+        assert!(text.contains("Connection: close\r\n"), "{text}");
+        let why = if expect_total {
+            "too many connections (server limit 3)"
+        } else {
+            "too many connections from this address (limit 3)"
+        };
+        assert!(text.contains(why), "{text}");
+        // The served connections still answer.
+        for &handle in &served {
+            h.send(handle, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+            assert_eq!(h.read_response(handle).status, 200);
+        }
+        let stats = h.stack.status().listeners[0];
+        assert_eq!(stats.active, 3, "{stats}");
+        assert_eq!(
+            (stats.refused_total, stats.refused_per_address),
+            if expect_total { (1, 0) } else { (0, 1) },
+            "{stats}"
+        );
+        // A served connection closes: a new client is served again.
+        h.socket(served[0]).close();
+        for _ in 0..50 {
+            h.step();
+        }
+        assert_eq!(
+            h.get("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").status,
+            200
+        );
+    }
+}
+
+/// More refusals at once than `max_refusing`: the rest are reset at once,
+/// so refusing cannot itself pin sockets.
+#[test]
+fn refusals_beyond_max_refusing_are_reset() {
+    let mut config = ListenerConfig::new(80);
+    config.max_connections = 1;
+    config.max_refusing = 2;
+    let mut h = Harness::new(config);
+    let served = h.connect(80);
+    for _ in 0..20 {
+        h.step();
+    }
+    let others: Vec<_> = (0..6).map(|_| h.connect(80)).collect();
+    for _ in 0..50 {
+        h.step();
+    }
+    let stats = h.stack.status().listeners[0];
+    assert_eq!(stats.refused_total, 6, "{stats}");
+    assert!(stats.refusing <= 2, "{stats}");
+    let closed = others.iter().filter(|&&o| !h.socket(o).may_send()).count();
+    assert!(closed >= 4, "{closed} of 6 refused connections closed");
+    assert_eq!(h.socket(served).state(), tcp::State::Established);
+}
+
+/// A SYN flood (handshakes never completed) does not lock clients out:
+/// half-open sockets beyond `max_half_open` and older than the minimum age
+/// are dropped, all of them after `half_open_timeout_ms`, and a real
+/// client is served meanwhile and after.
+#[test]
+fn half_open_connections_are_reaped() {
+    let mut h = Harness::http();
+    // A client known to the stack before the flood (its address resolved,
+    // as a real client's ARP request resolves it): smoltcp rate-limits
+    // neighbour discovery as a whole, and the SYN-ACKs to the spoofed
+    // sources keep asking.
+    assert_eq!(
+        h.get("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").status,
+        200
+    );
+    for i in 0..200 {
+        h.stack
+            .device_mut()
+            .queue
+            .push_back(syn_frame(20000 + i, 80));
+    }
+    for _ in 0..5 {
+        h.step();
+    }
+    let stats = h.stack.status().listeners[0];
+    assert!(stats.half_open > 0, "{stats}");
+    // No more sockets than max_half_open plus the backlog take SYNs.
+    assert!(stats.half_open <= 32 + 4, "{stats}");
+    // Past the minimum age, the flood is trimmed to max_half_open and a
+    // real client gets in.
+    h.now += 300;
+    for _ in 0..5 {
+        h.step();
+    }
+    let stats = h.stack.status().listeners[0];
+    assert!(stats.half_open < 32, "{stats}");
+    assert!(stats.listening > 0, "{stats}");
+    // Well before the 5 s timeout (1 ms per step).
+    let real = h.connect(80);
+    for _ in 0..200 {
+        h.step();
+        if h.socket(real).state() == tcp::State::Established {
+            break;
+        }
+    }
+    assert_eq!(
+        h.socket(real).state(),
+        tcp::State::Established,
+        "{}",
+        h.stack.status()
+    );
+    h.send(real, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(h.read_response(real).status, 200);
+    // After the timeout, none is left.
+    h.now += 5_000;
+    for _ in 0..5 {
+        h.step();
+    }
+    let stats = h.stack.status().listeners[0];
+    assert_eq!(stats.half_open, 0, "{stats}");
+    assert!(stats.half_open_reaped > 0, "{stats}");
+    assert_eq!(
+        h.get("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").status,
+        200
+    );
+}
+
+/// Socket buffers are charged to the listener's budget: when a socket does
+/// not fit, it is not made (new clients are reset, counted), and closing a
+/// connection gives its share back.
+#[test]
+fn socket_buffers_are_charged_to_the_budget() {
+    static BUDGET: daxbox_budget::Budget = daxbox_budget::Budget::new("test", usize::MAX);
+    let mut config = ListenerConfig::new(80);
+    config.rx_buffer = 16 * 1024;
+    config.tx_buffer = 16 * 1024;
+    config.connection_bytes = 1024;
+    config.listen_backlog = 1;
+    // Room for exactly two sockets.
+    BUDGET.set_limit(2 * (33 * 1024));
+    config.budget = Some(&BUDGET);
+    let mut h = Harness::new(config);
+    assert_eq!(BUDGET.stats().used, 33 * 1024, "the listening socket");
+    let first = h.connect(80);
+    h.send(first, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(h.read_response(first).status, 200);
+    assert_eq!(BUDGET.stats().used, 2 * 33 * 1024);
+    let second = h.connect(80);
+    h.send(second, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(h.read_response(second).status, 200);
+    // No room for a third listening socket: the next client is reset.
+    let third = h.connect(80);
+    for _ in 0..20 {
+        h.step();
+    }
+    assert_eq!(h.socket(third).state(), tcp::State::Closed);
+    let stats = h.stack.status().listeners[0];
+    assert_eq!((stats.refused_budget, stats.listening), (1, 0), "{stats}");
+    h.socket(first).close();
+    for _ in 0..50 {
+        h.step();
+    }
+    assert_eq!(
+        h.get("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").status,
+        200
+    );
+    drop(h);
+    assert_eq!(BUDGET.stats().used, 0, "every charge given back");
+}
+
+/// A connection opened ahead of use (as browsers do) may wait for its first
+/// byte longer than a head may take once it started: 30 s, then `408`.
+#[test]
+fn a_connection_without_a_first_byte_is_kept_30_s() {
+    let mut h = Harness::http();
+    let handle = h.connect(80);
+    for _ in 0..5 {
+        h.step();
+    }
+    h.now += daxbox_netstack::http::HEAD_TIMEOUT_MS + 1000;
+    for _ in 0..5 {
+        h.step();
+    }
+    assert_eq!(h.socket(handle).state(), tcp::State::Established);
+    assert!(!h.socket(handle).can_recv(), "nothing sent yet");
+    h.now += daxbox_netstack::http::FIRST_BYTE_TIMEOUT_MS;
+    let bytes = h.read_until(handle, |b| parse_response(b).is_some());
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
 }

@@ -9,6 +9,7 @@
 
 mod boot;
 mod daxfs;
+mod flood;
 mod harness;
 mod lifecycle;
 mod names;

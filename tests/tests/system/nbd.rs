@@ -63,7 +63,12 @@ fn appliance(name: &str, fresh: bool) -> QemuOptions {
         }
     };
     let mut options = QemuOptions::new(name, Firmware::Bios)
-        .with_boot_config("format=if-blank\nexport_raw=pmem1\nreadonly=ro\n")
+        // 64 clients plus a stalled, a slow and a fresh one, all from
+        // 10.0.2.2 (QEMU's user network): over the per-address default.
+        .with_boot_config(
+            "format=if-blank\nexport_raw=pmem1\nreadonly=ro\n\
+             nbd_max_connections=80\nnbd_max_per_address=80\n",
+        )
         .with_nvdimm(nvdimm(0, 256 * MIB))
         .with_nvdimm(nvdimm(1, 64 * MIB));
     options.max_runtime = Duration::from_secs(540);

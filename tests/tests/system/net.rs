@@ -132,7 +132,10 @@ fn raw_exchange(port: u16, bytes: &[u8]) -> Vec<u8> {
 #[test]
 fn survives_floods_and_garbage() -> Result<(), HarnessError> {
     // The 32 parallel clients below use `/bench/bytes`: off by default.
-    let options = QemuOptions::new("net_flood", Firmware::Bios).with_boot_config("http_bench=on\n");
+    // ...all from 10.0.2.2 (QEMU's user network): over the per-address
+    // default of 16.
+    let options = QemuOptions::new("net_flood", Firmware::Bios)
+        .with_boot_config("http_bench=on\nhttp_max_connections=48\nhttp_max_per_address=48\n");
     let mut machine = Machine::boot_to_prompt(options)?;
     assert!(
         machine

@@ -7,7 +7,10 @@
 use alloc::vec::Vec;
 
 use super::{Connection, InState, Refusal, Transmission};
-use crate::backend::{Backend, ExportHandle, ExportInfo};
+use crate::backend::{Backend, ExportHandle, ExportInfo, ListCursor};
+
+/// Export names fetched per page of an `NBD_OPT_LIST` answer.
+const LIST_PAGE: usize = 64;
 use crate::wire::{self, PutBe, Reader};
 
 impl Connection {
@@ -26,6 +29,21 @@ impl Connection {
     pub(super) fn handle_option<B: Backend + ?Sized>(&mut self, option: u32, backend: &mut B) {
         let data = core::mem::take(&mut self.opt_buf);
         self.state = InState::OptionHeader;
+        if let Some(message) = self.refusal.take() {
+            match option {
+                wire::OPT_ABORT => {
+                    self.option_reply(option, wire::REP_ACK, &[]);
+                    self.close_after_output();
+                }
+                // No error reply exists for EXPORT_NAME.
+                wire::OPT_EXPORT_NAME => self.hard_close(),
+                _ => self.option_reply(option, wire::REP_ERR_POLICY, message.as_bytes()),
+            }
+            self.refusal = Some(message);
+            self.opt_buf = data;
+            self.opt_buf.clear();
+            return;
+        }
         match option {
             wire::OPT_EXPORT_NAME => self.opt_export_name(&data, backend),
             wire::OPT_ABORT => {
@@ -138,16 +156,36 @@ impl Connection {
             );
             return;
         }
-        for index in 0..backend.export_count() {
-            let Some(name) = backend.export_name(index) else {
-                break;
-            };
-            let mut body = Vec::with_capacity(4 + name.len());
-            body.put_u32(u32::try_from(name.len()).unwrap_or(u32::MAX));
-            body.extend_from_slice(name.as_bytes());
-            self.option_reply(wire::OPT_LIST, wire::REP_SERVER, &body);
+        self.listing = Some(ListCursor::default());
+        self.continue_listing(backend);
+    }
+
+    /// Queues further `NBD_OPT_LIST` replies while the output queue is
+    /// under its bound (`max_queued_bytes`), a page of names at a time;
+    /// the final ACK once every name is out. Called again by `produce` as
+    /// the client reads, so a client that never reads holds at most the
+    /// bound plus one page, whatever the number of exports.
+    pub(super) fn continue_listing<B: Backend + ?Sized>(&mut self, backend: &mut B) {
+        let mut names = Vec::new();
+        while let Some(cursor) = self.listing.as_mut() {
+            if self.closed || self.queued_bytes >= self.config.max_queued_bytes {
+                return;
+            }
+            names.clear();
+            let more = backend.list_exports(cursor, LIST_PAGE, &mut names);
+            if !more {
+                self.listing = None;
+            }
+            for name in &names {
+                let mut body = Vec::with_capacity(4 + name.len());
+                body.put_u32(u32::try_from(name.len()).unwrap_or(u32::MAX));
+                body.extend_from_slice(name.as_bytes());
+                self.option_reply(wire::OPT_LIST, wire::REP_SERVER, &body);
+            }
+            if !more {
+                self.option_reply(wire::OPT_LIST, wire::REP_ACK, &[]);
+            }
         }
-        self.option_reply(wire::OPT_LIST, wire::REP_ACK, &[]);
     }
 
     /// `NBD_OPT_INFO` / `NBD_OPT_GO` (proto.md "NBD_OPT_INFO and

@@ -30,7 +30,7 @@ mod transmission;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
-use crate::backend::{Backend, BackendError, ExportHandle, ExportInfo};
+use crate::backend::{Backend, BackendError, ExportHandle, ExportInfo, ListCursor};
 use crate::config::{ConnectionStats, ServerConfig};
 use crate::wire::{self, PutBe, Reader, Request};
 
@@ -116,6 +116,12 @@ pub struct Connection {
     tx: Option<Transmission>,
     stalled: Option<Request>,
     stats: ConnectionStats,
+    /// An `NBD_OPT_LIST` answer in progress: more names are fetched as
+    /// the output queue drains.
+    listing: Option<ListCursor>,
+    /// The connection is over a limit: every option is refused with this
+    /// message (`NBD_REP_ERR_POLICY`).
+    refusal: Option<alloc::string::String>,
 }
 
 impl Connection {
@@ -141,6 +147,8 @@ impl Connection {
             tx: None,
             stalled: None,
             stats: ConnectionStats::default(),
+            listing: None,
+            refusal: None,
         };
         let mut greeting = Vec::with_capacity(18);
         greeting.put_u64(wire::NBDMAGIC);
@@ -148,6 +156,26 @@ impl Connection {
         greeting.put_u16(wire::FLAG_FIXED_NEWSTYLE | wire::FLAG_NO_ZEROES);
         conn.push_bytes(greeting, false);
         conn
+    }
+
+    /// A connection the server will not serve (e.g. over a connection
+    /// limit): it greets the client, answers every option with
+    /// `NBD_REP_ERR_POLICY` and `message`, acknowledges `NBD_OPT_ABORT` and
+    /// closes on `NBD_OPT_EXPORT_NAME` (which has no error reply), so the
+    /// client learns why instead of seeing a bare reset (proto.md
+    /// "Termination of the session during option haggling": a server errors
+    /// options until the client gets the hint). The handshake deadline
+    /// still applies.
+    pub fn refused(config: ServerConfig, now_ms: u64, message: &str) -> Self {
+        let mut conn = Self::new(config, now_ms);
+        conn.refusal = Some(alloc::string::String::from(message));
+        conn
+    }
+
+    /// Bytes of encoded replies waiting to be produced (READ data, which
+    /// is fetched as it is sent, is not counted).
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
     }
 
     /// Counters for this connection.
@@ -187,6 +215,7 @@ impl Connection {
         !self.closed
             && self.state != InState::Done
             && self.stalled.is_none()
+            && self.listing.is_none()
             && !self.backpressured()
     }
 
@@ -295,7 +324,9 @@ impl Connection {
                     self.state = InState::OptionHeader;
                 }
                 InState::OptionHeader => {
-                    if self.header_len == 0 && self.backpressured() {
+                    // An option is answered whole before the next is read
+                    // (a client must wait for the final reply anyway).
+                    if self.header_len == 0 && (self.backpressured() || self.listing.is_some()) {
                         break;
                     }
                     let (take, complete) = self.gather(rest, 16);

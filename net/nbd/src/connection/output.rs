@@ -149,6 +149,10 @@ impl Connection {
             }
         }
         self.stats.bytes_out = self.stats.bytes_out.saturating_add(n as u64);
+        // An export listing goes on as its replies drain.
+        if self.listing.is_some() {
+            self.continue_listing(backend);
+        }
         // A write-type request may have waited for READ data that has now
         // been sent. Run it here: its header is already consumed, and a
         // client may be waiting for its reply before sending anything more.
