@@ -210,10 +210,27 @@ pub(crate) fn scan<M: PersistentMemory>(
     let mut out = Scan::default();
     // Read in 64 KiB batches: mount time is dominated by this loop.
     const BATCH_BLOCKS: u64 = 16;
-    let mut buf = alloc::vec![0u8; (BATCH_BLOCKS * BLOCK_SIZE) as usize];
+    // The batch buffer and read_chain's block buffer, held while scanning.
+    const BUFFERS: usize = ((BATCH_BLOCKS + 1) * BLOCK_SIZE) as usize;
+    charge.grow(BUFFERS).map_err(ScanError::Memory)?;
+    let result = scan_table(mem, sb, overlay, charge, problems, &mut out, BATCH_BLOCKS);
+    charge.shrink(BUFFERS);
+    result.map(|()| out)
+}
+
+fn scan_table<M: PersistentMemory>(
+    mem: &M,
+    sb: &Superblock,
+    overlay: &[(u32, [u8; RECORD_SIZE])],
+    charge: &mut Charge<'_>,
+    problems: &mut Vec<String>,
+    out: &mut Scan,
+    batch_blocks: u64,
+) -> Result<(), ScanError> {
+    let mut buf = alloc::vec![0u8; (batch_blocks * BLOCK_SIZE) as usize];
     let mut block = 0u64;
     while block < sb.table_blocks {
-        let n = BATCH_BLOCKS.min(sb.table_blocks - block);
+        let n = batch_blocks.min(sb.table_blocks - block);
         let bytes = &mut buf[..(n * BLOCK_SIZE) as usize];
         mem.read((sb.table_start + block) * BLOCK_SIZE, bytes)?;
         for (i, raw) in bytes.chunks_exact(RECORD_SIZE).enumerate() {
@@ -281,7 +298,7 @@ pub(crate) fn scan<M: PersistentMemory>(
         }
         block += n;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// What [`media_refs`] takes while it runs, for `n` block ranges: the
