@@ -113,6 +113,8 @@ pub struct Storage<M: PersistentMemory> {
     read_only: Vec<String>,
     /// Open NBD connections.
     connections: Vec<ConnectionStatus>,
+    /// The budget mounts and formats charge (`daxbox_budget::MOUNT`).
+    mount_budget: &'static daxbox_budget::Budget,
 }
 
 impl<M: PersistentMemory> Default for Storage<M> {
@@ -186,7 +188,18 @@ impl<M: PersistentMemory> Storage<M> {
             volumes: Vec::new(),
             read_only: Vec::new(),
             connections: Vec::new(),
+            mount_budget: &daxbox_budget::MOUNT,
         }
+    }
+
+    /// Sets the budget that mounts charge (tests use their own).
+    pub fn set_mount_budget(&mut self, budget: &'static daxbox_budget::Budget) {
+        self.mount_budget = budget;
+    }
+
+    /// The budget that mounts charge.
+    pub fn mount_budget(&self) -> &'static daxbox_budget::Budget {
+        self.mount_budget
     }
 
     /// Sets the export names served read-only (`readonly=NAME`).

@@ -228,7 +228,12 @@ pub fn export_names<M: PersistentMemory>(storage: &Storage<M>) -> Vec<String> {
 
 fn fs_error(error: FsError) -> BackendError {
     match error {
-        FsError::NoSpace | FsError::NoFileSlots | FsError::FileTooLarge => BackendError::NoSpace,
+        // A write the mount budget cannot hold the metadata for is, to
+        // the client, a device that cannot take more: ENOSPC.
+        FsError::NoSpace
+        | FsError::NoFileSlots
+        | FsError::FileTooLarge
+        | FsError::OutOfMemory(_) => BackendError::NoSpace,
         FsError::NotFound | FsError::StaleFile => BackendError::Invalid,
         _ => BackendError::Io,
     }

@@ -14,7 +14,7 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use daxbox_budget::{Budget, Charge, OverBudget};
+use daxbox_budget::{Budget, OverBudget};
 
 use crate::check::{self, ScanError};
 use crate::extmap::ExtentMap;
@@ -38,14 +38,15 @@ pub(crate) struct Journal {
     pub replay: Vec<(u32, [u8; RECORD_SIZE])>,
 }
 
-/// A budget refusal during mount, as the mount's error.
-fn too_large(e: OverBudget, charge: &Charge<'_>, budget: &Budget) -> Error {
-    let mine = charge.bytes();
+/// A budget refusal during mount, as the mount's error. `others` is what
+/// the budget's other users held when the mount started: everything
+/// beyond it at the refusal, plus the refused request, is this mount's.
+fn too_large(e: OverBudget, others: usize, budget: &Budget) -> Error {
     Error::MountTooLarge {
-        needed: mine.saturating_add(e.requested),
+        needed: e.used.saturating_sub(others).saturating_add(e.requested),
         budget: budget.name(),
         limit: budget.stats().limit,
-        used_elsewhere: e.used.saturating_sub(mine),
+        used_elsewhere: others,
     }
 }
 
@@ -177,7 +178,17 @@ impl<M: PersistentMemory> Filesystem<M> {
 
     /// Writes a new, empty filesystem over the whole region (mkfs) and
     /// returns it mounted. FORMAT.md "Format".
-    pub fn format(mut mem: M, opts: FormatOptions) -> Result<Self, Error> {
+    pub fn format(mem: M, opts: FormatOptions) -> Result<Self, Error> {
+        Self::format_with_budget(mem, opts, &UNBOUNDED)
+    }
+
+    /// [`Self::format`], mounting the new filesystem with
+    /// [`Self::mount_with_budget`].
+    pub fn format_with_budget(
+        mut mem: M,
+        opts: FormatOptions,
+        budget: &'static Budget,
+    ) -> Result<Self, Error> {
         let total_blocks = mem.len() / BLOCK_SIZE;
         let default_files = (mem.len() / (64 * 1024)).clamp(64, 1 << 20) as u32;
         let max_files = opts.max_files.unwrap_or(default_files).max(1);
@@ -222,7 +233,7 @@ impl<M: PersistentMemory> Filesystem<M> {
         mem.write(0, &bytes)?;
         mem.flush(0, BLOCK_SIZE)?;
         mem.fence();
-        Self::mount(mem)
+        Self::mount_with_budget(mem, budget)
     }
 
     /// Validates and mounts an image, replaying a committed journal
@@ -241,12 +252,13 @@ impl<M: PersistentMemory> Filesystem<M> {
     pub fn mount_with_budget(mut mem: M, budget: &'static Budget) -> Result<Self, Error> {
         let (sb, primary_ok, backup_ok) = read_superblock(&mem)?;
         let journal = read_journal(&mem, &sb)?;
+        let others = budget.stats().used;
         let mut charge = budget.empty();
         let mut problems = Vec::new();
         let scan = match check::scan(&mem, &sb, &journal.replay, &mut charge, &mut problems) {
             Ok(scan) => scan,
             Err(ScanError::Io(e)) => return Err(e.into()),
-            Err(ScanError::Memory(e)) => return Err(too_large(e, &charge, budget)),
+            Err(ScanError::Memory(e)) => return Err(too_large(e, others, budget)),
         };
         if let Some(first) = problems.first() {
             return Err(Error::Corrupt(first.clone()));
@@ -254,9 +266,9 @@ impl<M: PersistentMemory> Filesystem<M> {
         let mut transient = budget.empty();
         transient
             .grow(check::media_refs_cost(&scan))
-            .map_err(|e| too_large(e, &charge, budget))?;
+            .map_err(|e| too_large(e, others, budget))?;
         let refs = check::media_refs(&scan, &mut problems)
-            .ok_or_else(|| too_large(check::heap_refused(transient.bytes()), &charge, budget))?;
+            .ok_or_else(|| too_large(check::heap_refused(transient.bytes()), others, budget))?;
         drop(transient);
         if let Some(first) = problems.into_iter().next() {
             return Err(Error::Corrupt(first));
@@ -264,11 +276,11 @@ impl<M: PersistentMemory> Filesystem<M> {
         // The allocator, at most one entry per free chunk.
         charge
             .grow(Allocator::memory_bound(sb.data_start, sb.total_blocks))
-            .map_err(|e| too_large(e, &charge, budget))?;
+            .map_err(|e| too_large(e, others, budget))?;
         let mut alloc = Allocator::try_new(sb.data_start, sb.total_blocks).ok_or_else(|| {
             too_large(
                 check::heap_refused(Allocator::memory_bound(sb.data_start, sb.total_blocks)),
-                &charge,
+                others,
                 budget,
             )
         })?;
@@ -288,7 +300,7 @@ impl<M: PersistentMemory> Filesystem<M> {
             let cost = file_cost(&file);
             charge
                 .grow(cost)
-                .map_err(|e| too_large(e, &charge, budget))?;
+                .map_err(|e| too_large(e, others, budget))?;
             files_cost += cost;
             files.insert(f.slot, file);
         }
