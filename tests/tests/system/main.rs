@@ -10,6 +10,7 @@
 mod boot;
 mod daxfs;
 mod harness;
+mod hostile;
 mod nbd;
 mod net;
 mod pmem;
