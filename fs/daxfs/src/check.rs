@@ -74,6 +74,12 @@ fn scanned_cost(name_len: usize) -> usize {
     size_of::<ScannedFile>() + 2 * name_len + TREE_ENTRY + 2 * INLINE_EXTENTS * size_of::<Extent>()
 }
 
+/// What the scan charged for one file it kept (given back by mount as it
+/// turns the file into its in-memory form).
+pub(crate) fn scanned_charge(f: &ScannedFile) -> usize {
+    scanned_cost(f.record.name.len()) + f.chain.len() * CHAIN_BLOCK_COST
+}
+
 /// What one overflow block read adds: its extents and chain entry.
 const CHAIN_BLOCK_COST: usize = OVERFLOW_EXTENTS * size_of::<Extent>() + size_of::<u64>();
 

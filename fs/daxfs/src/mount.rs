@@ -290,6 +290,7 @@ impl<M: PersistentMemory> Filesystem<M> {
         let mut files_cost = 0;
         let names = scan.names;
         for f in scan.files {
+            let scanned = check::scanned_charge(&f);
             let file = File {
                 generation: f.record.generation,
                 name: f.record.name,
@@ -303,6 +304,7 @@ impl<M: PersistentMemory> Filesystem<M> {
                 .map_err(|e| too_large(e, others, budget))?;
             files_cost += cost;
             files.insert(f.slot, file);
+            charge.shrink(scanned);
         }
         let mut cursor = sb.data_start;
         for (s, l, _) in refs.iter() {

@@ -11,6 +11,7 @@ mod boot;
 mod daxfs;
 mod harness;
 mod hostile;
+mod memory;
 mod nbd;
 mod net;
 mod pmem;
