@@ -61,7 +61,7 @@ impl PersistentMemory for Sparse {
             let piece = &data[done..done + n];
             if let Some(p) = self.pages.get_mut(&page) {
                 p[within..within + n].copy_from_slice(piece);
-            } else if piece.iter().any(|&b| b != 0) {
+            } else if piece != &[0u8; 4096][..n] {
                 let mut p = Box::new([0u8; 4096]);
                 p[within..within + n].copy_from_slice(piece);
                 self.pages.insert(page, p);
