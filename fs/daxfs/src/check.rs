@@ -19,8 +19,8 @@ use daxbox_budget::{Charge, OverBudget};
 use daxbox_persist::{OutOfRange, PersistentMemory};
 
 use crate::format::{
-    Extent, OverflowBlock, Record, Superblock, BLOCK_SIZE, CHUNK_BLOCKS, INLINE_EXTENTS,
-    OVERFLOW_EXTENTS, RECORDS_PER_BLOCK, RECORD_SIZE,
+    Extent, OverflowBlock, Record, Superblock, BLOCK_SIZE, CHUNK_BLOCKS, OVERFLOW_EXTENTS,
+    RECORDS_PER_BLOCK, RECORD_SIZE,
 };
 use crate::space::RunCounts;
 use crate::TREE_ENTRY;
@@ -67,17 +67,22 @@ pub(crate) fn heap_refused(requested: usize) -> OverBudget {
     }
 }
 
-/// What one scanned file costs before its extents and chain: the
-/// `ScannedFile`, its name twice (record and name index) and its entry in
-/// the name index.
-fn scanned_cost(name_len: usize) -> usize {
-    size_of::<ScannedFile>() + 2 * name_len + TREE_ENTRY + 2 * INLINE_EXTENTS * size_of::<Extent>()
+/// What one scanned file costs before its overflow extents: the
+/// `ScannedFile`, its name twice (record and name index), its entry in the
+/// name index, and its inline extents twice (record and extent list), each
+/// allocation rounded up by a word.
+fn scanned_cost(name_len: usize, inline: usize) -> usize {
+    size_of::<ScannedFile>()
+        + 2 * name_len
+        + TREE_ENTRY
+        + 2 * inline * size_of::<Extent>()
+        + 4 * size_of::<usize>()
 }
 
 /// What the scan charged for one file it kept (given back by mount as it
 /// turns the file into its in-memory form).
 pub(crate) fn scanned_charge(f: &ScannedFile) -> usize {
-    scanned_cost(f.record.name.len()) + f.chain.len() * CHAIN_BLOCK_COST
+    scanned_cost(f.record.name.len(), f.record.inline.len()) + f.chain.len() * CHAIN_BLOCK_COST
 }
 
 /// What one overflow block read adds: its extents and chain entry.
@@ -267,7 +272,7 @@ fn scan_table<M: PersistentMemory>(
                 continue;
             }
             let held = charge.bytes();
-            let cost = scanned_cost(record.name.len());
+            let cost = scanned_cost(record.name.len(), record.inline.len());
             charge.grow(cost).map_err(ScanError::Memory)?;
             let (extents, chain) = match read_chain(mem, sb, slot, &record, charge) {
                 Ok(x) => x,

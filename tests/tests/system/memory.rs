@@ -48,7 +48,7 @@ fn sixty_four_mib_of_ram_serves_ten_thousand_files() -> Result<(), HarnessError>
         .with_memory(64 * MIB)
         .with_boot_config("format=never\n")
         .with_nvdimm(Nvdimm::existing(&image, GIB));
-    options.max_runtime = Duration::from_secs(400);
+    options.max_runtime = Duration::from_secs(900);
     let mut machine = Machine::boot_to_prompt(options)?;
     let boot = machine.output();
     assert!(
