@@ -52,7 +52,7 @@ fn sixty_four_mib_of_ram_serves_ten_thousand_files() -> Result<(), HarnessError>
     let mut machine = Machine::boot_to_prompt(options)?;
     let boot = machine.output();
     assert!(
-        boot.contains(&format!("storage: pmem0 mounted daxfs in "))
+        boot.contains("storage: pmem0 mounted daxfs in ")
             && boot.contains(&format!(": {FILES} files, ")),
         "{boot}"
     );
