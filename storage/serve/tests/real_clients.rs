@@ -1536,13 +1536,13 @@ fn an_image_over_the_memory_budget_is_refused_untouched_and_the_other_serves() {
         "--image",
         &pmem1,
         "--memory-budget",
-        "192K",
+        "128K",
     ]);
     let boot = server.boot.clone();
     assert!(
         boot.contains("storage: pmem0: mount refused: the image needs at least ")
             && boot.contains(
-                " bytes of memory, the mount budget is 196608 bytes (0 held by others) (not mounted, data left as it is)\n"
+                " bytes of memory, the mount budget is 131072 bytes (0 held by others) (not mounted, data left as it is)\n"
             ),
         "boot messages:\n{boot}"
     );
