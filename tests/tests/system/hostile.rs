@@ -1,6 +1,8 @@
 //! Hostile images: NVDIMMs planted with crafted daxfs images whose
 //! checksums are all valid (built on the host with daxfs's own format
-//! code), next to a good NVDIMM. The appliance boots, refuses each bad
+//! code), next to a good NVDIMM; one of them also holds a committed
+//! journal transaction, which a mount that wrote before validating would
+//! have replayed. The appliance boots, refuses each bad
 //! device with a message, serves the good one to a real client, and the
 //! planted backing files are byte for byte unchanged afterwards.
 
@@ -13,8 +15,9 @@ use daxbox_persist::VecMemory;
 use daxbox_tests::nbd_client::{run_tool, run_tool_ok, uri};
 use daxbox_tests::{run_dir, Firmware, HarnessError, Machine, Nvdimm, QemuOptions};
 use daxfs::format::{
-    checksum_skipping, Extent, OverflowBlock, Record, Superblock, BLOCK_SIZE, INLINE_EXTENTS,
-    OVERFLOW_EXTENTS, RECORD_SIZE, SUPER_SIZE,
+    self, checksum_skipping, Extent, JournalHeader, OverflowBlock, Record, Superblock, BLOCK_SIZE,
+    INLINE_EXTENTS, JOURNAL_ENTRIES_OFFSET, JOURNAL_HEADER_OFFSET, OVERFLOW_EXTENTS, RECORD_SIZE,
+    SUPER_SIZE,
 };
 use daxfs::{Filesystem, FormatOptions};
 
@@ -123,6 +126,45 @@ fn hostile_images() -> Vec<(&'static str, Vec<u8>)> {
     let crc = checksum_skipping(&bytes[at..at + RECORD_SIZE], 60);
     bytes[at + 60..at + 64].copy_from_slice(&crc.to_le_bytes());
     out.push(("utf8", bytes));
+
+    // A committed journal transaction (which a mount replays) and, in
+    // another record, extents that overlap: the refusal must come before
+    // the replay writes anything.
+    let mut bytes = base();
+    let mut r = record(&bytes, 0);
+    r.size = 100;
+    let entry = format::encode_journal_entry(0, &r.encode());
+    let mut header = JournalHeader {
+        sequence: 77,
+        entries: 1,
+        crc: 0,
+    };
+    header.crc = format::journal_checksum(&header, &entry);
+    let jo = 2 * BLOCK_SIZE as usize;
+    let h = jo + JOURNAL_HEADER_OFFSET as usize;
+    bytes[h..h + header.encode().len()].copy_from_slice(&header.encode());
+    let e = jo + JOURNAL_ENTRIES_OFFSET as usize;
+    bytes[e..e + entry.len()].copy_from_slice(&entry);
+    bytes[jo..jo + 8].copy_from_slice(&77u64.to_le_bytes());
+    let mut r = record(&bytes, 2);
+    let p = r.inline[0].physical;
+    r.inline = vec![
+        Extent {
+            logical: 0,
+            len: 2,
+            physical: p,
+        },
+        Extent {
+            logical: 1,
+            len: 1,
+            physical: p,
+        },
+    ];
+    r.extent_count = 2;
+    r.overflow_count = 0;
+    r.overflow_first = 0;
+    put_record(&mut bytes, 2, &r);
+    out.push(("journal", bytes));
     out
 }
 
