@@ -225,16 +225,18 @@ pub fn attach<M: PersistentMemory, E: Environment<M>>(
         .ok_or("the device is already in use")?;
     let memory = block.into_memory();
     let started = env.now_us();
+    let budget = storage.mount_budget();
     let result = if format {
-        Filesystem::format(
+        Filesystem::format_with_budget(
             memory,
             FormatOptions {
                 uuid: env.new_uuid(index),
                 max_files: None,
             },
+            budget,
         )
     } else {
-        Filesystem::mount(memory)
+        Filesystem::mount_with_budget(memory, budget)
     };
     let elapsed = env.now_us().saturating_sub(started);
     match result {
@@ -261,7 +263,12 @@ pub fn attach<M: PersistentMemory, E: Environment<M>>(
             Ok(())
         }
         // The memory went into the failed mount and is gone with it; the
-        // device stays out of use until the next boot.
+        // device stays out of use until the next boot. A refused mount
+        // wrote nothing (daxfs validates before it writes).
+        Err(error @ daxfs::Error::MountTooLarge { .. }) => Err(alloc::format!(
+            "{} (not mounted, data left as it is)",
+            error
+        )),
         Err(error) => Err(alloc::format!("mount failed: {}", error)),
     }
 }
@@ -481,5 +488,48 @@ mod tests {
             "{out}"
         );
         assert_eq!(out.lines().count(), 1);
+    }
+
+    #[test]
+    fn a_device_over_the_mount_budget_is_refused_untouched_and_the_others_mount() {
+        let mut f = Fixture::with_devices(&[32 * MIB, 16 * MIB], &[]);
+        for i in 0..300 {
+            f.run(&alloc::format!("create pmem0:f{i} 4K")).unwrap();
+        }
+        f.run("create pmem1:small 4K").unwrap();
+        f.storage.shutdown();
+        let images = vec![f.env.image("pmem0"), f.env.image("pmem1")];
+        let before = images[0].clone();
+        let mut env = FakeEnvironment::from_images(images);
+        let mut storage = Storage::new();
+        let budget: &'static daxbox_budget::Budget =
+            Box::leak(Box::new(daxbox_budget::Budget::new("mount", 128 * 1024)));
+        storage.set_mount_budget(budget);
+        let mut out = String::new();
+        boot(
+            &mut storage,
+            &mut env,
+            &policy(FormatPolicy::IfBlank, &[]),
+            &mut out,
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(
+            lines[0].starts_with(
+                "storage: pmem0: mount refused: the image needs at least "
+            ) && lines[0].ends_with(
+                "bytes of memory, the mount budget is 131072 bytes (0 held by others) (not mounted, data left as it is)"
+            ),
+            "{out}"
+        );
+        assert!(
+            lines[1].starts_with("storage: pmem1 mounted daxfs in 1 ms: 1 files, "),
+            "{out}"
+        );
+        assert!(storage.lookup("small").is_ok());
+        assert!(
+            env.image("pmem0") == before,
+            "the refused device was written"
+        );
+        assert!(budget.stats().used > 0);
     }
 }

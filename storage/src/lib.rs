@@ -138,6 +138,8 @@ pub struct Storage<M: PersistentMemory> {
     /// Connections `umount --force` or `truncate --force` cut: the NBD
     /// service serves them no more and aborts them at its next poll.
     disconnecting: Vec<u64>,
+    /// The budget mounts and formats charge (`daxbox_budget::MOUNT`).
+    mount_budget: &'static daxbox_budget::Budget,
 }
 
 impl<M: PersistentMemory> Default for Storage<M> {
@@ -212,7 +214,18 @@ impl<M: PersistentMemory> Storage<M> {
             read_only: ReadOnlyPolicy::new(),
             connections: Vec::new(),
             disconnecting: Vec::new(),
+            mount_budget: &daxbox_budget::MOUNT,
         }
+    }
+
+    /// Sets the budget that mounts charge (tests use their own).
+    pub fn set_mount_budget(&mut self, budget: &'static daxbox_budget::Budget) {
+        self.mount_budget = budget;
+    }
+
+    /// The budget that mounts charge.
+    pub fn mount_budget(&self) -> &'static daxbox_budget::Budget {
+        self.mount_budget
     }
 
     /// The default filesystem: the first volume, in device order, that

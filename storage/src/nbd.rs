@@ -440,7 +440,12 @@ pub fn export_names_page<M: PersistentMemory>(
 
 fn fs_error(error: FsError) -> BackendError {
     match error {
-        FsError::NoSpace | FsError::NoFileSlots | FsError::FileTooLarge => BackendError::NoSpace,
+        // A write the mount budget cannot hold the metadata for is, to
+        // the client, a device that cannot take more: ENOSPC.
+        FsError::NoSpace
+        | FsError::NoFileSlots
+        | FsError::FileTooLarge
+        | FsError::OutOfMemory(_) => BackendError::NoSpace,
         FsError::NotFound | FsError::StaleFile => BackendError::Invalid,
         _ => BackendError::Io,
     }

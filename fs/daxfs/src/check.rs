@@ -1,19 +1,29 @@
 //! Reading and validating metadata from media: the file-table scan shared
 //! by mount (which refuses on the first problem) and fsck (which reports
 //! every problem).
+//!
+//! The scan is bounded: it charges every byte it keeps (a file's name,
+//! extents and chain) to a budget `Charge` before allocating it, grows a
+//! file's extent list one overflow block at a time (so a record claiming
+//! millions of extents costs nothing until the blocks are really there),
+//! and reserves vectors whose size the media decides with `try_reserve`.
+//! Memory is O(live files + their extents), never O(file table).
 
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::mem::size_of;
 
+use daxbox_budget::{Charge, OverBudget};
 use daxbox_persist::{OutOfRange, PersistentMemory};
 
 use crate::format::{
-    Extent, OverflowBlock, Record, Superblock, BLOCK_SIZE, CHUNK_BLOCKS, INLINE_EXTENTS,
+    Extent, OverflowBlock, Record, Superblock, BLOCK_SIZE, CHUNK_BLOCKS, OVERFLOW_EXTENTS,
     RECORDS_PER_BLOCK, RECORD_SIZE,
 };
 use crate::space::RunCounts;
+use crate::TREE_ENTRY;
 
 /// One live file as found on media.
 #[derive(Debug, Clone)]
@@ -28,9 +38,55 @@ pub(crate) struct ScannedFile {
 #[derive(Debug, Default)]
 pub(crate) struct Scan {
     pub files: Vec<ScannedFile>,
-    /// Last generation per slot (0 for never-used slots).
-    pub generations: Vec<u32>,
+    /// Name -> slot of every file in `files`.
+    pub names: BTreeMap<String, u32>,
 }
+
+/// Why a scan stopped before the end of the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ScanError {
+    /// A read fell outside the region.
+    Io(OutOfRange),
+    /// Keeping what was found would exceed the budget (or the heap).
+    Memory(OverBudget),
+}
+
+impl From<OutOfRange> for ScanError {
+    fn from(e: OutOfRange) -> Self {
+        ScanError::Io(e)
+    }
+}
+
+/// A heap reservation that failed although the budget allowed it.
+pub(crate) fn heap_refused(requested: usize) -> OverBudget {
+    OverBudget {
+        budget: "heap",
+        requested,
+        used: 0,
+        limit: 0,
+    }
+}
+
+/// What one scanned file costs before its overflow extents: the
+/// `ScannedFile`, its name twice (record and name index), its entry in the
+/// name index, and its inline extents twice (record and extent list), each
+/// allocation rounded up by a word.
+fn scanned_cost(name_len: usize, inline: usize) -> usize {
+    size_of::<ScannedFile>()
+        + 2 * name_len
+        + TREE_ENTRY
+        + 2 * inline * size_of::<Extent>()
+        + 4 * size_of::<usize>()
+}
+
+/// What the scan charged for one file it kept (given back by mount as it
+/// turns the file into its in-memory form).
+pub(crate) fn scanned_charge(f: &ScannedFile) -> usize {
+    scanned_cost(f.record.name.len(), f.record.inline.len()) + f.chain.len() * CHAIN_BLOCK_COST
+}
+
+/// What one overflow block read adds: its extents and chain entry.
+const CHAIN_BLOCK_COST: usize = OVERFLOW_EXTENTS * size_of::<Extent>() + size_of::<u64>();
 
 /// Highest logical block end the format can express.
 const LOGICAL_LIMIT: u64 = 1 << 32;
@@ -74,73 +130,118 @@ pub(crate) fn check_extents(sb: &Superblock, size: u64, extents: &[Extent]) -> R
     Ok(())
 }
 
+/// Why a chain could not be read: a problem with the image, or memory.
+enum ChainError {
+    Problem(String),
+    Memory(OverBudget),
+}
+
+impl From<String> for ChainError {
+    fn from(s: String) -> Self {
+        ChainError::Problem(s)
+    }
+}
+
 /// Follows a record's overflow chain; returns all extents and the chain.
+/// Each block is charged to `charge` before its extents are kept.
 fn read_chain<M: PersistentMemory>(
     mem: &M,
     sb: &Superblock,
     slot: u32,
     record: &Record,
-) -> Result<(Vec<Extent>, Vec<u64>), String> {
+    charge: &mut Charge<'_>,
+) -> Result<(Vec<Extent>, Vec<u64>), ChainError> {
     let mut extents = record.inline.clone();
     let mut chain = Vec::new();
     if record.overflow_count as u64 > sb.total_blocks {
-        return Err(String::from("overflow chain longer than the filesystem"));
+        return Err(String::from("overflow chain longer than the filesystem").into());
     }
     let mut next = record.overflow_first;
     let mut block = alloc::vec![0u8; BLOCK_SIZE as usize];
     for index in 0..record.overflow_count {
         if next < sb.data_start || next >= sb.total_blocks {
-            return Err(format!(
-                "overflow block {index} pointer {next} is outside the data area"
-            ));
+            return Err(
+                format!("overflow block {index} pointer {next} is outside the data area").into(),
+            );
         }
         mem.read(next * BLOCK_SIZE, &mut block)
             .map_err(|e| format!("overflow block {next}: {e}"))?;
         let ob =
             OverflowBlock::decode(&block).map_err(|e| format!("overflow block {next}: {e}"))?;
         if ob.owner_slot != slot || ob.owner_generation != record.generation || ob.index != index {
-            return Err(format!(
-                "overflow block {next} belongs to another file or chain position"
-            ));
+            return Err(
+                format!("overflow block {next} belongs to another file or chain position").into(),
+            );
         }
+        if extents.len() + ob.extents.len() > record.extent_count as usize {
+            return Err(format!(
+                "record says {} extents, chain holds more",
+                record.extent_count
+            )
+            .into());
+        }
+        charge.grow(CHAIN_BLOCK_COST).map_err(ChainError::Memory)?;
+        extents
+            .try_reserve(ob.extents.len())
+            .map_err(|_| ChainError::Memory(heap_refused(CHAIN_BLOCK_COST)))?;
+        chain
+            .try_reserve(1)
+            .map_err(|_| ChainError::Memory(heap_refused(CHAIN_BLOCK_COST)))?;
         extents.extend_from_slice(&ob.extents);
         chain.push(next);
         next = ob.next;
     }
     if next != 0 {
-        return Err(String::from(
-            "overflow chain does not end where the record says",
-        ));
+        return Err(String::from("overflow chain does not end where the record says").into());
     }
     if extents.len() != record.extent_count as usize {
         return Err(format!(
             "record says {} extents, chain holds {}",
             record.extent_count,
             extents.len()
-        ));
+        )
+        .into());
     }
-    let _ = INLINE_EXTENTS;
     Ok((extents, chain))
 }
 
-/// Reads and checks the whole file table. Every problem found is pushed to
-/// `problems`; a file with a problem is left out of the result.
+/// Reads and checks the whole file table as it is after the records of
+/// `overlay` (a committed journal transaction not yet replayed: slot and
+/// new record bytes, later entries winning) are applied. Every problem
+/// found is pushed to `problems`; a file with a problem is left out of the
+/// result. What the result holds is charged to `charge`; a charge the
+/// budget refuses stops the scan.
 pub(crate) fn scan<M: PersistentMemory>(
     mem: &M,
     sb: &Superblock,
+    overlay: &[(u32, [u8; RECORD_SIZE])],
+    charge: &mut Charge<'_>,
     problems: &mut Vec<String>,
-) -> Result<Scan, OutOfRange> {
-    let mut out = Scan {
-        files: Vec::new(),
-        generations: alloc::vec![0; sb.max_files as usize],
-    };
-    let mut names: BTreeMap<String, u32> = BTreeMap::new();
+) -> Result<Scan, ScanError> {
+    let mut out = Scan::default();
     // Read in 64 KiB batches: mount time is dominated by this loop.
     const BATCH_BLOCKS: u64 = 16;
-    let mut buf = alloc::vec![0u8; (BATCH_BLOCKS * BLOCK_SIZE) as usize];
+    // The batch buffer and read_chain's block buffer, held while scanning.
+    const BUFFERS: usize = ((BATCH_BLOCKS + 1) * BLOCK_SIZE) as usize;
+    charge.grow(BUFFERS).map_err(ScanError::Memory)?;
+    let result = scan_table(mem, sb, overlay, charge, problems, &mut out, BATCH_BLOCKS);
+    charge.shrink(BUFFERS);
+    result.map(|()| out)
+}
+
+fn scan_table<M: PersistentMemory>(
+    mem: &M,
+    sb: &Superblock,
+    overlay: &[(u32, [u8; RECORD_SIZE])],
+    charge: &mut Charge<'_>,
+    problems: &mut Vec<String>,
+    out: &mut Scan,
+    batch_blocks: u64,
+) -> Result<(), ScanError> {
+    let mut buf = alloc::vec![0u8; (batch_blocks * BLOCK_SIZE) as usize];
     let mut block = 0u64;
     while block < sb.table_blocks {
-        let n = BATCH_BLOCKS.min(sb.table_blocks - block);
+        let n = batch_blocks.min(sb.table_blocks - block);
         let bytes = &mut buf[..(n * BLOCK_SIZE) as usize];
         mem.read((sb.table_start + block) * BLOCK_SIZE, bytes)?;
         for (i, raw) in bytes.chunks_exact(RECORD_SIZE).enumerate() {
@@ -155,6 +256,10 @@ pub(crate) fn scan<M: PersistentMemory>(
                 continue;
             }
             let slot = slot as u32; // < max_files, a u32
+            let raw: &[u8] = match overlay.iter().rev().find(|(s, _)| *s == slot) {
+                Some((_, r)) => r,
+                None => raw,
+            };
             let record = match Record::decode(raw) {
                 Ok(Some(r)) => r,
                 Ok(None) => continue,
@@ -163,28 +268,38 @@ pub(crate) fn scan<M: PersistentMemory>(
                     continue;
                 }
             };
-            out.generations[slot as usize] = record.generation;
             if !record.in_use {
                 continue;
             }
-            let (extents, chain) = match read_chain(mem, sb, slot, &record) {
+            let held = charge.bytes();
+            let cost = scanned_cost(record.name.len(), record.inline.len());
+            charge.grow(cost).map_err(ScanError::Memory)?;
+            let (extents, chain) = match read_chain(mem, sb, slot, &record, charge) {
                 Ok(x) => x,
-                Err(e) => {
+                Err(ChainError::Memory(e)) => return Err(ScanError::Memory(e)),
+                Err(ChainError::Problem(e)) => {
+                    charge.shrink(charge.bytes() - held);
                     problems.push(format!("file record {slot} ({:?}): {e}", record.name));
                     continue;
                 }
             };
             if let Err(e) = check_extents(sb, record.size, &extents) {
+                charge.shrink(charge.bytes() - held);
                 problems.push(format!("file record {slot} ({:?}): {e}", record.name));
                 continue;
             }
-            if let Some(other) = names.insert(record.name.clone(), slot) {
+            if let Some(&other) = out.names.get(&record.name) {
+                charge.shrink(charge.bytes() - held);
                 problems.push(format!(
                     "file records {other} and {slot} both use the name {:?}",
                     record.name
                 ));
                 continue;
             }
+            out.files
+                .try_reserve(1)
+                .map_err(|_| ScanError::Memory(heap_refused(cost)))?;
+            out.names.insert(record.name.clone(), slot);
             out.files.push(ScannedFile {
                 slot,
                 record,
@@ -194,18 +309,38 @@ pub(crate) fn scan<M: PersistentMemory>(
         }
         block += n;
     }
-    Ok(out)
+    Ok(())
+}
+
+/// What [`media_refs`] takes while it runs, for `n` block ranges: the
+/// range list, the sweep's events, and at most two count runs per range.
+pub(crate) fn media_refs_cost(scan: &Scan) -> usize {
+    let n: usize = scan
+        .files
+        .iter()
+        .map(|f| f.extents.len() + f.chain.len())
+        .sum();
+    n.saturating_mul(size_of::<(u64, u64)>() + 2 * size_of::<(u64, i64)>() + 2 * TREE_ENTRY)
 }
 
 /// Reference counts implied by the scanned files, and a problem for every
 /// overflow block that is referenced more than once (they are never shared).
-pub(crate) fn media_refs(scan: &Scan, problems: &mut Vec<String>) -> RunCounts {
+/// `None` when the heap cannot hold the work lists (the caller charged
+/// [`media_refs_cost`] first).
+pub(crate) fn media_refs(scan: &Scan, problems: &mut Vec<String>) -> Option<RunCounts> {
+    let n: usize = scan
+        .files
+        .iter()
+        .map(|f| f.extents.len() + f.chain.len())
+        .sum();
     let mut ranges = Vec::new();
+    ranges.try_reserve_exact(n).ok()?;
     for f in &scan.files {
         ranges.extend(f.extents.iter().map(|e| (e.physical, e.len)));
         ranges.extend(f.chain.iter().map(|&b| (b, 1)));
     }
-    let refs = RunCounts::from_ranges(&ranges);
+    let refs = RunCounts::from_ranges(&ranges)?;
+    drop(ranges);
     for f in &scan.files {
         for &b in &f.chain {
             if refs.get(b) != 1 {
@@ -216,7 +351,7 @@ pub(crate) fn media_refs(scan: &Scan, problems: &mut Vec<String>) -> RunCounts {
             }
         }
     }
-    refs
+    Some(refs)
 }
 
 /// Describes where two count maps disagree.

@@ -114,6 +114,8 @@ impl<M: PersistentMemory> Filesystem<M> {
                 }
             }
         }
+        // The pins may split two count runs per range: charged first.
+        self.reserve(crate::TREE_ENTRY + ranges.len() * (16 + 2 * crate::RUN_COST))?;
         let mut bytes = 0;
         for &(p, l) in &ranges {
             self.pins.increment(p, l);
@@ -121,6 +123,7 @@ impl<M: PersistentMemory> Filesystem<M> {
         }
         let id = NEXT_HOLD.fetch_add(1, Ordering::Relaxed);
         self.holds.insert(id, ranges);
+        self.settle();
         Ok(Hold { id, bytes })
     }
 
@@ -138,5 +141,6 @@ impl<M: PersistentMemory> Filesystem<M> {
                 }
             }
         }
+        self.settle();
     }
 }

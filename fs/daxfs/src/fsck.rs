@@ -7,24 +7,63 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::check;
+use daxbox_budget::Budget;
+
+use crate::check::{self, Scan, ScanError};
 use crate::extmap::ExtentMap;
 use crate::format::{Superblock, STATE_CLEAN, STATE_DIRTY, STATE_WORD_OFFSET};
 use crate::mount::read_superblock;
-use crate::{block_offset, Filesystem, FsckReport, PersistentMemory};
+use crate::{block_offset, Filesystem, FsckReport, PersistentMemory, UNBOUNDED};
+
+/// Scans the table for fsck, charging `budget` for as long as the check
+/// runs; a refusal or a read error is reported as a problem.
+fn scan_for_fsck<M: PersistentMemory>(
+    mem: &M,
+    sb: &Superblock,
+    budget: &Budget,
+    problems: &mut Vec<String>,
+) -> Option<(Scan, crate::space::RunCounts)> {
+    let mut charge = budget.empty();
+    let scan = match check::scan(mem, sb, &[], &mut charge, problems) {
+        Ok(s) => s,
+        Err(ScanError::Io(e)) => {
+            problems.push(format!("reading the file table: {e}"));
+            return None;
+        }
+        Err(ScanError::Memory(e)) => {
+            problems.push(format!("check stopped, not enough memory: {e}"));
+            return None;
+        }
+    };
+    if let Err(e) = charge.grow(check::media_refs_cost(&scan)) {
+        problems.push(format!("check stopped, not enough memory: {e}"));
+        return None;
+    }
+    match check::media_refs(&scan, problems) {
+        Some(refs) => Some((scan, refs)),
+        None => {
+            problems.push(String::from(
+                "check stopped, not enough memory for the reference counts",
+            ));
+            None
+        }
+    }
+}
 
 impl<M: PersistentMemory> Filesystem<M> {
     /// Checks an unmounted image without changing it: superblocks, journal,
     /// every record, chain and extent, and block ownership.
     pub fn fsck_image(mem: &M) -> FsckReport {
+        Self::fsck_image_with_budget(mem, &UNBOUNDED)
+    }
+
+    /// [`Self::fsck_image`], charging what the check holds to `budget`
+    /// while it runs; a check the budget cannot hold stops with a problem
+    /// saying so.
+    pub fn fsck_image_with_budget(mem: &M, budget: &Budget) -> FsckReport {
         let mut problems = Vec::new();
         if let Some(sb) = Self::check_media_header(mem, &mut problems) {
-            match check::scan(mem, &sb, &mut problems) {
-                Ok(scan) => {
-                    check::media_refs(&scan, &mut problems);
-                }
-                Err(e) => problems.push(format!("reading the file table: {e}")),
-            }
+            scan_for_fsck(mem, &sb, budget, &mut problems);
         }
         FsckReport { problems }
     }
@@ -74,20 +113,14 @@ impl<M: PersistentMemory> Filesystem<M> {
                 "superblock on media differs from the mounted one",
             ));
         }
-        let scan = match check::scan(&self.mem, &sb, &mut problems) {
-            Ok(s) => s,
-            Err(e) => {
-                problems.push(format!("reading the file table: {e}"));
-                return FsckReport { problems };
-            }
+        let Some((scan, media_refs)) = scan_for_fsck(&self.mem, &sb, self.budget, &mut problems)
+        else {
+            return FsckReport { problems };
         };
-        let media_refs = check::media_refs(&scan, &mut problems);
         // Files in memory versus on media.
-        let mut seen = alloc::vec![false; self.files.len()];
         for sf in &scan.files {
-            let slot = sf.slot as usize;
-            seen[slot] = true;
-            match &self.files[slot] {
+            let slot = sf.slot;
+            match self.files.get(&slot) {
                 None => problems.push(format!(
                     "record {slot} ({:?}) is live on media only",
                     sf.record.name
@@ -116,14 +149,12 @@ impl<M: PersistentMemory> Filesystem<M> {
                 }
             }
         }
-        for (slot, f) in self.files.iter().enumerate() {
-            if let Some(f) = f {
-                if !seen[slot] {
-                    problems.push(format!(
-                        "file {:?} (record {slot}) is missing on media",
-                        f.name
-                    ));
-                }
+        for (slot, f) in &self.files {
+            if scan.names.get(&f.name) != Some(slot) {
+                problems.push(format!(
+                    "file {:?} (record {slot}) is missing on media",
+                    f.name
+                ));
             }
         }
         check::compare_counts("reference counts", &self.refs, &media_refs, &mut problems);

@@ -129,11 +129,11 @@ impl<M: PersistentMemory> Filesystem<M> {
         size: u64,
         map_changed: bool,
     ) -> Result<(), Error> {
-        let file = self.files[slot as usize].as_mut().ok_or(Error::StaleFile)?;
+        let file = self.files.get_mut(&slot).ok_or(Error::StaleFile)?;
         if !map_changed {
             let record = make_record(file, size, &file.map, &file.chain);
             self.commit(&[(slot, record.encode())])?;
-            if let Some(file) = self.files[slot as usize].as_mut() {
+            if let Some(file) = self.files.get_mut(&slot) {
                 file.size = size;
             }
             return Ok(());
@@ -142,7 +142,7 @@ impl<M: PersistentMemory> Filesystem<M> {
         // Lend the map to write_chain, which needs `&mut self`.
         let map = core::mem::take(&mut file.map);
         let chain = self.write_chain(slot, generation, &map);
-        let file = self.files[slot as usize].as_mut().ok_or(Error::StaleFile)?;
+        let file = self.files.get_mut(&slot).ok_or(Error::StaleFile)?;
         file.map = map;
         let chain = chain?;
         let record = make_record(file, size, &file.map, &chain);
@@ -151,7 +151,7 @@ impl<M: PersistentMemory> Filesystem<M> {
             self.unallocate(&runs);
             return Err(e);
         }
-        let file = self.files[slot as usize].as_mut().ok_or(Error::StaleFile)?;
+        let file = self.files.get_mut(&slot).ok_or(Error::StaleFile)?;
         file.size = size;
         let old_chain = core::mem::replace(&mut file.chain, chain);
         for b in old_chain {

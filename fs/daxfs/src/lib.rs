@@ -62,9 +62,12 @@ mod space;
 mod types;
 mod write;
 
-use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::mem::size_of;
+
+use daxbox_budget::{Budget, Charge};
 
 pub use daxbox_persist::{OutOfRange, PersistentMemory};
 pub use grow::Grown;
@@ -74,7 +77,7 @@ pub use types::{
 };
 
 use extmap::ExtentMap;
-use format::{Superblock, BLOCK_SIZE, RECORD_SIZE};
+use format::{Record, Superblock, BLOCK_SIZE, RECORD_SIZE};
 use space::{Allocator, RunCounts};
 
 /// One live file, in memory.
@@ -91,19 +94,61 @@ struct File {
 /// Zeros to copy from: the source of every zero-fill.
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
+/// The budget of [`Filesystem::mount`] and [`Filesystem::format`]: no
+/// limit (host tools and tests). The kernel mounts with
+/// [`Filesystem::mount_with_budget`] and `daxbox_budget::MOUNT`.
+pub static UNBOUNDED: Budget = Budget::new("daxfs", usize::MAX);
+
+// What the in-memory state costs, charged to the mount budget. These are
+// estimates that stay at or above the heap the structures really take
+// (`tests/mount_memory.rs` measures both with a counting allocator): a
+// B-tree entry costs its key and value plus about two thirds again for the
+// unused room of its node, and a file's first extent allocates a whole
+// leaf node for its map.
+/// A B-tree entry of up to 32 bytes of key and value, with node overhead.
+pub(crate) const TREE_ENTRY: usize = 56;
+/// One live file beyond its name and extents: its entry in `files`, its
+/// entry in `names`, and the first leaf of its extent map.
+pub(crate) const FILE_COST: usize = size_of::<File>() * 2 + 2 * TREE_ENTRY + 320;
+/// One extent of a file map, with its share of the overflow chain.
+pub(crate) const EXTENT_COST: usize = TREE_ENTRY + 8;
+/// One run of the reference-count, pin or free-space maps.
+pub(crate) const RUN_COST: usize = TREE_ENTRY;
+/// Memory an operation may add per fresh block run it allocates: the run
+/// in the file map (plus a split), the reference-count runs it splits,
+/// the free-space run it splits.
+pub(crate) const RUN_GROWTH: usize = 2 * EXTENT_COST + 4 * RUN_COST;
+
+/// What one live file costs in memory (see [`FILE_COST`]).
+fn file_cost(f: &File) -> usize {
+    FILE_COST + 2 * f.name.len() + f.map.len() * EXTENT_COST + f.chain.len() * 8
+}
+
 /// A mounted daxfs over a persistent memory region it owns.
+///
+/// Memory is O(files in use), not O(file table): live files sit in a map
+/// keyed by slot, free slots are found by walking that map from a
+/// lower bound (`low_free`), and a free slot's generation is read from its
+/// record on media when the slot is reused (FORMAT.md "File records").
+/// Everything held is charged to the mount budget (`charge`).
 pub struct Filesystem<M: PersistentMemory> {
     mem: M,
     sb: Superblock,
-    files: Vec<Option<File>>,
-    generations: Vec<u32>,
+    files: BTreeMap<u32, File>,
     names: BTreeMap<String, u32>,
-    free_slots: BTreeSet<u32>,
+    /// Every slot below this one is in use.
+    low_free: u32,
     refs: RunCounts,
     pins: RunCounts,
     alloc: Allocator,
     holds: BTreeMap<u64, Vec<(u64, u64)>>,
     sequence: u64,
+    /// Sum of `file_cost` over `files`.
+    files_cost: usize,
+    /// The budget charged for this filesystem.
+    budget: &'static Budget,
+    /// The budget's bytes held for this filesystem.
+    charge: Charge<'static>,
 }
 
 /// Region offset of a block.
@@ -123,10 +168,99 @@ impl<M: PersistentMemory> Filesystem<M> {
     }
 
     fn file(&self, id: FileId) -> Result<&File, Error> {
-        match self.files.get(id.slot as usize) {
-            Some(Some(f)) if f.generation == id.generation => Ok(f),
+        match self.files.get(&id.slot) {
+            Some(f) if f.generation == id.generation => Ok(f),
             _ => Err(Error::StaleFile),
         }
+    }
+
+    /// The lowest free slot, found by walking the live slots from
+    /// `low_free` (amortised O(1); O(files in use) after a low slot was
+    /// freed).
+    fn free_slot(&mut self) -> Result<u32, Error> {
+        let mut slot = self.low_free;
+        for &used in self.files.range(slot..).map(|(k, _)| k) {
+            if used != slot {
+                break;
+            }
+            slot += 1;
+        }
+        self.low_free = slot;
+        if slot >= self.sb.max_files {
+            return Err(Error::NoFileSlots);
+        }
+        Ok(slot)
+    }
+
+    /// The generation for the next file in free slot `slot`: one above the
+    /// generation its record on media remembers (0 for a never-used slot).
+    fn next_generation(&self, slot: u32) -> Result<u32, Error> {
+        let mut raw = [0u8; RECORD_SIZE];
+        self.mem.read(self.record_offset(slot), &mut raw)?;
+        let last = match Record::decode(&raw) {
+            Ok(None) => 0,
+            Ok(Some(r)) if !r.in_use => r.generation,
+            Ok(Some(_)) => {
+                return Err(Error::Corrupt(alloc::format!(
+                    "file record {slot} is live on media but free in memory"
+                )))
+            }
+            Err(e) => return Err(Error::Corrupt(alloc::format!("file record {slot}: {e}"))),
+        };
+        Ok(last.wrapping_add(1).max(1))
+    }
+
+    /// Bytes the in-memory state takes (the estimate charged).
+    fn usage(&self) -> usize {
+        size_of::<Self>()
+            + self.files_cost
+            + (self.refs.len() + self.pins.len()) * RUN_COST
+            + self
+                .holds
+                .values()
+                .map(|r| TREE_ENTRY + r.len() * 16)
+                .sum::<usize>()
+            + self.alloc.memory()
+    }
+
+    /// Takes `bytes` more from the budget before an operation allocates.
+    fn reserve(&mut self, bytes: usize) -> Result<(), Error> {
+        self.charge.grow(bytes).map_err(Error::OutOfMemory)
+    }
+
+    /// Sets the charge to what the state takes now, after an operation.
+    /// A growth past what the operation reserved is still recorded when
+    /// the budget has room; otherwise the charge stays at the reservation
+    /// (the estimate's slack covers it).
+    fn settle(&mut self) {
+        let _ = self.charge.resize(self.usage());
+    }
+
+    /// Inserts a live file, keeping the cost sum.
+    fn put_file(&mut self, slot: u32, file: File) {
+        self.files_cost += file_cost(&file);
+        if let Some(old) = self.files.insert(slot, file) {
+            self.files_cost -= file_cost(&old);
+        }
+    }
+
+    /// Removes a live file, keeping the cost sum.
+    fn take_file(&mut self, slot: u32) -> Option<File> {
+        let f = self.files.remove(&slot)?;
+        self.files_cost -= file_cost(&f);
+        self.low_free = self.low_free.min(slot);
+        Some(f)
+    }
+
+    /// Runs `op` on a file whose map or chain it may change, keeping the
+    /// cost sum, then settles the charge.
+    fn costed<R>(&mut self, slot: u32, op: impl FnOnce(&mut Self) -> R) -> R {
+        let before = self.files.get(&slot).map_or(0, file_cost);
+        let result = op(self);
+        let after = self.files.get(&slot).map_or(0, file_cost);
+        self.files_cost = self.files_cost + after - before;
+        self.settle();
+        result
     }
 
     fn slot_of(&self, name: &str) -> Result<u32, Error> {
@@ -137,9 +271,7 @@ impl<M: PersistentMemory> Filesystem<M> {
     }
 
     fn id_of(&self, slot: u32) -> FileId {
-        let generation = self.files[slot as usize]
-            .as_ref()
-            .map_or(0, |f| f.generation);
+        let generation = self.files.get(&slot).map_or(0, |f| f.generation);
         FileId { slot, generation }
     }
 

@@ -1,16 +1,22 @@
 //! Probe, format (mkfs), mount with journal recovery, and unmount
-//! (FORMAT.md "Format" and "Mount and recovery"). Mount reads both
-//! superblock copies, replays a committed journal transaction, repairs a
-//! damaged superblock copy, scans the file table (`check::scan`) and
-//! rebuilds the in-memory state: file maps, name index, block reference
-//! counts and the free-space allocator.
+//! (FORMAT.md "Format" and "Mount and recovery"). Mount validates first
+//! and writes after: it reads both superblock copies and the committed
+//! journal transaction (kept in memory as an overlay of at most
+//! `JOURNAL_MAX_ENTRIES` records), scans the file table as it will be after
+//! replay (`check::scan`), and rebuilds the in-memory state (file maps,
+//! name index, block reference counts, free-space allocator), charging
+//! every byte to the mount budget. Only when all of that succeeded does it
+//! replay the journal, repair a damaged superblock copy and set the state
+//! word: a refused image is never written.
 
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use crate::check;
+use daxbox_budget::{Budget, OverBudget};
+
+use crate::check::{self, ScanError};
 use crate::extmap::ExtentMap;
 use crate::format::{
     self, JournalHeader, Record, SuperError, Superblock, BLOCK_SIZE, FORMAT_VERSION,
@@ -19,7 +25,81 @@ use crate::format::{
     STATE_WORD_OFFSET, SUPER_SIZE,
 };
 use crate::space::{Allocator, RunCounts};
-use crate::{block_offset, Error, File, Filesystem, FormatOptions, PersistentMemory, Probe, ZEROS};
+use crate::{
+    block_offset, file_cost, Error, File, Filesystem, FormatOptions, PersistentMemory, Probe,
+    UNBOUNDED, ZEROS,
+};
+
+/// The committed journal transaction, validated, not yet replayed.
+pub(crate) struct Journal {
+    /// Last sequence number seen.
+    pub sequence: u64,
+    /// The records to replay (slot, bytes), empty when nothing is committed.
+    pub replay: Vec<(u32, [u8; RECORD_SIZE])>,
+}
+
+/// A budget refusal during mount, as the mount's error. `others` is what
+/// the budget's other users held when the mount started: everything
+/// beyond it at the refusal, plus the refused request, is this mount's.
+fn too_large(e: OverBudget, others: usize, budget: &Budget) -> Error {
+    Error::MountTooLarge {
+        needed: e.used.saturating_sub(others).saturating_add(e.requested),
+        budget: budget.name(),
+        limit: budget.stats().limit,
+        used_elsewhere: others,
+    }
+}
+
+/// Reads and validates the journal (FORMAT.md "Journal") without writing.
+pub(crate) fn read_journal<M: PersistentMemory>(
+    mem: &M,
+    sb: &Superblock,
+) -> Result<Journal, Error> {
+    let jo = block_offset(sb.journal_start);
+    let commit = mem.load_u64(jo)?;
+    let mut hb = [0u8; JOURNAL_HEADER_SIZE];
+    mem.read(jo + JOURNAL_HEADER_OFFSET, &mut hb)?;
+    let header = JournalHeader::decode(&hb);
+    if commit == 0 {
+        return Ok(Journal {
+            sequence: header.map_or(0, |h| h.sequence),
+            replay: Vec::new(),
+        });
+    }
+    let header =
+        header.map_err(|e| Error::Corrupt(format!("journal committed but header invalid: {e}")))?;
+    if header.sequence != commit {
+        return Err(Error::Corrupt(String::from(
+            "journal commit word does not match the journal header",
+        )));
+    }
+    // entries <= JOURNAL_MAX_ENTRIES (checked by decode): under 4 KiB.
+    let mut body = alloc::vec![0u8; header.entries as usize * JOURNAL_ENTRY_SIZE];
+    mem.read(jo + JOURNAL_ENTRIES_OFFSET, &mut body)?;
+    if format::journal_checksum(&header, &body) != header.crc {
+        return Err(Error::Corrupt(String::from(
+            "journal committed but its checksum does not match",
+        )));
+    }
+    let mut replay = Vec::with_capacity(header.entries as usize);
+    for entry in body.chunks_exact(JOURNAL_ENTRY_SIZE) {
+        let (slot, record) = format::decode_journal_entry(entry);
+        if slot >= sb.max_files {
+            return Err(Error::Corrupt(format!(
+                "journal entry for slot {slot} is outside the table"
+            )));
+        }
+        Record::decode(record)
+            .map_err(|e| Error::Corrupt(format!("journal entry for slot {slot}: {e}")))?;
+        let mut bytes = [0u8; RECORD_SIZE];
+        bytes.copy_from_slice(record);
+        replay.push((slot, bytes));
+    }
+    Ok(Journal {
+        sequence: header.sequence,
+        replay,
+    })
+}
 
 fn superblock_error(primary: SuperError, backup: SuperError) -> Error {
     match (primary, backup) {
@@ -98,7 +178,17 @@ impl<M: PersistentMemory> Filesystem<M> {
 
     /// Writes a new, empty filesystem over the whole region (mkfs) and
     /// returns it mounted. FORMAT.md "Format".
-    pub fn format(mut mem: M, opts: FormatOptions) -> Result<Self, Error> {
+    pub fn format(mem: M, opts: FormatOptions) -> Result<Self, Error> {
+        Self::format_with_budget(mem, opts, &UNBOUNDED)
+    }
+
+    /// [`Self::format`], mounting the new filesystem with
+    /// [`Self::mount_with_budget`].
+    pub fn format_with_budget(
+        mut mem: M,
+        opts: FormatOptions,
+        budget: &'static Budget,
+    ) -> Result<Self, Error> {
         let total_blocks = mem.len() / BLOCK_SIZE;
         let default_files = (mem.len() / (64 * 1024)).clamp(64, 1 << 20) as u32;
         let max_files = opts.max_files.unwrap_or(default_files).max(1);
@@ -143,47 +233,79 @@ impl<M: PersistentMemory> Filesystem<M> {
         mem.write(0, &bytes)?;
         mem.flush(0, BLOCK_SIZE)?;
         mem.fence();
-        Self::mount(mem)
+        Self::mount_with_budget(mem, budget)
     }
 
     /// Validates and mounts an image, replaying a committed journal
-    /// transaction left by a crash. FORMAT.md "Mount and recovery".
-    pub fn mount(mut mem: M) -> Result<Self, Error> {
+    /// transaction left by a crash, with no memory limit. FORMAT.md "Mount
+    /// and recovery".
+    pub fn mount(mem: M) -> Result<Self, Error> {
+        Self::mount_with_budget(mem, &UNBOUNDED)
+    }
+
+    /// Validates and mounts an image, charging the in-memory state to
+    /// `budget`: an image whose files and extents would take more than the
+    /// budget has left is refused ([`Error::MountTooLarge`]) before
+    /// anything is written, and later operations that would grow the state
+    /// past it fail with [`Error::OutOfMemory`]. Everything is validated
+    /// before the first write (FORMAT.md "Mount and recovery").
+    pub fn mount_with_budget(mut mem: M, budget: &'static Budget) -> Result<Self, Error> {
         let (sb, primary_ok, backup_ok) = read_superblock(&mem)?;
-        let jo = block_offset(sb.journal_start);
-        let sequence = Self::recover_journal(&mut mem, &sb, jo)?;
-        // FORMAT.md "Grow": a grow cut before its commit point.
-        if primary_ok && backup_ok {
-            crate::grow::settle_backup(&mut mem, &sb)?;
-        }
-        // Repair a damaged superblock copy from the good one.
-        if !primary_ok || !backup_ok {
-            let target = if primary_ok { 1 } else { 0 };
-            mem.write_flush(block_offset(target), &sb.encode())?;
-            mem.fence();
-        }
+        let journal = read_journal(&mem, &sb)?;
+        let others = budget.stats().used;
+        let mut charge = budget.empty();
         let mut problems = Vec::new();
-        let scan = check::scan(&mem, &sb, &mut problems)?;
-        let refs = check::media_refs(&scan, &mut problems);
+        let scan = match check::scan(&mem, &sb, &journal.replay, &mut charge, &mut problems) {
+            Ok(scan) => scan,
+            Err(ScanError::Io(e)) => return Err(e.into()),
+            Err(ScanError::Memory(e)) => return Err(too_large(e, others, budget)),
+        };
+        if let Some(first) = problems.first() {
+            return Err(Error::Corrupt(first.clone()));
+        }
+        let mut transient = budget.empty();
+        transient
+            .grow(check::media_refs_cost(&scan))
+            .map_err(|e| too_large(e, others, budget))?;
+        let refs = check::media_refs(&scan, &mut problems)
+            .ok_or_else(|| too_large(check::heap_refused(transient.bytes()), others, budget))?;
+        drop(transient);
         if let Some(first) = problems.into_iter().next() {
             return Err(Error::Corrupt(first));
         }
-        let mut files: Vec<Option<File>> = (0..sb.max_files).map(|_| None).collect();
-        let mut names = BTreeMap::new();
+        // The allocator, at most one entry per free chunk.
+        charge
+            .grow(Allocator::memory_bound(sb.data_start, sb.total_blocks))
+            .map_err(|e| too_large(e, others, budget))?;
+        let mut alloc = Allocator::try_new(sb.data_start, sb.total_blocks).ok_or_else(|| {
+            too_large(
+                check::heap_refused(Allocator::memory_bound(sb.data_start, sb.total_blocks)),
+                others,
+                budget,
+            )
+        })?;
+        // Files: each is charged as it is built, and its scan copy given
+        // back when dropped.
+        let mut files = BTreeMap::new();
+        let mut files_cost = 0;
+        let names = scan.names;
         for f in scan.files {
-            names.insert(f.record.name.clone(), f.slot);
-            files[f.slot as usize] = Some(File {
+            let scanned = check::scanned_charge(&f);
+            let file = File {
                 generation: f.record.generation,
                 name: f.record.name,
                 size: f.record.size,
                 map: ExtentMap::from_extents(&f.extents),
                 chain: f.chain,
-            });
+            };
+            let cost = file_cost(&file);
+            charge
+                .grow(cost)
+                .map_err(|e| too_large(e, others, budget))?;
+            files_cost += cost;
+            files.insert(f.slot, file);
+            charge.shrink(scanned);
         }
-        let free_slots = (0..sb.max_files)
-            .filter(|&s| files[s as usize].is_none())
-            .collect();
-        let mut alloc = Allocator::new(sb.data_start, sb.total_blocks);
         let mut cursor = sb.data_start;
         for (s, l, _) in refs.iter() {
             if s > cursor {
@@ -194,66 +316,50 @@ impl<M: PersistentMemory> Filesystem<M> {
         if cursor < sb.total_blocks {
             alloc.free(cursor, sb.total_blocks - cursor);
         }
+        // The image is daxfs and consistent, and the state fits: only now
+        // write. Replay the journal (FORMAT.md "Journal")...
+        let jo = block_offset(sb.journal_start);
+        if !journal.replay.is_empty() {
+            for (slot, record) in &journal.replay {
+                let at = block_offset(sb.table_start) + *slot as u64 * RECORD_SIZE as u64;
+                mem.write_flush(at, record)?;
+            }
+            mem.fence();
+            mem.store_u64(jo, 0)?;
+            mem.flush(jo, 8)?;
+            mem.fence();
+        }
+        // ...settle a grow cut before its commit point (FORMAT.md "Grow")...
+        if primary_ok && backup_ok {
+            crate::grow::settle_backup(&mut mem, &sb)?;
+        }
+        // ...repair a damaged superblock copy from the good one...
+        if !primary_ok || !backup_ok {
+            let target = if primary_ok { 1 } else { 0 };
+            mem.write_flush(block_offset(target), &sb.encode())?;
+            mem.fence();
+        }
+        // ...and mark the filesystem mounted.
         mem.store_u64(STATE_WORD_OFFSET, STATE_DIRTY)?;
         mem.flush(STATE_WORD_OFFSET, 8)?;
         mem.fence();
-        Ok(Filesystem {
+        let mut fs = Filesystem {
             mem,
             sb,
             files,
-            generations: scan.generations,
             names,
-            free_slots,
+            low_free: 0,
             refs,
             pins: RunCounts::default(),
             alloc,
             holds: BTreeMap::new(),
-            sequence,
-        })
-    }
-
-    /// FORMAT.md "Journal": replays the transaction whose sequence number
-    /// is in the commit word, then clears the word. Returns the last
-    /// sequence number seen.
-    fn recover_journal(mem: &mut M, sb: &Superblock, jo: u64) -> Result<u64, Error> {
-        let commit = mem.load_u64(jo)?;
-        let mut hb = [0u8; JOURNAL_HEADER_SIZE];
-        mem.read(jo + JOURNAL_HEADER_OFFSET, &mut hb)?;
-        let header = JournalHeader::decode(&hb);
-        if commit == 0 {
-            return Ok(header.map_or(0, |h| h.sequence));
-        }
-        let header = header
-            .map_err(|e| Error::Corrupt(format!("journal committed but header invalid: {e}")))?;
-        if header.sequence != commit {
-            return Err(Error::Corrupt(String::from(
-                "journal commit word does not match the journal header",
-            )));
-        }
-        let mut body = alloc::vec![0u8; header.entries as usize * JOURNAL_ENTRY_SIZE];
-        mem.read(jo + JOURNAL_ENTRIES_OFFSET, &mut body)?;
-        if format::journal_checksum(&header, &body) != header.crc {
-            return Err(Error::Corrupt(String::from(
-                "journal committed but its checksum does not match",
-            )));
-        }
-        for entry in body.chunks_exact(JOURNAL_ENTRY_SIZE) {
-            let (slot, record) = format::decode_journal_entry(entry);
-            if slot >= sb.max_files {
-                return Err(Error::Corrupt(format!(
-                    "journal entry for slot {slot} is outside the table"
-                )));
-            }
-            Record::decode(record)
-                .map_err(|e| Error::Corrupt(format!("journal entry for slot {slot}: {e}")))?;
-            let at = block_offset(sb.table_start) + slot as u64 * RECORD_SIZE as u64;
-            mem.write_flush(at, record)?;
-        }
-        mem.fence();
-        mem.store_u64(jo, 0)?;
-        mem.flush(jo, 8)?;
-        mem.fence();
-        Ok(header.sequence)
+            sequence: journal.sequence,
+            files_cost,
+            budget,
+            charge,
+        };
+        fs.settle();
+        Ok(fs)
     }
 
     /// Marks the filesystem clean and gives the region back.

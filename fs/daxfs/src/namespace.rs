@@ -23,8 +23,8 @@ impl<M: PersistentMemory> Filesystem<M> {
         if self.names.contains_key(name) {
             return Err(Error::Exists);
         }
-        let slot = *self.free_slots.iter().next().ok_or(Error::NoFileSlots)?;
-        let generation = self.generations[slot as usize].wrapping_add(1).max(1);
+        let slot = self.free_slot()?;
+        let generation = self.next_generation(slot)?;
         let file = File {
             generation,
             name: name.to_string(),
@@ -32,12 +32,18 @@ impl<M: PersistentMemory> Filesystem<M> {
             map: ExtentMap::default(),
             chain: Vec::new(),
         };
+        // Charge before committing: a file the budget cannot hold is
+        // refused with nothing changed.
+        let held = self.charge.bytes();
+        self.reserve(crate::file_cost(&file))?;
         let record = make_record(&file, 0, &file.map, &[]);
-        self.commit(&[(slot, record.encode())])?;
-        self.free_slots.remove(&slot);
-        self.generations[slot as usize] = generation;
+        if let Err(e) = self.commit(&[(slot, record.encode())]) {
+            self.charge.shrink(self.charge.bytes() - held);
+            return Err(e);
+        }
         self.names.insert(file.name.clone(), slot);
-        self.files[slot as usize] = Some(file);
+        self.put_file(slot, file);
+        self.settle();
         Ok(FileId { slot, generation })
     }
 
@@ -50,18 +56,18 @@ impl<M: PersistentMemory> Filesystem<M> {
     /// Removes a file. Its blocks are freed unless shared or held.
     pub fn unlink(&mut self, name: &str) -> Result<(), Error> {
         let slot = self.slot_of(name)?;
-        let f = self.files[slot as usize].as_ref().ok_or(Error::NotFound)?;
+        let f = self.files.get(&slot).ok_or(Error::NotFound)?;
         let record = Record::free(f.generation);
         self.commit(&[(slot, record.encode())])?;
         self.drop_slot(slot);
+        self.settle();
         Ok(())
     }
 
     /// Forgets a slot whose free record is committed, releasing its blocks.
     fn drop_slot(&mut self, slot: u32) {
-        if let Some(f) = self.files[slot as usize].take() {
+        if let Some(f) = self.take_file(slot) {
             self.names.remove(&f.name);
-            self.free_slots.insert(slot);
             for e in f.map.iter() {
                 self.unref(e.physical, e.len);
             }
@@ -81,14 +87,14 @@ impl<M: PersistentMemory> Filesystem<M> {
             return Ok(());
         }
         let victim = self.names.get(to).copied();
-        let f = self.files[slot as usize].as_ref().ok_or(Error::NotFound)?;
+        let f = self.files.get(&slot).ok_or(Error::NotFound)?;
         let mut renamed = f.clone();
         renamed.name = to.to_string();
         let record = make_record(&renamed, renamed.size, &renamed.map, &renamed.chain);
         let mut entries = Vec::with_capacity(2);
         entries.push((slot, record.encode()));
         if let Some(v) = victim {
-            let vf = self.files[v as usize].as_ref().ok_or(Error::NotFound)?;
+            let vf = self.files.get(&v).ok_or(Error::NotFound)?;
             entries.push((v, Record::free(vf.generation).encode()));
         }
         #[cfg(feature = "fault-injection")]
@@ -101,9 +107,11 @@ impl<M: PersistentMemory> Filesystem<M> {
         }
         self.names.remove(from);
         self.names.insert(to.to_string(), slot);
-        if let Some(f) = self.files[slot as usize].as_mut() {
+        if let Some(mut f) = self.take_file(slot) {
             f.name = to.to_string();
+            self.put_file(slot, f);
         }
+        self.settle();
         Ok(())
     }
 
@@ -117,11 +125,17 @@ impl<M: PersistentMemory> Filesystem<M> {
         if self.names.contains_key(dst) {
             return Err(Error::Exists);
         }
-        let slot = *self.free_slots.iter().next().ok_or(Error::NoFileSlots)?;
-        let generation = self.generations[slot as usize].wrapping_add(1).max(1);
-        let s = self.files[src_slot as usize]
-            .as_ref()
-            .ok_or(Error::NotFound)?;
+        let slot = self.free_slot()?;
+        let generation = self.next_generation(slot)?;
+        let s = self.files.get(&src_slot).ok_or(Error::NotFound)?;
+        // The clone's map, chain and the reference-count runs its extents
+        // may split, charged before anything is allocated.
+        let need = crate::FILE_COST
+            + 2 * dst.len()
+            + s.map.len() * (crate::EXTENT_COST + 2 * crate::RUN_COST);
+        let held = self.charge.bytes();
+        self.reserve(need)?;
+        let s = self.files.get(&src_slot).ok_or(Error::NotFound)?;
         let mut file = File {
             generation,
             name: dst.to_string(),
@@ -129,21 +143,27 @@ impl<M: PersistentMemory> Filesystem<M> {
             map: s.map.clone(),
             chain: Vec::new(),
         };
-        let chain = self.write_chain(slot, generation, &file.map)?;
+        let chain = match self.write_chain(slot, generation, &file.map) {
+            Ok(c) => c,
+            Err(e) => {
+                self.charge.shrink(self.charge.bytes() - held);
+                return Err(e);
+            }
+        };
         file.chain = chain;
         let record = make_record(&file, file.size, &file.map, &file.chain);
         if let Err(e) = self.commit(&[(slot, record.encode())]) {
             let runs: Vec<(u64, u64)> = file.chain.iter().map(|&b| (b, 1)).collect();
             self.unallocate(&runs);
+            self.charge.shrink(self.charge.bytes() - held);
             return Err(e);
         }
         for e in file.map.iter() {
             self.refs.increment(e.physical, e.len);
         }
-        self.free_slots.remove(&slot);
-        self.generations[slot as usize] = generation;
         self.names.insert(file.name.clone(), slot);
-        self.files[slot as usize] = Some(file);
+        self.put_file(slot, file);
+        self.settle();
         Ok(FileId { slot, generation })
     }
 
@@ -159,7 +179,7 @@ impl<M: PersistentMemory> Filesystem<M> {
             .map(|(name, &slot)| DirEntry {
                 name: name.clone(),
                 id: self.id_of(slot),
-                size: self.files[slot as usize].as_ref().map_or(0, |f| f.size),
+                size: self.files.get(&slot).map_or(0, |f| f.size),
             })
             .collect()
     }

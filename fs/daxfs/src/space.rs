@@ -7,6 +7,10 @@ use alloc::vec::Vec;
 
 use crate::format::CHUNK_BLOCKS;
 
+/// One free huge chunk in the huge pool (a `u64` B-tree entry with node
+/// overhead; measured in `tests/mount_memory.rs`).
+const HUGE_ENTRY: usize = 24;
+
 /// Counts per block, stored as non-overlapping runs of equal count so that
 /// a whole extent is counted in one step (clone is O(extents), not
 /// O(blocks)). Blocks without a run have count 0.
@@ -17,6 +21,11 @@ pub struct RunCounts {
 }
 
 impl RunCounts {
+    /// Runs held (each costs one B-tree entry).
+    pub fn len(&self) -> usize {
+        self.runs.len()
+    }
+
     /// Splits the run containing `at` (if any) so that a run starts at `at`.
     fn split(&mut self, at: u64) {
         let found = self.runs.range(..at).next_back().map(|(&s, &v)| (s, v));
@@ -46,8 +55,12 @@ impl RunCounts {
     /// Builds the counts of many (start, len) ranges at once by sweeping
     /// their sorted end points: O(n log n) with no per-range map updates,
     /// which is what mount needs for 100,000 files.
-    pub fn from_ranges(ranges: &[(u64, u64)]) -> Self {
-        let mut events: Vec<(u64, i64)> = Vec::with_capacity(ranges.len() * 2);
+    /// `None` when the heap cannot hold the sweep's event list.
+    pub fn from_ranges(ranges: &[(u64, u64)]) -> Option<Self> {
+        let mut events: Vec<(u64, i64)> = Vec::new();
+        events
+            .try_reserve_exact(ranges.len().checked_mul(2)?)
+            .ok()?;
         for &(s, l) in ranges {
             if l > 0 {
                 events.push((s, 1));
@@ -78,7 +91,7 @@ impl RunCounts {
         }
         // Merge touching runs of equal count (a range ending where another
         // starts produces two events at one point, already handled above).
-        RunCounts { runs }
+        Some(RunCounts { runs })
     }
 
     /// Adds one to every block of `start..start + len`.
@@ -225,6 +238,7 @@ pub struct Allocator {
 
 impl Allocator {
     /// An allocator with nothing free; call `free` for every free run.
+    #[cfg(test)]
     pub fn new(data_start: u64, total_blocks: u64) -> Self {
         let chunks = total_blocks.div_ceil(CHUNK_BLOCKS) as usize;
         Allocator {
@@ -235,6 +249,40 @@ impl Allocator {
             chunk_free: alloc::vec![0; chunks],
             free_blocks: 0,
         }
+    }
+
+    /// An allocator with nothing free, or `None` when the heap cannot hold
+    /// its per-chunk table (sized by the media's `total_blocks`).
+    pub fn try_new(data_start: u64, total_blocks: u64) -> Option<Self> {
+        let chunks = usize::try_from(total_blocks.div_ceil(CHUNK_BLOCKS)).ok()?;
+        let mut chunk_free = Vec::new();
+        chunk_free.try_reserve_exact(chunks).ok()?;
+        chunk_free.resize(chunks, 0);
+        Some(Allocator {
+            data_start,
+            total_blocks,
+            huge: BTreeSet::new(),
+            small: BTreeMap::new(),
+            chunk_free,
+            free_blocks: 0,
+        })
+    }
+
+    /// Heap bytes of the allocator's tables (estimate, see
+    /// `crate::TREE_ENTRY`): the per-chunk table and one B-tree entry per
+    /// free run or free huge chunk.
+    pub fn memory(&self) -> usize {
+        self.chunk_free.capacity() * 4
+            + self.small.len() * crate::RUN_COST
+            + self.huge.len() * HUGE_ENTRY
+    }
+
+    /// Heap bytes an allocator for this geometry may take at most when
+    /// every chunk is free: the per-chunk table plus one entry per chunk.
+    pub fn memory_bound(data_start: u64, total_blocks: u64) -> usize {
+        let chunks = total_blocks.div_ceil(CHUNK_BLOCKS);
+        let data_chunks = (total_blocks - data_start.min(total_blocks)).div_ceil(CHUNK_BLOCKS) + 1;
+        usize::try_from(chunks * 4 + data_chunks * HUGE_ENTRY as u64).unwrap_or(usize::MAX)
     }
 
     /// Free blocks in total.
@@ -416,7 +464,7 @@ mod tests {
             (15, 10),
             (60, 1),
         ];
-        let bulk = RunCounts::from_ranges(&ranges);
+        let bulk = RunCounts::from_ranges(&ranges).unwrap();
         let mut one = RunCounts::default();
         for &(s, l) in &ranges {
             one.increment(s, l);

@@ -7,6 +7,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
+use daxbox_budget::OverBudget;
 use daxbox_persist::OutOfRange;
 
 /// The errors of the filesystem layer.
@@ -48,6 +49,22 @@ pub enum Error {
     NoFileSlots,
     /// The operation would make a file larger than the format allows.
     FileTooLarge,
+    /// The operation would take more memory than the filesystem's budget
+    /// has left; nothing was changed.
+    OutOfMemory(OverBudget),
+    /// Mounting the image needs more memory than the budget allows; the
+    /// image was not changed.
+    MountTooLarge {
+        /// Bytes the mount had taken when it was refused, plus the
+        /// refused request: a lower bound of what it needs.
+        needed: usize,
+        /// The budget's name.
+        budget: &'static str,
+        /// The budget's limit.
+        limit: usize,
+        /// Bytes of the budget other users held.
+        used_elsewhere: usize,
+    },
     /// An access fell outside the memory region (an internal bug or a
     /// region that shrank under us).
     Io(OutOfRange),
@@ -75,6 +92,16 @@ impl fmt::Display for Error {
             Error::NoSpace => write!(f, "no space left on the filesystem"),
             Error::NoFileSlots => write!(f, "file table full"),
             Error::FileTooLarge => write!(f, "file too large for the format"),
+            Error::OutOfMemory(e) => write!(f, "out of memory: {e}"),
+            Error::MountTooLarge {
+                needed,
+                budget,
+                limit,
+                used_elsewhere,
+            } => write!(
+                f,
+                "mount refused: the image needs at least {needed} bytes of memory, the {budget} budget is {limit} bytes ({used_elsewhere} held by others)"
+            ),
             Error::Io(e) => write!(f, "memory access error: {e}"),
         }
     }

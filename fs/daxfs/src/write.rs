@@ -13,7 +13,7 @@ use daxbox_persist::NT_THRESHOLD;
 
 use crate::extmap::ExtentMap;
 use crate::format::{BLOCK_SIZE, CHUNK_BLOCKS, CHUNK_SIZE, MAX_FILE_SIZE};
-use crate::{block_offset, Error, FileId, Filesystem, PersistentMemory, ZEROS};
+use crate::{block_offset, Error, FileId, Filesystem, PersistentMemory, RUN_GROWTH, ZEROS};
 
 /// Where the bytes of an edit come from.
 enum Src<'a> {
@@ -118,7 +118,7 @@ impl<M: PersistentMemory> Filesystem<M> {
     /// written, and new blocks are filled before the metadata that points
     /// at them is committed (FORMAT.md "Data writes").
     fn modify(&mut self, slot: u32, edits: &[Edit<'_>], new_size: u64) -> Result<(), Error> {
-        let file = self.files[slot as usize].as_ref().ok_or(Error::StaleFile)?;
+        let file = self.files.get(&slot).ok_or(Error::StaleFile)?;
         let block_range = |e: &Edit<'_>| {
             if e.len() == 0 {
                 return (0, 0);
@@ -252,9 +252,15 @@ impl<M: PersistentMemory> Filesystem<M> {
             self.unallocate(&fresh);
             return Err(Error::NoSpace);
         }
+        // The map, count and free-space runs the new blocks may add are
+        // charged before the map changes; a refusal undoes the allocation.
+        if let Err(e) = self.reserve(runs.len() * RUN_GROWTH) {
+            self.unallocate(&fresh);
+            return Err(e);
+        }
         // Switch the in-memory map to the new blocks now; undone below if
         // anything fails before the commit.
-        let file = self.files[slot as usize].as_mut().ok_or(Error::StaleFile)?;
+        let file = self.files.get_mut(&slot).ok_or(Error::StaleFile)?;
         let mut removed = Vec::new();
         for r in &runs {
             removed.extend(file.map.remove(r.logical, r.len));
@@ -276,7 +282,7 @@ impl<M: PersistentMemory> Filesystem<M> {
                 Ok(())
             }
             Err(e) => {
-                if let Some(file) = self.files[slot as usize].as_mut() {
+                if let Some(file) = self.files.get_mut(&slot) {
                     for r in runs.iter().rev() {
                         file.map.remove(r.logical, r.len);
                     }
@@ -328,7 +334,7 @@ impl<M: PersistentMemory> Filesystem<M> {
         }
         // (edit index, file offset, region offset, length)
         let mut writes: Vec<(usize, u64, u64, u64)> = Vec::new();
-        let file = self.files[slot as usize].as_ref().ok_or(Error::StaleFile)?;
+        let file = self.files.get(&slot).ok_or(Error::StaleFile)?;
         for (i, e) in edits.iter().enumerate() {
             if e.len() == 0 {
                 continue;
@@ -361,8 +367,14 @@ impl<M: PersistentMemory> Filesystem<M> {
         Ok(())
     }
 
-    /// Writes `data` at `offset`, extending the file if needed.
+    /// Writes `data` at `offset`, extending the file if needed. Fails with
+    /// [`Error::OutOfMemory`] (nothing written) when the blocks it must
+    /// allocate would grow the in-memory maps past the mount budget.
     pub fn write(&mut self, file: FileId, offset: u64, data: &[u8]) -> Result<(), Error> {
+        self.costed(file.slot, |fs| fs.write_inner(file, offset, data))
+    }
+
+    fn write_inner(&mut self, file: FileId, offset: u64, data: &[u8]) -> Result<(), Error> {
         let size = self.file(file)?.size;
         if data.is_empty() {
             return Ok(());
@@ -418,6 +430,18 @@ impl<M: PersistentMemory> Filesystem<M> {
         len: u64,
         punch: bool,
     ) -> Result<(), Error> {
+        self.costed(file.slot, |fs| {
+            fs.write_zeroes_inner(file, offset, len, punch)
+        })
+    }
+
+    fn write_zeroes_inner(
+        &mut self,
+        file: FileId,
+        offset: u64,
+        len: u64,
+        punch: bool,
+    ) -> Result<(), Error> {
         let size = self.file(file)?.size;
         let end = offset
             .checked_add(len)
@@ -459,7 +483,10 @@ impl<M: PersistentMemory> Filesystem<M> {
 
     /// Unmaps file blocks and commits (punch hole / truncate).
     fn unmap(&mut self, slot: u32, start: u64, len: u64, size: u64) -> Result<(), Error> {
-        let f = self.files[slot as usize].as_mut().ok_or(Error::StaleFile)?;
+        // Unmapping splits at most one extent and one count run at each
+        // end, and adds free runs: charged first.
+        self.reserve(2 * RUN_GROWTH)?;
+        let f = self.files.get_mut(&slot).ok_or(Error::StaleFile)?;
         let removed = f.map.remove(start, len);
         if removed.is_empty() {
             if size != f.size {
@@ -475,7 +502,7 @@ impl<M: PersistentMemory> Filesystem<M> {
                 Ok(())
             }
             Err(err) => {
-                if let Some(f) = self.files[slot as usize].as_mut() {
+                if let Some(f) = self.files.get_mut(&slot) {
                     for x in removed {
                         f.map.insert(x.logical, x.len, x.physical);
                     }
@@ -487,6 +514,10 @@ impl<M: PersistentMemory> Filesystem<M> {
 
     /// Sets the file size; growing reads as zeros, shrinking frees blocks.
     pub fn truncate(&mut self, file: FileId, size: u64) -> Result<(), Error> {
+        self.costed(file.slot, |fs| fs.truncate_inner(file, size))
+    }
+
+    fn truncate_inner(&mut self, file: FileId, size: u64) -> Result<(), Error> {
         let f = self.file(file)?;
         if size > MAX_FILE_SIZE {
             return Err(Error::FileTooLarge);

@@ -5,8 +5,13 @@
 //! daxbox-serve --image PATH[,size=SIZE]... [--format if-blank|never]
 //!              [--export-raw pmemN]... [--readonly NAME]...
 //!              [--create NAME=SIZE]... [--port PORT] [--handshake-timeout-ms N]
-//!              [--nbd-list on|off]
+//!              [--nbd-list on|off] [--memory-budget SIZE]
 //! ```
+//!
+//! `--memory-budget SIZE` bounds what mounted filesystems may hold in
+//! memory (the kernel's `mount` budget; default 1G): a device whose image
+//! needs more is refused at boot with a message and left untouched, and a
+//! create or write past it fails (NBD `ENOSPC`).
 //!
 //! `--nbd-list off` answers `NBD_OPT_LIST` with `NBD_REP_ERR_POLICY`, as
 //! the boot config's `nbd_list=off` does in the kernel (default `on`).
@@ -34,7 +39,11 @@ use daxbox_storage::{BootPolicy, NbdService, Storage};
 
 const USAGE: &str = "usage: daxbox-serve --image PATH[,size=SIZE]... [--format if-blank|never] \
      [--export-raw pmemN]... [--readonly NAME]... [--create NAME=SIZE]... [--port PORT] \
-     [--handshake-timeout-ms N] [--nbd-list on|off]";
+     [--handshake-timeout-ms N] [--nbd-list on|off] [--memory-budget SIZE]";
+
+/// The mount budget without `--memory-budget`: the kernel's share (half
+/// the heap) of a 2 GiB heap.
+const DEFAULT_MOUNT_BUDGET: u64 = 1 << 30;
 
 struct Options {
     images: Vec<ImageSpec>,
@@ -43,6 +52,7 @@ struct Options {
     create: Vec<(String, String)>,
     port: u16,
     engine: ServerConfig,
+    mount_budget: u64,
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -56,6 +66,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         create: Vec::new(),
         port: 10809,
         engine: ServerConfig::default(),
+        mount_budget: DEFAULT_MOUNT_BUDGET,
     };
     while let Some(arg) = args.next() {
         let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
@@ -95,6 +106,11 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
                     other => return Err(format!("--nbd-list {other}: on or off")),
                 }
             }
+            "--memory-budget" => {
+                options.mount_budget = daxbox_bootconfig::parse_size(&value)
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("--memory-budget {value}: bad size"))?
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -131,6 +147,7 @@ fn main() {
             _ => None,
         })
         .collect();
+    daxbox_budget::MOUNT.set_limit(usize::try_from(options.mount_budget).unwrap_or(usize::MAX));
     let mut state = State {
         storage: Storage::new(),
         env: HostEnvironment::new(images, &read_only_devices),

@@ -1807,3 +1807,51 @@ fn lifecycle_commands_with_connected_clients() {
     );
     server.poweroff();
 }
+
+#[test]
+fn an_image_over_the_memory_budget_is_refused_untouched_and_the_other_serves() {
+    let dir = TempDir::new("budget");
+    let pmem0 = image_arg(&dir, "pmem0.img", "32M");
+    let pmem1 = image_arg(&dir, "pmem1.img", "16M");
+    let mut server = Server::start(&[
+        "--image",
+        &pmem0,
+        "--image",
+        &pmem1,
+        "--format",
+        "if-blank",
+        "--create",
+        "pmem1:small=1M",
+    ]);
+    for i in 0..300 {
+        server.ok(&format!("create pmem0:f{i:03} 4K"));
+    }
+    server.poweroff();
+    let before = std::fs::read(dir.path("pmem0.img")).expect("reading pmem0.img");
+    let mut server = Server::start(&[
+        "--image",
+        &pmem0,
+        "--image",
+        &pmem1,
+        "--memory-budget",
+        "128K",
+    ]);
+    let boot = server.boot.clone();
+    assert!(
+        boot.contains("storage: pmem0: mount refused: the image needs at least ")
+            && boot.contains(
+                " bytes of memory, the mount budget is 131072 bytes (0 held by others) (not mounted, data left as it is)\n"
+            ),
+        "boot messages:\n{boot}"
+    );
+    assert!(
+        boot.contains("storage: pmem1 mounted daxfs in "),
+        "boot messages:\n{boot}"
+    );
+    let list = run_tool_ok("nbdinfo", &["--list", &server.uri("")], QUICK);
+    assert!(list.contains("export=\"small\""), "{list}");
+    server.assert_alive();
+    server.poweroff();
+    let after = std::fs::read(dir.path("pmem0.img")).expect("reading pmem0.img");
+    assert!(after == before, "the refused image was written");
+}

@@ -13,6 +13,8 @@ mod flood;
 mod harness;
 mod lifecycle;
 mod names;
+mod hostile;
+mod memory;
 mod nbd;
 mod net;
 mod pmem;
