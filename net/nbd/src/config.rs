@@ -24,9 +24,28 @@ pub struct ServerConfig {
     /// Largest option payload buffered during the handshake; longer options
     /// are skipped and answered with `NBD_REP_ERR_TOO_BIG`.
     pub max_option_len: u32,
-    /// Most extents in one block-status reply.
+    /// Most extents in one block-status reply, and most extents the
+    /// backend is asked to examine for it: a reply may describe less than
+    /// the requested length (proto.md "NBD_CMD_BLOCK_STATUS"), and the
+    /// client asks again from where it ended.
     pub max_extents: usize,
+    /// Most bytes of a TRIM or WRITE_ZEROES range done in one
+    /// [`Connection::step`](crate::Connection::step): a longer request is
+    /// done piece by piece, one piece per event-loop step, so other
+    /// connections are served in between. Its reply is sent when the last
+    /// piece is done (and durable, with FUA). Also the budget handed to
+    /// [`Backend::trim_step`](crate::Backend::trim_step) and
+    /// [`Backend::write_zeroes_step`](crate::Backend::write_zeroes_step).
+    /// A multiple of 4096, at least 4096.
+    pub step_bytes: u64,
 }
+
+/// Default [`ServerConfig::step_bytes`]: 8 MiB. Zeroing and write-back of
+/// 8 MiB of pmem take about 1 ms on the host and a few ms under QEMU TCG
+/// (`cargo xtask bench trim`), so another client's 4 KiB read waits at
+/// most about that long behind a 1 GiB TRIM; a daxfs punch of 8 MiB frees
+/// at most 2048 blocks in one commit.
+pub const DEFAULT_STEP_BYTES: u64 = 8 * 1024 * 1024;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -39,6 +58,7 @@ impl Default for ServerConfig {
             max_queued_bytes: 256 * 1024,
             max_option_len: 16 * 1024,
             max_extents: 2048,
+            step_bytes: DEFAULT_STEP_BYTES,
         }
     }
 }

@@ -36,8 +36,10 @@ mod connection;
 mod server;
 pub mod wire;
 
-pub use backend::{Backend, BackendError, ExportHandle, ExportInfo, ExportKind, Extent, ZeroFlags};
-pub use config::{ConnectionStats, ServerConfig};
+pub use backend::{
+    step_piece, Backend, BackendError, ExportHandle, ExportInfo, ExportKind, Extent, ZeroFlags,
+};
+pub use config::{ConnectionStats, ServerConfig, DEFAULT_STEP_BYTES};
 pub use connection::Connection;
 pub use server::Server;
 
