@@ -40,12 +40,15 @@ pub struct ServerConfig {
     pub step_bytes: u64,
 }
 
-/// Default [`ServerConfig::step_bytes`]: 8 MiB. Zeroing and write-back of
-/// 8 MiB of pmem take about 1 ms on the host and a few ms under QEMU TCG
+/// Default [`ServerConfig::step_bytes`]: 2 MiB. Measured with `cargo xtask
+/// bench trim` under QEMU TCG on a loaded 2-CPU host, one 8 MiB piece of a
+/// raw WRITE_ZEROES (memset + clflush of every line) took about 70 ms, so
+/// another client's read waited up to that long; 2 MiB cuts that to a
+/// quarter at a per-step overhead of one event-loop turn (microseconds; on
+/// real pmem zeroing 2 MiB takes well under a millisecond). 2 MiB is also
+/// one daxfs chunk: a punch step frees at most 512 blocks in one commit.
 /// (`cargo xtask bench trim`), so another client's 4 KiB read waits at
-/// most about that long behind a 1 GiB TRIM; a daxfs punch of 8 MiB frees
-/// at most 2048 blocks in one commit.
-pub const DEFAULT_STEP_BYTES: u64 = 8 * 1024 * 1024;
+pub const DEFAULT_STEP_BYTES: u64 = 2 * 1024 * 1024;
 
 impl Default for ServerConfig {
     fn default() -> Self {

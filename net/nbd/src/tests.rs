@@ -1609,7 +1609,9 @@ fn later_requests_of_the_same_connection_wait_for_a_long_request() {
     let step = ServerConfig::default().step_bytes;
     assert_eq!(big.calls[0], (offset, step - offset));
     assert!(big.calls[1..].iter().all(|&(o, _)| o % step == 0));
-    assert_eq!(big.calls.len(), 9);
+    let pieces = (offset + len).div_ceil(step) - offset / step;
+    assert_eq!(big.calls.len() as u64, pieces);
+    assert!(pieces > 2);
 }
 
 #[test]
