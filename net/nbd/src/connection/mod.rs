@@ -17,12 +17,13 @@
 //! runs no further request of that connection is read, and its reply is
 //! queued when the last piece is done (after `persist` with FUA). A later
 //! request of the same connection therefore never sees a half-done job;
-//! other connections may, as proto.md allows for requests in flight. A write-type request (WRITE, TRIM,
-//! WRITE_ZEROES) that overlaps a READ whose data has not been sent yet
-//! waits until that data is out, so every READ returns exactly the data
-//! written by requests received before it. FLUSH therefore covers every
-//! write that has been replied to (proto.md "Ordering of messages and
-//! writes"), and a FUA write is persisted before its reply is queued.
+//! other connections may, as proto.md allows for requests in flight.
+//! A write-type request (WRITE, TRIM, WRITE_ZEROES) that overlaps a READ
+//! whose data has not been sent yet waits until that data is out, so every
+//! READ returns exactly the data written by requests received before it.
+//! FLUSH therefore covers every write that has been replied to (proto.md
+//! "Ordering of messages and writes"), and a FUA write (or FUA TRIM /
+//! WRITE_ZEROES) is persisted before its reply is queued.
 //!
 //! Layout: this module holds the connection state and the input side
 //! (`receive`, which gathers headers and streams WRITE payloads);
