@@ -1361,6 +1361,8 @@ struct Big {
     zeroed: Vec<(u64, u64)>,
     calls: Vec<(u64, u64)>,
     persisted: Vec<(u64, u64)>,
+    /// The export turns read-only after this many trim/zero calls.
+    read_only_after: Option<usize>,
 }
 
 impl Big {
@@ -1370,6 +1372,7 @@ impl Big {
             zeroed: Vec::new(),
             calls: Vec::new(),
             persisted: Vec::new(),
+            read_only_after: None,
         }
     }
     fn byte(&self, at: u64) -> u8 {
@@ -1395,6 +1398,12 @@ impl Backend for Big {
         match name {
             "" | "big" => Ok(ExportHandle(0)),
             _ => Err(BackendError::NoSuchExport),
+        }
+    }
+    fn check_write(&mut self, _: ExportHandle) -> Result<(), BackendError> {
+        match self.read_only_after {
+            Some(n) if self.calls.len() >= n => Err(BackendError::ReadOnly),
+            _ => Ok(()),
         }
     }
     fn info(&self, _: ExportHandle) -> Option<ExportInfo> {
@@ -1612,6 +1621,28 @@ fn later_requests_of_the_same_connection_wait_for_a_long_request() {
     let pieces = (offset + len).div_ceil(step) - offset / step;
     assert_eq!(big.calls.len() as u64, pieces);
     assert!(pieces > 2);
+}
+
+#[test]
+fn an_export_that_turns_read_only_stops_a_long_request_at_the_next_piece() {
+    let mut big = Big::new();
+    let mut a = Peer::new(&mut big);
+    big.read_only_after = Some(3);
+    a.input
+        .extend_from_slice(&request(0, CMD_TRIM, 1, 0, GIB as u32));
+    let mut turns = 0;
+    while a.out.is_empty() {
+        assert!(turns < 100);
+        event_loop_turn(&mut [&mut a], &mut big, turns);
+        turns += 1;
+    }
+    assert_eq!(a.reply(0).map(|r| (r.0, r.1)), Some((EPERM, 1)));
+    assert_eq!(
+        big.calls.len(),
+        3,
+        "no piece after the export became read-only"
+    );
+    assert!(!a.conn.has_work());
 }
 
 #[test]

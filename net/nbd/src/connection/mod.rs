@@ -237,10 +237,12 @@ impl Connection {
         let end = job.request.end();
         let remaining = end - job.next;
         let budget = (self.config.step_bytes / 4096).max(1) * 4096;
-        let result = match job.zeroes {
+        // The export may have become read-only since the previous piece
+        // (`Backend::check_write`): stop there, with that error.
+        let result = backend.check_write(export).and_then(|()| match job.zeroes {
             None => backend.trim_step(export, job.next, remaining, budget),
             Some(flags) => backend.write_zeroes_step(export, job.next, remaining, flags, budget),
-        };
+        });
         let result = match result {
             // A backend that reports no progress would never finish.
             Ok(0) => Err(BackendError::Io),
