@@ -301,10 +301,14 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
     fn step(&mut self, conn: &mut NbdConnection, now_ms: u64) -> bool {
         let targets = &mut self.targets;
         self.shared.with(|storage| {
+            // Cut by `umount --force` / `truncate --force`: no more pieces.
+            if storage.disconnecting.contains(&conn.id) {
+                return false;
+            }
             let mut backend = StorageBackend::new(storage, targets);
             let stepped = conn.engine.step(&mut backend);
             conn.note_closing(now_ms);
-            conn.publish(storage);
+            conn.publish(storage, targets);
             stepped
         })
     }
@@ -637,10 +641,14 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
                 self.write_zeroes(export, offset, piece, flags)?;
                 Ok(piece)
             }
-            Target::File { volume, file } => self
-                .filesystem(volume)?
-                .write_zeroes_step(file, offset, len, !flags.no_hole, budget / 4096)
-                .map_err(fs_error),
+            Target::File { volume, file } => {
+                let fs = self.filesystem(volume)?;
+                // Never beyond the file's size now (it may have shrunk
+                // since the handshake): as `write_zeroes`, ENOSPC.
+                within_file(fs, file, offset, len)?;
+                fs.write_zeroes_step(file, offset, len, !flags.no_hole, budget / 4096)
+                    .map_err(fs_error)
+            }
         }
     }
 
@@ -1544,7 +1552,7 @@ mod tests {
         f: Fixture,
         export: &str,
         kind: u16,
-        check_done: impl Fn(&mut Storage<TestMemory>, &mut Vec<Target>),
+        check_done: impl Fn(&mut Storage<TestMemory>, &mut Vec<Bound>),
     ) -> usize {
         const GIB: u64 = 1 << 30;
         let cell = Cell(RefCell::new(f));
@@ -1637,6 +1645,37 @@ mod tests {
         });
         // 1 GiB at 2 MiB per step.
         assert!(turns >= 512, "{turns} turns");
+    }
+
+    #[test]
+    fn a_step_never_goes_beyond_a_file_that_shrank() {
+        let mut f = exports();
+        let mut targets = Vec::new();
+        let disk = backend(&mut f.storage, &mut targets).open("disk").unwrap();
+        f.ok("truncate disk 1M");
+        let mut b = backend(&mut f.storage, &mut targets);
+        for flags in [
+            ZeroFlags::default(),
+            ZeroFlags {
+                no_hole: true,
+                fast: false,
+            },
+        ] {
+            assert_eq!(
+                b.write_zeroes_step(disk, 0, 4 * MIB, flags, 2 * MIB),
+                Err(BackendError::NoSpace)
+            );
+        }
+        assert_eq!(
+            b.trim_step(disk, 0, 4 * MIB, 2 * MIB),
+            Err(BackendError::NoSpace)
+        );
+        assert_eq!(
+            b.info(disk).unwrap().size,
+            MIB,
+            "the file did not grow back"
+        );
+        assert_eq!(b.trim_step(disk, 0, MIB, 2 * MIB), Ok(MIB));
     }
 
     #[test]
