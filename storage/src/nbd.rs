@@ -368,6 +368,25 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
         }
     }
 
+    fn has_work(&self, conn: &NbdConnection) -> bool {
+        conn.engine.has_work()
+    }
+
+    fn step(&mut self, conn: &mut NbdConnection, now_ms: u64) -> bool {
+        let targets = &mut self.targets;
+        self.shared.with(|storage| {
+            // Cut by `umount --force` / `truncate --force`: no more pieces.
+            if storage.disconnecting.contains(&conn.id) {
+                return false;
+            }
+            let mut backend = StorageBackend::new(storage, targets);
+            let stepped = conn.engine.step(&mut backend);
+            conn.note_closing(now_ms);
+            conn.publish(storage, &targets.list);
+            stepped
+        })
+    }
+
     fn closed(&mut self, conn: NbdConnection) {
         // A refusal was never accepted by the server: nothing to retire.
         if !conn.refused {
@@ -711,6 +730,51 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
         }
     }
 
+    fn trim_step(
+        &mut self,
+        export: ExportHandle,
+        offset: u64,
+        len: u64,
+        budget: u64,
+    ) -> Result<u64, BackendError> {
+        self.write_zeroes_step(export, offset, len, ZeroFlags::default(), budget)
+    }
+
+    /// One bounded part of a TRIM or WRITE_ZEROES (the engine calls it once
+    /// per event-loop step): on a raw export `budget` bytes, zeroed and
+    /// written back, ending on a multiple of `budget`; on a file daxfs's
+    /// `write_zeroes_step` with `budget / 4096` blocks, which passes over
+    /// holes for free when punching.
+    fn write_zeroes_step(
+        &mut self,
+        export: ExportHandle,
+        offset: u64,
+        len: u64,
+        flags: ZeroFlags,
+        budget: u64,
+    ) -> Result<u64, BackendError> {
+        match self.target(export)? {
+            Target::Raw { .. } => {
+                let piece = daxbox_nbd::step_piece(offset, len, budget);
+                self.write_zeroes(export, offset, piece, flags)?;
+                Ok(piece)
+            }
+            Target::File { volume, file } => {
+                let fs = self.filesystem(volume)?;
+                // Never beyond the file's size now (it may have shrunk
+                // since the handshake): as `write_zeroes`, ENOSPC.
+                within_file(fs, file, offset, len)?;
+                fs.write_zeroes_step(file, offset, len, !flags.no_hole, budget / 4096)
+                    .map_err(fs_error)
+            }
+        }
+    }
+
+    /// Raw exports are all data. Files: daxfs's `extents_limited`, which
+    /// looks at no more than `max_extents` extents (2048 by default, the
+    /// engine's [`ServerConfig::max_extents`]) whatever the range, so one
+    /// reply over a huge fragmented file costs a bounded amount; the client
+    /// asks again from where the reply ends.
     fn block_status(
         &mut self,
         export: ExportHandle,
@@ -726,8 +790,10 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
             }
             Target::File { volume, file } => {
                 let fs = self.filesystem(volume)?;
-                let segments = fs.extents(file, offset, len).map_err(fs_error)?;
-                for segment in segments.iter().take(max_extents.max(1)) {
+                let segments = fs
+                    .extents_limited(file, offset, len, max_extents.max(1))
+                    .map_err(fs_error)?;
+                for segment in &segments {
                     if segment.len == 0 {
                         continue;
                     }
@@ -1579,6 +1645,237 @@ mod tests {
         let (bad, _) = daxbox_bootconfig::parse("nbd_list=maybe\n");
         let mut service = NbdService::for_boot_config(&cell, &bad);
         assert_eq!(list_reply_types(&mut service), [REP_ERR_POLICY]);
+    }
+
+    /// One client connection as the kernel's listener holds it: bytes
+    /// waiting to be offered, bytes produced so far.
+    struct Peer<C> {
+        conn: C,
+        input: Vec<u8>,
+        out: Vec<u8>,
+    }
+
+    /// One turn of the kernel's event loop (`net/stack` `Listener`): one
+    /// bounded step for the next connection with work, round-robin from
+    /// `turn`, then every connection's bytes moved both ways.
+    fn event_loop_turn<S: TcpService>(
+        service: &mut S,
+        peers: &mut [Peer<S::Connection>],
+        turn: usize,
+    ) {
+        let n = peers.len();
+        for i in 0..n {
+            let peer = &mut peers[(turn + i) % n];
+            if service.has_work(&peer.conn) {
+                assert!(service.step(&mut peer.conn, 0));
+                break;
+            }
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        for peer in peers.iter_mut() {
+            loop {
+                let produced = service.produce(&mut peer.conn, &mut buf, 0);
+                peer.out.extend_from_slice(&buf[..produced]);
+                let used = service.receive(&mut peer.conn, &peer.input, 0);
+                peer.input.drain(..used);
+                if produced == 0 && used == 0 {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// A connection in transmission on `export` (simple replies).
+    fn connect<S: TcpService>(service: &mut S, export: &str) -> Peer<S::Connection> {
+        let mut input = 3u32.to_be_bytes().to_vec();
+        input.extend_from_slice(b"IHAVEOPT");
+        input.extend_from_slice(&7u32.to_be_bytes());
+        input.extend_from_slice(&(export.len() as u32 + 6).to_be_bytes());
+        input.extend_from_slice(&(export.len() as u32).to_be_bytes());
+        input.extend_from_slice(export.as_bytes());
+        input.extend_from_slice(&0u16.to_be_bytes());
+        let mut peers = [Peer {
+            conn: service.accept(0),
+            input,
+            out: Vec::new(),
+        }];
+        event_loop_turn(service, &mut peers, 0);
+        let [mut peer] = peers;
+        assert!(peer.input.is_empty());
+        // The last option reply is NBD_REP_ACK (1) to NBD_OPT_GO (7).
+        assert_eq!(
+            &peer.out[peer.out.len() - 12..peer.out.len() - 4],
+            &[0, 0, 0, 7, 0, 0, 0, 1]
+        );
+        peer.out.clear();
+        peer
+    }
+
+    /// Takes a whole simple reply (error, cookie, `data` bytes) if there.
+    fn simple_reply<C>(peer: &mut Peer<C>, data: usize) -> Option<(u32, u64, Vec<u8>)> {
+        if peer.out.len() < 16 + data {
+            return None;
+        }
+        let reply: Vec<u8> = peer.out.drain(..16 + data).collect();
+        assert_eq!(&reply[..4], &0x6744_6698u32.to_be_bytes());
+        let error = u32::from_be_bytes(reply[4..8].try_into().unwrap());
+        let cookie = u64::from_be_bytes(reply[8..16].try_into().unwrap());
+        Some((error, cookie, reply[16..].to_vec()))
+    }
+
+    /// A 1 GiB TRIM (kind 4) or WRITE_ZEROES (kind 6) on connection A runs
+    /// in bounded parts, and connection B's 4 KiB read (of the last 4 KiB
+    /// of the range, not reached yet) is answered between them; A's reply
+    /// comes only once the whole range reads as zeros.
+    fn long_request_with_a_reader_between_parts(
+        f: Fixture,
+        export: &str,
+        kind: u16,
+        check_done: impl Fn(&mut Storage<TestMemory>, &mut Targets),
+    ) -> usize {
+        const GIB: u64 = 1 << 30;
+        let cell = Cell(RefCell::new(f));
+        let mut service = NbdService::new(&cell);
+        let a = connect(&mut service, export);
+        let b = connect(&mut service, export);
+        let mut peers = [a, b];
+        peers[0].input = request(kind, 1, 0, GIB as u32);
+        event_loop_turn(&mut service, &mut peers, 0);
+        let last = GIB - 4096;
+        peers[1].input = request(0, 2, last, 4096);
+        let mut turns = 1;
+        let read = loop {
+            event_loop_turn(&mut service, &mut peers, turns);
+            turns += 1;
+            if let Some(reply) = simple_reply(&mut peers[1], 4096) {
+                break reply;
+            }
+            assert!(turns < 100_000, "B's read never answered");
+        };
+        assert_eq!((read.0, read.1), (0, 2));
+        assert_eq!(
+            &read.2[..7],
+            b"theend!",
+            "B saw the data before the request reached it"
+        );
+        assert!(
+            service.has_work(&peers[0].conn),
+            "the whole request ran before B's read"
+        );
+        assert!(simple_reply(&mut peers[0], 0).is_none());
+        let reply = loop {
+            event_loop_turn(&mut service, &mut peers, turns);
+            turns += 1;
+            if let Some(reply) = simple_reply(&mut peers[0], 0) {
+                break reply;
+            }
+            assert!(turns < 100_000, "A never answered");
+        };
+        assert_eq!((reply.0, reply.1), (0, 1));
+        let mut targets = Targets::default();
+        check_done(&mut cell.0.borrow_mut().storage, &mut targets);
+        turns
+    }
+
+    #[test]
+    fn a_long_trim_of_a_daxfs_file_goes_in_bounded_parts() {
+        // A thin 1 GiB file with 64 chunks of data (2 MiB each: the file
+        // is large) spread over it, the last one at its very end.
+        let mut f = Fixture::with_devices(&[160 * MIB], &[]);
+        f.ok("create big 1G");
+        for i in 0..63u64 {
+            f.ok(&alloc::format!("write big {} data{i}", i * 16 * MIB));
+        }
+        f.ok(&alloc::format!("write big {} theend!", 1024 * MIB - 4096));
+        let free_before = f.storage.filesystem(0).unwrap().statfs().free_blocks;
+        let turns = long_request_with_a_reader_between_parts(f, "big", 4, |storage, targets| {
+            let mut b = backend(storage, targets);
+            let big = b.open("big").unwrap();
+            let mut status = Vec::new();
+            b.block_status(big, 0, 1 << 30, 16, &mut status).unwrap();
+            assert_eq!(status, [Extent::hole(1 << 30)]);
+            let fs = storage.filesystem(0).unwrap();
+            // Every chunk is free again, and the overflow block that held
+            // the extents beyond the 12 inline ones.
+            assert_eq!(fs.statfs().free_blocks, free_before + 64 * 512 + 1);
+        });
+        // 64 chunks = 32768 blocks, at most 512 (2 MiB) per step.
+        assert!(turns >= 64, "{turns} turns");
+    }
+
+    #[test]
+    fn a_long_write_zeroes_of_a_raw_export_goes_in_bounded_parts() {
+        let mut f = Fixture::with_devices(&[MIB << 10], &["pmem0"]);
+        {
+            let mut targets = Targets::default();
+            let mut b = backend(&mut f.storage, &mut targets);
+            let raw = b.open("pmem0").unwrap();
+            b.write(raw, 0, &[0x55; 4096]).unwrap();
+            b.write(raw, (1 << 30) - 4096, b"theend!").unwrap();
+        }
+        let turns = long_request_with_a_reader_between_parts(f, "pmem0", 6, |storage, targets| {
+            let mut b = backend(storage, targets);
+            let raw = b.open("pmem0").unwrap();
+            for at in [0, (1 << 30) - 4096] {
+                let mut buf = [1u8; 4096];
+                b.read(raw, at, &mut buf).unwrap();
+                assert!(buf.iter().all(|&x| x == 0));
+            }
+        });
+        // 1 GiB at 2 MiB per step.
+        assert!(turns >= 512, "{turns} turns");
+    }
+
+    #[test]
+    fn a_step_never_goes_beyond_a_file_that_shrank() {
+        let mut f = exports();
+        let mut targets = Targets::default();
+        let disk = backend(&mut f.storage, &mut targets).open("disk").unwrap();
+        f.ok("truncate disk 1M");
+        let mut b = backend(&mut f.storage, &mut targets);
+        for flags in [
+            ZeroFlags::default(),
+            ZeroFlags {
+                no_hole: true,
+                fast: false,
+            },
+        ] {
+            assert_eq!(
+                b.write_zeroes_step(disk, 0, 4 * MIB, flags, 2 * MIB),
+                Err(BackendError::NoSpace)
+            );
+        }
+        assert_eq!(
+            b.trim_step(disk, 0, 4 * MIB, 2 * MIB),
+            Err(BackendError::NoSpace)
+        );
+        assert_eq!(
+            b.info(disk).unwrap().size,
+            MIB,
+            "the file did not grow back"
+        );
+        assert_eq!(b.trim_step(disk, 0, MIB, 2 * MIB), Ok(MIB));
+    }
+
+    #[test]
+    fn block_status_of_a_fragmented_file_looks_at_a_bounded_number_of_extents() {
+        let mut f = Fixture::with_devices(&[16 * MIB], &[]);
+        f.ok("create frag 2M");
+        // Every other block: 256 data extents and 256 holes.
+        for block in (0..512u64).step_by(2) {
+            f.ok(&alloc::format!("write frag {} x", block * 4096));
+        }
+        let mut targets = Targets::default();
+        let mut b = backend(&mut f.storage, &mut targets);
+        let frag = b.open("frag").unwrap();
+        let mut status = Vec::new();
+        b.block_status(frag, 0, 2 * MIB, 10, &mut status).unwrap();
+        assert_eq!(status.len(), 10, "{status:?}");
+        assert_eq!(status.iter().map(|e| e.len).sum::<u64>(), 10 * 4096);
+        status.clear();
+        b.block_status(frag, 4096, 2 * MIB - 4096, 1, &mut status)
+            .unwrap();
+        assert_eq!(status, [Extent::hole(4096)]);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: the place for benchmark subcommands.
 //!
-//! `net` (bench_net.rs) and `nbd` (bench_nbd.rs) exist. To add one: append an entry to [`BENCHMARKS`] and a
+//! `net` (bench_net.rs), `nbd` (bench_nbd.rs) and `trim` (bench_trim.rs)
+//! exist. To add one: append an entry to [`BENCHMARKS`] and a
 //! function `fn(&[String]) -> Result<(), XtaskError>` that boots the
 //! appliance with `daxbox_tests::Machine` (or reuses `run::Launch`), drives
 //! it with a real client (fio's `nbd` engine, nbdcopy, curl) and prints its
@@ -26,6 +27,11 @@ const BENCHMARKS: &[Benchmark] = &[
         "nbd",
         "nbdcopy MB/s and fio 4K IOPS, appliance vs qemu-nbd on the host",
         crate::bench_nbd::nbd,
+    ),
+    (
+        "trim",
+        "4K read latency of another client during a 1 GiB TRIM / WRITE_ZEROES",
+        crate::bench_trim::trim,
     ),
 ];
 

@@ -11,6 +11,7 @@
 mod bench;
 mod bench_nbd;
 mod bench_net;
+mod bench_trim;
 mod clients;
 mod images;
 mod powercut;
@@ -31,7 +32,8 @@ commands:
   run       boot the appliance in QEMU with an emulated NVDIMM; serial console on this terminal
   netboot   like run, but boot over UEFI PXE from QEMU's built-in TFTP server
   test      run every test (host crates, boot tool, QEMU system tests); last line `N passed, N failed`
-  bench     benchmarks: net (HTTP throughput), nbd (appliance vs qemu-nbd)
+  bench     benchmarks: net (HTTP throughput), nbd (appliance vs qemu-nbd),
+            trim (read latency during a 1 GiB TRIM)
   crash     long run of the daxfs crash-state explorer (--budget SECONDS)
   soak      64 real clients (nbdcopy, fio, qemu-io, shell, curl) against the appliance for --minutes N
   powercut  SIGKILL QEMU under fio write+flush, reboot, fio --verify_only and fsck, --cycles N times";

@@ -37,27 +37,73 @@ impl<M: PersistentMemory> Filesystem<M> {
 
     /// Data and hole segments of `offset..offset + len`, clipped to the end
     /// of file, adjacent segments of one kind merged (NBD block status).
+    /// O(extents in the range): see [`Self::extents_limited`] for a bounded
+    /// answer.
     pub fn extents(&self, file: FileId, offset: u64, len: u64) -> Result<Vec<Segment>, Error> {
+        self.extents_limited(file, offset, len, usize::MAX)
+    }
+
+    /// [`Self::extents`] that looks at no more than `max` extents of the
+    /// file and returns at most `max` segments: the answer then covers
+    /// only a prefix of the range (the segments are exact as far as they
+    /// go), and the caller asks again from its end. O(`max` + log extents)
+    /// whatever the range, so a block-status query over a huge, fragmented
+    /// file costs a bounded amount per call.
+    pub fn extents_limited(
+        &self,
+        file: FileId,
+        offset: u64,
+        len: u64,
+        max: usize,
+    ) -> Result<Vec<Segment>, Error> {
         let f = self.file(file)?;
         let end = offset.saturating_add(len).min(f.size);
         let mut out: Vec<Segment> = Vec::new();
-        if offset >= end {
+        if offset >= end || max == 0 {
             return Ok(out);
         }
-        let (bs, be) = (offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE));
-        for piece in f.map.pieces(bs, be - bs) {
-            let a = offset.max(piece.logical * BLOCK_SIZE);
-            let b = end.min((piece.logical + piece.len) * BLOCK_SIZE);
-            let data = piece.physical.is_some();
-            match out.last_mut() {
-                Some(last) if last.data == data && last.offset + last.len == a => last.len += b - a,
-                _ => out.push(Segment {
-                    offset: a,
-                    len: b - a,
-                    data,
-                }),
+        // Appends blocks a..b (clipped to the byte range) as one segment;
+        // false when that would need a segment beyond `max`.
+        let push = |out: &mut Vec<Segment>, a: u64, b: u64, data: bool| -> bool {
+            let (a, b) = (offset.max(a * BLOCK_SIZE), end.min(b * BLOCK_SIZE));
+            if b <= a {
+                return true;
             }
+            if let Some(last) = out.last_mut() {
+                if last.data == data && last.offset + last.len == a {
+                    last.len += b - a;
+                    return true;
+                }
+            }
+            if out.len() >= max {
+                return false;
+            }
+            out.push(Segment {
+                offset: a,
+                len: b - a,
+                data,
+            });
+            true
+        };
+        let (bs, be) = (offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE));
+        // Blocks before `cursor` are described.
+        let mut cursor = bs;
+        for (visited, extent) in f.map.iter_from(bs).enumerate() {
+            if extent.logical >= be {
+                break;
+            }
+            if visited == max {
+                return Ok(out);
+            }
+            let b = (extent.logical + extent.len).min(be);
+            if !push(&mut out, cursor, extent.logical, false)
+                || !push(&mut out, extent.logical, b, true)
+            {
+                return Ok(out);
+            }
+            cursor = b;
         }
+        push(&mut out, cursor, be, false);
         Ok(out)
     }
 

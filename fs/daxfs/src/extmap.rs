@@ -62,6 +62,33 @@ impl ExtentMap {
         })
     }
 
+    /// Extents overlapping `start..` in logical order, the first clipped
+    /// to begin at `start`. Lazy: a caller that stops early pays only for
+    /// the extents it looked at.
+    pub fn iter_from(&self, start: u64) -> impl Iterator<Item = Extent> + '_ {
+        let first = self
+            .map
+            .range(..start)
+            .next_back()
+            .filter(|(&s, &(l, _))| s + l > start)
+            .map(|(&s, &(l, p))| Extent {
+                logical: start,
+                len: s + l - start,
+                physical: p + (start - s),
+            });
+        first
+            .into_iter()
+            .chain(
+                self.map
+                    .range(start..)
+                    .map(|(&logical, &(len, physical))| Extent {
+                        logical,
+                        len,
+                        physical,
+                    }),
+            )
+    }
+
     /// Blocks mapped in total.
     pub fn mapped_blocks(&self) -> u64 {
         self.map.values().map(|&(l, _)| l).sum()
@@ -181,6 +208,23 @@ impl ExtentMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn iter_from_clips_the_first_extent() {
+        let mut m = ExtentMap::default();
+        m.insert(0, 4, 100);
+        m.insert(10, 2, 50);
+        let from = |start| -> Vec<(u64, u64, u64)> {
+            m.iter_from(start)
+                .map(|e| (e.logical, e.len, e.physical))
+                .collect()
+        };
+        assert_eq!(from(0), alloc::vec![(0, 4, 100), (10, 2, 50)]);
+        assert_eq!(from(2), alloc::vec![(2, 2, 102), (10, 2, 50)]);
+        assert_eq!(from(4), alloc::vec![(10, 2, 50)]);
+        assert_eq!(from(11), alloc::vec![(11, 1, 51)]);
+        assert!(from(12).is_empty());
+    }
 
     #[test]
     fn insert_merges_and_remove_splits() {

@@ -481,6 +481,67 @@ impl<M: PersistentMemory> Filesystem<M> {
         self.modify(file.slot, &edits, new_size)
     }
 
+    /// [`Self::write_zeroes`] of a first part of `offset..offset + len`,
+    /// chosen so that one call does a bounded amount of work, for callers
+    /// that must not stall (the NBD service does a long TRIM or
+    /// WRITE_ZEROES this way, one part per event-loop step); returns the
+    /// bytes done from `offset` on (at least 1 and at most `len`; 0 only
+    /// when `len` is 0). Call again from `offset + done` until all is done.
+    ///
+    /// - With `punch`, the part holds at most `budget` mapped blocks (and
+    ///   so at most `budget` extents): holes cost nothing and are passed
+    ///   over whole, so a sparse range goes in one call.
+    /// - Without `punch`, mapped blocks are zeroed in place (and shared or
+    ///   held ones copied first): the part spans at most `budget` blocks,
+    ///   ending on a multiple of `budget` blocks.
+    ///
+    /// Inner part boundaries fall on block boundaries, so the parts punch
+    /// exactly the blocks one `write_zeroes` over the whole range would.
+    /// Each part is one complete `write_zeroes` (its own commits, FORMAT.md
+    /// "Data writes"): a crash leaves a prefix of the parts done and the
+    /// next part done or not, never anything a single call could not.
+    pub fn write_zeroes_step(
+        &mut self,
+        file: FileId,
+        offset: u64,
+        len: u64,
+        punch: bool,
+        budget: u64,
+    ) -> Result<u64, Error> {
+        let f = self.file(file)?;
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or(Error::FileTooLarge)?;
+        if len == 0 {
+            return Ok(0);
+        }
+        let budget = budget.max(1);
+        let (bs, be) = (offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE));
+        // The block where this part ends (exclusive).
+        let cut = if punch {
+            let mut mapped = 0;
+            let mut cut = be;
+            for extent in f.map.iter_from(bs) {
+                if extent.logical >= be {
+                    break;
+                }
+                let blocks = extent.len.min(be - extent.logical);
+                if mapped + blocks > budget {
+                    cut = extent.logical + (budget - mapped);
+                    break;
+                }
+                mapped += blocks;
+            }
+            cut
+        } else {
+            (bs / budget + 1).saturating_mul(budget)
+        };
+        let part = end.min(cut.saturating_mul(BLOCK_SIZE)) - offset;
+        self.write_zeroes(file, offset, part, punch)?;
+        Ok(part)
+    }
+
     /// Unmaps file blocks and commits (punch hole / truncate).
     fn unmap(&mut self, slot: u32, start: u64, len: u64, size: u64) -> Result<(), Error> {
         // Unmapping splits at most one extent and one count run at each

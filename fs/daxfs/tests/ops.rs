@@ -533,3 +533,123 @@ fn no_space_for_the_overflow_block_rolls_back() {
     assert_eq!(read_all(&fs, "frag"), before);
     assert_clean(&fs);
 }
+
+/// A small file (single-block allocation) with every other block of its
+/// first `blocks` written, so its map has `blocks / 2` extents.
+fn fragmented(fs: &mut Filesystem<VecMemory>, name: &str, blocks: u64) -> daxfs::FileId {
+    let id = fs.create(name).unwrap();
+    for b in (0..blocks).step_by(2) {
+        fs.write(id, b * 4096, &pattern(4096, b as u8)).unwrap();
+    }
+    // Written in this order the blocks are physically contiguous: punch
+    // every other one of a second file in between to split them.
+    id
+}
+
+#[test]
+fn write_zeroes_step_does_what_one_write_zeroes_does_in_bounded_parts() {
+    for punch in [true, false] {
+        for (offset, len) in [(100u64, 2_000_000u64), (0, 4096 * 400), (4096 * 7 + 5, 1)] {
+            let mut whole = fresh(16);
+            let a = fragmented(&mut whole, "f", 400);
+            let mut parts = fresh(16);
+            let b = fragmented(&mut parts, "f", 400);
+            whole.write_zeroes(a, offset, len, punch).unwrap();
+            let budget = 16;
+            let mut done = 0;
+            let mut calls = 0;
+            while done < len {
+                let before = parts.extents(b, 0, u64::MAX).unwrap();
+                let n = parts
+                    .write_zeroes_step(b, offset + done, len - done, punch, budget)
+                    .unwrap();
+                assert!(n >= 1 && n <= len - done, "{n}");
+                // Punching: at most `budget` mapped blocks in the part.
+                let mapped: u64 = before
+                    .iter()
+                    .filter(|s| s.data)
+                    .map(|s| {
+                        let (a, b) = (
+                            s.offset.max(offset + done),
+                            (s.offset + s.len).min(offset + done + n),
+                        );
+                        b.saturating_sub(a).div_ceil(4096)
+                    })
+                    .sum();
+                if punch {
+                    assert!(mapped <= budget + 1, "{mapped} blocks in one part");
+                } else {
+                    assert!(n <= budget * 4096, "{n} bytes in one part");
+                }
+                done += n;
+                calls += 1;
+            }
+            assert!(len <= 4096 || calls > 1, "one call did it all");
+            assert_eq!(
+                read_all(&whole, "f"),
+                read_all(&parts, "f"),
+                "{punch} {offset} {len}"
+            );
+            assert_eq!(
+                whole.extents(a, 0, u64::MAX).unwrap(),
+                parts.extents(b, 0, u64::MAX).unwrap()
+            );
+            assert_eq!(whole.statfs().free_blocks, parts.statfs().free_blocks);
+            assert_clean(&parts);
+        }
+    }
+}
+
+#[test]
+fn punching_steps_pass_over_holes_whole() {
+    let mut fs = fresh(16);
+    let id = fs.create("sparse").unwrap();
+    fs.truncate(id, 1 << 30).unwrap();
+    fs.write(id, 900 << 20, &[1; 4096]).unwrap();
+    // 900 MiB of hole, then data: the first part reaches the data.
+    let n = fs.write_zeroes_step(id, 0, 1 << 30, true, 1).unwrap();
+    assert_eq!(n, (900 << 20) + 4096);
+    // The write took a whole 2 MiB chunk (a large file): 511 blocks left.
+    let data: Vec<(u64, u64)> = fs
+        .extents(id, 0, 1 << 30)
+        .unwrap()
+        .iter()
+        .filter(|s| s.data)
+        .map(|s| (s.offset, s.len))
+        .collect();
+    assert_eq!(data, [(n, (2 << 20) - 4096)]);
+    let rest = fs
+        .write_zeroes_step(id, n, (1 << 30) - n, true, 511)
+        .unwrap();
+    assert_eq!(n + rest, 1 << 30, "the hole after the chunk is free");
+    assert_eq!(fs.extents(id, 0, 1 << 30).unwrap().len(), 1);
+    assert_clean(&fs);
+}
+
+#[test]
+fn extents_limited_is_a_bounded_prefix_of_extents() {
+    let mut fs = fresh(16);
+    let id = fragmented(&mut fs, "f", 64);
+    let size = fs.stat(id).unwrap().size;
+    let full = fs.extents(id, 0, size).unwrap();
+    assert_eq!(full.len(), 63, "{full:?}");
+    for offset in [0, 100, 4096, 4096 * 3 + 1] {
+        let full = fs.extents(id, offset, size).unwrap();
+        for max in [1, 2, 3, 10, 62, 63, 64, 1000] {
+            let limited = fs.extents_limited(id, offset, size, max).unwrap();
+            assert!(
+                !limited.is_empty() && limited.len() <= max,
+                "{max}: {limited:?}"
+            );
+            // The same segments as far as it goes; the last may be shorter.
+            let last = limited.len() - 1;
+            assert_eq!(limited[..last], full[..last]);
+            assert_eq!(limited[last].offset, full[last].offset);
+            assert_eq!(limited[last].data, full[last].data);
+            assert!(limited[last].len <= full[last].len);
+            if max >= full.len() {
+                assert_eq!(limited, full);
+            }
+        }
+    }
+}

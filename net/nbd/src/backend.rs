@@ -145,6 +145,17 @@ pub struct ListCursor {
     pub after: Option<String>,
 }
 
+/// The length of the piece of `offset..offset + len` that one step does
+/// with a `budget` of bytes: up to the next multiple of `budget` (so the
+/// pieces of a long range are aligned, and a daxfs punch over them frees
+/// the same whole blocks as one call would), at least 1 byte, at most
+/// `len`. A `budget` of 0 counts as 1.
+pub fn step_piece(offset: u64, len: u64, budget: u64) -> u64 {
+    let budget = budget.max(1);
+    let to_boundary = budget - offset % budget;
+    len.min(to_boundary).max(1.min(len))
+}
+
 /// The set of exports, as seen by the protocol engine.
 ///
 /// `daxbox-storage` implements this once over its storage state (daxfs
@@ -229,6 +240,42 @@ pub trait Backend {
         len: u64,
         flags: ZeroFlags,
     ) -> Result<(), BackendError>;
+    /// Does the first part of a TRIM of `offset..offset + len` (`len` > 0):
+    /// at most about `budget` bytes' worth of work (a multiple of 4096);
+    /// returns how many bytes from `offset` on are done, at least 1 and at
+    /// most `len`. The engine calls it once per event-loop step until the
+    /// whole range is done ([`ServerConfig::step_bytes`]), so one long TRIM
+    /// never stalls the other connections. The default trims up to the next
+    /// multiple of `budget` ([`step_piece`]); a backend that can pass over
+    /// cheap parts (holes) quickly may report more.
+    ///
+    /// [`ServerConfig::step_bytes`]: crate::ServerConfig::step_bytes
+    fn trim_step(
+        &mut self,
+        export: ExportHandle,
+        offset: u64,
+        len: u64,
+        budget: u64,
+    ) -> Result<u64, BackendError> {
+        let piece = step_piece(offset, len, budget);
+        self.trim(export, offset, piece)?;
+        Ok(piece)
+    }
+    /// [`Backend::trim_step`] for `NBD_CMD_WRITE_ZEROES`: zeroes the first
+    /// part of the range, at most about `budget` bytes' worth of work, and
+    /// returns how many bytes from `offset` on are done (1..=`len`).
+    fn write_zeroes_step(
+        &mut self,
+        export: ExportHandle,
+        offset: u64,
+        len: u64,
+        flags: ZeroFlags,
+        budget: u64,
+    ) -> Result<u64, BackendError> {
+        let piece = step_piece(offset, len, budget);
+        self.write_zeroes(export, offset, piece, flags)?;
+        Ok(piece)
+    }
     /// Describes `offset..offset + len` as consecutive extents starting at
     /// `offset`, pushed onto `out`. It may stop early (after `max_extents`
     /// or any time after the first). The default says "all data", right

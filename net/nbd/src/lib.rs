@@ -5,7 +5,10 @@
 //! with `NBD_OPT_GO`/`INFO`, structured replies, `base:allocation` block
 //! status and extended headers, and every transmission command daxbox
 //! serves. It does no I/O of its own: the caller feeds received bytes to
-//! [`Connection::receive`] and drains replies with [`Connection::produce`],
+//! [`Connection::receive`], drains replies with [`Connection::produce`]
+//! and, while [`Connection::has_work`], advances long requests (TRIM,
+//! WRITE_ZEROES) one bounded piece per event-loop turn with
+//! [`Connection::step`] ([`ServerConfig::step_bytes`]),
 //! which lets the kernel (`kernel/`, over smoltcp sockets from
 //! `net/stack`) pass its socket buffers straight through, and lets host
 //! tests drive it with byte strings. Storage is reached through the
@@ -37,9 +40,10 @@ mod server;
 pub mod wire;
 
 pub use backend::{
-    Backend, BackendError, ExportHandle, ExportInfo, ExportKind, Extent, ListCursor, ZeroFlags,
+    step_piece, Backend, BackendError, ExportHandle, ExportInfo, ExportKind, Extent, ListCursor,
+    ZeroFlags,
 };
-pub use config::{ConnectionStats, ServerConfig};
+pub use config::{ConnectionStats, ServerConfig, DEFAULT_STEP_BYTES};
 pub use connection::Connection;
 pub use server::Server;
 

@@ -283,12 +283,17 @@ impl Client {
         self.conn.receive(&[], &mut self.mem, self.now);
         self.pump();
     }
+    /// Produces all output, stepping long requests as the event loop does.
     fn pump(&mut self) -> bool {
         let mut any = false;
         loop {
+            let stepped = self.conn.step(&mut self.mem);
+            if stepped {
+                self.conn.receive(&[], &mut self.mem, self.now);
+            }
             let mut buf = vec![0u8; self.piece];
             let n = self.conn.produce(&mut buf, &mut self.mem);
-            if n == 0 {
+            if n == 0 && !stepped {
                 return any;
             }
             any = true;
@@ -1265,12 +1270,14 @@ fn stalled_trim_runs_once_the_read_is_sent_without_more_input() {
     bytes.extend(request(0, CMD_TRIM, 2, 0, 4096));
     assert_eq!(c.conn.receive(&bytes, &mut c.mem, 0), bytes.len());
     assert!(!c.conn.wants_input(), "trim waits for the read");
-    // Only produce from now on: no further receive calls.
+    // Only produce (and step, as the event loop does) from now on: no
+    // further receive calls.
     let mut out = Vec::new();
     let mut buf = [0u8; 512];
     loop {
+        let stepped = c.conn.step(&mut c.mem);
         let n = c.conn.produce(&mut buf, &mut c.mem);
-        if n == 0 {
+        if n == 0 && !stepped {
             break;
         }
         out.extend_from_slice(&buf[..n]);
@@ -1432,4 +1439,309 @@ proptest! {
         input.extend(bytes);
         c.send(&input);
     }
+}
+
+// ----- Bounded work per step -----
+
+const GIB: u64 = 1 << 30;
+
+/// A 2 GiB export that stores nothing: reads give a pattern derived from
+/// the offset, or zeros where a TRIM/WRITE_ZEROES has been; every trim and
+/// zero call is recorded so tests see how much one call did.
+struct Big {
+    zeroed: Vec<(u64, u64)>,
+    calls: Vec<(u64, u64)>,
+    persisted: Vec<(u64, u64)>,
+    /// The export turns read-only after this many trim/zero calls.
+    read_only_after: Option<usize>,
+}
+
+impl Big {
+    const SIZE: u64 = 2 * GIB;
+    fn new() -> Self {
+        Big {
+            zeroed: Vec::new(),
+            calls: Vec::new(),
+            persisted: Vec::new(),
+            read_only_after: None,
+        }
+    }
+    fn byte(&self, at: u64) -> u8 {
+        if self.zeroed.iter().any(|&(o, l)| at >= o && at < o + l) {
+            0
+        } else {
+            (at / 4096) as u8 ^ (at as u8)
+        }
+    }
+    fn largest_call(&self) -> u64 {
+        self.calls.iter().map(|c| c.1).max().unwrap_or(0)
+    }
+}
+
+impl Backend for Big {
+    fn export_count(&self) -> usize {
+        1
+    }
+    fn export_name(&self, index: usize) -> Option<String> {
+        (index == 0).then(|| "big".to_string())
+    }
+    fn open(&mut self, name: &str) -> Result<ExportHandle, BackendError> {
+        match name {
+            "" | "big" => Ok(ExportHandle(0)),
+            _ => Err(BackendError::NoSuchExport),
+        }
+    }
+    fn check_write(&mut self, _: ExportHandle) -> Result<(), BackendError> {
+        match self.read_only_after {
+            Some(n) if self.calls.len() >= n => Err(BackendError::ReadOnly),
+            _ => Ok(()),
+        }
+    }
+    fn info(&self, _: ExportHandle) -> Option<ExportInfo> {
+        Some(ExportInfo {
+            name: "big".into(),
+            description: String::new(),
+            size: Big::SIZE,
+            read_only: false,
+            kind: ExportKind::Raw,
+            can_trim: true,
+            can_fast_zero: false,
+            multi_conn: true,
+        })
+    }
+    fn read(&mut self, _: ExportHandle, offset: u64, buf: &mut [u8]) -> Result<(), BackendError> {
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = self.byte(offset + i as u64);
+        }
+        Ok(())
+    }
+    fn write(&mut self, _: ExportHandle, _: u64, _: &[u8]) -> Result<(), BackendError> {
+        Err(BackendError::Io)
+    }
+    fn persist(&mut self, _: ExportHandle, offset: u64, len: u64) -> Result<(), BackendError> {
+        self.persisted.push((offset, len));
+        Ok(())
+    }
+    fn flush(&mut self, _: ExportHandle) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn trim(&mut self, e: ExportHandle, offset: u64, len: u64) -> Result<(), BackendError> {
+        self.write_zeroes(e, offset, len, ZeroFlags::default())
+    }
+    fn write_zeroes(
+        &mut self,
+        _: ExportHandle,
+        offset: u64,
+        len: u64,
+        _: ZeroFlags,
+    ) -> Result<(), BackendError> {
+        self.calls.push((offset, len));
+        self.zeroed.push((offset, len));
+        Ok(())
+    }
+}
+
+/// One client connection driven the way the network stack drives it:
+/// bytes offered with `receive`, output drained with `produce`, and long
+/// requests advanced by `step`, one piece per event-loop turn.
+struct Peer {
+    conn: Connection,
+    input: Vec<u8>,
+    out: Vec<u8>,
+}
+
+impl Peer {
+    /// A connection in transmission on export "big" (simple replies).
+    fn new(big: &mut Big) -> Peer {
+        let mut peer = Peer {
+            conn: Connection::new(ServerConfig::default(), 0),
+            input: Vec::new(),
+            out: Vec::new(),
+        };
+        peer.input
+            .extend_from_slice(&(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES).to_be_bytes());
+        peer.input
+            .extend_from_slice(&option(OPT_GO, &go_data("big", &[])));
+        peer.pump(big);
+        assert!(peer.conn.in_transmission());
+        peer.out.clear();
+        peer
+    }
+    /// Moves bytes both ways until nothing moves (no `step`).
+    fn pump(&mut self, big: &mut Big) {
+        loop {
+            let used = self.conn.receive(&self.input, big, 0);
+            self.input.drain(..used);
+            let mut buf = vec![0u8; 64 * 1024];
+            let n = self.conn.produce(&mut buf, big);
+            self.out.extend_from_slice(&buf[..n]);
+            if used == 0 && n == 0 {
+                break;
+            }
+        }
+    }
+    /// Takes a simple reply (error, cookie) with `data` bytes after it, if
+    /// a whole one has been produced.
+    fn reply(&mut self, data: usize) -> Option<(u32, u64, Vec<u8>)> {
+        if self.out.len() < 16 + data {
+            return None;
+        }
+        let reply: Vec<u8> = self.out.drain(..16 + data).collect();
+        assert_eq!(&reply[..4], &SIMPLE_REPLY_MAGIC.to_be_bytes());
+        let error = u32::from_be_bytes(reply[4..8].try_into().unwrap());
+        let cookie = u64::from_be_bytes(reply[8..16].try_into().unwrap());
+        Some((error, cookie, reply[16..].to_vec()))
+    }
+}
+
+/// One turn of the event loop over `peers`: one step of bounded work (the
+/// first peer that has some, round-robin from `turn`), then every peer's
+/// bytes moved.
+fn event_loop_turn(peers: &mut [&mut Peer], big: &mut Big, turn: usize) {
+    for i in 0..peers.len() {
+        let peer = &mut peers[(turn + i) % peers.len()];
+        if peer.conn.has_work() {
+            assert!(peer.conn.step(big));
+            break;
+        }
+    }
+    for peer in peers.iter_mut() {
+        peer.pump(big);
+    }
+}
+
+#[test]
+fn a_long_trim_is_done_in_bounded_pieces_while_another_connection_reads() {
+    for command in [CMD_TRIM, CMD_WRITE_ZEROES] {
+        let mut big = Big::new();
+        let mut a = Peer::new(&mut big);
+        let mut b = Peer::new(&mut big);
+        // A: 1 GiB (as long as a compact request can say) from 64 MiB on.
+        a.input
+            .extend_from_slice(&request(0, command, 1, 64 << 20, GIB as u32));
+        event_loop_turn(&mut [&mut a, &mut b], &mut big, 0);
+        // B: a 4 KiB read elsewhere, sent while A's request runs.
+        let at = GIB + (100 << 20);
+        b.input
+            .extend_from_slice(&request(0, CMD_READ, 2, at, 4096));
+        let mut turns = 1;
+        let read = loop {
+            event_loop_turn(&mut [&mut a, &mut b], &mut big, turns);
+            turns += 1;
+            if let Some(reply) = b.reply(4096) {
+                break reply;
+            }
+            assert!(turns < 10_000, "B's read never answered");
+        };
+        assert_eq!((read.0, read.1), (0, 2));
+        assert!(read
+            .2
+            .iter()
+            .enumerate()
+            .all(|(i, &x)| x == big.byte(at + i as u64)));
+        // B was answered between pieces: A's request is not done yet and
+        // no single call has done more than one step's worth.
+        assert!(a.conn.has_work(), "the whole request ran before B's read");
+        assert!(
+            a.reply(0).is_none(),
+            "A answered before its request was done"
+        );
+        let limit = ServerConfig::default().step_bytes;
+        assert!(
+            big.largest_call() <= limit,
+            "one call zeroed {} bytes (limit {limit})",
+            big.largest_call()
+        );
+        // Then A completes, and only then is it answered.
+        let done = loop {
+            event_loop_turn(&mut [&mut a, &mut b], &mut big, turns);
+            turns += 1;
+            if let Some(reply) = a.reply(0) {
+                break reply;
+            }
+            assert!(turns < 10_000, "A never answered");
+        };
+        assert_eq!((done.0, done.1), (0, 1));
+        assert!(!a.conn.has_work());
+        assert_eq!(big.calls.len() as u64, GIB / limit, "{command}");
+        assert_eq!(big.largest_call(), limit);
+        // The pieces cover exactly the range, in order.
+        let mut next = 64 << 20;
+        for &(offset, len) in &big.calls {
+            assert_eq!(offset, next);
+            next += len;
+        }
+        assert_eq!(next, (64 << 20) + GIB);
+    }
+}
+
+#[test]
+fn later_requests_of_the_same_connection_wait_for_a_long_request() {
+    let mut big = Big::new();
+    let mut a = Peer::new(&mut big);
+    // WRITE_ZEROES with FUA over 64 MiB + 1 byte, then a READ of its last
+    // 4 KiB on the same connection: the read must see zeros, so it is not
+    // even parsed before the zeroing is done; FUA persists the whole range
+    // before the reply.
+    let (offset, len) = (4096 * 3 + 17, (64 << 20) + 1);
+    a.input.extend_from_slice(&request(
+        CMD_FLAG_FUA,
+        CMD_WRITE_ZEROES,
+        1,
+        offset,
+        len as u32,
+    ));
+    a.input
+        .extend_from_slice(&request(0, CMD_READ, 2, offset + len - 4096, 4096));
+    let mut turns = 0;
+    while a.out.is_empty() {
+        assert!(turns < 100);
+        assert!(big.persisted.is_empty(), "persisted before the last piece");
+        event_loop_turn(&mut [&mut a], &mut big, turns);
+        turns += 1;
+    }
+    assert_eq!(a.reply(0).map(|r| (r.0, r.1)), Some((0, 1)));
+    assert_eq!(big.persisted, [(offset, len)]);
+    let read = a.reply(4096).expect("read answered with the zeroing");
+    assert_eq!((read.0, read.1), (0, 2));
+    assert!(read.2.iter().all(|&x| x == 0));
+    // Pieces end on multiples of the step size: the first is short.
+    let step = ServerConfig::default().step_bytes;
+    assert_eq!(big.calls[0], (offset, step - offset));
+    assert!(big.calls[1..].iter().all(|&(o, _)| o % step == 0));
+    let pieces = (offset + len).div_ceil(step) - offset / step;
+    assert_eq!(big.calls.len() as u64, pieces);
+    assert!(pieces > 2);
+}
+
+#[test]
+fn an_export_that_turns_read_only_stops_a_long_request_at_the_next_piece() {
+    let mut big = Big::new();
+    let mut a = Peer::new(&mut big);
+    big.read_only_after = Some(3);
+    a.input
+        .extend_from_slice(&request(0, CMD_TRIM, 1, 0, GIB as u32));
+    let mut turns = 0;
+    while a.out.is_empty() {
+        assert!(turns < 100);
+        event_loop_turn(&mut [&mut a], &mut big, turns);
+        turns += 1;
+    }
+    assert_eq!(a.reply(0).map(|r| (r.0, r.1)), Some((EPERM, 1)));
+    assert_eq!(
+        big.calls.len(),
+        3,
+        "no piece after the export became read-only"
+    );
+    assert!(!a.conn.has_work());
+}
+
+#[test]
+fn step_piece_is_aligned_and_never_empty() {
+    assert_eq!(step_piece(0, 100, 4096), 100);
+    assert_eq!(step_piece(0, 10_000, 4096), 4096);
+    assert_eq!(step_piece(4000, 10_000, 4096), 96);
+    assert_eq!(step_piece(4096, 10_000, 4096), 4096);
+    assert_eq!(step_piece(5, 3, 0), 1);
+    assert_eq!(step_piece(5, 0, 4096), 0);
 }

@@ -132,6 +132,24 @@ pub trait TcpService {
     fn closed(&mut self, conn: Self::Connection) {
         let _ = conn;
     }
+
+    /// The connection has work that is done in bounded pieces by
+    /// [`step`](Self::step) (e.g. a long NBD TRIM), independent of socket
+    /// I/O. While true the event loop keeps stepping and does not sleep,
+    /// and the connection is not closed for a quiet peer.
+    fn has_work(&self, conn: &Self::Connection) -> bool {
+        let _ = conn;
+        false
+    }
+
+    /// Does one bounded piece of that work; returns true when it did any.
+    /// The listener calls it for one connection per [`PortListener::step`]
+    /// (round-robin), so each turn of the event loop does at most one
+    /// piece per listener and every other connection is served in between.
+    fn step(&mut self, conn: &mut Self::Connection, now_ms: u64) -> bool {
+        let _ = (conn, now_ms);
+        false
+    }
 }
 
 /// Sizing of a [`Listener`].
@@ -275,6 +293,12 @@ pub trait PortListener {
     ) -> bool;
     /// Earliest service deadline among open connections.
     fn next_deadline(&self) -> Option<u64>;
+    /// Does one piece of bounded work ([`TcpService::step`]) for the next
+    /// connection that has some, round-robin; true when it did any. The
+    /// stack calls it once per [`crate::NetStack::poll`].
+    fn step(&mut self, now_ms: u64) -> bool;
+    /// Some connection has such work pending.
+    fn has_work(&self) -> bool;
     /// Statistics.
     fn stats(&self) -> ListenerStats;
 }
@@ -306,6 +330,8 @@ pub struct Listener<S: TcpService> {
     stats: ListenerStats,
     /// The last attempt to make a listening socket was refused by the budget.
     budget_short: bool,
+    /// Where the next [`PortListener::step`] starts looking (round-robin).
+    step_cursor: usize,
 }
 
 impl<S: TcpService> Listener<S> {
@@ -322,6 +348,7 @@ impl<S: TcpService> Listener<S> {
                 ..ListenerStats::default()
             },
             budget_short: false,
+            step_cursor: 0,
         }
     }
 
@@ -714,7 +741,8 @@ impl<S: TcpService> PortListener for Listener<S> {
             work |= moved;
             if !slot.closing {
                 let peer_done = !socket.may_recv() && socket.recv_queue() == 0;
-                if self.service.wants_close(conn) || (peer_done && idle_output) {
+                let quiet = idle_output && !self.service.has_work(conn);
+                if self.service.wants_close(conn) || (peer_done && quiet) {
                     socket.close();
                     slot.closing = true;
                     work = true;
@@ -753,5 +781,32 @@ impl<S: TcpService> PortListener for Listener<S> {
 
     fn stats(&self) -> ListenerStats {
         self.stats
+    }
+
+    fn step(&mut self, now_ms: u64) -> bool {
+        let count = self.slots.len();
+        for i in 0..count {
+            let index = (self.step_cursor + i) % count;
+            let slot = &mut self.slots[index];
+            if slot.closing {
+                continue;
+            }
+            let Some(conn) = slot.connection.as_mut() else {
+                continue;
+            };
+            if self.service.has_work(conn) && self.service.step(conn, now_ms) {
+                self.step_cursor = index + 1;
+                return true;
+            }
+        }
+        false
+    }
+
+    fn has_work(&self) -> bool {
+        self.slots
+            .iter()
+            .filter(|s| !s.closing)
+            .filter_map(|s| s.connection.as_ref())
+            .any(|c| self.service.has_work(c))
     }
 }

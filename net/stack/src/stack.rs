@@ -233,6 +233,12 @@ impl<D: Device> NetStack<D> {
         let now = instant(now_ms);
         let mut did_work = false;
         self.iface.poll_maintenance(now);
+        // Bounded service work (a piece of a long NBD TRIM, say): one piece
+        // per listener per poll, so the caller's other duties (the serial
+        // shell) and every other connection get a turn between pieces.
+        for listener in &mut self.listeners {
+            did_work |= listener.step(now_ms);
+        }
         for _ in 0..MAX_ROUNDS {
             let frames_before = self.device.frames();
             let mut work = false;
@@ -283,6 +289,7 @@ impl<D: Device> NetStack<D> {
             .filter_map(|l| l.next_deadline())
             .min();
         let next_poll_ms = match (smoltcp_at, service_at) {
+            _ if self.listeners.iter().any(|l| l.has_work()) => Some(now_ms),
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };

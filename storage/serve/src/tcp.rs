@@ -6,7 +6,9 @@
 //! everything not consumed yet and `produce` given the free space; the
 //! service's `deadline` aborts the connection; `wants_close` (or the peer
 //! done sending while the service has nothing to say) closes our side
-//! once everything produced was sent; the connection ends, with `closed`,
+//! once everything produced was sent; one connection with bounded work
+//! pending (`has_work`, e.g. a long TRIM) gets one `step` per poll,
+//! round-robin; the connection ends, with `closed`,
 //! when both sides are closed, on a reset, or at the deadline.
 
 use std::io::{ErrorKind, Read, Write};
@@ -45,6 +47,8 @@ pub struct TcpLoop<S: TcpService> {
     service: S,
     slots: Vec<Slot<S::Connection>>,
     started: Instant,
+    /// Where the next bounded-work step starts looking (round-robin).
+    step_cursor: usize,
 }
 
 impl<S: TcpService> TcpLoop<S> {
@@ -56,6 +60,7 @@ impl<S: TcpService> TcpLoop<S> {
             service,
             slots: Vec::new(),
             started: Instant::now(),
+            step_cursor: 0,
         })
     }
 
@@ -97,6 +102,18 @@ impl<S: TcpService> TcpLoop<S> {
                 }
                 Err(error) if error.kind() == ErrorKind::WouldBlock => break,
                 Err(_) => break,
+            }
+        }
+        // One piece of bounded work (e.g. of a long TRIM) per poll, for
+        // the next connection that has some, as the kernel's listener does.
+        let count = self.slots.len();
+        for i in 0..count {
+            let index = (self.step_cursor + i) % count;
+            let connection = &mut self.slots[index].connection;
+            if self.service.has_work(connection) && self.service.step(connection, now) {
+                self.step_cursor = index + 1;
+                work = true;
+                break;
             }
         }
         let mut index = 0;
@@ -202,7 +219,8 @@ impl<S: TcpService> TcpLoop<S> {
         let flushed = slot.output_start == slot.output_end;
         if !slot.closing && flushed {
             let peer_finished = slot.peer_done && slot.input_len == 0;
-            if service.wants_close(&slot.connection) || (peer_finished && idle_output) {
+            let quiet = idle_output && !service.has_work(&slot.connection);
+            if service.wants_close(&slot.connection) || (peer_finished && quiet) {
                 let _ = slot.stream.shutdown(Shutdown::Write);
                 slot.closing = true;
                 moved = true;

@@ -1855,3 +1855,80 @@ fn an_image_over_the_memory_budget_is_refused_untouched_and_the_other_serves() {
     let after = std::fs::read(dir.path("pmem0.img")).expect("reading pmem0.img");
     assert!(after == before, "the refused image was written");
 }
+
+/// A 1 GiB TRIM and a 1 GiB WRITE_ZEROES on one connection (a daxfs file
+/// and a raw device) while a second connection keeps reading 4 KiB blocks
+/// elsewhere in the same export: the server does the long requests in
+/// bounded pieces, one per event-loop step, and serves the reader in
+/// between. Both clients succeed and every byte is right; how many reads
+/// the reader got in while each long request ran is printed, not asserted
+/// (no timed assertions).
+#[test]
+fn long_trim_and_zero_while_another_connection_reads() {
+    let dir = TempDir::new("longtrim");
+    let pmem0 = image_arg(&dir, "pmem0.img", "1280M");
+    let pmem1 = image_arg(&dir, "pmem1.img", "1088M");
+    let mut server = Server::start(&[
+        "--image",
+        &pmem0,
+        "--image",
+        &pmem1,
+        "--format",
+        "if-blank",
+        "--export-raw",
+        "pmem1",
+        "--create",
+        "big=1088M",
+    ]);
+    let port = server.port;
+    let script = format!(
+        r#"
+import nbd
+GIB = 1 << 30
+def block(i):
+    return bytes([i % 251]) * 4096
+for export in ("big", "pmem1"):
+    writer = nbd.NBD()
+    writer.connect_uri("nbd://127.0.0.1:{port}/" + export)
+    reader = nbd.NBD()
+    reader.connect_uri("nbd://127.0.0.1:{port}/" + export)
+    # The reader's 64 MiB after the first GiB, and data spread over the
+    # first GiB (every 32 MiB, and its last 4 KiB).
+    for i in range(0, 64 << 20, 1 << 20):
+        writer.pwrite(block(i >> 20) * 256, GIB + i)
+    for i in range(0, GIB, 32 << 20):
+        writer.pwrite(b"\x5a" * (1 << 20), i)
+    writer.pwrite(b"theend!" + bytes(4089), GIB - 4096)
+    writer.flush()
+    for name, start in (("trim", writer.aio_trim), ("zero", writer.aio_zero)):
+        if name == "zero":
+            writer.pwrite(b"\x5a" * (1 << 20), 512 << 20)
+        cookie = start(GIB, 0)
+        reads = 0
+        while True:
+            at = (reads * 7 % 16384) * 4096
+            assert reader.pread(4096, GIB + at) == block(at >> 20), (export, name, at)
+            reads += 1
+            writer.poll(0)
+            if writer.aio_command_completed(cookie):
+                break
+        for at in (0, 512 << 20, GIB - 4096):
+            assert reader.pread(4096, at) == bytes(4096), (export, name, at)
+        print(export, name, "reads while it ran:", reads)
+    writer.shutdown()
+    reader.shutdown()
+print("nbdsh script ok")
+"#
+    );
+    let output = run_tool("nbdsh", &["-c", &script], BULK);
+    assert!(
+        output.success() && output.stdout.contains("nbdsh script ok"),
+        "a long trim and zero while another connection reads: {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.code,
+        output.stdout,
+        output.stderr
+    );
+    print!("{}", output.stdout);
+    let fsck = server.ok("fsck");
+    assert!(fsck.starts_with("pmem0: fsck: clean ("), "{fsck}");
+}

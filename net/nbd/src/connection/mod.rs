@@ -9,13 +9,21 @@
 //! [`Connection::produce`] is called, so a 32 MiB READ never needs a
 //! 32 MiB buffer.
 //!
-//! Ordering: every request except READ is executed when it is received;
-//! READ data is fetched when it is sent. A write-type request (WRITE, TRIM,
-//! WRITE_ZEROES) that overlaps a READ whose data has not been sent yet
-//! waits until that data is out, so every READ returns exactly the data
-//! written by requests received before it. FLUSH therefore covers every
-//! write that has been replied to (proto.md "Ordering of messages and
-//! writes"), and a FUA write is persisted before its reply is queued.
+//! Ordering: every request except READ, TRIM and WRITE_ZEROES is executed
+//! when it is received; READ data is fetched when it is sent. TRIM and
+//! WRITE_ZEROES become a job done piece by piece by [`Connection::step`]
+//! (at most [`ServerConfig::step_bytes`] per step, so one long request
+//! cannot stall the other connections of the event loop); while the job
+//! runs no further request of that connection is read, and its reply is
+//! queued when the last piece is done (after `persist` with FUA). A later
+//! request of the same connection therefore never sees a half-done job;
+//! other connections may, as proto.md allows for requests in flight.
+//! A write-type request (WRITE, TRIM, WRITE_ZEROES) that overlaps a READ
+//! whose data has not been sent yet waits until that data is out, so every
+//! READ returns exactly the data written by requests received before it.
+//! FLUSH therefore covers every write that has been replied to (proto.md
+//! "Ordering of messages and writes"), and a FUA write (or FUA TRIM /
+//! WRITE_ZEROES) is persisted before its reply is queued.
 //!
 //! Layout: this module holds the connection state and the input side
 //! (`receive`, which gathers headers and streams WRITE payloads);
@@ -115,6 +123,7 @@ pub struct Connection {
     meta_export: Option<ExportHandle>,
     tx: Option<Transmission>,
     stalled: Option<Request>,
+    job: Option<Job>,
     stats: ConnectionStats,
     /// An `NBD_OPT_LIST` answer in progress: more names are fetched as
     /// the output queue drains.
@@ -122,6 +131,18 @@ pub struct Connection {
     /// The connection is over a limit: every option is refused with this
     /// message (`NBD_REP_ERR_POLICY`).
     refusal: Option<alloc::string::String>,
+}
+
+/// A TRIM or WRITE_ZEROES being done piece by piece by
+/// [`Connection::step`].
+#[derive(Debug, Clone, Copy)]
+struct Job {
+    request: Request,
+    /// Where the next piece starts; the range before it is done.
+    next: u64,
+    /// `None` for TRIM, the flags for WRITE_ZEROES.
+    zeroes: Option<crate::backend::ZeroFlags>,
+    fua: bool,
 }
 
 impl Connection {
@@ -146,6 +167,7 @@ impl Connection {
             meta_export: None,
             tx: None,
             stalled: None,
+            job: None,
             stats: ConnectionStats::default(),
             listing: None,
             refusal: None,
@@ -216,7 +238,59 @@ impl Connection {
             && self.state != InState::Done
             && self.stalled.is_none()
             && self.listing.is_none()
+            && self.job.is_none()
             && !self.backpressured()
+    }
+
+    /// A long request is being done piece by piece: the caller should call
+    /// [`step`](Self::step) in each turn of its event loop (and not sleep)
+    /// until this is false.
+    pub fn has_work(&self) -> bool {
+        !self.closed && self.job.is_some()
+    }
+
+    /// Does one bounded piece of the long request in progress (TRIM or
+    /// WRITE_ZEROES: at most [`ServerConfig::step_bytes`] of it); returns
+    /// true when it did any work. When the last piece is done the reply is
+    /// queued for [`produce`](Self::produce) and input is read again: call
+    /// `receive` afterwards if input is pending.
+    pub fn step<B: Backend + ?Sized>(&mut self, backend: &mut B) -> bool {
+        if self.closed {
+            self.job = None;
+            return false;
+        }
+        let (Some(mut job), Some(tx)) = (self.job.take(), self.tx.as_ref()) else {
+            return false;
+        };
+        let export = tx.export;
+        let end = job.request.end();
+        let remaining = end - job.next;
+        let budget = (self.config.step_bytes / 4096).max(1) * 4096;
+        // The export may have become read-only since the previous piece
+        // (`Backend::check_write`): stop there, with that error.
+        let result = backend.check_write(export).and_then(|()| match job.zeroes {
+            None => backend.trim_step(export, job.next, remaining, budget),
+            Some(flags) => backend.write_zeroes_step(export, job.next, remaining, flags, budget),
+        });
+        let result = match result {
+            // A backend that reports no progress would never finish.
+            Ok(0) => Err(BackendError::Io),
+            Ok(done) => {
+                job.next += done.min(remaining);
+                if job.next < end {
+                    self.job = Some(job);
+                    return true;
+                }
+                if job.fua {
+                    backend.persist(export, job.request.offset, job.request.len)
+                } else {
+                    Ok(())
+                }
+            }
+            Err(e) => Err(e),
+        };
+        self.reply_result(&job.request, result);
+        true
     }
 
     /// Requests received and not yet fully answered.
@@ -253,6 +327,7 @@ impl Connection {
     fn hard_close(&mut self) {
         self.closed = true;
         self.state = InState::Done;
+        self.job = None;
         self.out.clear();
         self.queued_bytes = 0;
     }
@@ -289,6 +364,11 @@ impl Connection {
                 // Nothing more is read from this client (proto.md: a client
                 // MUST NOT send anything after NBD_CMD_DISC); drop it.
                 used = input.len();
+                break;
+            }
+            if self.job.is_some() {
+                // A long request is in progress: nothing more is read
+                // until `step` has finished it.
                 break;
             }
             if self.stalled.is_some() {

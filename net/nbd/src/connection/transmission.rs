@@ -7,7 +7,7 @@
 use alloc::vec::Vec;
 
 use super::output::{chunk_header, error_chunk, OutItem, ReadItem};
-use super::{Connection, InState, Refusal, ReplyMode, Transmission, WriteState};
+use super::{Connection, InState, Job, Refusal, ReplyMode, Transmission, WriteState};
 use crate::backend::{Backend, BackendError, ExportHandle, Extent, ZeroFlags};
 use crate::wire::{self, Command, PutBe, Reply, Request, RequestHeader};
 
@@ -187,23 +187,26 @@ impl Connection {
                 let result = backend.flush(export);
                 self.reply_result(&request, result);
             }
+            // Done piece by piece by `step`, which queues the reply.
             Command::Trim => {
-                let mut result = backend.trim(export, request.offset, request.len);
-                if result.is_ok() && fua {
-                    result = backend.persist(export, request.offset, request.len);
-                }
-                self.reply_result(&request, result);
+                self.job = Some(Job {
+                    request,
+                    next: request.offset,
+                    zeroes: None,
+                    fua,
+                });
             }
             Command::WriteZeroes => {
                 let flags = ZeroFlags {
                     no_hole: request.flags & wire::CMD_FLAG_NO_HOLE != 0,
                     fast: request.flags & wire::CMD_FLAG_FAST_ZERO != 0,
                 };
-                let mut result = backend.write_zeroes(export, request.offset, request.len, flags);
-                if result.is_ok() && fua {
-                    result = backend.persist(export, request.offset, request.len);
-                }
-                self.reply_result(&request, result);
+                self.job = Some(Job {
+                    request,
+                    next: request.offset,
+                    zeroes: Some(flags),
+                    fua,
+                });
             }
             Command::Cache => {
                 let result = backend.cache(export, request.offset, request.len);
@@ -234,7 +237,7 @@ impl Connection {
         self.reply_result(&request, result);
     }
 
-    fn reply_result(&mut self, request: &Request, result: Result<(), BackendError>) {
+    pub(super) fn reply_result(&mut self, request: &Request, result: Result<(), BackendError>) {
         match result {
             Ok(()) => self.reply_ok(request),
             Err(e) => {
