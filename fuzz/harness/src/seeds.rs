@@ -125,14 +125,7 @@ fn nbd_streams(names: [&str; 3], sizes: [u64; 3]) -> Vec<(&'static str, Vec<u8>)
     option(&mut v, OPT_EXTENDED_HEADERS, &[]);
     option(&mut v, OPT_SET_META_CONTEXT, &meta(rw, &[BASE_ALLOCATION]));
     option(&mut v, OPT_GO, &name_and_infos(rw, &[]));
-    request(
-        &mut v,
-        true,
-        CMD_FLAG_PAYLOAD_LEN,
-        CMD_BLOCK_STATUS,
-        0,
-        1 << 33,
-    );
+    request(&mut v, true, 0, CMD_BLOCK_STATUS, 0, 1 << 33);
     requests(&mut v, true, sizes[0]);
     out.push(("extended", v));
 
