@@ -153,7 +153,7 @@ mod tests {
         assert_eq!(entry(u64::MAX - (1 << 17) + 1, 0, 0).mapped_range(), None);
         assert_eq!(entry(u64::MAX - (2 << 20) + 1, 0, 2).mapped_range(), None);
         // A window just below the top: its end (exclusive) still fits.
-        let top = u64::MAX & !0xF_FFFF;
+        let top = !0xF_FFFFu64;
         assert_eq!(
             entry(top - (2 << 20), 1, 1).mapped_range(),
             Some((top - (1 << 20), 1 << 20))

@@ -27,9 +27,12 @@ pub mod nfit;
 pub mod seeds;
 pub mod session;
 
+/// A target's body: panics when it finds a bug.
+pub type Target = fn(&[u8]);
+
 /// Every target: its name (the file name in `fuzz/fuzz_targets/`, the
 /// corpus directory) and its body.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("nbd_session", nbd_session::run),
     ("nbd_daxfs", nbd_daxfs::run),
     ("daxfs_mount", daxfs_mount::run),

@@ -121,7 +121,7 @@ impl CheckedBackend {
     /// Counts a storage call; true when this one is to fail.
     fn fails(&mut self) -> bool {
         self.calls = self.calls.wrapping_add(1);
-        self.fail_every != 0 && self.calls % self.fail_every == 0
+        self.fail_every != 0 && self.calls.is_multiple_of(self.fail_every)
     }
 }
 

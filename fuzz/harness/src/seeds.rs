@@ -225,7 +225,7 @@ fn daxfs_mount_seeds() -> Vec<Seed> {
     for (name, selector, offset, bytes) in [
         (
             "sb-max-files",
-            0u8 | 3 << 3,
+            3u8 << 3,
             72u32,
             vec![0xff, 0xff, 0xff, 0x00],
         ),
