@@ -1,7 +1,7 @@
 //! `daxfs_mount`: daxfs `probe`, `fsck_image` and `mount` on damaged
 //! images, then operations on whatever mounts.
 //!
-//! The image is a formatted 2 MiB template (fragmented files with an
+//! The image is a formatted 1 MiB template (fragmented files with an
 //! overflow chain, a clone, a sparse file, a freed slot; see
 //! [`template`]) patched by the input. Unless the input says otherwise the
 //! harness then recomputes every checksum the format has (both superblock
@@ -17,11 +17,11 @@
 //!
 //! Checked: no panic, no abort on allocation; after a successful mount
 //! `fsck` is clean, is still clean after the operations, and the image
-//! mounts clean again after a crash (no unmount) and after an unmount.
+//! mounts clean again after a crash (no unmount).
 
 use std::sync::OnceLock;
 
-use daxbox_persist::{PersistentMemory, VecMemory};
+use daxbox_persist::VecMemory;
 use daxfs::format::{
     checksum_skipping, journal_checksum, JournalHeader, Superblock, BLOCK_SIZE,
     JOURNAL_ENTRIES_OFFSET, JOURNAL_ENTRY_SIZE, JOURNAL_HEADER_OFFSET, JOURNAL_HEADER_SIZE,
@@ -33,7 +33,7 @@ use daxfs::{Filesystem, FormatOptions};
 use crate::input::Input;
 
 /// Size of the image.
-pub const IMAGE_SIZE: usize = 2 << 20;
+pub const IMAGE_SIZE: usize = 1 << 20;
 const BLOCK: usize = BLOCK_SIZE as usize;
 const NAMES: [&str; 6] = ["a", "b", "c", "d", "e", "new"];
 
@@ -168,7 +168,7 @@ fn operate(fs: &mut Filesystem<VecMemory>, input: &mut Input) {
         let op = input.u8();
         let name = NAMES[usize::from(op >> 4) % NAMES.len()];
         let other = NAMES[input.below(NAMES.len())];
-        let offset = u64::from(input.u32()) % (3 << 20);
+        let offset = u64::from(input.u32()) % (2 << 20);
         let len = input.u16() as usize;
         let what = match op % 8 {
             0 => fs.create(name).map(|_| ()),
@@ -222,10 +222,7 @@ pub fn run(data: &[u8]) {
     };
     assert_clean(&fs, "right after mount");
     operate(&mut fs, &mut input);
-    // A crash now, then a clean unmount: both must mount clean.
+    // A crash now (no unmount) must leave an image that mounts clean.
     let fs = Filesystem::mount(fs.into_memory()).expect("mount after a crash");
     assert_clean(&fs, "after a crash and remount");
-    let fs = Filesystem::mount(fs.unmount()).expect("mount after unmount");
-    assert_clean(&fs, "after unmount and remount");
-    let _ = fs.memory().len();
 }

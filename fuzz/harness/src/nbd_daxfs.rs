@@ -2,9 +2,10 @@
 //! (`daxbox-storage`'s `NbdService`, daxfs on `VecMemory`), driven like the
 //! kernel's listener drives it.
 //!
-//! The storage set: `pmem0` (4 MiB daxfs) with `disk` (1 MiB of data),
-//! `ro` (256 KiB of data, `readonly=ro`), `sparse` (2 MiB, mostly a
-//! hole) and `snap` (a clone of `disk`); `pmem1` (256 KiB) exported raw.
+//! The storage set: `pmem0` (2 MiB daxfs) with `disk` (512 KiB of data),
+//! `ro` (128 KiB of data, `readonly=ro`), `sparse` (4 MiB, more than the
+//! device: mostly a hole, writes into it run out of space) and `snap` (a
+//! clone of `disk`); `pmem1` (128 KiB) exported raw.
 //!
 //! Input as for `nbd_session`: a mode byte (engine limits), 8 bytes of
 //! seed, then the client's bytes.
@@ -34,8 +35,8 @@ impl SharedStorage<VecMemory> for &Shared {
     }
 }
 
-const FS_SIZE: usize = 4 << 20;
-const RAW_SIZE: usize = 256 << 10;
+const FS_SIZE: usize = 2 << 20;
+const RAW_SIZE: usize = 128 << 10;
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -56,15 +57,21 @@ fn template() -> &'static [u8] {
         )
         .expect("format the template");
         let disk = fs.create("disk").unwrap();
-        fs.write(disk, 0, &pattern(1 << 20, 1)).unwrap();
+        fs.write(disk, 0, &pattern(512 << 10, 1)).unwrap();
         let ro = fs.create("ro").unwrap();
-        fs.write(ro, 0, &pattern(256 << 10, 2)).unwrap();
+        fs.write(ro, 0, &pattern(128 << 10, 2)).unwrap();
         let sparse = fs.create("sparse").unwrap();
-        fs.truncate(sparse, 2 << 20).unwrap();
+        fs.truncate(sparse, 4 << 20).unwrap();
         fs.write(sparse, 1 << 20, &pattern(8192, 3)).unwrap();
         fs.clone_file("disk", "snap").unwrap();
         fs.unmount().into_bytes()
     })
+}
+
+/// The raw device's bytes.
+fn raw_template() -> &'static [u8] {
+    static IMAGE: OnceLock<Vec<u8>> = OnceLock::new();
+    IMAGE.get_or_init(|| pattern(RAW_SIZE, 9))
 }
 
 fn read_file(fs: &Filesystem<VecMemory>, id: FileId) -> Vec<u8> {
@@ -87,7 +94,7 @@ pub fn storage() -> Storage<VecMemory> {
         device: "pmem1".into(),
         role: Role::Raw(PmemBlockDevice::new(
             "pmem1",
-            VecMemory::from_bytes(pattern(RAW_SIZE, 9)),
+            VecMemory::from_bytes(raw_template().to_vec()),
             4096,
         )),
     });

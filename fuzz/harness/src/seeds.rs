@@ -477,7 +477,7 @@ fn bootconfig_seeds() -> Vec<Seed> {
 pub fn seeds(name: &str) -> Vec<Seed> {
     match name {
         "nbd_session" => nbd_seeds(["disk", "ro", "odd"], [256 << 10, 64 << 10, 12_345]),
-        "nbd_daxfs" => nbd_seeds(["disk", "ro", "pmem1"], [1 << 20, 256 << 10, 256 << 10]),
+        "nbd_daxfs" => nbd_seeds(["disk", "ro", "pmem1"], [512 << 10, 128 << 10, 128 << 10]),
         "daxfs_mount" => daxfs_mount_seeds(),
         "daxfs_decode" => daxfs_decode_seeds(),
         "http" => http_seeds(),
