@@ -11,7 +11,8 @@
 //! journal committed (replay at mount) and the state word dirty.
 //!
 //! Input: byte 0 = mode (bit 0: keep checksums as patched, bit 1: commit
-//! the journal, bit 2: mark dirty), byte 1 = number of patches, the patches
+//! the journal, bit 2: mark dirty, bit 3: put the image at the start of a
+//! 1 TiB sparse region, so the superblock may declare a huge filesystem), byte 1 = number of patches, the patches
 //! (region selector, offset, length, bytes), then operations run on a
 //! successful mount.
 //!
@@ -21,7 +22,7 @@
 
 use std::sync::OnceLock;
 
-use daxbox_persist::VecMemory;
+use daxbox_persist::{PersistentMemory, VecMemory};
 use daxfs::format::{
     checksum_skipping, journal_checksum, JournalHeader, Superblock, BLOCK_SIZE,
     JOURNAL_ENTRIES_OFFSET, JOURNAL_ENTRY_SIZE, JOURNAL_HEADER_OFFSET, JOURNAL_HEADER_SIZE,
@@ -31,9 +32,12 @@ use daxfs::format::{
 use daxfs::{Filesystem, FormatOptions};
 
 use crate::input::Input;
+use crate::sparse::SparseMemory;
 
 /// Size of the image.
 pub const IMAGE_SIZE: usize = 1 << 20;
+/// Size of the sparse region the image is placed in with mode bit 3.
+pub const SPARSE_SIZE: u64 = 1 << 40;
 const BLOCK: usize = BLOCK_SIZE as usize;
 const NAMES: [&str; 6] = ["a", "b", "c", "d", "e", "new"];
 
@@ -135,7 +139,8 @@ fn patch(image: &mut [u8], input: &mut Input) {
             break;
         }
         let selector = input.u8();
-        let region = match selector % 6 {
+        // Low 3 bits: where; the next 3: length - 1.
+        let region = match selector & 7 {
             0 => 0..SUPER_SIZE,
             1 => BLOCK..BLOCK + SUPER_SIZE,
             2 => sb.journal_start as usize * BLOCK..(sb.journal_start + 1) as usize * BLOCK,
@@ -152,14 +157,14 @@ fn patch(image: &mut [u8], input: &mut Input) {
     }
 }
 
-fn assert_clean(fs: &Filesystem<VecMemory>, when: &str) {
+fn assert_clean<M: PersistentMemory>(fs: &Filesystem<M>, when: &str) {
     let report = fs.fsck();
     assert!(report.is_clean(), "fsck {when}: {:?}", report.problems);
 }
 
 /// Runs up to 16 operations from `input` on a mounted filesystem, then
 /// checks it.
-fn operate(fs: &mut Filesystem<VecMemory>, input: &mut Input) {
+fn operate<M: PersistentMemory>(fs: &mut Filesystem<M>, input: &mut Input) {
     let mut buf = vec![0u8; 64 * 1024];
     for _ in 0..16 {
         if input.is_empty() {
@@ -214,14 +219,24 @@ pub fn run(data: &[u8]) {
     if mode & 1 == 0 {
         fix_checksums(&mut image);
     }
-    let mem = VecMemory::from_bytes(image);
+    if mode & 8 != 0 {
+        // The image at the start of a 1 TiB sparse region: the superblock
+        // may now describe a filesystem of any size up to that.
+        check(SparseMemory::new(SPARSE_SIZE, &image), &mut input);
+    } else {
+        check(VecMemory::from_bytes(image), &mut input);
+    }
+}
+
+/// Probe, fsck_image, mount; on success operations, fsck, crash, remount.
+fn check<M: PersistentMemory>(mem: M, input: &mut Input) {
     let _ = Filesystem::probe(&mem);
     let _ = Filesystem::fsck_image(&mem);
     let Ok(mut fs) = Filesystem::mount(mem) else {
         return;
     };
     assert_clean(&fs, "right after mount");
-    operate(&mut fs, &mut input);
+    operate(&mut fs, input);
     // A crash now (no unmount) must leave an image that mounts clean.
     let fs = Filesystem::mount(fs.into_memory()).expect("mount after a crash");
     assert_clean(&fs, "after a crash and remount");

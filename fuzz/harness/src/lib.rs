@@ -8,6 +8,10 @@
 //! libFuzzer. A target panics when it finds a bug; a crash input that no
 //! longer panics is a fixed bug.
 //!
+//! Inputs that still crash, for bugs another change is fixing, wait in
+//! `fuzz/pending/NAME/` (not replayed); once fixed they move to
+//! `fuzz/regressions/NAME/`.
+//!
 //! `cargo xtask fuzz` builds and runs them; `cargo xtask test` runs each
 //! for a short budget. The seed corpora are made by [`seeds`]
 //! (`DAXBOX_WRITE_SEEDS=1 cargo test -p daxbox-fuzz-harness` rewrites
@@ -26,6 +30,7 @@ pub mod netstack;
 pub mod nfit;
 pub mod seeds;
 pub mod session;
+pub mod sparse;
 
 /// A target's body: panics when it finds a bug.
 pub type Target = fn(&[u8]);
