@@ -116,7 +116,16 @@ pub fn run(data: &[u8]) {
         read_file(fs, ro)
     };
     let mut service = NbdService::with_config(&shared, config_for(mode));
-    session::drive(&mut service, stream, &mut rng);
+    let outcome = session::drive(&mut service, stream, &mut rng);
+    if outcome.produced > 0 {
+        assert!(
+            outcome
+                .head
+                .starts_with(&daxbox_nbd::wire::NBDMAGIC.to_be_bytes()),
+            "the first bytes are not the NBD greeting: {:?}",
+            outcome.head
+        );
+    }
     drop(service);
 
     let mut storage = shared.0.into_inner();

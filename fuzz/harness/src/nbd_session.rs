@@ -359,7 +359,16 @@ pub fn run(data: &[u8]) {
         .map(|(i, e)| (i, e.data.clone()))
         .collect();
     let mut service = EngineService::new(backend, config);
-    session::drive(&mut service, stream, &mut rng);
+    let outcome = session::drive(&mut service, stream, &mut rng);
+    if outcome.produced > 0 {
+        assert!(
+            outcome
+                .head
+                .starts_with(&daxbox_nbd::wire::NBDMAGIC.to_be_bytes()),
+            "the first bytes are not the NBD greeting: {:?}",
+            outcome.head
+        );
+    }
     for (index, bytes) in original_ro {
         assert!(
             service.backend.exports[index].data == bytes,

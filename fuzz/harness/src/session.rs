@@ -14,7 +14,7 @@ pub const MAX_ROUNDS: usize = 20_000;
 pub const MAX_OUTPUT: usize = 4 << 20;
 
 /// What a session did, for the caller's own checks.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Outcome {
     /// Client bytes the service consumed.
     pub consumed: usize,
@@ -24,7 +24,12 @@ pub struct Outcome {
     pub closed: bool,
     /// The deadline passed (the listener would abort the connection).
     pub timed_out: bool,
+    /// The first bytes produced (at most [`HEAD_BYTES`]).
+    pub head: Vec<u8>,
 }
+
+/// How much of the output [`Outcome::head`] keeps.
+pub const HEAD_BYTES: usize = 64;
 
 /// Runs `stream` through a new connection of `service`; chunk sizes, drain
 /// sizes and clock steps come from `rng`. Panics if the service wedges:
@@ -61,6 +66,8 @@ pub fn drive<S: TcpService>(service: &mut S, stream: &[u8], rng: &mut Rng) -> Ou
         let want = rng.size(out.len());
         let n = service.produce(&mut conn, &mut out[..want], now);
         assert!(n <= want, "produced {n} bytes into a {want}-byte buffer");
+        let keep = n.min(HEAD_BYTES - outcome.head.len());
+        outcome.head.extend_from_slice(&out[..keep]);
         outcome.produced += n;
         progress |= n > 0;
         if service.wants_close(&conn) {
