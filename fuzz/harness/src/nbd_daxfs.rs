@@ -17,6 +17,7 @@
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
+use daxbox_bootconfig::ReadOnlyRule;
 use daxbox_persist::VecMemory;
 use daxbox_pmem::block::PmemBlockDevice;
 use daxbox_storage::{NbdService, Role, SharedStorage, Storage, Volume};
@@ -98,7 +99,7 @@ pub fn storage() -> Storage<VecMemory> {
             4096,
         )),
     });
-    storage.set_read_only(vec!["ro".into()]);
+    storage.set_read_only(vec![ReadOnlyRule::parse("ro", "fuzz")]);
     storage
 }
 

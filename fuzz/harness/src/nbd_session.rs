@@ -1,8 +1,9 @@
 //! `nbd_session`: the NBD engine (`net/nbd`) as a stateful session over an
 //! in-memory backend that checks every call it gets.
 //!
-//! Input: byte 0 picks the engine limits and whether the backend fails
-//! some calls, bytes 1..9 seed the chunking of input and output and the
+//! Input: byte 0 picks the engine limits, whether the backend fails
+//! some calls and whether export `odd` becomes read-only mid-session
+//! (the engine must then ask [`Backend::check_write`] and never write it), bytes 1..9 seed the chunking of input and output and the
 //! clock, the rest is what the client sends (handshake, then requests).
 //!
 //! Checked: no panic; a read-only export is never written, trimmed or
@@ -73,6 +74,9 @@ pub struct CheckedBackend {
     pub max_block: usize,
     /// Every `fail_every`th storage call fails (0: none).
     pub fail_every: u32,
+    /// After this many storage calls export `odd` becomes read-only (as
+    /// a file does when a read-only rule starts to cover it); 0: never.
+    pub freeze_after: u32,
     calls: u32,
 }
 
@@ -83,6 +87,7 @@ impl CheckedBackend {
             exports,
             max_block,
             fail_every,
+            freeze_after: 0,
             calls: 0,
         }
     }
@@ -121,6 +126,11 @@ impl CheckedBackend {
     /// Counts a storage call; true when this one is to fail.
     fn fails(&mut self) -> bool {
         self.calls = self.calls.wrapping_add(1);
+        if self.freeze_after != 0 && self.calls == self.freeze_after {
+            for export in self.exports.iter_mut().filter(|e| e.name == "odd") {
+                export.read_only = true;
+            }
+        }
         self.fail_every != 0 && self.calls.is_multiple_of(self.fail_every)
     }
 }
@@ -346,11 +356,15 @@ pub fn run(data: &[u8]) {
     } else {
         0
     };
-    let backend = CheckedBackend::new(
+    let mut backend = CheckedBackend::new(
         standard_exports(),
         config.max_block_size as usize,
         fail_every,
     );
+    if mode & 8 != 0 {
+        backend.freeze_after = 5;
+    }
+
     let original_ro: Vec<(usize, Vec<u8>)> = backend
         .exports
         .iter()

@@ -161,7 +161,7 @@ fn nbd_streams(names: [&str; 3], sizes: [u64; 3]) -> Vec<(&'static str, Vec<u8>)
 fn nbd_seeds(names: [&str; 3], sizes: [u64; 3]) -> Vec<Seed> {
     let mut seeds = Vec::new();
     for (name, stream) in nbd_streams(names, sizes) {
-        for (mode, seed) in [(0u8, 1u64), (1, 2)] {
+        for (mode, seed) in [(0u8, 1u64), (1, 2), (8, 3)] {
             let mut v = vec![mode];
             v.extend_from_slice(&seed.to_le_bytes());
             v.extend_from_slice(&stream);
