@@ -74,10 +74,11 @@ pub struct CheckedBackend {
     pub max_block: usize,
     /// Every `fail_every`th storage call fails (0: none).
     pub fail_every: u32,
-    /// After this many storage calls export `odd` becomes read-only (as
-    /// a file does when a read-only rule starts to cover it); 0: never.
+    /// At this `check_write` call export `odd` becomes read-only (as a
+    /// file does when a read-only rule starts to cover it); 0: never.
     pub freeze_after: u32,
     calls: u32,
+    checks: u32,
 }
 
 impl CheckedBackend {
@@ -89,6 +90,7 @@ impl CheckedBackend {
             fail_every,
             freeze_after: 0,
             calls: 0,
+            checks: 0,
         }
     }
 
@@ -126,11 +128,7 @@ impl CheckedBackend {
     /// Counts a storage call; true when this one is to fail.
     fn fails(&mut self) -> bool {
         self.calls = self.calls.wrapping_add(1);
-        if self.freeze_after != 0 && self.calls == self.freeze_after {
-            for export in self.exports.iter_mut().filter(|e| e.name == "odd") {
-                export.read_only = true;
-            }
-        }
+
         self.fail_every != 0 && self.calls.is_multiple_of(self.fail_every)
     }
 }
@@ -168,6 +166,21 @@ impl Backend for CheckedBackend {
             can_fast_zero: true,
             multi_conn: true,
         })
+    }
+
+    fn check_write(&mut self, export: ExportHandle) -> Result<(), BackendError> {
+        // A request boundary: the previous write's payload is complete.
+        self.checks = self.checks.wrapping_add(1);
+        if self.freeze_after != 0 && self.checks == self.freeze_after {
+            for export in self.exports.iter_mut().filter(|e| e.name == "odd") {
+                export.read_only = true;
+            }
+        }
+        if self.export(export).read_only {
+            Err(BackendError::ReadOnly)
+        } else {
+            Ok(())
+        }
     }
 
     fn read(
@@ -362,7 +375,7 @@ pub fn run(data: &[u8]) {
         fail_every,
     );
     if mode & 8 != 0 {
-        backend.freeze_after = 5;
+        backend.freeze_after = 2;
     }
 
     let original_ro: Vec<(usize, Vec<u8>)> = backend
