@@ -177,12 +177,12 @@ fn http_seeds() -> Vec<Seed> {
         ("bytes", b"GET /bench/bytes?n=5000 HTTP/1.1\r\nHost: x\r\n\r\n"),
         (
             "sink",
-            b"PUT /bench/sink HTTP/1.1\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\nhello world",
+            b"PUT /bench/sink HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\nhello world",
         ),
-        ("notfound", b"POST /nothing HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\n\r\n"),
-        ("chunked", b"PUT /bench/sink HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+        ("notfound", b"POST /nothing HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ("chunked", b"PUT /bench/sink HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
         ("bad", b"GET  /x HTTP/2\r\n\r\n"),
-        ("close", b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n"),
+        ("close", b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
     ];
     requests
         .iter()
@@ -276,7 +276,7 @@ fn daxfs_decode_seeds() -> Vec<Seed> {
 }
 
 fn netstack_seeds() -> Vec<Seed> {
-    let http = b"GET /healthz HTTP/1.1\r\n\r\n";
+    let http = b"GET /healthz HTTP/1.1\r\nHost: daxbox\r\n\r\n";
     let nbd = {
         let mut v = Vec::new();
         be32(&mut v, FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES);
