@@ -35,7 +35,7 @@ order of cost (a formatting or lint failure stops the run within seconds):
                  cargo clippy -p daxbox-kernel -- -D warnings   (x86_64-unknown-none)
   3. host tests: cargo test --no-fail-fast --workspace --exclude daxbox-kernel --exclude daxbox-tests --exclude daxbox-boot
   4. crash-state explorer: at least 110,000 distinct daxfs crash images, 2 threads (release build; skipped with --filter)
-  4b. fuzz:      cargo fuzz build -s none, then each fuzz target 15 s over its seed corpus (skipped with --filter);
+  4b. fuzz:      cargo fuzz build -s none, then each fuzz target 12 s over its seed corpus (skipped with --filter);
                  a crash fails the run and prints the reproducer and `cargo xtask fuzz replay ...`
   5. build the kernel and daxbox-boot (the bootloader stages: minutes on a fresh machine)
   6. lint daxbox-boot: cargo clippy -p daxbox-boot --release --all-targets -- -D warnings (reuses step 5)
