@@ -104,3 +104,10 @@ pub fn drive<S: TcpService>(service: &mut S, stream: &[u8], rng: &mut Rng) -> Ou
     service.closed(conn);
     outcome
 }
+
+/// True when `head` agrees with `prefix` as far as both go: the output
+/// may end (close, deadline, drain limit) before the whole prefix is out.
+pub fn starts_like(head: &[u8], prefix: &[u8]) -> bool {
+    let n = head.len().min(prefix.len());
+    head[..n] == prefix[..n]
+}
