@@ -1,7 +1,7 @@
 //! `cargo xtask`: daxbox developer tasks (std only, hand-parsed arguments).
 //!
 //! Subcommands: `setup`, `build`, `run`, `netboot`, `test`, `bench`,
-//! `crash`, `soak`, `powercut`. Each
+//! `crash`, `soak`, `powercut`, `fuzz`. Each
 //! prints its steps as `==> ...` lines and the exact commands it runs.
 //! Neighbours: `boot/` (`daxbox-boot`, run through `cargo run -p daxbox-boot
 //! --release` so that the slow bootloader build stays out of xtask's own
@@ -13,6 +13,7 @@ mod bench_nbd;
 mod bench_net;
 mod bench_trim;
 mod clients;
+mod fuzz;
 mod images;
 mod powercut;
 mod run;
@@ -36,7 +37,9 @@ commands:
             trim (read latency during a 1 GiB TRIM)
   crash     long run of the daxfs crash-state explorer (--budget SECONDS)
   soak      64 real clients (nbdcopy, fio, qemu-io, shell, curl) against the appliance for --minutes N
-  powercut  SIGKILL QEMU under fio write+flush, reboot, fio --verify_only and fsck, --cycles N times";
+  powercut  SIGKILL QEMU under fio write+flush, reboot, fio --verify_only and fsck, --cycles N times
+
+  fuzz      build and run the cargo-fuzz targets (--seconds N, TARGET..., list, replay)";
 
 /// Why a task failed. Printed as `xtask: error: ...`.
 #[derive(Debug)]
@@ -150,6 +153,7 @@ fn main() -> ExitCode {
         "crash" => test::crash_mode(&rest),
         "soak" => soak::soak_command(&rest),
         "powercut" => powercut::powercut_command(&rest),
+        "fuzz" => fuzz::fuzz_command(&rest),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             Ok(())

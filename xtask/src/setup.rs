@@ -10,7 +10,7 @@ use std::{
     process::Command,
 };
 
-use crate::{run_checked, step, XtaskError};
+use crate::{cargo, describe, run_checked, step, XtaskError};
 
 /// How much of the machine a subcommand needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,6 +156,28 @@ fn debian_codename() -> Option<String> {
     })
 }
 
+/// Makes `cargo fuzz` available (the fuzz stage of `cargo xtask test` and
+/// `cargo xtask fuzz`): when `cargo fuzz --version` fails, installs it
+/// from crates.io with `cargo install cargo-fuzz --locked` (a minute or
+/// two of building).
+pub fn ensure_cargo_fuzz() -> Result<(), XtaskError> {
+    let mut probe = cargo();
+    probe
+        .args(["fuzz", "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    if probe.status().is_ok_and(|status| status.success()) {
+        return Ok(());
+    }
+    let mut install = cargo();
+    install.args(["install", "cargo-fuzz", "--locked"]);
+    step(&format!(
+        "set-up: cargo-fuzz is missing; installing it from crates.io: {}",
+        describe(&install)
+    ));
+    run_checked(&mut install)
+}
+
 /// Runs the set-up for `needs`. Safe to call many times.
 pub fn setup(needs: Needs) -> Result<(), XtaskError> {
     step("set-up: nightly rust-src, llvm-tools, rustfmt, clippy and the x86_64-unknown-none target (rustup)");
@@ -177,6 +199,9 @@ pub fn setup(needs: Needs) -> Result<(), XtaskError> {
         "nightly",
     ]))?;
 
+    if needs == Needs::Everything {
+        ensure_cargo_fuzz()?;
+    }
     let absent = missing(needs);
     if absent.is_empty() {
         return Ok(());

@@ -3,7 +3,8 @@
 //! Steps, cheapest first: set-up; the gates (`cargo fmt --check`, then
 //! `cargo clippy -D warnings` over the workspace, kernel target included),
 //! which stop the run at once when they fail; host tests of all library
-//! crates and xtask; the crash-state explorer; the build of the boot tool
+//! crates and xtask; the crash-state explorer; a short run of every fuzz
+//! target (`fuzz.rs`); the build of the boot tool
 //! and the kernel; clippy of the boot tool (it needs the bootloader build);
 //! the boot tool's tests; the QEMU system tests (`daxbox-tests`) with
 //! `DAXBOX_KERNEL`/`DAXBOX_BOOT_TOOL` pointing at the fresh builds; then
@@ -22,7 +23,7 @@ use std::{
     time::Instant,
 };
 
-use crate::{cargo, describe, images, powercut, setup, soak, step, wants_help, XtaskError};
+use crate::{cargo, describe, fuzz, images, powercut, setup, soak, step, wants_help, XtaskError};
 
 const USAGE: &str = "\
 usage: cargo xtask test [--filter TEXT] [--test-threads N] [--no-system]
@@ -34,6 +35,8 @@ order of cost (a formatting or lint failure stops the run within seconds):
                  cargo clippy -p daxbox-kernel -- -D warnings   (x86_64-unknown-none)
   3. host tests: cargo test --no-fail-fast --workspace --exclude daxbox-kernel --exclude daxbox-tests --exclude daxbox-boot
   4. crash-state explorer: at least 110,000 distinct daxfs crash images, 2 threads (release build; skipped with --filter)
+  4b. fuzz:      cargo fuzz build -s none, then each fuzz target 12 s over its seed corpus (skipped with --filter);
+                 a crash fails the run and prints the reproducer and `cargo xtask fuzz replay ...`
   5. build the kernel and daxbox-boot (the bootloader stages: minutes on a fresh machine)
   6. lint daxbox-boot: cargo clippy -p daxbox-boot --release --all-targets -- -D warnings (reuses step 5)
   7. boot tool:  cargo test -p daxbox-boot --release
@@ -448,6 +451,27 @@ pub fn test_command(args: &[String]) -> Result<(), XtaskError> {
                 failed: u64::from(!ok),
             };
             record("crash-state explorer", ok, counts, since);
+
+            let since = Instant::now();
+            step(&format!(
+                "fuzz: every target {} s over its seed corpus (one build, one process each)",
+                fuzz::CI_SECONDS
+            ));
+            // One test per target: it passes when it did not crash.
+            let (ok, counts) = match fuzz::ci_stage() {
+                Ok((clean, crashed)) => (
+                    crashed == 0,
+                    Counts {
+                        passed: clean,
+                        failed: crashed,
+                    },
+                ),
+                Err(error) => {
+                    eprintln!("xtask: error: {error}");
+                    (false, Counts::default())
+                }
+            };
+            record("fuzz", ok, counts, since);
         }
 
         let since = Instant::now();

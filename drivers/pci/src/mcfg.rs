@@ -26,11 +26,14 @@ pub struct McfgEntry {
 }
 
 impl McfgEntry {
-    /// Physical address of `start_bus` and the length to map for the window.
+    /// Physical address of `start_bus` and the length to map for the window;
+    /// `None` when the window's end (exclusive) is beyond 2^64 - 1.
     pub fn mapped_range(&self) -> Option<(u64, u64)> {
         let start = self.base.checked_add(u64::from(self.start_bus) << 20)?;
-        let buses = u64::from(self.end_bus - self.start_bus) + 1;
-        Some((start, buses << 20))
+        let buses = u64::from(self.end_bus.checked_sub(self.start_bus)?) + 1;
+        let len = buses << 20;
+        start.checked_add(len)?;
+        Some((start, len))
     }
 }
 
@@ -134,6 +137,27 @@ mod tests {
             }]
         );
         assert_eq!(entries[0].mapped_range(), Some((0xb000_0000, 256 << 20)));
+    }
+
+    /// Found by the `mcfg` fuzz target: a window whose end passes 2^64
+    /// was returned as mappable (the kernel then saturated its end and
+    /// mapped less than the buses it decodes).
+    #[test]
+    fn window_ending_past_the_address_space_is_refused() {
+        let entry = |base, start_bus, end_bus| McfgEntry {
+            base,
+            segment: 0,
+            start_bus,
+            end_bus,
+        };
+        assert_eq!(entry(u64::MAX - (1 << 17) + 1, 0, 0).mapped_range(), None);
+        assert_eq!(entry(u64::MAX - (2 << 20) + 1, 0, 2).mapped_range(), None);
+        // A window just below the top: its end (exclusive) still fits.
+        let top = !0xF_FFFFu64;
+        assert_eq!(
+            entry(top - (2 << 20), 1, 1).mapped_range(),
+            Some((top - (1 << 20), 1 << 20))
+        );
     }
 
     #[test]

@@ -1,0 +1,5 @@
+//! `bootconfig`: see `fuzz/harness/src/bootconfig.rs` (the body, also replayed by
+//! `cargo test -p daxbox-fuzz-harness`).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| daxbox_fuzz_harness::bootconfig::run(data));

@@ -1,0 +1,5 @@
+//! `http`: see `fuzz/harness/src/http.rs` (the body, also replayed by
+//! `cargo test -p daxbox-fuzz-harness`).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| daxbox_fuzz_harness::http::run(data));

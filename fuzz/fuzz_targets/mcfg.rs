@@ -1,0 +1,5 @@
+//! `mcfg`: see `fuzz/harness/src/mcfg.rs` (the body, also replayed by
+//! `cargo test -p daxbox-fuzz-harness`).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| daxbox_fuzz_harness::mcfg::run(data));

@@ -1,0 +1,5 @@
+//! `nbd_session`: see `fuzz/harness/src/nbd_session.rs` (the body, also replayed by
+//! `cargo test -p daxbox-fuzz-harness`).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| daxbox_fuzz_harness::nbd_session::run(data));

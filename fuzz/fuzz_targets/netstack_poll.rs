@@ -1,0 +1,5 @@
+//! `netstack_poll`: see `fuzz/harness/src/netstack.rs` (the body, also replayed by
+//! `cargo test -p daxbox-fuzz-harness`).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| daxbox_fuzz_harness::netstack::run(data));
