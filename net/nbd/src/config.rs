@@ -13,7 +13,9 @@ pub struct ServerConfig {
     pub max_block_size: u32,
     /// Preferred block size advertised in `NBD_INFO_BLOCK_SIZE`.
     pub preferred_block_size: u32,
-    /// A connection still negotiating after this long is closed.
+    /// A connection still negotiating this long after it connected, or
+    /// after the header of its last option, is closed (each option must
+    /// arrive within it; the negotiation as a whole may take longer).
     pub handshake_timeout_ms: u64,
     /// Requests parsed but not yet fully answered, per connection. Input is
     /// not consumed beyond this (backpressure).

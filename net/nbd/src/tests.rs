@@ -782,6 +782,29 @@ fn handshake_times_out_but_transmission_does_not() {
     assert!(!c.conn.check_timeout(u64::MAX));
 }
 
+#[test]
+fn the_handshake_deadline_bounds_each_option_not_the_whole_negotiation() {
+    // A client that asks about one export after another (nbdinfo --list
+    // of thousands of exports) is not cut while every option arrives in
+    // time.
+    let mut c = Client::new();
+    c.flags(FLAG_C_FIXED_NEWSTYLE);
+    for round in 1..=5u64 {
+        c.now = round * 6_000;
+        assert!(!c.conn.check_timeout(c.now), "cut at {} ms", c.now);
+        c.send(&option(OPT_INFO, &go_data("disk", &[])));
+        while c.option_reply().1 != REP_ACK {}
+        assert_eq!(c.conn.poll_deadline(), Some(c.now + 10_000));
+    }
+    // One that stalls in the middle of an option is cut 10 s after the
+    // option's header.
+    c.now = 39_000;
+    let partial = option(OPT_INFO, &go_data("disk", &[]));
+    c.send(&partial[..20]);
+    assert!(!c.conn.check_timeout(48_999));
+    assert!(c.conn.check_timeout(49_000));
+}
+
 // ----- Transmission, simple replies -----
 
 #[test]

@@ -426,6 +426,16 @@ impl Connection {
                         self.hard_close();
                         break;
                     }
+                    // The deadline bounds each option, not the whole
+                    // negotiation: a client listing 10,000 exports with one
+                    // NBD_OPT_INFO each keeps going as long as every option
+                    // arrives within the timeout, while one that stalls
+                    // mid-option is still cut. A refused connection keeps
+                    // its first deadline (it is served nothing anyway).
+                    if self.refusal.is_none() {
+                        self.deadline =
+                            Some(now_ms.saturating_add(self.config.handshake_timeout_ms));
+                    }
                     if option == wire::OPT_EXPORT_NAME
                         && (len as usize > wire::MAX_STRING || len > self.config.max_option_len)
                     {
