@@ -36,6 +36,9 @@ pub(crate) struct Journal {
     pub sequence: u64,
     /// The records to replay (slot, bytes), empty when nothing is committed.
     pub replay: Vec<(u32, [u8; RECORD_SIZE])>,
+    /// The commit word is set: mount clears it once the records (possibly
+    /// none: a transaction may have no entries) are replayed.
+    pub committed: bool,
 }
 
 /// A budget refusal during mount, as the mount's error. `others` is what
@@ -64,6 +67,7 @@ pub(crate) fn read_journal<M: PersistentMemory>(
         return Ok(Journal {
             sequence: header.map_or(0, |h| h.sequence),
             replay: Vec::new(),
+            committed: false,
         });
     }
     let header =
@@ -98,6 +102,7 @@ pub(crate) fn read_journal<M: PersistentMemory>(
     Ok(Journal {
         sequence: header.sequence,
         replay,
+        committed: true,
     })
 }
 
@@ -319,7 +324,7 @@ impl<M: PersistentMemory> Filesystem<M> {
         // The image is daxfs and consistent, and the state fits: only now
         // write. Replay the journal (FORMAT.md "Journal")...
         let jo = block_offset(sb.journal_start);
-        if !journal.replay.is_empty() {
+        if journal.committed {
             for (slot, record) in &journal.replay {
                 let at = block_offset(sb.table_start) + *slot as u64 * RECORD_SIZE as u64;
                 mem.write_flush(at, record)?;
