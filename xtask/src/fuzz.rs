@@ -36,6 +36,11 @@ pub const TARGETS: &[&str] = &[
 /// Budget per target in `cargo xtask test`: 9 targets take under two
 /// minutes, the build about one on two cores.
 pub const CI_SECONDS: u64 = 12;
+
+/// libFuzzer's seed in the `cargo xtask test` stage: the same mutations on
+/// every CI run, so a red fuzz stage is a reproducible finding, not the
+/// luck of the run (`cargo xtask fuzz` keeps libFuzzer's random seed).
+pub const CI_SEED: u64 = 1;
 /// Default budget per target of `cargo xtask fuzz`.
 const DEFAULT_SECONDS: u64 = 60;
 /// One input running longer than this is a finding (a hang).
@@ -122,7 +127,7 @@ fn build() -> Result<(), XtaskError> {
 
 /// Runs one built target for `seconds`; its output goes to
 /// `target/fuzz-logs/TARGET.log`.
-fn run_target(target: &str, seconds: u64) -> Result<Run, XtaskError> {
+fn run_target(target: &str, seconds: u64, seed: Option<u64>) -> Result<Run, XtaskError> {
     let root = root();
     let work = root.join("target/fuzz-corpus").join(target);
     let seeds = root.join("fuzz/corpus").join(target);
@@ -145,6 +150,7 @@ fn run_target(target: &str, seconds: u64) -> Result<Run, XtaskError> {
         .arg(format!("-rss_limit_mb={RSS_LIMIT_MB}"))
         .arg(format!("-artifact_prefix={}/", artifacts.display()))
         .arg("-print_final_stats=1")
+        .args(seed.map(|seed| format!("-seed={seed}")))
         .env("RUST_BACKTRACE", "1")
         .stdout(Stdio::null())
         .stderr(log.try_clone().map_err(|e| XtaskError::Io(e.to_string()))?);
@@ -174,13 +180,13 @@ fn run_target(target: &str, seconds: u64) -> Result<Run, XtaskError> {
 
 /// Builds, then runs `targets` for `seconds` each; prints the table.
 /// Returns (targets without a crash, targets with one).
-fn fuzz(targets: &[String], seconds: u64) -> Result<(u64, u64), XtaskError> {
+fn fuzz(targets: &[String], seconds: u64, seed: Option<u64>) -> Result<(u64, u64), XtaskError> {
     build()?;
     let mut rows = Vec::new();
     for target in targets {
         step(&format!("fuzzing {target} for {seconds} s"));
         let since = Instant::now();
-        let run = run_target(target, seconds)?;
+        let run = run_target(target, seconds, seed)?;
         let elapsed = since.elapsed().as_secs_f64();
         println!(
             "    {target}: {} execs, {} execs/s, {} new corpus entries, {} crash(es)",
@@ -223,7 +229,7 @@ fn fuzz(targets: &[String], seconds: u64) -> Result<(u64, u64), XtaskError> {
 /// an error.
 pub fn ci_stage() -> Result<(u64, u64), XtaskError> {
     let all: Vec<String> = TARGETS.iter().map(|t| t.to_string()).collect();
-    fuzz(&all, CI_SECONDS)
+    fuzz(&all, CI_SECONDS, Some(CI_SEED))
 }
 
 fn check_target(target: &str) -> Result<(), XtaskError> {
@@ -299,7 +305,7 @@ pub fn fuzz_command(args: &[String]) -> Result<(), XtaskError> {
     if targets.is_empty() {
         targets = TARGETS.iter().map(|t| t.to_string()).collect();
     }
-    let (_, crashed) = fuzz(&targets, seconds)?;
+    let (_, crashed) = fuzz(&targets, seconds, None)?;
     if crashed == 0 {
         Ok(())
     } else {
