@@ -100,8 +100,8 @@ mod entry {
         "ls", ls, "[DEVICE] [AFTER]", "list files (sorted; from after AFTER)";
         "stat", stat, "NAME", "size, allocation and extents of a file";
         "create", create, "NAME SIZE", "create a sparse file of SIZE bytes (K/M/G suffixes)";
-        "rm", rm, "NAME", "remove a file";
-        "mv", mv, "FROM TO", "rename a file atomically (replaces TO)";
+        "rm", rm, "NAME [--force]", "remove a file (refused while NBD clients have it open; --force disconnects them)";
+        "mv", mv, "FROM TO [--force]", "rename a file atomically (replaces TO; refused while NBD clients have TO open)";
         "clone", clone, "SRC DST", "copy-on-write clone of a file";
         "truncate", truncate, "NAME SIZE [--force]", "grow or shrink a file (shrinking an open export needs --force, which disconnects its clients)";
         "write", write, "NAME OFFSET TEXT", "write TEXT into a file at OFFSET (durable on return)";
@@ -273,11 +273,24 @@ pub fn rm<M: PersistentMemory, E: Environment<M>>(
     args: &[&str],
     out: &mut dyn Write,
 ) -> Result<(), String> {
-    let [name] = args else {
-        return Err("usage: rm NAME".into());
+    let (name, force) = match args {
+        [name] => (*name, false),
+        [name, "--force"] => (*name, true),
+        _ => return Err("usage: rm NAME [--force]".into()),
     };
     let found = storage.lookup(name).map_err(explain(env))?;
     let (_, bare) = storage.split_qualified(name).map_err(explain(env))?;
+    let device = storage.volumes[found.volume].device.clone();
+    lifecycle::before_remove(
+        storage,
+        &device,
+        found.file,
+        name,
+        "removing",
+        &alloc::format!("rm {} --force", name),
+        force,
+        out,
+    )?;
     let fs = storage.filesystem(found.volume).ok_or("not a filesystem")?;
     fs.unlink(bare).map_err(|e| e.to_string())?;
     say!(out, "removed {}", bare);
@@ -291,14 +304,33 @@ pub fn mv<M: PersistentMemory, E: Environment<M>>(
     args: &[&str],
     out: &mut dyn Write,
 ) -> Result<(), String> {
-    let [from, to] = args else {
-        return Err("usage: mv FROM TO".into());
+    let (from, to, force) = match args {
+        [from, to] => (*from, *to, false),
+        [from, to, "--force"] => (*from, *to, true),
+        _ => return Err("usage: mv FROM TO [--force]".into()),
     };
     let found = storage.lookup(from).map_err(explain(env))?;
     let (_, from_bare) = storage.split_qualified(from).map_err(explain(env))?;
     let (to_volume, to_bare) = storage.split_qualified(to).map_err(explain(env))?;
     if to_volume.is_some_and(|v| v != found.volume) {
         return Err("cannot move a file to another device".into());
+    }
+    // A file replaced by the rename goes away: not under its clients.
+    let device = storage.volumes[found.volume].device.clone();
+    let fs = storage.filesystem(found.volume).ok_or("not a filesystem")?;
+    if let Ok(replaced) = fs.lookup(to_bare) {
+        if from_bare != to_bare {
+            lifecycle::before_remove(
+                storage,
+                &device,
+                replaced,
+                to,
+                "replacing",
+                &alloc::format!("mv {} {} --force", from, to),
+                force,
+                out,
+            )?;
+        }
     }
     let fs = storage.filesystem(found.volume).ok_or("not a filesystem")?;
     let replaces = fs.lookup(to_bare).is_ok() && from_bare != to_bare;
@@ -701,7 +733,7 @@ mod tests {
         assert_eq!(err(&mut f, "stat nothing"), "no such file: nothing");
         assert_eq!(err(&mut f, "stat pmem0:nothing"), "no such file: nothing");
         assert_eq!(err(&mut f, "rm nothing"), "no such file: nothing");
-        assert_eq!(err(&mut f, "rm"), "usage: rm NAME");
+        assert_eq!(err(&mut f, "rm"), "usage: rm NAME [--force]");
         let mut none = Fixture::empty();
         assert_eq!(err(&mut none, "ls"), "no filesystem is mounted");
         assert_eq!(err(&mut none, "fsck"), "no filesystem to check");
@@ -814,7 +846,7 @@ mod tests {
             f.run("mv e pmem1:e").unwrap_err(),
             "cannot move a file to another device"
         );
-        assert_eq!(f.run("mv e").unwrap_err(), "usage: mv FROM TO");
+        assert_eq!(f.run("mv e").unwrap_err(), "usage: mv FROM TO [--force]");
         assert_eq!(f.run("mv nothing x").unwrap_err(), "no such file: nothing");
         f.ok("write e 0 cloned-bytes");
         assert_eq!(f.ok("clone e e2"), "cloned e to e2 in 1000 us\n");

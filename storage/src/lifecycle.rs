@@ -157,6 +157,37 @@ pub fn before_shrink<M: PersistentMemory>(
     )
 }
 
+/// Before `rm` removes, or `mv` replaces, file `file` of `device`: refused
+/// while connections have it open, unless `force`, which cuts them first.
+/// (Until daxfs keeps an unlinked file alive for its open connections, a
+/// removal under a client would turn its next request into an error.)
+/// `verb` is "removing" or "replacing"; `retry` the forcing command line.
+pub fn before_remove<M: PersistentMemory>(
+    storage: &mut Storage<M>,
+    device: &str,
+    file: FileId,
+    name: &str,
+    verb: &str,
+    retry: &str,
+    force: bool,
+    out: &mut dyn Write,
+) -> Result<(), String> {
+    let users: Vec<u64> = storage
+        .connections_on_file(device, file)
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    refuse_or_cut(
+        storage,
+        users,
+        name,
+        &alloc::format!("{verb} it under them is refused"),
+        retry,
+        force,
+        out,
+    )
+}
+
 /// `umount DEVICE [--force]`.
 pub fn umount<M: PersistentMemory, E: Environment<M>>(
     storage: &mut Storage<M>,

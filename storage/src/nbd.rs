@@ -1371,6 +1371,38 @@ mod tests {
     }
 
     #[test]
+    fn removing_or_replacing_an_open_file_is_refused_and_force_disconnects_first() {
+        let cell = Cell(RefCell::new(exports()));
+        let mut service = NbdService::new(&cell);
+        let mut client = connect_to(&mut service, "disk", "127.0.0.1:42000");
+        assert_eq!(simple_request(&mut service, &mut client, 1, 0, 4096).0, 0);
+        assert_eq!(
+            run(&cell, "rm disk").unwrap_err(),
+            "disk is open on 1 NBD connection(s): #1 127.0.0.1:42000 (disk); removing it under \
+             them is refused (`rm disk --force` disconnects them first)"
+        );
+        assert_eq!(
+            run(&cell, "mv same disk").unwrap_err(),
+            "disk is open on 1 NBD connection(s): #1 127.0.0.1:42000 (disk); replacing it under \
+             them is refused (`mv same disk --force` disconnects them first)"
+        );
+        // Renaming the open file itself is fine: the connection follows
+        // the file, not the name.
+        assert_eq!(
+            run(&cell, "mv disk moved").unwrap(),
+            "renamed disk to moved\n"
+        );
+        assert_eq!(simple_request(&mut service, &mut client, 0, 0, 16).0, 0);
+        assert_eq!(
+            run(&cell, "rm moved --force").unwrap(),
+            "disconnected #1 127.0.0.1:42000 (disk)\nremoved moved\n"
+        );
+        assert_eq!(service.deadline(&client), Some(0));
+        service.closed(client);
+        assert!(run(&cell, "stat moved").is_err());
+    }
+
+    #[test]
     fn shrinking_an_open_file_is_refused_and_force_disconnects_first() {
         let cell = Cell(RefCell::new(exports()));
         let mut service = NbdService::new(&cell);
@@ -1581,7 +1613,7 @@ mod tests {
         assert_eq!(flags & 2, 2, "the file now called ro is read-only");
         // A file created under the rule's name is read-only; its clone
         // under another name is a new file, and writable.
-        cell.0.borrow_mut().ok("rm ro");
+        cell.0.borrow_mut().ok("rm ro --force");
         cell.0.borrow_mut().ok("create ro 4K");
         let (mut fresh, flags) = go(&mut service, "ro");
         assert_eq!(flags & 2, 2, "a new file named ro is read-only");
