@@ -281,14 +281,13 @@ pub fn rm<M: PersistentMemory, E: Environment<M>>(
     let found = storage.lookup(name).map_err(explain(env))?;
     let (_, bare) = storage.split_qualified(name).map_err(explain(env))?;
     let device = storage.volumes[found.volume].device.clone();
+    let retry = alloc::format!("rm {} --force", name);
     lifecycle::before_remove(
         storage,
-        &device,
-        found.file,
+        (&device, found.file),
         name,
         "removing",
-        &alloc::format!("rm {} --force", name),
-        force,
+        (!force).then_some(retry.as_str()),
         out,
     )?;
     let fs = storage.filesystem(found.volume).ok_or("not a filesystem")?;
@@ -320,14 +319,13 @@ pub fn mv<M: PersistentMemory, E: Environment<M>>(
     let fs = storage.filesystem(found.volume).ok_or("not a filesystem")?;
     if let Ok(replaced) = fs.lookup(to_bare) {
         if from_bare != to_bare {
+            let retry = alloc::format!("mv {} {} --force", from, to);
             lifecycle::before_remove(
                 storage,
-                &device,
-                replaced,
+                (&device, replaced),
                 to,
                 "replacing",
-                &alloc::format!("mv {} {} --force", from, to),
-                force,
+                (!force).then_some(retry.as_str()),
                 out,
             )?;
         }

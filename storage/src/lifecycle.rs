@@ -161,15 +161,14 @@ pub fn before_shrink<M: PersistentMemory>(
 /// while connections have it open, unless `force`, which cuts them first.
 /// (Until daxfs keeps an unlinked file alive for its open connections, a
 /// removal under a client would turn its next request into an error.)
-/// `verb` is "removing" or "replacing"; `retry` the forcing command line.
+/// `verb` is "removing" or "replacing"; `unforced` is `None` with
+/// `--force`, else the command line that would force it.
 pub fn before_remove<M: PersistentMemory>(
     storage: &mut Storage<M>,
-    device: &str,
-    file: FileId,
+    (device, file): (&str, FileId),
     name: &str,
     verb: &str,
-    retry: &str,
-    force: bool,
+    unforced: Option<&str>,
     out: &mut dyn Write,
 ) -> Result<(), String> {
     let users: Vec<u64> = storage
@@ -182,8 +181,8 @@ pub fn before_remove<M: PersistentMemory>(
         users,
         name,
         &alloc::format!("{verb} it under them is refused"),
-        retry,
-        force,
+        unforced.unwrap_or_default(),
+        unforced.is_none(),
         out,
     )
 }
