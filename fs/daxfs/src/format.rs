@@ -541,6 +541,63 @@ pub fn decode_journal_entry(b: &[u8]) -> (u32, &[u8]) {
     (u32_at(b, 0), &b[8..JOURNAL_ENTRY_SIZE])
 }
 
+// ----- Crafting images held as bytes -----
+//
+// For tests, the fuzz harness and tools that build or damage images on
+// purpose: the same encoders mount decodes with, at the offsets the
+// superblock gives. Each panics on an image with no superblock copy that
+// decodes, or that is too short for what it touches.
+
+/// The superblock of `image`: the primary copy, or the backup when the
+/// primary does not decode (as mount chooses).
+pub fn image_superblock(image: &[u8]) -> Superblock {
+    let copy = |at: usize| {
+        let bytes: &[u8; SUPER_SIZE] = image[at..at + SUPER_SIZE]
+            .try_into()
+            .expect("an image holds both superblock copies");
+        Superblock::decode(bytes)
+    };
+    copy(0)
+        .or_else(|_| copy(BLOCK_SIZE as usize))
+        .expect("a superblock copy decodes")
+}
+
+fn image_record_offset(image: &[u8], slot: u32) -> usize {
+    let sb = image_superblock(image);
+    (sb.table_start * BLOCK_SIZE) as usize + slot as usize * RECORD_SIZE
+}
+
+/// The live record in `slot` of `image`'s file table, if it holds one.
+pub fn image_record(image: &[u8], slot: u32) -> Option<Record> {
+    let at = image_record_offset(image, slot);
+    Record::decode(&image[at..at + RECORD_SIZE]).expect("the record decodes")
+}
+
+/// Writes `record` into `slot` of `image`'s file table (checksum included).
+pub fn put_image_record(image: &mut [u8], slot: u32, record: &Record) {
+    let at = image_record_offset(image, slot);
+    image[at..at + RECORD_SIZE].copy_from_slice(&record.encode());
+}
+
+/// Leaves in `image` a committed journal transaction `sequence` holding
+/// `record` for `slot`, as a crash after the commit point leaves it: the
+/// entry, the header with its checksum, then the commit word.
+pub fn commit_image_transaction(image: &mut [u8], sequence: u64, slot: u32, record: &Record) {
+    let entry = encode_journal_entry(slot, &record.encode());
+    let mut header = JournalHeader {
+        sequence,
+        entries: 1,
+        crc: 0,
+    };
+    header.crc = journal_checksum(&header, &entry);
+    let jo = (image_superblock(image).journal_start * BLOCK_SIZE) as usize;
+    let h = jo + JOURNAL_HEADER_OFFSET as usize;
+    image[h..h + JOURNAL_HEADER_SIZE].copy_from_slice(&header.encode());
+    let e = jo + JOURNAL_ENTRIES_OFFSET as usize;
+    image[e..e + entry.len()].copy_from_slice(&entry);
+    image[jo..jo + 8].copy_from_slice(&sequence.to_le_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

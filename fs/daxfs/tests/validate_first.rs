@@ -7,14 +7,10 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use daxbox_persist::{OutOfRange, PersistentMemory, VecMemory};
-use daxfs::format::{
-    self, Extent, JournalHeader, Record, BLOCK_SIZE, JOURNAL_ENTRIES_OFFSET, JOURNAL_HEADER_OFFSET,
-    RECORD_SIZE,
-};
+use daxfs::format::{self, Extent, Record, BLOCK_SIZE};
 use daxfs::{Error, Filesystem, FormatOptions};
 
 const MIB: usize = 1024 * 1024;
-const TABLE: usize = 3 * BLOCK_SIZE as usize;
 
 /// A region the test keeps a handle on after mount consumed (and, on
 /// refusal, dropped) its copy: every store lands in the shared bytes.
@@ -59,43 +55,19 @@ fn image() -> Vec<u8> {
     fs.unmount().into_bytes()
 }
 
-fn record(bytes: &[u8], slot: usize) -> Record {
-    let at = TABLE + slot * RECORD_SIZE;
-    Record::decode(&bytes[at..at + RECORD_SIZE])
-        .unwrap()
-        .unwrap()
-}
-
-fn put_record(bytes: &mut [u8], slot: usize, r: &Record) {
-    let at = TABLE + slot * RECORD_SIZE;
-    bytes[at..at + RECORD_SIZE].copy_from_slice(&r.encode());
-}
-
 /// Leaves a committed transaction in the journal that grows file `a`.
 fn commit_growth_of_a(bytes: &mut [u8]) {
-    let mut r = record(bytes, 0);
+    let mut r = format::image_record(bytes, 0).unwrap();
     assert_eq!(r.name, "a");
     r.size = 4096;
-    let entry = format::encode_journal_entry(0, &r.encode());
-    let mut header = JournalHeader {
-        sequence: 41,
-        entries: 1,
-        crc: 0,
-    };
-    header.crc = format::journal_checksum(&header, &entry);
-    let jo = 2 * BLOCK_SIZE as usize;
-    let h = jo + JOURNAL_HEADER_OFFSET as usize;
-    bytes[h..h + header.encode().len()].copy_from_slice(&header.encode());
-    let e = jo + JOURNAL_ENTRIES_OFFSET as usize;
-    bytes[e..e + entry.len()].copy_from_slice(&entry);
-    bytes[jo..jo + 8].copy_from_slice(&41u64.to_le_bytes());
+    format::commit_image_transaction(bytes, 41, 0, &r);
 }
 
 /// Makes file `b`'s extents overlap each other (valid checksum): an
 /// inconsistency the table scan finds, after the journal and superblock
 /// checks pass.
 fn overlap_extents_of_b(bytes: &mut [u8]) {
-    let mut r = record(bytes, 1);
+    let mut r = format::image_record(bytes, 1).unwrap();
     assert_eq!(r.name, "b");
     let p = r.inline[0].physical;
     r.inline = vec![
@@ -111,7 +83,7 @@ fn overlap_extents_of_b(bytes: &mut [u8]) {
         },
     ];
     r.extent_count = 2;
-    put_record(bytes, 1, &r);
+    format::put_image_record(bytes, 1, &r);
 }
 
 /// Mounts through a shared handle; returns the error and the bytes after.
@@ -171,20 +143,8 @@ fn the_scan_sees_the_records_as_they_will_be_after_replay() {
     // inconsistent, but after replay it is a free record: mount succeeds.
     let mut bytes = image();
     overlap_extents_of_b(&mut bytes);
-    let generation = record(&bytes, 1).generation;
-    let entry = format::encode_journal_entry(1, &Record::free(generation).encode());
-    let mut header = JournalHeader {
-        sequence: 9,
-        entries: 1,
-        crc: 0,
-    };
-    header.crc = format::journal_checksum(&header, &entry);
-    let jo = 2 * BLOCK_SIZE as usize;
-    let h = jo + JOURNAL_HEADER_OFFSET as usize;
-    bytes[h..h + header.encode().len()].copy_from_slice(&header.encode());
-    let e = jo + JOURNAL_ENTRIES_OFFSET as usize;
-    bytes[e..e + entry.len()].copy_from_slice(&entry);
-    bytes[jo..jo + 8].copy_from_slice(&9u64.to_le_bytes());
+    let generation = format::image_record(&bytes, 1).unwrap().generation;
+    format::commit_image_transaction(&mut bytes, 9, 1, &Record::free(generation));
     let fs = Filesystem::mount(VecMemory::from_bytes(bytes)).unwrap();
     assert!(fs.fsck().is_clean(), "{}", fs.fsck());
     assert_eq!(fs.lookup("b"), Err(Error::NotFound));

@@ -15,15 +15,13 @@ use daxbox_persist::VecMemory;
 use daxbox_tests::nbd_client::{run_tool, run_tool_ok, uri};
 use daxbox_tests::{run_dir, Firmware, HarnessError, Machine, Nvdimm, QemuOptions};
 use daxfs::format::{
-    self, checksum_skipping, Extent, JournalHeader, OverflowBlock, Record, Superblock, BLOCK_SIZE,
-    INLINE_EXTENTS, JOURNAL_ENTRIES_OFFSET, JOURNAL_HEADER_OFFSET, OVERFLOW_EXTENTS, RECORD_SIZE,
-    SUPER_SIZE,
+    self, checksum_skipping, Extent, OverflowBlock, Superblock, BLOCK_SIZE, INLINE_EXTENTS,
+    OVERFLOW_EXTENTS, RECORD_SIZE, SUPER_SIZE,
 };
 use daxfs::{Filesystem, FormatOptions};
 
 const MIB: u64 = 1 << 20;
 const QUICK: Duration = Duration::from_secs(60);
-const TABLE: usize = 3 * BLOCK_SIZE as usize;
 const SIZE: u64 = 16 * MIB;
 
 /// A good image with files `a` (one block) and `b` (a 40-extent,
@@ -43,18 +41,6 @@ fn base() -> Vec<u8> {
         fs.write(pad, i * 4096, &[0x22; 4096]).unwrap();
     }
     fs.unmount().into_bytes()
-}
-
-fn record(bytes: &[u8], slot: usize) -> Record {
-    let at = TABLE + slot * RECORD_SIZE;
-    Record::decode(&bytes[at..at + RECORD_SIZE])
-        .unwrap()
-        .unwrap()
-}
-
-fn put_record(bytes: &mut [u8], slot: usize, r: &Record) {
-    let at = TABLE + slot * RECORD_SIZE;
-    bytes[at..at + RECORD_SIZE].copy_from_slice(&r.encode());
 }
 
 fn superblock(bytes: &[u8]) -> Superblock {
@@ -84,17 +70,17 @@ fn hostile_images() -> Vec<(&'static str, Vec<u8>)> {
     // A record claiming 4 billion extents (with the matching overflow
     // block count).
     let mut bytes = base();
-    let mut r = record(&bytes, 0);
+    let mut r = format::image_record(&bytes, 0).unwrap();
     r.extent_count = u32::MAX;
     r.overflow_count = ((u32::MAX as usize - INLINE_EXTENTS).div_ceil(OVERFLOW_EXTENTS)) as u32;
     r.overflow_first = superblock(&bytes).data_start;
     r.inline = vec![r.inline[0]; INLINE_EXTENTS];
-    put_record(&mut bytes, 0, &r);
+    format::put_image_record(&mut bytes, 0, &r);
     out.push(("counts", bytes));
 
     // File b's overflow chain closed into a cycle.
     let mut bytes = base();
-    let r = record(&bytes, 1);
+    let r = format::image_record(&bytes, 1).unwrap();
     assert!(r.overflow_count >= 1);
     let first = r.overflow_first as usize * BLOCK_SIZE as usize;
     let mut ob = OverflowBlock::decode(&bytes[first..first + BLOCK_SIZE as usize]).unwrap();
@@ -103,25 +89,25 @@ fn hostile_images() -> Vec<(&'static str, Vec<u8>)> {
     let mut r = r;
     r.overflow_count += 1;
     r.extent_count = (INLINE_EXTENTS + OVERFLOW_EXTENTS + 1) as u32;
-    put_record(&mut bytes, 1, &r);
+    format::put_image_record(&mut bytes, 1, &r);
     out.push(("cycle", bytes));
 
     // File a's extent maps file b's overflow block: two files over one
     // block that must never be shared.
     let mut bytes = base();
-    let chain_block = record(&bytes, 1).overflow_first;
-    let mut r = record(&bytes, 0);
+    let chain_block = format::image_record(&bytes, 1).unwrap().overflow_first;
+    let mut r = format::image_record(&bytes, 0).unwrap();
     r.inline = vec![Extent {
         logical: 0,
         len: 1,
         physical: chain_block,
     }];
-    put_record(&mut bytes, 0, &r);
+    format::put_image_record(&mut bytes, 0, &r);
     out.push(("overlap", bytes));
 
     // A name that is not UTF-8 (checksum recomputed over the raw bytes).
     let mut bytes = base();
-    let at = TABLE;
+    let at = (format::image_superblock(&bytes).table_start * BLOCK_SIZE) as usize;
     bytes[at + 64] = 0xFF;
     let crc = checksum_skipping(&bytes[at..at + RECORD_SIZE], 60);
     bytes[at + 60..at + 64].copy_from_slice(&crc.to_le_bytes());
@@ -131,22 +117,10 @@ fn hostile_images() -> Vec<(&'static str, Vec<u8>)> {
     // another record, extents that overlap: the refusal must come before
     // the replay writes anything.
     let mut bytes = base();
-    let mut r = record(&bytes, 0);
+    let mut r = format::image_record(&bytes, 0).unwrap();
     r.size = 100;
-    let entry = format::encode_journal_entry(0, &r.encode());
-    let mut header = JournalHeader {
-        sequence: 77,
-        entries: 1,
-        crc: 0,
-    };
-    header.crc = format::journal_checksum(&header, &entry);
-    let jo = 2 * BLOCK_SIZE as usize;
-    let h = jo + JOURNAL_HEADER_OFFSET as usize;
-    bytes[h..h + header.encode().len()].copy_from_slice(&header.encode());
-    let e = jo + JOURNAL_ENTRIES_OFFSET as usize;
-    bytes[e..e + entry.len()].copy_from_slice(&entry);
-    bytes[jo..jo + 8].copy_from_slice(&77u64.to_le_bytes());
-    let mut r = record(&bytes, 2);
+    format::commit_image_transaction(&mut bytes, 77, 0, &r);
+    let mut r = format::image_record(&bytes, 2).unwrap();
     let p = r.inline[0].physical;
     r.inline = vec![
         Extent {
@@ -163,7 +137,7 @@ fn hostile_images() -> Vec<(&'static str, Vec<u8>)> {
     r.extent_count = 2;
     r.overflow_count = 0;
     r.overflow_first = 0;
-    put_record(&mut bytes, 2, &r);
+    format::put_image_record(&mut bytes, 2, &r);
     out.push(("journal", bytes));
     out
 }
