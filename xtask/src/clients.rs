@@ -446,6 +446,22 @@ pub fn seed_value(value: Option<&String>) -> Result<u64, String> {
     parsed.map_err(|_| format!("--seed wants a number (decimal or 0x hex), not `{value}`"))
 }
 
+/// The `--options` a command's help text names (each once, sorted), for
+/// the tests that check every one of them parses. fio's own options,
+/// quoted in the texts (`--verify*`, `--fsync`, anything with `_`), are
+/// left out.
+#[cfg(test)]
+pub fn options_named_in(usage: &str) -> Vec<&str> {
+    let mut named: Vec<&str> = usage
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        .filter(|word| word.starts_with("--") && word.len() > 2)
+        .filter(|word| !word.contains('_') && !word.starts_with("--verify") && *word != "--fsync")
+        .collect();
+    named.sort_unstable();
+    named.dedup();
+    named
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1036,16 +1036,7 @@ mod tests {
     /// Every `--option` the help text names is one `parse` takes.
     #[test]
     fn help_names_only_options_that_parse() {
-        let mut named: Vec<&str> = USAGE
-            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
-            .filter(|word| word.starts_with("--") && word.len() > 2)
-            // fio's options, quoted in the text.
-            .filter(|word| {
-                !word.contains('_') && !word.starts_with("--verify") && *word != "--fsync"
-            })
-            .collect();
-        named.sort_unstable();
-        named.dedup();
+        let named = crate::clients::options_named_in(USAGE);
         assert!(!named.is_empty());
         for option in named {
             let line = format!("--minutes 1 {option} 8");
