@@ -13,9 +13,12 @@ mod bench_nbd;
 mod bench_net;
 mod bench_trim;
 mod clients;
+mod cluster;
+mod cluster_test;
 mod fuzz;
 mod images;
 mod powercut;
+mod qmp;
 mod run;
 mod setup;
 mod soak;
@@ -154,6 +157,7 @@ fn main() -> ExitCode {
         "soak" => soak::soak_command(&rest),
         "powercut" => powercut::powercut_command(&rest),
         "fuzz" => fuzz::fuzz_command(&rest),
+        "cluster" => cluster::cluster_command(&rest),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             Ok(())
