@@ -75,17 +75,25 @@ pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Failed probes in a row that cut a member off.
 pub const PROBE_FAILURES: u32 = 2;
+/// Watchdog and drill events `status` shows (the latest).
+const STATUS_EVENTS: usize = 8;
 /// The export on a member booted with `--raw` (`export_raw=pmem0`).
 const RAW_EXPORT: &str = "pmem0";
 /// The quorum node's name in the storage daemon.
 const QUORUM_NODE: &str = "q0";
 
+/// Time between the watchdog's decision and the storage daemon seeing the
+/// member's connection closed: SIGKILL of QEMU, the kernel closing its
+/// sockets (measured: well under 100 ms; 1 s allowed).
+const KILL_MARGIN: Duration = Duration::from_secs(1);
+
 /// The longest a frozen member can stall writes before the watchdog cuts
-/// it off: the probe that is running when it freezes may still pass, then
-/// [`PROBE_FAILURES`] probes each fail after at most the (scaled) timeout,
-/// with an interval before each.
-pub fn cut_off_bound() -> Duration {
-    PROBE_INTERVAL + (PROBE_INTERVAL + probe_timeout()) * PROBE_FAILURES
+/// it off, with probes of at most `timeout` each (a probe is the NBD
+/// handshake and then `/healthz`, under one deadline): in the worst case
+/// it freezes just after a probe passed; then [`PROBE_FAILURES`] probes
+/// fail, each after an interval and at most `timeout`; then the kill.
+pub fn cut_off_bound(timeout: Duration) -> Duration {
+    (PROBE_INTERVAL + timeout) * PROBE_FAILURES + KILL_MARGIN
 }
 
 /// [`PROBE_TIMEOUT`] scaled by the host load.
@@ -99,7 +107,7 @@ fn cluster_dir() -> PathBuf {
 
 const USAGE: &str = "\
 usage: cargo xtask cluster [start] [--nodes 3] [--size 256M] [--export disk|--raw]
-                           [--nbd-port 10909] [--fresh]
+                           [--nbd-port 10909] [--fresh] [--no-watchdog] [--probe-timeout S]
        cargo xtask cluster status | stop | kill K | rebuild K
        cargo xtask cluster test [--seed S]
 
@@ -119,6 +127,9 @@ that stops answering, and serves the commands below. Ctrl-C or
   --raw          export each member's whole NVDIMM (export_raw=pmem0)
   --nbd-port P   host port of the quorum's export (default 10909)
   --fresh        start from blank NVDIMM files (default: keep them)
+  --no-watchdog  no watchdog: a member that stops answering stalls writes
+  --probe-timeout S  seconds one watchdog probe may take (default 3 times the
+                 host load factor, 1 to 8: the load average per CPU at start)
 
 status           each member's state (watchdog) and the quorum's children (QMP)
 kill K           SIGKILL member K's QEMU (a failure drill; writes go on)
@@ -149,6 +160,12 @@ pub struct ClusterOptions {
     pub nbd_port: u16,
     /// Start from blank NVDIMM files.
     pub fresh: bool,
+    /// Run the watchdog (`--no-watchdog`: a frozen member stalls writes
+    /// until someone kills it).
+    pub watchdog: bool,
+    /// `--probe-timeout`: one probe's timeout (`None`: [`PROBE_TIMEOUT`]
+    /// scaled by the host load when the cluster starts).
+    pub probe_timeout: Option<Duration>,
     /// Folder for NVDIMM files, the QMP socket and logs.
     pub dir: PathBuf,
     /// Prefix of the members' harness names (`<prefix>-nodeK`: their serial
@@ -165,6 +182,8 @@ impl ClusterOptions {
             export: ExportKind::File(DEFAULT_EXPORT.into()),
             nbd_port: DEFAULT_NBD_PORT,
             fresh: false,
+            watchdog: true,
+            probe_timeout: None,
             dir: cluster_dir(),
             prefix: "cluster".into(),
         }
@@ -227,7 +246,7 @@ fn parse_start(args: &[String]) -> Result<ClusterOptions, XtaskError> {
                 let text = value()?;
                 options.size = parse_size(text)
                     .map_err(|error| XtaskError::Usage(format!("--size: {error}")))?;
-                if options.size == 0 || options.size % 4096 != 0 {
+                if options.size == 0 || !options.size.is_multiple_of(4096) {
                     return Err(XtaskError::Usage(format!(
                         "--size: `{text}` must be a non-zero multiple of 4 KiB"
                     )));
@@ -269,6 +288,24 @@ fn parse_start(args: &[String]) -> Result<ClusterOptions, XtaskError> {
             "--fresh" => {
                 options.fresh = true;
                 1
+            }
+            "--no-watchdog" => {
+                options.watchdog = false;
+                1
+            }
+            "--probe-timeout" => {
+                let text = value()?;
+                options.probe_timeout = match text.parse::<f64>() {
+                    Ok(seconds) if (0.1..=600.0).contains(&seconds) => {
+                        Some(Duration::from_secs_f64(seconds))
+                    }
+                    _ => {
+                        return Err(XtaskError::Usage(format!(
+                            "--probe-timeout: `{text}` is not a number of seconds from 0.1 to 600"
+                        )))
+                    }
+                };
+                2
             }
             other => {
                 return Err(XtaskError::Usage(format!(
@@ -318,6 +355,9 @@ pub struct Cluster {
     /// Size and transmission flags every member offered.
     export_info: (u64, u16),
     stopping: AtomicBool,
+    /// One probe's timeout ([`PROBE_TIMEOUT`] scaled by the host load at
+    /// the start).
+    probe_timeout: Duration,
     /// Watchdog messages (also printed).
     log: Mutex<Vec<String>>,
 }
@@ -457,6 +497,8 @@ impl Cluster {
     pub fn start(options: ClusterOptions, say: &dyn Fn(&str)) -> Result<Arc<Cluster>, XtaskError> {
         fs::create_dir_all(&options.dir)
             .map_err(|error| XtaskError::Io(format!("{}: {error}", options.dir.display())))?;
+        // Taken before the boots, which load the host for a while.
+        let probe_timeout = options.probe_timeout.unwrap_or_else(probe_timeout);
         let export = options.member_export().to_string();
         say(&format!(
             "booting {} appliances ({} export `{export}`, NVDIMMs {}/nodeK.img{})",
@@ -600,6 +642,7 @@ impl Cluster {
             nbd_port,
             export_info,
             stopping: AtomicBool::new(false),
+            probe_timeout,
             log: Mutex::new(Vec::new()),
         });
         for index in 0..cluster.options.nodes {
@@ -647,27 +690,33 @@ impl Cluster {
         lock(&self.members)[index].state.clone()
     }
 
-    /// The export's size in bytes.
-    pub fn size(&self) -> u64 {
-        self.export_info.0
-    }
-
-    /// Members.
-    pub fn nodes(&self) -> usize {
-        self.options.nodes
-    }
-
-    /// Watchdog and supervisor messages so far.
-    pub fn log_lines(&self) -> Vec<String> {
-        lock(&self.log).clone()
-    }
-
     fn note(&self, line: String) {
         println!("    {line}");
-        lock(&self.log).push(line);
+        let mut log = lock(&self.log);
+        // Bounded: a member flapping for days must not grow it forever.
+        if log.len() >= 4 * STATUS_EVENTS {
+            log.drain(..2 * STATUS_EVENTS);
+        }
+        log.push(line);
+    }
+
+    /// The longest a frozen member stalls writes ([`cut_off_bound`]);
+    /// `None` without the watchdog.
+    pub fn cut_off_bound(&self) -> Option<Duration> {
+        self.options
+            .watchdog
+            .then(|| cut_off_bound(self.probe_timeout))
+    }
+
+    /// One probe's timeout.
+    pub fn probe_timeout(&self) -> Duration {
+        self.probe_timeout
     }
 
     fn spawn_watchdog(self: &Arc<Self>, index: usize, generation: u32) {
+        if !self.options.watchdog {
+            return;
+        }
         let cluster = Arc::clone(self);
         thread::spawn(move || cluster.watch(index, generation));
     }
@@ -689,14 +738,7 @@ impl Cluster {
                 }
                 (member.nbd_port, member.http_port)
             };
-            let timeout = probe_timeout();
-            let result = nbd_probe(nbd_port, &export, timeout)
-                .map(|_| ())
-                .map_err(|error| format!("NBD: {error}"))
-                .and_then(|()| {
-                    healthz(http_port, timeout).map_err(|error| format!("/healthz: {error}"))
-                });
-            match result {
+            match probe(nbd_port, http_port, &export, self.probe_timeout) {
                 Ok(()) => failures = 0,
                 Err(error) => {
                     failures += 1;
@@ -984,6 +1026,11 @@ impl Cluster {
                 member.serial_log.display()
             );
         }
+        let log = lock(&self.log);
+        for line in &log[log.len().saturating_sub(STATUS_EVENTS)..] {
+            let _ = writeln!(text, "event: {line}");
+        }
+        drop(log);
         match self.quorum_children() {
             Ok(children) => {
                 let _ = writeln!(text, "quorum children (QMP): {}", children.join(", "));
@@ -1053,6 +1100,7 @@ pub fn signal(pid: u32, signal: &str) -> Result<(), String> {
     let status = Command::new("kill")
         .arg(format!("-{signal}"))
         .arg(pid.to_string())
+        .stderr(Stdio::null())
         .status()
         .map_err(|error| format!("kill: {error}"))?;
     if status.success() {
@@ -1199,6 +1247,26 @@ pub mod nbd {
         let mut data = vec![0u8; len as usize];
         stream.read_exact(&mut data).map_err(|e| e.to_string())?;
         Ok(data)
+    }
+}
+
+/// One watchdog probe: [`nbd_probe`], then [`healthz`], both within
+/// `timeout` in all (the probe runs on its own thread; one that has not
+/// answered at the deadline has failed, whatever it is stuck in).
+pub fn probe(nbd_port: u16, http_port: u16, export: &str, timeout: Duration) -> Result<(), String> {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let export = export.to_string();
+    thread::spawn(move || {
+        let result = nbd_probe(nbd_port, &export, timeout)
+            .map_err(|error| format!("NBD: {error}"))
+            .and_then(|_| {
+                healthz(http_port, timeout).map_err(|error| format!("/healthz: {error}"))
+            });
+        let _ = sender.send(result);
+    });
+    match receiver.recv_timeout(timeout) {
+        Ok(result) => result,
+        Err(_) => Err(format!("no answer within {:.1} s", timeout.as_secs_f64())),
     }
 }
 
@@ -1369,13 +1437,16 @@ fn supervise(options: ClusterOptions) -> Result<(), XtaskError> {
         .map_err(|error| XtaskError::Io(format!("{}: {error}", socket.display())))?;
     step(&format!("quorum export: {}", cluster.uri()));
     print!("{}", cluster.status());
-    println!(
-        "    watchdog: a member failing {PROBE_FAILURES} probes in a row (every {} s, {:.0} s timeout) \
-         is cut off; bound {:.0} s",
-        PROBE_INTERVAL.as_secs(),
-        probe_timeout().as_secs_f64(),
-        cut_off_bound().as_secs_f64()
-    );
+    match cluster.cut_off_bound() {
+        Some(bound) => println!(
+            "    watchdog: a member failing {PROBE_FAILURES} probes in a row (every {} s, {:.1} s \
+             timeout) is cut off: a frozen member stalls writes at most {:.1} s",
+            PROBE_INTERVAL.as_secs(),
+            cluster.probe_timeout().as_secs_f64(),
+            bound.as_secs_f64()
+        ),
+        None => println!("    watchdog: off (--no-watchdog): a frozen member stalls writes"),
+    }
     println!(
         "    from another terminal: cargo xtask cluster status | kill K | rebuild K | stop \
          (PIDs in {})",
@@ -1459,6 +1530,8 @@ mod tests {
             &["--export", "a b"],
             &["--export", "{\"x"],
             &["--nbd-port", "0"],
+            &["--probe-timeout", "0"],
+            &["--probe-timeout", "x"],
             &["--frob"],
         ] {
             assert!(parse_start(&strings(bad)).is_err(), "{bad:?}");
@@ -1491,7 +1564,7 @@ mod tests {
 
     #[test]
     fn the_bound_adds_up() {
-        let bound = cut_off_bound();
-        assert!(bound >= PROBE_INTERVAL * (PROBE_FAILURES + 1) + PROBE_TIMEOUT * PROBE_FAILURES);
+        let bound = cut_off_bound(PROBE_TIMEOUT);
+        assert_eq!(bound, Duration::from_secs(9));
     }
 }

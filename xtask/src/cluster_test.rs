@@ -35,13 +35,13 @@ use std::{
 
 use crate::{
     clients::{clock_seed, seed_value, Rng},
-    cluster::{cut_off_bound, nbd, Cluster, ClusterOptions, ExportKind, MemberState},
+    cluster::{nbd, Cluster, ClusterOptions, ExportKind, MemberState},
     images::prepare_for_harness,
     step, XtaskError,
 };
 
 const USAGE: &str = "\
-usage: cargo xtask cluster test [--seed S]
+usage: cargo xtask cluster test [--seed S] [--no-watchdog]
 
 Boots a 3-member cluster (64 MiB daxfs export each, quorum in
 qemu-storage-daemon) and checks, with a writer that records each 4 KiB FUA
@@ -50,6 +50,8 @@ acknowledged write (read back through the quorum and from each survivor);
 the member rebuilt online on a blank NVDIMM ends identical (qemu-img
 compare); a member frozen with SIGSTOP is cut off by the watchdog and writes
 resume; with two members down writes and flushes fail. The seed is printed.
+--no-watchdog runs it without the watchdog (the freeze part must then fail:
+a check that the test can fail).
 Logs: target/test-runs/cluster-test-node*/, target/cluster-test/qsd.log.";
 
 const BLOCK: u64 = 4096;
@@ -272,14 +274,24 @@ fn merge(acked: &mut HashMap<u64, u64>, seen: &Seen, what: &str) -> Result<(), S
 
 /// Entry point of `cargo xtask cluster test`.
 pub fn test_command(args: &[String]) -> Result<(), XtaskError> {
-    let seed = match args {
-        [] => clock_seed(),
-        [flag, rest @ ..] if flag == "--seed" && rest.len() <= 1 => {
-            seed_value(rest.first()).map_err(XtaskError::Usage)?
+    let mut seed = None;
+    let mut watchdog = true;
+    let mut index = 0;
+    while index < args.len() {
+        match args[index].as_str() {
+            "--seed" => {
+                seed = Some(seed_value(args.get(index + 1)).map_err(XtaskError::Usage)?);
+                index += 2;
+            }
+            "--no-watchdog" => {
+                watchdog = false;
+                index += 1;
+            }
+            _ => return Err(XtaskError::Usage(USAGE.into())),
         }
-        _ => return Err(XtaskError::Usage(USAGE.into())),
-    };
-    match run(seed) {
+    }
+    let seed = seed.unwrap_or_else(clock_seed);
+    match run(seed, watchdog) {
         Ok(()) => {
             println!("cluster test: ok (seed {seed})");
             Ok(())
@@ -289,6 +301,15 @@ pub fn test_command(args: &[String]) -> Result<(), XtaskError> {
             println!("cluster test FAILED (seed {seed}): {message}");
             Err(XtaskError::TestsFailed)
         }
+    }
+}
+
+/// Stops the cluster when dropped (also when the test fails half-way).
+struct StopOnDrop(Arc<Cluster>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.shutdown();
     }
 }
 
@@ -306,8 +327,8 @@ impl From<String> for Failure {
     }
 }
 
-/// The whole test (also the `cargo xtask test` stage).
-pub fn run(seed: u64) -> Result<(), Failure> {
+/// The whole test (also the `cargo xtask test` stage, with the watchdog).
+pub fn run(seed: u64, watchdog: bool) -> Result<(), Failure> {
     prepare_for_harness().map_err(Failure::Setup)?;
     step(&format!(
         "cluster test: 3 members, 64 MiB export, seed {seed}"
@@ -319,10 +340,13 @@ pub fn run(seed: u64) -> Result<(), Failure> {
     options.export = ExportKind::File("ct".into());
     options.nbd_port = 0;
     options.fresh = true;
+    options.watchdog = watchdog;
     options.dir = daxbox_tests::target_dir().join("cluster-test");
     options.prefix = "cluster-test".into();
     let cluster =
         Cluster::start(options, &|line| println!("    {line}")).map_err(Failure::Setup)?;
+    // The watchdog threads hold the cluster too: stop it on every way out.
+    let _stop = StopOnDrop(Arc::clone(&cluster));
     let export = cluster.export().to_string();
     let port = cluster.nbd_port();
     let stamps = Arc::new(AtomicU64::new(1));
@@ -374,9 +398,12 @@ pub fn run(seed: u64) -> Result<(), Failure> {
 
     // 3. freeze
     let frozen = (killed + 1 + rng.below(2) as usize) % 3;
+    let bound = match cluster.cut_off_bound() {
+        Some(bound) => format!("{:.1} s", bound.as_secs_f64()),
+        None => "none: --no-watchdog".into(),
+    };
     step(&format!(
-        "freeze: node{frozen} SIGSTOPped; the watchdog must cut it off (bound {:.0} s)",
-        cut_off_bound().as_secs_f64()
+        "freeze: node{frozen} SIGSTOPped; the watchdog must cut it off (bound {bound})"
     ));
     let writer = Writer::start(port, &export, rng.next_u64(), Arc::clone(&stamps))?;
     writer.wait_acks(50)?;
@@ -398,10 +425,9 @@ pub fn run(seed: u64) -> Result<(), Failure> {
     writer.wait_acks(100)?;
     let seen = writer.finish()?;
     println!(
-        "    node{frozen} cut off {:.1} s after SIGSTOP (bound {:.0} s), writes resumed after {:.1} s \
+        "    node{frozen} cut off {:.1} s after SIGSTOP (bound {bound}), writes resumed after {:.1} s \
          ({acks_at_cut} acknowledged at the cut, {} in all)",
         cut_after.as_secs_f64(),
-        cut_off_bound().as_secs_f64(),
         resumed_after.as_secs_f64(),
         seen.acks
     );
@@ -426,7 +452,7 @@ pub fn run(seed: u64) -> Result<(), Failure> {
     for line in cluster.status().lines() {
         println!("    {line}");
     }
-    drop(cluster);
+    cluster.shutdown();
     println!(
         "    cluster test took {:.0} s",
         started.elapsed().as_secs_f64()

@@ -25,6 +25,9 @@ pub struct Qmp {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
     events: VecDeque<Value>,
+    /// The start of a line whose end has not arrived yet (kept across a
+    /// read timeout).
+    partial: Vec<u8>,
 }
 
 impl Qmp {
@@ -42,6 +45,7 @@ impl Qmp {
             reader: BufReader::new(stream),
             writer,
             events: VecDeque::new(),
+            partial: Vec::new(),
         };
         let greeting = qmp.read_message()?;
         if greeting.get("QMP").is_none() {
@@ -60,7 +64,6 @@ impl Qmp {
     }
 
     fn read_message(&mut self) -> Result<Value, String> {
-        let mut line = Vec::new();
         loop {
             let buffer = match self.reader.fill_buf() {
                 Ok(buffer) => buffer,
@@ -72,19 +75,20 @@ impl Qmp {
             }
             let (used, done) = match buffer.iter().position(|&byte| byte == b'\n') {
                 Some(end) => {
-                    line.extend_from_slice(&buffer[..end]);
+                    self.partial.extend_from_slice(&buffer[..end]);
                     (end + 1, true)
                 }
                 None => {
-                    line.extend_from_slice(buffer);
+                    self.partial.extend_from_slice(buffer);
                     (buffer.len(), false)
                 }
             };
             self.reader.consume(used);
-            if line.len() > MAX_LINE {
+            if self.partial.len() > MAX_LINE {
                 return Err(format!("QMP: a message longer than {MAX_LINE} bytes"));
             }
             if done {
+                let line = std::mem::take(&mut self.partial);
                 return serde_json::from_slice(&line)
                     .map_err(|error| format!("QMP: bad JSON from the monitor: {error}"));
             }
@@ -103,6 +107,13 @@ impl Qmp {
         self.writer
             .write_all(text.as_bytes())
             .map_err(|error| format!("QMP write: {error}"))?;
+        self.read_reply(command)
+    }
+
+    /// Reads the answer to `command`, queueing the events before it. After
+    /// a read timeout it can be called again: the part of a line already
+    /// read is kept.
+    pub fn read_reply(&mut self, command: &str) -> Result<Value, String> {
         loop {
             let message = self.read_message()?;
             if message.get("event").is_some() {
@@ -120,8 +131,7 @@ impl Qmp {
     }
 
     /// Waits up to `timeout` for an event named `name` whose `data`
-    /// satisfies `matches`; earlier events of other kinds are dropped,
-    /// except those `keep` wants (they stay queued).
+    /// satisfies `matches`; other events stay queued.
     pub fn wait_event(
         &mut self,
         name: &str,
@@ -155,5 +165,74 @@ impl Qmp {
     /// Events received so far that nobody waited for (and forgets them).
     pub fn take_events(&mut self) -> Vec<Value> {
         self.events.drain(..).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::{io::Read, os::unix::net::UnixListener, thread};
+
+    /// A fake monitor: greets, answers qmp_capabilities, then sends an
+    /// event in two pieces (split mid-line, with a pause longer than the
+    /// client's read timeout) before the answer to the next command.
+    #[test]
+    fn events_split_across_a_timeout_are_kept_and_errors_reported() {
+        let dir = daxbox_tests::target_dir().join("xtask-unit-tests");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("qmp-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let read_line = |stream: &mut UnixStream| {
+                let mut line = Vec::new();
+                let mut byte = [0u8; 1];
+                while stream.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+                    line.push(byte[0]);
+                }
+                String::from_utf8(line).unwrap()
+            };
+            stream
+                .write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n")
+                .unwrap();
+            assert!(read_line(&mut stream).contains("qmp_capabilities"));
+            stream.write_all(b"{\"return\": {}}\n").unwrap();
+            assert!(read_line(&mut stream).contains("query-block-jobs"));
+            stream
+                .write_all(b"{\"event\": \"BLOCK_JOB_READY\", \"data\": {\"dev")
+                .unwrap();
+            thread::sleep(Duration::from_millis(300));
+            stream
+                .write_all(b"ice\": \"j\"}}\n{\"return\": []}\n")
+                .unwrap();
+            assert!(read_line(&mut stream).contains("block-job-complete"));
+            stream
+                .write_all(b"{\"error\": {\"class\": \"GenericError\", \"desc\": \"no job\"}}\n")
+                .unwrap();
+        });
+        let mut qmp = Qmp::connect(&path, Duration::from_secs(5)).unwrap();
+        qmp.set_timeout(Duration::from_millis(100)).unwrap();
+        // The answer comes after a pause longer than the read timeout: the
+        // first read times out mid-line.
+        let error = qmp.execute("query-block-jobs", json!({})).unwrap_err();
+        assert!(
+            error.contains("temporarily unavailable") || error.contains("timed out"),
+            "{error}"
+        );
+        qmp.set_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(qmp.read_reply("query-block-jobs").unwrap(), json!([]));
+        let event = qmp
+            .wait_event("BLOCK_JOB_READY", Duration::from_secs(1), |data| {
+                data["device"] == "j"
+            })
+            .unwrap();
+        assert_eq!(event["data"]["device"], "j");
+        let error = qmp
+            .execute("block-job-complete", json!({"device": "j"}))
+            .unwrap_err();
+        assert_eq!(error, "block-job-complete: no job (GenericError)");
+        server.join().unwrap();
+        let _ = std::fs::remove_file(&path);
     }
 }
