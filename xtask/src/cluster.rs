@@ -440,7 +440,7 @@ fn boot_member(options: &ClusterOptions, index: usize, fresh: bool) -> Result<Ma
 }
 
 /// Boots members `indices` in parallel (each boot is mostly QEMU CPU).
-fn boot_members(
+pub(crate) fn boot_members(
     options: &ClusterOptions,
     indices: &[usize],
     fresh: bool,
@@ -876,7 +876,8 @@ impl Cluster {
             let mut qmp = lock(&self.qmp);
             qmp.execute("blockdev-add", child_blockdev(&new_node, port, &export))?;
             say(&format!(
-                "blockdev-mirror device={QUORUM_NODE} target={new_node} sync=full replaces={old_node}"
+                "blockdev-mirror device={QUORUM_NODE} target={new_node} sync=full replaces={old_node} \
+                 copy-mode=write-blocking"
             ));
             qmp.execute(
                 "blockdev-mirror",
@@ -886,6 +887,10 @@ impl Cluster {
                     "target": new_node,
                     "sync": "full",
                     "replaces": old_node,
+                    // Writes during the rebuild go to the new member before
+                    // they complete, so the job converges under any write
+                    // load (background mode chases a dirty bitmap).
+                    "copy-mode": "write-blocking",
                 }),
             )?;
         }

@@ -7,6 +7,9 @@
 //! time, and records (offset, content) only after the write's reply said
 //! success. Then:
 //!
+//! 0. **vote**: a block written through the quorum and then changed on one
+//!    member directly reads back as the majority's through the quorum,
+//!    and the odd member is rewritten (`rewrite-corrupted`).
 //! 1. **kill**: member K (seeded) is SIGKILLed at a seeded moment; writes
 //!    go on (no write may fail); every recorded block reads back through
 //!    the quorum and directly from each survivor.
@@ -211,6 +214,44 @@ fn verify(port: u16, export: &str, acked: &HashMap<u64, u64>, what: &str) -> Res
     }
 }
 
+/// Connects to `port` and opens `export`.
+fn open(port: u16, export: &str) -> Result<TcpStream, String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(HANG))
+        .map_err(|e| e.to_string())?;
+    nbd::handshake(&mut stream, export)?;
+    Ok(stream)
+}
+
+/// One FUA write that must succeed.
+fn write_at(port: u16, export: &str, offset: u64, data: &[u8]) -> Result<(), String> {
+    let mut stream = open(port, export)?;
+    nbd::request(
+        &mut stream,
+        nbd::CMD_WRITE,
+        nbd::FLAG_FUA,
+        1,
+        offset,
+        data.len() as u32,
+        data,
+    )?;
+    match nbd::simple_reply(&mut stream)? {
+        (0, _) => Ok(()),
+        (error, _) => Err(format!(
+            "write at {offset} on port {port}: NBD error {error}"
+        )),
+    }
+}
+
+/// One block read.
+fn read_at(port: u16, export: &str, offset: u64) -> Result<Vec<u8>, String> {
+    let mut stream = open(port, export)?;
+    let data = nbd::read_at(&mut stream, offset, BLOCK as u32)?;
+    let _ = nbd::request(&mut stream, nbd::CMD_DISC, 0, 0, 0, 0, &[]);
+    Ok(data)
+}
+
 /// One FUA write and one FLUSH through the quorum: both must fail.
 fn expect_writes_fail(port: u16, export: &str) -> Result<(), String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
@@ -231,6 +272,12 @@ fn expect_writes_fail(port: u16, export: &str) -> Result<(), String> {
     let (write_error, _) = nbd::simple_reply(&mut stream)?;
     nbd::request(&mut stream, nbd::CMD_FLUSH, 0, 2, 0, 0, &[])?;
     let (flush_error, _) = nbd::simple_reply(&mut stream)?;
+    // Reads are not part of the promise; say what they do.
+    let read = match nbd::read_at(&mut stream, BLOCK, BLOCK as u32) {
+        Ok(_) => "answered".to_string(),
+        Err(error) => error,
+    };
+    println!("    two of three down: a read → {read}");
     println!("    two of three down: FUA write → NBD error {write_error}, FLUSH → NBD error {flush_error}");
     if write_error == 0 {
         return Err("a FUA write succeeded with two of three members down".into());
@@ -352,6 +399,32 @@ pub fn run(seed: u64, watchdog: bool) -> Result<(), Failure> {
     let stamps = Arc::new(AtomicU64::new(1));
     let mut acked: HashMap<u64, u64> = HashMap::new();
 
+    // 0. vote: a block changed behind the quorum's back on one member is
+    // outvoted on read and rewritten there (read-pattern quorum,
+    // rewrite-corrupted).
+    let odd = rng.below(3) as usize;
+    let offset = rng.below(EXPORT_SIZE / BLOCK) * BLOCK;
+    step(&format!("vote: block {offset} changed on node{odd} alone"));
+    let good = block_content(offset, stamps.fetch_add(1, Ordering::SeqCst));
+    let bad = block_content(offset, u64::MAX - 1);
+    write_at(port, &export, offset, &good)?;
+    write_at(cluster.member_port(odd), &export, offset, &bad)?;
+    if read_at(port, &export, offset)? != good {
+        return Err(Failure::Test(format!(
+            "the quorum returned node{odd}'s odd block, not the majority's"
+        )));
+    }
+    let deadline = Instant::now() + HANG;
+    while read_at(cluster.member_port(odd), &export, offset)? != good {
+        if Instant::now() >= deadline {
+            return Err(Failure::Test(format!(
+                "node{odd}'s odd block was not rewritten after a quorum read"
+            )));
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    println!("    the quorum read the majority's block and rewrote node{odd}'s");
+
     // 1. kill
     let killed = rng.below(3) as usize;
     let delay = rng.duration(Duration::from_millis(500), Duration::from_millis(3000));
@@ -409,11 +482,14 @@ pub fn run(seed: u64, watchdog: bool) -> Result<(), Failure> {
     writer.wait_acks(50)?;
     let stopped_at = Instant::now();
     cluster.freeze(frozen)?;
+    let acks_at_stop = writer.acks();
     let deadline = Instant::now() + HANG;
     while cluster.member_state(frozen) == MemberState::Up {
         if Instant::now() >= deadline {
             return Err(Failure::Test(format!(
-                "node{frozen} frozen for {HANG:?} and not cut off"
+                "node{frozen} frozen for {HANG:?} and not cut off; writes acknowledged since the \
+                 SIGSTOP: {}",
+                writer.acks() - acks_at_stop
             )));
         }
         thread::sleep(Duration::from_millis(50));
