@@ -625,14 +625,6 @@ impl Cluster {
             }
             thread::sleep(Duration::from_millis(100));
         };
-        let quorum_info = nbd_probe(nbd_port, &export, Duration::from_secs(10))
-            .map_err(|error| setup_error(format!("the quorum's export: {error}")))?;
-        if quorum_info.0 != export_info.0 {
-            return Err(setup_error(format!(
-                "the quorum offers {} bytes, the members {}",
-                quorum_info.0, export_info.0
-            )));
-        }
         let cluster = Arc::new(Cluster {
             options,
             members: Mutex::new(members),
@@ -645,6 +637,16 @@ impl Cluster {
             probe_timeout,
             log: Mutex::new(Vec::new()),
         });
+        // From here an error drops `cluster`, which ends the storage
+        // daemon and the members (no watchdog holds it yet).
+        let quorum_info = nbd_probe(nbd_port, &export, Duration::from_secs(10))
+            .map_err(|error| setup_error(format!("the quorum's export: {error}")))?;
+        if quorum_info.0 != export_info.0 {
+            return Err(setup_error(format!(
+                "the quorum offers {} bytes, the members {}",
+                quorum_info.0, export_info.0
+            )));
+        }
         for index in 0..cluster.options.nodes {
             cluster.spawn_watchdog(index, 0);
         }
@@ -825,8 +827,14 @@ impl Cluster {
         };
         let result = self.rebuild_inner(index, &old_node, say);
         if let Err(error) = &result {
-            let mut members = lock(&self.members);
-            members[index].state = MemberState::Down(format!("rebuild failed: {error}"));
+            let machine = {
+                let mut members = lock(&self.members);
+                members[index].state = MemberState::Down(format!("rebuild failed: {error}"));
+                members[index].machine.take()
+            };
+            if let Some(mut machine) = machine {
+                machine.kill();
+            }
         }
         result
     }
@@ -855,7 +863,13 @@ impl Cluster {
                 offered.0, offered.1, self.export_info.0, self.export_info.1
             ));
         }
-        let generation = lock(&self.members)[index].generation + 1;
+        // A new generation (and child node name) per attempt: a failed
+        // attempt may have left its node in the storage daemon.
+        let generation = {
+            let mut members = lock(&self.members);
+            members[index].generation += 1;
+            members[index].generation
+        };
         let new_node = format!("c{index}r{generation}");
         let port = machine.nbd_port();
         say(&format!(
@@ -952,7 +966,6 @@ impl Cluster {
             let mut members = lock(&self.members);
             let member = &mut members[index];
             member.node = new_node.clone();
-            member.generation = generation;
             member.state = MemberState::Up;
         }
         self.spawn_watchdog(index, generation);
@@ -1467,15 +1480,18 @@ fn supervise(options: ClusterOptions) -> Result<(), XtaskError> {
     Ok(())
 }
 
+/// How long the supervisor waits for a control command's line.
+const CONTROL_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest control command line accepted.
 const MAX_CONTROL_LINE: u64 = 256;
 
 fn serve_control(cluster: &Arc<Cluster>, stream: UnixStream) {
-    let Ok(mut writer) = stream.try_clone() else {
-        return;
-    };
+    // A client that connects and sends nothing must not hold the
+    // supervisor (it serves one command at a time).
+    let _ = stream.set_read_timeout(Some(CONTROL_READ_TIMEOUT));
+    let writer = &stream;
     let mut line = String::new();
-    if BufReader::new(stream.take(MAX_CONTROL_LINE))
+    if BufReader::new((&stream).take(MAX_CONTROL_LINE))
         .read_line(&mut line)
         .is_err()
     {
@@ -1485,7 +1501,7 @@ fn serve_control(cluster: &Arc<Cluster>, stream: UnixStream) {
     println!("==> control: {line}");
     let say = |text: &str| {
         println!("    {text}");
-        let _ = writeln!(writer.try_clone().expect("clone"), "{text}");
+        let _ = writeln!(&mut &*writer, "{text}");
     };
     let words: Vec<&str> = line.split_whitespace().collect();
     let index = words.get(1).and_then(|word| word.parse::<usize>().ok());
@@ -1506,7 +1522,7 @@ fn serve_control(cluster: &Arc<Cluster>, stream: UnixStream) {
         _ => Err(format!("unknown command `{line}`")),
     };
     if let Err(error) = result {
-        let _ = writeln!(writer, "error: {error}");
+        let _ = writeln!(&mut &*writer, "error: {error}");
     }
 }
 
