@@ -328,6 +328,16 @@ pub enum MemberState {
     Rebuilding,
 }
 
+impl std::fmt::Display for MemberState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MemberState::Up => write!(f, "up"),
+            MemberState::Down(why) => write!(f, "DOWN: {why}"),
+            MemberState::Rebuilding => write!(f, "rebuilding"),
+        }
+    }
+}
+
 struct Member {
     index: usize,
     /// Its child node's name in the storage daemon (`c1`, after a rebuild
@@ -786,7 +796,7 @@ impl Cluster {
                 .get_mut(index)
                 .ok_or_else(|| format!("there is no node{index}"))?;
             if member.state != MemberState::Up {
-                return Err(format!("node{index} is not up ({:?})", member.state));
+                return Err(format!("node{index} is not up ({})", member.state));
             }
             member.state = MemberState::Down("killed (cargo xtask cluster kill)".into());
             member.machine.take()
@@ -1028,11 +1038,7 @@ impl Cluster {
             }
         );
         for member in lock(&self.members).iter() {
-            let state = match &member.state {
-                MemberState::Up => "up".to_string(),
-                MemberState::Down(why) => format!("DOWN: {why}"),
-                MemberState::Rebuilding => "rebuilding".into(),
-            };
+            let state = &member.state;
             let _ = writeln!(
                 text,
                 "node{}: {state}; child {}, pid {}, nbd://127.0.0.1:{}/{}, serial log {}",
