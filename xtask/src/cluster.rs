@@ -1565,6 +1565,33 @@ mod tests {
         }
     }
 
+    /// Every option the help names for `start` parses (the `test`
+    /// subcommand's `--seed` is parsed by cluster_test).
+    #[test]
+    fn every_option_in_the_help_parses() {
+        let named = crate::clients::options_named_in(USAGE);
+        assert!(named.contains(&"--probe-timeout"), "{named:?}");
+        for option in named.into_iter().filter(|option| *option != "--seed") {
+            let value = match option {
+                "--size" => "64M",
+                "--export" => "disk",
+                "--nbd-port" => "10909",
+                _ => "3",
+            };
+            let takes_value = !matches!(option, "--raw" | "--fresh" | "--no-watchdog");
+            let args = if takes_value {
+                strings(&[option, value])
+            } else {
+                strings(&[option])
+            };
+            assert!(
+                parse_start(&args).is_ok(),
+                "{option}: {:?}",
+                parse_start(&args).err()
+            );
+        }
+    }
+
     #[test]
     fn quorum_line_is_the_verified_one() {
         let blockdev = quorum_blockdev(2, &[("c0".into(), 10910), ("c1".into(), 10911)], "disk");
