@@ -201,7 +201,11 @@ impl NbdConnection {
     /// Updates this connection's line in the `nbd` listing, with the
     /// device and file its export is on (what `umount` and `truncate`
     /// look for).
-    fn publish<M: PersistentMemory>(&self, storage: &mut Storage<M>, targets: &[Bound]) {
+    fn publish<M: PersistentMemory>(&mut self, storage: &mut Storage<M>, targets: &[Bound]) {
+        if let Some(ops) = self.engine.take_op_stats() {
+            let export = self.engine.export_name().unwrap_or("(handshake)");
+            storage.metrics.nbd.record(export, &ops);
+        }
         let name = match self.engine.export_name() {
             Some(name) => name,
             None if self.refused => "(refused)",
