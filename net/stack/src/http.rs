@@ -465,13 +465,13 @@ impl<R: HttpRoutes> HttpService<R> {
             "/bench/bytes" | "/bench/sink" if bench => {
                 Action::Respond(text(405, "method not allowed\n"), false)
             }
-            _ => match {
+            _ => {
                 self.routes.observe_stats(&self.stats);
-                self.routes.route(r, now_ms)
-            } {
-                Some(response) => Action::Respond(response, head_only),
-                None => Action::Respond(text(404, "not found\n"), false),
-            },
+                match self.routes.route(r, now_ms) {
+                    Some(response) => Action::Respond(response, head_only),
+                    None => Action::Respond(text(404, "not found\n"), false),
+                }
+            }
         };
         match action {
             // Nobody wants this body: discard a small one, refuse to read a
