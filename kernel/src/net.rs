@@ -12,11 +12,10 @@
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
+use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use daxbox_bootconfig::IpConfig;
-use alloc::vec::Vec;
 use daxbox_netstack::http::{Bench, HttpRoutes, HttpService};
-use daxbox_storage::web::NetInfo;
 use daxbox_netstack::smoltcp::wire::{Ipv4Address, Ipv4Cidr};
 use daxbox_netstack::{
     IpMode, Listener, ListenerConfig, ListenerStats, NetConfig, NetStack, PortListener,
@@ -26,6 +25,7 @@ use daxbox_platform::memory::PhysRange;
 use daxbox_platform::mmio::{self, MmioRegion};
 use daxbox_platform::virtio::{KernelHal, VirtioConfigAccess};
 use daxbox_platform::virtio_net::Nic;
+use daxbox_storage::web::NetInfo;
 use spin::{Mutex, Once};
 use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::transport::pci::bus::{DeviceFunction, PciRoot};

@@ -6,8 +6,8 @@ use alloc::vec::Vec;
 
 use proptest::prelude::*;
 
-use crate::wire::*;
 use crate::metrics::Op;
+use crate::wire::*;
 use crate::*;
 
 const SIZE: u64 = 1 << 20;

@@ -149,7 +149,10 @@ impl HttpStats {
         if status >= 400 {
             self.errors += 1;
         }
-        if let Some(class) = self.by_class.get_mut(usize::from(status / 100).wrapping_sub(1)) {
+        if let Some(class) = self
+            .by_class
+            .get_mut(usize::from(status / 100).wrapping_sub(1))
+        {
             *class += 1;
         }
     }

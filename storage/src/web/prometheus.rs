@@ -119,7 +119,11 @@ pub fn render(s: &Snapshot) -> String {
             for op in ops {
                 let counter = &counters[op.index()];
                 if counter.requests > 0 {
-                    o.sample(metric, &[("export", export), ("op", op.name())], pick(counter));
+                    o.sample(
+                        metric,
+                        &[("export", export), ("op", op.name())],
+                        pick(counter),
+                    );
                 }
             }
         }
@@ -129,7 +133,12 @@ pub fn render(s: &Snapshot) -> String {
         "counter",
         "NBD requests answered, by export and operation (the first 64 exports by name, the rest as export=\"other\").",
     );
-    per_op(&mut o, "daxbox_nbd_requests_total", |c| c.requests, &Op::ALL);
+    per_op(
+        &mut o,
+        "daxbox_nbd_requests_total",
+        |c| c.requests,
+        &Op::ALL,
+    );
     o.family(
         "daxbox_nbd_errors_total",
         "counter",
@@ -141,7 +150,12 @@ pub fn render(s: &Snapshot) -> String {
         "counter",
         "Payload bytes of successful NBD reads and writes, by export and operation.",
     );
-    per_op(&mut o, "daxbox_nbd_bytes_total", |c| c.bytes, &[Op::Read, Op::Write]);
+    per_op(
+        &mut o,
+        "daxbox_nbd_bytes_total",
+        |c| c.bytes,
+        &[Op::Read, Op::Write],
+    );
     o.family(
         "daxbox_nbd_request_duration_seconds",
         "histogram",
@@ -258,8 +272,16 @@ pub fn render(s: &Snapshot) -> String {
         "counter",
         "Frames received and sent by the network interface.",
     );
-    o.sample("daxbox_net_packets_total", &[("direction", "rx")], c.rx_packets);
-    o.sample("daxbox_net_packets_total", &[("direction", "tx")], c.tx_packets);
+    o.sample(
+        "daxbox_net_packets_total",
+        &[("direction", "rx")],
+        c.rx_packets,
+    );
+    o.sample(
+        "daxbox_net_packets_total",
+        &[("direction", "tx")],
+        c.tx_packets,
+    );
     o.family(
         "daxbox_net_bytes_total",
         "counter",
@@ -272,8 +294,16 @@ pub fn render(s: &Snapshot) -> String {
         "counter",
         "Frames the NIC driver reported in error.",
     );
-    o.sample("daxbox_net_errors_total", &[("direction", "rx")], c.rx_errors);
-    o.sample("daxbox_net_errors_total", &[("direction", "tx")], c.tx_errors);
+    o.sample(
+        "daxbox_net_errors_total",
+        &[("direction", "rx")],
+        c.rx_errors,
+    );
+    o.sample(
+        "daxbox_net_errors_total",
+        &[("direction", "tx")],
+        c.tx_errors,
+    );
     o.family(
         "daxbox_net_tx_busy_total",
         "counter",
@@ -347,7 +377,11 @@ pub fn render(s: &Snapshot) -> String {
             fs.free_blocks * fs.block_size,
         );
     }
-    o.family("daxbox_daxfs_files", "gauge", "Files in each daxfs filesystem.");
+    o.family(
+        "daxbox_daxfs_files",
+        "gauge",
+        "Files in each daxfs filesystem.",
+    );
     for (device, fs) in &filesystems {
         o.sample("daxbox_daxfs_files", &[("device", device)], fs.files);
     }
@@ -357,7 +391,11 @@ pub fn render(s: &Snapshot) -> String {
         "Size of the file table of each daxfs filesystem.",
     );
     for (device, fs) in &filesystems {
-        o.sample("daxbox_daxfs_max_files", &[("device", device)], fs.max_files);
+        o.sample(
+            "daxbox_daxfs_max_files",
+            &[("device", device)],
+            fs.max_files,
+        );
     }
 
     // Recovery.

@@ -71,17 +71,27 @@ fn metrics_text_follows_the_exposition_format() {
     assert!(text.contains("daxbox_nbd_bytes_total{export=\"disk1\",op=\"read\"} 65536\n"));
     // Label values escaped: backslash, quote, line feed.
     assert!(
-        text.contains("daxbox_nbd_requests_total{export=\"we\\\"ird\\\\x\\nline\",op=\"write\"} 2\n"),
+        text.contains(
+            "daxbox_nbd_requests_total{export=\"we\\\"ird\\\\x\\nline\",op=\"write\"} 2\n"
+        ),
         "{text}"
     );
     // Histogram: cumulative buckets in seconds, +Inf equal to the count.
-    assert!(text.contains("daxbox_nbd_request_duration_seconds_bucket{op=\"write\",le=\"5e-05\"}") == false);
-    assert!(text.contains("daxbox_nbd_request_duration_seconds_bucket{op=\"write\",le=\"0.00005\"} 0\n"));
-    assert!(text.contains("daxbox_nbd_request_duration_seconds_bucket{op=\"write\",le=\"0.0001\"} 2\n"));
-    assert!(text.contains("daxbox_nbd_request_duration_seconds_bucket{op=\"write\",le=\"0.0025\"} 2\n"));
-    assert!(text.contains("daxbox_nbd_request_duration_seconds_bucket{op=\"write\",le=\"0.005\"} 4\n"));
+    assert!(text
+        .contains("daxbox_nbd_request_duration_seconds_bucket{op=\"write\",le=\"0.00005\"} 0\n"));
+    assert!(
+        text.contains("daxbox_nbd_request_duration_seconds_bucket{op=\"write\",le=\"0.0001\"} 2\n")
+    );
+    assert!(
+        text.contains("daxbox_nbd_request_duration_seconds_bucket{op=\"write\",le=\"0.0025\"} 2\n")
+    );
+    assert!(
+        text.contains("daxbox_nbd_request_duration_seconds_bucket{op=\"write\",le=\"0.005\"} 4\n")
+    );
     assert!(text.contains("daxbox_nbd_request_duration_seconds_bucket{op=\"read\",le=\"5\"} 2\n"));
-    assert!(text.contains("daxbox_nbd_request_duration_seconds_bucket{op=\"read\",le=\"+Inf\"} 4\n"));
+    assert!(
+        text.contains("daxbox_nbd_request_duration_seconds_bucket{op=\"read\",le=\"+Inf\"} 4\n")
+    );
     assert!(text.contains("daxbox_nbd_request_duration_seconds_count{op=\"read\"} 4\n"));
     assert!(text.contains("daxbox_nbd_request_duration_seconds_sum{op=\"write\"} 0.00616\n"));
     assert!(text.contains("daxbox_http_requests_total{class=\"5xx\"} 1\n"));
@@ -147,14 +157,23 @@ fn routes_answer_their_paths_only() {
         assert!(!html.contains(external), "{external}");
     }
     assert!(page.body.len() < 8 * 1024, "{} bytes", page.body.len());
-    assert_eq!(route(&request("PUT", "/metrics", ""), None, snap).unwrap().status, 405);
+    assert_eq!(
+        route(&request("PUT", "/metrics", ""), None, snap)
+            .unwrap()
+            .status,
+        405
+    );
     assert!(route(&request("GET", "/healthz", ""), None, snap).is_none());
     assert!(route(&request("GET", "/bucket/key", ""), None, snap).is_none());
     // A signed GET / is S3's ListBuckets.
     let signed = "AWS4-HMAC-SHA256 Credential=AKID/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00";
     assert!(route(&request("GET", "/", ""), Some(signed), snap).is_none());
     assert!(route(
-        &request("GET", "/", "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=ab"),
+        &request(
+            "GET",
+            "/",
+            "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=ab"
+        ),
         None,
         snap
     )
