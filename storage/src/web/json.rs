@@ -1,9 +1,10 @@
 //! `GET /api/stats`: the dashboard's figures as one JSON object (RFC 8259;
 //! strings escaped, numbers as integers). Rates are not computed here: the
-//! page takes the difference of two polls.
+//! page divides the difference of two polls by that of their `uptime_ms`
+//! (the appliance's clock, so the browser's timing does not matter).
 //!
 //! ```text
-//! {"version":"0.1.0","uptime_s":12,
+//! {"version":"0.1.0","uptime_s":12,"uptime_ms":12345,
 //!  "devices":[{"name":"pmem0","size":1073741824,"use":"daxfs",
 //!              "fs":{"size":..,"free":..,"files":2,"max_files":..}}],
 //!  "exports":["disk1",...],                       (at most 64)
@@ -59,7 +60,12 @@ pub fn render(s: &Snapshot) -> String {
     let mut o = String::with_capacity(4096);
     o.push_str("{\"version\":");
     string(&mut o, s.version);
-    let _ = write!(o, ",\"uptime_s\":{},\"devices\":[", s.uptime_ms / 1000);
+    let _ = write!(
+        o,
+        ",\"uptime_s\":{},\"uptime_ms\":{},\"devices\":[",
+        s.uptime_ms / 1000,
+        s.uptime_ms
+    );
     for (i, d) in s.devices.iter().enumerate() {
         if i > 0 {
             o.push(',');

@@ -113,6 +113,7 @@ fn the_stats_object_is_json_with_the_names() {
     let value: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
     assert_eq!(value["version"], "1.2.3");
     assert_eq!(value["uptime_s"], 61);
+    assert_eq!(value["uptime_ms"], 61_500);
     let devices: vec::Vec<&str> = value["devices"]
         .as_array()
         .unwrap()

@@ -200,7 +200,7 @@ fn dashboard_shows_live_data_in_headless_chromium() -> Result<(), HarnessError> 
                 "--hide-scrollbars",
                 &format!("--user-data-dir={}", profile.display()),
                 "--window-size=1280,900",
-                "--virtual-time-budget=6000",
+                "--virtual-time-budget=15000",
             ])
             .args(extra)
             .arg(&url)
