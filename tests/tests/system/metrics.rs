@@ -18,12 +18,17 @@ const MIB: usize = 1 << 20;
 const EXPORT: usize = 16 * MIB;
 const BULK: Duration = Duration::from_secs(240);
 
-fn appliance(name: &str) -> Result<Machine, HarnessError> {
+fn options(name: &str, nvdimm: Nvdimm) -> QemuOptions {
     let mut options = QemuOptions::new(name, Firmware::Bios)
         .with_boot_config("format=if-blank\n")
-        .with_nvdimm(Nvdimm::fresh(run_dir(name).join("nvdimm0.img"), 256 << 20));
+        .with_nvdimm(nvdimm);
     options.max_runtime = Duration::from_secs(540);
-    let mut machine = Machine::boot_to_prompt(options)?;
+    options
+}
+
+fn appliance(name: &str) -> Result<Machine, HarnessError> {
+    let nvdimm = Nvdimm::fresh(run_dir(name).join("nvdimm0.img"), 256 << 20);
+    let mut machine = Machine::boot_to_prompt(options(name, nvdimm))?;
     let out = machine.command("create disk1 16M")?;
     assert!(!out.contains("error"), "{out}");
     Ok(machine)
@@ -90,7 +95,7 @@ fn payload() -> Vec<u8> {
 #[test]
 fn counters_move_by_what_nbdcopy_did_and_promtool_accepts_them() -> Result<(), HarnessError> {
     let name = "metrics_nbdcopy";
-    let machine = appliance(name)?;
+    let mut machine = appliance(name)?;
     let dir = run_dir(name);
     let (status, before) = get(&machine, "/metrics");
     assert_eq!(status, 200, "{before}");
@@ -158,8 +163,27 @@ fn counters_move_by_what_nbdcopy_did_and_promtool_accepts_them() -> Result<(), H
     assert_eq!(status, 200);
     assert!(json.contains("\"name\":\"pmem0\""), "{json}");
     assert!(json.contains("\"exports\":[\"disk1\"]"), "{json}");
-    // Other methods are refused; unknown paths stay 404.
+    // Unknown paths stay 404.
     assert_eq!(get(&machine, "/nothing").0, 404);
+
+    // Recovery events: a power cut, then the next boot mounts with
+    // recovery; fsck runs are counted.
+    machine.kill();
+    drop(machine);
+    let nvdimm = Nvdimm::existing(dir.join("nvdimm0.img"), 256 << 20);
+    let mut machine = Machine::boot_to_prompt(options(name, nvdimm))?;
+    let fsck = machine.command("fsck")?;
+    assert!(fsck.contains("pmem0: fsck: clean"), "{fsck}");
+    let (status, after_cut) = get(&machine, "/metrics");
+    assert_eq!(status, 200);
+    promtool(&after_cut, &dir);
+    assert_eq!(
+        sample(&after_cut, "daxbox_recovery_unclean_mounts_total"),
+        1.0
+    );
+    assert_eq!(sample(&after_cut, "daxbox_fsck_runs_total"), 1.0);
+    assert_eq!(sample(&after_cut, "daxbox_fsck_problems_total"), 0.0);
+    assert_eq!(sample(&before, "daxbox_recovery_unclean_mounts_total"), 0.0);
     Ok(())
 }
 
