@@ -187,3 +187,25 @@ fn routes_answer_their_paths_only() {
     })
     .is_some());
 }
+
+#[test]
+fn the_largest_exposition_stays_under_one_mebibyte() {
+    let mut ops = OpStats::default();
+    for op in Op::ALL {
+        ops.record(op, u64::MAX / 2, false, u64::MAX / 2);
+        ops.record(op, 1, true, 1);
+    }
+    let mut nbd = crate::metrics::NbdMetrics::new();
+    for i in 0..crate::metrics::MAX_EXPORT_SERIES + 10 {
+        // 255 bytes, every one escaped on output.
+        let name = format!("{i:03}{}", "\"".repeat(252));
+        nbd.record(&name, &ops);
+    }
+    let mut s = snapshot();
+    s.nbd = nbd;
+    let devices = s.devices.clone();
+    s.devices = (0..16).map(|_| devices[0].clone()).collect();
+    let text = prometheus::render(&s);
+    assert!(text.len() < 1 << 20, "{} bytes", text.len());
+    std::println!("largest /metrics body: {} bytes", text.len());
+}
