@@ -26,6 +26,7 @@ mod pci;
 mod pmem;
 mod shell;
 mod storage;
+mod web;
 
 use daxbox_platform::boot::Boot;
 use daxbox_platform::{acpi, gdt, interrupts, memory, power, rtc, serial};
@@ -135,7 +136,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     });
     storage::init();
     pci::init();
-    net::init();
+    net::init(web::Routes::default());
     nbd::start();
     interrupts::enable();
 

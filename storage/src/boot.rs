@@ -201,7 +201,12 @@ pub fn boot<M: PersistentMemory, E: Environment<M>>(
                 continue;
             }
             Decision::LeaveAlone { .. } => continue,
-            Decision::Mount { .. } => false,
+            Decision::Mount { recover } => {
+                if recover {
+                    storage.metrics.recovery.unclean_mounts += 1;
+                }
+                false
+            }
             Decision::Format => true,
         };
         if let Err(message) = attach(storage, env, &name, format, out) {
@@ -241,6 +246,10 @@ pub fn attach<M: PersistentMemory, E: Environment<M>>(
     let elapsed = env.now_us().saturating_sub(started);
     match result {
         Ok(fs) => {
+            let recovered = fs.recovered();
+            let recovery = &mut storage.metrics.recovery;
+            recovery.journal_replays += u64::from(recovered.journal_replayed);
+            recovery.superblock_repairs += u64::from(recovered.superblock_repaired);
             let statfs = fs.statfs();
             let _ = writeln!(
                 out,

@@ -35,8 +35,10 @@ pub mod boot;
 pub mod commands;
 pub mod devices;
 pub mod lifecycle;
+pub mod metrics;
 pub mod nbd;
 pub mod readonly;
+pub mod web;
 
 #[cfg(test)]
 mod testing;
@@ -140,6 +142,8 @@ pub struct Storage<M: PersistentMemory> {
     disconnecting: Vec<u64>,
     /// The budget mounts and formats charge (`daxbox_budget::MOUNT`).
     mount_budget: &'static daxbox_budget::Budget,
+    /// Counters for metrics ([`metrics`]).
+    metrics: metrics::StorageMetrics,
 }
 
 impl<M: PersistentMemory> Default for Storage<M> {
@@ -215,7 +219,14 @@ impl<M: PersistentMemory> Storage<M> {
             connections: Vec::new(),
             disconnecting: Vec::new(),
             mount_budget: &daxbox_budget::MOUNT,
+            metrics: metrics::StorageMetrics::new(),
         }
+    }
+
+    /// Counters for metrics: NBD requests by export and operation,
+    /// recovery events.
+    pub fn metrics(&self) -> &metrics::StorageMetrics {
+        &self.metrics
     }
 
     /// Sets the budget that mounts charge (tests use their own).

@@ -14,6 +14,7 @@ mod harness;
 mod hostile;
 mod lifecycle;
 mod memory;
+mod metrics;
 mod names;
 mod nbd;
 mod net;
