@@ -20,6 +20,7 @@ extern crate alloc;
 
 mod command;
 mod config;
+mod hotplug;
 mod nbd;
 mod net;
 mod pci;
@@ -53,6 +54,7 @@ entry_point!(kernel_main, config = &BOOTLOADER_CONFIG);
 /// shell gets them from here, so it imports none of these modules).
 const COMMAND_TABLES: daxbox_shell::Tables<command::Context> = &[
     shell::COMMANDS,
+    hotplug::COMMANDS,
     pmem::commands::COMMANDS,
     storage::COMMANDS,
     nbd::COMMANDS,
@@ -130,6 +132,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         kernel: boot.kernel_image(),
     });
     storage::init();
+    hotplug::init();
     pci::init();
     net::init();
     nbd::start();
@@ -152,9 +155,11 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     }
 }
 
-/// Polls the network services; true when any did work.
+/// Polls the network services and the NVDIMM hot-add status; true when
+/// any did work.
 fn poll_services() -> bool {
-    net::poll()
+    let hotplug = hotplug::poll();
+    net::poll() | hotplug
 }
 
 fn print_memory_map(regions: &[bootloader_api::info::MemoryRegion]) {

@@ -126,6 +126,14 @@ impl Hotplug {
         (self.gpe0, self.gpe0_len)
     }
 
+    /// Whether the NVDIMM hot-add status bit is set (one port read; does
+    /// not clear it).
+    pub fn pending(&self) -> bool {
+        let mut status = Port::<u8>::new(self.gpe0);
+        // SAFETY: as in `take_event`: the GPE0 status register, read only.
+        unsafe { status.read() & GPE_BIT != 0 }
+    }
+
     /// Whether QEMU signalled an NVDIMM hot-add since the last call: reads
     /// the GPE0 status byte and, when bit 4 is set, clears it (writing 1 to
     /// it). One port read when nothing happened.
