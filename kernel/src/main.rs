@@ -148,6 +148,11 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     loop {
         interrupts::take_work_pending();
         let mut busy = shell.poll();
+        // A hot-add prints on its own: the prompt comes back after it.
+        if hotplug::poll() {
+            shell.redraw();
+            busy = true;
+        }
         busy |= poll_services();
         if !busy {
             interrupts::wait_for_interrupt();
@@ -155,11 +160,9 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     }
 }
 
-/// Polls the network services and the NVDIMM hot-add status; true when
-/// any did work.
+/// Polls the network services; true when any did work.
 fn poll_services() -> bool {
-    let hotplug = hotplug::poll();
-    net::poll() | hotplug
+    net::poll()
 }
 
 fn print_memory_map(regions: &[bootloader_api::info::MemoryRegion]) {
