@@ -157,14 +157,18 @@ fn hot_add_under_fio_then_two_back_to_back_then_reset() -> Result<(), HarnessErr
     wait_nbd(port);
     let listed = run_tool_ok("nbdinfo", &["--list", &uri(port, "")], QUICK);
     // FIT order is not slot order, so names may change: find the files.
-    let fresh = listed
+    let exports: Vec<&str> = listed
         .lines()
-        .find_map(|line| {
-            line.split_whitespace()
-                .find(|word| word.ends_with(":fresh") || *word == "fresh")
-        })
-        .map(str::to_string)
-        .unwrap_or_else(|| panic!("`fresh` listed after reset:\n{listed}"));
+        .filter_map(|line| line.trim().strip_prefix("export=\"")?.strip_suffix("\":"))
+        .collect();
+    let find = |file: &str| {
+        exports
+            .iter()
+            .find(|name| name.rsplit(':').next() == Some(file))
+            .unwrap_or_else(|| panic!("`{file}` listed after reset:\n{listed}"))
+            .to_string()
+    };
+    let fresh = find("fresh");
     let back = dir.join("fresh.after");
     run_tool_ok(
         "nbdcopy",
@@ -172,11 +176,7 @@ fn hot_add_under_fio_then_two_back_to_back_then_reset() -> Result<(), HarnessErr
         QUICK,
     );
     assert!(fs::read(&back).expect("the copy") == data, "fresh intact");
-    let last = listed
-        .lines()
-        .find_map(|line| line.split_whitespace().find(|word| word.ends_with(":last")))
-        .unwrap_or_else(|| panic!("`last` listed after reset:\n{listed}"))
-        .to_string();
+    let last = find("last");
     let text = shell(&mut machine, &format!("cat {last} 0 9"))?;
     assert!(text.contains("after-two"), "{text}");
     machine.send_raw(b"poweroff\r")?;
