@@ -77,7 +77,8 @@ pub fn gpe0_from_fadt(fadt: &[u8]) -> Option<(u16, u8)> {
     let block = u32::from_le_bytes(fadt.get(80..84)?.try_into().ok()?);
     let len = *fadt.get(92)?;
     let port = u16::try_from(block).ok()?;
-    if port == 0 || len < 2 || len % 2 != 0 || u32::from(port) + u32::from(len) > 0x1_0000 {
+    if port == 0 || len < 2 || !len.is_multiple_of(2) || u32::from(port) + u32::from(len) > 0x1_0000
+    {
         return None;
     }
     Some((port, len))

@@ -484,7 +484,7 @@ pub fn pmem_add_command(args: &[String]) -> Result<(), XtaskError> {
             "--size" => {
                 size = parse_size(value)
                     .map_err(|error| XtaskError::Usage(format!("--size: {error}")))?;
-                if size == 0 || size % (2 << 20) != 0 {
+                if size == 0 || !size.is_multiple_of(2 << 20) {
                     return Err(XtaskError::Usage(
                         "--size: a non-zero multiple of 2 MiB".into(),
                     ));

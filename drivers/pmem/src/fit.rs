@@ -472,8 +472,7 @@ mod tests {
             [NfitWarning::BadStructureLength { offset: 184, .. }]
         ));
         // A record-count bound: 2,000 minimal structures stop at the limit.
-        let many: Vec<u8> = core::iter::repeat([9u8, 0, 4, 0])
-            .take(2000)
+        let many: Vec<u8> = core::iter::repeat_n([9u8, 0, 4, 0], 2000)
             .flatten()
             .collect();
         let parsed = parse_fit(&many);
