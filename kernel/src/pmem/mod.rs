@@ -248,7 +248,14 @@ pub fn add_ranges(candidates: &[Candidate]) -> (Vec<String>, Vec<String>) {
         }
     }
     messages.extend(refusals.iter().cloned());
-    REFUSALS.lock().extend(refusals);
+    // A refused range is in the FIT at every later rescan: `pmem` lists it
+    // once.
+    let mut known_refusals = REFUSALS.lock();
+    for refusal in refusals {
+        if !known_refusals.contains(&refusal) {
+            known_refusals.push(refusal);
+        }
+    }
     (added, messages)
 }
 
