@@ -20,6 +20,7 @@ extern crate alloc;
 
 mod command;
 mod config;
+mod hotplug;
 mod nbd;
 mod net;
 mod pci;
@@ -54,6 +55,7 @@ entry_point!(kernel_main, config = &BOOTLOADER_CONFIG);
 /// shell gets them from here, so it imports none of these modules).
 const COMMAND_TABLES: daxbox_shell::Tables<command::Context> = &[
     shell::COMMANDS,
+    hotplug::COMMANDS,
     pmem::commands::COMMANDS,
     storage::COMMANDS,
     nbd::COMMANDS,
@@ -135,6 +137,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         kernel: boot.kernel_image(),
     });
     storage::init();
+    hotplug::init();
     pci::init();
     net::init(web::Routes::default());
     nbd::start();
@@ -150,6 +153,11 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     loop {
         interrupts::take_work_pending();
         let mut busy = shell.poll();
+        // A hot-add prints on its own: the prompt comes back after it.
+        if hotplug::poll() {
+            shell.redraw();
+            busy = true;
+        }
         busy |= poll_services();
         if !busy {
             interrupts::wait_for_interrupt();

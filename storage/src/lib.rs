@@ -53,7 +53,7 @@ use daxbox_pmem::block::PmemBlockDevice;
 use daxbox_pmem::frames::Owner;
 use daxfs::{FileId, Filesystem};
 
-pub use boot::{boot, decide, BootPolicy, Decision, LeaveReason};
+pub use boot::{boot, boot_device, decide, BootPolicy, Decision, LeaveReason};
 pub use devices::DeviceList;
 pub use nbd::{
     connection_bytes as nbd_connection_bytes, engine_config, export_names, export_names_page,

@@ -1,6 +1,6 @@
 //! `cargo xtask`: daxbox developer tasks (std only, hand-parsed arguments).
 //!
-//! Subcommands: `setup`, `build`, `run`, `netboot`, `test`, `bench`,
+//! Subcommands: `setup`, `build`, `run`, `netboot`, `pmem-add`, `test`, `bench`,
 //! `crash`, `soak`, `powercut`, `fuzz`. Each
 //! prints its steps as `==> ...` lines and the exact commands it runs.
 //! Neighbours: `boot/` (`daxbox-boot`, run through `cargo run -p daxbox-boot
@@ -36,6 +36,7 @@ commands:
   build     build the kernel and the boot media (target/daxbox/{bios.img,uefi.img,pxe/})
   run       boot the appliance in QEMU with an emulated NVDIMM; serial console on this terminal
   netboot   like run, but boot over UEFI PXE from QEMU's built-in TFTP server
+  pmem-add  hot-add an NVDIMM to the appliance `run` is running (--size 256M, over QMP)
   test      run every test (host crates, boot tool, QEMU system tests); last line `N passed, N failed`
   bench     benchmarks: net (HTTP throughput), nbd (appliance vs qemu-nbd),
             trim (read latency during a 1 GiB TRIM), cluster (3-member quorum vs one appliance)
@@ -154,6 +155,7 @@ fn main() -> ExitCode {
         "build" => images::build_command(&rest),
         "run" => run::run_command(&rest, daxbox_tests::Firmware::Bios),
         "netboot" => run::run_command(&rest, daxbox_tests::Firmware::Pxe),
+        "pmem-add" => run::pmem_add_command(&rest),
         "test" => test::test_command(&rest),
         "bench" => bench::bench_command(&rest),
         "crash" => test::crash_mode(&rest),

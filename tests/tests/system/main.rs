@@ -12,6 +12,7 @@ mod daxfs;
 mod flood;
 mod harness;
 mod hostile;
+mod hotadd;
 mod lifecycle;
 mod memory;
 mod metrics;
