@@ -43,8 +43,8 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::readonly::{self, ReadOnlyRule, ReadOnlyTarget};
 use crate::printable;
+use crate::readonly::{self, ReadOnlyRule, ReadOnlyTarget};
 
 /// Most `allow=` rules; a further one fails both protocols closed.
 pub const MAX_RULES: usize = 64;
@@ -274,7 +274,10 @@ impl AllowRule {
             None => return Err(fail(alloc::format!("no exports ({usage})"))),
         };
         let exports = match ReadOnlyRule::parse(&exports_text, "exports") {
-            ReadOnlyRule { failed: None, target } => target,
+            ReadOnlyRule {
+                failed: None,
+                target,
+            } => target,
             ReadOnlyRule {
                 failed: Some(why), ..
             } => return Err(fail(why)),
@@ -293,9 +296,7 @@ impl AllowRule {
             match text.as_str() {
                 "rw" | "ro" => {
                     if mode.is_some() {
-                        return Err(fail(alloc::format!(
-                            "'{text}': rw or ro given twice"
-                        )));
+                        return Err(fail(alloc::format!("'{text}': rw or ro given twice")));
                     }
                     mode = Some(if text == "rw" {
                         Mode::ReadWrite
@@ -525,10 +526,7 @@ mod tests {
                 "::1",
                 "'::1' is IPv6, which is not supported (the network is IPv4 only)",
             ),
-            (
-                "10.0.0.0/33",
-                "prefix '33' of '10.0.0.0/33' is not 0-32",
-            ),
+            ("10.0.0.0/33", "prefix '33' of '10.0.0.0/33' is not 0-32"),
             ("10.0.0.0/", "prefix '' of '10.0.0.0/' is not 0-32"),
             (
                 "10.0.0/8",
@@ -571,10 +569,16 @@ mod tests {
                 http: false
             }
         );
-        assert_eq!(r.to_string(), "allow=10.0.0.0/8,192.168.1.0/24 pmem1: ro nbd");
+        assert_eq!(
+            r.to_string(),
+            "allow=10.0.0.0/8,192.168.1.0/24 pmem1: ro nbd"
+        );
         // Protocol before mode, quoted names with spaces and escapes.
         let r = rule(r#"0.0.0.0/0 "pmem0:my disk #2" http ro"#);
-        assert_eq!(r.to_string(), r#"allow=0.0.0.0/0 "pmem0:my disk #2" ro http"#);
+        assert_eq!(
+            r.to_string(),
+            r#"allow=0.0.0.0/0 "pmem0:my disk #2" ro http"#
+        );
         assert_eq!(rule(&r.to_string()["allow=".len()..]), r);
         let r = rule(r#"1.2.3.4 "tab\there""#);
         assert_eq!(r.to_string(), r#"allow=1.2.3.4 "tab\there" rw both"#);
@@ -598,7 +602,10 @@ mod tests {
             .join(",");
         for (text, why) in [
             ("", alloc::format!("an empty rule ({usage})")),
-            ("   # only a comment", alloc::format!("an empty rule ({usage})")),
+            (
+                "   # only a comment",
+                alloc::format!("an empty rule ({usage})"),
+            ),
             ("10.0.0.1", alloc::format!("no exports ({usage})")),
             (
                 "\"10.0.0.1\" disk",
@@ -616,10 +623,7 @@ mod tests {
                 "fe80::1 disk",
                 "'fe80::1' is IPv6, which is not supported (the network is IPv4 only)".into(),
             ),
-            (
-                "10.0.0.1 \"\"",
-                "exports '': an empty name".into(),
-            ),
+            ("10.0.0.1 \"\"", "exports '': an empty name".into()),
             (
                 &alloc::format!("10.0.0.1 {}", "n".repeat(256)),
                 alloc::format!(
@@ -627,10 +631,7 @@ mod tests {
                     "n".repeat(40)
                 ),
             ),
-            (
-                "10.0.0.1 disk rw ro",
-                "'ro': rw or ro given twice".into(),
-            ),
+            ("10.0.0.1 disk rw ro", "'ro': rw or ro given twice".into()),
             (
                 "10.0.0.1 disk nbd http",
                 "'nbd': nbd, http or both given twice".into(),
@@ -643,18 +644,9 @@ mod tests {
                 "10.0.0.1 disk \"ro\"",
                 alloc::format!("unexpected quoted word \"ro\" ({usage})"),
             ),
-            (
-                "10.0.0.1 \"disk",
-                "an open quote (no closing '\"')".into(),
-            ),
-            (
-                "10.0.0.1 \"disk\"ro",
-                "text after the closing quote".into(),
-            ),
-            (
-                "10.0.0.1 \"\\q\"",
-                "unknown escape '\\q'".into(),
-            ),
+            ("10.0.0.1 \"disk", "an open quote (no closing '\"')".into()),
+            ("10.0.0.1 \"disk\"ro", "text after the closing quote".into()),
+            ("10.0.0.1 \"\\q\"", "unknown escape '\\q'".into()),
         ] {
             assert_eq!(error(text), why, "{text}");
         }
@@ -693,15 +685,22 @@ mod tests {
         };
         let other = |t: &ExportTarget| matches!(t, ExportTarget::All);
         let nbd = Protocol::Nbd;
-        assert_eq!(list.decide([198, 18, 0, 11], nbd, disk1), Some(Mode::ReadOnly));
-        assert_eq!(list.decide([198, 18, 0, 11], nbd, other), Some(Mode::ReadOnly));
-        assert_eq!(list.decide([198, 18, 0, 10], nbd, disk1), Some(Mode::ReadWrite));
+        assert_eq!(
+            list.decide([198, 18, 0, 11], nbd, disk1),
+            Some(Mode::ReadOnly)
+        );
+        assert_eq!(
+            list.decide([198, 18, 0, 11], nbd, other),
+            Some(Mode::ReadOnly)
+        );
+        assert_eq!(
+            list.decide([198, 18, 0, 10], nbd, disk1),
+            Some(Mode::ReadWrite)
+        );
         assert_eq!(list.decide([198, 18, 0, 10], nbd, other), None);
         assert_eq!(list.decide([198, 18, 1, 10], nbd, disk1), None);
         // .12's pmem1 rule is for HTTP only.
-        let pmem1 = |t: &ExportTarget| {
-            matches!(t, ExportTarget::Device { device, .. } if device == "pmem1")
-        };
+        let pmem1 = |t: &ExportTarget| matches!(t, ExportTarget::Device { device, .. } if device == "pmem1");
         assert_eq!(list.decide([198, 18, 0, 12], nbd, pmem1), None);
         assert_eq!(
             list.decide([198, 18, 0, 12], Protocol::Http, pmem1),
@@ -709,7 +708,10 @@ mod tests {
         );
         assert!(list.admits([198, 18, 0, 12], Protocol::Http));
         assert!(!list.admits([198, 18, 1, 12], Protocol::Http));
-        assert!(list.admits([198, 18, 0, 10], Protocol::Http), "both by default");
+        assert!(
+            list.admits([198, 18, 0, 10], Protocol::Http),
+            "both by default"
+        );
         // No rules: open.
         let open = AllowList::default();
         assert!(open.is_open());
@@ -725,8 +727,10 @@ mod tests {
         );
         assert_eq!(
             messages(&warnings),
-            ["bootconfig line 2: bad value for allow: '10.0.0.300' is not an IPv4 address or \
-              block (A.B.C.D or A.B.C.D/N) (failing closed: http not served)"]
+            [
+                "bootconfig line 2: bad value for allow: '10.0.0.300' is not an IPv4 address or \
+              block (A.B.C.D or A.B.C.D/N) (failing closed: http not served)"
+            ]
         );
         assert_eq!(config.allow.failure(Protocol::Nbd), None);
         assert_eq!(
@@ -767,8 +771,10 @@ mod tests {
         assert_eq!(config.allow.rules.len(), MAX_RULES);
         assert_eq!(
             messages(&warnings),
-            ["bootconfig line 65: bad value for allow: more than 64 allow rules (failing \
-              closed: nbd and http not served)"]
+            [
+                "bootconfig line 65: bad value for allow: more than 64 allow rules (failing \
+              closed: nbd and http not served)"
+            ]
         );
         assert_eq!(
             config.allow.failure(Protocol::Nbd),

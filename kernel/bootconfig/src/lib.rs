@@ -753,7 +753,13 @@ impl Parser {
     fn allow_line(&mut self, line: usize, rest: &str) {
         if self.config.allow.rules.len() >= allow::MAX_RULES {
             let what = alloc::format!("more than {} allow rules", allow::MAX_RULES);
-            if !self.config.allow.failed.iter().any(|(_, w)| w.ends_with(&what)) {
+            if !self
+                .config
+                .allow
+                .failed
+                .iter()
+                .any(|(_, w)| w.ends_with(&what))
+            {
                 self.allow_failed(line, allow::Protocols::BOTH, what);
             }
             return;
