@@ -131,7 +131,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     });
     storage::init();
     pci::init();
-    net::init();
+    net::init(storage::http_gate());
     nbd::start();
     interrupts::enable();
 

@@ -1779,13 +1779,16 @@ mod tests {
         assert_eq!(list_reply_types(&mut service), [REP_ERR_POLICY]);
     }
 
+    /// One option reply: (option, type, data).
+    type OptionReply = (u32, u32, Vec<u8>);
+
     /// Option replies (option, type, data) to `options` sent by a client
     /// at `peer` after fixed-newstyle client flags.
     fn options_from<S: TcpService>(
         service: &mut S,
         peer: &str,
         options: &[(u32, Vec<u8>)],
-    ) -> (S::Connection, Vec<(u32, u32, Vec<u8>)>) {
+    ) -> (S::Connection, Vec<OptionReply>) {
         let mut conn = service.accept(0);
         service.remote(&mut conn, peer.parse().unwrap());
         exchange(service, &mut conn, &[], 0);
