@@ -782,6 +782,21 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Any value: no panic, and a rule that parses reads back as
+        /// itself from what `bootconfig` prints.
+        #[test]
+        fn any_value_parses_or_fails_and_rules_read_back(
+            value in "[ -~\t]{0,80}|[0-9./, ]{0,30} [\"a-z:*\\\\ ]{0,20}( ro| rw| nbd| http)*"
+        ) {
+            if let Ok(rule) = AllowRule::parse(&value, 1) {
+                let shown = rule.to_string();
+                let again = AllowRule::parse(&shown["allow=".len()..], 1);
+                proptest::prop_assert_eq!(again, Ok(rule), "{}", shown);
+            }
+        }
+    }
+
     #[test]
     fn allow_key_detection() {
         for yes in [&b"allow=x"[..], b" Allow = x", b"ALLOW", b"allow 1.2.3.4 *"] {
