@@ -613,7 +613,9 @@ pub fn mkfs<M: PersistentMemory, E: Environment<M>>(
     attach(storage, env, device, true, out)
 }
 
-/// `nbd`: exports (read-only ones marked) and connections with counters.
+/// `nbd`: exports (read-only ones marked), the allow-list's state and its
+/// refusals by reason and client address ([`crate::allow::Access::report`]),
+/// and connections with counters.
 ///
 /// Each connection: `#ID ADDRESS:PORT up AGE s, EXPORT: ...counters`, the
 /// age from `now_ms` (the service's clock).

@@ -51,7 +51,10 @@
 //! too long, not UTF-8 or with a NUL byte, or a key spelled `ReadOnly` or
 //! `read_only`) becomes a rule that makes every export read-only (or every
 //! export of the device it names), carrying the reason
-//! ([`ReadOnlyRule::failed`]).
+//! ([`ReadOnlyRule::failed`]). An `allow` line that cannot be used (also
+//! one dropped as unreadable, a misspelt `Allow=`, or a rule beyond
+//! [`allow::MAX_RULES`]) shuts the protocol it names, or both
+//! ([`AllowList::failed`]): the kernel opens no listener for it.
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 
