@@ -1961,6 +1961,49 @@ mod tests {
         }
     }
 
+    /// 2,000 files of which a client may see one: the listing examines a
+    /// bounded number of names per event-loop turn (16 pages of 64), the
+    /// rest in later turns, and shows exactly that one file.
+    #[test]
+    fn a_filtered_listing_of_many_files_goes_in_bounded_turns() {
+        let mut f = Fixture::with_devices(&[256 * MIB, 16 * MIB], &[]);
+        for i in 0..2000 {
+            f.ok(&alloc::format!("create f{i:04} 4K"));
+        }
+        f.ok("create pmem1:mine 4K");
+        let (config, _) = daxbox_bootconfig::parse("allow=198.18.0.10 pmem1:mine\n");
+        f.storage.access_mut().set_rules(config.allow);
+        let cell = Cell(RefCell::new(f));
+        let mut service = NbdService::new(&cell);
+        let mut input = 3u32.to_be_bytes().to_vec();
+        input.extend_from_slice(b"IHAVEOPT");
+        input.extend_from_slice(&3u32.to_be_bytes());
+        input.extend_from_slice(&0u32.to_be_bytes());
+        let mut conn = service.accept(0);
+        service.remote(&mut conn, "198.18.0.10:4000".parse().unwrap());
+        let mut peers = [Peer {
+            conn,
+            input,
+            out: Vec::new(),
+        }];
+        let mut turns = 0;
+        // Greeting (18) + one name reply (20 + 4 + 10) + ACK (20).
+        while peers[0].out.len() < 18 + 34 + 20 {
+            event_loop_turn(&mut service, &mut peers, turns);
+            turns += 1;
+            assert!(turns < 100, "listing not done after {turns} turns");
+        }
+        assert!(
+            turns >= 2,
+            "2,001 names examined in one turn: the per-call bound is gone"
+        );
+        let out = &peers[0].out[18..];
+        assert_eq!(&out[12..16], &2u32.to_be_bytes(), "NBD_REP_SERVER");
+        assert_eq!(&out[24..34], b"pmem1:mine");
+        assert_eq!(&out[34 + 12..34 + 16], &1u32.to_be_bytes(), "then ACK");
+        assert_eq!(peers[0].out.len(), 18 + 34 + 20);
+    }
+
     /// A connection in transmission on `export` (simple replies).
     fn connect<S: TcpService>(service: &mut S, export: &str) -> Peer<S::Connection> {
         let mut input = 3u32.to_be_bytes().to_vec();
