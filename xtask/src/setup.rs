@@ -44,6 +44,12 @@ const REQUIREMENTS: &[Requirement] = &[
         needed_from: Needs::Qemu,
     },
     Requirement {
+        what: "qemu-storage-daemon",
+        why: "the quorum of `cargo xtask cluster` and the cluster test (package \
+              qemu-system-common, installed with qemu-system-x86)",
+        needed_from: Needs::Everything,
+    },
+    Requirement {
         what: "qemu-img",
         why: "disk-image and NBD client tool (package qemu-utils)",
         needed_from: Needs::Everything,
