@@ -139,7 +139,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     storage::init();
     hotplug::init();
     pci::init();
-    net::init(web::Routes::default());
+    net::init(web::Routes::default(), storage::http_gate());
     nbd::start();
     interrupts::enable();
 

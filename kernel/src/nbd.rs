@@ -30,6 +30,12 @@ pub const COMMANDS: &[Command] = &daxbox_storage::commands::nbd_table::<Context>
 pub fn start() {
     let port = config::get().nbd_port;
     let boot = config::get();
+    // `allow=` lines about NBD that could not be used: fail closed, no
+    // listener at all.
+    if let Some(why) = boot.allow.failure(daxbox_bootconfig::Protocol::Nbd) {
+        println!("nbd: not served (failing closed): {}", why);
+        return;
+    }
     let mut listener = daxbox_netstack::ListenerConfig::new(port);
     // Room for a 256 KiB request or reply in flight each way per client.
     listener.rx_buffer = 256 * 1024;

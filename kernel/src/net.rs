@@ -172,8 +172,9 @@ fn ip_mode() -> IpMode {
 
 /// Finds the NIC, starts the driver and the stack, routes the interrupt;
 /// the HTTP service answers `/healthz` itself and everything else through
-/// `routes`.
-pub fn init(routes: impl HttpRoutes + Send + 'static) {
+/// `routes`. `http_gate` decides which client addresses may use the HTTP
+/// server beyond `/healthz` (the allow-list, from the storage module).
+pub fn init(routes: impl HttpRoutes + Send + 'static, http_gate: daxbox_netstack::http::Gate) {
     let Some(function) = find_nic() else {
         println!("net: no virtio-net device");
         return;
@@ -242,13 +243,21 @@ pub fn init(routes: impl HttpRoutes + Send + 'static) {
     } else {
         Bench::Off
     };
-    let http = HttpService::with_routes(env!("CARGO_PKG_VERSION"), 0, bench, routes);
+    let mut http = HttpService::with_routes(env!("CARGO_PKG_VERSION"), 0, bench, routes);
+    http.set_gate(http_gate);
     let mut listener = ListenerConfig::new(http_port);
     listener.max_connections = usize::from(config::get().http_max_connections);
     listener.max_per_address = usize::from(config::get().http_max_per_address);
     listener.budget = Some(&daxbox_budget::HTTP);
     listener.connection_bytes = daxbox_netstack::http::CONNECTION_BYTES;
-    if let Err(error) = stack.add_listener(Listener::new(listener, http).boxed()) {
+    // `allow=` lines about HTTP that could not be used: fail closed, no
+    // listener at all.
+    if let Some(why) = config::get()
+        .allow
+        .failure(daxbox_bootconfig::Protocol::Http)
+    {
+        println!("net: http not served (failing closed): {}", why);
+    } else if let Err(error) = stack.add_listener(Listener::new(listener, http).boxed()) {
         println!("net: {}", error);
     }
     let irq = match function.interrupt_line {

@@ -80,6 +80,29 @@ pub fn init() {
     for line in storage.read_only_report() {
         crate::println!("storage: {}", line);
     }
+    storage.access_mut().set_rules(config.allow.clone());
+    for line in storage.access().report() {
+        if line.starts_with("allow:") {
+            crate::println!("{}", line);
+        }
+    }
+}
+
+/// The HTTP server's gate: the allow-list's answer for the client address
+/// (any HTTP rule for it), a refusal counted like NBD's.
+pub fn http_gate() -> daxbox_netstack::http::Gate {
+    alloc::boxed::Box::new(|peer| {
+        let mut storage = STORAGE.lock();
+        let admitted = storage
+            .access()
+            .admits(peer, daxbox_storage::allow::Protocol::Http);
+        if !admitted {
+            storage
+                .access_mut()
+                .count(peer, daxbox_storage::allow::Reason::Policy, 1);
+        }
+        admitted
+    })
 }
 
 /// Applies the boot policy to device `name`, which appeared after boot

@@ -615,7 +615,9 @@ pub fn mkfs<M: PersistentMemory, E: Environment<M>>(
     attach(storage, env, device, true, out)
 }
 
-/// `nbd`: exports (read-only ones marked) and connections with counters.
+/// `nbd`: exports (read-only ones marked), the allow-list's state and its
+/// refusals by reason and client address ([`crate::allow::Access::report`]),
+/// and connections with counters.
 ///
 /// Each connection: `#ID ADDRESS:PORT up AGE s, EXPORT: ...counters`, the
 /// age from `now_ms` (the service's clock).
@@ -644,6 +646,9 @@ pub fn nbd<M: PersistentMemory>(
         );
     }
     for line in storage.read_only_report() {
+        say!(out, "{}", line);
+    }
+    for line in storage.access().report() {
         say!(out, "{}", line);
     }
     let connections = storage.connections();
@@ -994,7 +999,7 @@ mod tests {
         assert_eq!(
             f.ok("nbd"),
             "NBD on port 10809: 4 export(s)\n  export disk\n  export ro (read-only)\n  \
-             export pmem1:disk\n  export pmem2 (read-only)\n0 connection(s)\n"
+             export pmem1:disk\n  export pmem2 (read-only)\nallow: no rules; every export is open to every client\n0 connection(s)\n"
         );
         assert_eq!(f.run("nbd x").unwrap_err(), "usage: nbd");
     }
@@ -1052,7 +1057,7 @@ mod tests {
         assert_eq!(
             shell.out,
             "created x (4096 bytes)\n          4096  x\n1 file(s)\n\
-             NBD on port 10809: 2 export(s)\n  export x\n  export pmem2\n0 connection(s)\n"
+             NBD on port 10809: 2 export(s)\n  export x\n  export pmem2\nallow: no rules; every export is open to every client\n0 connection(s)\n"
         );
     }
 }

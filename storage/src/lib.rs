@@ -31,6 +31,7 @@
 
 extern crate alloc;
 
+pub mod allow;
 pub mod boot;
 pub mod commands;
 pub mod devices;
@@ -135,6 +136,8 @@ pub struct Storage<M: PersistentMemory> {
     pub volumes: Vec<Volume<M>>,
     /// The `readonly=` rules and the files they cover ([`readonly`]).
     read_only: ReadOnlyPolicy,
+    /// The `allow=` rules and the refusals counted ([`allow`]).
+    access: allow::Access,
     /// Open NBD connections.
     connections: Vec<ConnectionStatus>,
     /// Connections `umount --force` or `truncate --force` cut: the NBD
@@ -216,6 +219,7 @@ impl<M: PersistentMemory> Storage<M> {
         Self {
             volumes: Vec::new(),
             read_only: ReadOnlyPolicy::new(),
+            access: allow::Access::new(),
             connections: Vec::new(),
             disconnecting: Vec::new(),
             mount_budget: &daxbox_budget::MOUNT,
@@ -227,6 +231,16 @@ impl<M: PersistentMemory> Storage<M> {
     /// recovery events.
     pub fn metrics(&self) -> &metrics::StorageMetrics {
         &self.metrics
+    }
+
+    /// The allow-list and its refusal counts ([`allow`]).
+    pub fn access(&self) -> &allow::Access {
+        &self.access
+    }
+
+    /// The allow-list, to set its rules or count a refusal.
+    pub fn access_mut(&mut self) -> &mut allow::Access {
+        &mut self.access
     }
 
     /// Sets the budget that mounts charge (tests use their own).

@@ -62,6 +62,7 @@
 mod error;
 mod machine;
 pub mod nbd_client;
+pub mod netns;
 mod options;
 mod paths;
 mod qmp;

@@ -508,6 +508,11 @@ fn bootconfig_seeds() -> Vec<Seed> {
              readonly=disk # comment\nlog=debug\ndebug_commands=off\n",
         ),
         ("dhcp", "ip=dhcp\r\npmem=0x4000000@256M\npmem=1G@4G\n\n   \n"),
+        (
+            "allow",
+            "allow=198.18.0.11 * ro nbd\nallow=10.0.0.0/8,192.168.1.0/24 \"pmem1:a b\" rw http\n\
+             allow=0.0.0.0/0 pmem2: # all\nallow=10.0.0.1/8 x\nAllow=::1 *\nallow=1.2.3.4 \"open\n",
+        ),
         ("bad", "pmem=0@1G\nip=300.1.1.1/40\nnbd_port=0\nunknown=1\nformat\n=x\nlog=loud\nhttp_bench=maybe\n\0\0"),
     ]
     .iter()

@@ -38,6 +38,7 @@
 //! | `http_max_per_address` | 1-1024 | `16` | HTTP connections served at once from one client address. Same refusal. |
 //! | `export_raw` | `pmemN` | none | Export that device raw over NBD instead of mounting daxfs on it. Repeatable. |
 //! | `readonly` | `NAME` \| `pmemN:NAME` \| `pmemN:` \| `pmemN` \| `*` | none | Exports NBD clients may not write (EPERM): a file, every file of a device, a raw device, everything ([`readonly`] has the grammar, quoting included). Repeatable (at most [`MAX_NAMES`]). A value that cannot be used fails closed: every export (or every export of the device it names) read-only, with a warning that says why. |
+//! | `allow` | `CLIENTS EXPORTS [rw\|ro] [nbd\|http\|both]` | none (every client may use every export) | Which client addresses (IPv4, comma-separated `A.B.C.D[/N]`) may use which exports (`NAME`, `pmemN:NAME`, `pmemN:`, `pmemN`, `*`, as `readonly`) over which protocol, read-write or read-only ([`allow`] has the grammar). Repeatable (at most [`allow::MAX_RULES`]); the first rule that matches decides, no match denies. A line that cannot be used fails closed: the protocol it names (both when it names none) is not served at all. |
 //! | `log` | `error` \| `warn` \| `info` \| `debug` \| `trace` | `info` | Console log level. |
 //! | `debug_commands` | `on` \| `off` | `off` | Enable shell commands meant for tests only (`debug panic`, `debug fault`: deliberate crashes). |
 //!
@@ -50,14 +51,19 @@
 //! too long, not UTF-8 or with a NUL byte, or a key spelled `ReadOnly` or
 //! `read_only`) becomes a rule that makes every export read-only (or every
 //! export of the device it names), carrying the reason
-//! ([`ReadOnlyRule::failed`]).
+//! ([`ReadOnlyRule::failed`]). An `allow` line that cannot be used (also
+//! one dropped as unreadable, a misspelt `Allow=`, or a rule beyond
+//! [`allow::MAX_RULES`]) shuts the protocol it names, or both
+//! ([`AllowList::failed`]): the kernel opens no listener for it.
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 
 extern crate alloc;
 
+pub mod allow;
 pub mod readonly;
 
+pub use allow::{AllowList, AllowRule, Cidr, Mode as AllowMode, Protocol};
 pub use readonly::{ReadOnlyRule, ReadOnlyTarget, MAX_FILE_NAME};
 
 use alloc::string::{String, ToString};
@@ -175,6 +181,8 @@ pub struct BootConfig {
     /// `readonly=` rules in file order, including the ones standing in
     /// for lines that could not be used (failing closed).
     pub readonly: Vec<ReadOnlyRule>,
+    /// `allow=` rules, and the lines that could not be used ([`allow`]).
+    pub allow: AllowList,
     /// `log=`.
     pub log: LogLevel,
     /// `debug_commands=`.
@@ -198,6 +206,7 @@ impl Default for BootConfig {
             http_max_per_address: DEFAULT_HTTP_MAX_PER_ADDRESS,
             export_raw: Vec::new(),
             readonly: Vec::new(),
+            allow: AllowList::default(),
             log: LogLevel::Info,
             debug_commands: false,
         }
@@ -417,6 +426,9 @@ impl Parser {
             if readonly::mentions_readonly(raw) {
                 return self.readonly_failed(number, what);
             }
+            if allow::mentions_allow(raw) {
+                return self.allow_failed(number, allow::Protocols::BOTH, what);
+            }
             return self.warnings.push(number, kind);
         }
         let Ok(text) = core::str::from_utf8(raw) else {
@@ -431,6 +443,9 @@ impl Parser {
             if key.trim() == "readonly" {
                 return self.readonly_line(number, rest);
             }
+            if key.trim() == "allow" {
+                return self.allow_line(number, rest);
+            }
         }
         // A trailing comment needs whitespace before the '#', so values
         // can never contain " #" but keys and values never need to.
@@ -442,6 +457,10 @@ impl Parser {
             if readonly::mentions_readonly(text.as_bytes()) {
                 let what = alloc::format!("'{}' has no '='", printable(text));
                 return self.readonly_failed(number, what);
+            }
+            if allow::mentions_allow(text.as_bytes()) {
+                let what = alloc::format!("'{}' has no '='", printable(text));
+                return self.allow_failed(number, allow::Protocols::BOTH, what);
             }
             self.warnings.push(
                 number,
@@ -672,6 +691,10 @@ impl Parser {
                 let what = alloc::format!("unknown key '{}' (the key is readonly)", printable(key));
                 self.readonly_failed(line, what)
             }
+            _ if allow::mentions_allow(key.as_bytes()) => {
+                let what = alloc::format!("unknown key '{}' (the key is allow)", printable(key));
+                self.allow_failed(line, allow::Protocols::BOTH, what)
+            }
             _ => self.warnings.push(
                 line,
                 WarningKind::UnknownKey {
@@ -727,6 +750,51 @@ impl Parser {
         );
         let reason = alloc::format!("bootconfig line {line}: {what}");
         self.push_readonly(line, ReadOnlyRule::fail_all(reason));
+    }
+
+    /// An `allow=` line; `rest` is everything after the `=`.
+    fn allow_line(&mut self, line: usize, rest: &str) {
+        if self.config.allow.rules.len() >= allow::MAX_RULES {
+            let what = alloc::format!("more than {} allow rules", allow::MAX_RULES);
+            if !self
+                .config
+                .allow
+                .failed
+                .iter()
+                .any(|(_, w)| w.ends_with(&what))
+            {
+                self.allow_failed(line, allow::Protocols::BOTH, what);
+            }
+            return;
+        }
+        match AllowRule::parse(rest, line) {
+            Ok(rule) => self.config.allow.rules.push(rule),
+            Err(error) => {
+                let what = alloc::format!("allow: {}", error.reason);
+                self.allow_failed(line, error.protocols, what);
+            }
+        }
+    }
+
+    /// An `allow` line that cannot be used (`what`): the protocols it was
+    /// for are not served.
+    fn allow_failed(&mut self, line: usize, protocols: allow::Protocols, what: String) {
+        let applied = match (protocols.nbd, protocols.http) {
+            (true, false) => "nbd not served",
+            (false, true) => "http not served",
+            _ => "nbd and http not served",
+        };
+        let reason = what.strip_prefix("allow: ").unwrap_or(&what).to_string();
+        self.warnings.push(
+            line,
+            WarningKind::FailedClosed {
+                key: "allow",
+                reason,
+                applied,
+            },
+        );
+        let why = alloc::format!("bootconfig line {line}: {what}");
+        self.config.allow.failed.push((protocols, why));
     }
 
     /// Adds a rule; beyond [`MAX_NAMES`] rules, one more that makes every

@@ -7,6 +7,7 @@
 //! one module or test with `cargo xtask test --filter NAME` (e.g.
 //! `--filter nbd::`).
 
+mod allow;
 mod boot;
 mod daxfs;
 mod flood;

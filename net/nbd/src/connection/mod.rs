@@ -265,11 +265,19 @@ impl Connection {
     /// [`step`](Self::step) in each turn of its event loop (and not sleep)
     /// until this is false.
     pub fn has_work(&self) -> bool {
-        !self.closed && self.job.is_some()
+        !self.closed && (self.job.is_some() || self.listing_can_go_on())
+    }
+
+    /// An export listing is in progress and its replies are not waiting
+    /// for the client to read: the next pages are made by `step`.
+    fn listing_can_go_on(&self) -> bool {
+        self.listing.is_some() && self.queued_bytes < self.config.max_queued_bytes
     }
 
     /// Does one bounded piece of the long request in progress (TRIM or
-    /// WRITE_ZEROES: at most [`ServerConfig::step_bytes`] of it); returns
+    /// WRITE_ZEROES: at most [`ServerConfig::step_bytes`] of it; or the
+    /// next pages of an export listing, at most 16 pages of 64 names
+    /// examined); returns
     /// true when it did any work. When the last piece is done the reply is
     /// queued for [`produce`](Self::produce) and input is read again: call
     /// `receive` afterwards if input is pending.
@@ -277,6 +285,11 @@ impl Connection {
         if self.closed {
             self.job = None;
             return false;
+        }
+        if self.job.is_none() && self.listing_can_go_on() {
+            // A listing whose pages the backend filtered: the next pages.
+            self.continue_listing(backend);
+            return true;
         }
         let (Some(mut job), Some(tx)) = (self.job.take(), self.tx.as_ref()) else {
             return false;

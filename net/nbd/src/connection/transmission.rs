@@ -149,6 +149,9 @@ impl Connection {
             0
         };
         if let Err((errno, message)) = self.validate(&request, tx) {
+            if errno == wire::EPERM {
+                self.stats.read_only_writes = self.stats.read_only_writes.saturating_add(1);
+            }
             self.reply_error(&request, errno, message);
             if payload > 0 {
                 self.state = InState::Discard { remaining: payload };
@@ -245,7 +248,11 @@ impl Connection {
                 let message = match e {
                     BackendError::Io => "input/output error",
                     BackendError::NoSpace => "no space left on device",
-                    BackendError::ReadOnly => "export is read-only",
+                    BackendError::ReadOnly => {
+                        self.stats.read_only_writes = self.stats.read_only_writes.saturating_add(1);
+                        "export is read-only"
+                    }
+                    BackendError::Denied => "access denied by the server's allow-list",
                     BackendError::NotSupported => "operation not supported",
                     BackendError::Invalid | BackendError::NoSuchExport => "invalid request",
                 };
