@@ -118,6 +118,8 @@ pub struct Snapshot {
     pub net: NetInfo,
     /// Memory budgets.
     pub budgets: Vec<BudgetStats>,
+    /// Allow-list refusals by reason and client address.
+    pub access: crate::allow::AccessStats,
 }
 
 impl Snapshot {
@@ -167,6 +169,7 @@ impl Snapshot {
             connections,
             connection_count: all.len(),
             recovery: storage.metrics().recovery,
+            access: storage.access().stats().clone(),
             budgets: [
                 &daxbox_budget::MOUNT,
                 &daxbox_budget::NBD,

@@ -227,6 +227,31 @@ pub fn render(s: &Snapshot) -> String {
         }
     }
     o.family(
+        "daxbox_access_refusals_total",
+        "counter",
+        "Requests the allow-list refused, by reason (policy: not allowed; read_only_write: a write on a read-only grant) and client address (the first 64 refused addresses; later ones as other).",
+    );
+    let mut refusals = |client: &str, counts: &crate::allow::Counts| {
+        for (reason, value) in [
+            ("policy", counts.policy),
+            ("read_only_write", counts.read_only_write),
+        ] {
+            o.sample(
+                "daxbox_access_refusals_total",
+                &[("client", client), ("reason", reason)],
+                value,
+            );
+        }
+    };
+    for (address, counts) in &s.access.by_address {
+        let client = match address {
+            Some(address) => alloc::format!("{address}"),
+            None => String::from("unknown"),
+        };
+        refusals(&client, counts);
+    }
+    refusals("other", &s.access.other);
+    o.family(
         "daxbox_tcp_connections_timed_out_total",
         "counter",
         "Connections ended by a deadline, by service.",

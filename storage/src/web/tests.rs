@@ -31,6 +31,14 @@ fn snapshot() -> Snapshot {
     s.uptime_ms = 61_500;
     s.http.by_class = [0, 5, 0, 2, 1];
     s.listeners = vec![("nbd", ListenerStats::default())];
+    s.access.by_address = vec![(
+        Some("198.18.0.12".parse().unwrap()),
+        crate::allow::Counts {
+            policy: 3,
+            read_only_write: 1,
+        },
+    )];
+    s.access.other.policy = 7;
     s
 }
 
@@ -66,6 +74,14 @@ fn metrics_text_follows_the_exposition_format() {
     }
     assert!(text.contains("daxbox_build_info{version=\"1.2.3\"} 1\n"));
     assert!(text.contains("daxbox_uptime_seconds 61.5\n"));
+    // Allow-list refusals by client address and reason.
+    for line in [
+        "daxbox_access_refusals_total{client=\"198.18.0.12\",reason=\"policy\"} 3\n",
+        "daxbox_access_refusals_total{client=\"198.18.0.12\",reason=\"read_only_write\"} 1\n",
+        "daxbox_access_refusals_total{client=\"other\",reason=\"policy\"} 7\n",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
     assert!(text.contains("daxbox_nbd_requests_total{export=\"disk1\",op=\"write\"} 2\n"));
     assert!(text.contains("daxbox_nbd_errors_total{export=\"disk1\",op=\"read\"} 1\n"));
     assert!(text.contains("daxbox_nbd_bytes_total{export=\"disk1\",op=\"read\"} 65536\n"));
