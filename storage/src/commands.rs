@@ -100,8 +100,8 @@ mod entry {
         "ls", ls, "[DEVICE] [AFTER]", "list files (sorted; from after AFTER)";
         "stat", stat, "NAME", "size, allocation and extents of a file";
         "create", create, "NAME SIZE", "create a sparse file of SIZE bytes (K/M/G suffixes)";
-        "rm", rm, "NAME [--force]", "remove a file (refused while NBD clients have it open; --force disconnects them)";
-        "mv", mv, "FROM TO [--force]", "rename a file atomically (replaces TO; refused while NBD clients have TO open)";
+        "rm", rm, "NAME [--force]", "remove a file (NBD clients that have it open keep it until they close; --force disconnects them first)";
+        "mv", mv, "FROM TO [--force]", "rename a file atomically (replaces TO; clients of TO keep it until they close; --force disconnects them)";
         "clone", clone, "SRC DST", "copy-on-write clone of a file";
         "truncate", truncate, "NAME SIZE [--force]", "grow or shrink a file (shrinking an open export needs --force, which disconnects its clients)";
         "write", write, "NAME OFFSET TEXT", "write TEXT into a file at OFFSET (durable on return)";
@@ -281,18 +281,14 @@ pub fn rm<M: PersistentMemory, E: Environment<M>>(
     let found = storage.lookup(name).map_err(explain(env))?;
     let (_, bare) = storage.split_qualified(name).map_err(explain(env))?;
     let device = storage.volumes[found.volume].device.clone();
-    let retry = alloc::format!("rm {} --force", name);
-    lifecycle::before_remove(
-        storage,
-        (&device, found.file),
-        name,
-        "removing",
-        (!force).then_some(retry.as_str()),
-        out,
-    )?;
+    let note = lifecycle::before_remove(storage, (&device, found.file), force, out);
     let fs = storage.filesystem(found.volume).ok_or("not a filesystem")?;
     fs.unlink(bare).map_err(|e| e.to_string())?;
-    say!(out, "removed {}", bare);
+    if note.is_empty() {
+        say!(out, "removed {}", bare);
+    } else {
+        say!(out, "removed {} ({})", bare, note);
+    }
     Ok(())
 }
 
@@ -314,32 +310,25 @@ pub fn mv<M: PersistentMemory, E: Environment<M>>(
     if to_volume.is_some_and(|v| v != found.volume) {
         return Err("cannot move a file to another device".into());
     }
-    // A file replaced by the rename goes away: not under its clients.
+    // A file replaced by the rename stays for the clients that have it
+    // open (daxfs orphan); `--force` cuts them first.
     let device = storage.volumes[found.volume].device.clone();
     let fs = storage.filesystem(found.volume).ok_or("not a filesystem")?;
+    let mut note = String::new();
     if let Ok(replaced) = fs.lookup(to_bare) {
         if from_bare != to_bare {
-            let retry = alloc::format!("mv {} {} --force", from, to);
-            lifecycle::before_remove(
-                storage,
-                (&device, replaced),
-                to,
-                "replacing",
-                (!force).then_some(retry.as_str()),
-                out,
-            )?;
+            note = lifecycle::before_remove(storage, (&device, replaced), force, out);
         }
     }
     let fs = storage.filesystem(found.volume).ok_or("not a filesystem")?;
     let replaces = fs.lookup(to_bare).is_ok() && from_bare != to_bare;
     fs.rename(from_bare, to_bare).map_err(|e| e.to_string())?;
-    say!(
-        out,
-        "renamed {} to {}{}",
-        from_bare,
-        to_bare,
-        if replaces { " (replaced it)" } else { "" }
-    );
+    let replaced = match (replaces, note.is_empty()) {
+        (false, _) => String::new(),
+        (true, true) => String::from(" (replaced it)"),
+        (true, false) => alloc::format!(" (replaced it; {})", note),
+    };
+    say!(out, "renamed {} to {}{}", from_bare, to_bare, replaced);
     Ok(())
 }
 

@@ -122,6 +122,11 @@ pub struct ConnectionStatus {
     pub device: Option<String>,
     /// The file in use, when the export is a file.
     pub file: Option<FileId>,
+    /// The connection holds `file` open in its filesystem (daxfs `open`),
+    /// so that removing the file's name leaves it to the connection until
+    /// it closes (FORMAT.md "Orphans"). Cleared by `umount`, whose
+    /// filesystem takes its holds with it.
+    pub held: bool,
     /// Export name, or `(handshake)`.
     pub export: String,
     /// The engine's counters.

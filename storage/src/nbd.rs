@@ -256,11 +256,35 @@ impl NbdConnection {
                 opened_ms: self.opened_ms,
                 device: device.map(daxbox_syntax::device_name),
                 file,
+                held: false,
                 export: name.to_string(),
                 stats,
             }),
         }
+        // A connection bound to a file holds it open from then until it
+        // closes (`NbdService::closed`): an `rm` or `mv` over it leaves
+        // the file to the connection (daxfs orphans).
+        if let (Some(device), Some(file)) = (device, file) {
+            hold_once(storage, self.id, device, file);
+        }
     }
+}
+
+/// Takes connection `id`'s hold on `file` of device number `device`, once.
+fn hold_once<M: PersistentMemory>(storage: &mut Storage<M>, id: u64, device: u16, file: FileId) {
+    let Some(entry) = storage.connections.iter().position(|c| c.id == id) else {
+        return;
+    };
+    if storage.connections[entry].held {
+        return;
+    }
+    let Some(volume) = volume_of_number(storage, device) else {
+        return;
+    };
+    let opened = storage
+        .filesystem(volume)
+        .is_some_and(|fs| fs.open(file).is_ok());
+    storage.connections[entry].held = opened;
 }
 
 /// The engine policy the boot config asks for: the default limits, with
@@ -422,6 +446,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
             self.server.retire(&conn.engine);
         }
         self.shared.with(|storage| {
+            crate::lifecycle::release_hold(storage, conn.id);
             storage.connections.retain(|c| c.id != conn.id);
             storage.disconnecting.retain(|&id| id != conn.id);
         });
@@ -628,6 +653,13 @@ impl<'a, M: PersistentMemory> StorageBackend<'a, M> {
                 let Ok(stat) = fs.stat(file) else {
                     return Decision::Deny;
                 };
+                if stat.name.is_empty() {
+                    // Removed while this connection holds it (an orphan):
+                    // no rule can name it and nobody new can open it, so
+                    // the grant given at GO stands (a read-only grant is
+                    // enforced by the engine from the flags it sent).
+                    return Decision::ReadWrite;
+                }
                 let bare_opens = volumes.iter().enumerate().find_map(|(i, v)| match &v.role {
                     Role::Filesystem(fs) => fs.lookup(&stat.name).ok().map(|f| (i, f)),
                     Role::Raw(_) => None,
@@ -1456,7 +1488,7 @@ mod tests {
             assert_eq!(
                 probe,
                 daxfs::Probe::Daxfs {
-                    version: 1,
+                    version: daxfs::format::FORMAT_VERSION,
                     clean: true
                 }
             );
@@ -1529,36 +1561,87 @@ mod tests {
         );
     }
 
+    /// The free bytes `df` shows for pmem0.
+    fn free_on_pmem0(cell: &Cell) -> u64 {
+        let mut fixture = cell.0.borrow_mut();
+        let fs = fixture.storage.filesystem(0).unwrap();
+        let s = fs.statfs();
+        s.free_blocks * s.block_size
+    }
+
     #[test]
-    fn removing_or_replacing_an_open_file_is_refused_and_force_disconnects_first() {
+    fn an_open_file_removed_or_replaced_stays_for_its_clients_until_they_close() {
+        let cell = Cell(RefCell::new(exports()));
+        let mut service = NbdService::new(&cell);
+        let free_before = free_on_pmem0(&cell);
+        let mut client = connect_to(&mut service, "disk", "127.0.0.1:42000");
+        // 1 MiB of 0x6b at 2 MiB.
+        assert_eq!(
+            simple_request(&mut service, &mut client, 1, 2 * MIB, MIB as u32).0,
+            0
+        );
+        let free_written = free_on_pmem0(&cell);
+        assert!(free_written < free_before);
+        assert_eq!(
+            run(&cell, "rm disk").unwrap(),
+            "removed disk (still open by 1 NBD connection: #1 127.0.0.1:42000 (disk); its space \
+             returns when it closes)\n"
+        );
+        // The name is free at once; the client carries on with its file.
+        assert!(run(&cell, "stat disk").is_err());
+        run(&cell, "create disk 4K").unwrap();
+        assert_eq!(simple_request(&mut service, &mut client, 1, 0, 4096).0, 0);
+        let (error, data) = simple_request(&mut service, &mut client, 0, 2 * MIB, 4096);
+        assert_eq!(error, 0);
+        assert_eq!(data, vec![0x6b; 4096]);
+        assert!(run(&cell, "fsck").unwrap().contains("clean"));
+        assert!(run(&cell, "stat disk")
+            .unwrap()
+            .contains("size:       4096 "));
+        // The space comes back when the client goes.
+        assert!(free_on_pmem0(&cell) < free_before);
+        service.closed(client);
+        assert_eq!(free_on_pmem0(&cell), free_before);
+        assert!(run(&cell, "fsck").unwrap().contains("clean"));
+
+        // mv over an open file: replaced at once, the client keeps it.
+        let mut other = connect_to(&mut service, "same", "127.0.0.1:42001");
+        assert_eq!(simple_request(&mut service, &mut other, 1, 0, 4096).0, 0);
+        assert_eq!(
+            run(&cell, "mv disk same").unwrap(),
+            "renamed disk to same (replaced it; still open by 1 NBD connection: #2 \
+             127.0.0.1:42001 (same); its space returns when it closes)\n"
+        );
+        let (error, data) = simple_request(&mut service, &mut other, 0, 0, 4096);
+        assert_eq!(error, 0);
+        assert_eq!(data, vec![0x6b; 4096]);
+        service.closed(other);
+        assert!(run(&cell, "fsck").unwrap().contains("clean"));
+
+        // --force still disconnects first, for the space now.
+        let client = connect_to(&mut service, "same", "127.0.0.1:42002");
+        assert_eq!(
+            run(&cell, "rm same --force").unwrap(),
+            "disconnected #3 127.0.0.1:42002 (same)\nremoved same\n"
+        );
+        assert_eq!(service.deadline(&client), Some(0));
+        service.closed(client);
+        assert!(run(&cell, "stat pmem0:same").is_err());
+        assert!(run(&cell, "fsck").unwrap().contains("clean"));
+    }
+
+    #[test]
+    fn renaming_an_open_file_keeps_its_clients_on_it() {
         let cell = Cell(RefCell::new(exports()));
         let mut service = NbdService::new(&cell);
         let mut client = connect_to(&mut service, "disk", "127.0.0.1:42000");
-        assert_eq!(simple_request(&mut service, &mut client, 1, 0, 4096).0, 0);
-        assert_eq!(
-            run(&cell, "rm disk").unwrap_err(),
-            "disk is open on 1 NBD connection(s): #1 127.0.0.1:42000 (disk); removing it under \
-             them is refused (`rm disk --force` disconnects them first)"
-        );
-        assert_eq!(
-            run(&cell, "mv same disk").unwrap_err(),
-            "disk is open on 1 NBD connection(s): #1 127.0.0.1:42000 (disk); replacing it under \
-             them is refused (`mv same disk --force` disconnects them first)"
-        );
-        // Renaming the open file itself is fine: the connection follows
-        // the file, not the name.
         assert_eq!(
             run(&cell, "mv disk moved").unwrap(),
             "renamed disk to moved\n"
         );
         assert_eq!(simple_request(&mut service, &mut client, 0, 0, 16).0, 0);
-        assert_eq!(
-            run(&cell, "rm moved --force").unwrap(),
-            "disconnected #1 127.0.0.1:42000 (disk)\nremoved moved\n"
-        );
-        assert_eq!(service.deadline(&client), Some(0));
         service.closed(client);
-        assert!(run(&cell, "stat moved").is_err());
+        assert!(run(&cell, "stat moved").is_ok());
     }
 
     #[test]
@@ -1629,6 +1712,8 @@ mod tests {
         let mut small = Fixture::with_devices(&[8 * MIB], &[]);
         small.ok("create disk 1M");
         small.ok("write disk 0 kept");
+        small.ok("create gone 1M");
+        small.ok("write gone 0 orphan");
         small.storage.shutdown();
         let mut image = small.env.image("pmem0");
         image.resize((16 * MIB) as usize, 0);
@@ -1637,7 +1722,15 @@ mod tests {
         let before = run(&cell, "df").unwrap();
         let mut service = NbdService::new(&cell);
         let mut client = connect_to(&mut service, "disk", "127.0.0.1:42000");
+        // A removed file a client still has open survives the remount.
+        let mut orphan = connect_to(&mut service, "gone", "127.0.0.1:42001");
+        assert!(run(&cell, "rm gone").unwrap().contains("still open by 1"));
         let out = run(&cell, "grow pmem0").unwrap();
+        assert_eq!(
+            simple_request(&mut service, &mut orphan, 0, 0, 6).1,
+            b"orphan"
+        );
+        service.closed(orphan);
         assert!(out.starts_with("pmem0: grown by 8 MiB to "), "{out}");
         let after = run(&cell, "df").unwrap();
         assert_ne!(before, after);
@@ -1961,16 +2054,22 @@ mod tests {
         let (mut both, reply) = go_from(&mut service, a, "ro");
         assert_eq!(reply, ACK);
         assert_eq!(write_errno(&mut service, &mut both, 4), EPERM);
+        // A file removed under its client keeps the grant the client got
+        // at GO (an orphan has no name a rule could match, and nobody new
+        // can open it): writes go on, read-only stays read-only.
+        run(&cell, "rm disk").unwrap();
+        assert_eq!(write_errno(&mut service, &mut rw, 5), 0);
+        assert_eq!(write_errno(&mut service, &mut ro, 6), EPERM);
         // Refusals by reason and address, shown by `nbd`.
         let stats = cell.0.borrow().storage.access().stats().clone();
-        assert_eq!((stats.total.policy, stats.total.read_only_write), (6, 3));
+        assert_eq!((stats.total.policy, stats.total.read_only_write), (6, 4));
         let mut out = String::new();
         commands::nbd(&mut cell.0.borrow_mut().storage, 0, &[], 10809, &mut out).unwrap();
         assert!(
             out.contains(
-                "refused: 6 by policy, 3 read-only writes\n  198.18.0.10: 2 policy, 1 read-only \
+                "refused: 6 by policy, 4 read-only writes\n  198.18.0.10: 2 policy, 1 read-only \
                  write\n  198.18.0.12: 3 policy, 0 read-only write\n  fe80::1: 1 policy, 0 \
-                 read-only write\n  198.18.0.11: 0 policy, 2 read-only write\n"
+                 read-only write\n  198.18.0.11: 0 policy, 3 read-only write\n"
             ),
             "{out}"
         );

@@ -22,3 +22,4 @@ mod nbd;
 mod net;
 mod pmem;
 mod shell;
+mod unlink;
