@@ -276,6 +276,15 @@ pub fn attach<M: PersistentMemory, E: Environment<M>>(
             let recovery = &mut storage.metrics.recovery;
             recovery.journal_replays += u64::from(recovered.journal_replayed);
             recovery.superblock_repairs += u64::from(recovered.superblock_repaired);
+            recovery.orphans_reclaimed += recovered.orphans_reclaimed;
+            if recovered.orphans_reclaimed > 0 {
+                let _ = writeln!(
+                    out,
+                    "storage: {}: reclaimed the space of {} file(s) removed while open \
+                     (their clients were gone: the appliance stopped before they closed)",
+                    name, recovered.orphans_reclaimed
+                );
+            }
             let statfs = fs.statfs();
             let _ = writeln!(
                 out,

@@ -76,6 +76,9 @@ pub struct RecoveryCounts {
     pub journal_replays: u64,
     /// Mounts that rewrote a damaged superblock copy.
     pub superblock_repairs: u64,
+    /// Files removed while open that a mount reclaimed (their clients were
+    /// gone by a crash or power cut).
+    pub orphans_reclaimed: u64,
     /// Filesystems checked by `fsck`.
     pub fsck_runs: u64,
     /// Problems those checks found.
@@ -100,6 +103,7 @@ impl StorageMetrics {
                 unclean_mounts: 0,
                 journal_replays: 0,
                 superblock_repairs: 0,
+                orphans_reclaimed: 0,
                 fsck_runs: 0,
                 fsck_problems: 0,
             },

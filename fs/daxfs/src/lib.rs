@@ -168,6 +168,9 @@ pub struct Recovered {
     pub journal_replayed: bool,
     /// A damaged superblock copy was rewritten from the good one.
     pub superblock_repaired: bool,
+    /// Files removed while open whose space the mount gave back (their
+    /// holders were gone: a crash or power cut before the last close).
+    pub orphans_reclaimed: u64,
 }
 
 /// Region offset of a block.

@@ -392,6 +392,7 @@ impl<M: PersistentMemory> Filesystem<M> {
             recovered: crate::Recovered {
                 journal_replayed: journal.committed,
                 superblock_repaired: !primary_ok || !backup_ok,
+                orphans_reclaimed: 0,
             },
         };
         for &(id, count) in holds {
@@ -412,6 +413,7 @@ impl<M: PersistentMemory> Filesystem<M> {
             .collect();
         for slot in orphans {
             fs.free_orphan(slot)?;
+            fs.recovered.orphans_reclaimed += 1;
         }
         fs.settle();
         Ok(fs)

@@ -142,6 +142,7 @@ fn mount_reclaims_orphans_left_by_a_crash_or_an_unmount() {
         assert_eq!(report.orphans, 9);
         let fs = Filesystem::mount(mem).unwrap();
         assert_eq!(fs.statfs().orphans, 0);
+        assert_eq!(fs.recovered().orphans_reclaimed, 9);
         assert_eq!(fs.statfs().free_blocks, free_keep);
         assert!(free_keep < free0);
         for id in ids {
@@ -152,6 +153,9 @@ fn mount_reclaims_orphans_left_by_a_crash_or_an_unmount() {
         let report = Filesystem::fsck_image(&mem);
         assert!(report.is_clean(), "{report}");
         assert_eq!(report.orphans, 0);
+        // Nothing left to reclaim on the mount after.
+        let fs = Filesystem::mount(mem).unwrap();
+        assert_eq!(fs.recovered().orphans_reclaimed, 0);
     }
 }
 

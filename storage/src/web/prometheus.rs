@@ -442,6 +442,11 @@ pub fn render(s: &Snapshot) -> String {
             r.superblock_repairs,
         ),
         (
+            "daxbox_recovery_orphans_reclaimed_total",
+            "Files removed while open whose space a mount reclaimed (their clients were gone).",
+            r.orphans_reclaimed,
+        ),
+        (
             "daxbox_fsck_runs_total",
             "Filesystems checked by fsck.",
             r.fsck_runs,

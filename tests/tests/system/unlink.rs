@@ -237,6 +237,10 @@ fn a_power_cut_while_a_removed_file_is_open_is_reclaimed_at_the_next_mount(
         boot.contains("storage: pmem0 mounted daxfs"),
         "mounted after the power cut:\n{boot}"
     );
+    assert!(
+        boot.contains("storage: pmem0: reclaimed the space of 1 file(s) removed while open"),
+        "the boot log says what the mount reclaimed:\n{boot}"
+    );
     assert_eq!(
         df_line(&mut machine)?,
         empty,
