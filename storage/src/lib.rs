@@ -37,6 +37,7 @@ pub mod devices;
 pub mod lifecycle;
 pub mod nbd;
 pub mod readonly;
+pub mod s3;
 
 #[cfg(test)]
 mod testing;
@@ -140,6 +141,11 @@ pub struct Storage<M: PersistentMemory> {
     disconnecting: Vec<u64>,
     /// The budget mounts and formats charge (`daxbox_budget::MOUNT`).
     mount_budget: &'static daxbox_budget::Budget,
+    /// What the object API knows of files' contents, for ETags, by
+    /// (device number, file) ([`s3`]).
+    object_tags: alloc::collections::BTreeMap<(u8, FileId), s3::ObjectTag>,
+    /// Counts changes made other than by an S3 PUT ([`Storage::file_changed`]).
+    tag_epoch: u64,
 }
 
 impl<M: PersistentMemory> Default for Storage<M> {
@@ -215,7 +221,24 @@ impl<M: PersistentMemory> Storage<M> {
             connections: Vec::new(),
             disconnecting: Vec::new(),
             mount_budget: &daxbox_budget::MOUNT,
+            object_tags: alloc::collections::BTreeMap::new(),
+            tag_epoch: 0,
         }
+    }
+
+    /// Records an NBD connection using `file` of `device` (tests).
+    #[cfg(test)]
+    pub(crate) fn add_test_connection(&mut self, device: &str, file: FileId) {
+        let id = self.connections.len() as u64 + 1000;
+        self.connections.push(ConnectionStatus {
+            id,
+            peer: None,
+            opened_ms: 0,
+            device: Some(device.into()),
+            file: Some(file),
+            export: device.into(),
+            stats: Default::default(),
+        });
     }
 
     /// Sets the budget that mounts charge (tests use their own).
@@ -305,6 +328,10 @@ impl<M: PersistentMemory> Storage<M> {
                 continue;
             }
             if let Role::Filesystem(fs) = &candidate.role {
+                // The object API's temporary files are not for anyone else.
+                if s3::hidden(name) {
+                    continue;
+                }
                 if let Ok(file) = fs.lookup(name) {
                     return Ok(FileRef {
                         volume: index,
