@@ -28,7 +28,7 @@ mod shell;
 mod storage;
 
 use daxbox_platform::boot::Boot;
-use daxbox_platform::{acpi, gdt, interrupts, memory, power, serial};
+use daxbox_platform::{acpi, gdt, interrupts, memory, power, rtc, serial};
 pub use daxbox_platform::{print, println, time};
 
 use bootloader_api::config::{BootloaderConfig, Mapping};
@@ -123,6 +123,10 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         khz % 1000,
         interrupts::TIMER_HZ
     );
+    match rtc::init() {
+        Some(now) => println!("clock: wall time {} (CMOS RTC, taken as UTC)", now),
+        None => println!("clock: the CMOS RTC gave no plausible date; wall time unknown"),
+    }
 
     // Storage discovery: ACPI NFIT, memory map, pmem= carve-outs.
     pmem::init(&pmem::BootFacts {

@@ -45,6 +45,7 @@ pub mod mmio;
 pub mod pci;
 pub mod pmem;
 pub mod power;
+pub mod rtc;
 pub mod serial;
 pub mod time;
 pub mod virtio;
