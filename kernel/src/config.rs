@@ -99,6 +99,13 @@ pub fn show() {
     for rule in &config.readonly {
         println!("{}", rule);
     }
+    // The access key id only: `S3Key`'s Display never shows the secret.
+    for key in &config.s3_keys {
+        println!("{}", key);
+    }
+    for bucket in &config.s3_anonymous {
+        println!("s3_anonymous={}:read", bucket);
+    }
     // As the boot config spells it (`info`), not as `log` does (`INFO`).
     println!("log={}", config.log);
     println!(

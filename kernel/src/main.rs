@@ -20,6 +20,7 @@ extern crate alloc;
 
 mod command;
 mod config;
+mod http;
 mod nbd;
 mod net;
 mod pci;
@@ -137,6 +138,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     pci::init();
     net::init();
     nbd::start();
+    http::start();
     interrupts::enable();
 
     println!("daxbox: ready");

@@ -14,9 +14,8 @@ use alloc::format;
 use alloc::string::String;
 use core::sync::atomic::{AtomicU64, Ordering};
 use daxbox_bootconfig::IpConfig;
-use daxbox_netstack::http::{Bench, HttpService};
 use daxbox_netstack::smoltcp::wire::{Ipv4Address, Ipv4Cidr};
-use daxbox_netstack::{IpMode, Listener, ListenerConfig, NetConfig, NetStack, PortListener};
+use daxbox_netstack::{IpMode, NetConfig, NetStack, PortListener};
 use daxbox_pci::{capabilities, reg, Bar, Bdf, ConfigAccess, Function};
 use daxbox_platform::memory::PhysRange;
 use daxbox_platform::mmio::{self, MmioRegion};
@@ -157,22 +156,6 @@ pub fn init() {
         },
         now,
     );
-    let http_port = config::get().http_port;
-    let bench = if config::get().http_bench {
-        println!("net: http_bench=on: /bench/bytes and /bench/sink are served");
-        Bench::On
-    } else {
-        Bench::Off
-    };
-    let http = HttpService::new(env!("CARGO_PKG_VERSION"), 0, bench);
-    let mut listener = ListenerConfig::new(http_port);
-    listener.max_connections = usize::from(config::get().http_max_connections);
-    listener.max_per_address = usize::from(config::get().http_max_per_address);
-    listener.budget = Some(&daxbox_budget::HTTP);
-    listener.connection_bytes = daxbox_netstack::http::CONNECTION_BYTES;
-    if let Err(error) = stack.add_listener(Listener::new(listener, http).boxed()) {
-        println!("net: {}", error);
-    }
     let irq = match function.interrupt_line {
         line if function.interrupt_pin != 0 && line < 24 => {
             if let Some(isr) = isr.and_then(|address| register_region(address, 1)) {

@@ -158,6 +158,22 @@ pub struct S3Config {
 }
 
 impl S3Config {
+    /// The settings of the boot config.
+    pub fn from_boot(boot: &daxbox_bootconfig::BootConfig) -> Self {
+        Self {
+            keys: boot
+                .s3_keys
+                .iter()
+                .map(|k| AccessKey {
+                    id: k.id.clone(),
+                    secret: k.secret.clone(),
+                    read_only: k.read_only,
+                })
+                .collect(),
+            anonymous_read: boot.s3_anonymous.clone(),
+        }
+    }
+
     /// The boot-log line saying how the object API is set up (never a
     /// secret).
     pub fn describe(&self) -> String {
@@ -225,8 +241,9 @@ static CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
 pub struct S3Routes<M: PersistentMemory, S: SharedStorage<M>> {
     shared: S,
     config: S3Config,
-    /// Unix seconds at `now_ms` = 0 of the HTTP service's clock.
-    unix_at_zero: u64,
+    /// Unix seconds at `now_ms` = 0 of the HTTP service's clock (`None`:
+    /// no wall clock, signed requests cannot be checked and are refused).
+    unix_at_zero: Option<u64>,
     exchanges: BTreeMap<u64, Exchange>,
     /// Differs at every boot (part of the fallback ETags).
     boot_nonce: u64,
@@ -447,9 +464,11 @@ impl<M: PersistentMemory> Storage<M> {
 
 impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
     /// The object API over `shared`; `unix_at_zero` is the wall-clock
-    /// time (Unix seconds) at the HTTP service's `now_ms` = 0, and
-    /// `boot_nonce` differs at every boot.
-    pub fn new(shared: S, config: S3Config, unix_at_zero: u64, boot_nonce: u64) -> Self {
+    /// time (Unix seconds) at the HTTP service's `now_ms` = 0 (`None` when
+    /// the machine has no readable clock: every signed request is then
+    /// refused, as its time cannot be checked), and `boot_nonce` differs
+    /// at every boot.
+    pub fn new(shared: S, config: S3Config, unix_at_zero: Option<u64>, boot_nonce: u64) -> Self {
         Self {
             shared,
             config,
@@ -466,7 +485,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
     }
 
     fn now(&self, now_ms: u64) -> u64 {
-        self.unix_at_zero + now_ms / 1000
+        self.unix_at_zero.unwrap_or(0) + now_ms / 1000
     }
 
     fn etag(&self, storage: &Storage<M>, device: &str, file: FileId) -> String {
@@ -490,7 +509,8 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         storage
             .object_tag(device, file)
             .and_then(|t| t.modified)
-            .unwrap_or(self.unix_at_zero)
+            .or(self.unix_at_zero)
+            .unwrap_or(0)
     }
 
     /// Who may do what: `write` for anything that changes storage.
@@ -502,6 +522,11 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         now: u64,
     ) -> Result<Payload, S3Error> {
         let (principal, payload) = auth::authenticate(request, &self.config.keys, now)?;
+        if self.unix_at_zero.is_none() && principal != Principal::Anonymous {
+            return Err(denied(
+                "the appliance has no wall clock (the CMOS RTC could not be read): signed requests cannot be checked and are refused",
+            ));
+        }
         match principal {
             Principal::Key { read_only, .. } => {
                 if write && read_only {
@@ -580,7 +605,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
     }
 
     fn list_buckets(&mut self) -> Result<Opened, S3Error> {
-        let created = iso8601(self.unix_at_zero);
+        let created = iso8601(self.unix_at_zero.unwrap_or(0));
         let mut xml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListAllMyBucketsResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Owner><ID>daxbox</ID><DisplayName>daxbox</DisplayName></Owner><Buckets>");
         self.shared.with(|s| {
             for v in &s.volumes {

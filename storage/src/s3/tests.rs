@@ -77,7 +77,7 @@ impl Client {
 
     fn with_config(config: S3Config) -> Self {
         let fixture = Rc::new(RefCell::new(Fixture::standard()));
-        let routes = S3Routes::new(Shared(fixture.clone()), config, T0, 42);
+        let routes = S3Routes::new(Shared(fixture.clone()), config, Some(T0), 42);
         Self {
             fixture,
             service: HttpService::with_routes("test", 0, Bench::Off, routes),
