@@ -18,4 +18,5 @@ mod names;
 mod nbd;
 mod net;
 mod pmem;
+mod s3;
 mod shell;
