@@ -50,6 +50,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt::Write;
 
+use daxbox_budget::{Budget, Charge};
 use daxbox_netstack::http::{HttpRoutes, Opened, Reply, ReplyBody, Request, Response};
 use daxbox_persist::PersistentMemory;
 use daxfs::{Error as FsError, FileId, Filesystem};
@@ -228,7 +229,14 @@ enum Exchange {
         resource: String,
         body: Vec<u8>,
         content_md5: Option<[u8; 16]>,
-        too_large: bool,
+        /// The body's bytes, charged to the budget.
+        charge: Charge<'static>,
+    },
+    /// A reply body held here (charged to the budget) and pulled by the
+    /// HTTP service as the socket drains.
+    Buffer {
+        bytes: Vec<u8>,
+        _charge: Charge<'static>,
     },
     /// Answered at open: nothing to keep.
     Done,
@@ -247,6 +255,9 @@ pub struct S3Routes<M: PersistentMemory, S: SharedStorage<M>> {
     exchanges: BTreeMap<u64, Exchange>,
     /// Differs at every boot (part of the fallback ETags).
     boot_nonce: u64,
+    /// Charged with listing and DeleteObjects bodies while they are held
+    /// (`daxbox_budget::HTTP`).
+    budget: &'static Budget,
     memory: core::marker::PhantomData<fn() -> M>,
 }
 
@@ -475,8 +486,41 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
             unix_at_zero,
             exchanges: BTreeMap::new(),
             boot_nonce,
+            budget: &daxbox_budget::HTTP,
             memory: core::marker::PhantomData,
         }
+    }
+
+    /// Uses `budget` instead of `daxbox_budget::HTTP` (tests).
+    pub fn set_budget(&mut self, budget: &'static Budget) {
+        self.budget = budget;
+    }
+
+    /// A reply whose body (an XML document) is held in the exchange,
+    /// charged to the budget, and pulled from there: its memory is
+    /// accounted until the last byte is sent.
+    fn buffered(&mut self, exchange: u64, status: u16, xml: String) -> Result<Reply, S3Error> {
+        let charge = self.budget.charge(xml.len()).map_err(|_| {
+            S3Error::new(
+                503,
+                "SlowDown",
+                "the HTTP memory budget is used up; try again later",
+            )
+        })?;
+        let length = xml.len() as u64;
+        self.exchanges.insert(
+            exchange,
+            Exchange::Buffer {
+                bytes: xml.into_bytes(),
+                _charge: charge,
+            },
+        );
+        Ok(Reply {
+            status,
+            content_type: "application/xml",
+            headers: "x-amz-request-id: daxbox\r\n".into(),
+            body: ReplyBody::Pull(length),
+        })
     }
 
     /// Requests in progress (for tests and `mem`).
@@ -567,7 +611,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                 bucket_volume(s, &bucket)?;
                 Ok(Opened::Reply(Reply::bytes(200, "application/xml", Vec::new())))
             }),
-            ("GET", Some(bucket), None) => self.get_bucket(request, &bucket),
+            ("GET", Some(bucket), None) => self.get_bucket(request, &bucket, exchange),
             ("PUT", Some(bucket), None) => self.shared.with(|s| match bucket_volume(s, &bucket) {
                 Ok(_) if request.query.is_empty() => Err(S3Error::new(409, "BucketAlreadyOwnedByYou", "Your previous request to create the named bucket succeeded and you already own it.")),
                 Ok(_) => Err(S3Error::new(501, "NotImplemented", "bucket configuration is not supported")),
@@ -583,7 +627,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                     resource: request.path.to_string(),
                     body: Vec::new(),
                     content_md5,
-                    too_large: false,
+                    charge: self.budget.empty(),
                 });
                 Ok(Opened::Body)
             }
@@ -626,7 +670,12 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         )))
     }
 
-    fn get_bucket(&mut self, request: &Request<'_>, bucket: &str) -> Result<Opened, S3Error> {
+    fn get_bucket(
+        &mut self,
+        request: &Request<'_>,
+        bucket: &str,
+        exchange: u64,
+    ) -> Result<Opened, S3Error> {
         if query_value(request.query, "location").is_some() {
             self.shared.with(|s| bucket_volume(s, bucket))?;
             let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<LocationConstraint xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"/>";
@@ -783,11 +832,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
             );
         }
         xml.push_str("</ListBucketResult>");
-        Ok(Opened::Reply(Reply::bytes(
-            200,
-            "application/xml",
-            xml.into_bytes(),
-        )))
+        Ok(Opened::Reply(self.buffered(exchange, 200, xml)?))
     }
 
     fn get_object(
@@ -1081,6 +1126,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
 
     fn finish_delete_many(
         &mut self,
+        exchange: u64,
         device: &str,
         body: &[u8],
         content_md5: Option<[u8; 16]>,
@@ -1119,7 +1165,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
             }
         });
         xml.push_str("</DeleteResult>");
-        Ok(Reply::bytes(200, "application/xml", xml.into_bytes()))
+        self.buffered(exchange, 200, xml)
     }
 }
 
@@ -1495,12 +1541,27 @@ impl<M: PersistentMemory, S: SharedStorage<M>> HttpRoutes for S3Routes<M, S> {
                 resource,
                 mut body,
                 content_md5,
-                mut too_large,
+                mut charge,
             }) => {
-                if body.len() + data.len() > MAX_DELETE_BODY {
-                    too_large = true;
+                let refused = if body.len() + data.len() > MAX_DELETE_BODY {
+                    Some(S3Error::new(
+                        400,
+                        "MalformedXML",
+                        "the DeleteObjects request body is over 512 KiB",
+                    ))
+                } else if charge.grow(data.len()).is_err() {
+                    Some(S3Error::new(
+                        503,
+                        "SlowDown",
+                        "the HTTP memory budget is used up; try again later",
+                    ))
                 } else {
                     body.extend_from_slice(data);
+                    None
+                };
+                if let Some(error) = refused {
+                    self.exchanges.insert(exchange, Exchange::Done);
+                    return Err(error.reply(&resource));
                 }
                 self.exchanges.insert(
                     exchange,
@@ -1509,7 +1570,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> HttpRoutes for S3Routes<M, S> {
                         resource,
                         body,
                         content_md5,
-                        too_large,
+                        charge,
                     },
                 );
                 Ok(())
@@ -1536,18 +1597,11 @@ impl<M: PersistentMemory, S: SharedStorage<M>> HttpRoutes for S3Routes<M, S> {
                 resource,
                 body,
                 content_md5,
-                too_large,
+                charge,
             }) => {
                 self.exchanges.insert(exchange, Exchange::Done);
-                let result = if too_large {
-                    Err(S3Error::new(
-                        400,
-                        "MalformedXML",
-                        "the DeleteObjects request body is over 512 KiB",
-                    ))
-                } else {
-                    self.finish_delete_many(&device, &body, content_md5)
-                };
+                let result = self.finish_delete_many(exchange, &device, &body, content_md5);
+                drop(charge);
                 result.unwrap_or_else(|e| e.reply(&resource))
             }
             other => {
@@ -1560,6 +1614,14 @@ impl<M: PersistentMemory, S: SharedStorage<M>> HttpRoutes for S3Routes<M, S> {
     }
 
     fn read(&mut self, exchange: u64, offset: u64, out: &mut [u8]) -> usize {
+        if let Some(Exchange::Buffer { bytes, .. }) = self.exchanges.get(&exchange) {
+            let start = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
+            let n = out.len().min(bytes.len() - start);
+            out[..n].copy_from_slice(&bytes[start..start + n]);
+            return n;
+        }
         let Some(Exchange::Get {
             device,
             file,

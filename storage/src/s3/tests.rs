@@ -704,3 +704,46 @@ fn a_file_nbd_has_open_is_not_replaced() {
     assert_eq!(a.status, 409);
     assert_eq!(c.get("/pmem0/disk").body, b"old");
 }
+
+#[test]
+fn listing_replies_are_charged_to_the_budget_until_sent() {
+    static BUDGET: daxbox_budget::Budget = daxbox_budget::Budget::new("test-http", 4096);
+    let mut c = Client::new();
+    c.service.routes_mut().set_budget(&BUDGET);
+    for i in 0..40 {
+        c.put(&alloc::format!("/pmem0/a-fairly-long-key-name-{i:03}"), b"x");
+    }
+    // 40 keys of XML are well over 4 KiB: refused, nothing held.
+    let a = c.get("/pmem0?list-type=2");
+    assert_eq!((a.status, a.code().as_str()), (503, "SlowDown"));
+    assert_eq!(BUDGET.stats().used, 0);
+    // Two keys fit; held while the reply is being sent, then given back.
+    let bytes = c.build("GET", "/pmem0?list-type=2&max-keys=2", &[], b"", true);
+    let mut conn = c.service.accept(0);
+    assert_eq!(c.service.receive(&mut conn, &bytes, 0), bytes.len());
+    let mut buf = [0u8; 200];
+    let n = c.service.produce(&mut conn, &mut buf, 0);
+    assert!(n > 0);
+    assert!(BUDGET.stats().used > 0, "held while being sent");
+    let mut out = buf[..n].to_vec();
+    loop {
+        let n = c.service.produce(&mut conn, &mut buf, 0);
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(parse(&out).status, 200);
+    assert_eq!(keys_of(&parse(&out).text()).len(), 2);
+    assert_eq!(BUDGET.stats().used, 0, "given back once sent");
+    c.service.closed(conn);
+    // A DeleteObjects body over 512 KiB is refused without reading it all.
+    c.service.routes_mut().set_budget(&daxbox_budget::HTTP);
+    let mut xml = b"<Delete>".to_vec();
+    while xml.len() <= MAX_DELETE_BODY {
+        xml.extend_from_slice(b"<Object><Key>k</Key></Object>");
+    }
+    let a = c.call("POST", "/pmem0?delete", &[], &xml);
+    assert_eq!((a.status, a.code().as_str()), (400, "MalformedXML"));
+    assert_eq!(c.service.routes().exchanges(), 0);
+}

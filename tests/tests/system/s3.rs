@@ -56,13 +56,27 @@ fn boto3_and_nbd_see_the_same_bytes() -> Result<(), HarnessError> {
     let boot = machine.output().to_string();
     assert!(boot.contains("s3: 1 access key(s): AKSYSTEST"), "{boot}");
     let config = machine.command("bootconfig")?;
-    assert!(config.contains("s3_key=AKSYSTEST:<secret hidden>"), "{config}");
+    assert!(
+        config.contains("s3_key=AKSYSTEST:<secret hidden>"),
+        "{config}"
+    );
     assert!(!machine.output().contains(SECRET), "the secret was printed");
 
     // Readiness: the forwarded port accepts before the guest listens.
     let http = machine.http_port();
     let deadline = Instant::now() + scaled(Duration::from_secs(60));
-    while !run_tool("curl", &["-sf", "--max-time", "10", &format!("http://127.0.0.1:{http}/healthz")], Duration::from_secs(20)).success() {
+    while !run_tool(
+        "curl",
+        &[
+            "-sf",
+            "--max-time",
+            "10",
+            &format!("http://127.0.0.1:{http}/healthz"),
+        ],
+        Duration::from_secs(20),
+    )
+    .success()
+    {
         assert!(Instant::now() < deadline, "healthz never answered");
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -86,7 +100,10 @@ fn boto3_and_nbd_see_the_same_bytes() -> Result<(), HarnessError> {
     let nbd = machine.nbd_port();
     run_tool_ok(
         "nbdcopy",
-        &[&uri(nbd, "dir/object.bin"), back.to_str().expect("UTF-8 path")],
+        &[
+            &uri(nbd, "dir/object.bin"),
+            back.to_str().expect("UTF-8 path"),
+        ],
         scaled(Duration::from_secs(240)),
     );
     assert!(
@@ -98,9 +115,14 @@ fn boto3_and_nbd_see_the_same_bytes() -> Result<(), HarnessError> {
     // boto3; its ETag changed from the PUT-less one.
     machine.command("create disk.img 4M")?;
     let local = dir.join("nbd-in.bin");
-    let bytes: Vec<u8> = (0..4 * MIB as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    let bytes: Vec<u8> = (0..4 * MIB as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
     std::fs::write(&local, &bytes).expect("writing a local file");
-    let before = boto3(http, "print(s3.head_object(Bucket='pmem0', Key='disk.img')['ETag'])\n");
+    let before = boto3(
+        http,
+        "print(s3.head_object(Bucket='pmem0', Key='disk.img')['ETag'])\n",
+    );
     run_tool_ok(
         "nbdcopy",
         &[local.to_str().expect("UTF-8 path"), &uri(nbd, "disk.img")],
@@ -115,6 +137,10 @@ fn boto3_and_nbd_see_the_same_bytes() -> Result<(), HarnessError> {
              print(g['ETag'])\n"
         ),
     );
-    assert_ne!(out.trim(), before.trim(), "the ETag did not change after NBD wrote the file");
+    assert_ne!(
+        out.trim(),
+        before.trim(),
+        "the ETag did not change after NBD wrote the file"
+    );
     Ok(())
 }
