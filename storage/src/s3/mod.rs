@@ -42,6 +42,7 @@
 //! request is refused (`403 AccessDenied`, saying so).
 
 pub mod auth;
+pub mod chunked;
 pub mod text;
 
 use alloc::collections::BTreeMap;
@@ -58,7 +59,7 @@ use md5::{Digest as _, Md5};
 use sha2::Sha256;
 
 use crate::{Role, SharedStorage, Storage};
-use auth::{query_value, Payload};
+use auth::{query_value, ChunkSigner, Payload};
 pub use auth::{AccessKey, Principal, MAX_KEYS};
 use text::{hex, iso8601, percent_decode, unbase64, xml_escape};
 
@@ -210,7 +211,14 @@ struct Put {
     sha256: Option<(Sha256, [u8; 32])>,
     content_md5: Option<[u8; 16]>,
     crc32: Option<Checksum>,
-    /// The file the key named at the start (replaced at the end).
+    /// The crc32 value comes from the aws-chunked trailer.
+    crc_in_trailer: bool,
+    /// An aws-chunked body: its decoder and decoded length.
+    aws_chunked: Option<(chunked::AwsChunked, u64)>,
+    /// Signed chunks: the checker, the signature of the chunk being
+    /// read and its data's running SHA-256.
+    signer: Option<(ChunkSigner, Option<String>, Sha256)>,
+    /// A failure seen while reading the body.
     error: Option<S3Error>,
 }
 
@@ -964,17 +972,33 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         payload: Payload,
         exchange: u64,
     ) -> Result<Opened, S3Error> {
-        if request
+        let aws_chunked = matches!(
+            payload,
+            Payload::StreamingUnsigned | Payload::StreamingSigned(_)
+        ) || request
             .header("content-encoding")
-            .is_some_and(|e| e.split(',').any(|c| c.trim() == "aws-chunked"))
-        {
+            .is_some_and(|e| e.split(',').any(|c| c.trim() == "aws-chunked"));
+        let decoded_length = match request.header("x-amz-decoded-content-length") {
+            Some(v) if aws_chunked => Some(v.parse::<u64>().map_err(|_| {
+                S3Error::new(400, "InvalidArgument", "bad x-amz-decoded-content-length")
+            })?),
+            _ if aws_chunked => {
+                return Err(S3Error::new(
+                    411,
+                    "MissingContentLength",
+                    "an aws-chunked body needs x-amz-decoded-content-length",
+                ))
+            }
+            _ => None,
+        };
+        if decoded_length.is_some_and(|n| n > MAX_PUT) {
             return Err(S3Error::new(
-                501,
-                "NotImplemented",
-                "aws-chunked bodies are not supported yet",
+                400,
+                "EntityTooLarge",
+                "Your proposed upload exceeds the maximum allowed size (5 GiB)",
             ));
         }
-        if request.chunked {
+        if request.chunked && !aws_chunked {
             return Err(S3Error::new(
                 411,
                 "MissingContentLength",
@@ -999,11 +1023,37 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         }
         let create_only = request.header("if-none-match") == Some("*");
         let content_md5 = content_md5(request)?;
-        let sha256 = match payload {
-            Payload::Sha256(h) => Some((Sha256::new(), h)),
-            Payload::Unsigned => None,
+        let (sha256, signer) = match payload {
+            Payload::Sha256(h) => (Some((Sha256::new(), h)), None),
+            Payload::StreamingSigned(signer) => (None, Some((signer, None, Sha256::new()))),
+            Payload::Unsigned | Payload::StreamingUnsigned => (None, None),
         };
-        let crc32 = checksum_header(request)?;
+        let mut crc32 = checksum_header(request)?;
+        let mut crc_in_trailer = false;
+        if aws_chunked && crc32.is_none() {
+            match request
+                .header("x-amz-trailer")
+                .map(str::to_ascii_lowercase)
+                .as_deref()
+            {
+                None => {}
+                Some("x-amz-checksum-crc32") => {
+                    crc32 = Some((CRC32.digest(), 0, "x-amz-checksum-crc32"));
+                    crc_in_trailer = true;
+                }
+                Some("x-amz-checksum-crc32c") => {
+                    crc32 = Some((CRC32C.digest(), 0, "x-amz-checksum-crc32c"));
+                    crc_in_trailer = true;
+                }
+                Some(_) => {
+                    return Err(S3Error::new(
+                        501,
+                        "NotImplemented",
+                        "only the crc32 and crc32c trailing checksums are supported",
+                    ))
+                }
+            }
+        }
         let (temp, file) = self.shared.with(|s| -> Result<_, S3Error> {
             let volume = bucket_volume(s, bucket)?;
             if create_only && filesystem(s, volume).lookup(key).is_ok() {
@@ -1033,6 +1083,9 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                 sha256,
                 content_md5,
                 crc32,
+                crc_in_trailer,
+                aws_chunked: decoded_length.map(|n| (chunked::AwsChunked::new(), n)),
+                signer,
                 error: None,
             })),
         );
@@ -1043,6 +1096,59 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         if let Some(error) = &put.error {
             return Err(error.clone());
         }
+        let Some((mut decoder, declared)) = put.aws_chunked.take() else {
+            return self.put_data(put, data);
+        };
+        let bad = |message: &str| S3Error::new(400, "IncompleteBody", message);
+        let mut failure: Option<S3Error> = None;
+        let result = decoder.feed(data, &mut |piece| {
+            let outcome = match piece {
+                chunked::Piece::Data(bytes) => {
+                    if let Some((_, _, hash)) = &mut put.signer {
+                        hash.update(bytes);
+                    }
+                    self.put_data(put, bytes)
+                }
+                chunked::Piece::Chunk { signature, .. } => match &mut put.signer {
+                    None => Ok(()),
+                    Some((signer, pending, hash)) => {
+                        let previous = pending.take();
+                        let digest: [u8; 32] = core::mem::take(hash).finalize().into();
+                        match (previous, signature) {
+                            (Some(p), _) if !signer.check(&p, &digest) => Err(chunk_mismatch()),
+                            (_, None) => {
+                                Err(bad("a signed aws-chunked chunk has no chunk-signature"))
+                            }
+                            (_, Some(sig)) => {
+                                *pending = Some(sig);
+                                Ok(())
+                            }
+                        }
+                    }
+                },
+            };
+            if let Err(e) = outcome {
+                failure = Some(e);
+                return Err(String::new());
+            }
+            Ok(())
+        });
+        if let Err(message) = result {
+            let error = failure.unwrap_or_else(|| bad(&message));
+            put.error = Some(error.clone());
+            return Err(error);
+        }
+        if decoder.decoded() > declared {
+            let error = bad("the aws-chunked body is longer than x-amz-decoded-content-length");
+            put.error = Some(error.clone());
+            return Err(error);
+        }
+        put.aws_chunked = Some((decoder, declared));
+        Ok(())
+    }
+
+    /// Payload bytes: into the running digests and the temporary file.
+    fn put_data(&self, put: &mut Put, data: &[u8]) -> Result<(), S3Error> {
         put.md5.update(data);
         if let Some((h, _)) = &mut put.sha256 {
             h.update(data);
@@ -1062,6 +1168,42 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
     }
 
     fn finish_put(&mut self, put: &mut Put, now: u64) -> Result<Reply, S3Error> {
+        if let Some(error) = &put.error {
+            return Err(error.clone());
+        }
+        if let Some((decoder, declared)) = &put.aws_chunked {
+            if !decoder.done() || decoder.decoded() != *declared {
+                return Err(S3Error::new(
+                    400,
+                    "IncompleteBody",
+                    "You did not provide the number of bytes specified by x-amz-decoded-content-length",
+                ));
+            }
+            if put.crc_in_trailer {
+                let name = put.crc32.as_ref().map_or("", |c| c.2);
+                let value = decoder
+                    .trailer(name)
+                    .and_then(unbase64::<4>)
+                    .ok_or_else(|| {
+                        S3Error::new(
+                            400,
+                            "InvalidRequest",
+                            "the trailing checksum is missing or malformed",
+                        )
+                    })?;
+                if let Some(c) = &mut put.crc32 {
+                    c.1 = u32::from_be_bytes(value);
+                }
+            }
+        }
+        if let Some((signer, pending, _)) = &mut put.signer {
+            // The last (empty) chunk's signature.
+            let empty: [u8; 32] = Sha256::digest(b"").into();
+            match pending.take() {
+                Some(sig) if signer.check(&sig, &empty) => {}
+                _ => return Err(chunk_mismatch()),
+            }
+        }
         let md5: [u8; 16] = core::mem::take(&mut put.md5).finalize().into();
         if let Some(expected) = put.content_md5 {
             if expected != md5 {
@@ -1167,6 +1309,14 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         xml.push_str("</DeleteResult>");
         self.buffered(exchange, 200, xml)
     }
+}
+
+fn chunk_mismatch() -> S3Error {
+    S3Error::new(
+        403,
+        "SignatureDoesNotMatch",
+        "The request signature we calculated does not match the signature you provided (chunk signature).",
+    )
 }
 
 /// Content-MD5 header, decoded.

@@ -711,7 +711,10 @@ fn listing_replies_are_charged_to_the_budget_until_sent() {
     let mut c = Client::new();
     c.service.routes_mut().set_budget(&BUDGET);
     for i in 0..40 {
-        c.put(&alloc::format!("/pmem0/a-fairly-long-key-name-{i:03}"), b"x");
+        c.put(
+            &alloc::format!("/pmem0/a-fairly-long-key-name-{i:03}"),
+            b"x",
+        );
     }
     // 40 keys of XML are well over 4 KiB: refused, nothing held.
     let a = c.get("/pmem0?list-type=2");
@@ -746,4 +749,117 @@ fn listing_replies_are_charged_to_the_budget_until_sent() {
     let a = c.call("POST", "/pmem0?delete", &[], &xml);
     assert_eq!((a.status, a.code().as_str()), (400, "MalformedXML"));
     assert_eq!(c.service.routes().exchanges(), 0);
+}
+
+impl Client {
+    /// A PUT as botocore sends it over https: `STREAMING-UNSIGNED-PAYLOAD-TRAILER`,
+    /// aws-chunked inside HTTP chunked encoding, the CRC32 in the trailer.
+    fn streaming_put(&self, target: &str, data: &[u8], crc: &str, decoded: usize) -> Vec<u8> {
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let decoded = decoded.to_string();
+        let headers: Vec<(&str, &str)> = vec![
+            ("content-encoding", "aws-chunked"),
+            ("host", "127.0.0.1"),
+            ("x-amz-content-sha256", "STREAMING-UNSIGNED-PAYLOAD-TRAILER"),
+            ("x-amz-date", AMZ_DATE),
+            ("x-amz-decoded-content-length", &decoded),
+            ("x-amz-trailer", "x-amz-checksum-crc32"),
+        ];
+        let auth = sign_for_test(
+            "PUT",
+            path,
+            query,
+            &headers,
+            &self.key,
+            AMZ_DATE,
+            "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+        );
+        let mut text = alloc::format!("PUT {target} HTTP/1.1\r\n");
+        for (name, value) in &headers {
+            text.push_str(&alloc::format!("{name}: {value}\r\n"));
+        }
+        text.push_str(&alloc::format!(
+            "Authorization: {auth}\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n"
+        ));
+        // The aws-chunked body, in 64 KiB chunks.
+        let mut inner = Vec::new();
+        for chunk in data.chunks(65536) {
+            inner.extend_from_slice(alloc::format!("{:x}\r\n", chunk.len()).as_bytes());
+            inner.extend_from_slice(chunk);
+            inner.extend_from_slice(b"\r\n");
+        }
+        inner.extend_from_slice(
+            alloc::format!("0\r\nx-amz-checksum-crc32:{crc}\r\n\r\n").as_bytes(),
+        );
+        // ...inside HTTP chunks of 5000 bytes.
+        let mut bytes = text.into_bytes();
+        for chunk in inner.chunks(5000) {
+            bytes.extend_from_slice(alloc::format!("{:x}\r\n", chunk.len()).as_bytes());
+            bytes.extend_from_slice(chunk);
+            bytes.extend_from_slice(b"\r\n");
+        }
+        bytes.extend_from_slice(b"0\r\n\r\n");
+        bytes
+    }
+}
+
+#[test]
+fn aws_chunked_with_a_trailing_checksum() {
+    let mut c = Client::new();
+    c.put("/pmem0/s", b"old");
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let crc = base64(&CRC32.checksum(&data).to_be_bytes());
+    let bytes = c.streaming_put("/pmem0/s", &data, &crc, data.len());
+    let (a, conn) = c.send(&bytes);
+    c.service.closed(conn);
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.header("etag"), Some(md5_hex(&data).as_str()));
+    assert_eq!(c.get("/pmem0/s").body, data);
+    // A wrong trailing checksum, a wrong decoded length, framing cut
+    // short: each refused, the object unchanged, nothing left behind.
+    let wrong = base64(&CRC32.checksum(b"other").to_be_bytes());
+    for (bytes, code) in [
+        (
+            c.streaming_put("/pmem0/s", b"new data", &wrong, 8),
+            "BadDigest",
+        ),
+        (
+            c.streaming_put(
+                "/pmem0/s",
+                b"new data",
+                &base64(&CRC32.checksum(b"new data").to_be_bytes()),
+                9,
+            ),
+            "IncompleteBody",
+        ),
+    ] {
+        let (a, conn) = c.send(&bytes);
+        c.service.closed(conn);
+        assert_eq!((a.status, a.code().as_str()), (400, code), "{}", a.text());
+        assert_eq!(c.get("/pmem0/s").body, data);
+    }
+    // aws-chunked framing with a chunk longer than it says.
+    let mut bad = c.streaming_put("/pmem0/s", b"12345", "AAAAAA==", 5);
+    let at = bad.windows(5).position(|w| w == b"12345").unwrap();
+    bad.insert(at + 5, b'6');
+    // Fix the HTTP chunk size around it (one chunk of the whole body).
+    let text = String::from_utf8_lossy(&bad).into_owned();
+    let head_end = text.find("\r\n\r\n").unwrap() + 4;
+    let (_, rest) = text.split_at(head_end);
+    let size_end = rest.find("\r\n").unwrap();
+    let size = usize::from_str_radix(&rest[..size_end], 16).unwrap() + 1;
+    let mut fixed = text.as_bytes()[..head_end].to_vec();
+    fixed.extend_from_slice(alloc::format!("{size:x}").as_bytes());
+    fixed.extend_from_slice(&rest.as_bytes()[size_end..]);
+    let (a, conn) = c.send(&fixed);
+    c.service.closed(conn);
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (400, "IncompleteBody"),
+        "{}",
+        a.text()
+    );
+    assert_eq!(c.get("/pmem0/s").body, data);
+    assert_eq!(c.service.routes().exchanges(), 0);
+    assert!(c.shell("ls pmem0").contains("1 file(s)"));
 }
