@@ -173,10 +173,9 @@ impl AwsChunked {
 mod tests {
     use super::*;
 
-    fn decode(
-        body: &[u8],
-        piece: usize,
-    ) -> Result<(Vec<u8>, AwsChunked, Vec<Option<String>>), String> {
+    type Decoded = (Vec<u8>, AwsChunked, Vec<Option<String>>);
+
+    fn decode(body: &[u8], piece: usize) -> Result<Decoded, String> {
         let mut d = AwsChunked::new();
         let mut data = Vec::new();
         let mut signatures = Vec::new();
