@@ -452,13 +452,38 @@ impl<M: PersistentMemory> Storage<M> {
         match self.object_tags.get_mut(&key) {
             Some(existing) => *existing = tag,
             None => {
+                self.prune_tags_if_large();
                 self.object_tags.insert(key, tag);
             }
         }
     }
 
-    /// Forgets the tags of files that no longer exist (keeps the table
-    /// O(files)).
+    /// Forgets the tag of a file the object API removed or replaced.
+    fn forget_object_tag(&mut self, device: &str, file: FileId) {
+        self.object_tags
+            .remove(&(crate::device_index(device), file));
+    }
+
+    /// Forgets the tags of files that no longer exist (removed by the
+    /// shell): run when the table has grown past twice the files plus
+    /// 1,024 entries, so the table stays O(files) and the walk is
+    /// amortised over the insertions that grew it.
+    fn prune_tags_if_large(&mut self) {
+        let files: u64 = self
+            .volumes
+            .iter()
+            .map(|v| match &v.role {
+                Role::Filesystem(fs) => fs.statfs().files,
+                Role::Raw(_) => 0,
+            })
+            .sum();
+        if (self.object_tags.len() as u64) <= 2 * files + 1024 {
+            return;
+        }
+        self.prune_tags();
+    }
+
+    /// Forgets the tags of files that no longer exist.
     fn prune_tags(&mut self) {
         let volumes = &self.volumes;
         self.object_tags.retain(|(device, file), _| {
@@ -476,6 +501,7 @@ impl<M: PersistentMemory> Storage<M> {
     }
 
     fn set_object_tag(&mut self, device: &str, file: FileId, tag: ObjectTag) {
+        self.prune_tags_if_large();
         self.object_tags
             .insert((crate::device_index(device), file), tag);
     }
@@ -1241,10 +1267,13 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
             let volume = bucket_volume(s, &put.device)?;
             check_replace(s, volume, &put.key)?;
             let fs = filesystem(s, volume);
+            let replaced = fs.lookup(&put.key).ok();
             // Durable first, then one commit makes it the object.
             fs.persist(put.file).map_err(fs_failure)?;
             fs.rename(&put.temp, &put.key).map_err(fs_failure)?;
-            s.prune_tags();
+            if let Some(old) = replaced {
+                s.forget_object_tag(&put.device, old);
+            }
             s.set_object_tag(
                 &put.device,
                 put.file,
@@ -1391,11 +1420,15 @@ fn delete_one<M: PersistentMemory>(
 ) -> Result<(), S3Error> {
     let volume = bucket_volume(s, bucket)?;
     check_replace(s, volume, key)?;
-    match filesystem(s, volume).unlink(key) {
+    let fs = filesystem(s, volume);
+    let file = fs.lookup(key).ok();
+    match fs.unlink(key) {
         Ok(()) | Err(FsError::NotFound) | Err(FsError::InvalidName) => {}
         Err(e) => return Err(fs_failure(e)),
     }
-    s.prune_tags();
+    if let Some(file) = file {
+        s.forget_object_tag(bucket, file);
+    }
     Ok(())
 }
 
@@ -1658,6 +1691,17 @@ impl<M: PersistentMemory, S: SharedStorage<M>> HttpRoutes for S3Routes<M, S> {
             .is_some_and(|a| a.starts_with("AWS4-HMAC-SHA256"))
             || query_value(request.query, "X-Amz-Signature").is_some();
         if request.path == "/" && !signed {
+            return None;
+        }
+        // Unsigned requests are the object API's only on a bucket path
+        // (anonymous reads); others (`/metrics`, ...) belong to other routes.
+        let first = request
+            .path
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or("");
+        if !signed && daxbox_syntax::device_index(first).is_none() {
             return None;
         }
         if self.exchanges.len() >= MAX_EXCHANGES {

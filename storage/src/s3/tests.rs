@@ -548,10 +548,14 @@ fn errors_are_s3_error_documents() {
     assert_eq!((a.status, a.code().as_str()), (403, "AccessDenied"));
     let a = c.call("DELETE", "/pmem0/x", &[], b"");
     assert_eq!((a.status, a.code().as_str()), (403, "AccessDenied"));
-    // Unsigned GET / is not the object API's (the dashboard's path).
-    let bytes = c.build("GET", "/", &[], b"", false);
-    let (a, _) = c.send(&bytes);
-    assert_eq!(a.status, 404);
+    // Unsigned GET / is not the object API's (the dashboard's path), nor
+    // any unsigned path that names no bucket (`/metrics`, ...).
+    for path in ["/", "/metrics", "/api/stats"] {
+        let bytes = c.build("GET", path, &[], b"", false);
+        let (a, _) = c.send(&bytes);
+        assert_eq!(a.status, 404, "{path}");
+        assert_eq!(a.text(), "not found\n", "{path}: not an S3 answer");
+    }
 }
 
 #[test]
