@@ -222,7 +222,7 @@ fn main() {
                 .unwrap_or_else(|e| fail(&format!("local address: {e}")));
             let config = S3Config::from_boot(&boot);
             println!("{}", config.describe());
-            let swept = shared.with(|storage| s3::sweep_temporaries(storage));
+            let swept = shared.with(s3::sweep_temporaries);
             if swept > 0 {
                 println!("s3: removed {swept} unfinished upload(s) a power cut left");
             }

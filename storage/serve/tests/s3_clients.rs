@@ -177,7 +177,7 @@ fn boto3_round_trips_errors_and_the_object_over_nbd() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3/boto3_roundtrip.py");
     let port = server.http_port.to_string();
     let output = run_tool_ok(
-        &mut Command::new("python3").args([text(&script), &port, ACCESS, SECRET, text(&dir.0)]),
+        Command::new("python3").args([text(&script), &port, ACCESS, SECRET, text(&dir.0)]),
         TOOL_TIMEOUT,
     );
     assert!(output.contains("boto3 ok"), "{output}");
@@ -185,7 +185,7 @@ fn boto3_round_trips_errors_and_the_object_over_nbd() {
     let back = dir.path("back.bin");
     let uri = format!("nbd://127.0.0.1:{}/big/blob.bin", server.nbd_port);
     run_tool_ok(
-        &mut Command::new("nbdcopy").args([uri.as_str(), text(&back)]),
+        Command::new("nbdcopy").args([uri.as_str(), text(&back)]),
         TOOL_TIMEOUT,
     );
     let sent = std::fs::read(dir.path("blob.bin")).expect("the bytes boto3 sent");
@@ -216,7 +216,7 @@ fn boto3_round_trips_errors_and_the_object_over_nbd() {
     std::fs::write(&local, &bytes).expect("writing a local file");
     let uri = format!("nbd://127.0.0.1:{}/disk.img", server.nbd_port);
     run_tool_ok(
-        &mut Command::new("nbdcopy").args([text(&local), uri.as_str()]),
+        Command::new("nbdcopy").args([text(&local), uri.as_str()]),
         TOOL_TIMEOUT,
     );
     let fetched = dir.path("fetched.bin");

@@ -49,7 +49,7 @@ fn boto3_and_nbd_see_the_same_bytes() -> Result<(), HarnessError> {
     let name = "s3_roundtrip";
     let dir = run_dir(name);
     let mut options = QemuOptions::new(name, Firmware::Bios)
-        .with_boot_config(&format!("format=if-blank\ns3_key={ACCESS}:{SECRET}\n"))
+        .with_boot_config(format!("format=if-blank\ns3_key={ACCESS}:{SECRET}\n"))
         .with_nvdimm(Nvdimm::fresh(dir.join("nvdimm0.img"), 256 * MIB));
     options.max_runtime = Duration::from_secs(540);
     let mut machine = Machine::boot_to_prompt(options)?;
