@@ -20,6 +20,7 @@ extern crate alloc;
 
 mod command;
 mod config;
+mod hotplug;
 mod http;
 mod nbd;
 mod net;
@@ -27,6 +28,7 @@ mod pci;
 mod pmem;
 mod shell;
 mod storage;
+mod web;
 
 use daxbox_platform::boot::Boot;
 use daxbox_platform::{acpi, gdt, interrupts, memory, power, rtc, serial};
@@ -35,6 +37,7 @@ pub use daxbox_platform::{print, println, time};
 use bootloader_api::config::{BootloaderConfig, Mapping};
 use bootloader_api::info::MemoryRegionKind;
 use bootloader_api::{entry_point, BootInfo};
+use daxbox_netstack::http::Chain;
 use daxbox_syntax::human;
 
 /// How the bootloader should set the kernel up.
@@ -54,6 +57,7 @@ entry_point!(kernel_main, config = &BOOTLOADER_CONFIG);
 /// shell gets them from here, so it imports none of these modules).
 const COMMAND_TABLES: daxbox_shell::Tables<command::Context> = &[
     shell::COMMANDS,
+    hotplug::COMMANDS,
     pmem::commands::COMMANDS,
     storage::COMMANDS,
     nbd::COMMANDS,
@@ -135,10 +139,12 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         kernel: boot.kernel_image(),
     });
     storage::init();
+    hotplug::init();
     pci::init();
-    net::init();
+    // The web pages answer first; the S3 routes take signed requests and
+    // bucket paths (`GET /` without S3 credentials stays the dashboard).
+    net::init(Chain::new(web::Routes::default(), http::s3_routes()));
     nbd::start();
-    http::start();
     interrupts::enable();
 
     println!("daxbox: ready");
@@ -151,6 +157,11 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     loop {
         interrupts::take_work_pending();
         let mut busy = shell.poll();
+        // A hot-add prints on its own: the prompt comes back after it.
+        if hotplug::poll() {
+            shell.redraw();
+            busy = true;
+        }
         busy |= poll_services();
         if !busy {
             interrupts::wait_for_interrupt();

@@ -41,7 +41,7 @@ pub fn start() {
     listener.budget = Some(&daxbox_budget::NBD);
     listener.connection_bytes =
         daxbox_storage::nbd_connection_bytes(&daxbox_storage::engine_config(boot));
-    let service = NbdService::for_boot_config(KernelStorage, boot);
+    let service = NbdService::for_boot_config(KernelStorage, boot).with_clock(crate::time::now_us);
     let service = daxbox_netstack::Listener::new(listener, service);
     match crate::net::add_listener(service.boxed()) {
         Ok(()) => println!(

@@ -82,6 +82,36 @@ pub fn init() {
     }
 }
 
+/// Applies the boot policy to device `name`, which appeared after boot
+/// (NVDIMM hot-add) or came back online; its exports are then listed to
+/// NBD clients.
+pub fn add_device(name: &str, out: &mut dyn fmt::Write) {
+    let config = config::get();
+    let policy = BootPolicy {
+        format: config.format,
+        export_raw: config.export_raw.clone(),
+    };
+    let mut storage = STORAGE.lock();
+    daxbox_storage::boot_device(&mut storage, &mut KernelEnvironment, name, &policy, out);
+    storage.refresh_read_only();
+}
+
+/// Takes device `name` out of the storage layer if it is in use there:
+/// `umount NAME --force` (its NBD clients are disconnected first, the
+/// filesystem unmounted clean, its frames given back).
+pub fn release_device(name: &str, out: &mut dyn fmt::Write) -> Result<(), String> {
+    let mut storage = STORAGE.lock();
+    if storage.volume_of(name).is_err() {
+        return Ok(());
+    }
+    daxbox_storage::lifecycle::umount(
+        &mut storage,
+        &mut KernelEnvironment,
+        &[name, "--force"],
+        out,
+    )
+}
+
 /// Makes every filesystem durable and clean before power-off.
 pub fn shutdown() {
     STORAGE.lock().shutdown();

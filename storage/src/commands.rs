@@ -568,6 +568,8 @@ pub fn fsck<M: PersistentMemory, E: Environment<M>>(
         checked += 1;
         problems += report.problems.len();
     }
+    storage.metrics.recovery.fsck_runs += checked;
+    storage.metrics.recovery.fsck_problems += problems as u64;
     if checked == 0 {
         return Err("no filesystem to check".into());
     }

@@ -35,9 +35,11 @@ pub mod boot;
 pub mod commands;
 pub mod devices;
 pub mod lifecycle;
+pub mod metrics;
 pub mod nbd;
 pub mod readonly;
 pub mod s3;
+pub mod web;
 
 #[cfg(test)]
 mod testing;
@@ -52,7 +54,7 @@ use daxbox_pmem::block::PmemBlockDevice;
 use daxbox_pmem::frames::Owner;
 use daxfs::{FileId, Filesystem};
 
-pub use boot::{boot, decide, BootPolicy, Decision, LeaveReason};
+pub use boot::{boot, boot_device, decide, BootPolicy, Decision, LeaveReason};
 pub use devices::DeviceList;
 pub use nbd::{
     connection_bytes as nbd_connection_bytes, engine_config, export_names, export_names_page,
@@ -146,6 +148,8 @@ pub struct Storage<M: PersistentMemory> {
     object_tags: alloc::collections::BTreeMap<(u8, FileId), s3::ObjectTag>,
     /// Counts changes made other than by an S3 PUT ([`Storage::file_changed`]).
     tag_epoch: u64,
+    /// Counters for metrics ([`metrics`]).
+    metrics: metrics::StorageMetrics,
 }
 
 impl<M: PersistentMemory> Default for Storage<M> {
@@ -223,7 +227,14 @@ impl<M: PersistentMemory> Storage<M> {
             mount_budget: &daxbox_budget::MOUNT,
             object_tags: alloc::collections::BTreeMap::new(),
             tag_epoch: 0,
+            metrics: metrics::StorageMetrics::new(),
         }
+    }
+
+    /// Counters for metrics: NBD requests by export and operation,
+    /// recovery events.
+    pub fn metrics(&self) -> &metrics::StorageMetrics {
+        &self.metrics
     }
 
     /// Records an NBD connection using `file` of `device` (tests).

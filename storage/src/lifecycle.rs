@@ -275,9 +275,7 @@ pub fn mount<M: PersistentMemory, E: Environment<M>>(
     }
     attach(storage, env, device, false, out)?;
     // Volumes stay in device order (bare names resolve to the first).
-    storage
-        .volumes
-        .sort_by_key(|v| daxbox_syntax::device_index(&v.device).unwrap_or(u16::MAX));
+    crate::boot::sort_volumes(storage);
     Ok(())
 }
 

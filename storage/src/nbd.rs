@@ -173,6 +173,8 @@ pub struct NbdService<M: PersistentMemory, S: SharedStorage<M>> {
     /// Export handles handed out so far.
     targets: Targets,
     next_id: u64,
+    /// Microsecond clock for request latencies ([`NbdService::with_clock`]).
+    clock: fn() -> u64,
     memory: PhantomData<fn() -> M>,
 }
 
@@ -201,7 +203,11 @@ impl NbdConnection {
     /// Updates this connection's line in the `nbd` listing, with the
     /// device and file its export is on (what `umount` and `truncate`
     /// look for).
-    fn publish<M: PersistentMemory>(&self, storage: &mut Storage<M>, targets: &[Bound]) {
+    fn publish<M: PersistentMemory>(&mut self, storage: &mut Storage<M>, targets: &[Bound]) {
+        if let Some(ops) = self.engine.take_op_stats() {
+            let export = self.engine.export_name().unwrap_or("(handshake)");
+            storage.metrics.nbd.record(export, &ops);
+        }
         let name = match self.engine.export_name() {
             Some(name) => name,
             None if self.refused => "(refused)",
@@ -274,8 +280,16 @@ impl<M: PersistentMemory, S: SharedStorage<M>> NbdService<M, S> {
             server: Server::new(config),
             targets: Targets::default(),
             next_id: 1,
+            clock: no_clock,
             memory: PhantomData,
         }
+    }
+
+    /// Times requests on `clock` (microseconds, monotonic) for the latency
+    /// histograms; without it every latency is 0.
+    pub fn with_clock(mut self, clock: fn() -> u64) -> Self {
+        self.clock = clock;
+        self
     }
 }
 
@@ -315,13 +329,14 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
 
     fn receive(&mut self, conn: &mut NbdConnection, data: &[u8], now_ms: u64) -> usize {
         let targets = &mut self.targets;
+        let clock = self.clock;
         self.shared.with(|storage| {
             // Cut by `umount --force` or `truncate --force`: nothing more
             // is served; `deadline` aborts it.
             if storage.disconnecting.contains(&conn.id) {
                 return 0;
             }
-            let mut backend = StorageBackend::new(storage, targets);
+            let mut backend = StorageBackend::new(storage, targets).with_clock(clock);
             let used = conn.engine.receive(data, &mut backend, now_ms);
             conn.note_closing(now_ms);
             conn.publish(storage, &targets.list);
@@ -331,11 +346,12 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
 
     fn produce(&mut self, conn: &mut NbdConnection, out: &mut [u8], now_ms: u64) -> usize {
         let targets = &mut self.targets;
+        let clock = self.clock;
         self.shared.with(|storage| {
             if storage.disconnecting.contains(&conn.id) {
                 return 0;
             }
-            let mut backend = StorageBackend::new(storage, targets);
+            let mut backend = StorageBackend::new(storage, targets).with_clock(clock);
             let written = conn.engine.produce(out, &mut backend);
             conn.note_closing(now_ms);
             if written > 0 {
@@ -374,12 +390,13 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
 
     fn step(&mut self, conn: &mut NbdConnection, now_ms: u64) -> bool {
         let targets = &mut self.targets;
+        let clock = self.clock;
         self.shared.with(|storage| {
             // Cut by `umount --force` / `truncate --force`: no more pieces.
             if storage.disconnecting.contains(&conn.id) {
                 return false;
             }
-            let mut backend = StorageBackend::new(storage, targets);
+            let mut backend = StorageBackend::new(storage, targets).with_clock(clock);
             let stepped = conn.engine.step(&mut backend);
             conn.note_closing(now_ms);
             conn.publish(storage, &targets.list);
@@ -496,6 +513,13 @@ pub struct StorageBackend<'a, M: PersistentMemory> {
     /// Export names, listed once per call on first use: `NBD_OPT_LIST`
     /// asks for the count and then every name by index.
     names: OnceCell<Vec<String>>,
+    /// Microsecond clock for request latencies.
+    clock: fn() -> u64,
+}
+
+/// The clock of a service made without one: latencies are recorded as 0.
+fn no_clock() -> u64 {
+    0
 }
 
 impl<'a, M: PersistentMemory> StorageBackend<'a, M> {
@@ -511,7 +535,13 @@ impl<'a, M: PersistentMemory> StorageBackend<'a, M> {
             storage,
             targets,
             names: OnceCell::new(),
+            clock: no_clock,
         }
+    }
+
+    fn with_clock(mut self, clock: fn() -> u64) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Every export name, in device order.
@@ -559,6 +589,10 @@ impl<'a, M: PersistentMemory> StorageBackend<'a, M> {
 }
 
 impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
+    fn now_us(&self) -> u64 {
+        (self.clock)()
+    }
+
     fn export_count(&self) -> usize {
         self.names().len()
     }
@@ -1256,6 +1290,31 @@ mod tests {
 
     fn run(cell: &Cell, line: &str) -> Result<String, String> {
         cell.0.borrow_mut().run(line)
+    }
+
+    #[test]
+    fn requests_are_counted_per_export_and_timed_on_the_service_clock() {
+        use core::sync::atomic::{AtomicU64, Ordering};
+        use daxbox_nbd::metrics::Op;
+        static NOW: AtomicU64 = AtomicU64::new(0);
+        fn clock() -> u64 {
+            NOW.fetch_add(250, Ordering::Relaxed) + 250
+        }
+        let cell = Cell(RefCell::new(exports()));
+        let mut service = NbdService::new(&cell).with_clock(clock);
+        let mut on0 = connect_to(&mut service, "disk", "127.0.0.1:40000");
+        let mut on1 = connect_to(&mut service, "pmem1:only1", "127.0.0.1:40001");
+        assert_eq!(simple_request(&mut service, &mut on0, 1, 0, 4096).0, 0);
+        assert_eq!(simple_request(&mut service, &mut on0, 0, 0, 512).0, 0);
+        assert_eq!(simple_request(&mut service, &mut on1, 1, 0, 4096).0, 0);
+        let fixture = cell.0.borrow();
+        let nbd = &fixture.storage.metrics().nbd;
+        let disk = nbd.exports["disk"];
+        assert_eq!(disk[Op::Write.index()].bytes, 4096);
+        assert_eq!(disk[Op::Read.index()].bytes, 512);
+        assert_eq!(nbd.exports["pmem1:only1"][Op::Write.index()].requests, 1);
+        assert_eq!(nbd.latency[Op::Write.index()].count, 2);
+        assert!(nbd.latency[Op::Write.index()].sum_us >= 2 * 250, "{nbd:?}");
     }
 
     #[test]

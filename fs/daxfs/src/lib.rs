@@ -149,6 +149,17 @@ pub struct Filesystem<M: PersistentMemory> {
     budget: &'static Budget,
     /// The budget's bytes held for this filesystem.
     charge: Charge<'static>,
+    /// What mount had to repair.
+    recovered: Recovered,
+}
+
+/// What mount repaired before the filesystem was usable (for metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// A committed journal transaction was replayed.
+    pub journal_replayed: bool,
+    /// A damaged superblock copy was rewritten from the good one.
+    pub superblock_repaired: bool,
 }
 
 /// Region offset of a block.

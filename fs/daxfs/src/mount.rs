@@ -362,6 +362,10 @@ impl<M: PersistentMemory> Filesystem<M> {
             files_cost,
             budget,
             charge,
+            recovered: crate::Recovered {
+                journal_replayed: journal.committed,
+                superblock_repaired: !primary_ok || !backup_ok,
+            },
         };
         fs.settle();
         Ok(fs)
@@ -382,6 +386,11 @@ impl<M: PersistentMemory> Filesystem<M> {
     /// after the last completed operation).
     pub fn into_memory(self) -> M {
         self.mem
+    }
+
+    /// What this mount repaired (a journal replay, a superblock copy).
+    pub fn recovered(&self) -> crate::Recovered {
+        self.recovered
     }
 
     /// The region.

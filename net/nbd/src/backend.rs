@@ -165,6 +165,12 @@ pub fn step_piece(offset: u64, len: u64, budget: u64) -> u64 {
 /// before calling, but implementations still return errors rather than
 /// panic on bad input. The trait is object-safe.
 pub trait Backend {
+    /// A monotonic clock in microseconds, for request latencies
+    /// ([`crate::metrics`]); the default (no clock) records every latency
+    /// as 0.
+    fn now_us(&self) -> u64 {
+        0
+    }
     /// Number of exports `NBD_OPT_LIST` may show.
     fn export_count(&self) -> usize;
     /// Name of the `index`th export for `NBD_OPT_LIST`, `None` past the end.

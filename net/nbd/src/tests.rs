@@ -6,6 +6,7 @@ use alloc::vec::Vec;
 
 use proptest::prelude::*;
 
+use crate::metrics::Op;
 use crate::wire::*;
 use crate::*;
 
@@ -24,6 +25,8 @@ struct Mem {
     /// Exports that became read-only after the handshake
     /// ([`Backend::check_write`]).
     read_only_now: Vec<u64>,
+    /// The clock of `now_us`: each reading is 100 µs after the last.
+    clock: core::cell::Cell<u64>,
 }
 
 impl Mem {
@@ -56,6 +59,7 @@ impl Mem {
             holes: false,
             extra_names: 0,
             read_only_now: Vec::new(),
+            clock: core::cell::Cell::new(0),
         }
     }
     fn data(&self) -> &[u8] {
@@ -67,6 +71,10 @@ impl Mem {
 }
 
 impl Backend for Mem {
+    fn now_us(&self) -> u64 {
+        self.clock.set(self.clock.get() + 100);
+        self.clock.get()
+    }
     fn export_count(&self) -> usize {
         self.exports.len() + self.extra_names
     }
@@ -843,6 +851,37 @@ fn write_read_round_trip_simple() {
     assert_eq!(c.conn.stats().requests, 2);
     assert_eq!(c.conn.stats().write_bytes, 10_000);
     assert_eq!(c.conn.stats().read_bytes, 10_000);
+}
+
+#[test]
+fn answered_requests_are_counted_per_operation_with_latency() {
+    let mut c = Client::new();
+    c.go(false, false, false);
+    assert_eq!(c.conn.take_op_stats(), None);
+    let data = pattern(10_000, 3);
+    let mut bytes = request(0, CMD_WRITE, 7, 4000, data.len() as u32);
+    bytes.extend_from_slice(&data);
+    c.send(&bytes);
+    assert_eq!(c.simple(), (0, 7));
+    c.send(&request(0, CMD_READ, 8, 4000, 10_000));
+    assert_eq!(c.simple(), (0, 8));
+    assert_eq!(c.take(10_000), data);
+    c.send(&request(0, CMD_READ, 9, SIZE - 512, 1024));
+    assert_eq!(c.simple(), (EINVAL, 9));
+    c.send(&request(0, CMD_FLUSH, 10, 0, 0));
+    assert_eq!(c.simple(), (0, 10));
+    let stats = c.conn.take_op_stats().expect("requests were answered");
+    let read = stats.ops[Op::Read.index()];
+    assert_eq!((read.requests, read.errors, read.bytes), (2, 1, 10_000));
+    let write = stats.ops[Op::Write.index()];
+    assert_eq!((write.requests, write.errors, write.bytes), (1, 0, 10_000));
+    assert_eq!(stats.ops[Op::Flush.index()].requests, 1);
+    assert_eq!(stats.ops[Op::Trim.index()].requests, 0);
+    // One clock reading at the header, one when the reply is out.
+    assert_eq!(stats.latency[Op::Read.index()].count, 2);
+    assert!(stats.latency[Op::Write.index()].sum_us >= 100);
+    // Taken: counting starts again.
+    assert_eq!(c.conn.take_op_stats(), None);
 }
 
 #[test]

@@ -251,6 +251,11 @@ pub trait HttpRoutes {
     fn end(&mut self, exchange: u64) {
         let _ = exchange;
     }
+
+    /// Called with the service's own counters just before
+    /// [`route`](Self::route), for routes that report them (metrics). The
+    /// default ignores them.
+    fn observe_stats(&mut self, _stats: &HttpStats) {}
 }
 
 /// No extra routes.
@@ -358,6 +363,24 @@ pub struct HttpStats {
     pub bytes_sunk: u64,
     /// Request body bytes handed to routes.
     pub bytes_received: u64,
+    /// Requests answered by status class: `[1xx, 2xx, 3xx, 4xx, 5xx]`
+    /// (`408` and `503` answers included).
+    pub by_class: [u64; 5],
+}
+
+impl HttpStats {
+    fn count(&mut self, status: u16) {
+        self.requests += 1;
+        if status >= 400 {
+            self.errors += 1;
+        }
+        if let Some(class) = self
+            .by_class
+            .get_mut(usize::from(status / 100).wrapping_sub(1))
+        {
+            *class += 1;
+        }
+    }
 }
 
 /// The HTTP service.
@@ -702,10 +725,7 @@ impl<R: HttpRoutes> HttpService<R> {
     /// Queues `reply` (only its head when `head_only`); a pulled body
     /// starts streaming from the connection's exchange.
     fn queue_response(&mut self, conn: &mut HttpConnection, reply: Reply, head_only: bool) {
-        self.stats.requests += 1;
-        if reply.status >= 400 {
-            self.stats.errors += 1;
-        }
+        self.stats.count(reply.status);
         let length = reply.length();
         let head = self.head_response(&reply, length, conn.close_after);
         conn.out.extend_from_slice(&head);
@@ -776,6 +796,7 @@ impl<R: HttpRoutes> HttpService<R> {
                 Action::Respond(text(405, "method not allowed\n"), false)
             }
             _ => {
+                self.routes.observe_stats(&self.stats);
                 let exchange = self.next_exchange;
                 self.next_exchange += 1;
                 match self.routes.open(r, exchange, now_ms) {
@@ -819,7 +840,7 @@ impl<R: HttpRoutes> HttpService<R> {
                 self.queue_response(conn, text(200, &body), false);
             }
             Action::Stream { length, head_only } => {
-                self.stats.requests += 1;
+                self.stats.count(200);
                 let reply = Reply::bytes(200, "application/octet-stream", Vec::new());
                 let head = self.head_response(&reply, length, conn.close_after);
                 conn.out.extend_from_slice(&head);
@@ -1209,7 +1230,11 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn drive(service: &mut HttpService, conn: &mut HttpConnection, input: &[u8]) -> Vec<u8> {
+    fn drive<R: HttpRoutes>(
+        service: &mut HttpService<R>,
+        conn: &mut HttpConnection,
+        input: &[u8],
+    ) -> Vec<u8> {
         let mut output = Vec::new();
         let mut rest = input;
         let mut buf = [0u8; 1500];
@@ -1332,6 +1357,39 @@ mod tests {
             (status, body.as_str(), closing),
             (200, "received 5\n", false)
         );
+    }
+
+    #[test]
+    fn answers_are_counted_by_status_class_and_routes_see_the_counts() {
+        struct Seen(Option<HttpStats>);
+        impl HttpRoutes for Seen {
+            fn route(&mut self, request: &Request<'_>, _now_ms: u64) -> Option<Response> {
+                (request.path == "/seen").then(|| Response {
+                    status: 200,
+                    content_type: "text/plain",
+                    body: b"seen\n".to_vec(),
+                })
+            }
+            fn observe_stats(&mut self, stats: &HttpStats) {
+                self.0 = Some(*stats);
+            }
+        }
+        let mut service = HttpService::with_routes("v", 0, Bench::Off, Seen(None));
+        let mut conn = service.accept(0);
+        let requests = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n\
+                        GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n\
+                        GET /seen HTTP/1.1\r\nHost: x\r\n\r\n";
+        drive(&mut service, &mut conn, requests.as_bytes());
+        let stats = service.stats();
+        assert_eq!(stats.by_class, [0, 2, 0, 1, 0]);
+        assert_eq!((stats.requests, stats.errors), (3, 1));
+        // The route saw the counts of the two answers before it.
+        let seen = service.routes.0.expect("observe_stats was called");
+        assert_eq!(seen.by_class, [0, 1, 0, 1, 0]);
+        // A refusal is a 5xx.
+        let mut service = HttpService::new("v", 0, Bench::Off);
+        let _ = service.refuse(Refusal::Total { limit: 1 }, 0);
+        assert_eq!(service.stats().by_class, [0, 0, 0, 0, 1]);
     }
 
     #[test]

@@ -40,6 +40,7 @@ use alloc::vec::Vec;
 
 use crate::backend::{Backend, BackendError, ExportHandle, ExportInfo, ListCursor};
 use crate::config::{ConnectionStats, ServerConfig};
+use crate::metrics::OpStats;
 use crate::wire::{self, PutBe, Reader, Request};
 
 use output::OutItem;
@@ -125,6 +126,12 @@ pub struct Connection {
     stalled: Option<Request>,
     job: Option<Job>,
     stats: ConnectionStats,
+    /// Requests answered since the last [`take_op_stats`](Self::take_op_stats).
+    ops: OpStats,
+    /// When the request being served had its header parsed
+    /// ([`Backend::now_us`]). One at a time is enough: no further header is
+    /// read while a request waits (stalled, a job, a write payload).
+    started_us: u64,
     /// An `NBD_OPT_LIST` answer in progress: more names are fetched as
     /// the output queue drains.
     listing: Option<ListCursor>,
@@ -169,6 +176,8 @@ impl Connection {
             stalled: None,
             job: None,
             stats: ConnectionStats::default(),
+            ops: OpStats::default(),
+            started_us: 0,
             listing: None,
             refusal: None,
         };
@@ -203,6 +212,16 @@ impl Connection {
     /// Counters for this connection.
     pub fn stats(&self) -> &ConnectionStats {
         &self.stats
+    }
+
+    /// The per-operation counters of the requests answered since the last
+    /// call (a reply counts once its last byte is produced), or `None` when
+    /// there were none; the counters start again from zero.
+    pub fn take_op_stats(&mut self) -> Option<OpStats> {
+        if self.ops.is_empty() {
+            return None;
+        }
+        Some(core::mem::take(&mut self.ops))
     }
 
     /// Name of the export in use, once the handshake has finished.
@@ -494,6 +513,7 @@ impl Connection {
                     match self.parse_request() {
                         Some(request) => {
                             self.stats.requests = self.stats.requests.saturating_add(1);
+                            self.started_us = backend.now_us();
                             self.dispatch(request, backend);
                         }
                         None => {

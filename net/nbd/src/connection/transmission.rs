@@ -9,6 +9,7 @@ use alloc::vec::Vec;
 use super::output::{chunk_header, error_chunk, OutItem, ReadItem};
 use super::{Connection, InState, Job, Refusal, ReplyMode, Transmission, WriteState};
 use crate::backend::{Backend, BackendError, ExportHandle, Extent, ZeroFlags};
+use crate::metrics::{Done, Op};
 use crate::wire::{self, Command, PutBe, Reply, Request, RequestHeader};
 
 impl Connection {
@@ -277,7 +278,23 @@ impl Connection {
                 );
             }
         }
-        self.push_bytes(bytes, true);
+        let done = self.done(request, false);
+        self.push_reply(bytes, done);
+    }
+
+    /// What the metrics record of `request` once its reply is out.
+    fn done(&self, request: &Request, error: bool) -> Done {
+        let op = Op::of(request.command);
+        Done {
+            op,
+            bytes: if matches!(op, Op::Read | Op::Write) {
+                request.len
+            } else {
+                0
+            },
+            error,
+            started_us: self.started_us,
+        }
     }
 
     fn reply_error(&mut self, request: &Request, errno: u32, message: &str) {
@@ -300,7 +317,8 @@ impl Connection {
                 message,
             ),
         }
-        self.push_bytes(bytes, true);
+        let done = self.done(request, true);
+        self.push_reply(bytes, done);
     }
 
     fn queue_read(&mut self, request: &Request, export: ExportHandle) {
@@ -342,6 +360,7 @@ impl Connection {
             error: None,
             trailer: None,
             trailer_pos: 0,
+            done: self.done(request, false),
         }));
     }
 
@@ -424,6 +443,7 @@ impl Connection {
                 bytes.put_u32(*flags);
             }
         }
-        self.push_bytes(bytes, true);
+        let done = self.done(request, false);
+        self.push_reply(bytes, done);
     }
 }
