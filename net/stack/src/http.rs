@@ -296,6 +296,10 @@ impl<A, B> Chain<A, B> {
 }
 
 impl<A: HttpRoutes, B: HttpRoutes> HttpRoutes for Chain<A, B> {
+    fn observe_stats(&mut self, stats: &HttpStats) {
+        self.first.observe_stats(stats);
+        self.second.observe_stats(stats);
+    }
     fn route(&mut self, request: &Request<'_>, now_ms: u64) -> Option<Response> {
         self.first
             .route(request, now_ms)
@@ -1727,6 +1731,46 @@ mod tests {
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
         assert!(text.contains("Connection: close\r\n"), "{text}");
         assert!(service.wants_close(&conn));
+    }
+
+    #[test]
+    fn a_chain_asks_both_route_sets_and_passes_the_counters_on() {
+        #[derive(Default)]
+        struct Small(Option<HttpStats>);
+        impl HttpRoutes for Small {
+            fn route(&mut self, request: &Request<'_>, _now_ms: u64) -> Option<Response> {
+                (request.path == "/small").then(|| Response {
+                    status: 200,
+                    content_type: "text/plain",
+                    body: b"small\n".to_vec(),
+                })
+            }
+            fn observe_stats(&mut self, stats: &HttpStats) {
+                self.0 = Some(*stats);
+            }
+        }
+        let chain = Chain::new(Small::default(), Recorder::default());
+        let mut service = HttpService::with_routes("v", 0, Bench::Off, chain);
+        let mut conn = service.accept(0);
+        let output = drive_in_pieces(
+            &mut service,
+            &mut conn,
+            b"GET /small HTTP/1.1\r\nHost: x\r\n\r\nPUT /s HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc\
+              GET /small HTTP/1.1\r\nHost: x\r\n\r\n",
+            4096,
+            1500,
+        );
+        let text = String::from_utf8_lossy(&output);
+        assert_eq!(text.matches("small\n").count(), 2, "{text}");
+        assert!(text.contains("got 3\n"), "{text}");
+        let routes = service.routes();
+        assert_eq!(routes.second.received(), b"abc");
+        assert_eq!(routes.second.ended, routes.second.opened);
+        assert_eq!(
+            routes.first.0.map(|s| s.requests),
+            Some(2),
+            "counters passed on"
+        );
     }
 
     proptest! {
