@@ -115,6 +115,13 @@ pub fn show() {
         };
         println!("allow: {} not served (failing closed): {}", which, why);
     }
+    // The access key id only: `S3Key`'s Display never shows the secret.
+    for key in &config.s3_keys {
+        println!("{}", key);
+    }
+    for bucket in &config.s3_anonymous {
+        println!("s3_anonymous={}:read", bucket);
+    }
     // As the boot config spells it (`info`), not as `log` does (`INFO`).
     println!("log={}", config.log);
     println!(

@@ -21,6 +21,7 @@ extern crate alloc;
 mod command;
 mod config;
 mod hotplug;
+mod http;
 mod nbd;
 mod net;
 mod pci;
@@ -36,6 +37,7 @@ pub use daxbox_platform::{print, println, time};
 use bootloader_api::config::{BootloaderConfig, Mapping};
 use bootloader_api::info::MemoryRegionKind;
 use bootloader_api::{entry_point, BootInfo};
+use daxbox_netstack::http::Chain;
 use daxbox_syntax::human;
 
 /// How the bootloader should set the kernel up.
@@ -139,7 +141,12 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     storage::init();
     hotplug::init();
     pci::init();
-    net::init(web::Routes::default(), storage::http_gate());
+    // The web pages answer first; the S3 routes take signed requests and
+    // bucket paths (`GET /` without S3 credentials stays the dashboard).
+    net::init(
+        Chain::new(web::Routes::default(), http::s3_routes()),
+        storage::http_gate(),
+    );
     nbd::start();
     interrupts::enable();
 

@@ -175,12 +175,16 @@ pub fn ls<M: PersistentMemory, E: Environment<M>>(
             continue;
         };
         let entries = fs.list(after, 1000);
-        for entry in &entries {
+        // The object API's uploads in progress are not files yet.
+        for entry in entries.iter().filter(|e| !crate::s3::hidden(&e.name)) {
             // The canonical name: the one NBD lists and read-only rules use.
             let shown_name = crate::canonical_name(&name, default == Some(index), &entry.name);
             say!(out, "{:>14}  {}", entry.size, shown_name);
         }
-        shown += entries.len();
+        shown += entries
+            .iter()
+            .filter(|e| !crate::s3::hidden(&e.name))
+            .count();
         if entries.len() == 1000 {
             say!(out, "(more: ls {} {})", name, entries[999].name);
         }
@@ -384,6 +388,7 @@ pub fn truncate<M: PersistentMemory, E: Environment<M>>(
         // No silent size change under a client.
         lifecycle::before_shrink(storage, &device, found.file, name, size_text, force, out)?;
     }
+    storage.file_changed(found.volume, found.file);
     let fs = storage.filesystem(found.volume).ok_or("not a filesystem")?;
     fs.truncate(found.file, size).map_err(|e| e.to_string())?;
     say!(out, "truncated to {} bytes", size);
@@ -417,6 +422,7 @@ pub fn write<M: PersistentMemory, E: Environment<M>>(
     let offset = parse_offset(offset)?;
     let text = words.join(" ");
     let found = storage.lookup(name).map_err(explain(env))?;
+    storage.file_changed(found.volume, found.file);
     let fs = storage.filesystem(found.volume).ok_or("not a filesystem")?;
     fs.write(found.file, offset, text.as_bytes())
         .and_then(|()| fs.persist(found.file))

@@ -39,6 +39,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod nbd;
 pub mod readonly;
+pub mod s3;
 pub mod web;
 
 #[cfg(test)]
@@ -150,6 +151,11 @@ pub struct Storage<M: PersistentMemory> {
     disconnecting: Vec<u64>,
     /// The budget mounts and formats charge (`daxbox_budget::MOUNT`).
     mount_budget: &'static daxbox_budget::Budget,
+    /// What the object API knows of files' contents, for ETags, by
+    /// (device number, file) ([`s3`]).
+    object_tags: alloc::collections::BTreeMap<(u8, FileId), s3::ObjectTag>,
+    /// Counts changes made other than by an S3 PUT ([`Storage::file_changed`]).
+    tag_epoch: u64,
     /// Counters for metrics ([`metrics`]).
     metrics: metrics::StorageMetrics,
 }
@@ -228,6 +234,8 @@ impl<M: PersistentMemory> Storage<M> {
             connections: Vec::new(),
             disconnecting: Vec::new(),
             mount_budget: &daxbox_budget::MOUNT,
+            object_tags: alloc::collections::BTreeMap::new(),
+            tag_epoch: 0,
             metrics: metrics::StorageMetrics::new(),
         }
     }
@@ -246,6 +254,32 @@ impl<M: PersistentMemory> Storage<M> {
     /// The allow-list, to set its rules or count a refusal.
     pub fn access_mut(&mut self) -> &mut allow::Access {
         &mut self.access
+    }
+
+    /// Records an NBD connection using `file` of `device`, holding it open
+    /// as a real connection does (tests).
+    #[cfg(test)]
+    pub(crate) fn add_test_connection(&mut self, device: &str, file: FileId) {
+        let held = self
+            .volumes
+            .iter_mut()
+            .find(|v| v.device == device)
+            .and_then(|v| match &mut v.role {
+                Role::Filesystem(fs) => fs.open(file).ok(),
+                Role::Raw(_) => None,
+            })
+            .is_some();
+        let id = self.connections.len() as u64 + 1000;
+        self.connections.push(ConnectionStatus {
+            id,
+            peer: None,
+            opened_ms: 0,
+            device: Some(device.into()),
+            file: Some(file),
+            export: device.into(),
+            stats: Default::default(),
+            held,
+        });
     }
 
     /// Sets the budget that mounts charge (tests use their own).
@@ -335,6 +369,10 @@ impl<M: PersistentMemory> Storage<M> {
                 continue;
             }
             if let Role::Filesystem(fs) = &candidate.role {
+                // The object API's temporary files are not for anyone else.
+                if s3::hidden(name) {
+                    continue;
+                }
                 if let Ok(file) = fs.lookup(name) {
                     return Ok(FileRef {
                         volume: index,

@@ -490,14 +490,15 @@ pub fn export_names_page<M: PersistentMemory>(
             Role::Filesystem(fs) => {
                 let want = max - taken;
                 let page = fs.list(cursor.after.as_deref(), want);
-                for entry in &page {
+                // The object API's temporary files are no exports.
+                for entry in page.iter().filter(|e| !crate::s3::hidden(&e.name)) {
                     names.push(crate::canonical_name(
                         &volume.device,
                         default == Some(cursor.part),
                         &entry.name,
                     ));
                 }
-                taken += page.len();
+                taken += page.iter().filter(|e| !crate::s3::hidden(&e.name)).count();
                 match page.last() {
                     Some(last) if page.len() == want => cursor.after = Some(last.name.clone()),
                     _ => {
@@ -561,6 +562,13 @@ fn no_clock() -> u64 {
 }
 
 impl<'a, M: PersistentMemory> StorageBackend<'a, M> {
+    /// The backend over `storage` (tests of other modules use it as the
+    /// engine does).
+    #[cfg(test)]
+    pub(crate) fn for_tests(storage: &'a mut Storage<M>, targets: &'a mut Targets) -> Self {
+        Self::new(storage, targets, None)
+    }
+
     fn new(
         storage: &'a mut Storage<M>,
         targets: &'a mut Targets,
@@ -849,6 +857,8 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
                 .write_flush(offset, data)
                 .map_err(|_| BackendError::Invalid),
             Target::File { volume, file } => {
+                // The object API's ETag of this file no longer holds.
+                self.storage.file_changed(volume, file);
                 let fs = self.filesystem(volume)?;
                 within_file(fs, file, offset, data.len() as u64)?;
                 fs.write(file, offset, data).map_err(fs_error)
@@ -888,6 +898,7 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
                 memory.flush(offset, len).map_err(|_| BackendError::Invalid)
             }
             Target::File { volume, file } => {
+                self.storage.file_changed(volume, file);
                 let fs = self.filesystem(volume)?;
                 within_file(fs, file, offset, len)?;
                 fs.write_zeroes(file, offset, len, !flags.no_hole)
@@ -926,6 +937,7 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
                 Ok(piece)
             }
             Target::File { volume, file } => {
+                self.storage.file_changed(volume, file);
                 let fs = self.filesystem(volume)?;
                 // Never beyond the file's size now (it may have shrunk
                 // since the handshake): as `write_zeroes`, ENOSPC.

@@ -164,7 +164,7 @@ impl<M: PersistentMemory> Storage<M> {
     /// Whether a rule covers every export of the device of `volume`
     /// (`*`, `pmemN`, `pmemN:`), or it is exported raw and a rule names
     /// a file on it.
-    fn device_read_only(&self, volume: usize) -> bool {
+    pub(crate) fn device_read_only(&self, volume: usize) -> bool {
         let Some(v) = self.volumes.get(volume) else {
             return true;
         };

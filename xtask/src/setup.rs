@@ -194,6 +194,47 @@ pub fn ensure_cargo_fuzz() -> Result<(), XtaskError> {
     run_checked(&mut install)
 }
 
+/// The S3 clients the object-API tests drive (boto3 and the AWS CLI, from
+/// PyPI): installed with pip when `python3 -c 'import boto3'` or `aws
+/// --version` fails. Debian's own python refuses a plain `pip install`
+/// (PEP 668), so a failed install is retried with
+/// `--break-system-packages`.
+pub fn ensure_s3_clients() -> Result<(), XtaskError> {
+    let quiet = |command: &mut Command| {
+        command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    let present = || {
+        quiet(Command::new("python3").args(["-c", "import boto3"]))
+            && quiet(Command::new("aws").arg("--version"))
+    };
+    if present() {
+        return Ok(());
+    }
+    let args = ["-m", "pip", "install", "--quiet", "boto3", "awscli"];
+    step(&format!(
+        "set-up: boto3 or the AWS CLI is missing; installing them from PyPI: python3 {}",
+        args.join(" ")
+    ));
+    if !quiet(Command::new("python3").args(args)) {
+        run_checked(
+            Command::new("python3")
+                .args(args)
+                .arg("--break-system-packages"),
+        )?;
+    }
+    if present() {
+        Ok(())
+    } else {
+        Err(XtaskError::Setup(
+            "boto3 and the AWS CLI (`aws`) are still missing after pip install".into(),
+        ))
+    }
+}
+
 /// Runs the set-up for `needs`. Safe to call many times.
 pub fn setup(needs: Needs) -> Result<(), XtaskError> {
     step("set-up: nightly rust-src, llvm-tools, rustfmt, clippy and the x86_64-unknown-none target (rustup)");
@@ -217,6 +258,7 @@ pub fn setup(needs: Needs) -> Result<(), XtaskError> {
 
     if needs == Needs::Everything {
         ensure_cargo_fuzz()?;
+        ensure_s3_clients()?;
     }
     let absent = missing(needs);
     if absent.is_empty() {

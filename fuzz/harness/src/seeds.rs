@@ -172,7 +172,7 @@ fn nbd_seeds(names: [&str; 3], sizes: [u64; 3]) -> Vec<Seed> {
 }
 
 fn http_seeds() -> Vec<Seed> {
-    let requests: [(&str, &[u8]); 7] = [
+    let requests: [(&str, &[u8]); 9] = [
         ("healthz", b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nHEAD /healthz HTTP/1.0\r\n\r\n"),
         ("bytes", b"GET /bench/bytes?n=5000 HTTP/1.1\r\nHost: x\r\n\r\n"),
         (
@@ -183,11 +183,20 @@ fn http_seeds() -> Vec<Seed> {
         ("chunked", b"PUT /bench/sink HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
         ("bad", b"GET  /x HTTP/2\r\n\r\n"),
         ("close", b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        (
+            "stream-put",
+            b"PUT /s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n\
+              5;chunk-signature=ab\r\nhello\r\n0\r\nx-amz-checksum-crc32: AAAAAA==\r\n\r\n\
+              PUT /s HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody",
+        ),
+        ("stream-get", b"GET /s?n=5000 HTTP/1.1\r\nHost: x\r\n\r\nHEAD /s?n=9 HTTP/1.1\r\nHost: x\r\n\r\n"),
     ];
     requests
         .iter()
         .map(|(name, text)| {
-            let mut v = vec![1u8];
+            // Bench routes on; the streaming route too for its seeds.
+            let mode = if name.starts_with("stream") { 3u8 } else { 1 };
+            let mut v = vec![mode];
             v.extend_from_slice(&7u64.to_le_bytes());
             v.extend_from_slice(text);
             (format!("seed-{name}"), v)

@@ -39,6 +39,8 @@
 //! | `export_raw` | `pmemN` | none | Export that device raw over NBD instead of mounting daxfs on it. Repeatable. |
 //! | `readonly` | `NAME` \| `pmemN:NAME` \| `pmemN:` \| `pmemN` \| `*` | none | Exports NBD clients may not write (EPERM): a file, every file of a device, a raw device, everything ([`readonly`] has the grammar, quoting included). Repeatable (at most [`MAX_NAMES`]). A value that cannot be used fails closed: every export (or every export of the device it names) read-only, with a warning that says why. |
 //! | `allow` | `CLIENTS EXPORTS [rw\|ro] [nbd\|http\|both]` | none (every client may use every export) | Which client addresses (IPv4, comma-separated `A.B.C.D[/N]`) may use which exports (`NAME`, `pmemN:NAME`, `pmemN:`, `pmemN`, `*`, as `readonly`) over which protocol, read-write or read-only ([`allow`] has the grammar). Repeatable (at most [`allow::MAX_RULES`]); the first rule that matches decides, no match denies. A line that cannot be used fails closed: the protocol it names (both when it names none) is not served at all. |
+//! | `s3_key` | `ACCESS:SECRET` or `ACCESS:SECRET:read-only` | none | An access key of the S3 object API (AWS Signature V4): the id 1-128 of `A-Za-z0-9_-`, the secret 8-128 printable ASCII characters without spaces; `:read-only` allows reads only. Repeatable (at most [`MAX_S3_KEYS`]; a repeated id keeps the first). Without any, the object API refuses every request (403), and the boot log says so. Never printed: `bootconfig` shows the id only, and a bad line's warning does not quote it. |
+//! | `s3_anonymous` | `pmemN:read` | none | Unsigned S3 reads (list, get, head) allowed on that bucket; writes always need a key. Repeatable (at most [`MAX_NAMES`]). A bad value is dropped: no anonymous access. |
 //! | `log` | `error` \| `warn` \| `info` \| `debug` \| `trace` | `info` | Console log level. |
 //! | `debug_commands` | `on` \| `off` | `off` | Enable shell commands meant for tests only (`debug panic`, `debug fault`: deliberate crashes). |
 //!
@@ -78,6 +80,8 @@ pub const MAX_PMEM: usize = 16;
 /// Most `export_raw=` / `readonly=` entries accepted, each (a `readonly=`
 /// beyond it fails closed: one more rule, for every export).
 pub const MAX_NAMES: usize = 32;
+/// Most `s3_key=` entries accepted; later ones are dropped with a warning.
+pub const MAX_S3_KEYS: usize = 16;
 /// Most warnings kept; further ones are only counted
 /// ([`WarningKind::Suppressed`]), so garbage input cannot use up the heap.
 pub const MAX_WARNINGS: usize = 64;
@@ -187,6 +191,70 @@ pub struct BootConfig {
     pub log: LogLevel,
     /// `debug_commands=`.
     pub debug_commands: bool,
+    /// `s3_key=` entries.
+    pub s3_keys: Vec<S3Key>,
+    /// `s3_anonymous=`: buckets readable without a signature.
+    pub s3_anonymous: Vec<String>,
+}
+
+/// An `s3_key=` entry. Its `Debug` form hides the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Key {
+    /// Access key id.
+    pub id: String,
+    /// Secret access key.
+    pub secret: String,
+    /// Reads only.
+    pub read_only: bool,
+}
+
+impl fmt::Debug for S3Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Key")
+            .field("id", &self.id)
+            .field("secret", &"<hidden>")
+            .field("read_only", &self.read_only)
+            .finish()
+    }
+}
+
+impl fmt::Display for S3Key {
+    /// As `bootconfig` shows it: the id, never the secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "s3_key={}:<secret hidden>{}",
+            self.id,
+            if self.read_only { ":read-only" } else { "" }
+        )
+    }
+}
+
+/// Parses an `s3_key=` value.
+fn parse_s3_key(value: &str) -> Result<S3Key, &'static str> {
+    let (value, read_only) = match value.strip_suffix(":read-only") {
+        Some(rest) => (rest, true),
+        None => (value, false),
+    };
+    let (id, secret) = value
+        .split_once(':')
+        .ok_or("it must be ACCESS:SECRET or ACCESS:SECRET:read-only")?;
+    if id.is_empty()
+        || id.len() > 128
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err("the access key id must be 1-128 of A-Za-z0-9_-");
+    }
+    if secret.len() < 8 || secret.len() > 128 || !secret.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("the secret must be 8-128 printable ASCII characters without spaces");
+    }
+    Ok(S3Key {
+        id: id.into(),
+        secret: secret.into(),
+        read_only,
+    })
 }
 
 impl Default for BootConfig {
@@ -209,6 +277,8 @@ impl Default for BootConfig {
             allow: AllowList::default(),
             log: LogLevel::Info,
             debug_commands: false,
+            s3_keys: Vec::new(),
+            s3_anonymous: Vec::new(),
         }
     }
 }
@@ -462,12 +532,13 @@ impl Parser {
                 let what = alloc::format!("'{}' has no '='", printable(text));
                 return self.allow_failed(number, allow::Protocols::BOTH, what);
             }
-            self.warnings.push(
-                number,
-                WarningKind::NoEquals {
-                    text: printable(text),
-                },
-            );
+            // A line that may hold a secret is not quoted.
+            let text = if text.contains("s3_key") {
+                "s3_key ... (not shown: it may hold a secret)".to_string()
+            } else {
+                printable(text)
+            };
+            self.warnings.push(number, WarningKind::NoEquals { text });
             return;
         };
         self.setting(number, key.trim(), value.trim());
@@ -674,6 +745,47 @@ impl Parser {
                 };
                 self.mark(line, "log");
                 self.config.log = level;
+            }
+            "s3_key" => {
+                if self.config.s3_keys.len() >= MAX_S3_KEYS {
+                    let kind = WarningKind::TooMany {
+                        key: "s3_key",
+                        limit: MAX_S3_KEYS,
+                    };
+                    return self.warnings.push(line, kind);
+                }
+                match parse_s3_key(value) {
+                    // The reason never quotes the value: it holds a secret.
+                    Err(reason) => self.bad(line, "s3_key", reason.into(), true),
+                    Ok(key) if self.config.s3_keys.iter().any(|k| k.id == key.id) => {
+                        let reason = alloc::format!(
+                            "access key id '{}' given twice: the first is kept",
+                            key.id
+                        );
+                        self.bad(line, "s3_key", reason, true);
+                    }
+                    Ok(key) => self.config.s3_keys.push(key),
+                }
+            }
+            "s3_anonymous" => {
+                if self.config.s3_anonymous.len() >= MAX_NAMES {
+                    let kind = WarningKind::TooMany {
+                        key: "s3_anonymous",
+                        limit: MAX_NAMES,
+                    };
+                    return self.warnings.push(line, kind);
+                }
+                match value.strip_suffix(":read") {
+                    Some(device) if is_pmem_device_name(device) => {
+                        if !self.config.s3_anonymous.iter().any(|d| d == device) {
+                            self.config.s3_anonymous.push(device.to_string());
+                        }
+                    }
+                    _ => {
+                        let reason = expected(value, "pmemN:read (no anonymous access)");
+                        self.bad(line, "s3_anonymous", reason, true);
+                    }
+                }
             }
             "debug_commands" => {
                 let on = match value {
@@ -1374,5 +1486,57 @@ mod tests {
             prop_assert_eq!(config.pmem[0].size, size);
             prop_assert_eq!(config.pmem[0].start, start);
         }
+    }
+
+    #[test]
+    fn s3_keys_are_parsed_bounded_and_never_printed() {
+        let text = "s3_key=AKONE:secret-one-123\n\
+                    s3_key=AKTWO:se:cret/two+x:read-only\n\
+                    s3_key=AKONE:another-secret\n\
+                    s3_key=bad id:whatever-long\n\
+                    s3_key=AKSHORT:tiny\n\
+                    s3_key AKNOEQ:hidden-secret-9\n\
+                    s3_anonymous=pmem1:read\n\
+                    s3_anonymous=pmem2:write\n";
+        let (config, warnings) = parse(text.as_bytes());
+        assert_eq!(config.s3_keys.len(), 2);
+        assert_eq!(config.s3_keys[0].id, "AKONE");
+        assert_eq!(config.s3_keys[0].secret, "secret-one-123");
+        assert!(!config.s3_keys[0].read_only);
+        assert_eq!(config.s3_keys[1].secret, "se:cret/two+x");
+        assert!(config.s3_keys[1].read_only);
+        assert_eq!(config.s3_anonymous, ["pmem1"]);
+        assert_eq!(warnings.len(), 5, "{warnings:?}");
+        let shown = alloc::format!("{:?} {:?} {}", config, warnings, config.s3_keys[1]);
+        for secret in [
+            "secret-one-123",
+            "se:cret",
+            "another-secret",
+            "whatever-long",
+            "tiny",
+            "hidden-secret-9",
+        ] {
+            assert!(!shown.contains(secret), "{secret} shown in {shown}");
+        }
+        for warning in &warnings {
+            let line = alloc::format!("{warning}");
+            assert!(
+                !line.contains("secret")
+                    || line.contains("not shown")
+                    || line.contains("the secret must"),
+                "{line}"
+            );
+        }
+        assert_eq!(
+            config.s3_keys[1].to_string(),
+            "s3_key=AKTWO:<secret hidden>:read-only"
+        );
+        // At most MAX_S3_KEYS.
+        let many: String = (0..MAX_S3_KEYS + 3)
+            .map(|i| alloc::format!("s3_key=K{i}:secret-{i}-xyz\n"))
+            .collect();
+        let (config, warnings) = parse(many.as_bytes());
+        assert_eq!(config.s3_keys.len(), MAX_S3_KEYS);
+        assert_eq!(warnings.len(), 3);
     }
 }

@@ -1,5 +1,7 @@
 //! A minimal, strict HTTP/1.1 server (RFC 9112 message syntax) as a
-//! [`TcpService`]: health check and throughput endpoints.
+//! [`TcpService`]: health check and throughput endpoints, and the
+//! extension point ([`HttpRoutes`]) through which the storage service adds
+//! its APIs with streamed request and response bodies.
 //!
 //! Routes:
 //! - `GET|HEAD /healthz` → `200`, body `ok daxbox <version> uptime=<s>`.
@@ -10,7 +12,8 @@
 //!   with `received <N>`; the body at most [`MAX_BENCH_BYTES`] (1 GiB):
 //!   beyond, `413` at once, without reading the body, and the connection
 //!   is closed.
-//! - anything else → the [`HttpRoutes`] extension, then `404`.
+//! - anything else → the [`HttpRoutes`] extension ([`HttpRoutes::open`]
+//!   first, then [`HttpRoutes::route`]), then `404`.
 //!
 //! A [`Gate`] ([`HttpService::set_gate`], the boot config's `allow=`
 //! rules) decides by client address: a client it refuses gets `403
@@ -25,12 +28,27 @@
 //!
 //! Requests are read one at a time (pipelined requests wait in the socket
 //! buffer); the head is limited to [`MAX_HEAD`] bytes (`431` beyond);
-//! malformed heads get `400`, chunked bodies `501`, other versions `505`,
-//! and the connection is closed after any error because its framing can no
-//! longer be trusted. A request body that no route wants (anything but
-//! `/bench/sink`) is read and discarded up to [`MAX_DISCARD`] bytes; a
-//! longer one is not read: the answer is sent at once and the connection
-//! closed, so no path is an unbounded sink.
+//! malformed heads get `400`, transfer codings other than `chunked` `501`,
+//! other versions `505`, and the connection is closed after any error
+//! because its framing can no longer be trusted. A request body that no
+//! route wants is read and discarded up to [`MAX_DISCARD`] bytes; a longer
+//! one (or a chunked one) is not read: the answer is sent at once and the
+//! connection closed, so no path is an unbounded sink.
+//!
+//! Streamed bodies ([`HttpRoutes::open`] → [`Opened::Body`]): the body,
+//! `Content-Length` or `Transfer-Encoding: chunked` (RFC 9112 §7.1), is
+//! handed to [`HttpRoutes::body`] piece by piece as it arrives (never
+//! gathered: a piece is at most what the socket buffer holds), then
+//! [`HttpRoutes::finish`] answers, with the chunked trailer lines. The
+//! connection itself buffers only a chunk-size line ([`MAX_CHUNK_LINE`])
+//! and the trailers ([`MAX_HEAD`]); `Expect: 100-continue` is answered with
+//! `100 Continue` when the route wants the body, and not at all when the
+//! answer comes first. A reply's body is either bytes or
+//! [`ReplyBody::Pull`]: the service asks [`HttpRoutes::read`] for more as
+//! the socket drains (e.g. straight from pmem). [`HttpRoutes::end`] is
+//! called exactly once per exchange: after its reply went out, or when the
+//! connection is gone mid-body (the route then throws away what it
+//! received).
 //!
 //! Time limits (none restarts on every byte, so a client trickling bytes
 //! cannot hold a connection): the first byte of the first request must
@@ -38,26 +56,30 @@
 //! connections ahead of use), and a request head must be complete within
 //! [`HEAD_TIMEOUT_MS`] of its first byte, else `408` and close; a body must
 //! arrive within [`HEAD_TIMEOUT_MS`] plus one second per MiB
-//! ([`BODY_RATE_BYTES_PER_S`]), else the connection is reset; a response
-//! must make progress every [`REQUEST_TIMEOUT_MS`]; an idle keep-alive
-//! connection is closed after [`IDLE_TIMEOUT_MS`]. A client over the
-//! listener's connection limits gets `503` with `Retry-After` and a close
-//! ([`TcpService::refuse`]).
+//! ([`BODY_RATE_BYTES_PER_S`]) (chunked: per MiB received so far), else the
+//! connection is reset; a response must make progress every
+//! [`REQUEST_TIMEOUT_MS`]; an idle keep-alive connection is closed after
+//! [`IDLE_TIMEOUT_MS`]. A client over the listener's connection limits gets
+//! `503` with `Retry-After` and a close ([`TcpService::refuse`]).
 
 use crate::{Refusal, TcpService};
 use alloc::boxed::Box;
 use alloc::format;
+use alloc::string::String;
 use alloc::vec::Vec;
 use core::net::IpAddr;
 
-/// Largest request head (request line + headers) accepted.
+/// Largest request head (request line + headers) accepted; also the
+/// largest block of chunked trailer lines.
 pub const MAX_HEAD: usize = 8192;
+/// Largest chunk-size line of a chunked body (size and chunk extensions).
+pub const MAX_CHUNK_LINE: usize = 1024;
 /// Largest `n` for `/bench/bytes` and largest `/bench/sink` body (1 GiB):
 /// bounds what one request can make the appliance send or swallow.
 pub const MAX_BENCH_BYTES: u64 = 1 << 30;
 /// Largest request body discarded on a route that does not want one
-/// (everything but `/bench/sink`); a longer body is not read and the
-/// connection is closed after the answer.
+/// (everything but `/bench/sink` and streamed routes); a longer body is
+/// not read and the connection is closed after the answer.
 pub const MAX_DISCARD: u64 = 64 * 1024;
 /// A response being sent must make progress within this time.
 pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
@@ -77,8 +99,10 @@ pub const ANSWER_GRACE_MS: u64 = 5_000;
 /// `Retry-After` of a `503` for a client over a connection limit, seconds.
 pub const RETRY_AFTER_S: u32 = 5;
 /// Heap a connection's own state may hold beyond its socket buffers: the
-/// head buffer plus a small queued answer (for the listener's budget).
-pub const CONNECTION_BYTES: usize = MAX_HEAD + 1024;
+/// head buffer (reused for chunked trailers), a chunk-size line and a
+/// small queued answer (for the listener's budget). What a route keeps
+/// per exchange (and a route's reply bytes) is charged by the route.
+pub const CONNECTION_BYTES: usize = MAX_HEAD + MAX_CHUNK_LINE + 1024;
 
 /// A parsed request head, handed to [`HttpRoutes`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,8 +113,35 @@ pub struct Request<'a> {
     pub path: &'a str,
     /// Query part of the target (after `?`), possibly empty.
     pub query: &'a str,
-    /// Declared body length.
+    /// Declared body length (0 when chunked: see `chunked`).
     pub content_length: u64,
+    /// The body is `Transfer-Encoding: chunked` (its length is unknown).
+    pub chunked: bool,
+    /// The header lines as received (`Name: value`, CRLF between them),
+    /// already checked: every line has a token name and a colon.
+    pub headers: &'a str,
+}
+
+impl<'a> Request<'a> {
+    /// Every header field as (name, value with surrounding blanks cut).
+    pub fn header_fields(&self) -> impl Iterator<Item = (&'a str, &'a str)> {
+        self.headers
+            .split("\r\n")
+            .filter_map(|line| line.split_once(':'))
+            .map(|(name, value)| (name, value.trim_matches([' ', '\t'])))
+    }
+
+    /// The value of the first header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        self.header_fields()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// A body is announced (a non-zero `Content-Length`, or chunked).
+    pub fn has_body(&self) -> bool {
+        self.chunked || self.content_length > 0
+    }
 }
 
 /// A complete, small response.
@@ -104,11 +155,111 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
-/// Extension point for later HTTP APIs: requests not matched by the built-in
-/// routes go here (their body, if any, has been discarded).
+/// The body of a [`Reply`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplyBody {
+    /// These bytes.
+    Bytes(Vec<u8>),
+    /// This many bytes, pulled from the route with [`HttpRoutes::read`] as
+    /// the socket drains.
+    Pull(u64),
+}
+
+/// A response with its own header lines and a possibly streamed body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Content-Type.
+    pub content_type: &'static str,
+    /// Extra header lines, each ending in CRLF (`ETag: "..."\r\n`).
+    pub headers: String,
+    /// Body.
+    pub body: ReplyBody,
+}
+
+impl Reply {
+    /// Bytes with no extra header.
+    pub fn bytes(status: u16, content_type: &'static str, body: Vec<u8>) -> Self {
+        Self {
+            status,
+            content_type,
+            headers: String::new(),
+            body: ReplyBody::Bytes(body),
+        }
+    }
+
+    fn length(&self) -> u64 {
+        match &self.body {
+            ReplyBody::Bytes(bytes) => bytes.len() as u64,
+            ReplyBody::Pull(length) => *length,
+        }
+    }
+}
+
+impl From<Response> for Reply {
+    fn from(response: Response) -> Self {
+        Reply::bytes(response.status, response.content_type, response.body)
+    }
+}
+
+/// What [`HttpRoutes::open`] does with a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Opened {
+    /// Answer now. A request body is not wanted: it is discarded up to
+    /// [`MAX_DISCARD`], beyond (or chunked) the answer goes out at once and
+    /// the connection closes.
+    Reply(Reply),
+    /// The route takes the request body ([`HttpRoutes::body`]) and answers
+    /// at its end ([`HttpRoutes::finish`]).
+    Body,
+}
+
+/// Extension point for HTTP APIs beyond the built-in routes.
+///
+/// Small APIs implement [`route`](Self::route) only (any request body has
+/// been discarded). Streaming APIs implement [`open`](Self::open) and the
+/// methods after it; `exchange` numbers one request on this service (never
+/// reused), so a route can keep per-request state between the calls.
 pub trait HttpRoutes {
     /// Returns a response, or `None` for 404.
     fn route(&mut self, request: &Request<'_>, now_ms: u64) -> Option<Response>;
+
+    /// Takes a request before [`route`](Self::route) does: `None` (the
+    /// default) passes it on. When it returns `Some`, `end(exchange)`
+    /// follows once.
+    fn open(&mut self, request: &Request<'_>, exchange: u64, now_ms: u64) -> Option<Opened> {
+        let _ = (request, exchange, now_ms);
+        None
+    }
+
+    /// The next piece of the body of an exchange opened with
+    /// [`Opened::Body`]. `Err(reply)`: stop; the reply goes out at once, the
+    /// rest of the body is not read and the connection closes.
+    fn body(&mut self, exchange: u64, data: &[u8], now_ms: u64) -> Result<(), Reply> {
+        let _ = (exchange, data, now_ms);
+        Ok(())
+    }
+
+    /// The body is complete (`trailers`: the chunked trailer lines, CRLF
+    /// between them, possibly empty): the answer.
+    fn finish(&mut self, exchange: u64, trailers: &str, now_ms: u64) -> Reply {
+        let _ = (exchange, trailers, now_ms);
+        Reply::bytes(500, "text/plain", b"no answer\n".to_vec())
+    }
+
+    /// Bytes `offset..` of a [`ReplyBody::Pull`] body, into `out`; returns
+    /// how many (0 before the end: the body cannot be completed, the
+    /// connection is closed).
+    fn read(&mut self, exchange: u64, offset: u64, out: &mut [u8]) -> usize {
+        let _ = (exchange, offset, out);
+        0
+    }
+
+    /// The exchange is over (answered, or its connection gone).
+    fn end(&mut self, exchange: u64) {
+        let _ = exchange;
+    }
 
     /// Called with the service's own counters just before
     /// [`route`](Self::route), for routes that report them (metrics). The
@@ -130,6 +281,82 @@ impl HttpRoutes for NoRoutes {
 /// (`None`: the transport did not tell the address).
 pub type Gate = Box<dyn FnMut(Option<IpAddr>) -> bool + Send>;
 
+/// Two route sets: `first` answers when it can, `second` is asked when
+/// it has nothing. An exchange stays with the set that opened it.
+#[derive(Debug, Default)]
+pub struct Chain<A, B> {
+    /// Asked first.
+    pub first: A,
+    /// Asked when `first` has no answer.
+    pub second: B,
+    /// Exchanges opened by `second` (at most one per connection).
+    second_opened: Vec<u64>,
+}
+
+impl<A, B> Chain<A, B> {
+    /// `first`, then `second`.
+    pub fn new(first: A, second: B) -> Self {
+        Self {
+            first,
+            second,
+            second_opened: Vec::new(),
+        }
+    }
+
+    fn second_has(&self, exchange: u64) -> bool {
+        self.second_opened.contains(&exchange)
+    }
+}
+
+impl<A: HttpRoutes, B: HttpRoutes> HttpRoutes for Chain<A, B> {
+    fn observe_stats(&mut self, stats: &HttpStats) {
+        self.first.observe_stats(stats);
+        self.second.observe_stats(stats);
+    }
+    fn route(&mut self, request: &Request<'_>, now_ms: u64) -> Option<Response> {
+        self.first
+            .route(request, now_ms)
+            .or_else(|| self.second.route(request, now_ms))
+    }
+    fn open(&mut self, request: &Request<'_>, exchange: u64, now_ms: u64) -> Option<Opened> {
+        if let Some(opened) = self.first.open(request, exchange, now_ms) {
+            return Some(opened);
+        }
+        let opened = self.second.open(request, exchange, now_ms)?;
+        self.second_opened.push(exchange);
+        Some(opened)
+    }
+    fn body(&mut self, exchange: u64, data: &[u8], now_ms: u64) -> Result<(), Reply> {
+        if self.second_has(exchange) {
+            self.second.body(exchange, data, now_ms)
+        } else {
+            self.first.body(exchange, data, now_ms)
+        }
+    }
+    fn finish(&mut self, exchange: u64, trailers: &str, now_ms: u64) -> Reply {
+        if self.second_has(exchange) {
+            self.second.finish(exchange, trailers, now_ms)
+        } else {
+            self.first.finish(exchange, trailers, now_ms)
+        }
+    }
+    fn read(&mut self, exchange: u64, offset: u64, out: &mut [u8]) -> usize {
+        if self.second_has(exchange) {
+            self.second.read(exchange, offset, out)
+        } else {
+            self.first.read(exchange, offset, out)
+        }
+    }
+    fn end(&mut self, exchange: u64) {
+        if let Some(i) = self.second_opened.iter().position(|&e| e == exchange) {
+            self.second_opened.swap_remove(i);
+            self.second.end(exchange);
+        } else {
+            self.first.end(exchange);
+        }
+    }
+}
+
 /// Whether the `/bench/bytes` and `/bench/sink` routes exist.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Bench {
@@ -147,12 +374,14 @@ pub struct HttpStats {
     pub requests: u64,
     /// Requests answered with a 4xx/5xx status.
     pub errors: u64,
-    /// Bytes streamed by `/bench/bytes`.
+    /// Bytes streamed by `/bench/bytes` and pulled reply bodies.
     pub bytes_streamed: u64,
     /// Body bytes discarded (by `/bench/sink` and others).
     pub bytes_sunk: u64,
     /// Requests answered `403` because the gate refused the client.
     pub forbidden: u64,
+    /// Request body bytes handed to routes.
+    pub bytes_received: u64,
     /// Requests answered by status class: `[1xx, 2xx, 3xx, 4xx, 5xx]`
     /// (`408` and `503` answers included).
     pub by_class: [u64; 5],
@@ -181,6 +410,7 @@ pub struct HttpService<R: HttpRoutes = NoRoutes> {
     routes: R,
     stats: HttpStats,
     gate: Option<Gate>,
+    next_exchange: u64,
 }
 
 impl HttpService<NoRoutes> {
@@ -201,6 +431,7 @@ impl<R: HttpRoutes> HttpService<R> {
             routes,
             stats: HttpStats::default(),
             gate: None,
+            next_exchange: 1,
         }
     }
 
@@ -214,19 +445,46 @@ impl<R: HttpRoutes> HttpService<R> {
     pub fn stats(&self) -> HttpStats {
         self.stats
     }
+
+    /// The routes.
+    pub fn routes(&self) -> &R {
+        &self.routes
+    }
+
+    /// The routes, mutably.
+    pub fn routes_mut(&mut self) -> &mut R {
+        &mut self.routes
+    }
 }
 
 /// What happens once the request body has been read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Action {
-    Respond(Response, bool),
+    Respond(Reply, bool),
     Stream {
         length: u64,
         head_only: bool,
     },
     Sink,
     /// Answer at once, without reading the body, and close.
-    Refuse(Response, bool),
+    Refuse(Reply, bool),
+    /// The route of the connection's exchange takes the body.
+    Exchange {
+        head_only: bool,
+    },
+}
+
+/// Where a chunked body is (RFC 9112 §7.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ChunkState {
+    /// Reading a chunk-size line.
+    Size,
+    /// Reading this many more bytes of chunk data.
+    Data(u64),
+    /// Reading the CRLF after chunk data.
+    DataEnd,
+    /// Reading trailer lines (into the head buffer).
+    Trailers,
 }
 
 /// Per-connection state.
@@ -238,6 +496,14 @@ pub struct HttpConnection {
     /// Request body bytes still to read (and discard).
     body_remaining: u64,
     body_total: u64,
+    /// A chunked request body is being read.
+    chunk: Option<ChunkState>,
+    /// The chunk-size line (or the CRLF after data) read so far.
+    chunk_line: Vec<u8>,
+    /// When the body began (chunked: its deadline grows with its length).
+    body_start: u64,
+    /// The exchange a route holds for this connection.
+    exchange: Option<u64>,
     /// Decided action, run when the body is complete.
     pending: Option<Action>,
     /// Bytes to send: response head and small bodies.
@@ -246,6 +512,8 @@ pub struct HttpConnection {
     /// Generated body bytes still to send, and how many were sent.
     stream_remaining: u64,
     stream_offset: u64,
+    /// The stream is pulled from the exchange's route, not generated.
+    pull: bool,
     /// Close once everything queued is sent.
     close_after: bool,
     last_activity: u64,
@@ -263,36 +531,44 @@ impl HttpConnection {
         self.out_pos < self.out.len() || self.stream_remaining > 0
     }
 
+    fn reading_body(&self) -> bool {
+        self.body_remaining > 0 || self.chunk.is_some()
+    }
+
     fn reading_request(&self) -> bool {
-        !self.head.is_empty() || self.body_remaining > 0
+        !self.head.is_empty() || self.reading_body()
     }
 }
 
 fn reason(status: u16) -> &'static str {
     match status {
         100 => "Continue",
-        403 => "Forbidden",
         408 => "Request Timeout",
         503 => "Service Unavailable",
         200 => "OK",
+        204 => "No Content",
+        206 => "Partial Content",
+        304 => "Not Modified",
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
         411 => "Length Required",
+        412 => "Precondition Failed",
         413 => "Content Too Large",
+        416 => "Range Not Satisfiable",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
         501 => "Not Implemented",
         505 => "HTTP Version Not Supported",
+        507 => "Insufficient Storage",
         _ => "Unknown",
     }
 }
 
-fn text(status: u16, body: &str) -> Response {
-    Response {
-        status,
-        content_type: "text/plain",
-        body: body.as_bytes().to_vec(),
-    }
+fn text(status: u16, body: &str) -> Reply {
+    Reply::bytes(status, "text/plain", body.as_bytes().to_vec())
 }
 
 /// Why a head was rejected (status code + short message).
@@ -324,8 +600,7 @@ fn parse_head(raw: &[u8]) -> Result<Head<'_>, Reject> {
     let text = core::str::from_utf8(raw).map_err(|_| (400, "request head is not UTF-8"))?;
     // §2.2: ignore empty lines before the request line.
     let text = text.trim_start_matches("\r\n");
-    let mut lines = text.split("\r\n");
-    let request_line = lines.next().unwrap_or("");
+    let (request_line, headers) = text.split_once("\r\n").unwrap_or((text, ""));
     let mut parts = request_line.split(' ');
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -346,10 +621,11 @@ fn parse_head(raw: &[u8]) -> Result<Head<'_>, Reject> {
     }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let mut content_length: Option<u64> = None;
+    let mut chunked = false;
     let mut keep_alive = http11;
     let mut expect_continue = false;
     let mut host = false;
-    for line in lines {
+    for line in headers.split("\r\n").filter(|_| !headers.is_empty()) {
         if line.starts_with([' ', '\t']) {
             return Err((400, "obsolete line folding"));
         }
@@ -370,7 +646,14 @@ fn parse_head(raw: &[u8]) -> Result<Head<'_>, Reject> {
             }
             content_length = Some(length);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err((501, "Transfer-Encoding is not supported"));
+            // §6.1: only `chunked`, once, and only from HTTP/1.1.
+            if !value.eq_ignore_ascii_case("chunked") || chunked {
+                return Err((501, "only Transfer-Encoding: chunked is supported"));
+            }
+            if !http11 {
+                return Err((400, "Transfer-Encoding in an HTTP/1.0 request"));
+            }
+            chunked = true;
         } else if name.eq_ignore_ascii_case("connection") {
             for option in value.split(',').map(|o| o.trim_matches([' ', '\t'])) {
                 if option.eq_ignore_ascii_case("close") {
@@ -392,12 +675,18 @@ fn parse_head(raw: &[u8]) -> Result<Head<'_>, Reject> {
     if http11 && !host {
         return Err((400, "missing Host"));
     }
+    // §6.3: both framings at once is how requests are smuggled: refuse.
+    if chunked && content_length.is_some() {
+        return Err((400, "both Content-Length and Transfer-Encoding"));
+    }
     Ok(Head {
         request: Request {
             method,
             path,
             query,
             content_length: content_length.unwrap_or(0),
+            chunked,
+            headers,
         },
         keep_alive,
         expect_continue,
@@ -413,6 +702,19 @@ fn query_number(query: &str, key: &str) -> Option<u64> {
         .and_then(|(_, v)| parse_decimal(v))
 }
 
+/// Parses a chunk-size line (without CRLF): hex size, then optional
+/// `;extensions`, which are ignored (§7.1.1).
+fn parse_chunk_size(line: &[u8]) -> Option<u64> {
+    let end = line.iter().position(|&b| b == b';').unwrap_or(line.len());
+    let digits = core::str::from_utf8(&line[..end])
+        .ok()?
+        .trim_end_matches([' ', '\t']);
+    if digits.is_empty() || digits.len() > 15 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(digits, 16).ok()
+}
+
 /// The generated body pattern: byte `k` is `k mod 256`. A table of 4 KiB +
 /// 256 lets any chunk be one `copy_from_slice`.
 static PATTERN: [u8; 4096 + 256] = {
@@ -426,31 +728,53 @@ static PATTERN: [u8; 4096 + 256] = {
 };
 
 impl<R: HttpRoutes> HttpService<R> {
-    fn head_response(&self, status: u16, content_type: &str, length: u64, close: bool) -> Vec<u8> {
-        let retry = if status == 503 {
+    fn head_response(&self, reply: &Reply, length: u64, close: bool) -> Vec<u8> {
+        let retry = if reply.status == 503 {
             format!("Retry-After: {RETRY_AFTER_S}\r\n")
         } else {
-            alloc::string::String::new()
+            String::new()
+        };
+        // §6.1 of RFC 9110: no Content-Length in a 204.
+        let length = if reply.status == 204 {
+            String::new()
+        } else {
+            format!("Content-Length: {length}\r\n")
         };
         format!(
-            "HTTP/1.1 {status} {}\r\nServer: daxbox\r\nContent-Type: {content_type}\r\nContent-Length: {length}\r\n{retry}{}\r\n",
-            reason(status),
+            "HTTP/1.1 {} {}\r\nServer: daxbox\r\nContent-Type: {}\r\n{length}{retry}{}{}\r\n",
+            reply.status,
+            reason(reply.status),
+            reply.content_type,
+            reply.headers,
             if close { "Connection: close\r\n" } else { "" },
         )
         .into_bytes()
     }
 
-    fn queue_response(&mut self, conn: &mut HttpConnection, response: Response, head_only: bool) {
-        self.stats.count(response.status);
-        let head = self.head_response(
-            response.status,
-            response.content_type,
-            response.body.len() as u64,
-            conn.close_after,
-        );
+    /// Queues `reply` (only its head when `head_only`); a pulled body
+    /// starts streaming from the connection's exchange.
+    fn queue_response(&mut self, conn: &mut HttpConnection, reply: Reply, head_only: bool) {
+        self.stats.count(reply.status);
+        let length = reply.length();
+        let head = self.head_response(&reply, length, conn.close_after);
         conn.out.extend_from_slice(&head);
-        if !head_only {
-            conn.out.extend_from_slice(&response.body);
+        match reply.body {
+            ReplyBody::Bytes(bytes) if !head_only => conn.out.extend_from_slice(&bytes),
+            ReplyBody::Pull(length) if !head_only && length > 0 && conn.exchange.is_some() => {
+                conn.pull = true;
+                conn.stream_remaining = length;
+                conn.stream_offset = 0;
+                return;
+            }
+            _ => {}
+        }
+        self.end_exchange(conn);
+    }
+
+    fn end_exchange(&mut self, conn: &mut HttpConnection) {
+        conn.pull = false;
+        if let Some(exchange) = conn.exchange.take() {
+            self.routes.end(exchange);
         }
     }
 
@@ -458,20 +782,23 @@ impl<R: HttpRoutes> HttpService<R> {
         conn.close_after = true;
         conn.head.clear();
         conn.body_remaining = 0;
+        conn.chunk = None;
+        conn.pending = None;
+        conn.stream_remaining = 0;
         let body = format!("{status} {}: {message}\n", reason(status));
         self.queue_response(conn, text(status, &body), false);
     }
 
     /// Decides what to do with a complete head.
-    fn route(&mut self, head: &Head<'_>, peer: Option<IpAddr>, now_ms: u64) -> Action {
+    fn route(&mut self, conn: &mut HttpConnection, head: &Head<'_>, now_ms: u64) -> Action {
         let r = &head.request;
         if r.path != "/healthz" {
             if let Some(gate) = self.gate.as_mut() {
-                if !gate(peer) {
+                if !gate(conn.peer) {
                     self.stats.forbidden = self.stats.forbidden.saturating_add(1);
                     let body = "403 Forbidden: this client address is not allowed (allow-list)\n";
                     let response = text(403, body);
-                    return if r.content_length > MAX_DISCARD {
+                    return if r.content_length > MAX_DISCARD || r.chunked {
                         Action::Refuse(response, false)
                     } else {
                         Action::Respond(response, false)
@@ -500,6 +827,9 @@ impl<R: HttpRoutes> HttpService<R> {
                 if r.content_length > MAX_BENCH_BYTES {
                     let body = "413 Content Too Large: body over the 1 GiB limit of /bench/sink\n";
                     Action::Refuse(text(413, body), false)
+                } else if r.chunked {
+                    let body = "411 Length Required: /bench/sink needs a Content-Length\n";
+                    Action::Refuse(text(411, body), false)
                 } else {
                     Action::Sink
                 }
@@ -510,29 +840,43 @@ impl<R: HttpRoutes> HttpService<R> {
             }
             _ => {
                 self.routes.observe_stats(&self.stats);
-                match self.routes.route(r, now_ms) {
-                    Some(response) => Action::Respond(response, head_only),
-                    None => Action::Respond(text(404, "not found\n"), false),
+                let exchange = self.next_exchange;
+                self.next_exchange += 1;
+                match self.routes.open(r, exchange, now_ms) {
+                    Some(Opened::Body) => {
+                        conn.exchange = Some(exchange);
+                        Action::Exchange { head_only }
+                    }
+                    Some(Opened::Reply(reply)) => {
+                        conn.exchange = Some(exchange);
+                        Action::Respond(reply, head_only)
+                    }
+                    None => match self.routes.route(r, now_ms) {
+                        Some(response) => Action::Respond(response.into(), head_only),
+                        None => Action::Respond(text(404, "not found\n"), false),
+                    },
                 }
             }
         };
         match action {
             // Nobody wants this body: discard a small one, refuse to read a
-            // large one (the decided answer goes out at once, then close).
-            Action::Respond(response, head_only) if r.content_length > MAX_DISCARD => {
-                Action::Refuse(response, head_only)
+            // large or chunked one (the decided answer goes out at once,
+            // then close).
+            Action::Respond(reply, head_only) if r.chunked || r.content_length > MAX_DISCARD => {
+                Action::Refuse(reply, head_only)
             }
             action => action,
         }
     }
 
-    fn finish_request(&mut self, conn: &mut HttpConnection) {
+    fn finish_request(&mut self, conn: &mut HttpConnection, trailers: &str, now_ms: u64) {
+        conn.body_deadline = None;
         let Some(action) = conn.pending.take() else {
             return;
         };
         match action {
-            Action::Respond(response, head_only) | Action::Refuse(response, head_only) => {
-                self.queue_response(conn, response, head_only)
+            Action::Respond(reply, head_only) | Action::Refuse(reply, head_only) => {
+                self.queue_response(conn, reply, head_only)
             }
             Action::Sink => {
                 let body = format!("received {}\n", conn.body_total);
@@ -540,15 +884,139 @@ impl<R: HttpRoutes> HttpService<R> {
             }
             Action::Stream { length, head_only } => {
                 self.stats.count(200);
-                let head =
-                    self.head_response(200, "application/octet-stream", length, conn.close_after);
+                let reply = Reply::bytes(200, "application/octet-stream", Vec::new());
+                let head = self.head_response(&reply, length, conn.close_after);
                 conn.out.extend_from_slice(&head);
                 if !head_only {
+                    conn.pull = false;
                     conn.stream_remaining = length;
                     conn.stream_offset = 0;
                 }
             }
+            Action::Exchange { head_only } => {
+                let reply = match conn.exchange {
+                    Some(exchange) => self.routes.finish(exchange, trailers, now_ms),
+                    None => text(500, "500 Internal Server Error: exchange lost\n"),
+                };
+                self.queue_response(conn, reply, head_only);
+            }
         }
+    }
+
+    /// Hands body bytes to whoever takes them; false when the route
+    /// refused them (its answer is queued and the connection closing).
+    fn deliver(&mut self, conn: &mut HttpConnection, data: &[u8], now_ms: u64) -> bool {
+        let exchange = match (&conn.pending, conn.exchange) {
+            (Some(Action::Exchange { .. }), Some(exchange)) => exchange,
+            _ => {
+                self.stats.bytes_sunk += data.len() as u64;
+                return true;
+            }
+        };
+        self.stats.bytes_received += data.len() as u64;
+        match self.routes.body(exchange, data, now_ms) {
+            Ok(()) => true,
+            Err(reply) => {
+                conn.close_after = true;
+                conn.body_remaining = 0;
+                conn.chunk = None;
+                conn.pending = None;
+                conn.body_deadline = None;
+                self.queue_response(conn, reply, false);
+                false
+            }
+        }
+    }
+
+    /// Consumes chunked body bytes; returns how many of `data` it took.
+    fn receive_chunked(&mut self, conn: &mut HttpConnection, data: &[u8], now_ms: u64) -> usize {
+        let mut used = 0;
+        while used < data.len() {
+            let Some(state) = conn.chunk else {
+                break;
+            };
+            match state {
+                ChunkState::Size | ChunkState::DataEnd => {
+                    let byte = data[used];
+                    used += 1;
+                    conn.chunk_line.push(byte);
+                    if !conn.chunk_line.ends_with(b"\r\n") {
+                        if conn.chunk_line.len() >= MAX_CHUNK_LINE
+                            || (state == ChunkState::DataEnd && conn.chunk_line.len() >= 2)
+                        {
+                            self.reject(conn, (400, "malformed chunked body"));
+                            self.end_exchange(conn);
+                            return data.len();
+                        }
+                        continue;
+                    }
+                    let line = core::mem::take(&mut conn.chunk_line);
+                    let line = &line[..line.len() - 2];
+                    if state == ChunkState::DataEnd {
+                        if !line.is_empty() {
+                            self.reject(conn, (400, "malformed chunked body"));
+                            self.end_exchange(conn);
+                            return data.len();
+                        }
+                        conn.chunk = Some(ChunkState::Size);
+                        continue;
+                    }
+                    match parse_chunk_size(line) {
+                        Some(0) => conn.chunk = Some(ChunkState::Trailers),
+                        Some(size) => conn.chunk = Some(ChunkState::Data(size)),
+                        None => {
+                            self.reject(conn, (400, "malformed chunk size"));
+                            self.end_exchange(conn);
+                            return data.len();
+                        }
+                    }
+                }
+                ChunkState::Data(remaining) => {
+                    let take = remaining.min((data.len() - used) as u64);
+                    // `take` <= data.len() - used, so it fits in usize.
+                    let piece = &data[used..used + take as usize];
+                    used += take as usize;
+                    conn.body_total += take;
+                    let deadline_ms = conn.body_total.saturating_mul(1000) / BODY_RATE_BYTES_PER_S;
+                    conn.body_deadline = Some(
+                        conn.body_start
+                            .saturating_add(HEAD_TIMEOUT_MS)
+                            .saturating_add(deadline_ms),
+                    );
+                    if !self.deliver(conn, piece, now_ms) {
+                        return data.len();
+                    }
+                    conn.chunk = Some(if remaining == take {
+                        ChunkState::DataEnd
+                    } else {
+                        ChunkState::Data(remaining - take)
+                    });
+                }
+                ChunkState::Trailers => {
+                    let byte = data[used];
+                    used += 1;
+                    conn.head.push(byte);
+                    if conn.head == b"\r\n" || conn.head.ends_with(b"\r\n\r\n") {
+                        let raw = core::mem::take(&mut conn.head);
+                        let trailers = core::str::from_utf8(&raw)
+                            .unwrap_or("")
+                            .trim_end_matches("\r\n");
+                        conn.chunk = None;
+                        self.finish_request(conn, trailers, now_ms);
+                        conn.head = raw;
+                        conn.head.clear();
+                        break;
+                    }
+                    if conn.head.len() >= MAX_HEAD {
+                        self.reject(conn, (431, "chunked trailers too large"));
+                        self.end_exchange(conn);
+                        return data.len();
+                    }
+                }
+            }
+        }
+        conn.last_activity = now_ms;
+        used
     }
 
     /// Consumes head bytes; returns how many of `data` belong to the head.
@@ -561,19 +1029,22 @@ impl<R: HttpRoutes> HttpService<R> {
         let room = MAX_HEAD - old_len;
         let take = data.len().min(room);
         conn.head.extend_from_slice(&data[..take]);
+        // Search only where the terminator could newly appear.
+        let from = old_len.saturating_sub(3);
+        let terminator = conn.head[from..].windows(4).position(|w| w == b"\r\n\r\n");
         // Control characters other than CR, LF and HTAB are never valid in
         // a request head (RFC 9112 §2.2, §5.5): fail fast instead of waiting
-        // for a terminator that binary junk may never contain.
-        if conn.head[old_len..]
+        // for a terminator that binary junk may never contain. Only the
+        // head is checked: body bytes may follow it in the same segment.
+        let head_bytes = terminator.map_or(conn.head.len(), |end| from + end);
+        if conn.head[old_len.min(head_bytes)..head_bytes]
             .iter()
             .any(|&b| (b < 0x20 && !matches!(b, b'\r' | b'\n' | b'\t')) || b == 0x7F)
         {
             self.reject(conn, (400, "control character in request head"));
             return take;
         }
-        // Search only where the terminator could newly appear.
-        let from = old_len.saturating_sub(3);
-        let Some(end) = conn.head[from..].windows(4).position(|w| w == b"\r\n\r\n") else {
+        let Some(end) = terminator else {
             if conn.head.len() >= MAX_HEAD {
                 self.reject(conn, (431, "request head too large"));
             }
@@ -587,26 +1058,31 @@ impl<R: HttpRoutes> HttpService<R> {
             Err(reject) => self.reject(conn, reject),
             Ok(head) => {
                 conn.close_after = !head.keep_alive;
-                let action = self.route(&head, conn.peer, now_ms);
+                let action = self.route(conn, &head, now_ms);
+                let refused = matches!(action, Action::Refuse(..));
                 // The body is not read: the framing is lost, so close.
-                let length = if matches!(action, Action::Refuse(..)) {
+                let (length, chunked) = if refused {
                     conn.close_after = true;
-                    0
+                    (0, false)
                 } else {
-                    head.request.content_length
+                    (head.request.content_length, head.request.chunked)
                 };
-                if length > 0 && head.expect_continue && !matches!(action, Action::Respond(..)) {
+                let body = length > 0 || chunked;
+                if body && head.expect_continue && !matches!(action, Action::Respond(..)) {
                     conn.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
                 }
                 conn.body_remaining = length;
-                conn.body_total = length;
-                conn.body_deadline = (length > 0).then(|| {
+                conn.body_total = if chunked { 0 } else { length };
+                conn.body_start = now_ms;
+                conn.chunk = chunked.then_some(ChunkState::Size);
+                conn.chunk_line.clear();
+                conn.body_deadline = body.then(|| {
                     let ms = length.saturating_mul(1000) / BODY_RATE_BYTES_PER_S;
                     now_ms.saturating_add(HEAD_TIMEOUT_MS).saturating_add(ms)
                 });
                 conn.pending = Some(action);
-                if length == 0 {
-                    self.finish_request(conn);
+                if !body {
+                    self.finish_request(conn, "", now_ms);
                 }
             }
         }
@@ -625,11 +1101,16 @@ impl<R: HttpRoutes> TcpService for HttpService<R> {
             head: Vec::new(),
             body_remaining: 0,
             body_total: 0,
+            chunk: None,
+            chunk_line: Vec::new(),
+            body_start: now_ms,
+            exchange: None,
             pending: None,
             out: Vec::new(),
             out_pos: 0,
             stream_remaining: 0,
             stream_offset: 0,
+            pull: false,
             close_after: false,
             last_activity: now_ms,
             head_deadline: Some(now_ms.saturating_add(FIRST_BYTE_TIMEOUT_MS)),
@@ -658,7 +1139,7 @@ impl<R: HttpRoutes> TcpService for HttpService<R> {
         let head_late = conn.answer_deadline.is_none()
             && conn.head_deadline.is_some_and(|d| now_ms >= d)
             && conn.pending.is_none()
-            && conn.body_remaining == 0
+            && !conn.reading_body()
             && !conn.output_pending();
         if !head_late {
             return false;
@@ -669,25 +1150,34 @@ impl<R: HttpRoutes> TcpService for HttpService<R> {
         true
     }
 
+    fn closed(&mut self, mut conn: HttpConnection) {
+        // A body cut off or a reply not sent: the route forgets it.
+        self.end_exchange(&mut conn);
+    }
+
     fn receive(&mut self, conn: &mut HttpConnection, data: &[u8], now_ms: u64) -> usize {
         if data.is_empty() {
             return 0;
         }
-        if conn.close_after && conn.pending.is_none() && conn.body_remaining == 0 {
+        if conn.close_after && conn.pending.is_none() && !conn.reading_body() {
             // Closing: whatever else arrives is dropped.
             conn.last_activity = now_ms;
             return data.len();
         }
+        if conn.chunk.is_some() {
+            return self.receive_chunked(conn, data, now_ms);
+        }
         if conn.body_remaining > 0 {
             let take = conn.body_remaining.min(data.len() as u64);
             conn.body_remaining -= take;
-            self.stats.bytes_sunk += take;
             conn.last_activity = now_ms;
-            if conn.body_remaining == 0 {
-                conn.body_deadline = None;
-                self.finish_request(conn);
-            }
             // `take` <= data.len(), so it fits in usize.
+            if !self.deliver(conn, &data[..take as usize], now_ms) {
+                return data.len();
+            }
+            if conn.body_remaining == 0 {
+                self.finish_request(conn, "", now_ms);
+            }
             return take as usize;
         }
         if conn.output_pending() {
@@ -714,15 +1204,41 @@ impl<R: HttpRoutes> TcpService for HttpService<R> {
         // A 100 Continue may sit in `out` while the body is still arriving:
         // the stream only starts once the head is out.
         while conn.out.is_empty() && conn.stream_remaining > 0 && written < out.len() {
-            let start = (conn.stream_offset % 256) as usize;
-            let n = (out.len() - written)
-                .min(4096)
+            let room = (out.len() - written)
                 .min(usize::try_from(conn.stream_remaining).unwrap_or(usize::MAX));
-            out[written..written + n].copy_from_slice(&PATTERN[start..start + n]);
+            let n = if conn.pull {
+                let Some(exchange) = conn.exchange else {
+                    break;
+                };
+                let n = self
+                    .routes
+                    .read(
+                        exchange,
+                        conn.stream_offset,
+                        &mut out[written..written + room],
+                    )
+                    .min(room);
+                if n == 0 {
+                    // The body cannot be completed: its framing is lost.
+                    conn.stream_remaining = 0;
+                    conn.close_after = true;
+                    self.end_exchange(conn);
+                    break;
+                }
+                n
+            } else {
+                let start = (conn.stream_offset % 256) as usize;
+                let n = room.min(4096);
+                out[written..written + n].copy_from_slice(&PATTERN[start..start + n]);
+                n
+            };
             written += n;
             conn.stream_offset += n as u64;
             conn.stream_remaining -= n as u64;
             self.stats.bytes_streamed += n as u64;
+            if conn.stream_remaining == 0 && conn.pull {
+                self.end_exchange(conn);
+            }
         }
         if written > 0 {
             conn.last_activity = now_ms;
@@ -738,7 +1254,7 @@ impl<R: HttpRoutes> TcpService for HttpService<R> {
         if let Some(deadline) = conn.answer_deadline {
             return Some(deadline);
         }
-        if conn.body_remaining > 0 {
+        if conn.reading_body() {
             if let Some(deadline) = conn.body_deadline {
                 return Some(deadline);
             }
@@ -931,7 +1447,11 @@ mod tests {
         struct Seen(Option<HttpStats>);
         impl HttpRoutes for Seen {
             fn route(&mut self, request: &Request<'_>, _now_ms: u64) -> Option<Response> {
-                (request.path == "/seen").then(|| text(200, "seen\n"))
+                (request.path == "/seen").then(|| Response {
+                    status: 200,
+                    content_type: "text/plain",
+                    body: b"seen\n".to_vec(),
+                })
             }
             fn observe_stats(&mut self, stats: &HttpStats) {
                 self.0 = Some(*stats);
@@ -1011,6 +1531,325 @@ mod tests {
         assert_eq!((status, closing), (404, false));
         let (status, _, closing) = answer(Bench::On, &request(MAX_DISCARD + 1));
         assert_eq!((status, closing), (404, true));
+    }
+
+    /// A streaming route at `/s`: records what it was given.
+    #[derive(Default)]
+    struct Recorder {
+        opened: Vec<u64>,
+        pieces: Vec<Vec<u8>>,
+        trailers: Vec<String>,
+        ended: Vec<u64>,
+        finished: Vec<u64>,
+        /// `/s` GET replies with this many pulled bytes.
+        pull: u64,
+        /// Refuse the body after this many bytes.
+        refuse_after: Option<usize>,
+        reads: usize,
+    }
+
+    impl Recorder {
+        fn received(&self) -> Vec<u8> {
+            self.pieces.concat()
+        }
+    }
+
+    impl HttpRoutes for Recorder {
+        fn route(&mut self, request: &Request<'_>, _now_ms: u64) -> Option<Response> {
+            (request.path == "/small").then(|| Response {
+                status: 200,
+                content_type: "text/plain",
+                body: b"small\n".to_vec(),
+            })
+        }
+        fn open(&mut self, request: &Request<'_>, exchange: u64, _now_ms: u64) -> Option<Opened> {
+            if request.path != "/s" {
+                return None;
+            }
+            self.opened.push(exchange);
+            if request.method == "GET" || request.method == "HEAD" {
+                let mut reply = Reply::bytes(200, "application/octet-stream", Vec::new());
+                reply.headers = "ETag: \"x\"\r\n".into();
+                reply.body = ReplyBody::Pull(self.pull);
+                return Some(Opened::Reply(reply));
+            }
+            Some(Opened::Body)
+        }
+        fn body(&mut self, _exchange: u64, data: &[u8], _now_ms: u64) -> Result<(), Reply> {
+            self.pieces.push(data.to_vec());
+            if self.refuse_after.is_some_and(|n| self.received().len() > n) {
+                return Err(Reply::bytes(413, "text/plain", b"too big\n".to_vec()));
+            }
+            Ok(())
+        }
+        fn finish(&mut self, exchange: u64, trailers: &str, _now_ms: u64) -> Reply {
+            self.finished.push(exchange);
+            self.trailers.push(trailers.into());
+            let body = format!("got {}\n", self.received().len());
+            Reply::bytes(200, "text/plain", body.into_bytes())
+        }
+        fn read(&mut self, _exchange: u64, offset: u64, out: &mut [u8]) -> usize {
+            self.reads += 1;
+            for (i, b) in out.iter_mut().enumerate() {
+                *b = (offset + i as u64) as u8 ^ 0x5a;
+            }
+            out.len()
+        }
+        fn end(&mut self, exchange: u64) {
+            self.ended.push(exchange);
+        }
+    }
+
+    /// Feeds `input` in pieces of `piece` bytes, draining output through a
+    /// buffer of `window` bytes.
+    fn drive_in_pieces<R: HttpRoutes>(
+        service: &mut HttpService<R>,
+        conn: &mut HttpConnection,
+        input: &[u8],
+        piece: usize,
+        window: usize,
+    ) -> Vec<u8> {
+        let mut output = Vec::new();
+        let mut rest = input;
+        let mut buf = vec![0u8; window];
+        for _ in 0..1_000_000 {
+            let offer = &rest[..rest.len().min(piece)];
+            let consumed = service.receive(conn, offer, 0);
+            rest = &rest[consumed..];
+            let n = service.produce(conn, &mut buf, 0);
+            output.extend_from_slice(&buf[..n]);
+            if consumed == 0 && n == 0 {
+                break;
+            }
+        }
+        output
+    }
+
+    fn streaming() -> (HttpService<Recorder>, HttpConnection) {
+        let mut service = HttpService::with_routes("v", 0, Bench::Off, Recorder::default());
+        let conn = service.accept(0);
+        (service, conn)
+    }
+
+    #[test]
+    fn content_length_body_streams_to_the_route_in_pieces() {
+        let (mut service, mut conn) = streaming();
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
+        let mut request = format!(
+            "PUT /s HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(&body);
+        let output = drive_in_pieces(&mut service, &mut conn, &request, 4096, 1500);
+        let text = String::from_utf8_lossy(&output);
+        assert!(
+            text.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("got 300000\n"), "{text}");
+        let routes = service.routes();
+        assert_eq!(routes.received(), body);
+        assert!(
+            routes.pieces.iter().all(|p| p.len() <= 4096),
+            "never gathered"
+        );
+        assert_eq!(routes.finished, routes.opened);
+        assert_eq!(routes.ended, routes.opened, "ended once");
+        assert!(!service.wants_close(&conn));
+        // The connection serves the next request.
+        let output = drive_in_pieces(
+            &mut service,
+            &mut conn,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+            4096,
+            1500,
+        );
+        assert!(output.starts_with(b"HTTP/1.1 200 "));
+    }
+
+    #[test]
+    fn chunked_body_is_decoded_with_extensions_and_trailers() {
+        let request = b"PUT /s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\
+            Expect: 100-continue\r\n\r\n\
+            5;chunk-signature=abc\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n\
+            0\r\nx-amz-checksum-crc32: AAAAAA==\r\nx-other: 1\r\n\r\n";
+        for piece in [1, 7, 4096] {
+            let (mut service, mut conn) = streaming();
+            let output = drive_in_pieces(&mut service, &mut conn, request, piece, 1500);
+            let text = String::from_utf8_lossy(&output);
+            assert!(text.starts_with("HTTP/1.1 100 Continue\r\n\r\n"), "{text}");
+            assert!(text.ends_with("got 31\n"), "{text}");
+            let routes = service.routes();
+            assert_eq!(routes.received(), b"helloabcdefghijklmnopqrstuvwxyz");
+            assert_eq!(
+                routes.trailers,
+                ["x-amz-checksum-crc32: AAAAAA==\r\nx-other: 1"]
+            );
+            assert!(!service.wants_close(&conn), "piece {piece}");
+        }
+        // No trailers at all.
+        let (mut service, mut conn) = streaming();
+        let request = b"POST /s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        let output = drive_in_pieces(&mut service, &mut conn, request, 2, 1500);
+        assert!(String::from_utf8_lossy(&output).ends_with("got 3\n"));
+        assert_eq!(service.routes().trailers, [""]);
+    }
+
+    #[test]
+    fn bad_chunked_framing_is_refused_and_the_exchange_ended_unfinished() {
+        for bad in [
+            &b"zz\r\nhello\r\n0\r\n\r\n"[..],
+            b"5\r\nhelloXY0\r\n\r\n",
+            b"-5\r\nhello\r\n0\r\n\r\n",
+            b"10000000000000000\r\n",
+        ] {
+            let (mut service, mut conn) = streaming();
+            let mut request =
+                b"PUT /s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            request.extend_from_slice(bad);
+            let output = drive_in_pieces(&mut service, &mut conn, &request, 3, 1500);
+            let text = String::from_utf8_lossy(&output);
+            assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+            let routes = service.routes();
+            assert!(routes.finished.is_empty(), "{text}");
+            assert_eq!(routes.ended, routes.opened);
+            assert!(service.wants_close(&conn));
+        }
+    }
+
+    #[test]
+    fn framing_that_could_smuggle_is_refused() {
+        for head in [
+            "PUT /s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            "PUT /s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "PUT /s HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            let (mut service, mut conn) = streaming();
+            let output = drive_in_pieces(&mut service, &mut conn, head.as_bytes(), 4096, 1500);
+            let text = String::from_utf8_lossy(&output);
+            assert!(
+                text.starts_with("HTTP/1.1 400 ") || text.starts_with("HTTP/1.1 501 "),
+                "{text}"
+            );
+            assert!(service.routes().opened.is_empty());
+            assert!(service.wants_close(&conn));
+        }
+    }
+
+    #[test]
+    fn a_body_cut_off_ends_the_exchange_without_finishing_it() {
+        let (mut service, mut conn) = streaming();
+        let request = b"PUT /s HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly part";
+        drive_in_pieces(&mut service, &mut conn, request, 4096, 1500);
+        assert_eq!(service.routes().received(), b"only part");
+        assert!(service.routes().ended.is_empty());
+        assert!(service.deadline(&conn).is_some(), "the body has a deadline");
+        service.closed(conn);
+        let routes = service.routes();
+        assert!(routes.finished.is_empty());
+        assert_eq!(routes.ended, routes.opened);
+    }
+
+    #[test]
+    fn a_route_refusing_the_body_answers_at_once_and_closes() {
+        let (mut service, mut conn) = streaming();
+        service.routes_mut().refuse_after = Some(10);
+        let mut request = b"PUT /s HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n".to_vec();
+        request.resize(request.len() + 100_000, b'y');
+        let output = drive_in_pieces(&mut service, &mut conn, &request, 16, 1500);
+        let text = String::from_utf8_lossy(&output);
+        assert!(text.starts_with("HTTP/1.1 413 "), "{text}");
+        assert!(text.ends_with("too big\n"));
+        assert!(service.routes().received().len() <= 32, "stopped reading");
+        assert!(service.wants_close(&conn));
+        let routes = service.routes();
+        assert!(routes.finished.is_empty());
+        assert_eq!(routes.ended, routes.opened);
+    }
+
+    #[test]
+    fn pulled_reply_bodies_stream_as_the_socket_drains() {
+        let (mut service, mut conn) = streaming();
+        service.routes_mut().pull = 1 << 20;
+        let output = drive_in_pieces(
+            &mut service,
+            &mut conn,
+            b"GET /s HTTP/1.1\r\nHost: x\r\n\r\nHEAD /s HTTP/1.1\r\nHost: x\r\n\r\n",
+            4096,
+            1500,
+        );
+        let end = output.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8_lossy(&output[..end]);
+        assert!(
+            head.contains("Content-Length: 1048576\r\nETag: \"x\"\r\n"),
+            "{head}"
+        );
+        let body = &output[end..end + (1 << 20)];
+        assert!(body.iter().enumerate().all(|(i, &b)| b == (i as u8 ^ 0x5a)));
+        let routes = service.routes();
+        assert!(
+            routes.reads >= (1 << 20) / 1500,
+            "pulled in window-sized pieces"
+        );
+        // The HEAD answer follows: head only, same length.
+        let rest = String::from_utf8_lossy(&output[end + (1 << 20)..]);
+        assert!(rest.starts_with("HTTP/1.1 200 OK\r\n"), "{rest}");
+        assert!(rest.contains("Content-Length: 1048576\r\n"), "{rest}");
+        assert!(rest.ends_with("\r\n\r\n"), "{rest}");
+        assert_eq!(routes.ended, routes.opened);
+        assert_eq!(routes.opened.len(), 2);
+    }
+
+    #[test]
+    fn chunked_bodies_nobody_wants_are_not_read() {
+        let (mut service, mut conn) = streaming();
+        let request = b"PUT /small HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        let output = drive_in_pieces(&mut service, &mut conn, request, 4096, 1500);
+        let text = String::from_utf8_lossy(&output);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.contains("Connection: close\r\n"), "{text}");
+        assert!(service.wants_close(&conn));
+    }
+
+    #[test]
+    fn a_chain_asks_both_route_sets_and_passes_the_counters_on() {
+        #[derive(Default)]
+        struct Small(Option<HttpStats>);
+        impl HttpRoutes for Small {
+            fn route(&mut self, request: &Request<'_>, _now_ms: u64) -> Option<Response> {
+                (request.path == "/small").then(|| Response {
+                    status: 200,
+                    content_type: "text/plain",
+                    body: b"small\n".to_vec(),
+                })
+            }
+            fn observe_stats(&mut self, stats: &HttpStats) {
+                self.0 = Some(*stats);
+            }
+        }
+        let chain = Chain::new(Small::default(), Recorder::default());
+        let mut service = HttpService::with_routes("v", 0, Bench::Off, chain);
+        let mut conn = service.accept(0);
+        let output = drive_in_pieces(
+            &mut service,
+            &mut conn,
+            b"GET /small HTTP/1.1\r\nHost: x\r\n\r\nPUT /s HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc\
+              GET /small HTTP/1.1\r\nHost: x\r\n\r\n",
+            4096,
+            1500,
+        );
+        let text = String::from_utf8_lossy(&output);
+        assert_eq!(text.matches("small\n").count(), 2, "{text}");
+        assert!(text.contains("got 3\n"), "{text}");
+        let routes = service.routes();
+        assert_eq!(routes.second.received(), b"abc");
+        assert_eq!(routes.second.ended, routes.second.opened);
+        assert_eq!(
+            routes.first.0.map(|s| s.requests),
+            Some(2),
+            "counters passed on"
+        );
     }
 
     proptest! {

@@ -307,6 +307,10 @@ fn garbage_gets_400_and_close() {
         ),
         (
             "PUT /bench/sink HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            411,
+        ),
+        (
+            "PUT /bench/sink HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
             501,
         ),
         ("DELETE /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 405),

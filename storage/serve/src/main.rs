@@ -6,7 +6,16 @@
 //!              [--export-raw pmemN]... [--readonly NAME]...
 //!              [--create NAME=SIZE]... [--port PORT] [--handshake-timeout-ms N]
 //!              [--nbd-list on|off] [--memory-budget SIZE]
+//!              [--http-port PORT] [--s3-key ACCESS:SECRET[:read-only]]...
+//!              [--s3-anonymous pmemN:read]...
 //! ```
+//!
+//! `--http-port PORT` also serves HTTP on 127.0.0.1 (`0` picks a free
+//! port; printed as `http listening on 127.0.0.1:PORT` before `listening
+//! on`): `/healthz` and the S3 object API, with the keys of `--s3-key` and
+//! `--s3-anonymous` (the boot config's `s3_key=` and `s3_anonymous=`, same
+//! syntax and checks; without a key every S3 request is refused). The wall
+//! clock is the host's.
 //!
 //! `--memory-budget SIZE` bounds what mounted filesystems may hold in
 //! memory (the kernel's `mount` budget; default 1G): a device whose image
@@ -34,12 +43,15 @@ use std::time::Duration;
 
 use daxbox_bootconfig::{FormatPolicy, ReadOnlyRule, ReadOnlyTarget};
 use daxbox_nbd::ServerConfig;
+use daxbox_netstack::http::{Bench, HttpService};
 use daxbox_serve::{Admin, HostEnvironment, ImageMemory, ImageSpec, State, TcpLoop};
-use daxbox_storage::{BootPolicy, NbdService, Storage};
+use daxbox_storage::s3::{self, S3Config, S3Routes};
+use daxbox_storage::{BootPolicy, NbdService, SharedStorage, Storage};
 
 const USAGE: &str = "usage: daxbox-serve --image PATH[,size=SIZE]... [--format if-blank|never] \
      [--export-raw pmemN]... [--readonly NAME]... [--create NAME=SIZE]... [--port PORT] \
-     [--handshake-timeout-ms N] [--nbd-list on|off] [--memory-budget SIZE]";
+     [--handshake-timeout-ms N] [--nbd-list on|off] [--memory-budget SIZE] \
+     [--http-port PORT] [--s3-key ACCESS:SECRET[:read-only]]... [--s3-anonymous pmemN:read]...";
 
 /// The mount budget without `--memory-budget`: the kernel's share (half
 /// the heap) of a 2 GiB heap.
@@ -53,6 +65,9 @@ struct Options {
     port: u16,
     engine: ServerConfig,
     mount_budget: u64,
+    http_port: Option<u16>,
+    /// `s3_key=` / `s3_anonymous=` lines, parsed as the boot config.
+    s3_lines: Vec<String>,
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -67,6 +82,8 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         port: 10809,
         engine: ServerConfig::default(),
         mount_budget: DEFAULT_MOUNT_BUDGET,
+        http_port: None,
+        s3_lines: Vec::new(),
     };
     while let Some(arg) = args.next() {
         let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
@@ -111,6 +128,15 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
                     .filter(|&n| n > 0)
                     .ok_or_else(|| format!("--memory-budget {value}: bad size"))?
             }
+            "--http-port" => {
+                options.http_port = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("--http-port {value}: not a port"))?,
+                )
+            }
+            "--s3-key" => options.s3_lines.push(format!("s3_key={value}")),
+            "--s3-anonymous" => options.s3_lines.push(format!("s3_anonymous={value}")),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -180,6 +206,41 @@ fn main() {
             std::process::exit(1);
         }
     }
+    // The S3 keys go through the boot config's parser: same checks, and
+    // a bad one is refused here (without quoting its secret).
+    let (boot, warnings) = daxbox_bootconfig::parse(options.s3_lines.join("\n").as_bytes());
+    if let Some(warning) = warnings.first() {
+        fail(&format!("{warning}"));
+    }
+    let mut http = match options.http_port {
+        None => None,
+        Some(port) => {
+            let listener = TcpListener::bind(("127.0.0.1", port))
+                .unwrap_or_else(|e| fail(&format!("bind 127.0.0.1:{port}: {e}")));
+            let http_address = listener
+                .local_addr()
+                .unwrap_or_else(|e| fail(&format!("local address: {e}")));
+            let config = S3Config::from_boot(&boot);
+            println!("{}", config.describe());
+            let swept = shared.with(s3::sweep_temporaries);
+            if swept > 0 {
+                println!("s3: removed {swept} unfinished upload(s) a power cut left");
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .ok();
+            let nonce = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            let routes = S3Routes::new(shared.clone(), config, now, nonce);
+            let service =
+                HttpService::with_routes(env!("CARGO_PKG_VERSION"), 0, Bench::Off, routes);
+            let server = TcpLoop::new(listener, service).unwrap_or_else(|e| fail(&e.to_string()));
+            println!("http listening on {http_address}");
+            Some(server)
+        }
+    };
     let service = NbdService::with_config(shared, options.engine);
     let mut server = TcpLoop::new(listener, service).unwrap_or_else(|e| fail(&e.to_string()));
     println!("listening on {address}");
@@ -198,6 +259,9 @@ fn main() {
     let mut idle = 0u32;
     loop {
         let mut work = server.poll();
+        if let Some(http) = &mut http {
+            work |= http.poll();
+        }
         while let Ok(line) = commands.try_recv() {
             work = true;
             let (output, outcome) = admin.run_line(&line);

@@ -10,6 +10,8 @@ fn request<'a>(method: &'a str, path: &'a str, query: &'a str) -> Request<'a> {
         path,
         query,
         content_length: 0,
+        chunked: false,
+        headers: "Host: x",
     }
 }
 

@@ -21,5 +21,6 @@ mod names;
 mod nbd;
 mod net;
 mod pmem;
+mod s3;
 mod shell;
 mod unlink;

@@ -1,0 +1,320 @@
+//! The S3 object API of `daxbox-serve` (`--http-port`) with real S3
+//! clients: boto3 (a Python script next to this file) and the AWS CLI
+//! (`aws s3 cp/ls/rm`), and the same object read over NBD with nbdcopy.
+//! A missing client fails the test (`cargo xtask setup` installs boto3 and
+//! the AWS CLI with pip). Every wait is bounded; the server is killed on
+//! drop and its image lives in a temporary folder removed afterwards.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const ACCESS: &str = "AKDAXBOXTEST";
+const SECRET: &str = "daxbox-test-secret-0123456789";
+const TOOL_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Runs a client to completion within `timeout` (killed after it);
+/// panics unless it exits 0; returns its stdout.
+fn run_tool_ok(command: &mut Command, timeout: Duration) -> String {
+    let shown = format!("{command:?}");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{shown}: {e} (is it installed? `cargo xtask setup`)"));
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let out = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
+        text
+    });
+    let err = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for a client") {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (stdout, stderr) = (
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    );
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{shown} failed ({status:?}, timeout {timeout:?})\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    stdout
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let path =
+            std::env::temp_dir().join(format!("daxbox-s3-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("creating a temporary folder");
+        TempDir(path)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn text(path: &Path) -> &str {
+    path.to_str().expect("temporary paths are UTF-8")
+}
+
+/// `daxbox-serve` with NBD and HTTP on free ports, killed on drop.
+struct Server {
+    child: Child,
+    nbd_port: u16,
+    http_port: u16,
+    boot: String,
+}
+
+impl Server {
+    fn start(image: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_daxbox-serve"))
+            .args(["--image", &format!("{},size=256M", text(image))])
+            .args(["--format", "if-blank", "--port", "0", "--http-port", "0"])
+            .args(["--s3-key", &format!("{ACCESS}:{SECRET}")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting daxbox-serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut server = Server {
+            child,
+            nbd_port: 0,
+            http_port: 0,
+            boot: String::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = lines.recv_timeout(left).unwrap_or_else(|e| {
+                panic!("daxbox-serve: no `listening on` ({e}):\n{}", server.boot)
+            });
+            if let Some(port) = line.strip_prefix("http listening on 127.0.0.1:") {
+                server.http_port = port.parse().expect("a port");
+            } else if let Some(port) = line.strip_prefix("listening on 127.0.0.1:") {
+                server.nbd_port = port.parse().expect("a port");
+                return server;
+            }
+            server.boot.push_str(&line);
+            server.boot.push('\n');
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client command with the test's key, region and path-style config.
+fn aws(dir: &TempDir, args: &[&str]) -> Command {
+    let config = dir.path("aws-config");
+    std::fs::write(
+        &config,
+        "[default]\nregion = us-east-1\ns3 =\n    addressing_style = path\n    multipart_threshold = 64MB\n",
+    )
+    .expect("writing the AWS CLI config");
+    let mut command = Command::new("aws");
+    command
+        .args(args)
+        .env("AWS_CONFIG_FILE", &config)
+        .env("AWS_SHARED_CREDENTIALS_FILE", dir.path("no-credentials"))
+        .env("AWS_ACCESS_KEY_ID", ACCESS)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET);
+    command
+}
+
+#[test]
+fn boto3_round_trips_errors_and_the_object_over_nbd() {
+    let dir = TempDir::new("boto3");
+    let server = Server::start(&dir.path("pmem0.img"));
+    assert!(
+        server.boot.contains("s3: 1 access key(s): AKDAXBOXTEST"),
+        "{}",
+        server.boot
+    );
+    assert!(!server.boot.contains(SECRET), "the secret is never printed");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3/boto3_roundtrip.py");
+    let port = server.http_port.to_string();
+    let output = run_tool_ok(
+        Command::new("python3").args([text(&script), &port, ACCESS, SECRET, text(&dir.0)]),
+        TOOL_TIMEOUT,
+    );
+    assert!(output.contains("boto3 ok"), "{output}");
+    // The object boto3 wrote is an NBD export with the same bytes.
+    let back = dir.path("back.bin");
+    let uri = format!("nbd://127.0.0.1:{}/big/blob.bin", server.nbd_port);
+    run_tool_ok(
+        Command::new("nbdcopy").args([uri.as_str(), text(&back)]),
+        TOOL_TIMEOUT,
+    );
+    let sent = std::fs::read(dir.path("blob.bin")).expect("the bytes boto3 sent");
+    assert_eq!(std::fs::read(&back).expect("nbdcopy's output"), sent);
+    // And the other way round: an object of 3 MiB of zeros made over S3,
+    // written over NBD, read back over S3.
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let zeros = dir.path("zeros.bin");
+    std::fs::write(&zeros, vec![0u8; 3 << 20]).expect("writing a local file");
+    run_tool_ok(
+        &mut aws(
+            &dir,
+            &[
+                "--endpoint-url",
+                &endpoint,
+                "s3",
+                "cp",
+                text(&zeros),
+                "s3://pmem0/disk.img",
+            ],
+        ),
+        TOOL_TIMEOUT,
+    );
+    let local = dir.path("nbd-in.bin");
+    let bytes: Vec<u8> = (0..3u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&local, &bytes).expect("writing a local file");
+    let uri = format!("nbd://127.0.0.1:{}/disk.img", server.nbd_port);
+    run_tool_ok(
+        Command::new("nbdcopy").args([text(&local), uri.as_str()]),
+        TOOL_TIMEOUT,
+    );
+    let fetched = dir.path("fetched.bin");
+    run_tool_ok(
+        &mut aws(
+            &dir,
+            &[
+                "--endpoint-url",
+                &endpoint,
+                "s3",
+                "cp",
+                "s3://pmem0/disk.img",
+                text(&fetched),
+            ],
+        ),
+        TOOL_TIMEOUT,
+    );
+    assert_eq!(
+        std::fs::read(&fetched).expect("the object"),
+        bytes,
+        "NBD's bytes over S3"
+    );
+}
+
+#[test]
+fn aws_cli_copies_lists_and_removes_a_tree() {
+    let dir = TempDir::new("awscli");
+    let server = Server::start(&dir.path("pmem0.img"));
+    let endpoint = format!("http://127.0.0.1:{}", server.http_port);
+    let tree = dir.path("tree");
+    std::fs::create_dir_all(tree.join("sub/deeper")).expect("a tree");
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("one.bin", (0..200_000u32).map(|i| (i * 7) as u8).collect()),
+        ("sub/two.txt", b"two\n".to_vec()),
+        ("sub/deeper/three", vec![3u8; 9_000_000]),
+        ("empty", Vec::new()),
+    ];
+    for (name, bytes) in &files {
+        std::fs::write(tree.join(name), bytes).expect("a file");
+    }
+    let e = ["--endpoint-url", endpoint.as_str()];
+    run_tool_ok(
+        &mut aws(
+            &dir,
+            &[
+                &e[..],
+                &["s3", "cp", "--recursive", text(&tree), "s3://pmem0/tree/"],
+            ]
+            .concat(),
+        ),
+        TOOL_TIMEOUT,
+    );
+    let listing = run_tool_ok(
+        &mut aws(
+            &dir,
+            &[&e[..], &["s3", "ls", "--recursive", "s3://pmem0/"]].concat(),
+        ),
+        TOOL_TIMEOUT,
+    );
+    for (name, bytes) in &files {
+        assert!(
+            listing.contains(&format!("{} tree/{name}\n", bytes.len())),
+            "{name} in\n{listing}"
+        );
+    }
+    let back = dir.path("back");
+    run_tool_ok(
+        &mut aws(
+            &dir,
+            &[
+                &e[..],
+                &["s3", "cp", "--recursive", "s3://pmem0/tree/", text(&back)],
+            ]
+            .concat(),
+        ),
+        TOOL_TIMEOUT,
+    );
+    for (name, bytes) in &files {
+        assert_eq!(
+            &std::fs::read(back.join(name)).expect("copied back"),
+            bytes,
+            "{name}"
+        );
+    }
+    run_tool_ok(
+        &mut aws(
+            &dir,
+            &[&e[..], &["s3", "rm", "--recursive", "s3://pmem0/tree/"]].concat(),
+        ),
+        TOOL_TIMEOUT,
+    );
+    let listing = run_tool_ok(
+        &mut aws(
+            &dir,
+            &[&e[..], &["s3", "ls", "--recursive", "s3://pmem0/"]].concat(),
+        ),
+        TOOL_TIMEOUT,
+    );
+    assert!(listing.trim().is_empty(), "{listing}");
+    drop(server);
+}

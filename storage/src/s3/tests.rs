@@ -1,0 +1,884 @@
+//! The object API over `VecMemory`, driven through the real HTTP service
+//! with requests signed as a client signs them.
+
+use alloc::rc::Rc;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::cell::RefCell;
+use std::collections::BTreeMap as Map;
+
+use daxbox_netstack::http::{Bench, HttpConnection, HttpService};
+use daxbox_netstack::TcpService;
+use md5::{Digest, Md5};
+use sha2::Sha256;
+
+use super::auth::sign_for_test;
+use super::text::{base64, hex};
+use super::*;
+use crate::testing::{Fixture, TestMemory};
+
+/// 2026-12-05T03:48:56Z.
+const T0: u64 = 1_796_442_536;
+const AMZ_DATE: &str = "20261205T034856Z";
+
+#[derive(Clone)]
+struct Shared(Rc<RefCell<Fixture>>);
+
+impl SharedStorage<TestMemory> for Shared {
+    fn with<R>(&self, f: impl FnOnce(&mut Storage<TestMemory>) -> R) -> R {
+        f(&mut self.0.borrow_mut().storage)
+    }
+}
+
+struct Answer {
+    status: u16,
+    headers: Map<String, String>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+    /// The S3 error code of an XML error document.
+    fn code(&self) -> String {
+        let text = self.text();
+        text.split_once("<Code>")
+            .and_then(|(_, rest)| rest.split_once("</Code>"))
+            .map(|(code, _)| code.to_string())
+            .unwrap_or_default()
+    }
+}
+
+struct Client {
+    fixture: Rc<RefCell<Fixture>>,
+    service: HttpService<S3Routes<TestMemory, Shared>>,
+    key: AccessKey,
+}
+
+fn key(id: &str, read_only: bool) -> AccessKey {
+    AccessKey {
+        id: id.into(),
+        secret: alloc::format!("secret-of-{id}"),
+        read_only,
+    }
+}
+
+impl Client {
+    fn new() -> Self {
+        Self::with_config(S3Config {
+            keys: vec![key("AKTEST", false), key("AKREAD", true)],
+            anonymous_read: vec!["pmem1".into()],
+        })
+    }
+
+    fn with_config(config: S3Config) -> Self {
+        let fixture = Rc::new(RefCell::new(Fixture::standard()));
+        let routes = S3Routes::new(Shared(fixture.clone()), config, Some(T0), 42);
+        Self {
+            fixture,
+            service: HttpService::with_routes("test", 0, Bench::Off, routes),
+            key: key("AKTEST", false),
+        }
+    }
+
+    /// The request bytes, signed (unless `sign` is false).
+    fn build(
+        &self,
+        method: &str,
+        target: &str,
+        extra: &[(&str, &str)],
+        body: &[u8],
+        sign: bool,
+    ) -> Vec<u8> {
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let payload = hex(&Sha256::digest(body));
+        let mut headers: Vec<(&str, &str)> = vec![
+            ("host", "127.0.0.1"),
+            ("x-amz-content-sha256", &payload),
+            ("x-amz-date", AMZ_DATE),
+        ];
+        headers.extend_from_slice(extra);
+        let mut text = alloc::format!("{method} {target} HTTP/1.1\r\n");
+        for (name, value) in &headers {
+            text.push_str(&alloc::format!("{name}: {value}\r\n"));
+        }
+        if sign {
+            let auth = sign_for_test(method, path, query, &headers, &self.key, AMZ_DATE, &payload);
+            text.push_str(&alloc::format!("Authorization: {auth}\r\n"));
+        }
+        text.push_str(&alloc::format!("Content-Length: {}\r\n\r\n", body.len()));
+        let mut bytes = text.into_bytes();
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> (Answer, HttpConnection) {
+        let (out, conn) = self.send_raw(bytes);
+        (parse(&out), conn)
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) -> (Vec<u8>, HttpConnection) {
+        let mut conn = self.service.accept(0);
+        let mut out = Vec::new();
+        let mut rest = bytes;
+        let mut buf = vec![0u8; 1500];
+        for _ in 0..1_000_000 {
+            let offer = &rest[..rest.len().min(4096)];
+            let used = self.service.receive(&mut conn, offer, 0);
+            rest = &rest[used..];
+            let n = self.service.produce(&mut conn, &mut buf, 0);
+            out.extend_from_slice(&buf[..n]);
+            if used == 0 && n == 0 {
+                break;
+            }
+        }
+        (out, conn)
+    }
+
+    fn call(&mut self, method: &str, target: &str, extra: &[(&str, &str)], body: &[u8]) -> Answer {
+        let bytes = self.build(method, target, extra, body, true);
+        let (answer, conn) = self.send(&bytes);
+        self.service.closed(conn);
+        answer
+    }
+
+    fn put(&mut self, target: &str, body: &[u8]) -> Answer {
+        let answer = self.call("PUT", target, &[], body);
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        answer
+    }
+
+    fn get(&mut self, target: &str) -> Answer {
+        self.call("GET", target, &[], b"")
+    }
+
+    fn shell(&self, line: &str) -> String {
+        self.fixture.borrow_mut().ok(line)
+    }
+}
+
+/// Parses one response (after any `100 Continue`).
+fn parse(mut out: &[u8]) -> Answer {
+    loop {
+        let end = out
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no response in {:?}", String::from_utf8_lossy(out)))
+            + 4;
+        let head = String::from_utf8_lossy(&out[..end]).into_owned();
+        let status: u16 = head[9..12].parse().unwrap();
+        if status == 100 {
+            out = &out[end..];
+            continue;
+        }
+        let mut headers = Map::new();
+        for line in head.split("\r\n").skip(1).filter(|l| !l.is_empty()) {
+            let (n, v) = line.split_once(':').unwrap();
+            headers.insert(n.to_ascii_lowercase(), v.trim().to_string());
+        }
+        return Answer {
+            status,
+            headers,
+            body: out[end..].to_vec(),
+        };
+    }
+}
+
+fn md5_hex(bytes: &[u8]) -> String {
+    alloc::format!("\"{}\"", hex(&Md5::digest(bytes)))
+}
+
+fn keys_of(xml: &str) -> Vec<String> {
+    xml.split("<Key>")
+        .skip(1)
+        .map(|rest| rest.split_once("</Key>").unwrap().0.to_string())
+        .collect()
+}
+
+fn prefixes_of(xml: &str) -> Vec<String> {
+    xml.split("<CommonPrefixes><Prefix>")
+        .skip(1)
+        .map(|rest| rest.split_once("</Prefix>").unwrap().0.to_string())
+        .collect()
+}
+
+#[test]
+fn put_get_head_round_trip_with_md5_etag() {
+    let mut c = Client::new();
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i * 31 + 7) as u8).collect();
+    let put = c.put("/pmem0/dir/obj.bin", &body);
+    assert_eq!(put.header("etag"), Some(md5_hex(&body).as_str()));
+    let get = c.get("/pmem0/dir/obj.bin");
+    assert_eq!(get.status, 200);
+    assert_eq!(get.body, body);
+    assert_eq!(get.header("etag"), Some(md5_hex(&body).as_str()));
+    assert_eq!(
+        get.header("last-modified"),
+        Some("Sat, 05 Dec 2026 03:48:56 GMT")
+    );
+    let head = c.call("HEAD", "/pmem0/dir/obj.bin", &[], b"");
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some("300000"));
+    assert!(head.body.is_empty());
+    // The object is the file NBD and the shell see.
+    assert!(c.shell("ls pmem0").contains("300000  dir/obj.bin"));
+    assert_eq!(c.service.routes().exchanges(), 0, "every exchange ended");
+    // Replaced: new content, new tag.
+    let put = c.put("/pmem0/dir/obj.bin", b"short");
+    assert_eq!(put.header("etag"), Some(md5_hex(b"short").as_str()));
+    assert_eq!(c.get("/pmem0/dir/obj.bin").body, b"short");
+    // Empty object.
+    c.put("/pmem0/empty", b"");
+    let get = c.get("/pmem0/empty");
+    assert_eq!((get.status, get.body.len()), (200, 0));
+}
+
+#[test]
+fn etag_changes_when_another_path_changes_the_file() {
+    let mut c = Client::new();
+    c.put("/pmem0/f", b"hello world");
+    let before = c.get("/pmem0/f").header("etag").unwrap().to_string();
+    assert_eq!(before, md5_hex(b"hello world"));
+    // The shell (as NBD does through the same hook) writes the file.
+    c.shell("write pmem0:f 0 J");
+    let after = c.get("/pmem0/f");
+    assert_eq!(after.body, b"Jello world");
+    let tag = after.header("etag").unwrap().to_string();
+    assert_ne!(tag, before);
+    assert!(tag.ends_with("-1\""), "{tag}: marked as not an MD5");
+    // Each change gives another tag.
+    c.shell("write pmem0:f 0 H");
+    assert_ne!(c.get("/pmem0/f").header("etag").unwrap(), tag);
+    // A file made by the shell has a tag too, and it is stable.
+    c.shell("create pmem0:g 4K");
+    let one = c.get("/pmem0/g").header("etag").unwrap().to_string();
+    assert_eq!(c.get("/pmem0/g").header("etag").unwrap(), one);
+}
+
+#[test]
+fn an_etag_changes_when_nbd_writes_the_file() {
+    use daxbox_nbd::Backend;
+    let mut c = Client::new();
+    c.put("/pmem0/disk", &[0u8; 8192]);
+    let before = c.get("/pmem0/disk").header("etag").unwrap().to_string();
+    {
+        let mut fixture = c.fixture.borrow_mut();
+        let mut targets = crate::nbd::Targets::default();
+        let mut backend = crate::nbd::StorageBackend::for_tests(&mut fixture.storage, &mut targets);
+        let export = backend.open("pmem0:disk").unwrap();
+        backend.write(export, 0, b"nbd").unwrap();
+    }
+    let after = c.get("/pmem0/disk");
+    assert_eq!(&after.body[..3], b"nbd");
+    assert_ne!(after.header("etag").unwrap(), before);
+}
+
+#[test]
+fn ranges_and_unsatisfiable_ranges() {
+    let mut c = Client::new();
+    c.put("/pmem0/r", b"0123456789");
+    for (range, status, body, content_range) in [
+        ("bytes=2-5", 206, &b"2345"[..], Some("bytes 2-5/10")),
+        ("bytes=7-", 206, b"789", Some("bytes 7-9/10")),
+        ("bytes=-3", 206, b"789", Some("bytes 7-9/10")),
+        ("bytes=-30", 206, b"0123456789", Some("bytes 0-9/10")),
+        ("bytes=8-100", 206, b"89", Some("bytes 8-9/10")),
+        ("bytes=0-1,4-5", 200, b"0123456789", None),
+        ("items=1-2", 200, b"0123456789", None),
+    ] {
+        let a = c.call("GET", "/pmem0/r", &[("range", range)], b"");
+        assert_eq!((a.status, a.body.as_slice()), (status, body), "{range}");
+        assert_eq!(a.header("content-range"), content_range, "{range}");
+    }
+    for range in ["bytes=10-", "bytes=10-20", "bytes=-0"] {
+        let a = c.call("GET", "/pmem0/r", &[("range", range)], b"");
+        assert_eq!(a.status, 416, "{range}");
+        assert_eq!(a.code(), "InvalidRange");
+        assert_eq!(a.header("content-range"), Some("bytes */10"));
+    }
+}
+
+#[test]
+fn listings_with_prefix_delimiter_pages_and_url_encoding() {
+    let mut c = Client::new();
+    for key in [
+        "a.txt",
+        "photos/2024/x.jpg",
+        "photos/2024/y.jpg",
+        "photos/2025/z.jpg",
+        "photos/top.jpg",
+        "zeta",
+        "sp ace&<",
+    ] {
+        c.put(
+            &alloc::format!("/pmem0/{}", text::uri_encode(key, true)),
+            key.as_bytes(),
+        );
+    }
+    let all = c.get("/pmem0?list-type=2").text();
+    assert_eq!(
+        keys_of(&all),
+        [
+            "a.txt",
+            "photos/2024/x.jpg",
+            "photos/2024/y.jpg",
+            "photos/2025/z.jpg",
+            "photos/top.jpg",
+            "sp ace&amp;&lt;",
+            "zeta"
+        ]
+    );
+    assert!(all.contains("<KeyCount>7</KeyCount>"));
+    assert!(all.contains(&alloc::format!(
+        "<ETag>{}</ETag>",
+        xml_escape(&md5_hex(b"a.txt"))
+    )));
+    // Delimiter at the top.
+    let top = c.get("/pmem0?list-type=2&delimiter=%2F").text();
+    assert_eq!(keys_of(&top), ["a.txt", "sp ace&amp;&lt;", "zeta"]);
+    assert_eq!(prefixes_of(&top), ["photos/"]);
+    // Prefix + delimiter.
+    let photos = c
+        .get("/pmem0?list-type=2&prefix=photos%2F&delimiter=%2F")
+        .text();
+    assert_eq!(keys_of(&photos), ["photos/top.jpg"]);
+    assert_eq!(prefixes_of(&photos), ["photos/2024/", "photos/2025/"]);
+    // Pages of 2 with continuation tokens.
+    let mut seen = Vec::new();
+    let mut token: Option<String> = None;
+    for _ in 0..10 {
+        let target = match &token {
+            Some(t) => alloc::format!("/pmem0?list-type=2&max-keys=2&continuation-token={t}"),
+            None => "/pmem0?list-type=2&max-keys=2".into(),
+        };
+        let page = c.get(&target).text();
+        seen.extend(keys_of(&page));
+        token = page
+            .split_once("<NextContinuationToken>")
+            .map(|(_, rest)| rest.split_once('<').unwrap().0.to_string());
+        if token.is_none() {
+            assert!(page.contains("<IsTruncated>false</IsTruncated>"));
+            break;
+        }
+        assert!(page.contains("<IsTruncated>true</IsTruncated>"));
+    }
+    assert_eq!(seen, keys_of(&all));
+    // start-after, and v1 with marker.
+    assert_eq!(
+        keys_of(
+            &c.get("/pmem0?list-type=2&start-after=photos%2Ftop.jpg")
+                .text()
+        ),
+        ["sp ace&amp;&lt;", "zeta"]
+    );
+    assert_eq!(
+        keys_of(&c.get("/pmem0?marker=photos%2Ftop.jpg").text()),
+        ["sp ace&amp;&lt;", "zeta"]
+    );
+    assert_eq!(
+        keys_of(&c.get("/pmem0?prefix=photos%2F2024").text()),
+        ["photos/2024/x.jpg", "photos/2024/y.jpg"]
+    );
+    // encoding-type=url (boto3 asks for it).
+    let url = c
+        .get("/pmem0?list-type=2&prefix=sp&encoding-type=url")
+        .text();
+    assert_eq!(keys_of(&url), ["sp%20ace%26%3C"]);
+    // ListBuckets: the mounted filesystems, not the raw device.
+    let buckets = c.get("/").text();
+    assert!(buckets.contains("<Name>pmem0</Name>") && buckets.contains("<Name>pmem1</Name>"));
+    assert!(
+        !buckets.contains("pmem2"),
+        "raw devices are no buckets: {buckets}"
+    );
+}
+
+#[test]
+fn a_put_cut_off_mid_body_leaves_the_old_object_and_nothing_visible() {
+    let mut c = Client::new();
+    c.put("/pmem0/keep", b"old content");
+    let body = vec![7u8; 100_000];
+    let bytes = c.build("PUT", "/pmem0/keep", &[], &body, true);
+    // Everything but the last 10 KB, then the connection is gone.
+    let (out, conn) = c.send_raw(&bytes[..bytes.len() - 10_000]);
+    assert!(out.is_empty(), "no answer yet");
+    assert_eq!(c.service.routes().exchanges(), 1, "upload in progress");
+    let listing = c.get("/pmem0?list-type=2").text();
+    assert_eq!(
+        keys_of(&listing),
+        ["keep"],
+        "no temporary file in a listing"
+    );
+    assert!(!c.shell("ls pmem0").contains('\u{1}'), "nor in ls");
+    let names = crate::nbd::export_names(&c.fixture.borrow().storage);
+    assert!(
+        names.iter().all(|n| !n.contains('\u{1}')),
+        "nor among NBD exports: {names:?}"
+    );
+    c.service.closed(conn);
+    assert_eq!(c.service.routes().exchanges(), 0);
+    assert_eq!(c.get("/pmem0/keep").body, b"old content");
+    assert!(
+        c.shell("ls pmem0").contains("1 file(s)"),
+        "the temporary file is gone"
+    );
+}
+
+#[test]
+fn a_leftover_temporary_file_is_swept() {
+    let c = Client::new();
+    c.shell("create pmem0:x 1K");
+    {
+        let mut f = c.fixture.borrow_mut();
+        let fs = f.storage.filesystem(0).unwrap();
+        fs.create("\u{1}put-7").unwrap();
+        fs.create("\u{1}put-8").unwrap();
+        assert_eq!(sweep_temporaries(&mut f.storage), 2);
+        assert_eq!(sweep_temporaries(&mut f.storage), 0);
+    }
+    assert!(c.shell("ls pmem0").contains("1 file(s)"));
+}
+
+#[test]
+fn digests_are_verified_and_a_bad_one_leaves_the_old_object() {
+    let mut c = Client::new();
+    c.put("/pmem0/d", b"old");
+    let good = base64(&Md5::digest(b"new!"));
+    let wrong = base64(&Md5::digest(b"other"));
+    let a = c.call("PUT", "/pmem0/d", &[("content-md5", &wrong)], b"new!");
+    assert_eq!((a.status, a.code().as_str()), (400, "BadDigest"));
+    assert_eq!(c.get("/pmem0/d").body, b"old");
+    let a = c.call("PUT", "/pmem0/d", &[("content-md5", "nonsense")], b"new!");
+    assert_eq!((a.status, a.code().as_str()), (400, "InvalidDigest"));
+    c.call("PUT", "/pmem0/d", &[("content-md5", &good)], b"new!");
+    assert_eq!(c.get("/pmem0/d").body, b"new!");
+    // A signed payload hash that does not match the body.
+    let mut bytes = c.build("PUT", "/pmem0/d", &[], b"abcd", true);
+    let n = bytes.len();
+    bytes[n - 1] = b'X';
+    let (a, conn) = c.send(&bytes);
+    c.service.closed(conn);
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (400, "XAmzContentSHA256Mismatch")
+    );
+    assert_eq!(c.get("/pmem0/d").body, b"new!");
+    // CRC32 checksums (boto3's default).
+    let crc = base64(&CRC32.checksum(b"crc body").to_be_bytes());
+    let a = c.call(
+        "PUT",
+        "/pmem0/c",
+        &[("x-amz-checksum-crc32", &crc)],
+        b"crc body",
+    );
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("x-amz-checksum-crc32"), Some(crc.as_str()));
+    let a = c.call(
+        "PUT",
+        "/pmem0/c",
+        &[("x-amz-checksum-crc32", &crc)],
+        b"crc bodY",
+    );
+    assert_eq!((a.status, a.code().as_str()), (400, "BadDigest"));
+    assert_eq!(c.get("/pmem0/c").body, b"crc body");
+    assert_eq!(c.service.routes().exchanges(), 0);
+    assert!(
+        c.shell("ls pmem0").contains("2 file(s)"),
+        "no temporary file left"
+    );
+}
+
+#[test]
+fn errors_are_s3_error_documents() {
+    let mut c = Client::new();
+    let a = c.get("/pmem0/missing");
+    assert_eq!((a.status, a.code().as_str()), (404, "NoSuchKey"));
+    assert_eq!(a.header("content-type"), Some("application/xml"));
+    let a = c.get("/pmem9/x");
+    assert_eq!((a.status, a.code().as_str()), (404, "NoSuchBucket"));
+    let a = c.get("/pmem2?list-type=2");
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (404, "NoSuchBucket"),
+        "a raw device is no bucket"
+    );
+    let long = "k".repeat(256);
+    let a = c.call("PUT", &alloc::format!("/pmem0/{long}"), &[], b"x");
+    assert_eq!((a.status, a.code().as_str()), (400, "KeyTooLongError"));
+    c.put(&alloc::format!("/pmem0/{}", &long[..255]), b"x");
+    let a = c.call("PUT", "/pmem0", &[], b"");
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (409, "BucketAlreadyOwnedByYou")
+    );
+    let a = c.call("PUT", "/newbucket", &[], b"");
+    assert_eq!((a.status, a.code().as_str()), (403, "AccessDenied"));
+    assert!(a.text().contains("buckets are the mounted pmem devices"));
+    let a = c.call("POST", "/pmem0/x?uploads", &[], b"");
+    assert_eq!((a.status, a.code().as_str()), (501, "NotImplemented"));
+    // A wrong secret.
+    c.key.secret = "wrong".into();
+    let a = c.get("/pmem0/missing");
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (403, "SignatureDoesNotMatch")
+    );
+    // Unsigned: only anonymous-read buckets.
+    let bytes = c.build("GET", "/pmem0?list-type=2", &[], b"", false);
+    let (a, _) = c.send(&bytes);
+    assert_eq!((a.status, a.code().as_str()), (403, "AccessDenied"));
+    let bytes = c.build("GET", "/pmem1?list-type=2", &[], b"", false);
+    let (a, _) = c.send(&bytes);
+    assert_eq!(a.status, 200, "{}", a.text());
+    let bytes = c.build("PUT", "/pmem1/x", &[], b"data", false);
+    let (a, _) = c.send(&bytes);
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (403, "AccessDenied"),
+        "anonymous is read-only"
+    );
+    // A read-only key reads but does not write.
+    c.key = key("AKREAD", true);
+    assert_eq!(c.get("/pmem0?list-type=2").status, 200);
+    let a = c.call("PUT", "/pmem0/x", &[], b"data");
+    assert_eq!((a.status, a.code().as_str()), (403, "AccessDenied"));
+    let a = c.call("DELETE", "/pmem0/x", &[], b"");
+    assert_eq!((a.status, a.code().as_str()), (403, "AccessDenied"));
+    // Unsigned GET / is not the object API's (the dashboard's path), nor
+    // any unsigned path that names no bucket (`/metrics`, ...).
+    for path in ["/", "/metrics", "/api/stats"] {
+        let bytes = c.build("GET", path, &[], b"", false);
+        let (a, _) = c.send(&bytes);
+        assert_eq!(a.status, 404, "{path}");
+        assert_eq!(a.text(), "not found\n", "{path}: not an S3 answer");
+    }
+}
+
+#[test]
+fn no_keys_configured_refuses_everything() {
+    let mut c = Client::with_config(S3Config::default());
+    assert!(S3Config::default()
+        .describe()
+        .contains("refuses every request"));
+    let a = c.get("/pmem0?list-type=2");
+    assert_eq!((a.status, a.code().as_str()), (403, "InvalidAccessKeyId"));
+    let bytes = c.build("GET", "/pmem0?list-type=2", &[], b"", false);
+    let (a, _) = c.send(&bytes);
+    assert_eq!((a.status, a.code().as_str()), (403, "AccessDenied"));
+    assert!(a.text().contains("no access keys"), "{}", a.text());
+}
+
+#[test]
+fn delete_and_delete_objects() {
+    let mut c = Client::new();
+    for k in ["a", "b", "c&d"] {
+        c.put(
+            &alloc::format!("/pmem0/{}", text::uri_encode(k, true)),
+            b"x",
+        );
+    }
+    let a = c.call("DELETE", "/pmem0/a", &[], b"");
+    assert_eq!(a.status, 204);
+    let a = c.call("DELETE", "/pmem0/a", &[], b"");
+    assert_eq!(a.status, 204, "deleting a missing key is no error");
+    let xml = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Delete xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Object><Key>b</Key></Object><Object><Key>c&amp;d</Key></Object><Object><Key>nope</Key></Object></Delete>";
+    let md5 = base64(&Md5::digest(xml));
+    let a = c.call("POST", "/pmem0?delete", &[("content-md5", &md5)], xml);
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(keys_of(&a.text()), ["b", "c&amp;d", "nope"]);
+    assert_eq!(
+        keys_of(&c.get("/pmem0?list-type=2").text()),
+        Vec::<String>::new()
+    );
+    for bad in [
+        &b"<Delete><Object><Key>x</Key></Object>"[..],
+        b"not xml",
+        b"<Delete></Delete>",
+        b"<Delete><Object><Key>x</Key></Oops></Delete>",
+    ] {
+        let a = c.call("POST", "/pmem0?delete", &[], bad);
+        assert_eq!(
+            (a.status, a.code().as_str()),
+            (400, "MalformedXML"),
+            "{}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    // Quiet mode lists only failures.
+    c.put("/pmem0/q", b"x");
+    let xml = b"<Delete><Quiet>true</Quiet><Object><Key>q</Key></Object></Delete>";
+    let a = c.call("POST", "/pmem0?delete", &[], xml);
+    assert_eq!(keys_of(&a.text()), Vec::<String>::new());
+}
+
+#[test]
+fn conditional_reads_and_create_only_writes() {
+    let mut c = Client::new();
+    c.put("/pmem0/k", b"v1");
+    let tag = md5_hex(b"v1");
+    assert_eq!(
+        c.call("GET", "/pmem0/k", &[("if-match", &tag)], b"").status,
+        200
+    );
+    let a = c.call("GET", "/pmem0/k", &[("if-match", "\"other\"")], b"");
+    assert_eq!((a.status, a.code().as_str()), (412, "PreconditionFailed"));
+    assert_eq!(
+        c.call("GET", "/pmem0/k", &[("if-none-match", &tag)], b"")
+            .status,
+        304
+    );
+    assert_eq!(
+        c.call(
+            "GET",
+            "/pmem0/k",
+            &[("if-modified-since", "Sat, 05 Dec 2026 03:48:56 GMT")],
+            b""
+        )
+        .status,
+        304
+    );
+    assert_eq!(
+        c.call(
+            "GET",
+            "/pmem0/k",
+            &[("if-modified-since", "Sat, 05 Dec 2026 03:48:55 GMT")],
+            b""
+        )
+        .status,
+        200
+    );
+    let a = c.call("PUT", "/pmem0/k", &[("if-none-match", "*")], b"v2");
+    assert_eq!((a.status, a.code().as_str()), (412, "PreconditionFailed"));
+    assert_eq!(c.get("/pmem0/k").body, b"v1");
+    assert_eq!(
+        c.call("PUT", "/pmem0/new", &[("if-none-match", "*")], b"v")
+            .status,
+        200
+    );
+}
+
+#[test]
+fn copy_object_is_a_clone() {
+    let mut c = Client::new();
+    c.put("/pmem0/src", &[5u8; 50_000]);
+    let a = c.call(
+        "PUT",
+        "/pmem0/dst",
+        &[("x-amz-copy-source", "/pmem0/src")],
+        b"",
+    );
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert!(a.text().contains(&xml_escape(&md5_hex(&[5u8; 50_000]))));
+    assert_eq!(c.get("/pmem0/dst").body, [5u8; 50_000]);
+    let stat = c.shell("stat pmem0:dst");
+    assert!(stat.contains("shared"), "{stat}");
+    let a = c.call(
+        "PUT",
+        "/pmem0/dst",
+        &[("x-amz-copy-source", "/pmem1/src")],
+        b"",
+    );
+    assert_eq!(a.status, 501);
+    let a = c.call(
+        "PUT",
+        "/pmem0/dst",
+        &[("x-amz-copy-source", "/pmem0/none")],
+        b"",
+    );
+    assert_eq!(a.code(), "NoSuchKey");
+}
+
+#[test]
+fn a_file_nbd_has_open_is_replaced_and_deleted_under_its_client() {
+    let mut c = Client::new();
+    c.put("/pmem0/disk", b"old");
+    let old = {
+        let mut f = c.fixture.borrow_mut();
+        let file = f.storage.filesystem(0).unwrap().lookup("disk").unwrap();
+        f.storage.add_test_connection("pmem0", file);
+        file
+    };
+    let read_old = |c: &Client| {
+        let mut f = c.fixture.borrow_mut();
+        let mut buf = [0u8; 3];
+        f.storage
+            .filesystem(0)
+            .unwrap()
+            .read(old, 0, &mut buf)
+            .unwrap();
+        buf
+    };
+    // S3 readers see the new object at once; the NBD client keeps the
+    // old one (an orphan it holds) until it closes.
+    let a = c.call("PUT", "/pmem0/disk", &[], b"new");
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(c.get("/pmem0/disk").body, b"new");
+    assert_eq!(&read_old(&c), b"old");
+    let a = c.call("DELETE", "/pmem0/disk", &[], b"");
+    assert_eq!(a.status, 204);
+    assert_eq!(c.call("GET", "/pmem0/disk", &[], b"").code(), "NoSuchKey");
+    assert_eq!(&read_old(&c), b"old");
+}
+
+#[test]
+fn listing_replies_are_charged_to_the_budget_until_sent() {
+    static BUDGET: daxbox_budget::Budget = daxbox_budget::Budget::new("test-http", 4096);
+    let mut c = Client::new();
+    c.service.routes_mut().set_budget(&BUDGET);
+    for i in 0..40 {
+        c.put(
+            &alloc::format!("/pmem0/a-fairly-long-key-name-{i:03}"),
+            b"x",
+        );
+    }
+    // 40 keys of XML are well over 4 KiB: refused, nothing held.
+    let a = c.get("/pmem0?list-type=2");
+    assert_eq!((a.status, a.code().as_str()), (503, "SlowDown"));
+    assert_eq!(BUDGET.stats().used, 0);
+    // Two keys fit; held while the reply is being sent, then given back.
+    let bytes = c.build("GET", "/pmem0?list-type=2&max-keys=2", &[], b"", true);
+    let mut conn = c.service.accept(0);
+    assert_eq!(c.service.receive(&mut conn, &bytes, 0), bytes.len());
+    let mut buf = [0u8; 200];
+    let n = c.service.produce(&mut conn, &mut buf, 0);
+    assert!(n > 0);
+    assert!(BUDGET.stats().used > 0, "held while being sent");
+    let mut out = buf[..n].to_vec();
+    loop {
+        let n = c.service.produce(&mut conn, &mut buf, 0);
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(parse(&out).status, 200);
+    assert_eq!(keys_of(&parse(&out).text()).len(), 2);
+    assert_eq!(BUDGET.stats().used, 0, "given back once sent");
+    c.service.closed(conn);
+    // A DeleteObjects body over 512 KiB is refused without reading it all.
+    c.service.routes_mut().set_budget(&daxbox_budget::HTTP);
+    let mut xml = b"<Delete>".to_vec();
+    while xml.len() <= MAX_DELETE_BODY {
+        xml.extend_from_slice(b"<Object><Key>k</Key></Object>");
+    }
+    let a = c.call("POST", "/pmem0?delete", &[], &xml);
+    assert_eq!((a.status, a.code().as_str()), (400, "MalformedXML"));
+    assert_eq!(c.service.routes().exchanges(), 0);
+}
+
+impl Client {
+    /// A PUT as botocore sends it over https: `STREAMING-UNSIGNED-PAYLOAD-TRAILER`,
+    /// aws-chunked inside HTTP chunked encoding, the CRC32 in the trailer.
+    fn streaming_put(&self, target: &str, data: &[u8], crc: &str, decoded: usize) -> Vec<u8> {
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let decoded = decoded.to_string();
+        let headers: Vec<(&str, &str)> = vec![
+            ("content-encoding", "aws-chunked"),
+            ("host", "127.0.0.1"),
+            ("x-amz-content-sha256", "STREAMING-UNSIGNED-PAYLOAD-TRAILER"),
+            ("x-amz-date", AMZ_DATE),
+            ("x-amz-decoded-content-length", &decoded),
+            ("x-amz-trailer", "x-amz-checksum-crc32"),
+        ];
+        let auth = sign_for_test(
+            "PUT",
+            path,
+            query,
+            &headers,
+            &self.key,
+            AMZ_DATE,
+            "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+        );
+        let mut text = alloc::format!("PUT {target} HTTP/1.1\r\n");
+        for (name, value) in &headers {
+            text.push_str(&alloc::format!("{name}: {value}\r\n"));
+        }
+        text.push_str(&alloc::format!(
+            "Authorization: {auth}\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n"
+        ));
+        // The aws-chunked body, in 64 KiB chunks.
+        let mut inner = Vec::new();
+        for chunk in data.chunks(65536) {
+            inner.extend_from_slice(alloc::format!("{:x}\r\n", chunk.len()).as_bytes());
+            inner.extend_from_slice(chunk);
+            inner.extend_from_slice(b"\r\n");
+        }
+        inner.extend_from_slice(
+            alloc::format!("0\r\nx-amz-checksum-crc32:{crc}\r\n\r\n").as_bytes(),
+        );
+        // ...inside HTTP chunks of 5000 bytes.
+        let mut bytes = text.into_bytes();
+        for chunk in inner.chunks(5000) {
+            bytes.extend_from_slice(alloc::format!("{:x}\r\n", chunk.len()).as_bytes());
+            bytes.extend_from_slice(chunk);
+            bytes.extend_from_slice(b"\r\n");
+        }
+        bytes.extend_from_slice(b"0\r\n\r\n");
+        bytes
+    }
+}
+
+#[test]
+fn aws_chunked_with_a_trailing_checksum() {
+    let mut c = Client::new();
+    c.put("/pmem0/s", b"old");
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let crc = base64(&CRC32.checksum(&data).to_be_bytes());
+    let bytes = c.streaming_put("/pmem0/s", &data, &crc, data.len());
+    let (a, conn) = c.send(&bytes);
+    c.service.closed(conn);
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.header("etag"), Some(md5_hex(&data).as_str()));
+    assert_eq!(c.get("/pmem0/s").body, data);
+    // A wrong trailing checksum, a wrong decoded length, framing cut
+    // short: each refused, the object unchanged, nothing left behind.
+    let wrong = base64(&CRC32.checksum(b"other").to_be_bytes());
+    for (bytes, code) in [
+        (
+            c.streaming_put("/pmem0/s", b"new data", &wrong, 8),
+            "BadDigest",
+        ),
+        (
+            c.streaming_put(
+                "/pmem0/s",
+                b"new data",
+                &base64(&CRC32.checksum(b"new data").to_be_bytes()),
+                9,
+            ),
+            "IncompleteBody",
+        ),
+    ] {
+        let (a, conn) = c.send(&bytes);
+        c.service.closed(conn);
+        assert_eq!((a.status, a.code().as_str()), (400, code), "{}", a.text());
+        assert_eq!(c.get("/pmem0/s").body, data);
+    }
+    // aws-chunked framing with a chunk longer than it says.
+    let mut bad = c.streaming_put("/pmem0/s", b"12345", "AAAAAA==", 5);
+    let at = bad.windows(5).position(|w| w == b"12345").unwrap();
+    bad.insert(at + 5, b'6');
+    // Fix the HTTP chunk size around it (one chunk of the whole body).
+    let text = String::from_utf8_lossy(&bad).into_owned();
+    let head_end = text.find("\r\n\r\n").unwrap() + 4;
+    let (_, rest) = text.split_at(head_end);
+    let size_end = rest.find("\r\n").unwrap();
+    let size = usize::from_str_radix(&rest[..size_end], 16).unwrap() + 1;
+    let mut fixed = text.as_bytes()[..head_end].to_vec();
+    fixed.extend_from_slice(alloc::format!("{size:x}").as_bytes());
+    fixed.extend_from_slice(&rest.as_bytes()[size_end..]);
+    let (a, conn) = c.send(&fixed);
+    c.service.closed(conn);
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (400, "IncompleteBody"),
+        "{}",
+        a.text()
+    );
+    assert_eq!(c.get("/pmem0/s").body, data);
+    assert_eq!(c.service.routes().exchanges(), 0);
+    assert!(c.shell("ls pmem0").contains("1 file(s)"));
+}
