@@ -120,6 +120,9 @@ pub struct Request<'a> {
     /// The header lines as received (`Name: value`, CRLF between them),
     /// already checked: every line has a token name and a colon.
     pub headers: &'a str,
+    /// The client's address, when the transport told it (routes apply
+    /// per-resource allow-lists with it).
+    pub peer: Option<IpAddr>,
 }
 
 impl<'a> Request<'a> {
@@ -687,6 +690,7 @@ fn parse_head(raw: &[u8]) -> Result<Head<'_>, Reject> {
             content_length: content_length.unwrap_or(0),
             chunked,
             headers,
+            peer: None,
         },
         keep_alive,
         expect_continue,
@@ -791,7 +795,11 @@ impl<R: HttpRoutes> HttpService<R> {
 
     /// Decides what to do with a complete head.
     fn route(&mut self, conn: &mut HttpConnection, head: &Head<'_>, now_ms: u64) -> Action {
-        let r = &head.request;
+        let request = Request {
+            peer: conn.peer,
+            ..head.request.clone()
+        };
+        let r = &request;
         if r.path != "/healthz" {
             if let Some(gate) = self.gate.as_mut() {
                 if !gate(conn.peer) {
