@@ -153,6 +153,42 @@ pub struct ObjectTag {
     pub epoch: u64,
     /// Unix time of the PUT or of the change, when known.
     pub modified: Option<u64>,
+    /// The client's modification time (`x-amz-meta-mtime`, which rclone
+    /// sets and compares: without it, rclone re-copies every object at
+    /// every sync), seconds and nanoseconds; forgotten with the MD5.
+    pub mtime: Option<(u64, u32)>,
+}
+
+/// `x-amz-meta-mtime` (`SECONDS[.FRACTION]`, at most 9 fraction digits)
+/// as (seconds, nanoseconds); anything else is not kept.
+fn client_mtime(request: &Request<'_>) -> Option<(u64, u32)> {
+    let value = request.header("x-amz-meta-mtime")?;
+    let (secs, frac) = value.split_once('.').unwrap_or((value, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if secs.is_empty() || secs.len() > 19 || frac.len() > 9 || !digits(secs) || !digits(frac) {
+        return None;
+    }
+    let nanos = if frac.is_empty() {
+        0
+    } else {
+        frac.parse::<u32>().ok()? * 10u32.pow(9 - frac.len() as u32)
+    };
+    Some((secs.parse().ok()?, nanos))
+}
+
+/// The header line returning a kept `x-amz-meta-mtime`.
+fn mtime_header(mtime: Option<(u64, u32)>) -> String {
+    match mtime {
+        None => String::new(),
+        Some((secs, 0)) => format!("x-amz-meta-mtime: {secs}\r\n"),
+        Some((secs, nanos)) => {
+            let frac = format!("{nanos:09}");
+            format!(
+                "x-amz-meta-mtime: {secs}.{}\r\n",
+                frac.trim_end_matches('0')
+            )
+        }
+    }
 }
 
 /// The object API's settings (from the boot config).
@@ -225,6 +261,8 @@ struct Put {
     signer: Option<(ChunkSigner, Option<String>, Sha256)>,
     /// A failure seen while reading the body.
     error: Option<S3Error>,
+    /// `x-amz-meta-mtime`, kept with the ETag.
+    mtime: Option<(u64, u32)>,
 }
 
 /// A request in progress between `open` and `end`.
@@ -455,6 +493,7 @@ impl<M: PersistentMemory> Storage<M> {
             md5: None,
             epoch: self.tag_epoch,
             modified: None,
+            mtime: None,
         };
         match self.object_tags.get_mut(&key) {
             Some(existing) => *existing = tag,
@@ -907,7 +946,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         exchange: u64,
         now: u64,
     ) -> Result<Opened, S3Error> {
-        let (file, size, etag, modified) = self.shared.with(|s| -> Result<_, S3Error> {
+        let (file, size, etag, modified, mtime) = self.shared.with(|s| -> Result<_, S3Error> {
             let volume = bucket_volume(s, bucket)?;
             let fs = filesystem(s, volume);
             let file = fs.lookup(key).map_err(|_| no_such_key())?;
@@ -917,6 +956,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                 size,
                 self.etag(s, bucket, file),
                 self.modified(s, bucket, file),
+                s.object_tag(bucket, file).and_then(|t| t.mtime),
             ))
         })?;
         let _ = now;
@@ -925,8 +965,9 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         }
         let range = parse_range(request.header("range"), size)?;
         let mut headers = format!(
-            "ETag: {etag}\r\nLast-Modified: {}\r\nAccept-Ranges: bytes\r\nx-amz-request-id: daxbox\r\n",
-            text::http_date(modified)
+            "ETag: {etag}\r\nLast-Modified: {}\r\nAccept-Ranges: bytes\r\nx-amz-request-id: daxbox\r\n{}",
+            text::http_date(modified),
+            mtime_header(mtime)
         );
         let (status, start, length) = match range {
             Some((a, b)) => {
@@ -999,10 +1040,18 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                 let _ = fs.unlink(&temp);
                 return Err(fs_failure(e));
             }
+            let replace = request
+                .header("x-amz-metadata-directive")
+                .is_some_and(|d| d.eq_ignore_ascii_case("REPLACE"));
             let tag = ObjectTag {
                 md5: src_tag.and_then(|t| t.md5),
                 epoch: 0,
                 modified: Some(now),
+                mtime: if replace {
+                    client_mtime(request)
+                } else {
+                    src_tag.and_then(|t| t.mtime)
+                },
             };
             if tag.md5.is_some() {
                 s.set_object_tag(bucket, copy, tag);
@@ -1144,6 +1193,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                 aws_chunked: decoded_length.map(|n| (chunked::AwsChunked::new(), n)),
                 signer,
                 error: None,
+                mtime: client_mtime(request),
             })),
         );
         Ok(Opened::Body)
@@ -1312,6 +1362,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                     md5: Some(md5),
                     epoch: 0,
                     modified: Some(now),
+                    mtime: put.mtime,
                 },
             );
             Ok(())

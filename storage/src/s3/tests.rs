@@ -1097,3 +1097,64 @@ fn a_filtered_listing_is_bounded_per_request_and_complete() {
         ["zz-mine"]
     );
 }
+
+/// rclone keeps a file's modification time in `x-amz-meta-mtime` and
+/// re-copies (CopyObject onto itself, `REPLACE`) every object whose HEAD
+/// does not return it, at every sync: the object API keeps it (in RAM,
+/// with the ETag) and returns it.
+#[test]
+fn the_mtime_metadata_rclone_sets_is_returned() {
+    let mut c = Client::new();
+    let put = c.call(
+        "PUT",
+        "/pmem0/f",
+        &[("x-amz-meta-mtime", "1796447222.229220393")],
+        b"data",
+    );
+    assert_eq!(put.status, 200);
+    let head = c.call("HEAD", "/pmem0/f", &[], b"");
+    assert_eq!(
+        head.header("x-amz-meta-mtime"),
+        Some("1796447222.229220393")
+    );
+    assert_eq!(
+        c.get("/pmem0/f").header("x-amz-meta-mtime"),
+        Some("1796447222.229220393")
+    );
+    // A copy keeps it; a copy with REPLACE takes the new one.
+    let copy = c.call("PUT", "/pmem0/g", &[("x-amz-copy-source", "/pmem0/f")], b"");
+    assert_eq!(copy.status, 200);
+    assert_eq!(
+        c.get("/pmem0/g").header("x-amz-meta-mtime"),
+        Some("1796447222.229220393")
+    );
+    let replace = [
+        ("x-amz-copy-source", "pmem0/f"),
+        ("x-amz-metadata-directive", "REPLACE"),
+        ("x-amz-meta-mtime", "1796447300"),
+    ];
+    assert_eq!(c.call("PUT", "/pmem0/f", &replace, b"").status, 200);
+    let head = c.call("HEAD", "/pmem0/f", &[], b"");
+    assert_eq!(head.header("x-amz-meta-mtime"), Some("1796447300"));
+    assert_eq!(c.get("/pmem0/f").body, b"data");
+    // A change by another path forgets it; a PUT without it has none.
+    c.shell("write pmem0:f 0 D");
+    assert_eq!(
+        c.call("HEAD", "/pmem0/f", &[], b"")
+            .header("x-amz-meta-mtime"),
+        None
+    );
+    c.put("/pmem0/g", b"new");
+    assert_eq!(
+        c.call("HEAD", "/pmem0/g", &[], b"")
+            .header("x-amz-meta-mtime"),
+        None
+    );
+    // Not a Unix time: not kept (the PUT itself succeeds).
+    c.call("PUT", "/pmem0/h", &[("x-amz-meta-mtime", "soon")], b"x");
+    assert_eq!(
+        c.call("HEAD", "/pmem0/h", &[], b"")
+            .header("x-amz-meta-mtime"),
+        None
+    );
+}
