@@ -1450,6 +1450,32 @@ mod tests {
         assert_eq!(service.stats().forbidden, 2);
     }
 
+    /// Routes see the client address the transport told (the object API
+    /// decides per bucket and key with it), `None` when it told none.
+    #[test]
+    fn routes_see_the_client_address() {
+        struct Peer;
+        impl HttpRoutes for Peer {
+            fn route(&mut self, request: &Request<'_>, _now_ms: u64) -> Option<Response> {
+                let body = alloc::format!("{:?}", request.peer).into_bytes();
+                Some(Response {
+                    status: 200,
+                    content_type: "text/plain",
+                    body,
+                })
+            }
+        }
+        let mut service = HttpService::with_routes("v", 0, Bench::Off, Peer);
+        let request = b"GET /who HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut conn = service.accept(0);
+        service.remote(&mut conn, "198.18.0.11:5000".parse().unwrap());
+        let text = String::from_utf8_lossy(&drive(&mut service, &mut conn, request)).into_owned();
+        assert!(text.ends_with("\r\n\r\nSome(198.18.0.11)"), "{text}");
+        let mut conn = service.accept(0);
+        let text = String::from_utf8_lossy(&drive(&mut service, &mut conn, request)).into_owned();
+        assert!(text.ends_with("\r\n\r\nNone"), "{text}");
+    }
+
     #[test]
     fn answers_are_counted_by_status_class_and_routes_see_the_counts() {
         struct Seen(Option<HttpStats>);
