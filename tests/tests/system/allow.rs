@@ -222,7 +222,7 @@ fn allowed_read_only_and_refused_clients_and_a_broken_rule() -> Result<(), Harne
     let mut machine = lan.boot(BOOT_CONFIG, true)?;
     let boot_log = machine.output();
     assert!(
-        boot_log.contains("allow: 3 rule(s), first match decides"),
+        boot_log.contains("allow: 4 rule(s), first match decides"),
         "{boot_log}"
     );
     for command in ["create disk 4M", "create secret 1M"] {
