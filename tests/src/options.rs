@@ -265,6 +265,12 @@ pub fn load_factor() -> f64 {
     (load / cpus).clamp(1.0, 8.0)
 }
 
+/// `limit` stretched by [`load_factor`]: a deadline that means the same on
+/// a busy host as on an idle one.
+pub fn scaled(limit: std::time::Duration) -> std::time::Duration {
+    limit.mul_f64(load_factor())
+}
+
 /// Parses a size such as `512M`, `1G`, `64K`, `2T`, `1GiB`, `0x1000` or
 /// `4096` (binary units; a bare number is bytes): `daxbox-syntax`'s grammar,
 /// the same as the boot config's and the shell's.

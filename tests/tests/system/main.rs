@@ -9,6 +9,7 @@
 
 mod allow;
 mod boot;
+mod common;
 mod daxfs;
 mod flood;
 mod harness;
