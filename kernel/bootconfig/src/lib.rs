@@ -939,6 +939,19 @@ fn expected(value: &str, what: &str) -> String {
 
 /// At most 40 characters of `text`, control characters replaced by '?',
 /// so a warning stays one readable console line.
+/// The first word of a raw line: after leading whitespace, up to `=` or
+/// whitespace (the key, for telling which key a broken line was about).
+pub(crate) fn first_word(raw: &[u8]) -> &[u8] {
+    let start = raw
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(raw.len());
+    raw[start..]
+        .split(|b| *b == b'=' || b.is_ascii_whitespace())
+        .next()
+        .unwrap_or_default()
+}
+
 pub(crate) fn printable(text: &str) -> String {
     let mut out: String = text
         .chars()
