@@ -344,6 +344,9 @@ pub fn qemu_arguments(options: &QemuOptions, media: &Path, ovmf: Option<&Ovmf>) 
     let mut push = |items: &[&str]| args.extend(items.iter().map(|item| item.to_string()));
 
     push(&["-accel", &options.accel]);
+    // RDRAND, the kernel's entropy source for TLS (QEMU's default CPU model
+    // lacks it; `max` has it under TCG and KVM alike).
+    push(&["-cpu", "max"]);
     if options.nvdimms.is_empty() {
         push(&["-machine", "q35", "-m", &qemu_size(options.memory)]);
     } else {
@@ -500,6 +503,7 @@ mod tests {
         options.http_port = 0;
         let args = qemu_arguments(&options, Path::new("/m"), None);
         assert!(find_pair(&args, "-machine", "q35"));
+        assert!(find_pair(&args, "-cpu", "max"));
         assert!(!args.iter().any(|arg| arg.contains("nvdimm")));
         assert!(find_pair(&args, "-m", "512M"));
         assert!(find_pair(
