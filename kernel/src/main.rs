@@ -26,6 +26,7 @@ mod pci;
 mod pmem;
 mod shell;
 mod storage;
+mod tls;
 
 use daxbox_platform::boot::Boot;
 use daxbox_platform::{acpi, gdt, interrupts, memory, power, serial};
@@ -132,6 +133,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     storage::init();
     pci::init();
     net::init();
+    tls::init(config::get());
     nbd::start();
     interrupts::enable();
 

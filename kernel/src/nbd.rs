@@ -28,6 +28,10 @@ pub const COMMANDS: &[Command] = &daxbox_storage::commands::nbd_table::<Context>
 
 /// Starts the NBD listener on the configured port (after `net::init`).
 pub fn start() {
+    if let Err(why) = crate::tls::nbd_allowed() {
+        println!("nbd: not started: {}", why);
+        return;
+    }
     let port = config::get().nbd_port;
     let boot = config::get();
     let mut listener = daxbox_netstack::ListenerConfig::new(port);
