@@ -36,6 +36,7 @@ pub mod commands;
 pub mod devices;
 pub mod lifecycle;
 pub mod nbd;
+pub mod nbd_tls;
 pub mod readonly;
 
 #[cfg(test)]

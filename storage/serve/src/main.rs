@@ -6,6 +6,7 @@
 //!              [--export-raw pmemN]... [--readonly NAME]...
 //!              [--create NAME=SIZE]... [--port PORT] [--handshake-timeout-ms N]
 //!              [--nbd-list on|off] [--memory-budget SIZE]
+//!              [--tls off|on|require --tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
 //! ```
 //!
 //! `--memory-budget SIZE` bounds what mounted filesystems may hold in
@@ -39,7 +40,8 @@ use daxbox_storage::{BootPolicy, NbdService, Storage};
 
 const USAGE: &str = "usage: daxbox-serve --image PATH[,size=SIZE]... [--format if-blank|never] \
      [--export-raw pmemN]... [--readonly NAME]... [--create NAME=SIZE]... [--port PORT] \
-     [--handshake-timeout-ms N] [--nbd-list on|off] [--memory-budget SIZE]";
+     [--handshake-timeout-ms N] [--nbd-list on|off] [--memory-budget SIZE] \
+     [--tls off|on|require --tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]";
 
 /// The mount budget without `--memory-budget`: the kernel's share (half
 /// the heap) of a 2 GiB heap.
@@ -53,6 +55,9 @@ struct Options {
     port: u16,
     engine: ServerConfig,
     mount_budget: u64,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+    tls_client_ca: Option<String>,
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -67,6 +72,9 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         port: 10809,
         engine: ServerConfig::default(),
         mount_budget: DEFAULT_MOUNT_BUDGET,
+        tls_cert: None,
+        tls_key: None,
+        tls_client_ca: None,
     };
     while let Some(arg) = args.next() {
         let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
@@ -111,6 +119,17 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
                     .filter(|&n| n > 0)
                     .ok_or_else(|| format!("--memory-budget {value}: bad size"))?
             }
+            "--tls" => {
+                options.engine.tls = match value.as_str() {
+                    "off" => daxbox_nbd::TlsPolicy::Off,
+                    "on" => daxbox_nbd::TlsPolicy::On,
+                    "require" => daxbox_nbd::TlsPolicy::Require,
+                    other => return Err(format!("--tls {other}: off, on or require")),
+                }
+            }
+            "--tls-cert" => options.tls_cert = Some(value),
+            "--tls-key" => options.tls_key = Some(value),
+            "--tls-client-ca" => options.tls_client_ca = Some(value),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -180,7 +199,38 @@ fn main() {
             std::process::exit(1);
         }
     }
-    let service = NbdService::with_config(shared, options.engine);
+    let tls = options.engine.tls;
+    let mut service = NbdService::with_config(shared, options.engine);
+    if tls != daxbox_nbd::TlsPolicy::Off {
+        let read = |what: &str, path: &Option<String>| -> Vec<u8> {
+            let path = path
+                .as_ref()
+                .unwrap_or_else(|| fail(&format!("--tls needs --{what}")));
+            std::fs::read(path).unwrap_or_else(|e| fail(&format!("--{what} {path}: {e}")))
+        };
+        let cert = read("tls-cert", &options.tls_cert);
+        let key = read("tls-key", &options.tls_key);
+        let ca = options
+            .tls_client_ca
+            .as_ref()
+            .map(|_| read("tls-client-ca", &options.tls_client_ca));
+        fn now() -> Option<u64> {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_secs())
+        }
+        let server = daxbox_tls::TlsServer::new(
+            daxbox_tls::Pem {
+                cert: &cert,
+                key: &key,
+                client_ca: ca.as_deref(),
+            },
+            now,
+        )
+        .unwrap_or_else(|e| fail(&e.to_string()));
+        service = service.with_tls(server);
+    }
     let mut server = TcpLoop::new(listener, service).unwrap_or_else(|e| fail(&e.to_string()));
     println!("listening on {address}");
     let _ = std::io::stdout().flush();
