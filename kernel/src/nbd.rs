@@ -45,12 +45,19 @@ pub fn start() {
     listener.budget = Some(&daxbox_budget::NBD);
     listener.connection_bytes =
         daxbox_storage::nbd_connection_bytes(&daxbox_storage::engine_config(boot));
-    let service = NbdService::for_boot_config(KernelStorage, boot);
+    let mut service = NbdService::for_boot_config(KernelStorage, boot);
+    if let Some(server) = crate::tls::server() {
+        // A TLS session and its scratch buffer per connection, charged
+        // before the connection exists.
+        listener.connection_bytes += daxbox_storage::nbd_tls::TLS_CONNECTION_BYTES;
+        service = service.with_tls(server.clone());
+    }
     let service = daxbox_netstack::Listener::new(listener, service);
     match crate::net::add_listener(service.boxed()) {
         Ok(()) => println!(
-            "nbd: listening on port {} (at most {} connections, {} per address{})",
+            "nbd: listening on port {} (tls={}; at most {} connections, {} per address{})",
             port,
+            boot.tls.mode,
             boot.nbd_max_connections,
             boot.nbd_max_per_address,
             if boot.nbd_list {

@@ -3,9 +3,9 @@
 //!
 //! Anything that cannot be applied fails closed: the status is `Failed`
 //! with the reason (printed at boot and by `bootconfig`), and the NBD
-//! listener is not started. NBD STARTTLS and the HTTPS listener are not
-//! wired yet in this build, so a configuration that asks for TLS and is
-//! valid also leaves NBD unserved rather than serving it in clear.
+//! listener is not started. When usable, the NBD service offers (`on`) or
+//! requires (`require`) `NBD_OPT_STARTTLS` with this server. The HTTPS
+//! listener is not wired yet.
 
 use alloc::string::String;
 use daxbox_bootconfig::{BootConfig, TlsMode};
@@ -94,14 +94,18 @@ pub fn describe() -> String {
     }
 }
 
-/// Whether NBD may be served: TLS off. With TLS asked for, NBD waits for
-/// STARTTLS support rather than serving in clear.
+/// Whether NBD may be served: not when TLS was asked for and failed.
 pub fn nbd_allowed() -> Result<(), String> {
     match STATUS.get() {
-        None | Some(Status::Off) => Ok(()),
         Some(Status::Failed(why)) => Err(alloc::format!("tls: {why}")),
-        Some(Status::Ready(_)) => {
-            Err("tls: NBD STARTTLS is not built yet; not serving NBD in clear".into())
-        }
+        _ => Ok(()),
+    }
+}
+
+/// The TLS server, when TLS is on and usable.
+pub fn server() -> Option<&'static TlsServer> {
+    match STATUS.get() {
+        Some(Status::Ready(server)) => Some(server),
+        _ => None,
     }
 }
