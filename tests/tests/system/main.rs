@@ -19,3 +19,4 @@ mod nbd;
 mod net;
 mod pmem;
 mod shell;
+mod tls;
