@@ -48,7 +48,8 @@ fn cert_dir(name: &str, ca: &str) -> PathBuf {
 fn nbd_over_tls_with_the_certificate_in_the_boot_config() -> Result<(), HarnessError> {
     const NAME: &str = "tls_nbd_require";
     let config = format!(
-        "format=if-blank\ntls=require\n{}{}",
+        // HTTPS takes the guest port the harness forwards for HTTP.
+        "format=if-blank\ntls=require\nhttp_port=8080\nhttps_port=80\n{}{}",
         pem_lines("tls_cert", &testdata("server.pem")),
         pem_lines("tls_key", &testdata("server-key.pem")),
     );
