@@ -132,8 +132,8 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     });
     storage::init();
     pci::init();
-    net::init();
     tls::init(config::get());
+    net::init();
     nbd::start();
     interrupts::enable();
 

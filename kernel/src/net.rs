@@ -173,6 +173,22 @@ pub fn init() {
     if let Err(error) = stack.add_listener(Listener::new(listener, http).boxed()) {
         println!("net: {}", error);
     }
+    // HTTPS: the same service over TLS on its own port, same certificate.
+    if let Some(server) = crate::tls::server() {
+        let https_port = config::get().tls.https_port;
+        let https = HttpService::new(env!("CARGO_PKG_VERSION"), 0, bench);
+        let mut listener = ListenerConfig::new(https_port);
+        listener.max_connections = usize::from(config::get().http_max_connections);
+        listener.max_per_address = usize::from(config::get().http_max_per_address);
+        listener.budget = Some(&daxbox_budget::HTTP);
+        listener.connection_bytes =
+            daxbox_netstack::http::CONNECTION_BYTES + daxbox_netstack::tls::TLS_CONNECTION_BYTES;
+        let service = daxbox_netstack::tls::TlsService::new(https, server.clone());
+        match stack.add_listener(Listener::new(listener, service).boxed()) {
+            Ok(()) => println!("net: https on port {}", https_port),
+            Err(error) => println!("net: https: {}", error),
+        }
+    }
     let irq = match function.interrupt_line {
         line if function.interrupt_pin != 0 && line < 24 => {
             if let Some(isr) = isr.and_then(|address| register_region(address, 1)) {

@@ -4,8 +4,8 @@
 //! Anything that cannot be applied fails closed: the status is `Failed`
 //! with the reason (printed at boot and by `bootconfig`), and the NBD
 //! listener is not started. When usable, the NBD service offers (`on`) or
-//! requires (`require`) `NBD_OPT_STARTTLS` with this server. The HTTPS
-//! listener is not wired yet.
+//! requires (`require`) `NBD_OPT_STARTTLS` with this server, and HTTPS is
+//! served on `https_port` with the same certificate.
 
 use alloc::string::String;
 use daxbox_bootconfig::{BootConfig, TlsMode};
