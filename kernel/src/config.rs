@@ -99,6 +99,22 @@ pub fn show() {
     for rule in &config.readonly {
         println!("{}", rule);
     }
+    // The allow-list in file order (first match decides), and each line
+    // that could not be used with the protocol it shuts.
+    if config.allow.is_open() {
+        println!("allow: no rules; every export is open to every client");
+    }
+    for rule in &config.allow.rules {
+        println!("{}", rule);
+    }
+    for (protocols, why) in &config.allow.failed {
+        let which = match (protocols.nbd, protocols.http) {
+            (true, false) => "nbd",
+            (false, true) => "http",
+            _ => "nbd and http",
+        };
+        println!("allow: {} not served (failing closed): {}", which, why);
+    }
     // As the boot config spells it (`info`), not as `log` does (`INFO`).
     println!("log={}", config.log);
     println!(

@@ -20,6 +20,7 @@ extern crate alloc;
 
 mod command;
 mod config;
+mod hotplug;
 mod nbd;
 mod net;
 mod pci;
@@ -27,9 +28,10 @@ mod pmem;
 mod shell;
 mod storage;
 mod tls;
+mod web;
 
 use daxbox_platform::boot::Boot;
-use daxbox_platform::{acpi, gdt, interrupts, memory, power, serial};
+use daxbox_platform::{acpi, gdt, interrupts, memory, power, rtc, serial};
 pub use daxbox_platform::{print, println, time};
 
 use bootloader_api::config::{BootloaderConfig, Mapping};
@@ -54,6 +56,7 @@ entry_point!(kernel_main, config = &BOOTLOADER_CONFIG);
 /// shell gets them from here, so it imports none of these modules).
 const COMMAND_TABLES: daxbox_shell::Tables<command::Context> = &[
     shell::COMMANDS,
+    hotplug::COMMANDS,
     pmem::commands::COMMANDS,
     storage::COMMANDS,
     nbd::COMMANDS,
@@ -124,6 +127,10 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         khz % 1000,
         interrupts::TIMER_HZ
     );
+    match rtc::init() {
+        Some(now) => println!("clock: wall time {} (CMOS RTC, taken as UTC)", now),
+        None => println!("clock: the CMOS RTC gave no plausible date; wall time unknown"),
+    }
 
     // Storage discovery: ACPI NFIT, memory map, pmem= carve-outs.
     pmem::init(&pmem::BootFacts {
@@ -131,9 +138,15 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         kernel: boot.kernel_image(),
     });
     storage::init();
+    hotplug::init();
     pci::init();
     tls::init(config::get());
-    net::init();
+    net::init(
+        web::Routes::default(),
+        storage::http_gate(),
+        web::Routes::default(),
+        storage::http_gate(),
+    );
     nbd::start();
     interrupts::enable();
 
@@ -147,6 +160,11 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     loop {
         interrupts::take_work_pending();
         let mut busy = shell.poll();
+        // A hot-add prints on its own: the prompt comes back after it.
+        if hotplug::poll() {
+            shell.redraw();
+            busy = true;
+        }
         busy |= poll_services();
         if !busy {
             interrupts::wait_for_interrupt();

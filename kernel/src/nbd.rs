@@ -34,6 +34,12 @@ pub fn start() {
     }
     let port = config::get().nbd_port;
     let boot = config::get();
+    // `allow=` lines about NBD that could not be used: fail closed, no
+    // listener at all.
+    if let Some(why) = boot.allow.failure(daxbox_bootconfig::Protocol::Nbd) {
+        println!("nbd: not served (failing closed): {}", why);
+        return;
+    }
     let mut listener = daxbox_netstack::ListenerConfig::new(port);
     // Room for a 256 KiB request or reply in flight each way per client.
     listener.rx_buffer = 256 * 1024;
@@ -45,7 +51,8 @@ pub fn start() {
     listener.budget = Some(&daxbox_budget::NBD);
     listener.connection_bytes =
         daxbox_storage::nbd_connection_bytes(&daxbox_storage::engine_config(boot));
-    let mut service = NbdService::for_boot_config(KernelStorage, boot);
+    let mut service =
+        NbdService::for_boot_config(KernelStorage, boot).with_clock(crate::time::now_us);
     if let Some(server) = crate::tls::server() {
         // A TLS session and its scratch buffer per connection, charged
         // before the connection exists.

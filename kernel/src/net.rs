@@ -12,16 +12,20 @@
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
+use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use daxbox_bootconfig::IpConfig;
-use daxbox_netstack::http::{Bench, HttpService};
+use daxbox_netstack::http::{Bench, HttpRoutes, HttpService};
 use daxbox_netstack::smoltcp::wire::{Ipv4Address, Ipv4Cidr};
-use daxbox_netstack::{IpMode, Listener, ListenerConfig, NetConfig, NetStack, PortListener};
+use daxbox_netstack::{
+    IpMode, Listener, ListenerConfig, ListenerStats, NetConfig, NetStack, PortListener,
+};
 use daxbox_pci::{capabilities, reg, Bar, Bdf, ConfigAccess, Function};
 use daxbox_platform::memory::PhysRange;
 use daxbox_platform::mmio::{self, MmioRegion};
 use daxbox_platform::virtio::{KernelHal, VirtioConfigAccess};
 use daxbox_platform::virtio_net::Nic;
+use daxbox_storage::web::NetInfo;
 use spin::{Mutex, Once};
 use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::transport::pci::bus::{DeviceFunction, PciRoot};
@@ -51,6 +55,78 @@ static NET: Mutex<Option<Net>> = Mutex::new(None);
 /// The virtio ISR status byte, read by the interrupt handler.
 static ISR: Once<MmioRegion> = Once::new();
 static INTERRUPTS: AtomicU64 = AtomicU64::new(0);
+
+/// How often [`poll`] refreshes the copy of the counters that the web
+/// pages read ([`stats`]): they run inside the poll, under [`NET`].
+pub const STATS_EVERY_MS: u64 = 250;
+
+/// The copy of the network counters for the web pages, and when it was
+/// taken.
+struct StatsCopy {
+    at_ms: u64,
+    net: NetInfo,
+    listeners: Vec<(&'static str, ListenerStats)>,
+}
+
+static STATS: Mutex<StatsCopy> = Mutex::new(StatsCopy {
+    at_ms: 0,
+    net: NetInfo {
+        counters: daxbox_netstack::Counters {
+            rx_packets: 0,
+            rx_bytes: 0,
+            tx_packets: 0,
+            tx_bytes: 0,
+            rx_errors: 0,
+            tx_errors: 0,
+            tx_busy: 0,
+            connections_accepted: 0,
+            connections_active: 0,
+        },
+        interrupts: 0,
+        rx_submitted: 0,
+        tx_submitted: 0,
+    },
+    listeners: Vec::new(),
+});
+
+/// The network counters as of the last refresh (at most
+/// [`STATS_EVERY_MS`] old), with each listener's service name.
+pub fn stats() -> (NetInfo, Vec<(&'static str, ListenerStats)>) {
+    let copy = STATS.lock();
+    (copy.net, copy.listeners.clone())
+}
+
+fn refresh_stats(stack: &NetStack<Nic>, now_ms: u64) {
+    let mut copy = STATS.lock();
+    if now_ms.saturating_sub(copy.at_ms) < STATS_EVERY_MS && !copy.listeners.is_empty() {
+        return;
+    }
+    let status = stack.status();
+    let driver = stack.device().counters();
+    let mut counters = status.counters;
+    counters.rx_errors = driver.rx_errors;
+    counters.tx_errors = driver.tx_errors;
+    let boot = config::get();
+    copy.at_ms = now_ms;
+    copy.net = NetInfo {
+        counters,
+        interrupts: INTERRUPTS.load(Ordering::Relaxed),
+        rx_submitted: driver.rx_submitted,
+        tx_submitted: driver.tx_submitted,
+    };
+    copy.listeners = status
+        .listeners
+        .into_iter()
+        .map(|l| {
+            let service = match l.port {
+                port if port == boot.nbd_port => "nbd",
+                port if port == boot.http_port => "http",
+                _ => "other",
+            };
+            (service, l)
+        })
+        .collect();
+}
 
 fn nic_interrupt() {
     INTERRUPTS.fetch_add(1, Ordering::Relaxed);
@@ -94,8 +170,16 @@ fn ip_mode() -> IpMode {
     }
 }
 
-/// Finds the NIC, starts the driver and the stack, routes the interrupt.
-pub fn init() {
+/// Finds the NIC, starts the driver and the stack, routes the interrupt;
+/// the HTTP service answers `/healthz` itself and everything else through
+/// `routes`. `http_gate` decides which client addresses may use the HTTP
+/// server beyond `/healthz` (the allow-list, from the storage module).
+pub fn init<R: HttpRoutes + Send + 'static>(
+    routes: R,
+    http_gate: daxbox_netstack::http::Gate,
+    https_routes: R,
+    https_gate: daxbox_netstack::http::Gate,
+) {
     let Some(function) = find_nic() else {
         println!("net: no virtio-net device");
         return;
@@ -164,19 +248,32 @@ pub fn init() {
     } else {
         Bench::Off
     };
-    let http = HttpService::new(env!("CARGO_PKG_VERSION"), 0, bench);
+    let mut http = HttpService::with_routes(env!("CARGO_PKG_VERSION"), 0, bench, routes);
+    http.set_gate(http_gate);
     let mut listener = ListenerConfig::new(http_port);
     listener.max_connections = usize::from(config::get().http_max_connections);
     listener.max_per_address = usize::from(config::get().http_max_per_address);
     listener.budget = Some(&daxbox_budget::HTTP);
     listener.connection_bytes = daxbox_netstack::http::CONNECTION_BYTES;
-    if let Err(error) = stack.add_listener(Listener::new(listener, http).boxed()) {
+    // `allow=` lines about HTTP that could not be used: fail closed, no
+    // listener at all.
+    if let Some(why) = config::get()
+        .allow
+        .failure(daxbox_bootconfig::Protocol::Http)
+    {
+        println!("net: http not served (failing closed): {}", why);
+    } else if let Err(error) = stack.add_listener(Listener::new(listener, http).boxed()) {
         println!("net: {}", error);
     }
     // HTTPS: the same service over TLS on its own port, same certificate.
-    if let Some(server) = crate::tls::server() {
+    // The same routes and allow-list gate as HTTP.
+    let https_failure = config::get()
+        .allow
+        .failure(daxbox_bootconfig::Protocol::Http);
+    if let (Some(server), None) = (crate::tls::server(), https_failure) {
         let https_port = config::get().tls.https_port;
-        let https = HttpService::new(env!("CARGO_PKG_VERSION"), 0, bench);
+        let mut https = HttpService::with_routes(env!("CARGO_PKG_VERSION"), 0, bench, https_routes);
+        https.set_gate(https_gate);
         let mut listener = ListenerConfig::new(https_port);
         listener.max_connections = usize::from(config::get().http_max_connections);
         listener.max_per_address = usize::from(config::get().http_max_per_address);
@@ -276,8 +373,10 @@ pub fn poll() -> bool {
     let Some(net) = guard.as_mut() else {
         return false;
     };
-    let outcome = net.stack.poll(time::now_ms());
+    let now_ms = time::now_ms();
+    let outcome = net.stack.poll(now_ms);
     net.stack.device_mut().refill();
+    refresh_stats(&net.stack, now_ms);
     let address = net.stack.ipv4();
     if address != net.announced {
         match address {

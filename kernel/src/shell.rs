@@ -65,6 +65,12 @@ impl Shell {
         Self { inner }
     }
 
+    /// The prompt and the line typed so far again, after the kernel printed
+    /// an event of its own (NVDIMM hot-add).
+    pub fn redraw(&self) {
+        self.inner.redraw(&mut Console);
+    }
+
     /// Handles every byte waiting on the console. Returns true when there
     /// was input.
     pub fn poll(&mut self) -> bool {

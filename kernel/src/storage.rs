@@ -80,6 +80,59 @@ pub fn init() {
     for line in storage.read_only_report() {
         crate::println!("storage: {}", line);
     }
+    storage.access_mut().set_rules(config.allow.clone());
+    for line in storage.access().report() {
+        if line.starts_with("allow:") {
+            crate::println!("{}", line);
+        }
+    }
+}
+
+/// The HTTP server's gate: the allow-list's answer for the client address
+/// (any HTTP rule for it), a refusal counted like NBD's.
+pub fn http_gate() -> daxbox_netstack::http::Gate {
+    alloc::boxed::Box::new(|peer| {
+        let mut storage = STORAGE.lock();
+        let admitted = storage
+            .access()
+            .admits(peer, daxbox_storage::allow::Protocol::Http);
+        if !admitted {
+            storage
+                .access_mut()
+                .count(peer, daxbox_storage::allow::Reason::Policy, 1);
+        }
+        admitted
+    })
+}
+
+/// Applies the boot policy to device `name`, which appeared after boot
+/// (NVDIMM hot-add) or came back online; its exports are then listed to
+/// NBD clients.
+pub fn add_device(name: &str, out: &mut dyn fmt::Write) {
+    let config = config::get();
+    let policy = BootPolicy {
+        format: config.format,
+        export_raw: config.export_raw.clone(),
+    };
+    let mut storage = STORAGE.lock();
+    daxbox_storage::boot_device(&mut storage, &mut KernelEnvironment, name, &policy, out);
+    storage.refresh_read_only();
+}
+
+/// Takes device `name` out of the storage layer if it is in use there:
+/// `umount NAME --force` (its NBD clients are disconnected first, the
+/// filesystem unmounted clean, its frames given back).
+pub fn release_device(name: &str, out: &mut dyn fmt::Write) -> Result<(), String> {
+    let mut storage = STORAGE.lock();
+    if storage.volume_of(name).is_err() {
+        return Ok(());
+    }
+    daxbox_storage::lifecycle::umount(
+        &mut storage,
+        &mut KernelEnvironment,
+        &[name, "--force"],
+        out,
+    )
 }
 
 /// Makes every filesystem durable and clean before power-off.

@@ -351,6 +351,20 @@ pub fn find_table(signature: &[u8; 4]) -> Result<Vec<u8>, AcpiError> {
     Err(AcpiError::NotFound)
 }
 
+/// The raw bytes (header included) of every table with `signature`
+/// (there may be several SSDTs), each with its checksum verified; a table
+/// that fails the checks is left out.
+pub fn find_tables(signature: &[u8; 4]) -> Result<Vec<Vec<u8>>, AcpiError> {
+    let fault = Cell::new(None);
+    let (tables, handler) = tables(&fault)?;
+    Ok(tables
+        .table_entries()
+        .filter(|&address| signature_at(&handler, address).as_ref() == Some(signature))
+        .filter_map(|address| checked_table(&handler, address).ok())
+        .map(|table| table_bytes(&table))
+        .collect())
+}
+
 /// The signatures of every table, for diagnostics.
 pub fn signatures() -> Result<Vec<[u8; 4]>, AcpiError> {
     let fault = Cell::new(None);

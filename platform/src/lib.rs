@@ -25,6 +25,7 @@
 //! | [`memory`] | a RAM frame is handed out once; the heap range never enters the allocator; identity mappings are made only by this crate, never over RAM in use or a conflicting mapping |
 //! | [`mmio`] | an [`mmio::MmioRegion`] covers identity-mapped, uncached device memory that is neither RAM, kernel, firmware tables nor storage; every access is bounds- and alignment-checked |
 //! | [`acpi`] | firmware tables are read only inside the bootloader's physical-memory map, with lengths and checksums checked first |
+//! | [`nvdimm`] | port 0x0A18 is written only with the address of its own DSM page (a RAM frame below 4 GiB owned for the kernel's life), and only when QEMU's NVDIMM SSDT is present; of the FADT's GPE0 block only the first status byte is read and only bit 4 cleared |
 //! | [`pmem`] | a [`pmem::PmemRegion`] is created only by [`pmem::map`], once per range, over storage memory (not RAM in use) that it identity-mapped itself; it is the only way to reach those bytes |
 //! | [`pci`] | configuration port I/O only on 0xCF8..0xD00; ECAM only inside its mapped window |
 //! | [`virtio`] | DMA memory is zeroed RAM frames owned by a pool for the kernel's life; `share` only translates addresses inside a registered pool; `dma_alloc` never hands out address 0 or a dangling pointer as memory (out of frames it returns virtio-drivers' failure value) |
@@ -44,9 +45,11 @@ pub mod gdt;
 pub mod interrupts;
 pub mod memory;
 pub mod mmio;
+pub mod nvdimm;
 pub mod pci;
 pub mod pmem;
 pub mod power;
+pub mod rtc;
 pub mod serial;
 pub mod time;
 pub mod virtio;

@@ -63,6 +63,13 @@ pub struct NicCounters {
     /// Used-ring tokens that were not a chain the driver had handed over
     /// (also counted in `rx_errors` / `tx_errors`); each stops its queue.
     pub bad_tokens: u64,
+    /// Receive buffers handed to the device. virtio-drivers notifies the
+    /// device of each unless the device asked not to be
+    /// (`VIRTQ_USED_F_NO_NOTIFY`), so this bounds the receive notifies.
+    pub rx_submitted: u64,
+    /// Frames handed to the device for transmission (each one a notify,
+    /// unless the device suppressed notifications, as above).
+    pub tx_submitted: u64,
 }
 
 /// A pool of fixed-size packet slots in one DMA region.
@@ -179,6 +186,7 @@ impl<H: PoolHal, T: Transport> Nic<H, T> {
             match unsafe { self.raw.receive_begin(buffer) } {
                 Ok(token) if usize::from(token) < QUEUE_SIZE => {
                     self.rx_posted[usize::from(token)] = slot;
+                    self.tx.counters.rx_submitted += 1;
                 }
                 // Posted under a token virtio-drivers never makes: the slot
                 // stays the device's for good (never reused).
@@ -302,6 +310,7 @@ impl<H: PoolHal, T: Transport> phy::TxToken for TxToken<'_, H, T> {
             Ok(token) if usize::from(token) < QUEUE_SIZE => {
                 // `total` <= SLOT (2048) fits in u16.
                 self.tx.in_flight[usize::from(token)] = (slot, total as u16);
+                self.tx.counters.tx_submitted += 1;
             }
             // Queued under a token virtio-drivers never makes: the slot
             // stays the device's for good (never reused).

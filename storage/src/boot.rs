@@ -171,43 +171,74 @@ pub fn boot<M: PersistentMemory, E: Environment<M>>(
         }
     }
     for name in devices {
-        let Some(probe) = env.inspect(&name, |block| Filesystem::probe(block.memory())) else {
-            continue;
-        };
-        let decision = decide(&name, &probe, policy);
-        if let Some(message) = decision.message(&name) {
-            let _ = writeln!(out, "{}", message);
-        }
-        let index = device_index(&name);
-        let format = match decision {
-            Decision::ExportRaw => {
-                match env.take(&name, Owner::Device(index)) {
-                    Some(block) => {
-                        let _ = writeln!(
-                            out,
-                            "storage: {} exported raw ({})",
-                            name,
-                            human(block.size())
-                        );
-                        storage.volumes.push(Volume {
-                            device: name,
-                            role: Role::Raw(block),
-                        });
-                    }
-                    None => {
-                        let _ = writeln!(out, "storage: {}: cannot take the device", name);
-                    }
-                }
-                continue;
-            }
-            Decision::LeaveAlone { .. } => continue,
-            Decision::Mount { .. } => false,
-            Decision::Format => true,
-        };
-        if let Err(message) = attach(storage, env, &name, format, out) {
-            let _ = writeln!(out, "storage: {}: {}", name, message);
-        }
+        boot_device(storage, env, &name, policy, out);
     }
+}
+
+/// Applies the boot policy to one available device of `env`: what
+/// [`boot`] does for each device, and what a device that appears later
+/// (an NVDIMM hot-added while running, a device brought back with `pmem
+/// online`) goes through. Prints the decision and the outcome to `out`.
+pub fn boot_device<M: PersistentMemory, E: Environment<M>>(
+    storage: &mut Storage<M>,
+    env: &mut E,
+    name: &str,
+    policy: &BootPolicy,
+    out: &mut dyn Write,
+) {
+    let name = name.to_string();
+    let Some(probe) = env.inspect(&name, |block| Filesystem::probe(block.memory())) else {
+        let _ = writeln!(out, "storage: {}: no such device", name);
+        return;
+    };
+    let decision = decide(&name, &probe, policy);
+    if let Some(message) = decision.message(&name) {
+        let _ = writeln!(out, "{}", message);
+    }
+    let index = device_index(&name);
+    let format = match decision {
+        Decision::ExportRaw => {
+            match env.take(&name, Owner::Device(index)) {
+                Some(block) => {
+                    let _ = writeln!(
+                        out,
+                        "storage: {} exported raw ({})",
+                        name,
+                        human(block.size())
+                    );
+                    storage.volumes.push(Volume {
+                        device: name,
+                        role: Role::Raw(block),
+                    });
+                    sort_volumes(storage);
+                }
+                None => {
+                    let _ = writeln!(out, "storage: {}: cannot take the device", name);
+                }
+            }
+            return;
+        }
+        Decision::LeaveAlone { .. } => return,
+        Decision::Mount { recover } => {
+            if recover {
+                storage.metrics.recovery.unclean_mounts += 1;
+            }
+            false
+        }
+        Decision::Format => true,
+    };
+    if let Err(message) = attach(storage, env, &name, format, out) {
+        let _ = writeln!(out, "storage: {}: {}", name, message);
+    }
+    sort_volumes(storage);
+}
+
+/// Volumes stay in device order (bare names resolve to the first
+/// filesystem, and a device added later must not change which that is).
+pub(crate) fn sort_volumes<M: PersistentMemory>(storage: &mut Storage<M>) {
+    storage
+        .volumes
+        .sort_by_key(|v| daxbox_syntax::device_index(&v.device).unwrap_or(u16::MAX));
 }
 
 /// Takes device `name` from `env` and mounts it (formatting it first when
@@ -241,6 +272,10 @@ pub fn attach<M: PersistentMemory, E: Environment<M>>(
     let elapsed = env.now_us().saturating_sub(started);
     match result {
         Ok(fs) => {
+            let recovered = fs.recovered();
+            let recovery = &mut storage.metrics.recovery;
+            recovery.journal_replays += u64::from(recovered.journal_replayed);
+            recovery.superblock_repairs += u64::from(recovered.superblock_repaired);
             let statfs = fs.statfs();
             let _ = writeln!(
                 out,
@@ -383,6 +418,71 @@ mod tests {
         );
         assert!(storage.volumes.is_empty());
         assert_eq!(env.available_devices(), vec!["pmem0".to_string()]);
+    }
+
+    #[test]
+    fn a_device_added_after_boot_gets_the_boot_policy() {
+        let mut env = FakeEnvironment::new(&[16 * MIB]);
+        let mut storage = Storage::new();
+        let mut out = String::new();
+        let if_blank = policy(FormatPolicy::IfBlank, &[]);
+        boot(&mut storage, &mut env, &if_blank, &mut out);
+        // A blank NVDIMM is plugged: formatted and mounted, after pmem0.
+        let name = env.add_device(vec![0; 16 * MIB as usize]);
+        assert_eq!(name, "pmem1");
+        let mut out = String::new();
+        boot_device(&mut storage, &mut env, &name, &if_blank, &mut out);
+        assert!(
+            out.starts_with("storage: pmem1 formatted and mounted daxfs"),
+            "{out}"
+        );
+        let devices: Vec<&str> = storage.volumes.iter().map(|v| v.device.as_str()).collect();
+        assert_eq!(devices, ["pmem0", "pmem1"]);
+        assert_eq!(
+            storage.default_filesystem(),
+            Some(0),
+            "pmem0 stays the default"
+        );
+        assert_eq!(env.taken_by("pmem1"), Some(Owner::Filesystem(1)));
+        // One holding daxfs is mounted, not formatted (a copy of a mounted
+        // image: recovered); foreign bytes and a
+        // blank device under format=never are left alone.
+        let image = env.image("pmem1");
+        let name = env.add_device(image);
+        let mut out = String::new();
+        boot_device(&mut storage, &mut env, &name, &if_blank, &mut out);
+        assert!(out.contains("storage: pmem2 mounted daxfs"), "{out}");
+        assert!(!out.contains("formatted"), "{out}");
+        let mut junk = vec![0; 8 * MIB as usize];
+        junk[..4].copy_from_slice(b"junk");
+        let name = env.add_device(junk);
+        let mut out = String::new();
+        boot_device(&mut storage, &mut env, &name, &if_blank, &mut out);
+        assert!(
+            out.contains("pmem3 holds something that is not daxfs"),
+            "{out}"
+        );
+        let name = env.add_device(vec![0; 8 * MIB as usize]);
+        let mut out = String::new();
+        let never = policy(FormatPolicy::Never, &[]);
+        boot_device(&mut storage, &mut env, &name, &never, &mut out);
+        assert_eq!(storage.volumes.len(), 3, "{out}");
+        assert_eq!(env.taken_by("pmem4"), None);
+        // A device named by export_raw= is exported raw.
+        let name = env.add_device(vec![0; 8 * MIB as usize]);
+        let mut out = String::new();
+        boot_device(
+            &mut storage,
+            &mut env,
+            &name,
+            &policy(FormatPolicy::IfBlank, &["pmem5"]),
+            &mut out,
+        );
+        assert_eq!(out, "storage: pmem5 exported raw (8 MiB)\n");
+        // No such device: said so.
+        let mut out = String::new();
+        boot_device(&mut storage, &mut env, "pmem9", &if_blank, &mut out);
+        assert_eq!(out, "storage: pmem9: no such device\n");
     }
 
     #[test]

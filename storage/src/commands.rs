@@ -100,8 +100,8 @@ mod entry {
         "ls", ls, "[DEVICE] [AFTER]", "list files (sorted; from after AFTER)";
         "stat", stat, "NAME", "size, allocation and extents of a file";
         "create", create, "NAME SIZE", "create a sparse file of SIZE bytes (K/M/G suffixes)";
-        "rm", rm, "NAME [--force]", "remove a file (refused while NBD clients have it open; --force disconnects them)";
-        "mv", mv, "FROM TO [--force]", "rename a file atomically (replaces TO; refused while NBD clients have TO open)";
+        "rm", rm, "NAME [--force]", "remove a file (NBD clients that have it open keep it until they close; --force disconnects them first)";
+        "mv", mv, "FROM TO [--force]", "rename a file atomically (replaces TO; clients of TO keep it until they close; --force disconnects them)";
         "clone", clone, "SRC DST", "copy-on-write clone of a file";
         "truncate", truncate, "NAME SIZE [--force]", "grow or shrink a file (shrinking an open export needs --force, which disconnects its clients)";
         "write", write, "NAME OFFSET TEXT", "write TEXT into a file at OFFSET (durable on return)";
@@ -281,18 +281,14 @@ pub fn rm<M: PersistentMemory, E: Environment<M>>(
     let found = storage.lookup(name).map_err(explain(env))?;
     let (_, bare) = storage.split_qualified(name).map_err(explain(env))?;
     let device = storage.volumes[found.volume].device.clone();
-    let retry = alloc::format!("rm {} --force", name);
-    lifecycle::before_remove(
-        storage,
-        (&device, found.file),
-        name,
-        "removing",
-        (!force).then_some(retry.as_str()),
-        out,
-    )?;
+    let note = lifecycle::before_remove(storage, (&device, found.file), force, out);
     let fs = storage.filesystem(found.volume).ok_or("not a filesystem")?;
     fs.unlink(bare).map_err(|e| e.to_string())?;
-    say!(out, "removed {}", bare);
+    if note.is_empty() {
+        say!(out, "removed {}", bare);
+    } else {
+        say!(out, "removed {} ({})", bare, note);
+    }
     Ok(())
 }
 
@@ -314,32 +310,25 @@ pub fn mv<M: PersistentMemory, E: Environment<M>>(
     if to_volume.is_some_and(|v| v != found.volume) {
         return Err("cannot move a file to another device".into());
     }
-    // A file replaced by the rename goes away: not under its clients.
+    // A file replaced by the rename stays for the clients that have it
+    // open (daxfs orphan); `--force` cuts them first.
     let device = storage.volumes[found.volume].device.clone();
     let fs = storage.filesystem(found.volume).ok_or("not a filesystem")?;
+    let mut note = String::new();
     if let Ok(replaced) = fs.lookup(to_bare) {
         if from_bare != to_bare {
-            let retry = alloc::format!("mv {} {} --force", from, to);
-            lifecycle::before_remove(
-                storage,
-                (&device, replaced),
-                to,
-                "replacing",
-                (!force).then_some(retry.as_str()),
-                out,
-            )?;
+            note = lifecycle::before_remove(storage, (&device, replaced), force, out);
         }
     }
     let fs = storage.filesystem(found.volume).ok_or("not a filesystem")?;
     let replaces = fs.lookup(to_bare).is_ok() && from_bare != to_bare;
     fs.rename(from_bare, to_bare).map_err(|e| e.to_string())?;
-    say!(
-        out,
-        "renamed {} to {}{}",
-        from_bare,
-        to_bare,
-        if replaces { " (replaced it)" } else { "" }
-    );
+    let replaced = match (replaces, note.is_empty()) {
+        (false, _) => String::new(),
+        (true, true) => String::from(" (replaced it)"),
+        (true, false) => alloc::format!(" (replaced it; {})", note),
+    };
+    say!(out, "renamed {} to {}{}", from_bare, to_bare, replaced);
     Ok(())
 }
 
@@ -562,6 +551,8 @@ pub fn fsck<M: PersistentMemory, E: Environment<M>>(
         checked += 1;
         problems += report.problems.len();
     }
+    storage.metrics.recovery.fsck_runs += checked;
+    storage.metrics.recovery.fsck_problems += problems as u64;
     if checked == 0 {
         return Err("no filesystem to check".into());
     }
@@ -613,7 +604,9 @@ pub fn mkfs<M: PersistentMemory, E: Environment<M>>(
     attach(storage, env, device, true, out)
 }
 
-/// `nbd`: exports (read-only ones marked) and connections with counters.
+/// `nbd`: exports (read-only ones marked), the allow-list's state and its
+/// refusals by reason and client address ([`crate::allow::Access::report`]),
+/// and connections with counters.
 ///
 /// Each connection: `#ID ADDRESS:PORT up AGE s, EXPORT: ...counters`, the
 /// age from `now_ms` (the service's clock).
@@ -642,6 +635,9 @@ pub fn nbd<M: PersistentMemory>(
         );
     }
     for line in storage.read_only_report() {
+        say!(out, "{}", line);
+    }
+    for line in storage.access().report() {
         say!(out, "{}", line);
     }
     let connections = storage.connections();
@@ -992,7 +988,7 @@ mod tests {
         assert_eq!(
             f.ok("nbd"),
             "NBD on port 10809: 4 export(s)\n  export disk\n  export ro (read-only)\n  \
-             export pmem1:disk\n  export pmem2 (read-only)\n0 connection(s)\n"
+             export pmem1:disk\n  export pmem2 (read-only)\nallow: no rules; every export is open to every client\n0 connection(s)\n"
         );
         assert_eq!(f.run("nbd x").unwrap_err(), "usage: nbd");
     }
@@ -1050,7 +1046,7 @@ mod tests {
         assert_eq!(
             shell.out,
             "created x (4096 bytes)\n          4096  x\n1 file(s)\n\
-             NBD on port 10809: 2 export(s)\n  export x\n  export pmem2\n0 connection(s)\n"
+             NBD on port 10809: 2 export(s)\n  export x\n  export pmem2\nallow: no rules; every export is open to every client\n0 connection(s)\n"
         );
     }
 }

@@ -31,13 +31,16 @@
 
 extern crate alloc;
 
+pub mod allow;
 pub mod boot;
 pub mod commands;
 pub mod devices;
 pub mod lifecycle;
+pub mod metrics;
 pub mod nbd;
 pub mod nbd_tls;
 pub mod readonly;
+pub mod web;
 
 #[cfg(test)]
 mod testing;
@@ -52,7 +55,7 @@ use daxbox_pmem::block::PmemBlockDevice;
 use daxbox_pmem::frames::Owner;
 use daxfs::{FileId, Filesystem};
 
-pub use boot::{boot, decide, BootPolicy, Decision, LeaveReason};
+pub use boot::{boot, boot_device, decide, BootPolicy, Decision, LeaveReason};
 pub use devices::DeviceList;
 pub use nbd::{
     connection_bytes as nbd_connection_bytes, engine_config, export_names, export_names_page,
@@ -120,6 +123,11 @@ pub struct ConnectionStatus {
     pub device: Option<String>,
     /// The file in use, when the export is a file.
     pub file: Option<FileId>,
+    /// The connection holds `file` open in its filesystem (daxfs `open`),
+    /// so that removing the file's name leaves it to the connection until
+    /// it closes (FORMAT.md "Orphans"). Cleared by `umount`, whose
+    /// filesystem takes its holds with it.
+    pub held: bool,
     /// Export name, or `(handshake)`.
     pub export: String,
     /// The engine's counters.
@@ -134,6 +142,8 @@ pub struct Storage<M: PersistentMemory> {
     pub volumes: Vec<Volume<M>>,
     /// The `readonly=` rules and the files they cover ([`readonly`]).
     read_only: ReadOnlyPolicy,
+    /// The `allow=` rules and the refusals counted ([`allow`]).
+    access: allow::Access,
     /// Open NBD connections.
     connections: Vec<ConnectionStatus>,
     /// Connections `umount --force` or `truncate --force` cut: the NBD
@@ -141,6 +151,8 @@ pub struct Storage<M: PersistentMemory> {
     disconnecting: Vec<u64>,
     /// The budget mounts and formats charge (`daxbox_budget::MOUNT`).
     mount_budget: &'static daxbox_budget::Budget,
+    /// Counters for metrics ([`metrics`]).
+    metrics: metrics::StorageMetrics,
 }
 
 impl<M: PersistentMemory> Default for Storage<M> {
@@ -213,10 +225,28 @@ impl<M: PersistentMemory> Storage<M> {
         Self {
             volumes: Vec::new(),
             read_only: ReadOnlyPolicy::new(),
+            access: allow::Access::new(),
             connections: Vec::new(),
             disconnecting: Vec::new(),
             mount_budget: &daxbox_budget::MOUNT,
+            metrics: metrics::StorageMetrics::new(),
         }
+    }
+
+    /// Counters for metrics: NBD requests by export and operation,
+    /// recovery events.
+    pub fn metrics(&self) -> &metrics::StorageMetrics {
+        &self.metrics
+    }
+
+    /// The allow-list and its refusal counts ([`allow`]).
+    pub fn access(&self) -> &allow::Access {
+        &self.access
+    }
+
+    /// The allow-list, to set its rules or count a refusal.
+    pub fn access_mut(&mut self) -> &mut allow::Access {
+        &mut self.access
     }
 
     /// Sets the budget that mounts charge (tests use their own).

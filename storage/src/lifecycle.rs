@@ -10,6 +10,11 @@
 //! call into the engine) and is aborted at the service's next poll (its
 //! deadline becomes 0), so the client sees its connection reset.
 //!
+//! `rm` and `mv` over a file do not refuse: a file NBD connections have
+//! open stays theirs after its name is gone (each connection holds its
+//! file, daxfs `open`/`close`; FORMAT.md "Orphans"), and the message says
+//! whose it still is; `--force` on `rm` cuts them first, for the space now.
+//!
 //! `umount` marks the filesystem clean (daxfs `unmount`) and gives the
 //! device back to the environment ([`Environment::give_back`]: in the
 //! kernel its frames return to the device), so `pmem`, `blk` and `mkfs`
@@ -60,8 +65,10 @@ impl<M: PersistentMemory> Storage<M> {
     }
 
     /// Cuts connection `id`: the NBD service serves it no more and aborts
-    /// it at its next poll.
+    /// it at its next poll. Its hold on its file goes at once (a removed
+    /// file's space returns now, not at the abort).
     pub fn disconnect(&mut self, id: u64) {
+        release_hold(self, id);
         if !self.disconnecting.contains(&id) {
             self.disconnecting.push(id);
         }
@@ -71,6 +78,26 @@ impl<M: PersistentMemory> Storage<M> {
     /// it.
     pub fn is_disconnecting(&self, id: u64) -> bool {
         self.disconnecting.contains(&id)
+    }
+}
+
+/// Gives back connection `id`'s hold on its file, if it has one
+/// ([`crate::ConnectionStatus::held`]): the last holder of a removed file
+/// frees its space (daxfs `close`).
+pub(crate) fn release_hold<M: PersistentMemory>(storage: &mut Storage<M>, id: u64) {
+    let Some(entry) = storage.connections.iter_mut().find(|c| c.id == id) else {
+        return;
+    };
+    let (true, Some(device), Some(file)) = (entry.held, entry.device.clone(), entry.file) else {
+        return;
+    };
+    entry.held = false;
+    let Ok(volume) = storage.volume_of(&device) else {
+        return;
+    };
+    if let Some(fs) = storage.filesystem(volume) {
+        // A failure leaves the orphan on media for the next mount.
+        let _ = fs.close(file);
     }
 }
 
@@ -157,33 +184,47 @@ pub fn before_shrink<M: PersistentMemory>(
     )
 }
 
-/// Before `rm` removes, or `mv` replaces, file `file` of `device`: refused
-/// while connections have it open, unless `force`, which cuts them first.
-/// (Until daxfs keeps an unlinked file alive for its open connections, a
-/// removal under a client would turn its next request into an error.)
-/// `verb` is "removing" or "replacing"; `unforced` is `None` with
-/// `--force`, else the command line that would force it.
+/// Before `rm` removes, or `mv` replaces, file `file` of `device`: with
+/// `force`, the connections that have it open are cut first (and their
+/// holds given back, so its space returns at once). Without, nothing is
+/// refused: the file stays for its connections (daxfs keeps it as an
+/// orphan, FORMAT.md "Orphans") and the returned note, for the command's
+/// message, names them: `still open by 1 NBD connection: #3
+/// 10.0.2.2:40122 (big); its space returns when it closes` (empty when
+/// no connection has it).
 pub fn before_remove<M: PersistentMemory>(
     storage: &mut Storage<M>,
     (device, file): (&str, FileId),
-    name: &str,
-    verb: &str,
-    unforced: Option<&str>,
+    force: bool,
     out: &mut dyn Write,
-) -> Result<(), String> {
-    let users: Vec<u64> = storage
+) -> String {
+    let users: Vec<(u64, String)> = storage
         .connections_on_file(device, file)
         .iter()
-        .map(|c| c.id)
+        .map(|c| (c.id, describe(c)))
         .collect();
-    refuse_or_cut(
-        storage,
-        users,
-        name,
-        &alloc::format!("{verb} it under them is refused"),
-        unforced.unwrap_or_default(),
-        unforced.is_none(),
-        out,
+    if users.is_empty() {
+        return String::new();
+    }
+    if force {
+        for (id, name) in users {
+            storage.disconnect(id);
+            say!(out, "disconnected {}", name);
+        }
+        return String::new();
+    }
+    let names: Vec<String> = users.into_iter().map(|(_, name)| name).collect();
+    let (plural, pronoun) = if names.len() == 1 {
+        ("", "it closes")
+    } else {
+        ("s", "they close")
+    };
+    alloc::format!(
+        "still open by {} NBD connection{}: {}; its space returns when {}",
+        names.len(),
+        plural,
+        names.join(", "),
+        pronoun
     )
 }
 
@@ -212,6 +253,13 @@ pub fn umount<M: PersistentMemory, E: Environment<M>>(
         force,
         out,
     )?;
+    // The filesystem's holds go with it (its orphans are reclaimed at
+    // the next mount): cut connections release nothing later.
+    for connection in storage.connections.iter_mut() {
+        if connection.device.as_deref() == Some(device) {
+            connection.held = false;
+        }
+    }
     let volume = storage.volumes.remove(index);
     let number = device_index(device);
     let (memory, owner, what) = match volume.role {
@@ -275,9 +323,7 @@ pub fn mount<M: PersistentMemory, E: Environment<M>>(
     }
     attach(storage, env, device, false, out)?;
     // Volumes stay in device order (bare names resolve to the first).
-    storage
-        .volumes
-        .sort_by_key(|v| daxbox_syntax::device_index(&v.device).unwrap_or(u16::MAX));
+    crate::boot::sort_volumes(storage);
     Ok(())
 }
 
@@ -301,10 +347,13 @@ pub fn grow<M: PersistentMemory, E: Environment<M>>(
         return Err(alloc::format!("{} is not a filesystem", device));
     };
     let started = env.now_us();
+    // The connections' holds survive the remount, and with them the
+    // removed files they still use (daxfs orphans).
+    let holders = fs.holders();
     let mut memory = fs.unmount();
     let grown = Filesystem::grow(&mut memory);
     // Mount again whatever grow did: a refused grow changed nothing.
-    let fs = match Filesystem::mount(memory) {
+    let fs = match Filesystem::mount_keeping(memory, &daxfs::UNBOUNDED, &holders) {
         Ok(fs) => fs,
         Err(error) => {
             return Err(alloc::format!(

@@ -52,6 +52,7 @@ use daxbox_netstack::{Refusal, TcpService};
 use daxbox_persist::PersistentMemory;
 use daxfs::{Error as FsError, FileId, Filesystem};
 
+use crate::allow::{Decision, Protocol, Reason};
 use crate::{is_device_name, ConnectionStatus, Role, Storage};
 
 /// How the service reaches the storage set for one call: the kernel locks
@@ -173,6 +174,8 @@ pub struct NbdService<M: PersistentMemory, S: SharedStorage<M>> {
     /// Export handles handed out so far.
     targets: Targets,
     next_id: u64,
+    /// Microsecond clock for request latencies ([`NbdService::with_clock`]).
+    clock: fn() -> u64,
     memory: PhantomData<fn() -> M>,
     /// The TLS server for `NBD_OPT_STARTTLS` (with a TLS policy).
     tls: Option<daxbox_tls::TlsServer>,
@@ -192,6 +195,8 @@ pub struct NbdConnection {
     refused: bool,
     /// TLS after STARTTLS (`nbd_tls.rs`).
     tls: crate::nbd_tls::TlsState,
+    /// Read-only write refusals of the engine already counted by address.
+    counted_read_only: u64,
 }
 
 impl NbdConnection {
@@ -205,7 +210,18 @@ impl NbdConnection {
     /// Updates this connection's line in the `nbd` listing, with the
     /// device and file its export is on (what `umount` and `truncate`
     /// look for).
-    fn publish<M: PersistentMemory>(&self, storage: &mut Storage<M>, targets: &[Bound]) {
+    fn publish<M: PersistentMemory>(&mut self, storage: &mut Storage<M>, targets: &[Bound]) {
+        if let Some(ops) = self.engine.take_op_stats() {
+            let export = self.engine.export_name().unwrap_or("(handshake)");
+            storage.metrics.nbd.record(export, &ops);
+        }
+        let refused = self.engine.stats().read_only_writes;
+        if refused > self.counted_read_only {
+            let peer = self.peer.map(|p| p.ip());
+            let new = refused - self.counted_read_only;
+            storage.access_mut().count(peer, Reason::ReadOnlyWrite, new);
+            self.counted_read_only = refused;
+        }
         let name = match self.engine.export_name() {
             Some(name) => name,
             None if self.refused => "(refused)",
@@ -244,11 +260,35 @@ impl NbdConnection {
                 opened_ms: self.opened_ms,
                 device: device.map(daxbox_syntax::device_name),
                 file,
+                held: false,
                 export: name.to_string(),
                 stats,
             }),
         }
+        // A connection bound to a file holds it open from then until it
+        // closes (`NbdService::closed`): an `rm` or `mv` over it leaves
+        // the file to the connection (daxfs orphans).
+        if let (Some(device), Some(file)) = (device, file) {
+            hold_once(storage, self.id, device, file);
+        }
     }
+}
+
+/// Takes connection `id`'s hold on `file` of device number `device`, once.
+fn hold_once<M: PersistentMemory>(storage: &mut Storage<M>, id: u64, device: u16, file: FileId) {
+    let Some(entry) = storage.connections.iter().position(|c| c.id == id) else {
+        return;
+    };
+    if storage.connections[entry].held {
+        return;
+    }
+    let Some(volume) = volume_of_number(storage, device) else {
+        return;
+    };
+    let opened = storage
+        .filesystem(volume)
+        .is_some_and(|fs| fs.open(file).is_ok());
+    storage.connections[entry].held = opened;
 }
 
 /// The engine policy the boot config asks for: the default limits, with
@@ -283,6 +323,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> NbdService<M, S> {
             server: Server::new(config),
             targets: Targets::default(),
             next_id: 1,
+            clock: no_clock,
             memory: PhantomData,
             tls: None,
         }
@@ -292,6 +333,13 @@ impl<M: PersistentMemory, S: SharedStorage<M>> NbdService<M, S> {
     /// [`ServerConfig::tls`] policy says whether it is offered).
     pub fn with_tls(mut self, server: daxbox_tls::TlsServer) -> Self {
         self.tls = Some(server);
+        self
+    }
+
+    /// Times requests on `clock` (microseconds, monotonic) for the latency
+    /// histograms; without it every latency is 0.
+    pub fn with_clock(mut self, clock: fn() -> u64) -> Self {
+        self.clock = clock;
         self
     }
 }
@@ -310,6 +358,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
             closing_since: None,
             refused: false,
             tls: Default::default(),
+            counted_read_only: 0,
         }
     }
 
@@ -325,6 +374,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
             closing_since: None,
             refused: true,
             tls: Default::default(),
+            counted_read_only: 0,
         })
     }
 
@@ -334,13 +384,14 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
 
     fn receive(&mut self, conn: &mut NbdConnection, data: &[u8], now_ms: u64) -> usize {
         let targets = &mut self.targets;
+        let clock = self.clock;
         self.shared.with(|storage| {
             // Cut by `umount --force` or `truncate --force`: nothing more
             // is served; `deadline` aborts it.
             if storage.disconnecting.contains(&conn.id) {
                 return 0;
             }
-            let mut backend = StorageBackend::new(storage, targets);
+            let mut backend = StorageBackend::new(storage, targets, conn.peer).with_clock(clock);
             let used = conn
                 .tls
                 .receive(&mut conn.engine, data, &mut backend, now_ms);
@@ -352,11 +403,12 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
 
     fn produce(&mut self, conn: &mut NbdConnection, out: &mut [u8], now_ms: u64) -> usize {
         let targets = &mut self.targets;
+        let clock = self.clock;
         self.shared.with(|storage| {
             if storage.disconnecting.contains(&conn.id) {
                 return 0;
             }
-            let mut backend = StorageBackend::new(storage, targets);
+            let mut backend = StorageBackend::new(storage, targets, conn.peer).with_clock(clock);
             let written = conn.tls.produce(
                 &mut conn.engine,
                 self.tls.as_ref(),
@@ -401,12 +453,13 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
 
     fn step(&mut self, conn: &mut NbdConnection, now_ms: u64) -> bool {
         let targets = &mut self.targets;
+        let clock = self.clock;
         self.shared.with(|storage| {
             // Cut by `umount --force` / `truncate --force`: no more pieces.
             if storage.disconnecting.contains(&conn.id) {
                 return false;
             }
-            let mut backend = StorageBackend::new(storage, targets);
+            let mut backend = StorageBackend::new(storage, targets, conn.peer).with_clock(clock);
             let stepped = conn.engine.step(&mut backend);
             conn.note_closing(now_ms);
             conn.publish(storage, &targets.list);
@@ -420,6 +473,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
             self.server.retire(&conn.engine);
         }
         self.shared.with(|storage| {
+            crate::lifecycle::release_hold(storage, conn.id);
             storage.connections.retain(|c| c.id != conn.id);
             storage.disconnecting.retain(|&id| id != conn.id);
         });
@@ -519,18 +573,38 @@ fn within_file<M: PersistentMemory>(
 pub struct StorageBackend<'a, M: PersistentMemory> {
     storage: &'a mut Storage<M>,
     targets: &'a mut Targets,
+    /// The client's address: what the allow-list decides on.
+    peer: Option<core::net::IpAddr>,
     /// Export names, listed once per call on first use: `NBD_OPT_LIST`
     /// asks for the count and then every name by index.
     names: OnceCell<Vec<String>>,
+    /// Microsecond clock for request latencies.
+    clock: fn() -> u64,
+}
+
+/// The clock of a service made without one: latencies are recorded as 0.
+fn no_clock() -> u64 {
+    0
 }
 
 impl<'a, M: PersistentMemory> StorageBackend<'a, M> {
-    fn new(storage: &'a mut Storage<M>, targets: &'a mut Targets) -> Self {
+    fn new(
+        storage: &'a mut Storage<M>,
+        targets: &'a mut Targets,
+        peer: Option<core::net::SocketAddr>,
+    ) -> Self {
         Self {
             storage,
             targets,
+            peer: peer.map(|p| p.ip()),
             names: OnceCell::new(),
+            clock: no_clock,
         }
+    }
+
+    fn with_clock(mut self, clock: fn() -> u64) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Every export name, in device order.
@@ -561,6 +635,80 @@ impl<'a, M: PersistentMemory> StorageBackend<'a, M> {
         }
     }
 
+    /// The export the name `name` opens (not the default export `""`).
+    fn resolve(&self, name: &str) -> Option<Target> {
+        let volumes = &self.storage.volumes;
+        if let Some(volume) = volumes
+            .iter()
+            .position(|v| v.device == name && matches!(v.role, Role::Raw(_)))
+        {
+            return Some(Target::Raw { volume });
+        }
+        if is_device_name(name) {
+            // A device name that is not raw-exported is no export (and
+            // never a file: a file called `pmemN` is `pmem0:pmemN`).
+            return None;
+        }
+        let found = self.storage.lookup(name).ok()?;
+        Some(Target::File {
+            volume: found.volume,
+            file: found.file,
+        })
+    }
+
+    /// What the allow-list lets this client do with `target`
+    /// ([`crate::allow`]): by its device and file name, a bare rule
+    /// covering the file that the bare name opens.
+    fn decision(&self, target: Target) -> Decision {
+        let access = self.storage.access();
+        if access.is_open() {
+            return Decision::ReadWrite;
+        }
+        let volumes = &self.storage.volumes;
+        match target {
+            Target::Raw { volume } => match volumes.get(volume) {
+                Some(v) => access.check(self.peer, Protocol::Nbd, &v.device, None, false),
+                None => Decision::Deny,
+            },
+            Target::File { volume, file } => {
+                let Some(v) = volumes.get(volume) else {
+                    return Decision::Deny;
+                };
+                let Role::Filesystem(fs) = &v.role else {
+                    return Decision::Deny;
+                };
+                let Ok(stat) = fs.stat(file) else {
+                    return Decision::Deny;
+                };
+                if stat.name.is_empty() {
+                    // Removed while this connection holds it (an orphan):
+                    // no rule can name it and nobody new can open it, so
+                    // the grant given at GO stands (a read-only grant is
+                    // enforced by the engine from the flags it sent).
+                    return Decision::ReadWrite;
+                }
+                let bare_opens = volumes.iter().enumerate().find_map(|(i, v)| match &v.role {
+                    Role::Filesystem(fs) => fs.lookup(&stat.name).ok().map(|f| (i, f)),
+                    Role::Raw(_) => None,
+                }) == Some((volume, file));
+                access.check(
+                    self.peer,
+                    Protocol::Nbd,
+                    &v.device,
+                    Some(&stat.name),
+                    bare_opens,
+                )
+            }
+        }
+    }
+
+    /// A refusal by the allow-list: counted, `Denied`.
+    fn deny(&mut self) -> BackendError {
+        let peer = self.peer;
+        self.storage.access_mut().count(peer, Reason::Policy, 1);
+        BackendError::Denied
+    }
+
     /// The pmem behind raw-export volume `volume`.
     fn raw_memory(&mut self, volume: usize) -> Result<&mut M, BackendError> {
         match self.storage.volumes.get_mut(volume).map(|v| &mut v.role) {
@@ -578,6 +726,10 @@ impl<'a, M: PersistentMemory> StorageBackend<'a, M> {
 }
 
 impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
+    fn now_us(&self) -> u64 {
+        (self.clock)()
+    }
+
     fn export_count(&self) -> usize {
         self.names().len()
     }
@@ -586,38 +738,49 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
         self.names().get(index).cloned()
     }
 
+    /// With allow rules, a page examines `max` names and keeps the ones
+    /// this client may open (possibly none: the engine asks for the next
+    /// page in a later step), so a page costs O(max) whatever the rules.
     fn list_exports(&mut self, cursor: &mut ListCursor, max: usize, out: &mut Vec<String>) -> bool {
-        export_names_page(self.storage, cursor, max, out)
+        if self.storage.access().is_open() {
+            return export_names_page(self.storage, cursor, max, out);
+        }
+        let mut page = Vec::new();
+        let more = export_names_page(self.storage, cursor, max, &mut page);
+        for name in page {
+            let allowed = self
+                .resolve(&name)
+                .is_some_and(|target| self.decision(target) != Decision::Deny);
+            if allowed {
+                out.push(name);
+            }
+        }
+        more
     }
 
+    /// A client the allow-list refuses gets `Denied` (counted), also for
+    /// a name that opens nothing when no NBD rule admits it at all, so it
+    /// cannot probe which names exist.
     fn open(&mut self, name: &str) -> Result<ExportHandle, BackendError> {
+        let admitted = self.storage.access().admits(self.peer, Protocol::Nbd);
         // The default export ("") is the first export, as nbdkit and
-        // qemu-nbd serve their single export for it.
-        let name = if name.is_empty() {
-            self.first_export().ok_or(BackendError::NoSuchExport)?
+        // qemu-nbd serve their single export for it; the allow-list
+        // applies to it as to any other.
+        let target = if name.is_empty() {
+            self.first_export().and_then(|first| self.resolve(&first))
         } else {
-            name.to_string()
+            self.resolve(name)
         };
-        let volumes = &self.storage.volumes;
-        let target = if let Some(volume) = volumes
-            .iter()
-            .position(|v| v.device == name && matches!(v.role, Role::Raw(_)))
-        {
-            Target::Raw { volume }
-        } else if is_device_name(&name) {
-            // A device name that is not raw-exported is no export (and
-            // never a file: a file called `pmemN` is `pmem0:pmemN`).
-            return Err(BackendError::NoSuchExport);
-        } else {
-            let found = self
-                .storage
-                .lookup(&name)
-                .map_err(|_| BackendError::NoSuchExport)?;
-            Target::File {
-                volume: found.volume,
-                file: found.file,
-            }
+        let Some(target) = target else {
+            return Err(if admitted {
+                BackendError::NoSuchExport
+            } else {
+                self.deny()
+            });
         };
+        if !admitted || self.decision(target) == Decision::Deny {
+            return Err(self.deny());
+        }
         let bound = Bound::of(self.storage, target).ok_or(BackendError::NoSuchExport)?;
         Ok(self.targets.handle(bound))
     }
@@ -635,7 +798,8 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
                     name: volume.device.clone(),
                     description: alloc::format!("raw pmem device {}", volume.device),
                     size: block.memory().len(),
-                    read_only: self.storage.raw_read_only(index),
+                    read_only: self.storage.raw_read_only(index)
+                        || self.decision(target) != Decision::ReadWrite,
                     kind: ExportKind::Raw,
                     can_trim: true,
                     can_fast_zero: true,
@@ -651,7 +815,8 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
                 let stat = fs.stat(file).ok()?;
                 Some(ExportInfo {
                     description: alloc::format!("daxfs file on {}", volume.device),
-                    read_only: self.storage.file_read_only(index, file),
+                    read_only: self.storage.file_read_only(index, file)
+                        || self.decision(target) != Decision::ReadWrite,
                     name: self.storage.canonical_name(index, &stat.name),
                     size: stat.size,
                     kind: ExportKind::File,
@@ -664,10 +829,11 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
     }
 
     fn check_write(&mut self, export: ExportHandle) -> Result<(), BackendError> {
-        let read_only = match self.target(export)? {
+        let target = self.target(export)?;
+        let read_only = match target {
             Target::Raw { volume } => self.storage.raw_read_only(volume),
             Target::File { volume, file } => self.storage.file_read_only(volume, file),
-        };
+        } || self.decision(target) != Decision::ReadWrite;
         if read_only {
             return Err(BackendError::ReadOnly);
         }
@@ -852,7 +1018,7 @@ mod tests {
         storage: &'a mut Storage<TestMemory>,
         targets: &'a mut Targets,
     ) -> StorageBackend<'a, TestMemory> {
-        StorageBackend::new(storage, targets)
+        StorageBackend::new(storage, targets, None)
     }
 
     /// pmem0 and pmem1 with a file `same` each, `disk` (4 MiB) and
@@ -1274,6 +1440,31 @@ mod tests {
     }
 
     #[test]
+    fn requests_are_counted_per_export_and_timed_on_the_service_clock() {
+        use core::sync::atomic::{AtomicU64, Ordering};
+        use daxbox_nbd::metrics::Op;
+        static NOW: AtomicU64 = AtomicU64::new(0);
+        fn clock() -> u64 {
+            NOW.fetch_add(250, Ordering::Relaxed) + 250
+        }
+        let cell = Cell(RefCell::new(exports()));
+        let mut service = NbdService::new(&cell).with_clock(clock);
+        let mut on0 = connect_to(&mut service, "disk", "127.0.0.1:40000");
+        let mut on1 = connect_to(&mut service, "pmem1:only1", "127.0.0.1:40001");
+        assert_eq!(simple_request(&mut service, &mut on0, 1, 0, 4096).0, 0);
+        assert_eq!(simple_request(&mut service, &mut on0, 0, 0, 512).0, 0);
+        assert_eq!(simple_request(&mut service, &mut on1, 1, 0, 4096).0, 0);
+        let fixture = cell.0.borrow();
+        let nbd = &fixture.storage.metrics().nbd;
+        let disk = nbd.exports["disk"];
+        assert_eq!(disk[Op::Write.index()].bytes, 4096);
+        assert_eq!(disk[Op::Read.index()].bytes, 512);
+        assert_eq!(nbd.exports["pmem1:only1"][Op::Write.index()].requests, 1);
+        assert_eq!(nbd.latency[Op::Write.index()].count, 2);
+        assert!(nbd.latency[Op::Write.index()].sum_us >= 2 * 250, "{nbd:?}");
+    }
+
+    #[test]
     fn umount_refuses_while_a_client_uses_the_device_and_force_cuts_it() {
         let cell = Cell(RefCell::new(exports()));
         let mut service = NbdService::new(&cell);
@@ -1324,7 +1515,7 @@ mod tests {
             assert_eq!(
                 probe,
                 daxfs::Probe::Daxfs {
-                    version: 1,
+                    version: daxfs::format::FORMAT_VERSION,
                     clean: true
                 }
             );
@@ -1397,36 +1588,87 @@ mod tests {
         );
     }
 
+    /// The free bytes `df` shows for pmem0.
+    fn free_on_pmem0(cell: &Cell) -> u64 {
+        let mut fixture = cell.0.borrow_mut();
+        let fs = fixture.storage.filesystem(0).unwrap();
+        let s = fs.statfs();
+        s.free_blocks * s.block_size
+    }
+
     #[test]
-    fn removing_or_replacing_an_open_file_is_refused_and_force_disconnects_first() {
+    fn an_open_file_removed_or_replaced_stays_for_its_clients_until_they_close() {
+        let cell = Cell(RefCell::new(exports()));
+        let mut service = NbdService::new(&cell);
+        let free_before = free_on_pmem0(&cell);
+        let mut client = connect_to(&mut service, "disk", "127.0.0.1:42000");
+        // 1 MiB of 0x6b at 2 MiB.
+        assert_eq!(
+            simple_request(&mut service, &mut client, 1, 2 * MIB, MIB as u32).0,
+            0
+        );
+        let free_written = free_on_pmem0(&cell);
+        assert!(free_written < free_before);
+        assert_eq!(
+            run(&cell, "rm disk").unwrap(),
+            "removed disk (still open by 1 NBD connection: #1 127.0.0.1:42000 (disk); its space \
+             returns when it closes)\n"
+        );
+        // The name is free at once; the client carries on with its file.
+        assert!(run(&cell, "stat disk").is_err());
+        run(&cell, "create disk 4K").unwrap();
+        assert_eq!(simple_request(&mut service, &mut client, 1, 0, 4096).0, 0);
+        let (error, data) = simple_request(&mut service, &mut client, 0, 2 * MIB, 4096);
+        assert_eq!(error, 0);
+        assert_eq!(data, vec![0x6b; 4096]);
+        assert!(run(&cell, "fsck").unwrap().contains("clean"));
+        assert!(run(&cell, "stat disk")
+            .unwrap()
+            .contains("size:       4096 "));
+        // The space comes back when the client goes.
+        assert!(free_on_pmem0(&cell) < free_before);
+        service.closed(client);
+        assert_eq!(free_on_pmem0(&cell), free_before);
+        assert!(run(&cell, "fsck").unwrap().contains("clean"));
+
+        // mv over an open file: replaced at once, the client keeps it.
+        let mut other = connect_to(&mut service, "same", "127.0.0.1:42001");
+        assert_eq!(simple_request(&mut service, &mut other, 1, 0, 4096).0, 0);
+        assert_eq!(
+            run(&cell, "mv disk same").unwrap(),
+            "renamed disk to same (replaced it; still open by 1 NBD connection: #2 \
+             127.0.0.1:42001 (same); its space returns when it closes)\n"
+        );
+        let (error, data) = simple_request(&mut service, &mut other, 0, 0, 4096);
+        assert_eq!(error, 0);
+        assert_eq!(data, vec![0x6b; 4096]);
+        service.closed(other);
+        assert!(run(&cell, "fsck").unwrap().contains("clean"));
+
+        // --force still disconnects first, for the space now.
+        let client = connect_to(&mut service, "same", "127.0.0.1:42002");
+        assert_eq!(
+            run(&cell, "rm same --force").unwrap(),
+            "disconnected #3 127.0.0.1:42002 (same)\nremoved same\n"
+        );
+        assert_eq!(service.deadline(&client), Some(0));
+        service.closed(client);
+        assert!(run(&cell, "stat pmem0:same").is_err());
+        assert!(run(&cell, "fsck").unwrap().contains("clean"));
+    }
+
+    #[test]
+    fn renaming_an_open_file_keeps_its_clients_on_it() {
         let cell = Cell(RefCell::new(exports()));
         let mut service = NbdService::new(&cell);
         let mut client = connect_to(&mut service, "disk", "127.0.0.1:42000");
-        assert_eq!(simple_request(&mut service, &mut client, 1, 0, 4096).0, 0);
-        assert_eq!(
-            run(&cell, "rm disk").unwrap_err(),
-            "disk is open on 1 NBD connection(s): #1 127.0.0.1:42000 (disk); removing it under \
-             them is refused (`rm disk --force` disconnects them first)"
-        );
-        assert_eq!(
-            run(&cell, "mv same disk").unwrap_err(),
-            "disk is open on 1 NBD connection(s): #1 127.0.0.1:42000 (disk); replacing it under \
-             them is refused (`mv same disk --force` disconnects them first)"
-        );
-        // Renaming the open file itself is fine: the connection follows
-        // the file, not the name.
         assert_eq!(
             run(&cell, "mv disk moved").unwrap(),
             "renamed disk to moved\n"
         );
         assert_eq!(simple_request(&mut service, &mut client, 0, 0, 16).0, 0);
-        assert_eq!(
-            run(&cell, "rm moved --force").unwrap(),
-            "disconnected #1 127.0.0.1:42000 (disk)\nremoved moved\n"
-        );
-        assert_eq!(service.deadline(&client), Some(0));
         service.closed(client);
-        assert!(run(&cell, "stat moved").is_err());
+        assert!(run(&cell, "stat moved").is_ok());
     }
 
     #[test]
@@ -1497,6 +1739,8 @@ mod tests {
         let mut small = Fixture::with_devices(&[8 * MIB], &[]);
         small.ok("create disk 1M");
         small.ok("write disk 0 kept");
+        small.ok("create gone 1M");
+        small.ok("write gone 0 orphan");
         small.storage.shutdown();
         let mut image = small.env.image("pmem0");
         image.resize((16 * MIB) as usize, 0);
@@ -1505,7 +1749,15 @@ mod tests {
         let before = run(&cell, "df").unwrap();
         let mut service = NbdService::new(&cell);
         let mut client = connect_to(&mut service, "disk", "127.0.0.1:42000");
+        // A removed file a client still has open survives the remount.
+        let mut orphan = connect_to(&mut service, "gone", "127.0.0.1:42001");
+        assert!(run(&cell, "rm gone").unwrap().contains("still open by 1"));
         let out = run(&cell, "grow pmem0").unwrap();
+        assert_eq!(
+            simple_request(&mut service, &mut orphan, 0, 0, 6).1,
+            b"orphan"
+        );
+        service.closed(orphan);
         assert!(out.starts_with("pmem0: grown by 8 MiB to "), "{out}");
         let after = run(&cell, "df").unwrap();
         assert_ne!(before, after);
@@ -1706,6 +1958,156 @@ mod tests {
         assert_eq!(list_reply_types(&mut service), [REP_ERR_POLICY]);
     }
 
+    /// One option reply: (option, type, data).
+    type OptionReply = (u32, u32, Vec<u8>);
+
+    /// Option replies (option, type, data) to `options` sent by a client
+    /// at `peer` after fixed-newstyle client flags.
+    fn options_from<S: TcpService>(
+        service: &mut S,
+        peer: &str,
+        options: &[(u32, Vec<u8>)],
+    ) -> (S::Connection, Vec<OptionReply>) {
+        let mut conn = service.accept(0);
+        service.remote(&mut conn, peer.parse().unwrap());
+        exchange(service, &mut conn, &[], 0);
+        let mut input = 3u32.to_be_bytes().to_vec();
+        for (option, data) in options {
+            input.extend_from_slice(b"IHAVEOPT");
+            input.extend_from_slice(&option.to_be_bytes());
+            input.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            input.extend_from_slice(data);
+        }
+        let replies = exchange(service, &mut conn, &input, 1);
+        let mut rest = &replies[..];
+        let mut out = Vec::new();
+        while rest.len() >= 20 {
+            let option = u32::from_be_bytes(rest[8..12].try_into().unwrap());
+            let kind = u32::from_be_bytes(rest[12..16].try_into().unwrap());
+            let len = u32::from_be_bytes(rest[16..20].try_into().unwrap()) as usize;
+            out.push((option, kind, rest[20..20 + len].to_vec()));
+            rest = &rest[20 + len..];
+        }
+        (conn, out)
+    }
+
+    /// `NBD_OPT_GO` data for `name`, no information requests.
+    fn go_data(name: &str) -> Vec<u8> {
+        let mut data = (name.len() as u32).to_be_bytes().to_vec();
+        data.extend_from_slice(name.as_bytes());
+        data.extend_from_slice(&0u16.to_be_bytes());
+        data
+    }
+
+    /// The names an `NBD_OPT_LIST` from `peer` shows.
+    fn listed_to<S: TcpService>(service: &mut S, peer: &str) -> Vec<String> {
+        let (conn, replies) = options_from(service, peer, &[(3, Vec::new())]);
+        service.closed(conn);
+        assert_eq!(replies.last().map(|r| r.1), Some(1), "ends with ACK");
+        replies[..replies.len() - 1]
+            .iter()
+            .map(|(_, kind, data)| {
+                assert_eq!(*kind, 2, "NBD_REP_SERVER");
+                String::from_utf8(data[4..].to_vec()).unwrap()
+            })
+            .collect()
+    }
+
+    /// The reply type to `NBD_OPT_GO` of `name` from `peer`, and the
+    /// connection (in transmission when it was acknowledged).
+    fn go_from<S: TcpService>(service: &mut S, peer: &str, name: &str) -> (S::Connection, u32) {
+        let (conn, replies) = options_from(service, peer, &[(7, go_data(name))]);
+        (conn, replies.last().unwrap().1)
+    }
+
+    #[test]
+    fn allow_rules_decide_what_each_client_sees_opens_and_writes() {
+        const ACK: u32 = 1;
+        const POLICY: u32 = 0x8000_0002;
+        const UNKNOWN: u32 = 0x8000_0006;
+        let cell = Cell(RefCell::new(exports()));
+        let (config, warnings) = daxbox_bootconfig::parse(
+            "allow=198.18.0.11 * ro nbd\n\
+             allow=198.18.0.10 disk\n\
+             allow=198.18.0.10 pmem1:\n\
+             allow=198.18.0.10 ro\n\
+             allow=198.18.0.12 * rw http\n",
+        );
+        assert!(warnings.is_empty(), "{warnings:?}");
+        cell.0
+            .borrow_mut()
+            .storage
+            .access_mut()
+            .set_rules(config.allow);
+        let mut service = NbdService::new(&cell);
+        let (a, b, c) = ("198.18.0.10:4000", "198.18.0.11:4000", "198.18.0.12:4000");
+        // Each client lists only what it may open.
+        assert_eq!(
+            listed_to(&mut service, a),
+            ["disk", "ro", "pmem1:only1", "pmem1:same"]
+        );
+        assert_eq!(
+            listed_to(&mut service, b),
+            export_names(&cell.0.borrow().storage)
+        );
+        assert!(listed_to(&mut service, c).is_empty(), "an HTTP-only client");
+        // Refused: POLICY, also for a name that opens nothing when no NBD
+        // rule admits the client (it learns nothing of which names exist),
+        // and for the default export.
+        for (peer, name, expected) in [
+            (a, "same", POLICY),
+            (a, "pmem2", POLICY),
+            (a, "nope", UNKNOWN),
+            (c, "disk", POLICY),
+            (c, "nope", POLICY),
+            (c, "", POLICY),
+            ("[fe80::1]:4000", "disk", POLICY),
+        ] {
+            let (conn, reply) = go_from(&mut service, peer, name);
+            assert_eq!(reply, expected, "{peer} GO {name:?}");
+            service.closed(conn);
+        }
+        // Granted read-write; read-only by the allow rule; read-only by
+        // the readonly= rule though the allow rule says rw (read-only wins).
+        let (mut rw, reply) = go_from(&mut service, a, "disk");
+        assert_eq!(reply, ACK);
+        assert_eq!(write_errno(&mut service, &mut rw, 1), 0);
+        let (mut ro, reply) = go_from(&mut service, b, "disk");
+        assert_eq!(reply, ACK);
+        assert_eq!(write_errno(&mut service, &mut ro, 2), EPERM);
+        assert_eq!(trim_errno(&mut service, &mut ro, 3), EPERM);
+        let (_, data) = simple_request(&mut service, &mut ro, 0, 0, 512);
+        assert_eq!(data, [0x77; 512], "reads are served");
+        let (mut both, reply) = go_from(&mut service, a, "ro");
+        assert_eq!(reply, ACK);
+        assert_eq!(write_errno(&mut service, &mut both, 4), EPERM);
+        // A file removed under its client keeps the grant the client got
+        // at GO (an orphan has no name a rule could match, and nobody new
+        // can open it): writes go on, read-only stays read-only.
+        run(&cell, "rm disk").unwrap();
+        assert_eq!(write_errno(&mut service, &mut rw, 5), 0);
+        assert_eq!(write_errno(&mut service, &mut ro, 6), EPERM);
+        // Refusals by reason and address, shown by `nbd`.
+        let stats = cell.0.borrow().storage.access().stats().clone();
+        assert_eq!((stats.total.policy, stats.total.read_only_write), (6, 4));
+        let mut out = String::new();
+        commands::nbd(&mut cell.0.borrow_mut().storage, 0, &[], 10809, &mut out).unwrap();
+        assert!(
+            out.contains(
+                "refused: 6 by policy, 4 read-only writes\n  198.18.0.10: 2 policy, 1 read-only \
+                 write\n  198.18.0.12: 3 policy, 0 read-only write\n  fe80::1: 1 policy, 0 \
+                 read-only write\n  198.18.0.11: 0 policy, 3 read-only write\n"
+            ),
+            "{out}"
+        );
+        // The exports a client may see are listed with what it may do in
+        // `nbd`'s rules line.
+        assert!(
+            out.contains("allow: 5 rule(s), first match decides\n"),
+            "{out}"
+        );
+    }
+
     /// One client connection as the kernel's listener holds it: bytes
     /// waiting to be offered, bytes produced so far.
     struct Peer<C> {
@@ -1742,6 +2144,49 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// 2,000 files of which a client may see one: the listing examines a
+    /// bounded number of names per event-loop turn (16 pages of 64), the
+    /// rest in later turns, and shows exactly that one file.
+    #[test]
+    fn a_filtered_listing_of_many_files_goes_in_bounded_turns() {
+        let mut f = Fixture::with_devices(&[256 * MIB, 16 * MIB], &[]);
+        for i in 0..2000 {
+            f.ok(&alloc::format!("create f{i:04} 4K"));
+        }
+        f.ok("create pmem1:mine 4K");
+        let (config, _) = daxbox_bootconfig::parse("allow=198.18.0.10 pmem1:mine\n");
+        f.storage.access_mut().set_rules(config.allow);
+        let cell = Cell(RefCell::new(f));
+        let mut service = NbdService::new(&cell);
+        let mut input = 3u32.to_be_bytes().to_vec();
+        input.extend_from_slice(b"IHAVEOPT");
+        input.extend_from_slice(&3u32.to_be_bytes());
+        input.extend_from_slice(&0u32.to_be_bytes());
+        let mut conn = service.accept(0);
+        service.remote(&mut conn, "198.18.0.10:4000".parse().unwrap());
+        let mut peers = [Peer {
+            conn,
+            input,
+            out: Vec::new(),
+        }];
+        let mut turns = 0;
+        // Greeting (18) + one name reply (20 + 4 + 10) + ACK (20).
+        while peers[0].out.len() < 18 + 34 + 20 {
+            event_loop_turn(&mut service, &mut peers, turns);
+            turns += 1;
+            assert!(turns < 100, "listing not done after {turns} turns");
+        }
+        assert!(
+            turns >= 2,
+            "2,001 names examined in one turn: the per-call bound is gone"
+        );
+        let out = &peers[0].out[18..];
+        assert_eq!(&out[12..16], &2u32.to_be_bytes(), "NBD_REP_SERVER");
+        assert_eq!(&out[24..34], b"pmem1:mine");
+        assert_eq!(&out[34 + 12..34 + 16], &1u32.to_be_bytes(), "then ACK");
+        assert_eq!(peers[0].out.len(), 18 + 34 + 20);
     }
 
     /// A connection in transmission on `export` (simple replies).

@@ -279,13 +279,13 @@ mod tests {
         assert_eq!(
             listing(&mut f),
             "NBD on port 10809: 4 export(s)\n  export a\n  export pmem1:a (read-only)\n  \
-             export pmem1:b (read-only)\n  export pmem2\n0 connection(s)\n"
+             export pmem1:b (read-only)\n  export pmem2\nallow: no rules; every export is open to every client\n0 connection(s)\n"
         );
         f.storage.set_read_only(rules(&["pmem2:x", "pmem1"]));
         assert_eq!(
             listing(&mut f),
             "NBD on port 10809: 4 export(s)\n  export a\n  export pmem1:a (read-only)\n  \
-             export pmem1:b (read-only)\n  export pmem2 (read-only)\n0 connection(s)\n"
+             export pmem1:b (read-only)\n  export pmem2 (read-only)\nallow: no rules; every export is open to every client\n0 connection(s)\n"
         );
         f.storage.set_read_only(rules(&["*"]));
         assert!(!listing(&mut f).contains("a\n"), "{}", listing(&mut f));
@@ -312,7 +312,7 @@ mod tests {
             "NBD on port 10809: 3 export(s)\n  export a (read-only)\n  \
              export pmem1:b (read-only)\n  export pmem2 (read-only)\n\
              read-only (failing closed): every export: bootconfig line 1: readonly '': an \
-             empty name\n0 connection(s)\n"
+             empty name\nallow: no rules; every export is open to every client\n0 connection(s)\n"
         );
         // Scoped to a device when the value named it.
         let long = "n".repeat(256);

@@ -94,6 +94,17 @@ impl FakeEnvironment {
         }
     }
 
+    /// A device that appears after boot (an NVDIMM hot-added), holding
+    /// `bytes`; returns its name (the next `pmemN`).
+    pub fn add_device(&mut self, bytes: Vec<u8>) -> String {
+        let name = daxbox_syntax::device_name(self.memories.len() as u16);
+        let memory = TestMemory(Rc::new(RefCell::new(VecMemory::from_bytes(bytes))));
+        self.devices
+            .push(PmemBlockDevice::new(name.clone(), memory.clone(), 4096));
+        self.memories.push(memory);
+        name
+    }
+
     fn memory(&self, name: &str) -> &TestMemory {
         daxbox_syntax::device_index(name)
             .and_then(|index| self.memories.get(usize::from(index)))

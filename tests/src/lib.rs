@@ -62,8 +62,10 @@
 mod error;
 mod machine;
 pub mod nbd_client;
+pub mod netns;
 mod options;
 mod paths;
+mod qmp;
 
 pub use error::HarnessError;
 pub use machine::{
@@ -71,12 +73,13 @@ pub use machine::{
 };
 pub use options::{
     find_ovmf, free_port, human_size, load_factor, parse_size, qemu_arguments, shell_quote,
-    size_option, Firmware, Nvdimm, Ovmf, QemuOptions, GUEST_HTTP_PORT, GUEST_NBD_PORT,
+    size_option, Firmware, Hotplug, Nvdimm, Ovmf, QemuOptions, GUEST_HTTP_PORT, GUEST_NBD_PORT,
     PXE_BOOT_FILE,
 };
 pub use paths::{
     boot_tool_path, kernel_path, kernel_path_from, target_dir, test_runs_dir, workspace_root,
 };
+pub use qmp::{json_string, Qmp};
 
 /// The run folder of test `name`: `target/test-runs/<name>/` (where to put
 /// NVDIMM backing files that belong to the test).

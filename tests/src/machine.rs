@@ -91,6 +91,7 @@ pub struct Machine {
     exit: Option<ExitStatus>,
     watchdog: Option<mpsc::Sender<()>>,
     threads: Vec<JoinHandle<()>>,
+    qmp: Option<PathBuf>,
 }
 
 /// Names already used in this process: their run folder was cleaned once.
@@ -404,7 +405,17 @@ impl Machine {
             exit: None,
             watchdog: Some(watchdog),
             threads,
+            qmp: options.qmp.clone(),
         })
+    }
+
+    /// A QMP session with this machine's QEMU (booted with
+    /// [`QemuOptions::with_qmp`]).
+    pub fn qmp(&self) -> Result<crate::Qmp, HarnessError> {
+        let path = self.qmp.as_ref().ok_or_else(|| {
+            HarnessError::Setup(format!("{}: booted without a QMP socket", self.name))
+        })?;
+        crate::Qmp::connect(path, self.command_timeout)
     }
 
     /// Boots and waits (up to `boot_timeout`) for `daxbox: ready` and the

@@ -150,6 +150,26 @@ pub struct QemuOptions {
     /// (`tap,id=n0,ifname=tap0,script=no,downscript=no`). `nbd_port` and
     /// `http_port` then forward nothing.
     pub netdev: Option<String>,
+    /// Room for NVDIMMs hot-added while the guest runs (`cargo xtask
+    /// pmem-add`, the hot-add system tests): extra memory slots and bytes
+    /// of `maxmem` beyond the boot NVDIMMs. With any of it, `nvdimm=on` is
+    /// set even when no NVDIMM is there at boot.
+    pub hotplug: Hotplug,
+    /// A QMP socket (`-qmp unix:PATH,server=on,wait=off`) to drive QEMU
+    /// while it runs ([`crate::Qmp`]).
+    pub qmp: Option<PathBuf>,
+    /// Let a guest reset (QMP `system_reset`, a triple fault) reboot the
+    /// machine instead of ending QEMU (`-no-reboot` is left out).
+    pub reboot: bool,
+}
+
+/// Hot-add headroom: memory slots and bytes for NVDIMMs plugged after boot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Hotplug {
+    /// Extra memory slots.
+    pub slots: usize,
+    /// Extra bytes of `maxmem` (the NVDIMMs' total).
+    pub bytes: u64,
 }
 
 impl QemuOptions {
@@ -176,7 +196,22 @@ impl QemuOptions {
             command_timeout: Duration::from_secs(20).mul_f64(load_factor()),
             max_runtime: Duration::from_secs(600),
             netdev: None,
+            hotplug: Hotplug::default(),
+            qmp: None,
+            reboot: false,
         }
+    }
+
+    /// Leaves room for `slots` NVDIMMs of `bytes` in total hot-added later.
+    pub fn with_hotplug(mut self, slots: usize, bytes: u64) -> Self {
+        self.hotplug = Hotplug { slots, bytes };
+        self
+    }
+
+    /// Opens a QMP socket at `path`.
+    pub fn with_qmp(mut self, path: impl Into<PathBuf>) -> Self {
+        self.qmp = Some(path.into());
+        self
     }
 
     /// Sets the boot-config text (e.g. `"debug_commands=on\n"`).
@@ -347,12 +382,18 @@ pub fn qemu_arguments(options: &QemuOptions, media: &Path, ovmf: Option<&Ovmf>) 
     // RDRAND, the kernel's entropy source for TLS (QEMU's default CPU model
     // lacks it; `max` has it under TCG and KVM alike).
     push(&["-cpu", "max"]);
-    if options.nvdimms.is_empty() {
+    if options.nvdimms.is_empty() && options.hotplug.slots == 0 {
         push(&["-machine", "q35", "-m", &qemu_size(options.memory)]);
     } else {
         // NVDIMMs are memory devices: they need hot-plug slots and room
         // between RAM and `maxmem`. At least 4 GiB, as verified on QEMU 7.2.
-        let nvdimm_total: u64 = options.nvdimms.iter().map(|nvdimm| nvdimm.size).sum();
+        // Hot-added ones need theirs too.
+        let nvdimm_total: u64 = options
+            .nvdimms
+            .iter()
+            .map(|nvdimm| nvdimm.size)
+            .sum::<u64>()
+            + options.hotplug.bytes;
         let maxmem = (options.memory + nvdimm_total)
             .div_ceil(GIB)
             .saturating_mul(GIB)
@@ -360,7 +401,7 @@ pub fn qemu_arguments(options: &QemuOptions, media: &Path, ovmf: Option<&Ovmf>) 
         let memory = format!(
             "{},slots={},maxmem={}",
             qemu_size(options.memory),
-            options.nvdimms.len() + 1,
+            options.nvdimms.len() + options.hotplug.slots + 1,
             qemu_size(maxmem)
         );
         push(&["-machine", "q35,nvdimm=on", "-m", &memory]);
@@ -379,10 +420,18 @@ pub fn qemu_arguments(options: &QemuOptions, media: &Path, ovmf: Option<&Ovmf>) 
         "stdio",
         "-display",
         "none",
-        "-no-reboot",
         "-device",
         "isa-debug-exit,iobase=0xf4,iosize=0x04",
     ]);
+    if !options.reboot {
+        push(&["-no-reboot"]);
+    }
+    if let Some(qmp) = &options.qmp {
+        push(&[
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", qmp.display()),
+        ]);
+    }
 
     let mut netdev = String::from("user,id=n0");
     if let Some(custom) = &options.netdev {
@@ -514,6 +563,30 @@ mod tests {
         assert!(!args.iter().any(|arg| arg.contains("-:80")));
         assert!(find_pair(&args, "-drive", "file=/m/bios.img"));
         assert!(!args.iter().any(|arg| arg.contains("pflash")));
+    }
+
+    #[test]
+    fn hotplug_room_and_qmp() {
+        let options = QemuOptions::new("t", Firmware::Bios)
+            .with_hotplug(2, 512 << 20)
+            .with_qmp("/r/qmp.sock");
+        let args = qemu_arguments(&options, Path::new("/m"), None);
+        // No NVDIMM at boot, but nvdimm=on and two slots for later.
+        assert!(find_pair(&args, "-machine", "q35,nvdimm=on"));
+        assert!(find_pair(&args, "-m", "512M,slots=3,maxmem=4096M"));
+        assert!(!args
+            .iter()
+            .any(|arg| arg.starts_with("memory-backend-file")));
+        assert!(find_pair(
+            &args,
+            "-qmp",
+            "unix:/r/qmp.sock,server=on,wait=off"
+        ));
+        assert!(args.iter().any(|arg| arg == "-no-reboot"));
+        let mut rebooting = options.clone();
+        rebooting.reboot = true;
+        let args = qemu_arguments(&rebooting, Path::new("/m"), None);
+        assert!(!args.iter().any(|arg| arg == "-no-reboot"));
     }
 
     #[test]

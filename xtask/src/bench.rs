@@ -29,6 +29,11 @@ const BENCHMARKS: &[Benchmark] = &[
         crate::bench_nbd::nbd,
     ),
     (
+        "cluster",
+        "nbdcopy MB/s and fio 4K IOPS, 3-member quorum vs one appliance alone",
+        crate::bench_cluster::cluster,
+    ),
+    (
         "trim",
         "4K read latency of another client during a 1 GiB TRIM / WRITE_ZEROES",
         crate::bench_trim::trim,

@@ -130,7 +130,7 @@ fn wait_for_export(uri: &str, timeout: Duration) -> Result<(), XtaskError> {
 }
 
 /// Runs `command` to completion; returns its stdout and the wall time.
-fn timed(command: &mut Command) -> Result<(String, Duration), XtaskError> {
+pub(crate) fn timed(command: &mut Command) -> Result<(String, Duration), XtaskError> {
     let description = crate::describe(command);
     println!("    {description}");
     let started = Instant::now();
@@ -160,7 +160,7 @@ fn timed(command: &mut Command) -> Result<(String, Duration), XtaskError> {
 
 /// Writes `size` bytes of xorshift64 output to `path`: incompressible and
 /// free of zero blocks, so nbdcopy has to send every byte.
-fn write_random_file(path: &Path, size: u64, seed: u64) -> Result<(), XtaskError> {
+pub(crate) fn write_random_file(path: &Path, size: u64, seed: u64) -> Result<(), XtaskError> {
     let mut file = File::create(path).map_err(|e| io_error(path, e))?;
     let mut state = seed | 1;
     let mut chunk = vec![0u8; MIB as usize];
@@ -195,7 +195,7 @@ fn terse_iops(output: &str, write: bool) -> Option<f64> {
 }
 
 /// One fio run: 4 KiB random `rw` at `depth`; returns IOPS.
-fn fio(uri: &str, rw: &str, depth: u32, runtime: u64) -> Result<f64, XtaskError> {
+pub(crate) fn fio(uri: &str, rw: &str, depth: u32, runtime: u64) -> Result<f64, XtaskError> {
     let mut command = Command::new("fio");
     command
         .arg(format!("--name={rw}-qd{depth}"))
@@ -273,7 +273,7 @@ struct Figures {
     write_qd16: f64,
 }
 
-fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
+pub(crate) fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-9)
 }
 

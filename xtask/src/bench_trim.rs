@@ -195,7 +195,7 @@ fn table(phases: &[Phase]) -> String {
 }
 
 /// The host's CPU model and load, as the kernel reports them.
-fn host_facts() -> String {
+pub(crate) fn host_facts() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()

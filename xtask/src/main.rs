@@ -1,6 +1,6 @@
 //! `cargo xtask`: daxbox developer tasks (std only, hand-parsed arguments).
 //!
-//! Subcommands: `setup`, `build`, `run`, `netboot`, `test`, `bench`,
+//! Subcommands: `setup`, `build`, `run`, `netboot`, `pmem-add`, `test`, `bench`,
 //! `crash`, `soak`, `powercut`, `fuzz`. Each
 //! prints its steps as `==> ...` lines and the exact commands it runs.
 //! Neighbours: `boot/` (`daxbox-boot`, run through `cargo run -p daxbox-boot
@@ -9,13 +9,17 @@
 //! the system tests), `.ci/run` (calls `cargo xtask test`).
 
 mod bench;
+mod bench_cluster;
 mod bench_nbd;
 mod bench_net;
 mod bench_trim;
 mod clients;
+mod cluster;
+mod cluster_test;
 mod fuzz;
 mod images;
 mod powercut;
+mod qmp;
 mod run;
 mod setup;
 mod soak;
@@ -29,16 +33,19 @@ usage: cargo xtask <command> [options]    (`cargo xtask <command> --help` for it
 
 commands:
   setup     install rustup components/target; check (and on Debian as root install)
-            qemu-system-x86, ovmf, qemu-utils, libnbd-bin, python3-libnbd, fio, nbdkit, curl
+            qemu-system-x86 (with qemu-storage-daemon), ovmf, qemu-utils, libnbd-bin, python3-libnbd, fio, nbdkit, curl
   build     build the kernel and the boot media (target/daxbox/{bios.img,uefi.img,pxe/})
   run       boot the appliance in QEMU with an emulated NVDIMM; serial console on this terminal
   netboot   like run, but boot over UEFI PXE from QEMU's built-in TFTP server
+  pmem-add  hot-add an NVDIMM to the appliance `run` is running (--size 256M, over QMP)
   test      run every test (host crates, boot tool, QEMU system tests); last line `N passed, N failed`
   bench     benchmarks: net (HTTP throughput), nbd (appliance vs qemu-nbd),
-            trim (read latency during a 1 GiB TRIM)
+            trim (read latency during a 1 GiB TRIM), cluster (3-member quorum vs one appliance)
   crash     long run of the daxfs crash-state explorer (--budget SECONDS)
   soak      64 real clients (nbdcopy, fio, qemu-io, shell, curl) against the appliance for --minutes N
   powercut  SIGKILL QEMU under fio write+flush, reboot, fio --verify_only and fsck, --cycles N times
+  cluster   N appliances replicated with qemu-storage-daemon's quorum; status, kill K, rebuild K,
+            stop; test (kill, rebuild, freeze, two down)
 
   fuzz      build and run the cargo-fuzz targets (--seconds N, TARGET..., list, replay)";
 
@@ -149,12 +156,14 @@ fn main() -> ExitCode {
         "build" => images::build_command(&rest),
         "run" => run::run_command(&rest, daxbox_tests::Firmware::Bios),
         "netboot" => run::run_command(&rest, daxbox_tests::Firmware::Pxe),
+        "pmem-add" => run::pmem_add_command(&rest),
         "test" => test::test_command(&rest),
         "bench" => bench::bench_command(&rest),
         "crash" => test::crash_mode(&rest),
         "soak" => soak::soak_command(&rest),
         "powercut" => powercut::powercut_command(&rest),
         "fuzz" => fuzz::fuzz_command(&rest),
+        "cluster" => cluster::cluster_command(&rest),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             Ok(())

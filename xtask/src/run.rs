@@ -26,6 +26,18 @@ pub const DEFAULT_NBD_PORT: u16 = 10809;
 pub const DEFAULT_HTTP_PORT: u16 = 8080;
 /// Default NVDIMM size.
 pub const DEFAULT_PMEM_SIZE: u64 = 1 << 30;
+/// Memory slots `run` leaves free for `cargo xtask pmem-add`.
+pub const DEFAULT_HOTPLUG_SLOTS: usize = 4;
+/// `maxmem` room `run` leaves per free slot (the largest NVDIMM
+/// `pmem-add` can plug into it).
+pub const HOTPLUG_BYTES_PER_SLOT: u64 = 4 << 30;
+/// Default NVDIMM size of `pmem-add`.
+pub const DEFAULT_HOTADD_SIZE: u64 = 256 << 20;
+
+/// The default QMP socket of `run` and `pmem-add`.
+pub fn default_qmp() -> PathBuf {
+    target_dir().join("daxbox-qmp.sock")
+}
 
 fn usage(firmware: Firmware) -> String {
     // netboot's firmware is fixed (OVMF's PXE client): no firmware options.
@@ -98,6 +110,10 @@ pub struct RunOptions {
     pub extra: Vec<String>,
     /// `--tls`: throwaway certificates under `target/tls/`, TLS on.
     pub tls: bool,
+    /// QMP socket.
+    pub qmp: PathBuf,
+    /// Free memory slots for hot-added NVDIMMs.
+    pub hotplug_slots: usize,
 }
 
 /// Parses `run`/`netboot` arguments (`netboot` when `firmware` is PXE).
@@ -114,6 +130,8 @@ pub fn parse(args: &[String], firmware: Firmware) -> Result<RunOptions, XtaskErr
         accel: std::env::var("DAXBOX_ACCEL").unwrap_or_else(|_| "tcg".into()),
         extra: Vec::new(),
         tls: false,
+        qmp: default_qmp(),
+        hotplug_slots: DEFAULT_HOTPLUG_SLOTS,
     };
     let netboot = firmware == Firmware::Pxe;
     let mut no_pmem = false;
@@ -184,6 +202,21 @@ pub fn parse(args: &[String], firmware: Firmware) -> Result<RunOptions, XtaskErr
             }
             "--accel" => {
                 options.accel = value()?.to_string();
+                2
+            }
+            "--qmp" => {
+                options.qmp = PathBuf::from(value()?);
+                2
+            }
+            "--hotplug-slots" => {
+                let text = value()?;
+                options.hotplug_slots = text
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|slots| *slots <= 64)
+                    .ok_or_else(|| {
+                        XtaskError::Usage(format!("--hotplug-slots: `{text}` is not 0..=64"))
+                    })?;
                 2
             }
             other => {
@@ -379,6 +412,13 @@ pub fn run_command(args: &[String], firmware: Firmware) -> Result<(), XtaskError
     qemu.http_port = options.http_port;
     qemu.accel = options.accel.clone();
     qemu.extra_args = options.extra.clone();
+    qemu.hotplug = daxbox_tests::Hotplug {
+        slots: options.hotplug_slots,
+        bytes: options.hotplug_slots as u64 * HOTPLUG_BYTES_PER_SLOT,
+    };
+    qemu.qmp = Some(options.qmp.clone());
+    // A socket left by an earlier run would make QEMU refuse to start.
+    let _ = fs::remove_file(&options.qmp);
     let (nvdimms, lines) = prepare_nvdimms(&options)?;
     for line in lines {
         println!("{line}");
@@ -412,6 +452,12 @@ pub fn run_command(args: &[String], firmware: Firmware) -> Result<(), XtaskError
             println!("    {line}");
         }
     }
+    if options.hotplug_slots > 0 {
+        println!(
+            "    hot-add an NVDIMM: cargo xtask pmem-add --size 256M --qmp {}",
+            options.qmp.display()
+        );
+    }
     let status = Command::new(&program)
         .args(&args)
         .status()
@@ -433,6 +479,93 @@ pub fn run_command(args: &[String], firmware: Firmware) -> Result<(), XtaskError
             problem: format!("QEMU ended with {status}"),
         }),
     }
+}
+
+fn pmem_add_usage() -> String {
+    format!(
+        "usage: cargo xtask pmem-add [--size 256M] [--qmp PATH] [--file PATH]\n\n\
+         Hot-adds an NVDIMM to the appliance `cargo xtask run` is running, over its QMP socket:\n\
+         \x20 --size SIZE   the NVDIMM's size (default 256M; at most 4G with run's default slots)\n\
+         \x20 --qmp PATH    run's QMP socket (default {})\n\
+         \x20 --file PATH   backing file (default target/daxbox-hotadd-N.img, the first N not in use;\n\
+         \x20               created sparse, or grown, never truncated)\n\n\
+         QEMU: object-add memory-backend-file,share=true + device_add nvdimm. The appliance sees it\n\
+         within 0.2 s (console: `pmem: NVDIMM hot-add event`) and applies its boot policy.",
+        default_qmp().display()
+    )
+}
+
+/// `cargo xtask pmem-add`.
+pub fn pmem_add_command(args: &[String]) -> Result<(), XtaskError> {
+    if wants_help(args) {
+        println!("{}", pmem_add_usage());
+        return Ok(());
+    }
+    let mut size = DEFAULT_HOTADD_SIZE;
+    let mut qmp = default_qmp();
+    let mut file = None;
+    let mut index = 0;
+    while index < args.len() {
+        let argument = args[index].as_str();
+        let value = args
+            .get(index + 1)
+            .ok_or_else(|| XtaskError::Usage(format!("{argument} needs a value")))?;
+        match argument {
+            "--size" => {
+                size = parse_size(value)
+                    .map_err(|error| XtaskError::Usage(format!("--size: {error}")))?;
+                if size == 0 || !size.is_multiple_of(2 << 20) {
+                    return Err(XtaskError::Usage(
+                        "--size: a non-zero multiple of 2 MiB".into(),
+                    ));
+                }
+            }
+            "--qmp" => qmp = PathBuf::from(value),
+            "--file" => file = Some(PathBuf::from(value)),
+            other => {
+                return Err(XtaskError::Usage(format!(
+                    "unknown option `{other}`\n\n{}",
+                    pmem_add_usage()
+                )))
+            }
+        }
+        index += 2;
+    }
+    let mut session =
+        daxbox_tests::Qmp::connect(&qmp, std::time::Duration::from_secs(5)).map_err(|error| {
+            XtaskError::Command {
+                command: format!("QMP {}", qmp.display()),
+                problem: format!("{error} (is `cargo xtask run` running?)"),
+            }
+        })?;
+    let devices = session
+        .execute("query-memory-devices", "{}")
+        .map_err(|error| XtaskError::Command {
+            command: format!("QMP {}", qmp.display()),
+            problem: error.to_string(),
+        })?;
+    // The first id QEMU does not have yet (and its backing file).
+    let n = (0..64)
+        .find(|n| !devices.contains(&format!("\"hotadd{n}\"")))
+        .ok_or_else(|| XtaskError::Usage("64 NVDIMMs hot-added already".into()))?;
+    let id = format!("hotadd{n}");
+    let path = file.unwrap_or_else(|| target_dir().join(format!("daxbox-hotadd-{n}.img")));
+    let (size, lines) = prepare_pmem(&path, Some(size))?;
+    for line in lines {
+        println!("{line}");
+    }
+    session
+        .add_nvdimm(&id, &path, size)
+        .map_err(|error| XtaskError::Command {
+            command: format!("QMP {}", qmp.display()),
+            problem: error.to_string(),
+        })?;
+    step(&format!(
+        "hot-added NVDIMM {id}: {} on {}",
+        size_option(size),
+        path.display()
+    ));
+    Ok(())
 }
 
 #[cfg(test)]

@@ -44,6 +44,12 @@ const REQUIREMENTS: &[Requirement] = &[
         needed_from: Needs::Qemu,
     },
     Requirement {
+        what: "qemu-storage-daemon",
+        why: "the quorum of `cargo xtask cluster` and the cluster test (package \
+              qemu-system-common, installed with qemu-system-x86)",
+        needed_from: Needs::Everything,
+    },
+    Requirement {
         what: "qemu-img",
         why: "disk-image and NBD client tool (package qemu-utils)",
         needed_from: Needs::Everything,
@@ -78,6 +84,16 @@ const REQUIREMENTS: &[Requirement] = &[
         why: "HTTP status-page tests (package curl)",
         needed_from: Needs::Everything,
     },
+    Requirement {
+        what: "promtool",
+        why: "checks the /metrics exposition in the system tests (package prometheus)",
+        needed_from: Needs::Everything,
+    },
+    Requirement {
+        what: "chromium",
+        why: "loads the dashboard headless in the system tests (package chromium)",
+        needed_from: Needs::Everything,
+    },
 ];
 
 /// The apt-get command line that installs every system package, for this
@@ -93,7 +109,7 @@ pub fn apt_command(codename: Option<&str>) -> String {
     format!(
         "apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y \
          --no-install-recommends --allow-downgrades qemu-system-x86 {qemu_utils} ovmf \
-         libnbd-bin python3-libnbd fio nbdkit curl"
+         libnbd-bin python3-libnbd fio nbdkit curl prometheus chromium"
     )
 }
 
@@ -248,6 +264,8 @@ mod tests {
             "fio",
             "nbdkit",
             "curl",
+            "prometheus",
+            "chromium",
         ] {
             assert!(command.contains(package), "{package} in {command}");
         }

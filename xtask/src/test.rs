@@ -8,8 +8,9 @@
 //! and the kernel; clippy of the boot tool (it needs the bootloader build);
 //! the boot tool's tests; the QEMU system tests (`daxbox-tests`) with
 //! `DAXBOX_KERNEL`/`DAXBOX_BOOT_TOOL` pointing at the fresh builds; then
-//! (not with `--filter` or `--no-system`) a 1-minute soak and a 3-cycle
-//! power cut (`soak.rs`, `powercut.rs`), one pass or fail each.
+//! (not with `--filter` or `--no-system`) a 1-minute soak, a 3-cycle
+//! power cut and the cluster test (`soak.rs`, `powercut.rs`,
+//! `cluster_test.rs`), one pass or fail each.
 //! `--no-fail-fast` everywhere: one failing test binary must not hide the
 //! results of the others. Output streams live. Every `test result:` line
 //! is added up; the LAST line printed is exactly `N passed, N failed`. A
@@ -23,7 +24,10 @@ use std::{
     time::Instant,
 };
 
-use crate::{cargo, describe, fuzz, images, powercut, setup, soak, step, wants_help, XtaskError};
+use crate::{
+    cargo, cluster_test, describe, fuzz, images, powercut, setup, soak, step, wants_help,
+    XtaskError,
+};
 
 const USAGE: &str = "\
 usage: cargo xtask test [--filter TEXT] [--test-threads N] [--no-system]
@@ -43,10 +47,11 @@ order of cost (a formatting or lint failure stops the run within seconds):
   8. system:     cargo test -p daxbox-tests -- --test-threads=N   (QEMU; logs in target/test-runs/<test>/)
   9. soak:       cargo xtask soak --minutes 1 (64 clients; skipped with --filter)
  10. power cut:  cargo xtask powercut --cycles 3 (skipped with --filter)
+ 11. cluster:    cargo xtask cluster test (3 appliances + qemu-storage-daemon quorum; skipped with --filter)
 Options:
   --filter TEXT       only tests whose name contains TEXT (passed to every cargo test; gates still run)
   --test-threads N    parallel QEMU system tests (default 2)
-  --no-system         skip the QEMU system tests, the soak and the power cut
+  --no-system         skip the QEMU system tests, the soak, the power cut and the cluster test
 The last line is `N passed, N failed`; the exit status is non-zero if anything failed.";
 
 /// The crates built for `x86_64-unknown-none` (`forced-target`).
@@ -306,7 +311,7 @@ fn parse(args: &[String]) -> Result<Options, XtaskError> {
     Ok(options)
 }
 
-/// The soak and power-cut stages: each one pass or one failure. They boot
+/// The soak, power-cut and cluster stages: each one pass or one failure. They boot
 /// through the harness in this process, so the fresh builds go into its
 /// environment.
 fn run_attacks(
@@ -319,9 +324,10 @@ fn run_attacks(
     };
     let Some((kernel, boot_tool)) = built else {
         let since = Instant::now();
-        step("soak and power cut skipped: set-up or build failed");
+        step("soak, power cut and cluster skipped: set-up or build failed");
         record("soak (not run)", false, Counts::default(), since);
         record("power cut (not run)", false, Counts::default(), since);
+        record("cluster (not run)", false, Counts::default(), since);
         return;
     };
     std::env::set_var("DAXBOX_KERNEL", kernel);
@@ -358,6 +364,25 @@ fn run_attacks(
         }
     };
     record("power cut", ok, one(ok), since);
+
+    let since = Instant::now();
+    let seed = crate::clients::clock_seed();
+    step(&format!(
+        "cluster: 3 appliances in a quorum, kill, rebuild, freeze, two down (cargo xtask cluster \
+         test --seed {seed})"
+    ));
+    let ok = match cluster_test::run(seed, true) {
+        Ok(()) => true,
+        Err(cluster_test::Failure::Test(message)) => {
+            println!("    cluster test FAILED (seed {seed}): {message}");
+            false
+        }
+        Err(cluster_test::Failure::Setup(error)) => {
+            eprintln!("xtask: error: cluster: {error}");
+            false
+        }
+    };
+    record("cluster", ok, one(ok), since);
 }
 
 /// Entry point of `cargo xtask test`.

@@ -22,6 +22,7 @@ extern crate alloc;
 pub mod block;
 pub mod discovery;
 pub mod domain;
+pub mod fit;
 pub mod frames;
 pub mod mapping;
 pub mod nfit;

@@ -167,6 +167,13 @@ pub enum NfitWarning {
         /// Offset in the table.
         offset: usize,
     },
+    /// More structures than the caller's bound; the rest are ignored.
+    TooManyStructures {
+        /// Offset of the first structure ignored.
+        offset: usize,
+        /// The bound.
+        limit: usize,
+    },
 }
 
 impl fmt::Display for NfitWarning {
@@ -207,6 +214,10 @@ impl fmt::Display for NfitWarning {
             NfitWarning::DuplicateCapabilities { offset } => write!(
                 f,
                 "NFIT: second platform capabilities structure at offset {offset:#x} (ignored)"
+            ),
+            NfitWarning::TooManyStructures { offset, limit } => write!(
+                f,
+                "NFIT: more than {limit} structures; the rest from offset {offset:#x} ignored"
             ),
         }
     }
@@ -363,8 +374,25 @@ pub fn parse(bytes: &[u8]) -> Result<Nfit, NfitError> {
         warnings: Vec::new(),
     };
 
-    let mut offset = HEADER_LEN;
+    walk_structures(&mut nfit, table, HEADER_LEN, usize::MAX);
+    Ok(nfit)
+}
+
+/// Walks the structures of `bytes` from `start` to the end (each one a
+/// u16 type and a u16 length, ACPI §5.2.26.1), adding what it finds to
+/// `nfit`. Used by [`parse`] (after the table header) and by
+/// [`parse_structures`] (QEMU's FIT: bare structures). At most
+/// `max_structures` are walked; the rest are ignored with a warning.
+fn walk_structures(nfit: &mut Nfit, table: &[u8], start: usize, max_structures: usize) {
+    let mut offset = start;
     while offset < table.len() {
+        if nfit.structures >= max_structures {
+            nfit.warnings.push(NfitWarning::TooManyStructures {
+                offset,
+                limit: max_structures,
+            });
+            break;
+        }
         let rest = &table[offset..];
         if rest.len() < 4 {
             nfit.warnings.push(NfitWarning::TruncatedHeader { offset });
@@ -384,8 +412,8 @@ pub fn parse(bytes: &[u8]) -> Result<Nfit, NfitError> {
         let structure = &rest[..len];
         nfit.structures += 1;
         match kind {
-            TYPE_SPA_RANGE => parse_spa(&mut nfit, offset, structure),
-            TYPE_PLATFORM_CAPABILITIES => parse_capabilities(&mut nfit, offset, structure),
+            TYPE_SPA_RANGE => parse_spa(nfit, offset, structure),
+            TYPE_PLATFORM_CAPABILITIES => parse_capabilities(nfit, offset, structure),
             // Memory device maps, interleave, SMBIOS, control regions,
             // block data windows and flush hint structures describe
             // management paths daxbox does not use (ACPI §5.2.26.3-.9).
@@ -394,7 +422,23 @@ pub fn parse(bytes: &[u8]) -> Result<Nfit, NfitError> {
         // `len <= rest.len()`, so this stays within the table.
         offset += len;
     }
-    Ok(nfit)
+}
+
+/// Parses bare NFIT structures with no table header (QEMU's FIT, as its
+/// NVDIMM root device's `_FIT` or the FIT protocol returns it): the same
+/// walk as [`parse`], at most `max_structures` structures. `revision` and
+/// `oem_id` are zero, having no header to come from.
+pub fn parse_structures(bytes: &[u8], max_structures: usize) -> Nfit {
+    let mut nfit = Nfit {
+        revision: 0,
+        oem_id: [0; 6],
+        spa_ranges: Vec::new(),
+        capabilities: None,
+        structures: 0,
+        warnings: Vec::new(),
+    };
+    walk_structures(&mut nfit, bytes, 0, max_structures);
+    nfit
 }
 
 fn short(offset: usize, kind: u16, structure: &[u8], minimum: usize) -> NfitWarning {

@@ -45,8 +45,9 @@ pub fn config(seed: u64) -> Config {
     }
 }
 
-/// daxfs over a [`CrashMemory`].
-pub struct Daxfs(pub Filesystem<CrashMemory>);
+/// daxfs over a [`CrashMemory`], with the files the workload holds open
+/// ([`Op::Open`], last one on top).
+pub struct Daxfs(pub Filesystem<CrashMemory>, pub Vec<FileId>);
 
 fn classify(e: Error) -> TargetError {
     match e {
@@ -63,7 +64,7 @@ impl Target for Daxfs {
             max_files: Some(MAX_FILES),
         };
         Filesystem::format(memory, options)
-            .map(Daxfs)
+            .map(|fs| Daxfs(fs, Vec::new()))
             .map_err(|e| e.to_string())
     }
 
@@ -74,7 +75,7 @@ impl Target for Daxfs {
 
     fn mount(memory: CrashMemory) -> Result<Self, String> {
         Filesystem::mount(memory)
-            .map(Daxfs)
+            .map(|fs| Daxfs(fs, Vec::new()))
             .map_err(|e| e.to_string())
     }
 
@@ -115,6 +116,19 @@ impl Target for Daxfs {
             Op::PersistAll => {
                 fs.persist_all();
                 Ok(())
+            }
+            Op::Open(name) => {
+                let id = fs.lookup(name).map_err(classify)?;
+                fs.open(id).map(|()| self.1.push(id))
+            }
+            Op::WriteHeld { offset, len, seed } => {
+                let id = *self.1.last().ok_or(TargetError::NotFound)?;
+                let data: Vec<u8> = (*offset..offset + len).map(|p| pattern(*seed, p)).collect();
+                fs.write(id, *offset, &data)
+            }
+            Op::Close => {
+                let id = self.1.pop().ok_or(TargetError::NotFound)?;
+                fs.close(id)
             }
         }
         .map_err(classify)

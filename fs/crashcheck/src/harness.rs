@@ -929,6 +929,13 @@ pub fn run_suite<T: Target>(
     let totals = Rc::new(RefCell::new(Totals::default()));
     let sequences = crate::workloads::Sequences::new(templates.len(), config.seed);
     let (share, shares) = (budget.part.0, budget.part.1.max(1));
+    // The open-unlink scenarios first, once per run (by the first share).
+    if budget.skip == 0 && share == 0 {
+        for ops in crate::workloads::scenarios() {
+            run_workload::<T>(base, &ops, config, &run, &totals);
+            progress(&totals.borrow(), &ops, start.elapsed().as_secs_f64());
+        }
+    }
     for (position, indices) in sequences.skip(budget.skip).enumerate() {
         if position % shares != share {
             continue;

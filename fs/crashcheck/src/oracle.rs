@@ -61,6 +61,23 @@ pub enum Op {
     Persist(String),
     /// Make every file's data durable.
     PersistAll,
+    /// Hold the file open (daxfs `open`); holds stack up, the last one is
+    /// what [`Op::WriteHeld`] and [`Op::Close`] use. No visible change.
+    Open(String),
+    /// Write to the last held file through its handle. Only used after the
+    /// held file's name is gone (an orphan, FORMAT.md "Orphans"), so the
+    /// visible state does not change.
+    WriteHeld {
+        /// First byte.
+        offset: u64,
+        /// Bytes to write.
+        len: u64,
+        /// Pattern selector.
+        seed: u8,
+    },
+    /// Drop the last hold (daxfs `close`): the last close of an orphan
+    /// frees it. No visible change.
+    Close,
 }
 
 impl fmt::Display for Op {
@@ -85,6 +102,11 @@ impl fmt::Display for Op {
             Op::Clone(a, b) => write!(f, "clone({a}, {b})"),
             Op::Persist(n) => write!(f, "persist({n})"),
             Op::PersistAll => write!(f, "persist_all"),
+            Op::Open(n) => write!(f, "open({n})"),
+            Op::WriteHeld { offset, len, seed } => {
+                write!(f, "write_held({offset}, {len}, #{seed})")
+            }
+            Op::Close => write!(f, "close"),
         }
     }
 }
@@ -227,6 +249,13 @@ impl ModelState {
                     file.older.clear();
                 }
             }
+            Op::Open(name) => {
+                if !self.files.contains_key(name) {
+                    return Expect::NotFound;
+                }
+            }
+            // An orphan's data and its freeing are invisible by name.
+            Op::WriteHeld { .. } | Op::Close => {}
         }
         Expect::Ok
     }

@@ -102,6 +102,48 @@ pub fn templates() -> Vec<Op> {
     ]
 }
 
+/// The open-unlink scenarios (FORMAT.md "Orphans"), run once before the
+/// generated sequences: a held file is unlinked (or replaced by a rename),
+/// written through its handle as an orphan (in place, with allocation past
+/// its end, copy-on-write of blocks shared with a clone), and closed; a
+/// crash at every point must leave the name present (before the unlink
+/// commit) or absent, and the next mount reclaims the orphan with no leak
+/// (fsck clean).
+pub fn scenarios() -> Vec<Vec<Op>> {
+    let held = |offset, len, seed| Op::WriteHeld { offset, len, seed };
+    alloc::vec![
+        alloc::vec![
+            Op::Open(name("big")),
+            Op::Unlink(name("big")),
+            held(100, 5000, 1),
+            held(BIG_SIZE, 4096, 2),
+            Op::Close,
+        ],
+        alloc::vec![
+            Op::Open(name("small")),
+            Op::Unlink(name("small")),
+            Op::Create(name("small")),
+            write("small", 0, 3000),
+            held(SMALL_SIZE, 3000, 3),
+            Op::Close,
+        ],
+        alloc::vec![
+            Op::Open(name("big")),
+            Op::Rename(name("small"), name("big")),
+            held(CHUNK - 3000, 6000, 4),
+            Op::Close,
+        ],
+        alloc::vec![
+            Op::Open(name("small")),
+            Op::Clone(name("small"), name("copy")),
+            Op::Unlink(name("small")),
+            held(0, 4096, 5),
+            Op::Close,
+            Op::Unlink(name("copy")),
+        ],
+    ]
+}
+
 /// The sequence of templates `indices`, with a distinct data pattern per
 /// write.
 pub fn instantiate(templates: &[Op], indices: &[usize]) -> Vec<Op> {

@@ -118,3 +118,16 @@ fn punch_inside_the_file_leaves_its_edges_pending() {
     assert_eq!(totals.violations, 0);
     assert!(totals.distinct > 5, "{totals:?}");
 }
+
+#[test]
+fn open_unlink_scenarios_survive_every_crash() {
+    // FORMAT.md "Orphans": unlink (or rename over) a held file, write to
+    // the orphan, close it; every crash image mounts, fsck is clean (no
+    // leak, no orphan left without a holder after mount) and the name is
+    // present or absent as the model says.
+    let scenarios = daxfs_crashcheck::workloads::scenarios();
+    let totals = check(&scenarios);
+    assert_eq!(totals.violations, 0);
+    assert_eq!(totals.workloads, scenarios.len() as u64);
+    assert!(totals.distinct > 50, "{totals:?}");
+}

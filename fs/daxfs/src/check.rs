@@ -19,8 +19,8 @@ use daxbox_budget::{Charge, OverBudget};
 use daxbox_persist::{OutOfRange, PersistentMemory};
 
 use crate::format::{
-    Extent, OverflowBlock, Record, Superblock, BLOCK_SIZE, CHUNK_BLOCKS, OVERFLOW_EXTENTS,
-    RECORDS_PER_BLOCK, RECORD_SIZE,
+    Extent, OverflowBlock, Record, Superblock, BLOCK_SIZE, CHUNK_BLOCKS, ORPHAN_VERSION,
+    OVERFLOW_EXTENTS, RECORDS_PER_BLOCK, RECORD_SIZE,
 };
 use crate::space::RunCounts;
 use crate::TREE_ENTRY;
@@ -38,8 +38,10 @@ pub(crate) struct ScannedFile {
 #[derive(Debug, Default)]
 pub(crate) struct Scan {
     pub files: Vec<ScannedFile>,
-    /// Name -> slot of every file in `files`.
+    /// Name -> slot of every file in `files` but the orphans.
     pub names: BTreeMap<String, u32>,
+    /// Orphan records among `files` (FORMAT.md "Orphans").
+    pub orphans: u64,
 }
 
 /// Why a scan stopped before the end of the table.
@@ -271,6 +273,13 @@ fn scan_table<M: PersistentMemory>(
             if !record.in_use {
                 continue;
             }
+            if record.orphan && sb.version < ORPHAN_VERSION {
+                problems.push(format!(
+                    "file record {slot}: orphan record in a version {} image",
+                    sb.version
+                ));
+                continue;
+            }
             let held = charge.bytes();
             let cost = scanned_cost(record.name.len(), record.inline.len());
             charge.grow(cost).map_err(ScanError::Memory)?;
@@ -288,7 +297,10 @@ fn scan_table<M: PersistentMemory>(
                 problems.push(format!("file record {slot} ({:?}): {e}", record.name));
                 continue;
             }
-            if let Some(&other) = out.names.get(&record.name) {
+            // Orphans have no name (FORMAT.md "Orphans").
+            if record.orphan {
+                out.orphans += 1;
+            } else if let Some(&other) = out.names.get(&record.name) {
                 charge.shrink(charge.bytes() - held);
                 problems.push(format!(
                     "file records {other} and {slot} both use the name {:?}",
@@ -299,7 +311,9 @@ fn scan_table<M: PersistentMemory>(
             out.files
                 .try_reserve(1)
                 .map_err(|_| ScanError::Memory(heap_refused(cost)))?;
-            out.names.insert(record.name.clone(), slot);
+            if !record.orphan {
+                out.names.insert(record.name.clone(), slot);
+            }
             out.files.push(ScannedFile {
                 slot,
                 record,

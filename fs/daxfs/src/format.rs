@@ -17,8 +17,12 @@ pub const CHUNK_SIZE: u64 = CHUNK_BLOCKS * BLOCK_SIZE;
 
 /// Superblock magic: the first eight bytes of block 0 (and block 1).
 pub const SUPER_MAGIC: [u8; 8] = *b"DAXBOXFS";
-/// The on-media format version this code reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The on-media format version this code writes (FORMAT.md "Compatibility
+/// rules": version 2 added orphan records; version 1 images are read and
+/// upgraded by mount).
+pub const FORMAT_VERSION: u32 = 2;
+/// The first format version with orphan records (FORMAT.md "Orphans").
+pub const ORPHAN_VERSION: u32 = 2;
 /// Bytes of the superblock structure covered by its checksum.
 pub const SUPER_SIZE: usize = 128;
 /// Offset, inside block 0, of the 8-byte clean/dirty state word.
@@ -36,6 +40,10 @@ pub const RECORDS_PER_BLOCK: u64 = BLOCK_SIZE / RECORD_SIZE as u64;
 pub const RECORD_MAGIC: u32 = 0x5246_5844; // "DXFR"
 /// Record flag: the record describes a live file.
 pub const RECORD_IN_USE: u32 = 1;
+/// Record flag (with [`RECORD_IN_USE`]): the file's name was removed while
+/// it was open; the record keeps its data until the last close or the next
+/// mount (FORMAT.md "Orphans").
+pub const RECORD_ORPHAN: u32 = 2;
 /// Longest file name in bytes.
 pub const MAX_NAME: usize = 255;
 /// Extents stored inside the record itself.
@@ -279,6 +287,9 @@ fn decode_extent(b: &[u8]) -> Extent {
 pub struct Record {
     /// True for a live file, false for a free slot.
     pub in_use: bool,
+    /// A live file whose name was removed while it was open (its name is
+    /// empty); FORMAT.md "Orphans".
+    pub orphan: bool,
     /// Incremented each time the slot is reused; part of the FileId.
     pub generation: u32,
     /// File name (empty for a free slot).
@@ -303,6 +314,7 @@ impl Record {
     pub fn free(generation: u32) -> Self {
         Record {
             in_use: false,
+            orphan: false,
             generation,
             name: String::new(),
             size: 0,
@@ -317,7 +329,12 @@ impl Record {
     pub fn encode(&self) -> [u8; RECORD_SIZE] {
         let mut b = [0u8; RECORD_SIZE];
         put_u32(&mut b, 0, RECORD_MAGIC);
-        put_u32(&mut b, 4, if self.in_use { RECORD_IN_USE } else { 0 });
+        let flags = match (self.in_use, self.orphan) {
+            (false, _) => 0,
+            (true, false) => RECORD_IN_USE,
+            (true, true) => RECORD_IN_USE | RECORD_ORPHAN,
+        };
+        put_u32(&mut b, 4, flags);
         put_u32(&mut b, 8, self.generation);
         // Names are validated to at most 255 bytes before they get here.
         put_u32(&mut b, 12, self.name.len() as u32);
@@ -353,18 +370,25 @@ impl Record {
             return Err("record checksum mismatch");
         }
         let flags = u32_at(b, 4);
-        if flags & !RECORD_IN_USE != 0 {
+        if flags & !(RECORD_IN_USE | RECORD_ORPHAN) != 0 {
             return Err("unknown record flags");
         }
         let in_use = flags & RECORD_IN_USE != 0;
+        let orphan = flags & RECORD_ORPHAN != 0;
+        if orphan && !in_use {
+            return Err("orphan flag on a free record");
+        }
         let name_len = u32_at(b, 12) as usize;
         if name_len > MAX_NAME {
             return Err("name longer than 255 bytes");
         }
         let name_bytes = &b[RECORD_NAME_OFFSET..RECORD_NAME_OFFSET + name_len];
         let name = core::str::from_utf8(name_bytes).map_err(|_| "name is not UTF-8")?;
-        if in_use && !valid_name(name) {
+        if in_use && !orphan && !valid_name(name) {
             return Err("invalid file name");
+        }
+        if orphan && name_len != 0 {
+            return Err("orphan record carries a name");
         }
         let extent_count = u32_at(b, 24);
         let inline_count = (extent_count as usize).min(INLINE_EXTENTS);
@@ -376,6 +400,7 @@ impl Record {
             .collect();
         let record = Record {
             in_use,
+            orphan,
             generation: u32_at(b, 8),
             name: String::from(name),
             size: u64_at(b, 16),
@@ -632,6 +657,7 @@ mod tests {
     fn record_round_trips_and_rejects_flips() {
         let r = Record {
             in_use: true,
+            orphan: false,
             generation: 3,
             name: String::from("a/b c"),
             size: 12345,
@@ -661,6 +687,32 @@ mod tests {
                 "flip of bit {bit} not detected"
             );
         }
+    }
+
+    #[test]
+    fn orphan_records_round_trip_and_carry_no_name() {
+        let mut r = Record::free(4);
+        r.in_use = true;
+        r.orphan = true;
+        r.size = 4096;
+        r.extent_count = 1;
+        r.inline = alloc::vec![Extent {
+            logical: 0,
+            len: 1,
+            physical: 100
+        }];
+        let bytes = r.encode();
+        assert_eq!(Record::decode(&bytes), Ok(Some(r.clone())));
+        let mut named = r.clone();
+        named.name = String::from("x");
+        assert!(Record::decode(&named.encode()).is_err());
+        let mut free = Record::free(4);
+        free.orphan = true;
+        let mut b = free.encode();
+        b[4] = RECORD_ORPHAN as u8;
+        let crc = checksum_skipping(&b, 60);
+        put_u32(&mut b, 60, crc);
+        assert!(Record::decode(&b).is_err());
     }
 
     #[test]

@@ -62,10 +62,13 @@ impl<M: PersistentMemory> Filesystem<M> {
     /// saying so.
     pub fn fsck_image_with_budget(mem: &M, budget: &Budget) -> FsckReport {
         let mut problems = Vec::new();
+        let mut orphans = 0;
         if let Some(sb) = Self::check_media_header(mem, &mut problems) {
-            scan_for_fsck(mem, &sb, budget, &mut problems);
+            if let Some((scan, _)) = scan_for_fsck(mem, &sb, budget, &mut problems) {
+                orphans = scan.orphans;
+            }
         }
-        FsckReport { problems }
+        FsckReport { problems, orphans }
     }
 
     fn check_media_header(mem: &M, problems: &mut Vec<String>) -> Option<Superblock> {
@@ -106,7 +109,10 @@ impl<M: PersistentMemory> Filesystem<M> {
     pub fn fsck(&self) -> FsckReport {
         let mut problems = Vec::new();
         let Some(sb) = Self::check_media_header(&self.mem, &mut problems) else {
-            return FsckReport { problems };
+            return FsckReport {
+                problems,
+                orphans: 0,
+            };
         };
         if sb != self.sb {
             problems.push(String::from(
@@ -115,7 +121,10 @@ impl<M: PersistentMemory> Filesystem<M> {
         }
         let Some((scan, media_refs)) = scan_for_fsck(&self.mem, &sb, self.budget, &mut problems)
         else {
-            return FsckReport { problems };
+            return FsckReport {
+                problems,
+                orphans: 0,
+            };
         };
         // Files in memory versus on media.
         for sf in &scan.files {
@@ -126,6 +135,17 @@ impl<M: PersistentMemory> Filesystem<M> {
                     sf.record.name
                 )),
                 Some(f) => {
+                    if f.orphan != sf.record.orphan {
+                        problems.push(format!(
+                            "record {slot}: orphan {} on media, {} in memory",
+                            sf.record.orphan, f.orphan
+                        ));
+                    }
+                    if f.orphan && f.opens == 0 {
+                        problems.push(format!(
+                            "orphan record {slot} has no holder left but was not freed"
+                        ));
+                    }
                     if f.name != sf.record.name || f.generation != sf.record.generation {
                         problems.push(format!(
                             "record {slot}: name or generation differs from memory"
@@ -149,8 +169,18 @@ impl<M: PersistentMemory> Filesystem<M> {
                 }
             }
         }
+        let media_orphans: alloc::collections::BTreeSet<u32> = scan
+            .files
+            .iter()
+            .filter(|sf| sf.record.orphan)
+            .map(|sf| sf.slot)
+            .collect();
         for (slot, f) in &self.files {
-            if scan.names.get(&f.name) != Some(slot) {
+            if f.orphan {
+                if !media_orphans.contains(slot) {
+                    problems.push(format!("orphan record {slot} is missing on media"));
+                }
+            } else if scan.names.get(&f.name) != Some(slot) {
                 problems.push(format!(
                     "file {:?} (record {slot}) is missing on media",
                     f.name
@@ -206,6 +236,9 @@ impl<M: PersistentMemory> Filesystem<M> {
                 data_blocks
             ));
         }
-        FsckReport { problems }
+        FsckReport {
+            problems,
+            orphans: scan.orphans,
+        }
     }
 }

@@ -17,6 +17,7 @@ use crate::{block_offset, Error, File, Filesystem, PersistentMemory};
 pub(crate) fn make_record(file: &File, size: u64, map: &ExtentMap, chain: &[u64]) -> Record {
     Record {
         in_use: true,
+        orphan: file.orphan,
         generation: file.generation,
         name: file.name.clone(),
         size,

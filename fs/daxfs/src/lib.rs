@@ -23,7 +23,9 @@
 //! byte I/O with `read`, `write`, `write_zeroes`, `truncate`; namespace
 //! with `create`, `lookup`, `unlink`, `rename`, `clone_file`, `list`;
 //! `extents` (data/hole map) and `dax_ranges` + `hold`/`release` for
-//! zero-copy users; `fsck` (mounted) and [`Filesystem::fsck_image`]
+//! zero-copy users; `open`/`close` count the holders of a file, so that
+//! `unlink` (or `rename` over it) of an open file removes only the name and
+//! leaves an orphan that the last `close` frees (FORMAT.md "Orphans"); `fsck` (mounted) and [`Filesystem::fsck_image`]
 //! (unmounted, read-only) report every broken invariant.
 //!
 //! Module layout:
@@ -33,7 +35,7 @@
 //! - `write`: write, write_zeroes, truncate, persist, copy-on-write and
 //!   allocation (`modify`);
 //! - `namespace`: create, lookup, unlink, rename, clone_file, list, stat,
-//!   statfs;
+//!   statfs, and the holders of a file (open, close, holders);
 //! - `dax`: read, extents, dax_ranges, hold/release;
 //! - `fsck`: fsck and fsck_image;
 //! - `grow`: growing to the end of the region (unmounted);
@@ -89,6 +91,12 @@ struct File {
     map: ExtentMap,
     /// Overflow blocks currently on media for this file.
     chain: Vec<u64>,
+    /// Holders (`open` minus `close`), in memory only.
+    opens: u32,
+    /// The name was removed while the file was open: it is an orphan
+    /// record on media, has no name (`name` is empty) and is freed by the
+    /// last `close` or the next mount (FORMAT.md "Orphans").
+    orphan: bool,
 }
 
 /// Zeros to copy from: the source of every zero-fill.
@@ -149,6 +157,17 @@ pub struct Filesystem<M: PersistentMemory> {
     budget: &'static Budget,
     /// The budget's bytes held for this filesystem.
     charge: Charge<'static>,
+    /// What mount had to repair.
+    recovered: Recovered,
+}
+
+/// What mount repaired before the filesystem was usable (for metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// A committed journal transaction was replayed.
+    pub journal_replayed: bool,
+    /// A damaged superblock copy was rewritten from the good one.
+    pub superblock_repaired: bool,
 }
 
 /// Region offset of a block.

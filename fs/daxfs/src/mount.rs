@@ -254,8 +254,21 @@ impl<M: PersistentMemory> Filesystem<M> {
     /// anything is written, and later operations that would grow the state
     /// past it fail with [`Error::OutOfMemory`]. Everything is validated
     /// before the first write (FORMAT.md "Mount and recovery").
-    pub fn mount_with_budget(mut mem: M, budget: &'static Budget) -> Result<Self, Error> {
-        let (sb, primary_ok, backup_ok) = read_superblock(&mem)?;
+    pub fn mount_with_budget(mem: M, budget: &'static Budget) -> Result<Self, Error> {
+        Self::mount_keeping(mem, budget, &[])
+    }
+
+    /// [`Self::mount_with_budget`] that gives the files of `holds` (from
+    /// [`Self::holders`] before an unmount, e.g. around a grow) their
+    /// holder counts back, so that their orphans survive the mount. Every
+    /// other orphan is reclaimed (FORMAT.md "Orphans"). A hold whose file
+    /// is gone is ignored.
+    pub fn mount_keeping(
+        mut mem: M,
+        budget: &'static Budget,
+        holds: &[(crate::FileId, u32)],
+    ) -> Result<Self, Error> {
+        let (mut sb, primary_ok, backup_ok) = read_superblock(&mem)?;
         let journal = read_journal(&mem, &sb)?;
         let others = budget.stats().used;
         let mut charge = budget.empty();
@@ -302,6 +315,8 @@ impl<M: PersistentMemory> Filesystem<M> {
                 size: f.record.size,
                 map: ExtentMap::from_extents(&f.extents),
                 chain: f.chain,
+                opens: 0,
+                orphan: f.record.orphan,
             };
             let cost = file_cost(&file);
             charge
@@ -344,6 +359,18 @@ impl<M: PersistentMemory> Filesystem<M> {
             mem.write_flush(block_offset(target), &sb.encode())?;
             mem.fence();
         }
+        // ...upgrade a version 1 image (FORMAT.md "Compatibility rules":
+        // backup, then primary, as a grow does; a crash between them
+        // leaves the old primary, to which the next mount settles the
+        // backup before upgrading again)...
+        if sb.version < FORMAT_VERSION {
+            sb.version = FORMAT_VERSION;
+            let bytes = sb.encode();
+            mem.write_flush(block_offset(1), &bytes)?;
+            mem.fence();
+            mem.write_flush(0, &bytes)?;
+            mem.fence();
+        }
         // ...and mark the filesystem mounted.
         mem.store_u64(STATE_WORD_OFFSET, STATE_DIRTY)?;
         mem.flush(STATE_WORD_OFFSET, 8)?;
@@ -362,7 +389,30 @@ impl<M: PersistentMemory> Filesystem<M> {
             files_cost,
             budget,
             charge,
+            recovered: crate::Recovered {
+                journal_replayed: journal.committed,
+                superblock_repaired: !primary_ok || !backup_ok,
+            },
         };
+        for &(id, count) in holds {
+            if let Some(f) = fs.files.get_mut(&id.slot) {
+                if f.generation == id.generation {
+                    f.opens = count;
+                }
+            }
+        }
+        // Reclaim the orphans nobody holds, one transaction each
+        // (FORMAT.md "Orphans": a crash leaves the rest for the next
+        // mount).
+        let orphans: Vec<u32> = fs
+            .files
+            .iter()
+            .filter(|(_, f)| f.orphan && f.opens == 0)
+            .map(|(&slot, _)| slot)
+            .collect();
+        for slot in orphans {
+            fs.free_orphan(slot)?;
+        }
         fs.settle();
         Ok(fs)
     }
@@ -382,6 +432,11 @@ impl<M: PersistentMemory> Filesystem<M> {
     /// after the last completed operation).
     pub fn into_memory(self) -> M {
         self.mem
+    }
+
+    /// What this mount repaired (a journal replay, a superblock copy).
+    pub fn recovered(&self) -> crate::Recovered {
+        self.recovered
     }
 
     /// The region.

@@ -14,6 +14,14 @@ use crate::format::{self, Record, BLOCK_SIZE, CHUNK_BLOCKS};
 use crate::journal::make_record;
 use crate::{DirEntry, Error, File, FileId, Filesystem, PersistentMemory, Stat, StatFs};
 
+/// The orphan record of live file `f`: its data, no name.
+fn orphan_record(f: &File) -> Record {
+    let mut record = make_record(f, f.size, &f.map, &f.chain);
+    record.name = alloc::string::String::new();
+    record.orphan = true;
+    record
+}
+
 impl<M: PersistentMemory> Filesystem<M> {
     /// Creates an empty file.
     pub fn create(&mut self, name: &str) -> Result<FileId, Error> {
@@ -31,6 +39,8 @@ impl<M: PersistentMemory> Filesystem<M> {
             size: 0,
             map: ExtentMap::default(),
             chain: Vec::new(),
+            opens: 0,
+            orphan: false,
         };
         // Charge before committing: a file the budget cannot hold is
         // refused with nothing changed.
@@ -53,10 +63,77 @@ impl<M: PersistentMemory> Filesystem<M> {
         Ok(self.id_of(slot))
     }
 
-    /// Removes a file. Its blocks are freed unless shared or held.
+    /// Removes a file's name. A file nobody holds ([`Self::open`]) is
+    /// freed: its blocks return unless shared with a clone or pinned. A
+    /// held file becomes an orphan in the same transaction (FORMAT.md
+    /// "Orphans"): the name is free for a new file at once, the holders
+    /// keep reading and writing it through its `FileId`, and the last
+    /// [`Self::close`] frees it.
     pub fn unlink(&mut self, name: &str) -> Result<(), Error> {
         let slot = self.slot_of(name)?;
         let f = self.files.get(&slot).ok_or(Error::NotFound)?;
+        if f.opens > 0 {
+            let record = orphan_record(f);
+            self.commit(&[(slot, record.encode())])?;
+            self.make_orphan(slot);
+        } else {
+            let record = Record::free(f.generation);
+            self.commit(&[(slot, record.encode())])?;
+            self.drop_slot(slot);
+        }
+        self.settle();
+        Ok(())
+    }
+
+    /// Counts one more holder of `file` (an NBD connection, say). While a
+    /// file has holders, removing its name leaves it an orphan instead of
+    /// freeing it. Holds are in memory only: a mount starts with none
+    /// (except those given to [`Self::mount_keeping`]).
+    pub fn open(&mut self, file: FileId) -> Result<(), Error> {
+        self.file(file)?;
+        if let Some(f) = self.files.get_mut(&file.slot) {
+            f.opens = f.opens.saturating_add(1);
+        }
+        Ok(())
+    }
+
+    /// Drops one holder of `file`. The last close of an orphan frees it in
+    /// one transaction (FORMAT.md "Orphans"); its blocks return unless
+    /// shared or pinned. A close without an open is ignored.
+    pub fn close(&mut self, file: FileId) -> Result<(), Error> {
+        self.file(file)?;
+        let Some(f) = self.files.get_mut(&file.slot) else {
+            return Err(Error::StaleFile);
+        };
+        f.opens = f.opens.saturating_sub(1);
+        if f.opens == 0 && f.orphan {
+            self.free_orphan(file.slot)?;
+        }
+        Ok(())
+    }
+
+    /// Every file with holders and its count (what [`Self::mount_keeping`]
+    /// takes to carry the holds across a remount, e.g. a grow).
+    pub fn holders(&self) -> Vec<(FileId, u32)> {
+        self.files
+            .iter()
+            .filter(|(_, f)| f.opens > 0)
+            .map(|(&slot, f)| {
+                (
+                    FileId {
+                        slot,
+                        generation: f.generation,
+                    },
+                    f.opens,
+                )
+            })
+            .collect()
+    }
+
+    /// Frees orphan `slot` (no holders left): one transaction that writes
+    /// its free record, then its blocks return.
+    pub(crate) fn free_orphan(&mut self, slot: u32) -> Result<(), Error> {
+        let f = self.files.get(&slot).ok_or(Error::StaleFile)?;
         let record = Record::free(f.generation);
         self.commit(&[(slot, record.encode())])?;
         self.drop_slot(slot);
@@ -64,10 +141,23 @@ impl<M: PersistentMemory> Filesystem<M> {
         Ok(())
     }
 
+    /// Turns live file `slot` into an orphan in memory, after its orphan
+    /// record is committed: the name goes, the file stays.
+    fn make_orphan(&mut self, slot: u32) {
+        if let Some(mut f) = self.take_file(slot) {
+            self.names.remove(&f.name);
+            f.name = alloc::string::String::new();
+            f.orphan = true;
+            self.put_file(slot, f);
+        }
+    }
+
     /// Forgets a slot whose free record is committed, releasing its blocks.
     fn drop_slot(&mut self, slot: u32) {
         if let Some(f) = self.take_file(slot) {
-            self.names.remove(&f.name);
+            if !f.orphan {
+                self.names.remove(&f.name);
+            }
             for e in f.map.iter() {
                 self.unref(e.physical, e.len);
             }
@@ -93,9 +183,17 @@ impl<M: PersistentMemory> Filesystem<M> {
         let record = make_record(&renamed, renamed.size, &renamed.map, &renamed.chain);
         let mut entries = Vec::with_capacity(2);
         entries.push((slot, record.encode()));
+        // A replaced file that is open becomes an orphan in the same
+        // transaction (FORMAT.md "Orphans"); otherwise it is freed.
+        let mut victim_orphaned = false;
         if let Some(v) = victim {
             let vf = self.files.get(&v).ok_or(Error::NotFound)?;
-            entries.push((v, Record::free(vf.generation).encode()));
+            if vf.opens > 0 {
+                victim_orphaned = true;
+                entries.push((v, orphan_record(vf).encode()));
+            } else {
+                entries.push((v, Record::free(vf.generation).encode()));
+            }
         }
         #[cfg(feature = "fault-injection")]
         let journal_fence = !fault::rename_skips_journal_fence();
@@ -103,7 +201,11 @@ impl<M: PersistentMemory> Filesystem<M> {
         let journal_fence = true;
         self.commit_with(&entries, journal_fence)?;
         if let Some(v) = victim {
-            self.drop_slot(v);
+            if victim_orphaned {
+                self.make_orphan(v);
+            } else {
+                self.drop_slot(v);
+            }
         }
         self.names.remove(from);
         self.names.insert(to.to_string(), slot);
@@ -142,6 +244,8 @@ impl<M: PersistentMemory> Filesystem<M> {
             size: s.size,
             map: s.map.clone(),
             chain: Vec::new(),
+            opens: 0,
+            orphan: false,
         };
         let chain = match self.write_chain(slot, generation, &file.map) {
             Ok(c) => c,
@@ -224,6 +328,8 @@ impl<M: PersistentMemory> Filesystem<M> {
             data_blocks: self.sb.total_blocks - self.sb.data_start,
             free_blocks: self.alloc.free_blocks(),
             files: self.names.len() as u64,
+            // Every live file but an orphan has an entry in `names`.
+            orphans: (self.files.len() - self.names.len()) as u64,
             max_files: self.sb.max_files as u64,
             huge_free: self.alloc.huge_free(),
             uuid: self.sb.uuid,

@@ -203,8 +203,11 @@ pub struct StatFs {
     pub data_blocks: u64,
     /// Free data blocks.
     pub free_blocks: u64,
-    /// Files.
+    /// Files (with a name).
     pub files: u64,
+    /// Files whose name was removed while they were open: their blocks
+    /// return when the last holder closes them (FORMAT.md "Orphans").
+    pub orphans: u64,
     /// File table size.
     pub max_files: u64,
     /// Fully free 2 MiB-aligned chunks.
@@ -259,6 +262,9 @@ impl Hold {
 pub struct FsckReport {
     /// Problems; empty means clean.
     pub problems: Vec<String>,
+    /// Orphan records found (files removed while open: a valid state; a
+    /// mount reclaims them, FORMAT.md "Orphans").
+    pub orphans: u64,
 }
 
 impl FsckReport {
@@ -271,7 +277,15 @@ impl FsckReport {
 impl fmt::Display for FsckReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.problems.is_empty() {
-            return write!(f, "fsck: clean");
+            write!(f, "fsck: clean")?;
+            if self.orphans > 0 {
+                write!(
+                    f,
+                    " ({} removed file(s) still open or awaiting reclaim)",
+                    self.orphans
+                )?;
+            }
+            return Ok(());
         }
         writeln!(f, "fsck: {} problem(s)", self.problems.len())?;
         for p in &self.problems {

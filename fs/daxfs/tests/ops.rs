@@ -43,7 +43,7 @@ fn probe_format_mount_unmount() {
     assert_eq!(
         Filesystem::probe(fs.memory()),
         Probe::Daxfs {
-            version: 1,
+            version: daxfs::format::FORMAT_VERSION,
             clean: false
         }
     );
@@ -51,7 +51,7 @@ fn probe_format_mount_unmount() {
     assert_eq!(
         Filesystem::probe(&mem),
         Probe::Daxfs {
-            version: 1,
+            version: daxfs::format::FORMAT_VERSION,
             clean: true
         }
     );
@@ -414,14 +414,14 @@ fn newer_version_is_refused() {
     let mut mem = fs.unmount();
     for block in 0..2 {
         let b = &mut mem.bytes_mut()[block * 4096..];
-        b[8] = 2;
+        b[8] = 3;
     }
     let err = Filesystem::mount(mem).err().unwrap();
     assert_eq!(
         err,
         Error::UnsupportedVersion {
-            found: 2,
-            supported: 1
+            found: 3,
+            supported: 2
         }
     );
 }

@@ -149,3 +149,17 @@ fn the_scan_sees_the_records_as_they_will_be_after_replay() {
     assert!(fs.fsck().is_clean(), "{}", fs.fsck());
     assert_eq!(fs.lookup("b"), Err(Error::NotFound));
 }
+
+#[test]
+fn mount_reports_what_it_recovered() {
+    let clean = Filesystem::mount(VecMemory::from_bytes(image())).unwrap();
+    assert_eq!(clean.recovered(), daxfs::Recovered::default());
+    let mut bytes = image();
+    commit_growth_of_a(&mut bytes);
+    let fs = Filesystem::mount(VecMemory::from_bytes(bytes)).unwrap();
+    assert!(fs.recovered().journal_replayed);
+    assert!(!fs.recovered().superblock_repaired);
+    // Remounted after the replay: nothing left to recover.
+    let again = Filesystem::mount(fs.unmount()).unwrap();
+    assert_eq!(again.recovered(), daxfs::Recovered::default());
+}

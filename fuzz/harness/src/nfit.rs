@@ -5,12 +5,21 @@
 //! range.
 //!
 //! Input: byte 0 (bit 0: set the header length to the table's length and
-//! fix the ACPI checksum, so the structure walk is reached), a machine
-//! description of 64 bytes, then the table.
+//! fix the ACPI checksum, so the structure walk is reached; bit 1: the
+//! rest is QEMU's FIT instead, read through `daxbox_pmem::fit` as hot-add
+//! does), a machine description of 64 bytes, then the table.
 //!
-//! Checked: no panic; accepted ranges are 4 KiB aligned, non-empty, do not
-//! overlap each other, RAM or a forbidden region, and can be mapped.
+//! FIT mode: the bytes are QEMU's replies to the DSM page protocol, one
+//! per call, each a u16 length then that many bytes copied into the page
+//! (so length, status and data are the input's); the FIT `read_fit`
+//! returns (or the bare bytes when it refuses them) is parsed as
+//! structures.
+//!
+//! Checked: no panic; `read_fit` stays within its bounds (total size,
+//! restarts); accepted ranges are 4 KiB aligned, non-empty, do not overlap
+//! each other, RAM or a forbidden region, and can be mapped.
 
+use daxbox_pmem::fit;
 use daxbox_pmem::nfit::{self, fixture::fix_checksum};
 use daxbox_pmem::{discover, plan, Candidate, Forbidden, Machine, Region};
 
@@ -30,7 +39,31 @@ pub fn run(data: &[u8]) {
         fix_checksum(&mut table);
     }
     let mut candidates = Vec::new();
-    if let Ok(parsed) = nfit::parse(&table) {
+    if mode & 2 != 0 {
+        let mut replies = Input::new(&table);
+        let mut calls = 0usize;
+        let read = fit::read_fit(|_, page| {
+            calls += 1;
+            if replies.is_empty() {
+                return Err("out of replies");
+            }
+            let len = usize::from(replies.u16()).min(fit::PAGE);
+            let bytes = replies.bytes(len);
+            page[..bytes.len()].copy_from_slice(bytes);
+            Ok(())
+        });
+        if let Ok(bytes) = &read {
+            assert!(bytes.len() <= fit::MAX_FIT_BYTES);
+        }
+        let per_restart = fit::MAX_FIT_BYTES / (fit::PAGE - fit::REPLY_HEADER) + 2;
+        assert!(
+            calls <= (fit::MAX_RESTARTS as usize + 1) * per_restart,
+            "{calls} calls"
+        );
+        let parsed = fit::parse_fit(read.as_deref().unwrap_or(&table));
+        assert!(parsed.structures <= fit::MAX_FIT_STRUCTURES);
+        candidates.extend(Candidate::from_nfit(&parsed));
+    } else if let Ok(parsed) = nfit::parse(&table) {
         let _ = parsed.domain();
         assert!(parsed.persistent_ranges().count() <= parsed.structures);
         candidates.extend(Candidate::from_nfit(&parsed));

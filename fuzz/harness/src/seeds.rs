@@ -341,6 +341,39 @@ fn netstack_seeds() -> Vec<Seed> {
     seeds
 }
 
+/// QEMU's FIT (no table header) for NVDIMMs in `slots`, 1 GiB each from
+/// 4 GiB.
+fn fit_of(slots: &[u16]) -> Vec<u8> {
+    let mut fit = Vec::new();
+    for &slot in slots {
+        let dimm = fixture::Dimm {
+            slot,
+            base: (4 + u64::from(slot)) << 30,
+            size: 1 << 30,
+            node: 0,
+        };
+        fit.extend(fixture::spa(&dimm));
+        fit.extend(fixture::memdev(&dimm));
+        fit.extend(fixture::dcr(&dimm));
+    }
+    fit
+}
+
+/// DSM replies as the `nfit` target's FIT mode reads them (u16 length,
+/// then the page bytes: u32 length, u32 status, data), ending with the
+/// empty reply.
+fn fit_replies(replies: &[(u32, &[u8])]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for &(status, data) in replies.iter().chain([(0, &[][..])].iter()) {
+        let length = 8 + data.len();
+        v.extend_from_slice(&(length as u16).to_le_bytes());
+        v.extend_from_slice(&(length as u32).to_le_bytes());
+        v.extend_from_slice(&status.to_le_bytes());
+        v.extend_from_slice(data);
+    }
+    v
+}
+
 fn nfit_seeds() -> Vec<Seed> {
     let machine = |v: &mut Vec<u8>| {
         // e820, uefi, pmem= candidates; three RAM regions; a forbidden one.
@@ -382,6 +415,15 @@ fn nfit_seeds() -> Vec<Seed> {
             "low",
             0,
             fixture::qemu(&[dimm(0, 0x2000_0000, 0x1000_0000)], Some(1)),
+        ),
+        // QEMU's FIT through the DSM page protocol (mode bit 1): two
+        // NVDIMMs, then the empty reply that ends it.
+        ("qemu-fit", 2, fit_replies(&[(0, &fit_of(&[0, 1]))])),
+        // The FIT changes after its first page (status 0x100): read again.
+        (
+            "fit-restart",
+            2,
+            fit_replies(&[(0, &fit_of(&[0])), (0x100, &[]), (0, &fit_of(&[0, 1]))]),
         ),
     ] {
         let mut v = vec![mode];
@@ -466,6 +508,11 @@ fn bootconfig_seeds() -> Vec<Seed> {
              readonly=disk # comment\nlog=debug\ndebug_commands=off\n",
         ),
         ("dhcp", "ip=dhcp\r\npmem=0x4000000@256M\npmem=1G@4G\n\n   \n"),
+        (
+            "allow",
+            "allow=198.18.0.11 * ro nbd\nallow=10.0.0.0/8,192.168.1.0/24 \"pmem1:a b\" rw http\n\
+             allow=0.0.0.0/0 pmem2: # all\nallow=10.0.0.1/8 x\nAllow=::1 *\nallow=1.2.3.4 \"open\n",
+        ),
         ("bad", "pmem=0@1G\nip=300.1.1.1/40\nnbd_port=0\nunknown=1\nformat\n=x\nlog=loud\nhttp_bench=maybe\n\0\0"),
     ]
     .iter()

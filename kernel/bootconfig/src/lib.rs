@@ -43,6 +43,7 @@
 //! | `tls_key` | PEM block | none | The server's private key (PKCS#8, SEC1 or PKCS#1 PEM), same block format. Never printed. |
 //! | `tls_client_ca` | PEM block(s) | none | CA certificates for mutual TLS: clients must present a certificate that chains to one of them. |
 //! | `https_port` | 1-65535 | `443` | TCP port of the HTTPS server (when `tls` is not `off`). |
+//! | `allow` | `CLIENTS EXPORTS [rw\|ro] [nbd\|http\|both]` | none (every client may use every export) | Which client addresses (IPv4, comma-separated `A.B.C.D[/N]`) may use which exports (`NAME`, `pmemN:NAME`, `pmemN:`, `pmemN`, `*`, as `readonly`) over which protocol, read-write or read-only ([`allow`] has the grammar). Repeatable (at most [`allow::MAX_RULES`]); the first rule that matches decides, no match denies. A line that cannot be used fails closed: the protocol it names (both when it names none) is not served at all. |
 //! | `log` | `error` \| `warn` \| `info` \| `debug` \| `trace` | `info` | Console log level. |
 //! | `debug_commands` | `on` \| `off` | `off` | Enable shell commands meant for tests only (`debug panic`, `debug fault`: deliberate crashes). |
 //!
@@ -55,15 +56,20 @@
 //! too long, not UTF-8 or with a NUL byte, or a key spelled `ReadOnly` or
 //! `read_only`) becomes a rule that makes every export read-only (or every
 //! export of the device it names), carrying the reason
-//! ([`ReadOnlyRule::failed`]).
+//! ([`ReadOnlyRule::failed`]). An `allow` line that cannot be used (also
+//! one dropped as unreadable, a misspelt `Allow=`, or a rule beyond
+//! [`allow::MAX_RULES`]) shuts the protocol it names, or both
+//! ([`AllowList::failed`]): the kernel opens no listener for it.
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 
 extern crate alloc;
 
+pub mod allow;
 pub mod readonly;
 pub mod tls;
 
+pub use allow::{AllowList, AllowRule, Cidr, Mode as AllowMode, Protocol};
 pub use readonly::{ReadOnlyRule, ReadOnlyTarget, MAX_FILE_NAME};
 pub use tls::{Secret, TlsMode, TlsSettings};
 
@@ -182,6 +188,8 @@ pub struct BootConfig {
     /// `readonly=` rules in file order, including the ones standing in
     /// for lines that could not be used (failing closed).
     pub readonly: Vec<ReadOnlyRule>,
+    /// `allow=` rules, and the lines that could not be used ([`allow`]).
+    pub allow: AllowList,
     /// `log=`.
     pub log: LogLevel,
     /// `debug_commands=`.
@@ -208,6 +216,7 @@ impl Default for BootConfig {
             http_max_per_address: DEFAULT_HTTP_MAX_PER_ADDRESS,
             export_raw: Vec::new(),
             readonly: Vec::new(),
+            allow: AllowList::default(),
             log: LogLevel::Info,
             debug_commands: false,
             tls: TlsSettings::default(),
@@ -454,6 +463,9 @@ impl Parser {
             if readonly::mentions_readonly(raw) {
                 return self.readonly_failed(number, what);
             }
+            if allow::mentions_allow(raw) {
+                return self.allow_failed(number, allow::Protocols::BOTH, what);
+            }
             return self.warnings.push(number, kind);
         }
         let Ok(text) = core::str::from_utf8(raw) else {
@@ -468,6 +480,9 @@ impl Parser {
             if key.trim() == "readonly" {
                 return self.readonly_line(number, rest);
             }
+            if key.trim() == "allow" {
+                return self.allow_line(number, rest);
+            }
         }
         // A trailing comment needs whitespace before the '#', so values
         // can never contain " #" but keys and values never need to.
@@ -479,6 +494,10 @@ impl Parser {
             if readonly::mentions_readonly(text.as_bytes()) {
                 let what = alloc::format!("'{}' has no '='", printable(text));
                 return self.readonly_failed(number, what);
+            }
+            if allow::mentions_allow(text.as_bytes()) {
+                let what = alloc::format!("'{}' has no '='", printable(text));
+                return self.allow_failed(number, allow::Protocols::BOTH, what);
             }
             self.warnings.push(
                 number,
@@ -716,6 +735,10 @@ impl Parser {
                 let what = alloc::format!("unknown key '{}' (the key is readonly)", printable(key));
                 self.readonly_failed(line, what)
             }
+            _ if allow::mentions_allow(key.as_bytes()) => {
+                let what = alloc::format!("unknown key '{}' (the key is allow)", printable(key));
+                self.allow_failed(line, allow::Protocols::BOTH, what)
+            }
             _ => self.warnings.push(
                 line,
                 WarningKind::UnknownKey {
@@ -771,6 +794,51 @@ impl Parser {
         );
         let reason = alloc::format!("bootconfig line {line}: {what}");
         self.push_readonly(line, ReadOnlyRule::fail_all(reason));
+    }
+
+    /// An `allow=` line; `rest` is everything after the `=`.
+    fn allow_line(&mut self, line: usize, rest: &str) {
+        if self.config.allow.rules.len() >= allow::MAX_RULES {
+            let what = alloc::format!("more than {} allow rules", allow::MAX_RULES);
+            if !self
+                .config
+                .allow
+                .failed
+                .iter()
+                .any(|(_, w)| w.ends_with(&what))
+            {
+                self.allow_failed(line, allow::Protocols::BOTH, what);
+            }
+            return;
+        }
+        match AllowRule::parse(rest, line) {
+            Ok(rule) => self.config.allow.rules.push(rule),
+            Err(error) => {
+                let what = alloc::format!("allow: {}", error.reason);
+                self.allow_failed(line, error.protocols, what);
+            }
+        }
+    }
+
+    /// An `allow` line that cannot be used (`what`): the protocols it was
+    /// for are not served.
+    fn allow_failed(&mut self, line: usize, protocols: allow::Protocols, what: String) {
+        let applied = match (protocols.nbd, protocols.http) {
+            (true, false) => "nbd not served",
+            (false, true) => "http not served",
+            _ => "nbd and http not served",
+        };
+        let reason = what.strip_prefix("allow: ").unwrap_or(&what).to_string();
+        self.warnings.push(
+            line,
+            WarningKind::FailedClosed {
+                key: "allow",
+                reason,
+                applied,
+            },
+        );
+        let why = alloc::format!("bootconfig line {line}: {what}");
+        self.config.allow.failed.push((protocols, why));
     }
 
     /// Adds a rule; beyond [`MAX_NAMES`] rules, one more that makes every

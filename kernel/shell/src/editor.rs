@@ -131,6 +131,19 @@ impl LineEditor {
         self.history.iter().map(String::as_str)
     }
 
+    /// Writes the line typed so far again (other output interrupted it),
+    /// leaving the terminal's cursor where the editor's is.
+    pub fn redraw(&self, out: &mut dyn Terminal) {
+        out.write_bytes(&self.line);
+        let behind = self
+            .line
+            .get(self.cursor..)
+            .map_or(0, |rest| String::from_utf8_lossy(rest).chars().count());
+        if behind > 0 {
+            out.write_text(&alloc::format!("\x1b[{behind}D"));
+        }
+    }
+
     /// Feeds one input byte; writes the echo to `out`.
     pub fn feed(&mut self, byte: u8, out: &mut dyn Terminal) -> Event {
         let after_cr = core::mem::replace(&mut self.last_was_cr, byte == b'\r');

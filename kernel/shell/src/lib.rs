@@ -74,6 +74,14 @@ impl<C: 'static> Shell<C> {
         terminal.write_text(PROMPT);
     }
 
+    /// Writes the prompt and the line typed so far on a new line, after
+    /// output that did not come from a command (an event the kernel
+    /// reported by itself) left the console without a prompt.
+    pub fn redraw(&self, terminal: &mut dyn Terminal) {
+        self.prompt(terminal);
+        self.editor.redraw(terminal);
+    }
+
     /// Handles one input byte: echo, editing, and at the end of a line the
     /// command and a new prompt.
     pub fn feed(&mut self, byte: u8, terminal: &mut dyn Terminal) {
@@ -237,6 +245,22 @@ mod tests {
             shell.feed(byte, &mut screen);
         }
         screen.text()
+    }
+
+    #[test]
+    fn redraw_gives_back_the_prompt_and_the_line_so_far() {
+        let mut shell = Shell::new(0u32, &TABLES);
+        type_into(&mut shell, b"add 2");
+        let mut screen = Screen::default();
+        shell.redraw(&mut screen);
+        assert_eq!(screen.text(), "daxbox> add 2");
+        // The cursor moved left stays there.
+        type_into(&mut shell, b"\x1b[D\x1b[D");
+        let mut screen = Screen::default();
+        shell.redraw(&mut screen);
+        assert_eq!(screen.text(), "daxbox> add 2\x1b[2D");
+        assert_eq!(type_into(&mut shell, b"\r"), "\x1b[2C\ndaxbox> ");
+        assert_eq!(shell.context, 2);
     }
 
     #[test]

@@ -9,18 +9,13 @@ use alloc::vec::Vec;
 use daxbox_pmem::block::{read_bytes, write_bytes, BlockDevice};
 use daxbox_syntax::human;
 
-use super::{taken_by, with_device, DEVICES, FLUSH, NFIT_RAW, REFUSALS, TAKEN};
+use super::{taken_by, with_device, DEVICES, FLUSH, NFIT_RAW, OFFLINE, REFUSALS, TAKEN};
 use crate::command::{Command, Context};
 use crate::{acpi, println, time};
 
-/// Shell commands of this module.
+/// Shell commands of this module (`pmem` itself is `crate::hotplug`'s,
+/// which lists with [`list`] and measures with [`bench`]).
 pub const COMMANDS: &[Command] = &[
-    Command {
-        name: "pmem",
-        usage: "[bench DEVICE]",
-        help: "list pmem ranges and devices; `bench` measures bandwidth",
-        run: pmem_command,
-    },
     Command {
         name: "blk",
         usage: "read DEV OFF LEN | write DEV OFF TEXT|--pattern BYTE LEN | flush DEV",
@@ -35,17 +30,6 @@ pub const COMMANDS: &[Command] = &[
     },
 ];
 
-fn pmem_command(_: &mut Context, args: &[&str]) -> Result<(), String> {
-    match args {
-        [] => {
-            list();
-            Ok(())
-        }
-        ["bench", device] => bench(device),
-        _ => Err("usage: pmem [bench DEVICE]".to_string()),
-    }
-}
-
 /// Why `name` cannot be used by `blk`/`pmem bench`.
 fn unavailable(name: &str) -> String {
     match taken_by(name) {
@@ -57,11 +41,12 @@ fn unavailable(name: &str) -> String {
     }
 }
 
-fn list() {
+/// `pmem`: every device, available, in use or offline.
+pub fn list() {
     let devices = DEVICES.lock();
     let taken = TAKEN.lock();
     // Devices the storage layer took are still devices: listed below.
-    if devices.is_empty() && taken.is_empty() {
+    if devices.is_empty() && taken.is_empty() && OFFLINE.lock().is_empty() {
         println!("no pmem devices");
     }
     for d in devices.iter() {
@@ -107,6 +92,17 @@ fn list() {
             stats.total - stats.free,
             stats.total,
             d.owner
+        );
+    }
+    for d in OFFLINE.lock().iter() {
+        println!(
+            "{}  {:<10} {:#x}-{:#x} {:>9}  offline (`pmem online {}` brings it back)",
+            d.block.name(),
+            d.range.source,
+            d.range.start,
+            d.range.end() - 1,
+            human(d.range.len),
+            d.block.name()
         );
     }
     for refusal in REFUSALS.lock().iter() {
@@ -243,7 +239,8 @@ fn page_aligned(buf: &mut [u8], len: u64) -> &mut [u8] {
     &mut buf[skip..skip + len as usize]
 }
 
-fn bench(name: &str) -> Result<(), String> {
+/// `pmem bench DEVICE`.
+pub fn bench(name: &str) -> Result<(), String> {
     const WINDOW: u64 = 16 << 20;
     const TOTAL: u64 = 64 << 20;
     const SMALL: u64 = 4096;

@@ -67,6 +67,19 @@ struct TakenDevice {
 
 static TAKEN: Mutex<Vec<TakenDevice>> = Mutex::new(Vec::new());
 
+/// Devices taken out of service with `pmem offline`: mapped, their frames
+/// free, but neither available to the storage layer nor to `blk`.
+static OFFLINE: Mutex<Vec<Device>> = Mutex::new(Vec::new());
+
+/// What discovery checked boot-time ranges against, kept for ranges that
+/// appear later (NVDIMM hot-add).
+struct BootMachine {
+    usable: Vec<Region>,
+    forbidden: Vec<Forbidden>,
+}
+
+static MACHINE: Mutex<Option<BootMachine>> = Mutex::new(None);
+
 /// The physical ranges of every pmem device, in use or not (for `mem
 /// stress` and any check that storage stays out of volatile memory).
 pub fn storage_ranges() -> Vec<PhysRange> {
@@ -82,7 +95,168 @@ pub fn storage_ranges() -> Vec<PhysRange> {
         start: d.range.start,
         end: d.range.end(),
     }));
+    ranges.extend(OFFLINE.lock().iter().map(|d| PhysRange {
+        start: d.range.start,
+        end: d.range.end(),
+    }));
     ranges
+}
+
+/// Every device's name and range, whatever its state (available, in use,
+/// offline).
+fn all_devices() -> Vec<(String, u64, u64)> {
+    let mut all: Vec<(String, u64, u64)> = DEVICES
+        .lock()
+        .iter()
+        .map(|d| (d.block.name().to_string(), d.range.start, d.range.len))
+        .collect();
+    all.extend(
+        TAKEN
+            .lock()
+            .iter()
+            .map(|d| (d.name.clone(), d.range.start, d.range.len)),
+    );
+    all.extend(
+        OFFLINE
+            .lock()
+            .iter()
+            .map(|d| (d.block.name().to_string(), d.range.start, d.range.len)),
+    );
+    all
+}
+
+/// Whether device `name` is offline (`pmem offline`).
+pub fn is_offline(name: &str) -> bool {
+    OFFLINE.lock().iter().any(|d| d.block.name() == name)
+}
+
+/// Takes available device `name` out of service: it leaves the list the
+/// storage layer and `blk` see. Its frames must all be free (the storage
+/// layer gave it back first).
+pub fn set_offline(name: &str) -> Result<(), String> {
+    if is_offline(name) {
+        return Err(format!("{} is already offline", name));
+    }
+    if let Some(owner) = taken_by(name) {
+        return Err(format!("{} is in use by the {}", name, owner));
+    }
+    let mut devices = DEVICES.lock();
+    let index = devices
+        .iter()
+        .position(|d| d.block.name() == name)
+        .ok_or_else(|| format!("no device '{}' (see `pmem`)", name))?;
+    let stats = devices[index].frames.stats();
+    if stats.free != stats.total {
+        return Err(format!(
+            "{}: {} of {} frames still held",
+            name,
+            stats.total - stats.free,
+            stats.total
+        ));
+    }
+    let device = devices.remove(index);
+    drop(devices);
+    OFFLINE.lock().push(device);
+    Ok(())
+}
+
+/// Brings offline device `name` back (available again; the caller then
+/// applies the boot policy to it).
+pub fn set_online(name: &str) -> Result<(), String> {
+    let mut offline = OFFLINE.lock();
+    let index = offline
+        .iter()
+        .position(|d| d.block.name() == name)
+        .ok_or_else(|| match all_devices().iter().any(|(n, _, _)| n == name) {
+            true => format!("{} is not offline", name),
+            false => format!("no device '{}' (see `pmem`)", name),
+        })?;
+    let device = offline.remove(index);
+    drop(offline);
+    let mut devices = DEVICES.lock();
+    devices.push(device);
+    devices.sort_by_key(|d| daxbox_syntax::device_index(d.block.name()).unwrap_or(u16::MAX));
+    Ok(())
+}
+
+/// The name the next device gets: one above the highest `pmemN` there is.
+fn next_name() -> String {
+    let next = all_devices()
+        .iter()
+        .filter_map(|(name, _, _)| daxbox_syntax::device_index(name))
+        .map(|index| index + 1)
+        .max()
+        .unwrap_or(0);
+    daxbox_syntax::device_name(next)
+}
+
+/// Ranges reported after boot (the FIT of a hot-added NVDIMM): those not
+/// already devices are checked like boot-time ones (discovery against the
+/// boot machine's RAM and forbidden regions, plus every existing device),
+/// mapped and registered as the next `pmemN`. Returns the new devices'
+/// names and the messages (accepted and refused ranges) for the console.
+pub fn add_ranges(candidates: &[Candidate]) -> (Vec<String>, Vec<String>) {
+    let mut messages = Vec::new();
+    let known = all_devices();
+    let new: Vec<Candidate> = candidates
+        .iter()
+        .filter(|c| {
+            !known
+                .iter()
+                .any(|(_, start, len)| *start == c.start && *len == c.len)
+        })
+        .cloned()
+        .collect();
+    if new.is_empty() {
+        return (Vec::new(), messages);
+    }
+    let machine = MACHINE.lock();
+    let Some(boot) = machine.as_ref() else {
+        messages.push("pmem: not initialised; ranges ignored".to_string());
+        return (Vec::new(), messages);
+    };
+    let mut forbidden = boot.forbidden.clone();
+    forbidden.extend(known.iter().map(|&(_, start, len)| Forbidden {
+        start,
+        len,
+        what: "an existing pmem device",
+    }));
+    let found = discovery::discover(
+        &new,
+        &Machine {
+            usable_ram: &boot.usable,
+            forbidden: &forbidden,
+            max_physical_address: platform_pmem::max_physical_address(),
+        },
+    );
+    drop(machine);
+    for note in &found.notes {
+        messages.push(note.to_string());
+    }
+    let mut refusals: Vec<String> = found.refused.iter().map(|r| r.to_string()).collect();
+    let flush = *FLUSH.call_once(platform_pmem::detect_flush);
+    let mut added = Vec::new();
+    for range in found.accepted {
+        let name = next_name();
+        match map_device(&name, range, flush) {
+            Ok((device, line)) => {
+                messages.push(line);
+                DEVICES.lock().push(device);
+                added.push(name);
+            }
+            Err(refusal) => refusals.push(refusal),
+        }
+    }
+    messages.extend(refusals.iter().cloned());
+    // A refused range is in the FIT at every later rescan: `pmem` lists it
+    // once.
+    let mut known_refusals = REFUSALS.lock();
+    for refusal in refusals {
+        if !known_refusals.contains(&refusal) {
+            known_refusals.push(refusal);
+        }
+    }
+    (added, messages)
 }
 
 /// Names of the devices still available here (not handed to the storage
@@ -311,6 +485,10 @@ pub fn init(facts: &BootFacts<'_>) {
     );
 
     let found = discovery::discover(&candidates, &machine);
+    *MACHINE.lock() = Some(BootMachine {
+        usable: usable.clone(),
+        forbidden: forbidden.clone(),
+    });
     let mut refusals: Vec<String> = found.refused.iter().map(|r| r.to_string()).collect();
     for note in &found.notes {
         println!("{}", note);
@@ -343,75 +521,13 @@ pub fn init(facts: &BootFacts<'_>) {
     let mut devices = DEVICES.lock();
     for range in ranges {
         let name = format!("pmem{}", devices.len());
-        let plan = match mapping::plan(range.start, range.len) {
-            Ok(plan) => plan,
-            Err(error) => {
-                refusals.push(format!("pmem: refusing {}: {}", range.origin, error));
-                continue;
+        match map_device(&name, range, flush) {
+            Ok((device, line)) => {
+                println!("{}", line);
+                devices.push(device);
             }
-        };
-        let cache_persistent = range.persistence.cache_is_persistent();
-        let region_flush = if cache_persistent {
-            FlushInstruction::None
-        } else {
-            flush
-        };
-        let physical = PhysRange {
-            start: range.start,
-            end: range.end(),
-        };
-        let mapped = platform_pmem::map(physical, region_flush, cache_persistent);
-        let (region, pages) = match mapped {
-            Ok(mapped) => mapped,
-            Err(error) => {
-                refusals.push(format!(
-                    "pmem: refusing {} ({:#x}-{:#x}): cannot map: {}",
-                    range.origin,
-                    range.start,
-                    range.end() - 1,
-                    error
-                ));
-                continue;
-            }
-        };
-        let frames = match FrameTable::new(range.start, range.len) {
-            Ok(frames) => frames,
-            Err(error) => {
-                refusals.push(format!("pmem: refusing {}: {}", range.origin, error));
-                continue;
-            }
-        };
-        // `readonly=pmemN` also keeps `blk write` off the device.
-        let readonly = config::get().readonly.iter().any(|rule| {
-            matches!(&rule.target, ReadOnlyTarget::Device { device, files: false } if *device == name)
-        });
-        let mut block = PmemBlockDevice::new(name.clone(), region, 4096);
-        block.set_read_only(readonly);
-        println!(
-            "pmem: {} {} {:#x}-{:#x} ({}), persistence {}, mapped {} x 2 MiB + {} x 4 KiB pages{}",
-            name,
-            range.source,
-            range.start,
-            range.end() - 1,
-            human(range.len),
-            range.persistence,
-            pages.huge,
-            pages.small,
-            if readonly { ", read-only" } else { "" }
-        );
-        if (pages.huge, pages.small) != (plan.pages_2m, plan.pages_4k) {
-            println!(
-                "pmem: {} note: planned {} x 2 MiB + {} x 4 KiB (existing page tables changed the split)",
-                name, plan.pages_2m, plan.pages_4k
-            );
+            Err(refusal) => refusals.push(refusal),
         }
-        devices.push(Device {
-            range,
-            plan,
-            pages,
-            block,
-            frames,
-        });
     }
     for refusal in &refusals {
         println!("{}", refusal);
@@ -422,6 +538,78 @@ pub fn init(facts: &BootFacts<'_>) {
         refusals.len()
     );
     *REFUSALS.lock() = refusals;
+}
+
+/// Maps an accepted range and makes it device `name`: the 2 MiB mapping
+/// plan, the identity map (through `platform_pmem::map`, which claims the
+/// range as storage first), the page-frame table and the block device
+/// (read-only when `readonly=NAME` says so). Returns the device and the
+/// console line, or the refusal.
+fn map_device(
+    name: &str,
+    range: discovery::PmemRange,
+    flush: FlushInstruction,
+) -> Result<(Device, String), String> {
+    let plan = mapping::plan(range.start, range.len)
+        .map_err(|error| format!("pmem: refusing {}: {}", range.origin, error))?;
+    let cache_persistent = range.persistence.cache_is_persistent();
+    let region_flush = if cache_persistent {
+        FlushInstruction::None
+    } else {
+        flush
+    };
+    let physical = PhysRange {
+        start: range.start,
+        end: range.end(),
+    };
+    // The frame table first: it only allocates, so a failure leaves the
+    // range unclaimed.
+    let frames = FrameTable::new(range.start, range.len)
+        .map_err(|error| format!("pmem: refusing {}: {}", range.origin, error))?;
+    let (region, pages) =
+        platform_pmem::map(physical, region_flush, cache_persistent).map_err(|error| {
+            format!(
+                "pmem: refusing {} ({:#x}-{:#x}): cannot map: {}",
+                range.origin,
+                range.start,
+                range.end() - 1,
+                error
+            )
+        })?;
+    // `readonly=pmemN` also keeps `blk write` off the device.
+    let readonly = config::get().readonly.iter().any(|rule| {
+        matches!(&rule.target, ReadOnlyTarget::Device { device, files: false } if *device == name)
+    });
+    let mut block = PmemBlockDevice::new(name.to_string(), region, 4096);
+    block.set_read_only(readonly);
+    let mut line = format!(
+        "pmem: {} {} {:#x}-{:#x} ({}), persistence {}, mapped {} x 2 MiB + {} x 4 KiB pages{}",
+        name,
+        range.source,
+        range.start,
+        range.end() - 1,
+        human(range.len),
+        range.persistence,
+        pages.huge,
+        pages.small,
+        if readonly { ", read-only" } else { "" }
+    );
+    if (pages.huge, pages.small) != (plan.pages_2m, plan.pages_4k) {
+        line.push_str(&format!(
+            "\npmem: {} note: planned {} x 2 MiB + {} x 4 KiB (existing page tables changed the split)",
+            name, plan.pages_2m, plan.pages_4k
+        ));
+    }
+    Ok((
+        Device {
+            range,
+            plan,
+            pages,
+            block,
+            frames,
+        },
+        line,
+    ))
 }
 
 pub mod commands;

@@ -105,6 +105,11 @@ pub enum BackendError {
     Invalid,
     /// The operation cannot be done as asked, e.g. a fast zero (`ENOTSUP`).
     NotSupported,
+    /// The server's policy does not let this client use the export (an
+    /// allow-list): `NBD_REP_ERR_POLICY` to `NBD_OPT_INFO`/`GO` and the
+    /// meta-context options, a close for `NBD_OPT_EXPORT_NAME`, `EPERM`
+    /// to a request.
+    Denied,
 }
 
 impl BackendError {
@@ -114,7 +119,7 @@ impl BackendError {
             BackendError::NoSuchExport | BackendError::Invalid => wire::EINVAL,
             BackendError::Io => wire::EIO,
             BackendError::NoSpace => wire::ENOSPC,
-            BackendError::ReadOnly => wire::EPERM,
+            BackendError::ReadOnly | BackendError::Denied => wire::EPERM,
             BackendError::NotSupported => wire::ENOTSUP,
         }
     }
@@ -129,6 +134,7 @@ impl fmt::Display for BackendError {
             BackendError::ReadOnly => "export is read-only",
             BackendError::Invalid => "invalid request",
             BackendError::NotSupported => "operation not supported",
+            BackendError::Denied => "access denied by the server's allow-list",
         })
     }
 }
@@ -165,6 +171,12 @@ pub fn step_piece(offset: u64, len: u64, budget: u64) -> u64 {
 /// before calling, but implementations still return errors rather than
 /// panic on bad input. The trait is object-safe.
 pub trait Backend {
+    /// A monotonic clock in microseconds, for request latencies
+    /// ([`crate::metrics`]); the default (no clock) records every latency
+    /// as 0.
+    fn now_us(&self) -> u64 {
+        0
+    }
     /// Number of exports `NBD_OPT_LIST` may show.
     fn export_count(&self) -> usize;
     /// Name of the `index`th export for `NBD_OPT_LIST`, `None` past the end.

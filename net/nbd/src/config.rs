@@ -102,6 +102,9 @@ pub struct ConnectionStats {
     pub read_bytes: u64,
     /// Payload bytes written to exports.
     pub write_bytes: u64,
+    /// Write-type requests refused because the export is read-only
+    /// (`EPERM`): for the refusal counts by client address.
+    pub read_only_writes: u64,
 }
 
 impl ConnectionStats {
@@ -113,5 +116,6 @@ impl ConnectionStats {
         self.errors = self.errors.saturating_add(other.errors);
         self.read_bytes = self.read_bytes.saturating_add(other.read_bytes);
         self.write_bytes = self.write_bytes.saturating_add(other.write_bytes);
+        self.read_only_writes = self.read_only_writes.saturating_add(other.read_only_writes);
     }
 }

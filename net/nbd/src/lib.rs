@@ -27,6 +27,8 @@
 //!   / [`wire::Command`], [`wire::ReplyHeader`] / [`wire::Reply`]);
 //! - `backend`: the [`Backend`] trait the engine serves exports through;
 //! - `config`: [`ServerConfig`] (policy and limits) and [`ConnectionStats`];
+//! - [`metrics`]: per-operation request counters and latency histograms
+//!   ([`metrics::OpStats`]);
 //! - `server`: [`Server`] (accept, retire, totals).
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
@@ -36,6 +38,7 @@ extern crate alloc;
 mod backend;
 mod config;
 mod connection;
+pub mod metrics;
 mod server;
 pub mod wire;
 

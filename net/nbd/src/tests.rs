@@ -6,6 +6,7 @@ use alloc::vec::Vec;
 
 use proptest::prelude::*;
 
+use crate::metrics::Op;
 use crate::wire::*;
 use crate::*;
 
@@ -24,6 +25,14 @@ struct Mem {
     /// Exports that became read-only after the handshake
     /// ([`Backend::check_write`]).
     read_only_now: Vec<u64>,
+    /// The clock of `now_us`: each reading is 100 µs after the last.
+    clock: core::cell::Cell<u64>,
+    /// Names this client may not open ([`BackendError::Denied`]).
+    denied: Vec<String>,
+    /// `list_exports` calls so far, and whether a page lists no name
+    /// (every name examined is refused to this client).
+    list_calls: usize,
+    hide_listing: bool,
 }
 
 impl Mem {
@@ -56,6 +65,10 @@ impl Mem {
             holes: false,
             extra_names: 0,
             read_only_now: Vec::new(),
+            clock: core::cell::Cell::new(0),
+            denied: Vec::new(),
+            list_calls: 0,
+            hide_listing: false,
         }
     }
     fn data(&self) -> &[u8] {
@@ -67,6 +80,10 @@ impl Mem {
 }
 
 impl Backend for Mem {
+    fn now_us(&self) -> u64 {
+        self.clock.set(self.clock.get() + 100);
+        self.clock.get()
+    }
     fn export_count(&self) -> usize {
         self.exports.len() + self.extra_names
     }
@@ -79,8 +96,28 @@ impl Backend for Mem {
             None => None,
         }
     }
+    fn list_exports(&mut self, cursor: &mut ListCursor, max: usize, out: &mut Vec<String>) -> bool {
+        self.list_calls += 1;
+        // The default paging, with every name hidden when asked: a page
+        // that examined `max` names and kept none.
+        let count = self.export_count();
+        let mut taken = 0;
+        while taken < max && cursor.part < count {
+            if !self.hide_listing {
+                if let Some(name) = self.export_name(cursor.part) {
+                    out.push(name);
+                }
+            }
+            cursor.part += 1;
+            taken += 1;
+        }
+        cursor.part < count
+    }
     fn open(&mut self, name: &str) -> Result<ExportHandle, BackendError> {
         let name = if name.is_empty() { "disk" } else { name };
+        if self.denied.iter().any(|d| d == name) {
+            return Err(BackendError::Denied);
+        }
         self.exports
             .iter()
             .position(|e| e.0.name == name)
@@ -846,6 +883,37 @@ fn write_read_round_trip_simple() {
 }
 
 #[test]
+fn answered_requests_are_counted_per_operation_with_latency() {
+    let mut c = Client::new();
+    c.go(false, false, false);
+    assert_eq!(c.conn.take_op_stats(), None);
+    let data = pattern(10_000, 3);
+    let mut bytes = request(0, CMD_WRITE, 7, 4000, data.len() as u32);
+    bytes.extend_from_slice(&data);
+    c.send(&bytes);
+    assert_eq!(c.simple(), (0, 7));
+    c.send(&request(0, CMD_READ, 8, 4000, 10_000));
+    assert_eq!(c.simple(), (0, 8));
+    assert_eq!(c.take(10_000), data);
+    c.send(&request(0, CMD_READ, 9, SIZE - 512, 1024));
+    assert_eq!(c.simple(), (EINVAL, 9));
+    c.send(&request(0, CMD_FLUSH, 10, 0, 0));
+    assert_eq!(c.simple(), (0, 10));
+    let stats = c.conn.take_op_stats().expect("requests were answered");
+    let read = stats.ops[Op::Read.index()];
+    assert_eq!((read.requests, read.errors, read.bytes), (2, 1, 10_000));
+    let write = stats.ops[Op::Write.index()];
+    assert_eq!((write.requests, write.errors, write.bytes), (1, 0, 10_000));
+    assert_eq!(stats.ops[Op::Flush.index()].requests, 1);
+    assert_eq!(stats.ops[Op::Trim.index()].requests, 0);
+    // One clock reading at the header, one when the reply is out.
+    assert_eq!(stats.latency[Op::Read.index()].count, 2);
+    assert!(stats.latency[Op::Write.index()].sum_us >= 100);
+    // Taken: counting starts again.
+    assert_eq!(c.conn.take_op_stats(), None);
+}
+
+#[test]
 fn write_payload_streams_in_small_pieces() {
     let mut c = Client::new();
     c.go(false, false, false);
@@ -960,6 +1028,86 @@ fn errors_follow_the_spec_and_the_connection_goes_on() {
     assert_eq!(c.simple(), (0, 22));
     c.take(16);
     assert_eq!(c.conn.stats().errors, cases.len() as u64 + 2);
+}
+
+/// An export the backend's policy refuses to this client: INFO, GO and
+/// the meta-context options get `NBD_REP_ERR_POLICY` with the reason and
+/// negotiation goes on; EXPORT_NAME (no error reply) closes.
+#[test]
+fn a_denied_export_is_refused_with_policy() {
+    let mut c = Client::new();
+    c.mem.denied.push("disk".into());
+    c.flags(FLAG_C_FIXED_NEWSTYLE);
+    for opt in [OPT_INFO, OPT_GO] {
+        c.send(&option(opt, &go_data("disk", &[])));
+        let (o, kind, data) = c.option_reply();
+        assert_eq!((o, kind), (opt, REP_ERR_POLICY));
+        assert_eq!(data, b"access denied by the server's allow-list");
+    }
+    c.send(&option(OPT_STRUCTURED_REPLY, &[]));
+    assert_eq!(c.option_reply().1, REP_ACK);
+    c.send(&option(OPT_LIST_META_CONTEXT, &meta_data("disk", &[])));
+    assert_eq!(c.option_reply().1, REP_ERR_POLICY);
+    // Another export is served.
+    c.send(&option(OPT_GO, &go_data("ro", &[])));
+    while c.option_reply().1 != REP_ACK {}
+    assert_eq!(c.conn.export_name(), Some("ro"));
+
+    let mut c = Client::new();
+    c.mem.denied.push("disk".into());
+    c.flags(FLAG_C_FIXED_NEWSTYLE);
+    c.send(&option(OPT_EXPORT_NAME, b"disk"));
+    assert!(c.conn.wants_close());
+}
+
+/// A listing where the backend keeps none of the names it examines (a
+/// client allowed nothing among 20,000 exports): each call of the engine
+/// asks for a bounded number of pages, the rest is done by `step` (the
+/// event loop's bounded work), and the listing ends with the ACK.
+#[test]
+fn a_filtered_listing_is_bounded_per_call() {
+    let mut c = Client::new();
+    c.mem.extra_names = 20_000;
+    c.mem.hide_listing = true;
+    c.flags(FLAG_C_FIXED_NEWSTYLE);
+    let input = option(OPT_LIST, &[]);
+    assert_eq!(c.conn.receive(&input, &mut c.mem, 0), input.len());
+    assert!(
+        c.mem.list_calls <= 16,
+        "{} pages examined in one call",
+        c.mem.list_calls
+    );
+    assert!(c.conn.has_work(), "the listing goes on in steps");
+    let (opt, kind, _) = c.option_reply();
+    assert_eq!((opt, kind), (OPT_LIST, REP_ACK));
+    assert!(!c.conn.has_work());
+    assert!(c.mem.list_calls >= 20_002 / 64);
+}
+
+/// Writes refused because the export is read-only are counted
+/// (`ConnectionStats::read_only_writes`), whether the handshake said so or
+/// the backend says so later.
+#[test]
+fn read_only_refusals_are_counted() {
+    let mut c = Client::new();
+    c.flags(FLAG_C_FIXED_NEWSTYLE);
+    c.send(&option(OPT_EXPORT_NAME, b"ro"));
+    c.take(8 + 2 + 124);
+    let mut w = request(0, CMD_WRITE, 1, 0, 4);
+    w.extend_from_slice(b"abcd");
+    c.send(&w);
+    assert_eq!(c.simple(), (EPERM, 1));
+    c.send(&request(0, CMD_TRIM, 2, 0, 4));
+    assert_eq!(c.simple(), (EPERM, 2));
+    assert_eq!(c.conn.stats().read_only_writes, 2);
+    let mut c = Client::new();
+    c.mem.read_only_now.push(0);
+    c.flags(FLAG_C_FIXED_NEWSTYLE);
+    c.send(&option(OPT_EXPORT_NAME, b"disk"));
+    c.take(8 + 2 + 124);
+    c.send(&request(0, CMD_WRITE_ZEROES, 3, 0, 4));
+    assert_eq!(c.simple(), (EPERM, 3));
+    assert_eq!(c.conn.stats().read_only_writes, 1);
 }
 
 #[test]

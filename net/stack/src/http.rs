@@ -12,6 +12,13 @@
 //!   is closed.
 //! - anything else → the [`HttpRoutes`] extension, then `404`.
 //!
+//! A [`Gate`] ([`HttpService::set_gate`], the boot config's `allow=`
+//! rules) decides by client address: a client it refuses gets `403
+//! Forbidden` with a short body on every route except `/healthz`, which
+//! stays open to everyone so that load balancers and monitors can probe the
+//! appliance (it says only that the server is up, its version and
+//! uptime). Without a gate every client is served.
+//!
 //! The two `/bench/*` routes exist only when the service is made with
 //! [`Bench::On`] (the boot config's `http_bench=on`; off by default): with
 //! [`Bench::Off`] they are ordinary unknown paths (`404`).
@@ -38,8 +45,10 @@
 //! ([`TcpService::refuse`]).
 
 use crate::{Refusal, TcpService};
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::vec::Vec;
+use core::net::IpAddr;
 
 /// Largest request head (request line + headers) accepted.
 pub const MAX_HEAD: usize = 8192;
@@ -100,6 +109,11 @@ pub struct Response {
 pub trait HttpRoutes {
     /// Returns a response, or `None` for 404.
     fn route(&mut self, request: &Request<'_>, now_ms: u64) -> Option<Response>;
+
+    /// Called with the service's own counters just before
+    /// [`route`](Self::route), for routes that report them (metrics). The
+    /// default ignores them.
+    fn observe_stats(&mut self, _stats: &HttpStats) {}
 }
 
 /// No extra routes.
@@ -111,6 +125,10 @@ impl HttpRoutes for NoRoutes {
         None
     }
 }
+
+/// Decides by client address whether it may use anything but `/healthz`
+/// (`None`: the transport did not tell the address).
+pub type Gate = Box<dyn FnMut(Option<IpAddr>) -> bool + Send>;
 
 /// Whether the `/bench/bytes` and `/bench/sink` routes exist.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -133,6 +151,26 @@ pub struct HttpStats {
     pub bytes_streamed: u64,
     /// Body bytes discarded (by `/bench/sink` and others).
     pub bytes_sunk: u64,
+    /// Requests answered `403` because the gate refused the client.
+    pub forbidden: u64,
+    /// Requests answered by status class: `[1xx, 2xx, 3xx, 4xx, 5xx]`
+    /// (`408` and `503` answers included).
+    pub by_class: [u64; 5],
+}
+
+impl HttpStats {
+    fn count(&mut self, status: u16) {
+        self.requests += 1;
+        if status >= 400 {
+            self.errors += 1;
+        }
+        if let Some(class) = self
+            .by_class
+            .get_mut(usize::from(status / 100).wrapping_sub(1))
+        {
+            *class += 1;
+        }
+    }
 }
 
 /// The HTTP service.
@@ -142,6 +180,7 @@ pub struct HttpService<R: HttpRoutes = NoRoutes> {
     bench: Bench,
     routes: R,
     stats: HttpStats,
+    gate: Option<Gate>,
 }
 
 impl HttpService<NoRoutes> {
@@ -161,7 +200,14 @@ impl<R: HttpRoutes> HttpService<R> {
             bench,
             routes,
             stats: HttpStats::default(),
+            gate: None,
         }
+    }
+
+    /// Sets the gate: clients it refuses get `403` on every route but
+    /// `/healthz`.
+    pub fn set_gate(&mut self, gate: Gate) {
+        self.gate = Some(gate);
     }
 
     /// Statistics.
@@ -186,6 +232,8 @@ enum Action {
 /// Per-connection state.
 #[derive(Debug)]
 pub struct HttpConnection {
+    /// The client's address, when the transport told it.
+    peer: Option<IpAddr>,
     head: Vec<u8>,
     /// Request body bytes still to read (and discard).
     body_remaining: u64,
@@ -223,6 +271,7 @@ impl HttpConnection {
 fn reason(status: u16) -> &'static str {
     match status {
         100 => "Continue",
+        403 => "Forbidden",
         408 => "Request Timeout",
         503 => "Service Unavailable",
         200 => "OK",
@@ -392,10 +441,7 @@ impl<R: HttpRoutes> HttpService<R> {
     }
 
     fn queue_response(&mut self, conn: &mut HttpConnection, response: Response, head_only: bool) {
-        self.stats.requests += 1;
-        if response.status >= 400 {
-            self.stats.errors += 1;
-        }
+        self.stats.count(response.status);
         let head = self.head_response(
             response.status,
             response.content_type,
@@ -417,8 +463,22 @@ impl<R: HttpRoutes> HttpService<R> {
     }
 
     /// Decides what to do with a complete head.
-    fn route(&mut self, head: &Head<'_>, now_ms: u64) -> Action {
+    fn route(&mut self, head: &Head<'_>, peer: Option<IpAddr>, now_ms: u64) -> Action {
         let r = &head.request;
+        if r.path != "/healthz" {
+            if let Some(gate) = self.gate.as_mut() {
+                if !gate(peer) {
+                    self.stats.forbidden = self.stats.forbidden.saturating_add(1);
+                    let body = "403 Forbidden: this client address is not allowed (allow-list)\n";
+                    let response = text(403, body);
+                    return if r.content_length > MAX_DISCARD {
+                        Action::Refuse(response, false)
+                    } else {
+                        Action::Respond(response, false)
+                    };
+                }
+            }
+        }
         let get = r.method == "GET" || r.method == "HEAD";
         let head_only = r.method == "HEAD";
         let bench = self.bench == Bench::On;
@@ -448,10 +508,13 @@ impl<R: HttpRoutes> HttpService<R> {
             "/bench/bytes" | "/bench/sink" if bench => {
                 Action::Respond(text(405, "method not allowed\n"), false)
             }
-            _ => match self.routes.route(r, now_ms) {
-                Some(response) => Action::Respond(response, head_only),
-                None => Action::Respond(text(404, "not found\n"), false),
-            },
+            _ => {
+                self.routes.observe_stats(&self.stats);
+                match self.routes.route(r, now_ms) {
+                    Some(response) => Action::Respond(response, head_only),
+                    None => Action::Respond(text(404, "not found\n"), false),
+                }
+            }
         };
         match action {
             // Nobody wants this body: discard a small one, refuse to read a
@@ -476,7 +539,7 @@ impl<R: HttpRoutes> HttpService<R> {
                 self.queue_response(conn, text(200, &body), false);
             }
             Action::Stream { length, head_only } => {
-                self.stats.requests += 1;
+                self.stats.count(200);
                 let head =
                     self.head_response(200, "application/octet-stream", length, conn.close_after);
                 conn.out.extend_from_slice(&head);
@@ -524,7 +587,7 @@ impl<R: HttpRoutes> HttpService<R> {
             Err(reject) => self.reject(conn, reject),
             Ok(head) => {
                 conn.close_after = !head.keep_alive;
-                let action = self.route(&head, now_ms);
+                let action = self.route(&head, conn.peer, now_ms);
                 // The body is not read: the framing is lost, so close.
                 let length = if matches!(action, Action::Refuse(..)) {
                     conn.close_after = true;
@@ -558,6 +621,7 @@ impl<R: HttpRoutes> TcpService for HttpService<R> {
 
     fn accept(&mut self, now_ms: u64) -> HttpConnection {
         HttpConnection {
+            peer: None,
             head: Vec::new(),
             body_remaining: 0,
             body_total: 0,
@@ -572,6 +636,10 @@ impl<R: HttpRoutes> TcpService for HttpService<R> {
             body_deadline: None,
             answer_deadline: None,
         }
+    }
+
+    fn remote(&mut self, conn: &mut HttpConnection, remote: core::net::SocketAddr) {
+        conn.peer = Some(remote.ip());
     }
 
     fn refuse(&mut self, reason: Refusal, now_ms: u64) -> Option<HttpConnection> {
@@ -694,7 +762,11 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn drive(service: &mut HttpService, conn: &mut HttpConnection, input: &[u8]) -> Vec<u8> {
+    fn drive<R: HttpRoutes>(
+        service: &mut HttpService<R>,
+        conn: &mut HttpConnection,
+        input: &[u8],
+    ) -> Vec<u8> {
         let mut output = Vec::new();
         let mut rest = input;
         let mut buf = [0u8; 1500];
@@ -817,6 +889,70 @@ mod tests {
             (status, body.as_str(), closing),
             (200, "received 5\n", false)
         );
+    }
+
+    /// A client the gate refuses gets `403` with a short body on every
+    /// route but `/healthz` (open, for load balancers), and the connection
+    /// goes on; an admitted client is served as before.
+    #[test]
+    fn a_client_the_gate_refuses_gets_403_except_on_healthz() {
+        let mut service = HttpService::new("v", 0, Bench::On);
+        service.set_gate(Box::new(|peer: Option<core::net::IpAddr>| {
+            peer == Some("198.18.0.10".parse().unwrap())
+        }));
+        let get = b"GET /bench/bytes?n=10 HTTP/1.1\r\nHost: x\r\n\r\n";
+        let missing = b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n";
+        let healthz = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+        let status = |service: &mut HttpService, peer: &str, input: &[u8]| {
+            let mut conn = service.accept(0);
+            service.remote(&mut conn, peer.parse().unwrap());
+            let output = drive(service, &mut conn, input);
+            let text = String::from_utf8_lossy(&output).into_owned();
+            (text[9..12].to_string(), text, service.wants_close(&conn))
+        };
+        let (code, text, closing) = status(&mut service, "198.18.0.11:5000", get);
+        assert_eq!(code, "403", "{text}");
+        assert!(
+            text.ends_with(
+                "\r\n\r\n403 Forbidden: this client address is not allowed (allow-list)\n"
+            ),
+            "{text}"
+        );
+        assert!(!closing);
+        assert_eq!(status(&mut service, "198.18.0.11:5000", missing).0, "403");
+        assert_eq!(status(&mut service, "198.18.0.11:5000", healthz).0, "200");
+        assert_eq!(status(&mut service, "198.18.0.10:5000", get).0, "200");
+        assert_eq!(status(&mut service, "198.18.0.10:5000", missing).0, "404");
+        assert_eq!(service.stats().forbidden, 2);
+    }
+
+    #[test]
+    fn answers_are_counted_by_status_class_and_routes_see_the_counts() {
+        struct Seen(Option<HttpStats>);
+        impl HttpRoutes for Seen {
+            fn route(&mut self, request: &Request<'_>, _now_ms: u64) -> Option<Response> {
+                (request.path == "/seen").then(|| text(200, "seen\n"))
+            }
+            fn observe_stats(&mut self, stats: &HttpStats) {
+                self.0 = Some(*stats);
+            }
+        }
+        let mut service = HttpService::with_routes("v", 0, Bench::Off, Seen(None));
+        let mut conn = service.accept(0);
+        let requests = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n\
+                        GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n\
+                        GET /seen HTTP/1.1\r\nHost: x\r\n\r\n";
+        drive(&mut service, &mut conn, requests.as_bytes());
+        let stats = service.stats();
+        assert_eq!(stats.by_class, [0, 2, 0, 1, 0]);
+        assert_eq!((stats.requests, stats.errors), (3, 1));
+        // The route saw the counts of the two answers before it.
+        let seen = service.routes.0.expect("observe_stats was called");
+        assert_eq!(seen.by_class, [0, 1, 0, 1, 0]);
+        // A refusal is a 5xx.
+        let mut service = HttpService::new("v", 0, Bench::Off);
+        let _ = service.refuse(Refusal::Total { limit: 1 }, 0);
+        assert_eq!(service.stats().by_class, [0, 0, 0, 0, 1]);
     }
 
     #[test]

@@ -58,7 +58,9 @@ impl<S: TcpService> TlsService<S> {
             return;
         };
         while !session.plaintext().is_empty() {
-            let used = self.inner.receive(&mut conn.inner, session.plaintext(), now_ms);
+            let used = self
+                .inner
+                .receive(&mut conn.inner, session.plaintext(), now_ms);
             if session.consume_plaintext(used).is_err() || used == 0 {
                 return;
             }
@@ -115,7 +117,9 @@ impl<S: TcpService> TcpService for TlsService<S> {
         if session.error().is_none() {
             let room = session.plaintext_room().min(conn.scratch.len());
             if room > 0 {
-                let n = self.inner.produce(&mut conn.inner, &mut conn.scratch[..room], now_ms);
+                let n = self
+                    .inner
+                    .produce(&mut conn.inner, &mut conn.scratch[..room], now_ms);
                 if n > 0 {
                     // Room was checked; a short write is a TLS failure,
                     // which `wants_close` then reports.
@@ -182,7 +186,15 @@ mod tests {
         fn now() -> Option<u64> {
             Some(1_800_000_000)
         }
-        let server = TlsServer::new(Pem { cert: CERT, key: KEY, client_ca: None }, now).unwrap();
+        let server = TlsServer::new(
+            Pem {
+                cert: CERT,
+                key: KEY,
+                client_ca: None,
+            },
+            now,
+        )
+        .unwrap();
         TlsService::new(HttpService::new("test", 0, Bench::Off), server)
     }
 

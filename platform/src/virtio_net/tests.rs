@@ -324,6 +324,11 @@ fn received_frames_reach_smoltcp_and_slots_are_posted_again() {
     }
     assert!(nic.receive(now()).is_none());
     assert_eq!(nic.counters().rx_errors, 0);
+    // Every slot at start, then one re-post per frame received.
+    assert_eq!(
+        nic.counters().rx_submitted,
+        (RX_SLOTS + 3 * RX_SLOTS) as u64
+    );
 }
 
 #[test]
@@ -338,6 +343,7 @@ fn sent_frames_reach_the_device_and_slots_come_back() {
     }
     assert!(device.borrow().notifications[TRANSMIT] > 0);
     assert_eq!(nic.counters().tx_errors, 0);
+    assert_eq!(nic.counters().tx_submitted, (3 * TX_SLOTS) as u64);
 }
 
 #[test]

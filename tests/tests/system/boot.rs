@@ -16,6 +16,7 @@ fn boots_and_answers(name: &str, firmware: Firmware, banner: &str) -> Result<(),
     );
     let version = machine.command("version")?;
     assert!(version.contains("daxbox"), "version answered: {version:?}");
+    assert_wall_clock(&output);
     let seconds = |time: Option<Duration>| time.map_or(f64::NAN, |time| time.as_secs_f64());
     println!(
         "{name}: QEMU start to `daxbox: ready` in {:.2} s ({:.2} s of QEMU CPU time)",
@@ -23,6 +24,34 @@ fn boots_and_answers(name: &str, firmware: Firmware, banner: &str) -> Result<(),
         seconds(machine.ready_cpu_time())
     );
     Ok(())
+}
+
+/// The kernel read the CMOS RTC (QEMU sets it to the host's UTC time) and
+/// printed a wall time within two minutes of the host's clock.
+fn assert_wall_clock(output: &str) {
+    let line = output
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("clock: wall time "))
+        .unwrap_or_else(|| panic!("no `clock: wall time` line:\n{output}"));
+    let stamp = line.split(" UTC").next().unwrap_or_default();
+    let parsed = std::process::Command::new("date")
+        .args(["-u", "-d", stamp, "+%s"])
+        .output()
+        .expect("run date");
+    assert!(parsed.status.success(), "date could not parse {stamp:?}");
+    let guest: u64 = String::from_utf8_lossy(&parsed.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        guest.abs_diff(host) < 120,
+        "guest wall time {stamp} is {} s from the host's",
+        guest.abs_diff(host)
+    );
 }
 
 #[test]

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use daxbox_tests::nbd_client::{
     run_tool, uri, RawClient, CMD_READ, IHAVEOPT, OPT_LIST, REP_ACK, REP_SERVER,
 };
+use daxbox_tests::netns::Netns;
 use daxbox_tests::{load_factor, run_dir, Firmware, HarnessError, Machine, Nvdimm, QemuOptions};
 
 const MIB: u64 = 1 << 20;
@@ -371,54 +372,6 @@ fn nbd_and_http_floods_leave_room_for_new_clients() -> Result<(), HarnessError> 
     Ok(())
 }
 
-/// A network namespace made by the test, deleted on drop (also when the
-/// test fails). Needs root.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn create(name: &str) -> Netns {
-        // A namespace left over by a killed run of the same test.
-        let _ = Command::new("ip").args(["netns", "del", name]).output();
-        let netns = Netns {
-            name: name.to_string(),
-        };
-        let status = Command::new("ip")
-            .args(["netns", "add", name])
-            .status()
-            .expect("ip runs");
-        assert!(status.success(), "ip netns add {name} (needs root)");
-        netns
-    }
-
-    /// Runs `args` inside the namespace; returns (success, stdout + stderr).
-    fn run(&self, args: &[&str]) -> (bool, String) {
-        let output = Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args)
-            .output()
-            .expect("ip netns exec runs");
-        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&output.stderr));
-        (output.status.success(), text)
-    }
-
-    fn must(&self, args: &[&str]) -> String {
-        let (ok, text) = self.run(args);
-        assert!(ok, "in {}: {args:?}: {text}", self.name);
-        text
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
 /// Sends `count` TCP SYNs to `dst`:`port` from spoofed addresses
 /// 198.18.0.100-199 of the tap network (nobody answers ARP for them, so
 /// the handshakes are never completed): raw IPv4/TCP from python3.
@@ -469,32 +422,13 @@ fn port_figure(net: &str, port: u16, label: &str) -> u64 {
 fn half_open_syn_flood_over_tap_is_reaped() -> Result<(), HarnessError> {
     const NAME: &str = "flood_synflood";
     let netns = Netns::create(&format!("daxbox-synflood-{}", std::process::id()));
-    netns.must(&["ip", "link", "set", "lo", "up"]);
     netns.must(&["ip", "tuntap", "add", "dev", "tap0", "mode", "tap"]);
     netns.must(&["ip", "addr", "add", "198.18.0.1/24", "dev", "tap0"]);
     netns.must(&["ip", "link", "set", "tap0", "up"]);
-    // QEMU opens the tap inside the namespace. (Not in the run folder,
-    // which the boot empties.)
-    let wrapper_dir = run_dir("flood_synflood_wrapper");
-    std::fs::create_dir_all(&wrapper_dir).expect("wrapper folder");
-    let wrapper = wrapper_dir.join("qemu-in-netns.sh");
     let mut options = QemuOptions::new(NAME, Firmware::Bios)
         .with_boot_config("format=if-blank\nip=198.18.0.2/24\n")
         .with_nvdimm(Nvdimm::fresh(run_dir(NAME).join("nvdimm0.img"), 64 * MIB));
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nexec ip netns exec {} {} \"$@\"\n",
-            netns.name, options.qemu
-        ),
-    )
-    .expect("writing the QEMU wrapper");
-    std::process::Command::new("chmod")
-        .args(["+x", wrapper.to_str().expect("UTF-8 run folder")])
-        .status()
-        .expect("chmod runs");
-    options.qemu = wrapper.to_string_lossy().into_owned();
-    options.netdev = Some("tap,id=n0,ifname=tap0,script=no,downscript=no".into());
+    netns.run_qemu_inside(&mut options, &run_dir("flood_synflood_wrapper"), "tap0");
     options.max_runtime = Duration::from_secs(300);
     let mut machine = Machine::boot_to_prompt(options)?;
     let out = machine.command("create disk 16M")?;

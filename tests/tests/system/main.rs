@@ -7,16 +7,20 @@
 //! one module or test with `cargo xtask test --filter NAME` (e.g.
 //! `--filter nbd::`).
 
+mod allow;
 mod boot;
 mod daxfs;
 mod flood;
 mod harness;
 mod hostile;
+mod hotadd;
 mod lifecycle;
 mod memory;
+mod metrics;
 mod names;
 mod nbd;
 mod net;
 mod pmem;
 mod shell;
 mod tls;
+mod unlink;

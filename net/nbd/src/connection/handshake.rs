@@ -7,10 +7,26 @@
 use alloc::vec::Vec;
 
 use super::{Connection, InState, Refusal, Transmission};
-use crate::backend::{Backend, ExportHandle, ExportInfo, ListCursor};
+use crate::backend::{Backend, BackendError, ExportHandle, ExportInfo, ListCursor};
 
 /// Export names fetched per page of an `NBD_OPT_LIST` answer.
 const LIST_PAGE: usize = 64;
+/// Pages asked of the backend per call of `continue_listing`: a backend
+/// that filters names (an allow-list) may keep none of a page, so the
+/// queue bound alone would not stop the loop; the rest of the listing is
+/// then done by [`Connection::step`], one call per event-loop turn.
+pub(super) const LIST_PAGES_PER_CALL: usize = 16;
+
+/// The option reply for an export that `Backend::open` would not give.
+fn open_refusal(error: BackendError) -> Refusal {
+    match error {
+        BackendError::Denied => (
+            wire::REP_ERR_POLICY,
+            "access denied by the server's allow-list",
+        ),
+        _ => (wire::REP_ERR_UNKNOWN, "no such export"),
+    }
+}
 use crate::wire::{self, PutBe, Reader};
 
 impl Connection {
@@ -188,16 +204,22 @@ impl Connection {
     }
 
     /// Queues further `NBD_OPT_LIST` replies while the output queue is
-    /// under its bound (`max_queued_bytes`), a page of names at a time;
+    /// under its bound (`max_queued_bytes`), a page of names at a time, at
+    /// most [`LIST_PAGES_PER_CALL`] pages per call;
     /// the final ACK once every name is out. Called again by `produce` as
     /// the client reads, so a client that never reads holds at most the
     /// bound plus one page, whatever the number of exports.
     pub(super) fn continue_listing<B: Backend + ?Sized>(&mut self, backend: &mut B) {
         let mut names = Vec::new();
+        let mut pages = 0;
         while let Some(cursor) = self.listing.as_mut() {
-            if self.closed || self.queued_bytes >= self.config.max_queued_bytes {
+            if self.closed
+                || self.queued_bytes >= self.config.max_queued_bytes
+                || pages >= LIST_PAGES_PER_CALL
+            {
                 return;
             }
+            pages += 1;
             names.clear();
             let more = backend.list_exports(cursor, LIST_PAGE, &mut names);
             if !more {
@@ -247,9 +269,7 @@ impl Connection {
             }
         }
         let name = core::str::from_utf8(name).map_err(|_| invalid("export name is not UTF-8"))?;
-        let export = backend
-            .open(name)
-            .map_err(|_| (wire::REP_ERR_UNKNOWN, "no such export"))?;
+        let export = backend.open(name).map_err(open_refusal)?;
         let info = backend
             .info(export)
             .ok_or((wire::REP_ERR_UNKNOWN, "no such export"))?;
@@ -333,9 +353,7 @@ impl Connection {
             return Err(invalid("trailing bytes after the last query"));
         }
         let name = core::str::from_utf8(name).map_err(|_| invalid("export name is not UTF-8"))?;
-        let export = backend
-            .open(name)
-            .map_err(|_| (wire::REP_ERR_UNKNOWN, "no such export"))?;
+        let export = backend.open(name).map_err(open_refusal)?;
         if selected {
             let mut body = Vec::new();
             // Context id: reserved (zero) when listing, 1 when selected.

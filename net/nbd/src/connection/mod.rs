@@ -40,6 +40,7 @@ use alloc::vec::Vec;
 
 use crate::backend::{Backend, BackendError, ExportHandle, ExportInfo, ListCursor};
 use crate::config::{ConnectionStats, ServerConfig};
+use crate::metrics::OpStats;
 use crate::wire::{self, PutBe, Reader, Request};
 
 use output::OutItem;
@@ -125,6 +126,12 @@ pub struct Connection {
     stalled: Option<Request>,
     job: Option<Job>,
     stats: ConnectionStats,
+    /// Requests answered since the last [`take_op_stats`](Self::take_op_stats).
+    ops: OpStats,
+    /// When the request being served had its header parsed
+    /// ([`Backend::now_us`]). One at a time is enough: no further header is
+    /// read while a request waits (stalled, a job, a write payload).
+    started_us: u64,
     /// An `NBD_OPT_LIST` answer in progress: more names are fetched as
     /// the output queue drains.
     listing: Option<ListCursor>,
@@ -175,6 +182,8 @@ impl Connection {
             stalled: None,
             job: None,
             stats: ConnectionStats::default(),
+            ops: OpStats::default(),
+            started_us: 0,
             listing: None,
             refusal: None,
             starttls: false,
@@ -211,6 +220,16 @@ impl Connection {
     /// Counters for this connection.
     pub fn stats(&self) -> &ConnectionStats {
         &self.stats
+    }
+
+    /// The per-operation counters of the requests answered since the last
+    /// call (a reply counts once its last byte is produced), or `None` when
+    /// there were none; the counters start again from zero.
+    pub fn take_op_stats(&mut self) -> Option<OpStats> {
+        if self.ops.is_empty() {
+            return None;
+        }
+        Some(core::mem::take(&mut self.ops))
     }
 
     /// Name of the export in use, once the handshake has finished.
@@ -276,11 +295,19 @@ impl Connection {
     /// [`step`](Self::step) in each turn of its event loop (and not sleep)
     /// until this is false.
     pub fn has_work(&self) -> bool {
-        !self.closed && self.job.is_some()
+        !self.closed && (self.job.is_some() || self.listing_can_go_on())
+    }
+
+    /// An export listing is in progress and its replies are not waiting
+    /// for the client to read: the next pages are made by `step`.
+    fn listing_can_go_on(&self) -> bool {
+        self.listing.is_some() && self.queued_bytes < self.config.max_queued_bytes
     }
 
     /// Does one bounded piece of the long request in progress (TRIM or
-    /// WRITE_ZEROES: at most [`ServerConfig::step_bytes`] of it); returns
+    /// WRITE_ZEROES: at most [`ServerConfig::step_bytes`] of it; or the
+    /// next pages of an export listing, at most 16 pages of 64 names
+    /// examined); returns
     /// true when it did any work. When the last piece is done the reply is
     /// queued for [`produce`](Self::produce) and input is read again: call
     /// `receive` afterwards if input is pending.
@@ -288,6 +315,11 @@ impl Connection {
         if self.closed {
             self.job = None;
             return false;
+        }
+        if self.job.is_none() && self.listing_can_go_on() {
+            // A listing whose pages the backend filtered: the next pages.
+            self.continue_listing(backend);
+            return true;
         }
         let (Some(mut job), Some(tx)) = (self.job.take(), self.tx.as_ref()) else {
             return false;
@@ -529,6 +561,7 @@ impl Connection {
                     match self.parse_request() {
                         Some(request) => {
                             self.stats.requests = self.stats.requests.saturating_add(1);
+                            self.started_us = backend.now_us();
                             self.dispatch(request, backend);
                         }
                         None => {

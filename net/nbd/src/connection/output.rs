@@ -8,6 +8,7 @@ use alloc::vec::Vec;
 
 use super::{Connection, InState, ReplyMode};
 use crate::backend::{Backend, ExportHandle};
+use crate::metrics::Done;
 use crate::wire::{self, PutBe, Reply};
 
 /// A READ reply whose data is still to be sent: fetched from the backend
@@ -23,6 +24,8 @@ pub(super) struct ReadItem {
     pub(super) error: Option<u32>,
     pub(super) trailer: Option<Vec<u8>>,
     pub(super) trailer_pos: usize,
+    /// Recorded in the metrics once the trailer is out.
+    pub(super) done: Done,
 }
 
 /// One entry of the output queue.
@@ -32,6 +35,8 @@ pub(super) enum OutItem {
         data: Vec<u8>,
         pos: usize,
         ends_request: bool,
+        /// The reply of a request: recorded in the metrics once out.
+        done: Option<Done>,
     },
     Read(ReadItem),
     Close,
@@ -45,6 +50,15 @@ impl Connection {
     }
 
     pub(super) fn push_bytes(&mut self, data: Vec<u8>, ends_request: bool) {
+        self.push_item(data, ends_request, None);
+    }
+
+    /// Queues the whole reply of a request, counted in the metrics once out.
+    pub(super) fn push_reply(&mut self, data: Vec<u8>, done: Done) {
+        self.push_item(data, true, Some(done));
+    }
+
+    fn push_item(&mut self, data: Vec<u8>, ends_request: bool, done: Option<Done>) {
         self.queued_bytes = self.queued_bytes.saturating_add(data.len());
         if ends_request {
             self.in_flight = self.in_flight.saturating_add(1);
@@ -53,7 +67,17 @@ impl Connection {
             data,
             pos: 0,
             ends_request,
+            done,
         });
+    }
+
+    fn record(&mut self, done: Done, error: bool, now_us: u64) {
+        self.ops.record(
+            done.op,
+            done.bytes,
+            done.error || error,
+            now_us.saturating_sub(done.started_us),
+        );
     }
 
     /// Fills `out` with reply bytes; returns how many were written. READ
@@ -66,6 +90,7 @@ impl Connection {
             };
             let mut finished = false;
             let mut ends_request = false;
+            let mut answered: Option<(Done, bool)> = None;
             let mut fatal = false;
             'item: {
                 match front {
@@ -73,6 +98,7 @@ impl Connection {
                         data,
                         pos,
                         ends_request: ends,
+                        done,
                     } => {
                         let take = (data.len() - *pos).min(out.len() - n);
                         out[n..n + take].copy_from_slice(&data[*pos..*pos + take]);
@@ -81,6 +107,7 @@ impl Connection {
                         if *pos == data.len() {
                             finished = true;
                             ends_request = *ends;
+                            answered = done.map(|d| (d, false));
                             self.queued_bytes = self.queued_bytes.saturating_sub(data.len());
                         }
                     }
@@ -122,6 +149,7 @@ impl Connection {
                             if item.trailer_pos == trailer.len() {
                                 finished = true;
                                 ends_request = true;
+                                answered = Some((item.done, item.error.is_some()));
                             }
                         }
                     }
@@ -138,6 +166,9 @@ impl Connection {
             }
             if finished {
                 self.out.pop_front();
+                if let Some((done, error)) = answered {
+                    self.record(done, error, backend.now_us());
+                }
                 if ends_request {
                     self.in_flight = self.in_flight.saturating_sub(1);
                 }

@@ -9,6 +9,7 @@ use alloc::vec::Vec;
 use super::output::{chunk_header, error_chunk, OutItem, ReadItem};
 use super::{Connection, InState, Job, Refusal, ReplyMode, Transmission, WriteState};
 use crate::backend::{Backend, BackendError, ExportHandle, Extent, ZeroFlags};
+use crate::metrics::{Done, Op};
 use crate::wire::{self, Command, PutBe, Reply, Request, RequestHeader};
 
 impl Connection {
@@ -148,6 +149,9 @@ impl Connection {
             0
         };
         if let Err((errno, message)) = self.validate(&request, tx) {
+            if errno == wire::EPERM {
+                self.stats.read_only_writes = self.stats.read_only_writes.saturating_add(1);
+            }
             self.reply_error(&request, errno, message);
             if payload > 0 {
                 self.state = InState::Discard { remaining: payload };
@@ -244,7 +248,11 @@ impl Connection {
                 let message = match e {
                     BackendError::Io => "input/output error",
                     BackendError::NoSpace => "no space left on device",
-                    BackendError::ReadOnly => "export is read-only",
+                    BackendError::ReadOnly => {
+                        self.stats.read_only_writes = self.stats.read_only_writes.saturating_add(1);
+                        "export is read-only"
+                    }
+                    BackendError::Denied => "access denied by the server's allow-list",
                     BackendError::NotSupported => "operation not supported",
                     BackendError::Invalid | BackendError::NoSuchExport => "invalid request",
                 };
@@ -277,7 +285,23 @@ impl Connection {
                 );
             }
         }
-        self.push_bytes(bytes, true);
+        let done = self.done(request, false);
+        self.push_reply(bytes, done);
+    }
+
+    /// What the metrics record of `request` once its reply is out.
+    fn done(&self, request: &Request, error: bool) -> Done {
+        let op = Op::of(request.command);
+        Done {
+            op,
+            bytes: if matches!(op, Op::Read | Op::Write) {
+                request.len
+            } else {
+                0
+            },
+            error,
+            started_us: self.started_us,
+        }
     }
 
     fn reply_error(&mut self, request: &Request, errno: u32, message: &str) {
@@ -300,7 +324,8 @@ impl Connection {
                 message,
             ),
         }
-        self.push_bytes(bytes, true);
+        let done = self.done(request, true);
+        self.push_reply(bytes, done);
     }
 
     fn queue_read(&mut self, request: &Request, export: ExportHandle) {
@@ -342,6 +367,7 @@ impl Connection {
             error: None,
             trailer: None,
             trailer_pos: 0,
+            done: self.done(request, false),
         }));
     }
 
@@ -424,6 +450,7 @@ impl Connection {
                 bytes.put_u32(*flags);
             }
         }
-        self.push_bytes(bytes, true);
+        let done = self.done(request, false);
+        self.push_reply(bytes, done);
     }
 }

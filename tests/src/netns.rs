@@ -1,0 +1,87 @@
+//! Network namespaces for tests over tap networking (needs root).
+//!
+//! A [`Netns`] is made by the test and deleted when dropped, also when the
+//! test fails; deleting a namespace removes every device in it (tap,
+//! bridge, veth ends). QEMU is started inside one through a wrapper script
+//! ([`Netns::run_qemu_inside`]), so its tap device lives there and never
+//! touches the host's network. Addresses come from 198.18.0.0/15 (set
+//! aside for benchmarks, RFC 2544).
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::QemuOptions;
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    /// Its name (`ip netns exec NAME ...`).
+    pub name: String,
+}
+
+impl Netns {
+    /// Makes namespace `name` (deleting a leftover of a killed run first)
+    /// with its loopback up. Panics when `ip netns add` fails (not root).
+    pub fn create(name: &str) -> Netns {
+        let _ = Command::new("ip").args(["netns", "del", name]).output();
+        let netns = Netns {
+            name: name.to_string(),
+        };
+        let status = Command::new("ip")
+            .args(["netns", "add", name])
+            .status()
+            .expect("ip runs");
+        assert!(status.success(), "ip netns add {name} (needs root)");
+        netns.must(&["ip", "link", "set", "lo", "up"]);
+        netns
+    }
+
+    /// Runs `args` inside the namespace; returns (success, stdout + stderr).
+    pub fn run(&self, args: &[&str]) -> (bool, String) {
+        let output = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .expect("ip netns exec runs");
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&output.stderr));
+        (output.status.success(), text)
+    }
+
+    /// [`Netns::run`] that must succeed; returns its output.
+    pub fn must(&self, args: &[&str]) -> String {
+        let (ok, text) = self.run(args);
+        assert!(ok, "in {}: {args:?}: {text}", self.name);
+        text
+    }
+
+    /// Makes `options` start QEMU inside this namespace, through a wrapper
+    /// script written to `wrapper_dir` (not the run folder, which a boot
+    /// empties), with the NIC on tap device `tap`.
+    pub fn run_qemu_inside(&self, options: &mut QemuOptions, wrapper_dir: &Path, tap: &str) {
+        std::fs::create_dir_all(wrapper_dir).expect("wrapper folder");
+        let wrapper = wrapper_dir.join("qemu-in-netns.sh");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexec ip netns exec {} {} \"$@\"\n",
+                self.name, options.qemu
+            ),
+        )
+        .expect("writing the QEMU wrapper");
+        let status = Command::new("chmod")
+            .args(["+x", wrapper.to_str().expect("UTF-8 folder")])
+            .status()
+            .expect("chmod runs");
+        assert!(status.success());
+        options.qemu = wrapper.to_string_lossy().into_owned();
+        options.netdev = Some(format!("tap,id=n0,ifname={tap},script=no,downscript=no"));
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
