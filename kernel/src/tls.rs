@@ -26,10 +26,10 @@ pub enum Status {
 
 static STATUS: Once<Status> = Once::new();
 
-/// Unix time for certificate validity: unknown until the RTC clock is
-/// merged, so client certificates (mutual TLS) are refused meanwhile.
+/// Unix time for certificate validity (client certificates, mutual
+/// TLS): the CMOS RTC wall clock; unknown (`None`) refuses them.
 fn now() -> Option<u64> {
-    None
+    daxbox_platform::rtc::unix_now()
 }
 
 fn build(config: &BootConfig) -> Status {
