@@ -62,15 +62,19 @@ pub fn start() {
     let service = daxbox_netstack::Listener::new(listener, service);
     match crate::net::add_listener(service.boxed()) {
         Ok(()) => println!(
-            "nbd: listening on port {} (tls={}; at most {} connections, {} per address{})",
+            "nbd: listening on port {} (at most {} connections, {} per address{}{})",
             port,
-            boot.tls.mode,
             boot.nbd_max_connections,
             boot.nbd_max_per_address,
             if boot.nbd_list {
                 ""
             } else {
                 "; export listing off: nbd_list=off"
+            },
+            match boot.tls.mode {
+                daxbox_bootconfig::TlsMode::Off => "",
+                daxbox_bootconfig::TlsMode::On => "; STARTTLS offered",
+                daxbox_bootconfig::TlsMode::Require => "; TLS required",
             }
         ),
         Err(error) => println!("nbd: not started: {}", error),
