@@ -24,4 +24,5 @@ mod net;
 mod pmem;
 mod s3;
 mod shell;
+mod tls;
 mod unlink;
