@@ -128,6 +128,11 @@ pub fn show() {
         "debug_commands={}",
         if config.debug_commands { "on" } else { "off" }
     );
+    // Never the key itself: only whether TLS is usable, and why not.
+    println!("{}", crate::tls::describe());
+    if config.tls.mode != daxbox_bootconfig::TlsMode::Off {
+        println!("https_port={}", config.tls.https_port);
+    }
     for warning in &loaded.warnings {
         println!("warning: {}", warning);
     }

@@ -11,9 +11,13 @@ use crate::pmem::PmemRegion;
 use crate::storage::STORAGE;
 use crate::{config, println, time};
 
-/// The S3 routes (after `storage::init`): sweeps the uploads a power cut
+/// The S3 routes for the HTTP and the HTTPS port (after `storage::init`):
+/// sweeps the uploads a power cut
 /// left unfinished and says in the boot log how the API is set up.
-pub fn s3_routes() -> S3Routes<PmemRegion, KernelStorage> {
+pub fn s3_routes() -> (
+    S3Routes<PmemRegion, KernelStorage>,
+    S3Routes<PmemRegion, KernelStorage>,
+) {
     let s3 = S3Config::from_boot(config::get());
     println!("{}", s3.describe());
     let swept = s3::sweep_temporaries(&mut STORAGE.lock());
@@ -29,5 +33,11 @@ pub fn s3_routes() -> S3Routes<PmemRegion, KernelStorage> {
     if unix_at_zero.is_none() {
         println!("s3: no wall clock: signed requests are refused");
     }
-    S3Routes::new(KernelStorage, s3, unix_at_zero, time::cycles())
+    // One boot nonce for both ports, so an object's ETag is the same over
+    // HTTP and HTTPS.
+    let nonce = time::cycles();
+    (
+        S3Routes::new(KernelStorage, s3.clone(), unix_at_zero, nonce),
+        S3Routes::new(KernelStorage, s3, unix_at_zero, nonce),
+    )
 }

@@ -28,6 +28,7 @@ mod pci;
 mod pmem;
 mod shell;
 mod storage;
+mod tls;
 mod web;
 
 use daxbox_platform::boot::Boot;
@@ -141,10 +142,15 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     storage::init();
     hotplug::init();
     pci::init();
+    tls::init(config::get());
     // The web pages answer first; the S3 routes take signed requests and
     // bucket paths (`GET /` without S3 credentials stays the dashboard).
+    // HTTPS serves the same routes.
+    let (s3_http, s3_https) = http::s3_routes();
     net::init(
-        Chain::new(web::Routes::default(), http::s3_routes()),
+        Chain::new(web::Routes::default(), s3_http),
+        storage::http_gate(),
+        Chain::new(web::Routes::default(), s3_https),
         storage::http_gate(),
     );
     nbd::start();

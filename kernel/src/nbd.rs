@@ -28,6 +28,10 @@ pub const COMMANDS: &[Command] = &daxbox_storage::commands::nbd_table::<Context>
 
 /// Starts the NBD listener on the configured port (after `net::init`).
 pub fn start() {
+    if let Err(why) = crate::tls::nbd_allowed() {
+        println!("nbd: not started: {}", why);
+        return;
+    }
     let port = config::get().nbd_port;
     let boot = config::get();
     // `allow=` lines about NBD that could not be used: fail closed, no
@@ -47,11 +51,18 @@ pub fn start() {
     listener.budget = Some(&daxbox_budget::NBD);
     listener.connection_bytes =
         daxbox_storage::nbd_connection_bytes(&daxbox_storage::engine_config(boot));
-    let service = NbdService::for_boot_config(KernelStorage, boot).with_clock(crate::time::now_us);
+    let mut service =
+        NbdService::for_boot_config(KernelStorage, boot).with_clock(crate::time::now_us);
+    if let Some(server) = crate::tls::server() {
+        // A TLS session and its scratch buffer per connection, charged
+        // before the connection exists.
+        listener.connection_bytes += daxbox_storage::nbd_tls::TLS_CONNECTION_BYTES;
+        service = service.with_tls(server.clone());
+    }
     let service = daxbox_netstack::Listener::new(listener, service);
     match crate::net::add_listener(service.boxed()) {
         Ok(()) => println!(
-            "nbd: listening on port {} (at most {} connections, {} per address{})",
+            "nbd: listening on port {} (at most {} connections, {} per address{}{})",
             port,
             boot.nbd_max_connections,
             boot.nbd_max_per_address,
@@ -59,6 +70,11 @@ pub fn start() {
                 ""
             } else {
                 "; export listing off: nbd_list=off"
+            },
+            match boot.tls.mode {
+                daxbox_bootconfig::TlsMode::Off => "",
+                daxbox_bootconfig::TlsMode::On => "; STARTTLS offered",
+                daxbox_bootconfig::TlsMode::Require => "; TLS required",
             }
         ),
         Err(error) => println!("nbd: not started: {}", error),

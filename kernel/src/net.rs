@@ -174,7 +174,12 @@ fn ip_mode() -> IpMode {
 /// the HTTP service answers `/healthz` itself and everything else through
 /// `routes`. `http_gate` decides which client addresses may use the HTTP
 /// server beyond `/healthz` (the allow-list, from the storage module).
-pub fn init(routes: impl HttpRoutes + Send + 'static, http_gate: daxbox_netstack::http::Gate) {
+pub fn init<R: HttpRoutes + Send + 'static>(
+    routes: R,
+    http_gate: daxbox_netstack::http::Gate,
+    https_routes: R,
+    https_gate: daxbox_netstack::http::Gate,
+) {
     let Some(function) = find_nic() else {
         println!("net: no virtio-net device");
         return;
@@ -259,6 +264,27 @@ pub fn init(routes: impl HttpRoutes + Send + 'static, http_gate: daxbox_netstack
         println!("net: http not served (failing closed): {}", why);
     } else if let Err(error) = stack.add_listener(Listener::new(listener, http).boxed()) {
         println!("net: {}", error);
+    }
+    // HTTPS: the same service over TLS on its own port, same certificate.
+    // The same routes and allow-list gate as HTTP.
+    let https_failure = config::get()
+        .allow
+        .failure(daxbox_bootconfig::Protocol::Http);
+    if let (Some(server), None) = (crate::tls::server(), https_failure) {
+        let https_port = config::get().tls.https_port;
+        let mut https = HttpService::with_routes(env!("CARGO_PKG_VERSION"), 0, bench, https_routes);
+        https.set_gate(https_gate);
+        let mut listener = ListenerConfig::new(https_port);
+        listener.max_connections = usize::from(config::get().http_max_connections);
+        listener.max_per_address = usize::from(config::get().http_max_per_address);
+        listener.budget = Some(&daxbox_budget::HTTP);
+        listener.connection_bytes =
+            daxbox_netstack::http::CONNECTION_BYTES + daxbox_netstack::tls::TLS_CONNECTION_BYTES;
+        let service = daxbox_netstack::tls::TlsService::new(https, server.clone());
+        match stack.add_listener(Listener::new(listener, service).boxed()) {
+            Ok(()) => println!("net: https on port {}", https_port),
+            Err(error) => println!("net: https: {}", error),
+        }
     }
     let irq = match function.interrupt_line {
         line if function.interrupt_pin != 0 && line < 24 => {

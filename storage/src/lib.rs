@@ -38,6 +38,7 @@ pub mod devices;
 pub mod lifecycle;
 pub mod metrics;
 pub mod nbd;
+pub mod nbd_tls;
 pub mod readonly;
 pub mod s3;
 pub mod web;

@@ -177,6 +177,8 @@ pub struct NbdService<M: PersistentMemory, S: SharedStorage<M>> {
     /// Microsecond clock for request latencies ([`NbdService::with_clock`]).
     clock: fn() -> u64,
     memory: PhantomData<fn() -> M>,
+    /// The TLS server for `NBD_OPT_STARTTLS` (with a TLS policy).
+    tls: Option<daxbox_tls::TlsServer>,
 }
 
 /// Per-connection state.
@@ -191,6 +193,8 @@ pub struct NbdConnection {
     closing_since: Option<u64>,
     /// Over a connection limit: only told so.
     refused: bool,
+    /// TLS after STARTTLS (`nbd_tls.rs`).
+    tls: crate::nbd_tls::TlsState,
     /// Read-only write refusals of the engine already counted by address.
     counted_read_only: u64,
 }
@@ -292,6 +296,11 @@ fn hold_once<M: PersistentMemory>(storage: &mut Storage<M>, id: u64, device: u16
 pub fn engine_config(boot: &BootConfig) -> ServerConfig {
     ServerConfig {
         allow_list: boot.nbd_list,
+        tls: match boot.tls.mode {
+            daxbox_bootconfig::TlsMode::Off => daxbox_nbd::TlsPolicy::Off,
+            daxbox_bootconfig::TlsMode::On => daxbox_nbd::TlsPolicy::On,
+            daxbox_bootconfig::TlsMode::Require => daxbox_nbd::TlsPolicy::Require,
+        },
         ..ServerConfig::default()
     }
 }
@@ -316,7 +325,15 @@ impl<M: PersistentMemory, S: SharedStorage<M>> NbdService<M, S> {
             next_id: 1,
             clock: no_clock,
             memory: PhantomData,
+            tls: None,
         }
+    }
+
+    /// Serves `NBD_OPT_STARTTLS` with this TLS server (the engine's
+    /// [`ServerConfig::tls`] policy says whether it is offered).
+    pub fn with_tls(mut self, server: daxbox_tls::TlsServer) -> Self {
+        self.tls = Some(server);
+        self
     }
 
     /// Times requests on `clock` (microseconds, monotonic) for the latency
@@ -340,6 +357,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
             opened_ms: now_ms,
             closing_since: None,
             refused: false,
+            tls: Default::default(),
             counted_read_only: 0,
         }
     }
@@ -355,6 +373,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
             opened_ms: now_ms,
             closing_since: None,
             refused: true,
+            tls: Default::default(),
             counted_read_only: 0,
         })
     }
@@ -373,7 +392,9 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
                 return 0;
             }
             let mut backend = StorageBackend::new(storage, targets, conn.peer).with_clock(clock);
-            let used = conn.engine.receive(data, &mut backend, now_ms);
+            let used = conn
+                .tls
+                .receive(&mut conn.engine, data, &mut backend, now_ms);
             conn.note_closing(now_ms);
             conn.publish(storage, &targets.list);
             used
@@ -388,7 +409,13 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
                 return 0;
             }
             let mut backend = StorageBackend::new(storage, targets, conn.peer).with_clock(clock);
-            let written = conn.engine.produce(out, &mut backend);
+            let written = conn.tls.produce(
+                &mut conn.engine,
+                self.tls.as_ref(),
+                out,
+                &mut backend,
+                now_ms,
+            );
             conn.note_closing(now_ms);
             if written > 0 {
                 conn.publish(storage, &targets.list);
@@ -398,7 +425,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
     }
 
     fn wants_close(&self, conn: &NbdConnection) -> bool {
-        conn.engine.wants_close()
+        conn.engine.wants_close() || conn.tls.wants_close()
     }
 
     fn deadline(&self, conn: &NbdConnection) -> Option<u64> {

@@ -72,7 +72,7 @@ pub use machine::{
     qemu_program, Machine, CRASH_MARKERS, EXIT_PANIC, EXIT_POWEROFF, PROMPT, QEMU, READY,
 };
 pub use options::{
-    find_ovmf, free_port, human_size, load_factor, parse_size, qemu_arguments, shell_quote,
+    find_ovmf, free_port, human_size, load_factor, parse_size, qemu_arguments, scaled, shell_quote,
     size_option, Firmware, Hotplug, Nvdimm, Ovmf, QemuOptions, GUEST_HTTP_PORT, GUEST_NBD_PORT,
     PXE_BOOT_FILE,
 };

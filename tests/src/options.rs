@@ -265,6 +265,12 @@ pub fn load_factor() -> f64 {
     (load / cpus).clamp(1.0, 8.0)
 }
 
+/// `limit` stretched by [`load_factor`]: a deadline that means the same on
+/// a busy host as on an idle one.
+pub fn scaled(limit: std::time::Duration) -> std::time::Duration {
+    limit.mul_f64(load_factor())
+}
+
 /// Parses a size such as `512M`, `1G`, `64K`, `2T`, `1GiB`, `0x1000` or
 /// `4096` (binary units; a bare number is bytes): `daxbox-syntax`'s grammar,
 /// the same as the boot config's and the shell's.
@@ -379,6 +385,12 @@ pub fn qemu_arguments(options: &QemuOptions, media: &Path, ovmf: Option<&Ovmf>) 
     let mut push = |items: &[&str]| args.extend(items.iter().map(|item| item.to_string()));
 
     push(&["-accel", &options.accel]);
+    // RDRAND, the kernel's entropy source for TLS: QEMU's default model
+    // (qemu64) lacks it, so it is added (TCG implements it; `enforce`
+    // accepts it on QEMU 7.2). Not `-cpu max`, which would also bring
+    // clwb and move every test off the clflush path the default CPU takes
+    // (`pmem::clwb_capable_cpu_flushes_with_clwb` boots `max` itself).
+    push(&["-cpu", "qemu64,+rdrand"]);
     if options.nvdimms.is_empty() && options.hotplug.slots == 0 {
         push(&["-machine", "q35", "-m", &qemu_size(options.memory)]);
     } else {
@@ -549,6 +561,7 @@ mod tests {
         options.http_port = 0;
         let args = qemu_arguments(&options, Path::new("/m"), None);
         assert!(find_pair(&args, "-machine", "q35"));
+        assert!(find_pair(&args, "-cpu", "qemu64,+rdrand"));
         assert!(!args.iter().any(|arg| arg.contains("nvdimm")));
         assert!(find_pair(&args, "-m", "512M"));
         assert!(find_pair(

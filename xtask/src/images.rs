@@ -212,7 +212,14 @@ impl BootConfigOptions {
 /// The boot-config keys that may appear more than once
 /// (`kernel/bootconfig`: "Repeatable"); a test checks this list against
 /// that crate's key table.
-pub const REPEATABLE_KEYS: &[&str] = &["pmem", "export_raw", "readonly"];
+pub const REPEATABLE_KEYS: &[&str] = &[
+    "pmem",
+    "export_raw",
+    "readonly",
+    "allow",
+    "s3_key",
+    "s3_anonymous",
+];
 
 /// Boot-config text with the `--boot` settings applied, and what the
 /// operator should know about how they were applied.

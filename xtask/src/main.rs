@@ -24,6 +24,7 @@ mod run;
 mod setup;
 mod soak;
 mod test;
+mod tls_certs;
 
 use std::{fmt, process::Command, process::ExitCode};
 

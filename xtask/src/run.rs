@@ -58,7 +58,7 @@ fn usage(firmware: Firmware) -> String {
     };
     format!(
         "usage: cargo xtask {name}{firmware_options} [--memory 512M] [--pmem-file PATH] [--pmem-size 1G]\n\
-         \x20      [--no-pmem] [--nvdimm PATH[,size=SIZE]]... [--boot KEY=VALUE]... [--boot-config FILE] [--nbd-port {DEFAULT_NBD_PORT}]\n\
+         \x20      [--no-pmem] [--tls] [--nvdimm PATH[,size=SIZE]]... [--boot KEY=VALUE]... [--boot-config FILE] [--nbd-port {DEFAULT_NBD_PORT}]\n\
          \x20      [--http-port {DEFAULT_HTTP_PORT}] [--accel tcg|kvm] [-- EXTRA QEMU ARGS...]\n\n\
          Builds the kernel and boots daxbox {what} in QEMU:\n\
          {firmware_help}\
@@ -67,6 +67,8 @@ fn usage(firmware: Firmware) -> String {
          \x20 --pmem-size SIZE     NVDIMM size (default 1G); a smaller file is grown (sparse), a larger one is\n\
          \x20                      used at its size: the file is never truncated\n\
          \x20 --no-pmem            boot without the --pmem-file NVDIMM\n\
+         \x20 --tls                throwaway CA, server and client certificates (ECDSA P-256) under\n\
+         \x20                      target/tls/, tls=on with them; prints the client command lines\n\
          \x20 --nvdimm PATH[,size=SIZE]  one more NVDIMM on backing file PATH (repeatable; pmem1, pmem2,\n\
          \x20                      ... after the --pmem-file one); SIZE as --pmem-size, default 1G\n\
          \x20 --boot KEY=VALUE     boot-config setting (default config: `{}`); replaces the config's KEY\n\
@@ -106,6 +108,8 @@ pub struct RunOptions {
     pub accel: String,
     /// Arguments after `--`.
     pub extra: Vec<String>,
+    /// `--tls`: throwaway certificates under `target/tls/`, TLS on.
+    pub tls: bool,
     /// QMP socket.
     pub qmp: PathBuf,
     /// Free memory slots for hot-added NVDIMMs.
@@ -125,6 +129,7 @@ pub fn parse(args: &[String], firmware: Firmware) -> Result<RunOptions, XtaskErr
         http_port: DEFAULT_HTTP_PORT,
         accel: std::env::var("DAXBOX_ACCEL").unwrap_or_else(|_| "tcg".into()),
         extra: Vec::new(),
+        tls: false,
         qmp: default_qmp(),
         hotplug_slots: DEFAULT_HOTPLUG_SLOTS,
     };
@@ -177,6 +182,10 @@ pub fn parse(args: &[String], firmware: Firmware) -> Result<RunOptions, XtaskErr
             }
             "--no-pmem" => {
                 no_pmem = true;
+                1
+            }
+            "--tls" => {
+                options.tls = true;
                 1
             }
             "--nvdimm" => {
@@ -374,6 +383,22 @@ pub fn run_command(args: &[String], firmware: Firmware) -> Result<(), XtaskError
     let kernel = images::build_kernel()?;
     let dir = images::media_dir();
     let config = options.boot_config.write(&dir)?;
+    let tls_dir = target_dir().join("tls");
+    if options.tls {
+        crate::tls_certs::generate(&tls_dir)?;
+        let mut text = fs::read_to_string(&config)
+            .map_err(|e| XtaskError::Io(format!("{}: {e}", config.display())))?;
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text += &crate::tls_certs::boot_lines(&tls_dir)?;
+        fs::write(&config, text)
+            .map_err(|e| XtaskError::Io(format!("{}: {e}", config.display())))?;
+        step(&format!(
+            "TLS certificates (throwaway CA, server, client) in {}",
+            tls_dir.display()
+        ));
+    }
     images::make_media(
         &kernel,
         Some(&config),
@@ -422,6 +447,11 @@ pub fn run_command(args: &[String], firmware: Firmware) -> Result<(), XtaskError
         forwards += &format!("   HTTP: http://127.0.0.1:{}/", options.http_port);
     }
     println!("    {forwards}   (exit: `poweroff` in the shell, or Ctrl-C)");
+    if options.tls {
+        for line in crate::tls_certs::client_lines(&tls_dir, options.nbd_port) {
+            println!("    {line}");
+        }
+    }
     if options.hotplug_slots > 0 {
         println!(
             "    hot-add an NVDIMM: cargo xtask pmem-add --size 256M --qmp {}",

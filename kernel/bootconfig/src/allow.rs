@@ -480,15 +480,7 @@ impl fmt::Display for AllowRule {
 /// in any case (`Allow`, `ALLOW`): a line about access that must not be
 /// dropped silently. Works on raw bytes.
 pub(crate) fn mentions_allow(raw: &[u8]) -> bool {
-    let start = raw
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(raw.len());
-    let word = raw[start..]
-        .split(|b| *b == b'=' || b.is_ascii_whitespace())
-        .next()
-        .unwrap_or_default();
-    word.eq_ignore_ascii_case(b"allow")
+    crate::first_word(raw).eq_ignore_ascii_case(b"allow")
 }
 
 #[cfg(test)]

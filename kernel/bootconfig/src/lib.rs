@@ -38,6 +38,11 @@
 //! | `http_max_per_address` | 1-1024 | `16` | HTTP connections served at once from one client address. Same refusal. |
 //! | `export_raw` | `pmemN` | none | Export that device raw over NBD instead of mounting daxfs on it. Repeatable. |
 //! | `readonly` | `NAME` \| `pmemN:NAME` \| `pmemN:` \| `pmemN` \| `*` | none | Exports NBD clients may not write (EPERM): a file, every file of a device, a raw device, everything ([`readonly`] has the grammar, quoting included). Repeatable (at most [`MAX_NAMES`]). A value that cannot be used fails closed: every export (or every export of the device it names) read-only, with a warning that says why. |
+//! | `tls` | `off` \| `on` \| `require` | `off` | TLS for NBD (`NBD_OPT_STARTTLS`) and HTTPS. `on`: NBD clients may start TLS or not; `require`: every NBD option but STARTTLS is answered `NBD_REP_ERR_TLS_REQD`. Needs `tls_cert` and `tls_key`. A bad value, or settings that cannot be applied, fail closed: neither NBD nor HTTPS is served, and boot and `bootconfig` say why ([`tls`]). |
+//! | `tls_cert` | PEM block(s) | none | The server certificate chain, leaf first: each `-----BEGIN CERTIFICATE-----` block starts on a `tls_cert=` line and runs to its `-----END` line ([`tls`]). Prefer ECDSA P-256 or Ed25519. |
+//! | `tls_key` | PEM block | none | The server's private key (PKCS#8, SEC1 or PKCS#1 PEM), same block format. Never printed. |
+//! | `tls_client_ca` | PEM block(s) | none | CA certificates for mutual TLS: clients must present a certificate that chains to one of them. |
+//! | `https_port` | 1-65535 | `443` | TCP port of the HTTPS server (when `tls` is not `off`). |
 //! | `allow` | `CLIENTS EXPORTS [rw\|ro] [nbd\|http\|both]` | none (every client may use every export) | Which client addresses (IPv4, comma-separated `A.B.C.D[/N]`) may use which exports (`NAME`, `pmemN:NAME`, `pmemN:`, `pmemN`, `*`, as `readonly`) over which protocol, read-write or read-only ([`allow`] has the grammar). Repeatable (at most [`allow::MAX_RULES`]); the first rule that matches decides, no match denies. A line that cannot be used fails closed: the protocol it names (both when it names none) is not served at all. |
 //! | `s3_key` | `ACCESS:SECRET` or `ACCESS:SECRET:read-only` | none | An access key of the S3 object API (AWS Signature V4): the id 1-128 of `A-Za-z0-9_-`, the secret 8-128 printable ASCII characters without spaces; `:read-only` allows reads only. Repeatable (at most [`MAX_S3_KEYS`]; a repeated id keeps the first). Without any, the object API refuses every request (403), and the boot log says so. Never printed: `bootconfig` shows the id only, and a bad line's warning does not quote it. |
 //! | `s3_anonymous` | `pmemN:read` | none | Unsigned S3 reads (list, get, head) allowed on that bucket; writes always need a key. Repeatable (at most [`MAX_NAMES`]). A bad value is dropped: no anonymous access. |
@@ -64,9 +69,11 @@ extern crate alloc;
 
 pub mod allow;
 pub mod readonly;
+pub mod tls;
 
 pub use allow::{AllowList, AllowRule, Cidr, Mode as AllowMode, Protocol};
 pub use readonly::{ReadOnlyRule, ReadOnlyTarget, MAX_FILE_NAME};
+pub use tls::{Secret, TlsMode, TlsSettings};
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -191,6 +198,9 @@ pub struct BootConfig {
     pub log: LogLevel,
     /// `debug_commands=`.
     pub debug_commands: bool,
+    /// `tls=`, `tls_cert=`, `tls_key=`, `tls_client_ca=`, `https_port=`
+    /// ([`tls`] has the PEM-in-config format).
+    pub tls: TlsSettings,
     /// `s3_key=` entries.
     pub s3_keys: Vec<S3Key>,
     /// `s3_anonymous=`: buckets readable without a signature.
@@ -279,6 +289,7 @@ impl Default for BootConfig {
             debug_commands: false,
             s3_keys: Vec::new(),
             s3_anonymous: Vec::new(),
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -444,9 +455,35 @@ pub fn parse(input: impl AsRef<[u8]>) -> (BootConfig, Vec<Warning>) {
         bytes = rest;
     }
     let mut parser = Parser::default();
+    let mut pem_block: Option<tls::OpenBlock> = None;
     for (index, raw) in bytes.split(|&b| b == b'\n').enumerate() {
-        parser.line(index.saturating_add(1), raw);
+        let number = index.saturating_add(1);
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        // Lines of a PEM block (tls.rs) are not settings.
+        if let Some(block) = &pem_block {
+            if !parser.config.tls.continue_block(block, raw) {
+                pem_block = None;
+            }
+            continue;
+        }
+        if let Some((key, value)) = core::str::from_utf8(raw)
+            .ok()
+            .and_then(|text| text.trim().split_once('='))
+        {
+            if let Some(pem) = tls::PemKey::from_key(key.trim()) {
+                pem_block = parser.config.tls.start(pem, number, value.trim());
+                if pem_block.is_some() && value.trim().starts_with("-----END ") {
+                    pem_block = None;
+                }
+                continue;
+            }
+        }
+        parser.line(number, raw);
     }
+    if let Some(block) = &pem_block {
+        parser.config.tls.unterminated(block);
+    }
+    parser.config.tls.finish();
     (parser.config, parser.warnings.finish())
 }
 
@@ -655,6 +692,13 @@ impl Parser {
                     let reason = expected(value, "an IPv4 address A.B.C.D");
                     self.bad(line, "gateway", reason, false);
                 }
+            },
+            "tls" => self.config.tls.set_mode(line, value),
+            "https_port" => match value.parse::<u16>() {
+                Ok(port) if port != 0 && value.bytes().all(|b| b.is_ascii_digit()) => {
+                    self.config.tls.https_port = port;
+                }
+                _ => self.bad(line, "https_port", expected(value, "a port 1-65535"), false),
             },
             "nbd_port" | "http_port" => {
                 let key: &'static str = if key == "nbd_port" {
@@ -939,6 +983,19 @@ fn expected(value: &str, what: &str) -> String {
 
 /// At most 40 characters of `text`, control characters replaced by '?',
 /// so a warning stays one readable console line.
+/// The first word of a raw line: after leading whitespace, up to `=` or
+/// whitespace (the key, for telling which key a broken line was about).
+pub(crate) fn first_word(raw: &[u8]) -> &[u8] {
+    let start = raw
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(raw.len());
+    raw[start..]
+        .split(|b| *b == b'=' || b.is_ascii_whitespace())
+        .next()
+        .unwrap_or_default()
+}
+
 pub(crate) fn printable(text: &str) -> String {
     let mut out: String = text
         .chars()

@@ -300,14 +300,7 @@ impl fmt::Display for ReadOnlyRule {
 /// (`ReadOnly`, `read_only`): a line about access that must not be
 /// dropped silently. Works on raw bytes, for lines that are not UTF-8.
 pub(crate) fn mentions_readonly(raw: &[u8]) -> bool {
-    let start = raw
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(raw.len());
-    let word = raw[start..]
-        .split(|b| *b == b'=' || b.is_ascii_whitespace())
-        .next()
-        .unwrap_or_default();
+    let word = crate::first_word(raw);
     let mut letters = word.iter().filter(|b| !matches!(b, b'_' | b'-'));
     let mut expected = b"readonly".iter();
     loop {

@@ -40,6 +40,22 @@ pub struct ServerConfig {
     /// [`Backend::write_zeroes_step`](crate::Backend::write_zeroes_step).
     /// A multiple of 4096, at least 4096.
     pub step_bytes: u64,
+    /// `NBD_OPT_STARTTLS` policy (proto.md "TLS support"): who does the TLS
+    /// itself is the caller's business ([`Connection::starttls_pending`](crate::Connection::starttls_pending)).
+    pub tls: TlsPolicy,
+}
+
+/// Whether the server offers or requires TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsPolicy {
+    /// STARTTLS is refused with `NBD_REP_ERR_POLICY` (NOTLS mode).
+    #[default]
+    Off,
+    /// STARTTLS is accepted; plaintext clients are served too.
+    On,
+    /// FORCEDTLS: every option but STARTTLS (and ABORT) is answered
+    /// `NBD_REP_ERR_TLS_REQD` until TLS is up; EXPORT_NAME closes.
+    Require,
 }
 
 /// Default [`ServerConfig::step_bytes`]: 2 MiB. Measured with `cargo xtask
@@ -64,6 +80,7 @@ impl Default for ServerConfig {
             max_option_len: 16 * 1024,
             max_extents: 2048,
             step_bytes: DEFAULT_STEP_BYTES,
+            tls: TlsPolicy::Off,
         }
     }
 }

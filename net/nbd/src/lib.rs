@@ -46,7 +46,7 @@ pub use backend::{
     step_piece, Backend, BackendError, ExportHandle, ExportInfo, ExportKind, Extent, ListCursor,
     ZeroFlags,
 };
-pub use config::{ConnectionStats, ServerConfig, DEFAULT_STEP_BYTES};
+pub use config::{ConnectionStats, ServerConfig, TlsPolicy, DEFAULT_STEP_BYTES};
 pub use connection::Connection;
 pub use server::Server;
 

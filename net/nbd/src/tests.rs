@@ -1916,3 +1916,95 @@ fn step_piece_is_aligned_and_never_empty() {
     assert_eq!(step_piece(5, 3, 0), 1);
     assert_eq!(step_piece(5, 0, 4096), 0);
 }
+
+fn tls_client(policy: TlsPolicy) -> Client {
+    let config = ServerConfig {
+        tls: policy,
+        ..ServerConfig::default()
+    };
+    let mut c = Client::with_config(config);
+    c.flags(FLAG_C_FIXED_NEWSTYLE);
+    c
+}
+
+#[test]
+fn starttls_is_acknowledged_and_the_engine_reads_nothing_more_until_tls_is_up() {
+    for policy in [TlsPolicy::On, TlsPolicy::Require] {
+        let mut c = tls_client(policy);
+        // STARTTLS followed at once by plaintext (an injection attempt):
+        // the plaintext must not be read as options.
+        let mut bytes = option(OPT_STARTTLS, &[]);
+        bytes.extend_from_slice(&option(OPT_GO, &go_data("disk", &[])));
+        let used = c.conn.receive(&bytes, &mut c.mem, 0);
+        assert_eq!(used, 16, "only the STARTTLS option is consumed");
+        c.pump();
+        assert_eq!(c.option_reply(), (OPT_STARTTLS, REP_ACK, Vec::new()));
+        assert!(c.conn.starttls_pending());
+        assert!(!c.conn.wants_input());
+        assert_eq!(c.conn.receive(&bytes[16..], &mut c.mem, 0), 0);
+        // The TLS layer is up: options are read again, TLS_REQD never sent.
+        c.conn.tls_started();
+        assert!(!c.conn.starttls_pending());
+        assert!(c.conn.tls_active());
+        c.send(&option(OPT_LIST, &[]));
+        loop {
+            let (_, kind, _) = c.option_reply();
+            assert_ne!(kind, REP_ERR_TLS_REQD);
+            if kind == REP_ACK {
+                break;
+            }
+        }
+        // A second STARTTLS is invalid (proto.md "SELECTIVETLS mode").
+        c.send(&option(OPT_STARTTLS, &[]));
+        assert_eq!(c.option_reply().1, REP_ERR_INVALID);
+        c.send(&option(OPT_GO, &go_data("disk", &[])));
+        while c.option_reply().1 != REP_ACK {}
+        assert!(c.conn.in_transmission());
+    }
+}
+
+#[test]
+fn starttls_with_data_is_invalid() {
+    let mut c = tls_client(TlsPolicy::On);
+    c.send(&option(OPT_STARTTLS, b"x"));
+    assert_eq!(c.option_reply().1, REP_ERR_INVALID);
+    assert!(!c.conn.starttls_pending());
+}
+
+#[test]
+fn tls_on_also_serves_plaintext() {
+    let mut c = tls_client(TlsPolicy::On);
+    c.send(&option(OPT_GO, &go_data("disk", &[])));
+    while c.option_reply().1 != REP_ACK {}
+    assert!(c.conn.in_transmission());
+}
+
+#[test]
+fn tls_require_refuses_every_other_option_and_closes_on_export_name() {
+    let mut c = tls_client(TlsPolicy::Require);
+    for opt in [OPT_LIST, OPT_GO, OPT_INFO, OPT_STRUCTURED_REPLY, 4242] {
+        let data = if opt == OPT_GO || opt == OPT_INFO {
+            go_data("disk", &[])
+        } else {
+            Vec::new()
+        };
+        c.send(&option(opt, &data));
+        let (o, kind, _) = c.option_reply();
+        assert_eq!((o, kind), (opt, REP_ERR_TLS_REQD));
+    }
+    assert!(!c.conn.in_transmission());
+    c.send(&option(OPT_EXPORT_NAME, b"disk"));
+    assert!(c.conn.wants_close());
+    assert!(!c.conn.in_transmission());
+    // ABORT is still acknowledged.
+    let mut c = tls_client(TlsPolicy::Require);
+    c.send(&option(OPT_ABORT, &[]));
+    assert_eq!(c.option_reply().1, REP_ACK);
+}
+
+#[test]
+fn tls_off_refuses_starttls_by_policy() {
+    let mut c = tls_client(TlsPolicy::Off);
+    c.send(&option(OPT_STARTTLS, &[]));
+    assert_eq!(c.option_reply().1, REP_ERR_POLICY);
+}

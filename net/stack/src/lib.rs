@@ -19,6 +19,7 @@ mod device;
 pub mod http;
 mod service;
 mod stack;
+pub mod tls;
 
 pub use device::{Counters, CountingDevice};
 pub use service::{

@@ -8,6 +8,7 @@
 //!              [--nbd-list on|off] [--memory-budget SIZE]
 //!              [--http-port PORT] [--s3-key ACCESS:SECRET[:read-only]]...
 //!              [--s3-anonymous pmemN:read]...
+//!              [--tls off|on|require --tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
 //! ```
 //!
 //! `--http-port PORT` also serves HTTP on 127.0.0.1 (`0` picks a free
@@ -51,7 +52,8 @@ use daxbox_storage::{BootPolicy, NbdService, SharedStorage, Storage};
 const USAGE: &str = "usage: daxbox-serve --image PATH[,size=SIZE]... [--format if-blank|never] \
      [--export-raw pmemN]... [--readonly NAME]... [--create NAME=SIZE]... [--port PORT] \
      [--handshake-timeout-ms N] [--nbd-list on|off] [--memory-budget SIZE] \
-     [--http-port PORT] [--s3-key ACCESS:SECRET[:read-only]]... [--s3-anonymous pmemN:read]...";
+     [--http-port PORT] [--s3-key ACCESS:SECRET[:read-only]]... [--s3-anonymous pmemN:read]... \
+     [--tls off|on|require --tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]";
 
 /// The mount budget without `--memory-budget`: the kernel's share (half
 /// the heap) of a 2 GiB heap.
@@ -68,6 +70,9 @@ struct Options {
     http_port: Option<u16>,
     /// `s3_key=` / `s3_anonymous=` lines, parsed as the boot config.
     s3_lines: Vec<String>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+    tls_client_ca: Option<String>,
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -84,6 +89,9 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         mount_budget: DEFAULT_MOUNT_BUDGET,
         http_port: None,
         s3_lines: Vec::new(),
+        tls_cert: None,
+        tls_key: None,
+        tls_client_ca: None,
     };
     while let Some(arg) = args.next() {
         let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
@@ -137,6 +145,17 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
             }
             "--s3-key" => options.s3_lines.push(format!("s3_key={value}")),
             "--s3-anonymous" => options.s3_lines.push(format!("s3_anonymous={value}")),
+            "--tls" => {
+                options.engine.tls = match value.as_str() {
+                    "off" => daxbox_nbd::TlsPolicy::Off,
+                    "on" => daxbox_nbd::TlsPolicy::On,
+                    "require" => daxbox_nbd::TlsPolicy::Require,
+                    other => return Err(format!("--tls {other}: off, on or require")),
+                }
+            }
+            "--tls-cert" => options.tls_cert = Some(value),
+            "--tls-key" => options.tls_key = Some(value),
+            "--tls-client-ca" => options.tls_client_ca = Some(value),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -241,7 +260,38 @@ fn main() {
             Some(server)
         }
     };
-    let service = NbdService::with_config(shared, options.engine);
+    let tls = options.engine.tls;
+    let mut service = NbdService::with_config(shared, options.engine);
+    if tls != daxbox_nbd::TlsPolicy::Off {
+        let read = |what: &str, path: &Option<String>| -> Vec<u8> {
+            let path = path
+                .as_ref()
+                .unwrap_or_else(|| fail(&format!("--tls needs --{what}")));
+            std::fs::read(path).unwrap_or_else(|e| fail(&format!("--{what} {path}: {e}")))
+        };
+        let cert = read("tls-cert", &options.tls_cert);
+        let key = read("tls-key", &options.tls_key);
+        let ca = options
+            .tls_client_ca
+            .as_ref()
+            .map(|_| read("tls-client-ca", &options.tls_client_ca));
+        fn now() -> Option<u64> {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_secs())
+        }
+        let server = daxbox_tls::TlsServer::new(
+            daxbox_tls::Pem {
+                cert: &cert,
+                key: &key,
+                client_ca: ca.as_deref(),
+            },
+            now,
+        )
+        .unwrap_or_else(|e| fail(&e.to_string()));
+        service = service.with_tls(server);
+    }
     let mut server = TcpLoop::new(listener, service).unwrap_or_else(|e| fail(&e.to_string()));
     println!("listening on {address}");
     let _ = std::io::stdout().flush();

@@ -1932,3 +1932,110 @@ print("nbdsh script ok")
     let fsck = server.ok("fsck");
     assert!(fsck.starts_with("pmem0: fsck: clean ("), "{fsck}");
 }
+
+/// The test certificates of `net/tls` (CA, server for 127.0.0.1 and
+/// localhost, a client, an unrelated CA), laid out as libnbd's and QEMU's
+/// `tls-certificates`/`tls-creds-x509` folders want them.
+fn tls_folders(dir: &TempDir) -> (PathBuf, PathBuf, PathBuf) {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../net/tls/testdata");
+    let copy = |from: &str, to: &Path| std::fs::copy(data.join(from), to).expect("copy test cert");
+    let good = dir.path("certs");
+    let wrong = dir.path("wrong-ca");
+    std::fs::create_dir_all(&good).unwrap();
+    std::fs::create_dir_all(&wrong).unwrap();
+    copy("ca.pem", &good.join("ca-cert.pem"));
+    copy("other-ca.pem", &wrong.join("ca-cert.pem"));
+    let server = dir.path("server");
+    std::fs::create_dir_all(&server).unwrap();
+    copy("server.pem", &server.join("cert.pem"));
+    copy("server-key.pem", &server.join("key.pem"));
+    (good, wrong, server)
+}
+
+#[test]
+fn nbd_over_tls_with_real_clients() {
+    let dir = TempDir::new("tls");
+    let (good, wrong, server_files) = tls_folders(&dir);
+    let pmem0 = image_arg(&dir, "pmem0.img", "64M");
+    let cert = text(&server_files.join("cert.pem")).to_string();
+    let key = text(&server_files.join("key.pem")).to_string();
+    let mut server = Server::start(&[
+        "--image",
+        &pmem0,
+        "--format",
+        "if-blank",
+        "--create",
+        "disk=8M",
+        "--tls",
+        "require",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ]);
+    let port = server.port;
+    let nbds = |export: &str, certs: &Path| {
+        format!(
+            "nbds://127.0.0.1:{port}/{export}?tls-certificates={}",
+            text(certs)
+        )
+    };
+
+    // nbdinfo over TLS sees the export.
+    let info = run_tool_ok("nbdinfo", &["--size", &nbds("disk", &good)], QUICK);
+    assert_eq!(info.trim(), (8 * MIB).to_string());
+
+    // nbdcopy writes through TLS and reads the same bytes back.
+    let source = dir.path("source.bin");
+    let data: Vec<u8> = (0..8 * MIB as usize)
+        .map(|i| (i * 31 % 253) as u8)
+        .collect();
+    std::fs::write(&source, &data).unwrap();
+    run_tool_ok("nbdcopy", &[text(&source), &nbds("disk", &good)], BULK);
+    let back = dir.path("back.bin");
+    run_tool_ok("nbdcopy", &[&nbds("disk", &good), text(&back)], BULK);
+    assert!(
+        std::fs::read(&back).unwrap() == data,
+        "bytes differ after a TLS round trip"
+    );
+
+    // tls=require: a plaintext client is refused with the TLS-required error.
+    let plain = run_tool("nbdinfo", &[&server.uri("disk")], QUICK);
+    assert!(!plain.success(), "plaintext nbdinfo must fail");
+    let said = format!("{}{}", plain.stdout, plain.stderr);
+    assert!(said.contains("TLS"), "plaintext refusal:\n{said}");
+
+    // A client that does not trust the server's CA fails the handshake ...
+    let wrong_ca = run_tool("nbdinfo", &["--size", &nbds("disk", &wrong)], QUICK);
+    assert!(!wrong_ca.success(), "a client with the wrong CA must fail");
+    // ... and the server serves the next client.
+    let info = run_tool_ok("nbdinfo", &["--size", &nbds("disk", &good)], QUICK);
+    assert_eq!(info.trim(), (8 * MIB).to_string());
+
+    // QEMU's client with tls-creds-x509 reads through TLS.
+    let object = format!("tls-creds-x509,id=tls0,endpoint=client,dir={}", text(&good));
+    let image = format!("driver=nbd,host=127.0.0.1,port={port},export=disk,tls-creds=tls0");
+    let qemu = run_tool_ok(
+        "qemu-io",
+        &[
+            "--object",
+            &object,
+            "--image-opts",
+            &image,
+            "-c",
+            "read 0 4096",
+        ],
+        QUICK,
+    );
+    assert!(qemu.contains("read 4096/4096 bytes"), "qemu-io:\n{qemu}");
+    let qemu = run_tool_ok(
+        "qemu-img",
+        &["info", "--object", &object, "--image-opts", &image],
+        QUICK,
+    );
+    assert!(
+        qemu.contains("virtual size: 8 MiB"),
+        "qemu-img info:\n{qemu}"
+    );
+    server.assert_alive();
+}

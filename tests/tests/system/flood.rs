@@ -24,7 +24,7 @@ use daxbox_tests::nbd_client::{
     run_tool, uri, RawClient, CMD_READ, IHAVEOPT, OPT_LIST, REP_ACK, REP_SERVER,
 };
 use daxbox_tests::netns::Netns;
-use daxbox_tests::{load_factor, run_dir, Firmware, HarnessError, Machine, Nvdimm, QemuOptions};
+use daxbox_tests::{run_dir, scaled, Firmware, HarnessError, Machine, Nvdimm, QemuOptions};
 
 const MIB: u64 = 1 << 20;
 /// Per-call limit for client tools.
@@ -35,10 +35,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const FILES: usize = 2000;
 
 /// `limit` stretched by the host's load (see [`load_factor`]).
-fn scaled(limit: Duration) -> Duration {
-    limit.mul_f64(load_factor())
-}
-
 /// `curl` with a timeout; returns (HTTP status, body).
 fn curl(url: &str) -> (u16, String) {
     let output = Command::new("curl")

@@ -12,45 +12,20 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::common::{shell, wait_nbd};
 use daxbox_tests::nbd_client::{fio, run_tool, run_tool_ok, test_image, uri};
 use daxbox_tests::{
-    load_factor, run_dir, Firmware, HarnessError, Machine, Nvdimm, QemuOptions, EXIT_POWEROFF,
+    run_dir, scaled, Firmware, HarnessError, Machine, Nvdimm, QemuOptions, EXIT_POWEROFF,
 };
 
 const MIB: u64 = 1 << 20;
 const QUICK: Duration = Duration::from_secs(60);
-
-fn scaled(limit: Duration) -> Duration {
-    limit.mul_f64(load_factor())
-}
-
-/// Runs a shell command that must not report an error.
-fn shell(machine: &mut Machine, command: &str) -> Result<String, HarnessError> {
-    let output = machine.command(command)?;
-    assert!(
-        !output.contains("error:") && !output.contains("usage:"),
-        "shell `{command}` failed:\n{output}"
-    );
-    Ok(output)
-}
 
 /// A zero-filled NVDIMM backing file of `size` bytes.
 fn backing_file(path: &Path, size: u64) {
     let _ = fs::remove_file(path);
     let file = fs::File::create(path).expect("creating an NVDIMM backing file");
     file.set_len(size).expect("sizing an NVDIMM backing file");
-}
-
-/// Waits until the NBD server completes a handshake.
-fn wait_nbd(port: u16) {
-    let deadline = Instant::now() + scaled(Duration::from_secs(30));
-    loop {
-        if run_tool("nbdinfo", &["--list", &uri(port, "")], QUICK).success() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the NBD server never answered");
-        thread::sleep(Duration::from_millis(300));
-    }
 }
 
 /// Copies `bytes` into `export` with nbdcopy and back, and compares.

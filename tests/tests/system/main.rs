@@ -9,6 +9,7 @@
 
 mod allow;
 mod boot;
+mod common;
 mod daxfs;
 mod flood;
 mod harness;
@@ -23,4 +24,5 @@ mod net;
 mod pmem;
 mod s3;
 mod shell;
+mod tls;
 mod unlink;

@@ -32,7 +32,7 @@ use daxbox_tests::nbd_client::{
     run_tool_ok, slow_reader, test_image, uri, RawClient, CMD_DISC, CMD_FLUSH, CMD_READ, CMD_WRITE,
     EPERM, IHAVEOPT, OPT_GO,
 };
-use daxbox_tests::{load_factor, run_dir, Firmware, HarnessError, Machine, Nvdimm, QemuOptions};
+use daxbox_tests::{run_dir, scaled, Firmware, HarnessError, Machine, Nvdimm, QemuOptions};
 
 const MIB: u64 = 1 << 20;
 
@@ -47,10 +47,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const LINGER: Duration = Duration::from_secs(20);
 
 /// `limit` stretched by the host's load (see [`load_factor`]).
-fn scaled(limit: Duration) -> Duration {
-    limit.mul_f64(load_factor())
-}
-
 /// Boot options: BIOS, `nvdimm0` (256 MiB, daxfs formatted when blank) and
 /// `nvdimm1` (64 MiB, exported raw as `pmem1`), plus `readonly=ro`.
 fn appliance(name: &str, fresh: bool) -> QemuOptions {

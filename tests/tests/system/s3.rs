@@ -10,15 +10,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use daxbox_tests::nbd_client::{run_tool, run_tool_ok, uri};
-use daxbox_tests::{load_factor, run_dir, Firmware, HarnessError, Machine, Nvdimm, QemuOptions};
+use daxbox_tests::{run_dir, scaled, Firmware, HarnessError, Machine, Nvdimm, QemuOptions};
 
 const MIB: u64 = 1 << 20;
 const ACCESS: &str = "AKSYSTEST";
 const SECRET: &str = "system-test-secret-42";
-
-fn scaled(limit: Duration) -> Duration {
-    limit.mul_f64(load_factor())
-}
 
 /// Runs a boto3 snippet with a client `s3` for the appliance; returns
 /// stdout, panics on failure.

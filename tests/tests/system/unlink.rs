@@ -15,24 +15,11 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::common::shell;
 use daxbox_tests::nbd_client::{run_tool, uri, ToolOutput};
-use daxbox_tests::{load_factor, run_dir, Firmware, HarnessError, Machine, Nvdimm, QemuOptions};
+use daxbox_tests::{run_dir, scaled, Firmware, HarnessError, Machine, Nvdimm, QemuOptions};
 
 const MIB: u64 = 1 << 20;
-
-fn scaled(limit: Duration) -> Duration {
-    limit.mul_f64(load_factor())
-}
-
-/// Runs a shell command that must not report an error.
-fn shell(machine: &mut Machine, command: &str) -> Result<String, HarnessError> {
-    let output = machine.command(command)?;
-    assert!(
-        !output.contains("error:") && !output.contains("usage:"),
-        "shell `{command}` failed:\n{output}"
-    );
-    Ok(output)
-}
 
 /// `df`'s pmem0 line.
 fn df_line(machine: &mut Machine) -> Result<String, HarnessError> {

@@ -1,6 +1,6 @@
 //! The handshake: option haggling after the greeting (proto.md "Option
 //! types", "Option reply types"): EXPORT_NAME, ABORT, LIST, STARTTLS
-//! (refused), INFO and GO, STRUCTURED_REPLY, EXTENDED_HEADERS and the
+//! (with a TLS policy: acknowledged, the caller then runs TLS), INFO and GO, STRUCTURED_REPLY, EXTENDED_HEADERS and the
 //! meta-context options. GO and EXPORT_NAME end the handshake by entering
 //! the transmission phase with the export's transmission flags.
 
@@ -60,6 +60,26 @@ impl Connection {
             self.opt_buf.clear();
             return;
         }
+        if self.config.tls == crate::TlsPolicy::Require
+            && !self.tls_active
+            && option != wire::OPT_STARTTLS
+            && option != wire::OPT_ABORT
+        {
+            // proto.md "FORCEDTLS mode": TLS_REQD to every other option;
+            // EXPORT_NAME cannot fail, so the session ends.
+            if option == wire::OPT_EXPORT_NAME {
+                self.hard_close();
+            } else {
+                self.option_reply(
+                    option,
+                    wire::REP_ERR_TLS_REQD,
+                    b"TLS is required: use NBD_OPT_STARTTLS",
+                );
+            }
+            self.opt_buf = data;
+            self.opt_buf.clear();
+            return;
+        }
         match option {
             wire::OPT_EXPORT_NAME => self.opt_export_name(&data, backend),
             wire::OPT_ABORT => {
@@ -69,10 +89,17 @@ impl Connection {
             }
             wire::OPT_LIST => self.opt_list(&data, backend),
             wire::OPT_STARTTLS => {
-                {
+                if self.config.tls == crate::TlsPolicy::Off {
                     // NOTLS mode: POLICY or UNSUP are both allowed (proto.md "NOTLS
                     // mode"); nbdkit and qemu-nbd answer POLICY, so do we.
                     self.option_reply(option, wire::REP_ERR_POLICY, b"TLS is not supported")
+                } else if !data.is_empty() {
+                    self.option_reply(option, wire::REP_ERR_INVALID, b"option takes no data");
+                } else if self.tls_active {
+                    self.option_reply(option, wire::REP_ERR_INVALID, b"TLS already negotiated");
+                } else {
+                    self.option_reply(option, wire::REP_ACK, &[]);
+                    self.starttls = true;
                 }
             }
             wire::OPT_INFO | wire::OPT_GO => {

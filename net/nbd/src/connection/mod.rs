@@ -138,6 +138,12 @@ pub struct Connection {
     /// The connection is over a limit: every option is refused with this
     /// message (`NBD_REP_ERR_POLICY`).
     refusal: Option<alloc::string::String>,
+    /// `NBD_OPT_STARTTLS` was acknowledged: nothing more is read until the
+    /// caller's TLS layer is up ([`Connection::tls_started`]), so plaintext
+    /// sent after the option is never taken as protected.
+    starttls: bool,
+    /// TLS is up on this connection.
+    tls_active: bool,
 }
 
 /// A TRIM or WRITE_ZEROES being done piece by piece by
@@ -180,6 +186,8 @@ impl Connection {
             started_us: 0,
             listing: None,
             refusal: None,
+            starttls: false,
+            tls_active: false,
         };
         let mut greeting = Vec::with_capacity(18);
         greeting.put_u64(wire::NBDMAGIC);
@@ -254,11 +262,33 @@ impl Connection {
     /// [`receive`](Self::receive) would consume bytes now (no backpressure).
     pub fn wants_input(&self) -> bool {
         !self.closed
+            && !self.starttls
             && self.state != InState::Done
             && self.stalled.is_none()
             && self.listing.is_none()
             && self.job.is_none()
             && !self.backpressured()
+    }
+
+    /// `NBD_OPT_STARTTLS` was acknowledged and the caller must now send the
+    /// queued output (ending with that ACK), then run the TLS handshake
+    /// over the connection and call [`tls_started`](Self::tls_started);
+    /// until then the engine reads nothing.
+    pub fn starttls_pending(&self) -> bool {
+        self.starttls && !self.closed
+    }
+
+    /// The caller's TLS layer is up: option haggling goes on inside it.
+    pub fn tls_started(&mut self) {
+        if self.starttls {
+            self.starttls = false;
+            self.tls_active = true;
+        }
+    }
+
+    /// Whether TLS is up on this connection.
+    pub fn tls_active(&self) -> bool {
+        self.tls_active
     }
 
     /// A long request is being done piece by piece: the caller should call
@@ -396,6 +426,11 @@ impl Connection {
                 // Nothing more is read from this client (proto.md: a client
                 // MUST NOT send anything after NBD_CMD_DISC); drop it.
                 used = input.len();
+                break;
+            }
+            if self.starttls {
+                // STARTTLS acknowledged: what follows is TLS, for the
+                // caller's TLS layer, never options in clear.
                 break;
             }
             if self.job.is_some() {

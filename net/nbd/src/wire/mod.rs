@@ -68,6 +68,8 @@ pub const REP_ERR_UNSUP: u32 = 0x8000_0001;
 pub const REP_ERR_POLICY: u32 = 0x8000_0002;
 pub const REP_ERR_INVALID: u32 = 0x8000_0003;
 pub const REP_ERR_UNKNOWN: u32 = 0x8000_0006;
+/// proto.md: `NBD_REP_ERR_TLS_REQD`, the server requires TLS first.
+pub const REP_ERR_TLS_REQD: u32 = 0x8000_0005;
 pub const REP_ERR_TOO_BIG: u32 = 0x8000_0009;
 pub const REP_ERR_EXT_HEADER_REQD: u32 = 0x8000_000a;
 

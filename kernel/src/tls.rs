@@ -1,0 +1,111 @@
+//! TLS at boot: checks the entropy source and builds the `daxbox-tls`
+//! server from the boot config's PEM blocks, once.
+//!
+//! Anything that cannot be applied fails closed: the status is `Failed`
+//! with the reason (printed at boot and by `bootconfig`), and the NBD
+//! listener is not started. When usable, the NBD service offers (`on`) or
+//! requires (`require`) `NBD_OPT_STARTTLS` with this server, and HTTPS is
+//! served on `https_port` with the same certificate.
+
+use alloc::string::String;
+use daxbox_bootconfig::{BootConfig, TlsMode};
+use daxbox_tls::{Pem, TlsServer};
+use spin::Once;
+
+use crate::println;
+
+/// What became of `tls=`.
+pub enum Status {
+    /// `tls=off`.
+    Off,
+    /// Certificate and key parsed and match; entropy is available.
+    Ready(TlsServer),
+    /// TLS was asked for and cannot be used (the reason).
+    Failed(String),
+}
+
+static STATUS: Once<Status> = Once::new();
+
+/// Unix time for certificate validity (client certificates, mutual
+/// TLS): the CMOS RTC wall clock; unknown (`None`) refuses them.
+fn now() -> Option<u64> {
+    daxbox_platform::rtc::unix_now()
+}
+
+fn build(config: &BootConfig) -> Status {
+    let tls = &config.tls;
+    if tls.mode == TlsMode::Off {
+        return Status::Off;
+    }
+    if let Some(error) = &tls.error {
+        return Status::Failed(error.clone());
+    }
+    let mut probe = [0u8; 32];
+    if let Err(error) = daxbox_platform::entropy::fill(&mut probe) {
+        return Status::Failed(alloc::format!("{error}"));
+    }
+    let pem = Pem {
+        cert: tls.cert.as_bytes(),
+        key: tls.key.expose().as_bytes(),
+        client_ca: (!tls.client_ca.is_empty()).then_some(tls.client_ca.as_bytes()),
+    };
+    match TlsServer::new(pem, now) {
+        Ok(server) => Status::Ready(server),
+        Err(error) => Status::Failed(alloc::format!("{error}")),
+    }
+}
+
+/// Builds the TLS status once and prints it.
+pub fn init(config: &BootConfig) -> &'static Status {
+    STATUS.call_once(|| {
+        let status = build(config);
+        match &status {
+            Status::Off => {}
+            Status::Ready(server) => println!(
+                "tls: {} certificate loaded{}",
+                config.tls.mode,
+                if server.mutual() {
+                    "; client certificates required"
+                } else {
+                    ""
+                }
+            ),
+            Status::Failed(why) => {
+                println!("tls: {why}; NBD and HTTPS not served (fail closed)")
+            }
+        }
+        status
+    })
+}
+
+/// One line for `bootconfig`.
+pub fn describe() -> String {
+    match STATUS.get() {
+        None | Some(Status::Off) => "tls=off".into(),
+        Some(Status::Ready(server)) => alloc::format!(
+            "tls={} (certificate loaded{})",
+            crate::config::get().tls.mode,
+            if server.mutual() { ", mutual" } else { "" }
+        ),
+        Some(Status::Failed(why)) => alloc::format!(
+            "tls={} FAILED: {why} (NBD and HTTPS not served)",
+            crate::config::get().tls.mode
+        ),
+    }
+}
+
+/// Whether NBD may be served: not when TLS was asked for and failed.
+pub fn nbd_allowed() -> Result<(), String> {
+    match STATUS.get() {
+        Some(Status::Failed(why)) => Err(alloc::format!("tls: {why}")),
+        _ => Ok(()),
+    }
+}
+
+/// The TLS server, when TLS is on and usable.
+pub fn server() -> Option<&'static TlsServer> {
+    match STATUS.get() {
+        Some(Status::Ready(server)) => Some(server),
+        _ => None,
+    }
+}

@@ -1,0 +1,147 @@
+//! Entropy for TLS: the RDRAND instruction, detected with CPUID.
+//!
+//! Without RDRAND there is no entropy source (virtio-rng is not driven
+//! yet), and [`fill`] fails: TLS is then refused, never run with a
+//! predictable seed. RDRAND may fail transiently (carry clear, RNG
+//! exhausted); Intel's guidance is to retry up to 10 times per word, after
+//! which the call fails. On the bare-metal target this module registers
+//! [`fill`] as `getrandom`'s custom source, which `rustls-rustcrypto` uses.
+//!
+//! Invariant: `rdrand` is executed only after CPUID said the CPU has it.
+
+use core::sync::atomic::{AtomicU8, Ordering};
+
+/// Retries per 64-bit word before RDRAND counts as failed.
+pub const RETRIES: usize = 10;
+
+const UNKNOWN: u8 = 0;
+const PRESENT: u8 = 1;
+const ABSENT: u8 = 2;
+static RDRAND: AtomicU8 = AtomicU8::new(UNKNOWN);
+
+/// Why no random bytes could be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntropyError {
+    /// The CPU has no RDRAND.
+    NoSource,
+    /// RDRAND failed [`RETRIES`] times in a row.
+    Exhausted,
+}
+
+impl core::fmt::Display for EntropyError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoSource => {
+                f.write_str("no entropy source (RDRAND absent; start QEMU with -cpu max)")
+            }
+            Self::Exhausted => write!(f, "RDRAND failed {RETRIES} times in a row"),
+        }
+    }
+}
+
+/// Whether the CPU has RDRAND (CPUID leaf 1, ECX bit 30).
+pub fn rdrand_present() -> bool {
+    match RDRAND.load(Ordering::Relaxed) {
+        PRESENT => true,
+        ABSENT => false,
+        _ => {
+            let ecx = core::arch::x86_64::__cpuid(1).ecx;
+            let present = ecx & (1 << 30) != 0;
+            RDRAND.store(if present { PRESENT } else { ABSENT }, Ordering::Relaxed);
+            present
+        }
+    }
+}
+
+fn rdrand_step() -> Option<u64> {
+    let mut value = 0u64;
+    // SAFETY: called only after `rdrand_present` (CPUID) said the CPU has
+    // RDRAND; the instruction only writes `value` and the flags.
+    let ok = unsafe { core::arch::x86_64::_rdrand64_step(&mut value) };
+    (ok == 1).then_some(value)
+}
+
+/// Fills `out` from `step` (one 64-bit word or a transient failure),
+/// retrying each word up to [`RETRIES`] times.
+pub fn fill_with(
+    out: &mut [u8],
+    mut step: impl FnMut() -> Option<u64>,
+) -> Result<(), EntropyError> {
+    for chunk in out.chunks_mut(8) {
+        let word = (0..RETRIES)
+            .find_map(|_| step())
+            .ok_or(EntropyError::Exhausted)?;
+        chunk.copy_from_slice(&word.to_le_bytes()[..chunk.len()]);
+    }
+    Ok(())
+}
+
+/// Fills `out` with random bytes from RDRAND.
+pub fn fill(out: &mut [u8]) -> Result<(), EntropyError> {
+    if !rdrand_present() {
+        return Err(EntropyError::NoSource);
+    }
+    fill_with(out, rdrand_step)
+}
+
+#[cfg(target_os = "none")]
+fn getrandom_source(out: &mut [u8]) -> Result<(), getrandom::Error> {
+    fill(out).map_err(|_| {
+        getrandom::Error::from(
+            core::num::NonZeroU32::new(getrandom::Error::CUSTOM_START + 1)
+                .unwrap_or(core::num::NonZeroU32::MIN),
+        )
+    })
+}
+
+#[cfg(target_os = "none")]
+getrandom::register_custom_getrandom!(getrandom_source);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_a_failing_word_then_succeeds() {
+        let mut calls = 0;
+        let mut out = [0u8; 12];
+        let r = fill_with(&mut out, || {
+            calls += 1;
+            // Every word fails 9 times, then gives its call count.
+            (calls % 10 == 0).then_some(0x0102_0304_0506_0708)
+        });
+        assert_eq!(r, Ok(()));
+        assert_eq!(calls, 20);
+        assert_eq!(out, [8, 7, 6, 5, 4, 3, 2, 1, 8, 7, 6, 5]);
+    }
+
+    #[test]
+    fn gives_up_after_the_retries() {
+        let mut calls = 0;
+        let mut out = [0u8; 8];
+        let r = fill_with(&mut out, || {
+            calls += 1;
+            None
+        });
+        assert_eq!(r, Err(EntropyError::Exhausted));
+        assert_eq!(calls, RETRIES);
+    }
+
+    #[test]
+    fn the_hosts_rdrand_gives_differing_words() {
+        if !rdrand_present() {
+            return;
+        }
+        let mut a = [0u8; 32];
+        let mut b = [0u8; 32];
+        fill(&mut a).unwrap();
+        fill(&mut b).unwrap();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn the_message_names_the_fix() {
+        let text = std::format!("{}", EntropyError::NoSource);
+        assert!(text.contains("-cpu max"));
+    }
+}

@@ -1,0 +1,149 @@
+//! NBD over TLS: after the engine acknowledged `NBD_OPT_STARTTLS` and that
+//! ACK went out in clear, the connection's bytes pass through a
+//! `daxbox-tls` session: TCP bytes in → TLS → plaintext → engine, and
+//! engine output → TLS → TCP. Per connection this holds one
+//! [`daxbox_tls::TlsSession`] plus a [`SCRATCH`] buffer; the listener
+//! charges [`TLS_CONNECTION_BYTES`] more to the NBD budget per connection
+//! when TLS is configured.
+//!
+//! A TLS failure (bad record, failed certificate check, garbage) ends that
+//! connection only: its alert is sent, then the connection closes.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use daxbox_nbd::{Backend, Connection};
+use daxbox_tls::{TlsServer, TlsSession};
+
+/// Plaintext the engine produces per step into TLS (one record).
+pub const SCRATCH: usize = 16 * 1024;
+/// Heap one TLS connection may hold beyond a plaintext one.
+pub const TLS_CONNECTION_BYTES: usize = daxbox_tls::SESSION_MEMORY + SCRATCH;
+
+/// The TLS side of one NBD connection.
+#[derive(Default)]
+pub struct TlsState {
+    session: Option<TlsSession>,
+    scratch: Vec<u8>,
+    failed: bool,
+}
+
+impl TlsState {
+    /// Whether the connection is finished because TLS failed, once its
+    /// alert is out.
+    pub fn wants_close(&self) -> bool {
+        self.failed
+            && self
+                .session
+                .as_ref()
+                .is_none_or(|s| s.outgoing_tls().is_empty())
+    }
+
+    /// Whether TLS carries this connection.
+    pub fn active(&self) -> bool {
+        self.session.is_some()
+    }
+
+    /// The verified client certificate's common name (mutual TLS).
+    pub fn client_cn(&self) -> Option<&str> {
+        self.session.as_ref().and_then(|s| s.client_cn())
+    }
+
+    /// Received bytes: to the engine in clear, or through TLS.
+    pub fn receive<B: Backend + ?Sized>(
+        &mut self,
+        engine: &mut Connection,
+        data: &[u8],
+        backend: &mut B,
+        now_ms: u64,
+    ) -> usize {
+        if self.failed {
+            return data.len();
+        }
+        let Some(session) = self.session.as_mut() else {
+            return engine.receive(data, backend, now_ms);
+        };
+        match session.receive_tls(data) {
+            Ok(n) => {
+                self.feed(engine, backend, now_ms);
+                n
+            }
+            Err(_) => {
+                self.failed = true;
+                data.len()
+            }
+        }
+    }
+
+    /// Decrypted bytes waiting in the session go to the engine as far as it
+    /// takes them.
+    fn feed<B: Backend + ?Sized>(&mut self, engine: &mut Connection, backend: &mut B, now_ms: u64) {
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        while !session.plaintext().is_empty() {
+            let used = engine.receive(session.plaintext(), backend, now_ms);
+            if session.consume_plaintext(used).is_err() {
+                self.failed = true;
+                return;
+            }
+            if used == 0 {
+                break;
+            }
+        }
+    }
+
+    /// Bytes to send: the engine's in clear (starting TLS once a STARTTLS
+    /// ACK is out), or TLS records of its output.
+    pub fn produce<B: Backend + ?Sized>(
+        &mut self,
+        engine: &mut Connection,
+        server: Option<&TlsServer>,
+        out: &mut [u8],
+        backend: &mut B,
+        now_ms: u64,
+    ) -> usize {
+        if self.session.is_none() {
+            let written = engine.produce(out, backend);
+            if engine.starttls_pending() && !engine.has_output() {
+                match server.map(TlsServer::session) {
+                    Some(Ok(session)) => {
+                        self.session = Some(session);
+                        self.scratch = vec![0; SCRATCH];
+                        engine.tls_started();
+                    }
+                    // No TLS server (cannot happen with a TLS policy) or
+                    // no session: the connection ends.
+                    _ => self.failed = true,
+                }
+            }
+            return written;
+        }
+        self.feed(engine, backend, now_ms);
+        let mut written = self.drain(out);
+        if !self.failed {
+            if let Some(session) = self.session.as_mut() {
+                let room = session.plaintext_room().min(self.scratch.len());
+                if room > 0 {
+                    let n = engine.produce(&mut self.scratch[..room], backend);
+                    if n > 0 && session.write_plaintext(&self.scratch[..n]) != Ok(n) {
+                        // Room was checked: a short write is a TLS failure.
+                        self.failed = true;
+                    }
+                }
+            }
+            written += self.drain(&mut out[written..]);
+        }
+        written
+    }
+
+    fn drain(&mut self, out: &mut [u8]) -> usize {
+        let Some(session) = self.session.as_mut() else {
+            return 0;
+        };
+        let n = session.outgoing_tls().len().min(out.len());
+        out[..n].copy_from_slice(&session.outgoing_tls()[..n]);
+        session.consume_outgoing(n);
+        n
+    }
+}

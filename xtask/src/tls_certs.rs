@@ -1,0 +1,205 @@
+//! `cargo xtask run --tls`: a throwaway CA, a server certificate for
+//! 127.0.0.1 and localhost and a client certificate (all ECDSA P-256),
+//! made with `openssl` under `target/tls/`, laid out as libnbd's
+//! `tls-certificates` and QEMU's `tls-creds-x509` folders want them; the
+//! boot-config lines that carry the server's certificate and key; and the
+//! client command lines that use them.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::XtaskError;
+
+fn openssl(args: &[&str], dir: &Path) -> Result<(), XtaskError> {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .map_err(|error| XtaskError::Command {
+            command: "openssl".into(),
+            problem: error.to_string(),
+        })?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(XtaskError::Command {
+            command: format!("openssl {}", args.join(" ")),
+            problem: String::from_utf8_lossy(&output.stderr).into_owned(),
+        })
+    }
+}
+
+fn key(dir: &Path, name: &str) -> Result<(), XtaskError> {
+    openssl(
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            name,
+        ],
+        dir,
+    )
+}
+
+fn sign(dir: &Path, name: &str, cn: &str, extensions: &str) -> Result<(), XtaskError> {
+    let key_file = format!("{name}-key.pem");
+    let csr = format!("{name}.csr");
+    let ext = format!("{name}.ext");
+    key(dir, &key_file)?;
+    openssl(
+        &[
+            "req",
+            "-new",
+            "-key",
+            &key_file,
+            "-subj",
+            &format!("/CN={cn}"),
+            "-out",
+            &csr,
+        ],
+        dir,
+    )?;
+    fs::write(dir.join(&ext), extensions).map_err(|e| XtaskError::Io(e.to_string()))?;
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca-cert.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-extfile",
+            &ext,
+            "-out",
+            &format!("{name}-cert.pem"),
+        ],
+        dir,
+    )?;
+    let _ = fs::remove_file(dir.join(csr));
+    let _ = fs::remove_file(dir.join(ext));
+    Ok(())
+}
+
+/// Makes (afresh) the certificates under `dir`; returns the folder.
+pub fn generate(dir: &Path) -> Result<PathBuf, XtaskError> {
+    let _ = fs::remove_dir_all(dir);
+    fs::create_dir_all(dir).map_err(|e| XtaskError::Io(format!("{}: {e}", dir.display())))?;
+    key(dir, "ca-key.pem")?;
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca-key.pem",
+            "-subj",
+            "/CN=daxbox throwaway CA",
+            "-days",
+            "30",
+            "-out",
+            "ca-cert.pem",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+        dir,
+    )?;
+    sign(
+        dir,
+        "server",
+        "localhost",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+    )?;
+    sign(
+        dir,
+        "client",
+        "daxbox-client",
+        "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n",
+    )?;
+    Ok(dir.to_path_buf())
+}
+
+/// `key=` before each PEM block of `pem` (the boot config's PEM format).
+pub fn pem_lines(key: &str, pem: &str) -> String {
+    pem.lines()
+        .map(|line| {
+            if line.starts_with("-----BEGIN") {
+                format!("{key}={line}\n")
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect()
+}
+
+/// The boot-config lines for the server certificate and key in `dir`.
+pub fn boot_lines(dir: &Path) -> Result<String, XtaskError> {
+    let read = |name: &str| {
+        fs::read_to_string(dir.join(name))
+            .map_err(|e| XtaskError::Io(format!("{}: {e}", dir.join(name).display())))
+    };
+    Ok(format!(
+        "tls=on\n{}{}",
+        pem_lines("tls_cert", &read("server-cert.pem")?),
+        pem_lines("tls_key", &read("server-key.pem")?)
+    ))
+}
+
+/// Client command lines for the certificates in `dir`.
+pub fn client_lines(dir: &Path, nbd_port: u16) -> Vec<String> {
+    let d = dir.display();
+    vec![
+        format!("nbdinfo 'nbds://127.0.0.1:{nbd_port}/NAME?tls-certificates={d}'"),
+        format!(
+            "qemu-img info --object tls-creds-x509,id=tls0,endpoint=client,dir={d} \
+             --image-opts driver=nbd,host=127.0.0.1,port={nbd_port},export=NAME,tls-creds=tls0"
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_blocks_get_their_key() {
+        let pem = "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----\n";
+        assert_eq!(
+            pem_lines("tls_cert", pem),
+            "tls_cert=-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n\
+             tls_cert=-----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----\n"
+        );
+    }
+
+    #[test]
+    fn generated_certificates_give_boot_lines_daxbox_parses() {
+        if Command::new("openssl").arg("version").output().is_err() {
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("daxbox-tls-certs-{}", std::process::id()));
+        generate(&dir).unwrap();
+        for file in [
+            "ca-cert.pem",
+            "server-cert.pem",
+            "server-key.pem",
+            "client-cert.pem",
+            "client-key.pem",
+        ] {
+            assert!(dir.join(file).exists(), "{file}");
+        }
+        let lines = boot_lines(&dir).unwrap();
+        assert!(lines.starts_with("tls=on\ntls_cert=-----BEGIN CERTIFICATE-----\n"));
+        assert!(lines.contains("tls_key=-----BEGIN PRIVATE KEY-----\n"));
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
