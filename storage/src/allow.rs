@@ -200,6 +200,40 @@ impl Access {
         }
     }
 
+    /// Whether some rule lets `address` use something on `device` over
+    /// `protocol` (the device itself, every file, or one file on it:
+    /// `bare_on(name)` says whether the bare name `name` opens a file on
+    /// `device`). The object API shows a client a bucket, and lets it list
+    /// it, when this holds; each key is then decided by [`Self::check`].
+    pub fn uses_any(
+        &self,
+        address: Option<IpAddr>,
+        protocol: Protocol,
+        device: &str,
+        mut bare_on: impl FnMut(&str) -> bool,
+    ) -> bool {
+        if self.list.failure(protocol).is_some() {
+            return false;
+        }
+        if self.list.is_open() {
+            return true;
+        }
+        let Some(address) = ipv4(address) else {
+            return false;
+        };
+        self.list.rules.iter().any(|rule| {
+            rule.applies(address, protocol)
+                && match &rule.exports {
+                    ReadOnlyTarget::All => true,
+                    ReadOnlyTarget::Device { device: d, .. } => d == device,
+                    ReadOnlyTarget::File {
+                        device: Some(d), ..
+                    } => d == device,
+                    ReadOnlyTarget::File { device: None, name } => bare_on(name),
+                }
+        })
+    }
+
     /// Counts `n` refusals of `address` for `reason`.
     pub fn count(&mut self, address: Option<IpAddr>, reason: Reason, n: u64) {
         if n == 0 {

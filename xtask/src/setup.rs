@@ -94,6 +94,11 @@ const REQUIREMENTS: &[Requirement] = &[
         why: "loads the dashboard headless in the system tests (package chromium)",
         needed_from: Needs::Everything,
     },
+    Requirement {
+        what: "rclone",
+        why: "S3 client in the object API tests (package rclone)",
+        needed_from: Needs::Everything,
+    },
 ];
 
 /// The apt-get command line that installs every system package, for this
@@ -109,7 +114,7 @@ pub fn apt_command(codename: Option<&str>) -> String {
     format!(
         "apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y \
          --no-install-recommends --allow-downgrades qemu-system-x86 {qemu_utils} ovmf \
-         libnbd-bin python3-libnbd fio nbdkit curl prometheus chromium"
+         libnbd-bin python3-libnbd fio nbdkit curl prometheus chromium rclone"
     )
 }
 
@@ -308,6 +313,7 @@ mod tests {
             "curl",
             "prometheus",
             "chromium",
+            "rclone",
         ] {
             assert!(command.contains(package), "{package} in {command}");
         }

@@ -120,6 +120,9 @@ pub struct Request<'a> {
     /// The header lines as received (`Name: value`, CRLF between them),
     /// already checked: every line has a token name and a colon.
     pub headers: &'a str,
+    /// The client's address, when the transport told it (routes apply
+    /// per-resource allow-lists with it).
+    pub peer: Option<IpAddr>,
 }
 
 impl<'a> Request<'a> {
@@ -687,6 +690,7 @@ fn parse_head(raw: &[u8]) -> Result<Head<'_>, Reject> {
             content_length: content_length.unwrap_or(0),
             chunked,
             headers,
+            peer: None,
         },
         keep_alive,
         expect_continue,
@@ -791,7 +795,11 @@ impl<R: HttpRoutes> HttpService<R> {
 
     /// Decides what to do with a complete head.
     fn route(&mut self, conn: &mut HttpConnection, head: &Head<'_>, now_ms: u64) -> Action {
-        let r = &head.request;
+        let request = Request {
+            peer: conn.peer,
+            ..head.request.clone()
+        };
+        let r = &request;
         if r.path != "/healthz" {
             if let Some(gate) = self.gate.as_mut() {
                 if !gate(conn.peer) {
@@ -1440,6 +1448,32 @@ mod tests {
         assert_eq!(status(&mut service, "198.18.0.10:5000", get).0, "200");
         assert_eq!(status(&mut service, "198.18.0.10:5000", missing).0, "404");
         assert_eq!(service.stats().forbidden, 2);
+    }
+
+    /// Routes see the client address the transport told (the object API
+    /// decides per bucket and key with it), `None` when it told none.
+    #[test]
+    fn routes_see_the_client_address() {
+        struct Peer;
+        impl HttpRoutes for Peer {
+            fn route(&mut self, request: &Request<'_>, _now_ms: u64) -> Option<Response> {
+                let body = alloc::format!("{:?}", request.peer).into_bytes();
+                Some(Response {
+                    status: 200,
+                    content_type: "text/plain",
+                    body,
+                })
+            }
+        }
+        let mut service = HttpService::with_routes("v", 0, Bench::Off, Peer);
+        let request = b"GET /who HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut conn = service.accept(0);
+        service.remote(&mut conn, "198.18.0.11:5000".parse().unwrap());
+        let text = String::from_utf8_lossy(&drive(&mut service, &mut conn, request)).into_owned();
+        assert!(text.ends_with("\r\n\r\nSome(198.18.0.11)"), "{text}");
+        let mut conn = service.accept(0);
+        let text = String::from_utf8_lossy(&drive(&mut service, &mut conn, request)).into_owned();
+        assert!(text.ends_with("\r\n\r\nNone"), "{text}");
     }
 
     #[test]

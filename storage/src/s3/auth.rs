@@ -443,6 +443,7 @@ pub fn sign_for_test(
         content_length: 0,
         chunked: false,
         headers: &text,
+        peer: None,
     };
     let scope = alloc::format!("{}/us-east-1/s3/aws4_request", &amz_date[..8]);
     let signed = Signed {
@@ -518,6 +519,7 @@ mod tests {
             content_length: 0,
             chunked: false,
             headers: &headers,
+            peer: None,
         };
         let now = parse_amz_date("20130524T000100Z").unwrap();
         let (principal, payload) =
@@ -561,6 +563,7 @@ mod tests {
             content_length: 0,
             chunked: false,
             headers: "Host: examplebucket.s3.amazonaws.com",
+            peer: None,
         };
         let now = parse_amz_date("20130524T010000Z").unwrap();
         let (principal, payload) =
@@ -612,6 +615,7 @@ mod streaming_tests {
             content_length: 66824,
             chunked: false,
             headers,
+            peer: None,
         };
         let now = parse_amz_date("20130524T000000Z").unwrap();
         let (_, payload) = authenticate(&request, &[key], now).expect("the seed signature");

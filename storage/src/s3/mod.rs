@@ -41,6 +41,7 @@
 //! only on buckets named by `s3_anonymous=`. With no key configured every
 //! request is refused (`403 AccessDenied`, saying so).
 
+mod allow;
 pub mod auth;
 pub mod chunked;
 pub mod text;
@@ -76,6 +77,10 @@ pub fn hidden(name: &str) -> bool {
 pub const MAX_KEY: usize = 255;
 /// Most keys one listing returns (S3's limit; `max-keys` above is cut).
 pub const MAX_LIST_KEYS: usize = 1000;
+/// With `allow=` rules, most names one listing request examines (keys the
+/// client may not read are skipped, not shown); a page cut short by it is
+/// truncated and the client asks for the next.
+pub const MAX_LIST_EXAMINED: usize = 4 * MAX_LIST_KEYS;
 /// Largest DeleteObjects request body, bytes (1,000 keys of 255 bytes
 /// with their XML fit well within it); beyond, `MalformedXML`.
 pub const MAX_DELETE_BODY: usize = 512 * 1024;
@@ -148,6 +153,42 @@ pub struct ObjectTag {
     pub epoch: u64,
     /// Unix time of the PUT or of the change, when known.
     pub modified: Option<u64>,
+    /// The client's modification time (`x-amz-meta-mtime`, which rclone
+    /// sets and compares: without it, rclone re-copies every object at
+    /// every sync), seconds and nanoseconds; forgotten with the MD5.
+    pub mtime: Option<(u64, u32)>,
+}
+
+/// `x-amz-meta-mtime` (`SECONDS[.FRACTION]`, at most 9 fraction digits)
+/// as (seconds, nanoseconds); anything else is not kept.
+fn client_mtime(request: &Request<'_>) -> Option<(u64, u32)> {
+    let value = request.header("x-amz-meta-mtime")?;
+    let (secs, frac) = value.split_once('.').unwrap_or((value, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if secs.is_empty() || secs.len() > 19 || frac.len() > 9 || !digits(secs) || !digits(frac) {
+        return None;
+    }
+    let nanos = if frac.is_empty() {
+        0
+    } else {
+        frac.parse::<u32>().ok()? * 10u32.pow(9 - frac.len() as u32)
+    };
+    Some((secs.parse().ok()?, nanos))
+}
+
+/// The header line returning a kept `x-amz-meta-mtime`.
+fn mtime_header(mtime: Option<(u64, u32)>) -> String {
+    match mtime {
+        None => String::new(),
+        Some((secs, 0)) => format!("x-amz-meta-mtime: {secs}\r\n"),
+        Some((secs, nanos)) => {
+            let frac = format!("{nanos:09}");
+            format!(
+                "x-amz-meta-mtime: {secs}.{}\r\n",
+                frac.trim_end_matches('0')
+            )
+        }
+    }
 }
 
 /// The object API's settings (from the boot config).
@@ -220,6 +261,8 @@ struct Put {
     signer: Option<(ChunkSigner, Option<String>, Sha256)>,
     /// A failure seen while reading the body.
     error: Option<S3Error>,
+    /// `x-amz-meta-mtime`, kept with the ETag.
+    mtime: Option<(u64, u32)>,
 }
 
 /// A request in progress between `open` and `end`.
@@ -239,6 +282,8 @@ enum Exchange {
         content_md5: Option<[u8; 16]>,
         /// The body's bytes, charged to the budget.
         charge: Charge<'static>,
+        /// The client (each key is decided by the allow-list).
+        peer: Option<core::net::IpAddr>,
     },
     /// A reply body held here (charged to the budget) and pulled by the
     /// HTTP service as the socket drains.
@@ -448,6 +493,7 @@ impl<M: PersistentMemory> Storage<M> {
             md5: None,
             epoch: self.tag_epoch,
             modified: None,
+            mtime: None,
         };
         match self.object_tags.get_mut(&key) {
             Some(existing) => *existing = tag,
@@ -638,8 +684,15 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         let method = request.method;
         let write = !matches!(method, "GET" | "HEAD");
         let payload = self.authorize(request, bucket.as_deref(), write, now)?;
+        let peer = request.peer;
+        if let Some(bucket) = &bucket {
+            self.shared.with(|s| match &key {
+                None => allow::require_bucket(s, peer, bucket),
+                Some(key) => allow::require_object(s, peer, bucket, key, write),
+            })?;
+        }
         match (method, bucket, key) {
-            ("GET", None, None) => self.list_buckets(),
+            ("GET", None, None) => self.list_buckets(peer),
             (_, None, _) => Err(S3Error::new(405, "MethodNotAllowed", "The specified method is not allowed against this resource.")),
             ("HEAD", Some(bucket), None) => self.shared.with(|s| {
                 bucket_volume(s, &bucket)?;
@@ -662,6 +715,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                     body: Vec::new(),
                     content_md5,
                     charge: self.budget.empty(),
+                    peer,
                 });
                 Ok(Opened::Body)
             }
@@ -682,12 +736,14 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         }
     }
 
-    fn list_buckets(&mut self) -> Result<Opened, S3Error> {
+    fn list_buckets(&mut self, peer: Option<core::net::IpAddr>) -> Result<Opened, S3Error> {
         let created = iso8601(self.unix_at_zero.unwrap_or(0));
         let mut xml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListAllMyBucketsResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Owner><ID>daxbox</ID><DisplayName>daxbox</DisplayName></Owner><Buckets>");
         self.shared.with(|s| {
             for v in &s.volumes {
-                if matches!(v.role, Role::Filesystem(_)) {
+                if matches!(v.role, Role::Filesystem(_))
+                    && allow::bucket_visible(s, peer, &v.device)
+                {
                     let _ = write!(
                         xml,
                         "<Bucket><Name>{}</Name><CreationDate>{created}</CreationDate></Bucket>",
@@ -784,15 +840,27 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         } else {
             marker.clone()
         };
+        let mut filtered = false;
         let listing = self.shared.with(|s| -> Result<Listing, S3Error> {
             let volume = bucket_volume(s, bucket)?;
-            let fs = filesystem(s, volume);
+            let s = &*s;
+            let Role::Filesystem(fs) = &s.volumes[volume].role else {
+                return Err(no_such_bucket());
+            };
+            // With allow rules, only the keys this client may read.
+            let filter = !s.access().is_open();
+            filtered = filter;
+            let mut keep = |name: &str| {
+                !filter
+                    || allow::object(s, request.peer, bucket, name) != crate::allow::Decision::Deny
+            };
             Ok(list(
                 fs,
                 &prefix,
                 delimiter.as_deref(),
                 after.as_deref(),
                 max_keys,
+                filter.then_some(&mut keep as &mut dyn FnMut(&str) -> bool),
             ))
         })?;
         let enc = |t: &str| {
@@ -847,7 +915,8 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                 "<Marker>{}</Marker>",
                 enc(marker.as_deref().unwrap_or(""))
             );
-            if let (Some(next), Some(_)) = (&listing.next, &delimiter) {
+            // A filtered page may end on a key not shown: say where.
+            if let (Some(next), true) = (&listing.next, delimiter.is_some() || filtered) {
                 let _ = write!(xml, "<NextMarker>{}</NextMarker>", enc(next));
             }
         }
@@ -877,7 +946,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         exchange: u64,
         now: u64,
     ) -> Result<Opened, S3Error> {
-        let (file, size, etag, modified) = self.shared.with(|s| -> Result<_, S3Error> {
+        let (file, size, etag, modified, mtime) = self.shared.with(|s| -> Result<_, S3Error> {
             let volume = bucket_volume(s, bucket)?;
             let fs = filesystem(s, volume);
             let file = fs.lookup(key).map_err(|_| no_such_key())?;
@@ -887,6 +956,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                 size,
                 self.etag(s, bucket, file),
                 self.modified(s, bucket, file),
+                s.object_tag(bucket, file).and_then(|t| t.mtime),
             ))
         })?;
         let _ = now;
@@ -895,8 +965,9 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         }
         let range = parse_range(request.header("range"), size)?;
         let mut headers = format!(
-            "ETag: {etag}\r\nLast-Modified: {}\r\nAccept-Ranges: bytes\r\nx-amz-request-id: daxbox\r\n",
-            text::http_date(modified)
+            "ETag: {etag}\r\nLast-Modified: {}\r\nAccept-Ranges: bytes\r\nx-amz-request-id: daxbox\r\n{}",
+            text::http_date(modified),
+            mtime_header(mtime)
         );
         let (status, start, length) = match range {
             Some((a, b)) => {
@@ -954,6 +1025,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         }
         check_key(src_key)?;
         let (etag, modified) = self.shared.with(|s| -> Result<_, S3Error> {
+            allow::require_object(s, request.peer, bucket, src_key, false)?;
             let volume = bucket_volume(s, bucket)?;
             let src = filesystem(s, volume)
                 .lookup(src_key)
@@ -968,10 +1040,18 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                 let _ = fs.unlink(&temp);
                 return Err(fs_failure(e));
             }
+            let replace = request
+                .header("x-amz-metadata-directive")
+                .is_some_and(|d| d.eq_ignore_ascii_case("REPLACE"));
             let tag = ObjectTag {
                 md5: src_tag.and_then(|t| t.md5),
                 epoch: 0,
                 modified: Some(now),
+                mtime: if replace {
+                    client_mtime(request)
+                } else {
+                    src_tag.and_then(|t| t.mtime)
+                },
             };
             if tag.md5.is_some() {
                 s.set_object_tag(bucket, copy, tag);
@@ -1113,6 +1193,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                 aws_chunked: decoded_length.map(|n| (chunked::AwsChunked::new(), n)),
                 signer,
                 error: None,
+                mtime: client_mtime(request),
             })),
         );
         Ok(Opened::Body)
@@ -1281,6 +1362,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                     md5: Some(md5),
                     epoch: 0,
                     modified: Some(now),
+                    mtime: put.mtime,
                 },
             );
             Ok(())
@@ -1301,6 +1383,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         device: &str,
         body: &[u8],
         content_md5: Option<[u8; 16]>,
+        peer: Option<core::net::IpAddr>,
     ) -> Result<Reply, S3Error> {
         if let Some(expected) = content_md5 {
             let got: [u8; 16] = Md5::digest(body).into();
@@ -1316,7 +1399,10 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         let mut xml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DeleteResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">");
         self.shared.with(|s| {
             for key in &keys {
-                match check_key(key).and_then(|()| delete_one(s, device, key)) {
+                let result = check_key(key)
+                    .and_then(|()| allow::require_object(s, peer, device, key, true))
+                    .and_then(|()| delete_one(s, device, key));
+                match result {
                     Ok(()) => {
                         if !quiet {
                             let _ =
@@ -1514,12 +1600,19 @@ struct Listing {
 /// Lists up to `max` keys and common prefixes of `prefix`, grouped by
 /// `delimiter`, after `after`. Work is O(max + log files) pages of the
 /// name index: a common prefix is skipped over, not walked.
+///
+/// `keep` (with allow rules): only the names it keeps are listed, and a
+/// common prefix only when it keeps a name under it; then at most
+/// [`MAX_LIST_EXAMINED`] names are examined per request, and a page cut
+/// short by that is truncated at the last name examined (possibly with no
+/// key at all: the client asks for the next page, as S3 allows).
 fn list<M: PersistentMemory>(
     fs: &Filesystem<M>,
     prefix: &str,
     delimiter: Option<&str>,
     after: Option<&str>,
     max: usize,
+    mut keep: Option<&mut dyn FnMut(&str) -> bool>,
 ) -> Listing {
     let mut listing = Listing {
         entries: Vec::new(),
@@ -1536,6 +1629,7 @@ fn list<M: PersistentMemory>(
     };
     // The empty string is no name: `list(Some(""))` starts at the first.
     let mut count = 0;
+    let mut examined = 0;
     loop {
         let page = fs.list(cursor.as_deref().or(Some("")), 128);
         if page.is_empty() {
@@ -1543,6 +1637,13 @@ fn list<M: PersistentMemory>(
         }
         for entry in page {
             let name = entry.name.clone();
+            if keep.is_some() {
+                if examined == MAX_LIST_EXAMINED {
+                    listing.next = cursor;
+                    return listing;
+                }
+                examined += 1;
+            }
             cursor = Some(name.clone());
             if name.starts_with(HIDDEN_PREFIX) {
                 continue;
@@ -1560,6 +1661,11 @@ fn list<M: PersistentMemory>(
                     .map(|e| e.name.clone())
                     .max(listing.prefixes.last().cloned());
                 return listing;
+            }
+            if let Some(keep) = keep.as_mut() {
+                if !keep(&name) {
+                    continue;
+                }
             }
             if let Some(d) = delimiter {
                 if let Some(pos) = name[prefix.len()..].find(d) {
@@ -1734,6 +1840,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> HttpRoutes for S3Routes<M, S> {
                 mut body,
                 content_md5,
                 mut charge,
+                peer,
             }) => {
                 let refused = if body.len() + data.len() > MAX_DELETE_BODY {
                     Some(S3Error::new(
@@ -1763,6 +1870,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> HttpRoutes for S3Routes<M, S> {
                         body,
                         content_md5,
                         charge,
+                        peer,
                     },
                 );
                 Ok(())
@@ -1790,9 +1898,10 @@ impl<M: PersistentMemory, S: SharedStorage<M>> HttpRoutes for S3Routes<M, S> {
                 body,
                 content_md5,
                 charge,
+                peer,
             }) => {
                 self.exchanges.insert(exchange, Exchange::Done);
-                let result = self.finish_delete_many(exchange, &device, &body, content_md5);
+                let result = self.finish_delete_many(exchange, &device, &body, content_md5, peer);
                 drop(charge);
                 result.unwrap_or_else(|e| e.reply(&resource))
             }

@@ -57,6 +57,8 @@ struct Client {
     fixture: Rc<RefCell<Fixture>>,
     service: HttpService<S3Routes<TestMemory, Shared>>,
     key: AccessKey,
+    /// The client address the transport reports.
+    peer: Option<core::net::SocketAddr>,
 }
 
 fn key(id: &str, read_only: bool) -> AccessKey {
@@ -76,12 +78,17 @@ impl Client {
     }
 
     fn with_config(config: S3Config) -> Self {
-        let fixture = Rc::new(RefCell::new(Fixture::standard()));
+        Self::with_fixture(Fixture::standard(), config)
+    }
+
+    fn with_fixture(fixture: Fixture, config: S3Config) -> Self {
+        let fixture = Rc::new(RefCell::new(fixture));
         let routes = S3Routes::new(Shared(fixture.clone()), config, Some(T0), 42);
         Self {
             fixture,
             service: HttpService::with_routes("test", 0, Bench::Off, routes),
             key: key("AKTEST", false),
+            peer: None,
         }
     }
 
@@ -123,6 +130,9 @@ impl Client {
 
     fn send_raw(&mut self, bytes: &[u8]) -> (Vec<u8>, HttpConnection) {
         let mut conn = self.service.accept(0);
+        if let Some(peer) = self.peer {
+            self.service.remote(&mut conn, peer);
+        }
         let mut out = Vec::new();
         let mut rest = bytes;
         let mut buf = vec![0u8; 1500];
@@ -881,4 +891,270 @@ fn aws_chunked_with_a_trailing_checksum() {
     assert_eq!(c.get("/pmem0/s").body, data);
     assert_eq!(c.service.routes().exchanges(), 0);
     assert!(c.shell("ls pmem0").contains("1 file(s)"));
+}
+
+/// Allow rules for HTTP by client address: `.10` read-write on `pmem0`,
+/// `.11` read-only on `pmem0` and one object of `pmem1`, `.12` only a
+/// `pmem1` it cannot use over HTTP (an NBD rule).
+fn allow_client() -> Client {
+    let mut c = Client::new();
+    c.put("/pmem0/a.txt", b"alpha");
+    c.put("/pmem0/b.txt", b"beta");
+    c.put("/pmem1/open.txt", b"open");
+    c.put("/pmem1/secret.txt", b"secret");
+    let (config, problems) = daxbox_bootconfig::parse(
+        "allow=198.18.0.10 pmem0 rw http\n\
+         allow=198.18.0.11 pmem0 ro http\n\
+         allow=198.18.0.11 pmem1:open.txt ro http\n\
+         allow=198.18.0.12 pmem1 rw nbd\n",
+    );
+    assert!(problems.is_empty(), "{problems:?}");
+    c.fixture
+        .borrow_mut()
+        .storage
+        .access_mut()
+        .set_rules(config.allow);
+    c
+}
+
+fn at(c: &mut Client, address: &str) {
+    c.peer = Some(alloc::format!("{address}:40000").parse().unwrap());
+}
+
+fn refusals(c: &Client, address: &str) -> crate::allow::Counts {
+    let address: core::net::IpAddr = address.parse().unwrap();
+    let fixture = c.fixture.borrow();
+    let stats = fixture.storage.access().stats();
+    stats
+        .by_address
+        .iter()
+        .find(|(a, _)| *a == Some(address))
+        .map(|(_, counts)| *counts)
+        .unwrap_or_default()
+}
+
+fn bucket_names(xml: &str) -> Vec<String> {
+    xml.split("<Name>")
+        .skip(1)
+        .map(|rest| rest.split_once("</Name>").unwrap().0.to_string())
+        .collect()
+}
+
+#[test]
+fn allow_rules_grant_read_write_to_one_address() {
+    let mut c = allow_client();
+    at(&mut c, "198.18.0.10");
+    assert_eq!(bucket_names(&c.get("/").text()), ["pmem0"]);
+    c.put("/pmem0/new.txt", b"new");
+    assert_eq!(c.get("/pmem0/new.txt").body, b"new");
+    let list = c.get("/pmem0?list-type=2");
+    assert_eq!(keys_of(&list.text()), ["a.txt", "b.txt", "new.txt"]);
+    let copy = c.call(
+        "PUT",
+        "/pmem0/copy.txt",
+        &[("x-amz-copy-source", "/pmem0/a.txt")],
+        b"",
+    );
+    assert_eq!(copy.status, 200, "{}", copy.text());
+    assert_eq!(c.call("DELETE", "/pmem0/copy.txt", &[], b"").status, 204);
+    // pmem1 is not this client's.
+    let other = c.get("/pmem1/open.txt");
+    assert_eq!((other.status, other.code().as_str()), (403, "AccessDenied"));
+    let other = c.get("/pmem1?list-type=2");
+    assert_eq!((other.status, other.code().as_str()), (403, "AccessDenied"));
+    assert_eq!(refusals(&c, "198.18.0.10").policy, 2);
+    assert_eq!(refusals(&c, "198.18.0.10").read_only_write, 0);
+}
+
+#[test]
+fn allow_rules_make_writes_read_only_for_an_address() {
+    let mut c = allow_client();
+    at(&mut c, "198.18.0.11");
+    assert_eq!(bucket_names(&c.get("/").text()), ["pmem0", "pmem1"]);
+    assert_eq!(c.get("/pmem0/a.txt").body, b"alpha");
+    assert_eq!(c.call("HEAD", "/pmem0/a.txt", &[], b"").status, 200);
+    let writes = [
+        c.call("PUT", "/pmem0/a.txt", &[], b"changed"),
+        c.call("DELETE", "/pmem0/b.txt", &[], b""),
+        c.call(
+            "PUT",
+            "/pmem0/c.txt",
+            &[("x-amz-copy-source", "/pmem0/a.txt")],
+            b"",
+        ),
+    ];
+    for answer in &writes {
+        assert_eq!(
+            (answer.status, answer.code().as_str()),
+            (403, "AccessDenied"),
+            "{}",
+            answer.text()
+        );
+        assert!(answer.text().contains("read-only"), "{}", answer.text());
+    }
+    // DeleteObjects decides per key.
+    let body = b"<Delete><Object><Key>a.txt</Key></Object></Delete>";
+    let md5 = base64(&Md5::digest(body));
+    let many = c.call("POST", "/pmem0?delete", &[("content-md5", &md5)], body);
+    assert_eq!(many.status, 200);
+    assert!(
+        many.text()
+            .contains("<Error><Key>a.txt</Key><Code>AccessDenied</Code>"),
+        "{}",
+        many.text()
+    );
+    assert_eq!(c.get("/pmem0/a.txt").body, b"alpha", "nothing changed");
+    assert_eq!(c.get("/pmem0/b.txt").body, b"beta");
+    assert_eq!(refusals(&c, "198.18.0.11").read_only_write, 4);
+    // On pmem1 it sees and reads one object only.
+    assert_eq!(keys_of(&c.get("/pmem1?list-type=2").text()), ["open.txt"]);
+    assert_eq!(keys_of(&c.get("/pmem1").text()), ["open.txt"], "v1 too");
+    assert_eq!(c.get("/pmem1/open.txt").body, b"open");
+    assert_eq!(c.get("/pmem1/secret.txt").status, 403);
+    assert_eq!(refusals(&c, "198.18.0.11").policy, 1);
+}
+
+#[test]
+fn allow_rules_refuse_an_address_without_an_http_rule() {
+    let mut c = allow_client();
+    at(&mut c, "198.18.0.12");
+    assert!(bucket_names(&c.get("/").text()).is_empty());
+    for answer in [
+        c.get("/pmem1/open.txt"),
+        c.call("PUT", "/pmem1/x", &[], b"x"),
+        c.call("HEAD", "/pmem1", &[], b""),
+        c.get("/pmem0?list-type=2"),
+    ] {
+        assert_eq!(answer.status, 403);
+    }
+    assert_eq!(refusals(&c, "198.18.0.12").policy, 4);
+    assert!(!c.shell("ls pmem1").contains(" x\n"));
+    // A client whose address the transport did not tell is refused too.
+    c.peer = None;
+    assert_eq!(c.get("/pmem0/a.txt").status, 403);
+    // Without any rule, everything is as before.
+    c.fixture
+        .borrow_mut()
+        .storage
+        .access_mut()
+        .set_rules(Default::default());
+    at(&mut c, "198.18.0.12");
+    assert_eq!(c.get("/pmem1/secret.txt").body, b"secret");
+    assert_eq!(bucket_names(&c.get("/").text()), ["pmem0", "pmem1"]);
+}
+
+/// A listing of many keys the client may not read examines a bounded
+/// number of names per request and still reaches the one it may.
+#[test]
+fn a_filtered_listing_is_bounded_per_request_and_complete() {
+    const MIB: u64 = 1 << 20;
+    let config = S3Config {
+        keys: vec![key("AKTEST", false)],
+        anonymous_read: Vec::new(),
+    };
+    let mut c = Client::with_fixture(Fixture::with_devices(&[320 * MIB], &[]), config);
+    for i in 0..(MAX_LIST_EXAMINED + 100) {
+        c.shell(&alloc::format!("create pmem0:k{i:05} 0"));
+    }
+    c.shell("create pmem0:zz-mine 0");
+    let (config, _) = daxbox_bootconfig::parse("allow=198.18.0.10 pmem0:zz-mine ro http\n");
+    c.fixture
+        .borrow_mut()
+        .storage
+        .access_mut()
+        .set_rules(config.allow);
+    at(&mut c, "198.18.0.10");
+    let first = c.get("/pmem0?list-type=2").text();
+    assert!(keys_of(&first).is_empty(), "{first}");
+    assert!(first.contains("<IsTruncated>true</IsTruncated>"));
+    let token = first
+        .split_once("<NextContinuationToken>")
+        .unwrap()
+        .1
+        .split_once('<')
+        .unwrap()
+        .0
+        .to_string();
+    let second = c
+        .get(&alloc::format!(
+            "/pmem0?list-type=2&continuation-token={token}"
+        ))
+        .text();
+    assert_eq!(keys_of(&second), ["zz-mine"]);
+    assert!(second.contains("<IsTruncated>false</IsTruncated>"));
+    // v1 says where to go on.
+    let first = c.get("/pmem0").text();
+    let marker = first
+        .split_once("<NextMarker>")
+        .unwrap()
+        .1
+        .split_once('<')
+        .unwrap()
+        .0
+        .to_string();
+    assert_eq!(
+        keys_of(&c.get(&alloc::format!("/pmem0?marker={marker}")).text()),
+        ["zz-mine"]
+    );
+}
+
+/// rclone keeps a file's modification time in `x-amz-meta-mtime` and
+/// re-copies (CopyObject onto itself, `REPLACE`) every object whose HEAD
+/// does not return it, at every sync: the object API keeps it (in RAM,
+/// with the ETag) and returns it.
+#[test]
+fn the_mtime_metadata_rclone_sets_is_returned() {
+    let mut c = Client::new();
+    let put = c.call(
+        "PUT",
+        "/pmem0/f",
+        &[("x-amz-meta-mtime", "1796447222.229220393")],
+        b"data",
+    );
+    assert_eq!(put.status, 200);
+    let head = c.call("HEAD", "/pmem0/f", &[], b"");
+    assert_eq!(
+        head.header("x-amz-meta-mtime"),
+        Some("1796447222.229220393")
+    );
+    assert_eq!(
+        c.get("/pmem0/f").header("x-amz-meta-mtime"),
+        Some("1796447222.229220393")
+    );
+    // A copy keeps it; a copy with REPLACE takes the new one.
+    let copy = c.call("PUT", "/pmem0/g", &[("x-amz-copy-source", "/pmem0/f")], b"");
+    assert_eq!(copy.status, 200);
+    assert_eq!(
+        c.get("/pmem0/g").header("x-amz-meta-mtime"),
+        Some("1796447222.229220393")
+    );
+    let replace = [
+        ("x-amz-copy-source", "pmem0/f"),
+        ("x-amz-metadata-directive", "REPLACE"),
+        ("x-amz-meta-mtime", "1796447300"),
+    ];
+    assert_eq!(c.call("PUT", "/pmem0/f", &replace, b"").status, 200);
+    let head = c.call("HEAD", "/pmem0/f", &[], b"");
+    assert_eq!(head.header("x-amz-meta-mtime"), Some("1796447300"));
+    assert_eq!(c.get("/pmem0/f").body, b"data");
+    // A change by another path forgets it; a PUT without it has none.
+    c.shell("write pmem0:f 0 D");
+    assert_eq!(
+        c.call("HEAD", "/pmem0/f", &[], b"")
+            .header("x-amz-meta-mtime"),
+        None
+    );
+    c.put("/pmem0/g", b"new");
+    assert_eq!(
+        c.call("HEAD", "/pmem0/g", &[], b"")
+            .header("x-amz-meta-mtime"),
+        None
+    );
+    // Not a Unix time: not kept (the PUT itself succeeds).
+    c.call("PUT", "/pmem0/h", &[("x-amz-meta-mtime", "soon")], b"x");
+    assert_eq!(
+        c.call("HEAD", "/pmem0/h", &[], b"")
+            .header("x-amz-meta-mtime"),
+        None
+    );
 }

@@ -12,6 +12,7 @@ fn request<'a>(method: &'a str, path: &'a str, query: &'a str) -> Request<'a> {
         content_length: 0,
         chunked: false,
         headers: "Host: x",
+        peer: None,
     }
 }
 

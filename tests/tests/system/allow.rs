@@ -15,7 +15,11 @@
 //! by PID (the `Machine`'s drop).
 //!
 //! Rules: .10 may read and write `disk` over NBD and use HTTP; .11 may
-//! read everything over NBD; .12 has no rule. A second boot has a rule
+//! read everything over NBD and the object `disk` over HTTP; .12 has no
+//! rule. The object API is spoken with `curl --aws-sigv4` (signed with
+//! the boot config's key): .10 writes and reads, .11 reads `disk` but its
+//! PUT is `403 AccessDenied` (read-only) and `secret` is refused, .12 is
+//! refused everything; `/metrics` shows the refusals. A second boot has a rule
 //! that cannot be parsed for NBD: the NBD port is not served at all, the
 //! console and `bootconfig` say why, HTTP still is.
 
@@ -33,7 +37,11 @@ const BOOT_CONFIG: &str = "format=if-blank\n\
     ip=198.18.0.2/24\n\
     allow=198.18.0.11 * ro nbd\n\
     allow=198.18.0.10 disk rw nbd\n\
-    allow=198.18.0.10 * rw http\n";
+    allow=198.18.0.10 * rw http\n\
+    allow=198.18.0.11 disk ro http\n\
+    s3_key=AKSYSTEST:system-test-secret-0123\n";
+
+const S3_USER: &str = "AKSYSTEST:system-test-secret-0123";
 
 /// The bad line (5) fails NBD closed; HTTP keeps its rule.
 const BROKEN_CONFIG: &str = "format=never\n\
@@ -153,6 +161,40 @@ impl Lan {
         text.trim().to_string()
     }
 
+    /// A signed object-API request from 198.18.0.`host` (`curl
+    /// --aws-sigv4`, payload unsigned): (status, body).
+    fn s3(&self, host: u8, method: &str, path: &str, body: Option<&str>) -> (String, String) {
+        let url = format!("http://{GUEST}{path}");
+        // curl signs this header and takes it as the payload hash.
+        let header = "x-amz-content-sha256: UNSIGNED-PAYLOAD";
+        let mut args = vec![
+            "curl",
+            "-sS",
+            "--max-time",
+            "20",
+            "--aws-sigv4",
+            "aws:amz:us-east-1:s3",
+            "--user",
+            S3_USER,
+            "-H",
+            header,
+            "-X",
+            method,
+            "-w",
+            "\n%{http_code}",
+        ];
+        if let Some(body) = body {
+            args.extend_from_slice(&["--data-binary", body]);
+        }
+        args.push(&url);
+        let text = self.must(host, &args);
+        let (body, status) = text
+            .trim_end()
+            .rsplit_once('\n')
+            .unwrap_or(("", text.trim()));
+        (status.to_string(), body.to_string())
+    }
+
     fn boot(&self, config: &str, fresh: bool) -> Result<Machine, HarnessError> {
         let image = run_dir(NAME).join("nvdimm0.img");
         let nvdimm = if fresh {
@@ -180,7 +222,7 @@ fn allowed_read_only_and_refused_clients_and_a_broken_rule() -> Result<(), Harne
     let mut machine = lan.boot(BOOT_CONFIG, true)?;
     let boot_log = machine.output();
     assert!(
-        boot_log.contains("allow: 3 rule(s), first match decides"),
+        boot_log.contains("allow: 4 rule(s), first match decides"),
         "{boot_log}"
     );
     for command in ["create disk 4M", "create secret 1M"] {
@@ -249,22 +291,76 @@ fn allowed_read_only_and_refused_clients_and_a_broken_rule() -> Result<(), Harne
     let (_, list) = lan.run(12, &["nbdinfo", "--list", &nbd_uri("")]);
     assert!(!list.contains("disk") && !list.contains("secret"), "{list}");
 
-    // HTTP: .10 is served, .12 gets 403 except on /healthz.
+    // HTTP: .10 and .11 are served, .12 gets 403 except on /healthz.
     assert_eq!(lan.http_status(10, "/healthz"), "200");
     assert_eq!(lan.http_status(10, "/nothing"), "404");
     assert_eq!(lan.http_status(12, "/nothing"), "403");
-    assert_eq!(
-        lan.http_status(11, "/nothing"),
-        "403",
-        ".11's rule is NBD only"
-    );
+    assert_eq!(lan.http_status(11, "/nothing"), "404");
     assert_eq!(lan.http_status(12, "/healthz"), "200");
 
-    // The shell counts refusals by reason and address (.11's one policy
-    // refusal is its HTTP 403).
+    // The object API: .10 writes and reads anything.
+    let (status, body) = lan.s3(10, "PUT", "/pmem0/note.txt", Some("from .10"));
+    assert_eq!(status, "200", "{body}");
+    let (status, body) = lan.s3(10, "GET", "/pmem0/note.txt", None);
+    assert_eq!((status.as_str(), body.as_str()), ("200", "from .10"));
+    let (status, body) = lan.s3(10, "GET", "/pmem0?list-type=2", None);
+    assert_eq!(status, "200", "{body}");
+    for key in [
+        "<Key>disk</Key>",
+        "<Key>secret</Key>",
+        "<Key>note.txt</Key>",
+    ] {
+        assert!(body.contains(key), "{key} in {body}");
+    }
+    // .11 reads `disk` (and lists only it); its PUT is refused as
+    // read-only, `secret` and `note.txt` by the allow-list.
+    let (status, body) = lan.s3(11, "GET", "/pmem0/disk", None);
+    assert_eq!(status, "200", "{body}");
+    let (status, body) = lan.s3(11, "GET", "/pmem0?list-type=2", None);
+    assert_eq!(status, "200", "{body}");
+    assert!(
+        body.contains("<Key>disk</Key>") && !body.contains("secret") && !body.contains("note.txt"),
+        "{body}"
+    );
+    let (status, body) = lan.s3(11, "PUT", "/pmem0/disk", Some("overwrite"));
+    assert_eq!(status, "403", "{body}");
+    assert!(
+        body.contains("<Code>AccessDenied</Code>") && body.contains("read-only"),
+        "{body}"
+    );
+    let (status, body) = lan.s3(11, "GET", "/pmem0/secret", None);
+    assert_eq!(status, "403", "{body}");
+    assert!(body.contains("<Code>AccessDenied</Code>"), "{body}");
+    // .12 is refused before any route.
+    let (status, _) = lan.s3(12, "GET", "/pmem0/note.txt", None);
+    assert_eq!(status, "403");
+    let (status, _) = lan.s3(12, "PUT", "/pmem0/note.txt", Some("from .12"));
+    assert_eq!(status, "403");
+    let (_, body) = lan.s3(10, "GET", "/pmem0/note.txt", None);
+    assert_eq!(body, "from .10", ".12 changed nothing");
+    let metrics = lan.must(
+        10,
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "20",
+            &format!("http://{GUEST}/metrics"),
+        ],
+    );
+    for line in [
+        "daxbox_access_refusals_total{client=\"198.18.0.11\",reason=\"policy\"} 1\n",
+        "daxbox_access_refusals_total{client=\"198.18.0.11\",reason=\"read_only_write\"} 2\n",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+
+    // The shell counts refusals by reason and address (.11's policy
+    // refusal is its GET of `secret`, its read-only writes the NBD write
+    // and the PUT).
     let nbd = machine.command("nbd")?;
     assert!(
-        nbd.contains("  198.18.0.11: 1 policy, 1 read-only write"),
+        nbd.contains("  198.18.0.11: 1 policy, 2 read-only write"),
         "{nbd}"
     );
     for refused in ["  198.18.0.10: ", "  198.18.0.12: "] {
