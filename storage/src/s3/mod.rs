@@ -13,7 +13,8 @@
 //! PutObject, CopyObject (`x-amz-copy-source`, a daxfs copy-on-write
 //! clone), DeleteObject, DeleteObjects (`POST ?delete`), CreateBucket
 //! (`BucketAlreadyOwnedByYou` for a mounted device, refused otherwise:
-//! buckets are devices). Everything else is `501 NotImplemented`.
+//! buckets are devices), and multipart uploads ([`multipart`]). Everything
+//! else is `501 NotImplemented`.
 //!
 //! PutObject streams: the body goes to pmem as it arrives, into a hidden
 //! temporary file (a name starting with [`HIDDEN_PREFIX`], which no
@@ -43,6 +44,7 @@
 
 pub mod auth;
 pub mod chunked;
+pub mod multipart;
 pub mod text;
 
 use alloc::collections::BTreeMap;
@@ -142,8 +144,11 @@ fn denied(message: &str) -> S3Error {
 /// What the object API knows of a file's content, for its ETag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ObjectTag {
-    /// MD5 of the content a PUT wrote, while nothing else changed it.
+    /// MD5 of the content a PUT wrote, while nothing else changed it
+    /// (for a multipart upload, the MD5 of its parts' MD5s).
     pub md5: Option<[u8; 16]>,
+    /// Parts of the multipart upload that wrote it (0: a single PUT).
+    pub parts: u32,
     /// Change epoch when it was last changed by another path.
     pub epoch: u64,
     /// Unix time of the PUT or of the change, when known.
@@ -220,6 +225,9 @@ struct Put {
     signer: Option<(ChunkSigner, Option<String>, Sha256)>,
     /// A failure seen while reading the body.
     error: Option<S3Error>,
+    /// UploadPart: the upload and part number (the body is a part, not
+    /// the object).
+    part: Option<(String, u32)>,
 }
 
 /// A request in progress between `open` and `end`.
@@ -246,6 +254,8 @@ enum Exchange {
         bytes: Vec<u8>,
         _charge: Charge<'static>,
     },
+    /// CompleteMultipartUpload gathering its (bounded) XML body.
+    Complete(alloc::boxed::Box<multipart::Gather>),
     /// Answered at open: nothing to keep.
     Done,
 }
@@ -266,6 +276,8 @@ pub struct S3Routes<M: PersistentMemory, S: SharedStorage<M>> {
     /// Charged with listing and DeleteObjects bodies while they are held
     /// (`daxbox_budget::HTTP`).
     budget: &'static Budget,
+    /// Multipart uploads in progress.
+    uploads: multipart::Uploads,
     memory: core::marker::PhantomData<fn() -> M>,
 }
 
@@ -446,6 +458,7 @@ impl<M: PersistentMemory> Storage<M> {
         self.tag_epoch += 1;
         let tag = ObjectTag {
             md5: None,
+            parts: 0,
             epoch: self.tag_epoch,
             modified: None,
         };
@@ -521,6 +534,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
             exchanges: BTreeMap::new(),
             boot_nonce,
             budget: &daxbox_budget::HTTP,
+            uploads: multipart::Uploads::default(),
             memory: core::marker::PhantomData,
         }
     }
@@ -562,14 +576,20 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         self.exchanges.len()
     }
 
+    /// Multipart uploads in progress (for tests and `mem`).
+    pub fn uploads(&self) -> usize {
+        self.uploads.len()
+    }
+
     fn now(&self, now_ms: u64) -> u64 {
         self.unix_at_zero.unwrap_or(0) + now_ms / 1000
     }
 
     fn etag(&self, storage: &Storage<M>, device: &str, file: FileId) -> String {
         let tag = storage.object_tag(device, file);
-        match tag.and_then(|t| t.md5) {
-            Some(md5) => format!("\"{}\"", hex(&md5)),
+        match tag.and_then(|t| t.md5.map(|m| (m, t.parts))) {
+            Some((md5, 0)) => format!("\"{}\"", hex(&md5)),
+            Some((md5, parts)) => format!("\"{}-{parts}\"", hex(&md5)),
             None => {
                 let epoch = tag.map_or(0, |t| t.epoch);
                 let mut h = Md5::new();
@@ -645,6 +665,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                 bucket_volume(s, &bucket)?;
                 Ok(Opened::Reply(Reply::bytes(200, "application/xml", Vec::new())))
             }),
+            ("GET", Some(bucket), None) if query_value(request.query, "uploads").is_some() => self.list_uploads(request, &bucket, exchange),
             ("GET", Some(bucket), None) => self.get_bucket(request, &bucket, exchange),
             ("PUT", Some(bucket), None) => self.shared.with(|s| match bucket_volume(s, &bucket) {
                 Ok(_) if request.query.is_empty() => Err(S3Error::new(409, "BucketAlreadyOwnedByYou", "Your previous request to create the named bucket succeeded and you already own it.")),
@@ -667,6 +688,9 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
             }
             (_, Some(bucket), Some(key)) => {
                 check_key(&key)?;
+                if multipart::wanted(request.query) {
+                    return self.multipart(request, &bucket, &key, payload, exchange, now);
+                }
                 if !request.query.is_empty() && object_subresource(request.query) {
                     return Err(S3Error::new(501, "NotImplemented", "this object operation is not supported (multipart uploads, ACLs, tagging, versions)"));
                 }
@@ -970,6 +994,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
             }
             let tag = ObjectTag {
                 md5: src_tag.and_then(|t| t.md5),
+                parts: src_tag.map_or(0, |t| t.parts),
                 epoch: 0,
                 modified: Some(now),
             };
@@ -1113,6 +1138,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                 aws_chunked: decoded_length.map(|n| (chunked::AwsChunked::new(), n)),
                 signer,
                 error: None,
+                part: None,
             })),
         );
         Ok(Opened::Body)
@@ -1262,6 +1288,9 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
             }
             let _ = write!(headers, "{name}: {}\r\n", text::base64(&got.to_be_bytes()));
         }
+        if let Some((id, number)) = put.part.clone() {
+            return self.finish_part(put, &id, number, md5, headers, now);
+        }
         let etag = format!("\"{}\"", hex(&md5));
         self.shared.with(|s| -> Result<(), S3Error> {
             let volume = bucket_volume(s, &put.device)?;
@@ -1279,6 +1308,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                 put.file,
                 ObjectTag {
                     md5: Some(md5),
+                    parts: 0,
                     epoch: 0,
                     modified: Some(now),
                 },
@@ -1767,6 +1797,15 @@ impl<M: PersistentMemory, S: SharedStorage<M>> HttpRoutes for S3Routes<M, S> {
                 );
                 Ok(())
             }
+            Some(Exchange::Complete(mut gather)) => {
+                if let Err(error) = self.complete_body(&mut gather, data) {
+                    let reply = error.reply(&gather.resource);
+                    self.exchanges.insert(exchange, Exchange::Done);
+                    return Err(reply);
+                }
+                self.exchanges.insert(exchange, Exchange::Complete(gather));
+                Ok(())
+            }
             Some(other) => {
                 self.exchanges.insert(exchange, other);
                 Ok(())
@@ -1795,6 +1834,12 @@ impl<M: PersistentMemory, S: SharedStorage<M>> HttpRoutes for S3Routes<M, S> {
                 let result = self.finish_delete_many(exchange, &device, &body, content_md5);
                 drop(charge);
                 result.unwrap_or_else(|e| e.reply(&resource))
+            }
+            Some(Exchange::Complete(gather)) => {
+                self.exchanges.insert(exchange, Exchange::Done);
+                let resource = gather.resource.clone();
+                self.finish_complete(exchange, *gather, now)
+                    .unwrap_or_else(|e| e.reply(&resource))
             }
             other => {
                 if let Some(other) = other {
