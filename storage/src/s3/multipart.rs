@@ -484,27 +484,26 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                 "The list of parts was not in ascending order. The parts list must be specified in order by part number.",
             ));
         }
+        // Every part named must exist with its ETag, before sizes count.
+        let mut sizes = Vec::with_capacity(list.len());
         let mut digest = Md5::new();
-        for (i, (number, etag)) in list.iter().enumerate() {
-            let invalid = || {
+        for (number, etag) in &list {
+            let part = upload.parts.get(number).filter(|p| etag.trim().trim_matches('"') == hex(&p.md5)).ok_or_else(|| {
                 S3Error::new(
                     400,
                     "InvalidPart",
                     "One or more of the specified parts could not be found. The part might not have been uploaded, or the specified entity tag might not have matched the part's entity tag.",
                 )
-            };
-            let part = upload.parts.get(number).ok_or_else(invalid)?;
-            if etag.trim().trim_matches('"') != hex(&part.md5) {
-                return Err(invalid());
-            }
-            if i + 1 < list.len() && part.size < MIN_PART {
-                return Err(S3Error::new(
-                    400,
-                    "EntityTooSmall",
-                    "Your proposed upload is smaller than the minimum allowed object size (every part but the last must be at least 5 MiB).",
-                ));
-            }
+            })?;
+            sizes.push(part.size);
             digest.update(part.md5);
+        }
+        if sizes[..sizes.len() - 1].iter().any(|&size| size < MIN_PART) {
+            return Err(S3Error::new(
+                400,
+                "EntityTooSmall",
+                "Your proposed upload is smaller than the minimum allowed object size (every part but the last must be at least 5 MiB).",
+            ));
         }
         let md5: [u8; 16] = digest.finalize().into();
         let count = list.len() as u32;
