@@ -15,12 +15,17 @@
 //! Complete checks the list (ascending part numbers, each part uploaded
 //! with the ETag named, every part but the last at least [`MIN_PART`]),
 //! clones the first part (a daxfs copy-on-write clone, constant time)
-//! into a hidden result file, appends the other parts' bytes to it, makes
-//! it durable and renames it over the key in one daxfs commit: readers
-//! and NBD clients see the old object or the new one. The ETag is S3's:
-//! the hex MD5 of the concatenated part MD5s, `-N`. On any failure the
-//! result file is removed and the upload stays as it was (Complete may be
-//! retried).
+//! into a hidden result file, appends the other parts to it with
+//! [`daxfs::Filesystem::append_from`] (while the result's size is a
+//! multiple of 2 MiB, as it is after parts of whole MiB pairs, a part's
+//! extents move in one daxfs transaction and no byte is copied; otherwise
+//! its bytes are copied), makes it durable and renames it over the key in
+//! one daxfs commit: readers and NBD clients see the old object or the
+//! new one. The ETag is S3's: the hex MD5 of the concatenated part MD5s,
+//! `-N`. A Complete refused by its checks leaves the upload as it was (it
+//! may be retried); one that fails while joining (no space, no memory)
+//! removes the result and the upload, whose parts it had begun to
+//! consume.
 //!
 //! Bounds: [`MAX_UPLOADS`] uploads in progress, part numbers
 //! 1..=[`MAX_PARTS`], a part at most [`super::MAX_PUT`] bytes, a Complete
@@ -61,8 +66,6 @@ pub const MAX_COMPLETE_BODY: usize = 2 << 20;
 const PART_RECORD: usize = 128;
 /// Bytes charged for an upload's record (plus its key).
 const UPLOAD_RECORD: usize = 256;
-/// Buffer for copying a part's bytes into the result, bytes.
-const COPY_BUFFER: usize = 256 * 1024;
 /// Most parts one ListParts reply names.
 const MAX_LIST_PARTS: usize = 1000;
 
@@ -508,32 +511,23 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         let md5: [u8; 16] = digest.finalize().into();
         let count = list.len() as u32;
         let numbers: Vec<u32> = list.iter().map(|(n, _)| *n).collect();
-        let budget = self.budget;
-        let file = self.shared.with(|s| -> Result<FileId, S3Error> {
-            let volume = bucket_volume(s, &device)?;
-            check_replace(s, volume, &key)?;
+        let file = self.shared.with(|s| -> Result<FileId, (S3Error, bool)> {
+            let volume = bucket_volume(s, &device).map_err(|e| (e, false))?;
+            check_replace(s, volume, &key).map_err(|e| (e, false))?;
             let result = format!("{HIDDEN_PREFIX}mpu-{id}-result");
             let fs = filesystem(s, volume);
             let _ = fs.unlink(&result);
+            let mut moved = false;
             let built = (|| -> Result<FileId, S3Error> {
                 let file = fs
                     .clone_file(&part_name(&id, numbers[0]), &result)
                     .map_err(fs_failure)?;
-                let mut end = fs.file_size(file).map_err(fs_failure)?;
-                let _charge = budget.charge(COPY_BUFFER).map_err(|_| slow_down())?;
-                let mut buffer = alloc::vec![0u8; COPY_BUFFER];
                 for number in &numbers[1..] {
                     let part = fs.lookup(&part_name(&id, *number)).map_err(fs_failure)?;
-                    let mut offset = 0;
-                    loop {
-                        let n = fs.read(part, offset, &mut buffer).map_err(fs_failure)?;
-                        if n == 0 {
-                            break;
-                        }
-                        fs.write(file, end, &buffer[..n]).map_err(fs_failure)?;
-                        offset += n as u64;
-                        end += n as u64;
-                    }
+                    // From here on a failure loses the parts moved so far:
+                    // the upload is then removed.
+                    moved = true;
+                    fs.append_from(file, part).map_err(fs_failure)?;
                 }
                 // Durable first, then one commit makes it the object.
                 fs.persist(file).map_err(fs_failure)?;
@@ -543,8 +537,17 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
             if built.is_err() {
                 let _ = fs.unlink(&result);
             }
-            built
-        })?;
+            built.map_err(|e| (e, moved))
+        });
+        let file = match file {
+            Ok(file) => file,
+            Err((e, moved)) => {
+                if moved {
+                    self.abort_upload(&id);
+                }
+                return Err(e);
+            }
+        };
         // The object is made: the parts go.
         self.abort_upload(&id);
         self.shared.with(|s| {

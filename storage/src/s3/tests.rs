@@ -1218,3 +1218,45 @@ fn a_part_cut_off_leaves_nothing_and_part_files_are_swept() {
     let mut f = c.fixture.borrow_mut();
     assert_eq!(sweep_temporaries(&mut f.storage), 1);
 }
+
+#[test]
+fn complete_moves_aligned_parts_instead_of_copying() {
+    let mut c = Client::big();
+    let id = start_upload(&mut c, "moved");
+    let mut parts: Vec<Vec<u8>> = (0..7).map(|i| pattern(6 << 20, 20 + i)).collect();
+    parts.push(pattern(1 << 20, 13));
+    let mut etags = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        etags.push(put_part(&mut c, "moved", &id, i as u32 + 1, p));
+    }
+    let list: Vec<(u32, &str)> = etags
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (i as u32 + 1, e.as_str()))
+        .collect();
+    let physical = |c: &Client, name: &str| -> Vec<u64> {
+        let mut f = c.fixture.borrow_mut();
+        let fs = f.storage.filesystem(0).unwrap();
+        let file = fs.lookup(name).unwrap();
+        fs.dax_ranges(file, 0, u64::MAX)
+            .unwrap()
+            .iter()
+            .flat_map(|r| (0..r.len / 4096).map(move |k| r.region_offset + k * 4096))
+            .collect()
+    };
+    let part2 = physical(&c, &alloc::format!("\u{1}mpu-{id}-2"));
+    let a = c.call(
+        "POST",
+        &alloc::format!("/pmem0/moved?uploadId={id}"),
+        &[],
+        complete_xml(&list).as_bytes(),
+    );
+    assert_eq!(a.status, 200, "{}", a.text());
+    // Part 2's blocks are the object's: moved, not copied.
+    let object = physical(&c, "moved");
+    let kept = part2.iter().filter(|p| object.contains(p)).count();
+    assert_eq!(kept, part2.len(), "part 2's blocks in the object");
+    let whole: Vec<u8> = parts.concat();
+    assert!(c.get("/pmem0/moved").body == whole);
+    assert!(c.shell("ls pmem0").contains("1 file(s)"));
+}
