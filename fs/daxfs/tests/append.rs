@@ -118,3 +118,43 @@ fn many_extents_go_through_a_fresh_overflow_chain() {
     assert!(contents(&fs, "dst")[2 * MIB..] == expected[..]);
     assert!(fs.fsck().is_clean(), "{}", fs.fsck());
 }
+
+/// Benchmark (prints figures, asserts no timing): joining 32 parts of
+/// 8 MiB (256 MiB) by moving extents and by copying bytes.
+/// `cargo test --release -p daxfs --test append -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn bench_join_256_mib_moved_and_copied() {
+    for moved in [true, false] {
+        let mut fs = fresh(600);
+        let part = pattern(8 * MIB, 1);
+        let mut ids = Vec::new();
+        for i in 0..32 {
+            let id = fs.create(&format!("part-{i}")).unwrap();
+            fs.write(id, 0, &part).unwrap();
+            ids.push(id);
+        }
+        let start = std::time::Instant::now();
+        for id in &ids[1..] {
+            let how = if moved {
+                fs.append_from(ids[0], *id).unwrap()
+            } else {
+                fs.append_by_copy(ids[0], *id).unwrap()
+            };
+            assert_eq!(how == Appended::Moved, moved);
+        }
+        fs.persist(ids[0]).unwrap();
+        let took = start.elapsed();
+        println!(
+            "join 256 MiB (32 x 8 MiB) by {}: {:.3} ms",
+            if moved {
+                "moving extents"
+            } else {
+                "copying bytes"
+            },
+            took.as_secs_f64() * 1000.0
+        );
+        assert_eq!(fs.file_size(ids[0]).unwrap(), 256 * MIB as u64);
+        assert!(fs.fsck().is_clean());
+    }
+}
