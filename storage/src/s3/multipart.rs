@@ -476,8 +476,9 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                 ));
             }
         }
+        // The parsed list is no larger than the body, whose charge is
+        // held until the end.
         let list = parse_complete(&gather.body)?;
-        drop(gather.charge);
         let (id, device, key) = (gather.upload, gather.device, gather.key);
         let upload = self.lookup_upload(&id, &device, &key)?;
         if list.windows(2).any(|w| w[0].0 >= w[1].0) {
