@@ -109,6 +109,14 @@ impl Target for Daxfs {
             Op::Rename(from, to) => fs.rename(from, to),
             Op::Unlink(name) => fs.unlink(name),
             Op::Clone(src, dst) => fs.clone_file(src, dst).map(drop),
+            Op::Append(_, _) if matches!(op, Op::Append(a, b) if a == b) => {
+                return Err(TargetError::Exists)
+            }
+            Op::Append(dst, src) => {
+                let d = fs.lookup(dst).map_err(classify)?;
+                let s = fs.lookup(src).map_err(classify)?;
+                fs.append_from(d, s).map(drop)
+            }
             Op::Persist(name) => {
                 let id = fs.lookup(name).map_err(classify)?;
                 fs.persist(id)

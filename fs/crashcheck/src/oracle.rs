@@ -57,6 +57,10 @@ pub enum Op {
     Unlink(String),
     /// Create `dst` as a copy-on-write clone of `src`.
     Clone(String, String),
+    /// Append `src` (the second name) to the end of `dst` (the first) and
+    /// remove `src` (daxfs `append_from`; atomic when `dst`'s size is a
+    /// multiple of 2 MiB, the only case the workloads use).
+    Append(String, String),
     /// Make a file's data durable.
     Persist(String),
     /// Make every file's data durable.
@@ -100,6 +104,7 @@ impl fmt::Display for Op {
             Op::Rename(a, b) => write!(f, "rename({a}, {b})"),
             Op::Unlink(n) => write!(f, "unlink({n})"),
             Op::Clone(a, b) => write!(f, "clone({a}, {b})"),
+            Op::Append(a, b) => write!(f, "append({a}, {b})"),
             Op::Persist(n) => write!(f, "persist({n})"),
             Op::PersistAll => write!(f, "persist_all"),
             Op::Open(n) => write!(f, "open({n})"),
@@ -237,6 +242,36 @@ impl ModelState {
                     return Expect::Exists;
                 }
                 self.files.insert(dst.clone(), file);
+            }
+            Op::Append(dst, src) => {
+                if dst == src {
+                    return Expect::Exists;
+                }
+                let (Some(s), true) = (self.files.get(src).cloned(), self.files.contains_key(dst))
+                else {
+                    return Expect::NotFound;
+                };
+                self.files.remove(src);
+                let Some(d) = self.files.get_mut(dst) else {
+                    return Expect::NotFound;
+                };
+                // Unpersisted data of either file may still show, each in
+                // its own place.
+                let len = d.content.len();
+                let mut older = Vec::new();
+                for old in &d.older {
+                    let mut v = old.clone();
+                    v.resize(len, 0);
+                    v.extend_from_slice(&s.content);
+                    older.push(v);
+                }
+                for old in &s.older {
+                    let mut v = d.content.clone();
+                    v.extend_from_slice(old);
+                    older.push(v);
+                }
+                d.content.extend_from_slice(&s.content);
+                d.older = older;
             }
             Op::Persist(name) => {
                 let Some(file) = self.files.get_mut(name) else {

@@ -141,6 +141,23 @@ pub fn scenarios() -> Vec<Vec<Op>> {
             Op::Close,
             Op::Unlink(name("copy")),
         ],
+        // append_from (FORMAT.md "Appending by moving extents"): extents
+        // move to a 2 MiB-sized file and the source's record is freed in
+        // one transaction: a crash leaves both files or the joined one.
+        alloc::vec![
+            Op::Truncate(name("big"), CHUNK),
+            Op::Persist(name("big")),
+            Op::Append(name("big"), name("small")),
+        ],
+        alloc::vec![
+            Op::Create(name("new")),
+            Op::Append(name("new"), name("big")),
+            Op::Clone(name("small"), name("copy")),
+            Op::Truncate(name("new"), 2 * CHUNK),
+            Op::Append(name("new"), name("copy")),
+            write("new", 0, 3000),
+            Op::Unlink(name("small")),
+        ],
     ]
 }
 

@@ -48,6 +48,7 @@
 
 extern crate alloc;
 
+mod append;
 mod check;
 mod dax;
 mod extmap;
@@ -71,6 +72,7 @@ use core::mem::size_of;
 
 use daxbox_budget::{Budget, Charge};
 
+pub use append::Appended;
 pub use daxbox_persist::{OutOfRange, PersistentMemory};
 pub use grow::Grown;
 pub use types::{

@@ -146,14 +146,20 @@ impl Drop for Server {
     }
 }
 
-/// A client command with the test's key, region and path-style config.
+/// A client command with the test's key, region and path-style config
+/// (multipart only over 64 MiB).
 fn aws(dir: &TempDir, args: &[&str]) -> Command {
-    let config = dir.path("aws-config");
-    std::fs::write(
-        &config,
+    aws_with(
+        dir,
         "[default]\nregion = us-east-1\ns3 =\n    addressing_style = path\n    multipart_threshold = 64MB\n",
+        args,
     )
-    .expect("writing the AWS CLI config");
+}
+
+/// A client command with the test's key and AWS CLI config `config`.
+fn aws_with(dir: &TempDir, config_text: &str, args: &[&str]) -> Command {
+    let config = dir.path("aws-config");
+    std::fs::write(&config, config_text).expect("writing the AWS CLI config");
     let mut command = Command::new("aws");
     command
         .args(args)
@@ -433,5 +439,89 @@ fn rclone_copies_checks_syncs_and_deletes_a_tree() {
     run(&["delete", "dax:pmem0/rc"]);
     let listing = run(&["lsf", "-R", "dax:pmem0"]);
     assert!(listing.trim().is_empty(), "{listing}");
+}
+
+#[test]
+fn boto3_multipart_uploads_with_default_transfer_config() {
+    let dir = TempDir::new("boto3-multipart");
+    let server = Server::start(&dir.path("pmem0.img"));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3/boto3_multipart.py");
+    let port = server.http_port.to_string();
+    let output = run_tool_ok(
+        Command::new("python3").args([text(&script), &port, ACCESS, SECRET, text(&dir.0)]),
+        TOOL_TIMEOUT,
+    );
+    assert!(output.contains("boto3 multipart ok"), "{output}");
+    // Nothing of the uploads is left: only the two objects are files.
+    let uri = format!("nbd://127.0.0.1:{}", server.nbd_port);
+    let exports = run_tool_ok(
+        Command::new("nbdinfo").args(["--list", "--json", uri.as_str()]),
+        TOOL_TIMEOUT,
+    );
+    assert_eq!(exports.matches("\"export-name\"").count(), 2, "{exports}");
+}
+
+#[test]
+fn aws_cli_multipart_copy_up_and_down() {
+    let dir = TempDir::new("awscli-multipart");
+    let server = Server::start(&dir.path("pmem0.img"));
+    let endpoint = format!("http://127.0.0.1:{}", server.http_port);
+    // The default thresholds: 8 MiB, so 40 MiB goes in five parts.
+    let config = "[default]\nregion = us-east-1\ns3 =\n    addressing_style = path\n";
+    let e = ["--endpoint-url", endpoint.as_str()];
+    let bytes: Vec<u8> = (0..40u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    let src = dir.path("forty.bin");
+    std::fs::write(&src, &bytes).expect("a local file");
+    run_tool_ok(
+        &mut aws_with(
+            &dir,
+            config,
+            &[&e[..], &["s3", "cp", text(&src), "s3://pmem0/forty.bin"]].concat(),
+        ),
+        TOOL_TIMEOUT,
+    );
+    let head = run_tool_ok(
+        &mut aws_with(
+            &dir,
+            config,
+            &[
+                &e[..],
+                &[
+                    "s3api",
+                    "head-object",
+                    "--bucket",
+                    "pmem0",
+                    "--key",
+                    "forty.bin",
+                ],
+            ]
+            .concat(),
+        ),
+        TOOL_TIMEOUT,
+    );
+    assert!(head.contains("-5\\\""), "an ETag of five parts: {head}");
+    let back = dir.path("back.bin");
+    run_tool_ok(
+        &mut aws_with(
+            &dir,
+            config,
+            &[&e[..], &["s3", "cp", "s3://pmem0/forty.bin", text(&back)]].concat(),
+        ),
+        TOOL_TIMEOUT,
+    );
+    assert!(
+        std::fs::read(&back).expect("copied back") == bytes,
+        "byte-identical"
+    );
+    // Over NBD too.
+    let nbd = dir.path("nbd.bin");
+    let uri = format!("nbd://127.0.0.1:{}/forty.bin", server.nbd_port);
+    run_tool_ok(
+        Command::new("nbdcopy").args([uri.as_str(), text(&nbd)]),
+        TOOL_TIMEOUT,
+    );
+    assert!(std::fs::read(&nbd).expect("nbdcopy's output") == bytes);
     drop(server);
 }

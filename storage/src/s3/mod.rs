@@ -13,7 +13,8 @@
 //! PutObject, CopyObject (`x-amz-copy-source`, a daxfs copy-on-write
 //! clone), DeleteObject, DeleteObjects (`POST ?delete`), CreateBucket
 //! (`BucketAlreadyOwnedByYou` for a mounted device, refused otherwise:
-//! buckets are devices). Everything else is `501 NotImplemented`.
+//! buckets are devices), and multipart uploads ([`multipart`]). Everything
+//! else is `501 NotImplemented`.
 //!
 //! PutObject streams: the body goes to pmem as it arrives, into a hidden
 //! temporary file (a name starting with [`HIDDEN_PREFIX`], which no
@@ -44,6 +45,7 @@
 mod allow;
 pub mod auth;
 pub mod chunked;
+pub mod multipart;
 pub mod text;
 
 use alloc::collections::BTreeMap;
@@ -147,8 +149,11 @@ fn denied(message: &str) -> S3Error {
 /// What the object API knows of a file's content, for its ETag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ObjectTag {
-    /// MD5 of the content a PUT wrote, while nothing else changed it.
+    /// MD5 of the content a PUT wrote, while nothing else changed it
+    /// (for a multipart upload, the MD5 of its parts' MD5s).
     pub md5: Option<[u8; 16]>,
+    /// Parts of the multipart upload that wrote it (0: a single PUT).
+    pub parts: u32,
     /// Change epoch when it was last changed by another path.
     pub epoch: u64,
     /// Unix time of the PUT or of the change, when known.
@@ -263,6 +268,9 @@ struct Put {
     error: Option<S3Error>,
     /// `x-amz-meta-mtime`, kept with the ETag.
     mtime: Option<(u64, u32)>,
+    /// UploadPart: the upload and part number (the body is a part, not
+    /// the object).
+    part: Option<(String, u32)>,
 }
 
 /// A request in progress between `open` and `end`.
@@ -291,6 +299,8 @@ enum Exchange {
         bytes: Vec<u8>,
         _charge: Charge<'static>,
     },
+    /// CompleteMultipartUpload gathering its (bounded) XML body.
+    Complete(alloc::boxed::Box<multipart::Gather>),
     /// Answered at open: nothing to keep.
     Done,
 }
@@ -311,6 +321,8 @@ pub struct S3Routes<M: PersistentMemory, S: SharedStorage<M>> {
     /// Charged with listing and DeleteObjects bodies while they are held
     /// (`daxbox_budget::HTTP`).
     budget: &'static Budget,
+    /// Multipart uploads in progress.
+    uploads: multipart::Uploads,
     memory: core::marker::PhantomData<fn() -> M>,
 }
 
@@ -491,6 +503,7 @@ impl<M: PersistentMemory> Storage<M> {
         self.tag_epoch += 1;
         let tag = ObjectTag {
             md5: None,
+            parts: 0,
             epoch: self.tag_epoch,
             modified: None,
             mtime: None,
@@ -567,6 +580,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
             exchanges: BTreeMap::new(),
             boot_nonce,
             budget: &daxbox_budget::HTTP,
+            uploads: multipart::Uploads::default(),
             memory: core::marker::PhantomData,
         }
     }
@@ -608,14 +622,20 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         self.exchanges.len()
     }
 
+    /// Multipart uploads in progress (for tests and `mem`).
+    pub fn uploads(&self) -> usize {
+        self.uploads.len()
+    }
+
     fn now(&self, now_ms: u64) -> u64 {
         self.unix_at_zero.unwrap_or(0) + now_ms / 1000
     }
 
     fn etag(&self, storage: &Storage<M>, device: &str, file: FileId) -> String {
         let tag = storage.object_tag(device, file);
-        match tag.and_then(|t| t.md5) {
-            Some(md5) => format!("\"{}\"", hex(&md5)),
+        match tag.and_then(|t| t.md5.map(|m| (m, t.parts))) {
+            Some((md5, 0)) => format!("\"{}\"", hex(&md5)),
+            Some((md5, parts)) => format!("\"{}-{parts}\"", hex(&md5)),
             None => {
                 let epoch = tag.map_or(0, |t| t.epoch);
                 let mut h = Md5::new();
@@ -698,6 +718,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                 bucket_volume(s, &bucket)?;
                 Ok(Opened::Reply(Reply::bytes(200, "application/xml", Vec::new())))
             }),
+            ("GET", Some(bucket), None) if query_value(request.query, "uploads").is_some() => self.list_uploads(request, &bucket, exchange),
             ("GET", Some(bucket), None) => self.get_bucket(request, &bucket, exchange),
             ("PUT", Some(bucket), None) => self.shared.with(|s| match bucket_volume(s, &bucket) {
                 Ok(_) if request.query.is_empty() => Err(S3Error::new(409, "BucketAlreadyOwnedByYou", "Your previous request to create the named bucket succeeded and you already own it.")),
@@ -721,6 +742,9 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
             }
             (_, Some(bucket), Some(key)) => {
                 check_key(&key)?;
+                if multipart::wanted(request.query) {
+                    return self.multipart(request, &bucket, &key, payload, exchange, now);
+                }
                 if !request.query.is_empty() && object_subresource(request.query) {
                     return Err(S3Error::new(501, "NotImplemented", "this object operation is not supported (multipart uploads, ACLs, tagging, versions)"));
                 }
@@ -1045,6 +1069,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                 .is_some_and(|d| d.eq_ignore_ascii_case("REPLACE"));
             let tag = ObjectTag {
                 md5: src_tag.and_then(|t| t.md5),
+                parts: src_tag.map_or(0, |t| t.parts),
                 epoch: 0,
                 modified: Some(now),
                 mtime: if replace {
@@ -1194,6 +1219,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                 signer,
                 error: None,
                 mtime: client_mtime(request),
+                part: None,
             })),
         );
         Ok(Opened::Body)
@@ -1343,6 +1369,9 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
             }
             let _ = write!(headers, "{name}: {}\r\n", text::base64(&got.to_be_bytes()));
         }
+        if let Some((id, number)) = put.part.clone() {
+            return self.finish_part(put, &id, number, md5, headers, now);
+        }
         let etag = format!("\"{}\"", hex(&md5));
         self.shared.with(|s| -> Result<(), S3Error> {
             let volume = bucket_volume(s, &put.device)?;
@@ -1360,6 +1389,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                 put.file,
                 ObjectTag {
                     md5: Some(md5),
+                    parts: 0,
                     epoch: 0,
                     modified: Some(now),
                     mtime: put.mtime,
@@ -1875,6 +1905,15 @@ impl<M: PersistentMemory, S: SharedStorage<M>> HttpRoutes for S3Routes<M, S> {
                 );
                 Ok(())
             }
+            Some(Exchange::Complete(mut gather)) => {
+                if let Err(error) = self.complete_body(&mut gather, data) {
+                    let reply = error.reply(&gather.resource);
+                    self.exchanges.insert(exchange, Exchange::Done);
+                    return Err(reply);
+                }
+                self.exchanges.insert(exchange, Exchange::Complete(gather));
+                Ok(())
+            }
             Some(other) => {
                 self.exchanges.insert(exchange, other);
                 Ok(())
@@ -1904,6 +1943,12 @@ impl<M: PersistentMemory, S: SharedStorage<M>> HttpRoutes for S3Routes<M, S> {
                 let result = self.finish_delete_many(exchange, &device, &body, content_md5, peer);
                 drop(charge);
                 result.unwrap_or_else(|e| e.reply(&resource))
+            }
+            Some(Exchange::Complete(gather)) => {
+                self.exchanges.insert(exchange, Exchange::Done);
+                let resource = gather.resource.clone();
+                self.finish_complete(exchange, *gather, now)
+                    .unwrap_or_else(|e| e.reply(&resource))
             }
             other => {
                 if let Some(other) = other {

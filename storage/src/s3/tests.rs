@@ -81,6 +81,17 @@ impl Client {
         Self::with_fixture(Fixture::standard(), config)
     }
 
+    /// One 64 MiB filesystem, pmem0 (room for 5 MiB parts).
+    fn big() -> Self {
+        Self::with_fixture(
+            Fixture::with_devices(&[64 * crate::testing::MIB], &[]),
+            S3Config {
+                keys: vec![key("AKTEST", false), key("AKREAD", true)],
+                anonymous_read: vec![],
+            },
+        )
+    }
+
     fn with_fixture(fixture: Fixture, config: S3Config) -> Self {
         let fixture = Rc::new(RefCell::new(fixture));
         let routes = S3Routes::new(Shared(fixture.clone()), config, Some(T0), 42);
@@ -528,7 +539,7 @@ fn errors_are_s3_error_documents() {
     let a = c.call("PUT", "/newbucket", &[], b"");
     assert_eq!((a.status, a.code().as_str()), (403, "AccessDenied"));
     assert!(a.text().contains("buckets are the mounted pmem devices"));
-    let a = c.call("POST", "/pmem0/x?uploads", &[], b"");
+    let a = c.call("PUT", "/pmem0/x?tagging", &[], b"");
     assert_eq!((a.status, a.code().as_str()), (501, "NotImplemented"));
     // A wrong secret.
     c.key.secret = "wrong".into();
@@ -1157,4 +1168,367 @@ fn the_mtime_metadata_rclone_sets_is_returned() {
             .header("x-amz-meta-mtime"),
         None
     );
+}
+
+/// The text between `<tag>` and `</tag>`, first occurrence.
+fn element(xml: &str, tag: &str) -> String {
+    let open = alloc::format!("<{tag}>");
+    let close = alloc::format!("</{tag}>");
+    xml.split_once(open.as_str())
+        .and_then(|(_, rest)| rest.split_once(close.as_str()))
+        .map(|(v, _)| v.to_string())
+        .unwrap_or_else(|| panic!("no <{tag}> in {xml}"))
+}
+
+fn start_upload(c: &mut Client, key: &str) -> String {
+    let a = c.call("POST", &alloc::format!("/pmem0/{key}?uploads"), &[], b"");
+    assert_eq!(a.status, 200, "{}", a.text());
+    element(&a.text(), "UploadId")
+}
+
+fn put_part(c: &mut Client, key: &str, id: &str, n: u32, body: &[u8]) -> String {
+    let a = c.call(
+        "PUT",
+        &alloc::format!("/pmem0/{key}?partNumber={n}&uploadId={id}"),
+        &[],
+        body,
+    );
+    assert_eq!(a.status, 200, "{}", a.text());
+    a.header("etag").unwrap().to_string()
+}
+
+fn complete_xml(parts: &[(u32, &str)]) -> String {
+    let mut xml =
+        String::from("<CompleteMultipartUpload xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">");
+    for (n, etag) in parts {
+        xml.push_str(&alloc::format!(
+            "<Part><ETag>{}</ETag><PartNumber>{n}</PartNumber></Part>",
+            etag.replace('"', "&quot;")
+        ));
+    }
+    xml.push_str("</CompleteMultipartUpload>");
+    xml
+}
+
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| ((i.wrapping_mul(2_654_435_761) >> 13).wrapping_add(seed.wrapping_mul(97))) as u8)
+        .collect()
+}
+
+fn df_free(c: &Client) -> String {
+    c.shell("df")
+}
+
+#[test]
+fn multipart_upload_round_trip_with_s3_etag() {
+    let mut c = Client::big();
+    let id = start_upload(&mut c, "dir/big.bin");
+    let p1 = pattern(5 << 20, 1);
+    let p2 = pattern(5 << 20, 2);
+    let p3 = pattern(123_457, 3);
+    // Parts may arrive in any order, and be uploaded again.
+    let e3 = put_part(&mut c, "dir/big.bin", &id, 3, &p3);
+    let _ = put_part(&mut c, "dir/big.bin", &id, 1, &p2);
+    let e1 = put_part(&mut c, "dir/big.bin", &id, 1, &p1);
+    let e2 = put_part(&mut c, "dir/big.bin", &id, 2, &p2);
+    assert_eq!(e1, md5_hex(&p1));
+    // Nothing of the upload is visible.
+    assert!(c.shell("ls pmem0").contains("0 file(s)"));
+    assert!(keys_of(&c.get("/pmem0?list-type=2").text()).is_empty());
+    assert_eq!(c.get("/pmem0/dir/big.bin").status, 404);
+    // ListParts, ListMultipartUploads.
+    let parts = c
+        .get(&alloc::format!("/pmem0/dir/big.bin?uploadId={id}"))
+        .text();
+    assert_eq!(parts.matches("<Part>").count(), 3, "{parts}");
+    assert!(parts.contains(&alloc::format!("<Size>{}</Size>", p3.len())));
+    let page = c
+        .get(&alloc::format!(
+            "/pmem0/dir/big.bin?uploadId={id}&max-parts=2"
+        ))
+        .text();
+    assert_eq!(page.matches("<Part>").count(), 2);
+    assert!(page.contains("<IsTruncated>true</IsTruncated>"));
+    assert!(page.contains("<NextPartNumberMarker>2</NextPartNumberMarker>"));
+    let rest = c
+        .get(&alloc::format!(
+            "/pmem0/dir/big.bin?uploadId={id}&part-number-marker=2"
+        ))
+        .text();
+    assert_eq!(rest.matches("<Part>").count(), 1);
+    let uploads = c.get("/pmem0?uploads").text();
+    assert_eq!(element(&uploads, "UploadId"), id);
+    assert_eq!(element(&uploads, "Key"), "dir/big.bin");
+    // Complete.
+    let xml = complete_xml(&[(1, &e1), (2, &e2), (3, &e3)]);
+    let a = c.call(
+        "POST",
+        &alloc::format!("/pmem0/dir/big.bin?uploadId={id}"),
+        &[],
+        xml.as_bytes(),
+    );
+    assert_eq!(a.status, 200, "{}", a.text());
+    let mut md5s = Vec::new();
+    for p in [&p1, &p2, &p3] {
+        md5s.extend_from_slice(&Md5::digest(p));
+    }
+    let expected = alloc::format!("\"{}-3\"", hex(&Md5::digest(&md5s)));
+    assert_eq!(element(&a.text(), "ETag"), expected.replace('"', "&quot;"));
+    let get = c.get("/pmem0/dir/big.bin");
+    assert_eq!(get.status, 200);
+    assert_eq!(get.header("etag"), Some(expected.as_str()));
+    let mut whole = p1.clone();
+    whole.extend_from_slice(&p2);
+    whole.extend_from_slice(&p3);
+    assert!(get.body == whole, "byte-identical");
+    // Only the object is left: no part files, no upload.
+    assert!(
+        c.shell("ls pmem0").contains("1 file(s)"),
+        "{}",
+        c.shell("ls pmem0")
+    );
+    assert_eq!(c.service.routes().uploads(), 0);
+    assert_eq!(c.service.routes().exchanges(), 0);
+    assert!(!c.get("/pmem0?uploads").text().contains("<Upload>"));
+    let a = c.call(
+        "POST",
+        &alloc::format!("/pmem0/dir/big.bin?uploadId={id}"),
+        &[],
+        xml.as_bytes(),
+    );
+    assert_eq!((a.status, a.code().as_str()), (404, "NoSuchUpload"));
+}
+
+#[test]
+fn a_single_part_upload_and_a_replaced_object() {
+    let mut c = Client::big();
+    c.put("/pmem0/k", b"old");
+    let id = start_upload(&mut c, "k");
+    let e = put_part(&mut c, "k", &id, 7, b"tiny last part");
+    let a = c.call(
+        "POST",
+        &alloc::format!("/pmem0/k?uploadId={id}"),
+        &[],
+        complete_xml(&[(7, &e)]).as_bytes(),
+    );
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(c.get("/pmem0/k").body, b"tiny last part");
+    assert!(c.get("/pmem0/k").header("etag").unwrap().ends_with("-1\""));
+    assert!(c.shell("ls pmem0").contains("1 file(s)"));
+}
+
+#[test]
+fn multipart_errors() {
+    let mut c = Client::big();
+    let id = start_upload(&mut c, "obj");
+    let small = pattern(1000, 5);
+    let big = pattern(5 << 20, 6);
+    let e1 = put_part(&mut c, "obj", &id, 1, &small);
+    let small2 = pattern(1000, 7);
+    let e2 = put_part(&mut c, "obj", &id, 2, &small2);
+    let post = |c: &mut Client, body: &str| {
+        c.call(
+            "POST",
+            &alloc::format!("/pmem0/obj?uploadId={id}"),
+            &[],
+            body.as_bytes(),
+        )
+    };
+    // A part below 5 MiB that is not the last.
+    let a = post(&mut c, &complete_xml(&[(1, &e1), (2, &e2)]));
+    assert_eq!((a.status, a.code().as_str()), (400, "EntityTooSmall"));
+    // Wrong ETag, missing part, order.
+    let a = post(&mut c, &complete_xml(&[(1, &e2)]));
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (400, "InvalidPart"),
+        "{}",
+        a.text()
+    );
+    let a = post(&mut c, &complete_xml(&[(4, &e1)]));
+    assert_eq!((a.status, a.code().as_str()), (400, "InvalidPart"));
+    let a = post(&mut c, &complete_xml(&[(2, &e2), (1, &e1)]));
+    assert_eq!((a.status, a.code().as_str()), (400, "InvalidPartOrder"));
+    let a = post(&mut c, &complete_xml(&[(1, &e1), (1, &e1)]));
+    assert_eq!((a.status, a.code().as_str()), (400, "InvalidPartOrder"));
+    // Malformed XML, an empty list, an oversize body.
+    for body in ["<CompleteMultipartUpload><Part>", "<CompleteMultipartUpload/>", "not xml", "<CompleteMultipartUpload><Part><PartNumber>x</PartNumber><ETag>a</ETag></Part></CompleteMultipartUpload>"] {
+        let a = post(&mut c, body);
+        assert_eq!((a.status, a.code().as_str()), (400, "MalformedXML"), "{body}");
+    }
+    let huge = " ".repeat(multipart::MAX_COMPLETE_BODY + 1);
+    let a = post(&mut c, &huge);
+    assert_eq!((a.status, a.code().as_str()), (400, "MalformedXML"));
+    // Bad part numbers, unknown uploads, an upload of another key.
+    for n in ["0", "10001", "x"] {
+        let a = c.call(
+            "PUT",
+            &alloc::format!("/pmem0/obj?partNumber={n}&uploadId={id}"),
+            &[],
+            b"x",
+        );
+        assert_eq!(
+            (a.status, a.code().as_str()),
+            (400, "InvalidArgument"),
+            "{n}"
+        );
+    }
+    for target in [
+        "/pmem0/obj?partNumber=1&uploadId=nope",
+        "/pmem0/other?partNumber=1&uploadId=ID",
+    ] {
+        let a = c.call("PUT", &target.replace("ID", &id), &[], b"x");
+        assert_eq!(
+            (a.status, a.code().as_str()),
+            (404, "NoSuchUpload"),
+            "{target}"
+        );
+    }
+    assert_eq!(
+        c.call("GET", "/pmem0/obj?uploadId=nope", &[], b"").code(),
+        "NoSuchUpload"
+    );
+    assert_eq!(
+        c.call("DELETE", "/pmem0/obj?uploadId=nope", &[], b"")
+            .code(),
+        "NoSuchUpload"
+    );
+    assert_eq!(post(&mut c, "x").status, 400);
+    // A part whose Content-MD5 is wrong is refused and the earlier part stays.
+    let wrong = base64(&Md5::digest(b"other"));
+    let a = c.call(
+        "PUT",
+        &alloc::format!("/pmem0/obj?partNumber=1&uploadId={id}"),
+        &[("content-md5", &wrong)],
+        &big,
+    );
+    assert_eq!((a.status, a.code().as_str()), (400, "BadDigest"));
+    let parts = c.get(&alloc::format!("/pmem0/obj?uploadId={id}")).text();
+    assert!(parts.contains("<Size>1000</Size><"), "{parts}");
+    // The failed Completes left the upload whole: it still completes.
+    let e1 = put_part(&mut c, "obj", &id, 1, &big);
+    let a = post(&mut c, &complete_xml(&[(1, &e1), (2, &e2)]));
+    assert_eq!(a.status, 200, "{}", a.text());
+    let mut whole = big.clone();
+    whole.extend_from_slice(&small2);
+    assert!(c.get("/pmem0/obj").body == whole);
+    // A read-only key cannot be written.
+    let a = c.call("POST", "/pmem0/obj?uploads", &[], b"");
+    assert_eq!(a.status, 200);
+    c.key = key("AKREAD", true);
+    let a = c.call("POST", "/pmem0/obj?uploads", &[], b"");
+    assert_eq!((a.status, a.code().as_str()), (403, "AccessDenied"));
+}
+
+#[test]
+fn uploads_in_progress_are_bounded() {
+    let mut c = Client::big();
+    let mut ids = Vec::new();
+    for i in 0..multipart::MAX_UPLOADS {
+        ids.push(start_upload(&mut c, &alloc::format!("k{i}")));
+    }
+    let a = c.call("POST", "/pmem0/one-more?uploads", &[], b"");
+    assert_eq!((a.status, a.code().as_str()), (503, "SlowDown"));
+    assert!(a.text().contains("at most 64"));
+    let a = c.call(
+        "DELETE",
+        &alloc::format!("/pmem0/k0?uploadId={}", ids[0]),
+        &[],
+        b"",
+    );
+    assert_eq!(a.status, 204);
+    start_upload(&mut c, "one-more");
+}
+
+#[test]
+fn abort_leaves_nothing_behind_and_returns_the_space() {
+    let mut c = Client::big();
+    let before = df_free(&c);
+    let id = start_upload(&mut c, "gone");
+    put_part(&mut c, "gone", &id, 1, &pattern(5 << 20, 9));
+    put_part(&mut c, "gone", &id, 2, &pattern(3 << 20, 9));
+    assert_ne!(df_free(&c), before, "the parts take space");
+    let a = c.call(
+        "DELETE",
+        &alloc::format!("/pmem0/gone?uploadId={id}"),
+        &[],
+        b"",
+    );
+    assert_eq!(a.status, 204, "{}", a.text());
+    assert_eq!(df_free(&c), before, "the space is back");
+    assert_eq!(c.service.routes().uploads(), 0);
+    let a = c.call(
+        "PUT",
+        &alloc::format!("/pmem0/gone?partNumber=1&uploadId={id}"),
+        &[],
+        b"x",
+    );
+    assert_eq!(a.code(), "NoSuchUpload");
+    assert_eq!(df_free(&c), before, "the refused part left nothing");
+    assert_eq!(c.get("/pmem0/gone").status, 404);
+}
+
+#[test]
+fn a_part_cut_off_leaves_nothing_and_part_files_are_swept() {
+    let mut c = Client::big();
+    let id = start_upload(&mut c, "cut");
+    put_part(&mut c, "cut", &id, 1, b"kept part");
+    let body = vec![1u8; 100_000];
+    let bytes = c.build(
+        "PUT",
+        &alloc::format!("/pmem0/cut?partNumber=2&uploadId={id}"),
+        &[],
+        &body,
+        true,
+    );
+    let (_, conn) = c.send_raw(&bytes[..bytes.len() - 1000]);
+    c.service.closed(conn);
+    let parts = c.get(&alloc::format!("/pmem0/cut?uploadId={id}")).text();
+    assert_eq!(parts.matches("<Part>").count(), 1, "{parts}");
+    // A reboot forgets the upload; the sweep removes its part file.
+    let mut f = c.fixture.borrow_mut();
+    assert_eq!(sweep_temporaries(&mut f.storage), 1);
+}
+
+#[test]
+fn complete_moves_aligned_parts_instead_of_copying() {
+    let mut c = Client::big();
+    let id = start_upload(&mut c, "moved");
+    let mut parts: Vec<Vec<u8>> = (0..7).map(|i| pattern(6 << 20, 20 + i)).collect();
+    parts.push(pattern(1 << 20, 13));
+    let mut etags = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        etags.push(put_part(&mut c, "moved", &id, i as u32 + 1, p));
+    }
+    let list: Vec<(u32, &str)> = etags
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (i as u32 + 1, e.as_str()))
+        .collect();
+    let physical = |c: &Client, name: &str| -> Vec<u64> {
+        let mut f = c.fixture.borrow_mut();
+        let fs = f.storage.filesystem(0).unwrap();
+        let file = fs.lookup(name).unwrap();
+        fs.dax_ranges(file, 0, u64::MAX)
+            .unwrap()
+            .iter()
+            .flat_map(|r| (0..r.len / 4096).map(move |k| r.region_offset + k * 4096))
+            .collect()
+    };
+    let part2 = physical(&c, &alloc::format!("\u{1}mpu-{id}-2"));
+    let a = c.call(
+        "POST",
+        &alloc::format!("/pmem0/moved?uploadId={id}"),
+        &[],
+        complete_xml(&list).as_bytes(),
+    );
+    assert_eq!(a.status, 200, "{}", a.text());
+    // Part 2's blocks are the object's: moved, not copied.
+    let object = physical(&c, "moved");
+    let kept = part2.iter().filter(|p| object.contains(p)).count();
+    assert_eq!(kept, part2.len(), "part 2's blocks in the object");
+    let whole: Vec<u8> = parts.concat();
+    assert!(c.get("/pmem0/moved").body == whole);
+    assert!(c.shell("ls pmem0").contains("1 file(s)"));
 }
