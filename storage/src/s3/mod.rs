@@ -1734,15 +1734,26 @@ fn predecessor(s: &str) -> Option<String> {
     }
 }
 
-/// Parses a DeleteObjects body: (quiet, keys).
-fn parse_delete(body: &[u8]) -> Result<(bool, Vec<String>), S3Error> {
-    let malformed = || {
-        S3Error::new(400, "MalformedXML", "The XML you provided was not well-formed or did not validate against our published schema")
-    };
+/// The S3 `MalformedXML` error, for every XML request body.
+pub(super) fn malformed() -> S3Error {
+    S3Error::new(
+        400,
+        "MalformedXML",
+        "The XML you provided was not well-formed or did not validate against our published schema",
+    )
+}
+
+/// Walks an XML request body (UTF-8, elements nested at most 8 deep, each
+/// element's text at most `max_text` bytes), calling `on_close(parents,
+/// element, text)` as each element closes, with its unescaped text (the
+/// callback may take it). Anything malformed is `MalformedXML`.
+pub(super) fn walk_xml(
+    body: &[u8],
+    max_text: usize,
+    mut on_close: impl FnMut(&[&str], &str, &mut String) -> Result<(), S3Error>,
+) -> Result<(), S3Error> {
     let text = core::str::from_utf8(body).map_err(|_| malformed())?;
     let mut stack: Vec<&str> = Vec::new();
-    let mut keys = Vec::new();
-    let mut quiet = false;
     let mut current = String::new();
     for token in xmlparser::Tokenizer::from(text) {
         match token.map_err(|_| malformed())? {
@@ -1759,16 +1770,7 @@ fn parse_delete(body: &[u8]) -> Result<(bool, Vec<String>), S3Error> {
                     if stack.pop() != Some(local.as_str()) {
                         return Err(malformed());
                     }
-                    match (stack.as_slice(), local.as_str()) {
-                        (["Delete", "Object"], "Key") => {
-                            if keys.len() == MAX_DELETE_KEYS {
-                                return Err(malformed());
-                            }
-                            keys.push(core::mem::take(&mut current));
-                        }
-                        (["Delete"], "Quiet") => quiet = current.trim() == "true",
-                        _ => {}
-                    }
+                    on_close(&stack, local.as_str(), &mut current)?;
                     current.clear();
                 }
                 xmlparser::ElementEnd::Empty => {
@@ -1776,13 +1778,45 @@ fn parse_delete(body: &[u8]) -> Result<(bool, Vec<String>), S3Error> {
                 }
             },
             xmlparser::Token::Text { text } => {
+                if current.len() + text.as_str().len() > max_text {
+                    return Err(malformed());
+                }
                 current.push_str(&unescape(text.as_str()).ok_or_else(malformed)?);
             }
-            xmlparser::Token::Cdata { text, .. } => current.push_str(text.as_str()),
+            xmlparser::Token::Cdata { text, .. } => {
+                if current.len() + text.as_str().len() > max_text {
+                    return Err(malformed());
+                }
+                current.push_str(text.as_str());
+            }
             _ => {}
         }
     }
-    if !stack.is_empty() || keys.is_empty() {
+    if !stack.is_empty() {
+        return Err(malformed());
+    }
+    Ok(())
+}
+
+/// Parses a DeleteObjects body: (quiet, keys).
+fn parse_delete(body: &[u8]) -> Result<(bool, Vec<String>), S3Error> {
+    let mut keys = Vec::new();
+    let mut quiet = false;
+    // The body itself is bounded (`MAX_DELETE_BODY`), so a key's text is.
+    walk_xml(body, usize::MAX, |parents, element, text| {
+        match (parents, element) {
+            (["Delete", "Object"], "Key") => {
+                if keys.len() == MAX_DELETE_KEYS {
+                    return Err(malformed());
+                }
+                keys.push(core::mem::take(text));
+            }
+            (["Delete"], "Quiet") => quiet = text.trim() == "true",
+            _ => {}
+        }
+        Ok(())
+    })?;
+    if keys.is_empty() {
         return Err(malformed());
     }
     Ok((quiet, keys))

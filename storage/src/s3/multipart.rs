@@ -47,8 +47,8 @@ use md5::{Digest as _, Md5};
 use super::auth::{query_value, Payload};
 use super::text::{hex, iso8601, xml_escape};
 use super::{
-    bucket_volume, check_replace, content_md5, filesystem, fs_failure, param, unescape, Exchange,
-    ObjectTag, Put, S3Error, S3Routes, HIDDEN_PREFIX,
+    bucket_volume, check_replace, content_md5, filesystem, fs_failure, malformed, param, walk_xml,
+    Exchange, ObjectTag, Put, S3Error, S3Routes, HIDDEN_PREFIX,
 };
 use crate::SharedStorage;
 
@@ -134,14 +134,6 @@ fn slow_down() -> S3Error {
         503,
         "SlowDown",
         "the HTTP memory budget is used up; try again later",
-    )
-}
-
-fn malformed() -> S3Error {
-    S3Error::new(
-        400,
-        "MalformedXML",
-        "The XML you provided was not well-formed or did not validate against our published schema",
     )
 }
 
@@ -584,62 +576,31 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
 /// Parses a CompleteMultipartUpload body: (part number, ETag) in the
 /// order given; at most [`MAX_PARTS`] parts.
 fn parse_complete(body: &[u8]) -> Result<Vec<(u32, String)>, S3Error> {
-    let text = core::str::from_utf8(body).map_err(|_| malformed())?;
-    let mut stack: Vec<&str> = Vec::new();
     let mut parts = Vec::new();
-    let mut current = String::new();
     let mut number: Option<u32> = None;
     let mut etag: Option<String> = None;
-    for token in xmlparser::Tokenizer::from(text) {
-        match token.map_err(|_| malformed())? {
-            xmlparser::Token::ElementStart { local, .. } => {
-                if stack.len() >= 8 {
+    walk_xml(body, 1024, |parents, element, text| {
+        match (parents, element) {
+            (["CompleteMultipartUpload", "Part"], "PartNumber") => {
+                number = Some(text.trim().parse().map_err(|_| malformed())?);
+            }
+            (["CompleteMultipartUpload", "Part"], "ETag") => {
+                etag = Some(core::mem::take(text));
+            }
+            (["CompleteMultipartUpload"], "Part") => {
+                if parts.len() == MAX_PARTS as usize {
                     return Err(malformed());
                 }
-                stack.push(local.as_str());
-                current.clear();
+                match (number.take(), etag.take()) {
+                    (Some(n), Some(e)) => parts.push((n, e)),
+                    _ => return Err(malformed()),
+                }
             }
-            xmlparser::Token::ElementEnd { end, .. } => match end {
-                xmlparser::ElementEnd::Open => {}
-                xmlparser::ElementEnd::Close(_, local) => {
-                    if stack.pop() != Some(local.as_str()) {
-                        return Err(malformed());
-                    }
-                    match (stack.as_slice(), local.as_str()) {
-                        (["CompleteMultipartUpload", "Part"], "PartNumber") => {
-                            number = Some(current.trim().parse().map_err(|_| malformed())?);
-                        }
-                        (["CompleteMultipartUpload", "Part"], "ETag") => {
-                            etag = Some(core::mem::take(&mut current));
-                        }
-                        (["CompleteMultipartUpload"], "Part") => {
-                            if parts.len() == MAX_PARTS as usize {
-                                return Err(malformed());
-                            }
-                            match (number.take(), etag.take()) {
-                                (Some(n), Some(e)) => parts.push((n, e)),
-                                _ => return Err(malformed()),
-                            }
-                        }
-                        _ => {}
-                    }
-                    current.clear();
-                }
-                xmlparser::ElementEnd::Empty => {
-                    stack.pop();
-                }
-            },
-            xmlparser::Token::Text { text } => {
-                if current.len() + text.as_str().len() > 1024 {
-                    return Err(malformed());
-                }
-                current.push_str(&unescape(text.as_str()).ok_or_else(malformed)?);
-            }
-            xmlparser::Token::Cdata { text, .. } => current.push_str(text.as_str()),
             _ => {}
         }
-    }
-    if !stack.is_empty() || parts.is_empty() {
+        Ok(())
+    })?;
+    if parts.is_empty() {
         return Err(malformed());
     }
     Ok(parts)
