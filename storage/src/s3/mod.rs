@@ -286,10 +286,7 @@ enum Exchange {
     DeleteMany {
         device: String,
         resource: String,
-        body: Vec<u8>,
-        content_md5: Option<[u8; 16]>,
-        /// The body's bytes, charged to the budget.
-        charge: Charge<'static>,
+        body: XmlBody,
         /// The client (each key is decided by the allow-list).
         peer: Option<core::net::IpAddr>,
     },
@@ -594,13 +591,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
     /// charged to the budget, and pulled from there: its memory is
     /// accounted until the last byte is sent.
     fn buffered(&mut self, exchange: u64, status: u16, xml: String) -> Result<Reply, S3Error> {
-        let charge = self.budget.charge(xml.len()).map_err(|_| {
-            S3Error::new(
-                503,
-                "SlowDown",
-                "the HTTP memory budget is used up; try again later",
-            )
-        })?;
+        let charge = self.budget.charge(xml.len()).map_err(|_| slow_down())?;
         let length = xml.len() as u64;
         self.exchanges.insert(
             exchange,
@@ -733,9 +724,12 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                 self.exchanges.insert(exchange, Exchange::DeleteMany {
                     device,
                     resource: request.path.to_string(),
-                    body: Vec::new(),
-                    content_md5,
-                    charge: self.budget.empty(),
+                    body: XmlBody::new(
+                        MAX_DELETE_BODY,
+                        "the DeleteObjects request body is over 512 KiB",
+                        content_md5,
+                        self.budget.empty(),
+                    ),
                     peer,
                 });
                 Ok(Opened::Body)
@@ -1411,21 +1405,10 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         &mut self,
         exchange: u64,
         device: &str,
-        body: &[u8],
-        content_md5: Option<[u8; 16]>,
+        body: &XmlBody,
         peer: Option<core::net::IpAddr>,
     ) -> Result<Reply, S3Error> {
-        if let Some(expected) = content_md5 {
-            let got: [u8; 16] = Md5::digest(body).into();
-            if got != expected {
-                return Err(S3Error::new(
-                    400,
-                    "BadDigest",
-                    "The Content-MD5 you specified did not match what we received.",
-                ));
-            }
-        }
-        let (quiet, keys) = parse_delete(body)?;
+        let (quiet, keys) = parse_delete(body.verified()?)?;
         let mut xml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DeleteResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">");
         self.shared.with(|s| {
             for key in &keys {
@@ -1734,6 +1717,69 @@ fn predecessor(s: &str) -> Option<String> {
     }
 }
 
+/// An XML request body (DeleteObjects, CompleteMultipartUpload) gathered
+/// in memory: at most `limit` bytes, each charged to the `http` budget
+/// until it is dropped, checked against its `Content-MD5` before use.
+pub(super) struct XmlBody {
+    bytes: Vec<u8>,
+    limit: usize,
+    /// The `MalformedXML` message when the body is over `limit`.
+    too_large: &'static str,
+    content_md5: Option<[u8; 16]>,
+    charge: Charge<'static>,
+}
+
+impl XmlBody {
+    pub(super) fn new(
+        limit: usize,
+        too_large: &'static str,
+        content_md5: Option<[u8; 16]>,
+        charge: Charge<'static>,
+    ) -> Self {
+        Self {
+            bytes: Vec::new(),
+            limit,
+            too_large,
+            content_md5,
+            charge,
+        }
+    }
+
+    /// Takes the next piece of the body.
+    pub(super) fn push(&mut self, data: &[u8]) -> Result<(), S3Error> {
+        if self.bytes.len() + data.len() > self.limit {
+            return Err(S3Error::new(400, "MalformedXML", self.too_large));
+        }
+        self.charge.grow(data.len()).map_err(|_| slow_down())?;
+        self.bytes.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// The whole body, once it matches its `Content-MD5` (if one was sent).
+    pub(super) fn verified(&self) -> Result<&[u8], S3Error> {
+        if let Some(expected) = self.content_md5 {
+            let got: [u8; 16] = Md5::digest(&self.bytes).into();
+            if got != expected {
+                return Err(S3Error::new(
+                    400,
+                    "BadDigest",
+                    "The Content-MD5 you specified did not match what we received.",
+                ));
+            }
+        }
+        Ok(&self.bytes)
+    }
+}
+
+/// `503 SlowDown`: the `http` memory budget is used up.
+pub(super) fn slow_down() -> S3Error {
+    S3Error::new(
+        503,
+        "SlowDown",
+        "the HTTP memory budget is used up; try again later",
+    )
+}
+
 /// The S3 `MalformedXML` error, for every XML request body.
 pub(super) fn malformed() -> S3Error {
     S3Error::new(
@@ -1902,27 +1948,9 @@ impl<M: PersistentMemory, S: SharedStorage<M>> HttpRoutes for S3Routes<M, S> {
                 device,
                 resource,
                 mut body,
-                content_md5,
-                mut charge,
                 peer,
             }) => {
-                let refused = if body.len() + data.len() > MAX_DELETE_BODY {
-                    Some(S3Error::new(
-                        400,
-                        "MalformedXML",
-                        "the DeleteObjects request body is over 512 KiB",
-                    ))
-                } else if charge.grow(data.len()).is_err() {
-                    Some(S3Error::new(
-                        503,
-                        "SlowDown",
-                        "the HTTP memory budget is used up; try again later",
-                    ))
-                } else {
-                    body.extend_from_slice(data);
-                    None
-                };
-                if let Some(error) = refused {
+                if let Err(error) = body.push(data) {
                     self.exchanges.insert(exchange, Exchange::Done);
                     return Err(error.reply(&resource));
                 }
@@ -1932,8 +1960,6 @@ impl<M: PersistentMemory, S: SharedStorage<M>> HttpRoutes for S3Routes<M, S> {
                         device,
                         resource,
                         body,
-                        content_md5,
-                        charge,
                         peer,
                     },
                 );
@@ -1969,13 +1995,11 @@ impl<M: PersistentMemory, S: SharedStorage<M>> HttpRoutes for S3Routes<M, S> {
                 device,
                 resource,
                 body,
-                content_md5,
-                charge,
                 peer,
             }) => {
                 self.exchanges.insert(exchange, Exchange::Done);
-                let result = self.finish_delete_many(exchange, &device, &body, content_md5, peer);
-                drop(charge);
+                // The body's charge is held until the reply is made.
+                let result = self.finish_delete_many(exchange, &device, &body, peer);
                 result.unwrap_or_else(|e| e.reply(&resource))
             }
             Some(Exchange::Complete(gather)) => {

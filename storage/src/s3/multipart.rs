@@ -47,8 +47,8 @@ use md5::{Digest as _, Md5};
 use super::auth::{query_value, Payload};
 use super::text::{hex, iso8601, xml_escape};
 use super::{
-    bucket_volume, check_replace, content_md5, filesystem, fs_failure, malformed, param, walk_xml,
-    Exchange, ObjectTag, Put, S3Error, S3Routes, HIDDEN_PREFIX,
+    bucket_volume, check_replace, content_md5, filesystem, fs_failure, malformed, param, slow_down,
+    walk_xml, Exchange, ObjectTag, Put, S3Error, S3Routes, XmlBody, HIDDEN_PREFIX,
 };
 use crate::SharedStorage;
 
@@ -106,9 +106,7 @@ pub(super) struct Gather {
     device: String,
     key: String,
     pub(super) resource: String,
-    body: Vec<u8>,
-    content_md5: Option<[u8; 16]>,
-    charge: Charge<'static>,
+    body: XmlBody,
 }
 
 /// True when the object request is a multipart operation.
@@ -126,14 +124,6 @@ fn no_such_upload() -> S3Error {
         404,
         "NoSuchUpload",
         "The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed.",
-    )
-}
-
-fn slow_down() -> S3Error {
-    S3Error::new(
-        503,
-        "SlowDown",
-        "the HTTP memory budget is used up; try again later",
     )
 }
 
@@ -163,9 +153,12 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                         device: bucket.to_string(),
                         key: key.to_string(),
                         resource: request.path.to_string(),
-                        body: Vec::new(),
-                        content_md5: content_md5(request)?,
-                        charge: self.budget.empty(),
+                        body: XmlBody::new(
+                            MAX_COMPLETE_BODY,
+                            "the CompleteMultipartUpload request body is over 2 MiB",
+                            content_md5(request)?,
+                            self.budget.empty(),
+                        ),
                     })),
                 );
                 Ok(Opened::Body)
@@ -438,16 +431,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         gather: &mut Gather,
         data: &[u8],
     ) -> Result<(), S3Error> {
-        if gather.body.len() + data.len() > MAX_COMPLETE_BODY {
-            return Err(S3Error::new(
-                400,
-                "MalformedXML",
-                "the CompleteMultipartUpload request body is over 2 MiB",
-            ));
-        }
-        gather.charge.grow(data.len()).map_err(|_| slow_down())?;
-        gather.body.extend_from_slice(data);
-        Ok(())
+        gather.body.push(data)
     }
 
     /// The end of a Complete body: checks the part list and makes the
@@ -458,19 +442,9 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         gather: Gather,
         now: u64,
     ) -> Result<Reply, S3Error> {
-        if let Some(expected) = gather.content_md5 {
-            let got: [u8; 16] = Md5::digest(&gather.body).into();
-            if got != expected {
-                return Err(S3Error::new(
-                    400,
-                    "BadDigest",
-                    "The Content-MD5 you specified did not match what we received.",
-                ));
-            }
-        }
         // The parsed list is no larger than the body, whose charge is
         // held until the end.
-        let list = parse_complete(&gather.body)?;
+        let list = parse_complete(gather.body.verified()?)?;
         let (id, device, key) = (gather.upload, gather.device, gather.key);
         let upload = self.lookup_upload(&id, &device, &key)?;
         if list.windows(2).any(|w| w[0].0 >= w[1].0) {
