@@ -545,7 +545,7 @@ impl<M: PersistentMemory> Storage<M> {
         self.object_tags.retain(|(device, file), _| {
             volumes.iter().any(|v| {
                 crate::device_index(&v.device) == *device
-                    && matches!(&v.role, Role::Filesystem(fs) if fs.stat(*file).is_ok())
+                    && matches!(&v.role, Role::Filesystem(fs) if fs.file_size(*file).is_ok())
             })
         });
     }
