@@ -9,6 +9,9 @@
 //! servers are killed on drop and images live in a temporary folder that
 //! is removed afterwards.
 
+mod common;
+use common::{text, TempDir};
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -28,33 +31,6 @@ const BULK: Duration = Duration::from_secs(180);
 const MIB: u64 = 1 << 20;
 /// `NBD_OPT_INFO` (proto.md "Option types").
 const OPT_INFO: u32 = 6;
-
-/// A temporary folder, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let path =
-            std::env::temp_dir().join(format!("daxbox-serve-test-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("creating a temporary folder");
-        TempDir(path)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn text(path: &Path) -> &str {
-    path.to_str().expect("temporary paths are UTF-8")
-}
 
 /// A running `daxbox-serve`, killed on drop.
 struct Server {

@@ -5,8 +5,11 @@
 //! the AWS CLI with pip). Every wait is bounded; the server is killed on
 //! drop and its image lives in a temporary folder removed afterwards.
 
+mod common;
+use common::{text, TempDir};
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -58,32 +61,6 @@ fn run_tool_ok(command: &mut Command, timeout: Duration) -> String {
         "{shown} failed ({status:?}, timeout {timeout:?})\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
     stdout
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let path =
-            std::env::temp_dir().join(format!("daxbox-s3-test-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("creating a temporary folder");
-        TempDir(path)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn text(path: &Path) -> &str {
-    path.to_str().expect("temporary paths are UTF-8")
 }
 
 /// `daxbox-serve` with NBD and HTTP on free ports, killed on drop.
