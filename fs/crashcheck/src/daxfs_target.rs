@@ -121,10 +121,7 @@ impl Target for Daxfs {
                 let id = fs.lookup(name).map_err(classify)?;
                 fs.persist(id)
             }
-            Op::PersistAll => {
-                fs.persist_all();
-                Ok(())
-            }
+            Op::PersistAll => fs.persist_all(),
             Op::Open(name) => {
                 let id = fs.lookup(name).map_err(classify)?;
                 fs.open(id).map(|()| self.1.push(id))

@@ -397,7 +397,7 @@ impl<M: PersistentMemory> Filesystem<M> {
                     let at = block_offset(p) + offset % BLOCK_SIZE;
                     self.put(at, data)?;
                     if end > size {
-                        return self.commit_file(file.slot, end, false);
+                        return self.grow_size(file.slot, end);
                     }
                     return Ok(());
                 }
@@ -602,17 +602,54 @@ impl<M: PersistentMemory> Filesystem<M> {
         self.unmap(file.slot, keep, end - keep, size)
     }
 
-    /// Makes every earlier write to the file durable. Data writes are
-    /// already flushed and metadata already committed, so this is a fence
-    /// (FORMAT.md "Data writes").
+    /// Sets the size of a file whose new end of file lies in blocks it
+    /// already maps and owns, after the bytes below `end` were stored
+    /// (FORMAT.md "Deferred size commits"): kept in memory only while
+    /// `end` stays inside the 2 MiB chunk of the durable size's last byte,
+    /// else committed (which also commits the earlier deferred growth).
+    fn grow_size(&mut self, slot: u32, end: u64) -> Result<(), Error> {
+        let f = self.files.get_mut(&slot).ok_or(Error::StaleFile)?;
+        if end <= f.durable.div_ceil(CHUNK_SIZE) * CHUNK_SIZE {
+            f.size = end;
+            return Ok(());
+        }
+        self.commit_file(slot, end, false)
+    }
+
+    /// Commits the file's deferred size, if it has one (one transaction;
+    /// its fence also makes every earlier data write durable).
+    pub(crate) fn commit_deferred_size(&mut self, slot: u32) -> Result<(), Error> {
+        let f = self.files.get(&slot).ok_or(Error::StaleFile)?;
+        if f.durable == f.size {
+            return Ok(());
+        }
+        let size = f.size;
+        self.commit_file(slot, size, false)
+    }
+
+    /// Makes every earlier write to the file durable, its size included.
+    /// Data writes are already flushed and metadata already committed, so
+    /// this is a fence, plus the commit of a deferred size (FORMAT.md
+    /// "Data writes", "Deferred size commits").
     pub fn persist(&mut self, file: FileId) -> Result<(), Error> {
         self.file(file)?;
+        self.commit_deferred_size(file.slot)?;
         self.mem.fence();
         Ok(())
     }
 
-    /// Makes every earlier write durable.
-    pub fn persist_all(&mut self) {
+    /// Makes every earlier write durable, every deferred size included.
+    pub fn persist_all(&mut self) -> Result<(), Error> {
+        let deferred: Vec<u32> = self
+            .files
+            .iter()
+            .filter(|(_, f)| f.durable != f.size)
+            .map(|(&slot, _)| slot)
+            .collect();
+        for slot in deferred {
+            self.commit_deferred_size(slot)?;
+        }
         self.mem.fence();
+        Ok(())
     }
 }
