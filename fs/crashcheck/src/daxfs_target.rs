@@ -38,6 +38,8 @@ pub fn config(seed: u64) -> Config {
             unit: 1,
             writes_durable_on_return: false,
             clone_replaces: false,
+            // FORMAT.md "Deferred size commits".
+            sizes_deferred: true,
         },
         recrash: 2,
         max_findings: 20,
