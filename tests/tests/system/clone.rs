@@ -87,7 +87,7 @@ fn fio_writes_to_a_clone_over_nbd_leave_the_original_unchanged() -> Result<(), H
     options.max_runtime = Duration::from_secs(1800);
     let mut machine = Machine::boot_to_prompt(options)?;
     let port = machine.nbd_port();
-    shell(&mut machine, &format!("create golden 256M"))?;
+    shell(&mut machine, "create golden 256M")?;
     wait_nbd(port);
     let bulk = scaled(Duration::from_secs(600));
 
