@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: the place for benchmark subcommands.
 //!
-//! `net` (bench_net.rs), `nbd` (bench_nbd.rs) and `trim` (bench_trim.rs)
-//! exist. To add one: append an entry to [`BENCHMARKS`] and a
+//! `net` (bench_net.rs), `nbd` (bench_nbd.rs), `trim` (bench_trim.rs)
+//! and `clone` (bench_clone.rs) exist. To add one: append an entry to [`BENCHMARKS`] and a
 //! function `fn(&[String]) -> Result<(), XtaskError>` that boots the
 //! appliance with `daxbox_tests::Machine` (or reuses `run::Launch`), drives
 //! it with a real client (fio's `nbd` engine, nbdcopy, curl) and prints its
@@ -37,6 +37,11 @@ const BENCHMARKS: &[Benchmark] = &[
         "trim",
         "4K read latency of another client during a 1 GiB TRIM / WRITE_ZEROES",
         crate::bench_trim::trim,
+    ),
+    (
+        "clone",
+        "fio 4K randwrite IOPS on a fresh clone, its original, an unshared file",
+        crate::bench_clone::clone,
     ),
 ];
 

@@ -9,6 +9,7 @@
 //! the system tests), `.ci/run` (calls `cargo xtask test`).
 
 mod bench;
+mod bench_clone;
 mod bench_cluster;
 mod bench_nbd;
 mod bench_net;

@@ -38,6 +38,8 @@ pub fn config(seed: u64) -> Config {
             unit: 1,
             writes_durable_on_return: false,
             clone_replaces: false,
+            // FORMAT.md "Deferred size commits".
+            sizes_deferred: true,
         },
         recrash: 2,
         max_findings: 20,
@@ -121,10 +123,7 @@ impl Target for Daxfs {
                 let id = fs.lookup(name).map_err(classify)?;
                 fs.persist(id)
             }
-            Op::PersistAll => {
-                fs.persist_all();
-                Ok(())
-            }
+            Op::PersistAll => fs.persist_all(),
             Op::Open(name) => {
                 let id = fs.lookup(name).map_err(classify)?;
                 fs.open(id).map(|()| self.1.push(id))

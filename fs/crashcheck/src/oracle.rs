@@ -5,7 +5,10 @@
 //! described by two model states around the operation in flight: the state
 //! after the last completed operation ("before") and the state as if the
 //! operation in flight had completed ("after"). The namespace and every
-//! file size must match one of the two exactly (operations are atomic).
+//! file size must match one of the two exactly (operations are atomic),
+//! except that with [`Semantics::sizes_deferred`] a file extended by writes
+//! may also show a size it had since its size was last committed
+//! ([`FileModel::sizes`]; daxfs FORMAT.md "Deferred size commits").
 //! File *data* written since the file was last persisted is uncertain: each
 //! data unit of a recovered file may show the current content or any older
 //! version still listed in [`FileModel::older`] (a write that did not reach
@@ -146,6 +149,11 @@ pub struct FileModel {
     /// since the last persist). Shorter versions read as zeros past their
     /// end.
     pub older: Vec<Vec<u8>>,
+    /// Smaller sizes a crash may also show: the sizes the file had before
+    /// each extending write since its size was last certainly committed
+    /// (a persist, or an operation that always commits the file's record
+    /// with its current size). Empty unless [`Semantics::sizes_deferred`].
+    pub sizes: Vec<usize>,
 }
 
 /// The model of the whole filesystem.
@@ -164,6 +172,9 @@ pub struct Semantics {
     pub writes_durable_on_return: bool,
     /// `clone` of a file with an existing destination replaces it.
     pub clone_replaces: bool,
+    /// An extending write may leave its size change uncommitted until the
+    /// file's next persist (daxfs FORMAT.md "Deferred size commits").
+    pub sizes_deferred: bool,
 }
 
 impl ModelState {
@@ -191,6 +202,9 @@ impl ModelState {
                 // Workload offsets are small: they fit in usize.
                 let (start, end) = (*offset as usize, (*offset + *len) as usize);
                 if file.content.len() < end {
+                    if semantics.sizes_deferred && !file.sizes.contains(&file.content.len()) {
+                        file.sizes.push(file.content.len());
+                    }
                     file.content.resize(end, 0);
                 }
                 for (i, byte) in file.content[start..end].iter_mut().enumerate() {
@@ -208,6 +222,8 @@ impl ModelState {
                 }
                 let (start, end) = (*offset as usize, (*offset + *len) as usize);
                 if file.content.len() < end {
+                    // Growing by zeros commits the size.
+                    file.sizes.clear();
                     file.content.resize(end, 0);
                 }
                 file.content[start..end].fill(0);
@@ -217,6 +233,10 @@ impl ModelState {
                     return Expect::NotFound;
                 };
                 let size = *size as usize;
+                if size != file.content.len() {
+                    // A size change commits (and cut bytes never return).
+                    file.sizes.clear();
+                }
                 file.content.resize(size, 0);
                 // Bytes cut off are gone for good: a later grow reads zeros.
                 for old in &mut file.older {
@@ -224,9 +244,11 @@ impl ModelState {
                 }
             }
             Op::Rename(from, to) => {
-                let Some(file) = self.files.remove(from) else {
+                let Some(mut file) = self.files.remove(from) else {
                     return Expect::NotFound;
                 };
+                // The renamed record carries the current size.
+                file.sizes.clear();
                 self.files.insert(to.clone(), file);
             }
             Op::Unlink(name) => {
@@ -235,12 +257,14 @@ impl ModelState {
                 }
             }
             Op::Clone(src, dst) => {
-                let Some(file) = self.files.get(src).cloned() else {
+                let Some(mut file) = self.files.get(src).cloned() else {
                     return Expect::NotFound;
                 };
                 if src == dst || (self.files.contains_key(dst) && !semantics.clone_replaces) {
                     return Expect::Exists;
                 }
+                // The clone's new record carries the current size.
+                file.sizes.clear();
                 self.files.insert(dst.clone(), file);
             }
             Op::Append(dst, src) => {
@@ -272,16 +296,19 @@ impl ModelState {
                 }
                 d.content.extend_from_slice(&s.content);
                 d.older = older;
+                d.sizes.clear();
             }
             Op::Persist(name) => {
                 let Some(file) = self.files.get_mut(name) else {
                     return Expect::NotFound;
                 };
                 file.older.clear();
+                file.sizes.clear();
             }
             Op::PersistAll => {
                 for file in self.files.values_mut() {
                     file.older.clear();
+                    file.sizes.clear();
                 }
             }
             Op::Open(name) => {
@@ -314,11 +341,16 @@ pub fn matches(state: &ModelState, visible: &Visible, unit: usize) -> Result<(),
 
 /// Checks one file's visible bytes against its model.
 pub fn matches_file(name: &str, file: &FileModel, seen: &[u8], unit: usize) -> Result<(), String> {
-    if seen.len() != file.content.len() {
+    if seen.len() != file.content.len() && !file.sizes.contains(&seen.len()) {
         return Err(format!(
-            "{name}: size {}, expected {}",
+            "{name}: size {}, expected {}{}",
             seen.len(),
-            file.content.len()
+            file.content.len(),
+            if file.sizes.is_empty() {
+                String::new()
+            } else {
+                format!(" or one of {:?}", file.sizes)
+            }
         ));
     }
     let unit = unit.max(1);
@@ -392,6 +424,7 @@ mod tests {
         unit: 4,
         writes_durable_on_return: false,
         clone_replaces: false,
+        sizes_deferred: false,
     };
 
     fn visible(state: &ModelState) -> Visible {
@@ -428,6 +461,60 @@ mod tests {
             Expect::Ok
         );
         assert_eq!(s.files["c"], s.files["b"]);
+    }
+
+    #[test]
+    fn deferred_sizes_allow_a_shorter_file_until_persist() {
+        let sem = Semantics {
+            sizes_deferred: true,
+            ..SEM
+        };
+        let mut s = ModelState::default();
+        s.apply(&Op::Create("a".into()), &sem);
+        let w = |offset, seed| Op::Write {
+            name: "a".into(),
+            offset,
+            len: 4,
+            seed,
+        };
+        s.apply(&w(0, 1), &sem);
+        s.apply(&Op::Persist("a".into()), &sem);
+        s.apply(&w(4, 2), &sem);
+        s.apply(&w(8, 3), &sem);
+        let full = s.files["a"].content.clone();
+        let cut = |len: usize| -> Visible {
+            let mut v = Visible::new();
+            v.insert("a".into(), Arc::new(full[..len].to_vec()));
+            v
+        };
+        // Any size since the last commit: 4 (persisted), 8, 12.
+        assert!(matches(&s, &cut(12), 1).is_ok());
+        assert!(matches(&s, &cut(8), 1).is_ok());
+        assert!(matches(&s, &cut(4), 1).is_ok());
+        // Never below the persisted size, nor a size the file never had.
+        assert!(matches(&s, &cut(0), 1).is_err());
+        assert!(matches(&s, &cut(6), 1).is_err());
+        // A cut file still shows only written bytes below its size.
+        let mut v = cut(8);
+        Arc::make_mut(v.get_mut("a").unwrap())[5] = 0xEE;
+        assert!(matches(&s, &v, 1).is_err());
+        // Persist, a size change and a rename commit the size.
+        let mut p = s.clone();
+        p.apply(&Op::Persist("a".into()), &sem);
+        assert!(matches(&p, &cut(8), 1).is_err());
+        let mut r = s.clone();
+        r.apply(&Op::Rename("a".into(), "b".into()), &sem);
+        assert!(r.files["b"].sizes.is_empty());
+        let mut c = s.clone();
+        c.apply(&Op::Clone("a".into(), "c".into()), &sem);
+        assert!(c.files["c"].sizes.is_empty());
+        assert_eq!(c.files["a"].sizes, [4, 8]);
+        // Without the semantics the size is exact.
+        let mut strict = ModelState::default();
+        strict.apply(&Op::Create("a".into()), &SEM);
+        strict.apply(&w(0, 1), &SEM);
+        strict.apply(&w(4, 2), &SEM);
+        assert!(strict.files["a"].sizes.is_empty());
     }
 
     #[test]

@@ -77,6 +77,7 @@ pub fn templates() -> Vec<Op> {
         write("small", 20_000, 1000),
         write("big", CHUNK - 3000, 6000),
         write("big", BIG_SIZE, 4096),
+        write("big", BIG_SIZE + 4096, 4096),
         write("big", 100, 50),
         // write_zeroes: in place; punching whole blocks inside the file;
         // punching past the end (two commits, FORMAT.md "Data writes");
@@ -158,7 +159,48 @@ pub fn scenarios() -> Vec<Vec<Op>> {
             write("new", 0, 3000),
             Op::Unlink(name("small")),
         ],
+        // Deferred size commits (daxfs FORMAT.md "Deferred size commits"):
+        // appends into the big file's preallocated chunk and into the
+        // small file's last block keep their size in memory; a crash may
+        // show any size since the last commit of the record, never less
+        // than the persisted one, never bytes nobody wrote. The batch is
+        // then committed by each way there is: an appending write past a
+        // gap (zeroes the gap, allocates nothing, commits), persist, a
+        // clone (the clone's record), a rename, a truncate, the last close.
+        alloc::vec![
+            seeded(write("big", BIG_SIZE, 4096), 11),
+            seeded(write("big", BIG_SIZE + 4096, 5000), 12),
+            seeded(write("small", SMALL_SIZE, 2000), 13),
+            seeded(write("big", BIG_SIZE + 20_000, 3000), 14),
+            seeded(write("big", BIG_SIZE + 23_000, 100), 15),
+            Op::Persist(name("big")),
+            seeded(write("big", BIG_SIZE + 23_100, 8192), 16),
+            Op::Clone(name("big"), name("copy")),
+            seeded(write("big", BIG_SIZE + 31_292, 4096), 17),
+            Op::Rename(name("big"), name("new")),
+            seeded(write("new", BIG_SIZE + 35_388, 1000), 18),
+            Op::Truncate(name("new"), BIG_SIZE + 30_000),
+            seeded(write("small", SMALL_SIZE + 2000, 200), 19),
+            Op::PersistAll,
+        ],
+        alloc::vec![
+            Op::Open(name("big")),
+            seeded(write("big", BIG_SIZE, 4096), 21),
+            seeded(write("big", BIG_SIZE + 4096, 4096), 22),
+            Op::Close,
+            seeded(write("big", BIG_SIZE + 8192, 4096), 23),
+            Op::Unlink(name("big")),
+        ],
     ]
+}
+
+/// `op` with its data pattern `seed` (scenario writes differ from each
+/// other and from the setup's).
+fn seeded(mut op: Op, with: u8) -> Op {
+    if let Op::Write { seed, .. } = &mut op {
+        *seed = with;
+    }
+    op
 }
 
 /// The sequence of templates `indices`, with a distinct data pattern per

@@ -151,10 +151,13 @@ impl<M: PersistentMemory> Filesystem<M> {
                             "record {slot}: name or generation differs from memory"
                         ));
                     }
-                    if f.size != sf.record.size {
+                    // A deferred size (FORMAT.md "Deferred size commits")
+                    // leaves the record below the in-memory size, never
+                    // above it.
+                    if f.durable != sf.record.size || f.durable > f.size {
                         problems.push(format!(
-                            "file {:?}: size {} in memory, {} on media",
-                            f.name, f.size, sf.record.size
+                            "file {:?}: size {} in memory (durable {}), {} on media",
+                            f.name, f.size, f.durable, sf.record.size
                         ));
                     }
                     if f.map != ExtentMap::from_extents(&sf.extents) {

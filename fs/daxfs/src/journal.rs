@@ -136,6 +136,7 @@ impl<M: PersistentMemory> Filesystem<M> {
             self.commit(&[(slot, record.encode())])?;
             if let Some(file) = self.files.get_mut(&slot) {
                 file.size = size;
+                file.durable = size;
             }
             return Ok(());
         }
@@ -154,6 +155,7 @@ impl<M: PersistentMemory> Filesystem<M> {
         }
         let file = self.files.get_mut(&slot).ok_or(Error::StaleFile)?;
         file.size = size;
+        file.durable = size;
         let old_chain = core::mem::replace(&mut file.chain, chain);
         for b in old_chain {
             self.unref(b, 1);

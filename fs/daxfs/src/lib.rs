@@ -90,6 +90,9 @@ struct File {
     generation: u32,
     name: String,
     size: u64,
+    /// The size in the record on media: below `size` while a size change
+    /// is deferred (FORMAT.md "Deferred size commits"), else equal.
+    durable: u64,
     map: ExtentMap,
     /// Overflow blocks currently on media for this file.
     chain: Vec<u64>,

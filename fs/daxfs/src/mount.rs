@@ -313,6 +313,7 @@ impl<M: PersistentMemory> Filesystem<M> {
                 generation: f.record.generation,
                 name: f.record.name,
                 size: f.record.size,
+                durable: f.record.size,
                 map: ExtentMap::from_extents(&f.extents),
                 chain: f.chain,
                 opens: 0,
@@ -421,6 +422,10 @@ impl<M: PersistentMemory> Filesystem<M> {
 
     /// Marks the filesystem clean and gives the region back.
     pub fn unmount(mut self) -> M {
+        // Deferred sizes first (FORMAT.md "Deferred size commits"). A
+        // commit fails only on a store outside the region, which mount
+        // ruled out for the journal and the table.
+        let _ = self.persist_all();
         self.mem.fence();
         // Failure here is impossible: the state word is inside block 0,
         // which mount checked exists.

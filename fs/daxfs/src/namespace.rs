@@ -37,6 +37,7 @@ impl<M: PersistentMemory> Filesystem<M> {
             generation,
             name: name.to_string(),
             size: 0,
+            durable: 0,
             map: ExtentMap::default(),
             chain: Vec::new(),
             opens: 0,
@@ -99,15 +100,21 @@ impl<M: PersistentMemory> Filesystem<M> {
 
     /// Drops one holder of `file`. The last close of an orphan frees it in
     /// one transaction (FORMAT.md "Orphans"); its blocks return unless
-    /// shared or pinned. A close without an open is ignored.
+    /// shared or pinned. The last close of a named file commits its
+    /// deferred size, if any (FORMAT.md "Deferred size commits"). A close
+    /// without an open is ignored.
     pub fn close(&mut self, file: FileId) -> Result<(), Error> {
         self.file(file)?;
         let Some(f) = self.files.get_mut(&file.slot) else {
             return Err(Error::StaleFile);
         };
         f.opens = f.opens.saturating_sub(1);
-        if f.opens == 0 && f.orphan {
-            self.free_orphan(file.slot)?;
+        if f.opens == 0 {
+            if f.orphan {
+                self.free_orphan(file.slot)?;
+            } else {
+                self.commit_deferred_size(file.slot)?;
+            }
         }
         Ok(())
     }
@@ -148,6 +155,8 @@ impl<M: PersistentMemory> Filesystem<M> {
             self.names.remove(&f.name);
             f.name = alloc::string::String::new();
             f.orphan = true;
+            // The orphan record carried the in-memory size.
+            f.durable = f.size;
             self.put_file(slot, f);
         }
     }
@@ -211,6 +220,8 @@ impl<M: PersistentMemory> Filesystem<M> {
         self.names.insert(to.to_string(), slot);
         if let Some(mut f) = self.take_file(slot) {
             f.name = to.to_string();
+            // The record carried the in-memory size.
+            f.durable = f.size;
             self.put_file(slot, f);
         }
         self.settle();
@@ -242,6 +253,7 @@ impl<M: PersistentMemory> Filesystem<M> {
             generation,
             name: dst.to_string(),
             size: s.size,
+            durable: s.size,
             map: s.map.clone(),
             chain: Vec::new(),
             opens: 0,

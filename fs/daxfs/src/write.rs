@@ -371,9 +371,43 @@ impl<M: PersistentMemory> Filesystem<M> {
     /// [`Error::OutOfMemory`] (nothing written) when the blocks it must
     /// allocate would grow the in-memory maps past the mount budget.
     pub fn write(&mut self, file: FileId, offset: u64, data: &[u8]) -> Result<(), Error> {
+        if self.write_in_place(file, offset, data)? {
+            return Ok(());
+        }
         self.costed(file.slot, |fs| fs.write_inner(file, offset, data))
     }
 
+    /// The fast path of [`Self::write`] (FORMAT.md "Data writes"): when the
+    /// whole range lies in one extent that no other file shares (nor a
+    /// hold pins) and starts within the file, the bytes go straight to
+    /// pmem and at most the size changes ("Deferred size commits"); the
+    /// map does not, so no memory is charged. `Ok(false)`: not
+    /// applicable, nothing done.
+    fn write_in_place(&mut self, file: FileId, offset: u64, data: &[u8]) -> Result<bool, Error> {
+        let f = self.file(file)?;
+        let size = f.size;
+        if data.is_empty() || offset > size {
+            return Ok(false);
+        }
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or(Error::FileTooLarge)?;
+        let (bs, be) = (offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE));
+        let Some((p, run)) = f.map.run_at(bs) else {
+            return Ok(false);
+        };
+        if run < be - bs || self.refs.max_in(p, be - bs) > 1 || self.pins.max_in(p, be - bs) != 0 {
+            return Ok(false);
+        }
+        self.put(block_offset(p) + offset % BLOCK_SIZE, data)?;
+        if end > size {
+            self.grow_size(file.slot, end)?;
+        }
+        Ok(true)
+    }
+
+    /// [`Self::write`] through `modify`: allocation, copy-on-write, holes.
     fn write_inner(&mut self, file: FileId, offset: u64, data: &[u8]) -> Result<(), Error> {
         let size = self.file(file)?.size;
         if data.is_empty() {
@@ -383,26 +417,6 @@ impl<M: PersistentMemory> Filesystem<M> {
             .checked_add(data.len() as u64)
             .filter(|&e| e <= MAX_FILE_SIZE)
             .ok_or(Error::FileTooLarge)?;
-        // Fast path (FORMAT.md "Data writes"): the whole range lies in one
-        // extent that no other file shares and starts within the file, so
-        // the bytes go straight to pmem and at most the size is committed.
-        if offset <= size {
-            let f = self.file(file)?;
-            let (bs, be) = (offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE));
-            if let Some((p, run)) = f.map.run_at(bs) {
-                if run >= be - bs
-                    && self.refs.max_in(p, be - bs) <= 1
-                    && self.pins.max_in(p, be - bs) == 0
-                {
-                    let at = block_offset(p) + offset % BLOCK_SIZE;
-                    self.put(at, data)?;
-                    if end > size {
-                        return self.commit_file(file.slot, end, false);
-                    }
-                    return Ok(());
-                }
-            }
-        }
         let mut edits = Vec::with_capacity(2);
         if offset > size {
             // Bytes past the old end of file are unspecified on media: make
@@ -602,17 +616,54 @@ impl<M: PersistentMemory> Filesystem<M> {
         self.unmap(file.slot, keep, end - keep, size)
     }
 
-    /// Makes every earlier write to the file durable. Data writes are
-    /// already flushed and metadata already committed, so this is a fence
-    /// (FORMAT.md "Data writes").
+    /// Sets the size of a file whose new end of file lies in blocks it
+    /// already maps and owns, after the bytes below `end` were stored
+    /// (FORMAT.md "Deferred size commits"): kept in memory only while
+    /// `end` stays inside the 2 MiB chunk of the durable size's last byte,
+    /// else committed (which also commits the earlier deferred growth).
+    fn grow_size(&mut self, slot: u32, end: u64) -> Result<(), Error> {
+        let f = self.files.get_mut(&slot).ok_or(Error::StaleFile)?;
+        if end <= f.durable.div_ceil(CHUNK_SIZE) * CHUNK_SIZE {
+            f.size = end;
+            return Ok(());
+        }
+        self.commit_file(slot, end, false)
+    }
+
+    /// Commits the file's deferred size, if it has one (one transaction;
+    /// its fence also makes every earlier data write durable).
+    pub(crate) fn commit_deferred_size(&mut self, slot: u32) -> Result<(), Error> {
+        let f = self.files.get(&slot).ok_or(Error::StaleFile)?;
+        if f.durable == f.size {
+            return Ok(());
+        }
+        let size = f.size;
+        self.commit_file(slot, size, false)
+    }
+
+    /// Makes every earlier write to the file durable, its size included.
+    /// Data writes are already flushed and metadata already committed, so
+    /// this is a fence, plus the commit of a deferred size (FORMAT.md
+    /// "Data writes", "Deferred size commits").
     pub fn persist(&mut self, file: FileId) -> Result<(), Error> {
         self.file(file)?;
+        self.commit_deferred_size(file.slot)?;
         self.mem.fence();
         Ok(())
     }
 
-    /// Makes every earlier write durable.
-    pub fn persist_all(&mut self) {
+    /// Makes every earlier write durable, every deferred size included.
+    pub fn persist_all(&mut self) -> Result<(), Error> {
+        let deferred: Vec<u32> = self
+            .files
+            .iter()
+            .filter(|(_, f)| f.durable != f.size)
+            .map(|(&slot, _)| slot)
+            .collect();
+        for slot in deferred {
+            self.commit_deferred_size(slot)?;
+        }
         self.mem.fence();
+        Ok(())
     }
 }

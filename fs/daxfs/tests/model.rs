@@ -1,6 +1,15 @@
 //! Property test: random operation sequences, with clean remounts and
 //! crash remounts (`into_memory` then `mount`) in between, always agree
 //! with an in-memory model (name -> bytes), and fsck stays clean.
+//!
+//! A crash may cut a file back to a size it had since it was last made
+//! durable (FORMAT.md "Deferred size commits"): the model keeps, per file,
+//! the size a crash may not go below (the *floor*: set by create, persist,
+//! clone, rename and clean remounts, lowered by a truncate), and after a
+//! crash it takes the size the filesystem shows, which must lie between
+//! the floor and the model's size, and cuts its content there: from then
+//! on the bytes must agree exactly again (a later extending write must
+//! read zeros over what the crash cut off).
 
 use std::collections::BTreeMap;
 
@@ -41,6 +50,7 @@ enum Op {
     Rename(usize, usize),
     Clone(usize, usize),
     HoldUnlink(usize),
+    Persist(usize),
     Remount,
     Crash,
 }
@@ -68,6 +78,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (f.clone(), f.clone()).prop_map(|(a, b)| Op::Rename(a, b)),
         1 => (f.clone(), f.clone()).prop_map(|(a, b)| Op::Clone(a, b)),
         1 => f.clone().prop_map(Op::HoldUnlink),
+        1 => f.clone().prop_map(Op::Persist),
         1 => Just(Op::Remount),
         1 => Just(Op::Crash),
     ]
@@ -107,6 +118,7 @@ fn run(ops: Vec<Op>) {
     };
     let mut fs = Filesystem::format(VecMemory::new(REGION), opts).unwrap();
     let mut model: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut floors: BTreeMap<String, usize> = BTreeMap::new();
     for op in ops {
         match op {
             Op::Create(i) => {
@@ -116,6 +128,7 @@ fn run(ops: Vec<Op>) {
                 } else {
                     r.unwrap();
                     model.insert(NAMES[i].to_string(), Vec::new());
+                    floors.insert(NAMES[i].to_string(), 0);
                 }
             }
             Op::Write {
@@ -169,7 +182,11 @@ fn run(ops: Vec<Op>) {
                 };
                 let id = fs.lookup(NAMES[file]).unwrap();
                 match fs.truncate(id, size) {
-                    Ok(()) => content.resize(size as usize, 0),
+                    Ok(()) => {
+                        content.resize(size as usize, 0);
+                        let floor = floors.get_mut(NAMES[file]).unwrap();
+                        *floor = (*floor).min(size as usize);
+                    }
                     Err(Error::NoSpace) => {}
                     Err(e) => panic!("truncate: {e}"),
                 }
@@ -200,6 +217,7 @@ fn run(ops: Vec<Op>) {
             }
             Op::Unlink(i) => {
                 let r = fs.unlink(NAMES[i]);
+                floors.remove(NAMES[i]);
                 if model.remove(NAMES[i]).is_some() {
                     r.unwrap();
                 } else {
@@ -211,6 +229,8 @@ fn run(ops: Vec<Op>) {
                 match model.remove(NAMES[a]) {
                     Some(content) => {
                         r.unwrap();
+                        floors.remove(NAMES[a]);
+                        floors.insert(NAMES[b].to_string(), content.len());
                         model.insert(NAMES[b].to_string(), content);
                     }
                     None => assert_eq!(r, Err(Error::NotFound)),
@@ -223,6 +243,7 @@ fn run(ops: Vec<Op>) {
                     (Some(_), true) => assert_eq!(r, Err(Error::Exists)),
                     (Some(c), false) => match r {
                         Ok(_) => {
+                            floors.insert(NAMES[b].to_string(), c.len());
                             model.insert(NAMES[b].to_string(), c);
                         }
                         Err(Error::NoSpace) => {}
@@ -234,6 +255,7 @@ fn run(ops: Vec<Op>) {
                 let Some(content) = model.remove(NAMES[i]) else {
                     continue;
                 };
+                floors.remove(NAMES[i]);
                 let id = fs.lookup(NAMES[i]).unwrap();
                 let ranges = fs.dax_ranges(id, 0, u64::MAX).unwrap();
                 let hold = fs.hold(id, 0, u64::MAX).unwrap();
@@ -261,8 +283,34 @@ fn run(ops: Vec<Op>) {
                 }
                 fs.release(hold);
             }
-            Op::Remount => fs = Filesystem::mount(fs.unmount()).unwrap(),
-            Op::Crash => fs = Filesystem::mount(fs.into_memory()).unwrap(),
+            Op::Persist(i) => {
+                let Some(content) = model.get(NAMES[i]) else {
+                    continue;
+                };
+                let id = fs.lookup(NAMES[i]).unwrap();
+                fs.persist(id).unwrap();
+                floors.insert(NAMES[i].to_string(), content.len());
+            }
+            Op::Remount => {
+                fs = Filesystem::mount(fs.unmount()).unwrap();
+                for (name, content) in &model {
+                    floors.insert(name.clone(), content.len());
+                }
+            }
+            Op::Crash => {
+                fs = Filesystem::mount(fs.into_memory()).unwrap();
+                for (name, content) in model.iter_mut() {
+                    let size = fs.stat(fs.lookup(name).unwrap()).unwrap().size as usize;
+                    let floor = floors[name];
+                    assert!(
+                        floor <= size && size <= content.len(),
+                        "{name}: size {size} after a crash, expected {floor}..={}",
+                        content.len()
+                    );
+                    content.truncate(size);
+                    floors.insert(name.clone(), size);
+                }
+            }
         }
         check(&fs, &model);
     }

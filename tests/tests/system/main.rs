@@ -9,6 +9,7 @@
 
 mod allow;
 mod boot;
+mod clone;
 mod common;
 mod daxfs;
 mod flood;
