@@ -70,7 +70,20 @@ pub struct NicCounters {
     /// Frames handed to the device for transmission (each one a notify,
     /// unless the device suppressed notifications, as above).
     pub tx_submitted: u64,
+    /// Receive-queue notifications (kicks: each a VM exit) sent.
+    pub rx_notifies: u64,
+    /// Transmit-queue notifications sent.
+    pub tx_notifies: u64,
+    /// Frames handed to smoltcp.
+    pub rx_frames: u64,
+    /// Polls ([`Nic::end_poll`]) in which at least one frame was received;
+    /// `rx_frames / rx_polls` is the mean receive batch.
+    pub rx_polls: u64,
+    /// Polls in which at least one frame was queued for transmission;
+    /// `tx_submitted / tx_polls` is the mean transmit burst.
+    pub tx_polls: u64,
 }
+
 
 /// A pool of fixed-size packet slots in one DMA region.
 struct Slots {
@@ -126,6 +139,8 @@ pub struct Nic<H: PoolHal = KernelHal, T: Transport = PciTransport> {
     /// posted: the queue is no longer polled or refilled.
     rx_stopped: bool,
     tx: Transmit,
+    /// `(rx_frames, tx_submitted)` at the last [`Nic::end_poll`].
+    batch_start: (u64, u64),
 }
 
 impl<H: PoolHal, T: Transport> Nic<H, T> {
@@ -145,6 +160,7 @@ impl<H: PoolHal, T: Transport> Nic<H, T> {
                 counters: NicCounters::default(),
                 stopped: false,
             },
+            batch_start: (0, 0),
         };
         nic.refill();
         Some(nic)
@@ -157,7 +173,25 @@ impl<H: PoolHal, T: Transport> Nic<H, T> {
 
     /// Driver counters.
     pub fn counters(&self) -> NicCounters {
-        self.tx.counters
+        let mut counters = self.tx.counters;
+        (counters.rx_notifies, counters.tx_notifies) = self.raw.notifies();
+        counters
+    }
+
+    /// Ends one poll of the stack: re-posts the receive slots smoltcp
+    /// consumed and accounts the frames moved in this poll.
+    pub fn end_poll(&mut self) {
+        self.refill();
+        let counters = &mut self.tx.counters;
+        let rx = counters.rx_frames - self.batch_start.0;
+        let tx = counters.tx_submitted - self.batch_start.1;
+        if rx > 0 {
+            counters.rx_polls += 1;
+        }
+        if tx > 0 {
+            counters.tx_polls += 1;
+        }
+        self.batch_start = (counters.rx_frames, counters.tx_submitted);
     }
 
     /// Receive slots currently owned by the device.
@@ -373,6 +407,7 @@ impl<H: PoolHal, T: Transport> Device for Nic<H, T> {
                     // the next `refill`, which needs `&mut self` and so
                     // cannot run while this token borrows `self.rx`.
                     let frame = unsafe { &self.rx.slot(usize::from(slot))[header..header + len] };
+                    self.tx.counters.rx_frames += 1;
                     return Some((
                         RxToken { frame },
                         TxToken {

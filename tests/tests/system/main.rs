@@ -21,6 +21,7 @@ mod metrics;
 mod names;
 mod nbd;
 mod net;
+mod nicperf;
 mod pmem;
 mod s3;
 mod shell;

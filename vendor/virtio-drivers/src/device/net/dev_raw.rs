@@ -24,6 +24,8 @@ pub struct VirtIONetRaw<H: Hal, T: Transport, const QUEUE_SIZE: usize> {
     send_queue: VirtQueue<H, QUEUE_SIZE>,
     /// Whether `num_buffers` is missing in the `virtio_net_hdr` struct.
     pub(crate) legacy_header: bool,
+    /// Device notifications sent (`[receive, transmit]`), for statistics.
+    notifies: [u64; 2],
 }
 
 impl<H: Hal, T: Transport, const QUEUE_SIZE: usize> VirtIONetRaw<H, T, QUEUE_SIZE> {
@@ -59,6 +61,7 @@ impl<H: Hal, T: Transport, const QUEUE_SIZE: usize> VirtIONetRaw<H, T, QUEUE_SIZ
             send_queue,
             legacy_header: !negotiated_features.contains(Features::VERSION_1)
                 && !negotiated_features.contains(Features::MRG_RXBUF),
+            notifies: [0; 2],
         })
     }
 
@@ -77,6 +80,11 @@ impl<H: Hal, T: Transport, const QUEUE_SIZE: usize> VirtIONetRaw<H, T, QUEUE_SIZ
     pub fn enable_interrupts(&mut self) {
         self.send_queue.set_dev_notify(true);
         self.recv_queue.set_dev_notify(true);
+    }
+
+    /// Device notifications (queue kicks) sent so far: `(receive, transmit)`.
+    pub fn notifies(&self) -> (u64, u64) {
+        (self.notifies[0], self.notifies[1])
     }
 
     /// Get MAC address.
@@ -164,6 +172,7 @@ impl<H: Hal, T: Transport, const QUEUE_SIZE: usize> VirtIONetRaw<H, T, QUEUE_SIZ
         // SAFETY: The caller promises that `tx_buf` is not accessed before the request completes.
         let token = unsafe { self.send_queue.add(&[tx_buf], &mut [])? };
         if self.send_queue.should_notify() {
+            self.notifies[1] += 1;
             self.transport.notify(QUEUE_TRANSMIT);
         }
         Ok(token)
@@ -219,6 +228,7 @@ impl<H: Hal, T: Transport, const QUEUE_SIZE: usize> VirtIONetRaw<H, T, QUEUE_SIZ
         // SAFETY: The caller promises that `rx_buf` is not accessed before the request completes.
         let token = unsafe { self.recv_queue.add(&[], &mut [rx_buf])? };
         if self.recv_queue.should_notify() {
+            self.notifies[0] += 1;
             self.transport.notify(QUEUE_RECEIVE);
         }
         Ok(token)
