@@ -97,10 +97,7 @@ fn nbdcopy_costs_per_mib() {
         .collect();
     let mut options = QemuOptions::new(name, Firmware::Bios)
         .with_boot_config("export_raw=pmem0\n")
-        .with_nvdimm(Nvdimm::fresh(
-            run_dir(name).join("nvdimm0.img"),
-            256 * MIB,
-        ))
+        .with_nvdimm(Nvdimm::fresh(run_dir(name).join("nvdimm0.img"), 256 * MIB))
         .with_extra_args(["-cpu", "max"])
         .with_extra_args(extra);
     options.max_runtime = Duration::from_secs(900);

@@ -61,9 +61,17 @@ pub struct VirtQueue<H: Hal, const SIZE: usize> {
     desc_shadow: [Descriptor; SIZE],
     /// Our trusted copy of `avail.idx`.
     avail_idx: u16,
+    /// `avail_idx` when `should_notify` last decided whether to notify: the
+    /// buffers made available since are the batch the next decision covers
+    /// (the `old` of virtio 1.2 §2.7.10's `vring_need_event`). Atomic only
+    /// because `should_notify` takes `&self`.
+    notified_avail_idx: AtomicU16,
     last_used_idx: u16,
     /// Whether the `VIRTIO_F_EVENT_IDX` feature has been negotiated.
     event_idx: bool,
+    /// Whether used-buffer notifications (interrupts) are wanted: with
+    /// `event_idx`, `pop_used` moves `used_event` only while this is set.
+    dev_notify: bool,
     #[cfg(feature = "alloc")]
     indirect: bool,
     #[cfg(feature = "alloc")]
@@ -88,6 +96,9 @@ impl<H: Hal, const SIZE: usize> VirtQueue<H, SIZE> {
     ) -> Result<Self> {
         #[allow(clippy::let_unit_value)]
         let _ = Self::SIZE_OK;
+        // Only used with the `alloc` feature.
+        #[cfg(not(feature = "alloc"))]
+        let _ = indirect;
 
         if transport.queue_used(idx) {
             return Err(Error::AlreadyUsed);
@@ -139,8 +150,10 @@ impl<H: Hal, const SIZE: usize> VirtQueue<H, SIZE> {
             free_head: 0,
             desc_shadow,
             avail_idx: 0,
+            notified_avail_idx: AtomicU16::new(0),
             last_used_idx: 0,
             event_idx,
+            dev_notify: true,
             #[cfg(feature = "alloc")]
             indirect,
             #[cfg(feature = "alloc")]
@@ -335,9 +348,27 @@ impl<H: Hal, const SIZE: usize> VirtQueue<H, SIZE> {
     /// Advise the device whether used buffer notifications are needed.
     ///
     /// See Virtio v1.1 2.6.7 Used Buffer Notification Suppression
+    ///
+    /// With `VIRTIO_F_EVENT_IDX` the flag is not used (the driver must leave it 0, virtio 1.2
+    /// §2.7.10): enabling sets `used_event` to the next used entry, disabling stops `pop_used`
+    /// from moving it, so the device interrupts again only when it passes the stale value (at
+    /// most once per 2^16 used entries). After enabling, check `can_pop` again (see
+    /// `enable_dev_notify_and_check`): a buffer used before the device saw the change raises no
+    /// notification.
     pub fn set_dev_notify(&mut self, enable: bool) {
         let avail_ring_flags = if enable { 0x0000 } else { 0x0001 };
-        if !self.event_idx {
+        self.dev_notify = enable;
+        if self.event_idx {
+            if enable {
+                // SAFETY: `self.avail` points to a valid, aligned, initialised,
+                // dereferenceable instance of `AvailRing`.
+                unsafe {
+                    (*self.avail.as_ptr())
+                        .used_event
+                        .store(self.last_used_idx, Ordering::Release);
+                }
+            }
+        } else {
             // SAFETY: `self.avail` points to a valid, aligned, initialised, dereferenceable, readable
             // instance of `AvailRing`.
             unsafe {
@@ -351,13 +382,28 @@ impl<H: Hal, const SIZE: usize> VirtQueue<H, SIZE> {
     /// Returns whether the driver should notify the device after adding a new buffer to the
     /// virtqueue.
     ///
-    /// This will be false if the device has suppressed notifications.
+    /// This will be false if the device has suppressed notifications, and false if no buffer was
+    /// added since the last call: each call decides for the buffers added since the previous one,
+    /// so call it once after adding a batch and notify if it says so.
+    ///
+    /// With `VIRTIO_F_EVENT_IDX` this is virtio 1.2 §2.7.10's `vring_need_event(avail_event,
+    /// new, old)`: notify only if the device asked to be told when `avail_event` was passed and
+    /// this batch passed it. (0.13.0 notified whenever `avail_idx >= avail_event + 1`, i.e. for
+    /// nearly every buffer while the device was busy, and wrongly across the 2^16 wrap.)
     pub fn should_notify(&self) -> bool {
+        let new = self.avail_idx;
+        let old = self.notified_avail_idx.swap(new, Ordering::Relaxed);
+        if new == old {
+            return false;
+        }
+        // The store of `avail.idx` in `add` must be visible before the device's suppression
+        // fields are read (a store-load order, which Release/Acquire alone does not give).
+        fence(Ordering::SeqCst);
         if self.event_idx {
             // SAFETY: `self.used` points to a valid, aligned, initialised, dereferenceable, readable
             // instance of `UsedRing`.
             let avail_event = unsafe { (*self.used.as_ptr()).avail_event.load(Ordering::Acquire) };
-            self.avail_idx >= avail_event.wrapping_add(1)
+            vring_need_event(avail_event, new, old)
         } else {
             // SAFETY: `self.used` points to a valid, aligned, initialised, dereferenceable, readable
             // instance of `UsedRing`.
@@ -374,6 +420,16 @@ impl<H: Hal, const SIZE: usize> VirtQueue<H, SIZE> {
         unsafe {
             (*self.desc.as_ptr())[index] = self.desc_shadow[index].clone();
         }
+    }
+
+    /// Enables used-buffer notifications and returns whether a used element is already waiting
+    /// (one the device may have put there without notifying): if so, poll again instead of
+    /// waiting for a notification.
+    pub fn enable_dev_notify_and_check(&mut self) -> bool {
+        self.set_dev_notify(true);
+        // The `used_event`/flags store must be visible before `used.idx` is read.
+        fence(Ordering::SeqCst);
+        self.can_pop()
     }
 
     /// Returns whether there is a used element that can be popped.
@@ -544,7 +600,7 @@ impl<H: Hal, const SIZE: usize> VirtQueue<H, SIZE> {
         }
         self.last_used_idx = self.last_used_idx.wrapping_add(1);
 
-        if self.event_idx {
+        if self.event_idx && self.dev_notify {
             // SAFETY: `self.avail` points to a valid, aligned, initialised, dereferenceable,
             // readable instance of `AvailRing`.
             unsafe {
@@ -556,6 +612,12 @@ impl<H: Hal, const SIZE: usize> VirtQueue<H, SIZE> {
 
         Ok(len)
     }
+}
+
+/// virtio 1.2 §2.7.10: whether moving an index from `old` to `new` passed `event`, i.e. whether
+/// `event` is in `[old, new)` modulo 2^16.
+pub fn vring_need_event(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
 }
 
 // SAFETY: None of the virt queue resources are tied to a particular thread.
@@ -1289,5 +1351,21 @@ mod tests {
 
         // Check that the transport should be notified again now.
         assert_eq!(queue.should_notify(), true);
+    }
+
+    #[test]
+    fn need_event_follows_the_spec_across_the_wrap() {
+        // Event in the batch [old, new): notify.
+        assert!(vring_need_event(5, 8, 5));
+        assert!(vring_need_event(7, 8, 5));
+        // Event before the batch (the device was told already) or after it.
+        assert!(!vring_need_event(4, 8, 5));
+        assert!(!vring_need_event(8, 8, 5));
+        // The batch crosses 2^16.
+        assert!(vring_need_event(65534, 1, 65533));
+        assert!(vring_need_event(0, 1, 65533));
+        assert!(!vring_need_event(65532, 1, 65533));
+        // No new buffers: never.
+        assert!(!vring_need_event(3, 3, 3));
     }
 }

@@ -87,6 +87,70 @@ impl<H: Hal, T: Transport, const QUEUE_SIZE: usize> VirtIONetRaw<H, T, QUEUE_SIZ
         (self.notifies[0], self.notifies[1])
     }
 
+    /// Turns used-buffer notifications (interrupts) for the receive queue off or on. Turning
+    /// them on returns whether a received buffer is already waiting, which raised no
+    /// notification: poll again before waiting for one.
+    pub fn set_receive_interrupts(&mut self, enable: bool) -> bool {
+        if enable {
+            self.recv_queue.enable_dev_notify_and_check()
+        } else {
+            self.recv_queue.set_dev_notify(false);
+            false
+        }
+    }
+
+    /// Turns used-buffer notifications (interrupts) for the transmit queue off or on. A driver
+    /// that reclaims transmit buffers when it next sends or polls never needs them on.
+    pub fn set_transmit_interrupts(&mut self, enable: bool) {
+        self.send_queue.set_dev_notify(enable);
+    }
+
+    /// Like [`Self::transmit_begin`] but without notifying the device: call
+    /// [`Self::kick_transmit`] after the last buffer of a burst.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Self::transmit_begin`].
+    pub unsafe fn transmit_begin_deferred(&mut self, tx_buf: &[u8]) -> Result<u16> {
+        self.check_tx_buf_len(tx_buf)?;
+        // SAFETY: The caller promises that `tx_buf` is not accessed before the request completes.
+        unsafe { self.send_queue.add(&[tx_buf], &mut []) }
+    }
+
+    /// Like [`Self::receive_begin`] but without notifying the device: call
+    /// [`Self::kick_receive`] after the last buffer of a batch.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Self::receive_begin`].
+    pub unsafe fn receive_begin_deferred(&mut self, rx_buf: &mut [u8]) -> Result<u16> {
+        Self::check_rx_buf_len(rx_buf)?;
+        // SAFETY: The caller promises that `rx_buf` is not accessed before the request completes.
+        unsafe { self.recv_queue.add(&[], &mut [rx_buf]) }
+    }
+
+    /// Notifies the device of the transmit buffers added since the last notification decision,
+    /// unless it suppressed notifications. Returns whether it notified.
+    pub fn kick_transmit(&mut self) -> bool {
+        let notify = self.send_queue.should_notify();
+        if notify {
+            self.notifies[1] += 1;
+            self.transport.notify(QUEUE_TRANSMIT);
+        }
+        notify
+    }
+
+    /// Notifies the device of the receive buffers added since the last notification decision,
+    /// unless it suppressed notifications. Returns whether it notified.
+    pub fn kick_receive(&mut self) -> bool {
+        let notify = self.recv_queue.should_notify();
+        if notify {
+            self.notifies[0] += 1;
+            self.transport.notify(QUEUE_RECEIVE);
+        }
+        notify
+    }
+
     /// Get MAC address.
     pub fn mac_address(&self) -> EthernetAddress {
         self.mac
