@@ -6,8 +6,13 @@
 //! programmed) is routed through the I/O APIC, level-triggered. The handler
 //! only reads the virtio ISR status register, which de-asserts the line
 //! (virtio 1.2 §4.1.4.5); the event loop, woken by the interrupt, does the
-//! actual work in [`poll`]. Without a usable line the 100 Hz timer still
-//! wakes the loop, just with more latency.
+//! actual work in [`poll`]. NAPI-style, [`poll`] turns the device's
+//! interrupts off while the loop keeps polling and back on (with a last
+//! look at the rings) only when it is about to halt, so a burst costs one
+//! interrupt, not one per frame; transmit completions never interrupt
+//! (their slots are reclaimed on the next send or poll) unless every
+//! transmit slot is in flight at a halt. Without a usable line the timer
+//! still wakes the loop, just with more latency.
 
 use alloc::boxed::Box;
 use alloc::format;
@@ -382,6 +387,8 @@ pub fn poll() -> bool {
         return false;
     };
     POLLS.fetch_add(1, Ordering::Relaxed);
+    // NAPI-style: no NIC interrupts while the loop keeps polling.
+    net.stack.device_mut().interrupts_off();
     let now_ms = time::now_ms();
     let outcome = net.stack.poll(now_ms);
     net.stack.device_mut().end_poll();
@@ -394,7 +401,10 @@ pub fn poll() -> bool {
         }
         net.announced = address;
     }
-    outcome.did_work || net.stack.device().has_rx()
+    // Before the loop may halt, interrupts go back on and the rings are
+    // checked once more: a frame that arrived before the device saw that
+    // raised no interrupt.
+    outcome.did_work || net.stack.device().has_rx() || net.stack.device_mut().interrupts_on()
 }
 
 /// Shell commands of this module.

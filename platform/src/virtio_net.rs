@@ -154,6 +154,12 @@ pub struct Nic<H: PoolHal = KernelHal, T: Transport = PciTransport> {
     tx: Transmit,
     /// `(rx_frames, tx_submitted)` at the last [`Nic::end_poll`].
     batch_start: (u64, u64),
+    /// Whether the device may interrupt for received frames
+    /// ([`Nic::interrupts_off`] / [`Nic::interrupts_on`]).
+    rx_interrupts: bool,
+    /// Whether the device may interrupt for transmit completions: only
+    /// while every transmit slot is in flight at a halt.
+    tx_interrupts: bool,
 }
 
 impl<H: PoolHal, T: Transport> Nic<H, T> {
@@ -175,7 +181,12 @@ impl<H: PoolHal, T: Transport> Nic<H, T> {
                 unkicked: 0,
             },
             batch_start: (0, 0),
+            rx_interrupts: true,
+            tx_interrupts: false,
         };
+        // Transmit slots are reclaimed on the next send or poll, never on
+        // an interrupt of their own (see `interrupts_on`).
+        nic.raw.set_transmit_interrupts(false);
         nic.refill();
         Some(nic)
     }
@@ -190,6 +201,44 @@ impl<H: PoolHal, T: Transport> Nic<H, T> {
         let mut counters = self.tx.counters;
         (counters.rx_notifies, counters.tx_notifies) = self.raw.notifies();
         counters
+    }
+
+    /// NAPI-style: while the event loop is polling, the device need not
+    /// interrupt; call at the start of a poll. Costs no device access
+    /// (a ring field or nothing), and nothing when already off.
+    pub fn interrupts_off(&mut self) {
+        if self.rx_interrupts {
+            self.raw.set_receive_interrupts(false);
+            self.rx_interrupts = false;
+        }
+    }
+
+    /// Turns receive interrupts back on before the event loop halts, and
+    /// transmit-completion interrupts too if every transmit slot is in
+    /// flight (nothing else would wake the loop to reclaim them). Returns
+    /// whether work arrived before the device saw that (a frame received,
+    /// or transmit slots freed while all were in flight): then poll
+    /// again instead of halting, or that work would wait for the next
+    /// interrupt that it did not raise.
+    pub fn interrupts_on(&mut self) -> bool {
+        if !self.rx_interrupts {
+            // The re-check follows below (`has_rx`), after the fence the
+            // call made; a stopped queue never counts as work.
+            let _ = self.raw.set_receive_interrupts(true);
+            self.rx_interrupts = true;
+        }
+        // Slots freed while all were in flight: smoltcp may have frames
+        // waiting for them, so poll again.
+        let tx_blocked = self.tx.free.is_empty();
+        self.tx.reclaim(&mut self.raw);
+        let tx_freed = tx_blocked && !self.tx.free.is_empty();
+        let tx_wait = self.tx.free.is_empty() && !self.tx.stopped;
+        if tx_wait != self.tx_interrupts {
+            self.raw.set_transmit_interrupts(tx_wait);
+            self.tx_interrupts = tx_wait;
+        }
+        let tx_ready = tx_wait && self.raw.poll_transmit().is_some();
+        self.has_rx() || tx_ready || tx_freed
     }
 
     /// Ends one poll of the stack: re-posts the receive slots smoltcp
