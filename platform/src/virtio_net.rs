@@ -237,6 +237,11 @@ impl<H: PoolHal, T: Transport> Nic<H, T> {
             self.raw.set_transmit_interrupts(tx_wait);
             self.tx_interrupts = tx_wait;
         }
+        if tx_wait {
+            // The `used_event`/flags store above must be visible before the
+            // used ring is read again (a store-load order).
+            core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+        }
         let tx_ready = tx_wait && self.raw.poll_transmit().is_some();
         self.has_rx() || tx_ready || tx_freed
     }
