@@ -1,11 +1,15 @@
 //! The virtio-net NIC as a smoltcp `Device`.
 //!
 //! Packet buffers are 2 KiB slots in two DMA pools (receive and transmit)
-//! taken from RAM frames. Every receive slot is posted to the device at all
-//! times except the one smoltcp is reading, which is re-posted on the next
-//! `receive` or [`Nic::refill`], so the receive ring never starves however
-//! fast frames arrive. Transmit slots are reclaimed from the used ring
-//! before each send; when all are in flight smoltcp is told to wait.
+//! taken from RAM frames. Every receive slot is posted to the device except
+//! those smoltcp has consumed since the last re-post: [`Device::receive`]
+//! re-posts them once [`RX_BATCH`] have gathered and [`Nic::end_poll`] at
+//! the end of each poll, each time with one notify, so the receive ring
+//! never starves however fast frames arrive and refills cost one VM exit
+//! per batch, not per frame. Transmit slots are reclaimed from the used
+//! ring before each send; when all are in flight smoltcp is told to wait.
+//! Frames queued for sending are notified once per [`TX_BATCH`] and at the
+//! end of the poll ([`Nic::end_poll`]), not once each.
 //!
 //! Invariant: a packet slot is owned either by the device (posted, in
 //! `rx_posted` or `in_flight`) or by the driver (in `rx_done` or `free`,
@@ -46,6 +50,14 @@ pub const MAX_FRAME: usize = 1514;
 const RX_SLOTS: usize = QUEUE_SIZE;
 /// Transmit slots.
 const TX_SLOTS: usize = QUEUE_SIZE / 2;
+/// Receive slots smoltcp has consumed before [`Device::receive`] re-posts
+/// them (with one notify); the rest are re-posted by [`Nic::end_poll`].
+/// With [`RX_SLOTS`] posted, the device always has at least
+/// `RX_SLOTS - RX_BATCH` buffers.
+const RX_BATCH: usize = 32;
+/// Frames queued for transmission before the device is notified in the
+/// middle of a poll; [`Nic::end_poll`] notifies for the rest.
+const TX_BATCH: usize = 32;
 const NONE: u16 = u16::MAX;
 
 /// The raw virtio-net driver a NIC drives: the kernel's is over
@@ -70,6 +82,18 @@ pub struct NicCounters {
     /// Frames handed to the device for transmission (each one a notify,
     /// unless the device suppressed notifications, as above).
     pub tx_submitted: u64,
+    /// Receive-queue notifications (kicks: each a VM exit) sent.
+    pub rx_notifies: u64,
+    /// Transmit-queue notifications sent.
+    pub tx_notifies: u64,
+    /// Frames handed to smoltcp.
+    pub rx_frames: u64,
+    /// Polls ([`Nic::end_poll`]) in which at least one frame was received;
+    /// `rx_frames / rx_polls` is the mean receive batch.
+    pub rx_polls: u64,
+    /// Polls in which at least one frame was queued for transmission;
+    /// `tx_submitted / tx_polls` is the mean transmit burst.
+    pub tx_polls: u64,
 }
 
 /// A pool of fixed-size packet slots in one DMA region.
@@ -112,6 +136,8 @@ struct Transmit {
     /// The device put a token in the transmit used ring that was not in
     /// flight: nothing is reclaimed any more.
     stopped: bool,
+    /// Frames queued since the device was last notified.
+    unkicked: usize,
 }
 
 /// The virtio-net device with its buffers.
@@ -126,6 +152,14 @@ pub struct Nic<H: PoolHal = KernelHal, T: Transport = PciTransport> {
     /// posted: the queue is no longer polled or refilled.
     rx_stopped: bool,
     tx: Transmit,
+    /// `(rx_frames, tx_submitted)` at the last [`Nic::end_poll`].
+    batch_start: (u64, u64),
+    /// Whether the device may interrupt for received frames
+    /// ([`Nic::interrupts_off`] / [`Nic::interrupts_on`]).
+    rx_interrupts: bool,
+    /// Whether the device may interrupt for transmit completions: only
+    /// while every transmit slot is in flight at a halt.
+    tx_interrupts: bool,
 }
 
 impl<H: PoolHal, T: Transport> Nic<H, T> {
@@ -144,8 +178,15 @@ impl<H: PoolHal, T: Transport> Nic<H, T> {
                 in_flight: [(NONE, 0); QUEUE_SIZE],
                 counters: NicCounters::default(),
                 stopped: false,
+                unkicked: 0,
             },
+            batch_start: (0, 0),
+            rx_interrupts: true,
+            tx_interrupts: false,
         };
+        // Transmit slots are reclaimed on the next send or poll, never on
+        // an interrupt of their own (see `interrupts_on`).
+        nic.raw.set_transmit_interrupts(false);
         nic.refill();
         Some(nic)
     }
@@ -157,7 +198,69 @@ impl<H: PoolHal, T: Transport> Nic<H, T> {
 
     /// Driver counters.
     pub fn counters(&self) -> NicCounters {
-        self.tx.counters
+        let mut counters = self.tx.counters;
+        (counters.rx_notifies, counters.tx_notifies) = self.raw.notifies();
+        counters
+    }
+
+    /// NAPI-style: while the event loop is polling, the device need not
+    /// interrupt; call at the start of a poll. Costs no device access
+    /// (a ring field or nothing), and nothing when already off.
+    pub fn interrupts_off(&mut self) {
+        if self.rx_interrupts {
+            self.raw.set_receive_interrupts(false);
+            self.rx_interrupts = false;
+        }
+    }
+
+    /// Turns receive interrupts back on before the event loop halts, and
+    /// transmit-completion interrupts too if every transmit slot is in
+    /// flight (nothing else would wake the loop to reclaim them). Returns
+    /// whether work arrived before the device saw that (a frame received,
+    /// or transmit slots freed while all were in flight): then poll
+    /// again instead of halting, or that work would wait for the next
+    /// interrupt that it did not raise.
+    pub fn interrupts_on(&mut self) -> bool {
+        if !self.rx_interrupts {
+            // The re-check follows below (`has_rx`), after the fence the
+            // call made; a stopped queue never counts as work.
+            let _ = self.raw.set_receive_interrupts(true);
+            self.rx_interrupts = true;
+        }
+        // Slots freed while all were in flight: smoltcp may have frames
+        // waiting for them, so poll again.
+        let tx_blocked = self.tx.free.is_empty();
+        self.tx.reclaim(&mut self.raw);
+        let tx_freed = tx_blocked && !self.tx.free.is_empty();
+        let tx_wait = self.tx.free.is_empty() && !self.tx.stopped;
+        if tx_wait != self.tx_interrupts {
+            self.raw.set_transmit_interrupts(tx_wait);
+            self.tx_interrupts = tx_wait;
+        }
+        if tx_wait {
+            // The `used_event`/flags store above must be visible before the
+            // used ring is read again (a store-load order).
+            core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+        }
+        let tx_ready = tx_wait && self.raw.poll_transmit().is_some();
+        self.has_rx() || tx_ready || tx_freed
+    }
+
+    /// Ends one poll of the stack: re-posts the receive slots smoltcp
+    /// consumed and accounts the frames moved in this poll.
+    pub fn end_poll(&mut self) {
+        self.refill();
+        self.tx.kick(&mut self.raw);
+        let counters = &mut self.tx.counters;
+        let rx = counters.rx_frames - self.batch_start.0;
+        let tx = counters.tx_submitted - self.batch_start.1;
+        if rx > 0 {
+            counters.rx_polls += 1;
+        }
+        if tx > 0 {
+            counters.tx_polls += 1;
+        }
+        self.batch_start = (counters.rx_frames, counters.tx_submitted);
     }
 
     /// Receive slots currently owned by the device.
@@ -171,11 +274,16 @@ impl<H: PoolHal, T: Transport> Nic<H, T> {
         (self.rx_stopped, self.tx.stopped)
     }
 
-    /// Re-posts every completed receive slot.
+    /// Re-posts every completed receive slot, with one notify for all.
     pub fn refill(&mut self) {
-        if self.rx_stopped {
+        if self.rx_stopped || self.rx_done.is_empty() {
             return;
         }
+        self.post_receive_slots();
+        self.raw.kick_receive();
+    }
+
+    fn post_receive_slots(&mut self) {
         while let Some(slot) = self.rx_done.pop() {
             // SAFETY: the slot is not posted (it is in `rx_done`) and no
             // token borrows it any more (tokens live only inside a
@@ -183,7 +291,7 @@ impl<H: PoolHal, T: Transport> Nic<H, T> {
             let buffer = unsafe { self.rx.slot(usize::from(slot)) };
             // SAFETY: the slot stays untouched by the kernel until the
             // device returns it through `poll_receive`.
-            match unsafe { self.raw.receive_begin(buffer) } {
+            match unsafe { self.raw.receive_begin_deferred(buffer) } {
                 Ok(token) if usize::from(token) < QUEUE_SIZE => {
                     self.rx_posted[usize::from(token)] = slot;
                     self.tx.counters.rx_submitted += 1;
@@ -226,6 +334,15 @@ impl<H: PoolHal, T: Transport> Nic<H, T> {
 }
 
 impl Transmit {
+    /// Notifies the device of the frames queued since the last notify
+    /// (unless it suppressed notifications).
+    fn kick<H: PoolHal, T: Transport>(&mut self, raw: &mut Raw<H, T>) {
+        if self.unkicked > 0 {
+            raw.kick_transmit();
+            self.unkicked = 0;
+        }
+    }
+
     /// Returns completed transmit slots to the free list.
     fn reclaim<H: PoolHal, T: Transport>(&mut self, raw: &mut Raw<H, T>) {
         while !self.stopped {
@@ -306,11 +423,15 @@ impl<H: PoolHal, T: Transport> phy::TxToken for TxToken<'_, H, T> {
         let total = header + len;
         // SAFETY: the slot is not touched again until `reclaim` sees the
         // device complete it.
-        match unsafe { self.raw.transmit_begin(&buffer[..total]) } {
+        match unsafe { self.raw.transmit_begin_deferred(&buffer[..total]) } {
             Ok(token) if usize::from(token) < QUEUE_SIZE => {
                 // `total` <= SLOT (2048) fits in u16.
                 self.tx.in_flight[usize::from(token)] = (slot, total as u16);
                 self.tx.counters.tx_submitted += 1;
+                self.tx.unkicked += 1;
+                if self.tx.unkicked >= TX_BATCH {
+                    self.tx.kick(self.raw);
+                }
             }
             // Queued under a token virtio-drivers never makes: the slot
             // stays the device's for good (never reused).
@@ -338,7 +459,9 @@ impl<H: PoolHal, T: Transport> Device for Nic<H, T> {
         Self: 'a;
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(RxToken<'_>, TxToken<'_, H, T>)> {
-        self.refill();
+        if self.rx_done.len() >= RX_BATCH {
+            self.refill();
+        }
         loop {
             if self.rx_stopped {
                 return None;
@@ -373,6 +496,7 @@ impl<H: PoolHal, T: Transport> Device for Nic<H, T> {
                     // the next `refill`, which needs `&mut self` and so
                     // cannot run while this token borrows `self.rx`.
                     let frame = unsafe { &self.rx.slot(usize::from(slot))[header..header + len] };
+                    self.tx.counters.rx_frames += 1;
                     return Some((
                         RxToken { frame },
                         TxToken {
@@ -389,6 +513,8 @@ impl<H: PoolHal, T: Transport> Device for Nic<H, T> {
     fn transmit(&mut self, _timestamp: Instant) -> Option<TxToken<'_, H, T>> {
         self.tx.reclaim(&mut self.raw);
         if self.tx.free.is_empty() || !self.raw.can_send() {
+            // The device must see what is queued to free any of it.
+            self.tx.kick(&mut self.raw);
             return None;
         }
         Some(TxToken {

@@ -129,6 +129,8 @@ struct Device {
     status: u32,
     queues: [Option<Queue>; 2],
     notifications: [u32; 2],
+    /// Offer `VIRTIO_F_EVENT_IDX` (virtio 1.2 §2.7.10).
+    event_idx: bool,
 }
 
 const RECEIVE: usize = 0;
@@ -188,6 +190,42 @@ impl Device {
             .push_used(head, 0);
     }
 
+    /// Takes every buffer the driver made available on `queue` (completing
+    /// transmit ones) and, like QEMU after emptying a queue, asks to be
+    /// notified of the next one (`avail_event`, or no `NO_NOTIFY` flag).
+    fn catch_up(&mut self, queue: usize) -> usize {
+        let mut taken = 0;
+        let ring = self.queues[queue].as_mut().expect("queue set");
+        while let Some(head) = ring.pop_avail() {
+            if queue == TRANSMIT {
+                ring.push_used(head, 0);
+            }
+            taken += 1;
+        }
+        let at = ring.used + 4 + 8 * u64::from(ring.size);
+        write(at, ring.next_avail);
+        taken
+    }
+
+    /// Asks to be notified of the next buffer made available on `queue`
+    /// (`avail_event` = the driver's index), without taking any.
+    fn ask_for_notify(&self, queue: usize) {
+        let ring = self.queues[queue].as_ref().expect("queue set");
+        let avail_idx: u16 = read(ring.avail + 2);
+        write(ring.used + 4 + 8 * u64::from(ring.size), avail_idx);
+    }
+
+    /// The driver's `used_event` on `queue` (virtio 1.2 §2.7.10).
+    fn used_event(&self, queue: usize) -> u16 {
+        let ring = self.queues[queue].as_ref().expect("queue set");
+        read(ring.avail + 4 + 2 * u64::from(ring.size))
+    }
+
+    /// The driver's available-ring flags on `queue` (bit 0: no interrupt).
+    fn avail_flags(&self, queue: usize) -> u16 {
+        read(self.queues[queue].as_ref().expect("queue set").avail)
+    }
+
     /// Buffers the driver has made available on `queue` so far.
     fn available(&self, queue: usize) -> u16 {
         let queue = self.queues[queue].as_ref().expect("queue set");
@@ -205,7 +243,12 @@ impl Transport for FakeTransport {
     }
 
     fn read_device_features(&mut self) -> u64 {
-        (1 << 5) | (1 << 32)
+        let event_idx = if self.0.borrow().event_idx {
+            1 << 29
+        } else {
+            0
+        };
+        (1 << 5) | (1 << 32) | event_idx
     }
 
     fn write_driver_features(&mut self, _driver_features: u64) {}
@@ -289,7 +332,15 @@ impl Transport for FakeTransport {
 }
 
 fn nic() -> (Nic<TestHal, FakeTransport>, Rc<RefCell<Device>>) {
-    let device = Rc::new(RefCell::new(Device::default()));
+    nic_with(false)
+}
+
+/// A NIC over a fake device that offers `VIRTIO_F_EVENT_IDX` or not.
+fn nic_with(event_idx: bool) -> (Nic<TestHal, FakeTransport>, Rc<RefCell<Device>>) {
+    let device = Rc::new(RefCell::new(Device {
+        event_idx,
+        ..Device::default()
+    }));
     let raw = Raw::<TestHal, FakeTransport>::new(FakeTransport(device.clone()))
         .expect("virtio-net initialises");
     let nic = Nic::new(raw).expect("packet pools");
@@ -551,5 +602,199 @@ fn nic_set_up_fails_when_a_packet_pool_cannot_be_allocated() {
         // Dropping the half-built NIC took the queues back; nothing was
         // posted to the device.
         assert!(device.borrow().queues.iter().all(Option::is_none));
+    }
+}
+
+/// Queues `count` frames for transmission, as one smoltcp poll would.
+fn send_burst(nic: &mut Nic<TestHal, FakeTransport>, count: usize) {
+    for round in 0..count {
+        let tx = nic.transmit(now()).expect("a free slot");
+        tx.consume(60, |buffer| buffer.fill(round as u8));
+    }
+    nic.end_poll();
+}
+
+#[test]
+fn a_transmit_burst_is_one_notify() {
+    for event_idx in [false, true] {
+        let (mut nic, device) = nic_with(event_idx);
+        send_burst(&mut nic, 10);
+        assert_eq!(
+            device.borrow().notifications[TRANSMIT],
+            1,
+            "event_idx {event_idx}: one notify for a burst of 10"
+        );
+        assert_eq!(nic.counters().tx_notifies, 1);
+        assert_eq!(device.borrow_mut().catch_up(TRANSMIT), 10);
+        send_burst(&mut nic, 3);
+        assert_eq!(device.borrow().notifications[TRANSMIT], 2);
+    }
+}
+
+#[test]
+fn a_device_already_notified_is_not_notified_again_until_it_catches_up() {
+    let (mut nic, device) = nic_with(true);
+    send_burst(&mut nic, 3);
+    assert_eq!(device.borrow().notifications[TRANSMIT], 1);
+    // The device has not looked at the ring since: `avail_event` is still
+    // at the first frame, which it was told about (virtio 1.2 §2.7.10).
+    send_burst(&mut nic, 3);
+    assert_eq!(
+        device.borrow().notifications[TRANSMIT],
+        1,
+        "a device that has not caught up was notified again"
+    );
+    assert_eq!(device.borrow_mut().catch_up(TRANSMIT), 6);
+    send_burst(&mut nic, 1);
+    assert_eq!(device.borrow().notifications[TRANSMIT], 2);
+}
+
+#[test]
+fn bursts_across_the_index_wrap_notify_once_each() {
+    let (mut nic, device) = nic_with(true);
+    // Bursts of 3 never line up with 2^16, so one of them crosses the wrap
+    // (avail_event 65534, the burst ends at index 1).
+    let bursts = 65536 / 3 + 10;
+    for burst in 0..bursts {
+        send_burst(&mut nic, 3);
+        assert_eq!(
+            device.borrow().notifications[TRANSMIT],
+            burst as u32 + 1,
+            "burst {burst}: exactly one notify"
+        );
+        assert_eq!(device.borrow_mut().catch_up(TRANSMIT), 3);
+    }
+}
+
+#[test]
+fn received_slots_go_back_in_batches_with_one_notify_each() {
+    for event_idx in [false, true] {
+        let (mut nic, device) = nic_with(event_idx);
+        assert_eq!(
+            device.borrow().notifications[RECEIVE],
+            1,
+            "event_idx {event_idx}: all receive buffers posted with one notify"
+        );
+        device.borrow().ask_for_notify(RECEIVE);
+        let frames = 100;
+        for round in 0..frames {
+            let frame = [round as u8; 60];
+            assert!(device.borrow_mut().deliver(&frame), "round {round}");
+        }
+        for round in 0..frames {
+            let (rx, _tx) = nic.receive(now()).expect("a frame");
+            assert_eq!(rx.consume(|bytes| bytes[0]), round as u8);
+        }
+        nic.end_poll();
+        assert_eq!(nic.rx_posted(), RX_SLOTS, "event_idx {event_idx}");
+        // One notify per RX_BATCH re-posted, at most one more at the end of
+        // the poll; never one per frame.
+        let notifies = device.borrow().notifications[RECEIVE] - 1;
+        assert!(
+            (1..=frames / RX_BATCH + 1).contains(&(notifies as usize)),
+            "event_idx {event_idx}: {notifies} receive notifies for {frames} frames"
+        );
+        assert_eq!(nic.counters().rx_frames, frames as u64);
+        assert_eq!(nic.counters().rx_polls, 1);
+    }
+}
+
+#[test]
+fn the_event_index_test_is_the_specs() {
+    use virtio_drivers::queue::vring_need_event;
+    // virtio 1.2 §2.7.10: notify when `event` is in [old, new) mod 2^16.
+    assert!(vring_need_event(5, 8, 5));
+    assert!(vring_need_event(7, 8, 5));
+    assert!(!vring_need_event(4, 8, 5), "told already");
+    assert!(!vring_need_event(8, 8, 5), "not reached yet");
+    assert!(vring_need_event(65534, 1, 65533), "across the wrap");
+    assert!(vring_need_event(0, 1, 65533), "across the wrap");
+    assert!(!vring_need_event(65532, 1, 65533));
+    assert!(!vring_need_event(3, 3, 3), "no new buffers");
+}
+
+#[test]
+fn receive_interrupts_stay_off_while_polling_and_the_rearm_sees_a_late_frame() {
+    for event_idx in [false, true] {
+        let (mut nic, device) = nic_with(event_idx);
+        // Whether the device may interrupt for the next used receive entry
+        // (virtio 1.2 §2.7.7 and §2.7.10).
+        let armed = |device: &Rc<RefCell<Device>>, used: u16| {
+            let device = device.borrow();
+            if event_idx {
+                device.used_event(RECEIVE) == used
+            } else {
+                device.avail_flags(RECEIVE) & 1 == 0
+            }
+        };
+        nic.interrupts_off();
+        for round in 0..5u8 {
+            assert!(device.borrow_mut().deliver(&[round; 60]));
+        }
+        for _ in 0..5 {
+            assert!(nic.receive(now()).is_some());
+        }
+        assert!(
+            !armed(&device, 5),
+            "event_idx {event_idx}: receiving re-armed the interrupt while polling"
+        );
+        nic.end_poll();
+        // A frame lands after the last poll looked and before the re-arm:
+        // it raised no interrupt, so the re-arm must report it.
+        assert!(device.borrow_mut().deliver(&[9; 60]));
+        assert!(
+            nic.interrupts_on(),
+            "event_idx {event_idx}: a late frame left for an interrupt that never comes"
+        );
+        assert!(armed(&device, 5), "event_idx {event_idx}");
+        nic.interrupts_off();
+        assert!(nic.receive(now()).is_some());
+        nic.end_poll();
+        assert!(!nic.interrupts_on(), "event_idx {event_idx}: nothing left");
+        assert!(armed(&device, 6), "event_idx {event_idx}");
+    }
+}
+
+#[test]
+fn transmit_completions_interrupt_only_while_every_slot_is_in_flight() {
+    for event_idx in [false, true] {
+        let (mut nic, device) = nic_with(event_idx);
+        let tx_armed = |device: &Rc<RefCell<Device>>, used: u16| {
+            let device = device.borrow();
+            if event_idx {
+                device.used_event(TRANSMIT) == used
+            } else {
+                device.avail_flags(TRANSMIT) & 1 == 0
+            }
+        };
+        send_burst(&mut nic, 3);
+        device.borrow_mut().catch_up(TRANSMIT);
+        assert!(!nic.interrupts_on());
+        assert!(
+            !tx_armed(&device, 3),
+            "event_idx {event_idx}: an interrupt asked for a transmit completion"
+        );
+        // Every slot in flight: only a completion frees one, so the loop
+        // must be woken for it.
+        nic.interrupts_off();
+        send_burst(&mut nic, TX_SLOTS);
+        assert!(nic.transmit(now()).is_none());
+        assert!(!nic.interrupts_on());
+        assert!(tx_armed(&device, 3), "event_idx {event_idx}");
+        // Completions that came before the re-arm was seen, or that the
+        // re-arm itself reclaimed: work, not something to wait for.
+        device.borrow_mut().catch_up(TRANSMIT);
+        assert!(
+            nic.interrupts_on(),
+            "event_idx {event_idx}: completions left waiting"
+        );
+        nic.interrupts_off();
+        assert!(nic.transmit(now()).is_some());
+        send_burst(&mut nic, TX_SLOTS);
+        device.borrow_mut().catch_up(TRANSMIT);
+        assert!(
+            nic.interrupts_on(),
+            "event_idx {event_idx}: freed slots left idle"
+        );
     }
 }

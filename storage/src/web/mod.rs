@@ -89,6 +89,12 @@ pub struct NetInfo {
     pub rx_submitted: u64,
     /// Frames handed to the device.
     pub tx_submitted: u64,
+    /// Device notifications (queue kicks, each a VM exit): receive queue.
+    pub rx_notifies: u64,
+    /// Device notifications: transmit queue.
+    pub tx_notifies: u64,
+    /// Network polls run by the event loop (loop passes with the NIC).
+    pub polls: u64,
 }
 
 /// Everything the pages show, assembled when one is asked for.

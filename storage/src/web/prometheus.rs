@@ -356,6 +356,27 @@ pub fn render(s: &Snapshot) -> String {
         &[("queue", "tx")],
         s.net.tx_submitted,
     );
+    o.family(
+        "daxbox_net_virtio_notifies_total",
+        "counter",
+        "Notifications (queue kicks, each a VM exit) sent to the virtio-net device, by queue.",
+    );
+    o.sample(
+        "daxbox_net_virtio_notifies_total",
+        &[("queue", "rx")],
+        s.net.rx_notifies,
+    );
+    o.sample(
+        "daxbox_net_virtio_notifies_total",
+        &[("queue", "tx")],
+        s.net.tx_notifies,
+    );
+    o.family(
+        "daxbox_net_polls_total",
+        "counter",
+        "Network polls run by the event loop.",
+    );
+    o.sample("daxbox_net_polls_total", &[], s.net.polls);
 
     // Devices and filesystems.
     o.family("daxbox_pmem_devices", "gauge", "pmem devices in use.");

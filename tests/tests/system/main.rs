@@ -22,6 +22,7 @@ mod metrics;
 mod names;
 mod nbd;
 mod net;
+mod nicperf;
 mod pmem;
 mod s3;
 mod shell;

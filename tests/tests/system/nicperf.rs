@@ -1,0 +1,138 @@
+//! The NIC data path's costs per MiB (issue 14): not a pass/fail test but
+//! a measurement, `#[ignore]`d so the suite never runs it. Run it by hand:
+//!
+//! ```text
+//! DAXBOX_NICPERF_QEMU='-global virtio-net-pci.event_idx=off' \
+//!   DAXBOX_KERNEL=... DAXBOX_BOOT_TOOL=... \
+//!   cargo test -p daxbox-tests --test system nicperf -- --ignored --nocapture
+//! ```
+//!
+//! It boots the appliance with `-cpu max` (the issue's QEMU line) plus the
+//! words of `DAXBOX_NICPERF_QEMU`, exports a 64 MiB NVDIMM raw, copies
+//! all of it there and back with nbdcopy, and prints MB/s and, per MiB moved,
+//! the virtio notifies, NIC interrupts and network polls the kernel's
+//! `net` command counted, plus the frames per busy poll. The only
+//! assertions are that the copies succeed and the data read back is what
+//! was written.
+
+use std::time::{Duration, Instant};
+
+use daxbox_tests::nbd_client::{run_tool_ok, test_image, uri};
+use daxbox_tests::{run_dir, Firmware, Machine, Nvdimm, QemuOptions};
+
+const MIB: u64 = 1 << 20;
+const COPY: u64 = 64 * MIB;
+const BULK: Duration = Duration::from_secs(600);
+
+/// The counters of one `net` output.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counts {
+    interrupts: u64,
+    rx_notifies: u64,
+    tx_notifies: u64,
+    polls: u64,
+    rx_frames: u64,
+    rx_polls: u64,
+    tx_frames: u64,
+    tx_polls: u64,
+}
+
+/// The number after `key=` in the `nic counters:` line of `net`.
+fn value(text: &str, key: &str) -> u64 {
+    let line = text
+        .lines()
+        .find(|line| line.contains("nic counters:"))
+        .unwrap_or_else(|| panic!("no `nic counters:` line in `net` output:\n{text}"));
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|number| number.parse().ok())
+        .unwrap_or_else(|| panic!("no `{key}=` in: {line}"))
+}
+
+fn counts(machine: &mut Machine) -> Counts {
+    let text = machine.command("net").expect("net command");
+    Counts {
+        interrupts: value(&text, "interrupts"),
+        rx_notifies: value(&text, "rx_notifies"),
+        tx_notifies: value(&text, "tx_notifies"),
+        polls: value(&text, "polls"),
+        rx_frames: value(&text, "rx_frames"),
+        rx_polls: value(&text, "rx_polls"),
+        tx_frames: value(&text, "tx_frames"),
+        tx_polls: value(&text, "tx_polls"),
+    }
+}
+
+fn report(what: &str, bytes: u64, elapsed: Duration, before: Counts, after: Counts) {
+    let mib = bytes as f64 / MIB as f64;
+    let per = |a: u64, b: u64| (b - a) as f64 / mib;
+    let mean = |frames: u64, polls: u64| frames as f64 / polls.max(1) as f64;
+    println!(
+        "nicperf {what}: {:.1} MB/s; per MiB: rx notifies {:.1}, tx notifies {:.1}, \
+         interrupts {:.1}, polls {:.1}; frames per busy poll: rx {:.2} tx {:.2}",
+        bytes as f64 / 1e6 / elapsed.as_secs_f64(),
+        per(before.rx_notifies, after.rx_notifies),
+        per(before.tx_notifies, after.tx_notifies),
+        per(before.interrupts, after.interrupts),
+        per(before.polls, after.polls),
+        mean(
+            after.rx_frames - before.rx_frames,
+            after.rx_polls - before.rx_polls
+        ),
+        mean(
+            after.tx_frames - before.tx_frames,
+            after.tx_polls - before.tx_polls
+        ),
+    );
+}
+
+#[test]
+#[ignore = "a measurement: run by hand (see the module documentation)"]
+fn nbdcopy_costs_per_mib() {
+    let name = "nicperf";
+    let extra: Vec<String> = std::env::var("DAXBOX_NICPERF_QEMU")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    // A fresh image of exactly COPY bytes (a larger one left by an earlier
+    // run would be used at its size).
+    let _ = std::fs::remove_file(run_dir(name).join("nvdimm0.img"));
+    let mut options = QemuOptions::new(name, Firmware::Bios)
+        .with_boot_config("export_raw=pmem0\n")
+        .with_nvdimm(Nvdimm::fresh(run_dir(name).join("nvdimm0.img"), COPY))
+        .with_extra_args(["-cpu", "max"])
+        .with_extra_args(extra);
+    options.max_runtime = Duration::from_secs(900);
+    let mut machine = Machine::boot_to_prompt(options).expect("boot");
+    println!("nicperf: {}", machine.command_line());
+    let port = machine.nbd_port();
+    let target = uri(port, "pmem0");
+    let source = run_dir(name).join("source.img");
+    std::fs::write(&source, test_image(COPY as usize, 14)).expect("source image");
+    let copy = run_dir(name).join("copy.img");
+
+    let start = counts(&mut machine);
+    let started = Instant::now();
+    run_tool_ok(
+        "nbdcopy",
+        &["--flush", source.to_str().unwrap(), &target],
+        BULK,
+    );
+    let wrote = started.elapsed();
+    let written = counts(&mut machine);
+    report("write 64 MiB", COPY, wrote, start, written);
+    let started = Instant::now();
+    run_tool_ok(
+        "nbdcopy",
+        &["--no-extents", &target, copy.to_str().unwrap()],
+        BULK,
+    );
+    let read = started.elapsed();
+    let done = counts(&mut machine);
+    report("read 64 MiB", COPY, read, written, done);
+    let same = std::fs::read(&source).unwrap() == std::fs::read(&copy).unwrap();
+    let _ = std::fs::remove_file(&source);
+    let _ = std::fs::remove_file(&copy);
+    assert!(same, "the data read back differs from what was written");
+}
