@@ -6,8 +6,8 @@
 //! programmed) is routed through the I/O APIC, level-triggered. The handler
 //! only reads the virtio ISR status register, which de-asserts the line
 //! (virtio 1.2 §4.1.4.5); the event loop, woken by the interrupt, does the
-//! actual work in [`poll`]. Without a usable line the 100 Hz timer still
-//! wakes the loop, just with more latency.
+//! actual work in [`poll`]. Without a usable line the loop polls the NIC
+//! every [`NO_IRQ_POLL_MS`] instead.
 
 use alloc::boxed::Box;
 use alloc::format;
@@ -18,7 +18,7 @@ use daxbox_bootconfig::IpConfig;
 use daxbox_netstack::http::{Bench, HttpRoutes, HttpService};
 use daxbox_netstack::smoltcp::wire::{Ipv4Address, Ipv4Cidr};
 use daxbox_netstack::{
-    IpMode, Listener, ListenerConfig, ListenerStats, NetConfig, NetStack, PortListener,
+    IpMode, Listener, ListenerConfig, ListenerStats, NetConfig, NetStack, PollOutcome, PortListener,
 };
 use daxbox_pci::{capabilities, reg, Bar, Bdf, ConfigAccess, Function};
 use daxbox_platform::memory::PhysRange;
@@ -37,6 +37,10 @@ use crate::{config, pci, println, time};
 
 /// How long boot waits for a DHCP lease before going on without one.
 const DHCP_WAIT_MS: u64 = 3000;
+
+/// How often the event loop polls a NIC whose interrupt could not be
+/// routed.
+pub const NO_IRQ_POLL_MS: u64 = 10;
 
 /// Device-vector index (see `interrupts::route_irq`) used by the NIC.
 const NIC_VECTOR_INDEX: usize = 0;
@@ -367,16 +371,24 @@ fn link_up(status_register: Option<&MmioRegion>) -> bool {
     }
 }
 
-/// Runs the network once; true when it did work (call again before halting).
-pub fn poll() -> bool {
+/// Runs the network once: `did_work` when it did work (call again before
+/// halting), `next_poll_ms` when it must run again without an interrupt
+/// (smoltcp's timers, the services' deadlines; the event loop arms its
+/// one-shot timer for it).
+pub fn poll() -> PollOutcome {
     let mut guard = NET.lock();
     let Some(net) = guard.as_mut() else {
-        return false;
+        return PollOutcome {
+            did_work: false,
+            next_poll_ms: None,
+        };
     };
     let now_ms = time::now_ms();
+    // Before the poll, whose routes read the copy: the loop is tickless,
+    // so the last poll may be long ago.
+    refresh_stats(&net.stack, now_ms);
     let outcome = net.stack.poll(now_ms);
     net.stack.device_mut().refill();
-    refresh_stats(&net.stack, now_ms);
     let address = net.stack.ipv4();
     if address != net.announced {
         match address {
@@ -385,7 +397,15 @@ pub fn poll() -> bool {
         }
         net.announced = address;
     }
-    outcome.did_work || net.stack.device().has_rx()
+    let mut next_poll_ms = outcome.next_poll_ms;
+    if net.irq.is_none() {
+        let fallback = now_ms + NO_IRQ_POLL_MS;
+        next_poll_ms = Some(next_poll_ms.map_or(fallback, |at| at.min(fallback)));
+    }
+    PollOutcome {
+        did_work: outcome.did_work || net.stack.device().has_rx(),
+        next_poll_ms,
+    }
 }
 
 /// Shell commands of this module.
