@@ -2,10 +2,11 @@
 //!
 //! QEMU signals an NVDIMM plugged into a running guest by setting bit 4 of
 //! the GPE0 status register (and raising the SCI). Rather than wire the
-//! SCI, the event loop looks at that bit at most every
-//! [`POLL_INTERVAL_US`] (one port read; its cost is measured and printed at
-//! boot): the 100 Hz timer wakes the loop anyway, so this costs no wake-ups
-//! and a hot-add is seen within 0.2 s. The bit latches until cleared, so
+//! SCI, the event loop looks at that bit every [`POLL_INTERVAL_US`] (one
+//! port read; its cost is measured and printed at boot): the loop is
+//! tickless, so [`next_poll_us`] is one of the deadlines it arms its timer
+//! for, and an idle appliance wakes 5 times a second for it; a hot-add is
+//! seen within 0.2 s. The bit latches until cleared, so
 //! none is missed. On an event (or `pmem rescan`) the FIT is read through
 //! QEMU's DSM page (`daxbox_pmem::fit` over `daxbox_platform::nvdimm`),
 //! its new persistent-memory ranges go through discovery and the mapping
@@ -57,6 +58,13 @@ pub fn init() {
         }
         Err(why) => println!("pmem: no NVDIMM hot-add: {}", why),
     }
+}
+
+/// When [`poll`] wants to run next ([`time::now_us`] clock); `None` on a
+/// machine without NVDIMM hot-add.
+pub fn next_poll_us() -> Option<u64> {
+    nvdimm::detect().ok()?;
+    Some(NEXT_POLL_US.load(Ordering::Relaxed))
 }
 
 /// Called by the event loop: on a hot-add event, rescans. True when it did

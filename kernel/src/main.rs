@@ -7,8 +7,10 @@
 //! → admin shell and the event loop.
 //!
 //! The event loop polls every source of work (console, network) until none
-//! has anything to do, then halts until the next interrupt (the 100 Hz
-//! timer or a device), so an idle appliance leaves the host CPU alone.
+//! has anything to do, then arms the one-shot timer for its earliest
+//! deadline and halts until the next interrupt (that timer or a device).
+//! There is no periodic tick, so an idle appliance leaves the host CPU
+//! alone (see `cpu.rs` for the counters).
 //!
 //! Everything that touches the hardware is `daxbox-platform`, reached
 //! through safe handles; this crate is safe Rust only.
@@ -20,6 +22,7 @@ extern crate alloc;
 
 mod command;
 mod config;
+mod cpu;
 mod hotplug;
 mod http;
 mod nbd;
@@ -64,9 +67,19 @@ const COMMAND_TABLES: daxbox_shell::Tables<command::Context> = &[
     nbd::COMMANDS,
     pci::COMMANDS,
     net::COMMANDS,
+    cpu::COMMANDS,
 ];
 
+/// How often the event loop reads the serial port when its receive
+/// interrupt could not be routed.
+const SERIAL_POLL_US: u64 = 10_000;
+/// The shortest halt when a deadline is due but polling did no work (a
+/// frame waiting for a free transmit buffer, say): without it the loop
+/// would spin until the deadline moves.
+const MIN_HALT_US: u64 = 200;
+
 fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
+    time::mark_entry();
     let boot = Boot::new(boot_info);
     serial::init();
     gdt::init();
@@ -79,7 +92,9 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         if uefi { "UEFI" } else { "BIOS" }
     );
 
+    let mut steps = BootSteps::default();
     let heap_size = boot.init_memory();
+    steps.mark("memory");
     print_memory_map(boot.memory_regions());
 
     let ramdisk = boot.ramdisk();
@@ -109,6 +124,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     );
     set_budgets(heap_size);
 
+    steps.mark("boot config");
     boot.init_acpi();
     if let Some((address, gsi_base)) = acpi::ioapic_from_madt() {
         if gsi_base == 0 {
@@ -119,16 +135,29 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         panic!("cannot map the APICs: {}", error);
     }
     serial::enable_receive_interrupt();
-    if let Err(error) = interrupts::route_irq(4, 1, interrupts::Trigger::EdgeHigh, || {}) {
-        println!("serial: no receive interrupt ({}); input is polled", error);
-    }
+    let serial_irq = match interrupts::route_irq(
+        4,
+        1,
+        interrupts::Trigger::EdgeHigh,
+        serial::receive_interrupt,
+    ) {
+        Ok(()) => true,
+        Err(error) => {
+            println!(
+                "serial: no receive interrupt ({}); input is polled every {} ms",
+                error,
+                SERIAL_POLL_US / 1000
+            );
+            false
+        }
+    };
     let khz = time::init();
     println!(
-        "clock: TSC {}.{:03} MHz (calibrated against the PIT), timer {} Hz",
+        "clock: TSC {}.{:03} MHz (calibrated against the PIT), one-shot timer",
         khz / 1000,
         khz % 1000,
-        interrupts::TIMER_HZ
     );
+    steps.mark("clock");
     match rtc::init() {
         Some(now) => println!("clock: wall time {} (CMOS RTC, taken as UTC)", now),
         None => println!("clock: the CMOS RTC gave no plausible date; wall time unknown"),
@@ -139,7 +168,9 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         regions: boot.memory_regions(),
         kernel: boot.kernel_image(),
     });
+    steps.mark("pmem discovery");
     storage::init();
+    steps.mark("storage");
     hotplug::init();
     pci::init();
     tls::init(config::get());
@@ -153,34 +184,101 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         Chain::new(web::Routes::default(), s3_https),
         storage::http_gate(),
     );
+    steps.mark("hot-add, pci, tls, network");
     nbd::start();
     interrupts::enable();
 
-    println!("daxbox: ready");
+    let ready_us = time::since_entry_us();
+    steps.mark("services");
+    steps.print();
+    println!(
+        "daxbox: ready ({}.{} ms after kernel entry)",
+        ready_us / 1000,
+        ready_us % 1000 / 100
+    );
     let mut shell = shell::Shell::new(
         command::Context {
             debug_commands: config.debug_commands,
         },
         COMMAND_TABLES,
     );
+    // A deadline was due but the last pass did no work.
+    let mut due_idle = false;
     loop {
+        cpu::pass();
         interrupts::take_work_pending();
-        let mut busy = shell.poll();
+        let mut busy = false;
+        // The port is read only after its interrupt (a port read is a VM
+        // exit), or on every pass when there is none.
+        if serial::take_input_pending() || !serial_irq {
+            busy |= shell.poll();
+        }
         // A hot-add prints on its own: the prompt comes back after it.
         if hotplug::poll() {
             shell.redraw();
             busy = true;
         }
-        busy |= poll_services();
-        if !busy {
-            interrupts::wait_for_interrupt();
+        let net = net::poll();
+        busy |= net.did_work;
+        if busy {
+            due_idle = false;
+            continue;
         }
+        let now = time::now_us();
+        let next = [
+            net.next_poll_ms.map(|ms| ms.saturating_mul(1000)),
+            hotplug::next_poll_us(),
+            (!serial_irq).then_some(now + SERIAL_POLL_US),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        if next.is_some_and(|at| at <= now) {
+            if !due_idle {
+                // Due now: one more pass before halting.
+                due_idle = true;
+                continue;
+            }
+            interrupts::arm_timer(Some(now + MIN_HALT_US));
+        } else {
+            interrupts::arm_timer(next);
+        }
+        due_idle = false;
+        interrupts::wait_for_interrupt();
     }
 }
 
-/// Polls the network services; true when any did work.
-fn poll_services() -> bool {
-    net::poll()
+/// Where boot time goes: the TSC at the end of each step, printed once the
+/// clock is calibrated (`boot: memory 12 ms, ...`).
+#[derive(Default)]
+struct BootSteps {
+    steps: [(&'static str, u64); 10],
+    count: usize,
+}
+
+impl BootSteps {
+    fn mark(&mut self, name: &'static str) {
+        if let Some(step) = self.steps.get_mut(self.count) {
+            *step = (name, time::cycles());
+            self.count += 1;
+        }
+    }
+
+    fn print(&self) {
+        let mut line = alloc::string::String::from("boot:");
+        let mut last = time::entry_cycles();
+        for (i, (name, at)) in self.steps[..self.count].iter().enumerate() {
+            let us = time::cycles_to_ns(at.saturating_sub(last)) / 1000;
+            let sep = if i == 0 { " " } else { ", " };
+            line.push_str(&alloc::format!(
+                "{sep}{name} {}.{} ms",
+                us / 1000,
+                us % 1000 / 100
+            ));
+            last = *at;
+        }
+        println!("{line}");
+    }
 }
 
 fn print_memory_map(regions: &[bootloader_api::info::MemoryRegion]) {

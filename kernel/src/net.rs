@@ -11,8 +11,8 @@
 //! look at the rings) only when it is about to halt, so a burst costs one
 //! interrupt, not one per frame; transmit completions never interrupt
 //! (their slots are reclaimed on the next send or poll) unless every
-//! transmit slot is in flight at a halt. Without a usable line the timer
-//! still wakes the loop, just with more latency.
+//! transmit slot is in flight at a halt. Without a usable line the loop
+//! polls the NIC every [`NO_IRQ_POLL_MS`] instead.
 
 use alloc::boxed::Box;
 use alloc::format;
@@ -23,7 +23,7 @@ use daxbox_bootconfig::IpConfig;
 use daxbox_netstack::http::{Bench, HttpRoutes, HttpService};
 use daxbox_netstack::smoltcp::wire::{Ipv4Address, Ipv4Cidr};
 use daxbox_netstack::{
-    IpMode, Listener, ListenerConfig, ListenerStats, NetConfig, NetStack, PortListener,
+    IpMode, Listener, ListenerConfig, ListenerStats, NetConfig, NetStack, PollOutcome, PortListener,
 };
 use daxbox_pci::{capabilities, reg, Bar, Bdf, ConfigAccess, Function};
 use daxbox_platform::memory::PhysRange;
@@ -42,6 +42,10 @@ use crate::{config, pci, println, time};
 
 /// How long boot waits for a DHCP lease before going on without one.
 const DHCP_WAIT_MS: u64 = 3000;
+
+/// How often the event loop polls a NIC whose interrupt could not be
+/// routed.
+pub const NO_IRQ_POLL_MS: u64 = 10;
 
 /// Device-vector index (see `interrupts::route_irq`) used by the NIC.
 const NIC_VECTOR_INDEX: usize = 0;
@@ -380,19 +384,27 @@ fn link_up(status_register: Option<&MmioRegion>) -> bool {
     }
 }
 
-/// Runs the network once; true when it did work (call again before halting).
-pub fn poll() -> bool {
+/// Runs the network once: `did_work` when it did work (call again before
+/// halting), `next_poll_ms` when it must run again without an interrupt
+/// (smoltcp's timers, the services' deadlines; the event loop arms its
+/// one-shot timer for it).
+pub fn poll() -> PollOutcome {
     let mut guard = NET.lock();
     let Some(net) = guard.as_mut() else {
-        return false;
+        return PollOutcome {
+            did_work: false,
+            next_poll_ms: None,
+        };
     };
     POLLS.fetch_add(1, Ordering::Relaxed);
     // NAPI-style: no NIC interrupts while the loop keeps polling.
     net.stack.device_mut().interrupts_off();
     let now_ms = time::now_ms();
+    // Before the poll, whose routes read the copy: the loop is tickless,
+    // so the last poll may be long ago.
+    refresh_stats(&net.stack, now_ms);
     let outcome = net.stack.poll(now_ms);
     net.stack.device_mut().end_poll();
-    refresh_stats(&net.stack, now_ms);
     let address = net.stack.ipv4();
     if address != net.announced {
         match address {
@@ -401,10 +413,20 @@ pub fn poll() -> bool {
         }
         net.announced = address;
     }
-    // Before the loop may halt, interrupts go back on and the rings are
-    // checked once more: a frame that arrived before the device saw that
-    // raised no interrupt.
-    outcome.did_work || net.stack.device().has_rx() || net.stack.device_mut().interrupts_on()
+    let mut next_poll_ms = outcome.next_poll_ms;
+    if net.irq.is_none() {
+        let fallback = now_ms + NO_IRQ_POLL_MS;
+        next_poll_ms = Some(next_poll_ms.map_or(fallback, |at| at.min(fallback)));
+    }
+    PollOutcome {
+        // Before the loop may halt, interrupts go back on and the rings are
+        // checked once more: a frame that arrived before the device saw that
+        // raised no interrupt.
+        did_work: outcome.did_work
+            || net.stack.device().has_rx()
+            || net.stack.device_mut().interrupts_on(),
+        next_poll_ms,
+    }
 }
 
 /// Shell commands of this module.

@@ -41,5 +41,6 @@ fn snapshot(http: HttpStats) -> Snapshot {
     let (net, listeners) = net::stats();
     snapshot.net = net;
     snapshot.listeners = listeners;
+    snapshot.cpu = crate::cpu::info();
     snapshot
 }

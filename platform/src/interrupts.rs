@@ -1,7 +1,8 @@
 //! Interrupt descriptor table, CPU exception reports, the local APIC timer
 //! and I/O APIC routing for device interrupts.
 //!
-//! Vectors: 0–31 CPU exceptions; 32 the local APIC timer; 48–63 device
+//! Vectors: 0–31 CPU exceptions; 32 the local APIC timer (one-shot, armed
+//! by the event loop for its next deadline: no periodic tick); 48–63 device
 //! interrupts routed through the I/O APIC (see [`route_irq`]); 0xff the
 //! APIC spurious vector. The legacy 8259 PICs are remapped to 0x20–0x2f
 //! and fully masked so they can never deliver on an exception vector.
@@ -28,11 +29,16 @@ pub const FIRST_DEVICE_VECTOR: u8 = 48;
 pub const DEVICE_VECTORS: usize = 16;
 const SPURIOUS_VECTOR: u8 = 0xff;
 
-/// Timer ticks per second.
-pub const TIMER_HZ: u64 = 100;
-
-/// Ticks since the timer started.
-static TICKS: AtomicU64 = AtomicU64::new(0);
+/// Timer interrupts taken (each is a deadline the event loop armed).
+static TIMER_INTERRUPTS: AtomicU64 = AtomicU64::new(0);
+/// Device interrupts taken, all vectors.
+static DEVICE_INTERRUPTS: AtomicU64 = AtomicU64::new(0);
+/// Times [`wait_for_interrupt`] halted the CPU (each ended by a wake-up).
+static HALTS: AtomicU64 = AtomicU64::new(0);
+/// TSC cycles spent halted (from before `hlt` to after it).
+static HALTED_CYCLES: AtomicU64 = AtomicU64::new(0);
+/// APIC timer counts (divide-by-16) per millisecond, from calibration.
+static TIMER_COUNTS_PER_MS: AtomicU64 = AtomicU64::new(0);
 /// Set by every interrupt: the event loop has something to look at.
 static WORK_PENDING: AtomicBool = AtomicBool::new(false);
 
@@ -161,7 +167,8 @@ extern "x86-interrupt" fn double_fault(frame: InterruptStackFrame, _code: u64) -
 }
 
 extern "x86-interrupt" fn timer(_frame: InterruptStackFrame) {
-    TICKS.fetch_add(1, Ordering::Relaxed);
+    TIMER_INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+    ARMED_AT_US.store(u64::MAX, Ordering::Relaxed);
     WORK_PENDING.store(true, Ordering::Release);
     lapic_eoi();
 }
@@ -171,6 +178,7 @@ extern "x86-interrupt" fn spurious(_frame: InterruptStackFrame) {
 }
 
 fn device_interrupt(index: usize) {
+    DEVICE_INTERRUPTS.fetch_add(1, Ordering::Relaxed);
     WORK_PENDING.store(true, Ordering::Release);
     let handler = DEVICE_HANDLERS.lock()[index];
     if let Some(handler) = handler {
@@ -186,13 +194,41 @@ pub fn take_work_pending() -> bool {
 
 /// Waits for the next interrupt unless one arrived since the flag was last
 /// taken. Interrupts are disabled around the check so that a wake-up
-/// between the check and `hlt` is not lost (`sti; hlt` is atomic).
+/// between the check and `hlt` is not lost (`sti; hlt` is atomic). The
+/// time halted is counted (TSC before and after, see [`stats`]).
 pub fn wait_for_interrupt() {
     x86_64::instructions::interrupts::disable();
     if WORK_PENDING.load(Ordering::Acquire) {
         x86_64::instructions::interrupts::enable();
     } else {
+        let start = crate::time::cycles();
         x86_64::instructions::interrupts::enable_and_hlt();
+        let halted = crate::time::cycles().wrapping_sub(start);
+        HALTS.fetch_add(1, Ordering::Relaxed);
+        HALTED_CYCLES.fetch_add(halted, Ordering::Relaxed);
+    }
+}
+
+/// What the CPU did since boot: interrupts taken, halts, time halted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuStats {
+    /// Local APIC timer interrupts (armed deadlines that expired).
+    pub timer_interrupts: u64,
+    /// Device interrupts (NIC, serial), all vectors.
+    pub device_interrupts: u64,
+    /// Halts, each ended by a wake-up.
+    pub halts: u64,
+    /// Nanoseconds halted.
+    pub halted_ns: u64,
+}
+
+/// The counters of [`CpuStats`].
+pub fn stats() -> CpuStats {
+    CpuStats {
+        timer_interrupts: TIMER_INTERRUPTS.load(Ordering::Relaxed),
+        device_interrupts: DEVICE_INTERRUPTS.load(Ordering::Relaxed),
+        halts: HALTS.load(Ordering::Relaxed),
+        halted_ns: crate::time::cycles_to_ns(HALTED_CYCLES.load(Ordering::Relaxed)),
     }
 }
 
@@ -283,25 +319,60 @@ pub fn init_apic() -> Result<(), MapError> {
     Ok(())
 }
 
-/// Starts the local APIC timer at [`TIMER_HZ`], given how many APIC timer
-/// counts (divide-by-16) elapse per millisecond.
+/// Sets the local APIC timer up in one-shot mode, given how many APIC
+/// timer counts (divide-by-16) elapse per millisecond. Nothing is armed
+/// until [`arm_timer`].
 pub fn start_timer(counts_per_ms: u64) {
-    let initial = (counts_per_ms * 1000 / TIMER_HZ).clamp(1, u32::MAX as u64) as u32;
+    TIMER_COUNTS_PER_MS.store(counts_per_ms.max(1), Ordering::Relaxed);
     lapic_write(LAPIC_TIMER_DIVIDE, 0b0011); // divide by 16
-    lapic_write(LAPIC_LVT_TIMER, (1 << 17) | TIMER_VECTOR as u32); // periodic
-    lapic_write(LAPIC_TIMER_INITIAL, initial);
+    lapic_write(LAPIC_TIMER_INITIAL, 0); // stopped
+    lapic_write(LAPIC_LVT_TIMER, TIMER_VECTOR as u32); // one-shot, unmasked
 }
 
-/// Measures APIC timer counts for a caller-timed interval: starts a
-/// one-shot count, runs `wait`, returns the counts consumed.
-pub fn measure_timer(wait: impl FnOnce()) -> u64 {
+/// The one-shot initial count that expires `delay_us` from now, at
+/// `counts_per_ms` timer counts per millisecond: at least 1 (0 would stop
+/// the timer instead of firing it), rounded up so it never fires early,
+/// at most `u32::MAX` (a longer delay fires early and is simply re-armed).
+pub fn one_shot_count(delay_us: u64, counts_per_ms: u64) -> u32 {
+    let counts = (u128::from(delay_us) * u128::from(counts_per_ms)).div_ceil(1000);
+    counts.clamp(1, u128::from(u32::MAX)) as u32
+}
+
+/// The deadline the one-shot timer is armed for ([`crate::time::now_us`]
+/// clock), `u64::MAX` when stopped or fired.
+static ARMED_AT_US: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Arms the one-shot timer to interrupt at `at_us` on the
+/// [`crate::time::now_us`] clock (replacing any earlier arming), or stops
+/// it (`None`): the event loop's next deadline. Re-arming for the deadline
+/// already armed writes nothing.
+pub fn arm_timer(at_us: Option<u64>) {
+    let at = at_us.unwrap_or(u64::MAX);
+    if at == ARMED_AT_US.load(Ordering::Relaxed) {
+        return;
+    }
+    let count = match at_us {
+        Some(at) => {
+            let delay = at.saturating_sub(crate::time::now_us());
+            one_shot_count(delay, TIMER_COUNTS_PER_MS.load(Ordering::Relaxed))
+        }
+        None => 0,
+    };
+    ARMED_AT_US.store(at, Ordering::Relaxed);
+    lapic_write(LAPIC_TIMER_INITIAL, count);
+}
+
+/// Starts the APIC timer counting down from `u32::MAX`, masked and
+/// one-shot, for calibration ([`calibration_count`] reads it).
+pub fn start_calibration_count() {
     lapic_write(LAPIC_TIMER_DIVIDE, 0b0011);
     lapic_write(LAPIC_LVT_TIMER, 1 << 16); // masked, one-shot
     lapic_write(LAPIC_TIMER_INITIAL, u32::MAX);
-    wait();
-    let remaining = lapic_read(LAPIC_TIMER_CURRENT);
-    lapic_write(LAPIC_TIMER_INITIAL, 0);
-    u64::from(u32::MAX - remaining)
+}
+
+/// APIC timer counts consumed since [`start_calibration_count`].
+pub fn calibration_count() -> u64 {
+    u64::from(u32::MAX - lapic_read(LAPIC_TIMER_CURRENT))
 }
 
 /// Offset of the I/O APIC registers inside their mapped page.
@@ -361,4 +432,21 @@ pub fn enable() {
 /// Keeps interrupts out (`cli`), e.g. on the panic path.
 pub fn disable() {
     x86_64::instructions::interrupts::disable();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_shot_count;
+
+    #[test]
+    fn one_shot_count_rounds_up_and_never_stops_the_timer() {
+        // 62 500 counts per ms: QEMU's 1 GHz APIC clock divided by 16.
+        assert_eq!(one_shot_count(1000, 62_500), 62_500);
+        assert_eq!(one_shot_count(1, 62_500), 63);
+        // A deadline already due still fires (0 would stop the timer).
+        assert_eq!(one_shot_count(0, 62_500), 1);
+        // Beyond the 32-bit counter it fires early and is re-armed.
+        assert_eq!(one_shot_count(u64::MAX, 62_500), u32::MAX);
+        assert_eq!(one_shot_count(3_600_000_000, 62_500), u32::MAX);
+    }
 }

@@ -10,6 +10,7 @@
 //! machine, when whoever held it can never run again.
 
 use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use spin::Mutex;
 use uart_16550::backend::PioBackend;
 use uart_16550::{Config, Uart16550};
@@ -64,8 +65,33 @@ pub fn write_bytes(bytes: &[u8]) {
     });
 }
 
+/// Set by the receive interrupt (and at boot, so that bytes that arrived
+/// before the interrupt was routed are read too): the console has input.
+static INPUT_PENDING: AtomicBool = AtomicBool::new(true);
+/// Receive interrupts taken.
+static RECEIVE_INTERRUPTS: AtomicU64 = AtomicU64::new(0);
+
+/// The receive interrupt's handler (for `interrupts::route_irq`, IRQ 4):
+/// notes that input is waiting; the event loop reads it.
+pub fn receive_interrupt() {
+    RECEIVE_INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+    INPUT_PENDING.store(true, Ordering::Release);
+}
+
+/// Takes the "input is waiting" flag: true once after each receive
+/// interrupt. Reading until [`try_read_byte`] gives `None` lets the UART
+/// drop its interrupt line, so the next byte raises a new edge.
+pub fn take_input_pending() -> bool {
+    INPUT_PENDING.swap(false, Ordering::AcqRel)
+}
+
+/// Receive interrupts taken since boot.
+pub fn receive_interrupts() -> u64 {
+    RECEIVE_INTERRUPTS.load(Ordering::Relaxed)
+}
+
 /// Asks the UART to interrupt when a byte arrives (IRQ 4), so typing wakes
-/// the halted event loop at once instead of at the next timer tick.
+/// the halted event loop, and the loop reads the port only then.
 pub fn enable_receive_interrupt() {
     x86_64::instructions::interrupts::without_interrupts(|| {
         if let Some(console) = CONSOLE.lock().as_mut() {

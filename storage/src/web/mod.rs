@@ -97,6 +97,25 @@ pub struct NetInfo {
     pub polls: u64,
 }
 
+/// Where the appliance's CPU time goes (the kernel's event loop).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuInfo {
+    /// Event-loop passes.
+    pub loop_passes: u64,
+    /// Halts, each ended by a wake-up.
+    pub wakeups: u64,
+    /// Time halted, ns.
+    pub halted_ns: u64,
+    /// Time not halted since the clock started (boot included), ns.
+    pub busy_ns: u64,
+    /// One-shot timer interrupts (deadlines the loop armed).
+    pub timer_interrupts: u64,
+    /// Device interrupts, all vectors (the NIC's and the serial port's).
+    pub device_interrupts: u64,
+    /// Serial receive interrupts (a subset of the device interrupts).
+    pub serial_interrupts: u64,
+}
+
 /// Everything the pages show, assembled when one is asked for.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -122,6 +141,8 @@ pub struct Snapshot {
     pub listeners: Vec<(&'static str, ListenerStats)>,
     /// Network counters.
     pub net: NetInfo,
+    /// CPU time and wake-ups.
+    pub cpu: CpuInfo,
     /// Memory budgets.
     pub budgets: Vec<BudgetStats>,
     /// Allow-list refusals by reason and client address.

@@ -344,7 +344,7 @@ pub fn render(s: &Snapshot) -> String {
     o.family(
         "daxbox_net_virtio_submissions_total",
         "counter",
-        "Buffers handed to the virtio-net device, by queue; each notifies the device unless it suppressed notifications.",
+        "Buffers handed to the virtio-net device, by queue (the device is notified once per batch: see daxbox_net_virtio_notifies_total).",
     );
     o.sample(
         "daxbox_net_virtio_submissions_total",
@@ -377,6 +377,61 @@ pub fn render(s: &Snapshot) -> String {
         "Network polls run by the event loop.",
     );
     o.sample("daxbox_net_polls_total", &[], s.net.polls);
+
+    // CPU: the event loop.
+    let cpu = &s.cpu;
+    o.family(
+        "daxbox_cpu_loop_passes_total",
+        "counter",
+        "Passes of the kernel's event loop.",
+    );
+    o.sample("daxbox_cpu_loop_passes_total", &[], cpu.loop_passes);
+    o.family(
+        "daxbox_cpu_wakeups_total",
+        "counter",
+        "Times the CPU halted and was woken up again by an interrupt.",
+    );
+    o.sample("daxbox_cpu_wakeups_total", &[], cpu.wakeups);
+    o.family(
+        "daxbox_cpu_seconds_total",
+        "counter",
+        "CPU time since boot, halted (waiting for an interrupt) or busy.",
+    );
+    o.sample(
+        "daxbox_cpu_seconds_total",
+        &[("state", "halted")],
+        Seconds(cpu.halted_ns / 1000),
+    );
+    o.sample(
+        "daxbox_cpu_seconds_total",
+        &[("state", "busy")],
+        Seconds(cpu.busy_ns / 1000),
+    );
+    o.family(
+        "daxbox_cpu_interrupts_total",
+        "counter",
+        "Interrupts taken: the one-shot timer, and devices (the NIC, the serial port).",
+    );
+    o.sample(
+        "daxbox_cpu_interrupts_total",
+        &[("source", "timer")],
+        cpu.timer_interrupts,
+    );
+    o.sample(
+        "daxbox_cpu_interrupts_total",
+        &[("source", "device")],
+        cpu.device_interrupts,
+    );
+    o.family(
+        "daxbox_serial_receive_interrupts_total",
+        "counter",
+        "Serial console receive interrupts (each makes the event loop read the port).",
+    );
+    o.sample(
+        "daxbox_serial_receive_interrupts_total",
+        &[],
+        cpu.serial_interrupts,
+    );
 
     // Devices and filesystems.
     o.family("daxbox_pmem_devices", "gauge", "pmem devices in use.");

@@ -42,7 +42,32 @@ fn snapshot() -> Snapshot {
         },
     )];
     s.access.other.policy = 7;
+    s.cpu = CpuInfo {
+        loop_passes: 1234,
+        wakeups: 56,
+        halted_ns: 9_500_000_000,
+        busy_ns: 500_000_000,
+        timer_interrupts: 50,
+        device_interrupts: 7,
+        serial_interrupts: 3,
+    };
     s
+}
+
+#[test]
+fn metrics_show_where_the_cpu_time_goes() {
+    let text = prometheus::render(&snapshot());
+    for line in [
+        "daxbox_cpu_loop_passes_total 1234",
+        "daxbox_cpu_wakeups_total 56",
+        "daxbox_cpu_seconds_total{state=\"halted\"} 9.5",
+        "daxbox_cpu_seconds_total{state=\"busy\"} 0.5",
+        "daxbox_cpu_interrupts_total{source=\"timer\"} 50",
+        "daxbox_cpu_interrupts_total{source=\"device\"} 7",
+        "daxbox_serial_receive_interrupts_total 3",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+    }
 }
 
 #[test]

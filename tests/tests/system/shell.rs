@@ -191,3 +191,56 @@ fn cpu_exception_is_reported_and_exits_with_status_35() -> Result<(), HarnessErr
     assert!(output.contains("KERNEL PANIC: "), "{output}");
     Ok(())
 }
+
+/// `cpu`'s first line as (wake-ups, ms busy + halted).
+fn cpu_figures(output: &str) -> (u64, u64) {
+    let line = output
+        .lines()
+        .find(|line| line.starts_with("cpu: "))
+        .unwrap_or_else(|| panic!("no `cpu:` line:\n{output}"));
+    let number_before = |word: &str| -> u64 {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let at = words
+            .iter()
+            .position(|w| w.starts_with(word))
+            .unwrap_or_else(|| panic!("no `{word}` in {line:?}"));
+        words[at - 1]
+            .parse()
+            .unwrap_or_else(|_| panic!("no figure before `{word}` in {line:?}"))
+    };
+    let after = |word: &str| -> u64 {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let at = words
+            .iter()
+            .position(|w| *w == word)
+            .unwrap_or_else(|| panic!("no `{word}` in {line:?}"));
+        words[at + 1]
+            .parse()
+            .unwrap_or_else(|_| panic!("no figure after `{word}` in {line:?}"))
+    };
+    (number_before("wake-ups"), after("busy") + after("halted"))
+}
+
+/// The event loop is tickless: idle, it wakes only for its deadlines (the
+/// 200 ms NVDIMM hot-add poll), far fewer than the 100 a second of a
+/// periodic tick. Counted on the guest's own clock, so a slow host does not
+/// change the figure (it is a count per guest second, not a timing).
+#[test]
+fn idle_loop_has_no_periodic_tick() -> Result<(), HarnessError> {
+    let mut machine = machine("shell_cpu")?;
+    let first = machine.command("cpu")?;
+    assert!(first.contains("interrupts: "), "{first}");
+    std::thread::sleep(Duration::from_secs(3));
+    let second = machine.command("cpu")?;
+    let (wakeups_1, ms_1) = cpu_figures(&first);
+    let (wakeups_2, ms_2) = cpu_figures(&second);
+    let seconds = (ms_2 - ms_1) as f64 / 1000.0;
+    let per_second = (wakeups_2 - wakeups_1) as f64 / seconds;
+    println!("idle: {per_second:.1} wake-ups per guest second over {seconds:.1} s");
+    assert!(seconds > 1.0, "guest time did not move: {first}\n{second}");
+    assert!(
+        per_second < 20.0,
+        "{per_second:.1} wake-ups per second while idle:\n{first}\n{second}"
+    );
+    Ok(())
+}
