@@ -436,7 +436,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
     }
 
     fn wants_close(&self, conn: &NbdConnection) -> bool {
-        conn.engine.wants_close() || conn.tls.wants_close()
+        conn.tls.wants_close(conn.engine.wants_close())
     }
 
     fn deadline(&self, conn: &NbdConnection) -> Option<u64> {

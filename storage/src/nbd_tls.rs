@@ -31,17 +31,24 @@ pub struct TlsState {
     /// handshake gave it, shared with each call's backend (allow-list
     /// `cn:` rules).
     cn: Option<Arc<str>>,
+    /// close_notify was queued (the engine finished in order).
+    close_sent: bool,
 }
 
 impl TlsState {
-    /// Whether the connection is finished because TLS failed, once its
-    /// alert is out.
-    pub fn wants_close(&self) -> bool {
-        self.failed
-            && self
-                .session
-                .as_ref()
-                .is_none_or(|s| s.outgoing_tls().is_empty())
+    /// Whether the connection is finished, once what TLS has to send is
+    /// out: because TLS failed (its alert), or, under TLS, because the
+    /// engine is done (`engine_done`: `NBD_OPT_ABORT`, `NBD_CMD_DISC`, an
+    /// error) and close_notify was queued. In clear, the engine decides.
+    pub fn wants_close(&self, engine_done: bool) -> bool {
+        let flushed = self
+            .session
+            .as_ref()
+            .is_none_or(|s| s.outgoing_tls().is_empty());
+        match &self.session {
+            None => self.failed || engine_done,
+            Some(_) => flushed && (self.failed || (engine_done && self.close_sent)),
+        }
     }
 
     /// Whether TLS carries this connection.
@@ -166,6 +173,14 @@ impl TlsState {
                         // Room was checked: a short write is a TLS failure.
                         self.failed = true;
                     }
+                }
+                // The engine is done in order: close_notify after its
+                // last bytes, so the client sees a clean end.
+                if !self.failed && !self.close_sent && engine.wants_close() {
+                    if session.error().is_none() && !session.is_handshaking() {
+                        session.close();
+                    }
+                    self.close_sent = true;
                 }
             }
             written += self.drain(&mut out[written..]);

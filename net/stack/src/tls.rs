@@ -42,6 +42,8 @@ pub struct TlsConnection<C> {
     /// The verified client certificate's name was told to the inner
     /// service.
     cn_told: bool,
+    /// close_notify was queued (the inner service finished).
+    close_sent: bool,
 }
 
 impl<C> TlsConnection<C> {
@@ -71,6 +73,21 @@ impl<S: TcpService> TlsService<S> {
     }
 }
 
+/// Once the inner service is done with a connection in order, queues
+/// TLS close_notify (once), so the client sees a clean end rather than a
+/// truncation attack's unexpected EOF.
+fn close_if_done<S: TcpService>(inner: &S, conn: &mut TlsConnection<S::Connection>) {
+    if conn.close_sent || !inner.wants_close(&conn.inner) {
+        return;
+    }
+    if let Some(session) = conn.session.as_mut() {
+        if session.error().is_none() && !session.is_handshaking() {
+            session.close();
+        }
+    }
+    conn.close_sent = true;
+}
+
 fn drain(session: &mut TlsSession, out: &mut [u8]) -> usize {
     let n = session.outgoing_tls().len().min(out.len());
     out[..n].copy_from_slice(&session.outgoing_tls()[..n]);
@@ -87,6 +104,7 @@ impl<S: TcpService> TcpService for TlsService<S> {
             session: self.server.session().ok(),
             scratch: vec![0; SCRATCH],
             cn_told: false,
+            close_sent: false,
         }
     }
 
@@ -114,6 +132,7 @@ impl<S: TcpService> TcpService for TlsService<S> {
                     }
                 }
                 self.feed(conn, now_ms);
+                close_if_done(&self.inner, conn);
                 n
             }
             Err(_) => data.len(),
@@ -138,7 +157,10 @@ impl<S: TcpService> TcpService for TlsService<S> {
                     let _ = session.write_plaintext(&conn.scratch[..n]);
                 }
             }
-            written += drain(session, &mut out[written..]);
+            close_if_done(&self.inner, conn);
+            if let Some(session) = conn.session.as_mut() {
+                written += drain(session, &mut out[written..]);
+            }
         }
         written
     }
@@ -148,7 +170,8 @@ impl<S: TcpService> TcpService for TlsService<S> {
             .session
             .as_ref()
             .is_none_or(|s| s.outgoing_tls().is_empty());
-        flushed && (conn.failed() || self.inner.wants_close(&conn.inner))
+        // An orderly end waits for close_notify to be queued and sent.
+        flushed && (conn.failed() || (conn.close_sent && self.inner.wants_close(&conn.inner)))
     }
 
     fn deadline(&self, conn: &Self::Connection) -> Option<u64> {
@@ -258,6 +281,12 @@ mod tests {
         let text = std::string::String::from_utf8_lossy(&answer);
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
         assert!(service.wants_close(&conn));
+        // An orderly close (`Connection: close`) ends with close_notify,
+        // so the client sees a clean end, not a truncation.
+        assert!(
+            c.process_new_packets().unwrap().peer_has_closed(),
+            "no close_notify before the close"
+        );
     }
 
     /// Drives `c` against `conn` until the service wants to close; the
