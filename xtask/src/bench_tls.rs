@@ -1,0 +1,190 @@
+//! `cargo xtask bench tls`: the cost of TLS on the booted appliance, each
+//! figure next to its plaintext baseline from the same boot and run
+//! (`tls=on`: the NBD port serves both; HTTPS on its own port). Prints
+//! the host's load average and CPU model first: the crypto is soft
+//! (no SSE on the kernel target, ChaCha20-Poly1305 preferred) and runs
+//! under TCG, so the figures say more about the ratio than the absolute.
+//!
+//! - nbdcopy 64 MiB write and read, `nbd://` and `nbds://`;
+//! - fio 4 KiB random read at queue depth 1 (fio's `nbd` engine is
+//!   libnbd, which takes `nbds://` with `tls-certificates`);
+//! - curl GET of 64 MiB (`/bench/bytes`, `http_bench=on`) over HTTP and
+//!   HTTPS;
+//! - connection set-up: the mean of 20 `nbdinfo --size` runs each way
+//!   (the difference is the TLS handshake, with the client's start-up
+//!   in both).
+//!
+//! No assertions on speed: it prints figures.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use daxbox_tests::{free_port, run_dir, target_dir, Firmware, Machine, Nvdimm, QemuOptions};
+
+use crate::bench_nbd::{fio, mb_per_s, timed, write_random_file};
+use crate::images::{harness, prepare_for_harness};
+use crate::XtaskError;
+
+const USAGE: &str = "\
+usage: cargo xtask bench tls [--runtime SECONDS]
+
+Boots the appliance with tls=on and throwaway certificates (target/tls-bench/)
+and prints nbdcopy 64 MiB write/read, fio 4K randread QD1, curl 64 MiB GET and
+the connection set-up time, each with and without TLS.
+  --runtime SECONDS   fio run time per figure (default 10)";
+
+const MIB: u64 = 1 << 20;
+const SIZE: u64 = 64 * MIB;
+const NAME: &str = "bench_tls";
+const HANDSHAKES: u32 = 20;
+
+fn host_facts() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    format!("host load average: {}\nhost CPU: {cpu}\n", load.trim())
+}
+
+/// Mean wall time of `HANDSHAKES` runs of `nbdinfo --size uri`.
+fn setup_time(uri: &str) -> Result<Duration, XtaskError> {
+    let mut total = Duration::ZERO;
+    for _ in 0..HANDSHAKES {
+        let (_, elapsed) = timed(Command::new("nbdinfo").args(["--size", uri]))?;
+        total += elapsed;
+    }
+    Ok(total / HANDSHAKES)
+}
+
+fn curl_get(url: &str, ca: &Path) -> Result<f64, XtaskError> {
+    let ca = ca.display().to_string();
+    let (_, elapsed) = timed(Command::new("curl").args([
+        "-sS",
+        "--fail",
+        "-o",
+        "/dev/null",
+        "--cacert",
+        &ca,
+        url,
+    ]))?;
+    Ok(mb_per_s(SIZE, elapsed))
+}
+
+/// Entry point of `cargo xtask bench tls`.
+pub fn tls(args: &[String]) -> Result<(), XtaskError> {
+    let mut runtime = 10;
+    match args {
+        [] => {}
+        [flag, value] if flag == "--runtime" => {
+            runtime = value
+                .parse()
+                .ok()
+                .filter(|&v| v > 0)
+                .ok_or_else(|| XtaskError::Usage(USAGE.into()))?
+        }
+        [flag] if flag == "-h" || flag == "--help" => {
+            println!("{USAGE}");
+            return Ok(());
+        }
+        _ => return Err(XtaskError::Usage(USAGE.into())),
+    }
+    print!("{}", host_facts());
+    prepare_for_harness()?;
+    let certs = target_dir().join("tls-bench");
+    crate::tls_certs::generate(&certs)?;
+    let config = format!(
+        "format=if-blank\nhttp_bench=on\n{}",
+        crate::tls_certs::boot_lines(&certs)?
+    );
+    let mut options = QemuOptions::new(NAME, Firmware::Bios)
+        .with_boot_config(config)
+        .with_nvdimm(Nvdimm::fresh(run_dir(NAME).join("pmem0.img"), 256 * MIB));
+    options.max_runtime = Duration::from_secs(1800);
+    let ports = [free_port(), free_port(), free_port()];
+    let [nbd_port, http_port, https_port] = ports.map(|p| p.map_err(harness));
+    let (nbd_port, http_port, https_port) = (nbd_port?, http_port?, https_port?);
+    options.nbd_port = nbd_port;
+    options.http_port = http_port;
+    options.netdev = Some(format!(
+        "user,id=n0,hostfwd=tcp:127.0.0.1:{nbd_port}-:{},hostfwd=tcp:127.0.0.1:{http_port}-:{},\
+         hostfwd=tcp:127.0.0.1:{https_port}-:{}",
+        daxbox_tests::GUEST_NBD_PORT,
+        daxbox_tests::GUEST_HTTP_PORT,
+        crate::tls_certs::GUEST_HTTPS_PORT
+    ));
+    crate::step("booting the appliance (tls=on, 256 MiB NVDIMM)");
+    let mut machine = Machine::boot_to_prompt(options).map_err(harness)?;
+    let made = machine.command("create disk 64M").map_err(harness)?;
+    if !made.contains("created") {
+        return Err(XtaskError::Command {
+            command: "create disk 64M (appliance shell)".into(),
+            problem: made,
+        });
+    }
+    let plain = format!("nbd://127.0.0.1:{nbd_port}/disk");
+    let tls = format!(
+        "nbds://127.0.0.1:{nbd_port}/disk?tls-certificates={}",
+        certs.display()
+    );
+    let data = run_dir(NAME).join("data-64M.bin");
+    let back = run_dir(NAME).join("back-64M.bin");
+    write_random_file(&data, SIZE, 0x2545_f491_4f6c_dd1d)?;
+    let data_text = data.display().to_string();
+    let back_text = back.display().to_string();
+    let mut rows = Vec::new();
+    for (label, uri) in [("plain", &plain), ("tls", &tls)] {
+        let (_, write) = timed(Command::new("nbdcopy").args([&data_text, uri.as_str()]))?;
+        let (_, read) = timed(Command::new("nbdcopy").args(["--", uri.as_str(), &back_text]))?;
+        if std::fs::read(&back).ok() != std::fs::read(&data).ok() {
+            return Err(XtaskError::Command {
+                command: format!("nbdcopy {label} read back"),
+                problem: "the bytes read differ from the bytes written".into(),
+            });
+        }
+        let iops = fio(uri, "randread", 1, runtime)?;
+        let setup = setup_time(uri)?;
+        rows.push((
+            label,
+            mb_per_s(SIZE, write),
+            mb_per_s(SIZE, read),
+            iops,
+            setup,
+        ));
+    }
+    let ca = certs.join("ca-cert.pem");
+    let http = curl_get(
+        &format!("http://127.0.0.1:{http_port}/bench/bytes?n={SIZE}"),
+        &ca,
+    )?;
+    let https = curl_get(
+        &format!("https://localhost:{https_port}/bench/bytes?n={SIZE}"),
+        &ca,
+    )?;
+    drop(machine);
+    println!();
+    print!("{}", host_facts());
+    println!(
+        "{:<8} {:>14} {:>14} {:>16} {:>18}",
+        "nbd", "write MB/s", "read MB/s", "4K randread IOPS", "nbdinfo mean ms"
+    );
+    for (label, write, read, iops, setup) in &rows {
+        println!(
+            "{label:<8} {write:>14.1} {read:>14.1} {iops:>16.0} {:>18.1}",
+            setup.as_secs_f64() * 1000.0
+        );
+    }
+    if let [(_, .., a), (_, .., b)] = &rows[..] {
+        println!(
+            "TLS handshake (nbdinfo nbds:// minus nbd://, mean of {HANDSHAKES}): {:.1} ms",
+            (b.as_secs_f64() - a.as_secs_f64()) * 1000.0
+        );
+    }
+    println!("curl GET 64 MiB: HTTP {http:.1} MB/s, HTTPS {https:.1} MB/s");
+    Ok(())
+}
