@@ -179,7 +179,7 @@ pub fn tls(args: &[String]) -> Result<(), XtaskError> {
             setup.as_secs_f64() * 1000.0
         );
     }
-    if let [(_, .., a), (_, .., b)] = &rows[..] {
+    if let [(.., a), (.., b)] = &rows[..] {
         println!(
             "TLS handshake (nbdinfo nbds:// minus nbd://, mean of {HANDSHAKES}): {:.1} ms",
             (b.as_secs_f64() - a.as_secs_f64()) * 1000.0
