@@ -402,3 +402,92 @@ fn client_certificate_names_in_allow_rules() -> Result<(), HarnessError> {
     assert!(nbd.contains("refused:"), "nbd:\n{nbd}");
     Ok(())
 }
+
+/// 64 clients that send `NBD_OPT_STARTTLS` and then nothing (stalled
+/// before their ClientHello) and 64 that send half a ClientHello to the
+/// HTTPS port: the handshake deadline (the NBD option deadline, 10 s; the
+/// HTTP head deadline) closes every one of them, and a good TLS client is
+/// served afterwards on both ports.
+#[test]
+fn clients_stalled_mid_handshake_are_closed_by_the_deadline() -> Result<(), HarnessError> {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    const NAME: &str = "tls_stalled";
+    let config = format!(
+        "format=if-blank\ntls=require\nhttp_port=8080\nhttps_port=80\n{}{}",
+        pem_lines("tls_cert", &testdata("server.pem")),
+        pem_lines("tls_key", &testdata("server-key.pem")),
+    );
+    let nvdimm = Nvdimm::fresh(run_dir(NAME).join("nvdimm0.img"), 64 * MIB);
+    let options = QemuOptions::new(NAME, Firmware::Bios)
+        .with_boot_config(&config)
+        .with_nvdimm(nvdimm);
+    let mut machine = Machine::boot_to_prompt(options)?;
+    machine.command("create disk 4M")?;
+    let port = machine.nbd_port();
+    let https = machine.http_port();
+    let good = cert_dir(NAME, "ca.pem");
+    let nbds = format!(
+        "nbds://127.0.0.1:{port}/disk?tls-certificates={}",
+        good.display()
+    );
+    run_tool_ok("nbdinfo", &["--size", &nbds], SLOW);
+
+    // NBD: greeting (18 bytes), fixed-newstyle client flags, STARTTLS
+    // (option 5, no data), its ACK (20 bytes), then silence.
+    let mut starttls = Vec::new();
+    starttls.extend_from_slice(&1u32.to_be_bytes());
+    starttls.extend_from_slice(b"IHAVEOPT");
+    starttls.extend_from_slice(&5u32.to_be_bytes());
+    starttls.extend_from_slice(&0u32.to_be_bytes());
+    let mut stalled = Vec::new();
+    for _ in 0..64 {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+            continue;
+        };
+        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        let mut greeting = [0u8; 18];
+        if s.read_exact(&mut greeting).is_ok() && s.write_all(&starttls).is_ok() {
+            stalled.push(s);
+        }
+    }
+    // HTTPS: the first 40 bytes of a TLS record header + ClientHello
+    // that promises more, then silence.
+    let mut hello = vec![
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
+    hello.resize(40, 0x42);
+    for _ in 0..64 {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", https)) {
+            s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+            if s.write_all(&hello).is_ok() {
+                stalled.push(s);
+            }
+        }
+    }
+    assert!(
+        stalled.len() >= 64,
+        "only {} stalled clients",
+        stalled.len()
+    );
+    // Every stalled connection is ended by the server (EOF or reset),
+    // whatever it was sent before (the STARTTLS ACK, a refusal).
+    for s in &mut stalled {
+        let mut sink = Vec::new();
+        let ended = match s.read_to_end(&mut sink) {
+            Ok(_) => true,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        };
+        assert!(ended, "a stalled client was not closed by the deadline");
+    }
+    drop(stalled);
+    // Good clients on both ports afterwards.
+    let size = run_tool_ok("nbdinfo", &["--size", &nbds], SLOW);
+    assert_eq!(size.trim(), (4 * MIB).to_string());
+    let (code, body) = curl(https, "/healthz", None, &[]);
+    assert_eq!(code, "200", "{body}");
+    Ok(())
+}
