@@ -2176,3 +2176,133 @@ fn allow_rules_match_the_client_certificate_name() {
     assert!(counts.contains("refused:"), "nbd:\n{counts}");
     server.assert_alive();
 }
+
+/// A server certificate signed by the `net/tls` test CA for `san`, valid
+/// from `start` to `end` (`openssl ca` dates, `YYYYMMDDHHMMSSZ`), made
+/// now in `dir`: (certificate, key) paths.
+fn server_cert(dir: &TempDir, name: &str, san: &str, start: &str, end: &str) -> (PathBuf, PathBuf) {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../net/tls/testdata");
+    let folder = dir.path(name);
+    std::fs::create_dir_all(&folder).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&folder)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        folder.join("ca.cnf"),
+        "[ca]\ndefault_ca=d\n[d]\ndatabase=index.txt\nnew_certs_dir=.\nserial=serial\n\
+         default_md=sha256\npolicy=p\nunique_subject=no\n[p]\ncommonName=supplied\n",
+    )
+    .unwrap();
+    std::fs::write(folder.join("index.txt"), "").unwrap();
+    std::fs::write(folder.join("serial"), "01\n").unwrap();
+    std::fs::write(
+        folder.join("ext"),
+        format!("subjectAltName={san}\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n"),
+    )
+    .unwrap();
+    run(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        "key.pem",
+    ]);
+    run(&[
+        "req",
+        "-new",
+        "-key",
+        "key.pem",
+        "-subj",
+        "/CN=daxbox",
+        "-out",
+        "server.csr",
+    ]);
+    run(&[
+        "ca",
+        "-batch",
+        "-notext",
+        "-config",
+        "ca.cnf",
+        "-cert",
+        text(&data.join("ca.pem")),
+        "-keyfile",
+        text(&data.join("ca-key.pem")),
+        "-in",
+        "server.csr",
+        "-startdate",
+        start,
+        "-enddate",
+        end,
+        "-extfile",
+        "ext",
+        "-out",
+        "cert.pem",
+    ]);
+    (folder.join("cert.pem"), folder.join("key.pem"))
+}
+
+/// A server whose certificate has expired, or names another host, fails
+/// the client's handshake (GnuTLS verifies both); the server keeps
+/// serving: a plaintext client (`tls=on`) right after each.
+#[test]
+fn expired_and_wrong_host_server_certificates_fail_the_handshake() {
+    let dir = TempDir::new("tls-bad-server");
+    let (good, _, _) = tls_folders(&dir);
+    for (name, san, start, end) in [
+        (
+            "expired",
+            "IP:127.0.0.1,DNS:localhost",
+            "20200101000000Z",
+            "20210101000000Z",
+        ),
+        (
+            "other-host",
+            "DNS:other.example",
+            "20200101000000Z",
+            "21000101000000Z",
+        ),
+    ] {
+        let (cert, key) = server_cert(&dir, name, san, start, end);
+        let pmem0 = image_arg(&dir, &format!("{name}.img"), "64M");
+        let mut server = Server::start(&[
+            "--image",
+            &pmem0,
+            "--format",
+            "if-blank",
+            "--create",
+            "disk=4M",
+            "--tls",
+            "on",
+            "--tls-cert",
+            text(&cert),
+            "--tls-key",
+            text(&key),
+        ]);
+        let port = server.port;
+        let uri = format!(
+            "nbds://127.0.0.1:{port}/disk?tls-certificates={}",
+            text(&good)
+        );
+        let failed = run_tool("nbdinfo", &["--size", &uri], QUICK);
+        assert!(!failed.success(), "{name}: the handshake must fail");
+        let said = format!("{}{}", failed.stdout, failed.stderr);
+        assert!(
+            said.contains("certificate") || said.contains("verify"),
+            "{name}: {said}"
+        );
+        let plain = run_tool_ok("nbdinfo", &["--size", &server.uri("disk")], QUICK);
+        assert_eq!(plain.trim(), (4 * MIB).to_string(), "{name}");
+        server.assert_alive();
+    }
+}
