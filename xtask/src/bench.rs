@@ -35,7 +35,7 @@ const BENCHMARKS: &[Benchmark] = &[
     ),
     (
         "tls",
-        "nbdcopy, fio 4K, curl GET and handshake time with and without TLS",
+        "nbdcopy, 4K QD1 reads, curl GET and handshake time with and without TLS",
         crate::bench_tls::tls,
     ),
     (
