@@ -89,13 +89,14 @@ pub fn init() {
 }
 
 /// The HTTP server's gate: the allow-list's answer for the client address
-/// (any HTTP rule for it), a refusal counted like NBD's.
+/// and verified certificate name (any HTTP rule for it), a refusal counted like NBD's.
 pub fn http_gate() -> daxbox_netstack::http::Gate {
-    alloc::boxed::Box::new(|peer| {
+    alloc::boxed::Box::new(|peer, cn| {
         let mut storage = STORAGE.lock();
+        let client = daxbox_storage::allow::Client { address: peer, cn };
         let admitted = storage
             .access()
-            .admits(peer, daxbox_storage::allow::Protocol::Http);
+            .admits(client, daxbox_storage::allow::Protocol::Http);
         if !admitted {
             storage
                 .access_mut()

@@ -38,6 +38,25 @@ use core::net::IpAddr;
 use daxbox_bootconfig::ReadOnlyTarget;
 pub use daxbox_bootconfig::{AllowList, AllowMode, Protocol};
 
+/// Who is asking: the client's address (when the transport told it) and,
+/// over mutual TLS, the common name of its verified certificate, which
+/// `cn:` rules match. `Option<IpAddr>` converts to a client without a
+/// certificate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Client<'a> {
+    /// The client's address.
+    pub address: Option<IpAddr>,
+    /// The common name of the client certificate that verified against
+    /// `tls_client_ca` (never an unverified one).
+    pub cn: Option<&'a str>,
+}
+
+impl From<Option<IpAddr>> for Client<'_> {
+    fn from(address: Option<IpAddr>) -> Self {
+        Client { address, cn: None }
+    }
+}
+
 /// Client addresses whose refusals are counted one by one; further
 /// addresses are counted together as "other".
 pub const MAX_COUNTED_ADDRESSES: usize = 64;
@@ -147,40 +166,40 @@ impl Access {
         self.list.is_open()
     }
 
-    /// Whether some rule lets `address` use `protocol` at all: what the
+    /// Whether some rule lets `client` use `protocol` at all: what the
     /// HTTP server checks before every route but `/healthz`.
-    pub fn admits(&self, address: Option<IpAddr>, protocol: Protocol) -> bool {
+    pub fn admits<'c>(&self, client: impl Into<Client<'c>>, protocol: Protocol) -> bool {
+        let client = client.into();
         if self.list.failure(protocol).is_some() {
             return false;
         }
         if self.list.is_open() {
             return true;
         }
-        ipv4(address).is_some_and(|a| self.list.admits(a, protocol))
+        self.list.admits(ipv4(client.address), client.cn, protocol)
     }
 
-    /// What `address` may do over `protocol` with the export on `device`
+    /// What `client` may do over `protocol` with the export on `device`
     /// that is file `name` (`None`: the device's raw export, or the bucket
     /// itself for HTTP). `bare_opens`: the bare name `name` opens this
     /// very file (it is the first device with a file of that name), so a
     /// rule naming `name` without a device covers it.
-    pub fn check(
+    pub fn check<'c>(
         &self,
-        address: Option<IpAddr>,
+        client: impl Into<Client<'c>>,
         protocol: Protocol,
         device: &str,
         name: Option<&str>,
         bare_opens: bool,
     ) -> Decision {
+        let client = client.into();
         if self.list.failure(protocol).is_some() {
             return Decision::Deny;
         }
         if self.list.is_open() {
             return Decision::ReadWrite;
         }
-        let Some(address) = ipv4(address) else {
-            return Decision::Deny;
-        };
+        let address = ipv4(client.address);
         let covers = |target: &ReadOnlyTarget| match target {
             ReadOnlyTarget::All => true,
             ReadOnlyTarget::Device { device: d, .. } => d == device,
@@ -193,36 +212,35 @@ impl Access {
                 name: n,
             } => bare_opens && name == Some(n.as_str()),
         };
-        match self.list.decide(address, protocol, covers) {
+        match self.list.decide(address, client.cn, protocol, covers) {
             None => Decision::Deny,
             Some(AllowMode::ReadOnly) => Decision::ReadOnly,
             Some(AllowMode::ReadWrite) => Decision::ReadWrite,
         }
     }
 
-    /// Whether some rule lets `address` use something on `device` over
+    /// Whether some rule lets `client` use something on `device` over
     /// `protocol` (the device itself, every file, or one file on it:
     /// `bare_on(name)` says whether the bare name `name` opens a file on
     /// `device`). The object API shows a client a bucket, and lets it list
     /// it, when this holds; each key is then decided by [`Self::check`].
-    pub fn uses_any(
+    pub fn uses_any<'c>(
         &self,
-        address: Option<IpAddr>,
+        client: impl Into<Client<'c>>,
         protocol: Protocol,
         device: &str,
         mut bare_on: impl FnMut(&str) -> bool,
     ) -> bool {
+        let client = client.into();
         if self.list.failure(protocol).is_some() {
             return false;
         }
         if self.list.is_open() {
             return true;
         }
-        let Some(address) = ipv4(address) else {
-            return false;
-        };
+        let address = ipv4(client.address);
         self.list.rules.iter().any(|rule| {
-            rule.applies(address, protocol)
+            rule.applies(address, client.cn, protocol)
                 && match &rule.exports {
                     ReadOnlyTarget::All => true,
                     ReadOnlyTarget::Device { device: d, .. } => d == device,
@@ -401,6 +419,76 @@ mod tests {
             a.check(ip("::ffff:198.18.0.11"), nbd, "pmem0", None, false),
             Decision::ReadOnly
         );
+    }
+
+    #[test]
+    fn certificate_names_decide_like_addresses() {
+        let text =
+            "tls=on\ntls_client_ca=-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n\
+                    allow=cn:backup-1 pmem0:disk1 rw\n\
+                    allow=cn:reader pmem0: ro\n\
+                    allow=198.18.0.10 * ro nbd\n";
+        let a = access(text);
+        assert_eq!(a.rules().rules.len(), 3, "{:?}", a.rules());
+        let nbd = Protocol::Nbd;
+        let backup = Client {
+            address: ip("10.0.0.1"),
+            cn: Some("backup-1"),
+        };
+        assert_eq!(
+            a.check(backup, nbd, "pmem0", Some("disk1"), true),
+            Decision::ReadWrite
+        );
+        assert_eq!(
+            a.check(backup, Protocol::Http, "pmem0", Some("disk1"), true),
+            Decision::ReadWrite
+        );
+        assert_eq!(
+            a.check(backup, nbd, "pmem0", Some("disk2"), true),
+            Decision::Deny
+        );
+        let reader = Client {
+            address: None,
+            cn: Some("reader"),
+        };
+        assert_eq!(
+            a.check(reader, nbd, "pmem0", Some("disk2"), true),
+            Decision::ReadOnly
+        );
+        assert!(a.uses_any(reader, Protocol::Http, "pmem0", |_| false));
+        assert!(!a.uses_any(reader, Protocol::Http, "pmem1", |_| false));
+        // Another name, no certificate, the same name without a verified
+        // certificate (the address alone): denied.
+        for other in [
+            Client {
+                address: ip("10.0.0.1"),
+                cn: Some("backup-2"),
+            },
+            Client {
+                address: ip("10.0.0.1"),
+                cn: None,
+            },
+        ] {
+            assert_eq!(
+                a.check(other, nbd, "pmem0", Some("disk1"), true),
+                Decision::Deny
+            );
+            assert!(!a.admits(other, nbd));
+        }
+        // An address rule still matches a client with a certificate.
+        let both = Client {
+            address: ip("198.18.0.10"),
+            cn: Some("nobody"),
+        };
+        assert_eq!(a.check(both, nbd, "pmem1", None, false), Decision::ReadOnly);
+        assert!(a.admits(backup, Protocol::Http));
+        // Without tls_client_ca the cn: rules fail their protocols closed.
+        let closed = access("tls=on\nallow=cn:backup-1 * rw nbd\n");
+        assert_eq!(
+            closed.check(backup, nbd, "pmem0", Some("disk1"), true),
+            Decision::Deny
+        );
+        assert!(closed.report()[0].starts_with("allow: nbd not served (failing closed)"));
     }
 
     #[test]

@@ -52,7 +52,7 @@ use daxbox_netstack::{Refusal, TcpService};
 use daxbox_persist::PersistentMemory;
 use daxfs::{Error as FsError, FileId, Filesystem};
 
-use crate::allow::{Decision, Protocol, Reason};
+use crate::allow::{Client, Decision, Protocol, Reason};
 use crate::{is_device_name, ConnectionStatus, Role, Storage};
 
 /// How the service reaches the storage set for one call: the kernel locks
@@ -391,10 +391,19 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
             if storage.disconnecting.contains(&conn.id) {
                 return 0;
             }
-            let mut backend = StorageBackend::new(storage, targets, conn.peer).with_clock(clock);
-            let used = conn
-                .tls
-                .receive(&mut conn.engine, data, &mut backend, now_ms);
+            // TLS first, so that the backend knows a client certificate
+            // the handshake just verified.
+            let taken = conn.tls.receive_tls(data);
+            let mut backend = StorageBackend::new(storage, targets, conn.peer)
+                .with_clock(clock)
+                .with_cn(conn.tls.client_cn_shared());
+            let used = match taken {
+                Some(n) => {
+                    conn.tls.feed(&mut conn.engine, &mut backend, now_ms);
+                    n
+                }
+                None => conn.engine.receive(data, &mut backend, now_ms),
+            };
             conn.note_closing(now_ms);
             conn.publish(storage, &targets.list);
             used
@@ -408,7 +417,9 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
             if storage.disconnecting.contains(&conn.id) {
                 return 0;
             }
-            let mut backend = StorageBackend::new(storage, targets, conn.peer).with_clock(clock);
+            let mut backend = StorageBackend::new(storage, targets, conn.peer)
+                .with_clock(clock)
+                .with_cn(conn.tls.client_cn_shared());
             let written = conn.tls.produce(
                 &mut conn.engine,
                 self.tls.as_ref(),
@@ -425,7 +436,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
     }
 
     fn wants_close(&self, conn: &NbdConnection) -> bool {
-        conn.engine.wants_close() || conn.tls.wants_close()
+        conn.tls.wants_close(conn.engine.wants_close())
     }
 
     fn deadline(&self, conn: &NbdConnection) -> Option<u64> {
@@ -459,7 +470,9 @@ impl<M: PersistentMemory, S: SharedStorage<M>> TcpService for NbdService<M, S> {
             if storage.disconnecting.contains(&conn.id) {
                 return false;
             }
-            let mut backend = StorageBackend::new(storage, targets, conn.peer).with_clock(clock);
+            let mut backend = StorageBackend::new(storage, targets, conn.peer)
+                .with_clock(clock)
+                .with_cn(conn.tls.client_cn_shared());
             let stepped = conn.engine.step(&mut backend);
             conn.note_closing(now_ms);
             conn.publish(storage, &targets.list);
@@ -576,6 +589,9 @@ pub struct StorageBackend<'a, M: PersistentMemory> {
     targets: &'a mut Targets,
     /// The client's address: what the allow-list decides on.
     peer: Option<core::net::IpAddr>,
+    /// The verified client certificate's common name (mutual TLS), which
+    /// `cn:` rules match.
+    cn: Option<alloc::sync::Arc<str>>,
     /// Export names, listed once per call on first use: `NBD_OPT_LIST`
     /// asks for the count and then every name by index.
     names: OnceCell<Vec<String>>,
@@ -605,6 +621,7 @@ impl<'a, M: PersistentMemory> StorageBackend<'a, M> {
             storage,
             targets,
             peer: peer.map(|p| p.ip()),
+            cn: None,
             names: OnceCell::new(),
             clock: no_clock,
         }
@@ -613,6 +630,19 @@ impl<'a, M: PersistentMemory> StorageBackend<'a, M> {
     fn with_clock(mut self, clock: fn() -> u64) -> Self {
         self.clock = clock;
         self
+    }
+
+    fn with_cn(mut self, cn: Option<alloc::sync::Arc<str>>) -> Self {
+        self.cn = cn;
+        self
+    }
+
+    /// Who the allow-list decides about.
+    fn client(&self) -> Client<'_> {
+        Client {
+            address: self.peer,
+            cn: self.cn.as_deref(),
+        }
     }
 
     /// Every export name, in device order.
@@ -675,7 +705,7 @@ impl<'a, M: PersistentMemory> StorageBackend<'a, M> {
         let volumes = &self.storage.volumes;
         match target {
             Target::Raw { volume } => match volumes.get(volume) {
-                Some(v) => access.check(self.peer, Protocol::Nbd, &v.device, None, false),
+                Some(v) => access.check(self.client(), Protocol::Nbd, &v.device, None, false),
                 None => Decision::Deny,
             },
             Target::File { volume, file } => {
@@ -701,7 +731,13 @@ impl<'a, M: PersistentMemory> StorageBackend<'a, M> {
                     Role::Filesystem(fs) => fs.lookup(name).ok().map(|f| (i, f)),
                     Role::Raw(_) => None,
                 }) == Some((volume, file));
-                access.check(self.peer, Protocol::Nbd, &v.device, Some(name), bare_opens)
+                access.check(
+                    self.client(),
+                    Protocol::Nbd,
+                    &v.device,
+                    Some(name),
+                    bare_opens,
+                )
             }
         }
     }
@@ -766,7 +802,7 @@ impl<M: PersistentMemory> Backend for StorageBackend<'_, M> {
     /// a name that opens nothing when no NBD rule admits it at all, so it
     /// cannot probe which names exist.
     fn open(&mut self, name: &str) -> Result<ExportHandle, BackendError> {
-        let admitted = self.storage.access().admits(self.peer, Protocol::Nbd);
+        let admitted = self.storage.access().admits(self.client(), Protocol::Nbd);
         // The default export ("") is the first export, as nbdkit and
         // qemu-nbd serve their single export for it; the allow-list
         // applies to it as to any other.

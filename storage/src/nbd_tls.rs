@@ -9,6 +9,7 @@
 //! A TLS failure (bad record, failed certificate check, garbage) ends that
 //! connection only: its alert is sent, then the connection closes.
 
+use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -26,17 +27,28 @@ pub struct TlsState {
     session: Option<TlsSession>,
     scratch: Vec<u8>,
     failed: bool,
+    /// The verified client certificate's common name, kept once the
+    /// handshake gave it, shared with each call's backend (allow-list
+    /// `cn:` rules).
+    cn: Option<Arc<str>>,
+    /// close_notify was queued (the engine finished in order).
+    close_sent: bool,
 }
 
 impl TlsState {
-    /// Whether the connection is finished because TLS failed, once its
-    /// alert is out.
-    pub fn wants_close(&self) -> bool {
-        self.failed
-            && self
-                .session
-                .as_ref()
-                .is_none_or(|s| s.outgoing_tls().is_empty())
+    /// Whether the connection is finished, once what TLS has to send is
+    /// out: because TLS failed (its alert), or, under TLS, because the
+    /// engine is done (`engine_done`: `NBD_OPT_ABORT`, `NBD_CMD_DISC`, an
+    /// error) and close_notify was queued. In clear, the engine decides.
+    pub fn wants_close(&self, engine_done: bool) -> bool {
+        let flushed = self
+            .session
+            .as_ref()
+            .is_none_or(|s| s.outgoing_tls().is_empty());
+        match &self.session {
+            None => self.failed || engine_done,
+            Some(_) => flushed && (self.failed || (engine_done && self.close_sent)),
+        }
     }
 
     /// Whether TLS carries this connection.
@@ -44,9 +56,15 @@ impl TlsState {
         self.session.is_some()
     }
 
-    /// The verified client certificate's common name (mutual TLS).
+    /// The verified client certificate's common name (mutual TLS): what
+    /// `cn:` allow rules match.
     pub fn client_cn(&self) -> Option<&str> {
-        self.session.as_ref().and_then(|s| s.client_cn())
+        self.cn.as_deref()
+    }
+
+    /// The same, shared (for a backend that lives beside this state).
+    pub fn client_cn_shared(&self) -> Option<Arc<str>> {
+        self.cn.clone()
     }
 
     /// Received bytes: to the engine in clear, or through TLS.
@@ -57,27 +75,52 @@ impl TlsState {
         backend: &mut B,
         now_ms: u64,
     ) -> usize {
-        if self.failed {
-            return data.len();
-        }
-        let Some(session) = self.session.as_mut() else {
-            return engine.receive(data, backend, now_ms);
-        };
-        match session.receive_tls(data) {
-            Ok(n) => {
+        match self.receive_tls(data) {
+            Some(n) => {
                 self.feed(engine, backend, now_ms);
                 n
             }
+            None => engine.receive(data, backend, now_ms),
+        }
+    }
+
+    /// The first half of [`Self::receive`]: with TLS active, takes
+    /// received bytes into the session (the handshake may finish and
+    /// name the client certificate) and returns how many, without handing
+    /// plaintext to the engine; `None` when the connection is in clear.
+    /// The caller then builds its backend knowing [`Self::client_cn`] and
+    /// calls [`Self::feed`], so a request that arrives in the same
+    /// segment as the handshake's end is decided with the certificate.
+    pub fn receive_tls(&mut self, data: &[u8]) -> Option<usize> {
+        if self.failed {
+            return Some(data.len());
+        }
+        let session = self.session.as_mut()?;
+        match session.receive_tls(data) {
+            Ok(n) => {
+                if self.cn.is_none() {
+                    self.cn = session.client_cn().map(Arc::from);
+                }
+                Some(n)
+            }
             Err(_) => {
                 self.failed = true;
-                data.len()
+                Some(data.len())
             }
         }
     }
 
     /// Decrypted bytes waiting in the session go to the engine as far as it
     /// takes them.
-    fn feed<B: Backend + ?Sized>(&mut self, engine: &mut Connection, backend: &mut B, now_ms: u64) {
+    pub fn feed<B: Backend + ?Sized>(
+        &mut self,
+        engine: &mut Connection,
+        backend: &mut B,
+        now_ms: u64,
+    ) {
+        if self.failed {
+            return;
+        }
         let Some(session) = self.session.as_mut() else {
             return;
         };
@@ -130,6 +173,14 @@ impl TlsState {
                         // Room was checked: a short write is a TLS failure.
                         self.failed = true;
                     }
+                }
+                // The engine is done in order: close_notify after its
+                // last bytes, so the client sees a clean end.
+                if !self.failed && !self.close_sent && engine.wants_close() {
+                    if session.error().is_none() && !session.is_handshaking() {
+                        session.close();
+                    }
+                    self.close_sent = true;
                 }
             }
             written += self.drain(&mut out[written..]);

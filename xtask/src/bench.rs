@@ -34,6 +34,11 @@ const BENCHMARKS: &[Benchmark] = &[
         crate::bench_cluster::cluster,
     ),
     (
+        "tls",
+        "nbdcopy, 4K QD1 reads, curl GET and handshake time with and without TLS",
+        crate::bench_tls::tls,
+    ),
+    (
         "trim",
         "4K read latency of another client during a 1 GiB TRIM / WRITE_ZEROES",
         crate::bench_trim::trim,

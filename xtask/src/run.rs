@@ -22,6 +22,8 @@ use crate::{
 
 /// Default host port for NBD (the guest's 10809, the IANA NBD port).
 pub const DEFAULT_NBD_PORT: u16 = 10809;
+/// Host port forwarded to the guest's HTTPS port with `--tls`.
+const TLS_HTTPS_PORT: u16 = 8443;
 /// Default host port for the guest's HTTP port 80.
 pub const DEFAULT_HTTP_PORT: u16 = 8080;
 /// Default NVDIMM size.
@@ -68,7 +70,8 @@ fn usage(firmware: Firmware) -> String {
          \x20                      used at its size: the file is never truncated\n\
          \x20 --no-pmem            boot without the --pmem-file NVDIMM\n\
          \x20 --tls                throwaway CA, server and client certificates (ECDSA P-256) under\n\
-         \x20                      target/tls/, tls=on with them; prints the client command lines\n\
+         \x20                      target/tls/, tls=on with them, HTTPS forwarded to host port 8443;\n\
+         \x20                      prints the client command lines (nbdinfo, qemu-img, curl)\n\
          \x20 --nvdimm PATH[,size=SIZE]  one more NVDIMM on backing file PATH (repeatable; pmem1, pmem2,\n\
          \x20                      ... after the --pmem-file one); SIZE as --pmem-size, default 1G\n\
          \x20 --boot KEY=VALUE     boot-config setting (default config: `{}`); replaces the config's KEY\n\
@@ -417,6 +420,26 @@ pub fn run_command(args: &[String], firmware: Firmware) -> Result<(), XtaskError
         bytes: options.hotplug_slots as u64 * HOTPLUG_BYTES_PER_SLOT,
     };
     qemu.qmp = Some(options.qmp.clone());
+    if options.tls {
+        // HTTPS (guest port 443) needs its own forward beside NBD and HTTP.
+        let mut netdev = format!(
+            "user,id=n0,hostfwd=tcp:127.0.0.1:{}-:{}",
+            options.nbd_port,
+            daxbox_tests::GUEST_NBD_PORT
+        );
+        if options.http_port != 0 {
+            netdev += &format!(
+                ",hostfwd=tcp:127.0.0.1:{}-:{}",
+                options.http_port,
+                daxbox_tests::GUEST_HTTP_PORT
+            );
+        }
+        netdev += &format!(
+            ",hostfwd=tcp:127.0.0.1:{TLS_HTTPS_PORT}-:{}",
+            crate::tls_certs::GUEST_HTTPS_PORT
+        );
+        qemu.netdev = Some(netdev);
+    }
     // A socket left by an earlier run would make QEMU refuse to start.
     let _ = fs::remove_file(&options.qmp);
     let (nvdimms, lines) = prepare_nvdimms(&options)?;
@@ -448,7 +471,7 @@ pub fn run_command(args: &[String], firmware: Firmware) -> Result<(), XtaskError
     }
     println!("    {forwards}   (exit: `poweroff` in the shell, or Ctrl-C)");
     if options.tls {
-        for line in crate::tls_certs::client_lines(&tls_dir, options.nbd_port) {
+        for line in crate::tls_certs::client_lines(&tls_dir, options.nbd_port, TLS_HTTPS_PORT) {
             println!("    {line}");
         }
     }

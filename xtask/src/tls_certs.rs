@@ -155,8 +155,13 @@ pub fn boot_lines(dir: &Path) -> Result<String, XtaskError> {
     ))
 }
 
-/// Client command lines for the certificates in `dir`.
-pub fn client_lines(dir: &Path, nbd_port: u16) -> Vec<String> {
+/// The guest's HTTPS port (the boot config's `https_port` default).
+pub const GUEST_HTTPS_PORT: u16 = 443;
+
+/// Client command lines for the certificates in `dir`: NBD on host port
+/// `nbd_port`, HTTPS on `https_port`. The server certificate names
+/// `localhost` and 127.0.0.1.
+pub fn client_lines(dir: &Path, nbd_port: u16, https_port: u16) -> Vec<String> {
     let d = dir.display();
     vec![
         format!("nbdinfo 'nbds://127.0.0.1:{nbd_port}/NAME?tls-certificates={d}'"),
@@ -164,6 +169,7 @@ pub fn client_lines(dir: &Path, nbd_port: u16) -> Vec<String> {
             "qemu-img info --object tls-creds-x509,id=tls0,endpoint=client,dir={d} \
              --image-opts driver=nbd,host=127.0.0.1,port={nbd_port},export=NAME,tls-creds=tls0"
         ),
+        format!("curl --cacert {d}/ca-cert.pem https://localhost:{https_port}/healthz"),
     ]
 }
 
@@ -198,6 +204,14 @@ mod tests {
             assert!(dir.join(file).exists(), "{file}");
         }
         let lines = boot_lines(&dir).unwrap();
+        let commands = client_lines(&dir, 10809, 8443);
+        assert_eq!(
+            commands[2],
+            format!(
+                "curl --cacert {}/ca-cert.pem https://localhost:8443/healthz",
+                dir.display()
+            )
+        );
         assert!(lines.starts_with("tls=on\ntls_cert=-----BEGIN CERTIFICATE-----\n"));
         assert!(lines.contains("tls_key=-----BEGIN PRIVATE KEY-----\n"));
         let _ = fs::remove_dir_all(&dir);

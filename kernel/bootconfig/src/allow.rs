@@ -5,12 +5,21 @@
 //! allow=CLIENTS EXPORTS [rw|ro] [nbd|http|both]
 //! ```
 //!
-//! - `CLIENTS`: one or more IPv4 addresses or CIDR blocks separated by
-//!   commas, no spaces: `198.18.0.10`, `198.18.0.0/24,10.0.0.0/8`,
-//!   `0.0.0.0/0` (everyone). At most [`MAX_CLIENTS`] per rule. The bits
+//! - `CLIENTS`: one or more IPv4 addresses or CIDR blocks, or client
+//!   certificate names `cn:NAME`, separated by commas, no spaces:
+//!   `198.18.0.10`, `198.18.0.0/24,10.0.0.0/8`, `0.0.0.0/0` (everyone),
+//!   `cn:backup-host-1`, `cn:a.example,198.18.0.0/24`. A rule's clients
+//!   are any of them. At most [`MAX_CLIENTS`] per rule. The bits
 //!   beyond the prefix must be zero (`198.18.0.1/24` is refused: it
 //!   usually means a typo). IPv6 is refused: the network stack speaks
 //!   IPv4 only.
+//! - `cn:NAME` matches a connection whose client certificate (mutual TLS)
+//!   verified against `tls_client_ca` and whose subject common name is
+//!   exactly `NAME` (case-sensitive; 1-[`MAX_CN`] bytes of `A-Za-z0-9`,
+//!   `.`, `-`, `_`, `@`). It never matches a plaintext connection or one
+//!   without a verified certificate, whatever its address. A `cn:` rule in
+//!   a config without `tls_client_ca` (or with `tls=off`) could never
+//!   match and fails closed like an unparsable line.
 //! - `EXPORTS`: what a rule covers, in the grammar of `readonly=`
 //!   ([`crate::readonly`]): `NAME` (what the export name opens), `pmemN:NAME`,
 //!   `pmemN:` (every file on the device), `pmemN` (the device: its raw
@@ -48,8 +57,68 @@ use crate::readonly::{self, ReadOnlyRule, ReadOnlyTarget};
 
 /// Most `allow=` rules; a further one fails both protocols closed.
 pub const MAX_RULES: usize = 64;
-/// Most address blocks in one rule.
+/// Most address blocks and certificate names in one rule.
 pub const MAX_CLIENTS: usize = 16;
+/// Longest certificate common name a `cn:` client may name (X.520's
+/// upper bound for a common name).
+pub const MAX_CN: usize = 64;
+
+/// Who a rule is for: an address block or a client certificate name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientMatch {
+    /// Clients whose address is in the block.
+    Address(Cidr),
+    /// Clients whose verified certificate's common name is this
+    /// (`cn:NAME`).
+    Cn(String),
+}
+
+impl ClientMatch {
+    /// Parses `A.B.C.D[/N]` or `cn:NAME`.
+    pub fn parse(text: &str) -> Result<ClientMatch, String> {
+        let Some(name) = text.strip_prefix("cn:") else {
+            return Cidr::parse(text).map(ClientMatch::Address);
+        };
+        if name.is_empty() {
+            return Err("'cn:' names no certificate".into());
+        }
+        if name.len() > MAX_CN {
+            return Err(alloc::format!(
+                "certificate name '{}...' is longer than {MAX_CN} bytes",
+                printable(&name.chars().take(32).collect::<String>())
+            ));
+        }
+        if let Some(bad) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '@')))
+        {
+            return Err(alloc::format!(
+                "certificate name '{}' has '{}' (allowed: A-Z a-z 0-9 . - _ @)",
+                printable(name),
+                printable(bad.encode_utf8(&mut [0; 4]))
+            ));
+        }
+        Ok(ClientMatch::Cn(name.to_string()))
+    }
+
+    /// Whether a client with `address` (if told) and verified certificate
+    /// name `cn` (if any) is one of these.
+    pub fn matches(&self, address: Option<[u8; 4]>, cn: Option<&str>) -> bool {
+        match self {
+            ClientMatch::Address(c) => address.is_some_and(|a| c.contains(a)),
+            ClientMatch::Cn(name) => cn == Some(name.as_str()),
+        }
+    }
+}
+
+impl fmt::Display for ClientMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientMatch::Address(c) => write!(f, "{c}"),
+            ClientMatch::Cn(name) => write!(f, "cn:{name}"),
+        }
+    }
+}
 
 /// What a rule covers: the `readonly=` grammar.
 pub type ExportTarget = ReadOnlyTarget;
@@ -189,8 +258,9 @@ impl Protocols {
 /// One `allow=` rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllowRule {
-    /// The client address blocks (1 to [`MAX_CLIENTS`]).
-    pub clients: Vec<Cidr>,
+    /// The client address blocks and certificate names (1 to
+    /// [`MAX_CLIENTS`]).
+    pub clients: Vec<ClientMatch>,
     /// The exports it covers.
     pub exports: ExportTarget,
     /// What it grants.
@@ -202,10 +272,16 @@ pub struct AllowRule {
 }
 
 impl AllowRule {
-    /// Whether the rule is about `protocol` and `address` is one of its
+    /// Whether the rule is about `protocol` and the client (its address
+    /// if told, its verified certificate name if any) is one of its
     /// clients.
-    pub fn applies(&self, address: [u8; 4], protocol: Protocol) -> bool {
-        self.protocols.has(protocol) && self.clients.iter().any(|c| c.contains(address))
+    pub fn applies(&self, address: Option<[u8; 4]>, cn: Option<&str>, protocol: Protocol) -> bool {
+        self.protocols.has(protocol) && self.clients.iter().any(|c| c.matches(address, cn))
+    }
+
+    /// Whether a client is named by certificate (`cn:`).
+    pub fn names_certificates(&self) -> bool {
+        self.clients.iter().any(|c| matches!(c, ClientMatch::Cn(_)))
     }
 
     /// Parses the value of an `allow=` line (everything after the `=`).
@@ -267,7 +343,7 @@ impl AllowRule {
                     printable(&clients_text)
                 )));
             }
-            clients.push(Cidr::parse(part).map_err(fail)?);
+            clients.push(ClientMatch::parse(part).map_err(fail)?);
         }
         let exports_text = match words.next() {
             Some(Word::Plain(w) | Word::Quoted(w)) => w,
@@ -414,21 +490,24 @@ impl AllowList {
             .map(|(_, why)| why.as_str())
     }
 
-    /// Whether any rule lets `address` use `protocol` at all (for some
-    /// export): what the HTTP server checks before its routes.
-    pub fn admits(&self, address: [u8; 4], protocol: Protocol) -> bool {
+    /// Whether any rule lets the client (`address`, verified certificate
+    /// name `cn`) use `protocol` at all (for some export): what the HTTP
+    /// server checks before its routes.
+    pub fn admits(&self, address: Option<[u8; 4]>, cn: Option<&str>, protocol: Protocol) -> bool {
         if self.failure(protocol).is_some() {
             return false;
         }
-        self.is_open() || self.rules.iter().any(|r| r.applies(address, protocol))
+        self.is_open() || self.rules.iter().any(|r| r.applies(address, cn, protocol))
     }
 
-    /// What the first rule that applies to `address` and `protocol` and
-    /// covers the export (`covers` says whether a rule's exports do)
-    /// grants; `None` is a denial. Open (no rules) grants read-write.
+    /// What the first rule that applies to the client (`address`,
+    /// verified certificate name `cn`) and `protocol` and covers the
+    /// export (`covers` says whether a rule's exports do) grants; `None`
+    /// is a denial. Open (no rules) grants read-write.
     pub fn decide(
         &self,
-        address: [u8; 4],
+        address: Option<[u8; 4]>,
+        cn: Option<&str>,
         protocol: Protocol,
         mut covers: impl FnMut(&ExportTarget) -> bool,
     ) -> Option<Mode> {
@@ -440,7 +519,7 @@ impl AllowList {
         }
         self.rules
             .iter()
-            .find(|r| r.applies(address, protocol) && covers(&r.exports))
+            .find(|r| r.applies(address, cn, protocol) && covers(&r.exports))
             .map(|r| r.mode)
     }
 }
@@ -541,7 +620,10 @@ mod tests {
     #[test]
     fn rules_and_defaults() {
         let r = rule("198.18.0.10 disk1");
-        assert_eq!(r.clients, [Cidr::parse("198.18.0.10").unwrap()]);
+        assert_eq!(
+            r.clients,
+            [ClientMatch::Address(Cidr::parse("198.18.0.10").unwrap())]
+        );
         assert_eq!(
             r.exports,
             ExportTarget::File {
@@ -678,37 +760,40 @@ mod tests {
         let other = |t: &ExportTarget| matches!(t, ExportTarget::All);
         let nbd = Protocol::Nbd;
         assert_eq!(
-            list.decide([198, 18, 0, 11], nbd, disk1),
+            list.decide(Some([198, 18, 0, 11]), None, nbd, disk1),
             Some(Mode::ReadOnly)
         );
         assert_eq!(
-            list.decide([198, 18, 0, 11], nbd, other),
+            list.decide(Some([198, 18, 0, 11]), None, nbd, other),
             Some(Mode::ReadOnly)
         );
         assert_eq!(
-            list.decide([198, 18, 0, 10], nbd, disk1),
+            list.decide(Some([198, 18, 0, 10]), None, nbd, disk1),
             Some(Mode::ReadWrite)
         );
-        assert_eq!(list.decide([198, 18, 0, 10], nbd, other), None);
-        assert_eq!(list.decide([198, 18, 1, 10], nbd, disk1), None);
+        assert_eq!(list.decide(Some([198, 18, 0, 10]), None, nbd, other), None);
+        assert_eq!(list.decide(Some([198, 18, 1, 10]), None, nbd, disk1), None);
         // .12's pmem1 rule is for HTTP only.
         let pmem1 = |t: &ExportTarget| matches!(t, ExportTarget::Device { device, .. } if device == "pmem1");
-        assert_eq!(list.decide([198, 18, 0, 12], nbd, pmem1), None);
+        assert_eq!(list.decide(Some([198, 18, 0, 12]), None, nbd, pmem1), None);
         assert_eq!(
-            list.decide([198, 18, 0, 12], Protocol::Http, pmem1),
+            list.decide(Some([198, 18, 0, 12]), None, Protocol::Http, pmem1),
             Some(Mode::ReadWrite)
         );
-        assert!(list.admits([198, 18, 0, 12], Protocol::Http));
-        assert!(!list.admits([198, 18, 1, 12], Protocol::Http));
+        assert!(list.admits(Some([198, 18, 0, 12]), None, Protocol::Http));
+        assert!(!list.admits(Some([198, 18, 1, 12]), None, Protocol::Http));
         assert!(
-            list.admits([198, 18, 0, 10], Protocol::Http),
+            list.admits(Some([198, 18, 0, 10]), None, Protocol::Http),
             "both by default"
         );
         // No rules: open.
         let open = AllowList::default();
         assert!(open.is_open());
-        assert_eq!(open.decide([1, 1, 1, 1], nbd, other), Some(Mode::ReadWrite));
-        assert!(open.admits([1, 1, 1, 1], Protocol::Http));
+        assert_eq!(
+            open.decide(Some([1, 1, 1, 1]), None, nbd, other),
+            Some(Mode::ReadWrite)
+        );
+        assert!(open.admits(Some([1, 1, 1, 1]), None, Protocol::Http));
     }
 
     #[test]
@@ -732,8 +817,12 @@ mod tests {
                  (A.B.C.D or A.B.C.D/N)"
             )
         );
-        assert!(!config.allow.admits([10, 0, 0, 1], Protocol::Http));
-        assert!(config.allow.admits([10, 0, 0, 1], Protocol::Nbd));
+        assert!(!config
+            .allow
+            .admits(Some([10, 0, 0, 1]), None, Protocol::Http));
+        assert!(config
+            .allow
+            .admits(Some([10, 0, 0, 1]), None, Protocol::Nbd));
         // Misspelt key, unreadable lines, a rule without '='.
         let mut bytes = b"Allow=10.0.0.1 *\nallow=\xff\nALLOW 10.0.0.1 *\n".to_vec();
         bytes.extend_from_slice(alloc::format!("allow={}\n", "a".repeat(3000)).as_bytes());
@@ -772,6 +861,110 @@ mod tests {
             config.allow.failure(Protocol::Nbd),
             Some("bootconfig line 65: more than 64 allow rules")
         );
+    }
+
+    #[test]
+    fn certificate_names() {
+        let r = rule("cn:backup-host-1 pmem0:disk1 rw");
+        assert_eq!(r.clients, [ClientMatch::Cn("backup-host-1".into())]);
+        assert!(r.names_certificates());
+        assert_eq!(r.to_string(), "allow=cn:backup-host-1 pmem0:disk1 rw both");
+        assert_eq!(rule(&r.to_string()["allow=".len()..]), r);
+        let nbd = Protocol::Nbd;
+        // Only the verified name matches, never an address, and exactly.
+        assert!(r.applies(None, Some("backup-host-1"), nbd));
+        assert!(r.applies(Some([10, 0, 0, 1]), Some("backup-host-1"), nbd));
+        assert!(!r.applies(Some([10, 0, 0, 1]), None, nbd));
+        assert!(!r.applies(None, Some("backup-host-2"), nbd));
+        assert!(!r.applies(None, Some("Backup-host-1"), nbd));
+        assert!(!r.applies(None, None, nbd));
+        // Mixed with addresses: any of them.
+        let r = rule("cn:a@b.example,198.18.0.0/24 * ro nbd");
+        assert_eq!(r.to_string(), "allow=cn:a@b.example,198.18.0.0/24 * ro nbd");
+        assert!(r.applies(Some([198, 18, 0, 9]), None, nbd));
+        assert!(r.applies(Some([10, 0, 0, 1]), Some("a@b.example"), nbd));
+        assert!(!r.applies(Some([10, 0, 0, 1]), Some("b.example"), nbd));
+        assert!(!rule("198.18.0.0/24 *").names_certificates());
+        for (bad, why) in [
+            ("cn: disk", "'cn:' names no certificate".to_string()),
+            (
+                "cn:x/y disk",
+                "certificate name 'x/y' has '/' (allowed: A-Z a-z 0-9 . - _ @)".into(),
+            ),
+            (
+                "cn:caf\u{e9} disk",
+                "certificate name 'caf\u{e9}' has '\u{e9}' (allowed: A-Z a-z 0-9 . - _ @)".into(),
+            ),
+            (
+                &alloc::format!("cn:{} disk", "n".repeat(MAX_CN + 1)),
+                alloc::format!(
+                    "certificate name '{}...' is longer than 64 bytes",
+                    "n".repeat(32)
+                ),
+            ),
+        ] {
+            assert_eq!(error(bad), why, "{bad}");
+        }
+    }
+
+    #[test]
+    fn certificate_rules_without_a_client_ca_fail_closed() {
+        let ca = "tls_client_ca=-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let tls = "tls=on\n";
+        let rules = "allow=198.18.0.10 *\nallow=cn:host-1 disk1 rw nbd\n";
+        // With TLS on and a client CA the rule stands.
+        let (config, warnings) = parse(alloc::format!("{tls}{ca}{rules}"));
+        let messages_of = messages(&warnings);
+        assert!(
+            messages_of.iter().all(|m| !m.contains("allow")),
+            "{messages_of:?}"
+        );
+        assert_eq!(config.allow.rules.len(), 2);
+        assert_eq!(config.allow.failure(Protocol::Nbd), None);
+        assert_eq!(
+            config
+                .allow
+                .decide(None, Some("host-1"), Protocol::Nbd, |_| true),
+            Some(Mode::ReadWrite)
+        );
+        assert_eq!(
+            config
+                .allow
+                .decide(None, Some("host-1"), Protocol::Http, |_| true),
+            None
+        );
+        for (text, missing) in [
+            (alloc::format!("{tls}{rules}"), "no tls_client_ca is given"),
+            (alloc::format!("{ca}{rules}"), "tls is off"),
+        ] {
+            let (config, warnings) = parse(&text);
+            let line = text.lines().count();
+            let why = alloc::format!(
+                "a cn: client matches only a certificate verified against tls_client_ca, but \
+                 {missing}"
+            );
+            let shown: Vec<String> = messages(&warnings)
+                .into_iter()
+                .filter(|m| m.contains("allow"))
+                .collect();
+            assert_eq!(
+                shown,
+                [alloc::format!(
+                    "bootconfig line {line}: bad value for allow: {why} (failing closed: nbd \
+                     not served)"
+                )]
+            );
+            assert_eq!(
+                config.allow.failure(Protocol::Nbd),
+                Some(alloc::format!("bootconfig line {line}: allow: {why}").as_str())
+            );
+            // HTTP is untouched; the address rule still serves it.
+            assert_eq!(config.allow.failure(Protocol::Http), None);
+            assert!(config
+                .allow
+                .admits(Some([198, 18, 0, 10]), None, Protocol::Http));
+            assert!(!config.allow.admits(None, Some("host-1"), Protocol::Nbd));
+        }
     }
 
     proptest::proptest! {

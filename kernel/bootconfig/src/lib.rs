@@ -43,7 +43,7 @@
 //! | `tls_key` | PEM block | none | The server's private key (PKCS#8, SEC1 or PKCS#1 PEM), same block format. Never printed. |
 //! | `tls_client_ca` | PEM block(s) | none | CA certificates for mutual TLS: clients must present a certificate that chains to one of them. |
 //! | `https_port` | 1-65535 | `443` | TCP port of the HTTPS server (when `tls` is not `off`). |
-//! | `allow` | `CLIENTS EXPORTS [rw\|ro] [nbd\|http\|both]` | none (every client may use every export) | Which client addresses (IPv4, comma-separated `A.B.C.D[/N]`) may use which exports (`NAME`, `pmemN:NAME`, `pmemN:`, `pmemN`, `*`, as `readonly`) over which protocol, read-write or read-only ([`allow`] has the grammar). Repeatable (at most [`allow::MAX_RULES`]); the first rule that matches decides, no match denies. A line that cannot be used fails closed: the protocol it names (both when it names none) is not served at all. |
+//! | `allow` | `CLIENTS EXPORTS [rw\|ro] [nbd\|http\|both]` | none (every client may use every export) | Which client addresses (IPv4, comma-separated `A.B.C.D[/N]`) or client certificates (`cn:NAME`, mutual TLS; needs `tls_client_ca`) may use which exports (`NAME`, `pmemN:NAME`, `pmemN:`, `pmemN`, `*`, as `readonly`) over which protocol, read-write or read-only ([`allow`] has the grammar). Repeatable (at most [`allow::MAX_RULES`]); the first rule that matches decides, no match denies. A line that cannot be used fails closed: the protocol it names (both when it names none) is not served at all. |
 //! | `s3_key` | `ACCESS:SECRET` or `ACCESS:SECRET:read-only` | none | An access key of the S3 object API (AWS Signature V4): the id 1-128 of `A-Za-z0-9_-`, the secret 8-128 printable ASCII characters without spaces; `:read-only` allows reads only. Repeatable (at most [`MAX_S3_KEYS`]; a repeated id keeps the first). Without any, the object API refuses every request (403), and the boot log says so. Never printed: `bootconfig` shows the id only, and a bad line's warning does not quote it. |
 //! | `s3_anonymous` | `pmemN:read` | none | Unsigned S3 reads (list, get, head) allowed on that bucket; writes always need a key. Repeatable (at most [`MAX_NAMES`]). A bad value is dropped: no anonymous access. |
 //! | `log` | `error` \| `warn` \| `info` \| `debug` \| `trace` | `info` | Console log level. |
@@ -71,7 +71,7 @@ pub mod allow;
 pub mod readonly;
 pub mod tls;
 
-pub use allow::{AllowList, AllowRule, Cidr, Mode as AllowMode, Protocol};
+pub use allow::{AllowList, AllowRule, Cidr, ClientMatch, Mode as AllowMode, Protocol};
 pub use readonly::{ReadOnlyRule, ReadOnlyTarget, MAX_FILE_NAME};
 pub use tls::{Secret, TlsMode, TlsSettings};
 
@@ -484,6 +484,7 @@ pub fn parse(input: impl AsRef<[u8]>) -> (BootConfig, Vec<Warning>) {
         parser.config.tls.unterminated(block);
     }
     parser.config.tls.finish();
+    parser.certificate_rules();
     (parser.config, parser.warnings.finish())
 }
 
@@ -928,6 +929,32 @@ impl Parser {
             Err(error) => {
                 let what = alloc::format!("allow: {}", error.reason);
                 self.allow_failed(line, error.protocols, what);
+            }
+        }
+    }
+
+    /// `cn:` rules match only certificates verified against
+    /// `tls_client_ca`: without it (or with TLS off) such a rule could
+    /// never match, which is a mistake in access config, so its line fails
+    /// closed (its protocols not served) instead of being kept.
+    fn certificate_rules(&mut self) {
+        let tls = &self.config.tls;
+        let missing = if tls.mode == TlsMode::Off {
+            "tls is off"
+        } else if tls.client_ca.is_empty() {
+            "no tls_client_ca is given"
+        } else {
+            return;
+        };
+        for rule in core::mem::take(&mut self.config.allow.rules) {
+            if rule.names_certificates() {
+                let what = alloc::format!(
+                    "allow: a cn: client matches only a certificate verified against \
+                     tls_client_ca, but {missing}"
+                );
+                self.allow_failed(rule.line, rule.protocols, what);
+            } else {
+                self.config.allow.rules.push(rule);
             }
         }
     }

@@ -66,6 +66,7 @@ use crate::{Refusal, TcpService};
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::net::IpAddr;
 
@@ -123,6 +124,9 @@ pub struct Request<'a> {
     /// The client's address, when the transport told it (routes apply
     /// per-resource allow-lists with it).
     pub peer: Option<IpAddr>,
+    /// The common name of the client certificate that verified (HTTPS
+    /// with mutual TLS), which allow-list `cn:` rules match.
+    pub client_cn: Option<Arc<str>>,
 }
 
 impl<'a> Request<'a> {
@@ -280,9 +284,10 @@ impl HttpRoutes for NoRoutes {
     }
 }
 
-/// Decides by client address whether it may use anything but `/healthz`
-/// (`None`: the transport did not tell the address).
-pub type Gate = Box<dyn FnMut(Option<IpAddr>) -> bool + Send>;
+/// Decides by client address (`None`: the transport did not tell it) and
+/// verified client certificate name (mutual TLS) whether the client may
+/// use anything but `/healthz`.
+pub type Gate = Box<dyn FnMut(Option<IpAddr>, Option<&str>) -> bool + Send>;
 
 /// Two route sets: `first` answers when it can, `second` is asked when
 /// it has nothing. An exchange stays with the set that opened it.
@@ -495,6 +500,8 @@ enum ChunkState {
 pub struct HttpConnection {
     /// The client's address, when the transport told it.
     peer: Option<IpAddr>,
+    /// The verified client certificate's common name (mutual TLS).
+    cn: Option<Arc<str>>,
     head: Vec<u8>,
     /// Request body bytes still to read (and discard).
     body_remaining: u64,
@@ -691,6 +698,7 @@ fn parse_head(raw: &[u8]) -> Result<Head<'_>, Reject> {
             chunked,
             headers,
             peer: None,
+            client_cn: None,
         },
         keep_alive,
         expect_continue,
@@ -797,12 +805,13 @@ impl<R: HttpRoutes> HttpService<R> {
     fn route(&mut self, conn: &mut HttpConnection, head: &Head<'_>, now_ms: u64) -> Action {
         let request = Request {
             peer: conn.peer,
+            client_cn: conn.cn.clone(),
             ..head.request.clone()
         };
         let r = &request;
         if r.path != "/healthz" {
             if let Some(gate) = self.gate.as_mut() {
-                if !gate(conn.peer) {
+                if !gate(conn.peer, conn.cn.as_deref()) {
                     self.stats.forbidden = self.stats.forbidden.saturating_add(1);
                     let body = "403 Forbidden: this client address is not allowed (allow-list)\n";
                     let response = text(403, body);
@@ -1106,6 +1115,7 @@ impl<R: HttpRoutes> TcpService for HttpService<R> {
     fn accept(&mut self, now_ms: u64) -> HttpConnection {
         HttpConnection {
             peer: None,
+            cn: None,
             head: Vec::new(),
             body_remaining: 0,
             body_total: 0,
@@ -1129,6 +1139,10 @@ impl<R: HttpRoutes> TcpService for HttpService<R> {
 
     fn remote(&mut self, conn: &mut HttpConnection, remote: core::net::SocketAddr) {
         conn.peer = Some(remote.ip());
+    }
+
+    fn client_cn(&mut self, conn: &mut HttpConnection, cn: &str) {
+        conn.cn = Some(Arc::from(cn));
     }
 
     fn refuse(&mut self, reason: Refusal, now_ms: u64) -> Option<HttpConnection> {
@@ -1421,7 +1435,7 @@ mod tests {
     #[test]
     fn a_client_the_gate_refuses_gets_403_except_on_healthz() {
         let mut service = HttpService::new("v", 0, Bench::On);
-        service.set_gate(Box::new(|peer: Option<core::net::IpAddr>| {
+        service.set_gate(Box::new(|peer: Option<core::net::IpAddr>, _| {
             peer == Some("198.18.0.10".parse().unwrap())
         }));
         let get = b"GET /bench/bytes?n=10 HTTP/1.1\r\nHost: x\r\n\r\n";

@@ -94,6 +94,15 @@ pub trait TcpService {
         let _ = (conn, remote);
     }
 
+    /// The common name of the client certificate `conn` presented and
+    /// that verified against the configured client CA (mutual TLS), told
+    /// by a TLS layer once its handshake is done, before any plaintext of
+    /// the connection reaches the service. Never told for a certificate
+    /// that did not verify.
+    fn client_cn(&mut self, conn: &mut Self::Connection, cn: &str) {
+        let _ = (conn, cn);
+    }
+
     /// A client connected but is over a limit: a connection that only
     /// tells the client why (in the service's protocol) and then wants to
     /// close, with a short deadline. `None` (the default): the listener

@@ -39,6 +39,11 @@ pub struct TlsConnection<C> {
     inner: C,
     session: Option<TlsSession>,
     scratch: Vec<u8>,
+    /// The verified client certificate's name was told to the inner
+    /// service.
+    cn_told: bool,
+    /// close_notify was queued (the inner service finished).
+    close_sent: bool,
 }
 
 impl<C> TlsConnection<C> {
@@ -68,6 +73,21 @@ impl<S: TcpService> TlsService<S> {
     }
 }
 
+/// Once the inner service is done with a connection in order, queues
+/// TLS close_notify (once), so the client sees a clean end rather than a
+/// truncation attack's unexpected EOF.
+fn close_if_done<S: TcpService>(inner: &S, conn: &mut TlsConnection<S::Connection>) {
+    if conn.close_sent || !inner.wants_close(&conn.inner) {
+        return;
+    }
+    if let Some(session) = conn.session.as_mut() {
+        if session.error().is_none() && !session.is_handshaking() {
+            session.close();
+        }
+    }
+    conn.close_sent = true;
+}
+
 fn drain(session: &mut TlsSession, out: &mut [u8]) -> usize {
     let n = session.outgoing_tls().len().min(out.len());
     out[..n].copy_from_slice(&session.outgoing_tls()[..n]);
@@ -83,6 +103,8 @@ impl<S: TcpService> TcpService for TlsService<S> {
             inner: self.inner.accept(now_ms),
             session: self.server.session().ok(),
             scratch: vec![0; SCRATCH],
+            cn_told: false,
+            close_sent: false,
         }
     }
 
@@ -101,7 +123,16 @@ impl<S: TcpService> TcpService for TlsService<S> {
         };
         match session.receive_tls(data) {
             Ok(n) => {
+                // The inner service learns the certificate before the
+                // first plaintext byte (allow-list `cn:` rules).
+                if !conn.cn_told {
+                    if let Some(cn) = session.client_cn() {
+                        conn.cn_told = true;
+                        self.inner.client_cn(&mut conn.inner, cn);
+                    }
+                }
                 self.feed(conn, now_ms);
+                close_if_done(&self.inner, conn);
                 n
             }
             Err(_) => data.len(),
@@ -126,7 +157,10 @@ impl<S: TcpService> TcpService for TlsService<S> {
                     let _ = session.write_plaintext(&conn.scratch[..n]);
                 }
             }
-            written += drain(session, &mut out[written..]);
+            close_if_done(&self.inner, conn);
+            if let Some(session) = conn.session.as_mut() {
+                written += drain(session, &mut out[written..]);
+            }
         }
         written
     }
@@ -136,7 +170,8 @@ impl<S: TcpService> TcpService for TlsService<S> {
             .session
             .as_ref()
             .is_none_or(|s| s.outgoing_tls().is_empty());
-        flushed && (conn.failed() || self.inner.wants_close(&conn.inner))
+        // An orderly end waits for close_notify to be queued and sent.
+        flushed && (conn.failed() || (conn.close_sent && self.inner.wants_close(&conn.inner)))
     }
 
     fn deadline(&self, conn: &Self::Connection) -> Option<u64> {
@@ -246,6 +281,105 @@ mod tests {
         let text = std::string::String::from_utf8_lossy(&answer);
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
         assert!(service.wants_close(&conn));
+        // An orderly close (`Connection: close`) ends with close_notify,
+        // so the client sees a clean end, not a truncation.
+        assert!(
+            c.process_new_packets().unwrap().peer_has_closed(),
+            "no close_notify before the close"
+        );
+    }
+
+    /// Drives `c` against `conn` until the service wants to close; the
+    /// plaintext the client read.
+    fn exchange(
+        service: &mut TlsService<HttpService>,
+        conn: &mut TlsConnection<crate::http::HttpConnection>,
+        c: &mut ClientConnection,
+        request: &[u8],
+    ) -> std::string::String {
+        c.writer().write_all(request).unwrap();
+        let mut answer = std::vec::Vec::new();
+        let mut out = vec![0u8; 64 * 1024];
+        for _ in 0..50 {
+            let mut to_server = std::vec::Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut to_server).unwrap();
+            }
+            let mut offset = 0;
+            while offset < to_server.len() {
+                let n = service.receive(conn, &to_server[offset..], 1);
+                assert!(n > 0);
+                offset += n;
+            }
+            let n = service.produce(conn, &mut out, 1);
+            let mut slice = &out[..n];
+            while !slice.is_empty() {
+                c.read_tls(&mut slice).unwrap();
+                c.process_new_packets().unwrap();
+            }
+            let _ = c.reader().read_to_end(&mut answer);
+            if service.wants_close(conn) {
+                break;
+            }
+        }
+        std::string::String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    /// With mutual TLS the inner service learns the verified client
+    /// certificate's name before the request: the HTTP gate (allow-list
+    /// `cn:` rules) admits by it.
+    #[test]
+    fn the_gate_sees_the_verified_client_certificate_name() {
+        const CLIENT: &[u8] = include_bytes!("../../tls/testdata/client.pem");
+        const CLIENT_KEY: &[u8] = include_bytes!("../../tls/testdata/client-key.pem");
+        fn now() -> Option<u64> {
+            Some(1_800_000_000)
+        }
+        let server = TlsServer::new(
+            Pem {
+                cert: CERT,
+                key: KEY,
+                client_ca: Some(CA),
+            },
+            now,
+        )
+        .unwrap();
+        let mut http = HttpService::new("test", 0, Bench::On);
+        http.set_gate(std::boxed::Box::new(|_, cn: Option<&str>| {
+            cn == Some("backup-host-1")
+        }));
+        let mut service = TlsService::new(http, server);
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(CA) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let chain = CertificateDer::pem_slice_iter(CLIENT)
+            .map(|c| c.unwrap())
+            .collect();
+        let key = daxbox_tls::rustls::pki_types::PrivateKeyDer::from_pem_slice(CLIENT_KEY).unwrap();
+        let config = ClientConfig::builder_with_provider(Arc::new(rustls_rustcrypto::provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        let mut c =
+            ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap())
+                .unwrap();
+        let mut conn = service.accept(0);
+        let request = b"GET /bench/bytes?n=3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let text = exchange(&mut service, &mut conn, &mut c, request);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert_eq!(conn.client_cn(), Some("backup-host-1"));
+        // The same gate refuses a client without a certificate name
+        // (server-only TLS).
+        let mut plain = super::tests::service();
+        plain
+            .inner
+            .set_gate(std::boxed::Box::new(|_, cn: Option<&str>| cn.is_some()));
+        let mut conn = plain.accept(0);
+        let text = exchange(&mut plain, &mut conn, &mut client(), request);
+        assert!(text.starts_with("HTTP/1.1 403"), "{text}");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //!              [--http-port PORT] [--s3-key ACCESS:SECRET[:read-only]]...
 //!              [--s3-anonymous pmemN:read]...
 //!              [--tls off|on|require --tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
+//!              [--allow RULE]...
 //! ```
 //!
 //! `--http-port PORT` also serves HTTP on 127.0.0.1 (`0` picks a free
@@ -53,7 +54,7 @@ const USAGE: &str = "usage: daxbox-serve --image PATH[,size=SIZE]... [--format i
      [--export-raw pmemN]... [--readonly NAME]... [--create NAME=SIZE]... [--port PORT] \
      [--handshake-timeout-ms N] [--nbd-list on|off] [--memory-budget SIZE] \
      [--http-port PORT] [--s3-key ACCESS:SECRET[:read-only]]... [--s3-anonymous pmemN:read]... \
-     [--tls off|on|require --tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]";
+     [--tls off|on|require --tls-cert PEM --tls-key PEM [--tls-client-ca PEM]] [--allow RULE]...";
 
 /// The mount budget without `--memory-budget`: the kernel's share (half
 /// the heap) of a 2 GiB heap.
@@ -73,6 +74,8 @@ struct Options {
     tls_cert: Option<String>,
     tls_key: Option<String>,
     tls_client_ca: Option<String>,
+    /// `--allow` values: the boot config's `allow=` rules.
+    allow: Vec<String>,
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -92,6 +95,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         tls_cert: None,
         tls_key: None,
         tls_client_ca: None,
+        allow: Vec::new(),
     };
     while let Some(arg) = args.next() {
         let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
@@ -156,6 +160,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
             "--tls-cert" => options.tls_cert = Some(value),
             "--tls-key" => options.tls_key = Some(value),
             "--tls-client-ca" => options.tls_client_ca = Some(value),
+            "--allow" => options.allow.push(value),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -260,6 +265,34 @@ fn main() {
             Some(server)
         }
     };
+    // `--allow` rules go through the boot config's parser with the TLS
+    // settings they depend on (`cn:` needs a client CA); a rule that
+    // cannot be used stops the server (failing closed).
+    if !options.allow.is_empty() {
+        let mut config = String::new();
+        if options.engine.tls != daxbox_nbd::TlsPolicy::Off {
+            config.push_str("tls=on\n");
+        }
+        if let Some(path) = &options.tls_client_ca {
+            let pem = std::fs::read_to_string(path)
+                .unwrap_or_else(|e| fail(&format!("--tls-client-ca {path}: {e}")));
+            for line in pem.lines() {
+                if line.starts_with("-----BEGIN") {
+                    config.push_str("tls_client_ca=");
+                }
+                config.push_str(line);
+                config.push('\n');
+            }
+        }
+        for rule in &options.allow {
+            config.push_str(&format!("allow={rule}\n"));
+        }
+        let (boot, _) = daxbox_bootconfig::parse(config.as_bytes());
+        if let Some(why) = boot.allow.failure(daxbox_bootconfig::Protocol::Nbd) {
+            fail(&format!("--allow: failing closed: {why}"));
+        }
+        shared.with(|storage| storage.access_mut().set_rules(boot.allow));
+    }
     let tls = options.engine.tls;
     let mut service = NbdService::with_config(shared, options.engine);
     if tls != daxbox_nbd::TlsPolicy::Off {

@@ -2015,3 +2015,294 @@ fn nbd_over_tls_with_real_clients() {
     );
     server.assert_alive();
 }
+
+/// A client certificate folder (`ca-cert.pem`, `client-cert.pem`,
+/// `client-key.pem`, as libnbd's `tls-certificates` and QEMU's
+/// `tls-creds-x509` read it) for a certificate with common name `cn`,
+/// made with `openssl` now and signed by the `net/tls` test CA.
+fn client_folder(dir: &TempDir, cn: &str) -> PathBuf {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../net/tls/testdata");
+    let folder = dir.path(&format!("client-{cn}"));
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::copy(data.join("ca.pem"), folder.join("ca-cert.pem")).unwrap();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&folder)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        "client-key.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-new",
+        "-key",
+        "client-key.pem",
+        "-subj",
+        &format!("/CN={cn}"),
+        "-out",
+        "client.csr",
+    ]);
+    std::fs::write(folder.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        text(&data.join("ca.pem")),
+        "-CAkey",
+        text(&data.join("ca-key.pem")),
+        "-CAcreateserial",
+        "-CAserial",
+        "ca.srl",
+        "-days",
+        "2",
+        "-extfile",
+        "client.ext",
+        "-out",
+        "client-cert.pem",
+    ]);
+    folder
+}
+
+/// Mutual TLS as identity: `--allow cn:NAME` admits only the client whose
+/// verified certificate has that common name; another certificate from
+/// the same CA gets the policy error and does not see the export listed,
+/// a client without a certificate fails the handshake, and the allowed
+/// client goes on being served after each.
+#[test]
+fn allow_rules_match_the_client_certificate_name() {
+    let dir = TempDir::new("tls-cn");
+    let (_, _, server_files) = tls_folders(&dir);
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../net/tls/testdata");
+    let pmem0 = image_arg(&dir, "pmem0.img", "64M");
+    let mut server = Server::start(&[
+        "--image",
+        &pmem0,
+        "--format",
+        "if-blank",
+        "--create",
+        "disk=8M",
+        "--create",
+        "other=4M",
+        "--tls",
+        "require",
+        "--tls-cert",
+        text(&server_files.join("cert.pem")),
+        "--tls-key",
+        text(&server_files.join("key.pem")),
+        "--tls-client-ca",
+        text(&data.join("ca.pem")),
+        "--allow",
+        "cn:backup-host-1 disk rw nbd",
+        "--allow",
+        "cn:reader other ro nbd",
+    ]);
+    let port = server.port;
+    let nbds = |export: &str, certs: &Path| {
+        format!(
+            "nbds://127.0.0.1:{port}/{export}?tls-certificates={}",
+            text(certs)
+        )
+    };
+    let backup = client_folder(&dir, "backup-host-1");
+    let stranger = client_folder(&dir, "stranger");
+    let reader = client_folder(&dir, "reader");
+
+    // The named certificate reads and writes its export.
+    let info = run_tool_ok("nbdinfo", &["--size", &nbds("disk", &backup)], QUICK);
+    assert_eq!(info.trim(), (8 * MIB).to_string());
+    let source = dir.path("source.bin");
+    let bytes: Vec<u8> = (0..MIB as usize).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&source, &bytes).unwrap();
+    run_tool_ok("nbdcopy", &[text(&source), &nbds("disk", &backup)], BULK);
+    let back = dir.path("back.bin");
+    run_tool_ok(
+        "nbdcopy",
+        &["--", &nbds("disk", &backup), text(&back)],
+        BULK,
+    );
+    assert!(std::fs::read(&back).unwrap()[..bytes.len()] == bytes[..]);
+    let listed = run_tool_ok("nbdinfo", &["--list", "--json", &nbds("", &backup)], QUICK);
+    assert!(listed.contains("\"disk\""), "{listed}");
+    assert!(!listed.contains("\"other\""), "{listed}");
+    // Its name does not reach the other export.
+    let other = run_tool("nbdinfo", &["--size", &nbds("other", &backup)], QUICK);
+    assert!(!other.success(), "backup-host-1 must not open other");
+
+    // Another certificate of the same CA: refused by policy, sees nothing.
+    let refused = run_tool("nbdinfo", &["--size", &nbds("disk", &stranger)], QUICK);
+    assert!(!refused.success(), "stranger must be refused");
+    let said = format!("{}{}", refused.stdout, refused.stderr);
+    assert!(said.contains("policy"), "stranger's refusal:\n{said}");
+    let listed = run_tool(
+        "nbdinfo",
+        &["--list", "--json", &nbds("", &stranger)],
+        QUICK,
+    );
+    let said = format!("{}{}", listed.stdout, listed.stderr);
+    assert!(!said.contains("\"disk\""), "stranger's list:\n{said}");
+
+    // A read-only grant by name: reads work, writes are refused.
+    let info = run_tool_ok("nbdinfo", &["--size", &nbds("other", &reader)], QUICK);
+    assert_eq!(info.trim(), (4 * MIB).to_string());
+    let write = run_tool("nbdcopy", &[text(&source), &nbds("other", &reader)], QUICK);
+    assert!(!write.success(), "reader must not write");
+
+    // No client certificate: the handshake fails (mutual TLS), and the
+    // allowed client is served afterwards.
+    let anonymous = dir.path("anonymous");
+    std::fs::create_dir_all(&anonymous).unwrap();
+    std::fs::copy(data.join("ca.pem"), anonymous.join("ca-cert.pem")).unwrap();
+    let none = run_tool("nbdinfo", &["--size", &nbds("disk", &anonymous)], QUICK);
+    assert!(!none.success(), "a client without a certificate must fail");
+    let info = run_tool_ok("nbdinfo", &["--size", &nbds("disk", &backup)], QUICK);
+    assert_eq!(info.trim(), (8 * MIB).to_string());
+    let counts = server.ok("nbd");
+    assert!(counts.contains("refused:"), "nbd:\n{counts}");
+    server.assert_alive();
+}
+
+/// A server certificate signed by the `net/tls` test CA for `san`, valid
+/// from `start` to `end` (`openssl ca` dates, `YYYYMMDDHHMMSSZ`), made
+/// now in `dir`: (certificate, key) paths.
+fn server_cert(dir: &TempDir, name: &str, san: &str, start: &str, end: &str) -> (PathBuf, PathBuf) {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../net/tls/testdata");
+    let folder = dir.path(name);
+    std::fs::create_dir_all(&folder).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&folder)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        folder.join("ca.cnf"),
+        "[ca]\ndefault_ca=d\n[d]\ndatabase=index.txt\nnew_certs_dir=.\nserial=serial\n\
+         default_md=sha256\npolicy=p\nunique_subject=no\n[p]\ncommonName=supplied\n",
+    )
+    .unwrap();
+    std::fs::write(folder.join("index.txt"), "").unwrap();
+    std::fs::write(folder.join("serial"), "01\n").unwrap();
+    std::fs::write(
+        folder.join("ext"),
+        format!("subjectAltName={san}\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n"),
+    )
+    .unwrap();
+    run(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        "key.pem",
+    ]);
+    run(&[
+        "req",
+        "-new",
+        "-key",
+        "key.pem",
+        "-subj",
+        "/CN=daxbox",
+        "-out",
+        "server.csr",
+    ]);
+    run(&[
+        "ca",
+        "-batch",
+        "-notext",
+        "-config",
+        "ca.cnf",
+        "-cert",
+        text(&data.join("ca.pem")),
+        "-keyfile",
+        text(&data.join("ca-key.pem")),
+        "-in",
+        "server.csr",
+        "-startdate",
+        start,
+        "-enddate",
+        end,
+        "-extfile",
+        "ext",
+        "-out",
+        "cert.pem",
+    ]);
+    (folder.join("cert.pem"), folder.join("key.pem"))
+}
+
+/// A server whose certificate has expired, or names another host, fails
+/// the client's handshake (GnuTLS verifies both); the server keeps
+/// serving: a plaintext client (`tls=on`) right after each.
+#[test]
+fn expired_and_wrong_host_server_certificates_fail_the_handshake() {
+    let dir = TempDir::new("tls-bad-server");
+    let (good, _, _) = tls_folders(&dir);
+    for (name, san, start, end) in [
+        (
+            "expired",
+            "IP:127.0.0.1,DNS:localhost",
+            "20200101000000Z",
+            "20210101000000Z",
+        ),
+        (
+            "other-host",
+            "DNS:other.example",
+            "20200101000000Z",
+            "21000101000000Z",
+        ),
+    ] {
+        let (cert, key) = server_cert(&dir, name, san, start, end);
+        let pmem0 = image_arg(&dir, &format!("{name}.img"), "64M");
+        let mut server = Server::start(&[
+            "--image",
+            &pmem0,
+            "--format",
+            "if-blank",
+            "--create",
+            "disk=4M",
+            "--tls",
+            "on",
+            "--tls-cert",
+            text(&cert),
+            "--tls-key",
+            text(&key),
+        ]);
+        let port = server.port;
+        let uri = format!(
+            "nbds://127.0.0.1:{port}/disk?tls-certificates={}",
+            text(&good)
+        );
+        let failed = run_tool("nbdinfo", &["--size", &uri], QUICK);
+        assert!(!failed.success(), "{name}: the handshake must fail");
+        let said = format!("{}{}", failed.stdout, failed.stderr);
+        assert!(
+            said.contains("certificate") || said.contains("verify"),
+            "{name}: {said}"
+        );
+        let plain = run_tool_ok("nbdinfo", &["--size", &server.uri("disk")], QUICK);
+        assert_eq!(plain.trim(), (4 * MIB).to_string(), "{name}");
+        server.assert_alive();
+    }
+}

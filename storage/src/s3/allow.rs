@@ -20,13 +20,41 @@
 //! checked by authentication, `readonly=` by [`super::check_replace`]: the
 //! strictest wins. No `allow=` rule at all: everything is allowed.
 
+use alloc::sync::Arc;
 use core::net::IpAddr;
 
+use daxbox_netstack::http::Request;
 use daxbox_persist::PersistentMemory;
 
 use super::{denied, S3Error};
-use crate::allow::{Access, Decision, Protocol, Reason};
+use crate::allow::{Access, Client, Decision, Protocol, Reason};
 use crate::{Role, Storage};
+
+/// The client of a request, owned (an exchange keeps it until its body is
+/// read): address and verified client certificate name.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Who {
+    address: Option<IpAddr>,
+    cn: Option<Arc<str>>,
+}
+
+impl Who {
+    /// The client of `request`.
+    pub(super) fn of(request: &Request<'_>) -> Who {
+        Who {
+            address: request.peer,
+            cn: request.client_cn.clone(),
+        }
+    }
+
+    /// As the allow-list takes it.
+    pub(super) fn client(&self) -> Client<'_> {
+        Client {
+            address: self.address,
+            cn: self.cn.as_deref(),
+        }
+    }
+}
 
 /// The index of the first mounted filesystem with a file `name`.
 fn first_with<M: PersistentMemory>(s: &Storage<M>, name: &str) -> Option<usize> {
@@ -39,7 +67,7 @@ fn first_with<M: PersistentMemory>(s: &Storage<M>, name: &str) -> Option<usize> 
 /// Whether `peer` may see bucket `bucket` at all.
 pub(super) fn bucket_visible<M: PersistentMemory>(
     s: &Storage<M>,
-    peer: Option<IpAddr>,
+    peer: Client<'_>,
     bucket: &str,
 ) -> bool {
     let access: &Access = s.access();
@@ -56,7 +84,7 @@ pub(super) fn bucket_visible<M: PersistentMemory>(
 /// file of that name, as the bare name will then open it).
 pub(super) fn object<M: PersistentMemory>(
     s: &Storage<M>,
-    peer: Option<IpAddr>,
+    peer: Client<'_>,
     bucket: &str,
     key: &str,
 ) -> Decision {
@@ -74,13 +102,13 @@ pub(super) fn object<M: PersistentMemory>(
 /// Refuses (and counts) a client the allow-list does not let see `bucket`.
 pub(super) fn require_bucket<M: PersistentMemory>(
     s: &mut Storage<M>,
-    peer: Option<IpAddr>,
+    peer: Client<'_>,
     bucket: &str,
 ) -> Result<(), S3Error> {
     if bucket_visible(s, peer, bucket) {
         return Ok(());
     }
-    s.access_mut().count(peer, Reason::Policy, 1);
+    s.access_mut().count(peer.address, Reason::Policy, 1);
     Err(denied(
         "Access Denied: this client address may not use this bucket (allow-list)",
     ))
@@ -90,7 +118,7 @@ pub(super) fn require_bucket<M: PersistentMemory>(
 /// the allow-list does not grant `peer`.
 pub(super) fn require_object<M: PersistentMemory>(
     s: &mut Storage<M>,
-    peer: Option<IpAddr>,
+    peer: Client<'_>,
     bucket: &str,
     key: &str,
     write: bool,
@@ -99,13 +127,13 @@ pub(super) fn require_object<M: PersistentMemory>(
         Decision::ReadWrite => Ok(()),
         Decision::ReadOnly if !write => Ok(()),
         Decision::ReadOnly => {
-            s.access_mut().count(peer, Reason::ReadOnlyWrite, 1);
+            s.access_mut().count(peer.address, Reason::ReadOnlyWrite, 1);
             Err(denied(
                 "Access Denied: this object is read-only for this client address (allow-list)",
             ))
         }
         Decision::Deny => {
-            s.access_mut().count(peer, Reason::Policy, 1);
+            s.access_mut().count(peer.address, Reason::Policy, 1);
             Err(denied(
                 "Access Denied: this client address may not use this object (allow-list)",
             ))

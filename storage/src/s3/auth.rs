@@ -444,6 +444,7 @@ pub fn sign_for_test(
         chunked: false,
         headers: &text,
         peer: None,
+        client_cn: None,
     };
     let scope = alloc::format!("{}/us-east-1/s3/aws4_request", &amz_date[..8]);
     let signed = Signed {
@@ -520,6 +521,7 @@ mod tests {
             chunked: false,
             headers: &headers,
             peer: None,
+            client_cn: None,
         };
         let now = parse_amz_date("20130524T000100Z").unwrap();
         let (principal, payload) =
@@ -564,6 +566,7 @@ mod tests {
             chunked: false,
             headers: "Host: examplebucket.s3.amazonaws.com",
             peer: None,
+            client_cn: None,
         };
         let now = parse_amz_date("20130524T010000Z").unwrap();
         let (principal, payload) =
@@ -616,6 +619,7 @@ mod streaming_tests {
             chunked: false,
             headers,
             peer: None,
+            client_cn: None,
         };
         let now = parse_amz_date("20130524T000000Z").unwrap();
         let (_, payload) = authenticate(&request, &[key], now).expect("the seed signature");

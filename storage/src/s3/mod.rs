@@ -288,7 +288,7 @@ enum Exchange {
         resource: String,
         body: XmlBody,
         /// The client (each key is decided by the allow-list).
-        peer: Option<core::net::IpAddr>,
+        peer: allow::Who,
     },
     /// A reply body held here (charged to the budget) and pulled by the
     /// HTTP service as the socket drains.
@@ -695,15 +695,15 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         let method = request.method;
         let write = !matches!(method, "GET" | "HEAD");
         let payload = self.authorize(request, bucket.as_deref(), write, now)?;
-        let peer = request.peer;
+        let peer = allow::Who::of(request);
         if let Some(bucket) = &bucket {
             self.shared.with(|s| match &key {
-                None => allow::require_bucket(s, peer, bucket),
-                Some(key) => allow::require_object(s, peer, bucket, key, write),
+                None => allow::require_bucket(s, peer.client(), bucket),
+                Some(key) => allow::require_object(s, peer.client(), bucket, key, write),
             })?;
         }
         match (method, bucket, key) {
-            ("GET", None, None) => self.list_buckets(peer),
+            ("GET", None, None) => self.list_buckets(peer.client()),
             (_, None, _) => Err(S3Error::new(405, "MethodNotAllowed", "The specified method is not allowed against this resource.")),
             ("HEAD", Some(bucket), None) => self.shared.with(|s| {
                 bucket_volume(s, &bucket)?;
@@ -754,7 +754,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         }
     }
 
-    fn list_buckets(&mut self, peer: Option<core::net::IpAddr>) -> Result<Opened, S3Error> {
+    fn list_buckets(&mut self, peer: crate::allow::Client<'_>) -> Result<Opened, S3Error> {
         let created = iso8601(self.unix_at_zero.unwrap_or(0));
         let mut xml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListAllMyBucketsResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Owner><ID>daxbox</ID><DisplayName>daxbox</DisplayName></Owner><Buckets>");
         self.shared.with(|s| {
@@ -870,7 +870,8 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
             filtered = filter;
             let mut keep = |name: &str| {
                 !filter
-                    || allow::object(s, request.peer, bucket, name) != crate::allow::Decision::Deny
+                    || allow::object(s, allow::Who::of(request).client(), bucket, name)
+                        != crate::allow::Decision::Deny
             };
             Ok(list(
                 fs,
@@ -1043,7 +1044,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         }
         check_key(src_key)?;
         let (etag, modified) = self.shared.with(|s| -> Result<_, S3Error> {
-            allow::require_object(s, request.peer, bucket, src_key, false)?;
+            allow::require_object(s, allow::Who::of(request).client(), bucket, src_key, false)?;
             let volume = bucket_volume(s, bucket)?;
             let src = filesystem(s, volume)
                 .lookup(src_key)
@@ -1406,14 +1407,14 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         exchange: u64,
         device: &str,
         body: &XmlBody,
-        peer: Option<core::net::IpAddr>,
+        peer: allow::Who,
     ) -> Result<Reply, S3Error> {
         let (quiet, keys) = parse_delete(body.verified()?)?;
         let mut xml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DeleteResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">");
         self.shared.with(|s| {
             for key in &keys {
                 let result = check_key(key)
-                    .and_then(|()| allow::require_object(s, peer, device, key, true))
+                    .and_then(|()| allow::require_object(s, peer.client(), device, key, true))
                     .and_then(|()| delete_one(s, device, key));
                 match result {
                     Ok(()) => {

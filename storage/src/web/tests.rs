@@ -13,6 +13,7 @@ fn request<'a>(method: &'a str, path: &'a str, query: &'a str) -> Request<'a> {
         chunked: false,
         headers: "Host: x",
         peer: None,
+        client_cn: None,
     }
 }
 

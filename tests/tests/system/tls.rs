@@ -163,3 +163,331 @@ fn a_key_that_does_not_match_fails_closed() -> Result<(), HarnessError> {
     );
     Ok(())
 }
+
+/// A client certificate folder for libnbd's `tls-certificates` and QEMU's
+/// `tls-creds-x509` (`ca-cert.pem`, `client-cert.pem`, `client-key.pem`)
+/// with common name `cn`, made now with `openssl` in the test's folder and
+/// signed by the `net/tls` test CA (whose key is a test fixture).
+fn client_dir(name: &str, cn: &str) -> PathBuf {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../net/tls/testdata");
+    let dir = run_dir(name).join(format!("client-{cn}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ca-cert.pem"), testdata("ca.pem")).unwrap();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        "client-key.pem",
+    ]);
+    let subject = format!("/CN={cn}");
+    openssl(&[
+        "req",
+        "-new",
+        "-key",
+        "client-key.pem",
+        "-subj",
+        &subject,
+        "-out",
+        "client.csr",
+    ]);
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    let ca = data.join("ca.pem").display().to_string();
+    let ca_key = data.join("ca-key.pem").display().to_string();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-CAserial",
+        "ca.srl",
+        "-days",
+        "2",
+        "-extfile",
+        "client.ext",
+        "-out",
+        "client-cert.pem",
+    ]);
+    dir
+}
+
+/// `curl` over HTTPS to the guest's port 80 with the test CA and, when
+/// given, a client certificate folder, plus `extra` arguments: the HTTP
+/// status (`000` when no HTTP answer came) and the body.
+fn curl(port: u16, path: &str, client: Option<&Path>, extra: &[&str]) -> (String, String) {
+    let ca = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../net/tls/testdata/ca.pem")
+        .display()
+        .to_string();
+    let url = format!("https://localhost:{port}{path}");
+    let mut args: Vec<String> = vec![
+        "-sS".into(),
+        "--max-time".into(),
+        "60".into(),
+        "--cacert".into(),
+        ca,
+        "-w".into(),
+        "\n%{http_code}".into(),
+    ];
+    if let Some(dir) = client {
+        args.push("--cert".into());
+        args.push(dir.join("client-cert.pem").display().to_string());
+        args.push("--key".into());
+        args.push(dir.join("client-key.pem").display().to_string());
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push(url);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run_tool("curl", &refs, SLOW);
+    let (body, code) = out.stdout.rsplit_once('\n').unwrap_or(("", &out.stdout));
+    (code.trim().to_string(), format!("{body}{}", out.stderr))
+}
+
+/// Mutual TLS as identity on the booted appliance: `allow=cn:NAME` rules
+/// admit the client whose certificate (verified against `tls_client_ca`)
+/// has that name, over NBD (after STARTTLS) and HTTPS; another certificate
+/// of the same CA gets `NBD_REP_ERR_POLICY`, does not see the export
+/// listed, and gets HTTPS `403`; no certificate fails the handshake. TLS
+/// 1.2 and 1.3 are each forced from the client side (GnuTLS priority for
+/// QEMU's client, curl's version options); plaintext HTTP to the HTTPS
+/// port gets no HTTP answer and the port goes on serving.
+#[test]
+fn client_certificate_names_in_allow_rules() -> Result<(), HarnessError> {
+    const NAME: &str = "tls_allow_cn";
+    let config = format!(
+        "format=if-blank\ntls=require\nhttp_port=8080\nhttps_port=80\n\
+         allow=cn:backup-host-1 * rw\nallow=cn:reader disk ro nbd\n{}{}{}",
+        pem_lines("tls_cert", &testdata("server.pem")),
+        pem_lines("tls_key", &testdata("server-key.pem")),
+        pem_lines("tls_client_ca", &testdata("ca.pem")),
+    );
+    let nvdimm = Nvdimm::fresh(run_dir(NAME).join("nvdimm0.img"), 64 * MIB);
+    let options = QemuOptions::new(NAME, Firmware::Bios)
+        .with_boot_config(&config)
+        .with_nvdimm(nvdimm);
+    let mut machine = Machine::boot_to_prompt(options)?;
+    let shown = machine.command("bootconfig")?;
+    assert!(
+        shown.contains("allow=cn:backup-host-1 * rw both"),
+        "bootconfig:\n{shown}"
+    );
+    machine.command("create disk 4M")?;
+    let port = machine.nbd_port();
+    let https = machine.http_port();
+    let backup = client_dir(NAME, "backup-host-1");
+    let stranger = client_dir(NAME, "stranger");
+    let reader = client_dir(NAME, "reader");
+    let nbds = |export: &str, dir: &Path| {
+        format!(
+            "nbds://127.0.0.1:{port}/{export}?tls-certificates={}",
+            dir.display()
+        )
+    };
+
+    // The named certificate reads and writes through TLS.
+    let source = run_dir(NAME).join("source.bin");
+    let data: Vec<u8> = (0..MIB as usize).map(|i| (i * 17 % 251) as u8).collect();
+    std::fs::write(&source, &data).unwrap();
+    let source_text = source.display().to_string();
+    run_tool_ok("nbdcopy", &[&source_text, &nbds("disk", &backup)], SLOW);
+    let back = run_dir(NAME).join("back.bin");
+    run_tool_ok(
+        "nbdcopy",
+        &[&nbds("disk", &backup), &back.display().to_string()],
+        SLOW,
+    );
+    assert!(std::fs::read(&back).unwrap()[..MIB as usize] == data[..]);
+    let listed = run_tool_ok("nbdinfo", &["--list", "--json", &nbds("", &backup)], SLOW);
+    assert!(listed.contains("\"disk\""), "{listed}");
+
+    // Another certificate of the same CA: the policy error, nothing listed.
+    let refused = run_tool("nbdinfo", &["--size", &nbds("disk", &stranger)], SLOW);
+    assert!(!refused.success(), "stranger must be refused");
+    let said = format!("{}{}", refused.stdout, refused.stderr);
+    assert!(said.contains("policy"), "stranger's refusal:\n{said}");
+    let listed = run_tool("nbdinfo", &["--list", "--json", &nbds("", &stranger)], SLOW);
+    let said = format!("{}{}", listed.stdout, listed.stderr);
+    assert!(!said.contains("\"disk\""), "stranger's list:\n{said}");
+
+    // A read-only grant by name: reads, but no writes.
+    let size = run_tool_ok("nbdinfo", &["--size", &nbds("disk", &reader)], SLOW);
+    assert_eq!(size.trim(), (4 * MIB).to_string());
+    let write = run_tool("nbdcopy", &[&source_text, &nbds("disk", &reader)], SLOW);
+    assert!(!write.success(), "reader must not write");
+
+    // No client certificate: the handshake fails; the named one still works.
+    let anonymous = cert_dir(NAME, "ca.pem");
+    assert!(!run_tool("nbdinfo", &["--size", &nbds("disk", &anonymous)], SLOW).success());
+
+    // QEMU's client, TLS 1.2 and TLS 1.3 forced by GnuTLS priority.
+    for version in ["TLS1.2", "TLS1.3"] {
+        let object = format!(
+            "tls-creds-x509,id=tls0,endpoint=client,dir={},priority=NORMAL:-VERS-ALL:+VERS-{version}",
+            backup.display()
+        );
+        let image = format!("driver=nbd,host=127.0.0.1,port={port},export=disk,tls-creds=tls0");
+        let io = run_tool_ok(
+            "qemu-io",
+            &[
+                "--object",
+                &object,
+                "--image-opts",
+                &image,
+                "-c",
+                "write -P 0x5a 8192 4096",
+                "-c",
+                "read -P 0x5a 8192 4096",
+            ],
+            SLOW,
+        );
+        assert!(
+            io.contains("read 4096/4096 bytes"),
+            "{version} qemu-io:\n{io}"
+        );
+    }
+
+    // HTTPS: /healthz for anyone who completes the handshake; the other
+    // routes by certificate name, TLS 1.2 and 1.3.
+    let (code, body) = curl(https, "/healthz", Some(&stranger), &[]);
+    assert_eq!(code, "200", "{body}");
+    let (code, body) = curl(https, "/metrics", Some(&stranger), &[]);
+    assert_eq!(code, "403", "{body}");
+    for version in [&["--tlsv1.2", "--tls-max", "1.2"][..], &["--tlsv1.3"][..]] {
+        let (code, body) = curl(https, "/metrics", Some(&backup), version);
+        assert_eq!(code, "200", "{version:?}: {body}");
+        assert!(body.contains("daxbox_access_refusals_total"), "{body}");
+    }
+    let (code, body) = curl(https, "/healthz", None, &[]);
+    assert_eq!(code, "000", "no client certificate must fail: {body}");
+    // Plaintext HTTP to the HTTPS port: no HTTP answer, and the port goes
+    // on serving.
+    let plain = run_tool(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "60",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://127.0.0.1:{https}/healthz"),
+        ],
+        SLOW,
+    );
+    assert_eq!(plain.stdout.trim(), "000", "{}", plain.stderr);
+    let (code, body) = curl(https, "/healthz", Some(&backup), &[]);
+    assert_eq!(code, "200", "{body}");
+
+    let nbd = machine.command("nbd")?;
+    assert!(nbd.contains("refused:"), "nbd:\n{nbd}");
+    Ok(())
+}
+
+/// 64 clients that send `NBD_OPT_STARTTLS` and then nothing (stalled
+/// before their ClientHello) and 64 that send half a ClientHello to the
+/// HTTPS port: the handshake deadline (the NBD option deadline, 10 s; the
+/// HTTP head deadline) closes every one of them, and a good TLS client is
+/// served afterwards on both ports.
+#[test]
+fn clients_stalled_mid_handshake_are_closed_by_the_deadline() -> Result<(), HarnessError> {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    const NAME: &str = "tls_stalled";
+    let config = format!(
+        "format=if-blank\ntls=require\nhttp_port=8080\nhttps_port=80\n{}{}",
+        pem_lines("tls_cert", &testdata("server.pem")),
+        pem_lines("tls_key", &testdata("server-key.pem")),
+    );
+    let nvdimm = Nvdimm::fresh(run_dir(NAME).join("nvdimm0.img"), 64 * MIB);
+    let options = QemuOptions::new(NAME, Firmware::Bios)
+        .with_boot_config(&config)
+        .with_nvdimm(nvdimm);
+    let mut machine = Machine::boot_to_prompt(options)?;
+    machine.command("create disk 4M")?;
+    let port = machine.nbd_port();
+    let https = machine.http_port();
+    let good = cert_dir(NAME, "ca.pem");
+    let nbds = format!(
+        "nbds://127.0.0.1:{port}/disk?tls-certificates={}",
+        good.display()
+    );
+    run_tool_ok("nbdinfo", &["--size", &nbds], SLOW);
+
+    // NBD: greeting (18 bytes), fixed-newstyle client flags, STARTTLS
+    // (option 5, no data), its ACK (20 bytes), then silence.
+    let mut starttls = Vec::new();
+    starttls.extend_from_slice(&1u32.to_be_bytes());
+    starttls.extend_from_slice(b"IHAVEOPT");
+    starttls.extend_from_slice(&5u32.to_be_bytes());
+    starttls.extend_from_slice(&0u32.to_be_bytes());
+    let mut stalled = Vec::new();
+    for _ in 0..64 {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+            continue;
+        };
+        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        let mut greeting = [0u8; 18];
+        if s.read_exact(&mut greeting).is_ok() && s.write_all(&starttls).is_ok() {
+            stalled.push(s);
+        }
+    }
+    // HTTPS: the first 40 bytes of a TLS record header + ClientHello
+    // that promises more, then silence.
+    let mut hello = vec![
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
+    hello.resize(40, 0x42);
+    for _ in 0..64 {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", https)) {
+            s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+            if s.write_all(&hello).is_ok() {
+                stalled.push(s);
+            }
+        }
+    }
+    assert!(
+        stalled.len() >= 64,
+        "only {} stalled clients",
+        stalled.len()
+    );
+    // Every stalled connection is ended by the server (EOF or reset),
+    // whatever it was sent before (the STARTTLS ACK, a refusal).
+    for s in &mut stalled {
+        let mut sink = Vec::new();
+        let ended = match s.read_to_end(&mut sink) {
+            Ok(_) => true,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        };
+        assert!(ended, "a stalled client was not closed by the deadline");
+    }
+    drop(stalled);
+    // Good clients on both ports afterwards.
+    let size = run_tool_ok("nbdinfo", &["--size", &nbds], SLOW);
+    assert_eq!(size.trim(), (4 * MIB).to_string());
+    let (code, body) = curl(https, "/healthz", None, &[]);
+    assert_eq!(code, "200", "{body}");
+    Ok(())
+}
