@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: the place for benchmark subcommands.
 //!
-//! `net` (bench_net.rs), `nbd` (bench_nbd.rs) and `trim` (bench_trim.rs)
-//! exist. To add one: append an entry to [`BENCHMARKS`] and a
+//! `net` (bench_net.rs), `nbd` (bench_nbd.rs), `s3` (bench_s3.rs) and
+//! `trim` (bench_trim.rs) exist. To add one: append an entry to [`BENCHMARKS`] and a
 //! function `fn(&[String]) -> Result<(), XtaskError>` that boots the
 //! appliance with `daxbox_tests::Machine` (or reuses `run::Launch`), drives
 //! it with a real client (fio's `nbd` engine, nbdcopy, curl) and prints its
@@ -32,6 +32,11 @@ const BENCHMARKS: &[Benchmark] = &[
         "cluster",
         "nbdcopy MB/s and fio 4K IOPS, 3-member quorum vs one appliance alone",
         crate::bench_cluster::cluster,
+    ),
+    (
+        "s3",
+        "S3 PUT/GET MB/s of 256 MiB (curl, boto3) next to nbdcopy on the same appliance",
+        crate::bench_s3::s3,
     ),
     (
         "trim",

@@ -12,6 +12,7 @@ mod bench;
 mod bench_cluster;
 mod bench_nbd;
 mod bench_net;
+mod bench_s3;
 mod bench_trim;
 mod clients;
 mod cluster;
