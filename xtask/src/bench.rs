@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: the place for benchmark subcommands.
 //!
-//! `net` (bench_net.rs), `nbd` (bench_nbd.rs), `trim` (bench_trim.rs)
-//! and `clone` (bench_clone.rs) exist. To add one: append an entry to [`BENCHMARKS`] and a
+//! `net` (bench_net.rs), `nbd` (bench_nbd.rs), `s3` (bench_s3.rs), `trim`
+//! (bench_trim.rs), `clone` (bench_clone.rs) and `tls` (bench_tls.rs) exist.
+//! To add one: append an entry to [`BENCHMARKS`] and a
 //! function `fn(&[String]) -> Result<(), XtaskError>` that boots the
 //! appliance with `daxbox_tests::Machine` (or reuses `run::Launch`), drives
 //! it with a real client (fio's `nbd` engine, nbdcopy, curl) and prints its
@@ -37,6 +38,11 @@ const BENCHMARKS: &[Benchmark] = &[
         "tls",
         "nbdcopy, 4K QD1 reads, curl GET and handshake time with and without TLS",
         crate::bench_tls::tls,
+    ),
+    (
+        "s3",
+        "S3 PUT/GET MB/s of 256 MiB (curl, boto3) next to nbdcopy on the same appliance",
+        crate::bench_s3::s3,
     ),
     (
         "trim",

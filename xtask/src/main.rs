@@ -13,6 +13,7 @@ mod bench_clone;
 mod bench_cluster;
 mod bench_nbd;
 mod bench_net;
+mod bench_s3;
 mod bench_tls;
 mod bench_trim;
 mod clients;

@@ -200,8 +200,9 @@ pub fn ensure_cargo_fuzz() -> Result<(), XtaskError> {
 }
 
 /// The S3 clients the object-API tests drive (boto3 and the AWS CLI, from
-/// PyPI): installed with pip when `python3 -c 'import boto3'` or `aws
-/// --version` fails. Debian's own python refuses a plain `pip install`
+/// PyPI) and moto (`moto[server]`, the reference S3 implementation of the
+/// differential test): installed with pip when `python3 -c 'import boto3,
+/// moto.server'` or `aws --version` fails. Debian's own python refuses a plain `pip install`
 /// (PEP 668), so a failed install is retried with
 /// `--break-system-packages`.
 pub fn ensure_s3_clients() -> Result<(), XtaskError> {
@@ -213,15 +214,23 @@ pub fn ensure_s3_clients() -> Result<(), XtaskError> {
             .is_ok_and(|status| status.success())
     };
     let present = || {
-        quiet(Command::new("python3").args(["-c", "import boto3"]))
+        quiet(Command::new("python3").args(["-c", "import boto3, moto.server"]))
             && quiet(Command::new("aws").arg("--version"))
     };
     if present() {
         return Ok(());
     }
-    let args = ["-m", "pip", "install", "--quiet", "boto3", "awscli"];
+    let args = [
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "boto3",
+        "awscli",
+        "moto[server]",
+    ];
     step(&format!(
-        "set-up: boto3 or the AWS CLI is missing; installing them from PyPI: python3 {}",
+        "set-up: boto3, moto or the AWS CLI is missing; installing them from PyPI: python3 {}",
         args.join(" ")
     ));
     if !quiet(Command::new("python3").args(args)) {
@@ -235,7 +244,7 @@ pub fn ensure_s3_clients() -> Result<(), XtaskError> {
         Ok(())
     } else {
         Err(XtaskError::Setup(
-            "boto3 and the AWS CLI (`aws`) are still missing after pip install".into(),
+            "boto3, moto or the AWS CLI (`aws`) are still missing after pip install".into(),
         ))
     }
 }

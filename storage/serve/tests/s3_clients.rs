@@ -1,6 +1,8 @@
 //! The S3 object API of `daxbox-serve` (`--http-port`) with real S3
 //! clients: boto3 (a Python script next to this file) and the AWS CLI
-//! (`aws s3 cp/ls/rm`), and the same object read over NBD with nbdcopy.
+//! (`aws s3 cp/ls/rm`), and the same object read over NBD with nbdcopy;
+//! and a differential test of the same boto3 calls against moto (PyPI
+//! `moto[server]`, a reference S3 implementation).
 //! A missing client fails the test (`cargo xtask setup` installs boto3 and
 //! the AWS CLI with pip). Every wait is bounded; the server is killed on
 //! drop and its image lives in a temporary folder removed afterwards.
@@ -501,4 +503,23 @@ fn aws_cli_multipart_copy_up_and_down() {
     );
     assert!(std::fs::read(&nbd).expect("nbdcopy's output") == bytes);
     drop(server);
+}
+
+/// The same boto3 sequence (every operation of the object API and its
+/// error cases) against moto, a reference S3 implementation, and against
+/// daxbox-serve: status codes, error codes, the headers that matter and
+/// the listings must agree, except for the dialect differences the script
+/// lists with their reason (README "Dialect differences from S3").
+#[test]
+fn boto3_answers_as_moto_does() {
+    let dir = TempDir::new("moto-differential");
+    let server = Server::start(&dir.path("pmem0.img"));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3/moto_differential.py");
+    let port = server.http_port.to_string();
+    let output = run_tool_ok(
+        Command::new("python3").args([text(&script), &port, ACCESS, SECRET, text(&dir.0)]),
+        TOOL_TIMEOUT,
+    );
+    assert!(output.contains("moto differential ok"), "{output}");
+    print!("{output}");
 }

@@ -1684,7 +1684,12 @@ fn list<M: PersistentMemory>(
             if let Some(d) = delimiter {
                 if let Some(pos) = name[prefix.len()..].find(d) {
                     let common = name[..prefix.len() + pos + d.len()].to_string();
-                    if listing.prefixes.last() != Some(&common) {
+                    // A common prefix at or before where the listing
+                    // resumes was listed already (a page ended on it) or
+                    // lies before start-after: S3 skips it, and listing
+                    // it again would page forever.
+                    let listed = after.is_some_and(|a| common.as_str() <= a);
+                    if !listed && listing.prefixes.last() != Some(&common) {
                         listing.prefixes.push(common.clone());
                         count += 1;
                     }

@@ -323,6 +323,57 @@ fn ranges_and_unsatisfiable_ranges() {
     }
 }
 
+/// A page that ends on a common prefix resumes after it: the prefix is not
+/// listed again (S3 lists a common prefix only when it sorts after the
+/// marker, start-after or token), so paging with a delimiter ends. Found
+/// by the moto differential test (storage/serve/tests/s3/moto_differential.py):
+/// pages of one under `a/` returned `a/b/` forever.
+#[test]
+fn delimited_pages_resume_after_a_common_prefix() {
+    let mut c = Client::new();
+    for key in ["a/1", "a/2", "a/b/3", "a/b/4", "a/c/5", "b"] {
+        c.put(&alloc::format!("/pmem0/{key}"), key.as_bytes());
+    }
+    let mut pages = Vec::new();
+    let mut token: Option<String> = None;
+    for _ in 0..10 {
+        let target = match &token {
+            Some(t) => alloc::format!(
+                "/pmem0?list-type=2&prefix=a%2F&delimiter=%2F&max-keys=1&continuation-token={t}"
+            ),
+            None => "/pmem0?list-type=2&prefix=a%2F&delimiter=%2F&max-keys=1".into(),
+        };
+        let page = c.get(&target).text();
+        pages.push((keys_of(&page), prefixes_of(&page)));
+        token = page
+            .split_once("<NextContinuationToken>")
+            .map(|(_, rest)| rest.split_once('<').unwrap().0.to_string());
+        if token.is_none() {
+            break;
+        }
+    }
+    let v = |names: &[&str]| names.iter().map(|n| String::from(*n)).collect::<Vec<_>>();
+    assert_eq!(
+        pages,
+        [
+            (v(&["a/1"]), v(&[])),
+            (v(&["a/2"]), v(&[])),
+            (v(&[]), v(&["a/b/"])),
+            (v(&[]), v(&["a/c/"])),
+        ]
+    );
+    // start-after inside a common prefix: that prefix sorts before it.
+    let after = c
+        .get("/pmem0?list-type=2&delimiter=%2F&start-after=a%2F1")
+        .text();
+    assert_eq!(keys_of(&after), ["b"]);
+    assert!(prefixes_of(&after).is_empty(), "{after}");
+    // v1: the marker a page of one ends on is the prefix itself.
+    let v1 = c.get("/pmem0?delimiter=%2F&marker=a%2F").text();
+    assert_eq!(keys_of(&v1), ["b"]);
+    assert!(prefixes_of(&v1).is_empty(), "{v1}");
+}
+
 #[test]
 fn listings_with_prefix_delimiter_pages_and_url_encoding() {
     let mut c = Client::new();
