@@ -502,3 +502,24 @@ fn aws_cli_multipart_copy_up_and_down() {
     assert!(std::fs::read(&nbd).expect("nbdcopy's output") == bytes);
     drop(server);
 }
+
+/// Runs one of the boto3 scripts in `tests/s3/` against `server` and
+/// checks it printed `marker`.
+fn run_boto3_script(server: &Server, dir: &TempDir, script: &str, marker: &str) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/s3")
+        .join(script);
+    let port = server.http_port.to_string();
+    let output = run_tool_ok(
+        Command::new("python3").args([text(&script), &port, ACCESS, SECRET, text(&dir.0)]),
+        TOOL_TIMEOUT,
+    );
+    assert!(output.contains(marker), "{output}");
+}
+
+#[test]
+fn boto3_reads_back_the_checksums_it_sent() {
+    let dir = TempDir::new("boto3-checksums");
+    let server = Server::start(&dir.path("pmem0.img"));
+    run_boto3_script(&server, &dir, "boto3_checksums.py", "boto3 checksums ok");
+}

@@ -37,6 +37,17 @@
 //! file is changed and at every boot. The table is in RAM: after a reboot
 //! every file has such a tag until it is PUT again.
 //!
+//! Checksums: a `x-amz-checksum-crc32`/`crc32c` a PUT or UploadPart
+//! carried (as a header or in the aws-chunked trailer) is verified and
+//! kept with the MD5 ([`ObjectChecksum`]); GET and HEAD of the whole object
+//! return it when the request has `x-amz-checksum-mode: ENABLED`, with
+//! `x-amz-checksum-type: FULL_OBJECT`. A multipart object whose parts all
+//! carried a CRC of one kind gets S3's composite form, the CRC of the
+//! parts' CRCs written `BASE64-N` (`COMPOSITE`; botocore does not check a
+//! checksum with a `-`, it cannot). A range read gets none (it is not the
+//! whole object); the checksum is forgotten with the MD5 whenever another
+//! path changes the file.
+//!
 //! Authentication ([`auth`]): AWS Signature V4, header and presigned
 //! forms, with the keys of the boot config (`s3_key=`); anonymous reads
 //! only on buckets named by `s3_anonymous=`. With no key configured every
@@ -162,6 +173,50 @@ pub struct ObjectTag {
     /// sets and compares: without it, rclone re-copies every object at
     /// every sync), seconds and nanoseconds; forgotten with the MD5.
     pub mtime: Option<(u64, u32)>,
+    /// The CRC a PUT verified (or the composite of a multipart upload's
+    /// part CRCs), returned with `x-amz-checksum-mode: ENABLED`;
+    /// forgotten with the MD5.
+    pub checksum: Option<ObjectChecksum>,
+}
+
+/// A CRC the object API verified when the content was written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectChecksum {
+    /// Its header: `x-amz-checksum-crc32` or `x-amz-checksum-crc32c`.
+    pub header: &'static str,
+    /// The CRC (of the content, or of the part CRCs for a composite).
+    pub value: u32,
+    /// 0: the whole object's CRC; N: S3's composite of N parts (the CRC of
+    /// the parts' big-endian CRCs, written `BASE64-N`).
+    pub parts: u32,
+}
+
+impl ObjectChecksum {
+    /// The CRC algorithm of `header`.
+    fn algorithm(header: &str) -> Option<&'static crc::Crc<u32>> {
+        match header {
+            "x-amz-checksum-crc32" => Some(&CRC32),
+            "x-amz-checksum-crc32c" => Some(&CRC32C),
+            _ => None,
+        }
+    }
+
+    /// The header lines S3 sends with it (`x-amz-checksum-type` says
+    /// whether it covers the bytes or the parts).
+    fn header_lines(&self) -> String {
+        let value = text::base64(&self.value.to_be_bytes());
+        if self.parts == 0 {
+            format!(
+                "{}: {value}\r\nx-amz-checksum-type: FULL_OBJECT\r\n",
+                self.header
+            )
+        } else {
+            format!(
+                "{}: {value}-{}\r\nx-amz-checksum-type: COMPOSITE\r\n",
+                self.header, self.parts
+            )
+        }
+    }
 }
 
 /// `x-amz-meta-mtime` (`SECONDS[.FRACTION]`, at most 9 fraction digits)
@@ -504,6 +559,7 @@ impl<M: PersistentMemory> Storage<M> {
             epoch: self.tag_epoch,
             modified: None,
             mtime: None,
+            checksum: None,
         };
         match self.object_tags.get_mut(&key) {
             Some(existing) => *existing = tag,
@@ -964,7 +1020,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         exchange: u64,
         now: u64,
     ) -> Result<Opened, S3Error> {
-        let (file, size, etag, modified, mtime) = self.shared.with(|s| -> Result<_, S3Error> {
+        let (file, size, etag, modified, tag) = self.shared.with(|s| -> Result<_, S3Error> {
             let volume = bucket_volume(s, bucket)?;
             let fs = filesystem(s, volume);
             let file = fs.lookup(key).map_err(|_| no_such_key())?;
@@ -974,7 +1030,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                 size,
                 self.etag(s, bucket, file),
                 self.modified(s, bucket, file),
-                s.object_tag(bucket, file).and_then(|t| t.mtime),
+                s.object_tag(bucket, file),
             ))
         })?;
         let _ = now;
@@ -985,8 +1041,16 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         let mut headers = format!(
             "ETag: {etag}\r\nLast-Modified: {}\r\nAccept-Ranges: bytes\r\nx-amz-request-id: daxbox\r\n{}",
             text::http_date(modified),
-            mtime_header(mtime)
+            mtime_header(tag.and_then(|t| t.mtime))
         );
+        // The checksum covers the whole object: a range does not get it
+        // (a client would check it against the part it read).
+        let checksum_mode = request
+            .header("x-amz-checksum-mode")
+            .is_some_and(|m| m.eq_ignore_ascii_case("ENABLED"));
+        if let (true, None, Some(checksum)) = (checksum_mode, range, tag.and_then(|t| t.checksum)) {
+            headers.push_str(&checksum.header_lines());
+        }
         let (status, start, length) = match range {
             Some((a, b)) => {
                 let _ = write!(headers, "Content-Range: bytes {a}-{b}/{size}\r\n");
@@ -1071,6 +1135,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                 } else {
                     src_tag.and_then(|t| t.mtime)
                 },
+                checksum: src_tag.and_then(|t| t.checksum),
             };
             if tag.md5.is_some() {
                 s.set_object_tag(bucket, copy, tag);
@@ -1352,6 +1417,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
             }
         }
         let mut headers = String::new();
+        let mut checksum = None;
         if let Some((d, expected, name)) = put.crc32.take() {
             let got = d.finalize();
             if got != expected {
@@ -1362,9 +1428,14 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                 ));
             }
             let _ = write!(headers, "{name}: {}\r\n", text::base64(&got.to_be_bytes()));
+            checksum = Some(ObjectChecksum {
+                header: name,
+                value: got,
+                parts: 0,
+            });
         }
         if let Some((id, number)) = put.part.clone() {
-            return self.finish_part(put, &id, number, md5, headers, now);
+            return self.finish_part(put, &id, number, md5, checksum, headers, now);
         }
         let etag = format!("\"{}\"", hex(&md5));
         self.shared.with(|s| -> Result<(), S3Error> {
@@ -1387,6 +1458,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                     epoch: 0,
                     modified: Some(now),
                     mtime: put.mtime,
+                    checksum,
                 },
             );
             Ok(())

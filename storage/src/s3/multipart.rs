@@ -48,7 +48,7 @@ use super::auth::{query_value, Payload};
 use super::text::{hex, iso8601, xml_escape};
 use super::{
     bucket_volume, check_replace, content_md5, filesystem, fs_failure, malformed, param, slow_down,
-    walk_xml, Exchange, ObjectTag, Put, S3Error, S3Routes, XmlBody, HIDDEN_PREFIX,
+    walk_xml, Exchange, ObjectChecksum, ObjectTag, Put, S3Error, S3Routes, XmlBody, HIDDEN_PREFIX,
 };
 use crate::SharedStorage;
 
@@ -74,6 +74,8 @@ pub(super) struct Part {
     size: u64,
     md5: [u8; 16],
     modified: u64,
+    /// The CRC its upload carried and that was verified.
+    checksum: Option<ObjectChecksum>,
 }
 
 /// An upload in progress.
@@ -276,6 +278,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         id: &str,
         number: u32,
         md5: [u8; 16],
+        checksum: Option<ObjectChecksum>,
         mut headers: String,
         now: u64,
     ) -> Result<Reply, S3Error> {
@@ -309,6 +312,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                 size: put.written,
                 md5,
                 modified: now,
+                checksum,
             },
         );
         let _ = write!(
@@ -457,6 +461,8 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         // Every part named must exist with its ETag, before sizes count.
         let mut sizes = Vec::with_capacity(list.len());
         let mut digest = Md5::new();
+        // S3's composite checksum, when every part has a CRC of one kind.
+        let mut checksums = Vec::with_capacity(list.len());
         for (number, etag) in &list {
             let part = upload.parts.get(number).filter(|p| etag.trim().trim_matches('"') == hex(&p.md5)).ok_or_else(|| {
                 S3Error::new(
@@ -467,7 +473,9 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
             })?;
             sizes.push(part.size);
             digest.update(part.md5);
+            checksums.push(part.checksum);
         }
+        let checksum = composite(&checksums);
         if sizes[..sizes.len() - 1].iter().any(|&size| size < MIN_PART) {
             return Err(S3Error::new(
                 400,
@@ -529,6 +537,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                     // `x-amz-meta-mtime` of a multipart upload is not
                     // kept (rclone then sets it again by a copy).
                     mtime: None,
+                    checksum,
                 },
             );
         });
@@ -545,6 +554,22 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         let _ = write!(reply.headers, "ETag: {etag}\r\n");
         Ok(reply)
     }
+}
+
+/// S3's composite checksum of parts: the CRC of their big-endian CRCs,
+/// when every part has one and all are of the same kind.
+fn composite(parts: &[Option<ObjectChecksum>]) -> Option<ObjectChecksum> {
+    let header = parts.first().copied().flatten()?.header;
+    let mut digest = ObjectChecksum::algorithm(header)?.digest();
+    for part in parts {
+        let part = part.filter(|p| p.header == header && p.parts == 0)?;
+        digest.update(&part.value.to_be_bytes());
+    }
+    Some(ObjectChecksum {
+        header,
+        value: digest.finalize(),
+        parts: u32::try_from(parts.len()).ok()?,
+    })
 }
 
 /// Parses a CompleteMultipartUpload body: (part number, ETag) in the

@@ -1532,3 +1532,140 @@ fn complete_moves_aligned_parts_instead_of_copying() {
     assert!(c.get("/pmem0/moved").body == whole);
     assert!(c.shell("ls pmem0").contains("1 file(s)"));
 }
+
+/// A checksum a PUT verified is kept and returned on GET and HEAD when
+/// the request asks with `x-amz-checksum-mode: ENABLED` (whole-object
+/// reads only), and forgotten when another path changes the file.
+#[test]
+fn verified_checksums_are_returned_with_checksum_mode() {
+    let mut c = Client::new();
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    let crc = base64(&CRC32.checksum(&data).to_be_bytes());
+    let put = c.call("PUT", "/pmem0/c", &[("x-amz-checksum-crc32", &crc)], &data);
+    assert_eq!(put.status, 200, "{}", put.text());
+    let mode = [("x-amz-checksum-mode", "ENABLED")];
+    for method in ["GET", "HEAD"] {
+        let a = c.call(method, "/pmem0/c", &mode, b"");
+        assert_eq!(
+            a.header("x-amz-checksum-crc32"),
+            Some(crc.as_str()),
+            "{method}"
+        );
+        assert_eq!(a.header("x-amz-checksum-type"), Some("FULL_OBJECT"));
+        // Not asked for: not sent.
+        let a = c.call(method, "/pmem0/c", &[], b"");
+        assert_eq!(a.header("x-amz-checksum-crc32"), None, "{method}");
+    }
+    // A range is not the whole object: no whole-object checksum.
+    let a = c.call(
+        "GET",
+        "/pmem0/c",
+        &[("x-amz-checksum-mode", "ENABLED"), ("range", "bytes=0-9")],
+        b"",
+    );
+    assert_eq!((a.status, a.header("x-amz-checksum-crc32")), (206, None));
+    // crc32c from the aws-chunked trailer path is kept the same way.
+    let crc32c = base64(&CRC32C.checksum(b"other").to_be_bytes());
+    let put = c.call(
+        "PUT",
+        "/pmem0/d",
+        &[("x-amz-checksum-crc32c", &crc32c)],
+        b"other",
+    );
+    assert_eq!(put.status, 200);
+    let a = c.call("HEAD", "/pmem0/d", &mode, b"");
+    assert_eq!(a.header("x-amz-checksum-crc32c"), Some(crc32c.as_str()));
+    assert_eq!(a.header("x-amz-checksum-crc32"), None);
+    // A copy keeps it.
+    let copy = c.call("PUT", "/pmem0/e", &[("x-amz-copy-source", "/pmem0/c")], b"");
+    assert_eq!(copy.status, 200);
+    assert_eq!(
+        c.call("HEAD", "/pmem0/e", &mode, b"")
+            .header("x-amz-checksum-crc32"),
+        Some(crc.as_str())
+    );
+    // Another path changes the file: the checksum goes with the MD5.
+    c.shell("write pmem0:c 0 J");
+    assert_eq!(
+        c.call("GET", "/pmem0/c", &mode, b"")
+            .header("x-amz-checksum-crc32"),
+        None
+    );
+    // A PUT without one has none.
+    c.put("/pmem0/e", b"plain");
+    assert_eq!(
+        c.call("GET", "/pmem0/e", &mode, b"")
+            .header("x-amz-checksum-crc32"),
+        None
+    );
+}
+
+/// Parts uploaded with a checksum of one algorithm give the object S3's
+/// composite checksum: the CRC of the parts' checksums, `-N`.
+#[test]
+fn a_multipart_object_has_the_composite_checksum_of_its_parts() {
+    let mut c = Client::big();
+    let a = c.call(
+        "POST",
+        "/pmem0/m?uploads",
+        &[("x-amz-checksum-algorithm", "CRC32")],
+        b"",
+    );
+    let id = element(&a.text(), "UploadId");
+    let p1 = pattern(5 << 20, 1);
+    let p2 = pattern(1000, 2);
+    let mut etags = Vec::new();
+    let mut crcs = Vec::new();
+    for (n, p) in [(1u32, &p1), (2, &p2)] {
+        let crc = CRC32.checksum(p).to_be_bytes();
+        let b64 = base64(&crc);
+        let a = c.call(
+            "PUT",
+            &alloc::format!("/pmem0/m?partNumber={n}&uploadId={id}"),
+            &[("x-amz-checksum-crc32", &b64)],
+            p,
+        );
+        assert_eq!(a.status, 200, "{}", a.text());
+        assert_eq!(a.header("x-amz-checksum-crc32"), Some(b64.as_str()));
+        etags.push(a.header("etag").unwrap().to_string());
+        crcs.extend_from_slice(&crc);
+    }
+    let xml = complete_xml(&[(1, &etags[0]), (2, &etags[1])]);
+    let a = c.call(
+        "POST",
+        &alloc::format!("/pmem0/m?uploadId={id}"),
+        &[],
+        xml.as_bytes(),
+    );
+    assert_eq!(a.status, 200, "{}", a.text());
+    let composite = alloc::format!("{}-2", base64(&CRC32.checksum(&crcs).to_be_bytes()));
+    let head = c.call(
+        "HEAD",
+        "/pmem0/m",
+        &[("x-amz-checksum-mode", "ENABLED")],
+        b"",
+    );
+    assert_eq!(
+        head.header("x-amz-checksum-crc32"),
+        Some(composite.as_str())
+    );
+    assert_eq!(head.header("x-amz-checksum-type"), Some("COMPOSITE"));
+    // A part without a checksum: the object has none.
+    let id = start_upload(&mut c, "n");
+    let e1 = put_part(&mut c, "n", &id, 1, &p2);
+    let xml = complete_xml(&[(1, &e1)]);
+    let a = c.call(
+        "POST",
+        &alloc::format!("/pmem0/n?uploadId={id}"),
+        &[],
+        xml.as_bytes(),
+    );
+    assert_eq!(a.status, 200);
+    let head = c.call(
+        "HEAD",
+        "/pmem0/n",
+        &[("x-amz-checksum-mode", "ENABLED")],
+        b"",
+    );
+    assert_eq!(head.header("x-amz-checksum-crc32"), None);
+}
