@@ -34,8 +34,11 @@
 //! (boot nonce, device, file slot and generation, change epoch) written
 //! `"…-1"` (the dash marks it, as S3's multipart tags, as not the MD5 of the
 //! content, so tools do not compare it with one): it changes whenever the
-//! file is changed and at every boot. The table is in RAM: after a reboot
-//! every file has such a tag until it is PUT again.
+//! file is changed and at every boot. A tag with an MD5 is also recorded on
+//! media, in a hidden file per filesystem ([`tags`]), with its checksum,
+//! Last-Modified and mtime: after a reboot an object the API wrote keeps
+//! its MD5 ETag; a change by another path clears the record durably
+//! before it changes a byte.
 //!
 //! Checksums: a `x-amz-checksum-crc32`/`crc32c` a PUT or UploadPart
 //! carried (as a header or in the aws-chunked trailer) is verified and
@@ -57,6 +60,7 @@ mod allow;
 pub mod auth;
 pub mod chunked;
 pub mod multipart;
+pub mod tags;
 pub mod text;
 
 use alloc::collections::BTreeMap;
@@ -392,6 +396,7 @@ pub fn sweep_temporaries<M: PersistentMemory>(storage: &mut Storage<M>) -> usize
                     .into_iter()
                     .take_while(|e| e.name.starts_with(HIDDEN_PREFIX))
                     .map(|e| e.name)
+                    .filter(|name| !tags::is_tag_file(name))
                     .collect();
                 let before = removed;
                 for name in &hidden {
@@ -552,6 +557,13 @@ impl<M: PersistentMemory> Storage<M> {
             return;
         };
         let key = (crate::device_index(&v.device), file);
+        // A record on media may still say it holds the MD5: cleared,
+        // durably, before the change (unless this boot already did).
+        if self.object_tags.get(&key).is_none_or(|t| t.md5.is_some()) {
+            if let Some(fs) = self.filesystem(volume) {
+                tags::clear(fs, file);
+            }
+        }
         self.tag_epoch += 1;
         let tag = ObjectTag {
             md5: None,
@@ -606,16 +618,32 @@ impl<M: PersistentMemory> Storage<M> {
         });
     }
 
+    /// The tag of `file`: this boot's, else the one recorded on media
+    /// ([`tags`]).
     fn object_tag(&self, device: &str, file: FileId) -> Option<ObjectTag> {
-        self.object_tags
-            .get(&(crate::device_index(device), file))
-            .copied()
+        if let Some(tag) = self.object_tags.get(&(crate::device_index(device), file)) {
+            return Some(*tag);
+        }
+        self.volumes
+            .iter()
+            .find(|v| v.device == device)
+            .and_then(|v| match &v.role {
+                Role::Filesystem(fs) => tags::load(fs, file),
+                Role::Raw(_) => None,
+            })
     }
 
+    /// Sets the tag of `file` (an object the API just made): in RAM, and
+    /// on media when it has an MD5 ([`tags`]).
     fn set_object_tag(&mut self, device: &str, file: FileId, tag: ObjectTag) {
         self.prune_tags_if_large();
         self.object_tags
             .insert((crate::device_index(device), file), tag);
+        if let Some(volume) = self.volumes.iter().position(|v| v.device == device) {
+            if let Some(fs) = self.filesystem(volume) {
+                tags::store(fs, file, &tag);
+            }
+        }
     }
 }
 
@@ -1435,7 +1463,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
             });
         }
         if let Some((id, number)) = put.part.clone() {
-            return self.finish_part(put, &id, number, md5, checksum, headers, now);
+            return self.finish_part(put, &id, number, (md5, checksum), headers, now);
         }
         let etag = format!("\"{}\"", hex(&md5));
         self.shared.with(|s| -> Result<(), S3Error> {

@@ -270,15 +270,15 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         Ok(opened)
     }
 
-    /// The end of a part's body, checked: the part file becomes part
-    /// `number` (replacing an earlier upload of that number).
+    /// The end of a part's body, checked (its MD5 and verified CRC): the
+    /// part file becomes part `number` (replacing an earlier upload of
+    /// that number).
     pub(super) fn finish_part(
         &mut self,
         put: &mut Put,
         id: &str,
         number: u32,
-        md5: [u8; 16],
-        checksum: Option<ObjectChecksum>,
+        (md5, checksum): ([u8; 16], Option<ObjectChecksum>),
         mut headers: String,
         now: u64,
     ) -> Result<Reply, S3Error> {
