@@ -579,3 +579,39 @@ fn rclone_reads_the_md5s_after_a_restart() {
         TOOL_TIMEOUT,
     );
 }
+
+/// rclone uploads a file over its upload cutoff in parts and sets its
+/// modification time as `x-amz-meta-mtime` on CreateMultipartUpload:
+/// the object keeps it, as for a single PUT.
+#[test]
+fn rclone_multipart_upload_keeps_the_modification_time() {
+    let dir = TempDir::new("rclone-mtime");
+    let server = Server::start(&dir.path("pmem0.img"));
+    let src = dir.path("src");
+    std::fs::create_dir_all(&src).expect("a folder");
+    let file = src.join("big.bin");
+    std::fs::write(&file, vec![5u8; 12 << 20]).expect("a file");
+    // 1700000000.5 is 2023-11-14T22:13:20.5Z.
+    run_tool_ok(
+        Command::new("touch").args(["-d", "@1700000000.5", text(&file)]),
+        TOOL_TIMEOUT,
+    );
+    let args = [
+        "copy",
+        "--s3-upload-cutoff",
+        "5M",
+        "--s3-chunk-size",
+        "5M",
+        text(&src),
+        "dax:pmem0/mt",
+    ];
+    run_tool_ok(&mut rclone(&dir, server.http_port, &args), TOOL_TIMEOUT);
+    let listing = run_tool_ok(
+        &mut rclone(&dir, server.http_port, &["lsjson", "dax:pmem0/mt"]),
+        TOOL_TIMEOUT,
+    );
+    assert!(
+        listing.contains("\"ModTime\":\"2023-11-14T22:13:20.5"),
+        "{listing}"
+    );
+}

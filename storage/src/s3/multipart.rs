@@ -21,7 +21,8 @@
 //! extents move in one daxfs transaction and no byte is copied; otherwise
 //! its bytes are copied), makes it durable and renames it over the key in
 //! one daxfs commit: readers and NBD clients see the old object or the
-//! new one. The ETag is S3's: the hex MD5 of the concatenated part MD5s,
+//! new one. `x-amz-meta-mtime` of CreateMultipartUpload is kept with the
+//! object, as a PutObject's is. The ETag is S3's: the hex MD5 of the concatenated part MD5s,
 //! `-N`. A Complete refused by its checks leaves the upload as it was (it
 //! may be retried); one that fails while joining (no space, no memory)
 //! removes the result and the upload, whose parts it had begun to
@@ -47,8 +48,9 @@ use md5::{Digest as _, Md5};
 use super::auth::{query_value, Payload};
 use super::text::{hex, iso8601, xml_escape};
 use super::{
-    bucket_volume, check_replace, content_md5, filesystem, fs_failure, malformed, param, slow_down,
-    walk_xml, Exchange, ObjectChecksum, ObjectTag, Put, S3Error, S3Routes, XmlBody, HIDDEN_PREFIX,
+    bucket_volume, check_replace, client_mtime, content_md5, filesystem, fs_failure, malformed,
+    param, slow_down, walk_xml, Exchange, ObjectChecksum, ObjectTag, Put, S3Error, S3Routes,
+    XmlBody, HIDDEN_PREFIX,
 };
 use crate::SharedStorage;
 
@@ -83,6 +85,9 @@ pub(super) struct Upload {
     device: String,
     key: String,
     initiated: u64,
+    /// `x-amz-meta-mtime` of CreateMultipartUpload, kept as a PUT keeps
+    /// it (the only user metadata the object API keeps).
+    mtime: Option<(u64, u32)>,
     parts: BTreeMap<u32, Part>,
     /// The record and its parts' records, charged to the budget.
     charge: Charge<'static>,
@@ -144,7 +149,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
     ) -> Result<Opened, S3Error> {
         let upload = param(request.query, "uploadId")?;
         match (request.method, upload) {
-            ("POST", None) => self.create_upload(bucket, key, now),
+            ("POST", None) => self.create_upload(request, bucket, key, now),
             ("PUT", Some(id)) => self.upload_part(request, bucket, key, &id, payload, exchange),
             ("POST", Some(id)) => {
                 self.lookup_upload(&id, bucket, key)?;
@@ -192,7 +197,13 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
             .ok_or_else(no_such_upload)
     }
 
-    fn create_upload(&mut self, bucket: &str, key: &str, now: u64) -> Result<Opened, S3Error> {
+    fn create_upload(
+        &mut self,
+        request: &Request<'_>,
+        bucket: &str,
+        key: &str,
+        now: u64,
+    ) -> Result<Opened, S3Error> {
         self.shared.with(|s| -> Result<(), S3Error> {
             let volume = bucket_volume(s, bucket)?;
             check_replace(s, volume, key)
@@ -220,6 +231,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                 device: bucket.to_string(),
                 key: key.to_string(),
                 initiated: now,
+                mtime: client_mtime(request),
                 parts: BTreeMap::new(),
                 charge,
             },
@@ -484,6 +496,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
             ));
         }
         let md5: [u8; 16] = digest.finalize().into();
+        let mtime = upload.mtime;
         let count = list.len() as u32;
         let numbers: Vec<u32> = list.iter().map(|(n, _)| *n).collect();
         let file = self.shared.with(|s| -> Result<FileId, (S3Error, bool)> {
@@ -534,9 +547,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                     parts: count,
                     epoch: 0,
                     modified: Some(now),
-                    // `x-amz-meta-mtime` of a multipart upload is not
-                    // kept (rclone then sets it again by a copy).
-                    mtime: None,
+                    mtime,
                     checksum,
                 },
             );

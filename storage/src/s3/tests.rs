@@ -1762,3 +1762,49 @@ fn etags_survive_a_reboot() {
         c.shell("ls pmem0")
     );
 }
+
+/// The user metadata a single PUT keeps (`x-amz-meta-mtime`, which rclone
+/// sets) is kept the same way when it comes with CreateMultipartUpload.
+#[test]
+fn a_multipart_upload_keeps_the_mtime_metadata() {
+    let mut c = Client::big();
+    let a = c.call(
+        "POST",
+        "/pmem0/mt?uploads",
+        &[("x-amz-meta-mtime", "1796447222.25")],
+        b"",
+    );
+    assert_eq!(a.status, 200);
+    let id = element(&a.text(), "UploadId");
+    let e = put_part(&mut c, "mt", &id, 1, b"only part");
+    let a = c.call(
+        "POST",
+        &alloc::format!("/pmem0/mt?uploadId={id}"),
+        &[],
+        complete_xml(&[(1, &e)]).as_bytes(),
+    );
+    assert_eq!(a.status, 200, "{}", a.text());
+    let head = c.call("HEAD", "/pmem0/mt", &[], b"");
+    assert_eq!(head.header("x-amz-meta-mtime"), Some("1796447222.25"));
+    // Not a Unix time: not kept, as for a PUT.
+    let a = c.call(
+        "POST",
+        "/pmem0/mu?uploads",
+        &[("x-amz-meta-mtime", "soon")],
+        b"",
+    );
+    let id = element(&a.text(), "UploadId");
+    let e = put_part(&mut c, "mu", &id, 1, b"x");
+    let xml = complete_xml(&[(1, &e)]);
+    c.call(
+        "POST",
+        &alloc::format!("/pmem0/mu?uploadId={id}"),
+        &[],
+        xml.as_bytes(),
+    );
+    assert_eq!(
+        c.call("HEAD", "/pmem0/mu", &[], b"")
+            .header("x-amz-meta-mtime"),
+        None
+    );
+}
