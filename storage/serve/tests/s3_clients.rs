@@ -615,3 +615,20 @@ fn rclone_multipart_upload_keeps_the_modification_time() {
         "{listing}"
     );
 }
+
+/// A GET read slowly over a socket while boto3 replaces the object gets
+/// the old object whole (its MD5 is the old ETag).
+#[test]
+fn a_slow_get_sends_the_old_object_whole_while_it_is_replaced() {
+    let dir = TempDir::new("slow-get");
+    let server = Server::start(&dir.path("pmem0.img"));
+    run_boto3_script(&server, &dir, "slow_get_replace.py", "slow get ok");
+    // The old object's space returned when the GET ended: only the new
+    // object (and the ETag records) use the device.
+    let uri = format!("nbd://127.0.0.1:{}", server.nbd_port);
+    let exports = run_tool_ok(
+        Command::new("nbdinfo").args(["--list", "--json", uri.as_str()]),
+        TOOL_TIMEOUT,
+    );
+    assert_eq!(exports.matches("\"export-name\"").count(), 1, "{exports}");
+}

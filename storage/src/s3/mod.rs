@@ -40,6 +40,13 @@
 //! its MD5 ETag; a change by another path clears the record durably
 //! before it changes a byte.
 //!
+//! GET holds the object's file open (daxfs `open`, through
+//! [`Storage`]'s table of object reads) while it sends it: a PUT or DELETE
+//! of the key meanwhile leaves the old file to the reader as an orphan, so
+//! the GET sends the old object whole; the last close frees it. Bounded by
+//! the exchanges ([`MAX_EXCHANGES`]) and the HTTP service's progress
+//! timeout (a stalled reader is cut off and its hold given back).
+//!
 //! Checksums: a `x-amz-checksum-crc32`/`crc32c` a PUT or UploadPart
 //! carried (as a header or in the aws-chunked trailer) is verified and
 //! kept with the MD5 ([`ObjectChecksum`]); GET and HEAD of the whole object
@@ -335,11 +342,13 @@ struct Put {
 /// A request in progress between `open` and `end`.
 enum Exchange {
     Put(alloc::boxed::Box<Put>),
-    /// A GET streaming `file` of `device` from `start`.
+    /// A GET streaming `file` of `device` from `start`, holding it open
+    /// (`hold`, [`Storage::hold_object_read`]) until the exchange ends.
     Get {
         device: String,
         file: FileId,
         start: u64,
+        hold: Option<u64>,
     },
     /// DeleteObjects gathering its (bounded) XML body.
     DeleteMany {
@@ -578,6 +587,32 @@ impl<M: PersistentMemory> Storage<M> {
             None => {
                 self.prune_tags_if_large();
                 self.object_tags.insert(key, tag);
+            }
+        }
+    }
+
+    /// Holds `file` of `device` open for an object GET (daxfs `open`), so
+    /// that replacing or deleting its key leaves it to the reader; the
+    /// hold's number, for [`Self::release_object_read`].
+    fn hold_object_read(&mut self, device: &str, file: FileId) -> Option<u64> {
+        let volume = self.volumes.iter().position(|v| v.device == device)?;
+        self.filesystem(volume)?.open(file).ok()?;
+        self.next_object_read += 1;
+        let id = self.next_object_read;
+        self.object_reads.insert(id, (device.to_string(), file));
+        Some(id)
+    }
+
+    /// Gives back an object GET's hold: the last holder of a replaced or
+    /// deleted object frees its space. Nothing if `umount` took it.
+    fn release_object_read(&mut self, id: u64) {
+        let Some((device, file)) = self.object_reads.remove(&id) else {
+            return;
+        };
+        if let Some(volume) = self.volumes.iter().position(|v| v.device == device) {
+            if let Some(fs) = self.filesystem(volume) {
+                // A failure leaves the orphan for the next mount.
+                let _ = fs.close(file);
             }
         }
     }
@@ -1086,12 +1121,20 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
             }
             None => (200, 0, size),
         };
+        // A GET holds the file while it sends it: a PUT or DELETE of the
+        // key meanwhile leaves it to this reader (old object whole).
+        let hold = if request.method == "GET" && length > 0 {
+            self.shared.with(|s| s.hold_object_read(bucket, file))
+        } else {
+            None
+        };
         self.exchanges.insert(
             exchange,
             Exchange::Get {
                 device: bucket.to_string(),
                 file,
                 start,
+                hold,
             },
         );
         Ok(Opened::Reply(Reply {
@@ -2130,6 +2173,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> HttpRoutes for S3Routes<M, S> {
             device,
             file,
             start,
+            ..
         }) = self.exchanges.get(&exchange)
         else {
             return 0;
@@ -2146,7 +2190,12 @@ impl<M: PersistentMemory, S: SharedStorage<M>> HttpRoutes for S3Routes<M, S> {
     }
 
     fn end(&mut self, exchange: u64) {
-        if let Some(Exchange::Put(put)) = self.exchanges.remove(&exchange) {
+        let ended = self.exchanges.remove(&exchange);
+        if let Some(Exchange::Get { hold: Some(id), .. }) = ended {
+            self.shared.with(|s| s.release_object_read(id));
+            return;
+        }
+        if let Some(Exchange::Put(put)) = ended {
             if !put.temp.is_empty() {
                 // Cut off or refused: the old object stays, the partial
                 // body goes.

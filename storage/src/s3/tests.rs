@@ -1808,3 +1808,58 @@ fn a_multipart_upload_keeps_the_mtime_metadata() {
         None
     );
 }
+
+/// A GET that has begun sending an object finishes with that object's
+/// bytes when a PUT replaces it (or a DELETE removes it) meanwhile: the
+/// reader holds the file (daxfs open-unlink), whose space returns when
+/// the GET ends.
+#[test]
+fn a_get_in_progress_sends_the_old_object_whole_when_it_is_replaced() {
+    for replace in [true, false] {
+        let mut c = Client::new();
+        let old = pattern(1 << 20, 4);
+        let new = pattern(1 << 20, 5);
+        // The record file exists (it holds a block) before `df` is noted.
+        c.put("/pmem0/warm", b"x");
+        assert_eq!(c.call("DELETE", "/pmem0/warm", &[], b"").status, 204);
+        let free_before = df_free(&c);
+        c.put("/pmem0/obj", &old);
+        let bytes = c.build("GET", "/pmem0/obj", &[], b"", true);
+        let mut conn = c.service.accept(0);
+        assert_eq!(c.service.receive(&mut conn, &bytes, 0), bytes.len());
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        for _ in 0..8 {
+            let n = c.service.produce(&mut conn, &mut buf, 0);
+            out.extend_from_slice(&buf[..n]);
+        }
+        assert!(out.len() < old.len(), "the GET is under way");
+        if replace {
+            c.put("/pmem0/obj", &new);
+            assert_eq!(c.get("/pmem0/obj").body, new);
+        } else {
+            assert_eq!(c.call("DELETE", "/pmem0/obj", &[], b"").status, 204);
+            assert_eq!(c.get("/pmem0/obj").status, 404);
+        }
+        loop {
+            let n = c.service.produce(&mut conn, &mut buf, 0);
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        let answer = parse(&out);
+        assert_eq!(answer.status, 200);
+        assert!(
+            answer.body == old,
+            "the old object, whole (replace: {replace})"
+        );
+        assert_eq!(answer.header("etag"), Some(md5_hex(&old).as_str()));
+        c.service.closed(conn);
+        assert_eq!(c.service.routes().exchanges(), 0);
+        // The old object's space returned once the GET ended.
+        if !replace {
+            assert_eq!(df_free(&c), free_before);
+        }
+    }
+}
