@@ -247,7 +247,10 @@ pub fn route(
 /// A page body held between `open` and `end`.
 enum Held {
     /// A rendered body, charged to the budget until dropped.
-    Rendered(Vec<u8>, Charge<'static>),
+    Rendered {
+        bytes: Vec<u8>,
+        _charge: Charge<'static>,
+    },
     /// The static dashboard (nothing to charge).
     Static(&'static [u8]),
 }
@@ -301,7 +304,10 @@ impl<F: FnMut(&HttpStats) -> Snapshot> HttpRoutes for Pages<F> {
             Held::Static(DASHBOARD.as_bytes())
         } else {
             match self.budget.charge(response.body.len()) {
-                Ok(charge) => Held::Rendered(response.body, charge),
+                Ok(charge) => Held::Rendered {
+                    bytes: response.body,
+                    _charge: charge,
+                },
                 Err(_) => {
                     return Some(Opened::Reply(Reply::bytes(
                         503,
@@ -322,7 +328,7 @@ impl<F: FnMut(&HttpStats) -> Snapshot> HttpRoutes for Pages<F> {
 
     fn read(&mut self, exchange: u64, offset: u64, out: &mut [u8]) -> usize {
         let bytes: &[u8] = match self.held.get(&exchange) {
-            Some(Held::Rendered(bytes, _)) => bytes,
+            Some(Held::Rendered { bytes, .. }) => bytes,
             Some(Held::Static(bytes)) => bytes,
             None => return 0,
         };
