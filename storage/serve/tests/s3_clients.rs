@@ -632,3 +632,49 @@ fn a_slow_get_sends_the_old_object_whole_while_it_is_replaced() {
     );
     assert_eq!(exports.matches("\"export-name\"").count(), 1, "{exports}");
 }
+
+/// UploadPartCopy with boto3 (`upload_part_copy`, the managed `copy`) and
+/// the AWS CLI (`aws s3 cp s3://… s3://…` of an object over its 8 MiB
+/// multipart threshold copies it part by part on the server).
+#[test]
+fn upload_part_copy_with_boto3_and_the_aws_cli() {
+    let dir = TempDir::new("part-copy");
+    let server = Server::start(&dir.path("pmem0.img"));
+    run_boto3_script(&server, &dir, "boto3_part_copy.py", "boto3 part copy ok");
+    let endpoint = format!("http://127.0.0.1:{}", server.http_port);
+    let config = "[default]\nregion = us-east-1\ns3 =\n    addressing_style = path\n";
+    let e = ["--endpoint-url", endpoint.as_str()];
+    let bytes: Vec<u8> = (0..20u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8)
+        .collect();
+    let src = dir.path("twenty.bin");
+    std::fs::write(&src, &bytes).expect("a local file");
+    let aws_ok = |args: &[&str]| {
+        run_tool_ok(
+            &mut aws_with(&dir, config, &[&e[..], args].concat()),
+            TOOL_TIMEOUT,
+        )
+    };
+    aws_ok(&["s3", "cp", text(&src), "s3://pmem0/cli/src.bin"]);
+    aws_ok(&[
+        "s3",
+        "cp",
+        "s3://pmem0/cli/src.bin",
+        "s3://pmem0/cli/copy.bin",
+    ]);
+    let head = aws_ok(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        "pmem0",
+        "--key",
+        "cli/copy.bin",
+    ]);
+    assert!(head.contains("-3\\\""), "a copy in three parts: {head}");
+    let back = dir.path("back.bin");
+    aws_ok(&["s3", "cp", "s3://pmem0/cli/copy.bin", text(&back)]);
+    assert!(
+        std::fs::read(&back).expect("copied back") == bytes,
+        "byte-identical"
+    );
+}

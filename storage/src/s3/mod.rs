@@ -1162,21 +1162,8 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         key: &str,
         now: u64,
     ) -> Result<Opened, S3Error> {
-        let source = request.header("x-amz-copy-source").unwrap_or("");
-        let source = percent_decode(source.split('?').next().unwrap_or(""))
-            .ok_or_else(|| S3Error::new(400, "InvalidArgument", "malformed x-amz-copy-source"))?;
-        let source = source.strip_prefix('/').unwrap_or(&source);
-        let (src_bucket, src_key) = source.split_once('/').ok_or_else(|| {
-            S3Error::new(
-                400,
-                "InvalidArgument",
-                "x-amz-copy-source must be bucket/key",
-            )
-        })?;
-        if src_bucket != bucket {
-            return Err(S3Error::new(501, "NotImplemented", "copies between buckets (devices) are not supported: a copy is a daxfs clone, within one filesystem"));
-        }
-        check_key(src_key)?;
+        let src_key = copy_source(request, bucket)?;
+        let src_key = src_key.as_str();
         let (etag, modified) = self.shared.with(|s| -> Result<_, S3Error> {
             allow::require_object(s, request.peer, bucket, src_key, false)?;
             let volume = bucket_volume(s, bucket)?;
@@ -1580,6 +1567,28 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         xml.push_str("</DeleteResult>");
         self.buffered(exchange, 200, xml)
     }
+}
+
+/// The key `x-amz-copy-source` names (`[/]bucket/key[?versionId=…]`,
+/// percent-encoded), which must be in `bucket`: a copy is a daxfs clone,
+/// within one filesystem.
+fn copy_source(request: &Request<'_>, bucket: &str) -> Result<String, S3Error> {
+    let source = request.header("x-amz-copy-source").unwrap_or("");
+    let source = percent_decode(source.split('?').next().unwrap_or(""))
+        .ok_or_else(|| S3Error::new(400, "InvalidArgument", "malformed x-amz-copy-source"))?;
+    let source = source.strip_prefix('/').unwrap_or(&source);
+    let (src_bucket, src_key) = source.split_once('/').ok_or_else(|| {
+        S3Error::new(
+            400,
+            "InvalidArgument",
+            "x-amz-copy-source must be bucket/key",
+        )
+    })?;
+    if src_bucket != bucket {
+        return Err(S3Error::new(501, "NotImplemented", "copies between buckets (devices) are not supported: a copy is a daxfs clone, within one filesystem"));
+    }
+    check_key(src_key)?;
+    Ok(src_key.to_string())
 }
 
 fn chunk_mismatch() -> S3Error {

@@ -1863,3 +1863,139 @@ fn a_get_in_progress_sends_the_old_object_whole_when_it_is_replaced() {
         }
     }
 }
+
+fn copy_part(
+    c: &mut Client,
+    key: &str,
+    id: &str,
+    n: u32,
+    source: &str,
+    range: Option<&str>,
+) -> Answer {
+    let mut headers = vec![("x-amz-copy-source", source)];
+    if let Some(range) = range {
+        headers.push(("x-amz-copy-source-range", range));
+    }
+    c.call(
+        "PUT",
+        &alloc::format!("/pmem0/{key}?partNumber={n}&uploadId={id}"),
+        &headers,
+        b"",
+    )
+}
+
+/// UploadPartCopy (`x-amz-copy-source` on UploadPart, with or without
+/// `x-amz-copy-source-range`): block-aligned ranges share the source's
+/// blocks (no space taken), others are copied; the part's ETag is the MD5
+/// of its bytes; the completed object is the source's bytes.
+#[test]
+fn upload_part_copy_shares_aligned_ranges_and_copies_others() {
+    let mut c = Client::big();
+    let data = pattern(12 * 1024 * 1024 + 777, 8);
+    c.put("/pmem0/src", &data);
+    let used = |c: &Client| -> String {
+        let df = c.shell("df");
+        df.lines()
+            .find(|l| l.starts_with("pmem0"))
+            .unwrap()
+            .split_whitespace()
+            .nth(3)
+            .unwrap()
+            .to_string()
+    };
+    let before = used(&c);
+    let id = start_upload(&mut c, "dst");
+    let five = 5 * 1024 * 1024;
+    let a = copy_part(
+        &mut c,
+        "dst",
+        &id,
+        1,
+        "/pmem0/src",
+        Some(&alloc::format!("bytes=0-{}", five - 1)),
+    );
+    assert_eq!(a.status, 200, "{}", a.text());
+    let e1 = element(&a.text(), "ETag").replace("&quot;", "\"");
+    assert_eq!(e1, md5_hex(&data[..five]));
+    let a = copy_part(
+        &mut c,
+        "dst",
+        &id,
+        2,
+        "pmem0/src",
+        Some(&alloc::format!("bytes={five}-{}", data.len() - 1)),
+    );
+    assert_eq!(a.status, 200, "{}", a.text());
+    let e2 = element(&a.text(), "ETag").replace("&quot;", "\"");
+    // Aligned: shared, not copied.
+    assert_eq!(used(&c), before, "{}", c.shell("df"));
+    let xml = complete_xml(&[(1, &e1), (2, &e2)]);
+    let a = c.call(
+        "POST",
+        &alloc::format!("/pmem0/dst?uploadId={id}"),
+        &[],
+        xml.as_bytes(),
+    );
+    assert_eq!(a.status, 200, "{}", a.text());
+    let got = c.get("/pmem0/dst");
+    assert!(got.body == data, "the source's bytes");
+    assert!(got.header("etag").unwrap().ends_with("-2\""));
+    // The whole object (no range), and an unaligned range (copied).
+    let id = start_upload(&mut c, "dst2");
+    let a = copy_part(&mut c, "dst2", &id, 1, "/pmem0/src", None);
+    assert_eq!(a.status, 200, "{}", a.text());
+    let e1 = element(&a.text(), "ETag").replace("&quot;", "\"");
+    assert_eq!(e1, md5_hex(&data));
+    let a = copy_part(&mut c, "dst2", &id, 2, "/pmem0/src", Some("bytes=3-1002"));
+    assert_eq!(a.status, 200, "{}", a.text());
+    let e2 = element(&a.text(), "ETag").replace("&quot;", "\"");
+    assert_eq!(e2, md5_hex(&data[3..1003]));
+    let xml = complete_xml(&[(1, &e1), (2, &e2)]);
+    let a = c.call(
+        "POST",
+        &alloc::format!("/pmem0/dst2?uploadId={id}"),
+        &[],
+        xml.as_bytes(),
+    );
+    assert_eq!(a.status, 200, "{}", a.text());
+    let mut expected = data.clone();
+    expected.extend_from_slice(&data[3..1003]);
+    assert!(c.get("/pmem0/dst2").body == expected);
+    // Errors: a missing source, a range past the end or malformed, another
+    // bucket, an unknown upload.
+    let id = start_upload(&mut c, "dst3");
+    assert_eq!(
+        copy_part(&mut c, "dst3", &id, 1, "/pmem0/nope", None).code(),
+        "NoSuchKey"
+    );
+    for range in ["bytes=0-99999999", "bytes=5-", "bytes=9-3", "items=0-1"] {
+        let a = copy_part(&mut c, "dst3", &id, 1, "/pmem0/src", Some(range));
+        assert_eq!(
+            (a.status, a.code().as_str()),
+            (400, "InvalidArgument"),
+            "{range}"
+        );
+    }
+    assert_eq!(
+        copy_part(&mut c, "dst3", "0000", 1, "/pmem0/src", None).code(),
+        "NoSuchUpload"
+    );
+    assert_eq!(
+        copy_part(&mut c, "dst3", &id, 1, "/pmem1/src", None).status,
+        501
+    );
+    // Nothing left behind by the refused copies.
+    assert_eq!(c.service.routes().exchanges(), 0);
+    let a = c.call(
+        "DELETE",
+        &alloc::format!("/pmem0/dst3?uploadId={id}"),
+        &[],
+        b"",
+    );
+    assert_eq!(a.status, 204);
+    assert!(
+        c.shell("ls pmem0").contains("3 file(s)"),
+        "{}",
+        c.shell("ls pmem0")
+    );
+}
