@@ -179,9 +179,9 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     // HTTPS serves the same routes.
     let (s3_http, s3_https) = http::s3_routes();
     net::init(
-        Chain::new(web::Routes::default(), s3_http),
+        Chain::new(web::routes(), s3_http),
         storage::http_gate(),
-        Chain::new(web::Routes::default(), s3_https),
+        Chain::new(web::routes(), s3_https),
         storage::http_gate(),
     );
     steps.mark("hot-add, pci, tls, network");

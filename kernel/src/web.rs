@@ -8,28 +8,19 @@
 //! [`net::STATS_EVERY_MS`](crate::net::STATS_EVERY_MS) by the poll); the
 //! HTTP service hands over its own counters before each route.
 
-use daxbox_netstack::http::{HttpRoutes, HttpStats, Request, Response};
-use daxbox_storage::web::{self, Snapshot};
+use daxbox_netstack::http::HttpStats;
+use daxbox_storage::web::{Pages, Snapshot};
 
 use crate::storage::STORAGE;
 use crate::{net, time};
 
-/// The routes, with the HTTP counters last handed over.
-#[derive(Default)]
-pub struct Routes {
-    http: HttpStats,
-}
+/// The routes: `daxbox_storage::web::Pages` (page bodies charged to the
+/// `http` budget while they are sent) over the kernel's figures.
+pub type Routes = Pages<fn(&HttpStats) -> Snapshot>;
 
-impl HttpRoutes for Routes {
-    fn route(&mut self, request: &Request<'_>, _now_ms: u64) -> Option<Response> {
-        // `Request` carries no headers yet: a header-signed S3 request is
-        // told apart once the S3 router passes its `Authorization`.
-        web::route(request, None, || snapshot(self.http))
-    }
-
-    fn observe_stats(&mut self, stats: &HttpStats) {
-        self.http = *stats;
-    }
+/// The routes, with the HTTP counters the service hands over.
+pub fn routes() -> Routes {
+    Pages::new(|http: &HttpStats| snapshot(*http))
 }
 
 fn snapshot(http: HttpStats) -> Snapshot {

@@ -157,6 +157,13 @@ pub struct Storage<M: PersistentMemory> {
     object_tags: alloc::collections::BTreeMap<(u8, FileId), s3::ObjectTag>,
     /// Counts changes made other than by an S3 PUT ([`Storage::file_changed`]).
     tag_epoch: u64,
+    /// Files object GETs hold open while they send them, by hold number
+    /// (device, file): a PUT or DELETE of the key leaves the file to the
+    /// reader as a daxfs orphan ([`s3`]). `umount` drops a device's
+    /// entries (its holds go with the filesystem).
+    object_reads: alloc::collections::BTreeMap<u64, (String, FileId)>,
+    /// The next hold number of `object_reads`.
+    next_object_read: u64,
     /// Counters for metrics ([`metrics`]).
     metrics: metrics::StorageMetrics,
 }
@@ -237,6 +244,8 @@ impl<M: PersistentMemory> Storage<M> {
             mount_budget: &daxbox_budget::MOUNT,
             object_tags: alloc::collections::BTreeMap::new(),
             tag_epoch: 0,
+            object_reads: alloc::collections::BTreeMap::new(),
+            next_object_read: 0,
             metrics: metrics::StorageMetrics::new(),
         }
     }

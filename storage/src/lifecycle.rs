@@ -260,6 +260,7 @@ pub fn umount<M: PersistentMemory, E: Environment<M>>(
             connection.held = false;
         }
     }
+    storage.object_reads.retain(|_, (d, _)| d != device);
     let volume = storage.volumes.remove(index);
     let number = device_index(device);
     let (memory, owner, what) = match volume.role {

@@ -117,6 +117,15 @@ impl FakeEnvironment {
         self.memory(name).0.borrow().bytes().to_vec()
     }
 
+    /// The bytes of every device now, in device order (what a power cut
+    /// would leave: a reboot boots these).
+    pub fn images(&self) -> Vec<Vec<u8>> {
+        self.memories
+            .iter()
+            .map(|m| m.0.borrow().bytes().to_vec())
+            .collect()
+    }
+
     /// The memory of device `name`, to plant bytes in it.
     pub fn device_memory_mut(&mut self, name: &str) -> core::cell::RefMut<'_, VecMemory> {
         self.memory(name).0.borrow_mut()

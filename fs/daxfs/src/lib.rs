@@ -50,6 +50,7 @@ extern crate alloc;
 
 mod append;
 mod check;
+mod clone_range;
 mod dax;
 mod extmap;
 #[cfg(feature = "fault-injection")]

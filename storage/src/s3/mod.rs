@@ -34,8 +34,29 @@
 //! (boot nonce, device, file slot and generation, change epoch) written
 //! `"…-1"` (the dash marks it, as S3's multipart tags, as not the MD5 of the
 //! content, so tools do not compare it with one): it changes whenever the
-//! file is changed and at every boot. The table is in RAM: after a reboot
-//! every file has such a tag until it is PUT again.
+//! file is changed and at every boot. A tag with an MD5 is also recorded on
+//! media, in a hidden file per filesystem ([`tags`]), with its checksum,
+//! Last-Modified and mtime: after a reboot an object the API wrote keeps
+//! its MD5 ETag; a change by another path clears the record durably
+//! before it changes a byte.
+//!
+//! GET holds the object's file open (daxfs `open`, through
+//! [`Storage`]'s table of object reads) while it sends it: a PUT or DELETE
+//! of the key meanwhile leaves the old file to the reader as an orphan, so
+//! the GET sends the old object whole; the last close frees it. Bounded by
+//! the exchanges ([`MAX_EXCHANGES`]) and the HTTP service's progress
+//! timeout (a stalled reader is cut off and its hold given back).
+//!
+//! Checksums: a `x-amz-checksum-crc32`/`crc32c` a PUT or UploadPart
+//! carried (as a header or in the aws-chunked trailer) is verified and
+//! kept with the MD5 ([`ObjectChecksum`]); GET and HEAD of the whole object
+//! return it when the request has `x-amz-checksum-mode: ENABLED`, with
+//! `x-amz-checksum-type: FULL_OBJECT`. A multipart object whose parts all
+//! carried a CRC of one kind gets S3's composite form, the CRC of the
+//! parts' CRCs written `BASE64-N` (`COMPOSITE`; botocore does not check a
+//! checksum with a `-`, it cannot). A range read gets none (it is not the
+//! whole object); the checksum is forgotten with the MD5 whenever another
+//! path changes the file.
 //!
 //! Authentication ([`auth`]): AWS Signature V4, header and presigned
 //! forms, with the keys of the boot config (`s3_key=`); anonymous reads
@@ -46,6 +67,7 @@ mod allow;
 pub mod auth;
 pub mod chunked;
 pub mod multipart;
+pub mod tags;
 pub mod text;
 
 use alloc::collections::BTreeMap;
@@ -162,6 +184,50 @@ pub struct ObjectTag {
     /// sets and compares: without it, rclone re-copies every object at
     /// every sync), seconds and nanoseconds; forgotten with the MD5.
     pub mtime: Option<(u64, u32)>,
+    /// The CRC a PUT verified (or the composite of a multipart upload's
+    /// part CRCs), returned with `x-amz-checksum-mode: ENABLED`;
+    /// forgotten with the MD5.
+    pub checksum: Option<ObjectChecksum>,
+}
+
+/// A CRC the object API verified when the content was written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectChecksum {
+    /// Its header: `x-amz-checksum-crc32` or `x-amz-checksum-crc32c`.
+    pub header: &'static str,
+    /// The CRC (of the content, or of the part CRCs for a composite).
+    pub value: u32,
+    /// 0: the whole object's CRC; N: S3's composite of N parts (the CRC of
+    /// the parts' big-endian CRCs, written `BASE64-N`).
+    pub parts: u32,
+}
+
+impl ObjectChecksum {
+    /// The CRC algorithm of `header`.
+    fn algorithm(header: &str) -> Option<&'static crc::Crc<u32>> {
+        match header {
+            "x-amz-checksum-crc32" => Some(&CRC32),
+            "x-amz-checksum-crc32c" => Some(&CRC32C),
+            _ => None,
+        }
+    }
+
+    /// The header lines S3 sends with it (`x-amz-checksum-type` says
+    /// whether it covers the bytes or the parts).
+    fn header_lines(&self) -> String {
+        let value = text::base64(&self.value.to_be_bytes());
+        if self.parts == 0 {
+            format!(
+                "{}: {value}\r\nx-amz-checksum-type: FULL_OBJECT\r\n",
+                self.header
+            )
+        } else {
+            format!(
+                "{}: {value}-{}\r\nx-amz-checksum-type: COMPOSITE\r\n",
+                self.header, self.parts
+            )
+        }
+    }
 }
 
 /// `x-amz-meta-mtime` (`SECONDS[.FRACTION]`, at most 9 fraction digits)
@@ -276,11 +342,13 @@ struct Put {
 /// A request in progress between `open` and `end`.
 enum Exchange {
     Put(alloc::boxed::Box<Put>),
-    /// A GET streaming `file` of `device` from `start`.
+    /// A GET streaming `file` of `device` from `start`, holding it open
+    /// (`hold`, [`Storage::hold_object_read`]) until the exchange ends.
     Get {
         device: String,
         file: FileId,
         start: u64,
+        hold: Option<u64>,
     },
     /// DeleteObjects gathering its (bounded) XML body.
     DeleteMany {
@@ -337,6 +405,7 @@ pub fn sweep_temporaries<M: PersistentMemory>(storage: &mut Storage<M>) -> usize
                     .into_iter()
                     .take_while(|e| e.name.starts_with(HIDDEN_PREFIX))
                     .map(|e| e.name)
+                    .filter(|name| !tags::is_tag_file(name))
                     .collect();
                 let before = removed;
                 for name in &hidden {
@@ -497,6 +566,13 @@ impl<M: PersistentMemory> Storage<M> {
             return;
         };
         let key = (crate::device_index(&v.device), file);
+        // A record on media may still say it holds the MD5: cleared,
+        // durably, before the change (unless this boot already did).
+        if self.object_tags.get(&key).is_none_or(|t| t.md5.is_some()) {
+            if let Some(fs) = self.filesystem(volume) {
+                tags::clear(fs, file);
+            }
+        }
         self.tag_epoch += 1;
         let tag = ObjectTag {
             md5: None,
@@ -504,12 +580,39 @@ impl<M: PersistentMemory> Storage<M> {
             epoch: self.tag_epoch,
             modified: None,
             mtime: None,
+            checksum: None,
         };
         match self.object_tags.get_mut(&key) {
             Some(existing) => *existing = tag,
             None => {
                 self.prune_tags_if_large();
                 self.object_tags.insert(key, tag);
+            }
+        }
+    }
+
+    /// Holds `file` of `device` open for an object GET (daxfs `open`), so
+    /// that replacing or deleting its key leaves it to the reader; the
+    /// hold's number, for [`Self::release_object_read`].
+    fn hold_object_read(&mut self, device: &str, file: FileId) -> Option<u64> {
+        let volume = self.volumes.iter().position(|v| v.device == device)?;
+        self.filesystem(volume)?.open(file).ok()?;
+        self.next_object_read += 1;
+        let id = self.next_object_read;
+        self.object_reads.insert(id, (device.to_string(), file));
+        Some(id)
+    }
+
+    /// Gives back an object GET's hold: the last holder of a replaced or
+    /// deleted object frees its space. Nothing if `umount` took it.
+    fn release_object_read(&mut self, id: u64) {
+        let Some((device, file)) = self.object_reads.remove(&id) else {
+            return;
+        };
+        if let Some(volume) = self.volumes.iter().position(|v| v.device == device) {
+            if let Some(fs) = self.filesystem(volume) {
+                // A failure leaves the orphan for the next mount.
+                let _ = fs.close(file);
             }
         }
     }
@@ -550,16 +653,32 @@ impl<M: PersistentMemory> Storage<M> {
         });
     }
 
+    /// The tag of `file`: this boot's, else the one recorded on media
+    /// ([`tags`]).
     fn object_tag(&self, device: &str, file: FileId) -> Option<ObjectTag> {
-        self.object_tags
-            .get(&(crate::device_index(device), file))
-            .copied()
+        if let Some(tag) = self.object_tags.get(&(crate::device_index(device), file)) {
+            return Some(*tag);
+        }
+        self.volumes
+            .iter()
+            .find(|v| v.device == device)
+            .and_then(|v| match &v.role {
+                Role::Filesystem(fs) => tags::load(fs, file),
+                Role::Raw(_) => None,
+            })
     }
 
+    /// Sets the tag of `file` (an object the API just made): in RAM, and
+    /// on media when it has an MD5 ([`tags`]).
     fn set_object_tag(&mut self, device: &str, file: FileId, tag: ObjectTag) {
         self.prune_tags_if_large();
         self.object_tags
             .insert((crate::device_index(device), file), tag);
+        if let Some(volume) = self.volumes.iter().position(|v| v.device == device) {
+            if let Some(fs) = self.filesystem(volume) {
+                tags::store(fs, file, &tag);
+            }
+        }
     }
 }
 
@@ -965,7 +1084,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         exchange: u64,
         now: u64,
     ) -> Result<Opened, S3Error> {
-        let (file, size, etag, modified, mtime) = self.shared.with(|s| -> Result<_, S3Error> {
+        let (file, size, etag, modified, tag) = self.shared.with(|s| -> Result<_, S3Error> {
             let volume = bucket_volume(s, bucket)?;
             let fs = filesystem(s, volume);
             let file = fs.lookup(key).map_err(|_| no_such_key())?;
@@ -975,7 +1094,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                 size,
                 self.etag(s, bucket, file),
                 self.modified(s, bucket, file),
-                s.object_tag(bucket, file).and_then(|t| t.mtime),
+                s.object_tag(bucket, file),
             ))
         })?;
         let _ = now;
@@ -986,8 +1105,16 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         let mut headers = format!(
             "ETag: {etag}\r\nLast-Modified: {}\r\nAccept-Ranges: bytes\r\nx-amz-request-id: daxbox\r\n{}",
             text::http_date(modified),
-            mtime_header(mtime)
+            mtime_header(tag.and_then(|t| t.mtime))
         );
+        // The checksum covers the whole object: a range does not get it
+        // (a client would check it against the part it read).
+        let checksum_mode = request
+            .header("x-amz-checksum-mode")
+            .is_some_and(|m| m.eq_ignore_ascii_case("ENABLED"));
+        if let (true, None, Some(checksum)) = (checksum_mode, range, tag.and_then(|t| t.checksum)) {
+            headers.push_str(&checksum.header_lines());
+        }
         let (status, start, length) = match range {
             Some((a, b)) => {
                 let _ = write!(headers, "Content-Range: bytes {a}-{b}/{size}\r\n");
@@ -995,12 +1122,20 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
             }
             None => (200, 0, size),
         };
+        // A GET holds the file while it sends it: a PUT or DELETE of the
+        // key meanwhile leaves it to this reader (old object whole).
+        let hold = if request.method == "GET" && length > 0 {
+            self.shared.with(|s| s.hold_object_read(bucket, file))
+        } else {
+            None
+        };
         self.exchanges.insert(
             exchange,
             Exchange::Get {
                 device: bucket.to_string(),
                 file,
                 start,
+                hold,
             },
         );
         Ok(Opened::Reply(Reply {
@@ -1028,21 +1163,8 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         key: &str,
         now: u64,
     ) -> Result<Opened, S3Error> {
-        let source = request.header("x-amz-copy-source").unwrap_or("");
-        let source = percent_decode(source.split('?').next().unwrap_or(""))
-            .ok_or_else(|| S3Error::new(400, "InvalidArgument", "malformed x-amz-copy-source"))?;
-        let source = source.strip_prefix('/').unwrap_or(&source);
-        let (src_bucket, src_key) = source.split_once('/').ok_or_else(|| {
-            S3Error::new(
-                400,
-                "InvalidArgument",
-                "x-amz-copy-source must be bucket/key",
-            )
-        })?;
-        if src_bucket != bucket {
-            return Err(S3Error::new(501, "NotImplemented", "copies between buckets (devices) are not supported: a copy is a daxfs clone, within one filesystem"));
-        }
-        check_key(src_key)?;
+        let src_key = copy_source(request, bucket)?;
+        let src_key = src_key.as_str();
         let (etag, modified) = self.shared.with(|s| -> Result<_, S3Error> {
             allow::require_object(s, allow::Who::of(request).client(), bucket, src_key, false)?;
             let volume = bucket_volume(s, bucket)?;
@@ -1072,6 +1194,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                 } else {
                     src_tag.and_then(|t| t.mtime)
                 },
+                checksum: src_tag.and_then(|t| t.checksum),
             };
             if tag.md5.is_some() {
                 s.set_object_tag(bucket, copy, tag);
@@ -1353,6 +1476,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
             }
         }
         let mut headers = String::new();
+        let mut checksum = None;
         if let Some((d, expected, name)) = put.crc32.take() {
             let got = d.finalize();
             if got != expected {
@@ -1363,9 +1487,14 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                 ));
             }
             let _ = write!(headers, "{name}: {}\r\n", text::base64(&got.to_be_bytes()));
+            checksum = Some(ObjectChecksum {
+                header: name,
+                value: got,
+                parts: 0,
+            });
         }
         if let Some((id, number)) = put.part.clone() {
-            return self.finish_part(put, &id, number, md5, headers, now);
+            return self.finish_part(put, &id, number, (md5, checksum), headers, now);
         }
         let etag = format!("\"{}\"", hex(&md5));
         self.shared.with(|s| -> Result<(), S3Error> {
@@ -1388,6 +1517,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                     epoch: 0,
                     modified: Some(now),
                     mtime: put.mtime,
+                    checksum,
                 },
             );
             Ok(())
@@ -1438,6 +1568,28 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         xml.push_str("</DeleteResult>");
         self.buffered(exchange, 200, xml)
     }
+}
+
+/// The key `x-amz-copy-source` names (`[/]bucket/key[?versionId=…]`,
+/// percent-encoded), which must be in `bucket`: a copy is a daxfs clone,
+/// within one filesystem.
+fn copy_source(request: &Request<'_>, bucket: &str) -> Result<String, S3Error> {
+    let source = request.header("x-amz-copy-source").unwrap_or("");
+    let source = percent_decode(source.split('?').next().unwrap_or(""))
+        .ok_or_else(|| S3Error::new(400, "InvalidArgument", "malformed x-amz-copy-source"))?;
+    let source = source.strip_prefix('/').unwrap_or(&source);
+    let (src_bucket, src_key) = source.split_once('/').ok_or_else(|| {
+        S3Error::new(
+            400,
+            "InvalidArgument",
+            "x-amz-copy-source must be bucket/key",
+        )
+    })?;
+    if src_bucket != bucket {
+        return Err(S3Error::new(501, "NotImplemented", "copies between buckets (devices) are not supported: a copy is a daxfs clone, within one filesystem"));
+    }
+    check_key(src_key)?;
+    Ok(src_key.to_string())
 }
 
 fn chunk_mismatch() -> S3Error {
@@ -2036,6 +2188,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> HttpRoutes for S3Routes<M, S> {
             device,
             file,
             start,
+            ..
         }) = self.exchanges.get(&exchange)
         else {
             return 0;
@@ -2052,7 +2205,12 @@ impl<M: PersistentMemory, S: SharedStorage<M>> HttpRoutes for S3Routes<M, S> {
     }
 
     fn end(&mut self, exchange: u64) {
-        if let Some(Exchange::Put(put)) = self.exchanges.remove(&exchange) {
+        let ended = self.exchanges.remove(&exchange);
+        if let Some(Exchange::Get { hold: Some(id), .. }) = ended {
+            self.shared.with(|s| s.release_object_read(id));
+            return;
+        }
+        if let Some(Exchange::Put(put)) = ended {
             if !put.temp.is_empty() {
                 // Cut off or refused: the old object stays, the partial
                 // body goes.

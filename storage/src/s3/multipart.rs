@@ -1,5 +1,7 @@
 //! S3 multipart upload: CreateMultipartUpload (`POST ?uploads`),
-//! UploadPart (`PUT ?partNumber=N&uploadId=ID`), CompleteMultipartUpload
+//! UploadPart (`PUT ?partNumber=N&uploadId=ID`; with `x-amz-copy-source`
+//! UploadPartCopy, which shares the source's blocks for block-aligned
+//! ranges, see `copy_part`), CompleteMultipartUpload
 //! (`POST ?uploadId=ID` with the XML part list), AbortMultipartUpload
 //! (`DELETE ?uploadId=ID`), ListParts (`GET ?uploadId=ID`) and
 //! ListMultipartUploads (`GET /bucket?uploads`).
@@ -21,7 +23,8 @@
 //! extents move in one daxfs transaction and no byte is copied; otherwise
 //! its bytes are copied), makes it durable and renames it over the key in
 //! one daxfs commit: readers and NBD clients see the old object or the
-//! new one. The ETag is S3's: the hex MD5 of the concatenated part MD5s,
+//! new one. `x-amz-meta-mtime` of CreateMultipartUpload is kept with the
+//! object, as a PutObject's is. The ETag is S3's: the hex MD5 of the concatenated part MD5s,
 //! `-N`. A Complete refused by its checks leaves the upload as it was (it
 //! may be retried); one that fails while joining (no space, no memory)
 //! removes the result and the upload, whose parts it had begun to
@@ -47,8 +50,9 @@ use md5::{Digest as _, Md5};
 use super::auth::{query_value, Payload};
 use super::text::{hex, iso8601, xml_escape};
 use super::{
-    bucket_volume, check_replace, content_md5, filesystem, fs_failure, malformed, param, slow_down,
-    walk_xml, Exchange, ObjectTag, Put, S3Error, S3Routes, XmlBody, HIDDEN_PREFIX,
+    bucket_volume, check_replace, client_mtime, content_md5, copy_source, filesystem, fs_failure,
+    malformed, param, slow_down, walk_xml, Exchange, ObjectChecksum, ObjectTag, Put, S3Error,
+    S3Routes, XmlBody, HIDDEN_PREFIX,
 };
 use crate::SharedStorage;
 
@@ -62,6 +66,14 @@ pub const MIN_PART: u64 = 5 << 20;
 /// Largest CompleteMultipartUpload body, bytes (10,000 parts with their
 /// ETags fit well within it); beyond, `MalformedXML`.
 pub const MAX_COMPLETE_BODY: usize = 2 << 20;
+/// Largest UploadPartCopy range that is copied byte by byte (one that
+/// cannot share the source's blocks: not starting on a 4 KiB block),
+/// bytes; it is done within one request, so it is kept small.
+pub const MAX_UNALIGNED_COPY: u64 = 16 << 20;
+/// Largest UploadPartCopy range whose MD5 (the part's ETag) is computed
+/// from its bytes, within one request; a larger one gets a tag derived
+/// from the source and the range.
+pub const MAX_COPY_HASH: u64 = 16 << 20;
 /// Bytes charged to the `http` budget for each part's record.
 const PART_RECORD: usize = 128;
 /// Bytes charged for an upload's record (plus its key).
@@ -74,6 +86,8 @@ pub(super) struct Part {
     size: u64,
     md5: [u8; 16],
     modified: u64,
+    /// The CRC its upload carried and that was verified.
+    checksum: Option<ObjectChecksum>,
 }
 
 /// An upload in progress.
@@ -81,6 +95,9 @@ pub(super) struct Upload {
     device: String,
     key: String,
     initiated: u64,
+    /// `x-amz-meta-mtime` of CreateMultipartUpload, kept as a PUT keeps
+    /// it (the only user metadata the object API keeps).
+    mtime: Option<(u64, u32)>,
     parts: BTreeMap<u32, Part>,
     /// The record and its parts' records, charged to the budget.
     charge: Charge<'static>,
@@ -142,8 +159,10 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
     ) -> Result<Opened, S3Error> {
         let upload = param(request.query, "uploadId")?;
         match (request.method, upload) {
-            ("POST", None) => self.create_upload(bucket, key, now),
-            ("PUT", Some(id)) => self.upload_part(request, bucket, key, &id, payload, exchange),
+            ("POST", None) => self.create_upload(request, bucket, key, now),
+            ("PUT", Some(id)) => {
+                self.upload_part(request, (bucket, key), &id, payload, exchange, now)
+            }
             ("POST", Some(id)) => {
                 self.lookup_upload(&id, bucket, key)?;
                 self.exchanges.insert(
@@ -190,7 +209,13 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
             .ok_or_else(no_such_upload)
     }
 
-    fn create_upload(&mut self, bucket: &str, key: &str, now: u64) -> Result<Opened, S3Error> {
+    fn create_upload(
+        &mut self,
+        request: &Request<'_>,
+        bucket: &str,
+        key: &str,
+        now: u64,
+    ) -> Result<Opened, S3Error> {
         self.shared.with(|s| -> Result<(), S3Error> {
             let volume = bucket_volume(s, bucket)?;
             check_replace(s, volume, key)
@@ -218,6 +243,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                 device: bucket.to_string(),
                 key: key.to_string(),
                 initiated: now,
+                mtime: client_mtime(request),
                 parts: BTreeMap::new(),
                 charge,
             },
@@ -237,19 +263,12 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
     fn upload_part(
         &mut self,
         request: &Request<'_>,
-        bucket: &str,
-        key: &str,
+        (bucket, key): (&str, &str),
         id: &str,
         payload: Payload,
         exchange: u64,
+        now: u64,
     ) -> Result<Opened, S3Error> {
-        if request.header("x-amz-copy-source").is_some() {
-            return Err(S3Error::new(
-                501,
-                "NotImplemented",
-                "UploadPartCopy is not supported",
-            ));
-        }
         let number = param(request.query, "partNumber")?
             .and_then(|n| n.parse::<u32>().ok())
             .filter(|n| (1..=MAX_PARTS).contains(n))
@@ -261,6 +280,9 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                 )
             })?;
         self.lookup_upload(id, bucket, key)?;
+        if request.header("x-amz-copy-source").is_some() {
+            return self.copy_part(request, bucket, (id, number), exchange, now);
+        }
         let opened = self.start_put(request, bucket, key, payload, exchange)?;
         if let Some(Exchange::Put(put)) = self.exchanges.get_mut(&exchange) {
             put.part = Some((id.to_string(), number));
@@ -268,14 +290,15 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         Ok(opened)
     }
 
-    /// The end of a part's body, checked: the part file becomes part
-    /// `number` (replacing an earlier upload of that number).
+    /// The end of a part's body, checked (its MD5 and verified CRC): the
+    /// part file becomes part `number` (replacing an earlier upload of
+    /// that number).
     pub(super) fn finish_part(
         &mut self,
         put: &mut Put,
         id: &str,
         number: u32,
-        md5: [u8; 16],
+        (md5, checksum): ([u8; 16], Option<ObjectChecksum>),
         mut headers: String,
         now: u64,
     ) -> Result<Reply, S3Error> {
@@ -309,6 +332,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                 size: put.written,
                 md5,
                 modified: now,
+                checksum,
             },
         );
         let _ = write!(
@@ -322,6 +346,141 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
             headers,
             body: ReplyBody::Bytes(Vec::new()),
         })
+    }
+
+    /// UploadPartCopy: part `number` of upload `id` is the object
+    /// `x-amz-copy-source` names, or its `x-amz-copy-source-range`. A range
+    /// that starts on a block (4 KiB) and ends on one or at the source's
+    /// end shares the source's blocks ([`daxfs::Filesystem::clone_blocks`]:
+    /// no byte copied, constant space); any other range is copied, at most
+    /// [`MAX_UNALIGNED_COPY`] bytes. The part's ETag is the MD5 of its
+    /// bytes: the source's own when the whole single-part object is
+    /// copied, else hashed, up to [`MAX_COPY_HASH`] bytes; beyond that it
+    /// is the MD5 of the source's ETag and the range (not of the bytes:
+    /// nothing could compute that within one event-loop turn).
+    fn copy_part(
+        &mut self,
+        request: &Request<'_>,
+        bucket: &str,
+        (id, number): (&str, u32),
+        exchange: u64,
+        now: u64,
+    ) -> Result<Opened, S3Error> {
+        let src_key = copy_source(request, bucket)?;
+        let range = request.header("x-amz-copy-source-range");
+        let temp = format!("{HIDDEN_PREFIX}copy-part-{exchange}");
+        let name = part_name(id, number);
+        let peer = request.peer;
+        let (size, md5) = self.shared.with(|s| -> Result<(u64, [u8; 16]), S3Error> {
+            super::allow::require_object(s, peer, bucket, &src_key, false)?;
+            let volume = bucket_volume(s, bucket)?;
+            let fs = filesystem(s, volume);
+            let src = fs.lookup(&src_key).map_err(|_| super::no_such_key())?;
+            let src_size = fs.file_size(src).map_err(fs_failure)?;
+            let (first, len) = copy_range(range, src_size)?;
+            if len > super::MAX_PUT {
+                return Err(S3Error::new(
+                    400,
+                    "EntityTooLarge",
+                    "a part is at most 5 GiB",
+                ));
+            }
+            let src_tag = s.object_tag(bucket, src);
+            let fs = filesystem(s, volume);
+            let _ = fs.unlink(&temp);
+            let block = 4096;
+            let aligned = first % block == 0 && (len % block == 0 || first + len == src_size);
+            let whole_md5 = src_tag
+                .filter(|t| t.parts == 0 && first == 0 && len == src_size)
+                .and_then(|t| t.md5);
+            let made = (|| -> Result<[u8; 16], S3Error> {
+                let hash = whole_md5.is_none() && len <= MAX_COPY_HASH;
+                let mut digest = Md5::new();
+                let part = if aligned {
+                    fs.clone_blocks(src, first / block, len.div_ceil(block), &temp)
+                        .map_err(fs_failure)?
+                } else if len <= MAX_UNALIGNED_COPY {
+                    fs.create(&temp).map_err(fs_failure)?
+                } else {
+                    return Err(S3Error::new(
+                        400,
+                        "InvalidRequest",
+                        "a x-amz-copy-source-range that does not start on a multiple of 4 KiB (and end on one or at the end of the object) is copied byte by byte: at most 16 MiB",
+                    ));
+                };
+                let mut buf = alloc::vec![0u8; 64 * 1024];
+                if !aligned || hash {
+                    let mut done = 0;
+                    while done < len {
+                        let n = (len - done).min(buf.len() as u64) as usize;
+                        let got = fs.read(src, first + done, &mut buf[..n]).map_err(fs_failure)?;
+                        if got != n {
+                            return Err(S3Error::new(500, "InternalError", "the source ended early"));
+                        }
+                        if !aligned {
+                            fs.write(part, done, &buf[..n]).map_err(fs_failure)?;
+                        }
+                        digest.update(&buf[..n]);
+                        done += n as u64;
+                    }
+                    fs.persist(part).map_err(fs_failure)?;
+                }
+                if let Some(md5) = whole_md5 {
+                    return Ok(md5);
+                }
+                if hash {
+                    return Ok(digest.finalize().into());
+                }
+                // Too large to hash now: a tag of the source and range.
+                let mut tag = Md5::new();
+                tag.update(b"daxbox-part-copy");
+                tag.update(src.slot().to_le_bytes());
+                tag.update(src.generation().to_le_bytes());
+                tag.update(src_tag.and_then(|t| t.md5).unwrap_or_default());
+                tag.update(first.to_le_bytes());
+                tag.update(len.to_le_bytes());
+                Ok(tag.finalize().into())
+            })();
+            let md5 = match made.and_then(|md5| {
+                fs.rename(&temp, &name).map_err(fs_failure)?;
+                Ok(md5)
+            }) {
+                Ok(md5) => md5,
+                Err(e) => {
+                    let _ = fs.unlink(&temp);
+                    return Err(e);
+                }
+            };
+            Ok((len, md5))
+        })?;
+        let upload = self.uploads.map.get_mut(id).ok_or_else(no_such_upload)?;
+        if !upload.parts.contains_key(&number) && upload.charge.grow(PART_RECORD).is_err() {
+            self.shared.with(|s| {
+                if let Ok(volume) = bucket_volume(s, bucket) {
+                    let _ = filesystem(s, volume).unlink(&name);
+                }
+            });
+            return Err(slow_down());
+        }
+        upload.parts.insert(
+            number,
+            Part {
+                size,
+                md5,
+                modified: now,
+                checksum: None,
+            },
+        );
+        let xml = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<CopyPartResult {XMLNS}><LastModified>{}</LastModified><ETag>&quot;{}&quot;</ETag></CopyPartResult>",
+            iso8601(now),
+            hex(&md5)
+        );
+        Ok(Opened::Reply(Reply::bytes(
+            200,
+            "application/xml",
+            xml.into_bytes(),
+        )))
     }
 
     /// Removes upload `id` and its part files.
@@ -457,6 +616,8 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         // Every part named must exist with its ETag, before sizes count.
         let mut sizes = Vec::with_capacity(list.len());
         let mut digest = Md5::new();
+        // S3's composite checksum, when every part has a CRC of one kind.
+        let mut checksums = Vec::with_capacity(list.len());
         for (number, etag) in &list {
             let part = upload.parts.get(number).filter(|p| etag.trim().trim_matches('"') == hex(&p.md5)).ok_or_else(|| {
                 S3Error::new(
@@ -467,7 +628,9 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
             })?;
             sizes.push(part.size);
             digest.update(part.md5);
+            checksums.push(part.checksum);
         }
+        let checksum = composite(&checksums);
         if sizes[..sizes.len() - 1].iter().any(|&size| size < MIN_PART) {
             return Err(S3Error::new(
                 400,
@@ -476,6 +639,7 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
             ));
         }
         let md5: [u8; 16] = digest.finalize().into();
+        let mtime = upload.mtime;
         let count = list.len() as u32;
         let numbers: Vec<u32> = list.iter().map(|(n, _)| *n).collect();
         let file = self.shared.with(|s| -> Result<FileId, (S3Error, bool)> {
@@ -526,9 +690,8 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
                     parts: count,
                     epoch: 0,
                     modified: Some(now),
-                    // `x-amz-meta-mtime` of a multipart upload is not
-                    // kept (rclone then sets it again by a copy).
-                    mtime: None,
+                    mtime,
+                    checksum,
                 },
             );
         });
@@ -545,6 +708,55 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         let _ = write!(reply.headers, "ETag: {etag}\r\n");
         Ok(reply)
     }
+}
+
+/// `x-amz-copy-source-range` (`bytes=first-last`, within the source) as
+/// (first byte, length); none: the whole source.
+fn copy_range(range: Option<&str>, size: u64) -> Result<(u64, u64), S3Error> {
+    let Some(range) = range else {
+        return Ok((0, size));
+    };
+    let bad = || {
+        S3Error::new(
+            400,
+            "InvalidArgument",
+            "The x-amz-copy-source-range value must be of the form bytes=first-last where first and last are the zero-based offsets of the first and last bytes to copy, within the source object",
+        )
+    };
+    let (first, last) = range
+        .trim()
+        .strip_prefix("bytes=")
+        .and_then(|r| r.split_once('-'))
+        .ok_or_else(bad)?;
+    let number = |t: &str| -> Option<u64> {
+        (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| t.parse().ok())
+            .flatten()
+    };
+    let (first, last) = (
+        number(first).ok_or_else(bad)?,
+        number(last).ok_or_else(bad)?,
+    );
+    if first > last || last >= size {
+        return Err(bad());
+    }
+    Ok((first, last - first + 1))
+}
+
+/// S3's composite checksum of parts: the CRC of their big-endian CRCs,
+/// when every part has one and all are of the same kind.
+fn composite(parts: &[Option<ObjectChecksum>]) -> Option<ObjectChecksum> {
+    let header = parts.first().copied().flatten()?.header;
+    let mut digest = ObjectChecksum::algorithm(header)?.digest();
+    for part in parts {
+        let part = part.filter(|p| p.header == header && p.parts == 0)?;
+        digest.update(&part.value.to_be_bytes());
+    }
+    Some(ObjectChecksum {
+        header,
+        value: digest.finalize(),
+        parts: u32::try_from(parts.len()).ok()?,
+    })
 }
 
 /// Parses a CompleteMultipartUpload body: (part number, ETag) in the

@@ -1583,3 +1583,470 @@ fn complete_moves_aligned_parts_instead_of_copying() {
     assert!(c.get("/pmem0/moved").body == whole);
     assert!(c.shell("ls pmem0").contains("1 file(s)"));
 }
+
+/// A checksum a PUT verified is kept and returned on GET and HEAD when
+/// the request asks with `x-amz-checksum-mode: ENABLED` (whole-object
+/// reads only), and forgotten when another path changes the file.
+#[test]
+fn verified_checksums_are_returned_with_checksum_mode() {
+    let mut c = Client::new();
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    let crc = base64(&CRC32.checksum(&data).to_be_bytes());
+    let put = c.call("PUT", "/pmem0/c", &[("x-amz-checksum-crc32", &crc)], &data);
+    assert_eq!(put.status, 200, "{}", put.text());
+    let mode = [("x-amz-checksum-mode", "ENABLED")];
+    for method in ["GET", "HEAD"] {
+        let a = c.call(method, "/pmem0/c", &mode, b"");
+        assert_eq!(
+            a.header("x-amz-checksum-crc32"),
+            Some(crc.as_str()),
+            "{method}"
+        );
+        assert_eq!(a.header("x-amz-checksum-type"), Some("FULL_OBJECT"));
+        // Not asked for: not sent.
+        let a = c.call(method, "/pmem0/c", &[], b"");
+        assert_eq!(a.header("x-amz-checksum-crc32"), None, "{method}");
+    }
+    // A range is not the whole object: no whole-object checksum.
+    let a = c.call(
+        "GET",
+        "/pmem0/c",
+        &[("x-amz-checksum-mode", "ENABLED"), ("range", "bytes=0-9")],
+        b"",
+    );
+    assert_eq!((a.status, a.header("x-amz-checksum-crc32")), (206, None));
+    // crc32c from the aws-chunked trailer path is kept the same way.
+    let crc32c = base64(&CRC32C.checksum(b"other").to_be_bytes());
+    let put = c.call(
+        "PUT",
+        "/pmem0/d",
+        &[("x-amz-checksum-crc32c", &crc32c)],
+        b"other",
+    );
+    assert_eq!(put.status, 200);
+    let a = c.call("HEAD", "/pmem0/d", &mode, b"");
+    assert_eq!(a.header("x-amz-checksum-crc32c"), Some(crc32c.as_str()));
+    assert_eq!(a.header("x-amz-checksum-crc32"), None);
+    // A copy keeps it.
+    let copy = c.call("PUT", "/pmem0/e", &[("x-amz-copy-source", "/pmem0/c")], b"");
+    assert_eq!(copy.status, 200);
+    assert_eq!(
+        c.call("HEAD", "/pmem0/e", &mode, b"")
+            .header("x-amz-checksum-crc32"),
+        Some(crc.as_str())
+    );
+    // Another path changes the file: the checksum goes with the MD5.
+    c.shell("write pmem0:c 0 J");
+    assert_eq!(
+        c.call("GET", "/pmem0/c", &mode, b"")
+            .header("x-amz-checksum-crc32"),
+        None
+    );
+    // A PUT without one has none.
+    c.put("/pmem0/e", b"plain");
+    assert_eq!(
+        c.call("GET", "/pmem0/e", &mode, b"")
+            .header("x-amz-checksum-crc32"),
+        None
+    );
+}
+
+/// Parts uploaded with a checksum of one algorithm give the object S3's
+/// composite checksum: the CRC of the parts' checksums, `-N`.
+#[test]
+fn a_multipart_object_has_the_composite_checksum_of_its_parts() {
+    let mut c = Client::big();
+    let a = c.call(
+        "POST",
+        "/pmem0/m?uploads",
+        &[("x-amz-checksum-algorithm", "CRC32")],
+        b"",
+    );
+    let id = element(&a.text(), "UploadId");
+    let p1 = pattern(5 << 20, 1);
+    let p2 = pattern(1000, 2);
+    let mut etags = Vec::new();
+    let mut crcs = Vec::new();
+    for (n, p) in [(1u32, &p1), (2, &p2)] {
+        let crc = CRC32.checksum(p).to_be_bytes();
+        let b64 = base64(&crc);
+        let a = c.call(
+            "PUT",
+            &alloc::format!("/pmem0/m?partNumber={n}&uploadId={id}"),
+            &[("x-amz-checksum-crc32", &b64)],
+            p,
+        );
+        assert_eq!(a.status, 200, "{}", a.text());
+        assert_eq!(a.header("x-amz-checksum-crc32"), Some(b64.as_str()));
+        etags.push(a.header("etag").unwrap().to_string());
+        crcs.extend_from_slice(&crc);
+    }
+    let xml = complete_xml(&[(1, &etags[0]), (2, &etags[1])]);
+    let a = c.call(
+        "POST",
+        &alloc::format!("/pmem0/m?uploadId={id}"),
+        &[],
+        xml.as_bytes(),
+    );
+    assert_eq!(a.status, 200, "{}", a.text());
+    let composite = alloc::format!("{}-2", base64(&CRC32.checksum(&crcs).to_be_bytes()));
+    let head = c.call(
+        "HEAD",
+        "/pmem0/m",
+        &[("x-amz-checksum-mode", "ENABLED")],
+        b"",
+    );
+    assert_eq!(
+        head.header("x-amz-checksum-crc32"),
+        Some(composite.as_str())
+    );
+    assert_eq!(head.header("x-amz-checksum-type"), Some("COMPOSITE"));
+    // A part without a checksum: the object has none.
+    let id = start_upload(&mut c, "n");
+    let e1 = put_part(&mut c, "n", &id, 1, &p2);
+    let xml = complete_xml(&[(1, &e1)]);
+    let a = c.call(
+        "POST",
+        &alloc::format!("/pmem0/n?uploadId={id}"),
+        &[],
+        xml.as_bytes(),
+    );
+    assert_eq!(a.status, 200);
+    let head = c.call(
+        "HEAD",
+        "/pmem0/n",
+        &[("x-amz-checksum-mode", "ENABLED")],
+        b"",
+    );
+    assert_eq!(head.header("x-amz-checksum-crc32"), None);
+}
+
+impl Client {
+    /// The appliance after a power cut and a boot: the devices' bytes as
+    /// they are now, mounted afresh, a new object API (another boot
+    /// nonce), nothing kept in RAM.
+    fn reboot(&self) -> Client {
+        let images = self.fixture.borrow().env.images();
+        let fixture = Fixture::boot_env(crate::testing::FakeEnvironment::from_images(images));
+        let routes_config = self.service.routes().config.clone();
+        let mut next = Client::with_fixture(fixture, routes_config);
+        next.service.routes_mut().boot_nonce ^= 0x5a5a;
+        next
+    }
+}
+
+/// S3 tools compare a single-part object's ETag with the MD5 of their
+/// copy (rclone check, aws s3 sync): it stays the MD5 of the content
+/// after a reboot, with the checksum, Last-Modified and mtime; a change
+/// by another path before the reboot is not forgotten by it.
+#[test]
+fn etags_survive_a_reboot() {
+    let mut c = Client::new();
+    let data = pattern(300_000, 9);
+    let crc = base64(&CRC32.checksum(&data).to_be_bytes());
+    let put = c.call(
+        "PUT",
+        "/pmem0/kept",
+        &[
+            ("x-amz-checksum-crc32", &crc),
+            ("x-amz-meta-mtime", "1796447222.5"),
+        ],
+        &data,
+    );
+    assert_eq!(put.status, 200);
+    c.put("/pmem0/changed", b"hello");
+    c.put("/pmem0/renamed", b"moved");
+    c.shell("write pmem0:changed 0 J");
+    c.shell("mv pmem0:renamed pmem0:moved");
+    let changed_before = c.get("/pmem0/changed").header("etag").unwrap().to_string();
+    let mut c = c.reboot();
+    let mode = [("x-amz-checksum-mode", "ENABLED")];
+    let head = c.call("HEAD", "/pmem0/kept", &mode, b"");
+    assert_eq!(head.header("etag"), Some(md5_hex(&data).as_str()));
+    assert_eq!(head.header("x-amz-checksum-crc32"), Some(crc.as_str()));
+    assert_eq!(head.header("x-amz-meta-mtime"), Some("1796447222.5"));
+    assert_eq!(
+        head.header("last-modified"),
+        Some("Sat, 05 Dec 2026 03:48:56 GMT")
+    );
+    assert_eq!(
+        c.get("/pmem0/moved").header("etag"),
+        Some(md5_hex(b"moved").as_str())
+    );
+    // In a listing too.
+    let list = c.get("/pmem0?list-type=2&prefix=kept").text();
+    assert_eq!(
+        element(&list, "ETag"),
+        md5_hex(&data).replace('"', "&quot;")
+    );
+    // The file changed by the shell has no MD5 tag, before or after.
+    let changed = c.get("/pmem0/changed").header("etag").unwrap().to_string();
+    assert!(changed.ends_with("-1\""), "{changed}");
+    assert_ne!(changed, md5_hex(b"Jello"));
+    let _ = changed_before;
+    // A change after the reboot (NBD or shell) forgets it, also across
+    // the next reboot.
+    c.shell("write pmem0:kept 0 Z");
+    assert!(c
+        .get("/pmem0/kept")
+        .header("etag")
+        .unwrap()
+        .ends_with("-1\""));
+    let mut c = c.reboot();
+    assert!(c
+        .get("/pmem0/kept")
+        .header("etag")
+        .unwrap()
+        .ends_with("-1\""));
+    assert_eq!(
+        c.call("HEAD", "/pmem0/kept", &mode, b"")
+            .header("x-amz-checksum-crc32"),
+        None
+    );
+    // The record file is nobody's object, export or file.
+    assert!(keys_of(&c.get("/pmem0?list-type=2").text())
+        .iter()
+        .all(|k| !hidden(k)));
+    assert!(
+        c.shell("ls pmem0").contains("3 file(s)"),
+        "{}",
+        c.shell("ls pmem0")
+    );
+}
+
+/// The user metadata a single PUT keeps (`x-amz-meta-mtime`, which rclone
+/// sets) is kept the same way when it comes with CreateMultipartUpload.
+#[test]
+fn a_multipart_upload_keeps_the_mtime_metadata() {
+    let mut c = Client::big();
+    let a = c.call(
+        "POST",
+        "/pmem0/mt?uploads",
+        &[("x-amz-meta-mtime", "1796447222.25")],
+        b"",
+    );
+    assert_eq!(a.status, 200);
+    let id = element(&a.text(), "UploadId");
+    let e = put_part(&mut c, "mt", &id, 1, b"only part");
+    let a = c.call(
+        "POST",
+        &alloc::format!("/pmem0/mt?uploadId={id}"),
+        &[],
+        complete_xml(&[(1, &e)]).as_bytes(),
+    );
+    assert_eq!(a.status, 200, "{}", a.text());
+    let head = c.call("HEAD", "/pmem0/mt", &[], b"");
+    assert_eq!(head.header("x-amz-meta-mtime"), Some("1796447222.25"));
+    // Not a Unix time: not kept, as for a PUT.
+    let a = c.call(
+        "POST",
+        "/pmem0/mu?uploads",
+        &[("x-amz-meta-mtime", "soon")],
+        b"",
+    );
+    let id = element(&a.text(), "UploadId");
+    let e = put_part(&mut c, "mu", &id, 1, b"x");
+    let xml = complete_xml(&[(1, &e)]);
+    c.call(
+        "POST",
+        &alloc::format!("/pmem0/mu?uploadId={id}"),
+        &[],
+        xml.as_bytes(),
+    );
+    assert_eq!(
+        c.call("HEAD", "/pmem0/mu", &[], b"")
+            .header("x-amz-meta-mtime"),
+        None
+    );
+}
+
+/// A GET that has begun sending an object finishes with that object's
+/// bytes when a PUT replaces it (or a DELETE removes it) meanwhile: the
+/// reader holds the file (daxfs open-unlink), whose space returns when
+/// the GET ends.
+#[test]
+fn a_get_in_progress_sends_the_old_object_whole_when_it_is_replaced() {
+    for replace in [true, false] {
+        let mut c = Client::new();
+        let old = pattern(1 << 20, 4);
+        let new = pattern(1 << 20, 5);
+        // The record file exists (it holds a block) before `df` is noted.
+        c.put("/pmem0/warm", b"x");
+        assert_eq!(c.call("DELETE", "/pmem0/warm", &[], b"").status, 204);
+        let free_before = df_free(&c);
+        c.put("/pmem0/obj", &old);
+        let bytes = c.build("GET", "/pmem0/obj", &[], b"", true);
+        let mut conn = c.service.accept(0);
+        assert_eq!(c.service.receive(&mut conn, &bytes, 0), bytes.len());
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        for _ in 0..8 {
+            let n = c.service.produce(&mut conn, &mut buf, 0);
+            out.extend_from_slice(&buf[..n]);
+        }
+        assert!(out.len() < old.len(), "the GET is under way");
+        if replace {
+            c.put("/pmem0/obj", &new);
+            assert_eq!(c.get("/pmem0/obj").body, new);
+        } else {
+            assert_eq!(c.call("DELETE", "/pmem0/obj", &[], b"").status, 204);
+            assert_eq!(c.get("/pmem0/obj").status, 404);
+        }
+        loop {
+            let n = c.service.produce(&mut conn, &mut buf, 0);
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        let answer = parse(&out);
+        assert_eq!(answer.status, 200);
+        assert!(
+            answer.body == old,
+            "the old object, whole (replace: {replace})"
+        );
+        assert_eq!(answer.header("etag"), Some(md5_hex(&old).as_str()));
+        c.service.closed(conn);
+        assert_eq!(c.service.routes().exchanges(), 0);
+        // The old object's space returned once the GET ended.
+        if !replace {
+            assert_eq!(df_free(&c), free_before);
+        }
+    }
+}
+
+fn copy_part(
+    c: &mut Client,
+    key: &str,
+    id: &str,
+    n: u32,
+    source: &str,
+    range: Option<&str>,
+) -> Answer {
+    let mut headers = vec![("x-amz-copy-source", source)];
+    if let Some(range) = range {
+        headers.push(("x-amz-copy-source-range", range));
+    }
+    c.call(
+        "PUT",
+        &alloc::format!("/pmem0/{key}?partNumber={n}&uploadId={id}"),
+        &headers,
+        b"",
+    )
+}
+
+/// UploadPartCopy (`x-amz-copy-source` on UploadPart, with or without
+/// `x-amz-copy-source-range`): block-aligned ranges share the source's
+/// blocks (no space taken), others are copied; the part's ETag is the MD5
+/// of its bytes; the completed object is the source's bytes.
+#[test]
+fn upload_part_copy_shares_aligned_ranges_and_copies_others() {
+    let mut c = Client::big();
+    let data = pattern(12 * 1024 * 1024 + 777, 8);
+    c.put("/pmem0/src", &data);
+    let used = |c: &Client| -> String {
+        let df = c.shell("df");
+        df.lines()
+            .find(|l| l.starts_with("pmem0"))
+            .unwrap()
+            .split_whitespace()
+            .nth(3)
+            .unwrap()
+            .to_string()
+    };
+    let before = used(&c);
+    let id = start_upload(&mut c, "dst");
+    let five = 5 * 1024 * 1024;
+    let a = copy_part(
+        &mut c,
+        "dst",
+        &id,
+        1,
+        "/pmem0/src",
+        Some(&alloc::format!("bytes=0-{}", five - 1)),
+    );
+    assert_eq!(a.status, 200, "{}", a.text());
+    let e1 = element(&a.text(), "ETag").replace("&quot;", "\"");
+    assert_eq!(e1, md5_hex(&data[..five]));
+    let a = copy_part(
+        &mut c,
+        "dst",
+        &id,
+        2,
+        "pmem0/src",
+        Some(&alloc::format!("bytes={five}-{}", data.len() - 1)),
+    );
+    assert_eq!(a.status, 200, "{}", a.text());
+    let e2 = element(&a.text(), "ETag").replace("&quot;", "\"");
+    // Aligned: shared, not copied.
+    assert_eq!(used(&c), before, "{}", c.shell("df"));
+    let xml = complete_xml(&[(1, &e1), (2, &e2)]);
+    let a = c.call(
+        "POST",
+        &alloc::format!("/pmem0/dst?uploadId={id}"),
+        &[],
+        xml.as_bytes(),
+    );
+    assert_eq!(a.status, 200, "{}", a.text());
+    let got = c.get("/pmem0/dst");
+    assert!(got.body == data, "the source's bytes");
+    assert!(got.header("etag").unwrap().ends_with("-2\""));
+    // The whole object (no range), and an unaligned range (copied).
+    let id = start_upload(&mut c, "dst2");
+    let a = copy_part(&mut c, "dst2", &id, 1, "/pmem0/src", None);
+    assert_eq!(a.status, 200, "{}", a.text());
+    let e1 = element(&a.text(), "ETag").replace("&quot;", "\"");
+    assert_eq!(e1, md5_hex(&data));
+    let a = copy_part(&mut c, "dst2", &id, 2, "/pmem0/src", Some("bytes=3-1002"));
+    assert_eq!(a.status, 200, "{}", a.text());
+    let e2 = element(&a.text(), "ETag").replace("&quot;", "\"");
+    assert_eq!(e2, md5_hex(&data[3..1003]));
+    let xml = complete_xml(&[(1, &e1), (2, &e2)]);
+    let a = c.call(
+        "POST",
+        &alloc::format!("/pmem0/dst2?uploadId={id}"),
+        &[],
+        xml.as_bytes(),
+    );
+    assert_eq!(a.status, 200, "{}", a.text());
+    let mut expected = data.clone();
+    expected.extend_from_slice(&data[3..1003]);
+    assert!(c.get("/pmem0/dst2").body == expected);
+    // Errors: a missing source, a range past the end or malformed, another
+    // bucket, an unknown upload.
+    let id = start_upload(&mut c, "dst3");
+    assert_eq!(
+        copy_part(&mut c, "dst3", &id, 1, "/pmem0/nope", None).code(),
+        "NoSuchKey"
+    );
+    for range in ["bytes=0-99999999", "bytes=5-", "bytes=9-3", "items=0-1"] {
+        let a = copy_part(&mut c, "dst3", &id, 1, "/pmem0/src", Some(range));
+        assert_eq!(
+            (a.status, a.code().as_str()),
+            (400, "InvalidArgument"),
+            "{range}"
+        );
+    }
+    assert_eq!(
+        copy_part(&mut c, "dst3", "0000", 1, "/pmem0/src", None).code(),
+        "NoSuchUpload"
+    );
+    assert_eq!(
+        copy_part(&mut c, "dst3", &id, 1, "/pmem1/src", None).status,
+        501
+    );
+    // Nothing left behind by the refused copies.
+    assert_eq!(c.service.routes().exchanges(), 0);
+    let a = c.call(
+        "DELETE",
+        &alloc::format!("/pmem0/dst3?uploadId={id}"),
+        &[],
+        b"",
+    );
+    assert_eq!(a.status, 204);
+    assert!(
+        c.shell("ls pmem0").contains("3 file(s)"),
+        "{}",
+        c.shell("ls pmem0")
+    );
+}

@@ -14,6 +14,9 @@
 //!   header, no `X-Amz-Signature` query parameter); a signed `GET /` is S3's
 //!   ListBuckets and this router leaves it alone ([`is_s3_signed`]).
 //!
+//! [`Pages`] serves them as an `HttpRoutes` whose `/metrics` and
+//! `/api/stats` bodies are charged to the `http` budget while held.
+//!
 //! Other methods on these paths get `405`. The figures come from a
 //! [`Snapshot`] the caller assembles (only when one of these paths is
 //! asked for): the storage part from [`Snapshot::storage`], the rest
@@ -31,10 +34,11 @@
 pub mod json;
 pub mod prometheus;
 
+use alloc::collections::BTreeMap;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use daxbox_budget::BudgetStats;
-use daxbox_netstack::http::{HttpStats, Request, Response};
+use daxbox_budget::{Budget, BudgetStats, Charge};
+use daxbox_netstack::http::{HttpRoutes, HttpStats, Opened, Reply, ReplyBody, Request, Response};
 use daxbox_netstack::{Counters, ListenerStats};
 use daxbox_persist::PersistentMemory;
 use daxbox_pmem::block::BlockDevice;
@@ -265,6 +269,111 @@ pub fn route(
             body: DASHBOARD.as_bytes().to_vec(),
         },
     })
+}
+
+/// A page body held between `open` and `end`.
+enum Held {
+    /// A rendered body, charged to the budget until dropped.
+    Rendered {
+        bytes: Vec<u8>,
+        _charge: Charge<'static>,
+    },
+    /// The static dashboard (nothing to charge).
+    Static(&'static [u8]),
+}
+
+/// The pages as an [`HttpRoutes`] with pulled bodies: `/metrics` and
+/// `/api/stats` are rendered at `open`, held in the exchange charged to
+/// the `http` budget ([`daxbox_budget::HTTP`]) until their last byte is
+/// sent or the connection goes, and pulled as the socket drains, like
+/// every other reply body the appliance holds; one that does not fit is
+/// `503` (nothing held). The dashboard is sent from the static page.
+/// `snapshot` assembles the figures (given the HTTP counters the service
+/// last reported); it is called only for the two data paths.
+pub struct Pages<F: FnMut(&HttpStats) -> Snapshot> {
+    snapshot: F,
+    http: HttpStats,
+    budget: &'static Budget,
+    held: BTreeMap<u64, Held>,
+}
+
+impl<F: FnMut(&HttpStats) -> Snapshot> Pages<F> {
+    /// The pages, with figures from `snapshot`.
+    pub fn new(snapshot: F) -> Self {
+        Self {
+            snapshot,
+            http: HttpStats::default(),
+            budget: &daxbox_budget::HTTP,
+            held: BTreeMap::new(),
+        }
+    }
+
+    /// Uses `budget` instead of `daxbox_budget::HTTP` (tests).
+    pub fn set_budget(&mut self, budget: &'static Budget) {
+        self.budget = budget;
+    }
+}
+
+impl<F: FnMut(&HttpStats) -> Snapshot> HttpRoutes for Pages<F> {
+    fn route(&mut self, _request: &Request<'_>, _now_ms: u64) -> Option<Response> {
+        None
+    }
+
+    fn open(&mut self, request: &Request<'_>, exchange: u64, _now_ms: u64) -> Option<Opened> {
+        let http = self.http;
+        let snapshot = &mut self.snapshot;
+        let response = route(request, request.header("authorization"), || snapshot(&http))?;
+        if response.status != 200 {
+            return Some(Opened::Reply(response.into()));
+        }
+        let length = response.body.len() as u64;
+        let held = if request.path == "/" {
+            Held::Static(DASHBOARD.as_bytes())
+        } else {
+            match self.budget.charge(response.body.len()) {
+                Ok(charge) => Held::Rendered {
+                    bytes: response.body,
+                    _charge: charge,
+                },
+                Err(_) => {
+                    return Some(Opened::Reply(Reply::bytes(
+                        503,
+                        "text/plain",
+                        b"the HTTP memory budget is used up; try again later\n".to_vec(),
+                    )))
+                }
+            }
+        };
+        self.held.insert(exchange, held);
+        Some(Opened::Reply(Reply {
+            status: 200,
+            content_type: response.content_type,
+            headers: String::new(),
+            body: ReplyBody::Pull(length),
+        }))
+    }
+
+    fn read(&mut self, exchange: u64, offset: u64, out: &mut [u8]) -> usize {
+        let bytes: &[u8] = match self.held.get(&exchange) {
+            Some(Held::Rendered { bytes, .. }) => bytes,
+            Some(Held::Static(bytes)) => bytes,
+            None => return 0,
+        };
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
+        let n = out.len().min(bytes.len() - start);
+        out[..n].copy_from_slice(&bytes[start..start + n]);
+        n
+    }
+
+    fn end(&mut self, exchange: u64) {
+        self.held.remove(&exchange);
+    }
+
+    fn observe_stats(&mut self, stats: &HttpStats) {
+        self.http = *stats;
+    }
 }
 
 /// A socket address as text, or `-`.

@@ -254,3 +254,58 @@ fn the_largest_exposition_stays_under_one_mebibyte() {
     assert!(text.len() < 1 << 20, "{} bytes", text.len());
     std::println!("largest /metrics body: {} bytes", text.len());
 }
+
+/// The `/metrics` and `/api/stats` bodies are charged to the budget while
+/// they are held (until sent, or the connection gone), and back to zero
+/// after; one that does not fit is `503`.
+#[test]
+fn page_bodies_are_charged_to_the_http_budget_until_sent() {
+    use daxbox_netstack::http::{Bench, HttpService};
+    use daxbox_netstack::TcpService;
+    static BUDGET: daxbox_budget::Budget = daxbox_budget::Budget::new("test-http", 1 << 20);
+    let mut pages = Pages::new(|_: &HttpStats| snapshot());
+    pages.set_budget(&BUDGET);
+    let mut service = HttpService::with_routes("test", 0, Bench::Off, pages);
+    for path in ["/metrics", "/api/stats"] {
+        let mut conn = service.accept(0);
+        let request = alloc::format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(
+            service.receive(&mut conn, request.as_bytes(), 0),
+            request.len()
+        );
+        let mut buf = [0u8; 512];
+        let n = service.produce(&mut conn, &mut buf, 0);
+        let mut out = buf[..n].to_vec();
+        assert!(BUDGET.stats().used > 0, "{path}: held while being sent");
+        loop {
+            let n = service.produce(&mut conn, &mut buf, 0);
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&out).into_owned();
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert_eq!(BUDGET.stats().used, 0, "{path}: given back once sent");
+        service.closed(conn);
+        // A connection that goes mid-body gives it back too.
+        let mut conn = service.accept(0);
+        service.receive(&mut conn, request.as_bytes(), 0);
+        service.produce(&mut conn, &mut buf, 0);
+        assert!(BUDGET.stats().used > 0);
+        service.closed(conn);
+        assert_eq!(BUDGET.stats().used, 0, "{path}: given back when cut off");
+    }
+    // The dashboard is static: nothing charged. A body over the budget:
+    // 503, nothing held.
+    BUDGET.set_limit(100);
+    let mut conn = service.accept(0);
+    let request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+    service.receive(&mut conn, request, 0);
+    let mut buf = [0u8; 4096];
+    let n = service.produce(&mut conn, &mut buf, 0);
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    service.closed(conn);
+    assert_eq!(BUDGET.stats().used, 0);
+}
