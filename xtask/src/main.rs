@@ -23,6 +23,7 @@ mod qmp;
 mod run;
 mod setup;
 mod soak;
+mod tap;
 mod test;
 mod tls_certs;
 
