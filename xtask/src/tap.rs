@@ -117,7 +117,9 @@ impl TapNet {
         let address = format!("{TAP_HOST_ADDRESS}/{TAP_PREFIX}");
         let n = net.name.clone();
         ip(&["-n", &n, "link", "set", "lo", "up"])?;
-        ip(&["-n", &n, "tuntap", "add", "dev", TAP, "mode", "tap", "vnet_hdr"])?;
+        ip(&[
+            "-n", &n, "tuntap", "add", "dev", TAP, "mode", "tap", "vnet_hdr",
+        ])?;
         ip(&["-n", &n, "addr", "add", &address, "dev", TAP])?;
         ip(&["-n", &n, "link", "set", TAP, "up"])?;
         crate::step(&format!(
@@ -214,10 +216,7 @@ mod tests {
                        daxbox-xtask-x-run\n\
                        other\n";
         let alive = |pid: u32| pid == 200;
-        assert_eq!(
-            stale_namespaces(listing, alive),
-            ["daxbox-xtask-100-bench"]
-        );
+        assert_eq!(stale_namespaces(listing, alive), ["daxbox-xtask-100-bench"]);
         assert!(stale_namespaces("", alive).is_empty());
     }
 }
