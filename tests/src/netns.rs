@@ -21,6 +21,18 @@ pub const TAP_GUEST_ADDRESS: &str = "198.18.0.2";
 /// The prefix length of the tap network.
 pub const TAP_PREFIX: u8 = 24;
 
+/// Whether this process runs as root (effective uid 0 in
+/// `/proc/self/status`), which namespaces and tap devices need.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|line| line.starts_with("Uid:"))?;
+            line.split_whitespace().nth(2)?.parse::<u32>().ok()
+        })
+        == Some(0)
+}
+
 /// The boot-config line giving the appliance [`TAP_GUEST_ADDRESS`].
 pub fn tap_boot_config_line() -> String {
     format!("ip={TAP_GUEST_ADDRESS}/{TAP_PREFIX}\n")

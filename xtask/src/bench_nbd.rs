@@ -531,20 +531,41 @@ impl Client<'_> {
         }
     }
 
-    /// Whether `nbdinfo --size URI` completes a handshake now.
-    fn handshake(&self, uri: &str) -> Result<bool, XtaskError> {
-        let status = self
+    /// Whether `nbdinfo --size URI` completes a handshake within
+    /// `attempt`; an attempt that takes longer is killed (by its PID).
+    ///
+    /// The bound matters for boot-to-serve: a connection made before the
+    /// guest listens is not refused but hangs (slirp, or the host's TCP
+    /// over tap, retransmits its SYN to the guest after 1, 3, 7, 15 s...),
+    /// so without it one early attempt would add up to half a minute.
+    fn handshake(&self, uri: &str, attempt: Duration) -> Result<bool, XtaskError> {
+        let mut child = self
             .command("nbdinfo")
             .args(["--size", uri])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .status()
+            .spawn()
             .map_err(|error| XtaskError::Command {
                 command: "nbdinfo".into(),
                 problem: format!("{error} (install libnbd-bin: `cargo xtask setup`)"),
             })?;
-        Ok(status.success())
+        let started = Instant::now();
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Ok(status.success()),
+                Ok(None) if started.elapsed() < attempt => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                _ => {
+                    // SIGKILL to this PID only (`ip netns exec` execs
+                    // nbdinfo, so it is nbdinfo's).
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Ok(false);
+                }
+            }
+        }
     }
 
     /// Waits until a handshake on `uri` completes (the appliance's
@@ -557,7 +578,9 @@ impl Client<'_> {
         every: Duration,
     ) -> Result<(), XtaskError> {
         let deadline = Instant::now() + timeout;
-        while !self.handshake(uri)? {
+        // A handshake takes milliseconds once the guest listens.
+        let attempt = daxbox_tests::scaled(Duration::from_millis(500));
+        while !self.handshake(uri, attempt)? {
             if Instant::now() > deadline {
                 return Err(XtaskError::Command {
                     command: format!("nbdinfo --size {uri}"),

@@ -33,17 +33,9 @@ const PREFIX: &str = "daxbox-xtask-";
 pub const NEEDS_ROOT: &str =
     "tap networking needs root (ip netns, tap devices); run as root or use --net user";
 
-/// The effective user id from `/proc/self/status` (`Uid:` real,
-/// effective, saved, filesystem).
-fn effective_uid(status: &str) -> Option<u32> {
-    let line = status.lines().find(|line| line.starts_with("Uid:"))?;
-    line.split_whitespace().nth(2)?.parse().ok()
-}
-
 /// Fails with [`NEEDS_ROOT`] unless this process runs as root.
 pub fn require_root() -> Result<(), XtaskError> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    if effective_uid(&status) == Some(0) {
+    if daxbox_tests::netns::is_root() {
         Ok(())
     } else {
         Err(XtaskError::Setup(NEEDS_ROOT.into()))
@@ -199,14 +191,6 @@ impl Drop for TapNet {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn effective_uid_is_the_second_figure() {
-        let status = "Name:\tcargo\nUid:\t1000\t0\t0\t0\nGid:\t100\t100\t100\t100\n";
-        assert_eq!(effective_uid(status), Some(0));
-        assert_eq!(effective_uid("Uid:\t0\t1000\t0\t0\n"), Some(1000));
-        assert_eq!(effective_uid("Name:\tx\n"), None);
-    }
 
     #[test]
     fn only_namespaces_of_ended_xtasks_are_stale() {
