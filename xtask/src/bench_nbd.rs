@@ -54,7 +54,7 @@ use crate::XtaskError;
 
 const USAGE: &str = "\
 usage: cargo xtask bench nbd [--quick] [--net user|tap|both] [--kernel PATH]...
-                             [--qemu-arg ARG]... [--runtime SECONDS] [--keep]
+                             [--qemu-arg ARG]... [--tap-mtu BYTES] [--runtime SECONDS] [--keep]
 
 Boots the appliance with issue #14's QEMU line (TCG, q35,nvdimm=on, -cpu max -smp 1,
 512 MiB, 1 GiB NVDIMM pmem0 with the daxfs file `bench`, a second NVDIMM pmem1 exported
@@ -73,6 +73,8 @@ of figures and tables of ratios against the Linux guest of issue #14.
                     A, B, ... with a ratio table B / A; default: build this tree's)
   --qemu-arg ARG    appended to the QEMU line (repeatable; `--qemu-arg=-global
                     --qemu-arg=virtio-net-pci.event_idx=off` for an A/B run)
+  --tap-mtu BYTES   the tap device's MTU (68-65535; default the kernel's 1500), to match
+                    `--qemu-arg=-global --qemu-arg=virtio-net-pci.host_mtu=9000`
   --runtime SECONDS each 4 KiB fio run (default 10, --quick 2)
   --keep            keep the host data files in target/test-runs/bench_nbd-host/
 DAXBOX_BOOT_TOOL skips building the boot tool; DAXBOX_KERNEL is the default --kernel.";
@@ -119,6 +121,8 @@ struct Options {
     qemu_args: Vec<String>,
     runtime: Option<u64>,
     keep: bool,
+    /// `--tap-mtu`: the tap device's MTU.
+    tap_mtu: Option<u32>,
 }
 
 /// `Ok(None)`: `--help`.
@@ -130,6 +134,7 @@ fn parse(args: &[String]) -> Result<Option<Options>, XtaskError> {
         qemu_args: Vec::new(),
         runtime: None,
         keep: false,
+        tap_mtu: None,
     };
     let usage = |why: String| XtaskError::Usage(format!("{why}\n\n{USAGE}"));
     let mut index = 0;
@@ -140,7 +145,10 @@ fn parse(args: &[String]) -> Result<Option<Options>, XtaskError> {
             Some((name, value)) if name.starts_with("--") => (name, Some(value.to_string())),
             _ => (args[index].as_str(), None),
         };
-        let takes_value = matches!(name, "--net" | "--kernel" | "--qemu-arg" | "--runtime");
+        let takes_value = matches!(
+            name,
+            "--net" | "--kernel" | "--qemu-arg" | "--runtime" | "--tap-mtu"
+        );
         let value = if !takes_value {
             if inline.is_some() {
                 return Err(usage(format!("{name} takes no value")));
@@ -185,6 +193,15 @@ fn parse(args: &[String]) -> Result<Option<Options>, XtaskError> {
                 options.runtime = Some(value.parse().ok().filter(|&v| v > 0).ok_or_else(|| {
                     usage(format!("--runtime: `{value}` is not a positive number"))
                 })?)
+            }
+            "--tap-mtu" => {
+                options.tap_mtu = Some(
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|mtu| (68..=65535).contains(mtu))
+                        .ok_or_else(|| usage(format!("--tap-mtu: `{value}` is not 68..=65535")))?,
+                )
             }
             other => return Err(usage(format!("unknown option `{other}`"))),
         }
@@ -966,7 +983,7 @@ fn appliance(
 ) -> Result<[Column; 2], XtaskError> {
     let netns = match net {
         Net::User => None,
-        Net::Tap => Some(TapNet::create(&format!("bench{kernel}"))?),
+        Net::Tap => Some(TapNet::create(&format!("bench{kernel}"), options.tap_mtu)?),
     };
     let client = Client {
         netns: netns.as_ref(),
@@ -1200,6 +1217,7 @@ mod tests {
             "--runtime",
             "5",
             "--keep",
+            "--tap-mtu=9000",
         ]))
         .unwrap()
         .unwrap();
@@ -1212,6 +1230,7 @@ mod tests {
                 qemu_args: strings(&["-global", "virtio-net-pci.event_idx=off"]),
                 runtime: Some(5),
                 keep: true,
+                tap_mtu: Some(9000),
             }
         );
         let sizes = Sizes::of(&options);
@@ -1232,6 +1251,8 @@ mod tests {
             &["--quick=1"],
             &["--frobnicate"],
             &["--kernel="],
+            &["--tap-mtu", "67"],
+            &["--tap-mtu", "65536"],
         ] {
             assert!(
                 matches!(parse(&strings(bad)), Err(XtaskError::Usage(_))),

@@ -477,7 +477,7 @@ pub fn run_command(args: &[String], firmware: Firmware) -> Result<(), XtaskError
 
     // Dropped (namespace deleted) when this function returns.
     let tap = if options.tap {
-        Some(crate::tap::TapNet::create("run")?)
+        Some(crate::tap::TapNet::create("run", None)?)
     } else {
         None
     };

@@ -87,9 +87,11 @@ pub struct TapNet {
 }
 
 impl TapNet {
-    /// Makes the namespace `daxbox-xtask-PID-PURPOSE` and its tap device.
-    /// Needs root ([`require_root`]).
-    pub fn create(purpose: &str) -> Result<TapNet, XtaskError> {
+    /// Makes the namespace `daxbox-xtask-PID-PURPOSE` and its tap device,
+    /// with MTU `mtu` when given (to match a guest offered a larger one,
+    /// e.g. `-global virtio-net-pci.host_mtu=9000`). Needs root
+    /// ([`require_root`]).
+    pub fn create(purpose: &str, mtu: Option<u32>) -> Result<TapNet, XtaskError> {
         require_root()?;
         if let Ok(listing) = ip(&["netns", "list"]) {
             let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
@@ -113,6 +115,9 @@ impl TapNet {
             "-n", &n, "tuntap", "add", "dev", TAP, "mode", "tap", "vnet_hdr",
         ])?;
         ip(&["-n", &n, "addr", "add", &address, "dev", TAP])?;
+        if let Some(mtu) = mtu {
+            ip(&["-n", &n, "link", "set", TAP, "mtu", &mtu.to_string()])?;
+        }
         ip(&["-n", &n, "link", "set", TAP, "up"])?;
         crate::step(&format!(
             "network namespace {n}: {TAP} {address}, appliance {TAP_GUEST_ADDRESS}"
