@@ -595,8 +595,11 @@ impl Client<'_> {
         every: Duration,
     ) -> Result<(), XtaskError> {
         let deadline = Instant::now() + timeout;
-        // A handshake takes milliseconds once the guest listens.
-        let attempt = daxbox_tests::scaled(Duration::from_millis(500));
+        // A handshake takes milliseconds once the guest listens, and
+        // nbdinfo's start well under a second even on a loaded host; a
+        // fixed bound keeps boot-to-serve's resolution at 1 s at worst
+        // (slirp's first SYN retransmit comes after 3 s).
+        let attempt = Duration::from_secs(1);
         while !self.handshake(uri, attempt)? {
             if Instant::now() > deadline {
                 return Err(XtaskError::Command {
