@@ -431,9 +431,14 @@ pub fn run_command(args: &[String], firmware: Firmware) -> Result<(), XtaskError
         if !text.is_empty() && !text.ends_with('\n') {
             text.push('\n');
         }
-        text += &daxbox_tests::netns::tap_boot_config_line();
+        let line = daxbox_tests::netns::tap_boot_config_line();
+        text += &line;
         fs::write(&config, text)
             .map_err(|e| XtaskError::Io(format!("{}: {e}", config.display())))?;
+        step(&format!(
+            "boot config: added `{}` (tap network)",
+            line.trim()
+        ));
     }
     images::make_media(
         &kernel,
