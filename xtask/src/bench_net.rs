@@ -47,7 +47,7 @@ fn number(args: &[String], index: usize) -> Result<u64, XtaskError> {
 }
 
 /// utime + stime of `pid` in clock ticks (proc(5): fields 14 and 15).
-fn cpu_ticks(pid: u32) -> Result<u64, XtaskError> {
+pub(crate) fn cpu_ticks(pid: u32) -> Result<u64, XtaskError> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|e| XtaskError::Io(format!("/proc/{pid}/stat: {e}")))?;
     // The command name (field 2) may contain spaces: split after its ')'.
@@ -64,7 +64,7 @@ fn cpu_ticks(pid: u32) -> Result<u64, XtaskError> {
     }
 }
 
-fn clock_ticks_per_second() -> u64 {
+pub(crate) fn clock_ticks_per_second() -> u64 {
     Command::new("getconf")
         .arg("CLK_TCK")
         .output()

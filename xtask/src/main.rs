@@ -26,6 +26,7 @@ mod qmp;
 mod run;
 mod setup;
 mod soak;
+mod tap;
 mod test;
 mod tls_certs;
 

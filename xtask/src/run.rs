@@ -53,9 +53,13 @@ fn usage(firmware: Firmware) -> String {
     } else {
         (
             "run",
-            " [--uefi|--bios]",
+            " [--uefi|--bios] [--net user|tap]",
             "from a BIOS (default) or UEFI disk image",
-            "  --uefi / --bios      firmware (default BIOS)\n",
+            "  --uefi / --bios      firmware (default BIOS)\n\
+             \x20 --net user|tap       user networking with port forwards on 127.0.0.1 (default), or a tap\n\
+             \x20                      device in a network namespace made for the run (root only): host\n\
+             \x20                      198.18.0.1/24, appliance 198.18.0.2 (ip= boot key); reach it with\n\
+             \x20                      `ip netns exec daxbox-xtask-PID-run nbdinfo nbd://198.18.0.2/`\n",
         )
     };
     format!(
@@ -115,6 +119,9 @@ pub struct RunOptions {
     pub tls: bool,
     /// QMP socket.
     pub qmp: PathBuf,
+    /// `--net tap`: the NIC on a tap device in a namespace made for the
+    /// run (`run` only: netboot needs the user network's TFTP server).
+    pub tap: bool,
     /// Free memory slots for hot-added NVDIMMs.
     pub hotplug_slots: usize,
 }
@@ -135,6 +142,7 @@ pub fn parse(args: &[String], firmware: Firmware) -> Result<RunOptions, XtaskErr
         tls: false,
         qmp: default_qmp(),
         hotplug_slots: DEFAULT_HOTPLUG_SLOTS,
+        tap: false,
     };
     let netboot = firmware == Firmware::Pxe;
     let mut no_pmem = false;
@@ -170,6 +178,18 @@ pub fn parse(args: &[String], firmware: Firmware) -> Result<RunOptions, XtaskErr
             "--bios" if !netboot => {
                 options.firmware = Firmware::Bios;
                 1
+            }
+            "--net" if !netboot => {
+                options.tap = match value()? {
+                    "user" => false,
+                    "tap" => true,
+                    other => {
+                        return Err(XtaskError::Usage(format!(
+                            "--net: `{other}` is not user or tap"
+                        )))
+                    }
+                };
+                2
             }
             "--memory" => {
                 options.memory = size(value()?)?;
@@ -382,6 +402,9 @@ pub fn run_command(args: &[String], firmware: Firmware) -> Result<(), XtaskError
         return Ok(());
     }
     let options = parse(args, firmware)?;
+    if options.tap {
+        crate::tap::require_root()?;
+    }
     setup::setup(setup::Needs::Qemu)?;
     let kernel = images::build_kernel()?;
     let dir = images::media_dir();
@@ -400,6 +423,24 @@ pub fn run_command(args: &[String], firmware: Firmware) -> Result<(), XtaskError
         step(&format!(
             "TLS certificates (throwaway CA, server, client) in {}",
             tls_dir.display()
+        ));
+    }
+    if options.tap {
+        // The tap network has no DHCP server: the appliance's static
+        // address (this line comes last, so it wins over an `ip=`
+        // line of the config).
+        let mut text = fs::read_to_string(&config)
+            .map_err(|e| XtaskError::Io(format!("{}: {e}", config.display())))?;
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        let line = daxbox_tests::netns::tap_boot_config_line();
+        text += &line;
+        fs::write(&config, text)
+            .map_err(|e| XtaskError::Io(format!("{}: {e}", config.display())))?;
+        step(&format!(
+            "boot config: added `{}` (tap network)",
+            line.trim()
         ));
     }
     images::make_media(
@@ -462,12 +503,34 @@ pub fn run_command(args: &[String], firmware: Firmware) -> Result<(), XtaskError
         None
     };
 
-    let program = qemu_program();
-    let args = qemu_arguments(&qemu, &dir, ovmf.as_ref());
+    // Dropped (namespace deleted) when this function returns.
+    let tap = if options.tap {
+        Some(crate::tap::TapNet::create("run", None)?)
+    } else {
+        None
+    };
+    if let Some(tap) = &tap {
+        qemu.netdev = Some(tap.netdev());
+    }
+    let mut program = qemu_program();
+    let mut args = qemu_arguments(&qemu, &dir, ovmf.as_ref());
+    if let Some(tap) = &tap {
+        args.splice(0..0, [tap.name().to_string(), program]);
+        args.splice(0..0, ["netns".to_string(), "exec".to_string()]);
+        program = "ip".into();
+    }
     step(&format!("running: {}", shell_quote(&program, &args)));
     let mut forwards = format!("NBD: nbd://127.0.0.1:{}/", options.nbd_port);
     if options.http_port != 0 {
         forwards += &format!("   HTTP: http://127.0.0.1:{}/", options.http_port);
+    }
+    if let Some(tap) = &tap {
+        let guest = daxbox_tests::netns::TAP_GUEST_ADDRESS;
+        forwards = format!(
+            "NBD: ip netns exec {0} nbdinfo --list nbd://{guest}/   HTTP: ip netns exec {0} \
+             curl http://{guest}/",
+            tap.name()
+        );
     }
     println!("    {forwards}   (exit: `poweroff` in the shell, or Ctrl-C)");
     if options.tls {
@@ -840,6 +903,20 @@ mod tests {
             run.contains("  --uefi / --bios      firmware (default BIOS)\n"),
             "{run}"
         );
+    }
+
+    #[test]
+    fn net_option() {
+        let options = parse(&strings(&["--net", "tap"]), Firmware::Bios).unwrap();
+        assert!(options.tap);
+        let options = parse(&strings(&["--net", "user"]), Firmware::Bios).unwrap();
+        assert!(!options.tap);
+        assert!(!parse(&[], Firmware::Bios).unwrap().tap);
+        for args in [&["--net"][..], &["--net", "bridge"]] {
+            assert!(parse(&strings(args), Firmware::Bios).is_err(), "{args:?}");
+        }
+        // netboot needs the user network's TFTP server.
+        assert!(parse(&strings(&["--net", "tap"]), Firmware::Pxe).is_err());
     }
 
     #[test]

@@ -370,9 +370,9 @@ impl<M: PersistentMemory, S: SharedStorage<M>> S3Routes<M, S> {
         let range = request.header("x-amz-copy-source-range");
         let temp = format!("{HIDDEN_PREFIX}copy-part-{exchange}");
         let name = part_name(id, number);
-        let peer = request.peer;
+        let peer = super::allow::Who::of(request);
         let (size, md5) = self.shared.with(|s| -> Result<(u64, [u8; 16]), S3Error> {
-            super::allow::require_object(s, peer, bucket, &src_key, false)?;
+            super::allow::require_object(s, peer.client(), bucket, &src_key, false)?;
             let volume = bucket_volume(s, bucket)?;
             let fs = filesystem(s, volume);
             let src = fs.lookup(&src_key).map_err(|_| super::no_such_key())?;
