@@ -284,6 +284,13 @@ fn client_certificate_names_in_allow_rules() -> Result<(), HarnessError> {
     let options = QemuOptions::new(NAME, Firmware::Bios)
         .with_boot_config(&config)
         .with_nvdimm(nvdimm);
+    // The client certificates exist before the appliance reads its clock:
+    // its wall time is the CMOS RTC's whole second at boot plus the TSC
+    // since, up to 1 s behind the host's, so a certificate made after boot
+    // can be "not yet valid" to it within that second.
+    let backup = client_dir(NAME, "backup-host-1");
+    let stranger = client_dir(NAME, "stranger");
+    let reader = client_dir(NAME, "reader");
     let mut machine = Machine::boot_to_prompt(options)?;
     let shown = machine.command("bootconfig")?;
     assert!(
@@ -293,9 +300,6 @@ fn client_certificate_names_in_allow_rules() -> Result<(), HarnessError> {
     machine.command("create disk 4M")?;
     let port = machine.nbd_port();
     let https = machine.http_port();
-    let backup = client_dir(NAME, "backup-host-1");
-    let stranger = client_dir(NAME, "stranger");
-    let reader = client_dir(NAME, "reader");
     let nbds = |export: &str, dir: &Path| {
         format!(
             "nbds://127.0.0.1:{port}/{export}?tls-certificates={}",
