@@ -170,7 +170,9 @@ fn a_key_that_does_not_match_fails_closed() -> Result<(), HarnessError> {
 /// signed by the `net/tls` test CA (whose key is a test fixture).
 fn client_dir(name: &str, cn: &str) -> PathBuf {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../net/tls/testdata");
-    let dir = run_dir(name).join(format!("client-{cn}"));
+    // Beside the run folder, not in it: the first boot empties that, and
+    // these are made before it.
+    let dir = run_dir(&format!("{name}-clients")).join(format!("client-{cn}"));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("ca-cert.pem"), testdata("ca.pem")).unwrap();
     let openssl = |args: &[&str]| {
