@@ -50,6 +50,7 @@ extern crate alloc;
 
 mod append;
 mod check;
+mod cow;
 mod dax;
 mod extmap;
 #[cfg(feature = "fault-injection")]
@@ -73,6 +74,7 @@ use core::mem::size_of;
 use daxbox_budget::{Budget, Charge};
 
 pub use append::Appended;
+pub use cow::COMPACT_THRESHOLD_BLOCKS;
 pub use daxbox_persist::{OutOfRange, PersistentMemory};
 pub use grow::Grown;
 pub use types::{

@@ -211,15 +211,17 @@ fn clone_shares_blocks_and_copies_on_write() {
     let mut expect = data.clone();
     expect[4096 * 3 + 10..4096 * 3 + 17].copy_from_slice(b"changed");
     assert_eq!(read_all(&fs, "dst"), expect);
-    // A large file copies on write by whole 2 MiB chunk, which stays
-    // huge-page mappable.
-    assert_eq!(
-        fs.statfs().free_blocks,
-        free_before - 512,
-        "one chunk copied"
-    );
+    // A large file copies on write by block too (FORMAT.md "Copy-on-write
+    // of shared blocks"): the touched chunk is no longer huge-page
+    // mappable until `compact` gathers it.
+    assert_eq!(fs.statfs().free_blocks, free_before - 1, "one block copied");
+    assert_eq!(fs.stat(dst).unwrap().huge_bytes, 4 * MIB as u64);
+    assert_eq!(fs.stat(dst).unwrap().shared_bytes, 6 * MIB as u64 - 4096);
+    assert_eq!(fs.compact(dst).unwrap(), 1);
+    assert_eq!(fs.statfs().free_blocks, free_before - 512, "one chunk gathered");
     assert_eq!(fs.stat(dst).unwrap().huge_bytes, 6 * MIB as u64);
     assert_eq!(fs.stat(dst).unwrap().shared_bytes, 4 * MIB as u64);
+    assert_eq!(read_all(&fs, "dst"), expect);
     // A small file copies on write by block.
     fs.create("small").unwrap();
     let small = fs.lookup("small").unwrap();
