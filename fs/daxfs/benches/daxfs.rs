@@ -412,7 +412,13 @@ fn clone_rows(rows: &mut Vec<Row>) {
         }
         t.elapsed()
     });
-    row(rows, "seq read of the clone after them, 2 MiB", FILE, t, base);
+    row(
+        rows,
+        "seq read of the clone after them, 2 MiB",
+        FILE,
+        t,
+        base,
+    );
     let before = fs.stat(clone).unwrap();
     let t = Instant::now();
     let gathered = fs.compact(clone).unwrap();

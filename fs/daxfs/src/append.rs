@@ -94,6 +94,7 @@ impl<M: PersistentMemory> Filesystem<M> {
         if let Some(mut f) = self.take_file(dst.slot) {
             f.map = map;
             f.size = size;
+            f.list = None;
             let old = core::mem::replace(&mut f.chain, chain);
             self.put_file(dst.slot, f);
             for b in old {

@@ -9,8 +9,59 @@
 use alloc::vec::Vec;
 
 use crate::extmap::ExtentMap;
-use crate::format::{BLOCK_SIZE, CHUNK_BLOCKS};
-use crate::{block_offset, Error, FileId, Filesystem, PersistentMemory, RUN_GROWTH};
+use crate::format::{
+    Extent, OverflowBlock, Record, BLOCK_SIZE, CHUNK_BLOCKS, EXTENT_SIZE, INLINE_EXTENTS,
+    LAYERED_VERSION, OVERFLOW_EXTENTS,
+};
+use crate::{block_offset, Error, File, FileId, Filesystem, PersistentMemory, RUN_GROWTH};
+
+/// Hidden entries a layered list may carry beyond its effective extents
+/// before a prepend normalises it (FORMAT.md "Layered extent lists": the
+/// list stays at most twice the effective map plus this many entries).
+const LAYER_SLACK: u64 = 2 * OVERFLOW_EXTENTS as u64;
+
+/// A file's layered on-media extent list (FORMAT.md "Layered extent
+/// lists"), beyond its chain (kept in `File::chain`): the inline entries
+/// as on media, and the length of the whole list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Layered {
+    /// The record's inline entries, first (highest precedence) first.
+    pub inline: Vec<Extent>,
+    /// Entries in the whole list (the record's extent count).
+    pub entries: u64,
+}
+
+impl Layered {
+    /// The layered list a record holds, None for a plain one.
+    pub(crate) fn of_record(r: &Record) -> Option<Self> {
+        r.layered.then(|| Layered {
+            inline: r.inline.clone(),
+            entries: r.extent_count as u64,
+        })
+    }
+
+    /// Memory beyond `File` itself (charged in `file_cost`).
+    pub(crate) fn cost(&self) -> usize {
+        self.inline.len() * EXTENT_SIZE
+    }
+
+    /// The record of `file` (whose list this is) at `size`.
+    pub(crate) fn record(&self, file: &File, size: u64) -> Record {
+        Record {
+            in_use: true,
+            orphan: file.orphan,
+            generation: file.generation,
+            name: file.name.clone(),
+            size,
+            // Bounded by 2 * extents + LAYER_SLACK, far below 2^32.
+            extent_count: self.entries as u32,
+            overflow_count: file.chain.len() as u32,
+            overflow_first: file.chain.first().copied().unwrap_or(0),
+            inline: self.inline.clone(),
+            layered: true,
+        }
+    }
+}
 
 /// Private blocks in a logical 2 MiB chunk that still shares blocks with a
 /// clone at which a copy-on-write gathers the whole chunk into one fresh
@@ -111,6 +162,202 @@ impl<M: PersistentMemory> Filesystem<M> {
         out
     }
 
+    /// Makes the superblock say at least `version` before a structure of
+    /// that version is first written (FORMAT.md "Compatibility rules":
+    /// backup, then primary, each persisted, as a grow does).
+    fn need_version(&mut self, version: u32) -> Result<(), Error> {
+        if self.sb.version >= version {
+            return Ok(());
+        }
+        let mut sb = self.sb;
+        sb.version = version;
+        let bytes = sb.encode();
+        self.mem.fence();
+        self.mem.write_flush(block_offset(1), &bytes)?;
+        self.mem.fence();
+        self.mem.write_flush(0, &bytes)?;
+        self.mem.fence();
+        self.sb = sb;
+        Ok(())
+    }
+
+    /// Writes a fresh chain holding `entries` of a layered list whose
+    /// inline part is empty: indexes from the last block (FORMAT.md
+    /// "Layered extent lists"). Returns the chain, first block first.
+    fn write_layered_chain(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        entries: &[Extent],
+    ) -> Result<Vec<u64>, Error> {
+        let blocks = entries.len().div_ceil(OVERFLOW_EXTENTS);
+        let mut chain: Vec<u64> = Vec::with_capacity(blocks);
+        for _ in 0..blocks {
+            let prefer = chain.last().map(|b| b + 1);
+            match self.alloc.alloc_small(1, prefer) {
+                Some((b, _)) => {
+                    self.refs.increment(b, 1);
+                    chain.push(b);
+                }
+                None => {
+                    let runs: Vec<(u64, u64)> = chain.iter().map(|&b| (b, 1)).collect();
+                    self.unallocate(&runs);
+                    return Err(Error::NoSpace);
+                }
+            }
+        }
+        for (i, block) in chain.iter().enumerate() {
+            let start = i * OVERFLOW_EXTENTS;
+            let end = (start + OVERFLOW_EXTENTS).min(entries.len());
+            let ob = OverflowBlock {
+                owner_slot: slot,
+                owner_generation: generation,
+                index: (blocks - 1 - i) as u32,
+                next: chain.get(i + 1).copied().unwrap_or(0),
+                extents: entries[start..end].to_vec(),
+            };
+            if let Err(e) = self.mem.write_flush(block_offset(*block), &ob.encode()) {
+                let runs: Vec<(u64, u64)> = chain.iter().map(|&b| (b, 1)).collect();
+                self.unallocate(&runs);
+                return Err(e.into());
+            }
+        }
+        Ok(chain)
+    }
+
+    /// Commits `size` and a map change of the file in `slot` that mapped
+    /// the fresh runs `new` (already in the in-memory map; the caller
+    /// drops the replaced blocks after success and undoes the map on
+    /// error), by prepending them to the file's layered list (FORMAT.md
+    /// "Layered extent lists": a one-record commit, plus at most one chain
+    /// block written); falls back to `commit_file`'s plain rewrite when
+    /// the list must be normalised.
+    pub(crate) fn commit_file_runs(
+        &mut self,
+        slot: u32,
+        size: u64,
+        new: &[Extent],
+    ) -> Result<(), Error> {
+        let f = self.files.get(&slot).ok_or(Error::StaleFile)?;
+        let effective = f.map.len() as u64;
+        if new.is_empty() {
+            return self.commit_file(slot, size, false);
+        }
+        if new.len() > INLINE_EXTENTS || effective <= INLINE_EXTENTS as u64 {
+            return self.commit_file(slot, size, true);
+        }
+        let generation = f.generation;
+        let (list, mut chain) = (f.list.clone(), f.chain.clone());
+        let Some(list) = list else {
+            // A plain list with a chain becomes layered: the whole
+            // effective map into a fresh chain, inline part empty, so the
+            // next 12 prepends touch only the record.
+            let entries = f.map.to_vec();
+            self.need_version(LAYERED_VERSION)?;
+            let chain = self.write_layered_chain(slot, generation, &entries)?;
+            let list = Layered {
+                inline: Vec::new(),
+                entries: entries.len() as u64,
+            };
+            return self.commit_list(slot, size, list, chain, &[]);
+        };
+        let entries = list.entries + new.len() as u64;
+        if entries > 2 * effective + LAYER_SLACK {
+            return self.commit_file(slot, size, true);
+        }
+        self.need_version(LAYERED_VERSION)?;
+        if list.inline.len() + new.len() <= INLINE_EXTENTS {
+            let mut inline = new.to_vec();
+            inline.extend_from_slice(&list.inline);
+            return self.commit_list(slot, size, Layered { inline, entries }, chain, &[]);
+        }
+        // Spill the inline entries into the chain's first block: a copy of
+        // it with them in front when they fit, else a new first block.
+        let spill = list.inline;
+        let mut block = OverflowBlock {
+            owner_slot: slot,
+            owner_generation: generation,
+            index: chain.len() as u32,
+            next: chain.first().copied().unwrap_or(0),
+            extents: spill.clone(),
+        };
+        let mut replaced = Vec::new();
+        if let Some(&head) = chain.first() {
+            let mut raw = alloc::vec![0u8; BLOCK_SIZE as usize];
+            self.mem.read(block_offset(head), &mut raw)?;
+            let old = OverflowBlock::decode(&raw).map_err(|e| {
+                Error::Corrupt(alloc::format!(
+                    "overflow block {head} of file record {slot}: {e}"
+                ))
+            })?;
+            if old.extents.len() + spill.len() <= OVERFLOW_EXTENTS {
+                block.index = old.index;
+                block.next = old.next;
+                block.extents.extend_from_slice(&old.extents);
+                replaced.push(head);
+            }
+        }
+        let prefer = chain.first().map(|b| b + 1);
+        let (b, _) = self.alloc.alloc_small(1, prefer).ok_or(Error::NoSpace)?;
+        self.refs.increment(b, 1);
+        if let Err(e) = self.mem.write_flush(block_offset(b), &block.encode()) {
+            self.unallocate(&[(b, 1)]);
+            return Err(e.into());
+        }
+        if replaced.is_empty() {
+            chain.insert(0, b);
+        } else {
+            chain[0] = b;
+        }
+        let list = Layered {
+            inline: new.to_vec(),
+            entries,
+        };
+        self.commit_list(slot, size, list, chain, &replaced)
+            .inspect_err(|_| self.unallocate(&[(b, 1)]))
+    }
+
+    /// Commits the record of a layered `list` over `chain` (every fresh
+    /// block of it already persisted) and then releases the chain blocks
+    /// it no longer uses: `replaced`, or the whole old chain when `chain`
+    /// is a fresh one. On error the fresh blocks are the caller's to free
+    /// (a whole fresh chain is freed here).
+    fn commit_list(
+        &mut self,
+        slot: u32,
+        size: u64,
+        list: Layered,
+        chain: Vec<u64>,
+        replaced: &[u64],
+    ) -> Result<(), Error> {
+        let f = self.files.get_mut(&slot).ok_or(Error::StaleFile)?;
+        let fresh_chain = f.list.is_none();
+        let old_chain = core::mem::replace(&mut f.chain, chain);
+        let record = list.record(f, size);
+        let result = self.commit(&[(slot, record.encode())]);
+        let f = self.files.get_mut(&slot).ok_or(Error::StaleFile)?;
+        if let Err(e) = result {
+            let fresh = core::mem::replace(&mut f.chain, old_chain);
+            if fresh_chain {
+                let runs: Vec<(u64, u64)> = fresh.iter().map(|&b| (b, 1)).collect();
+                self.unallocate(&runs);
+            }
+            return Err(e);
+        }
+        f.size = size;
+        f.list = Some(list);
+        if fresh_chain {
+            for b in old_chain {
+                self.unref(b, 1);
+            }
+        } else {
+            for &b in replaced {
+                self.unref(b, 1);
+            }
+        }
+        Ok(())
+    }
+
     /// Gathers every diverged logical chunk of `file` (mapped but not one
     /// 2 MiB-aligned extent: partly copied-on-write, or fragmented) into a
     /// fresh private 2 MiB-aligned chunk, one commit per chunk (FORMAT.md
@@ -187,7 +434,12 @@ impl<M: PersistentMemory> Filesystem<M> {
         let f = self.files.get_mut(&slot).ok_or(Error::StaleFile)?;
         let removed = f.map.remove(base, CHUNK_BLOCKS);
         f.map.insert(base, CHUNK_BLOCKS, fresh);
-        match self.commit_file(slot, size, true) {
+        let run = Extent {
+            logical: base,
+            len: CHUNK_BLOCKS,
+            physical: fresh,
+        };
+        match self.commit_file_runs(slot, size, &[run]) {
             Ok(()) => {
                 for e in removed {
                     self.unref(e.physical, e.len);

@@ -12,7 +12,7 @@ use alloc::vec::Vec;
 use daxbox_persist::NT_THRESHOLD;
 
 use crate::extmap::ExtentMap;
-use crate::format::{BLOCK_SIZE, CHUNK_BLOCKS, CHUNK_SIZE, MAX_FILE_SIZE};
+use crate::format::{Extent, BLOCK_SIZE, CHUNK_BLOCKS, CHUNK_SIZE, MAX_FILE_SIZE};
 use crate::{block_offset, Error, FileId, Filesystem, PersistentMemory, RUN_GROWTH, ZEROS};
 
 /// Where the bytes of an edit come from.
@@ -64,6 +64,28 @@ fn preferred(map: &ExtentMap, runs: &[NewRun], logical: u64) -> Option<u64> {
         }
     }
     map.lookup(logical + 1).and_then(|p| p.checked_sub(1))
+}
+
+/// The fresh runs of a write as extents, neighbours that are contiguous
+/// both logically and physically joined (what `commit_file_runs`
+/// prepends to a layered list).
+fn new_extents(runs: &[NewRun]) -> Vec<Extent> {
+    let mut out: Vec<Extent> = Vec::with_capacity(runs.len());
+    let mut sorted: Vec<&NewRun> = runs.iter().collect();
+    sorted.sort_unstable_by_key(|r| r.logical);
+    for r in sorted {
+        match out.last_mut() {
+            Some(e) if e.logical + e.len == r.logical && e.physical + e.len == r.physical => {
+                e.len += r.len;
+            }
+            _ => out.push(Extent {
+                logical: r.logical,
+                len: r.len,
+                physical: r.physical,
+            }),
+        }
+    }
+    out
 }
 
 /// Union of half-open ranges, sorted.
@@ -268,7 +290,7 @@ impl<M: PersistentMemory> Filesystem<M> {
                 if runs.is_empty() && new_size == old_size {
                     return Ok(());
                 }
-                self.commit_file(slot, new_size, !runs.is_empty())
+                self.commit_file_runs(slot, new_size, &new_extents(&runs))
             });
         match result {
             Ok(()) => {

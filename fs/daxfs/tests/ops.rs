@@ -218,7 +218,11 @@ fn clone_shares_blocks_and_copies_on_write() {
     assert_eq!(fs.stat(dst).unwrap().huge_bytes, 4 * MIB as u64);
     assert_eq!(fs.stat(dst).unwrap().shared_bytes, 6 * MIB as u64 - 4096);
     assert_eq!(fs.compact(dst).unwrap(), 1);
-    assert_eq!(fs.statfs().free_blocks, free_before - 512, "one chunk gathered");
+    assert_eq!(
+        fs.statfs().free_blocks,
+        free_before - 512,
+        "one chunk gathered"
+    );
     assert_eq!(fs.stat(dst).unwrap().huge_bytes, 6 * MIB as u64);
     assert_eq!(fs.stat(dst).unwrap().shared_bytes, 4 * MIB as u64);
     assert_eq!(read_all(&fs, "dst"), expect);
@@ -416,15 +420,19 @@ fn newer_version_is_refused() {
     let mut mem = fs.unmount();
     for block in 0..2 {
         let b = &mut mem.bytes_mut()[block * 4096..];
-        b[8] = 3;
+        b[8] = 4;
     }
     let err = Filesystem::mount(mem).err().unwrap();
     assert_eq!(
         err,
         Error::UnsupportedVersion {
-            found: 3,
-            supported: 2
+            found: 4,
+            supported: 3
         }
+    );
+    assert_eq!(
+        err.to_string(),
+        "daxfs format version 4 is newer than the supported version 3"
     );
 }
 
