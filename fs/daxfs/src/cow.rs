@@ -96,8 +96,16 @@ impl<M: PersistentMemory> Filesystem<M> {
                 st.huge = true;
             }
             for (ps, pl, count) in self.refs.segments(p, piece.len) {
+                if count > 1 {
+                    continue;
+                }
+                // Holds are rare: skip their lookup when there are none.
+                if self.pins.is_empty() {
+                    st.private += pl;
+                    continue;
+                }
                 for (_, ql, pins) in self.pins.segments(ps, pl) {
-                    if count <= 1 && pins == 0 {
+                    if pins == 0 {
                         st.private += ql;
                     }
                 }
