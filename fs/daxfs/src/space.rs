@@ -207,7 +207,6 @@ impl RunCounts {
     }
 
     /// True when no block is counted.
-    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.runs.is_empty()
     }
