@@ -95,13 +95,14 @@ impl<M: PersistentMemory> Filesystem<M> {
             if piece.len == CHUNK_BLOCKS && p.is_multiple_of(CHUNK_BLOCKS) {
                 st.huge = true;
             }
+            // Holds are rare: without any, count the shared blocks without
+            // allocating (this runs for every copy-on-write).
+            if self.pins.is_empty() {
+                st.private += piece.len - self.refs.blocks_above(p, piece.len, 1);
+                continue;
+            }
             for (ps, pl, count) in self.refs.segments(p, piece.len) {
                 if count > 1 {
-                    continue;
-                }
-                // Holds are rare: skip their lookup when there are none.
-                if self.pins.is_empty() {
-                    st.private += pl;
                     continue;
                 }
                 for (_, ql, pins) in self.pins.segments(ps, pl) {
