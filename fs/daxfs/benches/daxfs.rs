@@ -189,7 +189,8 @@ fn main() {
         base: String::from("-"),
         ratio: None,
     });
-    // First write into each of 24 cloned chunks: each copies 2 MiB.
+    // First write into each of 24 cloned chunks: each copies one 4 KiB
+    // block (FORMAT.md "Copy-on-write of shared blocks").
     let cow = 24u64;
     let t = Instant::now();
     for i in 0..cow {
@@ -198,7 +199,7 @@ fn main() {
     }
     let d = t.elapsed();
     rows.push(Row {
-        what: String::from("4 KiB write into a cloned chunk (copies 2 MiB)"),
+        what: String::from("4 KiB write into a cloned chunk (copies 4 KiB)"),
         fs: format!("{:>9.0} op/s", cow as f64 / d.as_secs_f64()),
         base: String::from("-"),
         ratio: None,
