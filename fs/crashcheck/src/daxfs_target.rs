@@ -119,6 +119,10 @@ impl Target for Daxfs {
                 let s = fs.lookup(src).map_err(classify)?;
                 fs.append_from(d, s).map(drop)
             }
+            Op::Compact(name) => {
+                let id = fs.lookup(name).map_err(classify)?;
+                fs.compact(id).map(drop)
+            }
             Op::Persist(name) => {
                 let id = fs.lookup(name).map_err(classify)?;
                 fs.persist(id)

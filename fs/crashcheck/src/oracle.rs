@@ -64,6 +64,9 @@ pub enum Op {
     /// remove `src` (daxfs `append_from`; atomic when `dst`'s size is a
     /// multiple of 2 MiB, the only case the workloads use).
     Append(String, String),
+    /// Gather the file's diverged 2 MiB chunks (daxfs `compact`, FORMAT.md
+    /// "Compaction"): one commit per chunk, no visible change.
+    Compact(String),
     /// Make a file's data durable.
     Persist(String),
     /// Make every file's data durable.
@@ -108,6 +111,7 @@ impl fmt::Display for Op {
             Op::Unlink(n) => write!(f, "unlink({n})"),
             Op::Clone(a, b) => write!(f, "clone({a}, {b})"),
             Op::Append(a, b) => write!(f, "append({a}, {b})"),
+            Op::Compact(n) => write!(f, "compact({n})"),
             Op::Persist(n) => write!(f, "persist({n})"),
             Op::PersistAll => write!(f, "persist_all"),
             Op::Open(n) => write!(f, "open({n})"),
@@ -266,6 +270,11 @@ impl ModelState {
                 // The clone's new record carries the current size.
                 file.sizes.clear();
                 self.files.insert(dst.clone(), file);
+            }
+            Op::Compact(name) => {
+                if !self.files.contains_key(name) {
+                    return Expect::NotFound;
+                }
             }
             Op::Append(dst, src) => {
                 if dst == src {

@@ -191,6 +191,36 @@ pub fn scenarios() -> Vec<Vec<Op>> {
             seeded(write("big", BIG_SIZE + 8192, 4096), 23),
             Op::Unlink(name("big")),
         ],
+        // Copy-on-write by block into a clone (FORMAT.md "Copy-on-write
+        // of shared blocks"), past 12 extents so that the clone's list
+        // becomes layered and is prepended to ("Layered extent lists"),
+        // then compaction ("Compaction") and the unlink of either side:
+        // every crash image reads both files as written (or as before
+        // the write), fsck clean, no block leaked.
+        {
+            let mut ops = alloc::vec![Op::Clone(name("big"), name("copy"))];
+            for i in 0..8u64 {
+                ops.push(Op::Write {
+                    name: name("copy"),
+                    offset: i * 65_536 + 100,
+                    len: 200,
+                    seed: 10 + i as u8,
+                });
+            }
+            ops.push(write("big", 4096, 4096));
+            ops.push(Op::Compact(name("copy")));
+            ops.push(Op::Unlink(name("big")));
+            ops.push(write("copy", 8192, 100));
+            ops.push(Op::Unlink(name("copy")));
+            ops
+        },
+        alloc::vec![
+            Op::Clone(name("big"), name("copy")),
+            write("big", 70_000, 5000),
+            Op::Compact(name("big")),
+            Op::Unlink(name("copy")),
+            write("big", CHUNK - 100, 200),
+        ],
     ]
 }
 

@@ -171,6 +171,12 @@ fn allocating_rows(
 
 fn main() {
     let mut rows: Vec<Row> = Vec::new();
+    // `cargo bench -p daxfs -- clone` runs only the clone rows.
+    if std::env::args().any(|a| a == "clone") {
+        clone_rows(&mut rows);
+        print_rows(&rows);
+        return;
+    }
     let src: Vec<u8> = (0..2 * MIB).map(|i| (i * 7 + 3) as u8).collect();
     let mut buf = vec![0u8; 2 * MIB];
     let mut plain = region(FILE).into_bytes();
@@ -276,7 +282,8 @@ fn main() {
         base: String::from("-"),
         ratio: None,
     });
-    // First write into each of 24 cloned chunks: each copies 2 MiB.
+    // First write into each of 24 cloned chunks: each copies one 4 KiB
+    // block (FORMAT.md "Copy-on-write of shared blocks").
     let cow = 24u64;
     let t = Instant::now();
     for i in 0..cow {
@@ -285,7 +292,7 @@ fn main() {
     }
     let d = t.elapsed();
     rows.push(Row {
-        what: String::from("4 KiB write into a cloned chunk (copies 2 MiB)"),
+        what: String::from("4 KiB write into a cloned chunk (copies 4 KiB)"),
         fs: format!("{:>9.0} op/s", cow as f64 / d.as_secs_f64()),
         base: String::from("-"),
         ratio: None,
@@ -355,6 +362,15 @@ fn main() {
         ratio: None,
     });
 
+    clone_rows(&mut rows);
+    print_rows(&rows);
+    println!(
+        "huge-page mappable bytes of the 4 KiB-written 1 GiB file: {} MiB",
+        huge / MIB as u64
+    );
+}
+
+fn print_rows(rows: &[Row]) {
     println!();
     println!("daxfs host benchmark (VecMemory as pmem; memcpy of the same sizes in the same run;");
     println!("each figure is the best of {RUNS} runs, memcpy timed right before daxfs)");
@@ -362,14 +378,115 @@ fn main() {
         "{:<48} {:>16} {:>16} {:>8}",
         "operation", "daxfs", "memcpy", "ratio"
     );
-    for r in &rows {
+    for r in rows {
         let ratio = r
             .ratio
             .map_or(String::from("-"), |x| format!("{:.0}%", x * 100.0));
         println!("{:<48} {:>16} {:>16} {:>8}", r.what, r.fs, r.base, ratio);
     }
-    println!(
-        "huge-page mappable bytes of the 4 KiB-written 1 GiB file: {} MiB",
-        huge / MIB as u64
+}
+
+/// Fine-grained copy-on-write of a clone (FORMAT.md "Copy-on-write of
+/// shared blocks", "Compaction"): random 4 KiB writes into a freshly
+/// cloned 1 GiB file next to the same writes into an unshared one, the
+/// space they take, a sequential read of the partly diverged clone next
+/// to memcpy, and the 2 MiB-mappable fraction before and after `compact`.
+fn clone_rows(rows: &mut Vec<Row>) {
+    let src: Vec<u8> = (0..2 * MIB).map(|i| (i * 7 + 3) as u8).collect();
+    let mut buf = vec![0u8; 2 * MIB];
+    let plain = region(FILE).into_bytes();
+    let pages = FILE / 4096;
+    let n = 20_000;
+    let mut seed = 777u64;
+    let offsets: Vec<u64> = (0..n)
+        .map(|_| (lcg(&mut seed) as usize % pages) as u64 * 4096)
+        .collect();
+    let opts = FormatOptions {
+        uuid: [3; 16],
+        max_files: Some(64),
+    };
+    // Room for the original, the clone's private blocks and the fresh
+    // chunks compaction gathers them into (it un-shares what it gathers).
+    let mut fs = Filesystem::format(region(2 * FILE + 256 * MIB), opts).unwrap();
+    let gold = fs.create("gold").unwrap();
+    for i in 0..FILE / (2 * MIB) {
+        fs.write(gold, (i * 2 * MIB) as u64, &src).unwrap();
+    }
+    let unshared = best_of(RUNS, || {
+        let t = Instant::now();
+        for &o in &offsets {
+            fs.write(gold, o, &src[..4096]).unwrap();
+        }
+        fs.persist(gold).unwrap();
+        t.elapsed()
+    });
+    let ops = |d: Duration| format!("{:>9.0} op/s", n as f64 / d.as_secs_f64());
+    rows.push(Row {
+        what: format!("random 4 KiB writes ({n}), unshared 1 GiB file"),
+        fs: ops(unshared),
+        base: String::from("-"),
+        ratio: None,
+    });
+    let mut used = 0;
+    let cloned = best_of(RUNS, || {
+        let _ = fs.unlink("clone");
+        let clone = fs.clone_file("gold", "clone").unwrap();
+        let free = fs.statfs().free_blocks;
+        let t = Instant::now();
+        for &o in &offsets {
+            fs.write(clone, o, &src[4096..8192]).unwrap();
+        }
+        fs.persist(clone).unwrap();
+        let d = t.elapsed();
+        used = (free - fs.statfs().free_blocks) * 4096;
+        d
+    });
+    rows.push(Row {
+        what: format!("random 4 KiB writes ({n}), fresh 1 GiB clone"),
+        fs: ops(cloned),
+        base: format!("{} unshared", ops(unshared).trim()),
+        ratio: Some(unshared.as_secs_f64() / cloned.as_secs_f64()),
+    });
+    let distinct = {
+        let mut o = offsets.clone();
+        o.sort_unstable();
+        o.dedup();
+        o.len()
+    };
+    rows.push(Row {
+        what: format!("space used by them ({distinct} distinct blocks)"),
+        fs: format!("{:>9.1} MiB", used as f64 / MIB as f64),
+        base: format!("{:>9.1} MiB", (distinct * 4096) as f64 / MIB as f64),
+        ratio: None,
+    });
+    let clone = fs.lookup("clone").unwrap();
+    let base = best_of(RUNS, || memcpy_read(&plain, &mut buf, 2 * MIB));
+    let t = best_of(RUNS, || {
+        let t = Instant::now();
+        for i in 0..FILE / (2 * MIB) {
+            fs.read(clone, (i * 2 * MIB) as u64, &mut buf).unwrap();
+            black_box(&buf[0]);
+        }
+        t.elapsed()
+    });
+    row(
+        rows,
+        "seq read of the clone after them, 2 MiB",
+        FILE,
+        t,
+        base,
     );
+    let before = fs.stat(clone).unwrap();
+    let t = Instant::now();
+    let gathered = fs.compact(clone).unwrap();
+    let d = t.elapsed();
+    let after = fs.stat(clone).unwrap();
+    let pct = |st: &daxfs::Stat| 100.0 * st.huge_bytes as f64 / st.size as f64;
+    rows.push(Row {
+        what: format!("2 MiB-mappable, before / after compact ({gathered} chunks)"),
+        fs: format!("{:.1}% / {:.1}%", pct(&before), pct(&after)),
+        base: format!("{:.0} ms", d.as_secs_f64() * 1e3),
+        ratio: None,
+    });
+    assert!(fs.fsck().is_clean());
 }

@@ -95,6 +95,7 @@ impl<M: PersistentMemory> Filesystem<M> {
             f.map = map;
             f.size = size;
             f.durable = size;
+            f.list = None;
             let old = core::mem::replace(&mut f.chain, chain);
             self.put_file(dst.slot, f);
             for b in old {

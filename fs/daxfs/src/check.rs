@@ -19,8 +19,8 @@ use daxbox_budget::{Charge, OverBudget};
 use daxbox_persist::{OutOfRange, PersistentMemory};
 
 use crate::format::{
-    Extent, OverflowBlock, Record, Superblock, BLOCK_SIZE, CHUNK_BLOCKS, ORPHAN_VERSION,
-    OVERFLOW_EXTENTS, RECORDS_PER_BLOCK, RECORD_SIZE,
+    Extent, OverflowBlock, Record, Superblock, BLOCK_SIZE, CHUNK_BLOCKS, LAYERED_VERSION,
+    ORPHAN_VERSION, OVERFLOW_EXTENTS, RECORDS_PER_BLOCK, RECORD_SIZE,
 };
 use crate::space::RunCounts;
 use crate::TREE_ENTRY;
@@ -170,7 +170,14 @@ fn read_chain<M: PersistentMemory>(
             .map_err(|e| format!("overflow block {next}: {e}"))?;
         let ob =
             OverflowBlock::decode(&block).map_err(|e| format!("overflow block {next}: {e}"))?;
-        if ob.owner_slot != slot || ob.owner_generation != record.generation || ob.index != index {
+        // A layered list counts its chain from the last block (FORMAT.md
+        // "Layered extent lists").
+        let want = if record.layered {
+            record.overflow_count - 1 - index
+        } else {
+            index
+        };
+        if ob.owner_slot != slot || ob.owner_generation != record.generation || ob.index != want {
             return Err(
                 format!("overflow block {next} belongs to another file or chain position").into(),
             );
@@ -291,6 +298,29 @@ fn scan_table<M: PersistentMemory>(
                     problems.push(format!("file record {slot} ({:?}): {e}", record.name));
                     continue;
                 }
+            };
+            if record.layered && sb.version < LAYERED_VERSION {
+                charge.shrink(charge.bytes() - held);
+                problems.push(format!(
+                    "file record {slot}: layered extent list in a version {} image",
+                    sb.version
+                ));
+                continue;
+            }
+            // A layered list: every entry checked on its own, then the
+            // effective map (FORMAT.md "Layered extent lists").
+            let extents = if record.layered {
+                if let Some(e) = extents
+                    .iter()
+                    .find_map(|e| check_extents(sb, record.size, core::slice::from_ref(e)).err())
+                {
+                    charge.shrink(charge.bytes() - held);
+                    problems.push(format!("file record {slot} ({:?}): {e}", record.name));
+                    continue;
+                }
+                crate::extmap::ExtentMap::from_layers(&extents).to_vec()
+            } else {
+                extents
             };
             if let Err(e) = check_extents(sb, record.size, &extents) {
                 charge.shrink(charge.bytes() - held);

@@ -58,6 +58,7 @@ impl<M: PersistentMemory> Filesystem<M> {
             name: dst.to_string(),
             size,
             durable: size,
+            list: None,
             map,
             chain: Vec::new(),
             opens: 0,

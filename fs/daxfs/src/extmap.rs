@@ -41,7 +41,6 @@ impl ExtentMap {
     }
 
     /// All extents in logical order.
-    #[cfg(test)]
     pub fn to_vec(&self) -> Vec<Extent> {
         self.map
             .iter()
@@ -150,6 +149,18 @@ impl ExtentMap {
             });
         }
         out
+    }
+
+    /// The effective map of a layered extent list (FORMAT.md "Layered
+    /// extent lists"): each entry hides every later entry where they
+    /// overlap, so the list is applied from its last entry to its first.
+    pub fn from_layers(entries: &[Extent]) -> Self {
+        let mut m = ExtentMap::default();
+        for e in entries.iter().rev() {
+            m.remove(e.logical, e.len);
+            m.insert(e.logical, e.len, e.physical);
+        }
+        m
     }
 
     /// Unmaps `start..start + len`; returns the pieces removed.

@@ -17,10 +17,14 @@ pub const CHUNK_SIZE: u64 = CHUNK_BLOCKS * BLOCK_SIZE;
 
 /// Superblock magic: the first eight bytes of block 0 (and block 1).
 pub const SUPER_MAGIC: [u8; 8] = *b"DAXBOXFS";
-/// The on-media format version this code writes (FORMAT.md "Compatibility
-/// rules": version 2 added orphan records; version 1 images are read and
-/// upgraded by mount).
-pub const FORMAT_VERSION: u32 = 2;
+/// The newest on-media format version this code reads and writes
+/// (FORMAT.md "Compatibility rules": version 2 added orphan records,
+/// version 3 layered extent lists; version 1 and 2 images are read as they
+/// are, and upgraded when a feature of a later version is first used).
+pub const FORMAT_VERSION: u32 = 3;
+/// The first format version with layered extent lists (FORMAT.md
+/// "Layered extent lists").
+pub const LAYERED_VERSION: u32 = 3;
 /// The first format version with orphan records (FORMAT.md "Orphans").
 pub const ORPHAN_VERSION: u32 = 2;
 /// Bytes of the superblock structure covered by its checksum.
@@ -44,6 +48,11 @@ pub const RECORD_IN_USE: u32 = 1;
 /// it was open; the record keeps its data until the last close or the next
 /// mount (FORMAT.md "Orphans").
 pub const RECORD_ORPHAN: u32 = 2;
+/// Record flag (with [`RECORD_IN_USE`]): the extent list is layered, later
+/// entries hidden by earlier ones; the inline entry count is at offset 40
+/// and the chain's indexes count from its last block (FORMAT.md "Layered
+/// extent lists", version 3).
+pub const RECORD_LAYERED: u32 = 4;
 /// Longest file name in bytes.
 pub const MAX_NAME: usize = 255;
 /// Extents stored inside the record itself.
@@ -304,6 +313,10 @@ pub struct Record {
     pub overflow_first: u64,
     /// Inline extents (at most INLINE_EXTENTS).
     pub inline: Vec<Extent>,
+    /// The extent list is layered (FORMAT.md "Layered extent lists"):
+    /// `inline` holds exactly the inline entries, which may be fewer than
+    /// 12 while a chain follows.
+    pub layered: bool,
 }
 
 /// Why a record failed to decode.
@@ -322,6 +335,7 @@ impl Record {
             overflow_count: 0,
             overflow_first: 0,
             inline: Vec::new(),
+            layered: false,
         }
     }
 
@@ -334,7 +348,16 @@ impl Record {
             (true, false) => RECORD_IN_USE,
             (true, true) => RECORD_IN_USE | RECORD_ORPHAN,
         };
+        let flags = if self.in_use && self.layered {
+            flags | RECORD_LAYERED
+        } else {
+            flags
+        };
         put_u32(&mut b, 4, flags);
+        if self.in_use && self.layered {
+            // At most INLINE_EXTENTS are ever kept inline.
+            put_u32(&mut b, 40, self.inline.len().min(INLINE_EXTENTS) as u32);
+        }
         put_u32(&mut b, 8, self.generation);
         // Names are validated to at most 255 bytes before they get here.
         put_u32(&mut b, 12, self.name.len() as u32);
@@ -370,7 +393,7 @@ impl Record {
             return Err("record checksum mismatch");
         }
         let flags = u32_at(b, 4);
-        if flags & !(RECORD_IN_USE | RECORD_ORPHAN) != 0 {
+        if flags & !(RECORD_IN_USE | RECORD_ORPHAN | RECORD_LAYERED) != 0 {
             return Err("unknown record flags");
         }
         let in_use = flags & RECORD_IN_USE != 0;
@@ -390,8 +413,23 @@ impl Record {
         if orphan && name_len != 0 {
             return Err("orphan record carries a name");
         }
+        let layered = flags & RECORD_LAYERED != 0;
+        if layered && !in_use {
+            return Err("layered flag on a free record");
+        }
         let extent_count = u32_at(b, 24);
-        let inline_count = (extent_count as usize).min(INLINE_EXTENTS);
+        let inline_count = if layered {
+            let n = u32_at(b, 40);
+            if n as usize > INLINE_EXTENTS || n > extent_count {
+                return Err("inline entry count out of range");
+            }
+            n as usize
+        } else {
+            if u32_at(b, 40) != 0 {
+                return Err("reserved record field is not zero");
+            }
+            (extent_count as usize).min(INLINE_EXTENTS)
+        };
         let inline = (0..inline_count)
             .map(|i| {
                 let at = RECORD_EXTENTS_OFFSET + i * EXTENT_SIZE;
@@ -408,6 +446,7 @@ impl Record {
             overflow_count: u32_at(b, 28),
             overflow_first: u64_at(b, 32),
             inline,
+            layered,
         };
         if !in_use
             && (name_len != 0
@@ -420,13 +459,20 @@ impl Record {
         if record.size > MAX_FILE_SIZE {
             return Err("file size beyond the format limit");
         }
-        let overflow_needed = (extent_count as usize)
-            .saturating_sub(INLINE_EXTENTS)
-            .div_ceil(OVERFLOW_EXTENTS);
-        if record.overflow_count as usize != overflow_needed {
+        let in_chain = extent_count as usize - inline_count;
+        let blocks = record.overflow_count as usize;
+        if layered {
+            // Each chain block holds 1..=OVERFLOW_EXTENTS entries.
+            if (blocks == 0) != (in_chain == 0)
+                || blocks > in_chain
+                || in_chain > blocks.saturating_mul(OVERFLOW_EXTENTS)
+            {
+                return Err("overflow block count does not match the extent count");
+            }
+        } else if blocks != in_chain.div_ceil(OVERFLOW_EXTENTS) {
             return Err("overflow block count does not match the extent count");
         }
-        if (overflow_needed == 0) != (record.overflow_first == 0) {
+        if (blocks == 0) != (record.overflow_first == 0) {
             return Err("overflow pointer does not match the extent count");
         }
         Ok(Some(record))
@@ -676,6 +722,7 @@ mod tests {
                     physical: 200
                 },
             ],
+            layered: false,
         };
         let bytes = r.encode();
         assert_eq!(Record::decode(&bytes), Ok(Some(r)));

@@ -13,7 +13,17 @@ use crate::format::{
 };
 use crate::{block_offset, Error, File, Filesystem, PersistentMemory};
 
-/// Builds the record for a file state. `extents` yields the map in order.
+/// The record of a file as it is: its size and on-media extent list
+/// (plain or layered, FORMAT.md "Layered extent lists") unchanged.
+pub(crate) fn current_record(file: &File, size: u64) -> Record {
+    match &file.list {
+        Some(list) => list.record(file, size),
+        None => make_record(file, size, &file.map, &file.chain),
+    }
+}
+
+/// Builds the record of a plain (sorted, non-layered) extent list for a
+/// file state. `extents` yields the map in order.
 pub(crate) fn make_record(file: &File, size: u64, map: &ExtentMap, chain: &[u64]) -> Record {
     Record {
         in_use: true,
@@ -26,6 +36,7 @@ pub(crate) fn make_record(file: &File, size: u64, map: &ExtentMap, chain: &[u64]
         overflow_count: chain.len() as u32,
         overflow_first: chain.first().copied().unwrap_or(0),
         inline: map.iter().take(INLINE_EXTENTS).collect(),
+        layered: false,
     }
 }
 
@@ -132,7 +143,7 @@ impl<M: PersistentMemory> Filesystem<M> {
     ) -> Result<(), Error> {
         let file = self.files.get_mut(&slot).ok_or(Error::StaleFile)?;
         if !map_changed {
-            let record = make_record(file, size, &file.map, &file.chain);
+            let record = current_record(file, size);
             self.commit(&[(slot, record.encode())])?;
             if let Some(file) = self.files.get_mut(&slot) {
                 file.size = size;
@@ -156,6 +167,7 @@ impl<M: PersistentMemory> Filesystem<M> {
         let file = self.files.get_mut(&slot).ok_or(Error::StaleFile)?;
         file.size = size;
         file.durable = size;
+        file.list = None;
         let old_chain = core::mem::replace(&mut file.chain, chain);
         for b in old_chain {
             self.unref(b, 1);

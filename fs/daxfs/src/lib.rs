@@ -51,6 +51,7 @@ extern crate alloc;
 mod append;
 mod check;
 mod clone_range;
+mod cow;
 mod dax;
 mod extmap;
 #[cfg(feature = "fault-injection")]
@@ -74,6 +75,7 @@ use core::mem::size_of;
 use daxbox_budget::{Budget, Charge};
 
 pub use append::Appended;
+pub use cow::COMPACT_THRESHOLD_BLOCKS;
 pub use daxbox_persist::{OutOfRange, PersistentMemory};
 pub use grow::Grown;
 pub use types::{
@@ -97,6 +99,10 @@ struct File {
     map: ExtentMap,
     /// Overflow blocks currently on media for this file.
     chain: Vec<u64>,
+    /// The on-media list is layered (FORMAT.md "Layered extent lists"):
+    /// its inline entries and length; None for a plain list (the map
+    /// itself, sorted).
+    list: Option<cow::Layered>,
     /// Holders (`open` minus `close`), in memory only.
     opens: u32,
     /// The name was removed while the file was open: it is an orphan
@@ -135,7 +141,11 @@ pub(crate) const RUN_GROWTH: usize = 2 * EXTENT_COST + 4 * RUN_COST;
 
 /// What one live file costs in memory (see [`FILE_COST`]).
 fn file_cost(f: &File) -> usize {
-    FILE_COST + 2 * f.name.len() + f.map.len() * EXTENT_COST + f.chain.len() * 8
+    FILE_COST
+        + 2 * f.name.len()
+        + f.map.len() * EXTENT_COST
+        + f.chain.len() * 8
+        + f.list.as_ref().map_or(0, cow::Layered::cost)
 }
 
 /// A mounted daxfs over a persistent memory region it owns.

@@ -21,7 +21,7 @@ use crate::extmap::ExtentMap;
 use crate::format::{
     self, JournalHeader, Record, SuperError, Superblock, BLOCK_SIZE, FORMAT_VERSION,
     JOURNAL_BLOCKS, JOURNAL_ENTRIES_OFFSET, JOURNAL_ENTRY_SIZE, JOURNAL_HEADER_OFFSET,
-    JOURNAL_HEADER_SIZE, RECORDS_PER_BLOCK, RECORD_SIZE, STATE_CLEAN, STATE_DIRTY,
+    JOURNAL_HEADER_SIZE, ORPHAN_VERSION, RECORDS_PER_BLOCK, RECORD_SIZE, STATE_CLEAN, STATE_DIRTY,
     STATE_WORD_OFFSET, SUPER_SIZE,
 };
 use crate::space::{Allocator, RunCounts};
@@ -309,6 +309,7 @@ impl<M: PersistentMemory> Filesystem<M> {
         let names = scan.names;
         for f in scan.files {
             let scanned = check::scanned_charge(&f);
+            let list = crate::cow::Layered::of_record(&f.record);
             let file = File {
                 generation: f.record.generation,
                 name: f.record.name,
@@ -316,6 +317,7 @@ impl<M: PersistentMemory> Filesystem<M> {
                 durable: f.record.size,
                 map: ExtentMap::from_extents(&f.extents),
                 chain: f.chain,
+                list,
                 opens: 0,
                 orphan: f.record.orphan,
             };
@@ -364,8 +366,10 @@ impl<M: PersistentMemory> Filesystem<M> {
         // backup, then primary, as a grow does; a crash between them
         // leaves the old primary, to which the next mount settles the
         // backup before upgrading again)...
-        if sb.version < FORMAT_VERSION {
-            sb.version = FORMAT_VERSION;
+        // (only to 2: version 3 is written when first needed, see
+        // `Filesystem::need_version`)
+        if sb.version < ORPHAN_VERSION {
+            sb.version = ORPHAN_VERSION;
             let bytes = sb.encode();
             mem.write_flush(block_offset(1), &bytes)?;
             mem.fence();

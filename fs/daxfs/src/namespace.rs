@@ -11,12 +11,12 @@ use crate::extmap::ExtentMap;
 #[cfg(feature = "fault-injection")]
 use crate::fault;
 use crate::format::{self, Record, BLOCK_SIZE, CHUNK_BLOCKS};
-use crate::journal::make_record;
+use crate::journal::{current_record, make_record};
 use crate::{DirEntry, Error, File, FileId, Filesystem, PersistentMemory, Stat, StatFs};
 
 /// The orphan record of live file `f`: its data, no name.
 fn orphan_record(f: &File) -> Record {
-    let mut record = make_record(f, f.size, &f.map, &f.chain);
+    let mut record = current_record(f, f.size);
     record.name = alloc::string::String::new();
     record.orphan = true;
     record
@@ -40,6 +40,7 @@ impl<M: PersistentMemory> Filesystem<M> {
             durable: 0,
             map: ExtentMap::default(),
             chain: Vec::new(),
+            list: None,
             opens: 0,
             orphan: false,
         };
@@ -189,7 +190,7 @@ impl<M: PersistentMemory> Filesystem<M> {
         let f = self.files.get(&slot).ok_or(Error::NotFound)?;
         let mut renamed = f.clone();
         renamed.name = to.to_string();
-        let record = make_record(&renamed, renamed.size, &renamed.map, &renamed.chain);
+        let record = current_record(&renamed, renamed.size);
         let mut entries = Vec::with_capacity(2);
         entries.push((slot, record.encode()));
         // A replaced file that is open becomes an orphan in the same
@@ -256,6 +257,7 @@ impl<M: PersistentMemory> Filesystem<M> {
             durable: s.size,
             map: s.map.clone(),
             chain: Vec::new(),
+            list: None,
             opens: 0,
             orphan: false,
         };

@@ -176,6 +176,20 @@ impl RunCounts {
             .unwrap_or(0)
     }
 
+    /// Blocks of `start..start + len` whose count is above `min`, without
+    /// allocating.
+    pub fn blocks_above(&self, start: u64, len: u64, min: u32) -> u64 {
+        let end = start + len;
+        let first = self.runs.range(..start).next_back();
+        let rest = self.runs.range(start..end);
+        first
+            .into_iter()
+            .chain(rest)
+            .filter(|(_, &(_, c))| c > min)
+            .map(|(&s, &(l, _))| (s + l).min(end).saturating_sub(s.max(start)))
+            .sum()
+    }
+
     /// Pieces of `start..start + len` with their counts (0 for gaps), in
     /// order, covering the whole range.
     pub fn segments(&self, start: u64, len: u64) -> Vec<(u64, u64, u32)> {
@@ -207,7 +221,6 @@ impl RunCounts {
     }
 
     /// True when no block is counted.
-    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.runs.is_empty()
     }

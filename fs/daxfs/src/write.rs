@@ -12,7 +12,7 @@ use alloc::vec::Vec;
 use daxbox_persist::NT_THRESHOLD;
 
 use crate::extmap::ExtentMap;
-use crate::format::{BLOCK_SIZE, CHUNK_BLOCKS, CHUNK_SIZE, MAX_FILE_SIZE};
+use crate::format::{Extent, BLOCK_SIZE, CHUNK_BLOCKS, CHUNK_SIZE, MAX_FILE_SIZE};
 use crate::{block_offset, Error, FileId, Filesystem, PersistentMemory, RUN_GROWTH, ZEROS};
 
 /// Where the bytes of an edit come from.
@@ -66,6 +66,28 @@ fn preferred(map: &ExtentMap, runs: &[NewRun], logical: u64) -> Option<u64> {
     map.lookup(logical + 1).and_then(|p| p.checked_sub(1))
 }
 
+/// The fresh runs of a write as extents, neighbours that are contiguous
+/// both logically and physically joined (what `commit_file_runs`
+/// prepends to a layered list).
+fn new_extents(runs: &[NewRun]) -> Vec<Extent> {
+    let mut out: Vec<Extent> = Vec::with_capacity(runs.len());
+    let mut sorted: Vec<&NewRun> = runs.iter().collect();
+    sorted.sort_unstable_by_key(|r| r.logical);
+    for r in sorted {
+        match out.last_mut() {
+            Some(e) if e.logical + e.len == r.logical && e.physical + e.len == r.physical => {
+                e.len += r.len;
+            }
+            _ => out.push(Extent {
+                logical: r.logical,
+                len: r.len,
+                physical: r.physical,
+            }),
+        }
+    }
+    out
+}
+
 /// Union of half-open ranges, sorted.
 fn union(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
     ranges.retain(|r| r.1 > r.0);
@@ -89,6 +111,14 @@ impl<M: PersistentMemory> Filesystem<M> {
             self.mem.write_flush(at, bytes)?;
         }
         Ok(())
+    }
+
+    pub(crate) fn zero_blocks(&mut self, at: u64, len: u64) -> Result<(), Error> {
+        self.put_zeros(at, len)
+    }
+
+    pub(crate) fn copy_blocks(&mut self, from: u64, to: u64, len: u64) -> Result<(), Error> {
+        self.copy_region(from, to, len)
     }
 
     fn put_zeros(&mut self, at: u64, len: u64) -> Result<(), Error> {
@@ -164,33 +194,21 @@ impl<M: PersistentMemory> Filesystem<M> {
         // chunk that is entirely a hole (FORMAT.md "Allocation policy").
         let large = new_size > CHUNK_SIZE;
         let old_size = file.size;
-        // In a large file the unit of allocation is the 2 MiB chunk
-        // (FORMAT.md "Allocation policy"): a logical chunk in which the file
-        // owns no block outright (all hole, or shared with a clone, or held)
-        // moves as a whole to a fresh huge chunk, holes zero-filled and
-        // shared blocks copied. That keeps large files huge-page mappable
-        // and their extent count bounded by the chunk count, at the price
-        // of 2 MiB of space and copying per first touch of a chunk.
-        let refs = &self.refs;
-        let pins = &self.pins;
-        let chunk_movable = |chunk: u64| {
-            for piece in file.map.pieces(chunk * CHUNK_BLOCKS, CHUNK_BLOCKS) {
-                let Some(p) = piece.physical else { continue };
-                for (ps, pl, count) in refs.segments(p, piece.len) {
-                    for (_, _, held) in pins.segments(ps, pl) {
-                        if count <= 1 && held == 0 {
-                            return false;
-                        }
-                    }
-                }
-            }
-            true
-        };
+        // In a large file a logical chunk that is all hole is allocated as
+        // a whole fresh 2 MiB chunk (holes zero-filled); a chunk that shares
+        // blocks with a clone (or holds pinned blocks) is copied block by
+        // block, only where written, until the write that makes
+        // COMPACT_THRESHOLD_BLOCKS of its blocks private, which gathers it
+        // into one fresh private chunk (FORMAT.md "Allocation policy",
+        // "Copy-on-write of shared blocks", "Compaction").
         let movable: BTreeSet<u64> = if large {
-            needs
-                .iter()
-                .flat_map(|&(l, n, _)| (l / CHUNK_BLOCKS)..=((l + n - 1) / CHUNK_BLOCKS))
-                .filter(|&c| chunk_movable(c))
+            let mut chunks: BTreeSet<u64> = BTreeSet::new();
+            for &(l, n, _) in &needs {
+                chunks.extend((l / CHUNK_BLOCKS)..=((l + n - 1) / CHUNK_BLOCKS));
+            }
+            chunks
+                .into_iter()
+                .filter(|&c| self.chunk_wants_whole(&file.map, c, &needs))
                 .collect()
         } else {
             BTreeSet::new()
@@ -272,7 +290,7 @@ impl<M: PersistentMemory> Filesystem<M> {
                 if runs.is_empty() && new_size == old_size {
                     return Ok(());
                 }
-                self.commit_file(slot, new_size, !runs.is_empty())
+                self.commit_file_runs(slot, new_size, &new_extents(&runs))
             });
         match result {
             Ok(()) => {

@@ -211,15 +211,21 @@ fn clone_shares_blocks_and_copies_on_write() {
     let mut expect = data.clone();
     expect[4096 * 3 + 10..4096 * 3 + 17].copy_from_slice(b"changed");
     assert_eq!(read_all(&fs, "dst"), expect);
-    // A large file copies on write by whole 2 MiB chunk, which stays
-    // huge-page mappable.
+    // A large file copies on write by block too (FORMAT.md "Copy-on-write
+    // of shared blocks"): the touched chunk is no longer huge-page
+    // mappable until `compact` gathers it.
+    assert_eq!(fs.statfs().free_blocks, free_before - 1, "one block copied");
+    assert_eq!(fs.stat(dst).unwrap().huge_bytes, 4 * MIB as u64);
+    assert_eq!(fs.stat(dst).unwrap().shared_bytes, 6 * MIB as u64 - 4096);
+    assert_eq!(fs.compact(dst).unwrap(), 1);
     assert_eq!(
         fs.statfs().free_blocks,
         free_before - 512,
-        "one chunk copied"
+        "one chunk gathered"
     );
     assert_eq!(fs.stat(dst).unwrap().huge_bytes, 6 * MIB as u64);
     assert_eq!(fs.stat(dst).unwrap().shared_bytes, 4 * MIB as u64);
+    assert_eq!(read_all(&fs, "dst"), expect);
     // A small file copies on write by block.
     fs.create("small").unwrap();
     let small = fs.lookup("small").unwrap();
@@ -414,15 +420,19 @@ fn newer_version_is_refused() {
     let mut mem = fs.unmount();
     for block in 0..2 {
         let b = &mut mem.bytes_mut()[block * 4096..];
-        b[8] = 3;
+        b[8] = 4;
     }
     let err = Filesystem::mount(mem).err().unwrap();
     assert_eq!(
         err,
         Error::UnsupportedVersion {
-            found: 3,
-            supported: 2
+            found: 4,
+            supported: 3
         }
+    );
+    assert_eq!(
+        err.to_string(),
+        "daxfs format version 4 is newer than the supported version 3"
     );
 }
 

@@ -208,10 +208,7 @@ fn a_version_1_image_mounts_and_is_upgraded_and_a_newer_one_is_refused_by_versio
     assert_clean(&fs);
     assert!(matches!(
         Filesystem::probe(fs.memory()),
-        Probe::Daxfs {
-            version: FORMAT_VERSION,
-            ..
-        }
+        Probe::Daxfs { version: 2, .. }
     ));
     let mut mem = fs.unmount();
     set_version(&mut mem, FORMAT_VERSION + 1);

@@ -1,0 +1,471 @@
+//! Fine-grained copy-on-write and compaction (FORMAT.md "Copy-on-write of
+//! shared blocks", "Compaction"). A write into blocks a file shares with a
+//! clone copies only the 4 KiB blocks it touches (`write.rs` `modify`
+//! asks [`Filesystem::chunk_wants_whole`] whether to move a whole chunk
+//! instead); `compact` gathers a file's diverged logical chunks, one
+//! bounded step (one chunk, one commit) at a time, into fresh private
+//! 2 MiB-aligned chunks.
+
+use alloc::vec::Vec;
+
+use crate::extmap::ExtentMap;
+use crate::format::{
+    Extent, OverflowBlock, Record, BLOCK_SIZE, CHUNK_BLOCKS, EXTENT_SIZE, INLINE_EXTENTS,
+    LAYERED_VERSION, OVERFLOW_EXTENTS,
+};
+use crate::{block_offset, Error, File, FileId, Filesystem, PersistentMemory, RUN_GROWTH};
+
+/// Hidden entries a layered list may carry beyond its effective extents
+/// before a prepend normalises it (FORMAT.md "Layered extent lists": the
+/// list stays at most twice the effective map plus this many entries).
+const LAYER_SLACK: u64 = 2 * OVERFLOW_EXTENTS as u64;
+
+/// A file's layered on-media extent list (FORMAT.md "Layered extent
+/// lists"), beyond its chain (kept in `File::chain`): the inline entries
+/// as on media, and the length of the whole list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Layered {
+    /// The record's inline entries, first (highest precedence) first.
+    pub inline: Vec<Extent>,
+    /// Entries in the whole list (the record's extent count).
+    pub entries: u64,
+}
+
+impl Layered {
+    /// The layered list a record holds, None for a plain one.
+    pub(crate) fn of_record(r: &Record) -> Option<Self> {
+        r.layered.then(|| Layered {
+            inline: r.inline.clone(),
+            entries: r.extent_count as u64,
+        })
+    }
+
+    /// Memory beyond `File` itself (charged in `file_cost`).
+    pub(crate) fn cost(&self) -> usize {
+        self.inline.len() * EXTENT_SIZE
+    }
+
+    /// The record of `file` (whose list this is) at `size`.
+    pub(crate) fn record(&self, file: &File, size: u64) -> Record {
+        Record {
+            in_use: true,
+            orphan: file.orphan,
+            generation: file.generation,
+            name: file.name.clone(),
+            size,
+            // Bounded by 2 * extents + LAYER_SLACK, far below 2^32.
+            extent_count: self.entries as u32,
+            overflow_count: file.chain.len() as u32,
+            overflow_first: file.chain.first().copied().unwrap_or(0),
+            inline: self.inline.clone(),
+            layered: true,
+        }
+    }
+}
+
+/// Private blocks in a logical 2 MiB chunk that still shares blocks with a
+/// clone at which a copy-on-write gathers the whole chunk into one fresh
+/// private 2 MiB-aligned chunk (FORMAT.md "Compaction"): half the chunk.
+/// Below it a write copies only the blocks it touches; at it, the 2 MiB
+/// copy is paid once for at least 256 small copies already made, so it
+/// at most doubles the copying a chunk sees while bringing back a huge
+/// page for it.
+pub const COMPACT_THRESHOLD_BLOCKS: u64 = CHUNK_BLOCKS / 2;
+
+/// How a file maps one logical chunk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ChunkState {
+    /// Mapped blocks.
+    pub mapped: u64,
+    /// Mapped blocks no other file shares and no hold pins.
+    pub private: u64,
+    /// True when the chunk is one extent of 512 blocks at a 2 MiB-aligned
+    /// physical block: huge-page mappable.
+    pub huge: bool,
+}
+
+impl<M: PersistentMemory> Filesystem<M> {
+    /// How `map` maps logical chunk `chunk`.
+    pub(crate) fn chunk_state(&self, map: &ExtentMap, chunk: u64) -> ChunkState {
+        let base = chunk * CHUNK_BLOCKS;
+        let mut st = ChunkState::default();
+        for piece in map.pieces(base, CHUNK_BLOCKS) {
+            let Some(p) = piece.physical else { continue };
+            st.mapped += piece.len;
+            if piece.len == CHUNK_BLOCKS && p.is_multiple_of(CHUNK_BLOCKS) {
+                st.huge = true;
+            }
+            // Holds are rare: without any, count the shared blocks without
+            // allocating (this runs for every copy-on-write).
+            if self.pins.is_empty() {
+                st.private += piece.len - self.refs.blocks_above(p, piece.len, 1);
+                continue;
+            }
+            for (ps, pl, count) in self.refs.segments(p, piece.len) {
+                if count > 1 {
+                    continue;
+                }
+                for (_, ql, pins) in self.pins.segments(ps, pl) {
+                    if pins == 0 {
+                        st.private += ql;
+                    }
+                }
+            }
+        }
+        st
+    }
+
+    /// Whether a write that needs the fresh blocks `needs` (logical, len,
+    /// copy source) in a large file allocates logical chunk `chunk` as one
+    /// whole fresh 2 MiB chunk: when the file maps nothing there (a hole:
+    /// FORMAT.md "Allocation policy"), or when the chunk still shares
+    /// blocks and this write brings its private blocks to
+    /// [`COMPACT_THRESHOLD_BLOCKS`] (FORMAT.md "Compaction").
+    pub(crate) fn chunk_wants_whole(
+        &self,
+        map: &ExtentMap,
+        chunk: u64,
+        needs: &[(u64, u64, Option<u64>)],
+    ) -> bool {
+        let st = self.chunk_state(map, chunk);
+        if st.mapped == 0 {
+            return true;
+        }
+        if st.private == st.mapped {
+            return false;
+        }
+        let (lo, hi) = (chunk * CHUNK_BLOCKS, (chunk + 1) * CHUNK_BLOCKS);
+        let fresh: u64 = needs
+            .iter()
+            .map(|&(l, n, _)| (l + n).min(hi).saturating_sub(l.max(lo)))
+            .sum();
+        st.private + fresh >= COMPACT_THRESHOLD_BLOCKS
+    }
+
+    /// Logical chunks of `file` that [`Filesystem::compact`] would gather:
+    /// mapped, not huge-page mappable, and not (only) holes.
+    fn diverged_chunks(&self, slot: u32, from: u64, max: usize) -> Vec<u64> {
+        let Some(f) = self.files.get(&slot) else {
+            return Vec::new();
+        };
+        // Small files are allocated by block anyway (FORMAT.md "Allocation
+        // policy"): gathering them would only spend 2 MiB each.
+        if f.size <= CHUNK_BLOCKS * BLOCK_SIZE {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let mut chunk = from;
+        let end = f.map.end().div_ceil(CHUNK_BLOCKS);
+        while chunk < end && out.len() < max {
+            // Skip to the next mapped extent.
+            let Some(e) = f.map.iter_from(chunk * CHUNK_BLOCKS).next() else {
+                break;
+            };
+            chunk = chunk.max(e.logical / CHUNK_BLOCKS);
+            let st = self.chunk_state(&f.map, chunk);
+            if st.mapped > 0 && !st.huge {
+                out.push(chunk);
+            }
+            chunk += 1;
+        }
+        out
+    }
+
+    /// Makes the superblock say at least `version` before a structure of
+    /// that version is first written (FORMAT.md "Compatibility rules":
+    /// backup, then primary, each persisted, as a grow does).
+    fn need_version(&mut self, version: u32) -> Result<(), Error> {
+        if self.sb.version >= version {
+            return Ok(());
+        }
+        let mut sb = self.sb;
+        sb.version = version;
+        let bytes = sb.encode();
+        self.mem.fence();
+        self.mem.write_flush(block_offset(1), &bytes)?;
+        self.mem.fence();
+        self.mem.write_flush(0, &bytes)?;
+        self.mem.fence();
+        self.sb = sb;
+        Ok(())
+    }
+
+    /// Writes a fresh chain holding `entries` of a layered list whose
+    /// inline part is empty: indexes from the last block (FORMAT.md
+    /// "Layered extent lists"). Returns the chain, first block first.
+    fn write_layered_chain(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        entries: &[Extent],
+    ) -> Result<Vec<u64>, Error> {
+        let blocks = entries.len().div_ceil(OVERFLOW_EXTENTS);
+        let mut chain: Vec<u64> = Vec::with_capacity(blocks);
+        for _ in 0..blocks {
+            let prefer = chain.last().map(|b| b + 1);
+            match self.alloc.alloc_small(1, prefer) {
+                Some((b, _)) => {
+                    self.refs.increment(b, 1);
+                    chain.push(b);
+                }
+                None => {
+                    let runs: Vec<(u64, u64)> = chain.iter().map(|&b| (b, 1)).collect();
+                    self.unallocate(&runs);
+                    return Err(Error::NoSpace);
+                }
+            }
+        }
+        for (i, block) in chain.iter().enumerate() {
+            let start = i * OVERFLOW_EXTENTS;
+            let end = (start + OVERFLOW_EXTENTS).min(entries.len());
+            let ob = OverflowBlock {
+                owner_slot: slot,
+                owner_generation: generation,
+                index: (blocks - 1 - i) as u32,
+                next: chain.get(i + 1).copied().unwrap_or(0),
+                extents: entries[start..end].to_vec(),
+            };
+            if let Err(e) = self.mem.write_flush(block_offset(*block), &ob.encode()) {
+                let runs: Vec<(u64, u64)> = chain.iter().map(|&b| (b, 1)).collect();
+                self.unallocate(&runs);
+                return Err(e.into());
+            }
+        }
+        Ok(chain)
+    }
+
+    /// Commits `size` and a map change of the file in `slot` that mapped
+    /// the fresh runs `new` (already in the in-memory map; the caller
+    /// drops the replaced blocks after success and undoes the map on
+    /// error), by prepending them to the file's layered list (FORMAT.md
+    /// "Layered extent lists": a one-record commit, plus at most one chain
+    /// block written); falls back to `commit_file`'s plain rewrite when
+    /// the list must be normalised.
+    pub(crate) fn commit_file_runs(
+        &mut self,
+        slot: u32,
+        size: u64,
+        new: &[Extent],
+    ) -> Result<(), Error> {
+        let f = self.files.get(&slot).ok_or(Error::StaleFile)?;
+        let effective = f.map.len() as u64;
+        if new.is_empty() {
+            return self.commit_file(slot, size, false);
+        }
+        if new.len() > INLINE_EXTENTS || effective <= INLINE_EXTENTS as u64 {
+            return self.commit_file(slot, size, true);
+        }
+        let generation = f.generation;
+        let (list, mut chain) = (f.list.clone(), f.chain.clone());
+        let Some(list) = list else {
+            // A plain list with a chain becomes layered: the whole
+            // effective map into a fresh chain, inline part empty, so the
+            // next 12 prepends touch only the record.
+            let entries = f.map.to_vec();
+            self.need_version(LAYERED_VERSION)?;
+            let chain = self.write_layered_chain(slot, generation, &entries)?;
+            let list = Layered {
+                inline: Vec::new(),
+                entries: entries.len() as u64,
+            };
+            return self.commit_list(slot, size, list, chain, &[]);
+        };
+        let entries = list.entries + new.len() as u64;
+        if entries > 2 * effective + LAYER_SLACK {
+            return self.commit_file(slot, size, true);
+        }
+        self.need_version(LAYERED_VERSION)?;
+        if list.inline.len() + new.len() <= INLINE_EXTENTS {
+            let mut inline = new.to_vec();
+            inline.extend_from_slice(&list.inline);
+            return self.commit_list(slot, size, Layered { inline, entries }, chain, &[]);
+        }
+        // Spill the inline entries into the chain's first block: a copy of
+        // it with them in front when they fit, else a new first block.
+        let spill = list.inline;
+        let mut block = OverflowBlock {
+            owner_slot: slot,
+            owner_generation: generation,
+            index: chain.len() as u32,
+            next: chain.first().copied().unwrap_or(0),
+            extents: spill.clone(),
+        };
+        let mut replaced = Vec::new();
+        if let Some(&head) = chain.first() {
+            let mut raw = alloc::vec![0u8; BLOCK_SIZE as usize];
+            self.mem.read(block_offset(head), &mut raw)?;
+            let old = OverflowBlock::decode(&raw).map_err(|e| {
+                Error::Corrupt(alloc::format!(
+                    "overflow block {head} of file record {slot}: {e}"
+                ))
+            })?;
+            if old.extents.len() + spill.len() <= OVERFLOW_EXTENTS {
+                block.index = old.index;
+                block.next = old.next;
+                block.extents.extend_from_slice(&old.extents);
+                replaced.push(head);
+            }
+        }
+        let prefer = chain.first().map(|b| b + 1);
+        let (b, _) = self.alloc.alloc_small(1, prefer).ok_or(Error::NoSpace)?;
+        self.refs.increment(b, 1);
+        if let Err(e) = self.mem.write_flush(block_offset(b), &block.encode()) {
+            self.unallocate(&[(b, 1)]);
+            return Err(e.into());
+        }
+        if replaced.is_empty() {
+            chain.insert(0, b);
+        } else {
+            chain[0] = b;
+        }
+        let list = Layered {
+            inline: new.to_vec(),
+            entries,
+        };
+        self.commit_list(slot, size, list, chain, &replaced)
+            .inspect_err(|_| self.unallocate(&[(b, 1)]))
+    }
+
+    /// Commits the record of a layered `list` over `chain` (every fresh
+    /// block of it already persisted) and then releases the chain blocks
+    /// it no longer uses: `replaced`, or the whole old chain when `chain`
+    /// is a fresh one. On error the fresh blocks are the caller's to free
+    /// (a whole fresh chain is freed here).
+    fn commit_list(
+        &mut self,
+        slot: u32,
+        size: u64,
+        list: Layered,
+        chain: Vec<u64>,
+        replaced: &[u64],
+    ) -> Result<(), Error> {
+        let f = self.files.get_mut(&slot).ok_or(Error::StaleFile)?;
+        let fresh_chain = f.list.is_none();
+        let old_chain = core::mem::replace(&mut f.chain, chain);
+        let record = list.record(f, size);
+        let result = self.commit(&[(slot, record.encode())]);
+        let f = self.files.get_mut(&slot).ok_or(Error::StaleFile)?;
+        if let Err(e) = result {
+            let fresh = core::mem::replace(&mut f.chain, old_chain);
+            if fresh_chain {
+                let runs: Vec<(u64, u64)> = fresh.iter().map(|&b| (b, 1)).collect();
+                self.unallocate(&runs);
+            }
+            return Err(e);
+        }
+        f.size = size;
+        f.durable = size;
+        f.list = Some(list);
+        if fresh_chain {
+            for b in old_chain {
+                self.unref(b, 1);
+            }
+        } else {
+            for &b in replaced {
+                self.unref(b, 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Gathers every diverged logical chunk of `file` (mapped but not one
+    /// 2 MiB-aligned extent: partly copied-on-write, or fragmented) into a
+    /// fresh private 2 MiB-aligned chunk, one commit per chunk (FORMAT.md
+    /// "Compaction"); returns how many chunks it gathered. Holes inside a
+    /// gathered chunk become zero-filled blocks. Stops with
+    /// [`Error::NoSpace`] when no free 2 MiB chunk is left (the chunks
+    /// gathered so far stay gathered).
+    pub fn compact(&mut self, file: FileId) -> Result<u64, Error> {
+        let mut done = 0;
+        let mut from = 0;
+        loop {
+            let (next, n) = self.compact_step(file, from, 1)?;
+            done += n;
+            match next {
+                Some(c) => from = c,
+                None => return Ok(done),
+            }
+        }
+    }
+
+    /// One bounded step of [`Filesystem::compact`] (for an idle-time pass
+    /// or a caller that must not stall): gathers at most `max_chunks`
+    /// diverged chunks at or after logical chunk `from`; returns the chunk
+    /// to continue from (None when the file has no diverged chunk left
+    /// past `from`) and how many chunks it gathered.
+    pub fn compact_step(
+        &mut self,
+        file: FileId,
+        from: u64,
+        max_chunks: usize,
+    ) -> Result<(Option<u64>, u64), Error> {
+        self.file(file)?;
+        let chunks = self.diverged_chunks(file.slot, from, max_chunks.max(1));
+        let mut done = 0;
+        for &c in &chunks {
+            self.costed(file.slot, |fs| fs.gather_chunk(file.slot, c))?;
+            done += 1;
+        }
+        Ok((chunks.last().map(|c| c + 1), done))
+    }
+
+    /// Moves logical chunk `chunk` of the file in `slot` to a fresh huge
+    /// chunk: copies every mapped block (zeros for holes), persists them,
+    /// then one commit switches the map; the old blocks lose this file's
+    /// reference after the commit (FORMAT.md "Compaction").
+    fn gather_chunk(&mut self, slot: u32, chunk: u64) -> Result<(), Error> {
+        let base = chunk * CHUNK_BLOCKS;
+        let f = self.files.get(&slot).ok_or(Error::StaleFile)?;
+        let size = f.size;
+        let pieces = f.map.pieces(base, CHUNK_BLOCKS);
+        let prefer = if base > 0 {
+            f.map.lookup(base - 1).map(|p| p + 1)
+        } else {
+            None
+        };
+        self.reserve(pieces.len() * RUN_GROWTH)?;
+        let fresh = self.alloc.alloc_huge(prefer).ok_or(Error::NoSpace)?;
+        self.refs.increment(fresh, CHUNK_BLOCKS);
+        let filled = (|| {
+            for piece in &pieces {
+                let to = block_offset(fresh + (piece.logical - base));
+                let len = piece.len * BLOCK_SIZE;
+                match piece.physical {
+                    Some(p) => self.copy_blocks(block_offset(p), to, len)?,
+                    None => self.zero_blocks(to, len)?,
+                }
+            }
+            Ok::<(), Error>(())
+        })();
+        if let Err(e) = filled {
+            self.unallocate(&[(fresh, CHUNK_BLOCKS)]);
+            return Err(e);
+        }
+        let f = self.files.get_mut(&slot).ok_or(Error::StaleFile)?;
+        let removed = f.map.remove(base, CHUNK_BLOCKS);
+        f.map.insert(base, CHUNK_BLOCKS, fresh);
+        let run = Extent {
+            logical: base,
+            len: CHUNK_BLOCKS,
+            physical: fresh,
+        };
+        match self.commit_file_runs(slot, size, &[run]) {
+            Ok(()) => {
+                for e in removed {
+                    self.unref(e.physical, e.len);
+                }
+                Ok(())
+            }
+            Err(err) => {
+                if let Some(f) = self.files.get_mut(&slot) {
+                    f.map.remove(base, CHUNK_BLOCKS);
+                    for x in removed {
+                        f.map.insert(x.logical, x.len, x.physical);
+                    }
+                }
+                self.unallocate(&[(fresh, CHUNK_BLOCKS)]);
+                Err(err)
+            }
+        }
+    }
+}
