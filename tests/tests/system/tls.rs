@@ -497,3 +497,134 @@ fn clients_stalled_mid_handshake_are_closed_by_the_deadline() -> Result<(), Harn
     assert_eq!(code, "200", "{body}");
     Ok(())
 }
+
+/// Bad input to both TLS ports of the booted appliance, each followed by a
+/// good client: plaintext NBD right after the STARTTLS ACK, garbage and an
+/// oversized record header to HTTPS, a TLS 1.2 renegotiation request
+/// (`openssl s_client`'s `R`; rustls offers none). Each bad connection
+/// ends, nothing panics, and the service keeps serving; an object written
+/// over plaintext NBD (`tls=on` allows it) reads back byte for byte over
+/// HTTPS with `curl --cacert` (an anonymous-read bucket).
+#[test]
+fn bad_input_to_tls_ends_that_connection_and_an_object_reads_over_https() -> Result<(), HarnessError>
+{
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    const NAME: &str = "tls_bad_input";
+    let config = format!(
+        "format=if-blank\ntls=on\nhttp_port=8080\nhttps_port=80\n\
+         s3_key=AKSYSTEST:system-test-secret-0123\ns3_anonymous=pmem0:read\n{}{}",
+        pem_lines("tls_cert", &testdata("server.pem")),
+        pem_lines("tls_key", &testdata("server-key.pem")),
+    );
+    let nvdimm = Nvdimm::fresh(run_dir(NAME).join("nvdimm0.img"), 64 * MIB);
+    let options = QemuOptions::new(NAME, Firmware::Bios)
+        .with_boot_config(&config)
+        .with_nvdimm(nvdimm);
+    let mut machine = Machine::boot_to_prompt(options)?;
+    machine.command("create obj 1M")?;
+    let port = machine.nbd_port();
+    let https = machine.http_port();
+    let good = cert_dir(NAME, "ca.pem");
+    let nbds = format!(
+        "nbds://127.0.0.1:{port}/obj?tls-certificates={}",
+        good.display()
+    );
+
+    // An object written over plaintext NBD, read over HTTPS.
+    let source = run_dir(NAME).join("source.bin");
+    let data: Vec<u8> = (0..MIB as usize).map(|i| (i * 29 % 253) as u8).collect();
+    std::fs::write(&source, &data).unwrap();
+    run_tool_ok(
+        "nbdcopy",
+        &[&source.display().to_string(), &uri(port, "obj")],
+        SLOW,
+    );
+    let fetched = run_dir(NAME).join("fetched.bin");
+    let fetched_text = fetched.display().to_string();
+    let (code, body) = curl(https, "/pmem0/obj", None, &["-o", &fetched_text]);
+    assert_eq!(code, "200", "{body}");
+    assert!(
+        std::fs::read(&fetched).unwrap() == data,
+        "the object read over HTTPS is the bytes written over NBD"
+    );
+
+    // The end of one connection: EOF or a reset, within the read timeout.
+    let ended = |s: &mut TcpStream| {
+        let mut sink = Vec::new();
+        match s.read_to_end(&mut sink) {
+            Ok(_) => true,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
+    };
+
+    // NBD: STARTTLS acknowledged, then plaintext options instead of a
+    // ClientHello.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut greeting = [0u8; 18];
+    s.read_exact(&mut greeting).unwrap();
+    assert_eq!(&greeting[..8], b"NBDMAGIC");
+    let mut starttls = Vec::new();
+    starttls.extend_from_slice(&1u32.to_be_bytes());
+    starttls.extend_from_slice(b"IHAVEOPT");
+    starttls.extend_from_slice(&5u32.to_be_bytes());
+    starttls.extend_from_slice(&0u32.to_be_bytes());
+    s.write_all(&starttls).unwrap();
+    let mut ack = [0u8; 20];
+    s.read_exact(&mut ack).unwrap();
+    assert_eq!(
+        u32::from_be_bytes(ack[12..16].try_into().unwrap()),
+        1,
+        "NBD_REP_ACK to STARTTLS"
+    );
+    let mut list = Vec::new();
+    list.extend_from_slice(b"IHAVEOPT");
+    list.extend_from_slice(&3u32.to_be_bytes());
+    list.extend_from_slice(&0u32.to_be_bytes());
+    let _ = s.write_all(&list);
+    assert!(
+        ended(&mut s),
+        "plaintext after STARTTLS ends the connection"
+    );
+
+    // HTTPS: garbage, then a handshake record header promising 64 KiB.
+    let garbage: Vec<u8> = (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect();
+    let oversized = [0x16u8, 0x03, 0x03, 0xff, 0xff, 0x01, 0x00, 0xff, 0xfb];
+    for bytes in [&garbage[..], &oversized[..]] {
+        let mut s = TcpStream::connect(("127.0.0.1", https)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        let _ = s.write_all(bytes);
+        assert!(ended(&mut s), "bad TLS input ends the connection");
+    }
+
+    // A TLS 1.2 renegotiation request: whatever openssl reports, the
+    // appliance goes on serving.
+    let ca = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../net/tls/testdata/ca.pem")
+        .display()
+        .to_string();
+    let script = format!(
+        "(echo R; sleep 3) | timeout 60 openssl s_client -tls1_2 -connect localhost:{https} \
+         -servername localhost -CAfile {ca}"
+    );
+    let renegotiation = run_tool("sh", &["-c", &script], SLOW);
+    assert!(
+        renegotiation.stdout.contains("Verify return code: 0"),
+        "the TLS 1.2 handshake before the renegotiation request: {}{}",
+        renegotiation.stdout,
+        renegotiation.stderr
+    );
+
+    // Good clients on both ports afterwards, through TLS.
+    let size = run_tool_ok("nbdinfo", &["--size", &nbds], SLOW);
+    assert_eq!(size.trim(), MIB.to_string());
+    let (code, body) = curl(https, "/healthz", None, &[]);
+    assert_eq!(code, "200", "{body}");
+    let output = machine.output();
+    assert!(!output.contains("panicked"), "console:\n{output}");
+    Ok(())
+}
