@@ -137,6 +137,9 @@ fn hostile_images() -> Vec<(&'static str, Vec<u8>)> {
     r.extent_count = 2;
     r.overflow_count = 0;
     r.overflow_first = 0;
+    // A plain list (a layered one may overlap: FORMAT.md "Layered extent
+    // lists"; this file's 40 extents made its list layered).
+    r.layered = false;
     format::put_image_record(&mut bytes, 2, &r);
     out.push(("journal", bytes));
     out
