@@ -32,6 +32,12 @@ fn now() -> Option<u64> {
     daxbox_platform::rtc::unix_now()
 }
 
+/// Whether a handshake's randomness is set aside (see
+/// `daxbox_tls::EntropyReady`).
+fn entropy_ready(n: usize) -> bool {
+    daxbox_platform::entropy::reserve(n).is_ok()
+}
+
 fn build(config: &BootConfig) -> Status {
     let tls = &config.tls;
     if tls.mode == TlsMode::Off {
@@ -44,13 +50,20 @@ fn build(config: &BootConfig) -> Status {
     if let Err(error) = daxbox_platform::entropy::fill(&mut probe) {
         return Status::Failed(alloc::format!("{error}"));
     }
+    // Building the server signs a test message (randomized ECDSA through
+    // an API that panics when the source fails): set its bytes aside.
+    if let Err(error) = daxbox_platform::entropy::reserve(daxbox_tls::HANDSHAKE_ENTROPY) {
+        return Status::Failed(alloc::format!("{error}"));
+    }
     let pem = Pem {
         cert: tls.cert.as_bytes(),
         key: tls.key.expose().as_bytes(),
         client_ca: (!tls.client_ca.is_empty()).then_some(tls.client_ca.as_bytes()),
     };
     match TlsServer::new(pem, now) {
-        Ok(server) => Status::Ready(server),
+        // Each handshake first sets its randomness aside: rustls-rustcrypto
+        // panics if the source fails mid-handshake (virtio-rng can).
+        Ok(server) => Status::Ready(server.with_entropy_check(entropy_ready)),
         Err(error) => Status::Failed(alloc::format!("{error}")),
     }
 }

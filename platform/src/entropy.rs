@@ -28,8 +28,47 @@ const PRESENT: u8 = 1;
 const ABSENT: u8 = 2;
 static RDRAND: AtomicU8 = AtomicU8::new(UNKNOWN);
 
-/// The virtio-rng device, when the kernel found one and RDRAND is absent.
-static VIRTIO: Mutex<Option<Rng<KernelHal, PciTransport>>> = Mutex::new(None);
+/// The virtio-rng device, when the kernel found one and RDRAND is absent,
+/// with the bytes [`reserve`] set aside.
+static VIRTIO: Mutex<Option<VirtioSource>> = Mutex::new(None);
+
+/// Most bytes [`reserve`] sets aside (one device request page).
+pub const RESERVE_MAX: usize = virtio_rng::REQUEST_BYTES;
+
+struct VirtioSource {
+    rng: Rng<KernelHal, PciTransport>,
+    /// Device bytes not handed out yet: `reserved[..len]`.
+    reserved: [u8; RESERVE_MAX],
+    len: usize,
+}
+
+impl VirtioSource {
+    fn fill(&mut self, out: &mut [u8]) -> Result<(), RngError> {
+        // Set-aside bytes first (each handed out once), then the device.
+        let take = out.len().min(self.len);
+        let start = self.len - take;
+        out[..take].copy_from_slice(&self.reserved[start..self.len]);
+        self.reserved[start..self.len].fill(0);
+        self.len = start;
+        let rng = &mut self.rng;
+        virtio_rng::fill_from(&mut out[take..], |buf| {
+            rng.request(buf, crate::time::now_ms)
+        })
+    }
+
+    fn reserve(&mut self, n: usize) -> Result<(), RngError> {
+        let want = n.min(RESERVE_MAX);
+        if self.len >= want {
+            return Ok(());
+        }
+        let (len, rng) = (self.len, &mut self.rng);
+        virtio_rng::fill_from(&mut self.reserved[len..want], |buf| {
+            rng.request(buf, crate::time::now_ms)
+        })?;
+        self.len = want;
+        Ok(())
+    }
+}
 
 /// Why no random bytes could be had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,8 +134,28 @@ pub fn fill_with(
 /// source [`fill`] uses when the CPU has no RDRAND.
 pub fn use_virtio(transport: PciTransport) -> Result<(), RngError> {
     let rng = Rng::new(transport)?;
-    *VIRTIO.lock() = Some(rng);
+    *VIRTIO.lock() = Some(VirtioSource {
+        rng,
+        reserved: [0; RESERVE_MAX],
+        len: 0,
+    });
     Ok(())
+}
+
+/// Makes sure the next `n` bytes (at most [`RESERVE_MAX`]) that [`fill`]
+/// hands out cannot fail: with RDRAND nothing is set aside (it does not
+/// stop answering); with virtio-rng they are fetched now. For callers
+/// whose randomness is drawn through an API that cannot fail (rustls'
+/// key exchange): ask first, refuse the work on an error.
+pub fn reserve(n: usize) -> Result<(), EntropyError> {
+    if rdrand_present() {
+        return Ok(());
+    }
+    let mut virtio = VIRTIO.lock();
+    let Some(source) = virtio.as_mut() else {
+        return Err(EntropyError::NoSource);
+    };
+    source.reserve(n).map_err(EntropyError::Virtio)
 }
 
 /// Fills `out` with random bytes from RDRAND, else from virtio-rng.
@@ -105,11 +164,10 @@ pub fn fill(out: &mut [u8]) -> Result<(), EntropyError> {
         return fill_with(out, rdrand_step);
     }
     let mut virtio = VIRTIO.lock();
-    let Some(rng) = virtio.as_mut() else {
+    let Some(source) = virtio.as_mut() else {
         return Err(EntropyError::NoSource);
     };
-    virtio_rng::fill_from(out, |buf| rng.request(buf, crate::time::now_ms))
-        .map_err(EntropyError::Virtio)
+    source.fill(out).map_err(EntropyError::Virtio)
 }
 
 #[cfg(target_os = "none")]
