@@ -645,7 +645,7 @@ fn virtio_rng_is_the_entropy_when_the_cpu_has_no_rdrand() -> Result<(), HarnessE
     // After the harness's `-cpu qemu64,+rdrand`: the last -cpu wins, and
     // qemu64 has no RDRAND.
     let options = QemuOptions::new(NAME, Firmware::Bios)
-        .with_boot_config(&require_config())
+        .with_boot_config(require_config())
         .with_nvdimm(nvdimm)
         .with_extra_args(["-cpu", "qemu64", "-device", "virtio-rng-pci"]);
     let mut machine = Machine::boot_to_prompt(options)?;
@@ -677,7 +677,7 @@ fn virtio_rng_is_the_entropy_when_the_cpu_has_no_rdrand() -> Result<(), HarnessE
 fn without_rdrand_or_virtio_rng_tls_is_refused() -> Result<(), HarnessError> {
     const NAME: &str = "tls_no_entropy";
     let options = QemuOptions::new(NAME, Firmware::Bios)
-        .with_boot_config(&require_config())
+        .with_boot_config(require_config())
         .with_extra_args(["-cpu", "qemu64"]);
     let mut machine = Machine::boot_to_prompt(options)?;
     let boot = machine.output();
@@ -720,7 +720,7 @@ fn a_virtio_rng_that_stops_answering_fails_closed() -> Result<(), HarnessError> 
     // 16 bytes: the boot probe asks for 32, gets 16, and the next request
     // is held for 10 minutes.
     let options = QemuOptions::new(NAME, Firmware::Bios)
-        .with_boot_config(&require_config())
+        .with_boot_config(require_config())
         .with_extra_args(starved_rng(16));
     let mut machine = Machine::boot_to_prompt(options)?;
     let boot = machine.output();
@@ -746,7 +746,7 @@ fn a_virtio_rng_that_stops_answering_mid_service_ends_only_that_handshake(
     // set aside before the server is built. The first handshake's top-up
     // then waits past the bound.
     let options = QemuOptions::new(NAME, Firmware::Bios)
-        .with_boot_config(&require_config())
+        .with_boot_config(require_config())
         .with_extra_args(starved_rng(32 + 32 + 1024));
     let mut machine = Machine::boot_to_prompt(options)?;
     let boot = machine.output();
