@@ -1,5 +1,8 @@
-//! TLS at boot: checks the entropy source and builds the `daxbox-tls`
-//! server from the boot config's PEM blocks, once.
+//! TLS at boot: checks the entropy source (and sets bytes aside for
+//! building the server) and builds the `daxbox-tls` server from the boot
+//! config's PEM blocks, once. Every session sets its handshake's
+//! randomness aside first (`entropy::reserve`), so a virtio-rng that stops
+//! answering ends that handshake instead of panicking in the crypto.
 //!
 //! Anything that cannot be applied fails closed: the status is `Failed`
 //! with the reason (printed at boot and by `bootconfig`), and the NBD
