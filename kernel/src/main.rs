@@ -23,6 +23,7 @@ extern crate alloc;
 mod command;
 mod config;
 mod cpu;
+mod entropy;
 mod hotplug;
 mod http;
 mod nbd;
@@ -173,6 +174,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     steps.mark("storage");
     hotplug::init();
     pci::init();
+    entropy::init();
     tls::init(config::get());
     // The web pages answer first; the S3 routes take signed requests and
     // bucket paths (`GET /` without S3 credentials stays the dashboard).

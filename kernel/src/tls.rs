@@ -1,5 +1,8 @@
-//! TLS at boot: checks the entropy source and builds the `daxbox-tls`
-//! server from the boot config's PEM blocks, once.
+//! TLS at boot: checks the entropy source (and sets bytes aside for
+//! building the server) and builds the `daxbox-tls` server from the boot
+//! config's PEM blocks, once. Every session sets its handshake's
+//! randomness aside first (`entropy::reserve`), so a virtio-rng that stops
+//! answering ends that handshake instead of panicking in the crypto.
 //!
 //! Anything that cannot be applied fails closed: the status is `Failed`
 //! with the reason (printed at boot and by `bootconfig`), and the NBD
@@ -32,6 +35,12 @@ fn now() -> Option<u64> {
     daxbox_platform::rtc::unix_now()
 }
 
+/// Whether a handshake's randomness is set aside (see
+/// `daxbox_tls::EntropyReady`).
+fn entropy_ready(n: usize) -> bool {
+    daxbox_platform::entropy::reserve(n).is_ok()
+}
+
 fn build(config: &BootConfig) -> Status {
     let tls = &config.tls;
     if tls.mode == TlsMode::Off {
@@ -44,13 +53,20 @@ fn build(config: &BootConfig) -> Status {
     if let Err(error) = daxbox_platform::entropy::fill(&mut probe) {
         return Status::Failed(alloc::format!("{error}"));
     }
+    // Building the server signs a test message (randomized ECDSA through
+    // an API that panics when the source fails): set its bytes aside.
+    if let Err(error) = daxbox_platform::entropy::reserve(daxbox_tls::HANDSHAKE_ENTROPY) {
+        return Status::Failed(alloc::format!("{error}"));
+    }
     let pem = Pem {
         cert: tls.cert.as_bytes(),
         key: tls.key.expose().as_bytes(),
         client_ca: (!tls.client_ca.is_empty()).then_some(tls.client_ca.as_bytes()),
     };
     match TlsServer::new(pem, now) {
-        Ok(server) => Status::Ready(server),
+        // Each handshake first sets its randomness aside: rustls-rustcrypto
+        // panics if the source fails mid-handshake (virtio-rng can).
+        Ok(server) => Status::Ready(server.with_entropy_check(entropy_ready)),
         Err(error) => Status::Failed(alloc::format!("{error}")),
     }
 }

@@ -1,8 +1,12 @@
-//! Entropy for TLS: the RDRAND instruction, detected with CPUID.
+//! Entropy for TLS: the RDRAND instruction, detected with CPUID, else a
+//! virtio-rng device ([`crate::virtio_rng`]) the kernel found on PCI and
+//! handed over with [`use_virtio`].
 //!
-//! Without RDRAND there is no entropy source (virtio-rng is not driven
-//! yet), and [`fill`] fails: TLS is then refused, never run with a
-//! predictable seed. RDRAND may fail transiently (carry clear, RNG
+//! Without either there is no entropy source and [`fill`] fails: TLS is
+//! then refused, never run with a predictable seed. A virtio-rng request
+//! that the device does not answer within
+//! [`crate::virtio_rng::TIMEOUT_MS`] fails too, and the device is not
+//! asked again. RDRAND may fail transiently (carry clear, RNG
 //! exhausted); Intel's guidance is to retry up to 10 times per word, after
 //! which the call fails. On the bare-metal target this module registers
 //! [`fill`] as `getrandom`'s custom source, which `rustls-rustcrypto` uses.
@@ -10,6 +14,11 @@
 //! Invariant: `rdrand` is executed only after CPUID said the CPU has it.
 
 use core::sync::atomic::{AtomicU8, Ordering};
+use spin::Mutex;
+use virtio_drivers::transport::pci::PciTransport;
+
+use crate::virtio::KernelHal;
+use crate::virtio_rng::{self, Rng, RngError};
 
 /// Retries per 64-bit word before RDRAND counts as failed.
 pub const RETRIES: usize = 10;
@@ -19,22 +28,67 @@ const PRESENT: u8 = 1;
 const ABSENT: u8 = 2;
 static RDRAND: AtomicU8 = AtomicU8::new(UNKNOWN);
 
+/// The virtio-rng device, when the kernel found one and RDRAND is absent,
+/// with the bytes [`reserve`] set aside.
+static VIRTIO: Mutex<Option<VirtioSource>> = Mutex::new(None);
+
+/// Most bytes [`reserve`] sets aside (one device request page).
+pub const RESERVE_MAX: usize = virtio_rng::REQUEST_BYTES;
+
+struct VirtioSource {
+    rng: Rng<KernelHal, PciTransport>,
+    /// Device bytes not handed out yet: `reserved[..len]`.
+    reserved: [u8; RESERVE_MAX],
+    len: usize,
+}
+
+impl VirtioSource {
+    fn fill(&mut self, out: &mut [u8]) -> Result<(), RngError> {
+        // Set-aside bytes first (each handed out once), then the device.
+        let take = out.len().min(self.len);
+        let start = self.len - take;
+        out[..take].copy_from_slice(&self.reserved[start..self.len]);
+        self.reserved[start..self.len].fill(0);
+        self.len = start;
+        let rng = &mut self.rng;
+        virtio_rng::fill_from(&mut out[take..], |buf| {
+            rng.request(buf, crate::time::now_ms)
+        })
+    }
+
+    fn reserve(&mut self, n: usize) -> Result<(), RngError> {
+        let want = n.min(RESERVE_MAX);
+        if self.len >= want {
+            return Ok(());
+        }
+        let (len, rng) = (self.len, &mut self.rng);
+        virtio_rng::fill_from(&mut self.reserved[len..want], |buf| {
+            rng.request(buf, crate::time::now_ms)
+        })?;
+        self.len = want;
+        Ok(())
+    }
+}
+
 /// Why no random bytes could be had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntropyError {
-    /// The CPU has no RDRAND.
+    /// The CPU has no RDRAND and no virtio-rng device was found.
     NoSource,
     /// RDRAND failed [`RETRIES`] times in a row.
     Exhausted,
+    /// The virtio-rng device failed (or did not answer in time).
+    Virtio(RngError),
 }
 
 impl core::fmt::Display for EntropyError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::NoSource => {
-                f.write_str("no entropy source (RDRAND absent; start QEMU with -cpu max)")
+                f.write_str("no entropy source (no RDRAND, no virtio-rng; start QEMU with -cpu max or -device virtio-rng-pci)")
             }
             Self::Exhausted => write!(f, "RDRAND failed {RETRIES} times in a row"),
+            Self::Virtio(error) => write!(f, "{error}"),
         }
     }
 }
@@ -76,12 +130,44 @@ pub fn fill_with(
     Ok(())
 }
 
-/// Fills `out` with random bytes from RDRAND.
-pub fn fill(out: &mut [u8]) -> Result<(), EntropyError> {
-    if !rdrand_present() {
-        return Err(EntropyError::NoSource);
+/// Starts the virtio-rng device behind `transport` and makes it the
+/// source [`fill`] uses when the CPU has no RDRAND.
+pub fn use_virtio(transport: PciTransport) -> Result<(), RngError> {
+    let rng = Rng::new(transport)?;
+    *VIRTIO.lock() = Some(VirtioSource {
+        rng,
+        reserved: [0; RESERVE_MAX],
+        len: 0,
+    });
+    Ok(())
+}
+
+/// Makes sure the next `n` bytes (at most [`RESERVE_MAX`]) that [`fill`]
+/// hands out cannot fail: with RDRAND nothing is set aside (it does not
+/// stop answering); with virtio-rng they are fetched now. For callers
+/// whose randomness is drawn through an API that cannot fail (rustls'
+/// key exchange): ask first, refuse the work on an error.
+pub fn reserve(n: usize) -> Result<(), EntropyError> {
+    if rdrand_present() {
+        return Ok(());
     }
-    fill_with(out, rdrand_step)
+    let mut virtio = VIRTIO.lock();
+    let Some(source) = virtio.as_mut() else {
+        return Err(EntropyError::NoSource);
+    };
+    source.reserve(n).map_err(EntropyError::Virtio)
+}
+
+/// Fills `out` with random bytes from RDRAND, else from virtio-rng.
+pub fn fill(out: &mut [u8]) -> Result<(), EntropyError> {
+    if rdrand_present() {
+        return fill_with(out, rdrand_step);
+    }
+    let mut virtio = VIRTIO.lock();
+    let Some(source) = virtio.as_mut() else {
+        return Err(EntropyError::NoSource);
+    };
+    source.fill(out).map_err(EntropyError::Virtio)
 }
 
 #[cfg(target_os = "none")]
@@ -143,5 +229,6 @@ mod tests {
     fn the_message_names_the_fix() {
         let text = std::format!("{}", EntropyError::NoSource);
         assert!(text.contains("-cpu max"));
+        assert!(text.contains("-device virtio-rng-pci"));
     }
 }

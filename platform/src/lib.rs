@@ -30,7 +30,8 @@
 //! | [`pci`] | configuration port I/O only on 0xCF8..0xD00; ECAM only inside its mapped window |
 //! | [`virtio`] | DMA memory is zeroed RAM frames owned by a pool for the kernel's life; `share` only translates addresses inside a registered pool; `dma_alloc` never hands out address 0 or a dangling pointer as memory (out of frames it returns virtio-drivers' failure value) |
 //! | [`virtio_net`] | a packet slot is either owned by the device or borrowed by the driver, never both; only tokens the driver handed over reach virtio-drivers, and device lengths are checked against the slot |
-//! | [`entropy`] | `rdrand` runs only after CPUID reported it; without it no random bytes are made up |
+//! | [`virtio_rng`] | the request page is a DMA pool page owned by the driver for good, owned by the device (posted) or the driver, never both; after a timeout the device keeps it and the driver never touches it or the queue again |
+//! | [`entropy`] | `rdrand` runs only after CPUID reported it; without it and without a working virtio-rng no random bytes are made up |
 //! | [`debug`] | the deliberate page fault reads a canonical address that is never mapped |
 #![cfg_attr(not(test), no_std)]
 #![feature(abi_x86_interrupt)]
@@ -54,5 +55,6 @@ pub mod serial;
 pub mod time;
 pub mod virtio;
 pub mod virtio_net;
+pub mod virtio_rng;
 
 pub use x86_64::PhysAddr;

@@ -64,7 +64,7 @@ fn usage(firmware: Firmware) -> String {
     };
     format!(
         "usage: cargo xtask {name}{firmware_options} [--memory 512M] [--pmem-file PATH] [--pmem-size 1G]\n\
-         \x20      [--no-pmem] [--tls] [--nvdimm PATH[,size=SIZE]]... [--boot KEY=VALUE]... [--boot-config FILE] [--nbd-port {DEFAULT_NBD_PORT}]\n\
+         \x20      [--no-pmem] [--tls] [--rng rdrand|virtio|none] [--nvdimm PATH[,size=SIZE]]... [--boot KEY=VALUE]... [--boot-config FILE] [--nbd-port {DEFAULT_NBD_PORT}]\n\
          \x20      [--http-port {DEFAULT_HTTP_PORT}] [--accel tcg|kvm] [-- EXTRA QEMU ARGS...]\n\n\
          Builds the kernel and boots daxbox {what} in QEMU:\n\
          {firmware_help}\
@@ -76,6 +76,9 @@ fn usage(firmware: Firmware) -> String {
          \x20 --tls                throwaway CA, server and client certificates (ECDSA P-256) under\n\
          \x20                      target/tls/, tls=on with them, HTTPS forwarded to host port 8443;\n\
          \x20                      prints the client command lines (nbdinfo, qemu-img, curl)\n\
+         \x20 --rng SOURCE         entropy for TLS: rdrand (default, -cpu qemu64,+rdrand), virtio (a CPU\n\
+         \x20                      without RDRAND, -cpu qemu64, plus -device virtio-rng-pci) or none\n\
+         \x20                      (-cpu qemu64 alone: TLS is refused)\n\
          \x20 --nvdimm PATH[,size=SIZE]  one more NVDIMM on backing file PATH (repeatable; pmem1, pmem2,\n\
          \x20                      ... after the --pmem-file one); SIZE as --pmem-size, default 1G\n\
          \x20 --boot KEY=VALUE     boot-config setting (default config: `{}`); replaces the config's KEY\n\
@@ -117,6 +120,8 @@ pub struct RunOptions {
     pub extra: Vec<String>,
     /// `--tls`: throwaway certificates under `target/tls/`, TLS on.
     pub tls: bool,
+    /// `--rng`: where the guest gets entropy.
+    pub rng: Rng,
     /// QMP socket.
     pub qmp: PathBuf,
     /// `--net tap`: the NIC on a tap device in a namespace made for the
@@ -124,6 +129,30 @@ pub struct RunOptions {
     pub tap: bool,
     /// Free memory slots for hot-added NVDIMMs.
     pub hotplug_slots: usize,
+}
+
+/// `--rng`: the guest's entropy source for TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rng {
+    /// The harness's `-cpu qemu64,+rdrand`.
+    Rdrand,
+    /// `-cpu qemu64` (no RDRAND) and `-device virtio-rng-pci`.
+    Virtio,
+    /// `-cpu qemu64` alone: no entropy, TLS refused.
+    None,
+}
+
+impl Rng {
+    /// QEMU arguments placed after the harness's own `-cpu` (the last
+    /// `-cpu` wins).
+    pub fn qemu_args(self) -> Vec<String> {
+        let args: &[&str] = match self {
+            Rng::Rdrand => &[],
+            Rng::Virtio => &["-cpu", "qemu64", "-device", "virtio-rng-pci"],
+            Rng::None => &["-cpu", "qemu64"],
+        };
+        args.iter().map(|arg| arg.to_string()).collect()
+    }
 }
 
 /// Parses `run`/`netboot` arguments (`netboot` when `firmware` is PXE).
@@ -140,6 +169,7 @@ pub fn parse(args: &[String], firmware: Firmware) -> Result<RunOptions, XtaskErr
         accel: std::env::var("DAXBOX_ACCEL").unwrap_or_else(|_| "tcg".into()),
         extra: Vec::new(),
         tls: false,
+        rng: Rng::Rdrand,
         qmp: default_qmp(),
         hotplug_slots: DEFAULT_HOTPLUG_SLOTS,
         tap: false,
@@ -206,6 +236,19 @@ pub fn parse(args: &[String], firmware: Firmware) -> Result<RunOptions, XtaskErr
             "--no-pmem" => {
                 no_pmem = true;
                 1
+            }
+            "--rng" => {
+                options.rng = match value()? {
+                    "rdrand" => Rng::Rdrand,
+                    "virtio" => Rng::Virtio,
+                    "none" => Rng::None,
+                    other => {
+                        return Err(XtaskError::Usage(format!(
+                            "--rng: `{other}` is not rdrand, virtio or none"
+                        )))
+                    }
+                };
+                2
             }
             "--tls" => {
                 options.tls = true;
@@ -455,7 +498,8 @@ pub fn run_command(args: &[String], firmware: Firmware) -> Result<(), XtaskError
     qemu.nbd_port = options.nbd_port;
     qemu.http_port = options.http_port;
     qemu.accel = options.accel.clone();
-    qemu.extra_args = options.extra.clone();
+    qemu.extra_args = options.rng.qemu_args();
+    qemu.extra_args.extend(options.extra.iter().cloned());
     qemu.hotplug = daxbox_tests::Hotplug {
         slots: options.hotplug_slots,
         bytes: options.hotplug_slots as u64 * HOTPLUG_BYTES_PER_SLOT,
@@ -674,6 +718,22 @@ mod tests {
             .ends_with("target/daxbox-pmem0.img"));
         assert_eq!(options.nbd_port, 10809);
         assert!(options.extra.is_empty());
+    }
+
+    #[test]
+    fn rng_option_picks_the_cpu_and_the_device() {
+        let parsed = |args: &[&str]| parse(&strings(args), Firmware::Bios).map(|o| o.rng);
+        assert_eq!(parsed(&[]).unwrap(), Rng::Rdrand);
+        assert!(Rng::Rdrand.qemu_args().is_empty());
+        assert_eq!(parsed(&["--rng", "virtio"]).unwrap(), Rng::Virtio);
+        assert_eq!(
+            Rng::Virtio.qemu_args(),
+            strings(&["-cpu", "qemu64", "-device", "virtio-rng-pci"])
+        );
+        assert_eq!(parsed(&["--rng", "none"]).unwrap(), Rng::None);
+        assert_eq!(Rng::None.qemu_args(), strings(&["-cpu", "qemu64"]));
+        assert!(parsed(&["--rng", "urandom"]).is_err());
+        assert!(parsed(&["--rng"]).is_err());
     }
 
     #[test]

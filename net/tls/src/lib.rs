@@ -138,11 +138,28 @@ pub struct Pem<'a> {
     pub client_ca: Option<&'a [u8]>,
 }
 
+/// Asks whether `n` random bytes can be had without failing (and, where
+/// the source can, sets them aside). rustls-rustcrypto's key exchange and
+/// ECDSA signing draw randomness through `rand_core::OsRng::fill_bytes`,
+/// which panics when the source fails; a session therefore asks first and
+/// fails itself (closing only that connection) when the answer is no.
+pub type EntropyReady = fn(usize) -> bool;
+
+/// Random bytes a session asks [`EntropyReady`] for before it processes
+/// handshake input: the server random, the key share, the ECDSA
+/// signature's nonce and session ids need well under this.
+pub const HANDSHAKE_ENTROPY: usize = 1024;
+
+fn always_ready(_: usize) -> bool {
+    true
+}
+
 /// A TLS server configuration, shared by all its sessions.
 #[derive(Clone)]
 pub struct TlsServer {
     config: Arc<ServerConfig>,
     mutual: bool,
+    entropy_ready: EntropyReady,
 }
 
 impl fmt::Debug for TlsServer {
@@ -207,12 +224,21 @@ impl TlsServer {
         Ok(Self {
             config: Arc::new(config),
             mutual,
+            entropy_ready: always_ready,
         })
     }
 
     /// Whether clients must present a certificate.
     pub fn mutual(&self) -> bool {
         self.mutual
+    }
+
+    /// Makes every session ask `ready` for [`HANDSHAKE_ENTROPY`] bytes
+    /// before it processes handshake input (default: always ready, as on
+    /// the host, where the OS never fails).
+    pub fn with_entropy_check(mut self, ready: EntropyReady) -> Self {
+        self.entropy_ready = ready;
+        self
     }
 
     /// A new session for one connection.
@@ -228,6 +254,7 @@ impl TlsServer {
             peer_closed: false,
             failed: None,
             client_subject: None,
+            entropy_ready: self.entropy_ready,
         })
     }
 }
@@ -285,6 +312,8 @@ pub enum TlsError {
     TooLarge,
     /// Plaintext was written before the handshake finished, or after close.
     NotReady,
+    /// The entropy source could not give the handshake its random bytes.
+    NoEntropy,
 }
 
 impl fmt::Display for TlsError {
@@ -293,6 +322,7 @@ impl fmt::Display for TlsError {
             Self::Protocol(why) => write!(f, "TLS error: {why}"),
             Self::TooLarge => write!(f, "TLS handshake message over {INCOMING_CAP} bytes"),
             Self::NotReady => f.write_str("TLS session not ready for data"),
+            Self::NoEntropy => f.write_str("no entropy for the TLS handshake"),
         }
     }
 }
@@ -307,6 +337,7 @@ pub struct TlsSession {
     peer_closed: bool,
     failed: Option<TlsError>,
     client_subject: Option<Vec<u8>>,
+    entropy_ready: EntropyReady,
 }
 
 impl fmt::Debug for TlsSession {
@@ -347,7 +378,14 @@ impl TlsSession {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
-        let result = self.process_inner();
+        let result = if self.handshaking
+            && !self.incoming.is_empty()
+            && !(self.entropy_ready)(HANDSHAKE_ENTROPY)
+        {
+            Err(TlsError::NoEntropy)
+        } else {
+            self.process_inner()
+        };
         if let Err(e) = &result {
             self.failed = Some(e.clone());
         }

@@ -422,3 +422,30 @@ fn subject_and_common_name_parse_from_a_certificate() {
     assert_eq!(subject_of(&CertificateDer::from(&b"\x30\x05"[..])), None);
     assert_eq!(common_name(b"\x31\xff"), None);
 }
+
+#[test]
+fn a_handshake_without_entropy_ends_that_session_and_asks_for_enough() {
+    use core::sync::atomic::{AtomicUsize, Ordering};
+    static ASKED: AtomicUsize = AtomicUsize::new(0);
+    fn never(n: usize) -> bool {
+        ASKED.store(n, Ordering::Relaxed);
+        false
+    }
+    let refusing = server(None, now).with_entropy_check(never);
+    let mut s = refusing.session().unwrap();
+    let mut c = client(client_config(CA, &[&rustls::version::TLS13], false));
+    let (server_error, _client_error) = pump(&mut c, &mut s);
+    assert_eq!(server_error, Some(TlsError::NoEntropy));
+    assert_eq!(ASKED.load(Ordering::Relaxed), HANDSHAKE_ENTROPY);
+    assert!(s.receive_tls(b"more").is_err());
+
+    // A source that says yes changes nothing.
+    fn always(_: usize) -> bool {
+        true
+    }
+    let fine = server(None, now).with_entropy_check(always);
+    let mut s = fine.session().unwrap();
+    let mut c = client(client_config(CA, &[&rustls::version::TLS13], false));
+    assert_eq!(pump(&mut c, &mut s), (None, None));
+    assert!(!s.is_handshaking());
+}

@@ -628,3 +628,145 @@ fn bad_input_to_tls_ends_that_connection_and_an_object_reads_over_https() -> Res
     assert!(!output.contains("panicked"), "console:\n{output}");
     Ok(())
 }
+
+/// A boot config with `tls=require` and the test certificate.
+fn require_config() -> String {
+    format!(
+        "format=if-blank\ntls=require\n{}{}",
+        pem_lines("tls_cert", &testdata("server.pem")),
+        pem_lines("tls_key", &testdata("server-key.pem")),
+    )
+}
+
+#[test]
+fn virtio_rng_is_the_entropy_when_the_cpu_has_no_rdrand() -> Result<(), HarnessError> {
+    const NAME: &str = "tls_virtio_rng";
+    let nvdimm = Nvdimm::fresh(run_dir(NAME).join("nvdimm0.img"), 64 * MIB);
+    // After the harness's `-cpu qemu64,+rdrand`: the last -cpu wins, and
+    // qemu64 has no RDRAND.
+    let options = QemuOptions::new(NAME, Firmware::Bios)
+        .with_boot_config(require_config())
+        .with_nvdimm(nvdimm)
+        .with_extra_args(["-cpu", "qemu64", "-device", "virtio-rng-pci"]);
+    let mut machine = Machine::boot_to_prompt(options)?;
+    let boot = machine.output();
+    assert!(
+        boot.contains("entropy: virtio-rng at "),
+        "boot log:\n{boot}"
+    );
+    assert!(
+        boot.contains("tls: require certificate loaded"),
+        "boot log:\n{boot}"
+    );
+    machine.command("create disk 4M")?;
+    let port = machine.nbd_port();
+    let good = cert_dir(NAME, "ca.pem");
+    let nbds = format!(
+        "nbds://127.0.0.1:{port}/disk?tls-certificates={}",
+        good.display()
+    );
+    // Two handshakes: each takes fresh randomness from the device.
+    for _ in 0..2 {
+        let size = run_tool_ok("nbdinfo", &["--size", &nbds], SLOW);
+        assert_eq!(size.trim(), (4 * MIB).to_string());
+    }
+    Ok(())
+}
+
+#[test]
+fn without_rdrand_or_virtio_rng_tls_is_refused() -> Result<(), HarnessError> {
+    const NAME: &str = "tls_no_entropy";
+    let options = QemuOptions::new(NAME, Firmware::Bios)
+        .with_boot_config(require_config())
+        .with_extra_args(["-cpu", "qemu64"]);
+    let mut machine = Machine::boot_to_prompt(options)?;
+    let boot = machine.output();
+    assert!(
+        boot.contains("entropy: none: TLS refused"),
+        "boot log:\n{boot}"
+    );
+    assert!(
+        boot.contains(
+            "tls: no entropy source (no RDRAND, no virtio-rng; start QEMU with -cpu max or \
+             -device virtio-rng-pci); NBD and HTTPS not served (fail closed)"
+        ),
+        "boot log:\n{boot}"
+    );
+    let shown = machine.command("bootconfig")?;
+    assert!(
+        shown.contains("tls=require FAILED: no entropy source"),
+        "bootconfig:\n{shown}"
+    );
+    Ok(())
+}
+
+/// virtio-rng rate-limited by QEMU to `max_bytes` per 10 minutes: once
+/// they are used up the device holds every request past the kernel's
+/// 1 s bound.
+fn starved_rng(max_bytes: u32) -> [String; 6] {
+    [
+        "-cpu".into(),
+        "qemu64".into(),
+        "-object".into(),
+        "rng-random,id=rng0,filename=/dev/urandom".into(),
+        "-device".into(),
+        format!("virtio-rng-pci,rng=rng0,max-bytes={max_bytes},period=600000"),
+    ]
+}
+
+#[test]
+fn a_virtio_rng_that_stops_answering_fails_closed() -> Result<(), HarnessError> {
+    const NAME: &str = "tls_rng_timeout";
+    // 16 bytes: the boot probe asks for 32, gets 16, and the next request
+    // is held for 10 minutes.
+    let options = QemuOptions::new(NAME, Firmware::Bios)
+        .with_boot_config(require_config())
+        .with_extra_args(starved_rng(16));
+    let mut machine = Machine::boot_to_prompt(options)?;
+    let boot = machine.output();
+    assert!(
+        boot.contains("failed: virtio-rng did not answer within 1000 ms; none: TLS refused"),
+        "boot log:\n{boot}"
+    );
+    assert!(
+        boot.contains("tls: virtio-rng failed earlier and is not used; NBD and HTTPS not served"),
+        "boot log:\n{boot}"
+    );
+    // The appliance keeps running.
+    let shown = machine.command("bootconfig")?;
+    assert!(shown.contains("tls=require FAILED: virtio-rng"), "{shown}");
+    Ok(())
+}
+
+#[test]
+fn a_virtio_rng_that_stops_answering_mid_service_ends_only_that_handshake(
+) -> Result<(), HarnessError> {
+    const NAME: &str = "tls_rng_starved_handshake";
+    // What boot takes: the two probes (32 bytes each) and the 1024 bytes
+    // set aside before the server is built. The first handshake's top-up
+    // then waits past the bound.
+    let options = QemuOptions::new(NAME, Firmware::Bios)
+        .with_boot_config(require_config())
+        .with_extra_args(starved_rng(32 + 32 + 1024));
+    let mut machine = Machine::boot_to_prompt(options)?;
+    let boot = machine.output();
+    assert!(boot.contains("tls: require certificate loaded"), "{boot}");
+    machine.command("create disk 4M")?;
+    let port = machine.nbd_port();
+    let good = cert_dir(NAME, "ca.pem");
+    let nbds = format!(
+        "nbds://127.0.0.1:{port}/disk?tls-certificates={}",
+        good.display()
+    );
+    // The first handshake times out on the device, the second finds it
+    // given up: each ends only its connection, the kernel keeps running.
+    for _ in 0..2 {
+        assert!(!run_tool("nbdinfo", &["--size", &nbds], SLOW).success());
+    }
+    let shown = machine.command("bootconfig")?;
+    assert!(
+        shown.contains("tls=require (certificate loaded)"),
+        "{shown}"
+    );
+    Ok(())
+}
