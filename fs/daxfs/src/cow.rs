@@ -336,8 +336,7 @@ impl<M: PersistentMemory> Filesystem<M> {
             return self.commit_file(slot, size, true);
         }
         let generation = f.generation;
-        let (list, mut chain) = (f.list.clone(), f.chain.clone());
-        let Some(list) = list else {
+        let Some(list) = &f.list else {
             // A plain list with a chain becomes layered: the whole
             // effective map into a fresh chain, inline part empty, so the
             // next 12 prepends touch only the record.
@@ -348,21 +347,24 @@ impl<M: PersistentMemory> Filesystem<M> {
                 inline: Vec::new(),
                 entries: entries.len() as u64,
             };
-            return self.commit_list(slot, size, list, chain, &[]);
+            return self.commit_list(slot, size, list, Some(chain), &[]);
         };
         let entries = list.entries + new.len() as u64;
         if entries > 2 * effective + LAYER_SLACK {
             return self.commit_file(slot, size, true);
         }
-        self.need_version(LAYERED_VERSION)?;
         if list.inline.len() + new.len() <= INLINE_EXTENTS {
-            let mut inline = new.to_vec();
+            // The common case: the record alone changes, the chain stays.
+            let mut inline = Vec::with_capacity(new.len() + list.inline.len());
+            inline.extend_from_slice(new);
             inline.extend_from_slice(&list.inline);
-            return self.commit_list(slot, size, Layered { inline, entries }, chain, &[]);
+            self.need_version(LAYERED_VERSION)?;
+            return self.commit_list(slot, size, Layered { inline, entries }, None, &[]);
         }
+        let (spill, mut chain) = (list.inline.clone(), f.chain.clone());
+        self.need_version(LAYERED_VERSION)?;
         // Spill the inline entries into the chain's first block: a copy of
         // it with them in front when they fit, else a new first block.
-        let spill = list.inline;
         let mut block = OverflowBlock {
             owner_slot: slot,
             owner_generation: generation,
@@ -402,25 +404,34 @@ impl<M: PersistentMemory> Filesystem<M> {
             inline: new.to_vec(),
             entries,
         };
-        self.commit_list(slot, size, list, chain, &replaced)
+        self.commit_list(slot, size, list, Some(chain), &replaced)
             .inspect_err(|_| self.unallocate(&[(b, 1)]))
     }
 
     /// Commits the record of a layered `list` over `chain` (every fresh
-    /// block of it already persisted) and then releases the chain blocks
-    /// it no longer uses: `replaced`, or the whole old chain when `chain`
-    /// is a fresh one. On error the fresh blocks are the caller's to free
-    /// (a whole fresh chain is freed here).
+    /// block of it already persisted; None: the file's chain as it is) and
+    /// then releases the chain blocks it no longer uses: `replaced`, or the
+    /// whole old chain when `chain` is a fresh one. On error the fresh
+    /// blocks are the caller's to free (a whole fresh chain is freed here).
     fn commit_list(
         &mut self,
         slot: u32,
         size: u64,
         list: Layered,
-        chain: Vec<u64>,
+        chain: Option<Vec<u64>>,
         replaced: &[u64],
     ) -> Result<(), Error> {
         let f = self.files.get_mut(&slot).ok_or(Error::StaleFile)?;
         let fresh_chain = f.list.is_none();
+        let Some(chain) = chain else {
+            let record = list.record(f, size);
+            self.commit(&[(slot, record.encode())])?;
+            let f = self.files.get_mut(&slot).ok_or(Error::StaleFile)?;
+            f.size = size;
+            f.durable = size;
+            f.list = Some(list);
+            return Ok(());
+        };
         let old_chain = core::mem::replace(&mut f.chain, chain);
         let record = list.record(f, size);
         let result = self.commit(&[(slot, record.encode())]);
