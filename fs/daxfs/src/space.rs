@@ -124,15 +124,24 @@ impl RunCounts {
             }
             Some(_) => {}
             None => {
-                let left_clear = self
-                    .runs
-                    .range(..start)
-                    .next_back()
-                    .is_none_or(|(&s, &(l, _))| s + l <= start);
+                let left = self.runs.range(..start).next_back().map(|(&s, &v)| (s, v));
+                let left_clear = left.is_none_or(|(s, (l, _))| s + l <= start);
                 if left_clear && self.runs.range(start..end).next().is_none() {
-                    self.runs.insert(start, (len, 1));
-                    self.merge_at(end);
-                    self.merge_at(start);
+                    // Joined with a touching run of count 1 on either side
+                    // (fresh blocks usually continue the previous ones).
+                    let mut len = len;
+                    if let Some(&(rl, 1)) = self.runs.get(&end) {
+                        self.runs.remove(&end);
+                        len += rl;
+                    }
+                    match left {
+                        Some((s, (l, 1))) if s + l == start => {
+                            self.runs.insert(s, (l + len, 1));
+                        }
+                        _ => {
+                            self.runs.insert(start, (len, 1));
+                        }
+                    }
                     return;
                 }
             }
