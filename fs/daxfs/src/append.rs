@@ -93,6 +93,7 @@ impl<M: PersistentMemory> Filesystem<M> {
         }
         if let Some(mut f) = self.take_file(dst.slot) {
             f.map = map;
+            f.cow = Default::default();
             f.size = size;
             f.durable = size;
             f.list = None;

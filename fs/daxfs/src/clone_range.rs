@@ -63,6 +63,7 @@ impl<M: PersistentMemory> Filesystem<M> {
             chain: Vec::new(),
             opens: 0,
             orphan: false,
+            cow: Default::default(),
         };
         let chain = match self.write_chain(slot, generation, &file.map) {
             Ok(c) => c,
@@ -82,6 +83,8 @@ impl<M: PersistentMemory> Filesystem<M> {
         for e in file.map.iter() {
             self.refs.increment(e.physical, e.len);
         }
+        // The source's blocks are shared now.
+        self.shares_changed();
         self.names.insert(file.name.clone(), slot);
         self.put_file(slot, file);
         self.settle();

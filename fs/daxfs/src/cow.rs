@@ -6,6 +6,7 @@
 //! bounded step (one chunk, one commit) at a time, into fresh private
 //! 2 MiB-aligned chunks.
 
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use crate::extmap::ExtentMap;
@@ -84,6 +85,43 @@ pub(crate) struct ChunkState {
     pub huge: bool,
 }
 
+/// Chunk states a file keeps in its [`ChunkCache`] at most; a fuller
+/// cache is emptied before the next entry goes in (each entry is one
+/// B-tree entry, charged in `file_cost`).
+pub(crate) const CHUNK_CACHE_MAX: usize = 1024;
+
+/// A file's remembered [`ChunkState`]s (mapped and private blocks) of the
+/// logical chunks its copy-on-writes touched, so that a small write into a
+/// shared chunk does not recount the chunk's blocks against the reference
+/// counts every time (issue 17: that recount was most of the cost of a
+/// 4 KiB write into a clone). In memory only, never on media.
+///
+/// Valid while `epoch` equals the filesystem's `share_epoch`, which moves
+/// on every change that can alter which of a file's blocks are private
+/// other than the file's own writes: a reference dropped that leaves a
+/// block still referenced (another file may now own it alone), a clone
+/// (blocks become shared), a hold or its release (pins), and a change of
+/// a file's map outside `modify` (unmap, compaction, append). `modify`
+/// itself updates the entries of the chunks it changes (fresh blocks are
+/// private; a copy-on-write replaces only blocks that were not) and then
+/// takes the new epoch: a file never shares blocks with itself (clones
+/// and ranges are always copied into a new file), so the references its
+/// own write drops can only change other files' private counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ChunkCache {
+    /// The `share_epoch` the entries were computed at.
+    pub epoch: u64,
+    /// Logical chunk -> (mapped blocks, private blocks).
+    pub chunks: BTreeMap<u64, (u32, u32)>,
+}
+
+impl ChunkCache {
+    /// Memory beyond `File` itself (charged in `file_cost`).
+    pub(crate) fn cost(&self) -> usize {
+        self.chunks.len() * crate::TREE_ENTRY
+    }
+}
+
 impl<M: PersistentMemory> Filesystem<M> {
     /// How `map` maps logical chunk `chunk`.
     pub(crate) fn chunk_state(&self, map: &ExtentMap, chunk: u64) -> ChunkState {
@@ -115,19 +153,61 @@ impl<M: PersistentMemory> Filesystem<M> {
         st
     }
 
+    /// [`Self::chunk_state`] of logical chunk `chunk` of the file in
+    /// `slot` (its mapped and private block counts; `huge` is left false),
+    /// from the file's [`ChunkCache`] when it holds a valid entry, else
+    /// counted and remembered.
+    pub(crate) fn cached_chunk_state(&mut self, slot: u32, chunk: u64) -> ChunkState {
+        let epoch = self.share_epoch;
+        let Some(f) = self.files.get(&slot) else {
+            return ChunkState::default();
+        };
+        if f.cow.epoch == epoch {
+            if let Some(&(mapped, private)) = f.cow.chunks.get(&chunk) {
+                let st = ChunkState {
+                    mapped: mapped.into(),
+                    private: private.into(),
+                    huge: false,
+                };
+                // Every test run checks the cache against a recount.
+                #[cfg(debug_assertions)]
+                {
+                    let real = self.chunk_state(&f.map, chunk);
+                    debug_assert_eq!(
+                        (st.mapped, st.private),
+                        (real.mapped, real.private),
+                        "stale chunk cache: slot {slot} chunk {chunk}"
+                    );
+                }
+                return st;
+            }
+        }
+        let st = self.chunk_state(&f.map, chunk);
+        let Some(f) = self.files.get_mut(&slot) else {
+            return st;
+        };
+        if f.cow.epoch != epoch || f.cow.chunks.len() >= CHUNK_CACHE_MAX {
+            f.cow.chunks.clear();
+            f.cow.epoch = epoch;
+        }
+        // Both counts are at most CHUNK_BLOCKS (512).
+        f.cow
+            .chunks
+            .insert(chunk, (st.mapped as u32, st.private as u32));
+        st
+    }
+
     /// Whether a write that needs the fresh blocks `needs` (logical, len,
-    /// copy source) in a large file allocates logical chunk `chunk` as one
-    /// whole fresh 2 MiB chunk: when the file maps nothing there (a hole:
-    /// FORMAT.md "Allocation policy"), or when the chunk still shares
-    /// blocks and this write brings its private blocks to
-    /// [`COMPACT_THRESHOLD_BLOCKS`] (FORMAT.md "Compaction").
+    /// copy source) in a large file allocates logical chunk `chunk`, whose
+    /// state is `st`, as one whole fresh 2 MiB chunk: when the file maps
+    /// nothing there (a hole: FORMAT.md "Allocation policy"), or when the
+    /// chunk still shares blocks and this write brings its private blocks
+    /// to [`COMPACT_THRESHOLD_BLOCKS`] (FORMAT.md "Compaction").
     pub(crate) fn chunk_wants_whole(
-        &self,
-        map: &ExtentMap,
+        st: ChunkState,
         chunk: u64,
         needs: &[(u64, u64, Option<u64>)],
     ) -> bool {
-        let st = self.chunk_state(map, chunk);
         if st.mapped == 0 {
             return true;
         }
@@ -256,8 +336,7 @@ impl<M: PersistentMemory> Filesystem<M> {
             return self.commit_file(slot, size, true);
         }
         let generation = f.generation;
-        let (list, mut chain) = (f.list.clone(), f.chain.clone());
-        let Some(list) = list else {
+        let Some(list) = &f.list else {
             // A plain list with a chain becomes layered: the whole
             // effective map into a fresh chain, inline part empty, so the
             // next 12 prepends touch only the record.
@@ -268,21 +347,24 @@ impl<M: PersistentMemory> Filesystem<M> {
                 inline: Vec::new(),
                 entries: entries.len() as u64,
             };
-            return self.commit_list(slot, size, list, chain, &[]);
+            return self.commit_list(slot, size, list, Some(chain), &[]);
         };
         let entries = list.entries + new.len() as u64;
         if entries > 2 * effective + LAYER_SLACK {
             return self.commit_file(slot, size, true);
         }
-        self.need_version(LAYERED_VERSION)?;
         if list.inline.len() + new.len() <= INLINE_EXTENTS {
-            let mut inline = new.to_vec();
+            // The common case: the record alone changes, the chain stays.
+            let mut inline = Vec::with_capacity(new.len() + list.inline.len());
+            inline.extend_from_slice(new);
             inline.extend_from_slice(&list.inline);
-            return self.commit_list(slot, size, Layered { inline, entries }, chain, &[]);
+            self.need_version(LAYERED_VERSION)?;
+            return self.commit_list(slot, size, Layered { inline, entries }, None, &[]);
         }
+        let (spill, mut chain) = (list.inline.clone(), f.chain.clone());
+        self.need_version(LAYERED_VERSION)?;
         // Spill the inline entries into the chain's first block: a copy of
         // it with them in front when they fit, else a new first block.
-        let spill = list.inline;
         let mut block = OverflowBlock {
             owner_slot: slot,
             owner_generation: generation,
@@ -322,25 +404,34 @@ impl<M: PersistentMemory> Filesystem<M> {
             inline: new.to_vec(),
             entries,
         };
-        self.commit_list(slot, size, list, chain, &replaced)
+        self.commit_list(slot, size, list, Some(chain), &replaced)
             .inspect_err(|_| self.unallocate(&[(b, 1)]))
     }
 
     /// Commits the record of a layered `list` over `chain` (every fresh
-    /// block of it already persisted) and then releases the chain blocks
-    /// it no longer uses: `replaced`, or the whole old chain when `chain`
-    /// is a fresh one. On error the fresh blocks are the caller's to free
-    /// (a whole fresh chain is freed here).
+    /// block of it already persisted; None: the file's chain as it is) and
+    /// then releases the chain blocks it no longer uses: `replaced`, or the
+    /// whole old chain when `chain` is a fresh one. On error the fresh
+    /// blocks are the caller's to free (a whole fresh chain is freed here).
     fn commit_list(
         &mut self,
         slot: u32,
         size: u64,
         list: Layered,
-        chain: Vec<u64>,
+        chain: Option<Vec<u64>>,
         replaced: &[u64],
     ) -> Result<(), Error> {
         let f = self.files.get_mut(&slot).ok_or(Error::StaleFile)?;
         let fresh_chain = f.list.is_none();
+        let Some(chain) = chain else {
+            let record = list.record(f, size);
+            self.commit(&[(slot, record.encode())])?;
+            let f = self.files.get_mut(&slot).ok_or(Error::StaleFile)?;
+            f.size = size;
+            f.durable = size;
+            f.list = Some(list);
+            return Ok(());
+        };
         let old_chain = core::mem::replace(&mut f.chain, chain);
         let record = list.record(f, size);
         let result = self.commit(&[(slot, record.encode())]);
@@ -444,6 +535,8 @@ impl<M: PersistentMemory> Filesystem<M> {
         let f = self.files.get_mut(&slot).ok_or(Error::StaleFile)?;
         let removed = f.map.remove(base, CHUNK_BLOCKS);
         f.map.insert(base, CHUNK_BLOCKS, fresh);
+        // The chunk's counts change outside `modify`.
+        f.cow = Default::default();
         let run = Extent {
             logical: base,
             len: CHUNK_BLOCKS,

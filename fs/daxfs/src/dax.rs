@@ -167,6 +167,8 @@ impl<M: PersistentMemory> Filesystem<M> {
             self.pins.increment(p, l);
             bytes += l * BLOCK_SIZE;
         }
+        // Pinned blocks are not private any more.
+        self.shares_changed();
         let id = NEXT_HOLD.fetch_add(1, Ordering::Relaxed);
         self.holds.insert(id, ranges);
         self.settle();
@@ -178,6 +180,8 @@ impl<M: PersistentMemory> Filesystem<M> {
         let Some(ranges) = self.holds.remove(&hold.id) else {
             return;
         };
+        // Unpinned blocks may be private again.
+        self.shares_changed();
         for (p, l) in ranges {
             for (s, n) in self.pins.decrement(p, l) {
                 for (rs, rl, refs) in self.refs.segments(s, n) {

@@ -109,6 +109,9 @@ struct File {
     /// record on media, has no name (`name` is empty) and is freed by the
     /// last `close` or the next mount (FORMAT.md "Orphans").
     orphan: bool,
+    /// Remembered mapped/private counts of chunks its copy-on-writes
+    /// touched (in memory only; see `cow::ChunkCache`).
+    cow: cow::ChunkCache,
 }
 
 /// Zeros to copy from: the source of every zero-fill.
@@ -146,6 +149,7 @@ fn file_cost(f: &File) -> usize {
         + f.map.len() * EXTENT_COST
         + f.chain.len() * 8
         + f.list.as_ref().map_or(0, cow::Layered::cost)
+        + f.cow.cost()
 }
 
 /// A mounted daxfs over a persistent memory region it owns.
@@ -162,6 +166,9 @@ pub struct Filesystem<M: PersistentMemory> {
     names: BTreeMap<String, u32>,
     /// Every slot below this one is in use.
     low_free: u32,
+    /// Moves whenever which blocks of a file are private may change other
+    /// than by that file's own `modify` (see `cow::ChunkCache`).
+    share_epoch: u64,
     refs: RunCounts,
     pins: RunCounts,
     alloc: Allocator,
@@ -316,13 +323,24 @@ impl<M: PersistentMemory> Filesystem<M> {
     /// Drops one file reference from a block run; blocks no longer
     /// referenced and not pinned go back to the allocator.
     fn unref(&mut self, start: u64, len: u64) {
-        for (s, l) in self.refs.decrement(start, len) {
+        let freed = self.refs.decrement(start, len);
+        if freed.iter().map(|&(_, l)| l).sum::<u64>() < len {
+            // Blocks still referenced: another file may own them alone now.
+            self.shares_changed();
+        }
+        for (s, l) in freed {
             for (ps, pl, pins) in self.pins.segments(s, l) {
                 if pins == 0 {
                     self.alloc.free(ps, pl);
                 }
             }
         }
+    }
+
+    /// Invalidates every file's `cow::ChunkCache`: which blocks are private
+    /// may have changed other than through a file's own `modify`.
+    fn shares_changed(&mut self) {
+        self.share_epoch += 1;
     }
 
     /// Undoes fresh allocations after a failed operation.

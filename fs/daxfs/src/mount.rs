@@ -320,6 +320,7 @@ impl<M: PersistentMemory> Filesystem<M> {
                 list,
                 opens: 0,
                 orphan: f.record.orphan,
+                cow: Default::default(),
             };
             let cost = file_cost(&file);
             charge
@@ -386,6 +387,7 @@ impl<M: PersistentMemory> Filesystem<M> {
             files,
             names,
             low_free: 0,
+            share_epoch: 0,
             refs,
             pins: RunCounts::default(),
             alloc,

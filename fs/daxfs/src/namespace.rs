@@ -43,6 +43,7 @@ impl<M: PersistentMemory> Filesystem<M> {
             list: None,
             opens: 0,
             orphan: false,
+            cow: Default::default(),
         };
         // Charge before committing: a file the budget cannot hold is
         // refused with nothing changed.
@@ -260,6 +261,7 @@ impl<M: PersistentMemory> Filesystem<M> {
             list: None,
             opens: 0,
             orphan: false,
+            cow: Default::default(),
         };
         let chain = match self.write_chain(slot, generation, &file.map) {
             Ok(c) => c,
@@ -279,6 +281,8 @@ impl<M: PersistentMemory> Filesystem<M> {
         for e in file.map.iter() {
             self.refs.increment(e.physical, e.len);
         }
+        // The source's blocks are shared now.
+        self.shares_changed();
         self.names.insert(file.name.clone(), slot);
         self.put_file(slot, file);
         self.settle();

@@ -94,12 +94,58 @@ impl RunCounts {
         Some(RunCounts { runs })
     }
 
+    /// The run holding every block of `start..end`, when one does.
+    fn run_over(&self, start: u64, end: u64) -> Option<(u64, u64, u32)> {
+        let (&s, &(l, c)) = self.runs.range(..=start).next_back()?;
+        (s + l >= end).then_some((s, l, c))
+    }
+
+    /// Sets the count of `start..end`, strictly inside the run `(s, l, c)`
+    /// (so no neighbour can merge with it), to `count` (not 0), in three
+    /// B-tree updates: the fast path of a one-block copy-on-write.
+    fn recount_inside(&mut self, (s, l, c): (u64, u64, u32), start: u64, end: u64, count: u32) {
+        self.runs.insert(s, (start - s, c));
+        self.runs.insert(start, (end - start, count));
+        self.runs.insert(end, (s + l - end, c));
+    }
+
     /// Adds one to every block of `start..start + len`.
     pub fn increment(&mut self, start: u64, len: u64) {
         if len == 0 {
             return;
         }
         let end = start + len;
+        // Fast paths (no temporary vectors): inside one run, or in a gap
+        // (a fresh allocation).
+        match self.run_over(start, end) {
+            Some((s, l, c)) if s < start && end < s + l => {
+                self.recount_inside((s, l, c), start, end, c.saturating_add(1));
+                return;
+            }
+            Some(_) => {}
+            None => {
+                let left = self.runs.range(..start).next_back().map(|(&s, &v)| (s, v));
+                let left_clear = left.is_none_or(|(s, (l, _))| s + l <= start);
+                if left_clear && self.runs.range(start..end).next().is_none() {
+                    // Joined with a touching run of count 1 on either side
+                    // (fresh blocks usually continue the previous ones).
+                    let mut len = len;
+                    if let Some(&(rl, 1)) = self.runs.get(&end) {
+                        self.runs.remove(&end);
+                        len += rl;
+                    }
+                    match left {
+                        Some((s, (l, 1))) if s + l == start => {
+                            self.runs.insert(s, (l + len, 1));
+                        }
+                        _ => {
+                            self.runs.insert(start, (len, 1));
+                        }
+                    }
+                    return;
+                }
+            }
+        }
         self.split(start);
         self.split(end);
         let mut cursor = start;
@@ -130,6 +176,20 @@ impl RunCounts {
             return freed;
         }
         let end = start + len;
+        // Fast path (one copy-on-write dropping a shared block, or freeing
+        // part of a run): strictly inside one run.
+        if let Some((s, l, c)) = self.run_over(start, end) {
+            if s < start && end < s + l {
+                if c > 1 {
+                    self.recount_inside((s, l, c), start, end, c - 1);
+                } else {
+                    self.runs.insert(s, (start - s, c));
+                    self.runs.insert(end, (s + l - end, c));
+                    freed.push((start, len));
+                }
+                return freed;
+            }
+        }
         self.split(start);
         self.split(end);
         let existing: Vec<(u64, (u64, u32))> =
@@ -486,6 +546,50 @@ mod tests {
             assert_eq!(bulk.get(b), one.get(b), "block {b}");
         }
         assert_eq!(bulk.segments(0, 70), one.segments(0, 70));
+    }
+
+    /// The fast paths of `increment` and `decrement` leave the same counts
+    /// and the same runs (merged the same way) as the general path, which
+    /// a count built by `from_ranges` stands in for.
+    #[test]
+    fn fast_paths_match_a_rebuild() {
+        let mut seed = 12345u64;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        let mut c = RunCounts::default();
+        let mut live: Vec<(u64, u64)> = Vec::new();
+        for step in 0..4000 {
+            if live.is_empty() || next(3) != 0 {
+                // Often inside an existing range (a clone's copy-on-write).
+                let (s, l) = match live.get(next(live.len().max(1) as u64) as usize) {
+                    Some(&(s, l)) if next(2) == 0 => {
+                        let o = next(l);
+                        (s + o, 1 + next(l - o))
+                    }
+                    _ => (next(200), 1 + next(8)),
+                };
+                c.increment(s, l);
+                live.push((s, l));
+            } else {
+                let i = next(live.len() as u64) as usize;
+                let (s, l) = live.swap_remove(i);
+                let freed = c.decrement(s, l);
+                let rebuilt = RunCounts::from_ranges(&live).unwrap();
+                for (fs, fl) in freed {
+                    for b in fs..fs + fl {
+                        assert_eq!(rebuilt.get(b), 0, "step {step}: freed {b}");
+                    }
+                }
+            }
+            let rebuilt = RunCounts::from_ranges(&live).unwrap();
+            let got: Vec<_> = c.iter().collect();
+            let want: Vec<_> = rebuilt.iter().collect();
+            assert_eq!(got, want, "step {step}");
+        }
     }
 
     #[test]

@@ -208,11 +208,15 @@ impl<M: PersistentMemory> Filesystem<M> {
             }
             chunks
                 .into_iter()
-                .filter(|&c| self.chunk_wants_whole(&file.map, c, &needs))
+                .filter(|&c| {
+                    let st = self.cached_chunk_state(slot, c);
+                    Self::chunk_wants_whole(st, c, &needs)
+                })
                 .collect()
         } else {
             BTreeSet::new()
         };
+        let file = self.files.get(&slot).ok_or(Error::StaleFile)?;
         let mut runs: Vec<NewRun> = Vec::new();
         let mut huge_chunks: BTreeSet<u64> = BTreeSet::new();
         let mut failed = false;
@@ -294,9 +298,11 @@ impl<M: PersistentMemory> Filesystem<M> {
             });
         match result {
             Ok(()) => {
+                let epoch = self.share_epoch;
                 for e in removed {
                     self.unref(e.physical, e.len);
                 }
+                self.count_fresh(slot, epoch, &runs, &huge_chunks);
                 Ok(())
             }
             Err(e) => {
@@ -312,6 +318,52 @@ impl<M: PersistentMemory> Filesystem<M> {
                 Err(e)
             }
         }
+    }
+
+    /// Brings the `cow::ChunkCache` of the file in `slot` up to date after
+    /// `modify` committed `runs` (`huge`: the chunks it moved whole), when
+    /// the cache was valid at `epoch`, just before `modify` dropped the
+    /// replaced blocks: every fresh block is private; a run with a source
+    /// replaced a block that was shared or held (not private), one without
+    /// filled a hole; a chunk moved whole is all mapped and private. The
+    /// references dropped change only other files' counts (a file never
+    /// shares blocks with itself), so the cache then takes the new epoch.
+    fn count_fresh(&mut self, slot: u32, epoch: u64, runs: &[NewRun], huge: &BTreeSet<u64>) {
+        let now = self.share_epoch;
+        let Some(f) = self.files.get_mut(&slot) else {
+            return;
+        };
+        if f.cow.epoch != epoch {
+            return;
+        }
+        if f.cow.chunks.is_empty() {
+            f.cow.epoch = now;
+            return;
+        }
+        for r in runs {
+            let mut l = r.logical;
+            while l < r.logical + r.len {
+                let chunk = l / CHUNK_BLOCKS;
+                let n = ((chunk + 1) * CHUNK_BLOCKS).min(r.logical + r.len) - l;
+                l += n;
+                if huge.contains(&chunk) {
+                    continue;
+                }
+                if let Some((mapped, private)) = f.cow.chunks.get_mut(&chunk) {
+                    // n <= CHUNK_BLOCKS; both counts stay <= CHUNK_BLOCKS.
+                    *private += n as u32;
+                    if r.source.is_none() {
+                        *mapped += n as u32;
+                    }
+                }
+            }
+        }
+        for &chunk in huge {
+            if let Some(e) = f.cow.chunks.get_mut(&chunk) {
+                *e = (CHUNK_BLOCKS as u32, CHUNK_BLOCKS as u32);
+            }
+        }
+        f.cow.epoch = now;
     }
 
     /// Fills the parts of new blocks below the new size that no edit
@@ -580,6 +632,8 @@ impl<M: PersistentMemory> Filesystem<M> {
         // end, and adds free runs: charged first.
         self.reserve(2 * RUN_GROWTH)?;
         let f = self.files.get_mut(&slot).ok_or(Error::StaleFile)?;
+        // The unmapped chunks' counts change outside `modify`.
+        f.cow = Default::default();
         let removed = f.map.remove(start, len);
         if removed.is_empty() {
             if size != f.size {
