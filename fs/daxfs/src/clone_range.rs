@@ -7,7 +7,6 @@ use alloc::vec::Vec;
 
 use crate::extmap::ExtentMap;
 use crate::format::{self, BLOCK_SIZE};
-use crate::journal::make_record;
 use crate::{Error, File, FileId, Filesystem, PersistentMemory};
 
 impl<M: PersistentMemory> Filesystem<M> {
@@ -53,7 +52,7 @@ impl<M: PersistentMemory> Filesystem<M> {
             + map.len() * (crate::EXTENT_COST + 2 * crate::RUN_COST);
         let held = self.charge.bytes();
         self.reserve(need)?;
-        let mut file = File {
+        let file = File {
             generation,
             name: dst.to_string(),
             size,
@@ -65,29 +64,6 @@ impl<M: PersistentMemory> Filesystem<M> {
             orphan: false,
             cow: Default::default(),
         };
-        let chain = match self.write_chain(slot, generation, &file.map) {
-            Ok(c) => c,
-            Err(e) => {
-                self.charge.shrink(self.charge.bytes() - held);
-                return Err(e);
-            }
-        };
-        file.chain = chain;
-        let record = make_record(&file, file.size, &file.map, &file.chain);
-        if let Err(e) = self.commit(&[(slot, record.encode())]) {
-            let runs: Vec<(u64, u64)> = file.chain.iter().map(|&b| (b, 1)).collect();
-            self.unallocate(&runs);
-            self.charge.shrink(self.charge.bytes() - held);
-            return Err(e);
-        }
-        for e in file.map.iter() {
-            self.refs.increment(e.physical, e.len);
-        }
-        // The source's blocks are shared now.
-        self.shares_changed();
-        self.names.insert(file.name.clone(), slot);
-        self.put_file(slot, file);
-        self.settle();
-        Ok(FileId { slot, generation })
+        self.install_clone(slot, held, file)
     }
 }

@@ -251,7 +251,7 @@ impl<M: PersistentMemory> Filesystem<M> {
         let held = self.charge.bytes();
         self.reserve(need)?;
         let s = self.files.get(&src_slot).ok_or(Error::NotFound)?;
-        let mut file = File {
+        let file = File {
             generation,
             name: dst.to_string(),
             size: s.size,
@@ -263,6 +263,21 @@ impl<M: PersistentMemory> Filesystem<M> {
             orphan: false,
             cow: Default::default(),
         };
+        self.install_clone(slot, held, file)
+    }
+
+    /// The end of [`Self::clone_file`] and [`Self::clone_blocks`]: `file`
+    /// (its map pointing at another file's blocks, charged from `held`)
+    /// gets its overflow chain and its record in `slot` in one commit, then
+    /// its blocks one more reference and its name. On error nothing is
+    /// committed and the charge and the chain are given back.
+    pub(crate) fn install_clone(
+        &mut self,
+        slot: u32,
+        held: usize,
+        mut file: File,
+    ) -> Result<FileId, Error> {
+        let generation = file.generation;
         let chain = match self.write_chain(slot, generation, &file.map) {
             Ok(c) => c,
             Err(e) => {
