@@ -280,21 +280,7 @@ impl<M: PersistentMemory> Filesystem<M> {
         entries: &[Extent],
     ) -> Result<Vec<u64>, Error> {
         let blocks = entries.len().div_ceil(OVERFLOW_EXTENTS);
-        let mut chain: Vec<u64> = Vec::with_capacity(blocks);
-        for _ in 0..blocks {
-            let prefer = chain.last().map(|b| b + 1);
-            match self.alloc.alloc_small(1, prefer) {
-                Some((b, _)) => {
-                    self.refs.increment(b, 1);
-                    chain.push(b);
-                }
-                None => {
-                    let runs: Vec<(u64, u64)> = chain.iter().map(|&b| (b, 1)).collect();
-                    self.unallocate(&runs);
-                    return Err(Error::NoSpace);
-                }
-            }
-        }
+        let chain = self.alloc_chain_blocks(blocks)?;
         for (i, block) in chain.iter().enumerate() {
             let start = i * OVERFLOW_EXTENTS;
             let end = (start + OVERFLOW_EXTENTS).min(entries.len());

@@ -89,17 +89,10 @@ impl<M: PersistentMemory> Filesystem<M> {
         Ok(())
     }
 
-    /// Writes a fresh overflow chain for `extents` (FORMAT.md "Overflow
-    /// extent blocks": chains are never updated in place; a new chain is
-    /// written to free blocks and the record switches to it on commit).
-    pub(crate) fn write_chain(
-        &mut self,
-        slot: u32,
-        generation: u32,
-        map: &ExtentMap,
-    ) -> Result<Vec<u64>, Error> {
-        let overflow = map.len().saturating_sub(INLINE_EXTENTS);
-        let blocks = overflow.div_ceil(OVERFLOW_EXTENTS);
+    /// `blocks` fresh overflow blocks for a chain, each with one
+    /// reference, placed one after another where the allocator can; on
+    /// [`Error::NoSpace`] the ones already taken are given back.
+    pub(crate) fn alloc_chain_blocks(&mut self, blocks: usize) -> Result<Vec<u64>, Error> {
         let mut chain: Vec<u64> = Vec::with_capacity(blocks);
         for _ in 0..blocks {
             let prefer = chain.last().map(|b| b + 1);
@@ -115,6 +108,21 @@ impl<M: PersistentMemory> Filesystem<M> {
                 }
             }
         }
+        Ok(chain)
+    }
+
+    /// Writes a fresh overflow chain for `extents` (FORMAT.md "Overflow
+    /// extent blocks": chains are never updated in place; a new chain is
+    /// written to free blocks and the record switches to it on commit).
+    pub(crate) fn write_chain(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        map: &ExtentMap,
+    ) -> Result<Vec<u64>, Error> {
+        let overflow = map.len().saturating_sub(INLINE_EXTENTS);
+        let blocks = overflow.div_ceil(OVERFLOW_EXTENTS);
+        let chain = self.alloc_chain_blocks(blocks)?;
         let extents: Vec<Extent> = map.iter().skip(INLINE_EXTENTS).collect();
         for (i, block) in chain.iter().enumerate() {
             let start = i * OVERFLOW_EXTENTS;
