@@ -4,35 +4,10 @@
 //! the two files joined, the source is gone, and fsck (also after a
 //! remount) is clean.
 
-use daxbox_persist::VecMemory;
-use daxfs::{Appended, Error, Filesystem, FormatOptions};
+use daxfs::{Appended, Error};
 
-const MIB: usize = 1024 * 1024;
-
-fn fresh(mib: usize) -> Filesystem<VecMemory> {
-    let opts = FormatOptions {
-        uuid: [0xCD; 16],
-        max_files: Some(64),
-    };
-    Filesystem::format(VecMemory::new(mib * MIB), opts).expect("format")
-}
-
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    (0..len as u32)
-        .map(|i| ((i.wrapping_mul(2_654_435_761) >> 13) as u8).wrapping_add(seed as u8))
-        .collect()
-}
-
-fn contents(fs: &Filesystem<VecMemory>, name: &str) -> Vec<u8> {
-    let id = fs.lookup(name).unwrap();
-    let mut buf = vec![0u8; fs.file_size(id).unwrap() as usize];
-    assert_eq!(fs.read(id, 0, &mut buf).unwrap(), buf.len());
-    buf
-}
-
-fn remount(fs: Filesystem<VecMemory>) -> Filesystem<VecMemory> {
-    Filesystem::mount(fs.unmount()).expect("remount")
-}
+mod common;
+use common::*;
 
 #[test]
 fn aligned_parts_move_without_copying_and_the_space_is_not_doubled() {

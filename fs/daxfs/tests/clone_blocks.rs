@@ -2,31 +2,8 @@
 //! copied, no space taken), independent of it afterwards, fsck clean also
 //! after a remount.
 
-use daxbox_persist::VecMemory;
-use daxfs::{Filesystem, FormatOptions};
-
-const MIB: usize = 1024 * 1024;
-
-fn fresh(mib: usize) -> Filesystem<VecMemory> {
-    let opts = FormatOptions {
-        uuid: [0xCE; 16],
-        max_files: Some(64),
-    };
-    Filesystem::format(VecMemory::new(mib * MIB), opts).expect("format")
-}
-
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    (0..len as u32)
-        .map(|i| ((i.wrapping_mul(2_654_435_761) >> 13) as u8).wrapping_add(seed as u8))
-        .collect()
-}
-
-fn contents(fs: &Filesystem<VecMemory>, name: &str) -> Vec<u8> {
-    let id = fs.lookup(name).unwrap();
-    let mut buf = vec![0u8; fs.file_size(id).unwrap() as usize];
-    assert_eq!(fs.read(id, 0, &mut buf).unwrap(), buf.len());
-    buf
-}
+mod common;
+use common::*;
 
 #[test]
 fn a_block_range_is_shared_not_copied_and_independent() {
@@ -60,7 +37,7 @@ fn a_block_range_is_shared_not_copied_and_independent() {
     assert!(fs.fsck().is_clean(), "{:?}", fs.fsck());
     // Removing the source leaves the clones whole; a remount agrees.
     fs.unlink("src").unwrap();
-    let fs = Filesystem::mount(fs.unmount()).expect("remount");
+    let fs = remount(fs);
     assert_eq!(contents(&fs, "tail"), &data[8 * MIB..]);
     assert_eq!(contents(&fs, "odd"), &data[3 * 4096..8 * 4096]);
     assert!(fs.fsck().is_clean(), "{:?}", fs.fsck());
