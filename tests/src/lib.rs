@@ -59,6 +59,7 @@
 //! `DAXBOX_OVMF_CODE`/`DAXBOX_OVMF_VARS`,
 //! `DAXBOX_TEST_RUNS` (run folder root).
 
+pub mod certs;
 mod error;
 mod machine;
 pub mod nbd_client;

@@ -7,125 +7,45 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+use daxbox_tests::certs::{self, Ca};
 
 use crate::XtaskError;
 
-fn openssl(args: &[&str], dir: &Path) -> Result<(), XtaskError> {
-    let output = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .map_err(|error| XtaskError::Command {
-            command: "openssl".into(),
-            problem: error.to_string(),
-        })?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(XtaskError::Command {
-            command: format!("openssl {}", args.join(" ")),
-            problem: String::from_utf8_lossy(&output.stderr).into_owned(),
-        })
+fn openssl_error(problem: String) -> XtaskError {
+    XtaskError::Command {
+        command: "openssl".into(),
+        problem,
     }
-}
-
-fn key(dir: &Path, name: &str) -> Result<(), XtaskError> {
-    openssl(
-        &[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            name,
-        ],
-        dir,
-    )
-}
-
-fn sign(dir: &Path, name: &str, cn: &str, extensions: &str) -> Result<(), XtaskError> {
-    let key_file = format!("{name}-key.pem");
-    let csr = format!("{name}.csr");
-    let ext = format!("{name}.ext");
-    key(dir, &key_file)?;
-    openssl(
-        &[
-            "req",
-            "-new",
-            "-key",
-            &key_file,
-            "-subj",
-            &format!("/CN={cn}"),
-            "-out",
-            &csr,
-        ],
-        dir,
-    )?;
-    fs::write(dir.join(&ext), extensions).map_err(|e| XtaskError::Io(e.to_string()))?;
-    openssl(
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca-cert.pem",
-            "-CAkey",
-            "ca-key.pem",
-            "-CAcreateserial",
-            "-days",
-            "30",
-            "-extfile",
-            &ext,
-            "-out",
-            &format!("{name}-cert.pem"),
-        ],
-        dir,
-    )?;
-    let _ = fs::remove_file(dir.join(csr));
-    let _ = fs::remove_file(dir.join(ext));
-    Ok(())
 }
 
 /// Makes (afresh) the certificates under `dir`; returns the folder.
 pub fn generate(dir: &Path) -> Result<PathBuf, XtaskError> {
     let _ = fs::remove_dir_all(dir);
     fs::create_dir_all(dir).map_err(|e| XtaskError::Io(format!("{}: {e}", dir.display())))?;
-    key(dir, "ca-key.pem")?;
-    openssl(
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            "ca-key.pem",
-            "-subj",
-            "/CN=daxbox throwaway CA",
-            "-days",
-            "30",
-            "-out",
-            "ca-cert.pem",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
+    certs::new_ca(dir, "daxbox throwaway CA", 30).map_err(openssl_error)?;
+    let ca = Ca {
+        cert: &dir.join("ca-cert.pem"),
+        key: &dir.join("ca-key.pem"),
+    };
+    certs::sign(
         dir,
-    )?;
-    sign(
-        dir,
+        ca,
         "server",
         "localhost",
         "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
-    )?;
-    sign(
+        30,
+    )
+    .map_err(openssl_error)?;
+    certs::sign(
         dir,
+        ca,
         "client",
         "daxbox-client",
         "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n",
-    )?;
+        30,
+    )
+    .map_err(openssl_error)?;
     Ok(dir.to_path_buf())
 }
 
@@ -189,7 +109,11 @@ mod tests {
 
     #[test]
     fn generated_certificates_give_boot_lines_daxbox_parses() {
-        if Command::new("openssl").arg("version").output().is_err() {
+        if std::process::Command::new("openssl")
+            .arg("version")
+            .output()
+            .is_err()
+        {
             return;
         }
         let dir = std::env::temp_dir().join(format!("daxbox-tls-certs-{}", std::process::id()));

@@ -18,6 +18,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
+use daxbox_tests::certs;
 use daxbox_tests::nbd_client::{
     deep_pipeline, fio, fresh_client_works, go_data, map_rows, nbdsh, pipelined_writes_then_reads,
     request_bytes, run_tool, run_tool_ok, slow_reader, test_image, uri, RawClient, CMD_DISC,
@@ -2022,61 +2023,11 @@ fn nbd_over_tls_with_real_clients() {
 /// made with `openssl` now and signed by the `net/tls` test CA.
 fn client_folder(dir: &TempDir, cn: &str) -> PathBuf {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../net/tls/testdata");
-    let folder = dir.path(&format!("client-{cn}"));
-    std::fs::create_dir_all(&folder).unwrap();
-    std::fs::copy(data.join("ca.pem"), folder.join("ca-cert.pem")).unwrap();
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(&folder)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let ca = certs::Ca {
+        cert: &data.join("ca.pem"),
+        key: &data.join("ca-key.pem"),
     };
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "EC",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-out",
-        "client-key.pem",
-    ]);
-    openssl(&[
-        "req",
-        "-new",
-        "-key",
-        "client-key.pem",
-        "-subj",
-        &format!("/CN={cn}"),
-        "-out",
-        "client.csr",
-    ]);
-    std::fs::write(folder.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "client.csr",
-        "-CA",
-        text(&data.join("ca.pem")),
-        "-CAkey",
-        text(&data.join("ca-key.pem")),
-        "-CAcreateserial",
-        "-CAserial",
-        "ca.srl",
-        "-days",
-        "2",
-        "-extfile",
-        "client.ext",
-        "-out",
-        "client-cert.pem",
-    ]);
-    folder
+    certs::client_folder(&dir.path(&format!("client-{cn}")), ca, cn).unwrap()
 }
 
 /// Mutual TLS as identity: `--allow cn:NAME` admits only the client whose
@@ -2184,18 +2135,7 @@ fn server_cert(dir: &TempDir, name: &str, san: &str, start: &str, end: &str) -> 
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../net/tls/testdata");
     let folder = dir.path(name);
     std::fs::create_dir_all(&folder).unwrap();
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(&folder)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let run = |args: &[&str]| certs::openssl(&folder, args).unwrap();
     std::fs::write(
         folder.join("ca.cnf"),
         "[ca]\ndefault_ca=d\n[d]\ndatabase=index.txt\nnew_certs_dir=.\nserial=serial\n\
@@ -2209,15 +2149,7 @@ fn server_cert(dir: &TempDir, name: &str, san: &str, start: &str, end: &str) -> 
         format!("subjectAltName={san}\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n"),
     )
     .unwrap();
-    run(&[
-        "genpkey",
-        "-algorithm",
-        "EC",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-out",
-        "key.pem",
-    ]);
+    certs::new_key(&folder, "key.pem").unwrap();
     run(&[
         "req",
         "-new",

@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use daxbox_tests::certs;
 use daxbox_tests::nbd_client::{run_tool, run_tool_ok, uri};
 use daxbox_tests::{run_dir, Firmware, HarnessError, Machine, Nvdimm, QemuOptions};
 
@@ -173,63 +174,11 @@ fn client_dir(name: &str, cn: &str) -> PathBuf {
     // Beside the run folder, not in it: the first boot empties that, and
     // these are made before it.
     let dir = run_dir(&format!("{name}-clients")).join(format!("client-{cn}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("ca-cert.pem"), testdata("ca.pem")).unwrap();
-    let openssl = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(&dir)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let ca = certs::Ca {
+        cert: &data.join("ca.pem"),
+        key: &data.join("ca-key.pem"),
     };
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "EC",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-out",
-        "client-key.pem",
-    ]);
-    let subject = format!("/CN={cn}");
-    openssl(&[
-        "req",
-        "-new",
-        "-key",
-        "client-key.pem",
-        "-subj",
-        &subject,
-        "-out",
-        "client.csr",
-    ]);
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    let ca = data.join("ca.pem").display().to_string();
-    let ca_key = data.join("ca-key.pem").display().to_string();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "client.csr",
-        "-CA",
-        &ca,
-        "-CAkey",
-        &ca_key,
-        "-CAcreateserial",
-        "-CAserial",
-        "ca.srl",
-        "-days",
-        "2",
-        "-extfile",
-        "client.ext",
-        "-out",
-        "client-cert.pem",
-    ]);
-    dir
+    certs::client_folder(&dir, ca, cn).unwrap()
 }
 
 /// `curl` over HTTPS to the guest's port 80 with the test CA and, when
