@@ -129,7 +129,7 @@ pub fn show() {
         if config.debug_commands { "on" } else { "off" }
     );
     // Never the key itself: only whether TLS is usable, and why not.
-    println!("{}", crate::tls::describe());
+    println!("{}", crate::tls::describe(config.tls.mode));
     if config.tls.mode != daxbox_bootconfig::TlsMode::Off {
         println!("https_port={}", config.tls.https_port);
     }

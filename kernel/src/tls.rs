@@ -94,19 +94,18 @@ pub fn init(config: &BootConfig) -> &'static Status {
     })
 }
 
-/// One line for `bootconfig`.
-pub fn describe() -> String {
+/// One line for `bootconfig`; `mode` is the boot config's `tls=`.
+pub fn describe(mode: TlsMode) -> String {
     match STATUS.get() {
         None | Some(Status::Off) => "tls=off".into(),
         Some(Status::Ready(server)) => alloc::format!(
             "tls={} (certificate loaded{})",
-            crate::config::get().tls.mode,
+            mode,
             if server.mutual() { ", mutual" } else { "" }
         ),
-        Some(Status::Failed(why)) => alloc::format!(
-            "tls={} FAILED: {why} (NBD and HTTPS not served)",
-            crate::config::get().tls.mode
-        ),
+        Some(Status::Failed(why)) => {
+            alloc::format!("tls={} FAILED: {why} (NBD and HTTPS not served)", mode)
+        }
     }
 }
 

@@ -1338,7 +1338,6 @@ pub fn cluster_command(args: &[String]) -> Result<(), XtaskError> {
         Some("status") => control("status"),
         Some("kill") => control(&format!("kill {}", member_argument(args)?)),
         Some("rebuild") => control(&format!("rebuild {}", member_argument(args)?)),
-        Some("test") => crate::cluster_test::test_command(&args[1..]),
         Some("start") => supervise(parse_start(&args[1..])?),
         _ => supervise(parse_start(args)?),
     }

@@ -167,6 +167,10 @@ fn main() -> ExitCode {
         "soak" => soak::soak_command(&rest),
         "powercut" => powercut::powercut_command(&rest),
         "fuzz" => fuzz::fuzz_command(&rest),
+        // `cluster test` drives a cluster from outside; the rest runs one.
+        "cluster" if rest.first().map(String::as_str) == Some("test") && !wants_help(&rest) => {
+            cluster_test::test_command(&rest[1..])
+        }
         "cluster" => cluster::cluster_command(&rest),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
