@@ -51,6 +51,22 @@ pub struct Client<'a> {
     pub cn: Option<&'a str>,
 }
 
+impl core::fmt::Display for Client<'_> {
+    /// How a refusal names the client: its address, and the certificate
+    /// name when a verified one was given (`198.18.0.5, certificate CN
+    /// alice`), so the text says which of the two the rules did not match.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.address {
+            Some(address) => write!(f, "address {address}")?,
+            None => f.write_str("address unknown")?,
+        }
+        if let Some(cn) = self.cn {
+            write!(f, ", certificate CN {cn}")?;
+        }
+        Ok(())
+    }
+}
+
 impl From<Option<IpAddr>> for Client<'_> {
     fn from(address: Option<IpAddr>) -> Self {
         Client { address, cn: None }
@@ -332,6 +348,21 @@ impl Access {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_names_the_address_and_the_certificate_name() {
+        let address = Some("198.18.0.5".parse().unwrap());
+        let by_address = Client { address, cn: None };
+        assert_eq!(by_address.to_string(), "address 198.18.0.5");
+        let by_name = Client {
+            address,
+            cn: Some("alice"),
+        };
+        assert_eq!(
+            by_name.to_string(),
+            "address 198.18.0.5, certificate CN alice"
+        );
+    }
 
     fn access(text: &str) -> Access {
         let (config, _) = daxbox_bootconfig::parse(text);

@@ -65,7 +65,7 @@
 use crate::{Refusal, TcpService};
 use alloc::boxed::Box;
 use alloc::format;
-use alloc::string::String;
+use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::net::IpAddr;
@@ -577,6 +577,22 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
+/// The body of the allow-list's 403: which client (address, and the
+/// verified certificate name when there is one) the rules refused.
+fn forbidden_text(peer: Option<IpAddr>, cn: Option<&str>) -> String {
+    let mut body = String::from("403 Forbidden: this client (address ");
+    match peer {
+        Some(address) => body.push_str(&address.to_string()),
+        None => body.push_str("unknown"),
+    }
+    if let Some(cn) = cn {
+        body.push_str(", certificate CN ");
+        body.push_str(cn);
+    }
+    body.push_str(") is not allowed (allow-list)\n");
+    body
+}
+
 fn text(status: u16, body: &str) -> Reply {
     Reply::bytes(status, "text/plain", body.as_bytes().to_vec())
 }
@@ -813,8 +829,8 @@ impl<R: HttpRoutes> HttpService<R> {
             if let Some(gate) = self.gate.as_mut() {
                 if !gate(conn.peer, conn.cn.as_deref()) {
                     self.stats.forbidden = self.stats.forbidden.saturating_add(1);
-                    let body = "403 Forbidden: this client address is not allowed (allow-list)\n";
-                    let response = text(403, body);
+                    let body = forbidden_text(conn.peer, conn.cn.as_deref());
+                    let response = text(403, &body);
                     return if r.content_length > MAX_DISCARD || r.chunked {
                         Action::Refuse(response, false)
                     } else {
@@ -1452,7 +1468,7 @@ mod tests {
         assert_eq!(code, "403", "{text}");
         assert!(
             text.ends_with(
-                "\r\n\r\n403 Forbidden: this client address is not allowed (allow-list)\n"
+                "\r\n\r\n403 Forbidden: this client (address 198.18.0.11) is not allowed (allow-list)\n"
             ),
             "{text}"
         );

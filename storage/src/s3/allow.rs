@@ -109,9 +109,9 @@ pub(super) fn require_bucket<M: PersistentMemory>(
         return Ok(());
     }
     s.access_mut().count(peer.address, Reason::Policy, 1);
-    Err(denied(
-        "Access Denied: this client address may not use this bucket (allow-list)",
-    ))
+    Err(denied(&alloc::format!(
+        "Access Denied: this client ({peer}) may not use this bucket (allow-list)"
+    )))
 }
 
 /// Refuses (and counts) a read (`write` false) or a write of `key` that
@@ -128,15 +128,15 @@ pub(super) fn require_object<M: PersistentMemory>(
         Decision::ReadOnly if !write => Ok(()),
         Decision::ReadOnly => {
             s.access_mut().count(peer.address, Reason::ReadOnlyWrite, 1);
-            Err(denied(
-                "Access Denied: this object is read-only for this client address (allow-list)",
-            ))
+            Err(denied(&alloc::format!(
+                "Access Denied: this object is read-only for this client ({peer}) (allow-list)"
+            )))
         }
         Decision::Deny => {
             s.access_mut().count(peer.address, Reason::Policy, 1);
-            Err(denied(
-                "Access Denied: this client address may not use this object (allow-list)",
-            ))
+            Err(denied(&alloc::format!(
+                "Access Denied: this client ({peer}) may not use this object (allow-list)"
+            )))
         }
     }
 }
