@@ -173,9 +173,13 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     storage::init();
     steps.mark("storage");
     hotplug::init();
+    steps.mark("hot-add");
     pci::init();
+    steps.mark("pci");
     entropy::init();
+    steps.mark("entropy");
     tls::init(config::get());
+    steps.mark("tls");
     // The web pages answer first; the S3 routes take signed requests and
     // bucket paths (`GET /` without S3 credentials stays the dashboard).
     // HTTPS serves the same routes.
@@ -186,7 +190,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         Chain::new(web::routes(), s3_https),
         storage::http_gate(),
     );
-    steps.mark("hot-add, pci, tls, network");
+    steps.mark("network");
     nbd::start();
     interrupts::enable();
 
@@ -254,7 +258,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
 /// clock is calibrated (`boot: memory 12 ms, ...`).
 #[derive(Default)]
 struct BootSteps {
-    steps: [(&'static str, u64); 10],
+    steps: [(&'static str, u64); 16],
     count: usize,
 }
 

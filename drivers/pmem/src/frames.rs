@@ -314,6 +314,16 @@ impl FrameTable {
         len: u64,
     ) -> Result<impl Iterator<Item = StorageFrame>, FrameError> {
         let first = self.first;
+        let range = self.indexes_at_offset(offset, len)?;
+        Ok(range.map(move |i| StorageFrame(first + i as u64)))
+    }
+
+    /// The table indexes of the frames covering `offset..offset + len`.
+    fn indexes_at_offset(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> Result<core::ops::Range<usize>, FrameError> {
         let start_index = offset / SIZE_4K;
         let end = offset
             .checked_add(len)
@@ -321,10 +331,11 @@ impl FrameTable {
         let end_index = end.div_ceil(SIZE_4K);
         if end_index > self.len() {
             return Err(FrameError::OutOfTable {
-                address: (first * SIZE_4K).saturating_add(end),
+                address: (self.first * SIZE_4K).saturating_add(end),
             });
         }
-        Ok((start_index..end_index).map(move |i| StorageFrame(first + i)))
+        // Both at most `len()`, which is a usize.
+        Ok(start_index.min(end_index) as usize..end_index as usize)
     }
 
     fn index(&self, frame: StorageFrame) -> Result<usize, FrameError> {
@@ -371,19 +382,20 @@ impl FrameTable {
         if owner == Owner::Free {
             return Err(FrameError::FreeIsNotAnOwner);
         }
-        let frames: Vec<StorageFrame> = self.frames_at_offset(offset, len)?.collect();
-        for &frame in &frames {
-            let entry = self.entry(frame)?;
-            if entry.owner != Owner::Free {
-                return Err(FrameError::NotFree {
-                    frame,
-                    owner: entry.owner,
-                });
-            }
+        // Whole slices, not frame by frame: a device take claims every
+        // frame of the device (262,144 for 1 GiB) at boot.
+        let range = self.indexes_at_offset(offset, len)?;
+        let free = Owner::Free.encode();
+        if let Some(i) = self.owners[range.clone()].iter().position(|&o| o != free) {
+            let i = range.start + i;
+            return Err(FrameError::NotFree {
+                frame: StorageFrame(self.first + i as u64),
+                owner: Owner::decode(self.owners[i]),
+            });
         }
-        for frame in frames {
-            self.claim(frame, owner)?;
-        }
+        self.owners[range.clone()].fill(owner.encode());
+        self.refcounts[range.clone()].fill(1);
+        self.free -= range.len() as u64;
         Ok(())
     }
 
@@ -392,19 +404,24 @@ impl FrameTable {
     /// reference, becomes free, all or nothing (an unmount gives the
     /// device back).
     pub fn release_range(&mut self, offset: u64, len: u64, owner: Owner) -> Result<(), FrameError> {
-        let frames: Vec<StorageFrame> = self.frames_at_offset(offset, len)?.collect();
-        for &frame in &frames {
-            let i = self.checked_owner(frame, owner)?;
-            if self.refcounts[i] != 1 {
-                return Err(FrameError::InUse {
-                    frame,
-                    references: self.refcounts[i],
-                });
-            }
+        let range = self.indexes_at_offset(offset, len)?;
+        let held = owner.encode();
+        let bad = self.owners[range.clone()]
+            .iter()
+            .zip(&self.refcounts[range.clone()])
+            .position(|(&o, &r)| o != held || r != 1);
+        if let Some(i) = bad {
+            let i = range.start + i;
+            let frame = StorageFrame(self.first + i as u64);
+            self.checked_owner(frame, owner)?;
+            return Err(FrameError::InUse {
+                frame,
+                references: self.refcounts[i],
+            });
         }
-        for frame in frames {
-            self.put(frame, owner)?;
-        }
+        self.owners[range.clone()].fill(Owner::Free.encode());
+        self.refcounts[range.clone()].fill(0);
+        self.free += range.len() as u64;
         Ok(())
     }
 

@@ -221,6 +221,28 @@ pub fn scenarios() -> Vec<Vec<Op>> {
             Op::Unlink(name("copy")),
             write("big", CHUNK - 100, 200),
         ],
+        // The initialised file table prefix (FORMAT.md "Initialised table
+        // prefix"): format initialised one block (slots 0-7) and the
+        // setup holds two files, so the seventh create takes slot 8 and
+        // extends the prefix (zero the block, backup, primary) before its
+        // own commit; a crash at every step leaves the old or the new
+        // prefix, and the file present or absent. Then a clone and an
+        // unlink-and-create reuse slots on both sides of the old mark.
+        alloc::vec![
+            Op::Create(name("t2")),
+            Op::Create(name("t3")),
+            Op::Create(name("t4")),
+            Op::Create(name("t5")),
+            Op::Create(name("t6")),
+            Op::Create(name("t7")),
+            Op::Create(name("t8")),
+            seeded(write("t8", 0, 5000), 31),
+            Op::Clone(name("small"), name("t9")),
+            Op::Unlink(name("t3")),
+            Op::Unlink(name("t8")),
+            Op::Create(name("t8")),
+            Op::Create(name("t10")),
+        ],
     ]
 }
 

@@ -249,8 +249,11 @@ fn scan_table<M: PersistentMemory>(
 ) -> Result<(), ScanError> {
     let mut buf = alloc::vec![0u8; (batch_blocks * BLOCK_SIZE) as usize];
     let mut block = 0u64;
-    while block < sb.table_blocks {
-        let n = batch_blocks.min(sb.table_blocks - block);
+    // Only the initialised prefix: the records beyond it are never-used
+    // and hold whatever the media held (FORMAT.md "Initialised table
+    // prefix").
+    while block < sb.table_init_blocks {
+        let n = batch_blocks.min(sb.table_init_blocks - block);
         let bytes = &mut buf[..(n * BLOCK_SIZE) as usize];
         mem.read((sb.table_start + block) * BLOCK_SIZE, bytes)?;
         for (i, raw) in bytes.chunks_exact(RECORD_SIZE).enumerate() {

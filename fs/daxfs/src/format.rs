@@ -19,9 +19,17 @@ pub const CHUNK_SIZE: u64 = CHUNK_BLOCKS * BLOCK_SIZE;
 pub const SUPER_MAGIC: [u8; 8] = *b"DAXBOXFS";
 /// The newest on-media format version this code reads and writes
 /// (FORMAT.md "Compatibility rules": version 2 added orphan records,
-/// version 3 layered extent lists; version 1 and 2 images are read as they
-/// are, and upgraded when a feature of a later version is first used).
-pub const FORMAT_VERSION: u32 = 3;
+/// version 3 layered extent lists, version 4 the initialised table
+/// prefix; version 1 to 3 images are read as they are, and upgraded when a
+/// feature of a later version is first used).
+pub const FORMAT_VERSION: u32 = 4;
+/// The first format version whose superblock records how much of the file
+/// table is initialised (FORMAT.md "Initialised table prefix").
+pub const TABLE_PREFIX_VERSION: u32 = 4;
+/// File table blocks format initialises, and the most one extension of
+/// the initialised prefix adds (FORMAT.md "Initialised table prefix"):
+/// 256 KiB, 512 records.
+pub const TABLE_BATCH_BLOCKS: u64 = 64;
 /// The first format version with layered extent lists (FORMAT.md
 /// "Layered extent lists").
 pub const LAYERED_VERSION: u32 = 3;
@@ -148,6 +156,10 @@ pub struct Superblock {
     pub max_files: u32,
     /// First block of the data area.
     pub data_start: u64,
+    /// File table blocks (from `table_start`) that are initialised: every
+    /// record beyond them is never-used and is not read (FORMAT.md
+    /// "Initialised table prefix"). `table_blocks` before version 4.
+    pub table_init_blocks: u64,
 }
 
 /// Why a superblock copy was rejected.
@@ -166,6 +178,14 @@ pub enum SuperError {
 }
 
 impl Superblock {
+    /// Slots in the initialised table prefix: every slot from here on is
+    /// never-used without reading it (FORMAT.md "Initialised table
+    /// prefix").
+    pub fn init_slots(&self) -> u32 {
+        // At most max_files, a u32.
+        (self.table_init_blocks.saturating_mul(RECORDS_PER_BLOCK)).min(self.max_files as u64) as u32
+    }
+
     /// Encodes into the 128-byte on-media form, checksum included.
     pub fn encode(&self) -> [u8; SUPER_SIZE] {
         let mut b = [0u8; SUPER_SIZE];
@@ -181,7 +201,12 @@ impl Superblock {
         put_u32(&mut b, 72, self.max_files);
         put_u32(&mut b, 76, RECORD_SIZE as u32);
         put_u64(&mut b, 80, self.data_start);
-        // 88..92 incompatible feature bits (none defined), 96..128 reserved.
+        // 88..92 incompatible feature bits (none defined); 96..104 the
+        // initialised table prefix from version 4 (reserved, zero, before);
+        // 104..128 reserved.
+        if self.version >= TABLE_PREFIX_VERSION {
+            put_u64(&mut b, 96, self.table_init_blocks);
+        }
         let crc = checksum_skipping(&b, 92);
         put_u32(&mut b, 92, crc);
         b
@@ -227,6 +252,12 @@ impl Superblock {
             table_blocks: u64_at(b, 64),
             max_files: u32_at(b, 72),
             data_start: u64_at(b, 80),
+            table_init_blocks: if version >= TABLE_PREFIX_VERSION {
+                u64_at(b, 96)
+            } else {
+                // Versions 1 to 3 initialise the whole table at format.
+                u64_at(b, 64)
+            },
         };
         sb.check_geometry().map_err(SuperError::Geometry)?;
         Ok(sb)
@@ -253,6 +284,12 @@ impl Superblock {
             .ok_or("file table overflows")?;
         if self.data_start < table_end {
             return Err("data area overlaps the file table");
+        }
+        if self.table_init_blocks == 0 || self.table_init_blocks > self.table_blocks {
+            return Err("initialised file table prefix is empty or longer than the table");
+        }
+        if self.version < TABLE_PREFIX_VERSION && self.table_init_blocks != self.table_blocks {
+            return Err("file table prefix before version 4 is not the whole table");
         }
         if self.data_start >= self.total_blocks {
             return Err("no data area");
@@ -685,6 +722,7 @@ mod tests {
             table_blocks: 2,
             max_files: 16,
             data_start: 5,
+            table_init_blocks: 1,
         };
         let bytes = sb.encode();
         assert_eq!(Superblock::decode(&bytes), Ok(sb));

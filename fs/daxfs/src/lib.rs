@@ -64,6 +64,7 @@ mod mount;
 mod namespace;
 mod size;
 mod space;
+mod table;
 mod types;
 mod write;
 
@@ -221,7 +222,8 @@ impl<M: PersistentMemory> Filesystem<M> {
 
     /// The lowest free slot, found by walking the live slots from
     /// `low_free` (amortised O(1); O(files in use) after a low slot was
-    /// freed).
+    /// freed), inside the initialised table prefix (extended first when
+    /// the slot is past it).
     fn free_slot(&mut self) -> Result<u32, Error> {
         let mut slot = self.low_free;
         for &used in self.files.range(slot..).map(|(k, _)| k) {
@@ -234,6 +236,7 @@ impl<M: PersistentMemory> Filesystem<M> {
         if slot >= self.sb.max_files {
             return Err(Error::NoFileSlots);
         }
+        self.initialise_slot(slot)?;
         Ok(slot)
     }
 

@@ -22,7 +22,7 @@ use crate::format::{
     self, JournalHeader, Record, SuperError, Superblock, BLOCK_SIZE, FORMAT_VERSION,
     JOURNAL_BLOCKS, JOURNAL_ENTRIES_OFFSET, JOURNAL_ENTRY_SIZE, JOURNAL_HEADER_OFFSET,
     JOURNAL_HEADER_SIZE, ORPHAN_VERSION, RECORDS_PER_BLOCK, RECORD_SIZE, STATE_CLEAN, STATE_DIRTY,
-    STATE_WORD_OFFSET, SUPER_SIZE,
+    STATE_WORD_OFFSET, SUPER_SIZE, TABLE_BATCH_BLOCKS,
 };
 use crate::space::{Allocator, RunCounts};
 use crate::{
@@ -91,6 +91,13 @@ pub(crate) fn read_journal<M: PersistentMemory>(
         if slot >= sb.max_files {
             return Err(Error::Corrupt(format!(
                 "journal entry for slot {slot} is outside the table"
+            )));
+        }
+        // A slot is used only after the prefix covering it is durable
+        // (FORMAT.md "Initialised table prefix").
+        if slot >= sb.init_slots() {
+            return Err(Error::Corrupt(format!(
+                "journal entry for slot {slot} is beyond the initialised file table"
             )));
         }
         Record::decode(record)
@@ -190,8 +197,22 @@ impl<M: PersistentMemory> Filesystem<M> {
     /// [`Self::format`], mounting the new filesystem with
     /// [`Self::mount_with_budget`].
     pub fn format_with_budget(
+        mem: M,
+        opts: FormatOptions,
+        budget: &'static Budget,
+    ) -> Result<Self, Error> {
+        Self::format_with_table_prefix(mem, opts, TABLE_BATCH_BLOCKS, budget)
+    }
+
+    /// [`Self::format_with_budget`] initialising only the first
+    /// `init_blocks` blocks of the file table (at least 1, at most the
+    /// table): FORMAT.md "Initialised table prefix". Format uses
+    /// [`TABLE_BATCH_BLOCKS`]; tests and the crash explorer use a small
+    /// prefix to cross it with few files.
+    pub fn format_with_table_prefix(
         mut mem: M,
         opts: FormatOptions,
+        init_blocks: u64,
         budget: &'static Budget,
     ) -> Result<Self, Error> {
         let total_blocks = mem.len() / BLOCK_SIZE;
@@ -213,14 +234,17 @@ impl<M: PersistentMemory> Filesystem<M> {
             table_blocks,
             max_files,
             data_start,
+            table_init_blocks: init_blocks.clamp(1, table_blocks),
         };
         sb.check_geometry()
             .map_err(|e| Error::Corrupt(e.to_string()))?;
-        // Metadata area first, then the backup, then the primary: until the
-        // primary is durable the region is not a valid filesystem, except
-        // through a backup that already describes zeroed metadata.
+        // The journal and the initialised table prefix first (the rest of
+        // the table is never read), then the backup, then the primary:
+        // until the primary is durable the region is not a valid
+        // filesystem, except through a backup that already describes
+        // zeroed metadata.
         let meta_start = block_offset(2);
-        let meta_len = block_offset(data_start) - meta_start;
+        let meta_len = block_offset(table_start + sb.table_init_blocks) - meta_start;
         let mut done = 0;
         while done < meta_len {
             let n = (meta_len - done).min(ZEROS.len() as u64);

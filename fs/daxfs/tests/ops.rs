@@ -420,19 +420,19 @@ fn newer_version_is_refused() {
     let mut mem = fs.unmount();
     for block in 0..2 {
         let b = &mut mem.bytes_mut()[block * 4096..];
-        b[8] = 4;
+        b[8] = 5;
     }
     let err = Filesystem::mount(mem).err().unwrap();
     assert_eq!(
         err,
         Error::UnsupportedVersion {
-            found: 4,
-            supported: 3
+            found: 5,
+            supported: 4
         }
     );
     assert_eq!(
         err.to_string(),
-        "daxfs format version 4 is newer than the supported version 3"
+        "daxfs format version 5 is newer than the supported version 4"
     );
 }
 

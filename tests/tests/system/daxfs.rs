@@ -506,9 +506,9 @@ fn shell_commands_two_devices_and_power_cut() -> Result<(), HarnessError> {
     // is good), pmem1 claims a newer format version in both copies.
     // journal_start flipped: the primary's checksum fails.
     patch(&pmem0, 40, &[0xff]);
-    // Version 2 or 3 XOR 4 = 6 or 7: newer than this kernel's version 3.
-    patch(&pmem1, 8, &4u32.to_le_bytes());
-    patch(&pmem1, 4096 + 8, &4u32.to_le_bytes());
+    // Version 4 XOR 8 = 12: newer than this kernel's version 4.
+    patch(&pmem1, 8, &8u32.to_le_bytes());
+    patch(&pmem1, 4096 + 8, &8u32.to_le_bytes());
     let mut machine = Machine::boot_to_prompt(options(false))?;
     let boot = machine.output();
     boot_line(&boot, "storage: pmem0 mounted daxfs");
@@ -518,8 +518,7 @@ fn shell_commands_two_devices_and_power_cut() -> Result<(), HarnessError> {
     );
     let newer = boot_line(&boot, "storage: pmem1");
     assert!(
-        (newer.contains("format version 6") || newer.contains("format version 7"))
-            && newer.contains("left alone"),
+        newer.contains("format version 12") && newer.contains("left alone"),
         "a newer format must be refused with a clear message: {newer}"
     );
     assert_eq!(
