@@ -486,6 +486,55 @@ impl<M: PersistentMemory> Filesystem<M> {
         Ok((chunks.last().map(|c| c + 1), done))
     }
 
+    /// One bounded step of idle-time compaction (FORMAT.md "Compaction";
+    /// the kernel calls it when its event loop has nothing else to do):
+    /// looks at no more than `examine` mapped logical chunks of `file` from
+    /// chunk `from` on and gathers at most one, the first that is not
+    /// huge-page mappable and has at least `min_private` private blocks
+    /// (blocks no clone shares and no hold pins: chunks a clone has mostly
+    /// rewritten, or fragmented ones). So one call costs at most
+    /// `examine` chunk counts plus one 2 MiB copy and one commit. Returns
+    /// the chunk to continue from (None: past the file's last mapped
+    /// chunk) and the chunk it gathered, if any. Files of 2 MiB or less are
+    /// passed over, as by [`Filesystem::compact`].
+    pub fn compact_idle_step(
+        &mut self,
+        file: FileId,
+        from: u64,
+        examine: u64,
+        min_private: u64,
+    ) -> Result<(Option<u64>, Option<u64>), Error> {
+        let f = self.file(file)?;
+        if f.size <= CHUNK_BLOCKS * BLOCK_SIZE {
+            return Ok((None, None));
+        }
+        let end = f.map.end().div_ceil(CHUNK_BLOCKS);
+        let mut chunk = from;
+        let mut looked = 0;
+        let mut found = None;
+        while chunk < end && looked < examine.max(1) {
+            let Some(e) = f.map.iter_from(chunk * CHUNK_BLOCKS).next() else {
+                chunk = end;
+                break;
+            };
+            chunk = chunk.max(e.logical / CHUNK_BLOCKS);
+            let st = self.chunk_state(&f.map, chunk);
+            looked += 1;
+            chunk += 1;
+            if st.mapped > 0 && !st.huge && st.private >= min_private {
+                found = Some(chunk - 1);
+                break;
+            }
+        }
+        let next = (chunk < end).then_some(chunk);
+        let Some(c) = found else {
+            return Ok((next, None));
+        };
+        let slot = file.slot;
+        self.costed(slot, |fs| fs.gather_chunk(slot, c))?;
+        Ok((next, Some(c)))
+    }
+
     /// Moves logical chunk `chunk` of the file in `slot` to a fresh huge
     /// chunk: copies every mapped block (zeros for holes), persists them,
     /// then one commit switches the map; the old blocks lose this file's
