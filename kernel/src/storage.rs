@@ -136,6 +136,13 @@ pub fn release_device(name: &str, out: &mut dyn fmt::Write) -> Result<(), String
     )
 }
 
+/// One idle-time compaction pass (`daxbox_storage::compaction`: at most
+/// 64 chunks looked at and one 2 MiB chunk gathered); true when it did
+/// something. The event loop calls it only in a pass that served nothing.
+pub fn compact_idle() -> bool {
+    STORAGE.lock().compact_idle()
+}
+
 /// Makes every filesystem durable and clean before power-off.
 pub fn shutdown() {
     STORAGE.lock().shutdown();
