@@ -275,7 +275,11 @@ mod tests {
         assert_eq!(f.ok("cat twin 2097152 1"), "B\n");
         assert_eq!(f.ok("cat twin 4194304 1"), "C\n");
         assert_eq!(f.ok("cat big 2097152 1"), "A\n");
-        assert!(f.ok("fsck pmem0").contains("clean"), "{}", f.ok("fsck pmem0"));
+        assert!(
+            f.ok("fsck pmem0").contains("clean"),
+            "{}",
+            f.ok("fsck pmem0")
+        );
         // Quiet: a pass does nothing until something changes.
         assert!(!f.storage.compact_idle());
     }

@@ -161,7 +161,10 @@ fn mappable_percent(stat: &str) -> u32 {
         .unwrap_or_else(|| panic!("stat prints no `in 2 MiB:` line:\n{stat}"));
     let open = line.find('(').expect("the line has a percentage") + 1;
     let close = line.find('%').expect("the line has a percentage");
-    line[open..close].trim().parse().expect("a whole percentage")
+    line[open..close]
+        .trim()
+        .parse()
+        .expect("a whole percentage")
 }
 
 /// Idle-time compaction (issue 17): a clone rewritten over a quarter of
