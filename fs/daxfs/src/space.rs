@@ -116,35 +116,45 @@ impl RunCounts {
         }
         let end = start + len;
         // Fast paths (no temporary vectors): inside one run, or in a gap
-        // (a fresh allocation).
-        match self.run_over(start, end) {
-            Some((s, l, c)) if s < start && end < s + l => {
+        // (a fresh allocation). One B-tree search finds the run starting
+        // at `end` (a right neighbour), any run starting inside the range
+        // and the run before it (issue 17: this runs for every fresh
+        // block of a copy-on-write).
+        let mut near = self.runs.range(..=end).rev();
+        let mut right = None;
+        let mut before = near.next().map(|(&s, &v)| (s, v));
+        if let Some((s, (l, c))) = before {
+            if s == end {
+                right = Some((l, c));
+                before = near.next().map(|(&s, &v)| (s, v));
+            }
+        }
+        match before {
+            Some((s, (l, c))) if s < start && end < s + l => {
                 self.recount_inside((s, l, c), start, end, c.saturating_add(1));
                 return;
             }
-            Some(_) => {}
-            None => {
-                let left = self.runs.range(..start).next_back().map(|(&s, &v)| (s, v));
-                let left_clear = left.is_none_or(|(s, (l, _))| s + l <= start);
-                if left_clear && self.runs.range(start..end).next().is_none() {
-                    // Joined with a touching run of count 1 on either side
-                    // (fresh blocks usually continue the previous ones).
-                    let mut len = len;
-                    if let Some(&(rl, 1)) = self.runs.get(&end) {
-                        self.runs.remove(&end);
-                        len += rl;
-                    }
-                    match left {
-                        Some((s, (l, 1))) if s + l == start => {
-                            self.runs.insert(s, (l + len, 1));
-                        }
-                        _ => {
-                            self.runs.insert(start, (len, 1));
-                        }
-                    }
-                    return;
+            // No run inside the range, and the one before ends by `start`:
+            // a gap.
+            left if left.is_none_or(|(s, (l, _))| s < start && s + l <= start) => {
+                // Joined with a touching run of count 1 on either side
+                // (fresh blocks usually continue the previous ones).
+                let mut len = len;
+                if let Some((rl, 1)) = right {
+                    self.runs.remove(&end);
+                    len += rl;
                 }
+                match left {
+                    Some((s, (l, 1))) if s + l == start => {
+                        self.runs.insert(s, (l + len, 1));
+                    }
+                    _ => {
+                        self.runs.insert(start, (len, 1));
+                    }
+                }
+                return;
             }
+            _ => {}
         }
         self.split(start);
         self.split(end);

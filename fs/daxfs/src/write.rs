@@ -167,10 +167,19 @@ impl<M: PersistentMemory> Filesystem<M> {
         // (copy first), holes touched by data (zero-filled). Holes touched
         // only by zero edits already read as zeros.
         let mut needs: Vec<(u64, u64, Option<u64>)> = Vec::new();
+        let no_pins = self.pins.is_empty();
         for &(s, e) in &all {
             for piece in file.map.pieces(s, e - s) {
                 if let Some(p) = piece.physical {
                     for (ps, pl, count) in self.refs.segments(p, piece.len) {
+                        // Without holds (the usual case) no pin lookup
+                        // (and its allocation) per segment.
+                        if no_pins {
+                            if count > 1 {
+                                needs.push((piece.logical + (ps - p), pl, Some(ps)));
+                            }
+                            continue;
+                        }
                         // Held blocks are copied too: a hold is a stable
                         // snapshot for its holder (see `hold`).
                         for (qs, ql, pins) in self.pins.segments(ps, pl) {
