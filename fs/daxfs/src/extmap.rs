@@ -116,21 +116,23 @@ impl ExtentMap {
     }
 
     /// Pieces covering `start..start + len`, in order, holes included.
+    /// One B-tree search: the extents are walked down from `end` (issue
+    /// 17: a copy-on-write asks this several times per write, and the map
+    /// of a clone holds tens of thousands of extents).
     pub fn pieces(&self, start: u64, len: u64) -> Vec<Piece> {
         let end = start + len;
         let mut out = Vec::new();
-        let mut cursor = start;
-        let first = self.map.range(..start).next_back().map(|(&s, &v)| (s, v));
-        let rest = self.map.range(start..end).map(|(&s, &v)| (s, v));
-        for (s, (l, p)) in first.into_iter().chain(rest) {
-            let (a, b) = (s.max(cursor), (s + l).min(end));
-            if b <= a {
-                continue;
+        // Everything from `cursor` to `end` is in `out` (in reverse).
+        let mut cursor = end;
+        for (&s, &(l, p)) in self.map.range(..end).rev() {
+            if s + l <= start {
+                break;
             }
-            if a > cursor {
+            let (a, b) = (s.max(start), (s + l).min(end));
+            if b < cursor {
                 out.push(Piece {
-                    logical: cursor,
-                    len: a - cursor,
+                    logical: b,
+                    len: cursor - b,
                     physical: None,
                 });
             }
@@ -139,15 +141,19 @@ impl ExtentMap {
                 len: b - a,
                 physical: Some(p + (a - s)),
             });
-            cursor = b;
+            cursor = a;
+            if s <= start {
+                break;
+            }
         }
-        if cursor < end {
+        if cursor > start {
             out.push(Piece {
-                logical: cursor,
-                len: end - cursor,
+                logical: start,
+                len: cursor - start,
                 physical: None,
             });
         }
+        out.reverse();
         out
     }
 
@@ -167,10 +173,18 @@ impl ExtentMap {
     pub fn remove(&mut self, start: u64, len: u64) -> Vec<Extent> {
         let end = start + len;
         let mut removed = Vec::new();
-        let first = self.map.range(..start).next_back().map(|(&s, &v)| (s, v));
-        let rest: Vec<(u64, (u64, u64))> =
-            self.map.range(start..end).map(|(&s, &v)| (s, v)).collect();
-        for (s, (l, p)) in first.into_iter().chain(rest) {
+        // The extents overlapping the range, found with one B-tree search.
+        let mut hit: Vec<(u64, (u64, u64))> = Vec::new();
+        for (&s, &v) in self.map.range(..end).rev() {
+            if s + v.0 <= start {
+                break;
+            }
+            hit.push((s, v));
+            if s <= start {
+                break;
+            }
+        }
+        for (s, (l, p)) in hit.into_iter().rev() {
             let (a, b) = (s.max(start), (s + l).min(end));
             if b <= a {
                 continue;
