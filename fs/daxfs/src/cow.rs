@@ -113,6 +113,28 @@ pub(crate) struct ChunkCache {
     pub epoch: u64,
     /// Logical chunk -> (mapped blocks, private blocks).
     pub chunks: BTreeMap<u64, (u32, u32)>,
+    /// The run an appending stream of writes is filling, once checked to
+    /// be mapped by the file alone (issue 17; `write.rs`
+    /// `write_in_place`).
+    pub run: Option<PrivateRun>,
+}
+
+/// Logical blocks `logical..logical + len` of a file mapped to physical
+/// blocks `physical..` that no other file shares and no hold pins, as
+/// found when the file's map had `version` and the filesystem's
+/// `share_epoch` was `epoch`: true while both are unchanged (every change
+/// of the map moves its version; every change that can share or pin a
+/// file's blocks moves the epoch, see [`ChunkCache`]). So the writes of
+/// a stream into a preallocated chunk skip the map, reference-count and
+/// pin lookups (three B-tree searches, each likely a cache miss after
+/// the data copies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PrivateRun {
+    pub logical: u64,
+    pub len: u64,
+    pub physical: u64,
+    pub version: u64,
+    pub epoch: u64,
 }
 
 impl ChunkCache {

@@ -328,3 +328,34 @@ fn many_scattered_copy_on_writes_keep_the_on_media_list_short() {
     assert_eq!(fs.stat(vm).unwrap().extent_count, st.extent_count);
     assert_clean(&fs);
 }
+
+/// An appending stream remembers the private run it writes into (issue
+/// 17); a clone made meanwhile shares those blocks, and the next write
+/// into them must copy them, not write in place.
+#[test]
+fn a_remembered_run_of_an_appending_stream_is_forgotten_when_a_clone_shares_it() {
+    let mut fs = fresh(64);
+    let a = fs.create("a").unwrap();
+    let head = pattern(2 * MIB + BLOCK, 4);
+    fs.write(a, 0, &head).unwrap();
+    for (i, byte) in [(1u64, 1u8), (2, 2), (3, 3)] {
+        fs.write(a, 2 * MIB + i * BLOCK, &[byte; 4096]).unwrap();
+    }
+    fs.clone_file("a", "b").unwrap();
+    // Inside the run the stream remembered, below the end of file.
+    fs.write(a, 2 * MIB + 2 * BLOCK, &[9; 4096]).unwrap();
+    fs.write(a, 2 * MIB + 4 * BLOCK, &[8; 4096]).unwrap();
+    let b = read_all(&fs, "b");
+    assert_eq!(b.len() as u64, 2 * MIB + 4 * BLOCK);
+    assert_eq!(&b[..head.len()], &head[..]);
+    for (i, byte) in [(1u64, 1u8), (2, 2), (3, 3)] {
+        let at = (2 * MIB + i * BLOCK) as usize;
+        assert!(
+            b[at..at + 4096].iter().all(|&x| x == byte),
+            "the clone's block {i} changed"
+        );
+    }
+    let a = read_all(&fs, "a");
+    assert!(a[(2 * MIB + 2 * BLOCK) as usize..][..4096].iter().all(|&x| x == 9));
+    assert_clean(&fs);
+}
