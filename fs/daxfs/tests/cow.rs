@@ -356,6 +356,8 @@ fn a_remembered_run_of_an_appending_stream_is_forgotten_when_a_clone_shares_it()
         );
     }
     let a = read_all(&fs, "a");
-    assert!(a[(2 * MIB + 2 * BLOCK) as usize..][..4096].iter().all(|&x| x == 9));
+    assert!(a[(2 * MIB + 2 * BLOCK) as usize..][..4096]
+        .iter()
+        .all(|&x| x == 9));
     assert_clean(&fs);
 }
