@@ -10,10 +10,12 @@
 //! [`IDLE_EXAMINE_CHUNKS`] chunks looked at (each a count of its blocks
 //! against the reference counts, no media access) and at most **one**
 //! chunk gathered: one 2 MiB copy (512 blocks) and one journal commit.
-//! The caller only calls it in a pass in which no client request was
-//! served (so never while a client's write to the same file is in the
-//! same pass), and a client request that arrives meanwhile waits for at
-//! most that one gather.
+//! The kernel calls it only once its event loop has served nothing for
+//! 100 ms (`COMPACT_AFTER_IDLE_US` in `kernel/src/main.rs`; so never in
+//! a pass that served a client's write, and a client at queue depth 1
+//! never waits behind a scan between its requests), one step per pass
+//! while [`Storage::compaction_pending`]; a request that arrives during
+//! a step waits for at most that step.
 //!
 //! A chunk is gathered when it is not huge-page mappable and at least
 //! [`IDLE_MIN_PRIVATE_BLOCKS`] of its blocks are private: a clone's chunk
@@ -35,7 +37,7 @@ use daxbox_persist::PersistentMemory;
 use crate::{Role, Storage};
 
 /// Chunks one idle pass looks at, at most.
-pub const IDLE_EXAMINE_CHUNKS: u64 = 64;
+pub const IDLE_EXAMINE_CHUNKS: u64 = 16;
 
 /// Private blocks (of 512) a chunk needs before an idle pass gathers it.
 pub const IDLE_MIN_PRIVATE_BLOCKS: u64 = 128;
@@ -132,6 +134,16 @@ impl<M: PersistentMemory> Storage<M> {
                 Role::Raw(_) => None,
             })
             .collect()
+    }
+
+    /// Whether [`Self::compact_idle`] has something to look at: it is not
+    /// quiet, or a filesystem's free-block or file count changed since it
+    /// went quiet.
+    pub fn compaction_pending(&self) -> bool {
+        match &self.idle.quiet {
+            None => true,
+            Some(stamp) => *stamp != self.compaction_stamp(),
+        }
     }
 
     /// What the idle-time compaction did ([`crate::compaction`]).
