@@ -78,6 +78,10 @@ const SERIAL_POLL_US: u64 = 10_000;
 /// frame waiting for a free transmit buffer, say): without it the loop
 /// would spin until the deadline moves.
 const MIN_HALT_US: u64 = 200;
+/// How long the loop must have served nothing before idle-time compaction
+/// runs (daxbox_storage::compaction), so that a client's stream of
+/// requests (even at queue depth 1) never waits behind it.
+const COMPACT_AFTER_IDLE_US: u64 = 100_000;
 
 fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     time::mark_entry();
@@ -210,6 +214,8 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     );
     // A deadline was due but the last pass did no work.
     let mut due_idle = false;
+    // When a pass last served something (shell, hot-add, network).
+    let mut last_busy_us = time::now_us();
     loop {
         cpu::pass();
         interrupts::take_work_pending();
@@ -228,13 +234,25 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         busy |= net.did_work;
         if busy {
             due_idle = false;
+            last_busy_us = time::now_us();
             continue;
         }
         let now = time::now_us();
+        // Idle for COMPACT_AFTER_IDLE_US: one bounded idle-time compaction
+        // step per pass (at most one 2 MiB chunk gathered;
+        // daxbox_storage::compaction), then pass again; once it is quiet
+        // the loop halts as before.
+        let compact_at = storage::compaction_pending()
+            .then_some(last_busy_us.saturating_add(COMPACT_AFTER_IDLE_US));
+        if compact_at.is_some_and(|at| at <= now) && storage::compact_idle() {
+            due_idle = false;
+            continue;
+        }
         let next = [
             net.next_poll_ms.map(|ms| ms.saturating_mul(1000)),
             hotplug::next_poll_us(),
             (!serial_irq).then_some(now + SERIAL_POLL_US),
+            compact_at.filter(|&at| at > now),
         ]
         .into_iter()
         .flatten()

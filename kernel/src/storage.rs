@@ -136,6 +136,20 @@ pub fn release_device(name: &str, out: &mut dyn fmt::Write) -> Result<(), String
     )
 }
 
+/// One idle-time compaction pass (`daxbox_storage::compaction`: at most
+/// 16 chunks looked at and one 2 MiB chunk gathered); true when it did
+/// something. The event loop calls it only after it has served nothing
+/// for a while.
+pub fn compact_idle() -> bool {
+    STORAGE.lock().compact_idle()
+}
+
+/// Whether idle-time compaction has something to look at (it is not
+/// quiet, or a filesystem changed since it went quiet).
+pub fn compaction_pending() -> bool {
+    STORAGE.lock().compaction_pending()
+}
+
 /// Makes every filesystem durable and clean before power-off.
 pub fn shutdown() {
     STORAGE.lock().shutdown();

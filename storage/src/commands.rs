@@ -224,6 +224,7 @@ pub fn stat<M: PersistentMemory, E: Environment<M>>(
         percent
     );
     say!(out, "extents:    {}", stat.extent_count);
+    say!(out, "compact:    {}", storage.idle_compaction().status());
     Ok(())
 }
 
@@ -747,7 +748,8 @@ mod tests {
         assert_eq!(
             f.ok("stat disk"),
             "name:       disk\nsize:       8192 (8 KiB)\nallocated:  0 B\nshared:     0 B\n\
-             in 2 MiB:   0 B (0% of the size mappable with 2 MiB pages)\nextents:    0\n"
+             in 2 MiB:   0 B (0% of the size mappable with 2 MiB pages)\nextents:    0\n\
+             compact:    idle pass gathered 0 chunk(s) in 0 cycle(s); scanning\n"
         );
         assert_eq!(f.ok("rm disk"), "removed disk\n");
         assert_eq!(f.ok("rm pmem1:other"), "removed other\n");

@@ -34,6 +34,7 @@ extern crate alloc;
 pub mod allow;
 pub mod boot;
 pub mod commands;
+pub mod compaction;
 pub mod devices;
 pub mod lifecycle;
 pub mod metrics;
@@ -166,6 +167,8 @@ pub struct Storage<M: PersistentMemory> {
     next_object_read: u64,
     /// Counters for metrics ([`metrics`]).
     metrics: metrics::StorageMetrics,
+    /// The idle-time compaction pass ([`compaction`]).
+    idle: compaction::IdleCompaction,
 }
 
 impl<M: PersistentMemory> Default for Storage<M> {
@@ -247,6 +250,7 @@ impl<M: PersistentMemory> Storage<M> {
             object_reads: alloc::collections::BTreeMap::new(),
             next_object_read: 0,
             metrics: metrics::StorageMetrics::new(),
+            idle: compaction::IdleCompaction::new(),
         }
     }
 

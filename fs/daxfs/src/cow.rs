@@ -113,6 +113,28 @@ pub(crate) struct ChunkCache {
     pub epoch: u64,
     /// Logical chunk -> (mapped blocks, private blocks).
     pub chunks: BTreeMap<u64, (u32, u32)>,
+    /// The run an appending stream of writes is filling, once checked to
+    /// be mapped by the file alone (issue 17; `write.rs`
+    /// `write_in_place`).
+    pub run: Option<PrivateRun>,
+}
+
+/// Logical blocks `logical..logical + len` of a file mapped to physical
+/// blocks `physical..` that no other file shares and no hold pins, as
+/// found when the file's map had `version` and the filesystem's
+/// `share_epoch` was `epoch`: true while both are unchanged (every change
+/// of the map moves its version; every change that can share or pin a
+/// file's blocks moves the epoch, see [`ChunkCache`]). So the writes of
+/// a stream into a preallocated chunk skip the map, reference-count and
+/// pin lookups (three B-tree searches, each likely a cache miss after
+/// the data copies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PrivateRun {
+    pub logical: u64,
+    pub len: u64,
+    pub physical: u64,
+    pub version: u64,
+    pub epoch: u64,
 }
 
 impl ChunkCache {
@@ -484,6 +506,55 @@ impl<M: PersistentMemory> Filesystem<M> {
             done += 1;
         }
         Ok((chunks.last().map(|c| c + 1), done))
+    }
+
+    /// One bounded step of idle-time compaction (FORMAT.md "Compaction";
+    /// the kernel calls it when its event loop has nothing else to do):
+    /// looks at no more than `examine` mapped logical chunks of `file` from
+    /// chunk `from` on and gathers at most one, the first that is not
+    /// huge-page mappable and has at least `min_private` private blocks
+    /// (blocks no clone shares and no hold pins: chunks a clone has mostly
+    /// rewritten, or fragmented ones). So one call costs at most
+    /// `examine` chunk counts plus one 2 MiB copy and one commit. Returns
+    /// the chunk to continue from (None: past the file's last mapped
+    /// chunk) and the chunk it gathered, if any. Files of 2 MiB or less are
+    /// passed over, as by [`Filesystem::compact`].
+    pub fn compact_idle_step(
+        &mut self,
+        file: FileId,
+        from: u64,
+        examine: u64,
+        min_private: u64,
+    ) -> Result<(Option<u64>, Option<u64>), Error> {
+        let f = self.file(file)?;
+        if f.size <= CHUNK_BLOCKS * BLOCK_SIZE {
+            return Ok((None, None));
+        }
+        let end = f.map.end().div_ceil(CHUNK_BLOCKS);
+        let mut chunk = from;
+        let mut looked = 0;
+        let mut found = None;
+        while chunk < end && looked < examine.max(1) {
+            let Some(e) = f.map.iter_from(chunk * CHUNK_BLOCKS).next() else {
+                chunk = end;
+                break;
+            };
+            chunk = chunk.max(e.logical / CHUNK_BLOCKS);
+            let st = self.chunk_state(&f.map, chunk);
+            looked += 1;
+            chunk += 1;
+            if st.mapped > 0 && !st.huge && st.private >= min_private {
+                found = Some(chunk - 1);
+                break;
+            }
+        }
+        let next = (chunk < end).then_some(chunk);
+        let Some(c) = found else {
+            return Ok((next, None));
+        };
+        let slot = file.slot;
+        self.costed(slot, |fs| fs.gather_chunk(slot, c))?;
+        Ok((next, Some(c)))
     }
 
     /// Moves logical chunk `chunk` of the file in `slot` to a fresh huge

@@ -116,35 +116,45 @@ impl RunCounts {
         }
         let end = start + len;
         // Fast paths (no temporary vectors): inside one run, or in a gap
-        // (a fresh allocation).
-        match self.run_over(start, end) {
-            Some((s, l, c)) if s < start && end < s + l => {
+        // (a fresh allocation). One B-tree search finds the run starting
+        // at `end` (a right neighbour), any run starting inside the range
+        // and the run before it (issue 17: this runs for every fresh
+        // block of a copy-on-write).
+        let mut near = self.runs.range(..=end).rev();
+        let mut right = None;
+        let mut before = near.next().map(|(&s, &v)| (s, v));
+        if let Some((s, (l, c))) = before {
+            if s == end {
+                right = Some((l, c));
+                before = near.next().map(|(&s, &v)| (s, v));
+            }
+        }
+        match before {
+            Some((s, (l, c))) if s < start && end < s + l => {
                 self.recount_inside((s, l, c), start, end, c.saturating_add(1));
                 return;
             }
-            Some(_) => {}
-            None => {
-                let left = self.runs.range(..start).next_back().map(|(&s, &v)| (s, v));
-                let left_clear = left.is_none_or(|(s, (l, _))| s + l <= start);
-                if left_clear && self.runs.range(start..end).next().is_none() {
-                    // Joined with a touching run of count 1 on either side
-                    // (fresh blocks usually continue the previous ones).
-                    let mut len = len;
-                    if let Some(&(rl, 1)) = self.runs.get(&end) {
-                        self.runs.remove(&end);
-                        len += rl;
-                    }
-                    match left {
-                        Some((s, (l, 1))) if s + l == start => {
-                            self.runs.insert(s, (l + len, 1));
-                        }
-                        _ => {
-                            self.runs.insert(start, (len, 1));
-                        }
-                    }
-                    return;
+            // No run inside the range, and the one before ends by `start`:
+            // a gap.
+            left if left.is_none_or(|(s, (l, _))| s < start && s + l <= start) => {
+                // Joined with a touching run of count 1 on either side
+                // (fresh blocks usually continue the previous ones).
+                let mut len = len;
+                if let Some((rl, 1)) = right {
+                    self.runs.remove(&end);
+                    len += rl;
                 }
+                match left {
+                    Some((s, (l, 1))) if s + l == start => {
+                        self.runs.insert(s, (l + len, 1));
+                    }
+                    _ => {
+                        self.runs.insert(start, (len, 1));
+                    }
+                }
+                return;
             }
+            _ => {}
         }
         self.split(start);
         self.split(end);
@@ -224,16 +234,18 @@ impl RunCounts {
 
     /// The highest count in `start..start + len`, without allocating.
     pub fn max_in(&self, start: u64, len: u64) -> u32 {
-        let end = start + len;
-        let first = self.runs.range(..start).next_back();
-        let rest = self.runs.range(start..end);
-        first
-            .into_iter()
-            .chain(rest)
-            .filter(|(&s, &(l, _))| s + l > start && s < end)
-            .map(|(_, &(_, c))| c)
-            .max()
-            .unwrap_or(0)
+        // One B-tree search, walking down from the end of the range.
+        let mut max = 0;
+        for (&s, &(l, c)) in self.runs.range(..start + len).rev() {
+            if s + l <= start {
+                break;
+            }
+            max = max.max(c);
+            if s <= start {
+                break;
+            }
+        }
+        max
     }
 
     /// Blocks of `start..start + len` whose count is above `min`, without
@@ -255,23 +267,27 @@ impl RunCounts {
     pub fn segments(&self, start: u64, len: u64) -> Vec<(u64, u64, u32)> {
         let end = start + len;
         let mut out = Vec::new();
-        let mut cursor = start;
-        let first = self.runs.range(..start).next_back().map(|(&s, &v)| (s, v));
-        let tail = self.runs.range(start..end).map(|(&s, &v)| (s, v));
-        for (s, (l, c)) in first.into_iter().chain(tail) {
-            let (s2, e2) = (s.max(cursor), (s + l).min(end));
-            if e2 <= s2 {
-                continue;
+        // One B-tree search, walking down from `end`; everything from
+        // `cursor` to `end` is in `out` (in reverse).
+        let mut cursor = end;
+        for (&s, &(l, c)) in self.runs.range(..end).rev() {
+            if s + l <= start {
+                break;
             }
-            if s2 > cursor {
-                out.push((cursor, s2 - cursor, 0));
+            let (a, b) = (s.max(start), (s + l).min(end));
+            if b < cursor {
+                out.push((b, cursor - b, 0));
             }
-            out.push((s2, e2 - s2, c));
-            cursor = e2;
+            out.push((a, b - a, c));
+            cursor = a;
+            if s <= start {
+                break;
+            }
         }
-        if cursor < end {
-            out.push((cursor, end - cursor, 0));
+        if cursor > start {
+            out.push((start, cursor - start, 0));
         }
+        out.reverse();
         out
     }
 

@@ -11,6 +11,7 @@ use alloc::vec::Vec;
 
 use daxbox_persist::NT_THRESHOLD;
 
+use crate::cow::PrivateRun;
 use crate::extmap::ExtentMap;
 use crate::format::{Extent, BLOCK_SIZE, CHUNK_BLOCKS, CHUNK_SIZE, MAX_FILE_SIZE};
 use crate::{block_offset, Error, FileId, Filesystem, PersistentMemory, RUN_GROWTH, ZEROS};
@@ -167,10 +168,19 @@ impl<M: PersistentMemory> Filesystem<M> {
         // (copy first), holes touched by data (zero-filled). Holes touched
         // only by zero edits already read as zeros.
         let mut needs: Vec<(u64, u64, Option<u64>)> = Vec::new();
+        let no_pins = self.pins.is_empty();
         for &(s, e) in &all {
             for piece in file.map.pieces(s, e - s) {
                 if let Some(p) = piece.physical {
                     for (ps, pl, count) in self.refs.segments(p, piece.len) {
+                        // Without holds (the usual case) no pin lookup
+                        // (and its allocation) per segment.
+                        if no_pins {
+                            if count > 1 {
+                                needs.push((piece.logical + (ps - p), pl, Some(ps)));
+                            }
+                            continue;
+                        }
                         // Held blocks are copied too: a hold is a stable
                         // snapshot for its holder (see `hold`).
                         for (qs, ql, pins) in self.pins.segments(ps, pl) {
@@ -285,8 +295,7 @@ impl<M: PersistentMemory> Filesystem<M> {
         let file = self.files.get_mut(&slot).ok_or(Error::StaleFile)?;
         let mut removed = Vec::new();
         for r in &runs {
-            removed.extend(file.map.remove(r.logical, r.len));
-            file.map.insert(r.logical, r.len, r.physical);
+            removed.extend(file.map.replace(r.logical, r.len, r.physical));
         }
         let result = self
             .fill_and_apply(slot, edits, &runs, new_size)
@@ -464,11 +473,49 @@ impl<M: PersistentMemory> Filesystem<M> {
             .filter(|&e| e <= MAX_FILE_SIZE)
             .ok_or(Error::FileTooLarge)?;
         let (bs, be) = (offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE));
-        let Some((p, run)) = f.map.run_at(bs) else {
-            return Ok(false);
+        let known = f.cow.run.filter(|r| {
+            r.version == f.map.version()
+                && r.epoch == self.share_epoch
+                && r.logical <= bs
+                && be <= r.logical + r.len
+        });
+        let p = match known {
+            Some(r) => r.physical + (bs - r.logical),
+            None => {
+                let Some((p, run)) = f.map.run_at(bs) else {
+                    return Ok(false);
+                };
+                if run < be - bs
+                    || self.refs.max_in(p, be - bs) > 1
+                    || self.pins.max_in(p, be - bs) != 0
+                {
+                    return Ok(false);
+                }
+                if end > size {
+                    // An appending write: remember the private run up to
+                    // the end of this 2 MiB chunk for the writes after it.
+                    let len = run.min(CHUNK_BLOCKS - bs % CHUNK_BLOCKS);
+                    let private = self.refs.max_in(p, len) <= 1 && self.pins.max_in(p, len) == 0;
+                    let remembered = private.then_some(PrivateRun {
+                        logical: bs,
+                        len,
+                        physical: p,
+                        version: f.map.version(),
+                        epoch: self.share_epoch,
+                    });
+                    if let Some(f) = self.files.get_mut(&file.slot) {
+                        f.cow.run = remembered;
+                    }
+                }
+                p
+            }
         };
-        if run < be - bs || self.refs.max_in(p, be - bs) > 1 || self.pins.max_in(p, be - bs) != 0 {
-            return Ok(false);
+        // Every test run checks a remembered run against the lookups.
+        #[cfg(debug_assertions)]
+        if known.is_some() {
+            let f = self.file(file)?;
+            debug_assert_eq!(f.map.run_at(bs).map(|(q, _)| q), Some(p));
+            debug_assert!(self.refs.max_in(p, be - bs) <= 1 && self.pins.max_in(p, be - bs) == 0);
         }
         self.put(block_offset(p) + offset % BLOCK_SIZE, data)?;
         if end > size {

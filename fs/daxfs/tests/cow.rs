@@ -145,6 +145,54 @@ fn compact_gathers_a_diverged_chunk_into_one_aligned_chunk() {
 }
 
 #[test]
+fn the_idle_step_gathers_only_chunks_with_enough_private_blocks_one_per_call() {
+    let mut fs = fresh(64);
+    let gold = cloned(&mut fs);
+    let vm = fs.lookup("vm").unwrap();
+    let mut want = gold.clone();
+    // Chunk 2: 4 private blocks; chunks 5 and 6: 100 each.
+    for (chunk, blocks) in [(2u64, 4u64), (5, 100), (6, 100)] {
+        for b in 0..blocks {
+            let at = chunk * 2 * MIB + 2 * b * BLOCK;
+            fs.write(vm, at, &[0x3C; 4096]).unwrap();
+            want[at as usize..(at + BLOCK) as usize].fill(0x3C);
+        }
+    }
+    assert_eq!(fs.stat(vm).unwrap().huge_bytes, 10 * MIB);
+    // A budget of 2 chunks looked at per call, 64 private blocks needed.
+    let mut from = Some(0);
+    let mut calls = Vec::new();
+    while let Some(f) = from {
+        let (next, gathered) = fs.compact_idle_step(vm, f, 2, 64).unwrap();
+        calls.push((f, gathered.is_some()));
+        from = next;
+        assert!(calls.len() < 20, "the pass does not end: {calls:?}");
+    }
+    // 0..2 (chunk 2 has too few private blocks), 2..4, 4..6 gathers 5
+    // and stops there, 6 gathers 6, 7 ends the file.
+    assert_eq!(
+        calls,
+        vec![(0, false), (2, false), (4, true), (6, true), (7, false)]
+    );
+    let st = fs.stat(vm).unwrap();
+    assert_eq!(st.huge_bytes, 14 * MIB, "chunk 2 stays partly shared");
+    assert_eq!(read_all(&fs, "vm"), want);
+    assert_eq!(read_all(&fs, "gold"), gold);
+    assert_clean(&fs);
+    // Nothing left above the bar: a whole pass gathers nothing.
+    let (mut from, mut any) = (Some(0), false);
+    while let Some(f) = from {
+        let (next, gathered) = fs.compact_idle_step(vm, f, 3, 64).unwrap();
+        any |= gathered.is_some();
+        from = next;
+    }
+    assert!(!any);
+    let fs = Filesystem::mount(fs.unmount()).unwrap();
+    assert_eq!(read_all(&fs, "vm"), want);
+    assert_clean(&fs);
+}
+
+#[test]
 fn a_mostly_diverged_chunk_is_compacted_by_the_write_that_crosses_the_threshold() {
     let mut fs = fresh(64);
     let gold = cloned(&mut fs);
@@ -278,5 +326,38 @@ fn many_scattered_copy_on_writes_keep_the_on_media_list_short() {
     let fs = Filesystem::mount(mem).unwrap();
     assert_eq!(read_all(&fs, "vm"), want);
     assert_eq!(fs.stat(vm).unwrap().extent_count, st.extent_count);
+    assert_clean(&fs);
+}
+
+/// An appending stream remembers the private run it writes into (issue
+/// 17); a clone made meanwhile shares those blocks, and the next write
+/// into them must copy them, not write in place.
+#[test]
+fn a_remembered_run_of_an_appending_stream_is_forgotten_when_a_clone_shares_it() {
+    let mut fs = fresh(64);
+    let a = fs.create("a").unwrap();
+    let head = pattern(2 * MIB + BLOCK, 4);
+    fs.write(a, 0, &head).unwrap();
+    for (i, byte) in [(1u64, 1u8), (2, 2), (3, 3)] {
+        fs.write(a, 2 * MIB + i * BLOCK, &[byte; 4096]).unwrap();
+    }
+    fs.clone_file("a", "b").unwrap();
+    // Inside the run the stream remembered, below the end of file.
+    fs.write(a, 2 * MIB + 2 * BLOCK, &[9; 4096]).unwrap();
+    fs.write(a, 2 * MIB + 4 * BLOCK, &[8; 4096]).unwrap();
+    let b = read_all(&fs, "b");
+    assert_eq!(b.len() as u64, 2 * MIB + 4 * BLOCK);
+    assert_eq!(&b[..head.len()], &head[..]);
+    for (i, byte) in [(1u64, 1u8), (2, 2), (3, 3)] {
+        let at = (2 * MIB + i * BLOCK) as usize;
+        assert!(
+            b[at..at + 4096].iter().all(|&x| x == byte),
+            "the clone's block {i} changed"
+        );
+    }
+    let a = read_all(&fs, "a");
+    assert!(a[(2 * MIB + 2 * BLOCK) as usize..][..4096]
+        .iter()
+        .all(|&x| x == 9));
     assert_clean(&fs);
 }

@@ -152,3 +152,91 @@ fn fio_writes_to_a_clone_over_nbd_leave_the_original_unchanged() -> Result<(), H
     }
     Ok(())
 }
+
+/// The 2 MiB-mappable percentage `stat` prints for a file.
+fn mappable_percent(stat: &str) -> u32 {
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("in 2 MiB:"))
+        .unwrap_or_else(|| panic!("stat prints no `in 2 MiB:` line:\n{stat}"));
+    let open = line.find('(').expect("the line has a percentage") + 1;
+    let close = line.find('%').expect("the line has a percentage");
+    line[open..close]
+        .trim()
+        .parse()
+        .expect("a whole percentage")
+}
+
+/// Idle-time compaction (issue 17): a clone rewritten over a quarter of
+/// one chunk (below the write-time threshold of half a chunk, so the write
+/// itself copies only the blocks it covers) becomes 2 MiB-mappable again
+/// without any `compact` command: the kernel's event loop gathers the
+/// chunk when it has nothing else to do. `stat` is polled with a
+/// deadline; the bytes are checked with qemu-io read patterns.
+#[test]
+fn the_idle_pass_gathers_a_rewritten_chunk_of_a_clone() -> Result<(), HarnessError> {
+    const NAME: &str = "clone_idle_compact";
+    let dir = run_dir(NAME);
+    let options = QemuOptions::new(NAME, Firmware::Bios)
+        .with_boot_config("format=if-blank\n")
+        .with_nvdimm(Nvdimm::fresh(dir.join("nvdimm0.img"), 128 * MIB));
+    let mut machine = Machine::boot_to_prompt(options)?;
+    let port = machine.nbd_port();
+    shell(&mut machine, "create golden 16M")?;
+    wait_nbd(port);
+    let quick = scaled(Duration::from_secs(120));
+    let golden = uri(port, "golden");
+    // Fill all 8 chunks of the original (each 2 MiB write maps a whole
+    // aligned chunk).
+    run_tool_ok(
+        "qemu-io",
+        &["-f", "raw", &golden, "-c", "write -P 0x11 0 16M"],
+        quick,
+    );
+    shell(&mut machine, "clone golden vm1")?;
+    let before = shell(&mut machine, "stat vm1")?;
+    assert_eq!(mappable_percent(&before), 100, "a fresh clone:\n{before}");
+    // 800 KiB (200 blocks of 512) into chunk 1 of the clone.
+    let vm1 = uri(port, "vm1");
+    run_tool_ok(
+        "qemu-io",
+        &["-f", "raw", &vm1, "-c", "write -P 0x5a 2M 800K"],
+        quick,
+    );
+    let first = shell(&mut machine, "stat vm1")?;
+    println!("stat vm1 right after the write:\n{first}");
+    // No `compact`: wait for the idle pass.
+    let deadline = Instant::now() + quick;
+    let stat = loop {
+        let stat = shell(&mut machine, "stat vm1")?;
+        if mappable_percent(&stat) == 100 && stat.contains("gathered 1 chunk(s)") {
+            break stat;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the idle pass never gathered chunk 1 of vm1:\n{stat}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    };
+    println!("stat vm1 after the idle pass:\n{stat}");
+    assert!(
+        stat.contains("last pmem0:vm1 chunk 1"),
+        "the idle pass names what it gathered:\n{stat}"
+    );
+    // The clone reads its own bytes, the original its own.
+    for (export, pattern, what) in [
+        (&vm1, "read -P 0x11 0 2M", "vm1 before the rewrite"),
+        (&vm1, "read -P 0x5a 2M 800K", "vm1's rewritten range"),
+        (&vm1, "read -P 0x11 2848K 13536K", "vm1 after the rewrite"),
+        (&golden, "read -P 0x11 0 16M", "the original"),
+    ] {
+        let out = run_tool_ok("qemu-io", &["-f", "raw", export, "-c", pattern], quick);
+        assert!(
+            !out.contains("Pattern verification failed"),
+            "{what}: {pattern}:\n{out}"
+        );
+    }
+    let fsck = shell(&mut machine, "fsck")?;
+    assert!(fsck.contains("clean"), "fsck after the idle pass:\n{fsck}");
+    Ok(())
+}
