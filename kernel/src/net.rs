@@ -2,8 +2,11 @@
 //! wrapped as a smoltcp device and served by `daxbox-netstack` (DHCP or a
 //! static address from the boot config, the HTTP health/bench service).
 //!
-//! Interrupts: the NIC's INTx line (the PCI interrupt line firmware
-//! programmed) is routed through the I/O APIC, level-triggered. The handler
+//! Interrupts: the NIC's INTx line is routed through the I/O APIC,
+//! level-triggered, on the input `daxbox_pci::intx_gsi` names (on q35 not
+//! the line firmware programmed for the PIC); the ISR is read once after
+//! routing, so a notification raised before it cannot hold the line up
+//! for good (it did: no NIC interrupt at all over tap). The handler
 //! only reads the virtio ISR status register, which de-asserts the line
 //! (virtio 1.2 §4.1.4.5); the event loop, woken by the interrupt, does the
 //! actual work in [`poll`]. NAPI-style, [`poll`] turns the device's
