@@ -14,7 +14,8 @@
 //! host's own stack made it and left the checksum partial), so its
 //! checksum field is not a checksum and is not checked. Every other TCP or
 //! UDP frame over IPv4 is verified and dropped when wrong, exactly as
-//! smoltcp would have done.
+//! smoltcp would have done. IPv4 fragments of TCP or UDP are dropped
+//! whatever the flags (smoltcp is built without reassembly).
 //!
 //! Everything is parsed with smoltcp's checked wire types: a frame too
 //! short or inconsistent for its headers is left alone on transmit and
@@ -112,11 +113,13 @@ pub enum Received {
 /// go to smoltcp, whose TCP and UDP checksum checks are off: `flags` is
 /// the header's flags byte.
 pub fn receive_checksum_ok(flags: u8, frame: &[u8]) -> Received {
-    if flags & (DATA_VALID | NEEDS_CSUM) != 0 {
-        return Received::Trusted;
-    }
+    let trusted = flags & (DATA_VALID | NEEDS_CSUM) != 0;
     let Some(packet) = ipv4(frame) else {
-        return Received::NotChecked;
+        return if trusted {
+            Received::Trusted
+        } else {
+            Received::NotChecked
+        };
     };
     let protocol = packet.next_header();
     if !matches!(protocol, IpProtocol::Tcp | IpProtocol::Udp) {
@@ -124,9 +127,13 @@ pub fn receive_checksum_ok(flags: u8, frame: &[u8]) -> Received {
     }
     // smoltcp is built without reassembly and would take a fragment's
     // payload for a whole segment; with its own checks on, that failed the
-    // checksum (no fragment carries the whole segment's sum), so it goes.
+    // checksum (no fragment carries the whole segment's sum), so it goes,
+    // whatever the flags say (a device cannot have checked a fragment).
     if is_fragment(&packet) {
         return Received::Bad;
+    }
+    if trusted {
+        return Received::Trusted;
     }
     let Some(len) = usize::from(packet.total_len()).checked_sub(usize::from(packet.header_len()))
     else {

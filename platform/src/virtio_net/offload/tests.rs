@@ -186,4 +186,8 @@ fn non_ip_is_left_to_smoltcp_and_unvouched_fragments_are_dropped() {
     ip.set_more_frags(true);
     ip.fill_checksum();
     assert_eq!(receive_checksum_ok(0, &fragment), Received::Bad);
+    assert_eq!(receive_checksum_ok(DATA_VALID, &fragment), Received::Bad);
+    assert_eq!(receive_checksum_ok(NEEDS_CSUM, &fragment), Received::Bad);
+    // Flags on a frame that is not IPv4 change nothing for smoltcp.
+    assert_eq!(receive_checksum_ok(DATA_VALID, &arp), Received::Trusted);
 }
