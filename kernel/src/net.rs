@@ -2,8 +2,11 @@
 //! wrapped as a smoltcp device and served by `daxbox-netstack` (DHCP or a
 //! static address from the boot config, the HTTP health/bench service).
 //!
-//! Interrupts: the NIC's INTx line (the PCI interrupt line firmware
-//! programmed) is routed through the I/O APIC, level-triggered. The handler
+//! Interrupts: the NIC's INTx line is routed through the I/O APIC,
+//! level-triggered, on the input `daxbox_pci::intx_gsi` names (on q35 not
+//! the line firmware programmed for the PIC); the ISR is read once after
+//! routing, so a notification raised before it cannot hold the line up
+//! for good (it did: no NIC interrupt at all over tap). The handler
 //! only reads the virtio ISR status register, which de-asserts the line
 //! (virtio 1.2 §4.1.4.5); the event loop, woken by the interrupt, does the
 //! actual work in [`poll`]. NAPI-style, [`poll`] turns the device's
@@ -25,14 +28,14 @@ use daxbox_netstack::smoltcp::wire::{Ipv4Address, Ipv4Cidr};
 use daxbox_netstack::{
     IpMode, Listener, ListenerConfig, ListenerStats, NetConfig, NetStack, PollOutcome, PortListener,
 };
-use daxbox_pci::{capabilities, reg, Bar, Bdf, ConfigAccess, Function};
+use daxbox_pci::{capabilities, intx_gsi, reg, Bar, Bdf, Chipset, ConfigAccess, Function};
 use daxbox_platform::memory::PhysRange;
 use daxbox_platform::mmio::{self, MmioRegion};
 use daxbox_platform::virtio::{KernelHal, VirtioConfigAccess};
-use daxbox_platform::virtio_net::Nic;
+use daxbox_platform::virtio_net::{Nic, MAX_MTU};
 use daxbox_storage::web::NetInfo;
 use spin::{Mutex, Once};
-use virtio_drivers::device::net::VirtIONetRaw;
+use virtio_drivers::device::net::{Offloads, VirtIONetRaw};
 use virtio_drivers::transport::pci::bus::{DeviceFunction, PciRoot};
 use virtio_drivers::transport::pci::PciTransport;
 
@@ -235,7 +238,15 @@ pub fn init<R: HttpRoutes + Send + 'static>(
             return;
         }
     };
-    let raw = match VirtIONetRaw::new(transport) {
+    // Checksum offload and a device MTU up to 9000 when the device offers
+    // them (QEMU does for tap with vnet_hdr, and host_mtu=; user-mode
+    // networking offers neither).
+    let offloads = Offloads {
+        csum: true,
+        guest_csum: true,
+        max_mtu: MAX_MTU,
+    };
+    let raw = match VirtIONetRaw::with_offloads(transport, offloads) {
         Ok(raw) => raw,
         Err(error) => {
             println!("net: virtio-net at {}: {}", bdf, error);
@@ -303,13 +314,45 @@ pub fn init<R: HttpRoutes + Send + 'static>(
             Err(error) => println!("net: https: {}", error),
         }
     }
-    let irq = match function.interrupt_line {
-        line if function.interrupt_pin != 0 && line < 24 => {
+    // The I/O APIC input the NIC's INTx reaches: on q35 not the firmware's
+    // line (see `daxbox_pci::intx_gsi`), which left the NIC without a
+    // single interrupt and the loop waking only on timers.
+    let chipset = pci::functions()
+        .iter()
+        .find(|f| {
+            f.bdf
+                == Bdf {
+                    bus: 0,
+                    device: 0,
+                    function: 0,
+                }
+        })
+        .map_or(Chipset::Legacy, |f| {
+            Chipset::from_host_bridge(f.vendor, f.device)
+        });
+    let gsi = intx_gsi(
+        chipset,
+        bdf,
+        function.interrupt_pin,
+        function.interrupt_line,
+    );
+    let irq = match gsi {
+        Some(line) => {
             if let Some(isr) = isr.and_then(|address| register_region(address, 1)) {
                 ISR.call_once(|| isr);
             }
             match interrupts::route_irq(line, NIC_VECTOR_INDEX, Trigger::LevelLow, nic_interrupt) {
-                Ok(()) => Some(line),
+                Ok(()) => {
+                    // A frame may have arrived between `finish_init` and
+                    // the routing: its interrupt left the (level) line up
+                    // with nobody to read the ISR, and while it stays up no
+                    // later notification raises a new one. Reading the ISR
+                    // lowers it; the loop polls the rings anyway.
+                    if let Some(isr) = ISR.get() {
+                        let _ = isr.read::<u8>(0);
+                    }
+                    Some(line)
+                }
                 Err(error) => {
                     println!("net: irq {}: {} (polling on the timer)", line, error);
                     None
@@ -480,6 +523,18 @@ fn net_command(_: &mut Context, args: &[&str]) -> Result<(), String> {
         driver.rx_polls,
         driver.tx_submitted,
         driver.tx_polls,
+    );
+    let offloads = net.stack.device().offloads();
+    let on = |on: bool| if on { "on" } else { "off" };
+    println!(
+        "nic offloads: mtu={} device_mtu={} csum={} guest_csum={} tx_csum_offloaded={} rx_csum_trusted={} rx_csum_bad={}",
+        net.stack.device().mtu(),
+        if offloads.max_mtu == 0 { String::from("none") } else { format!("{}", offloads.max_mtu) },
+        on(offloads.csum),
+        on(offloads.guest_csum),
+        driver.tx_offloaded_checksums,
+        driver.rx_trusted_checksums,
+        driver.rx_bad_checksums,
     );
     crate::print!("{}", net.stack.status());
     Ok(())

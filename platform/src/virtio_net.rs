@@ -1,7 +1,9 @@
 //! The virtio-net NIC as a smoltcp `Device`.
 //!
-//! Packet buffers are 2 KiB slots in two DMA pools (receive and transmit)
-//! taken from RAM frames. Every receive slot is posted to the device except
+//! Packet buffers are fixed-size slots in two DMA pools (receive and
+//! transmit) taken from RAM frames: 2 KiB for the standard 1500-byte MTU,
+//! larger when the device offers a larger one (`VIRTIO_NET_F_MTU`, up to
+//! [`MAX_MTU`]), so every slot holds a whole frame and its header. Every receive slot is posted to the device except
 //! those smoltcp has consumed since the last re-post: [`Device::receive`]
 //! re-posts them once [`RX_BATCH`] have gathered and [`Nic::end_poll`] at
 //! the end of each poll, each time with one notify, so the receive ring
@@ -30,11 +32,19 @@
 //! [`Nic::has_rx`] is false and the event loop does not spin on the entry;
 //! transmit goes on with the slots still free. Getting the queue back
 //! needs a device reset.
+//!
+//! Checksum offload (see [`offload`]): with `VIRTIO_NET_F_CSUM` the device
+//! completes outgoing TCP checksums (smoltcp no longer computes them); with
+//! `VIRTIO_NET_F_GUEST_CSUM` the device may deliver frames whose checksum
+//! it checked (`DATA_VALID`) or that carry a partial one (`NEEDS_CSUM`),
+//! smoltcp's TCP/UDP checks are off, and every other TCP/UDP frame is
+//! verified here (a bad one is counted in `rx_bad_checksums` and dropped).
+//! With user-mode networking QEMU offers neither and nothing changes.
 
 use alloc::vec::Vec;
-use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
+use smoltcp::phy::{self, Checksum, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
-use virtio_drivers::device::net::VirtIONetRaw;
+use virtio_drivers::device::net::{Offloads, VirtIONetRaw};
 use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::transport::Transport;
 
@@ -42,10 +52,21 @@ use crate::virtio::{KernelHal, PoolHal};
 
 /// Virtqueue size (QEMU's default for virtio-net).
 pub const QUEUE_SIZE: usize = 256;
-/// Bytes per packet slot: virtio-net header (12) + 1514-byte frame fits.
+/// Bytes per packet slot with the standard MTU: virtio-net header (12) +
+/// 1514-byte frame fits. Slots for a larger MTU are multiples of it.
 const SLOT: usize = 2048;
-/// Largest Ethernet frame without FCS (1500 MTU + 14 header).
+/// Largest Ethernet frame without FCS with the standard MTU (1500 + 14).
 pub const MAX_FRAME: usize = 1514;
+/// The MTU without `VIRTIO_NET_F_MTU`.
+pub const DEFAULT_MTU: u16 = 1500;
+/// The largest device MTU negotiated (`VIRTIO_NET_F_MTU`; a device offering
+/// more gets the standard 1500): bounds the slots at 10 KiB, i.e. 2.5 MiB
+/// of receive and 1.25 MiB of transmit buffers.
+pub const MAX_MTU: u16 = 9000;
+/// The virtio-net header with `VIRTIO_F_VERSION_1`.
+const HEADER: usize = 12;
+/// Ethernet header (no FCS).
+const ETHERNET_HEADER: usize = 14;
 /// Receive slots: one per descriptor.
 const RX_SLOTS: usize = QUEUE_SIZE;
 /// Transmit slots.
@@ -94,6 +115,14 @@ pub struct NicCounters {
     /// Polls in which at least one frame was queued for transmission;
     /// `tx_submitted / tx_polls` is the mean transmit burst.
     pub tx_polls: u64,
+    /// Received TCP/UDP frames with a wrong checksum (or a fragment), the
+    /// device having vouched for neither: dropped (`GUEST_CSUM` only;
+    /// without it smoltcp checks and drops them uncounted here).
+    pub rx_bad_checksums: u64,
+    /// Received frames the device vouched for (`DATA_VALID`/`NEEDS_CSUM`).
+    pub rx_trusted_checksums: u64,
+    /// Frames sent with `NEEDS_CSUM` (the device computed the checksum).
+    pub tx_offloaded_checksums: u64,
 }
 
 /// A pool of fixed-size packet slots in one DMA region.
@@ -102,13 +131,15 @@ struct Slots {
     start: usize,
     /// Length of the pool in bytes.
     len: usize,
+    /// Bytes per slot.
+    size: usize,
 }
 
 impl Slots {
-    fn new<H: PoolHal>(count: usize) -> Option<Self> {
-        let pages = (count * SLOT).div_ceil(4096);
+    fn new<H: PoolHal>(count: usize, size: usize) -> Option<Self> {
+        let pages = (count * size).div_ceil(4096);
         let (start, len) = H::pool(pages)?;
-        Some(Self { start, len })
+        Some(Self { start, len, size })
     }
 
     /// The slot's bytes.
@@ -119,11 +150,11 @@ impl Slots {
     /// device must not own it (not posted, or already completed).
     #[allow(clippy::mut_from_ref)]
     unsafe fn slot(&self, index: usize) -> &mut [u8] {
-        debug_assert!((index + 1) * SLOT <= self.len);
-        let start = self.start + index * SLOT;
+        debug_assert!((index + 1) * self.size <= self.len);
+        let start = self.start + index * self.size;
         // SAFETY: the pool is mapped memory of `len` bytes owned by this
         // pool for good (`PoolHal::pool`); exclusivity is the caller's promise.
-        unsafe { core::slice::from_raw_parts_mut(start as *mut u8, SLOT) }
+        unsafe { core::slice::from_raw_parts_mut(start as *mut u8, self.size) }
     }
 }
 
@@ -138,6 +169,8 @@ struct Transmit {
     stopped: bool,
     /// Frames queued since the device was last notified.
     unkicked: usize,
+    /// `VIRTIO_NET_F_CSUM`: TCP checksums are left to the device.
+    csum: bool,
 }
 
 /// The virtio-net device with its buffers.
@@ -160,29 +193,48 @@ pub struct Nic<H: PoolHal = KernelHal, T: Transport = PciTransport> {
     /// Whether the device may interrupt for transmit completions: only
     /// while every transmit slot is in flight at a halt.
     tx_interrupts: bool,
+    /// What the device and driver negotiated (`max_mtu`: the device's MTU,
+    /// 0 without `VIRTIO_NET_F_MTU`).
+    offloads: Offloads,
+    /// The MTU in use.
+    mtu: u16,
 }
 
 impl<H: PoolHal, T: Transport> Nic<H, T> {
     /// Takes over an initialised virtio-net transport and posts every
     /// receive buffer.
     pub fn new(raw: Raw<H, T>) -> Option<Self> {
+        let offloads = raw.offloads();
+        // `with_offloads` negotiates an MTU only within 68..=max_mtu; the
+        // clamp keeps the slot bound whatever a raw driver says.
+        let mtu = match offloads.max_mtu {
+            0 => DEFAULT_MTU,
+            mtu => mtu.clamp(68, MAX_MTU),
+        };
+        let slot = (HEADER + ETHERNET_HEADER + usize::from(mtu))
+            .div_ceil(SLOT)
+            .max(1)
+            * SLOT;
         let mut nic = Self {
             raw,
-            rx: Slots::new::<H>(RX_SLOTS)?,
+            rx: Slots::new::<H>(RX_SLOTS, slot)?,
             rx_posted: [NONE; QUEUE_SIZE],
             rx_done: (0..RX_SLOTS as u16).collect(),
             rx_stopped: false,
             tx: Transmit {
-                slots: Slots::new::<H>(TX_SLOTS)?,
+                slots: Slots::new::<H>(TX_SLOTS, slot)?,
                 free: (0..TX_SLOTS as u16).collect(),
                 in_flight: [(NONE, 0); QUEUE_SIZE],
                 counters: NicCounters::default(),
                 stopped: false,
                 unkicked: 0,
+                csum: offloads.csum,
             },
             batch_start: (0, 0),
             rx_interrupts: true,
             tx_interrupts: false,
+            offloads,
+            mtu,
         };
         // Transmit slots are reclaimed on the next send or poll, never on
         // an interrupt of their own (see `interrupts_on`).
@@ -194,6 +246,17 @@ impl<H: PoolHal, T: Transport> Nic<H, T> {
     /// MAC address from the device's configuration.
     pub fn mac(&self) -> [u8; 6] {
         self.raw.mac_address()
+    }
+
+    /// The offloads negotiated with the device (`max_mtu` 0: no
+    /// `VIRTIO_NET_F_MTU`).
+    pub fn offloads(&self) -> Offloads {
+        self.offloads
+    }
+
+    /// The MTU in use: the device's with `VIRTIO_NET_F_MTU`, else 1500.
+    pub fn mtu(&self) -> u16 {
+        self.mtu
     }
 
     /// Driver counters.
@@ -416,16 +479,24 @@ impl<H: PoolHal, T: Transport> phy::TxToken for TxToken<'_, H, T> {
         };
         // SAFETY: a free slot is owned by nobody.
         let buffer = unsafe { self.tx.slots.slot(usize::from(slot)) };
-        // Buffer is SLOT bytes, larger than any virtio-net header.
-        let header = self.raw.fill_buffer_header(buffer).unwrap_or(12);
-        let len = len.min(SLOT - header);
+        // A slot is at least SLOT bytes, larger than any virtio-net header.
+        let header = self.raw.fill_buffer_header(buffer).unwrap_or(HEADER);
+        let len = len.min(buffer.len() - header);
         let result = f(&mut buffer[header..header + len]);
+        if self.tx.csum {
+            let (head, frame) = buffer.split_at_mut(header);
+            let partial = offload::offload_tcp_checksum(&mut frame[..len]);
+            if partial.is_some() {
+                self.tx.counters.tx_offloaded_checksums += 1;
+            }
+            offload::write_header(head, partial);
+        }
         let total = header + len;
         // SAFETY: the slot is not touched again until `reclaim` sees the
         // device complete it.
         match unsafe { self.raw.transmit_begin_deferred(&buffer[..total]) } {
             Ok(token) if usize::from(token) < QUEUE_SIZE => {
-                // `total` <= SLOT (2048) fits in u16.
+                // `total` <= the slot size (at most 10 KiB) fits in u16.
                 self.tx.in_flight[usize::from(token)] = (slot, total as u16);
                 self.tx.counters.tx_submitted += 1;
                 self.tx.unkicked += 1;
@@ -445,6 +516,27 @@ impl<H: PoolHal, T: Transport> phy::TxToken for TxToken<'_, H, T> {
     }
 }
 
+/// What smoltcp computes and verifies given the negotiated offloads:
+/// with `CSUM` the device completes TCP checksums (the driver hands it the
+/// pseudo-header sum, see [`offload`]); with `GUEST_CSUM` the driver
+/// verifies TCP and UDP itself, trusting only the device's flags. IPv4
+/// header and ICMP checksums stay smoltcp's; UDP is still computed by it
+/// (DHCP only, not worth a header).
+pub fn checksums(offloads: Offloads) -> ChecksumCapabilities {
+    let mut caps = ChecksumCapabilities::default();
+    caps.tcp = match (offloads.csum, offloads.guest_csum) {
+        (false, false) => Checksum::Both,
+        (true, false) => Checksum::Rx,
+        (false, true) => Checksum::Tx,
+        (true, true) => Checksum::None,
+    };
+    if offloads.guest_csum {
+        caps.udp = Checksum::Tx;
+    }
+    caps
+}
+
+pub mod offload;
 #[cfg(test)]
 mod tests;
 
@@ -491,7 +583,24 @@ impl<H: PoolHal, T: Transport> Device for Nic<H, T> {
                 }
             }
             match result {
-                Ok((header, len)) if len > 0 && header + len <= SLOT => {
+                Ok((header, len)) if len > 0 && header + len <= self.rx.size => {
+                    if self.offloads.guest_csum {
+                        // SAFETY: the slot is ours (popped above) and this
+                        // borrow ends within the block.
+                        let buffer = unsafe { &self.rx.slot(usize::from(slot))[..header + len] };
+                        // `header` >= 10 (`receive_complete` checked the
+                        // length); byte 0 is the flags.
+                        match offload::receive_checksum_ok(buffer[0], &buffer[header..]) {
+                            offload::Received::Bad => {
+                                self.tx.counters.rx_bad_checksums += 1;
+                                continue;
+                            }
+                            offload::Received::Trusted => {
+                                self.tx.counters.rx_trusted_checksums += 1;
+                            }
+                            _ => {}
+                        }
+                    }
                     // SAFETY: the slot stays in `rx_done` (not posted) until
                     // the next `refill`, which needs `&mut self` and so
                     // cannot run while this token borrows `self.rx`.
@@ -526,7 +635,8 @@ impl<H: PoolHal, T: Transport> Device for Nic<H, T> {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = MAX_FRAME;
+        caps.max_transmission_unit = ETHERNET_HEADER + usize::from(self.mtu);
+        caps.checksum = checksums(self.offloads);
         caps
     }
 }

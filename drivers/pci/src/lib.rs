@@ -22,6 +22,7 @@ mod bar;
 mod capability;
 mod class;
 mod enumerate;
+mod intx;
 mod mcfg;
 
 #[cfg(any(test, feature = "fake"))]
@@ -34,6 +35,7 @@ pub use bar::{decode_bar, probe_bars, Bar};
 pub use capability::{capabilities, Capabilities, Capability};
 pub use class::{class_name, device_name};
 pub use enumerate::{enumerate, read_function, Function, MAX_FUNCTIONS};
+pub use intx::{intx_gsi, Chipset, Q35_HOST_BRIDGE};
 pub use mcfg::{parse_mcfg, McfgEntry, McfgError};
 
 use core::fmt;

@@ -131,6 +131,12 @@ struct Device {
     notifications: [u32; 2],
     /// Offer `VIRTIO_F_EVENT_IDX` (virtio 1.2 §2.7.10).
     event_idx: bool,
+    /// Further feature bits offered (`VIRTIO_NET_F_CSUM`, ...).
+    features: u64,
+    /// `virtio_net_config.mtu`.
+    mtu: u16,
+    /// The header flags byte of frames delivered from now on.
+    rx_flags: u8,
 }
 
 const RECEIVE: usize = 0;
@@ -153,7 +159,9 @@ impl Device {
         let (address, len, flags) = queue.descriptor(head);
         assert_eq!(flags & WRITE, WRITE, "receive buffers are device-writable");
         assert!(HEADER + frame.len() <= len as usize);
-        for (i, byte) in [0u8; HEADER].iter().chain(frame).enumerate() {
+        let mut header = [0u8; HEADER];
+        header[0] = self.rx_flags;
+        for (i, byte) in header.iter().chain(frame).enumerate() {
             write(address + i as u64, *byte);
         }
         queue.push_used(head, claimed);
@@ -172,11 +180,18 @@ impl Device {
     /// Takes the next frame the driver queued for sending (header
     /// stripped), without completing it.
     fn take_sent(&mut self) -> Option<(u16, Vec<u8>)> {
+        let (head, mut bytes) = self.take_sent_with_header()?;
+        bytes.drain(..HEADER);
+        Some((head, bytes))
+    }
+
+    /// [`Device::take_sent`] with the virtio-net header.
+    fn take_sent_with_header(&mut self) -> Option<(u16, Vec<u8>)> {
         let queue = self.queues[TRANSMIT].as_mut().expect("transmit queue set");
         let head = queue.pop_avail()?;
         let (address, len, flags) = queue.descriptor(head);
         assert_eq!(flags & WRITE, 0, "transmit buffers are device-readable");
-        let bytes = (HEADER as u64..u64::from(len))
+        let bytes = (0..u64::from(len))
             .map(|i| read::<u8>(address + i))
             .collect();
         Some((head, bytes))
@@ -248,7 +263,7 @@ impl Transport for FakeTransport {
         } else {
             0
         };
-        (1 << 5) | (1 << 32) | event_idx
+        (1 << 5) | (1 << 32) | event_idx | self.0.borrow().features
     }
 
     fn write_driver_features(&mut self, _driver_features: u64) {}
@@ -312,10 +327,12 @@ impl Transport for FakeTransport {
         &self,
         offset: usize,
     ) -> virtio_drivers::Result<T> {
-        // virtio_net_config: mac[6], status (bit 0: link up).
+        // virtio_net_config: mac[6], status (bit 0: link up),
+        // max_virtqueue_pairs, mtu.
         let mut config = [0u8; 16];
         config[..6].copy_from_slice(&MAC);
         config[6] = 1;
+        config[10..12].copy_from_slice(&self.0.borrow().mtu.to_le_bytes());
         let bytes = config.get(offset..).ok_or(Error::ConfigSpaceTooSmall)?;
         T::read_from_prefix(bytes)
             .map(|(value, _)| value)
@@ -797,4 +814,195 @@ fn transmit_completions_interrupt_only_while_every_slot_is_in_flight() {
             "event_idx {event_idx}: freed slots left idle"
         );
     }
+}
+
+/// `VIRTIO_NET_F_CSUM`, `VIRTIO_NET_F_GUEST_CSUM`, `VIRTIO_NET_F_MTU`.
+const CSUM: u64 = 1 << 0;
+const GUEST_CSUM: u64 = 1 << 1;
+const F_MTU: u64 = 1 << 3;
+
+/// A NIC over a fake device offering `features` and `mtu`, asking for
+/// every offload as the kernel does.
+fn nic_offered(features: u64, mtu: u16) -> (Nic<TestHal, FakeTransport>, Rc<RefCell<Device>>) {
+    let device = Rc::new(RefCell::new(Device {
+        features,
+        mtu,
+        ..Device::default()
+    }));
+    let raw = Raw::<TestHal, FakeTransport>::with_offloads(
+        FakeTransport(device.clone()),
+        Offloads {
+            csum: true,
+            guest_csum: true,
+            max_mtu: MAX_MTU,
+        },
+    )
+    .expect("virtio-net initialises");
+    let nic = Nic::new(raw).expect("packet pools");
+    (nic, device)
+}
+
+/// An Ethernet + IPv4 + TCP frame from 198.18.0.1 to .2 with `payload`
+/// and a correct checksum, or (`checksummed` false) a zero one.
+fn tcp_frame(payload: &[u8], checksummed: bool) -> Vec<u8> {
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{
+        EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol,
+        Ipv4Address, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    };
+    let (src, dst) = (
+        Ipv4Address::new(198, 18, 0, 1),
+        Ipv4Address::new(198, 18, 0, 2),
+    );
+    let tcp = TcpRepr {
+        src_port: 40000,
+        dst_port: 10809,
+        control: TcpControl::Psh,
+        seq_number: TcpSeqNumber(1),
+        ack_number: Some(TcpSeqNumber(2)),
+        window_len: 512,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload,
+    };
+    let ip = Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: IpProtocol::Tcp,
+        payload_len: tcp.buffer_len(),
+        hop_limit: 64,
+    };
+    let mut frame = vec![0u8; 14 + ip.buffer_len() + tcp.buffer_len()];
+    EthernetRepr {
+        src_addr: EthernetAddress([2, 0, 0, 0, 0, 1]),
+        dst_addr: EthernetAddress(MAC),
+        ethertype: EthernetProtocol::Ipv4,
+    }
+    .emit(&mut EthernetFrame::new_unchecked(&mut frame[..]));
+    let mut caps = ChecksumCapabilities::default();
+    ip.emit(&mut Ipv4Packet::new_unchecked(&mut frame[14..]), &caps);
+    if !checksummed {
+        caps.tcp = Checksum::None;
+    }
+    tcp.emit(
+        &mut TcpPacket::new_unchecked(&mut frame[34..]),
+        &IpAddress::Ipv4(src),
+        &IpAddress::Ipv4(dst),
+        &caps,
+    );
+    frame
+}
+
+#[test]
+fn without_offloads_offered_nothing_changes() {
+    let (mut nic, device) = nic_offered(0, 9000);
+    assert_eq!(nic.offloads(), Offloads::default());
+    assert_eq!(nic.mtu(), DEFAULT_MTU);
+    let caps = nic.capabilities();
+    assert_eq!(caps.max_transmission_unit, MAX_FRAME);
+    assert!(caps.checksum.tcp.tx() && caps.checksum.tcp.rx());
+    assert!(caps.checksum.udp.tx() && caps.checksum.udp.rx());
+    // A bad checksum is smoltcp's to find: the driver passes the frame.
+    let mut bad = tcp_frame(b"x", true);
+    *bad.last_mut().unwrap() ^= 1;
+    device.borrow_mut().deliver(&bad);
+    assert!(nic.receive(now()).is_some());
+    // Frames go out with a zero header, as smoltcp built them.
+    let tx = nic.transmit(now()).expect("a free slot");
+    let frame = tcp_frame(b"reply", true);
+    tx.consume(frame.len(), |buffer| buffer.copy_from_slice(&frame));
+    let (_, sent) = device.borrow_mut().take_sent_with_header().expect("sent");
+    assert_eq!(sent[..HEADER], [0; HEADER]);
+    assert_eq!(sent[HEADER..], frame[..]);
+}
+
+#[test]
+fn a_9000_byte_mtu_is_negotiated_and_whole_jumbo_frames_pass_both_ways() {
+    let (mut nic, device) = nic_offered(F_MTU, 9000);
+    assert_eq!(nic.mtu(), 9000);
+    assert_eq!(nic.offloads().max_mtu, 9000);
+    assert_eq!(nic.capabilities().max_transmission_unit, 9014);
+    let jumbo: Vec<u8> = (0..9014u32).map(|i| (i % 251) as u8).collect();
+    assert!(device.borrow_mut().deliver(&jumbo));
+    let (rx, _) = nic.receive(now()).expect("a jumbo frame");
+    assert_eq!(rx.consume(|bytes| bytes.to_vec()), jumbo);
+    let tx = nic.transmit(now()).expect("a free slot");
+    tx.consume(jumbo.len(), |buffer| buffer.copy_from_slice(&jumbo));
+    let (_, sent) = device.borrow_mut().take_sent().expect("sent");
+    assert_eq!(sent, jumbo);
+}
+
+#[test]
+fn an_mtu_beyond_the_bound_or_below_68_is_not_negotiated() {
+    for mtu in [MAX_MTU + 1, 65535, 67, 0] {
+        let (nic, _) = nic_offered(F_MTU, mtu);
+        assert_eq!(nic.offloads().max_mtu, 0, "mtu {mtu}");
+        assert_eq!(nic.mtu(), DEFAULT_MTU, "mtu {mtu}");
+        assert_eq!(nic.capabilities().max_transmission_unit, MAX_FRAME);
+    }
+}
+
+#[test]
+fn with_csum_tcp_frames_leave_with_needs_csum_and_the_pseudo_header_sum() {
+    let (mut nic, device) = nic_offered(CSUM, 0);
+    assert!(nic.offloads().csum && !nic.offloads().guest_csum);
+    let caps = nic.capabilities();
+    assert!(!caps.checksum.tcp.tx(), "smoltcp leaves TCP checksums out");
+    assert!(caps.checksum.tcp.rx(), "but still verifies them");
+    let payload = [7u8; 100];
+    let full = tcp_frame(&payload, true);
+    let zero = tcp_frame(&payload, false);
+    let tx = nic.transmit(now()).expect("a free slot");
+    tx.consume(zero.len(), |buffer| buffer.copy_from_slice(&zero));
+    let (_, sent) = device.borrow_mut().take_sent_with_header().expect("sent");
+    assert_eq!(sent[0], offload::NEEDS_CSUM);
+    let start = u16::from_le_bytes([sent[6], sent[7]]);
+    let offset = u16::from_le_bytes([sent[8], sent[9]]);
+    assert_eq!((start, offset), (34, 16));
+    // Completed as a device does, the frame is the fully checksummed one.
+    let mut frame = sent[HEADER..].to_vec();
+    let (start, offset) = (usize::from(start), usize::from(offset));
+    let sum = !smoltcp::wire::checksum::data(&frame[start..]);
+    frame[start + offset..start + offset + 2].copy_from_slice(&sum.to_be_bytes());
+    assert_eq!(frame, full);
+    assert_eq!(nic.counters().tx_offloaded_checksums, 1);
+}
+
+#[test]
+fn with_guest_csum_bad_frames_are_dropped_unless_the_device_vouched_for_them() {
+    let (mut nic, device) = nic_offered(CSUM | GUEST_CSUM, 0);
+    let caps = nic.capabilities();
+    assert!(!caps.checksum.tcp.rx() && !caps.checksum.udp.rx());
+    let good = tcp_frame(b"request", true);
+    let mut bad = good.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    let partial = {
+        let mut frame = tcp_frame(b"from the host", false);
+        offload::offload_tcp_checksum(&mut frame).expect("TCP");
+        frame
+    };
+    // No flags: verified here; the bad one is dropped and the next frame
+    // (the good one) is what smoltcp gets.
+    device.borrow_mut().deliver(&bad);
+    device.borrow_mut().deliver(&good);
+    let (rx, _) = nic.receive(now()).expect("the good frame");
+    assert_eq!(rx.consume(|bytes| bytes.to_vec()), good);
+    assert!(nic.receive(now()).is_none());
+    assert_eq!(nic.counters().rx_bad_checksums, 1);
+    // NEEDS_CSUM (partial checksum from the host) and DATA_VALID pass.
+    device.borrow_mut().rx_flags = offload::NEEDS_CSUM;
+    device.borrow_mut().deliver(&partial);
+    let (rx, _) = nic.receive(now()).expect("the partial frame");
+    assert_eq!(rx.consume(|bytes| bytes.to_vec()), partial);
+    device.borrow_mut().rx_flags = offload::DATA_VALID;
+    device.borrow_mut().deliver(&bad);
+    assert!(nic.receive(now()).is_some());
+    assert_eq!(nic.counters().rx_trusted_checksums, 2);
+    assert_eq!(nic.counters().rx_bad_checksums, 1);
+    // The dropped frame's slot went back to the device.
+    nic.refill();
+    assert_eq!(nic.rx_posted(), RX_SLOTS);
 }

@@ -26,13 +26,64 @@ pub struct VirtIONetRaw<H: Hal, T: Transport, const QUEUE_SIZE: usize> {
     pub(crate) legacy_header: bool,
     /// Device notifications sent (`[receive, transmit]`), for statistics.
     notifies: [u64; 2],
+    /// What [`Self::with_offloads`] negotiated.
+    offloads: Offloads,
+}
+
+/// Optional virtio-net features ([`VirtIONetRaw::with_offloads`]).
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub struct Offloads {
+    /// `VIRTIO_NET_F_CSUM`: the driver may hand the device frames with a partial checksum
+    /// (`VIRTIO_NET_HDR_F_NEEDS_CSUM`, `csum_start`, `csum_offset` in the header).
+    pub csum: bool,
+    /// `VIRTIO_NET_F_GUEST_CSUM`: the device may hand the driver frames with a partial checksum
+    /// (`NEEDS_CSUM`) or with the checksum already checked (`VIRTIO_NET_HDR_F_DATA_VALID`).
+    pub guest_csum: bool,
+    /// `VIRTIO_NET_F_MTU`: asked for, the largest device MTU accepted (0: not negotiated);
+    /// negotiated, the device's MTU (0: not negotiated).
+    pub max_mtu: u16,
 }
 
 impl<H: Hal, T: Transport, const QUEUE_SIZE: usize> VirtIONetRaw<H, T, QUEUE_SIZE> {
     /// Create a new VirtIO-Net driver.
-    pub fn new(mut transport: T) -> Result<Self> {
-        let negotiated_features = transport.begin_init(SUPPORTED_FEATURES);
+    pub fn new(transport: T) -> Result<Self> {
+        Self::with_offloads(transport, Offloads::default())
+    }
+
+    /// Create a new VirtIO-Net driver that also negotiates the offloads in `offloads` the device
+    /// offers: `VIRTIO_NET_F_CSUM`, `VIRTIO_NET_F_GUEST_CSUM`, and `VIRTIO_NET_F_MTU` when the
+    /// device's `mtu` is in `68..=offloads.max_mtu` (a larger one is not negotiated: the driver
+    /// would have to post receive buffers for it). [`Self::offloads`] says what was negotiated.
+    pub fn with_offloads(mut transport: T, offloads: Offloads) -> Result<Self> {
+        let offered = Features::from_bits_truncate(transport.read_device_features());
+        let mut supported = SUPPORTED_FEATURES;
+        if offloads.csum {
+            supported |= Features::CSUM;
+        }
+        if offloads.guest_csum {
+            supported |= Features::GUEST_CSUM;
+        }
+        let mut mtu = None;
+        if offloads.max_mtu > 0 && offered.contains(Features::MTU) {
+            // The device-specific configuration is readable before negotiation (virtio 1.2
+            // §5.1.4: `mtu` exists if VIRTIO_NET_F_MTU is offered).
+            let offered_mtu = read_config!(transport, Config, mtu)?;
+            if (68..=offloads.max_mtu).contains(&offered_mtu) {
+                supported |= Features::MTU;
+                mtu = Some(offered_mtu);
+            }
+        }
+        let negotiated_features = transport.begin_init(supported);
         info!("negotiated_features {:?}", negotiated_features);
+        let negotiated = Offloads {
+            csum: negotiated_features.contains(Features::CSUM),
+            guest_csum: negotiated_features.contains(Features::GUEST_CSUM),
+            max_mtu: if negotiated_features.contains(Features::MTU) {
+                mtu.unwrap_or(0)
+            } else {
+                0
+            },
+        };
 
         // Read configuration space.
         let mac = transport.read_consistent(|| read_config!(transport, Config, mac))?;
@@ -62,7 +113,14 @@ impl<H: Hal, T: Transport, const QUEUE_SIZE: usize> VirtIONetRaw<H, T, QUEUE_SIZ
             legacy_header: !negotiated_features.contains(Features::VERSION_1)
                 && !negotiated_features.contains(Features::MRG_RXBUF),
             notifies: [0; 2],
+            offloads: negotiated,
         })
+    }
+
+    /// The offloads negotiated: `max_mtu` is the device's MTU if `VIRTIO_NET_F_MTU` was
+    /// negotiated, else 0.
+    pub fn offloads(&self) -> Offloads {
+        self.offloads
     }
 
     /// Acknowledge interrupt.

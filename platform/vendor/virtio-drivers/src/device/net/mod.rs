@@ -6,7 +6,7 @@ mod dev_raw;
 #[cfg(feature = "alloc")]
 mod net_buf;
 
-pub use self::dev_raw::VirtIONetRaw;
+pub use self::dev_raw::{Offloads, VirtIONetRaw};
 #[cfg(feature = "alloc")]
 pub use self::{dev::VirtIONet, net_buf::RxBuffer, net_buf::TxBuffer};
 
