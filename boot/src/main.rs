@@ -27,7 +27,7 @@ const USAGE: &str = "\
 usage: daxbox-boot --kernel ELF --out DIR [--config FILE] [--bios] [--uefi] [--pxe]
 
 Turns the daxbox kernel ELF into boot media:
-  --kernel ELF    the kernel (target/x86_64-unknown-none/release/daxbox-kernel)
+  --kernel ELF    the kernel (target/x86_64-unknown-none/kernel/daxbox-kernel)
   --out DIR       output folder (created if missing)
   --config FILE   boot-config text file, handed to the kernel as the bootloader ramdisk
   --bios          write DIR/bios.img (MBR disk image)

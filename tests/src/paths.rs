@@ -62,10 +62,10 @@ pub fn kernel_path_from(overridden: Option<PathBuf>) -> Result<PathBuf, HarnessE
     }
 }
 
-/// The release kernel; its copy without debug info (`daxbox-kernel.stripped`,
+/// The kernel (profile `kernel`); its copy without debug info (`daxbox-kernel.stripped`,
 /// written by xtask) when that is at least as new, as it boots faster.
 fn default_kernel() -> PathBuf {
-    let elf = target_dir().join("x86_64-unknown-none/release/daxbox-kernel");
+    let elf = target_dir().join("x86_64-unknown-none/kernel/daxbox-kernel");
     let stripped = elf.with_extension("stripped");
     let modified = |path: &Path| {
         std::fs::metadata(path)

@@ -16,7 +16,7 @@ pub const DEFAULT_BOOT_CONFIG: &str = "format=if-blank\n";
 
 /// The kernel ELF from `cargo build -p daxbox-kernel --release`.
 pub fn kernel_elf() -> PathBuf {
-    target_dir().join("x86_64-unknown-none/release/daxbox-kernel")
+    target_dir().join("x86_64-unknown-none/kernel/daxbox-kernel")
 }
 
 /// The `daxbox-boot` binary from `cargo build -p daxbox-boot --release`.
@@ -32,9 +32,9 @@ pub fn media_dir() -> PathBuf {
 /// Builds the kernel; returns the path of the ELF to put on boot media
 /// (a copy without debug info or symbol table, see [`strip_debug_info`]).
 pub fn build_kernel() -> Result<PathBuf, XtaskError> {
-    step("building kernel (x86_64-unknown-none, release)");
+    step("building kernel (x86_64-unknown-none, profile kernel: release + LTO)");
     let mut command = cargo();
-    command.args(["build", "-p", "daxbox-kernel", "--release"]);
+    command.args(["build", "-p", "daxbox-kernel", "--profile", "kernel"]);
     println!("    {}", describe(&command));
     run_checked(&mut command)?;
     Ok(strip_debug_info(&kernel_elf()))
