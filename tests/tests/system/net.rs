@@ -124,38 +124,8 @@ fn tap_network_serves_nbdinfo_and_an_nbdcopy_round_trip() -> Result<(), HarnessE
     let out = machine.command("create disk 8M")?;
     assert!(out.contains("created disk"), "{out}");
     let uri = format!("nbd://{TAP_GUEST_ADDRESS}:10809/disk");
-    let deadline = Instant::now() + scaled(Duration::from_secs(30));
-    let info = loop {
-        let (ok, text) = netns.run(&["nbdinfo", &uri]);
-        if ok {
-            break text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nbdinfo over tap never answered: {text}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    };
+    let (info, files) = tap_round_trip(&netns, &scratch, &uri, SIZE, 0x2545_f491_4f6c_dd1d);
     assert!(info.contains("export-size: 8388608"), "{info}");
-
-    // Pseudo-random bytes (xorshift64): no zero blocks for nbdcopy to skip.
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    let data: Vec<u8> = (0..SIZE / 8)
-        .flat_map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state.to_le_bytes()
-        })
-        .collect();
-    let (sent, back) = (scratch.join("sent.bin"), scratch.join("back.bin"));
-    std::fs::write(&sent, &data).expect("writing the data file");
-    let _ = std::fs::remove_file(&back);
-    let path = |p: &std::path::Path| p.to_str().expect("UTF-8 path").to_string();
-    netns.must(&["nbdcopy", "--flush", &path(&sent), &uri]);
-    netns.must(&["nbdcopy", &uri, &path(&back)]);
-    let returned = std::fs::read(&back).expect("reading the copy back");
-    assert!(returned == data, "the round trip changed the bytes");
     let net = machine.command("net")?;
     assert!(net.contains("ipv4 198.18.0.2/24 (static)"), "{net}");
     // The NIC's interrupt reached the kernel (it did once per boot at most
@@ -173,9 +143,64 @@ fn tap_network_serves_nbdinfo_and_an_nbdcopy_round_trip() -> Result<(), HarnessE
         !listing.contains(&name),
         "namespace {name} left:\n{listing}"
     );
-    let _ = std::fs::remove_file(&sent);
-    let _ = std::fs::remove_file(&back);
+    files.remove();
     Ok(())
+}
+
+/// The files of a [`tap_round_trip`], removed by [`RoundTrip::remove`].
+struct RoundTrip {
+    sent: std::path::PathBuf,
+    back: std::path::PathBuf,
+}
+
+impl RoundTrip {
+    fn remove(self) {
+        let _ = std::fs::remove_file(&self.sent);
+        let _ = std::fs::remove_file(&self.back);
+    }
+}
+
+/// Inside `netns`: waits (30 s, scaled) for `nbdinfo URI` to answer, then
+/// an nbdcopy round trip of `size` pseudo-random bytes (xorshift64 from
+/// `seed`: no zero blocks for nbdcopy to skip) through the export, which
+/// must return them unchanged. Returns nbdinfo's text and the two files.
+fn tap_round_trip(
+    netns: &Netns,
+    scratch: &std::path::Path,
+    uri: &str,
+    size: usize,
+    seed: u64,
+) -> (String, RoundTrip) {
+    let deadline = Instant::now() + scaled(Duration::from_secs(30));
+    let info = loop {
+        let (ok, text) = netns.run(&["nbdinfo", uri]);
+        if ok {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nbdinfo over tap never answered: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let mut state = seed;
+    let data: Vec<u8> = (0..size / 8)
+        .flat_map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()
+        })
+        .collect();
+    let (sent, back) = (scratch.join("sent.bin"), scratch.join("back.bin"));
+    std::fs::write(&sent, &data).expect("writing the data file");
+    let _ = std::fs::remove_file(&back);
+    let path = |p: &std::path::Path| p.to_str().expect("UTF-8 path").to_string();
+    netns.must(&["nbdcopy", "--flush", &path(&sent), uri]);
+    netns.must(&["nbdcopy", uri, &path(&back)]);
+    let returned = std::fs::read(&back).expect("reading the copy back");
+    assert!(returned == data, "the round trip changed the bytes");
+    (info, RoundTrip { sent, back })
 }
 
 /// A `key=value` number from the `net` command's output.
@@ -224,40 +249,7 @@ fn tap_with_a_9000_byte_mtu_and_checksum_offload_round_trips_with_jumbo_frames(
     let out = machine.command("create disk 8M")?;
     assert!(out.contains("created disk"), "{out}");
     let uri = format!("nbd://{TAP_GUEST_ADDRESS}:10809/disk");
-    let deadline = Instant::now() + scaled(Duration::from_secs(30));
-    loop {
-        let (ok, text) = netns.run(&["nbdinfo", &uri]);
-        if ok {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nbdinfo over tap never answered: {text}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    let data: Vec<u8> = (0..SIZE / 8)
-        .flat_map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state.to_le_bytes()
-        })
-        .collect();
-    let (sent, back) = (scratch.join("sent.bin"), scratch.join("back.bin"));
-    std::fs::write(&sent, &data).expect("writing the data file");
-    let _ = std::fs::remove_file(&back);
-    let path = |p: &std::path::Path| p.to_str().expect("UTF-8 path").to_string();
-    netns.must(&["nbdcopy", "--flush", &path(&sent), &uri]);
-    netns.must(&["nbdcopy", &uri, &path(&back)]);
-    let sums = netns.must(&["sha256sum", &path(&sent), &path(&back)]);
-    let sums: Vec<&str> = sums
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
-    assert_eq!(sums.len(), 2, "{sums:?}");
-    assert_eq!(sums[0], sums[1], "the round trip changed the bytes");
+    let (_, files) = tap_round_trip(&netns, &scratch, &uri, SIZE, 0x9e37_79b9_7f4a_7c15);
     let net = machine.command("net")?;
     // The device's MTU and both checksum offloads were negotiated and used.
     assert!(
@@ -277,8 +269,7 @@ fn tap_with_a_9000_byte_mtu_and_checksum_offload_round_trips_with_jumbo_frames(
     }
     drop(machine);
     drop(netns);
-    let _ = std::fs::remove_file(&sent);
-    let _ = std::fs::remove_file(&back);
+    files.remove();
     Ok(())
 }
 
