@@ -201,9 +201,9 @@ pub fn wait_for_interrupt() {
     if WORK_PENDING.load(Ordering::Acquire) {
         x86_64::instructions::interrupts::enable();
     } else {
-        let start = crate::time::cycles();
+        let start = crate::tsc::cycles();
         x86_64::instructions::interrupts::enable_and_hlt();
-        let halted = crate::time::cycles().wrapping_sub(start);
+        let halted = crate::tsc::cycles().wrapping_sub(start);
         HALTS.fetch_add(1, Ordering::Relaxed);
         HALTED_CYCLES.fetch_add(halted, Ordering::Relaxed);
     }
@@ -228,7 +228,7 @@ pub fn stats() -> CpuStats {
         timer_interrupts: TIMER_INTERRUPTS.load(Ordering::Relaxed),
         device_interrupts: DEVICE_INTERRUPTS.load(Ordering::Relaxed),
         halts: HALTS.load(Ordering::Relaxed),
-        halted_ns: crate::time::cycles_to_ns(HALTED_CYCLES.load(Ordering::Relaxed)),
+        halted_ns: crate::tsc::cycles_to_ns(HALTED_CYCLES.load(Ordering::Relaxed)),
     }
 }
 
@@ -338,12 +338,12 @@ pub fn one_shot_count(delay_us: u64, counts_per_ms: u64) -> u32 {
     counts.clamp(1, u128::from(u32::MAX)) as u32
 }
 
-/// The deadline the one-shot timer is armed for ([`crate::time::now_us`]
+/// The deadline the one-shot timer is armed for ([`crate::tsc::now_us`]
 /// clock), `u64::MAX` when stopped or fired.
 static ARMED_AT_US: AtomicU64 = AtomicU64::new(u64::MAX);
 
 /// Arms the one-shot timer to interrupt at `at_us` on the
-/// [`crate::time::now_us`] clock (replacing any earlier arming), or stops
+/// [`crate::tsc::now_us`] clock (replacing any earlier arming), or stops
 /// it (`None`): the event loop's next deadline. Re-arming for the deadline
 /// already armed writes nothing.
 pub fn arm_timer(at_us: Option<u64>) {
@@ -353,7 +353,7 @@ pub fn arm_timer(at_us: Option<u64>) {
     }
     let count = match at_us {
         Some(at) => {
-            let delay = at.saturating_sub(crate::time::now_us());
+            let delay = at.saturating_sub(crate::tsc::now_us());
             one_shot_count(delay, TIMER_COUNTS_PER_MS.load(Ordering::Relaxed))
         }
         None => 0,

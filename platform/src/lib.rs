@@ -53,6 +53,7 @@ pub mod power;
 pub mod rtc;
 pub mod serial;
 pub mod time;
+mod tsc;
 pub mod virtio;
 pub mod virtio_net;
 pub mod virtio_rng;

@@ -15,9 +15,9 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use x86_64::instructions::port::Port;
 
 use crate::interrupts;
+use crate::tsc::{self, rdtsc};
+pub use crate::tsc::{cycles, cycles_to_ns, now_ms, now_us};
 
-static TSC_PER_MS: AtomicU64 = AtomicU64::new(1);
-static BOOT_TSC: AtomicU64 = AtomicU64::new(0);
 /// The TSC at kernel entry ([`mark_entry`]), for the boot-time figure.
 static ENTRY_TSC: AtomicU64 = AtomicU64::new(0);
 
@@ -55,11 +55,6 @@ pub fn entry_cycles() -> u64 {
 /// TSC).
 pub fn since_entry_us() -> u64 {
     cycles_to_ns(rdtsc().wrapping_sub(ENTRY_TSC.load(Ordering::Relaxed))) / 1000
-}
-
-fn rdtsc() -> u64 {
-    // SAFETY: `rdtsc` only reads the time-stamp counter.
-    unsafe { core::arch::x86_64::_rdtsc() }
 }
 
 /// PIT input clock, Hz.
@@ -245,7 +240,7 @@ pub fn init() -> u64 {
     // Without a moving PIT (no such machine is known), 1 GHz is better
     // than nothing.
     let per_ms = tsc_rate(&start, &end).unwrap_or(1_000_000);
-    TSC_PER_MS.store(per_ms, Ordering::Relaxed);
+    tsc::set_rate(per_ms);
     interrupts::start_calibration_count();
     let apic_start = tightest(read_apic);
     let until = middle(&apic_start).saturating_add(per_ms.saturating_mul(APIC_WINDOW_MS));
@@ -255,33 +250,9 @@ pub fn init() -> u64 {
     let apic_end = tightest(read_apic);
     // QEMU's APIC rate is better than nothing.
     let apic_per_ms = apic_rate(&apic_start, &apic_end, per_ms).unwrap_or(62_500);
-    BOOT_TSC.store(rdtsc(), Ordering::Relaxed);
+    tsc::set_boot(rdtsc());
     interrupts::start_timer(apic_per_ms);
     per_ms
-}
-
-/// Milliseconds since [`init`].
-pub fn now_ms() -> u64 {
-    now_us() / 1000
-}
-
-/// Microseconds since [`init`].
-pub fn now_us() -> u64 {
-    let elapsed = rdtsc().wrapping_sub(BOOT_TSC.load(Ordering::Relaxed));
-    let per_ms = TSC_PER_MS.load(Ordering::Relaxed);
-    // u128 so that long uptimes at GHz rates cannot overflow.
-    (u128::from(elapsed) * 1000 / u128::from(per_ms)) as u64
-}
-
-/// TSC cycles since an arbitrary point, for benchmarks.
-pub fn cycles() -> u64 {
-    rdtsc()
-}
-
-/// Converts TSC cycles to nanoseconds.
-pub fn cycles_to_ns(cycles: u64) -> u64 {
-    let per_ms = TSC_PER_MS.load(Ordering::Relaxed);
-    (u128::from(cycles) * 1_000_000 / u128::from(per_ms)) as u64
 }
 
 #[cfg(test)]
