@@ -538,6 +538,8 @@ pub fn checksums(offloads: Offloads) -> ChecksumCapabilities {
 
 pub mod offload;
 #[cfg(test)]
+mod test_frames;
+#[cfg(test)]
 mod tests;
 
 impl<H: PoolHal, T: Transport> Device for Nic<H, T> {

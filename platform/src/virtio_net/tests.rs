@@ -842,60 +842,6 @@ fn nic_offered(features: u64, mtu: u16) -> (Nic<TestHal, FakeTransport>, Rc<RefC
     (nic, device)
 }
 
-/// An Ethernet + IPv4 + TCP frame from 198.18.0.1 to .2 with `payload`
-/// and a correct checksum, or (`checksummed` false) a zero one.
-fn tcp_frame(payload: &[u8], checksummed: bool) -> Vec<u8> {
-    use smoltcp::phy::ChecksumCapabilities;
-    use smoltcp::wire::{
-        EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol,
-        Ipv4Address, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
-    };
-    let (src, dst) = (
-        Ipv4Address::new(198, 18, 0, 1),
-        Ipv4Address::new(198, 18, 0, 2),
-    );
-    let tcp = TcpRepr {
-        src_port: 40000,
-        dst_port: 10809,
-        control: TcpControl::Psh,
-        seq_number: TcpSeqNumber(1),
-        ack_number: Some(TcpSeqNumber(2)),
-        window_len: 512,
-        window_scale: None,
-        max_seg_size: None,
-        sack_permitted: false,
-        sack_ranges: [None; 3],
-        timestamp: None,
-        payload,
-    };
-    let ip = Ipv4Repr {
-        src_addr: src,
-        dst_addr: dst,
-        next_header: IpProtocol::Tcp,
-        payload_len: tcp.buffer_len(),
-        hop_limit: 64,
-    };
-    let mut frame = vec![0u8; 14 + ip.buffer_len() + tcp.buffer_len()];
-    EthernetRepr {
-        src_addr: EthernetAddress([2, 0, 0, 0, 0, 1]),
-        dst_addr: EthernetAddress(MAC),
-        ethertype: EthernetProtocol::Ipv4,
-    }
-    .emit(&mut EthernetFrame::new_unchecked(&mut frame[..]));
-    let mut caps = ChecksumCapabilities::default();
-    ip.emit(&mut Ipv4Packet::new_unchecked(&mut frame[14..]), &caps);
-    if !checksummed {
-        caps.tcp = Checksum::None;
-    }
-    tcp.emit(
-        &mut TcpPacket::new_unchecked(&mut frame[34..]),
-        &IpAddress::Ipv4(src),
-        &IpAddress::Ipv4(dst),
-        &caps,
-    );
-    frame
-}
-
 #[test]
 fn without_offloads_offered_nothing_changes() {
     let (mut nic, device) = nic_offered(0, 9000);
@@ -906,13 +852,13 @@ fn without_offloads_offered_nothing_changes() {
     assert!(caps.checksum.tcp.tx() && caps.checksum.tcp.rx());
     assert!(caps.checksum.udp.tx() && caps.checksum.udp.rx());
     // A bad checksum is smoltcp's to find: the driver passes the frame.
-    let mut bad = tcp_frame(b"x", true);
+    let mut bad = test_frames::tcp_frame(MAC, b"x", true);
     *bad.last_mut().unwrap() ^= 1;
     device.borrow_mut().deliver(&bad);
     assert!(nic.receive(now()).is_some());
     // Frames go out with a zero header, as smoltcp built them.
     let tx = nic.transmit(now()).expect("a free slot");
-    let frame = tcp_frame(b"reply", true);
+    let frame = test_frames::tcp_frame(MAC, b"reply", true);
     tx.consume(frame.len(), |buffer| buffer.copy_from_slice(&frame));
     let (_, sent) = device.borrow_mut().take_sent_with_header().expect("sent");
     assert_eq!(sent[..HEADER], [0; HEADER]);
@@ -953,8 +899,8 @@ fn with_csum_tcp_frames_leave_with_needs_csum_and_the_pseudo_header_sum() {
     assert!(!caps.checksum.tcp.tx(), "smoltcp leaves TCP checksums out");
     assert!(caps.checksum.tcp.rx(), "but still verifies them");
     let payload = [7u8; 100];
-    let full = tcp_frame(&payload, true);
-    let zero = tcp_frame(&payload, false);
+    let full = test_frames::tcp_frame(MAC, &payload, true);
+    let zero = test_frames::tcp_frame(MAC, &payload, false);
     let tx = nic.transmit(now()).expect("a free slot");
     tx.consume(zero.len(), |buffer| buffer.copy_from_slice(&zero));
     let (_, sent) = device.borrow_mut().take_sent_with_header().expect("sent");
@@ -976,11 +922,11 @@ fn with_guest_csum_bad_frames_are_dropped_unless_the_device_vouched_for_them() {
     let (mut nic, device) = nic_offered(CSUM | GUEST_CSUM, 0);
     let caps = nic.capabilities();
     assert!(!caps.checksum.tcp.rx() && !caps.checksum.udp.rx());
-    let good = tcp_frame(b"request", true);
+    let good = test_frames::tcp_frame(MAC, b"request", true);
     let mut bad = good.clone();
     *bad.last_mut().unwrap() ^= 1;
     let partial = {
-        let mut frame = tcp_frame(b"from the host", false);
+        let mut frame = test_frames::tcp_frame(MAC, b"from the host", false);
         offload::offload_tcp_checksum(&mut frame).expect("TCP");
         frame
     };

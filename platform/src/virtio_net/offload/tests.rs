@@ -3,10 +3,7 @@
 
 use super::*;
 use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{
-    EthernetAddress, EthernetRepr, Ipv4Address, Ipv4Repr, TcpControl, TcpRepr, TcpSeqNumber,
-    UdpRepr,
-};
+use smoltcp::wire::{EthernetAddress, EthernetRepr, Ipv4Address, Ipv4Repr, UdpRepr};
 use std::vec;
 use std::vec::Vec;
 
@@ -22,45 +19,9 @@ fn ethernet(frame: &mut [u8]) {
     repr.emit(&mut EthernetFrame::new_unchecked(frame));
 }
 
-/// An Ethernet + IPv4 + TCP frame with `payload`, its TCP checksum
-/// computed (`checksummed`) or left at 0 as smoltcp does without
-/// transmit checksums.
+/// A TCP frame (see [`crate::virtio_net::test_frames::tcp_frame`]).
 fn tcp_frame(payload: &[u8], checksummed: bool) -> Vec<u8> {
-    let tcp = TcpRepr {
-        src_port: 10809,
-        dst_port: 40000,
-        control: TcpControl::Psh,
-        seq_number: TcpSeqNumber(1000),
-        ack_number: Some(TcpSeqNumber(2000)),
-        window_len: 512,
-        window_scale: None,
-        max_seg_size: None,
-        sack_permitted: false,
-        sack_ranges: [None; 3],
-        timestamp: None,
-        payload,
-    };
-    let ip = Ipv4Repr {
-        src_addr: SRC,
-        dst_addr: DST,
-        next_header: IpProtocol::Tcp,
-        payload_len: tcp.buffer_len(),
-        hop_limit: 64,
-    };
-    let mut frame = vec![0u8; 14 + ip.buffer_len() + tcp.buffer_len()];
-    ethernet(&mut frame);
-    let mut caps = ChecksumCapabilities::default();
-    ip.emit(&mut Ipv4Packet::new_unchecked(&mut frame[14..]), &caps);
-    if !checksummed {
-        caps.tcp = smoltcp::phy::Checksum::None;
-    }
-    tcp.emit(
-        &mut TcpPacket::new_unchecked(&mut frame[34..]),
-        &IpAddress::Ipv4(SRC),
-        &IpAddress::Ipv4(DST),
-        &caps,
-    );
-    frame
+    crate::virtio_net::test_frames::tcp_frame([2, 0, 0, 0, 0, 2], payload, checksummed)
 }
 
 fn udp_frame(payload: &[u8]) -> Vec<u8> {
