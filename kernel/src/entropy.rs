@@ -9,8 +9,8 @@
 use daxbox_pci::{reg, ConfigAccess, Function};
 use daxbox_platform::entropy;
 use daxbox_platform::virtio::{KernelHal, VirtioConfigAccess};
-use virtio_drivers::transport::pci::bus::{DeviceFunction, PciRoot};
-use virtio_drivers::transport::pci::PciTransport;
+use daxbox_platform::virtio_drivers::transport::pci::bus::{DeviceFunction, PciRoot};
+use daxbox_platform::virtio_drivers::transport::pci::PciTransport;
 
 use crate::{pci, println};
 

@@ -32,12 +32,12 @@ use daxbox_pci::{capabilities, intx_gsi, reg, Bar, Bdf, Chipset, ConfigAccess, F
 use daxbox_platform::memory::PhysRange;
 use daxbox_platform::mmio::{self, MmioRegion};
 use daxbox_platform::virtio::{KernelHal, VirtioConfigAccess};
+use daxbox_platform::virtio_drivers::device::net::{Offloads, VirtIONetRaw};
+use daxbox_platform::virtio_drivers::transport::pci::bus::{DeviceFunction, PciRoot};
+use daxbox_platform::virtio_drivers::transport::pci::PciTransport;
 use daxbox_platform::virtio_net::{Nic, MAX_MTU};
 use daxbox_storage::web::NetInfo;
 use spin::{Mutex, Once};
-use virtio_drivers::device::net::{Offloads, VirtIONetRaw};
-use virtio_drivers::transport::pci::bus::{DeviceFunction, PciRoot};
-use virtio_drivers::transport::pci::PciTransport;
 
 use crate::command::{Command, Context};
 use crate::interrupts::{self, Trigger};

@@ -13,9 +13,9 @@
 //!
 //! Invariant: `rdrand` is executed only after CPUID said the CPU has it.
 
+use crate::virtio_drivers::transport::pci::PciTransport;
 use core::sync::atomic::{AtomicU8, Ordering};
 use spin::Mutex;
-use virtio_drivers::transport::pci::PciTransport;
 
 use crate::virtio::KernelHal;
 use crate::virtio_rng::{self, Rng, RngError};

@@ -29,6 +29,7 @@
 //! | [`pmem`] | a [`pmem::PmemRegion`] is created only by [`pmem::map`], once per range, over storage memory (not RAM in use) that it identity-mapped itself; it is the only way to reach those bytes |
 //! | [`pci`] | configuration port I/O only on 0xCF8..0xD00; ECAM only inside its mapped window |
 //! | [`virtio`] | DMA memory is zeroed RAM frames owned by a pool for the kernel's life; `share` only translates addresses inside a registered pool; `dma_alloc` never hands out address 0 or a dangling pointer as memory (out of frames it returns virtio-drivers' failure value) |
+//! | [`virtio_drivers`] | (virtio-drivers 0.13, folded in) a descriptor is free or in exactly one posted chain; a buffer is shared with the device from `add` until its token is popped and unshared once; rings live in DMA memory the queue owns; MMIO only through `safe-mmio` pointers into the device's own capability BARs |
 //! | [`virtio_net`] | a packet slot is either owned by the device or borrowed by the driver, never both; only tokens the driver handed over reach virtio-drivers, and device lengths are checked against the slot |
 //! | [`virtio_rng`] | the request page is a DMA pool page owned by the driver for good, owned by the device (posted) or the driver, never both; after a timeout the device keeps it and the driver never touches it or the queue again |
 //! | [`entropy`] | `rdrand` runs only after CPUID reported it; without it and without a working virtio-rng no random bytes are made up |
@@ -55,6 +56,7 @@ pub mod serial;
 pub mod time;
 mod tsc;
 pub mod virtio;
+pub mod virtio_drivers;
 pub mod virtio_net;
 pub mod virtio_rng;
 

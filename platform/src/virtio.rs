@@ -15,11 +15,11 @@
 //! pointer as memory: without frames it returns [`DMA_ALLOCATION_FAILED`],
 //! which virtio-drivers turns into `Error::DmaError`.
 
+use crate::virtio_drivers::transport::pci::bus::{ConfigurationAccess, DeviceFunction};
+use crate::virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
 use core::ptr::NonNull;
 use daxbox_pci::{Bdf, ConfigAccess};
 use spin::Mutex;
-use virtio_drivers::transport::pci::bus::{ConfigurationAccess, DeviceFunction};
-use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
 use x86_64::structures::paging::PhysFrame;
 
 use crate::memory::{self, PhysRange};
@@ -178,7 +178,7 @@ unsafe impl Hal for KernelHal {
 }
 
 /// Wraps a cloneable [`ConfigAccess`] for
-/// `virtio_drivers::transport::pci::bus::PciRoot`, so `PciTransport` can
+/// `crate::virtio_drivers::transport::pci::bus::PciRoot`, so `PciTransport` can
 /// find the virtio capabilities (virtio 1.2 §4.1.4) through the kernel's
 /// port-I/O or ECAM access.
 #[derive(Clone, Debug)]
@@ -217,11 +217,11 @@ impl<C: ConfigAccess + Clone> ConfigurationAccess for VirtioConfigAccess<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::virtio_drivers::transport::pci::bus::PciRoot;
     use alloc::rc::Rc;
     use alloc::vec::Vec;
     use core::cell::RefCell;
     use daxbox_pci::fake::{FakeFunction, FakeSpace};
-    use virtio_drivers::transport::pci::bus::PciRoot;
 
     /// A shared handle to the fake space so it can be cloned.
     #[derive(Clone)]

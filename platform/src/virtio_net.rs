@@ -41,12 +41,12 @@
 //! verified here (a bad one is counted in `rx_bad_checksums` and dropped).
 //! With user-mode networking QEMU offers neither and nothing changes.
 
+use crate::virtio_drivers::device::net::{Offloads, VirtIONetRaw};
+use crate::virtio_drivers::transport::pci::PciTransport;
+use crate::virtio_drivers::transport::Transport;
 use alloc::vec::Vec;
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
-use virtio_drivers::device::net::{Offloads, VirtIONetRaw};
-use virtio_drivers::transport::pci::PciTransport;
-use virtio_drivers::transport::Transport;
 
 use crate::virtio::{KernelHal, PoolHal};
 
@@ -574,7 +574,7 @@ impl<H: PoolHal, T: Transport> Device for Nic<H, T> {
             match result {
                 // Popped: the slot is ours again (a too-short length is
                 // `IoError` after the pop).
-                Ok(_) | Err(virtio_drivers::Error::IoError) => {
+                Ok(_) | Err(crate::virtio_drivers::Error::IoError) => {
                     self.rx_posted[usize::from(token)] = NONE;
                     self.rx_done.push(slot);
                 }

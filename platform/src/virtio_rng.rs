@@ -16,9 +16,9 @@
 //! again: every later request fails ([`RngError::Dead`]), no bytes are
 //! made up.
 
-use virtio_drivers::device::common::Feature;
-use virtio_drivers::queue::VirtQueue;
-use virtio_drivers::transport::Transport;
+use crate::virtio_drivers::device::common::Feature;
+use crate::virtio_drivers::queue::VirtQueue;
+use crate::virtio_drivers::transport::Transport;
 
 use crate::virtio::PoolHal;
 
@@ -43,7 +43,7 @@ pub enum RngError {
     /// The device reported more bytes than the buffer holds.
     BadLength(u32),
     /// virtio-drivers refused the request.
-    Device(virtio_drivers::Error),
+    Device(crate::virtio_drivers::Error),
 }
 
 impl core::fmt::Display for RngError {
@@ -73,9 +73,9 @@ impl<H: PoolHal, T: Transport> Rng<H, T> {
     /// starts the device. `None`-like failures come back as the error.
     pub fn new(mut transport: T) -> Result<Self, RngError> {
         let (buffer, len) = H::pool(REQUEST_BYTES / 4096)
-            .ok_or(RngError::Device(virtio_drivers::Error::DmaError))?;
+            .ok_or(RngError::Device(crate::virtio_drivers::Error::DmaError))?;
         if len < REQUEST_BYTES {
-            return Err(RngError::Device(virtio_drivers::Error::DmaError));
+            return Err(RngError::Device(crate::virtio_drivers::Error::DmaError));
         }
         let _features = transport.begin_init(Feature::VERSION_1);
         let queue =

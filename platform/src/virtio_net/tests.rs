@@ -1,7 +1,8 @@
 //! The NIC's slot bookkeeping over a fake virtio-net device on the host.
 //!
-//! virtio-drivers 0.13 keeps its `FakeHal`/`FakeTransport` behind
-//! `cfg(test)` (not exported), so these are small stand-ins: [`TestHal`]
+//! The folded-in virtio code has its own `FakeHal`/`FakeTransport`
+//! (`crate::virtio_drivers`), but those only record notifies and never
+//! play the device; these stand-ins do: [`TestHal`]
 //! hands out host memory with physical == virtual addresses, and
 //! [`FakeTransport`] plays the device side of the split virtqueues
 //! (virtio 1.2 §2.7) on that memory.
@@ -14,9 +15,9 @@ use std::rc::Rc;
 use std::vec;
 use std::vec::Vec;
 
+use crate::virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus};
+use crate::virtio_drivers::{BufferDirection, Error, Hal, PhysAddr};
 use smoltcp::phy::{Device as _, RxToken as _, TxToken as _};
-use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus};
-use virtio_drivers::{BufferDirection, Error, Hal, PhysAddr};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 const PAGE: usize = 4096;
@@ -326,7 +327,7 @@ impl Transport for FakeTransport {
     fn read_config_space<T: FromBytes + IntoBytes>(
         &self,
         offset: usize,
-    ) -> virtio_drivers::Result<T> {
+    ) -> crate::virtio_drivers::Result<T> {
         // virtio_net_config: mac[6], status (bit 0: link up),
         // max_virtqueue_pairs, mtu.
         let mut config = [0u8; 16];
@@ -343,7 +344,7 @@ impl Transport for FakeTransport {
         &mut self,
         _offset: usize,
         _value: T,
-    ) -> virtio_drivers::Result<()> {
+    ) -> crate::virtio_drivers::Result<()> {
         Ok(())
     }
 }
@@ -718,7 +719,7 @@ fn received_slots_go_back_in_batches_with_one_notify_each() {
 
 #[test]
 fn the_event_index_test_is_the_specs() {
-    use virtio_drivers::queue::vring_need_event;
+    use crate::virtio_drivers::queue::vring_need_event;
     // virtio 1.2 §2.7.10: notify when `event` is in [old, new) mod 2^16.
     assert!(vring_need_event(5, 8, 5));
     assert!(vring_need_event(7, 8, 5));
