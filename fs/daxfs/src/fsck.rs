@@ -12,7 +12,7 @@ use daxbox_budget::Budget;
 use crate::check::{self, Scan, ScanError};
 use crate::extmap::ExtentMap;
 use crate::format::{Superblock, STATE_CLEAN, STATE_DIRTY, STATE_WORD_OFFSET};
-use crate::mount::read_superblock;
+use crate::superblocks::read_superblock;
 use crate::{block_offset, Filesystem, FsckReport, PersistentMemory, UNBOUNDED};
 
 /// Scans the table for fsck, charging `budget` for as long as the check

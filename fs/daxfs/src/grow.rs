@@ -3,7 +3,7 @@
 //! Free space is not on media (FORMAT.md "Allocation state"), so growing
 //! is a change of `total_blocks` in the two superblock copies: the backup
 //! first, then the primary, each persisted before the next. The primary's
-//! write is the commit point; [`settle_backup`] (run by mount) rolls back
+//! write is the commit point; [`settle_backup`](crate::superblocks::settle_backup) (run by mount) rolls back
 //! a backup that a crash left ahead of the primary, so every crash leaves
 //! the old or the new size, never a mix.
 //!
@@ -12,8 +12,8 @@
 
 use alloc::string::String;
 
-use crate::format::{Superblock, BLOCK_SIZE, SUPER_SIZE};
-use crate::mount::read_superblock;
+use crate::format::{Superblock, BLOCK_SIZE};
+use crate::superblocks::read_superblock;
 use crate::{block_offset, Error, Filesystem, PersistentMemory};
 
 /// What [`Filesystem::grow`] did.
@@ -81,20 +81,4 @@ impl<M: PersistentMemory> Filesystem<M> {
             new_blocks,
         })
     }
-}
-
-/// Mount's part of FORMAT.md "Grow": when both superblock copies are valid
-/// but differ (a grow cut before its commit point), the backup is rewritten
-/// from the primary `sb`.
-pub(crate) fn settle_backup<M: PersistentMemory>(
-    mem: &mut M,
-    sb: &Superblock,
-) -> Result<(), Error> {
-    let mut copy = [0u8; SUPER_SIZE];
-    mem.read(block_offset(1), &mut copy)?;
-    if matches!(Superblock::decode(&copy), Ok(backup) if backup != *sb) {
-        mem.write_flush(block_offset(1), &sb.encode())?;
-        mem.fence();
-    }
-    Ok(())
 }

@@ -64,6 +64,7 @@ mod mount;
 mod namespace;
 mod size;
 mod space;
+mod superblocks;
 mod table;
 mod types;
 mod write;

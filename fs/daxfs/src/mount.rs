@@ -19,12 +19,13 @@ use daxbox_budget::{Budget, OverBudget};
 use crate::check::{self, ScanError};
 use crate::extmap::ExtentMap;
 use crate::format::{
-    self, JournalHeader, Record, SuperError, Superblock, BLOCK_SIZE, FORMAT_VERSION,
-    JOURNAL_BLOCKS, JOURNAL_ENTRIES_OFFSET, JOURNAL_ENTRY_SIZE, JOURNAL_HEADER_OFFSET,
-    JOURNAL_HEADER_SIZE, ORPHAN_VERSION, RECORDS_PER_BLOCK, RECORD_SIZE, STATE_CLEAN, STATE_DIRTY,
-    STATE_WORD_OFFSET, SUPER_SIZE, TABLE_BATCH_BLOCKS,
+    self, JournalHeader, Record, Superblock, BLOCK_SIZE, FORMAT_VERSION, JOURNAL_BLOCKS,
+    JOURNAL_ENTRIES_OFFSET, JOURNAL_ENTRY_SIZE, JOURNAL_HEADER_OFFSET, JOURNAL_HEADER_SIZE,
+    ORPHAN_VERSION, RECORDS_PER_BLOCK, RECORD_SIZE, STATE_CLEAN, STATE_DIRTY, STATE_WORD_OFFSET,
+    TABLE_BATCH_BLOCKS,
 };
 use crate::space::{Allocator, RunCounts};
+use crate::superblocks::read_superblock;
 use crate::{
     block_offset, file_cost, Error, File, Filesystem, FormatOptions, PersistentMemory, Probe,
     UNBOUNDED, ZEROS,
@@ -111,56 +112,6 @@ pub(crate) fn read_journal<M: PersistentMemory>(
         replay,
         committed: true,
     })
-}
-
-fn superblock_error(primary: SuperError, backup: SuperError) -> Error {
-    match (primary, backup) {
-        (SuperError::Blank, SuperError::Blank) => Error::Blank,
-        (SuperError::Newer(v), _) | (_, SuperError::Newer(v)) => Error::UnsupportedVersion {
-            found: v,
-            supported: FORMAT_VERSION,
-        },
-        (SuperError::Foreign, SuperError::Foreign | SuperError::Blank) => Error::Foreign,
-        (SuperError::Checksum, _) | (_, SuperError::Checksum) => {
-            Error::Corrupt(String::from("both superblock copies fail their checksum"))
-        }
-        (SuperError::Geometry(g), _) | (_, SuperError::Geometry(g)) => {
-            Error::Corrupt(format!("superblock geometry: {g}"))
-        }
-        _ => Error::Corrupt(String::from("no valid superblock copy")),
-    }
-}
-
-/// Reads both superblock copies; returns the one to use and whether each
-/// copy decoded.
-pub(crate) fn read_superblock<M: PersistentMemory>(
-    mem: &M,
-) -> Result<(Superblock, bool, bool), Error> {
-    let mut copies = [[0u8; SUPER_SIZE]; 2];
-    for (i, copy) in copies.iter_mut().enumerate() {
-        if mem.len() < block_offset(i as u64) + SUPER_SIZE as u64 {
-            return Err(Error::Truncated {
-                needed: block_offset(2),
-                available: mem.len(),
-            });
-        }
-        mem.read(block_offset(i as u64), copy)?;
-    }
-    let primary = Superblock::decode(&copies[0]);
-    let backup = Superblock::decode(&copies[1]);
-    let sb = match (&primary, &backup) {
-        (Ok(sb), _) => *sb,
-        (Err(_), Ok(sb)) => *sb,
-        (Err(p), Err(b)) => return Err(superblock_error(*p, *b)),
-    };
-    let needed = block_offset(sb.total_blocks);
-    if mem.len() < needed {
-        return Err(Error::Truncated {
-            needed,
-            available: mem.len(),
-        });
-    }
-    Ok((sb, primary.is_ok(), backup.is_ok()))
 }
 
 impl<M: PersistentMemory> Filesystem<M> {
@@ -379,7 +330,7 @@ impl<M: PersistentMemory> Filesystem<M> {
         }
         // ...settle a grow cut before its commit point (FORMAT.md "Grow")...
         if primary_ok && backup_ok {
-            crate::grow::settle_backup(&mut mem, &sb)?;
+            crate::superblocks::settle_backup(&mut mem, &sb)?;
         }
         // ...repair a damaged superblock copy from the good one...
         if !primary_ok || !backup_ok {
