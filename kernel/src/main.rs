@@ -79,9 +79,8 @@ const SERIAL_POLL_US: u64 = 10_000;
 /// would spin until the deadline moves.
 const MIN_HALT_US: u64 = 200;
 /// How long the loop must have served nothing before idle-time compaction
-/// runs (daxbox_storage::compaction), so that a client's stream of
-/// requests (even at queue depth 1) never waits behind it.
-const COMPACT_AFTER_IDLE_US: u64 = 100_000;
+/// runs (shared with daxbox-serve).
+const COMPACT_AFTER_IDLE_US: u64 = daxbox_storage::compaction::IDLE_BEFORE_COMPACTION_US;
 
 fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     time::mark_entry();

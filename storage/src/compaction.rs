@@ -1,5 +1,6 @@
 //! Idle-time compaction (issue 17, daxfs FORMAT.md "Compaction"): when
-//! the kernel's event loop has nothing else to do it calls
+//! the event loop (the kernel's, or `daxbox-serve`'s on the host) has
+//! nothing else to do it calls
 //! [`Storage::compact_idle`], which walks every file of every mounted
 //! filesystem, a bounded slice per call, and gathers the 2 MiB chunks that
 //! a clone has mostly rewritten (or that are fragmented) back into whole
@@ -10,8 +11,8 @@
 //! [`IDLE_EXAMINE_CHUNKS`] chunks looked at (each a count of its blocks
 //! against the reference counts, no media access) and at most **one**
 //! chunk gathered: one 2 MiB copy (512 blocks) and one journal commit.
-//! The kernel calls it only once its event loop has served nothing for
-//! 100 ms (`COMPACT_AFTER_IDLE_US` in `kernel/src/main.rs`; so never in
+//! Both loops call it only once they have served nothing for
+//! [`IDLE_BEFORE_COMPACTION_US`] (100 ms; so never in
 //! a pass that served a client's write, and a client at queue depth 1
 //! never waits behind a scan between its requests), one step per pass
 //! while [`Storage::compaction_pending`]; a request that arrives during
@@ -35,6 +36,11 @@ use alloc::vec::Vec;
 use daxbox_persist::PersistentMemory;
 
 use crate::{Role, Storage};
+
+/// How long an event loop must have served nothing before it calls
+/// [`Storage::compact_idle`], so that a client's stream of requests (even
+/// at queue depth 1) never waits behind a compaction step.
+pub const IDLE_BEFORE_COMPACTION_US: u64 = 100_000;
 
 /// Chunks one idle pass looks at, at most.
 pub const IDLE_EXAMINE_CHUNKS: u64 = 16;

@@ -41,14 +41,14 @@
 use std::io::{BufRead, Write};
 use std::net::TcpListener;
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use daxbox_bootconfig::{FormatPolicy, ReadOnlyRule, ReadOnlyTarget};
 use daxbox_nbd::ServerConfig;
 use daxbox_netstack::http::{Bench, HttpService};
 use daxbox_serve::{Admin, HostEnvironment, ImageMemory, ImageSpec, State, TcpLoop};
 use daxbox_storage::s3::{self, S3Config, S3Routes};
-use daxbox_storage::{BootPolicy, NbdService, SharedStorage, Storage};
+use daxbox_storage::{compaction, BootPolicy, NbdService, SharedStorage, Storage};
 
 const USAGE: &str = "usage: daxbox-serve --image PATH[,size=SIZE]... [--format if-blank|never] \
      [--export-raw pmemN]... [--readonly NAME]... [--create NAME=SIZE]... [--port PORT] \
@@ -294,6 +294,9 @@ fn main() {
         shared.with(|storage| storage.access_mut().set_rules(boot.allow));
     }
     let tls = options.engine.tls;
+    // The idle-time compaction below reaches the storage through its own
+    // handle (the loop owns the services).
+    let idle_storage = shared.clone();
     let mut service = NbdService::with_config(shared, options.engine);
     if tls != daxbox_nbd::TlsPolicy::Off {
         let read = |what: &str, path: &Option<String>| -> Vec<u8> {
@@ -340,6 +343,8 @@ fn main() {
         }
     });
     let mut idle = 0u32;
+    let mut last_work = Instant::now();
+    let compact_after = Duration::from_micros(compaction::IDLE_BEFORE_COMPACTION_US);
     loop {
         let mut work = server.poll();
         if let Some(http) = &mut http {
@@ -357,6 +362,14 @@ fn main() {
         // Nothing to wait on without platform calls: back off from 20 us
         // to 2 ms while idle, and go again at once after work.
         if work {
+            idle = 0;
+            last_work = Instant::now();
+        } else if last_work.elapsed() >= compact_after
+            && idle_storage.with(|storage| storage.compaction_pending() && storage.compact_idle())
+        {
+            // Idle as long as the kernel waits: one bounded idle-time
+            // compaction step (daxbox_storage::compaction), then go again
+            // at once, as the kernel's loop does.
             idle = 0;
         } else {
             idle = (idle + 1).min(100);
