@@ -18,7 +18,6 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
-use daxbox_tests::certs;
 use daxbox_tests::nbd_client::{
     deep_pipeline, fio, fresh_client_works, go_data, map_rows, nbdsh, pipelined_writes_then_reads,
     request_bytes, run_tool, run_tool_ok, slow_reader, test_image, uri, RawClient, CMD_DISC,
@@ -26,6 +25,7 @@ use daxbox_tests::nbd_client::{
     OPT_GO, OPT_LIST, OPT_STRUCTURED_REPLY, REP_ACK, REP_ERR_INVALID, REP_ERR_POLICY,
     REP_ERR_TOO_BIG, REP_ERR_UNKNOWN, REP_ERR_UNSUP, REP_INFO, REP_SERVER,
 };
+use daxbox_tests::{certs, mappable_percent};
 
 const QUICK: Duration = Duration::from_secs(60);
 const BULK: Duration = Duration::from_secs(180);
@@ -2237,20 +2237,6 @@ fn expired_and_wrong_host_server_certificates_fail_the_handshake() {
         assert_eq!(plain.trim(), (4 * MIB).to_string(), "{name}");
         server.assert_alive();
     }
-}
-
-/// The `in 2 MiB: ... (N%)` figure of `stat NAME`.
-fn mappable_percent(stat: &str) -> u32 {
-    let line = stat
-        .lines()
-        .find(|l| l.starts_with("in 2 MiB:"))
-        .unwrap_or_else(|| panic!("stat prints no `in 2 MiB:` line:\n{stat}"));
-    let open = line.find('(').expect("the line has a percentage") + 1;
-    let close = line.find('%').expect("the line has a percentage");
-    line[open..close]
-        .trim()
-        .parse()
-        .expect("a whole percentage")
 }
 
 /// Idle-time compaction in `daxbox-serve`, as in the kernel (issue 17): a

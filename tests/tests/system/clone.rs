@@ -16,7 +16,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use daxbox_tests::nbd_client::{fio, run_tool, run_tool_ok, test_image, uri};
-use daxbox_tests::{run_dir, scaled, Firmware, HarnessError, Machine, Nvdimm, QemuOptions};
+use daxbox_tests::{
+    mappable_percent, run_dir, scaled, Firmware, HarnessError, Machine, Nvdimm, QemuOptions,
+};
 
 const MIB: u64 = 1 << 20;
 const NAME: &str = "clone_nbd";
@@ -151,20 +153,6 @@ fn fio_writes_to_a_clone_over_nbd_leave_the_original_unchanged() -> Result<(), H
         let _ = std::fs::remove_file(dir.join(file));
     }
     Ok(())
-}
-
-/// The 2 MiB-mappable percentage `stat` prints for a file.
-fn mappable_percent(stat: &str) -> u32 {
-    let line = stat
-        .lines()
-        .find(|l| l.starts_with("in 2 MiB:"))
-        .unwrap_or_else(|| panic!("stat prints no `in 2 MiB:` line:\n{stat}"));
-    let open = line.find('(').expect("the line has a percentage") + 1;
-    let close = line.find('%').expect("the line has a percentage");
-    line[open..close]
-        .trim()
-        .parse()
-        .expect("a whole percentage")
 }
 
 /// Idle-time compaction (issue 17): a clone rewritten over a quarter of
