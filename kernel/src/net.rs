@@ -101,6 +101,7 @@ static STATS: Mutex<StatsCopy> = Mutex::new(StatsCopy {
         tx_submitted: 0,
         rx_notifies: 0,
         tx_notifies: 0,
+        notify_us: 0,
         polls: 0,
     },
     listeners: Vec::new(),
@@ -132,6 +133,7 @@ fn refresh_stats(stack: &NetStack<Nic>, now_ms: u64) {
         tx_submitted: driver.tx_submitted,
         rx_notifies: driver.rx_notifies,
         tx_notifies: driver.tx_notifies,
+        notify_us: driver.notify_ns / 1000,
         polls: POLLS.load(Ordering::Relaxed),
     };
     copy.listeners = status
@@ -514,10 +516,11 @@ fn net_command(_: &mut Context, args: &[&str]) -> Result<(), String> {
     // A busy poll moved at least one frame that way; frames per busy poll
     // is frames / polls of that direction.
     println!(
-        "nic counters: interrupts={} rx_notifies={} tx_notifies={} polls={} rx_frames={} rx_polls={} tx_frames={} tx_polls={}",
+        "nic counters: interrupts={} rx_notifies={} tx_notifies={} notify_us={} polls={} rx_frames={} rx_polls={} tx_frames={} tx_polls={}",
         INTERRUPTS.load(Ordering::Relaxed),
         driver.rx_notifies,
         driver.tx_notifies,
+        driver.notify_ns / 1000,
         POLLS.load(Ordering::Relaxed),
         driver.rx_frames,
         driver.rx_polls,

@@ -107,6 +107,12 @@ pub struct NicCounters {
     pub rx_notifies: u64,
     /// Transmit-queue notifications sent.
     pub tx_notifies: u64,
+    /// Time spent in the calls that notified the device, both queues, in
+    /// nanoseconds. A notify is a VM exit; under QEMU's TCG it also waits
+    /// for QEMU's global lock, which the main loop holds while it moves
+    /// packets (user networking: while slirp works), so this shows how
+    /// long the vCPU waited on the device side.
+    pub notify_ns: u64,
     /// Frames handed to smoltcp.
     pub rx_frames: u64,
     /// Polls ([`Nic::end_poll`]) in which at least one frame was received;
@@ -169,6 +175,8 @@ struct Transmit {
     stopped: bool,
     /// Frames queued since the device was last notified.
     unkicked: usize,
+    /// TSC cycles spent in calls that notified the device (both queues).
+    notify_cycles: u64,
     /// `VIRTIO_NET_F_CSUM`: TCP checksums are left to the device.
     csum: bool,
 }
@@ -228,6 +236,7 @@ impl<H: PoolHal, T: Transport> Nic<H, T> {
                 counters: NicCounters::default(),
                 stopped: false,
                 unkicked: 0,
+                notify_cycles: 0,
                 csum: offloads.csum,
             },
             batch_start: (0, 0),
@@ -263,6 +272,7 @@ impl<H: PoolHal, T: Transport> Nic<H, T> {
     pub fn counters(&self) -> NicCounters {
         let mut counters = self.tx.counters;
         (counters.rx_notifies, counters.tx_notifies) = self.raw.notifies();
+        counters.notify_ns = crate::time::cycles_to_ns(self.tx.notify_cycles);
         counters
     }
 
@@ -343,7 +353,12 @@ impl<H: PoolHal, T: Transport> Nic<H, T> {
             return;
         }
         self.post_receive_slots();
+        let before = self.raw.notifies().0;
+        let start = crate::time::cycles();
         self.raw.kick_receive();
+        if self.raw.notifies().0 != before {
+            self.tx.notify_cycles += crate::time::cycles().wrapping_sub(start);
+        }
     }
 
     fn post_receive_slots(&mut self) {
@@ -401,7 +416,12 @@ impl Transmit {
     /// (unless it suppressed notifications).
     fn kick<H: PoolHal, T: Transport>(&mut self, raw: &mut Raw<H, T>) {
         if self.unkicked > 0 {
+            let before = raw.notifies().1;
+            let start = crate::time::cycles();
             raw.kick_transmit();
+            if raw.notifies().1 != before {
+                self.notify_cycles += crate::time::cycles().wrapping_sub(start);
+            }
             self.unkicked = 0;
         }
     }

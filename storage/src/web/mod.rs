@@ -97,6 +97,9 @@ pub struct NetInfo {
     pub rx_notifies: u64,
     /// Device notifications: transmit queue.
     pub tx_notifies: u64,
+    /// Time the CPU spent in those notifications, in microseconds (a VM
+    /// exit each; under TCG also a wait for QEMU's global lock).
+    pub notify_us: u64,
     /// Network polls run by the event loop (loop passes with the NIC).
     pub polls: u64,
 }

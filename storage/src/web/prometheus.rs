@@ -372,6 +372,16 @@ pub fn render(s: &Snapshot) -> String {
         s.net.tx_notifies,
     );
     o.family(
+        "daxbox_net_virtio_notify_seconds_total",
+        "counter",
+        "CPU time spent notifying the virtio-net device (VM exits; under QEMU's TCG also waiting for QEMU's global lock).",
+    );
+    o.sample(
+        "daxbox_net_virtio_notify_seconds_total",
+        &[],
+        Seconds(s.net.notify_us),
+    );
+    o.family(
         "daxbox_net_polls_total",
         "counter",
         "Network polls run by the event loop.",

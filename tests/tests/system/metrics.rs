@@ -155,6 +155,7 @@ fn counters_move_by_what_nbdcopy_did_and_promtool_accepts_them() -> Result<(), H
     }
     assert!(delta("daxbox_net_packets_total{direction=\"rx\"}") > 1000.0);
     assert!(delta("daxbox_net_interrupts_total") > 0.0);
+    assert!(delta("daxbox_net_virtio_notify_seconds_total") > 0.0);
     assert!(delta("daxbox_tcp_connections_accepted_total{service=\"nbd\"}") >= 2.0);
     assert!(delta("daxbox_http_requests_total{class=\"2xx\"}") >= 1.0);
 

@@ -30,6 +30,7 @@ struct Counts {
     interrupts: u64,
     rx_notifies: u64,
     tx_notifies: u64,
+    notify_us: u64,
     polls: u64,
     rx_frames: u64,
     rx_polls: u64,
@@ -55,6 +56,7 @@ fn counts(machine: &mut Machine) -> Counts {
         interrupts: value(&text, "interrupts"),
         rx_notifies: value(&text, "rx_notifies"),
         tx_notifies: value(&text, "tx_notifies"),
+        notify_us: value(&text, "notify_us"),
         polls: value(&text, "polls"),
         rx_frames: value(&text, "rx_frames"),
         rx_polls: value(&text, "rx_polls"),
@@ -69,10 +71,12 @@ fn report(what: &str, bytes: u64, elapsed: Duration, before: Counts, after: Coun
     let mean = |frames: u64, polls: u64| frames as f64 / polls.max(1) as f64;
     println!(
         "nicperf {what}: {:.1} MB/s; per MiB: rx notifies {:.1}, tx notifies {:.1}, \
-         interrupts {:.1}, polls {:.1}; frames per busy poll: rx {:.2} tx {:.2}",
+         time in notifies {:.0} us, interrupts {:.1}, polls {:.1}; frames per busy poll: \
+         rx {:.2} tx {:.2}",
         bytes as f64 / 1e6 / elapsed.as_secs_f64(),
         per(before.rx_notifies, after.rx_notifies),
         per(before.tx_notifies, after.tx_notifies),
+        per(before.notify_us, after.notify_us),
         per(before.interrupts, after.interrupts),
         per(before.polls, after.polls),
         mean(
