@@ -30,6 +30,14 @@ pub(crate) struct Layered {
     pub inline: Vec<Extent>,
     /// Entries in the whole list (the record's extent count).
     pub entries: u64,
+    /// The chain's first block as this filesystem wrote it (its block
+    /// number and contents), so that spilling the inline entries into a
+    /// copy of it (once per 12 prepends) neither reads nor re-checks it
+    /// (issue 17). Used only while that block is still the chain's first
+    /// (chain blocks are never written in place, and a block the chain
+    /// references is never reused); None after mount until the first
+    /// spill. At most one block of 254 entries, charged in `cost`.
+    pub head: Option<(u64, OverflowBlock)>,
 }
 
 impl Layered {
@@ -38,12 +46,17 @@ impl Layered {
         r.layered.then(|| Layered {
             inline: r.inline.clone(),
             entries: r.extent_count as u64,
+            head: None,
         })
     }
 
     /// Memory beyond `File` itself (charged in `file_cost`).
     pub(crate) fn cost(&self) -> usize {
-        self.inline.len() * EXTENT_SIZE
+        let head = self
+            .head
+            .as_ref()
+            .map_or(0, |(_, b)| b.extents.capacity() * EXTENT_SIZE);
+        self.inline.capacity() * EXTENT_SIZE + head
     }
 
     /// The record of `file` (whose list this is) at `size`.
@@ -354,6 +367,7 @@ impl<M: PersistentMemory> Filesystem<M> {
             let list = Layered {
                 inline: Vec::new(),
                 entries: entries.len() as u64,
+                head: None,
             };
             return self.commit_list(slot, size, list, Some(chain), &[]);
         };
@@ -367,8 +381,20 @@ impl<M: PersistentMemory> Filesystem<M> {
             inline.extend_from_slice(new);
             inline.extend_from_slice(&list.inline);
             self.need_version(LAYERED_VERSION)?;
-            return self.commit_list(slot, size, Layered { inline, entries }, None, &[]);
+            // The chain stays, and so does the copy of its first block.
+            let head = self
+                .files
+                .get_mut(&slot)
+                .and_then(|f| f.list.as_mut())
+                .and_then(|l| l.head.take());
+            let list = Layered {
+                inline,
+                entries,
+                head,
+            };
+            return self.commit_list(slot, size, list, None, &[]);
         }
+        let known = list.head.clone();
         let (spill, mut chain) = (list.inline.clone(), f.chain.clone());
         self.need_version(LAYERED_VERSION)?;
         // Spill the inline entries into the chain's first block: a copy of
@@ -382,13 +408,18 @@ impl<M: PersistentMemory> Filesystem<M> {
         };
         let mut replaced = Vec::new();
         if let Some(&head) = chain.first() {
-            let mut raw = alloc::vec![0u8; BLOCK_SIZE as usize];
-            self.mem.read(block_offset(head), &mut raw)?;
-            let old = OverflowBlock::decode(&raw).map_err(|e| {
-                Error::Corrupt(alloc::format!(
-                    "overflow block {head} of file record {slot}: {e}"
-                ))
-            })?;
+            let old = match known {
+                Some((at, old)) if at == head => old,
+                _ => {
+                    let mut raw = alloc::vec![0u8; BLOCK_SIZE as usize];
+                    self.mem.read(block_offset(head), &mut raw)?;
+                    OverflowBlock::decode(&raw).map_err(|e| {
+                        Error::Corrupt(alloc::format!(
+                            "overflow block {head} of file record {slot}: {e}"
+                        ))
+                    })?
+                }
+            };
             if old.extents.len() + spill.len() <= OVERFLOW_EXTENTS {
                 block.index = old.index;
                 block.next = old.next;
@@ -411,6 +442,7 @@ impl<M: PersistentMemory> Filesystem<M> {
         let list = Layered {
             inline: new.to_vec(),
             entries,
+            head: Some((b, block)),
         };
         self.commit_list(slot, size, list, Some(chain), &replaced)
             .inspect_err(|_| self.unallocate(&[(b, 1)]))

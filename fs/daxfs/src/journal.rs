@@ -58,20 +58,20 @@ impl<M: PersistentMemory> Filesystem<M> {
     ) -> Result<(), Error> {
         debug_assert!(entries.len() <= JOURNAL_MAX_ENTRIES);
         let jo = self.journal_offset();
-        let mut body = Vec::with_capacity(entries.len() * JOURNAL_ENTRY_SIZE);
-        for (slot, record) in entries {
-            body.extend_from_slice(&format::encode_journal_entry(*slot, record));
-        }
         self.sequence += 1;
         let mut header = JournalHeader {
             sequence: self.sequence,
             entries: entries.len() as u32,
             crc: 0,
         };
-        header.crc = format::journal_checksum(&header, &body);
+        header.crc = format::journal_checksum_of_records(&header, entries);
         self.mem
             .write_flush(jo + JOURNAL_HEADER_OFFSET, &header.encode())?;
-        self.mem.write_flush(jo + JOURNAL_ENTRIES_OFFSET, &body)?;
+        for (i, (slot, record)) in entries.iter().enumerate() {
+            let at = jo + JOURNAL_ENTRIES_OFFSET + (i * JOURNAL_ENTRY_SIZE) as u64;
+            self.mem
+                .write_flush(at, &format::encode_journal_entry(*slot, record))?;
+        }
         if journal_fence {
             self.mem.fence();
         }

@@ -6,7 +6,6 @@
 //! held blocks are copied before being written (copy-on-write), and new
 //! blocks are filled before the record that points at them is committed.
 
-use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 
 use daxbox_persist::NT_THRESHOLD;
@@ -71,6 +70,13 @@ fn preferred(map: &ExtentMap, runs: &[NewRun], logical: u64) -> Option<u64> {
 /// both logically and physically joined (what `commit_file_runs`
 /// prepends to a layered list).
 fn new_extents(runs: &[NewRun]) -> Vec<Extent> {
+    if let [r] = runs {
+        return alloc::vec![Extent {
+            logical: r.logical,
+            len: r.len,
+            physical: r.physical,
+        }];
+    }
     let mut out: Vec<Extent> = Vec::with_capacity(runs.len());
     let mut sorted: Vec<&NewRun> = runs.iter().collect();
     sorted.sort_unstable_by_key(|r| r.logical);
@@ -101,6 +107,48 @@ fn union(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
         }
     }
     out
+}
+
+/// The sorted union of some block (or byte) ranges: one range without a
+/// heap allocation (a write is one edit; issue 17 counted some twenty
+/// allocations per copy-on-write), several in a vector.
+enum Ranges {
+    One([(u64, u64); 1]),
+    Many(Vec<(u64, u64)>),
+}
+
+impl Ranges {
+    /// The blocks touched by `edits` (only the data edits when `data`).
+    fn of(edits: &[Edit<'_>], data: bool) -> Self {
+        let block_range = |e: &Edit<'_>| {
+            if e.len() == 0 {
+                return (0, 0);
+            }
+            (e.offset / BLOCK_SIZE, e.end().div_ceil(BLOCK_SIZE))
+        };
+        let wanted = |e: &&Edit<'_>| !data || matches!(e.src, Src::Data(_));
+        match edits {
+            [e] if wanted(&e) && e.len() > 0 => Ranges::One([block_range(e)]),
+            _ => Ranges::Many(union(
+                edits.iter().filter(wanted).map(block_range).collect(),
+            )),
+        }
+    }
+
+    /// The bytes written by `edits`.
+    fn bytes(edits: &[Edit<'_>]) -> Self {
+        match edits {
+            [e] if e.len() > 0 => Ranges::One([(e.offset, e.end())]),
+            _ => Ranges::Many(union(edits.iter().map(|e| (e.offset, e.end())).collect())),
+        }
+    }
+
+    fn as_slice(&self) -> &[(u64, u64)] {
+        match self {
+            Ranges::One(r) => r,
+            Ranges::Many(v) => v,
+        }
+    }
 }
 
 impl<M: PersistentMemory> Filesystem<M> {
@@ -150,52 +198,44 @@ impl<M: PersistentMemory> Filesystem<M> {
     /// at them is committed (FORMAT.md "Data writes").
     fn modify(&mut self, slot: u32, edits: &[Edit<'_>], new_size: u64) -> Result<(), Error> {
         let file = self.files.get(&slot).ok_or(Error::StaleFile)?;
-        let block_range = |e: &Edit<'_>| {
-            if e.len() == 0 {
-                return (0, 0);
-            }
-            (e.offset / BLOCK_SIZE, e.end().div_ceil(BLOCK_SIZE))
-        };
-        let all = union(edits.iter().map(block_range).collect());
-        let data = union(
-            edits
-                .iter()
-                .filter(|e| matches!(e.src, Src::Data(_)))
-                .map(block_range)
-                .collect(),
-        );
+        let all = Ranges::of(edits, false);
+        let data = Ranges::of(edits, true);
         // Blocks needing a fresh block: shared blocks touched by any edit
         // (copy first), holes touched by data (zero-filled). Holes touched
-        // only by zero edits already read as zeros.
+        // only by zero edits already read as zeros. One walk of the map
+        // over the edits' blocks finds both (`data` lies inside `all`).
         let mut needs: Vec<(u64, u64, Option<u64>)> = Vec::new();
         let no_pins = self.pins.is_empty();
-        for &(s, e) in &all {
+        for &(s, e) in all.as_slice() {
             for piece in file.map.pieces(s, e - s) {
-                if let Some(p) = piece.physical {
-                    for (ps, pl, count) in self.refs.segments(p, piece.len) {
-                        // Without holds (the usual case) no pin lookup
-                        // (and its allocation) per segment.
-                        if no_pins {
-                            if count > 1 {
-                                needs.push((piece.logical + (ps - p), pl, Some(ps)));
-                            }
-                            continue;
-                        }
-                        // Held blocks are copied too: a hold is a stable
-                        // snapshot for its holder (see `hold`).
-                        for (qs, ql, pins) in self.pins.segments(ps, pl) {
-                            if count as u64 + pins as u64 > 1 {
-                                needs.push((piece.logical + (qs - p), ql, Some(qs)));
-                            }
+                let Some(p) = piece.physical else {
+                    let (hs, he) = (piece.logical, piece.logical + piece.len);
+                    for &(ds, de) in data.as_slice() {
+                        let (a, b) = (hs.max(ds), he.min(de));
+                        if a < b {
+                            needs.push((a, b - a, None));
                         }
                     }
+                    continue;
+                };
+                // Without holds (the usual case) no pin lookup (and its
+                // allocation) per segment.
+                if no_pins {
+                    for (ps, pl, count) in self.refs.segments(p, piece.len) {
+                        if count > 1 {
+                            needs.push((piece.logical + (ps - p), pl, Some(ps)));
+                        }
+                    }
+                    continue;
                 }
-            }
-        }
-        for &(s, e) in &data {
-            for piece in file.map.pieces(s, e - s) {
-                if piece.physical.is_none() {
-                    needs.push((piece.logical, piece.len, None));
+                for (ps, pl, count) in self.refs.segments(p, piece.len) {
+                    // Held blocks are copied too: a hold is a stable
+                    // snapshot for its holder (see `hold`).
+                    for (qs, ql, pins) in self.pins.segments(ps, pl) {
+                        if count as u64 + pins as u64 > 1 {
+                            needs.push((piece.logical + (qs - p), ql, Some(qs)));
+                        }
+                    }
                 }
             }
         }
@@ -211,24 +251,21 @@ impl<M: PersistentMemory> Filesystem<M> {
         // COMPACT_THRESHOLD_BLOCKS of its blocks private, which gathers it
         // into one fresh private chunk (FORMAT.md "Allocation policy",
         // "Copy-on-write of shared blocks", "Compaction").
-        let movable: BTreeSet<u64> = if large {
-            let mut chunks: BTreeSet<u64> = BTreeSet::new();
+        // Sorted vectors, not sets: a write touches few chunks.
+        let mut movable: Vec<u64> = Vec::new();
+        if large {
             for &(l, n, _) in &needs {
-                chunks.extend((l / CHUNK_BLOCKS)..=((l + n - 1) / CHUNK_BLOCKS));
+                movable.extend((l / CHUNK_BLOCKS)..=((l + n - 1) / CHUNK_BLOCKS));
             }
-            chunks
-                .into_iter()
-                .filter(|&c| {
-                    let st = self.cached_chunk_state(slot, c);
-                    Self::chunk_wants_whole(st, c, &needs)
-                })
-                .collect()
-        } else {
-            BTreeSet::new()
-        };
+            movable.dedup();
+            movable.retain(|&c| {
+                let st = self.cached_chunk_state(slot, c);
+                Self::chunk_wants_whole(st, c, &needs)
+            });
+        }
         let file = self.files.get(&slot).ok_or(Error::StaleFile)?;
-        let mut runs: Vec<NewRun> = Vec::new();
-        let mut huge_chunks: BTreeSet<u64> = BTreeSet::new();
+        let mut runs: Vec<NewRun> = Vec::with_capacity(needs.len());
+        let mut huge_chunks: Vec<u64> = Vec::new();
         let mut failed = false;
         'outer: for &(logical, len, source) in &needs {
             let mut done = 0;
@@ -241,11 +278,11 @@ impl<M: PersistentMemory> Filesystem<M> {
                     done += piece_len;
                     continue;
                 }
-                if movable.contains(&chunk) {
+                if movable.binary_search(&chunk).is_ok() {
                     let base = chunk * CHUNK_BLOCKS;
                     let prefer = preferred(&file.map, &runs, base);
                     if let Some(p) = self.alloc.alloc_huge(prefer) {
-                        huge_chunks.insert(chunk);
+                        huge_chunks.push(chunk);
                         for piece in file.map.pieces(base, CHUNK_BLOCKS) {
                             runs.push(NewRun {
                                 logical: piece.logical,
@@ -279,15 +316,17 @@ impl<M: PersistentMemory> Filesystem<M> {
         for r in &runs {
             self.refs.increment(r.physical, r.len);
         }
-        let fresh: Vec<(u64, u64)> = runs.iter().map(|r| (r.physical, r.len)).collect();
+        let fresh = |runs: &[NewRun]| -> Vec<(u64, u64)> {
+            runs.iter().map(|r| (r.physical, r.len)).collect()
+        };
         if failed {
-            self.unallocate(&fresh);
+            self.unallocate(&fresh(&runs));
             return Err(Error::NoSpace);
         }
         // The map, count and free-space runs the new blocks may add are
         // charged before the map changes; a refusal undoes the allocation.
         if let Err(e) = self.reserve(runs.len() * RUN_GROWTH) {
-            self.unallocate(&fresh);
+            self.unallocate(&fresh(&runs));
             return Err(e);
         }
         // Switch the in-memory map to the new blocks now; undone below if
@@ -295,7 +334,12 @@ impl<M: PersistentMemory> Filesystem<M> {
         let file = self.files.get_mut(&slot).ok_or(Error::StaleFile)?;
         let mut removed = Vec::new();
         for r in &runs {
-            removed.extend(file.map.replace(r.logical, r.len, r.physical));
+            let mut got = file.map.replace(r.logical, r.len, r.physical);
+            if removed.is_empty() {
+                removed = got;
+            } else {
+                removed.append(&mut got);
+            }
         }
         let result = self
             .fill_and_apply(slot, edits, &runs, new_size)
@@ -323,7 +367,7 @@ impl<M: PersistentMemory> Filesystem<M> {
                         file.map.insert(x.logical, x.len, x.physical);
                     }
                 }
-                self.unallocate(&fresh);
+                self.unallocate(&fresh(&runs));
                 Err(e)
             }
         }
@@ -337,7 +381,7 @@ impl<M: PersistentMemory> Filesystem<M> {
     /// filled a hole; a chunk moved whole is all mapped and private. The
     /// references dropped change only other files' counts (a file never
     /// shares blocks with itself), so the cache then takes the new epoch.
-    fn count_fresh(&mut self, slot: u32, epoch: u64, runs: &[NewRun], huge: &BTreeSet<u64>) {
+    fn count_fresh(&mut self, slot: u32, epoch: u64, runs: &[NewRun], huge: &[u64]) {
         let now = self.share_epoch;
         let Some(f) = self.files.get_mut(&slot) else {
             return;
@@ -385,65 +429,71 @@ impl<M: PersistentMemory> Filesystem<M> {
         runs: &[NewRun],
         new_size: u64,
     ) -> Result<(), Error> {
-        let covered = union(edits.iter().map(|e| (e.offset, e.end())).collect());
+        let covered = Ranges::bytes(edits);
         for r in runs {
             let start = r.logical * BLOCK_SIZE;
             let end = ((r.logical + r.len) * BLOCK_SIZE).min(new_size);
+            // Fill each gap between the covered ranges as it is found.
             let mut cursor = start;
-            let mut gaps = Vec::new();
-            for &(cs, ce) in &covered {
+            let fill = |fs: &mut Self, gs: u64, ge: u64| -> Result<(), Error> {
+                let to = block_offset(r.physical) + (gs - start);
+                match r.source {
+                    Some(src) => fs.copy_region(block_offset(src) + (gs - start), to, ge - gs),
+                    None => fs.put_zeros(to, ge - gs),
+                }
+            };
+            for &(cs, ce) in covered.as_slice() {
                 if ce <= cursor || cs >= end {
                     continue;
                 }
                 if cs > cursor {
-                    gaps.push((cursor, cs));
+                    fill(self, cursor, cs)?;
                 }
                 cursor = cursor.max(ce);
             }
             if cursor < end {
-                gaps.push((cursor, end));
-            }
-            for (gs, ge) in gaps {
-                let to = block_offset(r.physical) + (gs - start);
-                match r.source {
-                    Some(src) => self.copy_region(block_offset(src) + (gs - start), to, ge - gs)?,
-                    None => self.put_zeros(to, ge - gs)?,
-                }
+                fill(self, cursor, end)?;
             }
         }
-        // (edit index, file offset, region offset, length)
-        let mut writes: Vec<(usize, u64, u64, u64)> = Vec::new();
-        let file = self.files.get(&slot).ok_or(Error::StaleFile)?;
-        for (i, e) in edits.iter().enumerate() {
+        for e in edits {
             if e.len() == 0 {
                 continue;
             }
             let (bs, be) = (e.offset / BLOCK_SIZE, e.end().div_ceil(BLOCK_SIZE));
+            // An edit inside one fresh run (a copy-on-write, an
+            // allocation) is written there without a map lookup.
+            if let Some(r) = runs
+                .iter()
+                .find(|r| r.logical <= bs && be <= r.logical + r.len)
+            {
+                let at = block_offset(r.physical + (bs - r.logical)) + e.offset % BLOCK_SIZE;
+                self.put_edit(e, e.offset, at, e.len())?;
+                continue;
+            }
+            let file = self.files.get(&slot).ok_or(Error::StaleFile)?;
             for piece in file.map.pieces(bs, be - bs) {
                 let Some(p) = piece.physical else { continue };
                 let a = e.offset.max(piece.logical * BLOCK_SIZE);
                 let b = e.end().min((piece.logical + piece.len) * BLOCK_SIZE);
                 if b > a {
-                    writes.push((
-                        i,
-                        a,
-                        block_offset(p) + (a - piece.logical * BLOCK_SIZE),
-                        b - a,
-                    ));
+                    let at = block_offset(p) + (a - piece.logical * BLOCK_SIZE);
+                    self.put_edit(e, a, at, b - a)?;
                 }
-            }
-        }
-        for (i, a, at, len) in writes {
-            let e = &edits[i];
-            match e.src {
-                Src::Data(d) => {
-                    let from = (a - e.offset) as usize;
-                    self.put(at, &d[from..from + len as usize])?;
-                }
-                Src::Zero(_) => self.put_zeros(at, len)?,
             }
         }
         Ok(())
+    }
+
+    /// Stores the bytes of edit `e` from file offset `a` on, `len` of them,
+    /// at region offset `at`.
+    fn put_edit(&mut self, e: &Edit<'_>, a: u64, at: u64, len: u64) -> Result<(), Error> {
+        match e.src {
+            Src::Data(d) => {
+                let from = (a - e.offset) as usize;
+                self.put(at, &d[from..from + len as usize])
+            }
+            Src::Zero(_) => self.put_zeros(at, len),
+        }
     }
 
     /// Writes `data` at `offset`, extending the file if needed. Fails with
