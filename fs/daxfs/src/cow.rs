@@ -11,8 +11,8 @@ use alloc::vec::Vec;
 
 use crate::extmap::ExtentMap;
 use crate::format::{
-    Extent, OverflowBlock, Record, BLOCK_SIZE, CHUNK_BLOCKS, EXTENT_SIZE, INLINE_EXTENTS,
-    LAYERED_VERSION, OVERFLOW_EXTENTS,
+    Extent, OverflowBlock, Record, RecordView, BLOCK_SIZE, CHUNK_BLOCKS, EXTENT_SIZE,
+    INLINE_EXTENTS, LAYERED_VERSION, OVERFLOW_EXTENTS, RECORD_SIZE,
 };
 use crate::{block_offset, Error, File, FileId, Filesystem, PersistentMemory, RUN_GROWTH};
 
@@ -57,6 +57,25 @@ impl Layered {
             .as_ref()
             .map_or(0, |(_, b)| b.extents.capacity() * EXTENT_SIZE);
         self.inline.capacity() * EXTENT_SIZE + head
+    }
+
+    /// The encoded record of `file` (whose list this is) at `size`,
+    /// without copying its name or inline entries.
+    pub(crate) fn encode_record(&self, file: &File, size: u64) -> [u8; RECORD_SIZE] {
+        RecordView {
+            in_use: true,
+            orphan: file.orphan,
+            generation: file.generation,
+            name: &file.name,
+            size,
+            // Bounded by 2 * extents + LAYER_SLACK, far below 2^32.
+            extent_count: self.entries as u32,
+            overflow_count: file.chain.len() as u32,
+            overflow_first: file.chain.first().copied().unwrap_or(0),
+            inline: &self.inline,
+            layered: true,
+        }
+        .encode()
     }
 
     /// The record of `file` (whose list this is) at `size`.
@@ -464,8 +483,8 @@ impl<M: PersistentMemory> Filesystem<M> {
         let f = self.files.get_mut(&slot).ok_or(Error::StaleFile)?;
         let fresh_chain = f.list.is_none();
         let Some(chain) = chain else {
-            let record = list.record(f, size);
-            self.commit(&[(slot, record.encode())])?;
+            let record = list.encode_record(f, size);
+            self.commit(&[(slot, record)])?;
             let f = self.files.get_mut(&slot).ok_or(Error::StaleFile)?;
             f.size = size;
             f.durable = size;
@@ -473,8 +492,8 @@ impl<M: PersistentMemory> Filesystem<M> {
             return Ok(());
         };
         let old_chain = core::mem::replace(&mut f.chain, chain);
-        let record = list.record(f, size);
-        let result = self.commit(&[(slot, record.encode())]);
+        let record = list.encode_record(f, size);
+        let result = self.commit(&[(slot, record)]);
         let f = self.files.get_mut(&slot).ok_or(Error::StaleFile)?;
         if let Err(e) = result {
             let fresh = core::mem::replace(&mut f.chain, old_chain);

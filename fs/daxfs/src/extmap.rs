@@ -240,8 +240,13 @@ impl ExtentMap {
     /// takes four B-tree searches instead of about eight.
     pub fn replace(&mut self, logical: u64, len: u64, physical: u64) -> Vec<Extent> {
         let end = logical + len;
-        let inside = match self.map.range(..=logical).next_back() {
-            Some((&s, &(l, p))) if s < logical && end < s + l && p + (logical - s) != physical => {
+        let inside = match self.map.range_mut(..=logical).next_back() {
+            Some((&s, left))
+                if s < logical && end < s + left.0 && left.1 + (logical - s) != physical =>
+            {
+                // Shortened in place: no second search for it.
+                let (l, p) = *left;
+                left.0 = logical - s;
                 Some((s, l, p))
             }
             _ => None,
@@ -252,9 +257,6 @@ impl ExtentMap {
             return removed;
         };
         self.changed();
-        if let Some(left) = self.map.get_mut(&s) {
-            left.0 = logical - s;
-        }
         self.map.insert(logical, (len, physical));
         self.map.insert(end, (s + l - end, p + (end - s)));
         alloc::vec![Extent {

@@ -356,27 +356,35 @@ pub struct Record {
     pub layered: bool,
 }
 
-/// Why a record failed to decode.
-pub type RecordError = &'static str;
+/// A [`Record`] borrowed from wherever its parts live, so that a commit
+/// encodes a file's record without copying its name and inline extents
+/// first (issue 17: one record is encoded per copy-on-write).
+#[derive(Debug, Clone, Copy)]
+pub struct RecordView<'a> {
+    /// See [`Record::in_use`].
+    pub in_use: bool,
+    /// See [`Record::orphan`].
+    pub orphan: bool,
+    /// See [`Record::generation`].
+    pub generation: u32,
+    /// See [`Record::name`].
+    pub name: &'a str,
+    /// See [`Record::size`].
+    pub size: u64,
+    /// See [`Record::extent_count`].
+    pub extent_count: u32,
+    /// See [`Record::overflow_count`].
+    pub overflow_count: u32,
+    /// See [`Record::overflow_first`].
+    pub overflow_first: u64,
+    /// See [`Record::inline`].
+    pub inline: &'a [Extent],
+    /// See [`Record::layered`].
+    pub layered: bool,
+}
 
-impl Record {
-    /// A free slot that remembers its generation.
-    pub fn free(generation: u32) -> Self {
-        Record {
-            in_use: false,
-            orphan: false,
-            generation,
-            name: String::new(),
-            size: 0,
-            extent_count: 0,
-            overflow_count: 0,
-            overflow_first: 0,
-            inline: Vec::new(),
-            layered: false,
-        }
-    }
-
-    /// Encodes into 512 bytes with the checksum.
+impl RecordView<'_> {
+    /// Encodes the record with its checksum (FORMAT.md "File records").
     pub fn encode(&self) -> [u8; RECORD_SIZE] {
         let mut b = [0u8; RECORD_SIZE];
         put_u32(&mut b, 0, RECORD_MAGIC);
@@ -411,6 +419,44 @@ impl Record {
         let crc = checksum_skipping(&b, 60);
         put_u32(&mut b, 60, crc);
         b
+    }
+}
+
+/// Why a record failed to decode.
+pub type RecordError = &'static str;
+
+impl Record {
+    /// A free slot that remembers its generation.
+    pub fn free(generation: u32) -> Self {
+        Record {
+            in_use: false,
+            orphan: false,
+            generation,
+            name: String::new(),
+            size: 0,
+            extent_count: 0,
+            overflow_count: 0,
+            overflow_first: 0,
+            inline: Vec::new(),
+            layered: false,
+        }
+    }
+
+    /// Encodes into 512 bytes with the checksum.
+    pub fn encode(&self) -> [u8; RECORD_SIZE] {
+        RecordView {
+            in_use: self.in_use,
+            orphan: self.orphan,
+            generation: self.generation,
+            name: &self.name,
+            size: self.size,
+            extent_count: self.extent_count,
+            overflow_count: self.overflow_count,
+            overflow_first: self.overflow_first,
+            inline: &self.inline,
+            layered: self.layered,
+        }
+        .encode()
     }
 
     /// Decodes a record; `Ok(None)` for an all-zero (never used) slot.

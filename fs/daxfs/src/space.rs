@@ -94,12 +94,6 @@ impl RunCounts {
         Some(RunCounts { runs })
     }
 
-    /// The run holding every block of `start..end`, when one does.
-    fn run_over(&self, start: u64, end: u64) -> Option<(u64, u64, u32)> {
-        let (&s, &(l, c)) = self.runs.range(..=start).next_back()?;
-        (s + l >= end).then_some((s, l, c))
-    }
-
     /// Sets the count of `start..end`, strictly inside the run `(s, l, c)`
     /// (so no neighbour can merge with it), to `count` (not 0), in three
     /// B-tree updates: the fast path of a one-block copy-on-write.
@@ -187,16 +181,18 @@ impl RunCounts {
         }
         let end = start + len;
         // Fast path (one copy-on-write dropping a shared block, or freeing
-        // part of a run): strictly inside one run.
-        if let Some((s, l, c)) = self.run_over(start, end) {
+        // part of a run): strictly inside one run, which the one search
+        // that finds it also shortens in place.
+        if let Some((&s, run)) = self.runs.range_mut(..=start).next_back() {
+            let (l, c) = *run;
             if s < start && end < s + l {
+                run.0 = start - s;
                 if c > 1 {
-                    self.recount_inside((s, l, c), start, end, c - 1);
+                    self.runs.insert(start, (len, c - 1));
                 } else {
-                    self.runs.insert(s, (start - s, c));
-                    self.runs.insert(end, (s + l - end, c));
                     freed.push((start, len));
                 }
+                self.runs.insert(end, (s + l - end, c));
                 return freed;
             }
         }

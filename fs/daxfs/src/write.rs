@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 use daxbox_persist::NT_THRESHOLD;
 
 use crate::cow::PrivateRun;
-use crate::extmap::ExtentMap;
+use crate::extmap::{ExtentMap, Piece};
 use crate::format::{Extent, BLOCK_SIZE, CHUNK_BLOCKS, CHUNK_SIZE, MAX_FILE_SIZE};
 use crate::{block_offset, Error, FileId, Filesystem, PersistentMemory, RUN_GROWTH, ZEROS};
 
@@ -37,6 +37,14 @@ impl Edit<'_> {
     fn end(&self) -> u64 {
         self.offset + self.len()
     }
+}
+
+/// What `write_in_place` did: the write, or nothing, with what it found
+/// of the first block's extent (first block, its physical block, blocks
+/// of the extent from there on) when it looked.
+enum InPlace {
+    Done,
+    Not(Option<(u64, u64, u64)>),
 }
 
 /// A fresh allocation made for a write.
@@ -197,6 +205,19 @@ impl<M: PersistentMemory> Filesystem<M> {
     /// written, and new blocks are filled before the metadata that points
     /// at them is committed (FORMAT.md "Data writes").
     fn modify(&mut self, slot: u32, edits: &[Edit<'_>], new_size: u64) -> Result<(), Error> {
+        self.modify_known(slot, edits, new_size, None)
+    }
+
+    /// [`Self::modify`], with what `write_in_place` already looked up:
+    /// `known` = (first block, its physical block, blocks of its extent
+    /// from there), so that a copy-on-write does not search the map twice.
+    fn modify_known(
+        &mut self,
+        slot: u32,
+        edits: &[Edit<'_>],
+        new_size: u64,
+        known: Option<(u64, u64, u64)>,
+    ) -> Result<(), Error> {
         let file = self.files.get(&slot).ok_or(Error::StaleFile)?;
         let all = Ranges::of(edits, false);
         let data = Ranges::of(edits, true);
@@ -207,7 +228,18 @@ impl<M: PersistentMemory> Filesystem<M> {
         let mut needs: Vec<(u64, u64, Option<u64>)> = Vec::new();
         let no_pins = self.pins.is_empty();
         for &(s, e) in all.as_slice() {
-            for piece in file.map.pieces(s, e - s) {
+            let pieces = match known {
+                Some((kb, kp, run)) if kb == s && e - s <= run => alloc::vec![Piece {
+                    logical: s,
+                    len: e - s,
+                    physical: Some(kp),
+                }],
+                _ => file.map.pieces(s, e - s),
+            };
+            // Every test run checks what write_in_place found.
+            #[cfg(debug_assertions)]
+            debug_assert_eq!(pieces, file.map.pieces(s, e - s));
+            for piece in pieces {
                 let Some(p) = piece.physical else {
                     let (hs, he) = (piece.logical, piece.logical + piece.len);
                     for &(ds, de) in data.as_slice() {
@@ -500,10 +532,11 @@ impl<M: PersistentMemory> Filesystem<M> {
     /// [`Error::OutOfMemory`] (nothing written) when the blocks it must
     /// allocate would grow the in-memory maps past the mount budget.
     pub fn write(&mut self, file: FileId, offset: u64, data: &[u8]) -> Result<(), Error> {
-        if self.write_in_place(file, offset, data)? {
-            return Ok(());
-        }
-        self.costed(file.slot, |fs| fs.write_inner(file, offset, data))
+        let known = match self.write_in_place(file, offset, data)? {
+            InPlace::Done => return Ok(()),
+            InPlace::Not(known) => known,
+        };
+        self.costed(file.slot, |fs| fs.write_inner(file, offset, data, known))
     }
 
     /// The fast path of [`Self::write`] (FORMAT.md "Data writes"): when the
@@ -512,11 +545,11 @@ impl<M: PersistentMemory> Filesystem<M> {
     /// pmem and at most the size changes ("Deferred size commits"); the
     /// map does not, so no memory is charged. `Ok(false)`: not
     /// applicable, nothing done.
-    fn write_in_place(&mut self, file: FileId, offset: u64, data: &[u8]) -> Result<bool, Error> {
+    fn write_in_place(&mut self, file: FileId, offset: u64, data: &[u8]) -> Result<InPlace, Error> {
         let f = self.file(file)?;
         let size = f.size;
         if data.is_empty() || offset > size {
-            return Ok(false);
+            return Ok(InPlace::Not(None));
         }
         let end = offset
             .checked_add(data.len() as u64)
@@ -533,13 +566,13 @@ impl<M: PersistentMemory> Filesystem<M> {
             Some(r) => r.physical + (bs - r.logical),
             None => {
                 let Some((p, run)) = f.map.run_at(bs) else {
-                    return Ok(false);
+                    return Ok(InPlace::Not(None));
                 };
                 if run < be - bs
                     || self.refs.max_in(p, be - bs) > 1
                     || self.pins.max_in(p, be - bs) != 0
                 {
-                    return Ok(false);
+                    return Ok(InPlace::Not(Some((bs, p, run))));
                 }
                 if end > size {
                     // An appending write: remember the private run up to
@@ -571,11 +604,17 @@ impl<M: PersistentMemory> Filesystem<M> {
         if end > size {
             self.grow_size(file.slot, end)?;
         }
-        Ok(true)
+        Ok(InPlace::Done)
     }
 
     /// [`Self::write`] through `modify`: allocation, copy-on-write, holes.
-    fn write_inner(&mut self, file: FileId, offset: u64, data: &[u8]) -> Result<(), Error> {
+    fn write_inner(
+        &mut self,
+        file: FileId,
+        offset: u64,
+        data: &[u8],
+        known: Option<(u64, u64, u64)>,
+    ) -> Result<(), Error> {
         let size = self.file(file)?.size;
         if data.is_empty() {
             return Ok(());
@@ -597,7 +636,7 @@ impl<M: PersistentMemory> Filesystem<M> {
             offset,
             src: Src::Data(data),
         });
-        self.modify(file.slot, &edits, size.max(end))
+        self.modify_known(file.slot, &edits, size.max(end), known)
     }
 
     /// Makes `offset..offset + len` read as zeros, extending the file if
