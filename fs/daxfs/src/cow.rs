@@ -413,8 +413,13 @@ impl<M: PersistentMemory> Filesystem<M> {
             };
             return self.commit_list(slot, size, list, None, &[]);
         }
-        let known = list.head.clone();
         let (spill, mut chain) = (list.inline.clone(), f.chain.clone());
+        // Taken, not copied: the list gets a new first block below.
+        let known = self
+            .files
+            .get_mut(&slot)
+            .and_then(|f| f.list.as_mut())
+            .and_then(|l| l.head.take());
         self.need_version(LAYERED_VERSION)?;
         // Spill the inline entries into the chain's first block: a copy of
         // it with them in front when they fit, else a new first block.

@@ -109,6 +109,15 @@ impl RunCounts {
             return;
         }
         let end = start + len;
+        // Fastest path, one search: a gap right after a run of count 1
+        // and not touching the next run (a fresh block after the previous
+        // fresh block) lengthens that run in place.
+        if let Some((&s, run)) = self.runs.range_mut(..=end).next_back() {
+            if s < start && s + run.0 == start && run.1 == 1 {
+                run.0 += len;
+                return;
+            }
+        }
         // Fast paths (no temporary vectors): inside one run, or in a gap
         // (a fresh allocation). One B-tree search finds the run starting
         // at `end` (a right neighbour), any run starting inside the range
