@@ -416,7 +416,20 @@ impl RecordView<'_> {
             let at = RECORD_EXTENTS_OFFSET + i * EXTENT_SIZE;
             encode_extent(&mut b[at..at + EXTENT_SIZE], e);
         }
-        let crc = checksum_skipping(&b, 60);
+        // The checksum field is still zero; the rest of the name area and
+        // the unused extent slots are zero too.
+        let inline = self.inline.len().min(INLINE_EXTENTS);
+        let crc = checksum_sparse(
+            &b,
+            &[
+                (0, RECORD_NAME_OFFSET + self.name.len()),
+                (
+                    RECORD_EXTENTS_OFFSET,
+                    RECORD_EXTENTS_OFFSET + inline * EXTENT_SIZE,
+                ),
+            ],
+        );
+        debug_assert_eq!(crc, checksum_skipping(&b, 60));
         put_u32(&mut b, 60, crc);
         b
     }
@@ -593,11 +606,14 @@ impl OverflowBlock {
         // At most OVERFLOW_EXTENTS extents are ever put in one block.
         put_u32(&mut b, 20, self.extents.len() as u32);
         put_u64(&mut b, 24, self.next);
+        let used = self.extents.len().min(OVERFLOW_EXTENTS);
         for (i, e) in self.extents.iter().take(OVERFLOW_EXTENTS).enumerate() {
             let at = OVERFLOW_HEADER + i * EXTENT_SIZE;
             encode_extent(&mut b[at..at + EXTENT_SIZE], e);
         }
-        let crc = checksum_skipping(&b, 4);
+        // The checksum field is still zero, and so are the unused slots.
+        let crc = checksum_sparse(&b, &[(0, OVERFLOW_HEADER + used * EXTENT_SIZE)]);
+        debug_assert_eq!(crc, checksum_skipping(&b, 4));
         put_u32(&mut b, 4, crc);
         b
     }
@@ -688,22 +704,17 @@ const CRC32C_POLY: u32 = 0x82F6_3B78;
 /// `a * b` modulo the CRC-32C polynomial, both in the reflected bit order
 /// of the CRC register (bit 31 is x^0), as zlib's `multmodp`.
 const fn crc_mult(a: u32, mut b: u32) -> u32 {
-    let mut m = 1u32 << 31;
+    // Branch-free (the bits of `a` are as good as random): 32 steps of a
+    // few instructions each.
     let mut p = 0u32;
-    loop {
-        if a & m != 0 {
-            p ^= b;
-            if a & (m - 1) == 0 {
-                return p;
-            }
-        }
-        m >>= 1;
-        b = if b & 1 != 0 {
-            (b >> 1) ^ CRC32C_POLY
-        } else {
-            b >> 1
-        };
+    let mut i = 0;
+    while i < 32 {
+        let bit = (a >> (31 - i)) & 1;
+        p ^= b & 0u32.wrapping_sub(bit);
+        b = (b >> 1) ^ (CRC32C_POLY & 0u32.wrapping_sub(b & 1));
+        i += 1;
     }
+    p
 }
 
 /// x^(8 * `bytes`) modulo the polynomial (reflected): what appending
@@ -727,6 +738,49 @@ const fn crc_shift_of(bytes: usize) -> u32 {
 /// `shift` is [`crc_shift_of`] of that length (zlib's `crc32_combine`).
 const fn crc_combine(crc_a: u32, crc_b: u32, shift: u32) -> u32 {
     crc_mult(shift, crc_a) ^ crc_b
+}
+
+/// `ZERO_SHIFT[k]` = [`crc_shift_of`]`(k)`, for appending `k` zero bytes
+/// (k up to a block) in one multiplication instead of hashing them.
+static ZERO_SHIFT: [u32; BLOCK_SIZE as usize + 1] = {
+    let mut t = [0u32; BLOCK_SIZE as usize + 1];
+    let one_byte = crc_shift_of(1);
+    t[0] = 1 << 31;
+    let mut k = 1;
+    while k < t.len() {
+        t[k] = crc_mult(one_byte, t[k - 1]);
+        k += 1;
+    }
+    t
+};
+
+/// CRC-32C of `bytes` whose bytes outside `dense` (sorted, disjoint byte
+/// ranges) are all zero: the dense ranges are hashed, each zero run is
+/// one multiplication (issue 17: a record is mostly an empty name and
+/// unused extent slots, an overflow block often half empty). `bytes` is
+/// at most a block long.
+fn checksum_sparse(bytes: &[u8], dense: &[(usize, usize)]) -> u32 {
+    debug_assert!(bytes.len() <= BLOCK_SIZE as usize);
+    // CRC of the empty message; `A || 0^k` and `A || B` from `crc(A)`.
+    let mut crc = 0u32;
+    let mut at = 0;
+    let zeros = |crc: u32, k: usize| crc_mult(ZERO_SHIFT[k], crc ^ !0) ^ !0;
+    for &(start, end) in dense {
+        if start > at {
+            crc = zeros(crc, start - at);
+        }
+        let part = CRC32C.checksum(&bytes[start..end]);
+        crc = if at == 0 && start == 0 {
+            part
+        } else {
+            crc_combine(crc, part, ZERO_SHIFT[end - start])
+        };
+        at = end;
+    }
+    if bytes.len() > at {
+        crc = zeros(crc, bytes.len() - at);
+    }
+    crc
 }
 
 /// Appending a journal entry's slot field (slot and 4 zero bytes).
@@ -893,6 +947,31 @@ mod tests {
             );
         }
         assert_eq!(crc_shift_of(0), 1 << 31);
+        assert_eq!(
+            ZERO_SHIFT[BLOCK_SIZE as usize],
+            crc_shift_of(BLOCK_SIZE as usize)
+        );
+        // Sparse checksums equal hashing every byte, zero runs anywhere.
+        let mut bytes = alloc::vec![0u8; BLOCK_SIZE as usize];
+        for len in [0usize, 1, 60, 512, 4096] {
+            for (a, b, c, d) in [
+                (0, 0, 0, 0),
+                (0, 5, 9, 20),
+                (3, 7, 7, 40),
+                (0, len, len, len),
+            ] {
+                let (a, b, c, d) = (a.min(len), b.min(len), c.min(len), d.min(len));
+                bytes.fill(0);
+                for i in (a..b).chain(c..d) {
+                    bytes[i] = next() as u8 | 1;
+                }
+                assert_eq!(
+                    checksum_sparse(&bytes[..len], &[(a, b), (c, d)]),
+                    CRC32C.checksum(&bytes[..len]),
+                    "len {len} dense {a}..{b}, {c}..{d}"
+                );
+            }
+        }
         assert_eq!(
             crc_combine(
                 CRC32C.checksum(b"ab"),
