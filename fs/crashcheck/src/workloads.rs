@@ -183,6 +183,31 @@ pub fn scenarios() -> Vec<Vec<Op>> {
             seeded(write("small", SMALL_SIZE + 2000, 200), 19),
             Op::PersistAll,
         ],
+        // Allocate-ahead in small files (daxfs FORMAT.md "Allocation
+        // policy"): 4 KiB appends into a new small file map blocks ahead
+        // of its end (1, 2, 4, ... at a time), and the appends in between
+        // are in-place stores with deferred sizes; a crash never shows the
+        // unfilled blocks ahead, whose space fsck counts as the file's.
+        // Then a clone (both sides share the blocks ahead), appends into
+        // either side (copy-on-write of a shared block past the end), a
+        // truncate down (gives the blocks ahead back) and an unlink.
+        alloc::vec![
+            Op::Create(name("new")),
+            seeded(write("new", 0, 4096), 41),
+            seeded(write("new", 4096, 4096), 42),
+            seeded(write("new", 8192, 4096), 43),
+            seeded(write("new", 12_288, 4096), 44),
+            Op::Persist(name("new")),
+            seeded(write("new", 16_384, 3000), 45),
+            seeded(write("new", 19_384, 6000), 46),
+            Op::Clone(name("new"), name("copy")),
+            seeded(write("copy", 25_384, 4096), 47),
+            seeded(write("new", 25_384, 2000), 48),
+            Op::Truncate(name("new"), 5000),
+            seeded(write("new", 5000, 4096), 49),
+            Op::Unlink(name("copy")),
+            Op::PersistAll,
+        ],
         alloc::vec![
             Op::Open(name("big")),
             seeded(write("big", BIG_SIZE, 4096), 21),

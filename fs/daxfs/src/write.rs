@@ -15,6 +15,10 @@ use crate::extmap::{ExtentMap, Piece};
 use crate::format::{Extent, BLOCK_SIZE, CHUNK_BLOCKS, CHUNK_SIZE, MAX_FILE_SIZE};
 use crate::{block_offset, Error, FileId, Filesystem, PersistentMemory, RUN_GROWTH, ZEROS};
 
+/// Most blocks a small file's allocating write maps ahead of its end of
+/// file (FORMAT.md "Allocation policy": allocate-ahead; 256 KiB).
+pub(crate) const AHEAD_MAX: u64 = 64;
+
 /// Where the bytes of an edit come from.
 enum Src<'a> {
     Data(&'a [u8]),
@@ -345,6 +349,11 @@ impl<M: PersistentMemory> Filesystem<M> {
                 }
             }
         }
+        if !large && !failed {
+            if let Some(run) = self.ahead(slot, edits, &needs, &runs, old_size, new_size) {
+                runs.push(run);
+            }
+        }
         for r in &runs {
             self.refs.increment(r.physical, r.len);
         }
@@ -403,6 +412,63 @@ impl<M: PersistentMemory> Filesystem<M> {
                 Err(e)
             }
         }
+    }
+
+    /// Allocate-ahead in a small file (FORMAT.md "Allocation policy"):
+    /// when an appending write (starting within the file) that grows it to
+    /// at most 2 MiB needs fresh
+    /// blocks for a hole ending at its new last block, in a file that
+    /// already maps blocks and none past that one, up to [`AHEAD_MAX`]
+    /// more blocks (no more than the file maps, none past the first 2 MiB
+    /// chunk) are taken right after the last fresh run, best effort: none
+    /// free, none taken. They are preallocation past the end of file
+    /// (unfilled, never read), so the appends after this one are in-place
+    /// stores with deferred sizes instead of one commit each.
+    fn ahead(
+        &mut self,
+        slot: u32,
+        edits: &[Edit<'_>],
+        needs: &[(u64, u64, Option<u64>)],
+        runs: &[NewRun],
+        old_size: u64,
+        new_size: u64,
+    ) -> Option<NewRun> {
+        // Appends only: one data edit starting within the file (a write
+        // past the end leaves a gap, and sparse writers keep their holes).
+        match edits {
+            [e] if matches!(e.src, Src::Data(_)) && e.offset <= old_size && new_size > old_size => {
+            }
+            _ => return None,
+        }
+        let last_block = new_size.div_ceil(BLOCK_SIZE);
+        match needs.last() {
+            Some(&(l, n, None)) if l + n == last_block => {}
+            _ => return None,
+        }
+        let file = self.files.get(&slot)?;
+        // The blocks mapped before this write (the fresh runs are not in
+        // the map yet); a file's first write takes only what it needs.
+        if file.map.end() > last_block {
+            return None;
+        }
+        let mapped = file.map.mapped_blocks();
+        let want = mapped
+            .min(AHEAD_MAX)
+            .min(CHUNK_BLOCKS.saturating_sub(last_block));
+        if want == 0 {
+            return None;
+        }
+        let prefer = runs
+            .iter()
+            .find(|r| r.logical + r.len == last_block)
+            .map(|r| r.physical + r.len);
+        let (physical, len) = self.alloc.alloc_small(want, prefer)?;
+        Some(NewRun {
+            logical: last_block,
+            len,
+            physical,
+            source: None,
+        })
     }
 
     /// Brings the `cow::ChunkCache` of the file in `slot` up to date after

@@ -76,11 +76,13 @@ fn many_extents_go_through_a_fresh_overflow_chain() {
     let mut fs = fresh(64);
     let dst = fs.create("dst").unwrap();
     fs.write(dst, 0, &pattern(2 * MIB, 7)).unwrap();
-    // A fragmented source: every other 4 KiB block written first, then
-    // the gaps, from interleaved files, so it has many extents.
+    // A fragmented source: 4 KiB blocks from interleaved files, so it has
+    // many extents; written from the end backwards, so that neither file
+    // appends (appends into a small file are allocated ahead, FORMAT.md
+    // "Allocation policy", and would stay contiguous).
     let src = fs.create("src").unwrap();
     let filler = fs.create("filler").unwrap();
-    for i in 0..200u64 {
+    for i in (0..200u64).rev() {
         fs.write(src, i * 4096, &[i as u8; 4096]).unwrap();
         fs.write(filler, i * 4096, &[0xEE; 4096]).unwrap();
     }

@@ -25,7 +25,9 @@ fn image() -> (Vec<u8>, BTreeMap<String, Vec<u8>>) {
     fs.write(b, 300_000, b"tail").unwrap();
     let c = fs.create("frag").unwrap();
     let d = fs.create("interleave").unwrap();
-    for i in 0..40u64 {
+    // From the end backwards: appends into a small file are allocated
+    // ahead (FORMAT.md "Allocation policy") and would not fragment.
+    for i in (0..40u64).rev() {
         fs.write(c, i * 8192, &[i as u8 + 1; 4096]).unwrap();
         fs.write(d, i * 4096, &[0x22; 4096]).unwrap();
     }

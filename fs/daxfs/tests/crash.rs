@@ -88,6 +88,9 @@ fn explore(name: &str, setup: Op, op: Op) {
     };
     let mut fs = Filesystem::format(mem, opts).unwrap();
     setup(&mut fs);
+    // The starting state is the durable one (appends may have deferred
+    // their sizes, FORMAT.md "Deferred size commits").
+    fs.persist_all().unwrap();
     let before = contents(&fs);
     let base = fs.into_memory().inner;
     // Count the stores of a full run.

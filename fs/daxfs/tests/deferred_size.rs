@@ -195,3 +195,51 @@ fn other_commits_carry_the_in_memory_size() {
     assert_eq!(content(&fs, "c").len() as u64, size, "clone");
     assert_eq!(content(&fs, "g").len() as u64, size, "rename");
 }
+
+/// Allocate-ahead in small files (FORMAT.md "Allocation policy"): 4 KiB
+/// appends into a file under 2 MiB commit about once per doubling of what
+/// it maps, not once per write; a file written by one write is allocated
+/// only what it needs; the blocks ahead are counted as used, bounded, and
+/// given back by a truncate; a remount reads the same bytes, fsck clean.
+#[test]
+fn appends_into_a_small_file_are_allocated_ahead() {
+    let (mut fs, stores) = counting();
+    let free = fs.statfs().free_blocks;
+    let one = fs.create("one").unwrap();
+    fs.write(one, 0, &pattern(1, 4 * KIB)).unwrap();
+    assert_eq!(free - fs.statfs().free_blocks, 1, "one write, one block");
+
+    let free_log = fs.statfs().free_blocks;
+    let id = fs.create("log").unwrap();
+    let before = stores.get();
+    let n = 256u64; // 1 MiB in 4 KiB appends
+    let mut want = Vec::new();
+    for i in 0..n {
+        let data = pattern(i as u8, 4 * KIB);
+        fs.write(id, i * 4 * KIB, &data).unwrap();
+        want.extend_from_slice(&data);
+    }
+    let commits = (stores.get() - before) / 2;
+    assert!(commits <= 12, "{commits} commits for {n} appends");
+    fs.persist(id).unwrap();
+    assert_eq!(content(&fs, "log"), want);
+    let used = free_log - fs.statfs().free_blocks;
+    assert!(
+        (n..=n + 64).contains(&used),
+        "{used} blocks used for {n} blocks of data"
+    );
+    assert!(fs.fsck().is_clean(), "{:?}", fs.fsck());
+
+    let mut fs = Filesystem::mount(fs.unmount()).unwrap();
+    assert_eq!(content(&fs, "log"), want);
+    assert!(fs.fsck().is_clean(), "{:?}", fs.fsck());
+    // Appends after the remount find the blocks ahead still mapped.
+    let id = fs.lookup("log").unwrap();
+    let free = fs.statfs().free_blocks;
+    fs.write(id, n * 4 * KIB, &pattern(9, 4 * KIB)).unwrap();
+    assert!(fs.statfs().free_blocks + 65 >= free);
+    // A truncate gives back every block past the new size.
+    fs.truncate(id, 4 * KIB).unwrap();
+    assert_eq!(fs.statfs().free_blocks, free_log - 1);
+    assert!(fs.fsck().is_clean(), "{:?}", fs.fsck());
+}
