@@ -166,6 +166,35 @@ fn allocating_rows(
     row(rows, "seq overwrite 1 GiB, 4 KiB chunks", FILE, t, base);
     let huge = fs.stat(id).unwrap().huge_bytes;
     fs.unlink("seq4k").unwrap();
+    // Small files (issue 17: allocate-ahead, FORMAT.md "Allocation
+    // policy"): 256 files of 1 MiB, each written by 4 KiB appends and
+    // persisted once, next to memcpy of the same 256 MiB in 4 KiB pieces.
+    let small = 256;
+    let base = best_of(RUNS, || memcpy_write(&mut plain[..part], src, 4 * KIB));
+    let t = best_of(RUNS, || {
+        for f in 0..small {
+            let _ = fs.unlink(&format!("small{f}"));
+        }
+        let t = Instant::now();
+        for f in 0..small {
+            let id = fs.create(&format!("small{f}")).unwrap();
+            for i in 0..MIB / (4 * KIB) {
+                fs.write(id, (i * 4 * KIB) as u64, &src[..4 * KIB]).unwrap();
+            }
+            fs.persist(id).unwrap();
+        }
+        t.elapsed()
+    });
+    for f in 0..small {
+        fs.unlink(&format!("small{f}")).unwrap();
+    }
+    row(
+        rows,
+        "256 files of 1 MiB in 4 KiB appends (allocating)",
+        part,
+        t,
+        base,
+    );
     huge
 }
 
