@@ -43,12 +43,15 @@ impl Edit<'_> {
     }
 }
 
-/// What `write_in_place` did: the write, or nothing, with what it found
-/// of the first block's extent (first block, its physical block, blocks
-/// of the extent from there on) when it looked.
+/// What `write_in_place` found of a write's first block when it looked:
+/// the block, its physical block, the blocks of its extent from there on,
+/// and, for a one-block write, the block's reference count.
+type Known = (u64, u64, u64, Option<u32>);
+
+/// What `write_in_place` did: the write, or nothing (with what it found).
 enum InPlace {
     Done,
-    Not(Option<(u64, u64, u64)>),
+    Not(Option<Known>),
 }
 
 /// A fresh allocation made for a write.
@@ -220,7 +223,7 @@ impl<M: PersistentMemory> Filesystem<M> {
         slot: u32,
         edits: &[Edit<'_>],
         new_size: u64,
-        known: Option<(u64, u64, u64)>,
+        known: Option<Known>,
     ) -> Result<(), Error> {
         let file = self.files.get(&slot).ok_or(Error::StaleFile)?;
         let all = Ranges::of(edits, false);
@@ -233,7 +236,7 @@ impl<M: PersistentMemory> Filesystem<M> {
         let no_pins = self.pins.is_empty();
         for &(s, e) in all.as_slice() {
             let pieces = match known {
-                Some((kb, kp, run)) if kb == s && e - s <= run => alloc::vec![Piece {
+                Some((kb, kp, run, _)) if kb == s && e - s <= run => alloc::vec![Piece {
                     logical: s,
                     len: e - s,
                     physical: Some(kp),
@@ -255,8 +258,18 @@ impl<M: PersistentMemory> Filesystem<M> {
                     continue;
                 };
                 // Without holds (the usual case) no pin lookup (and its
-                // allocation) per segment.
+                // allocation) per segment, and none of the counts for the
+                // one block whose count write_in_place already has.
                 if no_pins {
+                    if let Some((kb, kp, _, Some(count))) = known {
+                        if piece.len == 1 && piece.logical == kb && p == kp {
+                            debug_assert_eq!(count, self.refs.get(p));
+                            if count > 1 {
+                                needs.push((kb, 1, Some(p)));
+                            }
+                            continue;
+                        }
+                    }
                     for (ps, pl, count) in self.refs.segments(p, piece.len) {
                         if count > 1 {
                             needs.push((piece.logical + (ps - p), pl, Some(ps)));
@@ -634,11 +647,13 @@ impl<M: PersistentMemory> Filesystem<M> {
                 let Some((p, run)) = f.map.run_at(bs) else {
                     return Ok(InPlace::Not(None));
                 };
-                if run < be - bs
-                    || self.refs.max_in(p, be - bs) > 1
-                    || self.pins.max_in(p, be - bs) != 0
-                {
-                    return Ok(InPlace::Not(Some((bs, p, run))));
+                if run < be - bs {
+                    return Ok(InPlace::Not(Some((bs, p, run, None))));
+                }
+                let count = self.refs.max_in(p, be - bs);
+                if count > 1 || self.pins.max_in(p, be - bs) != 0 {
+                    let single = (be - bs == 1).then_some(count);
+                    return Ok(InPlace::Not(Some((bs, p, run, single))));
                 }
                 if end > size {
                     // An appending write: remember the private run up to
@@ -679,7 +694,7 @@ impl<M: PersistentMemory> Filesystem<M> {
         file: FileId,
         offset: u64,
         data: &[u8],
-        known: Option<(u64, u64, u64)>,
+        known: Option<Known>,
     ) -> Result<(), Error> {
         let size = self.file(file)?.size;
         if data.is_empty() {
