@@ -23,6 +23,8 @@ use std::{
 
 use bootloader::{BiosBoot, BootConfig, UefiBoot};
 
+mod bios_fat;
+
 const USAGE: &str = "\
 usage: daxbox-boot --kernel ELF --out DIR [--config FILE] [--bios] [--uefi] [--pxe]
 
@@ -177,6 +179,13 @@ fn build(arguments: &Arguments) -> Result<Vec<PathBuf>, BootError> {
                 path: path.clone(),
                 error: format!("{error:#}"),
             })?;
+        // 32 KiB FAT clusters: the BIOS stage 2 makes two firmware disk
+        // calls per cluster (see bios_fat.rs).
+        bios_fat::recluster(&path).map_err(|error| BootError::Image {
+            what: "BIOS disk image (FAT re-pack)",
+            path: path.clone(),
+            error: error.to_string(),
+        })?;
         written.push(path);
     }
     if arguments.uefi || arguments.pxe {
