@@ -176,6 +176,19 @@ pub fn run_tool_ok(tool: &str, args: &[&str], timeout: Duration) -> String {
     output.stdout
 }
 
+/// Runs `qemu-io -f raw URI -c PATTERN` for each `(uri, pattern, what)`
+/// (a `read -P BYTE OFFSET LENGTH` pattern check) and asserts that it
+/// succeeded and verified, naming `what` when it did not.
+pub fn assert_qemu_io_patterns(checks: &[(&str, &str, &str)], timeout: Duration) {
+    for (uri, pattern, what) in checks {
+        let out = run_tool_ok("qemu-io", &["-f", "raw", uri, "-c", pattern], timeout);
+        assert!(
+            !out.contains("Pattern verification failed"),
+            "{what}: {pattern}:\n{out}"
+        );
+    }
+}
+
 /// Deterministic pseudo-random data with a 1 MiB run of zeros in every
 /// five, so sparse-aware copies take both paths.
 pub fn test_image(len: usize, seed: u64) -> Vec<u8> {

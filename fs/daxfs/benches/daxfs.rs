@@ -427,26 +427,10 @@ fn print_rows(rows: &[Row]) {
 /// space they take, a sequential read of the partly diverged clone next
 /// to memcpy, and the 2 MiB-mappable fraction before and after `compact`.
 fn clone_rows(rows: &mut Vec<Row>) {
-    let src: Vec<u8> = (0..2 * MIB).map(|i| (i * 7 + 3) as u8).collect();
+    let (mut fs, gold, src, offsets) = golden_file();
+    let n = offsets.len();
     let mut buf = vec![0u8; 2 * MIB];
     let plain = region(FILE).into_bytes();
-    let pages = FILE / 4096;
-    let n = 20_000;
-    let mut seed = 777u64;
-    let offsets: Vec<u64> = (0..n)
-        .map(|_| (lcg(&mut seed) as usize % pages) as u64 * 4096)
-        .collect();
-    let opts = FormatOptions {
-        uuid: [3; 16],
-        max_files: Some(64),
-    };
-    // Room for the original, the clone's private blocks and the fresh
-    // chunks compaction gathers them into (it un-shares what it gathers).
-    let mut fs = Filesystem::format(region(2 * FILE + 256 * MIB), opts).unwrap();
-    let gold = fs.create("gold").unwrap();
-    for i in 0..FILE / (2 * MIB) {
-        fs.write(gold, (i * 2 * MIB) as u64, &src).unwrap();
-    }
     let unshared = best_of(RUNS, || {
         let t = Instant::now();
         for &o in &offsets {
@@ -526,14 +510,15 @@ fn clone_rows(rows: &mut Vec<Row>) {
     assert!(fs.fsck().is_clean());
 }
 
-/// Only the random 4 KiB writes into fresh clones of a 1 GiB file, 10
-/// times over, for profiling the copy-on-write path (prints ns per write).
-fn cow_profile() {
+/// The clone rows' starting point: a fresh filesystem with room for a
+/// 1 GiB file `gold` (written whole, 2 MiB at a time), its clones' private
+/// blocks and the chunks compaction gathers them into; the 2 MiB source
+/// pattern; and 20,000 random 4 KiB-aligned offsets into the file.
+fn golden_file() -> (Filesystem<VecMemory>, daxfs::FileId, Vec<u8>, Vec<u64>) {
     let src: Vec<u8> = (0..2 * MIB).map(|i| (i * 7 + 3) as u8).collect();
     let pages = FILE / 4096;
-    let n = 20_000;
     let mut seed = 777u64;
-    let offsets: Vec<u64> = (0..n)
+    let offsets: Vec<u64> = (0..20_000)
         .map(|_| (lcg(&mut seed) as usize % pages) as u64 * 4096)
         .collect();
     let opts = FormatOptions {
@@ -545,6 +530,14 @@ fn cow_profile() {
     for i in 0..FILE / (2 * MIB) {
         fs.write(gold, (i * 2 * MIB) as u64, &src).unwrap();
     }
+    (fs, gold, src, offsets)
+}
+
+/// Only the random 4 KiB writes into fresh clones of a 1 GiB file, 10
+/// times over, for profiling the copy-on-write path (prints ns per write).
+fn cow_profile() {
+    let (mut fs, _gold, src, offsets) = golden_file();
+    let n = offsets.len();
     let mut best = Duration::MAX;
     for _ in 0..10 {
         let _ = fs.unlink("clone");

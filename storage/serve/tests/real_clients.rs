@@ -19,11 +19,11 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use daxbox_tests::nbd_client::{
-    deep_pipeline, fio, fresh_client_works, go_data, map_rows, nbdsh, pipelined_writes_then_reads,
-    request_bytes, run_tool, run_tool_ok, slow_reader, test_image, uri, RawClient, CMD_DISC,
-    CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE, EINVAL, ENOSPC, EPERM, IHAVEOPT, OPT_EXPORT_NAME,
-    OPT_GO, OPT_LIST, OPT_STRUCTURED_REPLY, REP_ACK, REP_ERR_INVALID, REP_ERR_POLICY,
-    REP_ERR_TOO_BIG, REP_ERR_UNKNOWN, REP_ERR_UNSUP, REP_INFO, REP_SERVER,
+    assert_qemu_io_patterns, deep_pipeline, fio, fresh_client_works, go_data, map_rows, nbdsh,
+    pipelined_writes_then_reads, request_bytes, run_tool, run_tool_ok, slow_reader, test_image,
+    uri, RawClient, CMD_DISC, CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE, EINVAL, ENOSPC, EPERM,
+    IHAVEOPT, OPT_EXPORT_NAME, OPT_GO, OPT_LIST, OPT_STRUCTURED_REPLY, REP_ACK, REP_ERR_INVALID,
+    REP_ERR_POLICY, REP_ERR_TOO_BIG, REP_ERR_UNKNOWN, REP_ERR_UNSUP, REP_INFO, REP_SERVER,
 };
 use daxbox_tests::{certs, mappable_percent};
 
@@ -2282,18 +2282,15 @@ fn the_idle_pass_gathers_a_rewritten_chunk_of_a_clone() {
         stat.contains("last pmem0:vm1 chunk 1"),
         "the idle pass names what it gathered:\n{stat}"
     );
-    for (export, pattern, what) in [
-        (&vm1, "read -P 0x11 0 2M", "vm1 before the rewrite"),
-        (&vm1, "read -P 0x5a 2M 800K", "vm1's rewritten range"),
-        (&vm1, "read -P 0x11 2848K 13536K", "vm1 after the rewrite"),
-        (&golden, "read -P 0x11 0 16M", "the original"),
-    ] {
-        let out = run_tool_ok("qemu-io", &["-f", "raw", export, "-c", pattern], QUICK);
-        assert!(
-            !out.contains("Pattern verification failed"),
-            "{what}: {pattern}:\n{out}"
-        );
-    }
+    assert_qemu_io_patterns(
+        &[
+            (&vm1, "read -P 0x11 0 2M", "vm1 before the rewrite"),
+            (&vm1, "read -P 0x5a 2M 800K", "vm1's rewritten range"),
+            (&vm1, "read -P 0x11 2848K 13536K", "vm1 after the rewrite"),
+            (&golden, "read -P 0x11 0 16M", "the original"),
+        ],
+        QUICK,
+    );
     let fsck = server.ok("fsck");
     assert!(fsck.contains("clean"), "fsck after the idle pass:\n{fsck}");
     server.poweroff();

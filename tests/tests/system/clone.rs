@@ -15,7 +15,9 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use daxbox_tests::nbd_client::{fio, run_tool, run_tool_ok, test_image, uri};
+use daxbox_tests::nbd_client::{
+    assert_qemu_io_patterns, fio, run_tool, run_tool_ok, test_image, uri,
+};
 use daxbox_tests::{
     mappable_percent, run_dir, scaled, Firmware, HarnessError, Machine, Nvdimm, QemuOptions,
 };
@@ -212,18 +214,15 @@ fn the_idle_pass_gathers_a_rewritten_chunk_of_a_clone() -> Result<(), HarnessErr
         "the idle pass names what it gathered:\n{stat}"
     );
     // The clone reads its own bytes, the original its own.
-    for (export, pattern, what) in [
-        (&vm1, "read -P 0x11 0 2M", "vm1 before the rewrite"),
-        (&vm1, "read -P 0x5a 2M 800K", "vm1's rewritten range"),
-        (&vm1, "read -P 0x11 2848K 13536K", "vm1 after the rewrite"),
-        (&golden, "read -P 0x11 0 16M", "the original"),
-    ] {
-        let out = run_tool_ok("qemu-io", &["-f", "raw", export, "-c", pattern], quick);
-        assert!(
-            !out.contains("Pattern verification failed"),
-            "{what}: {pattern}:\n{out}"
-        );
-    }
+    assert_qemu_io_patterns(
+        &[
+            (&vm1, "read -P 0x11 0 2M", "vm1 before the rewrite"),
+            (&vm1, "read -P 0x5a 2M 800K", "vm1's rewritten range"),
+            (&vm1, "read -P 0x11 2848K 13536K", "vm1 after the rewrite"),
+            (&golden, "read -P 0x11 0 16M", "the original"),
+        ],
+        quick,
+    );
     let fsck = shell(&mut machine, "fsck")?;
     assert!(fsck.contains("clean"), "fsck after the idle pass:\n{fsck}");
     Ok(())
