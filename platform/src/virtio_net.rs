@@ -353,12 +353,9 @@ impl<H: PoolHal, T: Transport> Nic<H, T> {
             return;
         }
         self.post_receive_slots();
-        let before = self.raw.notifies().0;
-        let start = crate::time::cycles();
-        self.raw.kick_receive();
-        if self.raw.notifies().0 != before {
-            self.tx.notify_cycles += crate::time::cycles().wrapping_sub(start);
-        }
+        timed_kick(&mut self.raw, &mut self.tx.notify_cycles, |raw| {
+            raw.kick_receive()
+        });
     }
 
     fn post_receive_slots(&mut self) {
@@ -411,17 +408,26 @@ impl<H: PoolHal, T: Transport> Nic<H, T> {
     }
 }
 
+/// Runs `kick` (one queue's notify, unless the device suppressed it; it
+/// says whether it notified) and adds the time it took to `cycles` when it
+/// did: the figure behind [`NicCounters::notify_ns`].
+fn timed_kick<H: PoolHal, T: Transport>(
+    raw: &mut Raw<H, T>,
+    cycles: &mut u64,
+    kick: impl FnOnce(&mut Raw<H, T>) -> bool,
+) {
+    let start = crate::time::cycles();
+    if kick(raw) {
+        *cycles += crate::time::cycles().wrapping_sub(start);
+    }
+}
+
 impl Transmit {
     /// Notifies the device of the frames queued since the last notify
     /// (unless it suppressed notifications).
     fn kick<H: PoolHal, T: Transport>(&mut self, raw: &mut Raw<H, T>) {
         if self.unkicked > 0 {
-            let before = raw.notifies().1;
-            let start = crate::time::cycles();
-            raw.kick_transmit();
-            if raw.notifies().1 != before {
-                self.notify_cycles += crate::time::cycles().wrapping_sub(start);
-            }
+            timed_kick(raw, &mut self.notify_cycles, |raw| raw.kick_transmit());
             self.unkicked = 0;
         }
     }
