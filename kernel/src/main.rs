@@ -43,6 +43,7 @@ use bootloader_api::config::{BootloaderConfig, Mapping};
 use bootloader_api::info::MemoryRegionKind;
 use bootloader_api::{entry_point, BootInfo};
 use daxbox_netstack::http::Chain;
+use daxbox_storage::compaction::IDLE_BEFORE_COMPACTION_US;
 use daxbox_syntax::human;
 
 /// How the bootloader should set the kernel up.
@@ -78,9 +79,6 @@ const SERIAL_POLL_US: u64 = 10_000;
 /// frame waiting for a free transmit buffer, say): without it the loop
 /// would spin until the deadline moves.
 const MIN_HALT_US: u64 = 200;
-/// How long the loop must have served nothing before idle-time compaction
-/// runs (shared with daxbox-serve).
-const COMPACT_AFTER_IDLE_US: u64 = daxbox_storage::compaction::IDLE_BEFORE_COMPACTION_US;
 
 fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     time::mark_entry();
@@ -237,12 +235,12 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
             continue;
         }
         let now = time::now_us();
-        // Idle for COMPACT_AFTER_IDLE_US: one bounded idle-time compaction
+        // Idle for IDLE_BEFORE_COMPACTION_US: one bounded idle-time compaction
         // step per pass (at most one 2 MiB chunk gathered;
         // daxbox_storage::compaction), then pass again; once it is quiet
         // the loop halts as before.
         let compact_at = storage::compaction_pending()
-            .then_some(last_busy_us.saturating_add(COMPACT_AFTER_IDLE_US));
+            .then_some(last_busy_us.saturating_add(IDLE_BEFORE_COMPACTION_US));
         if compact_at.is_some_and(|at| at <= now) && storage::compact_idle() {
             due_idle = false;
             continue;

@@ -365,7 +365,7 @@ fn main() {
             idle = 0;
             last_work = Instant::now();
         } else if last_work.elapsed() >= compact_after
-            && idle_storage.with(|storage| storage.compaction_pending() && storage.compact_idle())
+            && idle_storage.with(|storage| storage.compact_idle())
         {
             // Idle as long as the kernel waits: one bounded idle-time
             // compaction step (daxbox_storage::compaction), then go again
