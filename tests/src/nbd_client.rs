@@ -189,6 +189,76 @@ pub fn assert_qemu_io_patterns(checks: &[(&str, &str, &str)], timeout: Duration)
     }
 }
 
+/// Idle-time compaction (issue 17), the same scenario for the kernel's
+/// event loop (`tests/tests/system/clone.rs`) and `daxbox-serve`'s
+/// (`storage/serve/tests/real_clients.rs`): a clone of the 16 MiB file
+/// `golden` (created and served on `port` by the caller) is rewritten over
+/// 800 KiB of one chunk (below the write-time threshold of half a chunk, so
+/// the write copies only the blocks it covers) and must become 2 MiB-mappable
+/// again with no `compact` command once the service is idle. `command` runs
+/// a storage shell command and returns its output (failing the test on an
+/// error). `stat` is polled until `timeout`; the bytes are checked with
+/// qemu-io read patterns and the filesystem with `fsck`.
+pub fn idle_pass_gathers_a_rewritten_chunk(
+    port: u16,
+    command: &mut dyn FnMut(&str) -> String,
+    timeout: Duration,
+) {
+    let golden = uri(port, "golden");
+    // Fill all 8 chunks of the original (each 2 MiB write maps a whole
+    // aligned chunk).
+    run_tool_ok(
+        "qemu-io",
+        &["-f", "raw", &golden, "-c", "write -P 0x11 0 16M"],
+        timeout,
+    );
+    command("clone golden vm1");
+    let before = command("stat vm1");
+    assert_eq!(
+        crate::mappable_percent(&before),
+        100,
+        "a fresh clone:\n{before}"
+    );
+    // 800 KiB (200 blocks of 512) into chunk 1 of the clone.
+    let vm1 = uri(port, "vm1");
+    run_tool_ok(
+        "qemu-io",
+        &["-f", "raw", &vm1, "-c", "write -P 0x5a 2M 800K"],
+        timeout,
+    );
+    println!("stat vm1 right after the write:\n{}", command("stat vm1"));
+    // No `compact`: wait for the idle pass.
+    let deadline = Instant::now() + timeout;
+    let stat = loop {
+        let stat = command("stat vm1");
+        if crate::mappable_percent(&stat) == 100 && stat.contains("gathered 1 chunk(s)") {
+            break stat;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the idle pass never gathered chunk 1 of vm1:\n{stat}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    };
+    println!("stat vm1 after the idle pass:\n{stat}");
+    assert!(
+        stat.contains("last pmem0:vm1 chunk 1"),
+        "the idle pass names what it gathered:\n{stat}"
+    );
+    // The clone reads its own bytes, the original its own.
+    assert_qemu_io_patterns(
+        &[
+            (&vm1, "read -P 0x11 0 2M", "vm1 before the rewrite"),
+            (&vm1, "read -P 0x5a 2M 800K", "vm1's rewritten range"),
+            (&vm1, "read -P 0x11 2848K 13536K", "vm1 after the rewrite"),
+            (&golden, "read -P 0x11 0 16M", "the original"),
+        ],
+        timeout,
+    );
+    let fsck = command("fsck");
+    assert!(fsck.contains("clean"), "fsck after the idle pass:\n{fsck}");
+}
+
 /// Deterministic pseudo-random data with a 1 MiB run of zeros in every
 /// five, so sparse-aware copies take both paths.
 pub fn test_image(len: usize, seed: u64) -> Vec<u8> {

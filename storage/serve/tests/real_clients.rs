@@ -18,14 +18,15 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
+use daxbox_tests::certs;
 use daxbox_tests::nbd_client::{
-    assert_qemu_io_patterns, deep_pipeline, fio, fresh_client_works, go_data, map_rows, nbdsh,
-    pipelined_writes_then_reads, request_bytes, run_tool, run_tool_ok, slow_reader, test_image,
-    uri, RawClient, CMD_DISC, CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE, EINVAL, ENOSPC, EPERM,
-    IHAVEOPT, OPT_EXPORT_NAME, OPT_GO, OPT_LIST, OPT_STRUCTURED_REPLY, REP_ACK, REP_ERR_INVALID,
-    REP_ERR_POLICY, REP_ERR_TOO_BIG, REP_ERR_UNKNOWN, REP_ERR_UNSUP, REP_INFO, REP_SERVER,
+    deep_pipeline, fio, fresh_client_works, go_data, idle_pass_gathers_a_rewritten_chunk, map_rows,
+    nbdsh, pipelined_writes_then_reads, request_bytes, run_tool, run_tool_ok, slow_reader,
+    test_image, uri, RawClient, CMD_DISC, CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE, EINVAL, ENOSPC,
+    EPERM, IHAVEOPT, OPT_EXPORT_NAME, OPT_GO, OPT_LIST, OPT_STRUCTURED_REPLY, REP_ACK,
+    REP_ERR_INVALID, REP_ERR_POLICY, REP_ERR_TOO_BIG, REP_ERR_UNKNOWN, REP_ERR_UNSUP, REP_INFO,
+    REP_SERVER,
 };
-use daxbox_tests::{certs, mappable_percent};
 
 const QUICK: Duration = Duration::from_secs(60);
 const BULK: Duration = Duration::from_secs(180);
@@ -2239,59 +2240,16 @@ fn expired_and_wrong_host_server_certificates_fail_the_handshake() {
     }
 }
 
-/// Idle-time compaction in `daxbox-serve`, as in the kernel (issue 17): a
-/// clone rewritten over 800 KiB of one chunk (below the write-time
-/// threshold, so the write copies only the blocks it covers) becomes
-/// 2 MiB-mappable again without a `compact` command once the service has
-/// been idle. `stat` is polled with a deadline; the bytes are checked with
-/// qemu-io read patterns and the filesystem with `fsck`.
+/// Idle-time compaction in `daxbox-serve`'s loop, the same scenario as the
+/// kernel's (`daxbox_tests::nbd_client::idle_pass_gathers_a_rewritten_chunk`):
+/// a partly rewritten chunk of a clone is gathered with no `compact`.
 #[test]
 fn the_idle_pass_gathers_a_rewritten_chunk_of_a_clone() {
     let dir = TempDir::new("idle-compact");
     let pmem0 = image_arg(&dir, "pmem0.img", "64M");
     let mut server = Server::start(&["--image", &pmem0, "--format", "if-blank"]);
     server.ok("create golden 16M");
-    let golden = server.uri("golden");
-    run_tool_ok(
-        "qemu-io",
-        &["-f", "raw", &golden, "-c", "write -P 0x11 0 16M"],
-        QUICK,
-    );
-    server.ok("clone golden vm1");
-    let before = server.ok("stat vm1");
-    assert_eq!(mappable_percent(&before), 100, "a fresh clone:\n{before}");
-    let vm1 = server.uri("vm1");
-    run_tool_ok(
-        "qemu-io",
-        &["-f", "raw", &vm1, "-c", "write -P 0x5a 2M 800K"],
-        QUICK,
-    );
-    let deadline = Instant::now() + QUICK;
-    let stat = loop {
-        let stat = server.ok("stat vm1");
-        if mappable_percent(&stat) == 100 && stat.contains("gathered 1 chunk(s)") {
-            break stat;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the idle pass never gathered chunk 1 of vm1:\n{stat}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(
-        stat.contains("last pmem0:vm1 chunk 1"),
-        "the idle pass names what it gathered:\n{stat}"
-    );
-    assert_qemu_io_patterns(
-        &[
-            (&vm1, "read -P 0x11 0 2M", "vm1 before the rewrite"),
-            (&vm1, "read -P 0x5a 2M 800K", "vm1's rewritten range"),
-            (&vm1, "read -P 0x11 2848K 13536K", "vm1 after the rewrite"),
-            (&golden, "read -P 0x11 0 16M", "the original"),
-        ],
-        QUICK,
-    );
-    let fsck = server.ok("fsck");
-    assert!(fsck.contains("clean"), "fsck after the idle pass:\n{fsck}");
+    let port = server.port;
+    idle_pass_gathers_a_rewritten_chunk(port, &mut |line| server.ok(line), QUICK);
     server.poweroff();
 }
