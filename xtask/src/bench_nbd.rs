@@ -73,8 +73,8 @@ of figures and tables of ratios against the Linux guest of issue #14.
                     A, B, ... with a ratio table B / A; default: build this tree's)
   --qemu-arg ARG    appended to the QEMU line (repeatable; `--qemu-arg=-global
                     --qemu-arg=virtio-net-pci.event_idx=off` for an A/B run)
-  --tap-mtu BYTES   the tap device's MTU (68-65535; default the kernel's 1500), to match
-                    `--qemu-arg=-global --qemu-arg=virtio-net-pci.host_mtu=9000`
+  --tap-mtu BYTES   the tap device's MTU (68-65535; default 1500), also offered to the
+                    appliance (`-global virtio-net-pci.host_mtu=BYTES` on tap runs only)
   --runtime SECONDS each 4 KiB fio run (default 10, --quick 2)
   --keep            keep the host data files in target/test-runs/bench_nbd-host/
 DAXBOX_BOOT_TOOL skips building the boot tool; DAXBOX_KERNEL is the default --kernel.";
@@ -973,6 +973,18 @@ fn appliance_options(
     Ok(options)
 }
 
+/// The QEMU arguments of a run over `net`: `--qemu-arg`s, and for tap
+/// with `--tap-mtu N` the device's offer of that MTU
+/// (`VIRTIO_NET_F_MTU`, `host_mtu=N`), so the guest uses the tap's MTU.
+fn tap_qemu_args(net: Net, options: &Options) -> Vec<String> {
+    let mut args = options.qemu_args.clone();
+    if let (Net::Tap, Some(mtu)) = (net, options.tap_mtu) {
+        args.push(String::from("-global"));
+        args.push(format!("virtio-net-pci.host_mtu={mtu}"));
+    }
+    args
+}
+
 /// The export URI of `export` on `machine` over `net`.
 fn appliance_uri(machine: &Machine, net: Net, export: &str) -> String {
     match net {
@@ -1004,6 +1016,7 @@ fn appliance(
         Net::User => None,
         Net::Tap => Some(TapNet::create(&format!("bench{kernel}"), options.tap_mtu)?),
     };
+    let qemu_args = tap_qemu_args(net, options);
     let client = Client {
         netns: netns.as_ref(),
     };
@@ -1012,7 +1025,7 @@ fn appliance(
         "{label_prefix}{}: booting the appliance (pmem0 1 GiB daxfs, pmem1 raw)",
         net.name()
     ));
-    let qemu = appliance_options(&name, netns.as_ref(), &options.qemu_args, sizes, true)?;
+    let qemu = appliance_options(&name, netns.as_ref(), &qemu_args, sizes, true)?;
     let mut machine = Machine::boot_to_prompt(qemu).map_err(harness)?;
     println!("    QEMU: {}", machine.command_line());
     if let Some(ms) = ready_ms(&machine.output()) {
@@ -1069,7 +1082,7 @@ fn appliance(
     ));
     let (mut raw_times, mut file_times) = (Vec::new(), Vec::new());
     for _ in 0..sizes.boots {
-        let qemu = appliance_options(&name, netns.as_ref(), &options.qemu_args, sizes, false)?;
+        let qemu = appliance_options(&name, netns.as_ref(), &qemu_args, sizes, false)?;
         let machine = Machine::boot(qemu).map_err(harness)?;
         let started = Instant::now();
         // Overlapping 1 s attempts, one started every 100 ms: the row is
@@ -1280,6 +1293,20 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn tap_mtu_is_offered_to_the_appliance_on_tap_runs_only() {
+        let options = parse(&strings(&["--net=both", "--tap-mtu=9000", "--qemu-arg=-S"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(tap_qemu_args(Net::User, &options), strings(&["-S"]));
+        assert_eq!(
+            tap_qemu_args(Net::Tap, &options),
+            strings(&["-S", "-global", "virtio-net-pci.host_mtu=9000"])
+        );
+        let plain = parse(&strings(&["--net=tap"])).unwrap().unwrap();
+        assert!(tap_qemu_args(Net::Tap, &plain).is_empty());
     }
 
     #[test]
