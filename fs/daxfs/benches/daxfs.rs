@@ -212,6 +212,12 @@ fn main() {
         cow_profile();
         return;
     }
+    // `cargo bench -p daxfs -- read-profile`: where a partly diverged
+    // clone's sequential read loses against memcpy (see read_profile).
+    if std::env::args().any(|a| a == "read-profile") {
+        read_profile();
+        return;
+    }
     let src: Vec<u8> = (0..2 * MIB).map(|i| (i * 7 + 3) as u8).collect();
     let mut buf = vec![0u8; 2 * MIB];
     let mut plain = region(FILE).into_bytes();
@@ -553,4 +559,56 @@ fn cow_profile() {
         "copy-on-write 4 KiB into a fresh 1 GiB clone: best {:.0} ns per write",
         best.as_secs_f64() * 1e9 / n as f64
     );
+}
+
+/// Sequential 2 MiB reads of four 1 GiB sources, interleaved, best of 7
+/// each: memcpy of a plain buffer, the unshared golden file, a clone after
+/// the clone rows' 20,000 random 4 KiB writes, and a clone after the same
+/// writes issued in offset order. Copy-on-write places private blocks in
+/// write order (FORMAT.md "Allocation policy"), so the last two differ
+/// only in where the private blocks lie: the gap between them is what
+/// placement costs a reader, the rest is the jumps between shared and
+/// private runs.
+fn read_profile() {
+    let (mut fs, gold, src, offsets) = golden_file();
+    let clone = fs.clone_file("gold", "clone").unwrap();
+    for &o in &offsets {
+        fs.write(clone, o, &src[4096..8192]).unwrap();
+    }
+    let mut sorted = offsets.clone();
+    sorted.sort_unstable();
+    let c2 = fs.clone_file("gold", "clone2").unwrap();
+    for &o in &sorted {
+        fs.write(c2, o, &src[4096..8192]).unwrap();
+    }
+    let plain = region(FILE).into_bytes();
+    let mut buf = vec![0u8; 2 * MIB];
+    let mut best = [Duration::MAX; 4];
+    let rd = |fs: &Filesystem<VecMemory>, f, buf: &mut [u8]| {
+        let t = Instant::now();
+        for i in 0..FILE / (2 * MIB) {
+            fs.read(f, (i * 2 * MIB) as u64, buf).unwrap();
+            black_box(&buf[0]);
+        }
+        t.elapsed()
+    };
+    for _ in 0..7 {
+        best[0] = best[0].min(memcpy_read(&plain, &mut buf, 2 * MIB));
+        best[1] = best[1].min(rd(&fs, gold, &mut buf));
+        best[2] = best[2].min(rd(&fs, clone, &mut buf));
+        best[3] = best[3].min(rd(&fs, c2, &mut buf));
+    }
+    let names = [
+        "memcpy",
+        "unshared file",
+        "clone, random-order writes",
+        "clone, offset-order writes",
+    ];
+    for (n, b) in names.iter().zip(best) {
+        println!(
+            "{n:28} {:8.0} MB/s {:5.1}% of memcpy",
+            mbps(FILE, b),
+            100.0 * best[0].as_secs_f64() / b.as_secs_f64()
+        );
+    }
 }
