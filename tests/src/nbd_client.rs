@@ -491,6 +491,27 @@ pub fn nbdsh(script: &str, what: &str) {
     );
 }
 
+/// Fields of fio's `--output-format=terse --terse-version=3` line, 0-based
+/// (fio HOWTO "Terse output" counts from 1: read bandwidth KiB/s is field
+/// 7, read IOPS 8, write bandwidth 48, write IOPS 49).
+pub mod terse {
+    /// Read bandwidth, KiB/s.
+    pub const READ_BW: usize = 6;
+    /// Read IOPS.
+    pub const READ_IOPS: usize = 7;
+    /// Write bandwidth, KiB/s.
+    pub const WRITE_BW: usize = 47;
+    /// Write IOPS.
+    pub const WRITE_IOPS: usize = 48;
+
+    /// Field `index` of the first terse v3 line of `output` (one starting
+    /// with `3;`), as a number.
+    pub fn field(output: &str, index: usize) -> Option<f64> {
+        let line = output.lines().find(|line| line.starts_with("3;"))?;
+        line.split(';').nth(index)?.parse().ok()
+    }
+}
+
 /// The arguments of a fio run with the `nbd` engine: random writes
 /// verified with crc32c, terse output, then `extra`.
 pub fn fio_args(uri: &str, name: &str, extra: &[&str]) -> Vec<String> {

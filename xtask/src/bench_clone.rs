@@ -26,6 +26,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use daxbox_tests::nbd_client::terse;
 use daxbox_tests::{run_dir, Firmware, Machine, Nvdimm, QemuOptions};
 
 use crate::bench_trim::host_facts;
@@ -49,14 +50,9 @@ const NAME: &str = "bench_clone";
 /// The queue depths measured.
 const DEPTHS: [u32; 2] = [1, 16];
 
-/// fio's terse v3 line: write IOPS is field 49 (1-based; fio HOWTO "Terse
-/// output").
-const TERSE_WRITE_IOPS: usize = 48;
-
 /// The write IOPS of fio's terse v3 output.
 fn terse_write_iops(output: &str) -> Option<f64> {
-    let line = output.lines().find(|line| line.starts_with("3;"))?;
-    line.split(';').nth(TERSE_WRITE_IOPS)?.parse().ok()
+    terse::field(output, terse::WRITE_IOPS)
 }
 
 /// Runs `command`; its stdout, or an error naming it.
@@ -226,7 +222,7 @@ mod tests {
     fn terse_line_gives_write_iops() {
         let mut fields = vec!["0"; 130];
         fields[0] = "3";
-        fields[TERSE_WRITE_IOPS] = "812.5";
+        fields[terse::WRITE_IOPS] = "812.5";
         let line = fields.join(";");
         assert_eq!(terse_write_iops(&format!("noise\n{line}\n")), Some(812.5));
         assert_eq!(terse_write_iops("no result"), None);

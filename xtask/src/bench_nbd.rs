@@ -45,6 +45,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use daxbox_tests::nbd_client::terse;
 use daxbox_tests::netns::TAP_GUEST_ADDRESS;
 use daxbox_tests::{free_port, run_dir, Firmware, Machine, Nvdimm, QemuOptions, GUEST_NBD_PORT};
 
@@ -735,36 +736,26 @@ pub(crate) fn write_random_file(path: &Path, size: u64, seed: u64) -> Result<(),
     Ok(())
 }
 
-/// Fields of fio's `--output-format=terse --terse-version=3` line
-/// (0-based; fio HOWTO "Terse output": read bandwidth KiB/s is field 7,
-/// read IOPS 8, write bandwidth 48, write IOPS 49, 1-based).
-const TERSE_READ_BW: usize = 6;
-const TERSE_READ_IOPS: usize = 7;
-const TERSE_WRITE_BW: usize = 47;
-const TERSE_WRITE_IOPS: usize = 48;
-
-/// Field `index` of a terse v3 line.
-fn terse_field(output: &str, index: usize) -> Option<f64> {
-    let line = output.lines().find(|line| line.starts_with("3;"))?;
-    line.split(';').nth(index)?.parse().ok()
-}
-
 /// The IOPS of a terse v3 line (the read or the write figure).
 fn terse_iops(output: &str, write: bool) -> Option<f64> {
-    terse_field(
+    terse::field(
         output,
         if write {
-            TERSE_WRITE_IOPS
+            terse::WRITE_IOPS
         } else {
-            TERSE_READ_IOPS
+            terse::READ_IOPS
         },
     )
 }
 
 /// The bandwidth of a terse v3 line in MiB/s.
 fn terse_mib_s(output: &str, write: bool) -> Option<f64> {
-    let index = if write { TERSE_WRITE_BW } else { TERSE_READ_BW };
-    terse_field(output, index).map(|kib| kib / 1024.0)
+    let index = if write {
+        terse::WRITE_BW
+    } else {
+        terse::READ_BW
+    };
+    terse::field(output, index).map(|kib| kib / 1024.0)
 }
 
 /// The common fio arguments: job `rw` with block size `bs` at `depth`.
@@ -1313,10 +1304,10 @@ mod tests {
     fn terse_line_gives_iops_and_bandwidth() {
         let mut fields = vec!["0"; 60];
         fields[0] = "3";
-        fields[TERSE_READ_BW] = "35123";
-        fields[TERSE_READ_IOPS] = "7454";
-        fields[TERSE_WRITE_BW] = "2048";
-        fields[TERSE_WRITE_IOPS] = "1234.5";
+        fields[terse::READ_BW] = "35123";
+        fields[terse::READ_IOPS] = "7454";
+        fields[terse::WRITE_BW] = "2048";
+        fields[terse::WRITE_IOPS] = "1234.5";
         let line = format!("fio: connected to NBD server\n{}\n", fields.join(";"));
         assert_eq!(terse_iops(&line, false), Some(7454.0));
         assert_eq!(terse_iops(&line, true), Some(1234.5));
