@@ -8,8 +8,7 @@
 
 use daxbox_pci::{reg, ConfigAccess, Function};
 use daxbox_platform::entropy;
-use daxbox_platform::virtio::{KernelHal, VirtioConfigAccess};
-use daxbox_platform::virtio_drivers::transport::pci::bus::{DeviceFunction, PciRoot};
+use daxbox_platform::virtio::KernelHal;
 use daxbox_platform::virtio_drivers::transport::pci::PciTransport;
 
 use crate::{pci, println};
@@ -33,13 +32,9 @@ fn start(function: &Function) -> Result<(), alloc::string::String> {
     let command = access.read_u32(bdf, reg::COMMAND_STATUS) & 0xFFFF;
     let command = command | u32::from(reg::COMMAND_MEMORY | reg::COMMAND_BUS_MASTER);
     access.write_u32(bdf, reg::COMMAND_STATUS, command);
-    let mut root = PciRoot::new(VirtioConfigAccess(access));
-    let device_function = DeviceFunction {
-        bus: bdf.bus,
-        device: bdf.device,
-        function: bdf.function,
-    };
-    let transport = PciTransport::new::<KernelHal, _>(&mut root, device_function)
+    // The BARs as `pci::init` decoded and sized them (not sized again).
+    let bars = pci::bars(bdf).unwrap_or([None; 6]);
+    let transport = PciTransport::new::<KernelHal, _>(&access, bdf, &bars)
         .map_err(|error| alloc::format!("{error}"))?;
     entropy::use_virtio(transport).map_err(|error| alloc::format!("{error}"))?;
     let mut probe = [0u8; 32];

@@ -31,9 +31,8 @@ use daxbox_netstack::{
 use daxbox_pci::{capabilities, intx_gsi, reg, Bar, Bdf, Chipset, ConfigAccess, Function};
 use daxbox_platform::memory::PhysRange;
 use daxbox_platform::mmio::{self, MmioRegion};
-use daxbox_platform::virtio::{KernelHal, VirtioConfigAccess};
+use daxbox_platform::virtio::KernelHal;
 use daxbox_platform::virtio_drivers::device::net::{Offloads, VirtIONetRaw};
-use daxbox_platform::virtio_drivers::transport::pci::bus::{DeviceFunction, PciRoot};
 use daxbox_platform::virtio_drivers::transport::pci::PciTransport;
 use daxbox_platform::virtio_net::{Nic, MAX_MTU};
 use daxbox_storage::web::NetInfo;
@@ -227,13 +226,7 @@ pub fn init<R: HttpRoutes + Send + 'static>(
     // virtio_net_config.status follows the 6-byte MAC (virtio 1.2 §5.1.4).
     let status_register = register(4, 6);
 
-    let mut root = PciRoot::new(VirtioConfigAccess(access));
-    let device_function = DeviceFunction {
-        bus: bdf.bus,
-        device: bdf.device,
-        function: bdf.function,
-    };
-    let transport = match PciTransport::new::<KernelHal, _>(&mut root, device_function) {
+    let transport = match PciTransport::new::<KernelHal, _>(&access, bdf, &bars) {
         Ok(transport) => transport,
         Err(error) => {
             println!("net: virtio-net at {}: {}", bdf, error);

@@ -1,7 +1,7 @@
 //! A fake configuration space for host tests: functions are register arrays;
 //! BARs only keep their writable (size-determined) bits, like hardware.
 //! Public with the `fake` feature, for the tests of other crates (the
-//! platform's virtio-drivers adapter).
+//! platform's virtio PCI transport).
 
 use crate::{reg, Bdf, ConfigAccess};
 use alloc::collections::BTreeMap;

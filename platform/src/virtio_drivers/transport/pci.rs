@@ -1,10 +1,11 @@
-//! PCI transport for VirtIO.
+//! PCI transport for VirtIO (virtio 1.2 §4.1), over `daxbox-pci`'s
+//! configuration access, its bounded capability walk and the BARs the
+//! kernel decoded at boot. Upstream's own PCI bus module (a second BAR
+//! sizing, an unbounded capability walk, ECAM and bus enumeration the
+//! kernel already has in `daxbox-pci`) is not carried.
 
-pub mod bus;
+use daxbox_pci::{capabilities, Bar, Bdf, ConfigAccess};
 
-use self::bus::{
-    ConfigurationAccess, DeviceFunction, DeviceFunctionInfo, PciError, PciRoot, PCI_CAP_ID_VNDR,
-};
 use super::{DeviceStatus, DeviceType, Transport};
 use crate::virtio_drivers::{
     hal::{Hal, PhysAddr},
@@ -23,6 +24,10 @@ use safe_mmio::{
 };
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
+/// Capability ID of a vendor-specific capability (PCI 3.0 Appendix H),
+/// which is how `virtio_pci_cap` structures are listed.
+const PCI_CAP_ID_VNDR: u8 = 0x09;
+
 /// The PCI vendor ID for VirtIO devices.
 pub const VIRTIO_VENDOR_ID: u16 = 0x1af4;
 
@@ -37,14 +42,18 @@ const TRANSITIONAL_SCSI_HOST: u16 = 0x1004;
 const TRANSITIONAL_ENTROPY_SOURCE: u16 = 0x1005;
 const TRANSITIONAL_9P_TRANSPORT: u16 = 0x1009;
 
+/// The offset of the `cap_len` field within `virtio_pci_cap`.
+const CAP_LEN_OFFSET: u16 = 2;
+/// The offset of the `cfg_type` field within `virtio_pci_cap`.
+const CAP_CFG_TYPE_OFFSET: u16 = 3;
 /// The offset of the bar field within `virtio_pci_cap`.
-pub(crate) const CAP_BAR_OFFSET: u8 = 4;
+const CAP_BAR_OFFSET: u16 = 4;
 /// The offset of the offset field with `virtio_pci_cap`.
-pub(crate) const CAP_BAR_OFFSET_OFFSET: u8 = 8;
+const CAP_BAR_OFFSET_OFFSET: u16 = 8;
 /// The offset of the `length` field within `virtio_pci_cap`.
-pub(crate) const CAP_LENGTH_OFFSET: u8 = 12;
+const CAP_LENGTH_OFFSET: u16 = 12;
 /// The offset of the`notify_off_multiplier` field within `virtio_pci_notify_cap`.
-pub(crate) const CAP_NOTIFY_OFF_MULTIPLIER_OFFSET: u8 = 16;
+const CAP_NOTIFY_OFF_MULTIPLIER_OFFSET: u16 = 16;
 
 /// Common configuration.
 pub const VIRTIO_PCI_CAP_COMMON_CFG: u8 = 1;
@@ -69,16 +78,6 @@ pub(crate) fn device_type(pci_device_id: u16) -> Option<DeviceType> {
     }
 }
 
-/// Returns the type of VirtIO device to which the given PCI vendor and device ID corresponds, or
-/// `None` if it is not a recognised VirtIO device.
-pub fn virtio_device_type(device_function_info: &DeviceFunctionInfo) -> Option<DeviceType> {
-    if device_function_info.vendor_id == VIRTIO_VENDOR_ID {
-        device_type(device_function_info.device_id)
-    } else {
-        None
-    }
-}
-
 /// PCI transport for VirtIO.
 ///
 /// Ref: 4.1 Virtio Over PCI Bus
@@ -97,15 +96,16 @@ pub struct PciTransport {
 }
 
 impl PciTransport {
-    /// Construct a new PCI VirtIO device driver for the given device function on the given PCI
-    /// root controller.
+    /// The VirtIO transport of function `bdf`, reached through `access`,
+    /// whose BARs (as the kernel decoded and sized them at boot) are `bars`.
     ///
     /// The PCI device must already have had its BARs allocated.
-    pub fn new<H: Hal, C: ConfigurationAccess>(
-        root: &mut PciRoot<C>,
-        device_function: DeviceFunction,
+    pub fn new<H: Hal, C: ConfigAccess + ?Sized>(
+        access: &C,
+        bdf: Bdf,
+        bars: &[Option<Bar>; 6],
     ) -> Result<Self, VirtioPciError> {
-        let device_vendor = root.configuration_access.read_word(device_function, 0);
+        let device_vendor = access.read_u32(bdf, 0);
         let device_id = (device_vendor >> 16) as u16;
         let vendor_id = device_vendor as u16;
         if vendor_id != VIRTIO_VENDOR_ID {
@@ -120,26 +120,20 @@ impl PciTransport {
         let mut notify_off_multiplier = 0;
         let mut isr_cfg = None;
         let mut device_cfg = None;
-        for capability in root.capabilities(device_function) {
+        for capability in capabilities(access, bdf) {
             if capability.id != PCI_CAP_ID_VNDR {
                 continue;
             }
-            let cap_len = capability.private_header as u8;
-            let cfg_type = (capability.private_header >> 8) as u8;
+            let at = u16::from(capability.offset);
+            let cap_len = access.read_u8(bdf, at + CAP_LEN_OFFSET);
+            let cfg_type = access.read_u8(bdf, at + CAP_CFG_TYPE_OFFSET);
             if cap_len < 16 {
                 continue;
             }
             let struct_info = VirtioCapabilityInfo {
-                bar: root
-                    .configuration_access
-                    .read_word(device_function, capability.offset + CAP_BAR_OFFSET)
-                    as u8,
-                offset: root
-                    .configuration_access
-                    .read_word(device_function, capability.offset + CAP_BAR_OFFSET_OFFSET),
-                length: root
-                    .configuration_access
-                    .read_word(device_function, capability.offset + CAP_LENGTH_OFFSET),
+                bar: access.read_u8(bdf, at + CAP_BAR_OFFSET),
+                offset: access.read_u32(bdf, at + CAP_BAR_OFFSET_OFFSET),
+                length: access.read_u32(bdf, at + CAP_LENGTH_OFFSET),
             };
 
             match cfg_type {
@@ -148,10 +142,8 @@ impl PciTransport {
                 }
                 VIRTIO_PCI_CAP_NOTIFY_CFG if cap_len >= 20 && notify_cfg.is_none() => {
                     notify_cfg = Some(struct_info);
-                    notify_off_multiplier = root.configuration_access.read_word(
-                        device_function,
-                        capability.offset + CAP_NOTIFY_OFF_MULTIPLIER_OFFSET,
-                    );
+                    notify_off_multiplier =
+                        access.read_u32(bdf, at + CAP_NOTIFY_OFF_MULTIPLIER_OFFSET);
                 }
                 VIRTIO_PCI_CAP_ISR_CFG if isr_cfg.is_none() => {
                     isr_cfg = Some(struct_info);
@@ -163,9 +155,8 @@ impl PciTransport {
             }
         }
 
-        let common_cfg = get_bar_region::<H, _, _>(
-            root,
-            device_function,
+        let common_cfg = get_bar_region::<H, _>(
+            bars,
             &common_cfg.ok_or(VirtioPciError::MissingCommonConfig)?,
         )?;
         // SAFETY: `get_bar_region` should always return a valid MMIO region, assuming the PCI root
@@ -178,16 +169,13 @@ impl PciTransport {
                 notify_off_multiplier,
             ));
         }
-        let notify_region = get_bar_region_slice::<H, _, _>(root, device_function, &notify_cfg)?;
+        let notify_region = get_bar_region_slice::<H, _>(bars, &notify_cfg)?;
         // SAFETY: `get_bar_region` should always return a valid MMIO region, assuming the PCI root
         // is behaving.
         let notify_region = unsafe { UniqueMmioPointer::new(notify_region) };
 
-        let isr_status = get_bar_region::<H, _, _>(
-            root,
-            device_function,
-            &isr_cfg.ok_or(VirtioPciError::MissingIsrConfig)?,
-        )?;
+        let isr_status =
+            get_bar_region::<H, _>(bars, &isr_cfg.ok_or(VirtioPciError::MissingIsrConfig)?)?;
         // SAFETY: `get_bar_region` should always return a valid MMIO region, assuming the PCI root
         // is behaving.
         let isr_status = unsafe { UniqueMmioPointer::new(isr_status) };
@@ -196,11 +184,7 @@ impl PciTransport {
             // SAFETY: `get_bar_region_slice` should always return a valid MMIO region, assuming the
             // PCI root is behaving.
             Some(unsafe {
-                UniqueMmioPointer::new(get_bar_region_slice::<H, _, _>(
-                    root,
-                    device_function,
-                    &device_cfg,
-                )?)
+                UniqueMmioPointer::new(get_bar_region_slice::<H, _>(bars, &device_cfg)?)
             })
         } else {
             None
@@ -414,21 +398,28 @@ pub(crate) struct VirtioCapabilityInfo {
     pub length: u32,
 }
 
-fn get_bar_region<H: Hal, T, C: ConfigurationAccess>(
-    root: &mut PciRoot<C>,
-    device_function: DeviceFunction,
+fn get_bar_region<H: Hal, T>(
+    bars: &[Option<Bar>; 6],
     struct_info: &VirtioCapabilityInfo,
 ) -> Result<NonNull<T>, VirtioPciError> {
-    let bar_info = root
-        .bar_info(device_function, struct_info.bar)?
+    let bar = bars
+        .get(usize::from(struct_info.bar))
+        .copied()
+        .flatten()
         .ok_or(VirtioPciError::BarNotAllocated(struct_info.bar))?;
-    let (bar_address, bar_size) = bar_info
-        .memory_address_size()
-        .ok_or(VirtioPciError::UnexpectedIoBar)?;
+    let Bar::Memory {
+        address: bar_address,
+        size: bar_size,
+        ..
+    } = bar
+    else {
+        return Err(VirtioPciError::UnexpectedIoBar);
+    };
     if bar_address == 0 {
         return Err(VirtioPciError::BarNotAllocated(struct_info.bar));
     }
-    if u64::from(struct_info.offset + struct_info.length) > bar_size
+    // Both from the device: added as u64, so no sum wraps past the check.
+    if u64::from(struct_info.offset) + u64::from(struct_info.length) > bar_size
         || size_of::<T>() > struct_info.length as usize
     {
         return Err(VirtioPciError::BarOffsetOutOfRange);
@@ -445,12 +436,11 @@ fn get_bar_region<H: Hal, T, C: ConfigurationAccess>(
     Ok(vaddr.cast())
 }
 
-fn get_bar_region_slice<H: Hal, T, C: ConfigurationAccess>(
-    root: &mut PciRoot<C>,
-    device_function: DeviceFunction,
+fn get_bar_region_slice<H: Hal, T>(
+    bars: &[Option<Bar>; 6],
     struct_info: &VirtioCapabilityInfo,
 ) -> Result<NonNull<[T]>, VirtioPciError> {
-    let ptr = get_bar_region::<H, T, C>(root, device_function, struct_info)?;
+    let ptr = get_bar_region::<H, T>(bars, struct_info)?;
     Ok(NonNull::slice_from_raw_parts(
         ptr,
         struct_info.length as usize / size_of::<T>(),
@@ -498,20 +488,125 @@ pub enum VirtioPciError {
         /// The expected alignment in bytes.
         alignment: usize,
     },
-    /// A generic PCI error,
-    #[error(transparent)]
-    Pci(PciError),
-}
-
-impl From<PciError> for VirtioPciError {
-    fn from(error: PciError) -> Self {
-        Self::Pci(error)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::virtio_drivers::hal::fake::FakeHal;
+    use alloc::boxed::Box;
+    use daxbox_pci::fake::{FakeFunction, FakeSpace};
+    use daxbox_pci::reg;
+
+    /// A virtio-net function (modern device ID) at 00:02.0 from `vendor`
+    /// whose capability list holds one `virtio_pci_notify_cap`-sized
+    /// vendor capability per entry of `caps`: (cfg_type, BAR, offset,
+    /// length).
+    fn space(vendor: u16, caps: &[(u8, u8, u32, u32)]) -> (FakeSpace, Bdf) {
+        let mut space = FakeSpace::default();
+        let f = space.add(0, 2, 0, FakeFunction::new(vendor, 0x1041, 2, 0, 0));
+        f.regs[1] |= u32::from(reg::STATUS_CAPABILITIES) << 16;
+        f.set_u8(0x34, 0x40);
+        for (i, &(cfg_type, bar, offset, length)) in caps.iter().enumerate() {
+            let at = 0x40 + i * 20;
+            let next = if i + 1 < caps.len() { at + 20 } else { 0 };
+            f.set_u8(at, PCI_CAP_ID_VNDR);
+            f.set_u8(at + 1, next as u8);
+            f.set_u8(at + 2, 20);
+            f.set_u8(at + 3, cfg_type);
+            f.set_u8(at + 4, bar);
+            f.regs[(at + 8) / 4] = offset;
+            f.regs[(at + 12) / 4] = length;
+            f.regs[(at + 16) / 4] = 4; // notify_off_multiplier
+        }
+        (space, Bdf::new(0, 2, 0).unwrap())
+    }
+
+    fn memory_bar(address: u64, size: u64) -> Option<Bar> {
+        Some(Bar::Memory {
+            address,
+            size,
+            prefetchable: false,
+            wide: false,
+        })
+    }
+
+    /// The four structures a modern virtio device lists, in BAR 0.
+    const ALL: [(u8, u8, u32, u32); 4] = [
+        (VIRTIO_PCI_CAP_COMMON_CFG, 0, 0, 0x38),
+        (VIRTIO_PCI_CAP_NOTIFY_CFG, 0, 0x1000, 0x1000),
+        (VIRTIO_PCI_CAP_ISR_CFG, 0, 0x2000, 0x1000),
+        (VIRTIO_PCI_CAP_DEVICE_CFG, 0, 0x3000, 0x1000),
+    ];
+
+    fn error(space: &FakeSpace, bdf: Bdf, bars: &[Option<Bar>; 6]) -> VirtioPciError {
+        PciTransport::new::<FakeHal, _>(space, bdf, bars)
+            .expect_err("the transport should be refused")
+    }
+
+    /// BAR 0 as 16 KiB of host memory (FakeHal maps physical == virtual;
+    /// a transport touches it only to reset the status when dropped).
+    fn host_bars() -> [Option<Bar>; 6] {
+        let bar: &'static mut [u64] = Box::leak(alloc::vec![0u64; 0x4000 / 8].into_boxed_slice());
+        let mut bars = [None; 6];
+        bars[0] = memory_bar(bar.as_mut_ptr() as u64, 0x4000);
+        bars
+    }
+
+    #[test]
+    fn transport_finds_its_structures_in_the_given_bars() {
+        let (space, bdf) = space(VIRTIO_VENDOR_ID, &ALL);
+        let bars = host_bars();
+        let transport = PciTransport::new::<FakeHal, _>(&space, bdf, &bars).unwrap();
+        assert_eq!(transport.device_type(), DeviceType::Network);
+    }
+
+    #[test]
+    fn transport_refuses_what_it_cannot_use() {
+        let bars = host_bars();
+        let (s, bdf) = space(0x8086, &ALL);
+        assert_eq!(
+            error(&s, bdf, &bars),
+            VirtioPciError::InvalidVendorId(0x8086)
+        );
+        let (s, bdf) = space(VIRTIO_VENDOR_ID, &[]);
+        assert_eq!(error(&s, bdf, &bars), VirtioPciError::MissingCommonConfig);
+        // A structure in a BAR the device does not implement.
+        let mut in_bar_1 = ALL;
+        in_bar_1[0].1 = 1;
+        let (s, bdf) = space(VIRTIO_VENDOR_ID, &in_bar_1);
+        assert_eq!(error(&s, bdf, &bars), VirtioPciError::BarNotAllocated(1));
+        // A BAR index past the six a function has.
+        in_bar_1[0].1 = 9;
+        let (s, bdf) = space(VIRTIO_VENDOR_ID, &in_bar_1);
+        assert_eq!(error(&s, bdf, &bars), VirtioPciError::BarNotAllocated(9));
+        // An I/O BAR.
+        let (s, bdf) = space(VIRTIO_VENDOR_ID, &ALL);
+        let io = [
+            Some(Bar::Io {
+                port: 0xC000,
+                size: 64,
+            }),
+            None,
+            None,
+            None,
+            None,
+            None,
+        ];
+        assert_eq!(error(&s, bdf, &io), VirtioPciError::UnexpectedIoBar);
+        // Offset + length past the BAR, including a sum past u32::MAX.
+        for (offset, length) in [(0x3ff0, 0x38), (0xFFFF_FFF0, 0x38)] {
+            let mut far = ALL;
+            far[0].2 = offset;
+            far[0].3 = length;
+            let (s, bdf) = space(VIRTIO_VENDOR_ID, &far);
+            assert_eq!(
+                error(&s, bdf, &bars),
+                VirtioPciError::BarOffsetOutOfRange,
+                "{offset:#x} + {length:#x}"
+            );
+        }
+    }
 
     #[test]
     fn transitional_device_ids() {
@@ -528,52 +623,5 @@ mod tests {
         assert_eq!(device_type(0x1058), Some(DeviceType::Memory));
         assert_eq!(device_type(0x1059), Some(DeviceType::Sound));
         assert_eq!(device_type(0x1060), None);
-    }
-
-    #[test]
-    fn virtio_device_type_valid() {
-        assert_eq!(
-            virtio_device_type(&DeviceFunctionInfo {
-                vendor_id: VIRTIO_VENDOR_ID,
-                device_id: TRANSITIONAL_BLOCK,
-                class: 0,
-                subclass: 0,
-                prog_if: 0,
-                revision: 0,
-                header_type: bus::HeaderType::Standard,
-            }),
-            Some(DeviceType::Block)
-        );
-    }
-
-    #[test]
-    fn virtio_device_type_invalid() {
-        // Non-VirtIO vendor ID.
-        assert_eq!(
-            virtio_device_type(&DeviceFunctionInfo {
-                vendor_id: 0x1234,
-                device_id: TRANSITIONAL_BLOCK,
-                class: 0,
-                subclass: 0,
-                prog_if: 0,
-                revision: 0,
-                header_type: bus::HeaderType::Standard,
-            }),
-            None
-        );
-
-        // Invalid device ID.
-        assert_eq!(
-            virtio_device_type(&DeviceFunctionInfo {
-                vendor_id: VIRTIO_VENDOR_ID,
-                device_id: 0x1040,
-                class: 0,
-                subclass: 0,
-                prog_if: 0,
-                revision: 0,
-                header_type: bus::HeaderType::Standard,
-            }),
-            None
-        );
     }
 }
