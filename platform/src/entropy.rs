@@ -13,11 +13,11 @@
 //!
 //! Invariant: `rdrand` is executed only after CPUID said the CPU has it.
 
-use crate::virtio_drivers::transport::pci::PciTransport;
 use core::sync::atomic::{AtomicU8, Ordering};
 use spin::Mutex;
 
 use crate::virtio::KernelHal;
+use crate::virtio_drivers::transport::pci::PciTransport;
 use crate::virtio_rng::{self, Rng, RngError};
 
 /// Retries per 64-bit word before RDRAND counts as failed.

@@ -41,14 +41,14 @@
 //! verified here (a bad one is counted in `rx_bad_checksums` and dropped).
 //! With user-mode networking QEMU offers neither and nothing changes.
 
-use crate::virtio_drivers::device::net::{Offloads, VirtIONetRaw};
-use crate::virtio_drivers::transport::pci::PciTransport;
-use crate::virtio_drivers::transport::Transport;
 use alloc::vec::Vec;
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
 use crate::virtio::{KernelHal, PoolHal};
+use crate::virtio_drivers::device::net::{Offloads, VirtIONetRaw};
+use crate::virtio_drivers::transport::pci::PciTransport;
+use crate::virtio_drivers::transport::Transport;
 
 /// Virtqueue size (QEMU's default for virtio-net).
 pub const QUEUE_SIZE: usize = 256;

@@ -16,11 +16,10 @@
 //! again: every later request fails ([`RngError::Dead`]), no bytes are
 //! made up.
 
+use crate::virtio::PoolHal;
 use crate::virtio_drivers::device::common::Feature;
 use crate::virtio_drivers::queue::VirtQueue;
 use crate::virtio_drivers::transport::Transport;
-
-use crate::virtio::PoolHal;
 
 /// How long one request may wait for the device, in milliseconds. QEMU's
 /// backend (`/dev/urandom` on the host) answers at once; a device that is

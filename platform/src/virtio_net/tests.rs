@@ -15,10 +15,11 @@ use std::rc::Rc;
 use std::vec;
 use std::vec::Vec;
 
-use crate::virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus};
-use crate::virtio_drivers::{BufferDirection, Error, Hal, PhysAddr};
 use smoltcp::phy::{Device as _, RxToken as _, TxToken as _};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+use crate::virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus};
+use crate::virtio_drivers::{BufferDirection, Error, Hal, PhysAddr};
 
 const PAGE: usize = 4096;
 /// virtio-net header with VERSION_1 (virtio 1.2 §5.1.6): 12 bytes.
