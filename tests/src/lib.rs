@@ -87,20 +87,3 @@ pub use qmp::{json_string, Qmp};
 pub fn run_dir(name: &str) -> std::path::PathBuf {
     test_runs_dir().join(name)
 }
-
-/// The percentage on the `in 2 MiB: ... (N%)` line of the storage shell's
-/// `stat NAME` (how much of a file is mappable with 2 MiB pages), shared
-/// by the QEMU and the `daxbox-serve` tests. Panics, naming the output,
-/// when there is no such line.
-pub fn mappable_percent(stat: &str) -> u32 {
-    let line = stat
-        .lines()
-        .find(|l| l.starts_with("in 2 MiB:"))
-        .unwrap_or_else(|| panic!("stat prints no `in 2 MiB:` line:\n{stat}"));
-    let open = line.find('(').expect("the line has a percentage") + 1;
-    let close = line.find('%').expect("the line has a percentage");
-    line[open..close]
-        .trim()
-        .parse()
-        .expect("a whole percentage")
-}

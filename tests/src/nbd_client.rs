@@ -189,6 +189,22 @@ pub fn assert_qemu_io_patterns(checks: &[(&str, &str, &str)], timeout: Duration)
     }
 }
 
+/// The percentage on the `in 2 MiB: ... (N%)` line of the storage shell's
+/// `stat NAME` (how much of a file is mappable with 2 MiB pages). Panics,
+/// naming the output, when there is no such line.
+fn mappable_percent(stat: &str) -> u32 {
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("in 2 MiB:"))
+        .unwrap_or_else(|| panic!("stat prints no `in 2 MiB:` line:\n{stat}"));
+    let open = line.find('(').expect("the line has a percentage") + 1;
+    let close = line.find('%').expect("the line has a percentage");
+    line[open..close]
+        .trim()
+        .parse()
+        .expect("a whole percentage")
+}
+
 /// Idle-time compaction (issue 17), the same scenario for the kernel's
 /// event loop (`tests/tests/system/clone.rs`) and `daxbox-serve`'s
 /// (`storage/serve/tests/real_clients.rs`): a clone of the 16 MiB file
@@ -214,11 +230,7 @@ pub fn idle_pass_gathers_a_rewritten_chunk(
     );
     command("clone golden vm1");
     let before = command("stat vm1");
-    assert_eq!(
-        crate::mappable_percent(&before),
-        100,
-        "a fresh clone:\n{before}"
-    );
+    assert_eq!(mappable_percent(&before), 100, "a fresh clone:\n{before}");
     // 800 KiB (200 blocks of 512) into chunk 1 of the clone.
     let vm1 = uri(port, "vm1");
     run_tool_ok(
@@ -231,7 +243,7 @@ pub fn idle_pass_gathers_a_rewritten_chunk(
     let deadline = Instant::now() + timeout;
     let stat = loop {
         let stat = command("stat vm1");
-        if crate::mappable_percent(&stat) == 100 && stat.contains("gathered 1 chunk(s)") {
+        if mappable_percent(&stat) == 100 && stat.contains("gathered 1 chunk(s)") {
             break stat;
         }
         assert!(
