@@ -45,6 +45,23 @@ fn memcpy_read(src: &[u8], buf: &mut [u8], chunk: usize) -> Duration {
     t.elapsed()
 }
 
+/// Reads all of `file` (FILE bytes) in `chunk`-sized reads into `buf`:
+/// the daxfs side of [`memcpy_read`].
+fn fs_read(
+    fs: &Filesystem<VecMemory>,
+    file: daxfs::FileId,
+    buf: &mut [u8],
+    chunk: usize,
+) -> Duration {
+    let t = Instant::now();
+    for i in 0..FILE / chunk {
+        fs.read(file, (i * chunk) as u64, &mut buf[..chunk])
+            .unwrap();
+        black_box(&buf[0]);
+    }
+    t.elapsed()
+}
+
 struct Row {
     what: String,
     fs: String,
@@ -272,25 +289,10 @@ fn main() {
         base,
     );
     let base = best_of(RUNS, || memcpy_read(&plain, &mut buf, 2 * MIB));
-    let t = best_of(RUNS, || {
-        let t = Instant::now();
-        for i in 0..FILE / (2 * MIB) {
-            fs.read(id, (i * 2 * MIB) as u64, &mut buf).unwrap();
-            black_box(&buf[0]);
-        }
-        t.elapsed()
-    });
+    let t = best_of(RUNS, || fs_read(&fs, id, &mut buf, 2 * MIB));
     row(&mut rows, "seq read 1 GiB, 2 MiB chunks", FILE, t, base);
     let base = best_of(RUNS, || memcpy_read(&plain, &mut buf, 4 * KIB));
-    let t = best_of(RUNS, || {
-        let t = Instant::now();
-        for i in 0..FILE / (4 * KIB) {
-            fs.read(id, (i * 4 * KIB) as u64, &mut buf[..4 * KIB])
-                .unwrap();
-            black_box(&buf[0]);
-        }
-        t.elapsed()
-    });
+    let t = best_of(RUNS, || fs_read(&fs, id, &mut buf, 4 * KIB));
     row(&mut rows, "seq read 1 GiB, 4 KiB chunks", FILE, t, base);
     let base = best_of(RUNS, || {
         let t = Instant::now();
@@ -486,14 +488,7 @@ fn clone_rows(rows: &mut Vec<Row>) {
     });
     let clone = fs.lookup("clone").unwrap();
     let base = best_of(RUNS, || memcpy_read(&plain, &mut buf, 2 * MIB));
-    let t = best_of(RUNS, || {
-        let t = Instant::now();
-        for i in 0..FILE / (2 * MIB) {
-            fs.read(clone, (i * 2 * MIB) as u64, &mut buf).unwrap();
-            black_box(&buf[0]);
-        }
-        t.elapsed()
-    });
+    let t = best_of(RUNS, || fs_read(&fs, clone, &mut buf, 2 * MIB));
     row(
         rows,
         "seq read of the clone after them, 2 MiB",
@@ -584,19 +579,11 @@ fn read_profile() {
     let plain = region(FILE).into_bytes();
     let mut buf = vec![0u8; 2 * MIB];
     let mut best = [Duration::MAX; 4];
-    let rd = |fs: &Filesystem<VecMemory>, f, buf: &mut [u8]| {
-        let t = Instant::now();
-        for i in 0..FILE / (2 * MIB) {
-            fs.read(f, (i * 2 * MIB) as u64, buf).unwrap();
-            black_box(&buf[0]);
-        }
-        t.elapsed()
-    };
     for _ in 0..7 {
         best[0] = best[0].min(memcpy_read(&plain, &mut buf, 2 * MIB));
-        best[1] = best[1].min(rd(&fs, gold, &mut buf));
-        best[2] = best[2].min(rd(&fs, clone, &mut buf));
-        best[3] = best[3].min(rd(&fs, c2, &mut buf));
+        for (b, f) in best[1..].iter_mut().zip([gold, clone, c2]) {
+            *b = (*b).min(fs_read(&fs, f, &mut buf, 2 * MIB));
+        }
     }
     let names = [
         "memcpy",
