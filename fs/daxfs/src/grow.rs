@@ -3,9 +3,10 @@
 //! Free space is not on media (FORMAT.md "Allocation state"), so growing
 //! is a change of `total_blocks` in the two superblock copies: the backup
 //! first, then the primary, each persisted before the next. The primary's
-//! write is the commit point; [`settle_backup`](crate::superblocks::settle_backup) (run by mount) rolls back
-//! a backup that a crash left ahead of the primary, so every crash leaves
-//! the old or the new size, never a mix.
+//! write is the commit point; mount's
+//! [`settle_backup`](crate::superblocks::settle_backup) rolls back a backup
+//! that a crash left ahead of the primary, so every crash leaves the old or
+//! the new size, never a mix.
 //!
 //! Grow works on an unmounted region: the caller unmounts, grows and
 //! mounts again, and mount rebuilds the free space over the new size.

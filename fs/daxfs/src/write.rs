@@ -622,8 +622,9 @@ impl<M: PersistentMemory> Filesystem<M> {
     /// whole range lies in one extent that no other file shares (nor a
     /// hold pins) and starts within the file, the bytes go straight to
     /// pmem and at most the size changes ("Deferred size commits"); the
-    /// map does not, so no memory is charged. `Ok(false)`: not
-    /// applicable, nothing done.
+    /// map does not, so no memory is charged. [`InPlace::Not`]: not
+    /// applicable, nothing done; it carries what the lookup found of the
+    /// first block, so that `modify` does not search for it again.
     fn write_in_place(&mut self, file: FileId, offset: u64, data: &[u8]) -> Result<InPlace, Error> {
         let f = self.file(file)?;
         let size = f.size;
