@@ -522,6 +522,17 @@ pub mod terse {
         let line = output.lines().find(|line| line.starts_with("3;"))?;
         line.split(';').nth(index)?.parse().ok()
     }
+
+    /// The write (`write`) or read IOPS of the first terse v3 line.
+    pub fn iops(output: &str, write: bool) -> Option<f64> {
+        field(output, if write { WRITE_IOPS } else { READ_IOPS })
+    }
+
+    /// The write (`write`) or read bandwidth of the first terse v3 line,
+    /// KiB/s.
+    pub fn kib_per_s(output: &str, write: bool) -> Option<f64> {
+        field(output, if write { WRITE_BW } else { READ_BW })
+    }
 }
 
 /// The arguments of a fio run with the `nbd` engine: random writes

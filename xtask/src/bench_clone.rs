@@ -52,7 +52,7 @@ const DEPTHS: [u32; 2] = [1, 16];
 
 /// The write IOPS of fio's terse v3 output.
 fn terse_write_iops(output: &str) -> Option<f64> {
-    terse::field(output, terse::WRITE_IOPS)
+    terse::iops(output, true)
 }
 
 /// Runs `command`; its stdout, or an error naming it.

@@ -736,26 +736,9 @@ pub(crate) fn write_random_file(path: &Path, size: u64, seed: u64) -> Result<(),
     Ok(())
 }
 
-/// The IOPS of a terse v3 line (the read or the write figure).
-fn terse_iops(output: &str, write: bool) -> Option<f64> {
-    terse::field(
-        output,
-        if write {
-            terse::WRITE_IOPS
-        } else {
-            terse::READ_IOPS
-        },
-    )
-}
-
 /// The bandwidth of a terse v3 line in MiB/s.
 fn terse_mib_s(output: &str, write: bool) -> Option<f64> {
-    let index = if write {
-        terse::WRITE_BW
-    } else {
-        terse::READ_BW
-    };
-    terse::field(output, index).map(|kib| kib / 1024.0)
+    terse::kib_per_s(output, write).map(|kib| kib / 1024.0)
 }
 
 /// The common fio arguments: job `rw` with block size `bs` at `depth`.
@@ -798,7 +781,7 @@ fn fio_random(
         "--randrepeat=1",
     ]);
     let (output, _) = timed(&mut command)?;
-    terse_iops(&output, rw == "randwrite")
+    terse::iops(&output, rw == "randwrite")
         .ok_or_else(|| no_terse(format!("fio {rw} qd{depth}"), &output))
 }
 
@@ -1309,11 +1292,11 @@ mod tests {
         fields[terse::WRITE_BW] = "2048";
         fields[terse::WRITE_IOPS] = "1234.5";
         let line = format!("fio: connected to NBD server\n{}\n", fields.join(";"));
-        assert_eq!(terse_iops(&line, false), Some(7454.0));
-        assert_eq!(terse_iops(&line, true), Some(1234.5));
+        assert_eq!(terse::iops(&line, false), Some(7454.0));
+        assert_eq!(terse::iops(&line, true), Some(1234.5));
         assert_eq!(terse_mib_s(&line, true), Some(2.0));
         assert!((terse_mib_s(&line, false).unwrap() - 34.3).abs() < 0.01);
-        assert_eq!(terse_iops("no result", false), None);
+        assert_eq!(terse::iops("no result", false), None);
     }
 
     #[test]

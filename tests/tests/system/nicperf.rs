@@ -176,12 +176,7 @@ fn nbdcopy_costs_per_mib() {
         let took = started.elapsed();
         let after = counts(&mut machine);
         // fio's own bandwidth: the process's start and connect are not in it.
-        let index = if rw == "write" {
-            terse::WRITE_BW
-        } else {
-            terse::READ_BW
-        };
-        let kib_s = terse::field(&output, index)
+        let kib_s = terse::kib_per_s(&output, rw == "write")
             .unwrap_or_else(|| panic!("no terse v3 line in fio's output:\n{output}"));
         let what = format!("fio 256 KiB QD8 {rw}");
         report(&what, kib_s * 1024.0 / 1e6, COPY, took, before, after);
