@@ -293,30 +293,20 @@ impl Transport for PciTransport {
     }
 
     fn read_config_space<T: FromBytes + IntoBytes>(&self, offset: usize) -> Result<T, Error> {
-        assert!(
-            align_of::<T>() <= 4,
-            "Driver expected config space alignment of {} bytes, but VirtIO only guarantees 4 byte alignment.",
-            align_of::<T>()
-        );
-        assert_eq!(offset % align_of::<T>(), 0);
-
         let config_space = self
             .config_space
             .as_ref()
             .ok_or(Error::ConfigSpaceMissing)?;
-        if config_space.len() * size_of::<u32>() < offset + size_of::<T>() {
-            Err(Error::ConfigSpaceTooSmall)
-        } else {
-            // SAFETY: If we have a config space pointer it must be valid for its length, and we
-            // just checked that the offset and size of the access was within the length and
-            // properly aligned. Reading the config space shouldn't have side-effects.
-            unsafe {
-                let ptr = config_space.ptr().cast::<T>().byte_add(offset);
-                Ok(config_space
-                    .deref()
-                    .child(NonNull::new(ptr.cast_mut()).unwrap())
-                    .read_unsafe())
-            }
+        check_config_access::<T>(config_space.len(), offset)?;
+        // SAFETY: If we have a config space pointer it must be valid for its length, and we
+        // just checked that the offset and size of the access was within the length and
+        // properly aligned. Reading the config space shouldn't have side-effects.
+        unsafe {
+            let ptr = config_space.ptr().cast::<T>().byte_add(offset);
+            Ok(config_space
+                .deref()
+                .child(NonNull::new(ptr.cast_mut()).unwrap())
+                .read_unsafe())
         }
     }
 
@@ -325,29 +315,19 @@ impl Transport for PciTransport {
         offset: usize,
         value: T,
     ) -> Result<(), Error> {
-        assert!(
-            align_of::<T>() <= 4,
-            "Driver expected config space alignment of {} bytes, but VirtIO only guarantees 4 byte alignment.",
-            align_of::<T>()
-        );
-        assert_eq!(offset % align_of::<T>(), 0);
-
         let config_space = self
             .config_space
             .as_mut()
             .ok_or(Error::ConfigSpaceMissing)?;
-        if config_space.len() * size_of::<u32>() < offset + size_of::<T>() {
-            Err(Error::ConfigSpaceTooSmall)
-        } else {
-            // SAFETY: If we have a config space pointer it must be valid for its length, and we
-            // just checked that the offset and size of the access was within the length and
-            // properly aligned.
-            unsafe {
-                let ptr = config_space.ptr_nonnull().cast::<T>().byte_add(offset);
-                config_space.child(ptr).write_unsafe(value);
-            }
-            Ok(())
+        check_config_access::<T>(config_space.len(), offset)?;
+        // SAFETY: If we have a config space pointer it must be valid for its length, and we
+        // just checked that the offset and size of the access was within the length and
+        // properly aligned.
+        unsafe {
+            let ptr = config_space.ptr_nonnull().cast::<T>().byte_add(offset);
+            config_space.child(ptr).write_unsafe(value);
         }
+        Ok(())
     }
 }
 
@@ -385,6 +365,23 @@ pub(crate) struct CommonCfg {
     pub queue_desc: ReadPureWrite<u64>,
     pub queue_driver: ReadPureWrite<u64>,
     pub queue_device: ReadPureWrite<u64>,
+}
+
+/// Checks an access of a `T` at byte `offset` into a device config space
+/// of `words` 32-bit words: virtio guarantees only 4-byte alignment (a
+/// driver asking for more, or a misaligned offset, is a bug: panic), and
+/// the access must lie inside the space.
+fn check_config_access<T>(words: usize, offset: usize) -> Result<(), Error> {
+    assert!(
+        align_of::<T>() <= 4,
+        "Driver expected config space alignment of {} bytes, but VirtIO only guarantees 4 byte alignment.",
+        align_of::<T>()
+    );
+    assert_eq!(offset % align_of::<T>(), 0);
+    match offset.checked_add(size_of::<T>()) {
+        Some(end) if end <= words * size_of::<u32>() => Ok(()),
+        _ => Err(Error::ConfigSpaceTooSmall),
+    }
 }
 
 /// Information about a VirtIO structure within some BAR, as provided by a `virtio_pci_cap`.
@@ -606,6 +603,21 @@ mod tests {
                 "{offset:#x} + {length:#x}"
             );
         }
+    }
+
+    #[test]
+    fn config_accesses_stay_inside_the_config_space() {
+        // 4 words = 16 bytes.
+        assert_eq!(check_config_access::<u32>(4, 12), Ok(()));
+        assert_eq!(check_config_access::<u16>(4, 14), Ok(()));
+        assert_eq!(
+            check_config_access::<u32>(4, 16),
+            Err(Error::ConfigSpaceTooSmall)
+        );
+        assert_eq!(
+            check_config_access::<u16>(4, usize::MAX - 1),
+            Err(Error::ConfigSpaceTooSmall)
+        );
     }
 
     #[test]
