@@ -2,6 +2,7 @@
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
+use core::ops::Bound;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::format::Extent;
@@ -133,11 +134,14 @@ impl ExtentMap {
         }
     }
 
-    /// The physical run backing `logical`: (first physical block, blocks
-    /// left in the extent from `logical` on).
-    pub fn run_at(&self, logical: u64) -> Option<(u64, u64)> {
+    /// The physical block of `logical` and the blocks of its extent from
+    /// there on, and whether the same extent also maps the block before
+    /// `logical`; None in a hole.
+    pub fn run_around(&self, logical: u64) -> Option<(u64, u64, bool)> {
         match self.map.range(..=logical).next_back() {
-            Some((&s, &(l, p))) if s + l > logical => Some((p + (logical - s), s + l - logical)),
+            Some((&s, &(l, p))) if s + l > logical => {
+                Some((p + (logical - s), s + l - logical, s < logical))
+            }
             _ => None,
         }
     }
@@ -237,10 +241,12 @@ impl ExtentMap {
     /// mapped it; returns the pieces replaced ([`Self::remove`] then
     /// [`Self::insert`]). A range strictly inside one extent that it does
     /// not continue (a copy-on-write of a few blocks of a shared extent)
-    /// takes four B-tree searches instead of about eight.
+    /// takes one B-tree search (a cursor shortens the extent and inserts
+    /// the two new ones beside it) instead of about eight.
     pub fn replace(&mut self, logical: u64, len: u64, physical: u64) -> Vec<Extent> {
         let end = logical + len;
-        let inside = match self.map.range_mut(..=logical).next_back() {
+        let mut cur = self.map.upper_bound_mut(Bound::Included(&logical));
+        let inside = match cur.peek_prev() {
             Some((&s, left))
                 if s < logical && end < s + left.0 && left.1 + (logical - s) != physical =>
             {
@@ -256,9 +262,13 @@ impl ExtentMap {
             self.insert(logical, len, physical);
             return removed;
         };
+        // Both go right after the shortened extent, `end` first, so the
+        // keys stay ordered: s < logical < end < s + l <= the next key.
+        cur.insert_after(end, (s + l - end, p + (end - s)))
+            .expect("the tail of the split extent keeps its place");
+        cur.insert_after(logical, (len, physical))
+            .expect("the new piece goes before the tail");
         self.changed();
-        self.map.insert(logical, (len, physical));
-        self.map.insert(end, (s + l - end, p + (end - s)));
         alloc::vec![Extent {
             logical,
             len,

@@ -45,6 +45,7 @@
 //! - `format`: the on-media encoding (FORMAT.md).
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
+#![feature(btree_cursors)]
 
 extern crate alloc;
 

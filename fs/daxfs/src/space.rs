@@ -4,6 +4,7 @@
 
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
+use core::ops::Bound;
 
 use crate::format::CHUNK_BLOCKS;
 
@@ -190,19 +191,27 @@ impl RunCounts {
         }
         let end = start + len;
         // Fast path (one copy-on-write dropping a shared block, or freeing
-        // part of a run): strictly inside one run, which the one search
-        // that finds it also shortens in place.
-        if let Some((&s, run)) = self.runs.range_mut(..=start).next_back() {
-            let (l, c) = *run;
-            if s < start && end < s + l {
-                run.0 = start - s;
-                if c > 1 {
-                    self.runs.insert(start, (len, c - 1));
-                } else {
-                    freed.push((start, len));
+        // part of a run): strictly inside one run, which the cursor of the
+        // one search that finds it shortens in place and inserts the two
+        // new runs beside (issue 17: no second and third search).
+        {
+            let mut cur = self.runs.upper_bound_mut(Bound::Included(&start));
+            if let Some((&s, run)) = cur.peek_prev() {
+                let (l, c) = *run;
+                if s < start && end < s + l {
+                    run.0 = start - s;
+                    // Keys stay ordered: s < start < end < s + l, and the
+                    // next run starts at s + l or later.
+                    cur.insert_after(end, (s + l - end, c))
+                        .expect("the tail of the split run keeps its place");
+                    if c > 1 {
+                        cur.insert_after(start, (len, c - 1))
+                            .expect("the recounted piece goes before the tail");
+                    } else {
+                        freed.push((start, len));
+                    }
+                    return freed;
                 }
-                self.runs.insert(end, (s + l - end, c));
-                return freed;
             }
         }
         self.split(start);
@@ -396,17 +405,26 @@ impl Allocator {
 
     fn remove_small(&mut self, start: u64, len: u64) {
         // `start..start+len` lies inside one free run (callers check).
-        let (&rs, &rl) = self
-            .small
-            .range(..=start)
-            .next_back()
-            .expect("range is inside a free run");
-        self.small.remove(&rs);
-        if start > rs {
-            self.small.insert(rs, start - rs);
-        }
-        if rs + rl > start + len {
-            self.small.insert(start + len, rs + rl - (start + len));
+        // One B-tree search: the run is shortened, or removed, where the
+        // cursor found it (issue 17: once per allocation).
+        let end = start + len;
+        let mut cur = self.small.upper_bound_mut(Bound::Included(&start));
+        let (rs, rl) = match cur.peek_prev() {
+            Some((&rs, rl)) if start > rs => {
+                let whole = *rl;
+                *rl = start - rs;
+                (rs, whole)
+            }
+            Some((&rs, &mut rl)) => {
+                cur.remove_prev();
+                (rs, rl)
+            }
+            None => unreachable!("range is inside a free run"),
+        };
+        debug_assert!(rs <= start && end <= rs + rl, "range is inside a free run");
+        if rs + rl > end {
+            cur.insert_after(end, rs + rl - end)
+                .expect("the rest of a free run keeps its place");
         }
     }
 
@@ -516,7 +534,7 @@ impl Allocator {
     }
 
     /// True when every block of the range is free.
-    #[cfg(test)]
+    #[cfg(any(test, debug_assertions))]
     pub fn is_free(&self, start: u64, len: u64) -> bool {
         let end = start + len;
         let mut b = start;

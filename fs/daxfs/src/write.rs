@@ -45,8 +45,9 @@ impl Edit<'_> {
 
 /// What `write_in_place` found of a write's first block when it looked:
 /// the block, its physical block, the blocks of its extent from there on,
-/// and, for a one-block write, the block's reference count.
-type Known = (u64, u64, u64, Option<u32>);
+/// for a one-block write the block's reference count, and whether the
+/// same extent maps the block before it.
+type Known = (u64, u64, u64, Option<u32>, bool);
 
 /// What `write_in_place` did: the write, or nothing (with what it found).
 enum InPlace {
@@ -236,7 +237,7 @@ impl<M: PersistentMemory> Filesystem<M> {
         let no_pins = self.pins.is_empty();
         for &(s, e) in all.as_slice() {
             let pieces = match known {
-                Some((kb, kp, run, _)) if kb == s && e - s <= run => alloc::vec![Piece {
+                Some((kb, kp, run, _, _)) if kb == s && e - s <= run => alloc::vec![Piece {
                     logical: s,
                     len: e - s,
                     physical: Some(kp),
@@ -261,7 +262,7 @@ impl<M: PersistentMemory> Filesystem<M> {
                 // allocation) per segment, and none of the counts for the
                 // one block whose count write_in_place already has.
                 if no_pins {
-                    if let Some((kb, kp, _, Some(count))) = known {
+                    if let Some((kb, kp, _, Some(count), _)) = known {
                         if piece.len == 1 && piece.logical == kb && p == kp {
                             debug_assert_eq!(count, self.refs.get(p));
                             if count > 1 {
@@ -344,7 +345,20 @@ impl<M: PersistentMemory> Filesystem<M> {
                         continue;
                     }
                 }
-                let prefer = preferred(&file.map, &runs, l);
+                // The block before `l` in the same extent: `preferred`
+                // would name the block that backs `l` now, which is in use
+                // (issue 17: a copy-on-write inside a shared extent skips
+                // that map lookup and the free-space probe).
+                let prefer = match known {
+                    Some((kb, _, _, _, true)) if kb == l && runs.is_empty() => None,
+                    _ => preferred(&file.map, &runs, l),
+                };
+                #[cfg(debug_assertions)]
+                if prefer.is_none() {
+                    if let Some(p) = preferred(&file.map, &runs, l) {
+                        debug_assert!(!self.alloc.is_free(p, 1));
+                    }
+                }
                 match self.alloc.alloc_small(piece_len, prefer) {
                     Some((p, got)) => {
                         runs.push(NewRun {
@@ -645,16 +659,16 @@ impl<M: PersistentMemory> Filesystem<M> {
         let p = match known {
             Some(r) => r.physical + (bs - r.logical),
             None => {
-                let Some((p, run)) = f.map.run_at(bs) else {
+                let Some((p, run, inside)) = f.map.run_around(bs) else {
                     return Ok(InPlace::Not(None));
                 };
                 if run < be - bs {
-                    return Ok(InPlace::Not(Some((bs, p, run, None))));
+                    return Ok(InPlace::Not(Some((bs, p, run, None, inside))));
                 }
                 let count = self.refs.max_in(p, be - bs);
                 if count > 1 || self.pins.max_in(p, be - bs) != 0 {
                     let single = (be - bs == 1).then_some(count);
-                    return Ok(InPlace::Not(Some((bs, p, run, single))));
+                    return Ok(InPlace::Not(Some((bs, p, run, single, inside))));
                 }
                 if end > size {
                     // An appending write: remember the private run up to
@@ -679,7 +693,7 @@ impl<M: PersistentMemory> Filesystem<M> {
         #[cfg(debug_assertions)]
         if known.is_some() {
             let f = self.file(file)?;
-            debug_assert_eq!(f.map.run_at(bs).map(|(q, _)| q), Some(p));
+            debug_assert_eq!(f.map.run_around(bs).map(|(q, _, _)| q), Some(p));
             debug_assert!(self.refs.max_in(p, be - bs) <= 1 && self.pins.max_in(p, be - bs) == 0);
         }
         self.put(block_offset(p) + offset % BLOCK_SIZE, data)?;
