@@ -234,6 +234,23 @@ impl PersistentMemory for PmemRegion {
     fn physical_address(&self, offset: u64) -> Option<u64> {
         (offset <= self.len).then(|| self.base + offset)
     }
+
+    fn prefetch(&self, offset: u64, len: u64) {
+        if check_range(offset, len, self.len).is_err() {
+            return;
+        }
+        let mut at = offset;
+        while at < offset + len {
+            let p = self.ptr(at) as *const u8;
+            // SAFETY: `p` lies inside the mapped region (range checked
+            // above); `prefetcht0` only moves the line into the cache and
+            // never faults or changes memory.
+            unsafe {
+                asm!("prefetcht0 [{0}]", in(reg) p, options(nostack, preserves_flags, readonly))
+            };
+            at += CACHE_LINE;
+        }
+    }
 }
 
 /// One past the highest physical address (CPUID 0x8000_0008 EAX[7:0]).

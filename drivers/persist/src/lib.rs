@@ -154,6 +154,16 @@ pub trait PersistentMemory {
         let _ = offset;
         None
     }
+
+    /// A hint that `offset..offset + len` will be read soon: starts
+    /// bringing those cache lines in, so that a read jumping between
+    /// scattered runs (a partly diverged clone) overlaps their memory
+    /// latencies instead of paying them one after another. Changes
+    /// nothing; a range outside the region is ignored. The default does
+    /// nothing.
+    fn prefetch(&self, offset: u64, len: u64) {
+        let _ = (offset, len);
+    }
 }
 
 /// A region backed by a `Vec<u8>` in which every store is durable at once.
@@ -249,6 +259,21 @@ impl PersistentMemory for VecMemory {
 
     fn fence(&mut self) {
         self.fences += 1;
+    }
+
+    /// Loads one byte of each cache line (safe code has no prefetch
+    /// instruction): the loads are independent, so the CPU overlaps their
+    /// misses just as it would prefetches.
+    fn prefetch(&self, offset: u64, len: u64) {
+        if check_range(offset, len, self.len()).is_err() {
+            return;
+        }
+        let mut at = offset;
+        while at < offset + len {
+            // In range: checked above.
+            core::hint::black_box(self.bytes[at as usize]);
+            at += CACHE_LINE;
+        }
     }
 }
 

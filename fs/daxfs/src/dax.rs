@@ -11,6 +11,12 @@ use crate::{block_offset, DaxRange, Error, FileId, Filesystem, Hold, PersistentM
 
 static NEXT_HOLD: AtomicU64 = AtomicU64::new(1);
 
+/// Bytes `read` hints ahead at the start of each scattered run: four cache
+/// lines, enough for the hardware prefetcher to take over (measured with
+/// `cargo bench -p daxfs -- read-profile`: 128 to 512 bytes read alike,
+/// a whole 4 KiB block slower).
+const READ_PREFETCH: u64 = 256;
+
 impl<M: PersistentMemory> Filesystem<M> {
     /// Reads from `offset`; returns the bytes read (short at end of file).
     pub fn read(&self, file: FileId, offset: u64, buf: &mut [u8]) -> Result<usize, Error> {
@@ -21,7 +27,24 @@ impl<M: PersistentMemory> Filesystem<M> {
         let n = (buf.len() as u64).min(f.size - offset);
         let end = offset + n;
         let (bs, be) = (offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE));
-        for piece in f.map.pieces(bs, be - bs) {
+        let pieces = f.map.pieces(bs, be - bs);
+        // A read over many scattered runs (a partly diverged clone: about
+        // 80 per 2 MiB after random small writes) first hints the start of
+        // each run that does not follow the one before, so that their
+        // memory latencies overlap instead of adding up (issue 17).
+        if pieces.len() > 2 {
+            let mut next = None;
+            for piece in &pieces {
+                if let Some(p) = piece.physical {
+                    if next != Some(p) {
+                        let skip = offset.saturating_sub(piece.logical * BLOCK_SIZE);
+                        self.mem.prefetch(block_offset(p) + skip, READ_PREFETCH);
+                    }
+                    next = Some(p + piece.len);
+                }
+            }
+        }
+        for piece in pieces {
             let a = offset.max(piece.logical * BLOCK_SIZE);
             let b = end.min((piece.logical + piece.len) * BLOCK_SIZE);
             let out = &mut buf[(a - offset) as usize..(b - offset) as usize];
