@@ -8,7 +8,10 @@
 //!   next fence: the one inside the next metadata commit or `persist`.
 //!   Until then each byte may be old or new (in-place stores can tear), so
 //!   the oracle compares data byte by byte ([`Semantics::unit`] = 1) and
-//!   the runner forgets older versions once nothing is pending.
+//!   the runner forgets older versions once nothing is pending;
+//! - copy-on-write runs may wait in memory for the file's next commit
+//!   (FORMAT.md "Deferred copy-on-write commits"): while a file has any,
+//!   its older versions stay possible even with every store durable.
 
 use std::format;
 use std::string::{String, ToString};
@@ -180,6 +183,13 @@ impl Target for Daxfs {
             out.insert(name, (len, digester.finish()));
         }
         Ok(out)
+    }
+
+    fn deferred(&self, name: &str) -> bool {
+        self.0
+            .lookup(name)
+            .and_then(|id| self.0.deferred_runs(id))
+            .is_ok_and(|n| n > 0)
     }
 
     fn visible(&mut self, names: &[String]) -> Result<Visible, String> {

@@ -239,6 +239,30 @@ pub fn scenarios() -> Vec<Vec<Op>> {
             ops.push(Op::Unlink(name("copy")));
             ops
         },
+        // Deferred copy-on-write commits (FORMAT.md "Deferred
+        // copy-on-write commits"): the clone's list turns layered at its
+        // sixth splitting write, the next eleven wait in memory, the
+        // twelfth commits them first (one prepend) and waits itself; the
+        // original then overwrites the block that write copied (it must
+        // copy too: after a crash the clone reads that block from it
+        // again); a persist commits the clone's wait, and the clone goes
+        // with one more waiting.
+        {
+            let mut ops = alloc::vec![Op::Clone(name("big"), name("copy"))];
+            for i in 0..18u64 {
+                ops.push(Op::Write {
+                    name: name("copy"),
+                    offset: i * 65_536 + 300,
+                    len: 100,
+                    seed: 60 + i as u8,
+                });
+            }
+            ops.push(seeded(write("big", 17 * 65_536, 4096), 80));
+            ops.push(Op::Persist(name("copy")));
+            ops.push(seeded(write("copy", 8192, 100), 81));
+            ops.push(Op::Unlink(name("copy")));
+            ops
+        },
         alloc::vec![
             Op::Clone(name("big"), name("copy")),
             write("big", 70_000, 5000),

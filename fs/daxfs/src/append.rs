@@ -85,10 +85,16 @@ impl<M: PersistentMemory> Filesystem<M> {
         }
         // The source's blocks now belong to `dst`: their reference counts
         // stay; only its overflow chain is released.
+        // Both in-memory maps went to media, with the deferred copy-on-write
+        // runs of either file, whose replaced blocks are dropped now
+        // (FORMAT.md "Deferred copy-on-write commits").
         if let Some(f) = self.take_file(src.slot) {
             self.names.remove(&f.name);
             for b in f.chain {
                 self.unref(b, 1);
+            }
+            for e in f.pending.replaced {
+                self.unref(e.physical, e.len);
             }
         }
         if let Some(mut f) = self.take_file(dst.slot) {
@@ -97,10 +103,14 @@ impl<M: PersistentMemory> Filesystem<M> {
             f.size = size;
             f.durable = size;
             f.list = None;
+            let pending = core::mem::take(&mut f.pending);
             let old = core::mem::replace(&mut f.chain, chain);
             self.put_file(dst.slot, f);
             for b in old {
                 self.unref(b, 1);
+            }
+            for e in pending.replaced {
+                self.unref(e.physical, e.len);
             }
         }
         self.settle();

@@ -63,6 +63,7 @@ impl<M: PersistentMemory> Filesystem<M> {
             opens: 0,
             orphan: false,
             cow: Default::default(),
+            pending: Default::default(),
         };
         self.install_clone(slot, held, file)
     }

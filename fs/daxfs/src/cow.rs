@@ -176,6 +176,40 @@ impl ChunkCache {
     }
 }
 
+/// Copy-on-write runs a file has committed at most this many of in
+/// memory only (FORMAT.md "Deferred copy-on-write commits"): one less
+/// than the record's inline entries, so that the commit that carries
+/// them, with one more run of its own (a compaction's gathered chunk),
+/// is still a one-record prepend.
+pub const DEFERRED_RUNS_MAX: usize = INLINE_EXTENTS - 1;
+
+/// A file's copy-on-write runs whose commit is deferred (FORMAT.md
+/// "Deferred copy-on-write commits"): the fresh runs are in the
+/// in-memory map (reads, writes, clones and `stat` see them at once), the
+/// record on media still maps the blocks they replaced. So the replaced
+/// blocks keep the file's reference until the commit that carries the
+/// runs: a clone still sharing them must copy before it writes, because
+/// after a crash this file reads them again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Pending {
+    /// The fresh runs, oldest first (at most [`DEFERRED_RUNS_MAX`]).
+    pub runs: Vec<Extent>,
+    /// What they replaced in the map, referenced until the commit.
+    pub replaced: Vec<Extent>,
+}
+
+impl Pending {
+    /// Memory beyond `File` itself (charged in `file_cost`).
+    pub(crate) fn cost(&self) -> usize {
+        (self.runs.capacity() + self.replaced.capacity()) * core::mem::size_of::<Extent>()
+    }
+
+    /// True when no run waits for its commit.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+}
+
 impl<M: PersistentMemory> Filesystem<M> {
     /// How `map` maps logical chunk `chunk`.
     pub(crate) fn chunk_state(&self, map: &ExtentMap, chunk: u64) -> ChunkState {
@@ -361,12 +395,69 @@ impl<M: PersistentMemory> Filesystem<M> {
     /// "Layered extent lists": a one-record commit, plus at most one chain
     /// block written); falls back to `commit_file`'s plain rewrite when
     /// the list must be normalised.
+    ///
+    /// The file's deferred copy-on-write runs (FORMAT.md "Deferred
+    /// copy-on-write commits") go in the same commit, after `new` (so
+    /// `new` takes precedence where they overlap, and among them the
+    /// newest), and their replaced blocks are dropped after it.
     pub(crate) fn commit_file_runs(
         &mut self,
         slot: u32,
         size: u64,
         new: &[Extent],
     ) -> Result<(), Error> {
+        let f = self.files.get(&slot).ok_or(Error::StaleFile)?;
+        if f.pending.is_empty() {
+            return self.commit_runs(slot, size, new);
+        }
+        let mut all = Vec::with_capacity(new.len() + f.pending.runs.len());
+        all.extend_from_slice(new);
+        all.extend(f.pending.runs.iter().rev());
+        self.commit_runs(slot, size, &all)?;
+        self.release_pending(slot);
+        Ok(())
+    }
+
+    /// Commits the file's deferred copy-on-write runs (and its in-memory
+    /// size) now, if it has any: one prepend of at most
+    /// [`DEFERRED_RUNS_MAX`] runs.
+    pub(crate) fn commit_pending(&mut self, slot: u32) -> Result<(), Error> {
+        let f = self.files.get(&slot).ok_or(Error::StaleFile)?;
+        if f.pending.is_empty() {
+            return Ok(());
+        }
+        let size = f.size;
+        self.commit_file_runs(slot, size, &[])
+    }
+
+    /// After a commit that carried the file's deferred runs (a prepend
+    /// of them, or a rewrite of the whole map): drops the references of
+    /// the blocks they replaced.
+    pub(crate) fn release_pending(&mut self, slot: u32) {
+        let Some(f) = self.files.get_mut(&slot) else {
+            return;
+        };
+        if f.pending.is_empty() {
+            return;
+        }
+        let pending = core::mem::take(&mut f.pending);
+        // The file's map holds none of these blocks any more, so dropping
+        // them changes only other files' private counts: a chunk cache
+        // current before stays current (as in `modify`, see ChunkCache).
+        let epoch = self.share_epoch;
+        for e in pending.replaced {
+            self.unref(e.physical, e.len);
+        }
+        let now = self.share_epoch;
+        if let Some(f) = self.files.get_mut(&slot) {
+            if f.cow.epoch == epoch {
+                f.cow.epoch = now;
+            }
+        }
+    }
+
+    /// [`Self::commit_file_runs`] without the deferred runs.
+    fn commit_runs(&mut self, slot: u32, size: u64, new: &[Extent]) -> Result<(), Error> {
         let f = self.files.get(&slot).ok_or(Error::StaleFile)?;
         let effective = f.map.len() as u64;
         if new.is_empty() {

@@ -180,6 +180,8 @@ impl<M: PersistentMemory> Filesystem<M> {
         for b in old_chain {
             self.unref(b, 1);
         }
+        // The whole map went to media, deferred copy-on-write runs with it.
+        self.release_pending(slot);
         Ok(())
     }
 }

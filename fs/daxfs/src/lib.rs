@@ -78,7 +78,7 @@ use core::mem::size_of;
 use daxbox_budget::{Budget, Charge};
 
 pub use append::Appended;
-pub use cow::COMPACT_THRESHOLD_BLOCKS;
+pub use cow::{COMPACT_THRESHOLD_BLOCKS, DEFERRED_RUNS_MAX};
 pub use daxbox_persist::{OutOfRange, PersistentMemory};
 pub use grow::Grown;
 pub use types::{
@@ -115,6 +115,9 @@ struct File {
     /// Remembered mapped/private counts of chunks its copy-on-writes
     /// touched (in memory only; see `cow::ChunkCache`).
     cow: cow::ChunkCache,
+    /// Copy-on-write runs mapped in memory whose commit is deferred
+    /// (FORMAT.md "Deferred copy-on-write commits").
+    pending: cow::Pending,
 }
 
 /// Zeros to copy from: the source of every zero-fill.
@@ -153,6 +156,7 @@ fn file_cost(f: &File) -> usize {
         + f.chain.len() * 8
         + f.list.as_ref().map_or(0, cow::Layered::cost)
         + f.cow.cost()
+        + f.pending.cost()
 }
 
 /// A mounted daxfs over a persistent memory region it owns.

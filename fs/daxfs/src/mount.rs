@@ -296,6 +296,7 @@ impl<M: PersistentMemory> Filesystem<M> {
                 opens: 0,
                 orphan: f.record.orphan,
                 cow: Default::default(),
+                pending: Default::default(),
             };
             let cost = file_cost(&file);
             charge

@@ -44,6 +44,7 @@ impl<M: PersistentMemory> Filesystem<M> {
             opens: 0,
             orphan: false,
             cow: Default::default(),
+            pending: Default::default(),
         };
         // Charge before committing: a file the budget cannot hold is
         // refused with nothing changed.
@@ -102,9 +103,10 @@ impl<M: PersistentMemory> Filesystem<M> {
 
     /// Drops one holder of `file`. The last close of an orphan frees it in
     /// one transaction (FORMAT.md "Orphans"); its blocks return unless
-    /// shared or pinned. The last close of a named file commits its
-    /// deferred size, if any (FORMAT.md "Deferred size commits"). A close
-    /// without an open is ignored.
+    /// shared or pinned. The last close of a named file commits what it
+    /// deferred, if anything (FORMAT.md "Deferred size commits",
+    /// "Deferred copy-on-write commits"). A close without an open is
+    /// ignored.
     pub fn close(&mut self, file: FileId) -> Result<(), Error> {
         self.file(file)?;
         let Some(f) = self.files.get_mut(&file.slot) else {
@@ -115,7 +117,7 @@ impl<M: PersistentMemory> Filesystem<M> {
             if f.orphan {
                 self.free_orphan(file.slot)?;
             } else {
-                self.commit_deferred_size(file.slot)?;
+                self.commit_deferred(file.slot)?;
             }
         }
         Ok(())
@@ -170,6 +172,11 @@ impl<M: PersistentMemory> Filesystem<M> {
                 self.names.remove(&f.name);
             }
             for e in f.map.iter() {
+                self.unref(e.physical, e.len);
+            }
+            // The blocks deferred copy-on-writes replaced were still the
+            // record's (FORMAT.md "Deferred copy-on-write commits").
+            for e in f.pending.replaced {
                 self.unref(e.physical, e.len);
             }
             for b in f.chain {
@@ -262,6 +269,7 @@ impl<M: PersistentMemory> Filesystem<M> {
             opens: 0,
             orphan: false,
             cow: Default::default(),
+            pending: Default::default(),
         };
         self.install_clone(slot, held, file)
     }

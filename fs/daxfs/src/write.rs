@@ -10,9 +10,9 @@ use alloc::vec::Vec;
 
 use daxbox_persist::NT_THRESHOLD;
 
-use crate::cow::PrivateRun;
+use crate::cow::{PrivateRun, DEFERRED_RUNS_MAX};
 use crate::extmap::{ExtentMap, Piece};
-use crate::format::{Extent, BLOCK_SIZE, CHUNK_BLOCKS, CHUNK_SIZE, MAX_FILE_SIZE};
+use crate::format::{Extent, BLOCK_SIZE, CHUNK_BLOCKS, CHUNK_SIZE, INLINE_EXTENTS, MAX_FILE_SIZE};
 use crate::{block_offset, Error, FileId, Filesystem, PersistentMemory, RUN_GROWTH, ZEROS};
 
 /// Most blocks a small file's allocating write maps ahead of its end of
@@ -391,6 +391,25 @@ impl<M: PersistentMemory> Filesystem<M> {
             self.unallocate(&fresh(&runs));
             return Err(Error::NoSpace);
         }
+        // Copy-on-write runs that change nothing but the map may wait in
+        // memory for a later commit (FORMAT.md "Deferred copy-on-write
+        // commits"); so that the commit carrying them stays one prepend,
+        // ones already waiting are committed first when the two would
+        // not fit it together.
+        let new = new_extents(&runs);
+        let file = self.files.get(&slot).ok_or(Error::StaleFile)?;
+        let mut defer = !runs.is_empty()
+            && new_size == old_size
+            && huge_chunks.is_empty()
+            && runs.iter().all(|r| r.source.is_some())
+            && new.len() <= DEFERRED_RUNS_MAX
+            && file.list.is_some();
+        if !file.pending.is_empty() && file.pending.runs.len() + new.len() > DEFERRED_RUNS_MAX {
+            if let Err(e) = self.commit_pending(slot) {
+                self.unallocate(&fresh(&runs));
+                return Err(e);
+            }
+        }
         // The map, count and free-space runs the new blocks may add are
         // charged before the map changes; a refusal undoes the allocation.
         if let Err(e) = self.reserve(runs.len() * RUN_GROWTH) {
@@ -409,15 +428,27 @@ impl<M: PersistentMemory> Filesystem<M> {
                 removed.append(&mut got);
             }
         }
+        // A list that is all inline is rewritten whole by every commit:
+        // nothing to save by waiting.
+        defer = defer && file.map.len() > INLINE_EXTENTS;
         let result = self
             .fill_and_apply(slot, edits, &runs, new_size)
             .and_then(|()| {
-                if runs.is_empty() && new_size == old_size {
+                if defer || (runs.is_empty() && new_size == old_size) {
                     return Ok(());
                 }
-                self.commit_file_runs(slot, new_size, &new_extents(&runs))
+                self.commit_file_runs(slot, new_size, &new)
             });
         match result {
+            Ok(()) if defer => {
+                // The record keeps the replaced blocks until the commit.
+                let epoch = self.share_epoch;
+                let file = self.files.get_mut(&slot).ok_or(Error::StaleFile)?;
+                file.pending.runs.extend_from_slice(&new);
+                file.pending.replaced.append(&mut removed);
+                self.count_fresh(slot, epoch, &runs, &huge_chunks);
+                Ok(())
+            }
             Ok(()) => {
                 let epoch = self.share_epoch;
                 for e in removed {
@@ -934,10 +965,14 @@ impl<M: PersistentMemory> Filesystem<M> {
         self.commit_file(slot, end, false)
     }
 
-    /// Commits the file's deferred size, if it has one (one transaction;
-    /// its fence also makes every earlier data write durable).
-    pub(crate) fn commit_deferred_size(&mut self, slot: u32) -> Result<(), Error> {
+    /// Commits what the file has deferred, if anything: its copy-on-write
+    /// runs with its size, or its size alone (one transaction; its fence
+    /// also makes every earlier data write durable).
+    pub(crate) fn commit_deferred(&mut self, slot: u32) -> Result<(), Error> {
         let f = self.files.get(&slot).ok_or(Error::StaleFile)?;
+        if !f.pending.is_empty() {
+            return self.commit_pending(slot);
+        }
         if f.durable == f.size {
             return Ok(());
         }
@@ -946,26 +981,34 @@ impl<M: PersistentMemory> Filesystem<M> {
     }
 
     /// Makes every earlier write to the file durable, its size included.
-    /// Data writes are already flushed and metadata already committed, so
-    /// this is a fence, plus the commit of a deferred size (FORMAT.md
-    /// "Data writes", "Deferred size commits").
+    /// Data writes are already flushed, so this is a fence, plus the
+    /// commit of what the file deferred: its size, its copy-on-write runs
+    /// (FORMAT.md "Data writes", "Deferred size commits", "Deferred
+    /// copy-on-write commits").
     pub fn persist(&mut self, file: FileId) -> Result<(), Error> {
         self.file(file)?;
-        self.commit_deferred_size(file.slot)?;
+        self.commit_deferred(file.slot)?;
         self.mem.fence();
         Ok(())
     }
 
-    /// Makes every earlier write durable, every deferred size included.
+    /// Copy-on-write runs of `file` mapped in memory whose commit is still
+    /// deferred (FORMAT.md "Deferred copy-on-write commits"): a crash now
+    /// would undo the writes that made them; `persist` commits them.
+    pub fn deferred_runs(&self, file: FileId) -> Result<usize, Error> {
+        Ok(self.file(file)?.pending.runs.len())
+    }
+
+    /// Makes every earlier write durable, everything deferred included.
     pub fn persist_all(&mut self) -> Result<(), Error> {
         let deferred: Vec<u32> = self
             .files
             .iter()
-            .filter(|(_, f)| f.durable != f.size)
+            .filter(|(_, f)| f.durable != f.size || !f.pending.is_empty())
             .map(|(&slot, _)| slot)
             .collect();
         for slot in deferred {
-            self.commit_deferred_size(slot)?;
+            self.commit_deferred(slot)?;
         }
         self.mem.fence();
         Ok(())

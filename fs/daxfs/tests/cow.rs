@@ -361,3 +361,126 @@ fn a_remembered_run_of_an_appending_stream_is_forgotten_when_a_clone_shares_it()
         .all(|&x| x == 9));
     assert_clean(&fs);
 }
+
+/// Writes one distinct 100-byte piece into each of `blocks` blocks of `vm`
+/// (16 blocks apart, all in chunk 0): each splits a shared extent.
+fn scatter(fs: &mut Filesystem<VecMemory>, want: &mut [u8], blocks: std::ops::Range<u64>) {
+    let vm = fs.lookup("vm").unwrap();
+    for i in blocks {
+        let at = i * 16 * BLOCK + 300;
+        let data = [i as u8 + 1; 100];
+        fs.write(vm, at, &data).unwrap();
+        want[at as usize..at as usize + 100].copy_from_slice(&data);
+    }
+}
+
+/// FORMAT.md "Deferred copy-on-write commits": once a clone's list is
+/// layered, small copy-on-writes wait in memory (no fence, no journal
+/// commit), at most `DEFERRED_RUNS_MAX` of them; reads see them at once;
+/// a crash before `persist` reads the blocks as they were, a crash after
+/// it as written; fsck is clean throughout.
+#[test]
+fn copy_on_writes_wait_in_memory_until_persist() {
+    let mut fs = fresh(64);
+    let gold = cloned(&mut fs);
+    let vm = fs.lookup("vm").unwrap();
+    let mut want = gold.clone();
+    // Six splits make the list layered (more than 12 extents).
+    scatter(&mut fs, &mut want, 0..6);
+    assert_eq!(fs.deferred_runs(vm).unwrap(), 0);
+    let committed = want.clone();
+    let fences = fs.memory().fences;
+    scatter(&mut fs, &mut want, 6..6 + daxfs::DEFERRED_RUNS_MAX as u64);
+    assert_eq!(fs.memory().fences, fences, "deferred writes fence nothing");
+    assert_eq!(fs.deferred_runs(vm).unwrap(), daxfs::DEFERRED_RUNS_MAX);
+    assert_eq!(read_all(&fs, "vm"), want);
+    assert_eq!(read_all(&fs, "gold"), gold);
+    assert_clean(&fs);
+
+    // A crash now: the clone reads as at its last commit.
+    let crashed = Filesystem::mount(fs.memory().clone()).unwrap();
+    assert_eq!(read_all(&crashed, "vm"), committed);
+    assert_eq!(read_all(&crashed, "gold"), gold);
+    assert_clean(&crashed);
+
+    // One more: the waiting runs are committed first, this one waits.
+    scatter(&mut fs, &mut want, 20..21);
+    assert_eq!(fs.deferred_runs(vm).unwrap(), 1);
+    let crashed = Filesystem::mount(fs.memory().clone()).unwrap();
+    let mut all_but_last = want.clone();
+    let at = (20 * 16 * BLOCK) as usize;
+    all_but_last[at..at + BLOCK as usize].copy_from_slice(&gold[at..at + BLOCK as usize]);
+    assert_eq!(read_all(&crashed, "vm"), all_but_last);
+
+    fs.persist(vm).unwrap();
+    assert_eq!(fs.deferred_runs(vm).unwrap(), 0);
+    assert_clean(&fs);
+    let crashed = Filesystem::mount(fs.memory().clone()).unwrap();
+    assert_eq!(read_all(&crashed, "vm"), want);
+    assert_eq!(read_all(&crashed, "gold"), gold);
+    assert_clean(&crashed);
+}
+
+/// The block a waiting copy-on-write replaced is still the clone's on
+/// media: the original must copy before it writes there, so that a crash
+/// shows the clone the old bytes, never the original's new ones.
+#[test]
+fn the_original_copies_a_block_whose_clone_copy_is_waiting() {
+    let mut fs = fresh(64);
+    let gold = cloned(&mut fs);
+    let (g, vm) = (fs.lookup("gold").unwrap(), fs.lookup("vm").unwrap());
+    let mut want = gold.clone();
+    scatter(&mut fs, &mut want, 0..7);
+    assert_eq!(fs.deferred_runs(vm).unwrap(), 1, "the seventh write waits");
+    let block = 6 * 16 * BLOCK;
+    let free = fs.statfs().free_blocks;
+    fs.write(g, block, &[0xAB; BLOCK as usize]).unwrap();
+    assert_eq!(
+        free - fs.statfs().free_blocks,
+        1,
+        "the original copied the block instead of writing it in place"
+    );
+    let mut want_gold = gold.clone();
+    want_gold[block as usize..(block + BLOCK) as usize].fill(0xAB);
+    assert_clean(&fs);
+    let crashed = Filesystem::mount(fs.memory().clone()).unwrap();
+    let vm_after = read_all(&crashed, "vm");
+    assert_eq!(
+        vm_after[block as usize..(block + BLOCK) as usize],
+        gold[block as usize..(block + BLOCK) as usize],
+        "after a crash the clone reads the block as it was when cloned"
+    );
+    assert_eq!(read_all(&crashed, "gold"), want_gold);
+    assert_clean(&crashed);
+}
+
+/// Close, unmount and unlink settle waiting runs: the last close and an
+/// unmount commit them, an unlink frees their blocks and the blocks they
+/// replaced exactly.
+#[test]
+fn close_unmount_and_unlink_settle_waiting_copy_on_writes() {
+    let mut fs = fresh(64);
+    let gold = cloned(&mut fs);
+    let free_at_clone = fs.statfs().free_blocks;
+    let vm = fs.lookup("vm").unwrap();
+    let mut want = gold.clone();
+    scatter(&mut fs, &mut want, 0..6);
+    fs.open(vm).unwrap();
+    scatter(&mut fs, &mut want, 6..9);
+    assert_eq!(fs.deferred_runs(vm).unwrap(), 3);
+    fs.close(vm).unwrap();
+    assert_eq!(fs.deferred_runs(vm).unwrap(), 0);
+    scatter(&mut fs, &mut want, 9..11);
+    assert_eq!(fs.deferred_runs(vm).unwrap(), 2);
+    let mut fs = Filesystem::mount(fs.unmount()).unwrap();
+    assert_eq!(read_all(&fs, "vm"), want);
+    assert_clean(&fs);
+
+    let vm = fs.lookup("vm").unwrap();
+    scatter(&mut fs, &mut want, 11..14);
+    assert_eq!(fs.deferred_runs(vm).unwrap(), 3);
+    fs.unlink("vm").unwrap();
+    assert_eq!(fs.statfs().free_blocks, free_at_clone);
+    assert_eq!(read_all(&fs, "gold"), gold);
+    assert_clean(&fs);
+}

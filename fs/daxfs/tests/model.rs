@@ -10,6 +10,14 @@
 //! the floor and the model's size, and cuts its content there: from then
 //! on the bytes must agree exactly again (a later extending write must
 //! read zeros over what the crash cut off).
+//!
+//! A crash may also undo writes into blocks a file shared with a clone
+//! since the file was last made durable (FORMAT.md "Deferred copy-on-write
+//! commits"): the model keeps, per file, every earlier version of each
+//! 4 KiB block written since then (*older*, emptied by persist and clean
+//! remounts), and after a crash each block must read as the model's
+//! content or one of those versions, nothing else; the model then takes
+//! what the filesystem shows.
 
 use std::collections::BTreeMap;
 
@@ -123,6 +131,49 @@ fn check(fs: &Filesystem<VecMemory>, model: &BTreeMap<String, Vec<u8>>) {
     assert!(report.is_clean(), "{report}");
 }
 
+/// Earlier versions of each 4 KiB block of each file since it was last
+/// made durable (zero-padded past the end of file as it was then).
+type Older = BTreeMap<String, BTreeMap<usize, Vec<Vec<u8>>>>;
+
+/// Before `content` (of file `name`) changes at `offset..offset + len`:
+/// keeps the versions of the blocks it touches.
+fn remember(older: &mut Older, name: &str, content: &[u8], offset: u64, len: usize) {
+    if len == 0 {
+        return;
+    }
+    let versions = older.entry(name.to_string()).or_default();
+    let (first, last) = (offset as usize / 4096, (offset as usize + len - 1) / 4096);
+    for b in first..=last {
+        let mut block = vec![0u8; 4096];
+        let at = (b * 4096).min(content.len());
+        let end = (at + 4096).min(content.len());
+        block[..end - at].copy_from_slice(&content[at..end]);
+        let list = versions.entry(b).or_default();
+        if !list.contains(&block) {
+            list.push(block);
+        }
+    }
+}
+
+/// After a crash: every block of `name` reads as the model's `content` or
+/// one of the `older` versions; the model takes what it reads.
+fn settle_crash(fs: &Filesystem<VecMemory>, name: &str, content: &mut [u8], older: &Older) {
+    let id = fs.lookup(name).unwrap();
+    let mut got = vec![0u8; content.len()];
+    assert_eq!(fs.read(id, 0, &mut got).unwrap(), content.len());
+    for (b, (now, read)) in content.chunks_mut(4096).zip(got.chunks(4096)).enumerate() {
+        if now == read {
+            continue;
+        }
+        let allowed = older
+            .get(name)
+            .and_then(|v| v.get(&b))
+            .is_some_and(|list| list.iter().any(|old| old[..read.len()] == *read));
+        assert!(allowed, "{name}: block {b} after a crash is neither current nor an earlier version since the last persist");
+        now.copy_from_slice(read);
+    }
+}
+
 fn run(ops: Vec<Op>) {
     let opts = FormatOptions {
         uuid: [3; 16],
@@ -131,6 +182,7 @@ fn run(ops: Vec<Op>) {
     let mut fs = Filesystem::format(VecMemory::new(REGION), opts).unwrap();
     let mut model: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut floors: BTreeMap<String, usize> = BTreeMap::new();
+    let mut older = Older::new();
     for op in ops {
         match op {
             Op::Create(i) => {
@@ -155,6 +207,7 @@ fn run(ops: Vec<Op>) {
                 };
                 let id = fs.lookup(NAMES[file]).unwrap();
                 let data: Vec<u8> = (0..len).map(|i| (i as u8) ^ seed).collect();
+                remember(&mut older, NAMES[file], content, offset, len);
                 match fs.write(id, offset, &data) {
                     Ok(()) => {
                         let end = offset as usize + len;
@@ -179,6 +232,7 @@ fn run(ops: Vec<Op>) {
                 let id = fs.lookup(NAMES[file]).unwrap();
                 let offset = content.len() + gap as usize;
                 let data: Vec<u8> = (0..len).map(|i| (i as u8) ^ seed).collect();
+                remember(&mut older, NAMES[file], content, offset as u64, len);
                 match fs.write(id, offset as u64, &data) {
                     Ok(()) => {
                         content.resize(offset, 0);
@@ -213,6 +267,7 @@ fn run(ops: Vec<Op>) {
                     continue;
                 };
                 let id = fs.lookup(NAMES[file]).unwrap();
+                remember(&mut older, NAMES[file], content, offset, len as usize);
                 match fs.write_zeroes(id, offset, len, punch) {
                     Ok(()) => {
                         let end = (offset + len) as usize;
@@ -230,6 +285,7 @@ fn run(ops: Vec<Op>) {
             Op::Unlink(i) => {
                 let r = fs.unlink(NAMES[i]);
                 floors.remove(NAMES[i]);
+                older.remove(NAMES[i]);
                 if model.remove(NAMES[i]).is_some() {
                     r.unwrap();
                 } else {
@@ -243,6 +299,11 @@ fn run(ops: Vec<Op>) {
                         r.unwrap();
                         floors.remove(NAMES[a]);
                         floors.insert(NAMES[b].to_string(), content.len());
+                        let versions = older.remove(NAMES[a]);
+                        older.remove(NAMES[b]);
+                        if let Some(v) = versions {
+                            older.insert(NAMES[b].to_string(), v);
+                        }
                         model.insert(NAMES[b].to_string(), content);
                     }
                     None => assert_eq!(r, Err(Error::NotFound)),
@@ -255,6 +316,7 @@ fn run(ops: Vec<Op>) {
                     (Some(_), true) => assert_eq!(r, Err(Error::Exists)),
                     (Some(c), false) => match r {
                         Ok(_) => {
+                            older.remove(NAMES[b]);
                             floors.insert(NAMES[b].to_string(), c.len());
                             model.insert(NAMES[b].to_string(), c);
                         }
@@ -268,6 +330,7 @@ fn run(ops: Vec<Op>) {
                     continue;
                 };
                 floors.remove(NAMES[i]);
+                older.remove(NAMES[i]);
                 let id = fs.lookup(NAMES[i]).unwrap();
                 let ranges = fs.dax_ranges(id, 0, u64::MAX).unwrap();
                 let hold = fs.hold(id, 0, u64::MAX).unwrap();
@@ -275,6 +338,7 @@ fn run(ops: Vec<Op>) {
                 // Churn while held: other files may be written.
                 if let Some(name) = model.keys().next().cloned() {
                     let other = fs.lookup(&name).unwrap();
+                    remember(&mut older, &name, &model[&name], 0, 8192);
                     let _ = fs.write(other, 0, &[0x77; 8192]).map(|()| {
                         let c = model.get_mut(name.as_str()).unwrap();
                         if c.len() < 8192 {
@@ -320,6 +384,7 @@ fn run(ops: Vec<Op>) {
                         (o, (1 + (x >> 40) % 100).min(size - o) as usize)
                     };
                     let data: Vec<u8> = (0..len).map(|i| (i as u8) ^ (x as u8)).collect();
+                    remember(&mut older, NAMES[file], content, offset, len);
                     match fs.write(id, offset, &data) {
                         Ok(()) => {
                             content[offset as usize..offset as usize + len].copy_from_slice(&data)
@@ -346,12 +411,14 @@ fn run(ops: Vec<Op>) {
                 let id = fs.lookup(NAMES[i]).unwrap();
                 fs.persist(id).unwrap();
                 floors.insert(NAMES[i].to_string(), content.len());
+                older.remove(NAMES[i]);
             }
             Op::Remount => {
                 fs = Filesystem::mount(fs.unmount()).unwrap();
                 for (name, content) in &model {
                     floors.insert(name.clone(), content.len());
                 }
+                older.clear();
             }
             Op::Crash => {
                 fs = Filesystem::mount(fs.into_memory()).unwrap();
@@ -365,7 +432,9 @@ fn run(ops: Vec<Op>) {
                     );
                     content.truncate(size);
                     floors.insert(name.clone(), size);
+                    settle_crash(&fs, name, content, &older);
                 }
+                older.clear();
             }
         }
         check(&fs, &model);
