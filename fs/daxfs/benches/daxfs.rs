@@ -20,9 +20,13 @@ fn mbps(bytes: usize, d: Duration) -> f64 {
 /// A region with every page already faulted in, so that neither side of a
 /// comparison pays first-touch page faults.
 fn region(len: usize) -> VecMemory {
+    let before = pages::anon_huge_kib();
     let mut mem = VecMemory::new(len);
     for page in mem.bytes_mut().chunks_mut(4096) {
         page[0] = 1;
+    }
+    if let (Some(b), Some(a)) = (before, pages::anon_huge_kib()) {
+        pages::note(len, a.saturating_sub(b));
     }
     mem
 }
@@ -215,7 +219,82 @@ fn allocating_rows(
     huge
 }
 
+/// The appliance maps pmem (and its heap) with 2 MiB pages, so the
+/// figures are taken on 2 MiB pages too: on 4 KiB pages every scattered
+/// 4 KiB access pays a page walk the appliance never does (a partly
+/// diverged clone reads at ~85% of memcpy there instead of ~93%, and
+/// random in-place writes lose their TLB misses on 2 MiB pages). glibc
+/// backs large allocations with transparent huge pages when started with
+/// `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, so the bench runs itself again
+/// with it (memcpy's buffers included). `DAXFS_BENCH_PAGES=4k` keeps the
+/// kernel's default 4 KiB pages, for comparison; a `GLIBC_TUNABLES`
+/// already set is kept as it is.
+mod pages {
+    use std::process::Command;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    const TUNABLES: &str = "GLIBC_TUNABLES";
+
+    /// Runs this bench again with huge-page malloc, unless told not to or
+    /// already done; exits with its status.
+    pub fn on_huge_pages() {
+        if std::env::var("DAXFS_BENCH_PAGES").is_ok_and(|v| v == "4k")
+            || std::env::var_os(TUNABLES).is_some()
+        {
+            return;
+        }
+        let exe = std::env::current_exe().expect("the bench's own path");
+        let status = Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .env(TUNABLES, "glibc.malloc.hugetlb=1")
+            .status()
+            .expect("run the bench again with huge-page malloc");
+        std::process::exit(status.code().unwrap_or(1));
+    }
+
+    /// The process's anonymous memory on 2 MiB pages now, in KiB.
+    pub fn anon_huge_kib() -> Option<u64> {
+        std::fs::read_to_string("/proc/self/smaps_rollup")
+            .ok()?
+            .lines()
+            .find(|l| l.starts_with("AnonHugePages:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
+    /// Lowest share (per mille) of a region faulted in by `region` that
+    /// landed on 2 MiB pages.
+    static LOWEST: AtomicU64 = AtomicU64::new(u64::MAX);
+
+    /// Records that a region of `len` bytes added `huge_kib` KiB of
+    /// 2 MiB pages when it was faulted in.
+    pub fn note(len: usize, huge_kib: u64) {
+        let per_mille = (huge_kib * 1024 * 1000 / len.max(1) as u64).min(1000);
+        LOWEST.fetch_min(per_mille, Ordering::Relaxed);
+    }
+
+    /// The page size the figures were taken on: the transparent huge page
+    /// mode and how much of each region landed on 2 MiB pages.
+    pub fn describe() -> String {
+        let mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| String::from("unknown"));
+        let tunables = std::env::var(TUNABLES).unwrap_or_else(|_| String::from("(unset)"));
+        match LOWEST.load(Ordering::Relaxed) {
+            u64::MAX => format!("pages: not measured ({TUNABLES}={tunables}; THP {mode})"),
+            m => format!(
+                "pages: at least {:.1}% of each pmem region and memcpy buffer on 2 MiB pages \
+                 ({TUNABLES}={tunables}; THP {mode})",
+                m as f64 / 10.0
+            ),
+        }
+    }
+}
+
 fn main() {
+    pages::on_huge_pages();
     let mut rows: Vec<Row> = Vec::new();
     // `cargo bench -p daxfs -- clone` runs only the clone rows.
     if std::env::args().any(|a| a == "clone") {
@@ -417,6 +496,7 @@ fn print_rows(rows: &[Row]) {
     println!();
     println!("daxfs host benchmark (VecMemory as pmem; memcpy of the same sizes in the same run;");
     println!("each figure is the best of {RUNS} runs, memcpy timed right before daxfs)");
+    println!("{}", pages::describe());
     println!(
         "{:<48} {:>16} {:>16} {:>8}",
         "operation", "daxfs", "memcpy", "ratio"
@@ -550,6 +630,7 @@ fn cow_profile() {
         fs.persist(clone).unwrap();
         best = best.min(t.elapsed());
     }
+    println!("{}", pages::describe());
     println!(
         "copy-on-write 4 KiB into a fresh 1 GiB clone: best {:.0} ns per write",
         best.as_secs_f64() * 1e9 / n as f64
@@ -585,6 +666,7 @@ fn read_profile() {
             *b = (*b).min(fs_read(&fs, f, &mut buf, 2 * MIB));
         }
     }
+    println!("{}", pages::describe());
     let names = [
         "memcpy",
         "unshared file",
