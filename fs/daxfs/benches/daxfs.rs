@@ -293,8 +293,21 @@ mod pages {
     }
 }
 
+/// The host's CPU model and `/proc/loadavg` (the bench shares the box:
+/// a figure taken under load is marked by it).
+fn host() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map_or("unknown", |rest| rest.trim_start_matches([' ', '\t', ':']));
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    format!("host: {model}, load {}", load.trim())
+}
+
 fn main() {
     pages::on_huge_pages();
+    println!("before: {}", host());
     let mut rows: Vec<Row> = Vec::new();
     // `cargo bench -p daxfs -- clone` runs only the clone rows.
     if std::env::args().any(|a| a == "clone") {
@@ -497,6 +510,7 @@ fn print_rows(rows: &[Row]) {
     println!("daxfs host benchmark (VecMemory as pmem; memcpy of the same sizes in the same run;");
     println!("each figure is the best of {RUNS} runs, memcpy timed right before daxfs)");
     println!("{}", pages::describe());
+    println!("after: {}", host());
     println!(
         "{:<48} {:>16} {:>16} {:>8}",
         "operation", "daxfs", "memcpy", "ratio"
