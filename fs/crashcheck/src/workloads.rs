@@ -223,15 +223,7 @@ pub fn scenarios() -> Vec<Vec<Op>> {
         // every crash image reads both files as written (or as before
         // the write), fsck clean, no block leaked.
         {
-            let mut ops = alloc::vec![Op::Clone(name("big"), name("copy"))];
-            for i in 0..8u64 {
-                ops.push(Op::Write {
-                    name: name("copy"),
-                    offset: i * 65_536 + 100,
-                    len: 200,
-                    seed: 10 + i as u8,
-                });
-            }
+            let mut ops = clone_then_scatter(8, 100, 200, 10);
             ops.push(write("big", 4096, 4096));
             ops.push(Op::Compact(name("copy")));
             ops.push(Op::Unlink(name("big")));
@@ -248,15 +240,7 @@ pub fn scenarios() -> Vec<Vec<Op>> {
         // again); a persist commits the clone's wait, and the clone goes
         // with one more waiting.
         {
-            let mut ops = alloc::vec![Op::Clone(name("big"), name("copy"))];
-            for i in 0..18u64 {
-                ops.push(Op::Write {
-                    name: name("copy"),
-                    offset: i * 65_536 + 300,
-                    len: 100,
-                    seed: 60 + i as u8,
-                });
-            }
+            let mut ops = clone_then_scatter(18, 300, 100, 60);
             ops.push(seeded(write("big", 17 * 65_536, 4096), 80));
             ops.push(Op::Persist(name("copy")));
             ops.push(seeded(write("copy", 8192, 100), 81));
@@ -293,6 +277,22 @@ pub fn scenarios() -> Vec<Vec<Op>> {
             Op::Create(name("t10")),
         ],
     ]
+}
+
+/// `big` cloned to `copy`, then `count` writes of `len` bytes into `copy`,
+/// 64 KiB apart (each into its own still-shared block: each splits an
+/// extent), at `at` bytes into each block, with seeds from `seed` on.
+fn clone_then_scatter(count: u64, at: u64, len: u64, seed: u8) -> Vec<Op> {
+    let mut ops = alloc::vec![Op::Clone(name("big"), name("copy"))];
+    for i in 0..count {
+        ops.push(Op::Write {
+            name: name("copy"),
+            offset: i * 65_536 + at,
+            len,
+            seed: seed + i as u8,
+        });
+    }
+    ops
 }
 
 /// `op` with its data pattern `seed` (scenario writes differ from each

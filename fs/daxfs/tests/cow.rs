@@ -36,6 +36,13 @@ fn assert_clean(fs: &Filesystem<VecMemory>) {
     assert!(report.is_clean(), "{report}");
 }
 
+/// `vm` and `gold` read as given, and fsck is clean.
+fn assert_both(fs: &Filesystem<VecMemory>, vm: &[u8], gold: &[u8]) {
+    assert!(read_all(fs, "vm") == vm, "vm differs");
+    assert!(read_all(fs, "gold") == gold, "gold differs");
+    assert_clean(fs);
+}
+
 /// A 16 MiB file written in 2 MiB pieces (8 huge chunks) and its clone.
 fn cloned(fs: &mut Filesystem<VecMemory>) -> Vec<u8> {
     let data = pattern(16 * MIB, 1);
@@ -66,9 +73,7 @@ fn small_write_into_a_shared_chunk_copies_one_block() {
     assert_eq!(st.shared_bytes, 16 * MIB - BLOCK);
     let mut want = gold.clone();
     want[(3 * MIB + 5 * BLOCK + 100) as usize..][..10].fill(7);
-    assert_eq!(read_all(&fs, "vm"), want);
-    assert_eq!(read_all(&fs, "gold"), gold);
-    assert_clean(&fs);
+    assert_both(&fs, &want, &gold);
 }
 
 #[test]
@@ -134,9 +139,7 @@ fn compact_gathers_a_diverged_chunk_into_one_aligned_chunk() {
     assert_eq!(st.shared_bytes, 14 * MIB);
     // A fresh 2 MiB chunk in, the 4 private blocks out.
     assert_eq!(free + 4 - fs.statfs().free_blocks, 512);
-    assert_eq!(read_all(&fs, "vm"), want);
-    assert_eq!(read_all(&fs, "gold"), gold);
-    assert_clean(&fs);
+    assert_both(&fs, &want, &gold);
     assert_eq!(fs.compact(vm).unwrap(), 0, "nothing left to compact");
     let mem = fs.unmount();
     let fs = Filesystem::mount(mem).unwrap();
@@ -176,9 +179,7 @@ fn the_idle_step_gathers_only_chunks_with_enough_private_blocks_one_per_call() {
     );
     let st = fs.stat(vm).unwrap();
     assert_eq!(st.huge_bytes, 14 * MIB, "chunk 2 stays partly shared");
-    assert_eq!(read_all(&fs, "vm"), want);
-    assert_eq!(read_all(&fs, "gold"), gold);
-    assert_clean(&fs);
+    assert_both(&fs, &want, &gold);
     // Nothing left above the bar: a whole pass gathers nothing.
     let (mut from, mut any) = (Some(0), false);
     while let Some(f) = from {
@@ -207,9 +208,7 @@ fn a_mostly_diverged_chunk_is_compacted_by_the_write_that_crosses_the_threshold(
     let st = fs.stat(vm).unwrap();
     assert_eq!(st.huge_bytes, 16 * MIB, "the diverged chunk was gathered");
     assert_eq!(st.shared_bytes, 14 * MIB);
-    assert_eq!(read_all(&fs, "vm"), want);
-    assert_eq!(read_all(&fs, "gold"), gold);
-    assert_clean(&fs);
+    assert_both(&fs, &want, &gold);
 }
 
 /// Rewrites both superblock copies with `version` (an image as an older
@@ -258,9 +257,7 @@ fn a_version_2_image_is_read_as_is_and_upgraded_only_when_a_layered_list_is_writ
     let mem = fs.unmount();
     // A version 2 reader would refuse it by its version, not misread it.
     let fs = Filesystem::mount(mem).unwrap();
-    assert_eq!(read_all(&fs, "vm"), want);
-    assert_eq!(read_all(&fs, "gold"), gold);
-    assert_clean(&fs);
+    assert_both(&fs, &want, &gold);
 }
 
 #[test]
@@ -362,6 +359,12 @@ fn a_remembered_run_of_an_appending_stream_is_forgotten_when_a_clone_shares_it()
     assert_clean(&fs);
 }
 
+/// What a power cut now would leave, mounted (the region as it is, no
+/// unmount).
+fn after_crash(fs: &Filesystem<VecMemory>) -> Filesystem<VecMemory> {
+    Filesystem::mount(fs.memory().clone()).unwrap()
+}
+
 /// Writes one distinct 100-byte piece into each of `blocks` blocks of `vm`
 /// (16 blocks apart, all in chunk 0): each splits a shared extent.
 fn scatter(fs: &mut Filesystem<VecMemory>, want: &mut [u8], blocks: std::ops::Range<u64>) {
@@ -393,20 +396,16 @@ fn copy_on_writes_wait_in_memory_until_persist() {
     scatter(&mut fs, &mut want, 6..6 + daxfs::DEFERRED_RUNS_MAX as u64);
     assert_eq!(fs.memory().fences, fences, "deferred writes fence nothing");
     assert_eq!(fs.deferred_runs(vm).unwrap(), daxfs::DEFERRED_RUNS_MAX);
-    assert_eq!(read_all(&fs, "vm"), want);
-    assert_eq!(read_all(&fs, "gold"), gold);
-    assert_clean(&fs);
+    assert_both(&fs, &want, &gold);
 
     // A crash now: the clone reads as at its last commit.
-    let crashed = Filesystem::mount(fs.memory().clone()).unwrap();
-    assert_eq!(read_all(&crashed, "vm"), committed);
-    assert_eq!(read_all(&crashed, "gold"), gold);
-    assert_clean(&crashed);
+    let crashed = after_crash(&fs);
+    assert_both(&crashed, &committed, &gold);
 
     // One more: the waiting runs are committed first, this one waits.
     scatter(&mut fs, &mut want, 20..21);
     assert_eq!(fs.deferred_runs(vm).unwrap(), 1);
-    let crashed = Filesystem::mount(fs.memory().clone()).unwrap();
+    let crashed = after_crash(&fs);
     let mut all_but_last = want.clone();
     let at = (20 * 16 * BLOCK) as usize;
     all_but_last[at..at + BLOCK as usize].copy_from_slice(&gold[at..at + BLOCK as usize]);
@@ -415,10 +414,8 @@ fn copy_on_writes_wait_in_memory_until_persist() {
     fs.persist(vm).unwrap();
     assert_eq!(fs.deferred_runs(vm).unwrap(), 0);
     assert_clean(&fs);
-    let crashed = Filesystem::mount(fs.memory().clone()).unwrap();
-    assert_eq!(read_all(&crashed, "vm"), want);
-    assert_eq!(read_all(&crashed, "gold"), gold);
-    assert_clean(&crashed);
+    let crashed = after_crash(&fs);
+    assert_both(&crashed, &want, &gold);
 }
 
 /// The block a waiting copy-on-write replaced is still the clone's on
@@ -443,7 +440,7 @@ fn the_original_copies_a_block_whose_clone_copy_is_waiting() {
     let mut want_gold = gold.clone();
     want_gold[block as usize..(block + BLOCK) as usize].fill(0xAB);
     assert_clean(&fs);
-    let crashed = Filesystem::mount(fs.memory().clone()).unwrap();
+    let crashed = after_crash(&fs);
     let vm_after = read_all(&crashed, "vm");
     assert_eq!(
         vm_after[block as usize..(block + BLOCK) as usize],
