@@ -535,10 +535,14 @@ impl fmt::Display for AllowRule {
             }
             write!(f, "{c}")?;
         }
-        // The export is one word: quoted when it has a space.
+        // The export is one word: quoted (with escapes) when it has a space,
+        // or starts with '#', which would start a comment.
         let exports = self.exports.to_string();
-        if !exports.starts_with('"') && exports.contains(char::is_whitespace) {
-            write!(f, " \"{exports}\"")?;
+        if !exports.starts_with('"')
+            && (exports.contains(char::is_whitespace) || exports.starts_with('#'))
+        {
+            f.write_str(" ")?;
+            crate::readonly::write_quoted(f, &exports)?;
         } else {
             write!(f, " {exports}")?;
         }
@@ -657,6 +661,17 @@ mod tests {
         let r = rule(r#"1.2.3.4 "tab\there""#);
         assert_eq!(r.to_string(), r#"allow=1.2.3.4 "tab\there" rw both"#);
         assert_eq!(rule(&r.to_string()["allow=".len()..]), r);
+        // A name that starts with '#' (a comment as a bare word) and one
+        // with a space and a backslash are quoted with escapes (found by
+        // the bootconfig fuzz target: `#b` was shown bare).
+        for (text, shown) in [
+            (r##"1.2.3.4 "#b""##, r##"allow=1.2.3.4 "#b" rw both"##),
+            (r#"1.2.3.4 "a \\b""#, r#"allow=1.2.3.4 "a \\b" rw both"#),
+        ] {
+            let r = rule(text);
+            assert_eq!(r.to_string(), shown);
+            assert_eq!(rule(&r.to_string()["allow=".len()..]), r);
+        }
         assert_eq!(rule("1.2.3.4 * rw both").exports, ExportTarget::All);
         assert_eq!(
             rule("1.2.3.4 pmem2").exports,

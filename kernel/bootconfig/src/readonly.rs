@@ -251,6 +251,12 @@ fn write_value(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
     if !needs_quotes {
         return f.write_str(text);
     }
+    write_quoted(f, text)
+}
+
+/// Writes `text` double-quoted with escapes: reads back as `text` where a
+/// value may be quoted (`readonly=`, an `allow=` word).
+pub(crate) fn write_quoted(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
     f.write_str("\"")?;
     for c in text.chars() {
         match c {
