@@ -1,12 +1,16 @@
 //! A pmem image file as [`PersistentMemory`].
 //!
 //! Durability: stores go to the file with `pwrite` (no `mmap`: this crate
-//! is safe Rust only); `flush` and `fence` are no-ops. A store is in the host's page
-//! cache as soon as it returns, so everything a client saw acknowledged
-//! survives the server process being killed (what the restart tests
-//! check), but not a host power cut: nothing calls `fsync`. That matches
-//! how QEMU backs an emulated NVDIMM with a file by default. Power-cut
-//! behaviour of daxfs itself is checked by `fs/crashcheck`.
+//! is safe Rust only); `flush` and `fence` are no-ops. A store is in the
+//! host's page cache as soon as it returns, so killing the server process
+//! is a crash in daxfs's terms with every store durable: what a client saw
+//! acknowledged after FLUSH or FUA is there (what the restart tests
+//! check), and so is every write daxfs committed on its own; a
+//! copy-on-write into a clone still waiting for its commit is undone
+//! (daxfs FORMAT.md "Data writes", "Deferred copy-on-write commits"). Not
+//! a host power cut: nothing calls `fsync`. That matches how QEMU backs an
+//! emulated NVDIMM with a file by default. Power-cut behaviour of daxfs
+//! itself is checked by `fs/crashcheck`.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
