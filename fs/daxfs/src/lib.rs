@@ -14,7 +14,10 @@
 //! page cache). Data writes are flushed before `write` returns and made
 //! durable by the fence inside the next metadata commit or `persist`;
 //! metadata operations are committed (durable and atomic) before they
-//! return.
+//! return, except two that wait for `persist` (or the file's next commit)
+//! by design: a size growth inside already-mapped blocks and a clone's
+//! copy-on-write runs (FORMAT.md "Deferred size commits", "Deferred
+//! copy-on-write commits").
 //!
 //! Shape of the API: [`Filesystem::probe`] / [`Filesystem::format`] /
 //! [`Filesystem::mount`] / [`Filesystem::unmount`] (or
