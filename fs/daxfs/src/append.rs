@@ -103,15 +103,12 @@ impl<M: PersistentMemory> Filesystem<M> {
             f.size = size;
             f.durable = size;
             f.list = None;
-            let pending = core::mem::take(&mut f.pending);
             let old = core::mem::replace(&mut f.chain, chain);
             self.put_file(dst.slot, f);
             for b in old {
                 self.unref(b, 1);
             }
-            for e in pending.replaced {
-                self.unref(e.physical, e.len);
-            }
+            self.release_pending(dst.slot);
         }
         self.settle();
         Ok(Appended::Moved)

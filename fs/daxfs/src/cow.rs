@@ -418,18 +418,6 @@ impl<M: PersistentMemory> Filesystem<M> {
         Ok(())
     }
 
-    /// Commits the file's deferred copy-on-write runs (and its in-memory
-    /// size) now, if it has any: one prepend of at most
-    /// [`DEFERRED_RUNS_MAX`] runs.
-    pub(crate) fn commit_pending(&mut self, slot: u32) -> Result<(), Error> {
-        let f = self.files.get(&slot).ok_or(Error::StaleFile)?;
-        if f.pending.is_empty() {
-            return Ok(());
-        }
-        let size = f.size;
-        self.commit_file_runs(slot, size, &[])
-    }
-
     /// After a commit that carried the file's deferred runs (a prepend
     /// of them, or a rewrite of the whole map): drops the references of
     /// the blocks they replaced.

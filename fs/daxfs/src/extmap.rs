@@ -128,10 +128,7 @@ impl ExtentMap {
 
     /// The region block backing logical block `logical`, if any.
     pub fn lookup(&self, logical: u64) -> Option<u64> {
-        match self.map.range(..=logical).next_back() {
-            Some((&s, &(l, p))) if s + l > logical => Some(p + (logical - s)),
-            _ => None,
-        }
+        self.run_around(logical).map(|(p, _, _)| p)
     }
 
     /// The physical block of `logical` and the blocks of its extent from

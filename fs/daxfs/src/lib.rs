@@ -123,6 +123,15 @@ struct File {
     pending: cow::Pending,
 }
 
+impl File {
+    /// True while the record on media lags behind memory by design: a
+    /// deferred size or deferred copy-on-write runs (FORMAT.md "Deferred
+    /// size commits", "Deferred copy-on-write commits").
+    fn deferred(&self) -> bool {
+        self.durable != self.size || !self.pending.is_empty()
+    }
+}
+
 /// Zeros to copy from: the source of every zero-fill.
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 

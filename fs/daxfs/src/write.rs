@@ -398,14 +398,8 @@ impl<M: PersistentMemory> Filesystem<M> {
         // not fit it together.
         let new = new_extents(&runs);
         let file = self.files.get(&slot).ok_or(Error::StaleFile)?;
-        let mut defer = !runs.is_empty()
-            && new_size == old_size
-            && huge_chunks.is_empty()
-            && runs.iter().all(|r| r.source.is_some())
-            && new.len() <= DEFERRED_RUNS_MAX
-            && file.list.is_some();
         if !file.pending.is_empty() && file.pending.runs.len() + new.len() > DEFERRED_RUNS_MAX {
-            if let Err(e) = self.commit_pending(slot) {
+            if let Err(e) = self.commit_deferred(slot) {
                 self.unallocate(&fresh(&runs));
                 return Err(e);
             }
@@ -428,9 +422,16 @@ impl<M: PersistentMemory> Filesystem<M> {
                 removed.append(&mut got);
             }
         }
-        // A list that is all inline is rewritten whole by every commit:
-        // nothing to save by waiting.
-        defer = defer && file.map.len() > INLINE_EXTENTS;
+        // Only copy-on-write runs that change nothing but the map wait, and
+        // only in a layered list beyond its inline entries (a list that is
+        // all inline is rewritten whole by every commit: nothing to save).
+        let defer = !runs.is_empty()
+            && new_size == old_size
+            && huge_chunks.is_empty()
+            && runs.iter().all(|r| r.source.is_some())
+            && new.len() <= DEFERRED_RUNS_MAX
+            && file.list.is_some()
+            && file.map.len() > INLINE_EXTENTS;
         let result = self
             .fill_and_apply(slot, edits, &runs, new_size)
             .and_then(|()| {
@@ -966,18 +967,17 @@ impl<M: PersistentMemory> Filesystem<M> {
     }
 
     /// Commits what the file has deferred, if anything: its copy-on-write
-    /// runs with its size, or its size alone (one transaction; its fence
-    /// also makes every earlier data write durable).
+    /// runs (one prepend of at most [`DEFERRED_RUNS_MAX`]) and its size,
+    /// or its size alone (one transaction; its fence also makes every
+    /// earlier data write durable).
     pub(crate) fn commit_deferred(&mut self, slot: u32) -> Result<(), Error> {
         let f = self.files.get(&slot).ok_or(Error::StaleFile)?;
-        if !f.pending.is_empty() {
-            return self.commit_pending(slot);
-        }
-        if f.durable == f.size {
+        if !f.deferred() {
             return Ok(());
         }
         let size = f.size;
-        self.commit_file(slot, size, false)
+        // With no runs waiting, this is a record-only commit of the size.
+        self.commit_file_runs(slot, size, &[])
     }
 
     /// Makes every earlier write to the file durable, its size included.
@@ -1004,7 +1004,7 @@ impl<M: PersistentMemory> Filesystem<M> {
         let deferred: Vec<u32> = self
             .files
             .iter()
-            .filter(|(_, f)| f.durable != f.size || !f.pending.is_empty())
+            .filter(|(_, f)| f.deferred())
             .map(|(&slot, _)| slot)
             .collect();
         for slot in deferred {
