@@ -119,7 +119,8 @@ impl<M: PersistentMemory> Filesystem<M> {
                 "superblock on media differs from the mounted one",
             ));
         }
-        let Some((scan, media_refs)) = scan_for_fsck(&self.mem, &sb, self.budget, &mut problems)
+        let Some((scan, mut media_refs)) =
+            scan_for_fsck(&self.mem, &sb, self.budget, &mut problems)
         else {
             return FsckReport {
                 problems,
@@ -199,7 +200,6 @@ impl<M: PersistentMemory> Filesystem<M> {
         // A deferred copy-on-write run references its fresh blocks in
         // memory only; the blocks it replaced keep the reference the record
         // on media gives them.
-        let mut media_refs = media_refs;
         for f in self.files.values() {
             for r in &f.pending.runs {
                 media_refs.increment(r.physical, r.len);
